@@ -1,0 +1,169 @@
+//! The compute backend: a narrow trait with the dozen ops a Llama forward pass needs.
+//!
+//! A backend owns its buffers ([`Backend::Buf`] for f32 activations, [`Backend::Weight`] for
+//! packed weight matrices, [`Backend::KvCache`] for the paged KV cache). Every op's doc comment
+//! states its semantics as a loop; [`reference`] implements exactly that loop in scalar code and
+//! tests compare every fast implementation against it. All buffers are row-major.
+//!
+//! Threading: a backend is used by one thread at a time (the engine's worker); it may use a thread
+//! pool internally. Backends know nothing of requests or adapter names.
+
+pub mod cpu;
+pub mod lora;
+pub mod reference;
+
+pub use lora::{LoraBatch, LoraTarget};
+
+use crate::error::Result;
+use crate::tensor::HostTensor;
+
+/// How weight matrices are stored by the backend (activations are always f32, accumulation f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// 32-bit floats.
+    #[default]
+    F32,
+    /// bfloat16 (half the bytes; converted to f32 inside the kernels).
+    BF16,
+}
+
+/// Geometry of the paged KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvGeometry {
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Physical blocks (shared by all sequences).
+    pub num_blocks: usize,
+    /// Token positions per block.
+    pub block_size: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Per-head dimension.
+    pub head_dim: usize,
+}
+
+impl KvGeometry {
+    /// f32 elements per layer for K (or V): `num_blocks * block_size * num_kv_heads * head_dim`.
+    pub fn layer_elems(&self) -> usize {
+        self.num_blocks * self.block_size * self.num_kv_heads * self.head_dim
+    }
+    /// Total bytes of K and V for all layers.
+    pub fn bytes(&self) -> usize {
+        2 * self.num_layers * self.layer_elems() * 4
+    }
+}
+
+/// Per-row attention metadata for one step. Row `t` of the step is a token of sequence
+/// `row_seq[t]` at absolute position `row_pos[t]`; it attends to positions `0..=row_pos[t]` of
+/// that sequence, whose K/V live at physical slots given by the sequence's block table:
+/// position `p` is at slot `block_tables[seq][p / block_size] * block_size + p % block_size`.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnMeta<'a> {
+    /// For each row, the index of its sequence in `block_tables`.
+    pub row_seq: &'a [u32],
+    /// For each row, its absolute position.
+    pub row_pos: &'a [u32],
+    /// For each row, the physical slot its K/V is written to (see [`Backend::kv_write`]).
+    pub slot_mapping: &'a [u32],
+    /// Block table of each sequence in the step.
+    pub block_tables: &'a [&'a [u32]],
+}
+
+/// A compute backend. See the module docs for conventions.
+pub trait Backend: Send {
+    /// An f32 activation buffer.
+    type Buf: Send;
+    /// A packed weight matrix `[out, in]`.
+    type Weight: Send + Sync;
+    /// The paged KV cache for all layers.
+    type KvCache: Send;
+
+    /// Short name ("cpu", "cuda:0").
+    fn name(&self) -> String;
+    /// A zeroed buffer of `len` f32.
+    fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    /// A buffer holding a copy of `data`.
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// Copies `buf[..out.len()]` into `out`.
+    fn download(&self, buf: &Self::Buf, out: &mut [f32]) -> Result<()>;
+    /// Packs a 2-D host tensor `[out, in]` in the given format.
+    fn weight(&self, t: &HostTensor, format: WeightFormat) -> Result<Self::Weight>;
+    /// Stacks several `[out_i, in]` tensors into one `[sum out_i, in]` weight (fused QKV, gate/up).
+    fn fused_weight(&self, parts: &[&HostTensor], format: WeightFormat) -> Result<Self::Weight>;
+    /// Bytes the weight occupies.
+    fn weight_bytes(&self, w: &Self::Weight) -> usize;
+    /// `(out, in)` of a weight.
+    fn weight_dims(&self, w: &Self::Weight) -> (usize, usize);
+    /// A KV cache of the given geometry (zeroed).
+    fn alloc_kv(&self, geom: KvGeometry) -> Result<Self::KvCache>;
+
+    /// `for t in 0..rows, o in 0..out: y[t*out + o] = sum_i x[t*in + i] * w[o, i]` (f32 accumulate).
+    fn matmul(&self, x: &Self::Buf, rows: usize, w: &Self::Weight, y: &mut Self::Buf);
+    /// `for t, j: out[t*hidden + j] = table[ids[t], j]`.
+    fn embedding_gather(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Buf);
+    /// `for t: r = 1/sqrt(mean_j(x[t,j]^2) + eps); out[t,j] = x[t,j] * r * w[j]` over `dim` columns.
+    fn rms_norm(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut Self::Buf,
+    );
+    /// Rotary embedding, HF "rotate_half" convention, in place on `x` viewed as `[rows, stride]`:
+    /// for each row t and each of `n_heads` heads starting at column `col0` (head h at
+    /// `col0 + h*head_dim`), for `i in 0..head_dim/2`, with `a = row_pos[t] * inv_freq[i]`:
+    /// `(x1, x2) = (x[i], x[i + half])`; `x[i] = x1*cos a - x2*sin a`; `x[i+half] = x2*cos a + x1*sin a`.
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        rows: usize,
+        stride: usize,
+        col0: usize,
+        n_heads: usize,
+        head_dim: usize,
+        row_pos: &[u32],
+        inv_freq: &[f32],
+    );
+    /// `for t, j in 0..inter: out[t*inter + j] = silu(gu[t*2*inter + j]) * gu[t*2*inter + inter + j]`
+    /// where `silu(g) = g / (1 + exp(-g))`.
+    fn silu_mul(&self, gate_up: &Self::Buf, rows: usize, inter: usize, out: &mut Self::Buf);
+    /// `acc[i] += x[i]` for `i in 0..len`.
+    fn add(&self, acc: &mut Self::Buf, x: &Self::Buf, len: usize);
+    /// Writes K and V of every row into the cache of `layer`: reading `qkv` as `[rows, stride]`,
+    /// K is columns `k_col..k_col+kv_dim` and V `v_col..v_col+kv_dim`;
+    /// `k_cache[layer][slot_mapping[t]] = K[t]`, same for V (a slot holds `kv_dim` values).
+    #[allow(clippy::too_many_arguments)]
+    fn kv_write(
+        &self,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        qkv: &Self::Buf,
+        rows: usize,
+        stride: usize,
+        k_col: usize,
+        v_col: usize,
+        slot_mapping: &[u32],
+    );
+    /// Causal grouped-query attention over the paged cache of `layer`. Q of row t is columns
+    /// `0..n_heads*head_dim` of `qkv` viewed as `[rows, stride]`; query head h uses KV head
+    /// `h / (n_heads / n_kv_heads)`. For each row t and head h:
+    /// `s_p = (q_h · k_p) / sqrt(head_dim)` for `p in 0..=row_pos[t]` of sequence `row_seq[t]`,
+    /// `w = softmax(s)`, `out[t, h*head_dim + d] = sum_p w_p * v_p[d]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_paged(
+        &self,
+        qkv: &Self::Buf,
+        rows: usize,
+        stride: usize,
+        n_heads: usize,
+        cache: &Self::KvCache,
+        layer: usize,
+        meta: &AttnMeta<'_>,
+        out: &mut Self::Buf,
+    );
+    /// Copies rows: `for (k, &r) in rows.iter().enumerate(): out[k*dim..][..dim] = x[r*dim..][..dim]`.
+    fn gather_rows(&self, x: &Self::Buf, dim: usize, rows: &[u32], out: &mut Self::Buf);
+}

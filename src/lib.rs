@@ -1,0 +1,21 @@
+//! loraplex: an embeddable multi-LoRA inference engine for Llama-family models.
+//!
+//! One base model (HuggingFace safetensors directory or GGUF file) is served together with many
+//! LoRA adapters; requests for different adapters share one batch. The Rust API is
+//! [`engine::Engine`]; the C ABI lives in `ffi` (see `include/loraplex.h`).
+
+#![warn(missing_docs)]
+
+pub mod adapters;
+pub mod backend;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod kv;
+pub mod model;
+pub mod sampling;
+pub mod sched;
+pub mod tensor;
+pub mod tokenizer;
+
+pub use error::{Error, ErrorCode, Result};

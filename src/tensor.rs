@@ -1,0 +1,94 @@
+//! Host tensors as loaded from files: a shape and owned data in one of the supported dtypes.
+//! No autograd, no views: the model copies what it needs into backend weights.
+
+use half::{bf16, f16};
+
+/// Element types loraplex reads or stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 32-bit IEEE float.
+    F32,
+    /// 16-bit IEEE float.
+    F16,
+    /// bfloat16.
+    BF16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+    /// Lower-case name ("f32", "f16", "bf16").
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+}
+
+/// Owned element data of a host tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    /// f32 elements.
+    F32(Vec<f32>),
+    /// f16 elements.
+    F16(Vec<f16>),
+    /// bf16 elements.
+    BF16(Vec<bf16>),
+}
+
+/// A dense row-major host tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    /// Dimensions, outermost first (a Linear weight is `[out, in]`).
+    pub shape: Vec<usize>,
+    /// Elements, `shape.iter().product()` of them.
+    pub data: TensorData,
+}
+
+impl HostTensor {
+    /// An f32 tensor. The caller guarantees `data.len() == shape.product()`.
+    pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        Self {
+            shape,
+            data: TensorData::F32(data),
+        }
+    }
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match self.data {
+            TensorData::F32(_) => DType::F32,
+            TensorData::F16(_) => DType::F16,
+            TensorData::BF16(_) => DType::BF16,
+        }
+    }
+    /// The elements converted to f32 (copies).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match &self.data {
+            TensorData::F32(v) => v.clone(),
+            TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            TensorData::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+    /// Consumes the tensor, returning f32 elements (no copy when already f32).
+    pub fn into_f32_vec(self) -> Vec<f32> {
+        match self.data {
+            TensorData::F32(v) => v,
+            other => HostTensor {
+                shape: self.shape,
+                data: other,
+            }
+            .to_f32_vec(),
+        }
+    }
+}
