@@ -1,1 +1,173 @@
-//! (in progress)
+//! Engine configuration ([`EngineConfig`]) with defaults, validation and environment overrides
+//! (`LPX_*` and NVIDIA NIM's `NIM_*` names).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::backend::WeightFormat;
+use crate::error::{Error, Result};
+
+/// Everything needed to create an [`crate::engine::Engine`]. Build with `EngineConfig::new(model)`
+/// and adjust fields; [`EngineConfig::validate`] is called by the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// HuggingFace model directory or `.gguf` file.
+    pub model: PathBuf,
+    /// The name clients use for the base model (default: the model file/directory stem).
+    pub served_model_name: Option<String>,
+    /// "cpu" (default) or "cuda:N" (returns UNSUPPORTED in builds without CUDA).
+    pub device: String,
+    /// Worker compute threads (0 = all available cores).
+    pub threads: usize,
+    /// How base weights are stored: F32 (default) or BF16 (half the bytes).
+    pub weight_format: WeightFormat,
+    /// Most sequences in one step.
+    pub max_num_seqs: usize,
+    /// Most tokens (decode rows + prefill chunk rows) in one step.
+    pub max_batch_tokens: usize,
+    /// Longest prompt + completion, in tokens (0 = the model's max_position_embeddings, capped at 8192).
+    pub max_model_len: usize,
+    /// Token positions per KV block.
+    pub kv_block_size: usize,
+    /// Bytes for the KV cache (0 = enough for `max_num_seqs` sequences of `max_model_len`, capped at 2 GiB).
+    pub kv_cache_bytes: usize,
+    /// Most requests waiting or running before submit answers QUEUE_FULL.
+    pub max_queue: usize,
+    /// PEFT source directories (`NIM_PEFT_SOURCE`).
+    pub peft_source: Vec<PathBuf>,
+    /// Rescan interval of the PEFT sources (`NIM_PEFT_REFRESH_INTERVAL`, None = never).
+    pub peft_refresh_interval: Option<Duration>,
+    /// Host adapter cache capacity (`NIM_MAX_CPU_LORAS`).
+    pub max_cpu_loras: usize,
+    /// Device adapter slots (`NIM_MAX_GPU_LORAS`).
+    pub max_gpu_loras: usize,
+    /// Largest accepted LoRA rank (`NIM_MAX_LORA_RANK`).
+    pub max_lora_rank: usize,
+}
+
+impl EngineConfig {
+    /// Defaults for `model`.
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        Self {
+            model: model.into(),
+            served_model_name: None,
+            device: "cpu".into(),
+            threads: 0,
+            weight_format: WeightFormat::F32,
+            max_num_seqs: 64,
+            max_batch_tokens: 512,
+            max_model_len: 0,
+            kv_block_size: 16,
+            kv_cache_bytes: 0,
+            max_queue: 4096,
+            peft_source: Vec::new(),
+            peft_refresh_interval: None,
+            max_cpu_loras: 16,
+            max_gpu_loras: 8,
+            max_lora_rank: 64,
+        }
+    }
+
+    /// Checks every field; the error names the field and its value.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("max_num_seqs", self.max_num_seqs),
+            ("max_batch_tokens", self.max_batch_tokens),
+            ("kv_block_size", self.kv_block_size),
+            ("max_queue", self.max_queue),
+            ("max_cpu_loras", self.max_cpu_loras),
+            ("max_gpu_loras", self.max_gpu_loras),
+            ("max_lora_rank", self.max_lora_rank),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::invalid_argument(format!("engine config: {name} must be > 0 (got 0)")));
+            }
+        }
+        if self.max_gpu_loras > self.max_cpu_loras {
+            return Err(Error::invalid_argument(format!(
+                "engine config: max_gpu_loras ({}) must not exceed max_cpu_loras ({})",
+                self.max_gpu_loras, self.max_cpu_loras
+            )));
+        }
+        if self.device != "cpu" && !self.device.starts_with("cuda") {
+            return Err(Error::invalid_argument(format!(
+                "engine config: device \"{}\" is not \"cpu\" or \"cuda:N\"",
+                self.device
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies environment overrides: `LPX_MODEL`, `LPX_SERVED_MODEL_NAME`, `LPX_DEVICE`,
+    /// `LPX_THREADS`, `LPX_WEIGHT_DTYPE` (f32|bf16), `LPX_MAX_NUM_SEQS`, `LPX_MAX_BATCH_TOKENS`,
+    /// `LPX_MAX_MODEL_LEN`, `LPX_KV_CACHE_BYTES`, `LPX_MAX_QUEUE`, `NIM_PEFT_SOURCE` (paths
+    /// separated by ':'), `NIM_PEFT_REFRESH_INTERVAL` (seconds), `NIM_MAX_CPU_LORAS`,
+    /// `NIM_MAX_GPU_LORAS`, `NIM_MAX_LORA_RANK`. A malformed value is an error naming the variable.
+    pub fn apply_env(&mut self) -> Result<()> {
+        self.apply_vars(|k| std::env::var(k).ok())
+    }
+
+    /// Same as [`EngineConfig::apply_env`] with variables looked up through `get` (for tests).
+    pub fn apply_vars(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let num = |k: &str| -> Result<Option<usize>> {
+            match get(k) {
+                None => Ok(None),
+                Some(s) if s.trim().is_empty() => Ok(None),
+                Some(s) => s.trim().parse::<usize>().map(Some).map_err(|_| {
+                    Error::invalid_argument(format!("environment variable {k}=\"{s}\" is not a non-negative integer"))
+                }),
+            }
+        };
+        if let Some(m) = get("LPX_MODEL").filter(|s| !s.is_empty()) {
+            self.model = PathBuf::from(m);
+        }
+        if let Some(n) = get("LPX_SERVED_MODEL_NAME").filter(|s| !s.is_empty()) {
+            self.served_model_name = Some(n);
+        }
+        if let Some(d) = get("LPX_DEVICE").filter(|s| !s.is_empty()) {
+            self.device = d;
+        }
+        if let Some(w) = get("LPX_WEIGHT_DTYPE").filter(|s| !s.is_empty()) {
+            self.weight_format = match w.to_ascii_lowercase().as_str() {
+                "f32" | "float32" => WeightFormat::F32,
+                "bf16" | "bfloat16" => WeightFormat::BF16,
+                _ => {
+                    return Err(Error::invalid_argument(format!("environment variable LPX_WEIGHT_DTYPE=\"{w}\" is not f32 or bf16")))
+                }
+            };
+        }
+        let fields: [(&str, &mut usize); 9] = [
+            ("LPX_THREADS", &mut self.threads),
+            ("LPX_MAX_NUM_SEQS", &mut self.max_num_seqs),
+            ("LPX_MAX_BATCH_TOKENS", &mut self.max_batch_tokens),
+            ("LPX_MAX_MODEL_LEN", &mut self.max_model_len),
+            ("LPX_KV_CACHE_BYTES", &mut self.kv_cache_bytes),
+            ("LPX_MAX_QUEUE", &mut self.max_queue),
+            ("NIM_MAX_CPU_LORAS", &mut self.max_cpu_loras),
+            ("NIM_MAX_GPU_LORAS", &mut self.max_gpu_loras),
+            ("NIM_MAX_LORA_RANK", &mut self.max_lora_rank),
+        ];
+        for (k, slot) in fields {
+            if let Some(v) = num(k)? {
+                *slot = v;
+            }
+        }
+        if let Some(src) = get("NIM_PEFT_SOURCE").filter(|s| !s.is_empty()) {
+            self.peft_source = src.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect();
+        }
+        if let Some(secs) = num("NIM_PEFT_REFRESH_INTERVAL")? {
+            self.peft_refresh_interval = (secs > 0).then(|| Duration::from_secs(secs as u64));
+        }
+        Ok(())
+    }
+
+    /// The served name of the base model.
+    pub fn served_name(&self) -> String {
+        if let Some(n) = &self.served_model_name {
+            return n.clone();
+        }
+        let stem = self.model.file_stem().or_else(|| self.model.file_name());
+        stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "base".into())
+    }
+}

@@ -1,1 +1,175 @@
-//! (in progress)
+//! The Llama transformer on a [`Backend`]: weights packed once, one `forward` per engine step.
+//!
+//! A step is a flat list of token rows from any number of sequences (prefill chunks and decode
+//! rows mixed). Each row carries its sequence and position ([`AttnMeta`]); K/V are written to the
+//! paged cache before attention reads it, so a prefill chunk attends to itself causally.
+
+use super::{ModelConfig, TensorMap};
+use crate::backend::{AttnMeta, Backend, LoraBatch, WeightFormat};
+use crate::error::{Error, Result};
+use crate::tensor::HostTensor;
+
+struct Layer<B: Backend> {
+    attn_norm: B::Buf,
+    qkv: B::Weight,
+    o: B::Weight,
+    mlp_norm: B::Buf,
+    gate_up: B::Weight,
+    down: B::Weight,
+}
+
+/// A loaded Llama model. Owned by the engine's worker; not shared between threads.
+pub struct Llama<B: Backend> {
+    cfg: ModelConfig,
+    embed: B::Weight,
+    lm_head: Option<B::Weight>,
+    norm: B::Buf,
+    layers: Vec<Layer<B>>,
+    inv_freq: Vec<f32>,
+    weight_bytes: usize,
+}
+
+/// One step's input.
+pub struct StepInput<'a> {
+    /// Token id of every row.
+    pub tokens: &'a [u32],
+    /// Sequence, position and KV slot of every row.
+    pub meta: AttnMeta<'a>,
+    /// Rows whose logits are wanted (e.g. the last row of each sequence that samples).
+    pub logit_rows: &'a [u32],
+    /// Adapter slot of every row (empty = all base).
+    pub lora: &'a LoraBatch,
+}
+
+fn take(tensors: &mut TensorMap, name: &str, shape: &[usize]) -> Result<HostTensor> {
+    let t = tensors
+        .remove(name)
+        .ok_or_else(|| Error::invalid_model(format!("missing tensor \"{name}\"")))?;
+    if t.shape != shape {
+        return Err(Error::invalid_model(format!(
+            "tensor \"{name}\" has shape {:?}, expected {:?} from the model config",
+            t.shape, shape
+        )));
+    }
+    Ok(t)
+}
+
+impl<B: Backend> Llama<B> {
+    /// Packs the weights of `files` into `backend` memory in `format`. Host tensors are consumed
+    /// layer by layer so peak memory stays near one copy of the weights.
+    pub fn load(backend: &B, cfg: &ModelConfig, t: &mut TensorMap, format: WeightFormat) -> Result<Self> {
+        let cfg = cfg.clone();
+        cfg.validate()?;
+        let (h, inter, q, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim());
+        let mut weight_bytes = 0usize;
+        let embed_t = take(t, "model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed = backend.weight(&embed_t, format)?;
+        weight_bytes += backend.weight_bytes(&embed);
+        let lm_head = if cfg.tie_word_embeddings && !t.contains_key("lm_head.weight") {
+            None
+        } else {
+            let lm = take(t, "lm_head.weight", &[cfg.vocab_size, h])?;
+            let w = backend.weight(&lm, format)?;
+            weight_bytes += backend.weight_bytes(&w);
+            Some(w)
+        };
+        drop(embed_t);
+        let norm = backend.upload(&take(t, "model.norm.weight", &[h])?.into_f32_vec())?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = format!("model.layers.{l}");
+            let wq = take(t, &format!("{p}.self_attn.q_proj.weight"), &[q, h])?;
+            let wk = take(t, &format!("{p}.self_attn.k_proj.weight"), &[kv, h])?;
+            let wv = take(t, &format!("{p}.self_attn.v_proj.weight"), &[kv, h])?;
+            let qkv = backend.fused_weight(&[&wq, &wk, &wv], format)?;
+            let o = backend.weight(&take(t, &format!("{p}.self_attn.o_proj.weight"), &[h, q])?, format)?;
+            let wg = take(t, &format!("{p}.mlp.gate_proj.weight"), &[inter, h])?;
+            let wu = take(t, &format!("{p}.mlp.up_proj.weight"), &[inter, h])?;
+            let gate_up = backend.fused_weight(&[&wg, &wu], format)?;
+            let down = backend.weight(&take(t, &format!("{p}.mlp.down_proj.weight"), &[h, inter])?, format)?;
+            let attn_norm = backend.upload(&take(t, &format!("{p}.input_layernorm.weight"), &[h])?.into_f32_vec())?;
+            let mlp_norm =
+                backend.upload(&take(t, &format!("{p}.post_attention_layernorm.weight"), &[h])?.into_f32_vec())?;
+            for w in [&qkv, &o, &gate_up, &down] {
+                weight_bytes += backend.weight_bytes(w);
+            }
+            layers.push(Layer { attn_norm, qkv, o, mlp_norm, gate_up, down });
+        }
+        let inv_freq = cfg.rope_inv_freq();
+        Ok(Self { cfg, embed, lm_head, norm, layers, inv_freq, weight_bytes })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Bytes of all packed weight matrices (what one decode step streams from memory).
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    /// Runs one step; returns logits `[input.logit_rows.len(), vocab]`, row-major.
+    pub fn forward(&self, backend: &B, kv: &mut B::KvCache, input: &StepInput<'_>) -> Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        let rows = input.tokens.len();
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let checks = [
+            ("row_seq", input.meta.row_seq.len()),
+            ("row_pos", input.meta.row_pos.len()),
+            ("slot_mapping", input.meta.slot_mapping.len()),
+        ];
+        for (name, n) in checks {
+            if n != rows {
+                return Err(Error::internal(format!("step input: {name} has {n} entries for {rows} rows")));
+            }
+        }
+        if !input.lora.token_slot.is_empty() && !input.lora.is_empty() {
+            return Err(Error::unsupported("LoRA rows reached a model without an adapter stack"));
+        }
+        let (h, inter, q, kv_dim) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim());
+        let qkv_w = q + 2 * kv_dim;
+        let mut x = backend.alloc(rows * h)?;
+        backend.embedding_gather(&self.embed, input.tokens, &mut x);
+        let mut normed = backend.alloc(rows * h)?;
+        let mut qkv = backend.alloc(rows * qkv_w)?;
+        let mut attn = backend.alloc(rows * q)?;
+        let mut proj = backend.alloc(rows * h)?;
+        let mut gu = backend.alloc(rows * 2 * inter)?;
+        let mut act = backend.alloc(rows * inter)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            backend.rms_norm(&x, &layer.attn_norm, rows, h, cfg.rms_norm_eps, &mut normed);
+            backend.matmul(&normed, rows, &layer.qkv, &mut qkv);
+            backend.rope(&mut qkv, rows, qkv_w, 0, cfg.num_heads, cfg.head_dim, input.meta.row_pos, &self.inv_freq);
+            backend.rope(&mut qkv, rows, qkv_w, q, cfg.num_kv_heads, cfg.head_dim, input.meta.row_pos, &self.inv_freq);
+            backend.kv_write(kv, l, &qkv, rows, qkv_w, q, q + kv_dim, input.meta.slot_mapping);
+            backend.attention_paged(&qkv, rows, qkv_w, cfg.num_heads, kv, l, &input.meta, &mut attn);
+            backend.matmul(&attn, rows, &layer.o, &mut proj);
+            backend.add(&mut x, &proj, rows * h);
+            backend.rms_norm(&x, &layer.mlp_norm, rows, h, cfg.rms_norm_eps, &mut normed);
+            backend.matmul(&normed, rows, &layer.gate_up, &mut gu);
+            backend.silu_mul(&gu, rows, inter, &mut act);
+            backend.matmul(&act, rows, &layer.down, &mut proj);
+            backend.add(&mut x, &proj, rows * h);
+        }
+        let n = input.logit_rows.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if let Some(&bad) = input.logit_rows.iter().find(|&&r| r as usize >= rows) {
+            return Err(Error::internal(format!("logit row {bad} out of range for {rows} rows")));
+        }
+        let mut last = backend.alloc(n * h)?;
+        backend.gather_rows(&x, h, input.logit_rows, &mut last);
+        let mut last_normed = backend.alloc(n * h)?;
+        backend.rms_norm(&last, &self.norm, n, h, cfg.rms_norm_eps, &mut last_normed);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let mut logits = backend.alloc(n * cfg.vocab_size)?;
+        backend.matmul(&last_normed, n, head, &mut logits);
+        let mut out = vec![0f32; n * cfg.vocab_size];
+        backend.download(&logits, &mut out)?;
+        Ok(out)
+    }
+}

@@ -1,1 +1,217 @@
-//! (in progress)
+//! Continuous-batching scheduler (pure logic: no backend, no I/O).
+//!
+//! Each step it picks token chunks from running sequences (decode rows and the rest of unfinished
+//! prefills, oldest first) and then admits waiting sequences in FIFO order, within
+//! `max_num_seqs` sequences and `max_batch_tokens` tokens, reserving paged-KV blocks for every
+//! chunk. When blocks run out it preempts the newest running sequence (its blocks are freed and
+//! it is recomputed later from its tokens), never the one being served; a sequence that cannot fit
+//! even in an empty cache is failed instead of looping.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::kv::{BlockAllocator, BlockTable};
+
+/// The scheduler's view of one sequence.
+#[derive(Debug, Default)]
+pub struct SchedSeq {
+    /// Tokens that must be in the KV cache before the next sample (prompt + generated).
+    pub total_tokens: usize,
+    /// Tokens whose K/V are already computed.
+    pub num_computed: usize,
+    /// The sequence's KV blocks.
+    pub table: BlockTable,
+}
+
+/// Gives the scheduler access to a sequence's [`SchedSeq`].
+pub trait Schedulable {
+    /// The scheduling state.
+    fn sched(&mut self) -> &mut SchedSeq;
+}
+
+/// Limits for one step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepLimits {
+    /// Most sequences in a step.
+    pub max_num_seqs: usize,
+    /// Most token rows in a step.
+    pub max_batch_tokens: usize,
+}
+
+/// A run of tokens of one sequence computed in this step: positions `start..start + len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    /// Sequence id.
+    pub id: u64,
+    /// First position.
+    pub start: usize,
+    /// Number of tokens.
+    pub len: usize,
+}
+
+/// What to do this step.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StepPlan {
+    /// Chunks to compute, in row order.
+    pub chunks: Vec<Chunk>,
+    /// Sequences preempted this step (blocks freed, back at the head of the queue).
+    pub preempted: Vec<u64>,
+    /// Sequences that can never fit in the KV cache.
+    pub unfittable: Vec<u64>,
+}
+
+/// FIFO admission + running set.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    waiting: VecDeque<u64>,
+    running: Vec<u64>,
+}
+
+impl Scheduler {
+    /// An empty scheduler.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Queues a new sequence at the back.
+    pub fn add(&mut self, id: u64) {
+        self.waiting.push_back(id);
+    }
+    /// Forgets a sequence (finished or cancelled); the caller releases its blocks.
+    pub fn remove(&mut self, id: u64) {
+        self.waiting.retain(|&x| x != id);
+        self.running.retain(|&x| x != id);
+    }
+    /// Sequences waiting for admission.
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+    /// Sequences admitted (holding KV blocks).
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+    /// True when nothing is queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// Plans one step. `can_admit(id)` lets the caller hold a waiting sequence back (e.g. its
+    /// adapter has no device slot this step); a held-back sequence keeps its place in line but
+    /// does not block the ones behind it.
+    pub fn schedule<S: Schedulable>(
+        &mut self,
+        seqs: &mut HashMap<u64, S>,
+        alloc: &mut BlockAllocator,
+        limits: StepLimits,
+        mut can_admit: impl FnMut(u64) -> bool,
+    ) -> StepPlan {
+        let mut plan = StepPlan::default();
+        let mut budget = limits.max_batch_tokens;
+        let bs = alloc.block_size();
+        // 1. Running sequences, oldest first.
+        let mut i = 0;
+        while i < self.running.len() {
+            let id = self.running[i];
+            let Some(seq) = seqs.get_mut(&id) else {
+                self.running.remove(i);
+                continue;
+            };
+            let s = seq.sched();
+            let need = s.total_tokens.saturating_sub(s.num_computed);
+            let n = need.min(budget);
+            if n == 0 {
+                i += 1;
+                continue;
+            }
+            let start = s.num_computed;
+            let extra = (start + n).saturating_sub(s.table.num_tokens());
+            let mut ok = s.table.reserve(alloc, extra);
+            while !ok {
+                // Preempt the newest running sequence after this one.
+                if self.running.len() > i + 1 {
+                    let victim = self.running.pop().unwrap_or(id);
+                    self.preempt(victim, seqs, alloc, &mut plan);
+                    let Some(seq) = seqs.get_mut(&id) else { break };
+                    ok = seq.sched().table.reserve(alloc, extra);
+                } else {
+                    break;
+                }
+            }
+            if !ok {
+                // Nothing newer to evict: this sequence yields its blocks so older work proceeds.
+                // If it could not fit even in an empty cache it is failed instead.
+                self.running.remove(i);
+                let Some(seq) = seqs.get_mut(&id) else { continue };
+                let s = seq.sched();
+                release(s, alloc);
+                if s.table.blocks_needed(s.total_tokens, bs) > alloc.num_total() {
+                    plan.unfittable.push(id);
+                } else {
+                    self.waiting.push_front(id);
+                    plan.preempted.push(id);
+                }
+                continue;
+            }
+            plan.chunks.push(Chunk { id, start, len: n });
+            budget -= n;
+            i += 1;
+        }
+        // 2. Admit waiting sequences in FIFO order.
+        let mut held = Vec::new();
+        while budget > 0 && self.running.len() < limits.max_num_seqs {
+            let Some(id) = self.waiting.pop_front() else { break };
+            let Some(seq) = seqs.get_mut(&id) else { continue };
+            if !can_admit(id) {
+                held.push(id);
+                continue;
+            }
+            let s = seq.sched();
+            let whole = s.table.blocks_needed(s.total_tokens.saturating_sub(s.table.num_tokens()), bs);
+            if s.table.blocks().len() + whole > alloc.num_total() {
+                release(s, alloc);
+                plan.unfittable.push(id);
+                continue;
+            }
+            // Admit only when the whole remaining prompt fits, so admission does not cause
+            // immediate preemption; FIFO: stop at the first that does not fit.
+            if whole > alloc.num_free() {
+                self.waiting.push_front(id);
+                break;
+            }
+            let start = s.num_computed;
+            let n = s.total_tokens.saturating_sub(start).min(budget);
+            let extra = (start + n).saturating_sub(s.table.num_tokens());
+            if n == 0 || !s.table.reserve(alloc, extra) {
+                self.waiting.push_front(id);
+                break;
+            }
+            plan.chunks.push(Chunk { id, start, len: n });
+            budget -= n;
+            self.running.push(id);
+        }
+        for id in held.into_iter().rev() {
+            self.waiting.push_front(id);
+        }
+        plan
+    }
+
+    fn preempt<S: Schedulable>(
+        &mut self,
+        id: u64,
+        seqs: &mut HashMap<u64, S>,
+        alloc: &mut BlockAllocator,
+        plan: &mut StepPlan,
+    ) {
+        self.running.retain(|&x| x != id);
+        if let Some(seq) = seqs.get_mut(&id) {
+            release(seq.sched(), alloc);
+        }
+        plan.chunks.retain(|c| c.id != id);
+        self.waiting.push_front(id);
+        plan.preempted.push(id);
+    }
+}
+
+/// Frees a sequence's blocks and marks everything for recompute.
+fn release(s: &mut SchedSeq, alloc: &mut BlockAllocator) {
+    s.table.release(alloc);
+    s.num_computed = 0;
+}

@@ -1,0 +1,176 @@
+//! Test helpers: the shared fixtures directory, a tiny deterministic Llama written to disk, and
+//! reference comparisons.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+/// `../shared` (fixtures and references), or None when absent (tests then skip, saying so).
+pub fn shared_dir() -> Option<PathBuf> {
+    let p = std::env::var("LORAPLEX_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    if p.join("reference").is_dir() {
+        Some(p)
+    } else {
+        eprintln!("skipping: ../shared (fixtures, references) is absent");
+        None
+    }
+}
+
+/// The SmolLM2 GGUF fetched by `make model`, or None (tests skip, saying so).
+pub fn smollm2_gguf() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!("skipping: {} is absent (run `make model`)", p.display());
+        None
+    }
+}
+
+/// Shape of a generated tiny model.
+#[derive(Clone, Copy)]
+pub struct TinySpec {
+    pub hidden: usize,
+    pub inter: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub tied: bool,
+    pub seed: u64,
+}
+
+impl Default for TinySpec {
+    fn default() -> Self {
+        Self { hidden: 32, inter: 48, layers: 2, heads: 4, kv_heads: 2, head_dim: 8, tied: false, seed: 1 }
+    }
+}
+
+/// A byte-level BPE tokenizer.json with the 256 byte tokens plus `<|endoftext|>` (id 256) and
+/// `<|im_start|>`/`<|im_end|>` (257, 258); no merges. Vocab 259.
+pub fn byte_tokenizer_json() -> serde_json::Value {
+    // GPT-2 byte-to-unicode table.
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut pairs: Vec<(u32, u32)> = bs.into_iter().zip(cs).collect();
+    pairs.sort();
+    let mut vocab = serde_json::Map::new();
+    for (b, c) in pairs {
+        vocab.insert(char::from_u32(c).unwrap().to_string(), json!(b));
+    }
+    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    for (i, s) in specials.iter().enumerate() {
+        vocab.insert(s.to_string(), json!(256 + i));
+    }
+    let added: Vec<_> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({"id": 256 + i, "content": s, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    })
+}
+
+/// Writes a random tiny Llama (config.json, model.safetensors, tokenizer files) into `dir`.
+pub fn write_tiny_model(dir: &Path, spec: TinySpec) {
+    std::fs::create_dir_all(dir).unwrap();
+    let vocab = 259usize;
+    let cfg = json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": spec.hidden, "intermediate_size": spec.inter, "num_hidden_layers": spec.layers,
+        "num_attention_heads": spec.heads, "num_key_value_heads": spec.kv_heads, "head_dim": spec.head_dim,
+        "vocab_size": vocab, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 512,
+        "tie_word_embeddings": spec.tied, "bos_token_id": 257, "eos_token_id": 258, "hidden_act": "silu",
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), byte_tokenizer_json().to_string()).unwrap();
+    let tcfg = json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template":
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"});
+    std::fs::write(dir.join("tokenizer_config.json"), tcfg.to_string()).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut rand_t = |name: String, shape: Vec<usize>, std: f32, rng: &mut ChaCha8Rng| {
+        let n = shape.iter().product();
+        let data = (0..n).map(|_| (rng.gen::<f32>() * 2.0 - 1.0) * std * 1.732).collect();
+        tensors.push((name, shape, data));
+    };
+    let (h, i, q, kv) = (spec.hidden, spec.inter, spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim);
+    rand_t("model.embed_tokens.weight".into(), vec![vocab, h], 1.0, &mut rng);
+    if !spec.tied {
+        rand_t("lm_head.weight".into(), vec![vocab, h], 0.2, &mut rng);
+    }
+    for l in 0..spec.layers {
+        let p = format!("model.layers.{l}");
+        rand_t(format!("{p}.self_attn.q_proj.weight"), vec![q, h], 0.3, &mut rng);
+        rand_t(format!("{p}.self_attn.k_proj.weight"), vec![kv, h], 0.3, &mut rng);
+        rand_t(format!("{p}.self_attn.v_proj.weight"), vec![kv, h], 0.3, &mut rng);
+        rand_t(format!("{p}.self_attn.o_proj.weight"), vec![h, q], 0.3, &mut rng);
+        rand_t(format!("{p}.mlp.gate_proj.weight"), vec![i, h], 0.3, &mut rng);
+        rand_t(format!("{p}.mlp.up_proj.weight"), vec![i, h], 0.3, &mut rng);
+        rand_t(format!("{p}.mlp.down_proj.weight"), vec![h, i], 0.3, &mut rng);
+        let ones: Vec<f32> = (0..h).map(|_| 1.0 + (rng.gen::<f32>() - 0.5) * 0.2).collect();
+        tensors.push((format!("{p}.input_layernorm.weight"), vec![h], ones.clone()));
+        tensors.push((format!("{p}.post_attention_layernorm.weight"), vec![h], ones));
+    }
+    tensors.push(("model.norm.weight".into(), vec![h], vec![1.0; h]));
+    write_safetensors(&dir.join("model.safetensors"), &tensors);
+}
+
+/// Writes f32 tensors to a safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, d)| d.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None::<HashMap<String, String>>, path).unwrap();
+}
+
+/// Standard deviation of a row.
+pub fn std_dev(x: &[f32]) -> f32 {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    (x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt() as f32
+}
+
+/// Compares greedy tokens with the reference: equal, or a divergence where the reference margin
+/// at that step is below `margin_tol`. Returns a description of the failure, if any.
+pub fn tokens_match(got: &[u32], want: &[u32], margins: &[f32], margin_tol: f32) -> Result<(), String> {
+    for k in 0..want.len() {
+        match got.get(k) {
+            None => return Err(format!("only {} tokens, reference has {}", got.len(), want.len())),
+            Some(&g) if g != want[k] => {
+                let m = margins.get(k).copied().unwrap_or(0.0);
+                if m < margin_tol {
+                    return Ok(());
+                }
+                return Err(format!("token {k}: got {g}, reference {} (margin {m:.3e} > tol {margin_tol:.1e})", want[k]));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Engine behaviour on a tiny random model generated here: batching invariance, preemption,
+//! sampling determinism, stops, cancellation, bad inputs.
+
+mod common;
+
+use std::time::Duration;
+
+use loraplex::config::EngineConfig;
+use loraplex::engine::{Engine, FinishReason, Prompt, Request};
+use loraplex::sampling::SamplingParams;
+use loraplex::tokenizer::ChatMessage;
+use loraplex::ErrorCode;
+
+fn tiny_engine(dir: &std::path::Path, tweak: impl FnOnce(&mut EngineConfig)) -> Engine {
+    common::write_tiny_model(dir, common::TinySpec::default());
+    let mut cfg = EngineConfig::new(dir);
+    cfg.threads = 2;
+    tweak(&mut cfg);
+    Engine::new(cfg).unwrap()
+}
+
+fn greedy(n: usize) -> SamplingParams {
+    SamplingParams { max_tokens: n, temperature: 0.0, ignore_eos: true, ..SamplingParams::default() }
+}
+
+fn prompt(i: usize) -> Vec<u32> {
+    (0..(3 + i * 5)).map(|k| ((k * 37 + i * 11) % 256) as u32).collect()
+}
+
+#[test]
+fn batch_of_8_starting_at_different_times_matches_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine(dir.path(), |c| c.max_batch_tokens = 24);
+    let alone: Vec<_> = (0..8)
+        .map(|i| {
+            let mut p = greedy(20);
+            p.return_last_logits = true;
+            engine.generate(Request::new(Prompt::Tokens(prompt(i)), p)).unwrap()
+        })
+        .collect();
+    // Start the 8 requests at different times, so prefill chunks and decode rows mix.
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let mut p = greedy(20);
+        p.return_last_logits = true;
+        ids.push(engine.submit(Request::new(Prompt::Tokens(prompt(i)), p)).unwrap());
+        std::thread::sleep(Duration::from_millis(3 * i as u64));
+    }
+    assert!(engine.stats().steps > 0);
+    for (i, id) in ids.into_iter().enumerate() {
+        let o = engine.wait(id).unwrap();
+        assert_eq!(o.token_ids, alone[i].token_ids, "request {i} differs in a batch");
+        assert_eq!(o.last_logits, alone[i].last_logits, "request {i} logits differ in a batch (bitwise)");
+        assert_eq!(o.finish_reason, Some(FinishReason::Length));
+        assert_eq!(o.usage.completion_tokens, 20);
+        assert_eq!(o.usage.prompt_tokens, prompt(i).len());
+    }
+}
+
+#[test]
+fn preemption_under_kv_pressure_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = common::TinySpec::default();
+    // KV for ~64 tokens: 8 requests of ~40 tokens cannot all fit at once.
+    let bytes_per_token = 2 * spec.layers * spec.kv_heads * spec.head_dim * 4;
+    let engine = tiny_engine(dir.path(), |c| {
+        c.kv_block_size = 4;
+        c.kv_cache_bytes = bytes_per_token * 64;
+    });
+    let alone: Vec<_> =
+        (0..8).map(|i| engine.generate(Request::new(Prompt::Tokens(prompt(i % 4)), greedy(16))).unwrap()).collect();
+    let ids: Vec<_> =
+        (0..8).map(|i| engine.submit(Request::new(Prompt::Tokens(prompt(i % 4)), greedy(16))).unwrap()).collect();
+    for (i, id) in ids.into_iter().enumerate() {
+        let o = engine.wait(id).unwrap();
+        assert_eq!(o.token_ids, alone[i].token_ids, "request {i} changed by preemption");
+    }
+    // A request that can never fit is failed with a clear error, and the engine keeps serving.
+    let err = engine.generate(Request::new(Prompt::Tokens(prompt(0)), greedy(200))).unwrap_err();
+    assert!(err.message().contains("KV cache"), "{}", err.message());
+    assert!(engine.generate(Request::new(Prompt::Tokens(prompt(1)), greedy(4))).is_ok());
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_batch_independent() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine(dir.path(), |_| {});
+    let params = |seed| SamplingParams {
+        max_tokens: 24,
+        temperature: 1.0,
+        top_p: 0.95,
+        top_k: 50,
+        seed: Some(seed),
+        ignore_eos: true,
+        ..SamplingParams::default()
+    };
+    let a = engine.generate(Request::new(Prompt::Tokens(prompt(2)), params(42))).unwrap();
+    let ids: Vec<_> = (0..4)
+        .map(|i| engine.submit(Request::new(Prompt::Tokens(prompt(2)), params(if i == 2 { 42 } else { i }))).unwrap())
+        .collect();
+    let outs: Vec<_> = ids.into_iter().map(|id| engine.wait(id).unwrap()).collect();
+    assert_eq!(outs[2].token_ids, a.token_ids);
+    assert!(outs.iter().enumerate().any(|(i, o)| i != 2 && o.token_ids != a.token_ids));
+}
+
+#[test]
+fn stops_logprobs_and_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine(dir.path(), |_| {});
+    let full = engine.generate(Request::new(Prompt::Text("hello".into()), greedy(12))).unwrap();
+    assert_eq!(full.token_ids.len(), 12);
+    // Stop token id: ends at its first occurrence, finish reason stop.
+    let stop_tok = full.token_ids[5];
+    let first = full.token_ids.iter().position(|&t| t == stop_tok).unwrap();
+    let mut p = greedy(12);
+    p.stop_token_ids = vec![stop_tok];
+    let o = engine.generate(Request::new(Prompt::Text("hello".into()), p)).unwrap();
+    assert_eq!(o.finish_reason, Some(FinishReason::Stop));
+    assert_eq!(o.token_ids, full.token_ids[..=first].to_vec());
+    // Stop string: text ends before it, never includes it.
+    if full.text.chars().count() > 4 {
+        let stop: String = full.text.chars().skip(2).take(2).collect();
+        let mut p = greedy(12);
+        p.stop = vec![stop.clone()];
+        let o = engine.generate(Request::new(Prompt::Text("hello".into()), p)).unwrap();
+        assert_eq!(o.finish_reason, Some(FinishReason::Stop));
+        assert!(!o.text.contains(&stop));
+        assert!(full.text.starts_with(&o.text));
+    }
+    // Logprobs: one entry per token with top-n alternatives, greedy token first.
+    let mut p = greedy(6);
+    p.logprobs = Some(3);
+    let o = engine.generate(Request::new(Prompt::Text("hello".into()), p)).unwrap();
+    assert_eq!(o.logprobs.len(), 6);
+    for lp in &o.logprobs {
+        assert_eq!(lp.top.len(), 3);
+        assert_eq!(lp.top[0].0, lp.token);
+        assert!(lp.logprob <= 0.0);
+    }
+    // Chat messages go through the chat template.
+    let o = engine
+        .generate(Request::new(Prompt::Chat(vec![ChatMessage { role: "user".into(), content: "hi".into() }]), greedy(3)))
+        .unwrap();
+    assert!(o.usage.prompt_tokens > 5);
+}
+
+#[test]
+fn cancel_and_bad_inputs_keep_the_engine_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine(dir.path(), |c| c.max_model_len = 64);
+    let id = engine.submit(Request::new(Prompt::Tokens(prompt(1)), greedy(10_000))).unwrap();
+    engine.cancel(id).unwrap();
+    engine.cancel(id).unwrap();
+    let o = engine.wait(id).unwrap();
+    assert_eq!(o.finish_reason, Some(FinishReason::Cancelled));
+    assert_eq!(engine.poll(id, Duration::ZERO).unwrap_err().code(), ErrorCode::NotFound);
+
+    let long = Request::new(Prompt::Tokens(vec![1; 64]), greedy(4));
+    let e = engine.submit(long).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    assert!(e.message().contains("max_model_len 64"), "{}", e.message());
+    let e = engine.submit(Request::new(Prompt::Tokens(vec![9999]), greedy(4))).unwrap_err();
+    assert!(e.message().contains("9999"), "{}", e.message());
+    let e = engine.submit(Request::new(Prompt::Tokens(vec![]), greedy(4))).unwrap_err();
+    assert!(e.message().contains("prompt"), "{}", e.message());
+    let mut p = greedy(4);
+    p.temperature = -1.0;
+    let e = engine.submit(Request::new(Prompt::Tokens(vec![1, 2]), p)).unwrap_err();
+    assert!(e.message().contains("temperature"), "{}", e.message());
+    let mut p = greedy(4);
+    p.top_p = 1.5;
+    let e = engine.submit(Request::new(Prompt::Tokens(vec![1, 2]), p)).unwrap_err();
+    assert!(e.message().contains("top_p"), "{}", e.message());
+    let r = Request { model: Some("nope".into()), prompt: Prompt::Tokens(vec![1]), sampling: greedy(2) };
+    assert_eq!(engine.submit(r).unwrap_err().code(), ErrorCode::NotFound);
+    // Length is capped by max_model_len.
+    let o = engine.generate(Request::new(Prompt::Tokens(vec![1; 60]), greedy(100))).unwrap();
+    assert_eq!(o.finish_reason, Some(FinishReason::Length));
+    assert_eq!(o.usage.completion_tokens, 4);
+    // Dropping the engine with requests in flight ends them.
+    let id = engine.submit(Request::new(Prompt::Tokens(prompt(0)), greedy(10_000))).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    drop(engine);
+    let _ = id;
+}
+
+#[test]
+fn bad_models_give_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing-here");
+    let e = Engine::new(EngineConfig::new(&missing)).err().unwrap();
+    assert!(e.message().contains("nothing-here"), "{}", e.message());
+
+    let m = dir.path().join("m");
+    common::write_tiny_model(&m, common::TinySpec::default());
+    let cfg_path = m.join("config.json");
+    let good = std::fs::read_to_string(&cfg_path).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    v.as_object_mut().unwrap().remove("hidden_size");
+    std::fs::write(&cfg_path, v.to_string()).unwrap();
+    let e = Engine::new(EngineConfig::new(&m)).err().unwrap();
+    assert!(e.message().contains("hidden_size"), "{}", e.message());
+
+    let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    v["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
+    std::fs::write(&cfg_path, v.to_string()).unwrap();
+    let e = Engine::new(EngineConfig::new(&m)).err().unwrap();
+    assert_eq!(e.code(), ErrorCode::Unsupported);
+    assert!(e.message().contains("GPT2LMHeadModel"), "{}", e.message());
+    std::fs::write(&cfg_path, &good).unwrap();
+
+    let st = m.join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    let e = Engine::new(EngineConfig::new(&m)).err().unwrap();
+    assert!(e.message().contains("model.safetensors"), "{}", e.message());
+    std::fs::remove_file(&st).unwrap();
+    let e = Engine::new(EngineConfig::new(&m)).err().unwrap();
+    assert!(e.message().contains("model.safetensors"), "{}", e.message());
+
+    let mut c = EngineConfig::new(&m);
+    c.max_num_seqs = 0;
+    let e = Engine::new(c).err().unwrap();
+    assert!(e.message().contains("max_num_seqs"), "{}", e.message());
+    let mut c = EngineConfig::new(&m);
+    c.device = "cuda:0".into();
+    assert_eq!(Engine::new(c).err().unwrap().code(), ErrorCode::Unsupported);
+}
