@@ -1,1 +1,218 @@
-//! The CPU backend.
+//! The CPU backend: AVX2/FMA kernels (portable fallback) running on an engine-owned rayon pool.
+//!
+//! Threading: the backend never creates threads; all parallel work runs inside
+//! `pool.install` on the pool passed to [`CpuBackend::new`]. Results are bitwise independent of
+//! the pool's size and of which other rows share a call (see `matmul.rs`, `attention.rs`).
+//!
+//! Ops cannot return errors; on inconsistent sizes they fill the output with NaN (or skip
+//! `kv_write` rows whose slot is outside the cache) instead of panicking, exactly like
+//! [`crate::backend::reference`].
+
+mod attention;
+mod elementwise;
+mod kv_cache;
+mod matmul;
+#[cfg(target_arch = "x86_64")]
+mod simd;
+mod weight;
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rayon::ThreadPool;
+
+pub use kv_cache::CpuKvCache;
+pub use weight::CpuWeight;
+
+use super::{AttnMeta, Backend, KvGeometry, WeightFormat};
+use crate::error::{Error, Result};
+use crate::tensor::HostTensor;
+
+/// Reusable scratch memory for matmul (padded activations, transposed output).
+#[derive(Debug, Default)]
+struct Scratch {
+    xpad: Vec<f32>,
+    yt: Vec<f32>,
+}
+
+/// The CPU backend. Cheap to construct; holds the engine's thread pool and scratch buffers.
+pub struct CpuBackend {
+    pool: Arc<ThreadPool>,
+    simd: bool,
+    scratch: Mutex<Scratch>,
+}
+
+impl std::fmt::Debug for CpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuBackend")
+            .field("threads", &self.pool.current_num_threads())
+            .field("simd", &self.simd)
+            .finish()
+    }
+}
+
+/// True when the AVX2/FMA kernels can run on this CPU.
+fn detect_simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+impl CpuBackend {
+    /// A backend running its parallel work on `pool`, using AVX2/FMA kernels when the CPU has
+    /// them (detected at runtime) and portable kernels otherwise.
+    pub fn new(pool: Arc<ThreadPool>) -> Self {
+        Self {
+            pool,
+            simd: detect_simd(),
+            scratch: Mutex::new(Scratch::default()),
+        }
+    }
+
+    /// A backend that always uses the portable (non-SIMD) kernels; for tests and comparisons.
+    pub fn portable(pool: Arc<ThreadPool>) -> Self {
+        Self {
+            simd: false,
+            ..Self::new(pool)
+        }
+    }
+
+    /// Whether the AVX2/FMA kernels are in use.
+    pub fn simd_enabled(&self) -> bool {
+        self.simd
+    }
+
+    /// Threads of the pool.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type Weight = CpuWeight;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> String {
+        "cpu".to_string()
+    }
+
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+
+    fn download(&self, buf: &Vec<f32>, out: &mut [f32]) -> Result<()> {
+        let src = buf.get(..out.len()).ok_or_else(|| {
+            Error::invalid_argument(format!(
+                "download of {} values from a buffer of {}",
+                out.len(),
+                buf.len()
+            ))
+        })?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn weight(&self, t: &HostTensor, format: WeightFormat) -> Result<CpuWeight> {
+        weight::pack(&[t], format)
+    }
+
+    fn fused_weight(&self, parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWeight> {
+        weight::pack(parts, format)
+    }
+
+    fn weight_bytes(&self, w: &CpuWeight) -> usize {
+        w.bytes()
+    }
+
+    fn weight_dims(&self, w: &CpuWeight) -> (usize, usize) {
+        w.dims()
+    }
+
+    fn alloc_kv(&self, geom: KvGeometry) -> Result<CpuKvCache> {
+        CpuKvCache::new(geom)
+    }
+
+    fn matmul(&self, x: &Vec<f32>, rows: usize, w: &CpuWeight, y: &mut Vec<f32>) {
+        matmul::matmul(self, x, rows, w, y);
+    }
+
+    fn embedding_gather(&self, table: &CpuWeight, ids: &[u32], out: &mut Vec<f32>) {
+        elementwise::embedding_gather(table, ids, out);
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) {
+        elementwise::rms_norm(x, w, rows, dim, eps, out);
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        rows: usize,
+        stride: usize,
+        col0: usize,
+        n_heads: usize,
+        head_dim: usize,
+        row_pos: &[u32],
+        inv_freq: &[f32],
+    ) {
+        elementwise::rope(x, rows, stride, col0, n_heads, head_dim, row_pos, inv_freq);
+    }
+
+    fn silu_mul(&self, gate_up: &Vec<f32>, rows: usize, inter: usize, out: &mut Vec<f32>) {
+        elementwise::silu_mul(gate_up, rows, inter, out);
+    }
+
+    fn add(&self, acc: &mut Vec<f32>, x: &Vec<f32>, len: usize) {
+        elementwise::add(acc, x, len);
+    }
+
+    fn kv_write(
+        &self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        qkv: &Vec<f32>,
+        rows: usize,
+        stride: usize,
+        k_col: usize,
+        v_col: usize,
+        slot_mapping: &[u32],
+    ) {
+        kv_cache::kv_write(cache, layer, qkv, rows, stride, k_col, v_col, slot_mapping);
+    }
+
+    fn attention_paged(
+        &self,
+        qkv: &Vec<f32>,
+        rows: usize,
+        stride: usize,
+        n_heads: usize,
+        cache: &CpuKvCache,
+        layer: usize,
+        meta: &AttnMeta<'_>,
+        out: &mut Vec<f32>,
+    ) {
+        attention::attention_paged(self, qkv, rows, stride, n_heads, cache, layer, meta, out);
+    }
+
+    fn gather_rows(&self, x: &Vec<f32>, dim: usize, rows: &[u32], out: &mut Vec<f32>) {
+        elementwise::gather_rows(x, dim, rows, out);
+    }
+}

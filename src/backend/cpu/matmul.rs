@@ -1,0 +1,148 @@
+//! `y = x · Wᵀ`: the driver that splits the output dimension across the pool, plus the portable
+//! kernel used when AVX2/FMA are absent.
+//!
+//! The result is computed into a scratch `yt` laid out `[out, rows]` (so each thread owns a
+//! contiguous range of weight rows and reads each weight exactly once per call) and transposed
+//! into `y`. Batch invariance: every kernel computes each output element with a fixed
+//! instruction sequence (see `simd.rs`), so row `t` of `y` is bitwise the same whatever the
+//! number of rows, the tiling or the thread count.
+
+use rayon::prelude::*;
+
+use super::weight::{bf16_bits_to_f32, CpuWeight, WData};
+use super::CpuBackend;
+use crate::backend::reference::matmul_shapes_ok;
+
+/// Activation-row block size: the block of `x` (`rb * kp` f32) should stay in L2 (~192 KiB).
+fn row_block(kp: usize) -> usize {
+    let rb = (192 * 1024 / 4) / kp.max(1);
+    (rb / 3 * 3).max(3)
+}
+
+/// Weight rows per parallel task: ~4 tasks per thread, fewer rows per task when many activation
+/// rows are re-read against it (so the task's weights stay in L2), a multiple of 4.
+fn task_rows(out: usize, rows: usize, kp: usize, wbytes: usize, threads: usize) -> usize {
+    let mut cw = out.div_ceil(threads.max(1) * 4);
+    if rows > 16 {
+        cw = cw.min((512 * 1024) / (kp * wbytes).max(1));
+    }
+    cw.div_ceil(4).max(1) * 4
+}
+
+/// Portable 8-lane dot product with the same lane structure as the SIMD kernel (separate
+/// multiply and add instead of FMA).
+#[inline]
+fn dot_portable<T: Copy>(x: &[f32], w: &[T], widen: impl Fn(T) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    for (xc, wc) in x.chunks_exact(8).zip(w.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += xc[l] * widen(wc[l]);
+        }
+    }
+    let s4 = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
+    let s2 = [s4[0] + s4[2], s4[1] + s4[3]];
+    s2[0] + s2[1]
+}
+
+/// Portable kernel: `yt[j * rows + t] = dot(x[t], w[o0 + j])` for `j < n`.
+fn block_portable(x: &[f32], rows: usize, kp: usize, w: &CpuWeight, o0: usize, yt: &mut [f32]) {
+    for (j, yrow) in yt.chunks_exact_mut(rows).enumerate() {
+        let start = (o0 + j) * kp;
+        for (t, y) in yrow.iter_mut().enumerate() {
+            let xr = x.get(t * kp..(t + 1) * kp).unwrap_or(&[]);
+            *y = match &w.data {
+                WData::F32(d) => dot_portable(xr, d.get(start..start + kp).unwrap_or(&[]), |v| v),
+                WData::BF16(d) => dot_portable(
+                    xr,
+                    d.get(start..start + kp).unwrap_or(&[]),
+                    bf16_bits_to_f32,
+                ),
+            };
+        }
+    }
+}
+
+/// Computes weight rows `o0 .. o0 + yt.len() / rows` into `yt`.
+fn run_block(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, o0: usize, yt: &mut [f32]) {
+    let n = yt.len() / rows;
+    let kp = w.kp;
+    #[cfg(target_arch = "x86_64")]
+    if be.simd {
+        let rb = row_block(kp);
+        // SAFETY: `be.simd` is only true when AVX2 and FMA were detected at runtime
+        // (`CpuBackend::new`); `block` checks its slice bounds itself.
+        unsafe {
+            match &w.data {
+                WData::F32(d) => super::simd::f32w::block(x, rows, kp, d, o0, n, yt, rb),
+                WData::BF16(d) => super::simd::bf16w::block(x, rows, kp, d, o0, n, yt, rb),
+            }
+        }
+        return;
+    }
+    let _ = be;
+    block_portable(x, rows, kp, w, o0, yt);
+}
+
+/// `y[t*out + o] = sum_i x[t*in + i] * w[o, i]`; fills `y` with NaN on inconsistent sizes.
+pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: &mut [f32]) {
+    let (out, inp, kp) = (w.out, w.inp, w.kp);
+    if !matmul_shapes_ok(x.len(), y.len(), rows, out, inp) {
+        y.iter_mut().for_each(|v| *v = f32::NAN);
+        return;
+    }
+    if rows == 0 {
+        return;
+    }
+    let mut scratch = be.scratch.lock();
+    let scratch = &mut *scratch;
+    // Activations padded to kp columns (only when `in` is not a multiple of 8).
+    let xs: &[f32] = if kp == inp {
+        &x[..rows * inp]
+    } else {
+        scratch.xpad.clear();
+        scratch.xpad.resize(rows * kp, 0.0);
+        for (dst, src) in scratch.xpad.chunks_exact_mut(kp).zip(x.chunks_exact(inp)) {
+            dst[..inp].copy_from_slice(src);
+        }
+        &scratch.xpad
+    };
+    // With one row, [out, rows] is already y's layout.
+    if rows == 1 {
+        compute(be, xs, 1, w, &mut y[..out]);
+        return;
+    }
+    scratch.yt.resize(rows * out, 0.0);
+    let yt = &mut scratch.yt[..rows * out];
+    compute(be, xs, rows, w, yt);
+    for (o, col) in yt.chunks_exact(rows).enumerate() {
+        for (t, &v) in col.iter().enumerate() {
+            y[t * out + o] = v;
+        }
+    }
+}
+
+/// Fills `yt` (`[out, rows]`) serially or across the pool.
+fn compute(be: &CpuBackend, xs: &[f32], rows: usize, w: &CpuWeight, yt: &mut [f32]) {
+    let (out, kp) = (w.out, w.kp);
+    let wbytes = match w.data {
+        WData::F32(_) => 4,
+        WData::BF16(_) => 2,
+    };
+    let threads = be.pool.current_num_threads();
+    let flops = rows.saturating_mul(out).saturating_mul(kp);
+    if threads <= 1 || flops < (1 << 18) {
+        run_block(be, xs, rows, w, 0, yt);
+    } else {
+        let cw = task_rows(out, rows, kp, wbytes, threads);
+        be.pool.install(|| {
+            yt.par_chunks_mut(cw * rows)
+                .enumerate()
+                .for_each(|(c, chunk)| run_block(be, xs, rows, w, c * cw, chunk));
+        });
+    }
+}

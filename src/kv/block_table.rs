@@ -1,0 +1,97 @@
+//! One sequence's list of KV-cache blocks.
+
+use super::allocator::BlockAllocator;
+use crate::error::Result;
+
+/// The blocks of one sequence, in position order, and how many token positions are filled.
+///
+/// Block `j` holds positions `j*block_size .. (j+1)*block_size`. The table does not store the
+/// block size: pass the allocator's ([`BlockAllocator::block_size`]). Owned by the engine
+/// worker alongside the sequence. Dropping a table does not free its blocks: call
+/// [`BlockTable::release`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockTable {
+    blocks: Vec<u32>,
+    num_tokens: usize,
+}
+
+impl BlockTable {
+    /// An empty table (no blocks, no tokens).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The physical block ids, in position order.
+    pub fn blocks(&self) -> &[u32] {
+        &self.blocks
+    }
+
+    /// Token positions filled so far (advanced by [`BlockTable::advance`]).
+    pub fn num_tokens(&self) -> usize {
+        self.num_tokens
+    }
+
+    /// Extra blocks needed so that `num_tokens + extra_tokens` positions fit (0 if they already
+    /// do, or if `block_size` is 0).
+    pub fn blocks_needed(&self, extra_tokens: usize, block_size: usize) -> usize {
+        if block_size == 0 {
+            return 0;
+        }
+        let tokens = self.num_tokens.saturating_add(extra_tokens);
+        tokens
+            .div_ceil(block_size)
+            .saturating_sub(self.blocks.len())
+    }
+
+    /// Makes room for `extra_tokens` more positions, taking blocks from `alloc`.
+    /// All-or-nothing: if `alloc` has too few free blocks, nothing is allocated and `false` is
+    /// returned. Does not advance `num_tokens`.
+    pub fn reserve(&mut self, alloc: &mut BlockAllocator, extra_tokens: usize) -> bool {
+        let needed = self.blocks_needed(extra_tokens, alloc.block_size());
+        if needed > alloc.num_free() {
+            return false;
+        }
+        self.blocks.reserve(needed);
+        for _ in 0..needed {
+            match alloc.allocate() {
+                Some(block) => self.blocks.push(block),
+                // Unreachable given the check above; undo to keep all-or-nothing.
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Marks `n` more positions filled (after their K/V were written). Does not check capacity:
+    /// positions without a block have no [`BlockTable::slot`].
+    pub fn advance(&mut self, n: usize) {
+        self.num_tokens = self.num_tokens.saturating_add(n);
+    }
+
+    /// Physical slot of position `pos`: `blocks[pos / block_size] * block_size + pos %
+    /// block_size`, or `None` if no block holds `pos` (not reserved), `block_size` is 0, or the
+    /// slot does not fit in `u32`. `pos` may be beyond `num_tokens` (positions being written).
+    pub fn slot(&self, pos: usize, block_size: usize) -> Option<u32> {
+        let block = *self.blocks.get(pos.checked_div(block_size)?)?;
+        let slot = (block as usize)
+            .checked_mul(block_size)?
+            .checked_add(pos % block_size)?;
+        u32::try_from(slot).ok()
+    }
+
+    /// Frees every block to `alloc` and resets the table to empty (even on error).
+    ///
+    /// # Errors
+    /// `INTERNAL` if a block was not in use in `alloc` (a bookkeeping bug); the remaining
+    /// blocks are still freed and the first error is returned.
+    pub fn release(&mut self, alloc: &mut BlockAllocator) -> Result<()> {
+        let mut first_err = None;
+        for block in self.blocks.drain(..) {
+            if let Err(e) = alloc.free(block) {
+                first_err.get_or_insert(e);
+            }
+        }
+        self.num_tokens = 0;
+        first_err.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,325 @@
+//! GGUF base models: container parsing ([`reader`]), dequantization ([`dequant`]), llama.cpp's
+//! q/k permutation ([`permute`]) and the tokenizer from metadata ([`tokenizer`]).
+//!
+//! [`load_gguf`] turns a `general.architecture = "llama"` GGUF file into [`ModelFiles`] in
+//! HuggingFace naming and layout, with every tensor expanded to f32.
+
+pub mod dequant;
+pub mod permute;
+pub mod reader;
+pub mod tokenizer;
+pub mod types;
+
+use std::path::Path;
+
+pub use dequant::dequantize;
+pub use permute::{permute_qk, unpermute_qk};
+pub use reader::{GgufFile, MetaValue, TensorInfo};
+pub use types::GgmlType;
+
+use super::{ModelConfig, ModelFiles, RopeScaling, TensorMap};
+use crate::error::{Error, Result};
+use crate::tensor::HostTensor;
+
+/// Loads a Llama-family GGUF file (v2/v3): config from `llama.*` metadata, tensors dequantized to
+/// f32 under their HF names (q/k rows un-permuted to HF order), tokenizer and chat template from
+/// `tokenizer.*` metadata.
+///
+/// Errors (every message starts with the file path and names the key or tensor at fault):
+/// IO if the file cannot be read; INVALID_MODEL for a malformed/truncated file, missing or
+/// ill-typed keys, missing tensors or wrong shapes; UNSUPPORTED for another architecture, a
+/// tensor type other than F32/F16/BF16/Q8_0/Q4_0/Q4_1, llama3 `rope_freqs`, extra tensors
+/// (biases...), or a tokenizer other than byte-level BPE.
+pub fn load_gguf(path: &Path) -> Result<ModelFiles> {
+    let g = GgufFile::open(path)?;
+    load_parsed(&g).map_err(|e| e.context(path.display()))
+}
+
+fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
+    let config = model_config(g)?;
+    // Map and check every tensor before reading any data.
+    let mut plan = Vec::with_capacity(g.tensors.len());
+    for info in &g.tensors {
+        let hf = hf_name(&info.name).ok_or_else(|| {
+            if info.name == "rope_freqs.weight" {
+                Error::unsupported(
+                    "tensor \"rope_freqs.weight\" (llama3 RoPE frequency factors) is not supported; \
+                     load the model from its HuggingFace directory instead",
+                )
+            } else {
+                Error::unsupported(format!(
+                    "tensor \"{}\" is not part of a plain Llama model (biases and extra tensors are not supported)",
+                    info.name
+                ))
+            }
+        })?;
+        if !info.ggml_type.is_dequantizable() {
+            return Err(Error::unsupported(format!(
+                "tensor \"{}\" has type {} which is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)",
+                info.name, info.ggml_type
+            )));
+        }
+        plan.push((info, hf));
+    }
+    let mut expected: std::collections::HashMap<String, Vec<usize>> =
+        expected_shapes(&config).into_iter().collect();
+    for (info, hf) in &plan {
+        let Some(shape) = expected.remove(hf) else {
+            return Err(Error::invalid_model(format!(
+                "tensor \"{}\" ({hf}) is not expected in a {}-layer Llama model",
+                info.name, config.num_layers
+            )));
+        };
+        if info.shape() != shape {
+            return Err(Error::invalid_model(format!(
+                "tensor \"{}\" ({hf}) has shape {:?}, expected {shape:?} for this config",
+                info.name,
+                info.shape()
+            )));
+        }
+    }
+    if let Some(hf) = expected.keys().min() {
+        return Err(Error::invalid_model(format!(
+            "missing tensor \"{}\" ({hf})",
+            gguf_name(hf)
+        )));
+    }
+    let mut tensors = TensorMap::with_capacity(plan.len());
+    for (info, hf) in plan {
+        let name_err = |e: Error| e.context(format!("tensor \"{}\"", info.name));
+        let bytes = g.read_tensor_bytes(info)?;
+        let n = usize::try_from(info.n_elements)
+            .map_err(|_| Error::invalid_model("too many elements").context(&info.name))?;
+        let mut data = dequantize(info.ggml_type, &bytes, n).map_err(name_err)?;
+        drop(bytes);
+        let shape = info.shape();
+        let heads = if info.name.ends_with(".attn_q.weight") {
+            Some(config.num_heads)
+        } else if info.name.ends_with(".attn_k.weight") {
+            Some(config.num_kv_heads)
+        } else {
+            None
+        };
+        if let (Some(n_head), [rows, cols]) = (heads, shape.as_slice()) {
+            data = unpermute_qk(&data, *rows, *cols, n_head).map_err(name_err)?;
+        }
+        tensors.insert(hf, HostTensor::f32(shape, data));
+    }
+    let tokenizer = tokenizer::build_tokenizer(g)?;
+    Ok(ModelFiles {
+        config,
+        tensors,
+        tokenizer,
+    })
+}
+
+fn meta_usize(g: &GgufFile, key: &str) -> Result<Option<usize>> {
+    match g.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|x| usize::try_from(x).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                Error::invalid_model(format!(
+                    "metadata key \"{key}\" is {v:?}, expected a non-negative integer"
+                ))
+            }),
+    }
+}
+
+fn meta_f32(g: &GgufFile, key: &str) -> Result<Option<f32>> {
+    match g.get(key) {
+        None => Ok(None),
+        Some(v) => v.as_f64().map(|x| Some(x as f32)).ok_or_else(|| {
+            Error::invalid_model(format!(
+                "metadata key \"{key}\" is {v:?}, expected a number"
+            ))
+        }),
+    }
+}
+
+fn required<T>(v: Option<T>, key: &str) -> Result<T> {
+    v.ok_or_else(|| Error::invalid_model(format!("missing metadata key \"{key}\"")))
+}
+
+/// Reads [`ModelConfig`] from `llama.*` and `tokenizer.ggml.*` metadata. Errors: UNSUPPORTED for
+/// an architecture other than `llama` or an unsupported RoPE scaling; INVALID_MODEL for missing
+/// or ill-typed keys and an inconsistent config.
+pub fn model_config(g: &GgufFile) -> Result<ModelConfig> {
+    let arch = match g.get("general.architecture") {
+        None => {
+            return Err(Error::invalid_model(
+                "missing metadata key \"general.architecture\"",
+            ))
+        }
+        Some(v) => v.as_str().ok_or_else(|| {
+            Error::invalid_model("metadata key \"general.architecture\" is not a string")
+        })?,
+    };
+    if arch != "llama" {
+        return Err(Error::unsupported(format!(
+            "general.architecture = \"{arch}\" is not supported (only \"llama\")"
+        )));
+    }
+    let u = |k: &str| meta_usize(g, &format!("llama.{k}"));
+    let f = |k: &str| meta_f32(g, &format!("llama.{k}"));
+    let hidden_size = required(u("embedding_length")?, "llama.embedding_length")?;
+    let num_heads = required(u("attention.head_count")?, "llama.attention.head_count")?;
+    let head_dim = match u("attention.key_length")? {
+        Some(k) => k,
+        None if num_heads > 0 => hidden_size / num_heads,
+        None => 0,
+    };
+    if let Some(vl) = u("attention.value_length")? {
+        if vl != head_dim {
+            return Err(Error::unsupported(format!(
+                "llama.attention.value_length ({vl}) differs from the key length ({head_dim})"
+            )));
+        }
+    }
+    let rope_scaling = rope_scaling(g)?;
+    let vocab_size = match g.get("tokenizer.ggml.tokens") {
+        Some(MetaValue::Array(a)) => a.len(),
+        Some(_) => {
+            return Err(Error::invalid_model(
+                "metadata key \"tokenizer.ggml.tokens\" is not an array",
+            ))
+        }
+        None => required(u("vocab_size")?, "tokenizer.ggml.tokens")?,
+    };
+    let id = |k: &str| -> Result<Option<u32>> {
+        Ok(meta_usize(g, k)?.and_then(|x| u32::try_from(x).ok()))
+    };
+    let mut eos_token_ids: Vec<u32> = id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
+    if let Some(eot) = id("tokenizer.ggml.eot_token_id")? {
+        if !eos_token_ids.contains(&eot) {
+            eos_token_ids.push(eot);
+        }
+    }
+    let cfg = ModelConfig {
+        hidden_size,
+        intermediate_size: required(u("feed_forward_length")?, "llama.feed_forward_length")?,
+        num_layers: required(u("block_count")?, "llama.block_count")?,
+        num_heads,
+        num_kv_heads: u("attention.head_count_kv")?.unwrap_or(num_heads),
+        head_dim,
+        vocab_size,
+        rms_norm_eps: required(
+            f("attention.layer_norm_rms_epsilon")?,
+            "llama.attention.layer_norm_rms_epsilon",
+        )?,
+        rope_theta: f("rope.freq_base")?.unwrap_or(10000.0),
+        rope_scaling,
+        max_position_embeddings: required(u("context_length")?, "llama.context_length")?,
+        tie_word_embeddings: g.tensor("output.weight").is_none(),
+        bos_token_id: id("tokenizer.ggml.bos_token_id")?,
+        eos_token_ids,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn rope_scaling(g: &GgufFile) -> Result<RopeScaling> {
+    let kind = match g.get("llama.rope.scaling.type") {
+        None => None,
+        Some(v) => Some(v.as_str().ok_or_else(|| {
+            Error::invalid_model("metadata key \"llama.rope.scaling.type\" is not a string")
+        })?),
+    };
+    let factor = meta_f32(g, "llama.rope.scaling.factor")?;
+    let legacy = meta_f32(g, "llama.rope.scale_linear")?;
+    match kind {
+        None => match legacy {
+            Some(l) if l != 1.0 => Ok(RopeScaling::Linear { factor: l }),
+            _ => Ok(RopeScaling::None),
+        },
+        Some("none") => Ok(RopeScaling::None),
+        Some("linear") => match factor {
+            Some(1.0) => Ok(RopeScaling::None),
+            Some(f) if f > 0.0 => Ok(RopeScaling::Linear { factor: f }),
+            _ => Err(Error::invalid_model(
+                "llama.rope.scaling.type = \"linear\" needs a positive llama.rope.scaling.factor",
+            )),
+        },
+        Some(other) => Err(Error::unsupported(format!(
+            "llama.rope.scaling.type = \"{other}\" is not supported (none, linear)"
+        ))),
+    }
+}
+
+/// The HF tensor name for a GGUF Llama tensor name, or `None` if it has no HF counterpart here.
+pub fn hf_name(gguf: &str) -> Option<String> {
+    match gguf {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let module = tail.strip_suffix(".weight")?;
+    let hf = LAYER_NAMES.iter().find(|(g, _)| *g == module)?.1;
+    Some(format!("model.layers.{layer}.{hf}.weight"))
+}
+
+/// The GGUF name for an HF name produced by [`hf_name`] (for messages).
+fn gguf_name(hf: &str) -> String {
+    match hf {
+        "model.embed_tokens.weight" => return "token_embd.weight".into(),
+        "model.norm.weight" => return "output_norm.weight".into(),
+        "lm_head.weight" => return "output.weight".into(),
+        _ => {}
+    }
+    let parsed = hf
+        .strip_prefix("model.layers.")
+        .and_then(|r| r.split_once('.'))
+        .and_then(|(l, t)| Some((l, t.strip_suffix(".weight")?)))
+        .and_then(|(l, t)| Some((l, LAYER_NAMES.iter().find(|(_, h)| *h == t)?.0)));
+    match parsed {
+        Some((l, g)) => format!("blk.{l}.{g}.weight"),
+        None => hf.to_string(),
+    }
+}
+
+/// (GGUF per-layer module, HF per-layer module).
+const LAYER_NAMES: &[(&str, &str)] = &[
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// Every tensor a Llama model with `c` needs, by HF name, with its HF shape.
+fn expected_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let mut v = vec![
+        (
+            "model.embed_tokens.weight".to_string(),
+            vec![c.vocab_size, h],
+        ),
+        ("model.norm.weight".to_string(), vec![h]),
+    ];
+    if !c.tie_word_embeddings {
+        v.push(("lm_head.weight".to_string(), vec![c.vocab_size, h]));
+    }
+    for l in 0..c.num_layers {
+        let p = format!("model.layers.{l}");
+        v.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        v.push((format!("{p}.self_attn.q_proj.weight"), vec![c.q_dim(), h]));
+        v.push((format!("{p}.self_attn.k_proj.weight"), vec![c.kv_dim(), h]));
+        v.push((format!("{p}.self_attn.v_proj.weight"), vec![c.kv_dim(), h]));
+        v.push((format!("{p}.self_attn.o_proj.weight"), vec![h, c.q_dim()]));
+        v.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+        v.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+        v.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+    }
+    v
+}

@@ -1,0 +1,13 @@
+//! Sampling: per-request parameters, token selection and stop-string matching.
+//!
+//! Pure logic (no backend, no I/O). [`SamplingParams`] is validated at submission;
+//! a [`Sampler`] is created per request and turns one logits row into a [`SampledToken`];
+//! a [`StopMatcher`] per request holds back text that could still become a stop string.
+
+mod params;
+mod sampler;
+mod stop;
+
+pub use params::{SamplingParams, MAX_LOGPROBS};
+pub use sampler::{apply_penalties, SampledToken, Sampler};
+pub use stop::{StopMatcher, StopResult};

@@ -1,0 +1,383 @@
+//! Token selection for one request: penalties, greedy, temperature, top-k, top-p, min-p.
+//!
+//! Pipeline per step (see [`Sampler::sample`]):
+//! 1. copy the logits row, NaN → −∞;
+//! 2. [`apply_penalties`] over the tokens generated so far;
+//! 3. the reported log-probabilities are the log-softmax of these *penalised* logits, before
+//!    temperature, top-k, top-p and min-p (like OpenAI, which reports the model's distribution);
+//! 4. greedy (`temperature == 0` or `top_k == 1`): the argmax, ties → lowest id;
+//! 5. otherwise divide by the temperature, keep the `top_k` best (ties → lowest id), then the
+//!    smallest nucleus of probability ≥ `top_p` (at least one token), then drop tokens below
+//!    `min_p` × the best probability, and draw from the renormalised rest with exactly one
+//!    uniform number from the request's own ChaCha8 generator.
+
+use std::cmp::Ordering;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::params::{SamplingParams, MAX_LOGPROBS};
+
+/// The token chosen at one step, with its log-probability and the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampledToken {
+    /// The chosen token id.
+    pub token: u32,
+    /// log-softmax of the penalised logits (before temperature/filters) at `token`.
+    pub logprob: f32,
+    /// The `logprobs` most likely tokens under the same distribution as `logprob`, sorted by
+    /// decreasing log-probability, ties by increasing id. Empty when `logprobs` is `None`.
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// Penalty settings with invalid values replaced by neutral ones.
+#[derive(Debug, Clone, Copy)]
+struct Penalties {
+    repetition: f32,
+    presence: f32,
+    frequency: f32,
+}
+
+impl Penalties {
+    fn from_params(p: &SamplingParams) -> Self {
+        let finite_or = |x: f32, d: f32| if x.is_finite() { x } else { d };
+        let repetition = finite_or(p.repetition_penalty, 1.0);
+        Self {
+            repetition: if repetition > 0.0 { repetition } else { 1.0 },
+            presence: finite_or(p.presence_penalty, 0.0),
+            frequency: finite_or(p.frequency_penalty, 0.0),
+        }
+    }
+    fn active(&self) -> bool {
+        self.repetition != 1.0 || self.presence != 0.0 || self.frequency != 0.0
+    }
+}
+
+/// Applies the penalties of `params` in place over the tokens `generated` so far.
+///
+/// For every distinct token `t` occurring `c ≥ 1` times in `generated` (ids outside `logits`
+/// are ignored), in this order:
+/// * repetition (HF/vLLM): `l[t] = l[t] / r` if `l[t] > 0`, else `l[t] * r`;
+/// * frequency and presence (OpenAI): `l[t] -= frequency_penalty * c + presence_penalty`.
+///
+/// Only generated tokens are penalised (not the prompt). Non-finite or non-positive
+/// `repetition_penalty` and non-finite presence/frequency penalties count as "off".
+/// Allocates one scratch buffer; [`Sampler`] reuses its own instead.
+pub fn apply_penalties(logits: &mut [f32], generated: &[u32], params: &SamplingParams) {
+    let mut scratch = Vec::new();
+    apply_penalties_with(
+        logits,
+        generated,
+        Penalties::from_params(params),
+        &mut scratch,
+    );
+}
+
+fn apply_penalties_with(
+    logits: &mut [f32],
+    generated: &[u32],
+    pen: Penalties,
+    scratch: &mut Vec<u32>,
+) {
+    if !pen.active() || generated.is_empty() {
+        return;
+    }
+    scratch.clear();
+    scratch.extend_from_slice(generated);
+    scratch.sort_unstable();
+    for run in scratch.chunk_by(|a, b| a == b) {
+        let Some(&token) = run.first() else { continue };
+        let Some(l) = logits.get_mut(token as usize) else {
+            continue;
+        };
+        if pen.repetition != 1.0 {
+            *l = if *l > 0.0 {
+                *l / pen.repetition
+            } else {
+                *l * pen.repetition
+            };
+        }
+        *l -= pen.frequency * run.len() as f32 + pen.presence;
+    }
+}
+
+/// Sampling settings with invalid values clamped to the nearest valid behaviour.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    greedy: bool,
+    temperature: f32,
+    top_k: usize,
+    top_p: f64,
+    min_p: f32,
+    logprobs: usize,
+    penalties: Penalties,
+}
+
+impl Settings {
+    fn from_params(p: &SamplingParams) -> Self {
+        // `!(t > 0)` also catches NaN.
+        let greedy = !(p.temperature > 0.0) || p.top_k == 1;
+        let temperature = if p.temperature.is_finite() {
+            p.temperature
+        } else {
+            f32::MAX
+        };
+        let top_p = if p.top_p.is_nan() || p.top_p >= 1.0 {
+            1.0
+        } else {
+            f64::from(p.top_p.max(0.0))
+        };
+        let min_p = if p.min_p.is_nan() {
+            0.0
+        } else {
+            p.min_p.clamp(0.0, 1.0)
+        };
+        Self {
+            greedy,
+            temperature,
+            top_k: p.top_k,
+            top_p,
+            min_p,
+            logprobs: p.logprobs.unwrap_or(0).min(MAX_LOGPROBS),
+            penalties: Penalties::from_params(p),
+        }
+    }
+}
+
+/// Chooses the tokens of one request. Create one per request; it owns the request's random
+/// generator and scratch buffers (reused across steps, so steady-state sampling allocates only
+/// the returned `top_logprobs`). `Send`, not shared between threads.
+///
+/// The generator is ChaCha8 seeded from `params.seed`, or the fallback when `None`; each
+/// non-greedy step draws exactly one `f64` from it, so a request's tokens depend only on its
+/// own logits, parameters and seed, never on the rest of the batch.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    rng: ChaCha8Rng,
+    settings: Settings,
+    work: Vec<f32>,
+    weights: Vec<f32>,
+    cand: Vec<u32>,
+    scratch: Vec<u32>,
+}
+
+impl Sampler {
+    /// A sampler for one request. `params` should have passed [`SamplingParams::validate`];
+    /// out-of-range values are clamped (NaN or negative temperature → greedy, top_p outside
+    /// (0, 1] → nearest bound keeping at least one token, min_p clamped to [0, 1], logprobs to
+    /// at most 20, invalid penalties → off). `request_seed_fallback` seeds the generator when
+    /// `params.seed` is `None`.
+    pub fn new(params: &SamplingParams, request_seed_fallback: u64) -> Self {
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(params.seed.unwrap_or(request_seed_fallback)),
+            settings: Settings::from_params(params),
+            work: Vec::new(),
+            weights: Vec::new(),
+            cand: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Chooses the next token from one row of `logits` (length = vocabulary size), given the
+    /// tokens `generated` so far by this request (for the penalties). See the module docs for
+    /// the exact pipeline.
+    ///
+    /// `logits` must be non-empty; an empty row yields token 0 with log-probability −∞ (the
+    /// engine never passes one). NaN logits count as −∞. If every logit is −∞ (or one is +∞)
+    /// the argmax is returned and its log-probability may be NaN.
+    pub fn sample(&mut self, logits: &[f32], generated: &[u32]) -> SampledToken {
+        if logits.is_empty() {
+            return SampledToken {
+                token: 0,
+                logprob: f32::NEG_INFINITY,
+                top_logprobs: Vec::new(),
+            };
+        }
+        self.work.clear();
+        self.work.extend(
+            logits
+                .iter()
+                .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x }),
+        );
+        apply_penalties_with(
+            &mut self.work,
+            generated,
+            self.settings.penalties,
+            &mut self.scratch,
+        );
+        let (best, wmax) = argmax(&self.work);
+        let lse = log_sum_exp(&self.work, wmax);
+        let token = if self.settings.greedy || !wmax.is_finite() {
+            best
+        } else {
+            self.sample_stochastic(wmax).unwrap_or(best)
+        };
+        let logprob = self
+            .work
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&w| w - lse);
+        let top_logprobs = top_n(&self.work, self.settings.logprobs, lse);
+        SampledToken {
+            token,
+            logprob,
+            top_logprobs,
+        }
+    }
+
+    /// Temperature, top-k, top-p, min-p and one draw. `wmax` is the finite maximum of `work`.
+    fn sample_stochastic(&mut self, wmax: f32) -> Option<u32> {
+        let u: f64 = self.rng.gen();
+        let s = self.settings;
+        let work = &self.work;
+        let v = work.len();
+        // Probability of token i up to normalisation; the best token has weight exactly 1.
+        let weight = |i: u32| -> f32 {
+            let w = work.get(i as usize).copied().unwrap_or(f32::NEG_INFINITY);
+            ((w - wmax) / s.temperature).exp()
+        };
+        let k = if s.top_k == 0 || s.top_k >= v {
+            v
+        } else {
+            s.top_k
+        };
+
+        if k == v && s.top_p >= 1.0 {
+            // Whole vocabulary in id order: no index buffer, no sort.
+            self.weights.clear();
+            let mut total = 0.0f64;
+            for &w in work.iter() {
+                let e = ((w - wmax) / s.temperature).exp();
+                let e = if e >= s.min_p { e } else { 0.0 };
+                total += f64::from(e);
+                self.weights.push(e);
+            }
+            return pick(u, total, self.weights.iter().copied().enumerate())
+                .and_then(|i| u32::try_from(i).ok());
+        }
+
+        let by_logit = |a: &u32, b: &u32| -> Ordering {
+            let wa = work.get(*a as usize).copied().unwrap_or(f32::NEG_INFINITY);
+            let wb = work.get(*b as usize).copied().unwrap_or(f32::NEG_INFINITY);
+            wb.partial_cmp(&wa)
+                .unwrap_or(Ordering::Equal)
+                .then(a.cmp(b))
+        };
+        let cand = &mut self.cand;
+        cand.clear();
+        cand.extend(0..u32::try_from(v).ok()?);
+        if k < v {
+            cand.select_nth_unstable_by(k - 1, by_logit);
+            cand.truncate(k);
+        }
+
+        if s.top_p < 1.0 {
+            let total: f64 = cand.iter().map(|&i| f64::from(weight(i))).sum();
+            let target = s.top_p * total;
+            let len = cand.len();
+            // Sort only as long a prefix as the nucleus needs, growing it geometrically.
+            let mut sorted = 0usize;
+            let mut n = len.min(64);
+            let mut cum = 0.0f64;
+            let keep = loop {
+                if n < len {
+                    if let Some(tail) = cand.get_mut(sorted..) {
+                        tail.select_nth_unstable_by(n - sorted - 1, by_logit);
+                    }
+                }
+                if let Some(part) = cand.get_mut(sorted..n) {
+                    part.sort_unstable_by(by_logit);
+                }
+                let mut found = None;
+                for (j, &i) in cand.get(sorted..n).unwrap_or(&[]).iter().enumerate() {
+                    cum += f64::from(weight(i));
+                    if cum >= target {
+                        found = Some(sorted + j + 1);
+                        break;
+                    }
+                }
+                if let Some(keep) = found {
+                    break keep;
+                }
+                if n == len {
+                    break len;
+                }
+                sorted = n;
+                n = n.saturating_mul(4).min(len);
+            };
+            cand.truncate(keep.max(1));
+        }
+
+        if s.min_p > 0.0 {
+            cand.retain(|&i| weight(i) >= s.min_p);
+        }
+
+        let total: f64 = cand.iter().map(|&i| f64::from(weight(i))).sum();
+        let chosen = pick(u, total, cand.iter().map(|&i| (i, weight(i))))?;
+        Some(chosen)
+    }
+}
+
+/// Inverse-CDF draw: the first item whose cumulative weight exceeds `u * total`; the last item
+/// with positive weight if rounding runs past the end.
+fn pick<T: Copy>(u: f64, total: f64, items: impl Iterator<Item = (T, f32)>) -> Option<T> {
+    let target = u * total;
+    let mut cum = 0.0f64;
+    let mut last = None;
+    for (item, e) in items {
+        if e > 0.0 {
+            cum += f64::from(e);
+            last = Some(item);
+            if cum > target {
+                return Some(item);
+            }
+        }
+    }
+    last
+}
+
+/// Index and value of the maximum (ties → lowest index). `work` has no NaN.
+fn argmax(work: &[f32]) -> (u32, f32) {
+    let mut best = 0usize;
+    let mut wmax = f32::NEG_INFINITY;
+    for (i, &w) in work.iter().enumerate() {
+        if w > wmax {
+            wmax = w;
+            best = i;
+        }
+    }
+    (u32::try_from(best).unwrap_or(0), wmax)
+}
+
+/// `ln Σ exp(w)` given the maximum `wmax` (accumulated in f64).
+fn log_sum_exp(work: &[f32], wmax: f32) -> f32 {
+    if !wmax.is_finite() {
+        return wmax;
+    }
+    let sum: f64 = work.iter().map(|&w| f64::from((w - wmax).exp())).sum();
+    wmax + sum.ln() as f32
+}
+
+/// The `n` largest entries as `(id, w - lse)`, by decreasing value, ties by increasing id.
+fn top_n(work: &[f32], n: usize, lse: f32) -> Vec<(u32, f32)> {
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n);
+    if n == 0 {
+        return top;
+    }
+    for (i, &w) in work.iter().enumerate() {
+        let full = top.len() == n;
+        if full && top.last().is_some_and(|&(_, lw)| w <= lw) {
+            continue;
+        }
+        // Insert after every entry that is >= w, so equal values stay in id order.
+        let at = top.partition_point(|&(_, tw)| tw >= w);
+        if full {
+            top.pop();
+        }
+        let Ok(id) = u32::try_from(i) else { break };
+        top.insert(at.min(top.len()), (id, w));
+    }
+    for entry in &mut top {
+        entry.1 -= lse;
+    }
+    top
+}

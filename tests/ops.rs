@@ -1,0 +1,627 @@
+//! Every backend op: CpuBackend (SIMD and portable kernels) against the scalar ReferenceBackend,
+//! plus bitwise batch- and thread-invariance of matmul and attention.
+
+use std::sync::Arc;
+
+use loraplex::backend::cpu::CpuBackend;
+use loraplex::backend::reference::ReferenceBackend;
+use loraplex::backend::{AttnMeta, Backend, KvGeometry, WeightFormat};
+use loraplex::tensor::{HostTensor, TensorData};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const FORMATS: [WeightFormat; 2] = [WeightFormat::F32, WeightFormat::BF16];
+
+fn pool(n: usize) -> Arc<rayon::ThreadPool> {
+    Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap(),
+    )
+}
+
+fn cpu(n: usize) -> CpuBackend {
+    CpuBackend::new(pool(n))
+}
+
+fn rand_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+fn tensor(rng: &mut ChaCha8Rng, out: usize, inp: usize) -> HostTensor {
+    HostTensor::f32(vec![out, inp], rand_vec(rng, out * inp))
+}
+
+/// Asserts `|a - b| <= tol[i]` elementwise (and that neither is NaN).
+fn assert_close(what: &str, a: &[f32], b: &[f32], tol: impl Fn(usize) -> f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for i in 0..a.len() {
+        let d = (a[i] - b[i]).abs();
+        assert!(
+            d <= tol(i),
+            "{what}: index {i}: {} vs {} (diff {d}, tol {})",
+            a[i],
+            b[i],
+            tol(i)
+        );
+    }
+}
+
+fn assert_bits_eq(what: &str, a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for i in 0..a.len() {
+        assert_eq!(
+            a[i].to_bits(),
+            b[i].to_bits(),
+            "{what}: index {i}: {} vs {}",
+            a[i],
+            b[i]
+        );
+    }
+}
+
+/// f32-accumulation bound for y[t, o]: 1e-6 * sqrt(in) * sum_i |x_i w_i| (+ denormal slack).
+fn matmul_tol(x: &[f32], w: &[f32], rows: usize, out: usize, inp: usize) -> Vec<f32> {
+    let mut tol = vec![0f32; rows * out];
+    for t in 0..rows {
+        for o in 0..out {
+            let s: f32 = (0..inp)
+                .map(|i| (x[t * inp + i] * w[o * inp + i]).abs())
+                .sum();
+            tol[t * out + o] = 1e-6 * (inp as f32).sqrt() * s + 1e-30;
+        }
+    }
+    tol
+}
+
+fn check_matmul<B: Backend<Buf = Vec<f32>>>(
+    be: &B,
+    label: &str,
+    shapes: &[(usize, usize, &[usize])],
+) {
+    let r = ReferenceBackend;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for &(inp, out, rows_list) in shapes {
+        let t = tensor(&mut rng, out, inp);
+        for format in FORMATS {
+            let wr = r.weight(&t, format).unwrap();
+            let wc = be.weight(&t, format).unwrap();
+            assert_eq!(be.weight_dims(&wc), (out, inp));
+            for &rows in rows_list {
+                let x = rand_vec(&mut rng, rows * inp);
+                let mut yr = vec![0f32; rows * out];
+                let mut yc = vec![0f32; rows * out];
+                r.matmul(&x, rows, &wr, &mut yr);
+                be.matmul(&x, rows, &wc, &mut yc);
+                let tol = matmul_tol(&x, &wr.data, rows, out, inp);
+                let what = format!("{label} matmul {format:?} in={inp} out={out} rows={rows}");
+                assert_close(&what, &yc, &yr, |i| tol[i]);
+            }
+        }
+    }
+}
+
+const MATMUL_SHAPES: &[(usize, usize, &[usize])] = &[
+    (1, 1, &[1, 2, 3]),
+    (1, 5, &[1, 8, 33]),
+    (7, 63, &[1, 2, 3, 8, 31, 32, 33, 257]),
+    (64, 5, &[1, 3, 8, 32, 257]),
+    (64, 63, &[1, 2, 31, 33]),
+    (576, 63, &[1, 2, 3, 8, 31, 32, 33, 257]),
+    (576, 1536, &[1, 3, 8, 33]),
+    (1000, 5, &[1, 2, 3, 8, 31, 32, 33, 257]),
+    (1000, 1536, &[1, 32]),
+    (1536, 63, &[1, 8, 33]),
+];
+
+#[test]
+fn matmul_simd_matches_reference() {
+    let be = cpu(2);
+    check_matmul(&be, "cpu", MATMUL_SHAPES);
+}
+
+#[test]
+fn matmul_portable_matches_reference() {
+    let be = CpuBackend::portable(pool(2));
+    check_matmul(&be, "portable", MATMUL_SHAPES);
+}
+
+#[test]
+fn matmul_fused_weight_stacks_parts() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let parts = [
+        tensor(&mut rng, 5, 13),
+        tensor(&mut rng, 2, 13),
+        tensor(&mut rng, 9, 13),
+    ];
+    let refs: Vec<&HostTensor> = parts.iter().collect();
+    let mut all = Vec::new();
+    for p in &parts {
+        all.extend(p.to_f32_vec());
+    }
+    let whole = HostTensor::f32(vec![16, 13], all);
+    let be = cpu(2);
+    for format in FORMATS {
+        let fused = be.fused_weight(&refs, format).unwrap();
+        let single = be.weight(&whole, format).unwrap();
+        assert_eq!(be.weight_dims(&fused), (16, 13));
+        let x = rand_vec(&mut rng, 3 * 13);
+        let (mut a, mut b) = (vec![0f32; 3 * 16], vec![0f32; 3 * 16]);
+        be.matmul(&x, 3, &fused, &mut a);
+        be.matmul(&x, 3, &single, &mut b);
+        assert_bits_eq("fused vs single", &a, &b);
+    }
+    let bad = tensor(&mut rng, 4, 12);
+    let err = be
+        .fused_weight(&[&parts[0], &bad], WeightFormat::F32)
+        .unwrap_err();
+    assert!(err.to_string().contains("part 1"), "{err}");
+}
+
+#[test]
+fn bf16_host_tensor_packs_exactly() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let vals = rand_vec(&mut rng, 6 * 9);
+    let bf: Vec<half::bf16> = vals.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    let t_bf = HostTensor {
+        shape: vec![6, 9],
+        data: TensorData::BF16(bf),
+    };
+    let t_f = HostTensor::f32(vec![6, 9], vals);
+    let be = cpu(1);
+    let x = rand_vec(&mut rng, 2 * 9);
+    let (mut a, mut b) = (vec![0f32; 12], vec![0f32; 12]);
+    be.matmul(
+        &x,
+        2,
+        &be.weight(&t_bf, WeightFormat::BF16).unwrap(),
+        &mut a,
+    );
+    be.matmul(&x, 2, &be.weight(&t_f, WeightFormat::BF16).unwrap(), &mut b);
+    assert_bits_eq("bf16 from bf16 vs from f32", &a, &b);
+    assert_eq!(
+        be.weight_bytes(&be.weight(&t_bf, WeightFormat::BF16).unwrap()),
+        6 * 16 * 2
+    );
+}
+
+#[test]
+fn matmul_row_is_independent_of_batch() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for be in [cpu(2), CpuBackend::portable(pool(2))] {
+        for &(inp, out) in &[(576usize, 1536usize), (7, 63), (1000, 5)] {
+            let t = tensor(&mut rng, out, inp);
+            for format in FORMATS {
+                let w = be.weight(&t, format).unwrap();
+                let x = rand_vec(&mut rng, 257 * inp);
+                let mut full = vec![0f32; 257 * out];
+                be.matmul(&x, 257, &w, &mut full);
+                for &(start, rows) in &[
+                    (0usize, 1usize),
+                    (5, 1),
+                    (256, 1),
+                    (0, 32),
+                    (1, 32),
+                    (7, 8),
+                    (100, 3),
+                    (2, 31),
+                ] {
+                    let mut y = vec![0f32; rows * out];
+                    be.matmul(
+                        &x[start * inp..(start + rows) * inp].to_vec(),
+                        rows,
+                        &w,
+                        &mut y,
+                    );
+                    let what = format!("{format:?} in={inp} rows {start}..+{rows}");
+                    assert_bits_eq(&what, &y, &full[start * out..(start + rows) * out]);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_is_independent_of_thread_count() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let (inp, out) = (576, 3072);
+    let t = tensor(&mut rng, out, inp);
+    for format in FORMATS {
+        for rows in [1usize, 8, 33, 257] {
+            let x = rand_vec(&mut rng, rows * inp);
+            let mut results = Vec::new();
+            for threads in [1usize, 2, 3] {
+                let be = cpu(threads);
+                let w = be.weight(&t, format).unwrap();
+                let mut y = vec![0f32; rows * out];
+                be.matmul(&x, rows, &w, &mut y);
+                results.push(y);
+            }
+            assert_bits_eq("1 vs 2 threads", &results[0], &results[1]);
+            assert_bits_eq("1 vs 3 threads", &results[0], &results[2]);
+        }
+    }
+}
+
+#[test]
+fn matmul_bad_sizes_fill_nan() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let be = cpu(1);
+    let w = be
+        .weight(&tensor(&mut rng, 4, 8), WeightFormat::F32)
+        .unwrap();
+    let x = rand_vec(&mut rng, 8); // one row, asked for two
+    let mut y = vec![0f32; 8];
+    be.matmul(&x, 2, &w, &mut y);
+    assert!(y.iter().all(|v| v.is_nan()));
+    let r = ReferenceBackend;
+    let wr = r
+        .weight(&tensor(&mut rng, 4, 8), WeightFormat::F32)
+        .unwrap();
+    let mut y = vec![0f32; 8];
+    r.matmul(&x, 2, &wr, &mut y);
+    assert!(y.iter().all(|v| v.is_nan()));
+}
+
+#[test]
+fn weight_rejects_bad_tensors() {
+    let be = cpu(1);
+    let r = ReferenceBackend;
+    let t3 = HostTensor::f32(vec![2, 2, 2], vec![0.0; 8]);
+    let short = HostTensor::f32(vec![2, 3], vec![0.0; 5]);
+    let zero = HostTensor::f32(vec![0, 3], vec![]);
+    for t in [&t3, &short, &zero] {
+        assert!(be.weight(t, WeightFormat::F32).is_err());
+        assert!(r.weight(t, WeightFormat::BF16).is_err());
+    }
+    assert!(be.fused_weight(&[], WeightFormat::F32).is_err());
+    let geom = KvGeometry {
+        num_layers: 1,
+        num_blocks: 0,
+        block_size: 16,
+        num_kv_heads: 1,
+        head_dim: 8,
+    };
+    assert!(be.alloc_kv(geom).is_err());
+    assert!(r.alloc_kv(geom).is_err());
+    let huge = KvGeometry {
+        num_blocks: usize::MAX / 2,
+        ..geom
+    };
+    assert!(be.alloc_kv(huge).is_err());
+}
+
+#[test]
+fn embedding_gather_matches_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let (be, r) = (cpu(2), ReferenceBackend);
+    for &(vocab, hidden) in &[(50usize, 7usize), (300, 64), (1000, 576)] {
+        let t = tensor(&mut rng, vocab, hidden);
+        for format in FORMATS {
+            let (wc, wr) = (
+                be.weight(&t, format).unwrap(),
+                r.weight(&t, format).unwrap(),
+            );
+            let ids: Vec<u32> = (0..37).map(|_| rng.gen_range(0..vocab as u32)).collect();
+            let (mut a, mut b) = (vec![0f32; 37 * hidden], vec![0f32; 37 * hidden]);
+            be.embedding_gather(&wc, &ids, &mut a);
+            r.embedding_gather(&wr, &ids, &mut b);
+            assert_bits_eq("embedding_gather", &a, &b);
+            // An out-of-range id gives a NaN row, not a panic.
+            let mut c = vec![0f32; 2 * hidden];
+            be.embedding_gather(&wc, &[0, vocab as u32], &mut c);
+            assert!(c[..hidden].iter().all(|v| v.is_finite()));
+            assert!(c[hidden..].iter().all(|v| v.is_nan()));
+        }
+    }
+}
+
+#[test]
+fn rms_norm_matches_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let (be, r) = (cpu(2), ReferenceBackend);
+    for &(rows, dim) in &[(1usize, 1usize), (3, 7), (8, 64), (33, 576), (2, 1000)] {
+        let x: Vec<f32> = rand_vec(&mut rng, rows * dim)
+            .iter()
+            .map(|v| v * 3.0)
+            .collect();
+        let w = rand_vec(&mut rng, dim);
+        let (mut a, mut b) = (vec![0f32; rows * dim], vec![0f32; rows * dim]);
+        be.rms_norm(&x, &w, rows, dim, 1e-5, &mut a);
+        r.rms_norm(&x, &w, rows, dim, 1e-5, &mut b);
+        assert_close(&format!("rms_norm {rows}x{dim}"), &a, &b, |i| {
+            1e-6 * (1.0 + b[i].abs())
+        });
+    }
+}
+
+#[test]
+fn rope_matches_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let (be, r) = (cpu(2), ReferenceBackend);
+    for &(n_heads, head_dim, theta) in
+        &[(9usize, 64usize, 10000f32), (3, 16, 100000.0), (2, 2, 10.0)]
+    {
+        let inv_freq: Vec<f32> = (0..head_dim / 2)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32))
+            .collect();
+        let rows = 11;
+        let col0 = 5;
+        let stride = col0 + n_heads * head_dim + 3;
+        let pos: Vec<u32> = (0..rows).map(|_| rng.gen_range(0..8192)).collect();
+        let x = rand_vec(&mut rng, rows * stride);
+        let (mut a, mut b) = (x.clone(), x.clone());
+        be.rope(
+            &mut a, rows, stride, col0, n_heads, head_dim, &pos, &inv_freq,
+        );
+        r.rope(
+            &mut b, rows, stride, col0, n_heads, head_dim, &pos, &inv_freq,
+        );
+        assert_close("rope", &a, &b, |_| 1e-6);
+        // Columns outside the heads are untouched.
+        for t in 0..rows {
+            assert_eq!(
+                a[t * stride..t * stride + col0],
+                x[t * stride..t * stride + col0]
+            );
+            assert_eq!(
+                a[(t + 1) * stride - 3..(t + 1) * stride],
+                x[(t + 1) * stride - 3..(t + 1) * stride]
+            );
+        }
+    }
+}
+
+#[test]
+fn silu_mul_add_gather_rows_match_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let (be, r) = (cpu(2), ReferenceBackend);
+    for &(rows, inter) in &[(1usize, 1usize), (3, 7), (33, 1536)] {
+        let gu: Vec<f32> = rand_vec(&mut rng, rows * 2 * inter)
+            .iter()
+            .map(|v| v * 20.0)
+            .collect();
+        let (mut a, mut b) = (vec![0f32; rows * inter], vec![0f32; rows * inter]);
+        be.silu_mul(&gu, rows, inter, &mut a);
+        r.silu_mul(&gu, rows, inter, &mut b);
+        assert_close("silu_mul", &a, &b, |i| 1e-6 * (1.0 + b[i].abs()));
+
+        let x = rand_vec(&mut rng, rows * inter);
+        let (mut a2, mut b2) = (a.clone(), a.clone());
+        let len = rows * inter - (rows * inter) / 3;
+        be.add(&mut a2, &x, len);
+        r.add(&mut b2, &x, len);
+        assert_bits_eq("add", &a2, &b2);
+        assert_bits_eq("add leaves tail", &a2[len..], &a[len..]);
+
+        let idx: Vec<u32> = (0..5).map(|_| rng.gen_range(0..rows as u32)).collect();
+        let (mut a3, mut b3) = (vec![0f32; 5 * inter], vec![0f32; 5 * inter]);
+        be.gather_rows(&x, inter, &idx, &mut a3);
+        r.gather_rows(&x, inter, &idx, &mut b3);
+        assert_bits_eq("gather_rows", &a3, &b3);
+    }
+}
+
+/// A random paged-attention scenario: sequences with shuffled block tables, all positions
+/// written with kv_write, then one step mixing prefill chunks and decode rows.
+struct Scenario {
+    geom: KvGeometry,
+    n_heads: usize,
+    stride: usize,
+    tables: Vec<Vec<u32>>,
+    row_seq: Vec<u32>,
+    row_pos: Vec<u32>,
+    slots: Vec<u32>,
+    qkv: Vec<f32>,
+}
+
+fn slot(tables: &[Vec<u32>], bs: usize, seq: usize, p: usize) -> u32 {
+    tables[seq][p / bs] * bs as u32 + (p % bs) as u32
+}
+
+fn scenario(
+    seed: u64,
+    n_heads: usize,
+    nkv: usize,
+    hd: usize,
+    bs: usize,
+    lens: &[usize],
+) -> Scenario {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let need: usize = lens.iter().map(|l| l.div_ceil(bs)).sum();
+    let num_blocks = need + 5;
+    let geom = KvGeometry {
+        num_layers: 2,
+        num_blocks,
+        block_size: bs,
+        num_kv_heads: nkv,
+        head_dim: hd,
+    };
+    let mut ids: Vec<u32> = (0..num_blocks as u32).collect();
+    ids.shuffle(&mut rng);
+    let mut tables = Vec::new();
+    let mut next = 0;
+    for l in lens {
+        let nb = l.div_ceil(bs);
+        tables.push(ids[next..next + nb].to_vec());
+        next += nb;
+    }
+    let stride = (n_heads + 2 * nkv) * hd + 3;
+    // Step rows: seq 0 full prefill; seq 1 a decode row at its last position; other seqs a
+    // prefill chunk of their last min(len, 7) positions. Rows are interleaved by sequence order.
+    let (mut row_seq, mut row_pos) = (Vec::new(), Vec::new());
+    for (s, &l) in lens.iter().enumerate() {
+        let first = match s {
+            0 => 0,
+            1 => l - 1,
+            _ => l - l.min(7),
+        };
+        for p in first..l {
+            row_seq.push(s as u32);
+            row_pos.push(p as u32);
+        }
+    }
+    let slots = row_seq
+        .iter()
+        .zip(&row_pos)
+        .map(|(&s, &p)| slot(&tables, bs, s as usize, p as usize))
+        .collect();
+    let qkv = rand_vec(&mut rng, row_seq.len() * stride);
+    Scenario {
+        geom,
+        n_heads,
+        stride,
+        tables,
+        row_seq,
+        row_pos,
+        slots,
+        qkv,
+    }
+}
+
+/// Fills every position of every sequence (layer `layer`) with random K/V via kv_write.
+fn fill_cache<B: Backend<Buf = Vec<f32>>>(
+    be: &B,
+    sc: &Scenario,
+    cache: &mut B::KvCache,
+    layer: usize,
+    seed: u64,
+) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let kv_dim = sc.geom.num_kv_heads * sc.geom.head_dim;
+    let q_dim = sc.n_heads * sc.geom.head_dim;
+    for (s, t) in sc.tables.iter().enumerate() {
+        let len = t.len() * sc.geom.block_size;
+        let rows = len;
+        let qkv = rand_vec(&mut rng, rows * sc.stride);
+        let slots: Vec<u32> = (0..len)
+            .map(|p| slot(&sc.tables, sc.geom.block_size, s, p))
+            .collect();
+        be.kv_write(
+            cache,
+            layer,
+            &qkv,
+            rows,
+            sc.stride,
+            q_dim,
+            q_dim + kv_dim,
+            &slots,
+        );
+    }
+}
+
+fn run_attention<B: Backend<Buf = Vec<f32>>>(
+    be: &B,
+    sc: &Scenario,
+    cache: &B::KvCache,
+    rows: std::ops::Range<usize>,
+) -> Vec<f32> {
+    let tables: Vec<&[u32]> = sc.tables.iter().map(|t| t.as_slice()).collect();
+    let n = rows.len();
+    let meta = AttnMeta {
+        row_seq: &sc.row_seq[rows.clone()],
+        row_pos: &sc.row_pos[rows.clone()],
+        slot_mapping: &sc.slots[rows.clone()],
+        block_tables: &tables,
+    };
+    let qkv = sc.qkv[rows.start * sc.stride..rows.end * sc.stride].to_vec();
+    let mut out = vec![0f32; n * sc.n_heads * sc.geom.head_dim];
+    be.attention_paged(&qkv, n, sc.stride, sc.n_heads, cache, 1, &meta, &mut out);
+    out
+}
+
+const ATTN_CASES: &[(usize, usize, usize, usize, &[usize])] = &[
+    (9, 3, 64, 16, &[40, 70, 33, 1]),
+    (9, 3, 64, 1, &[20, 9, 17]),
+    (4, 2, 16, 16, &[16, 100, 5]),
+    (4, 2, 16, 1, &[3, 30]),
+    (4, 4, 8, 4, &[13, 2, 1]),
+];
+
+#[test]
+fn kv_write_and_attention_match_reference() {
+    for (ci, &(nh, nkv, hd, bs, lens)) in ATTN_CASES.iter().enumerate() {
+        let sc = scenario(100 + ci as u64, nh, nkv, hd, bs, lens);
+        let (be, r) = (cpu(2), ReferenceBackend);
+        let mut cc = be.alloc_kv(sc.geom).unwrap();
+        let mut rc = r.alloc_kv(sc.geom).unwrap();
+        for layer in 0..2 {
+            fill_cache(&be, &sc, &mut cc, layer, 7 + layer as u64);
+            fill_cache(&r, &sc, &mut rc, layer, 7 + layer as u64);
+        }
+        for layer in 0..2 {
+            let (k, v) = cc.layer(layer).unwrap();
+            assert_bits_eq("kv_write K", k, &rc.k[layer]);
+            assert_bits_eq("kv_write V", v, &rc.v[layer]);
+        }
+        let rows = sc.row_seq.len();
+        let a = run_attention(&be, &sc, &cc, 0..rows);
+        let b = run_attention(&r, &sc, &rc, 0..rows);
+        assert_close(&format!("attention case {ci}"), &a, &b, |_| {
+            2e-6 * (hd as f32).sqrt()
+        });
+        let p = run_attention(&CpuBackend::portable(pool(1)), &sc, &cc, 0..rows);
+        assert_close(&format!("portable attention case {ci}"), &p, &b, |_| {
+            2e-6 * (hd as f32).sqrt()
+        });
+    }
+}
+
+#[test]
+fn attention_row_is_independent_of_batch_and_threads() {
+    for (ci, &(nh, nkv, hd, bs, lens)) in ATTN_CASES.iter().enumerate() {
+        let sc = scenario(200 + ci as u64, nh, nkv, hd, bs, lens);
+        let be2 = cpu(2);
+        let mut cache = be2.alloc_kv(sc.geom).unwrap();
+        fill_cache(&be2, &sc, &mut cache, 1, 3);
+        let rows = sc.row_seq.len();
+        let q_dim = nh * hd;
+        let full = run_attention(&be2, &sc, &cache, 0..rows);
+        let one_thread = run_attention(&cpu(1), &sc, &cache, 0..rows);
+        assert_bits_eq("attention 1 vs 2 threads", &full, &one_thread);
+        let three = run_attention(&cpu(3), &sc, &cache, 0..rows);
+        assert_bits_eq("attention 2 vs 3 threads", &full, &three);
+        for t in (0..rows).step_by(3).chain([rows - 1]) {
+            let alone = run_attention(&be2, &sc, &cache, t..t + 1);
+            assert_bits_eq(
+                &format!("case {ci} row {t} alone"),
+                &alone,
+                &full[t * q_dim..(t + 1) * q_dim],
+            );
+        }
+        let half = rows / 2;
+        let tail = run_attention(&be2, &sc, &cache, half..rows);
+        assert_bits_eq("tail rows", &tail, &full[half * q_dim..]);
+    }
+}
+
+#[test]
+fn attention_bad_metadata_gives_nan_row() {
+    let sc = scenario(300, 4, 2, 16, 4, &[10, 6]);
+    let be = cpu(2);
+    let mut cache = be.alloc_kv(sc.geom).unwrap();
+    fill_cache(&be, &sc, &mut cache, 1, 1);
+    let good: Vec<&[u32]> = sc.tables.iter().map(|t| t.as_slice()).collect();
+    let bad_table = [sc.geom.num_blocks as u32 + 9];
+    let tables = [good[0], &bad_table[..]];
+    let meta = AttnMeta {
+        row_seq: &[0, 1, 0, 5],
+        row_pos: &[3, 0, 30, 0],
+        slot_mapping: &[0, 0, 0, 0],
+        block_tables: &tables,
+    };
+    let qkv = sc.qkv[..4 * sc.stride].to_vec();
+    let mut out = vec![0f32; 4 * 4 * 16];
+    be.attention_paged(&qkv, 4, sc.stride, 4, &cache, 1, &meta, &mut out);
+    assert!(out[..64].iter().all(|v| v.is_finite()));
+    assert!(
+        out[64..].iter().all(|v| v.is_nan()),
+        "bad block, position past table, bad seq"
+    );
+    // Inconsistent heads: whole output NaN.
+    let mut out2 = vec![0f32; 4 * 3 * 16];
+    be.attention_paged(&qkv, 4, sc.stride, 3, &cache, 1, &meta, &mut out2);
+    assert!(out2.iter().all(|v| v.is_nan()));
+}
