@@ -39,7 +39,7 @@ pub enum ErrorCode {
 }
 
 /// The loraplex error: a code plus a message that names what is at fault.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
     code: ErrorCode,

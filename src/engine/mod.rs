@@ -155,7 +155,7 @@ impl Engine {
             backend,
             model,
             kv,
-            alloc: BlockAllocator::new(num_blocks, bs),
+            alloc: BlockAllocator::new(num_blocks, bs)?,
             sched: Scheduler::new(),
             seqs: HashMap::new(),
             tokenizer: tokenizer.clone(),

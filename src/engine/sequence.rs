@@ -68,10 +68,6 @@ impl Sequence {
         }
     }
 
-    pub fn generated(&self) -> &[u32] {
-        &self.tokens[self.prompt_len..]
-    }
-
     pub fn usage(&self) -> Usage {
         Usage { prompt_tokens: self.prompt_len, completion_tokens: self.tokens.len() - self.prompt_len }
     }

@@ -87,12 +87,14 @@ impl<B: Backend> Worker<B> {
     fn finish(&mut self, id: RequestId, reason: FinishReason, error: Option<Error>) {
         self.sched.remove(id);
         if let Some(mut seq) = self.seqs.remove(&id) {
-            seq.sched.table.release(&mut self.alloc);
+            // A release error is an allocator invariant violation; the blocks are lost, the
+            // request still ends.
+            let _ = seq.sched.table.release(&mut self.alloc);
             if reason != FinishReason::Stop && reason != FinishReason::Length {
                 seq.end(reason, error);
             }
+            self.shared.active.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
-        self.shared.active.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     fn step(&mut self) -> Result<()> {

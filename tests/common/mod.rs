@@ -111,25 +111,25 @@ pub fn write_tiny_model(dir: &Path, spec: TinySpec) {
     std::fs::write(dir.join("tokenizer_config.json"), tcfg.to_string()).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let mut rand_t = |name: String, shape: Vec<usize>, std: f32, rng: &mut ChaCha8Rng| {
+    let rand_t = |tensors: &mut Vec<(String, Vec<usize>, Vec<f32>)>, name: String, shape: Vec<usize>, std: f32, rng: &mut ChaCha8Rng| {
         let n = shape.iter().product();
         let data = (0..n).map(|_| (rng.gen::<f32>() * 2.0 - 1.0) * std * 1.732).collect();
         tensors.push((name, shape, data));
     };
     let (h, i, q, kv) = (spec.hidden, spec.inter, spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim);
-    rand_t("model.embed_tokens.weight".into(), vec![vocab, h], 1.0, &mut rng);
+    rand_t(&mut tensors, "model.embed_tokens.weight".into(), vec![vocab, h], 1.0, &mut rng);
     if !spec.tied {
-        rand_t("lm_head.weight".into(), vec![vocab, h], 0.2, &mut rng);
+        rand_t(&mut tensors, "lm_head.weight".into(), vec![vocab, h], 0.2, &mut rng);
     }
     for l in 0..spec.layers {
         let p = format!("model.layers.{l}");
-        rand_t(format!("{p}.self_attn.q_proj.weight"), vec![q, h], 0.3, &mut rng);
-        rand_t(format!("{p}.self_attn.k_proj.weight"), vec![kv, h], 0.3, &mut rng);
-        rand_t(format!("{p}.self_attn.v_proj.weight"), vec![kv, h], 0.3, &mut rng);
-        rand_t(format!("{p}.self_attn.o_proj.weight"), vec![h, q], 0.3, &mut rng);
-        rand_t(format!("{p}.mlp.gate_proj.weight"), vec![i, h], 0.3, &mut rng);
-        rand_t(format!("{p}.mlp.up_proj.weight"), vec![i, h], 0.3, &mut rng);
-        rand_t(format!("{p}.mlp.down_proj.weight"), vec![h, i], 0.3, &mut rng);
+        rand_t(&mut tensors, format!("{p}.self_attn.q_proj.weight"), vec![q, h], 0.3, &mut rng);
+        rand_t(&mut tensors, format!("{p}.self_attn.k_proj.weight"), vec![kv, h], 0.3, &mut rng);
+        rand_t(&mut tensors, format!("{p}.self_attn.v_proj.weight"), vec![kv, h], 0.3, &mut rng);
+        rand_t(&mut tensors, format!("{p}.self_attn.o_proj.weight"), vec![h, q], 0.3, &mut rng);
+        rand_t(&mut tensors, format!("{p}.mlp.gate_proj.weight"), vec![i, h], 0.3, &mut rng);
+        rand_t(&mut tensors, format!("{p}.mlp.up_proj.weight"), vec![i, h], 0.3, &mut rng);
+        rand_t(&mut tensors, format!("{p}.mlp.down_proj.weight"), vec![h, i], 0.3, &mut rng);
         let ones: Vec<f32> = (0..h).map(|_| 1.0 + (rng.gen::<f32>() - 0.5) * 0.2).collect();
         tensors.push((format!("{p}.input_layernorm.weight"), vec![h], ones.clone()));
         tensors.push((format!("{p}.post_attention_layernorm.weight"), vec![h], ones));
