@@ -33,11 +33,18 @@ fn copy_bandwidth_gbs() -> f64 {
 }
 
 fn params(max_tokens: usize) -> SamplingParams {
-    SamplingParams { max_tokens, temperature: 0.0, ignore_eos: true, ..SamplingParams::default() }
+    SamplingParams {
+        max_tokens,
+        temperature: 0.0,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    }
 }
 
 fn prompt(len: usize, salt: usize) -> Vec<u32> {
-    (0..len).map(|k| (100 + (k * 7919 + salt * 104_729) % 20_000) as u32).collect()
+    (0..len)
+        .map(|k| (100 + (k * 7919 + salt * 104_729) % 20_000) as u32)
+        .collect()
 }
 
 /// Best-of-`reps` prefill throughput for a `len`-token prompt (one request, one output token).
@@ -83,14 +90,24 @@ fn decode_tps(engine: &Engine, batch: usize, n: usize) -> Result<f64, loraplex::
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let (mut model, mut out, mut threads, mut n, mut quick) =
-        (String::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"), String::from("bench-report.json"), 2usize, 64usize, false);
+    let (mut model, mut out, mut threads, mut n, mut quick) = (
+        String::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        String::from("bench-report.json"),
+        2usize,
+        64usize,
+        false,
+    );
     while let Some(a) = args.next() {
         match a.as_str() {
             "--model" => model = args.next().ok_or("--model needs a value")?,
             "--out" => out = args.next().ok_or("--out needs a value")?,
             "--threads" => threads = args.next().ok_or("--threads needs a value")?.parse()?,
-            "--decode-tokens" => n = args.next().ok_or("--decode-tokens needs a value")?.parse()?,
+            "--decode-tokens" => {
+                n = args
+                    .next()
+                    .ok_or("--decode-tokens needs a value")?
+                    .parse()?
+            }
             "--quick" => quick = true,
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -98,8 +115,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let bw = copy_bandwidth_gbs();
     eprintln!("memory copy bandwidth: {bw:.1} GB/s");
     let mut formats = serde_json::Map::new();
-    let fmts: &[(&str, WeightFormat)] =
-        if quick { &[("f32", WeightFormat::F32)] } else { &[("f32", WeightFormat::F32), ("bf16", WeightFormat::BF16)] };
+    let fmts: &[(&str, WeightFormat)] = if quick {
+        &[("f32", WeightFormat::F32)]
+    } else {
+        &[("f32", WeightFormat::F32), ("bf16", WeightFormat::BF16)]
+    };
     for &(name, wf) in fmts {
         let mut cfg = EngineConfig::new(&model);
         cfg.threads = threads;

@@ -38,19 +38,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             role: "user".into(),
             content: "What is the capital of France? Answer in one sentence.".into(),
         }]),
-        SamplingParams { max_tokens: 48, temperature: 0.0, ..SamplingParams::default() },
+        SamplingParams {
+            max_tokens: 48,
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
     );
     let completion = Request::new(
         Prompt::Text("The three primary colors are".into()),
-        SamplingParams { max_tokens: 32, temperature: 0.7, top_p: 0.9, seed: Some(7), ..SamplingParams::default() },
+        SamplingParams {
+            max_tokens: 32,
+            temperature: 0.7,
+            top_p: 0.9,
+            seed: Some(7),
+            ..SamplingParams::default()
+        },
     );
     let t1 = Instant::now();
-    let ids = [("chat", engine.submit(chat)?), ("completion", engine.submit(completion)?)];
+    let ids = [
+        ("chat", engine.submit(chat)?),
+        ("completion", engine.submit(completion)?),
+    ];
     for (label, id) in ids {
         print!("\n[{label}] ");
         std::io::stdout().flush()?;
         loop {
-            let Some(out) = engine.poll(id, Duration::from_millis(50))? else { continue };
+            let Some(out) = engine.poll(id, Duration::from_millis(50))? else {
+                continue;
+            };
             print!("{}", out.text);
             std::io::stdout().flush()?;
             if let Some(reason) = out.finish_reason {
@@ -68,6 +83,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let s = engine.stats();
-    println!("\nboth requests done in {:.2}s over {} engine steps", t1.elapsed().as_secs_f64(), s.steps);
+    println!(
+        "\nboth requests done in {:.2}s over {} engine steps",
+        t1.elapsed().as_secs_f64(),
+        s.steps
+    );
     Ok(())
 }

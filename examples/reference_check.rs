@@ -38,7 +38,11 @@ fn parse_args() -> Result<Args, String> {
             "--adapters" => adapters = Some(PathBuf::from(val()?)),
             "--out" => out = Some(PathBuf::from(val()?)),
             "--weights" => weights = val()?,
-            "--threads" => threads = val()?.parse().map_err(|_| "--threads needs a number".to_string())?,
+            "--threads" => {
+                threads = val()?
+                    .parse()
+                    .map_err(|_| "--threads needs a number".to_string())?
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -64,19 +68,29 @@ fn greedy(n: usize) -> SamplingParams {
 }
 
 fn token_ids(v: &Value) -> Vec<u32> {
-    v.as_array().map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()).unwrap_or_default()
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as u32)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn write_npy(path: &Path, rows: &[Vec<f32>]) -> Result<(), String> {
     let vocab = rows.first().map(|r| r.len()).unwrap_or(0);
     let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
-    let arr = ndarray::Array2::from_shape_vec((rows.len(), vocab), flat).map_err(|e| e.to_string())?;
+    let arr =
+        ndarray::Array2::from_shape_vec((rows.len(), vocab), flat).map_err(|e| e.to_string())?;
     ndarray_npy::write_npy(path, &arr).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let text = std::fs::read_to_string(&args.reference).map_err(|e| format!("{}: {e}", args.reference.display()))?;
-    let reference: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", args.reference.display()))?;
+    let text = std::fs::read_to_string(&args.reference)
+        .map_err(|e| format!("{}: {e}", args.reference.display()))?;
+    let reference: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", args.reference.display()))?;
     let mut cfg = EngineConfig::new(&args.model);
     cfg.threads = args.threads;
     cfg.weight_format = match args.weights.as_str() {
@@ -87,16 +101,29 @@ fn run(args: Args) -> Result<(), String> {
         cfg.peft_source = vec![a.clone()];
     }
     let engine = Engine::new(cfg).map_err(|e| e.to_string())?;
-    let prompts = reference["prompts"].as_array().ok_or("reference has no prompts")?;
-    let n_new = reference["generation"]["max_new_tokens"].as_u64().unwrap_or(24) as usize;
+    let prompts = reference["prompts"]
+        .as_array()
+        .ok_or("reference has no prompts")?;
+    let n_new = reference["generation"]["max_new_tokens"]
+        .as_u64()
+        .unwrap_or(24) as usize;
     let mut variants = serde_json::Map::new();
-    let stem = args.out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "candidate".into());
+    let stem = args
+        .out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "candidate".into());
     let out_dir = args.out.parent().unwrap_or(Path::new(".")).to_path_buf();
     let t0 = std::time::Instant::now();
     // Base variant: all prompts submitted together (they batch), results in prompt order.
     let ids: Vec<_> = prompts
         .iter()
-        .map(|p| engine.submit(Request::new(Prompt::Tokens(token_ids(&p["token_ids"])), greedy(n_new))))
+        .map(|p| {
+            engine.submit(Request::new(
+                Prompt::Tokens(token_ids(&p["token_ids"])),
+                greedy(n_new),
+            ))
+        })
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let mut results = Vec::new();
@@ -108,7 +135,10 @@ fn run(args: Args) -> Result<(), String> {
     }
     let npy = format!("{stem}.__base__.npy");
     write_npy(&out_dir.join(&npy), &logits)?;
-    variants.insert("__base__".into(), json!({"results": results, "logits_file": npy}));
+    variants.insert(
+        "__base__".into(),
+        json!({"results": results, "logits_file": npy}),
+    );
     let mut cand = json!({"variants": variants});
     if let Some(rows) = reference["mixed_batch"]["rows"].as_array() {
         let mut submitted = Vec::new();
@@ -116,7 +146,11 @@ fn run(args: Args) -> Result<(), String> {
             let variant = r["adapter"].as_str().unwrap_or("__base__");
             let p = r["prompt"].as_u64().unwrap_or(0) as usize;
             let model = (variant != "__base__").then(|| variant.to_string());
-            let req = Request { model, prompt: Prompt::Tokens(token_ids(&prompts[p]["token_ids"])), sampling: greedy(n_new) };
+            let req = Request {
+                model,
+                prompt: Prompt::Tokens(token_ids(&prompts[p]["token_ids"])),
+                sampling: greedy(n_new),
+            };
             match engine.submit(req) {
                 Ok(id) => submitted.push((r["row"].clone(), Some(id), String::new())),
                 Err(e) => submitted.push((r["row"].clone(), None, e.to_string())),
@@ -134,9 +168,16 @@ fn run(args: Args) -> Result<(), String> {
         }
         cand["mixed_batch"] = json!({"rows": out_rows});
     }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&cand).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("{}: {e}", args.out.display()))?;
-    eprintln!("wrote {} in {:.2}s", args.out.display(), t0.elapsed().as_secs_f64());
+    std::fs::write(
+        &args.out,
+        serde_json::to_string_pretty(&cand).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("{}: {e}", args.out.display()))?;
+    eprintln!(
+        "wrote {} in {:.2}s",
+        args.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -81,7 +81,9 @@ impl EngineConfig {
         ];
         for (name, v) in positive {
             if v == 0 {
-                return Err(Error::invalid_argument(format!("engine config: {name} must be > 0 (got 0)")));
+                return Err(Error::invalid_argument(format!(
+                    "engine config: {name} must be > 0 (got 0)"
+                )));
             }
         }
         if self.max_gpu_loras > self.max_cpu_loras {
@@ -115,7 +117,9 @@ impl EngineConfig {
                 None => Ok(None),
                 Some(s) if s.trim().is_empty() => Ok(None),
                 Some(s) => s.trim().parse::<usize>().map(Some).map_err(|_| {
-                    Error::invalid_argument(format!("environment variable {k}=\"{s}\" is not a non-negative integer"))
+                    Error::invalid_argument(format!(
+                        "environment variable {k}=\"{s}\" is not a non-negative integer"
+                    ))
                 }),
             }
         };
@@ -133,7 +137,9 @@ impl EngineConfig {
                 "f32" | "float32" => WeightFormat::F32,
                 "bf16" | "bfloat16" => WeightFormat::BF16,
                 _ => {
-                    return Err(Error::invalid_argument(format!("environment variable LPX_WEIGHT_DTYPE=\"{w}\" is not f32 or bf16")))
+                    return Err(Error::invalid_argument(format!(
+                        "environment variable LPX_WEIGHT_DTYPE=\"{w}\" is not f32 or bf16"
+                    )))
                 }
             };
         }
@@ -154,7 +160,11 @@ impl EngineConfig {
             }
         }
         if let Some(src) = get("NIM_PEFT_SOURCE").filter(|s| !s.is_empty()) {
-            self.peft_source = src.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect();
+            self.peft_source = src
+                .split(':')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect();
         }
         if let Some(secs) = num("NIM_PEFT_REFRESH_INTERVAL")? {
             self.peft_refresh_interval = (secs > 0).then(|| Duration::from_secs(secs as u64));
@@ -168,6 +178,7 @@ impl EngineConfig {
             return n.clone();
         }
         let stem = self.model.file_stem().or_else(|| self.model.file_name());
-        stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "base".into())
+        stem.map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "base".into())
     }
 }

@@ -20,11 +20,18 @@ fn tiny_engine(dir: &std::path::Path, tweak: impl FnOnce(&mut EngineConfig)) -> 
 }
 
 fn greedy(n: usize) -> SamplingParams {
-    SamplingParams { max_tokens: n, temperature: 0.0, ignore_eos: true, ..SamplingParams::default() }
+    SamplingParams {
+        max_tokens: n,
+        temperature: 0.0,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    }
 }
 
 fn prompt(i: usize) -> Vec<u32> {
-    (0..(3 + i * 5)).map(|k| ((k * 37 + i * 11) % 256) as u32).collect()
+    (0..(3 + i * 5))
+        .map(|k| ((k * 37 + i * 11) % 256) as u32)
+        .collect()
 }
 
 #[test]
@@ -35,7 +42,9 @@ fn batch_of_8_starting_at_different_times_matches_alone() {
         .map(|i| {
             let mut p = greedy(20);
             p.return_last_logits = true;
-            engine.generate(Request::new(Prompt::Tokens(prompt(i)), p)).unwrap()
+            engine
+                .generate(Request::new(Prompt::Tokens(prompt(i)), p))
+                .unwrap()
         })
         .collect();
     // Start the 8 requests at different times, so prefill chunks and decode rows mix.
@@ -43,14 +52,24 @@ fn batch_of_8_starting_at_different_times_matches_alone() {
     for i in 0..8 {
         let mut p = greedy(20);
         p.return_last_logits = true;
-        ids.push(engine.submit(Request::new(Prompt::Tokens(prompt(i)), p)).unwrap());
+        ids.push(
+            engine
+                .submit(Request::new(Prompt::Tokens(prompt(i)), p))
+                .unwrap(),
+        );
         std::thread::sleep(Duration::from_millis(3 * i as u64));
     }
     assert!(engine.stats().steps > 0);
     for (i, id) in ids.into_iter().enumerate() {
         let o = engine.wait(id).unwrap();
-        assert_eq!(o.token_ids, alone[i].token_ids, "request {i} differs in a batch");
-        assert_eq!(o.last_logits, alone[i].last_logits, "request {i} logits differ in a batch (bitwise)");
+        assert_eq!(
+            o.token_ids, alone[i].token_ids,
+            "request {i} differs in a batch"
+        );
+        assert_eq!(
+            o.last_logits, alone[i].last_logits,
+            "request {i} logits differ in a batch (bitwise)"
+        );
         assert_eq!(o.finish_reason, Some(FinishReason::Length));
         assert_eq!(o.usage.completion_tokens, 20);
         assert_eq!(o.usage.prompt_tokens, prompt(i).len());
@@ -67,18 +86,35 @@ fn preemption_under_kv_pressure_loses_nothing() {
         c.kv_block_size = 4;
         c.kv_cache_bytes = bytes_per_token * 64;
     });
-    let alone: Vec<_> =
-        (0..8).map(|i| engine.generate(Request::new(Prompt::Tokens(prompt(i % 4)), greedy(16))).unwrap()).collect();
-    let ids: Vec<_> =
-        (0..8).map(|i| engine.submit(Request::new(Prompt::Tokens(prompt(i % 4)), greedy(16))).unwrap()).collect();
+    let alone: Vec<_> = (0..8)
+        .map(|i| {
+            engine
+                .generate(Request::new(Prompt::Tokens(prompt(i % 4)), greedy(16)))
+                .unwrap()
+        })
+        .collect();
+    let ids: Vec<_> = (0..8)
+        .map(|i| {
+            engine
+                .submit(Request::new(Prompt::Tokens(prompt(i % 4)), greedy(16)))
+                .unwrap()
+        })
+        .collect();
     for (i, id) in ids.into_iter().enumerate() {
         let o = engine.wait(id).unwrap();
-        assert_eq!(o.token_ids, alone[i].token_ids, "request {i} changed by preemption");
+        assert_eq!(
+            o.token_ids, alone[i].token_ids,
+            "request {i} changed by preemption"
+        );
     }
     // A request that can never fit is failed with a clear error, and the engine keeps serving.
-    let err = engine.generate(Request::new(Prompt::Tokens(prompt(0)), greedy(200))).unwrap_err();
+    let err = engine
+        .generate(Request::new(Prompt::Tokens(prompt(0)), greedy(200)))
+        .unwrap_err();
     assert!(err.message().contains("KV cache"), "{}", err.message());
-    assert!(engine.generate(Request::new(Prompt::Tokens(prompt(1)), greedy(4))).is_ok());
+    assert!(engine
+        .generate(Request::new(Prompt::Tokens(prompt(1)), greedy(4)))
+        .is_ok());
 }
 
 #[test]
@@ -94,27 +130,43 @@ fn seeded_sampling_is_reproducible_and_batch_independent() {
         ignore_eos: true,
         ..SamplingParams::default()
     };
-    let a = engine.generate(Request::new(Prompt::Tokens(prompt(2)), params(42))).unwrap();
+    let a = engine
+        .generate(Request::new(Prompt::Tokens(prompt(2)), params(42)))
+        .unwrap();
     let ids: Vec<_> = (0..4)
-        .map(|i| engine.submit(Request::new(Prompt::Tokens(prompt(2)), params(if i == 2 { 42 } else { i }))).unwrap())
+        .map(|i| {
+            engine
+                .submit(Request::new(
+                    Prompt::Tokens(prompt(2)),
+                    params(if i == 2 { 42 } else { i }),
+                ))
+                .unwrap()
+        })
         .collect();
     let outs: Vec<_> = ids.into_iter().map(|id| engine.wait(id).unwrap()).collect();
     assert_eq!(outs[2].token_ids, a.token_ids);
-    assert!(outs.iter().enumerate().any(|(i, o)| i != 2 && o.token_ids != a.token_ids));
+    assert!(outs
+        .iter()
+        .enumerate()
+        .any(|(i, o)| i != 2 && o.token_ids != a.token_ids));
 }
 
 #[test]
 fn stops_logprobs_and_text() {
     let dir = tempfile::tempdir().unwrap();
     let engine = tiny_engine(dir.path(), |_| {});
-    let full = engine.generate(Request::new(Prompt::Text("hello".into()), greedy(12))).unwrap();
+    let full = engine
+        .generate(Request::new(Prompt::Text("hello".into()), greedy(12)))
+        .unwrap();
     assert_eq!(full.token_ids.len(), 12);
     // Stop token id: ends at its first occurrence, finish reason stop.
     let stop_tok = full.token_ids[5];
     let first = full.token_ids.iter().position(|&t| t == stop_tok).unwrap();
     let mut p = greedy(12);
     p.stop_token_ids = vec![stop_tok];
-    let o = engine.generate(Request::new(Prompt::Text("hello".into()), p)).unwrap();
+    let o = engine
+        .generate(Request::new(Prompt::Text("hello".into()), p))
+        .unwrap();
     assert_eq!(o.finish_reason, Some(FinishReason::Stop));
     assert_eq!(o.token_ids, full.token_ids[..=first].to_vec());
     // Stop string: text ends before it, never includes it.
@@ -122,7 +174,9 @@ fn stops_logprobs_and_text() {
         let stop: String = full.text.chars().skip(2).take(2).collect();
         let mut p = greedy(12);
         p.stop = vec![stop.clone()];
-        let o = engine.generate(Request::new(Prompt::Text("hello".into()), p)).unwrap();
+        let o = engine
+            .generate(Request::new(Prompt::Text("hello".into()), p))
+            .unwrap();
         assert_eq!(o.finish_reason, Some(FinishReason::Stop));
         assert!(!o.text.contains(&stop));
         assert!(full.text.starts_with(&o.text));
@@ -130,7 +184,9 @@ fn stops_logprobs_and_text() {
     // Logprobs: one entry per token with top-n alternatives, greedy token first.
     let mut p = greedy(6);
     p.logprobs = Some(3);
-    let o = engine.generate(Request::new(Prompt::Text("hello".into()), p)).unwrap();
+    let o = engine
+        .generate(Request::new(Prompt::Text("hello".into()), p))
+        .unwrap();
     assert_eq!(o.logprobs.len(), 6);
     for lp in &o.logprobs {
         assert_eq!(lp.top.len(), 3);
@@ -139,7 +195,13 @@ fn stops_logprobs_and_text() {
     }
     // Chat messages go through the chat template.
     let o = engine
-        .generate(Request::new(Prompt::Chat(vec![ChatMessage { role: "user".into(), content: "hi".into() }]), greedy(3)))
+        .generate(Request::new(
+            Prompt::Chat(vec![ChatMessage {
+                role: "user".into(),
+                content: "hi".into(),
+            }]),
+            greedy(3),
+        ))
         .unwrap();
     assert!(o.usage.prompt_tokens > 5);
 }
@@ -148,37 +210,58 @@ fn stops_logprobs_and_text() {
 fn cancel_and_bad_inputs_keep_the_engine_serving() {
     let dir = tempfile::tempdir().unwrap();
     let engine = tiny_engine(dir.path(), |c| c.max_model_len = 64);
-    let id = engine.submit(Request::new(Prompt::Tokens(prompt(1)), greedy(10_000))).unwrap();
+    let id = engine
+        .submit(Request::new(Prompt::Tokens(prompt(1)), greedy(10_000)))
+        .unwrap();
     engine.cancel(id).unwrap();
     engine.cancel(id).unwrap();
     let o = engine.wait(id).unwrap();
     assert_eq!(o.finish_reason, Some(FinishReason::Cancelled));
-    assert_eq!(engine.poll(id, Duration::ZERO).unwrap_err().code(), ErrorCode::NotFound);
+    assert_eq!(
+        engine.poll(id, Duration::ZERO).unwrap_err().code(),
+        ErrorCode::NotFound
+    );
 
     let long = Request::new(Prompt::Tokens(vec![1; 64]), greedy(4));
     let e = engine.submit(long).unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidArgument);
     assert!(e.message().contains("max_model_len 64"), "{}", e.message());
-    let e = engine.submit(Request::new(Prompt::Tokens(vec![9999]), greedy(4))).unwrap_err();
+    let e = engine
+        .submit(Request::new(Prompt::Tokens(vec![9999]), greedy(4)))
+        .unwrap_err();
     assert!(e.message().contains("9999"), "{}", e.message());
-    let e = engine.submit(Request::new(Prompt::Tokens(vec![]), greedy(4))).unwrap_err();
+    let e = engine
+        .submit(Request::new(Prompt::Tokens(vec![]), greedy(4)))
+        .unwrap_err();
     assert!(e.message().contains("prompt"), "{}", e.message());
     let mut p = greedy(4);
     p.temperature = -1.0;
-    let e = engine.submit(Request::new(Prompt::Tokens(vec![1, 2]), p)).unwrap_err();
+    let e = engine
+        .submit(Request::new(Prompt::Tokens(vec![1, 2]), p))
+        .unwrap_err();
     assert!(e.message().contains("temperature"), "{}", e.message());
     let mut p = greedy(4);
     p.top_p = 1.5;
-    let e = engine.submit(Request::new(Prompt::Tokens(vec![1, 2]), p)).unwrap_err();
+    let e = engine
+        .submit(Request::new(Prompt::Tokens(vec![1, 2]), p))
+        .unwrap_err();
     assert!(e.message().contains("top_p"), "{}", e.message());
-    let r = Request { model: Some("nope".into()), prompt: Prompt::Tokens(vec![1]), sampling: greedy(2) };
+    let r = Request {
+        model: Some("nope".into()),
+        prompt: Prompt::Tokens(vec![1]),
+        sampling: greedy(2),
+    };
     assert_eq!(engine.submit(r).unwrap_err().code(), ErrorCode::NotFound);
     // Length is capped by max_model_len.
-    let o = engine.generate(Request::new(Prompt::Tokens(vec![1; 60]), greedy(100))).unwrap();
+    let o = engine
+        .generate(Request::new(Prompt::Tokens(vec![1; 60]), greedy(100)))
+        .unwrap();
     assert_eq!(o.finish_reason, Some(FinishReason::Length));
     assert_eq!(o.usage.completion_tokens, 4);
     // Dropping the engine with requests in flight ends them.
-    let id = engine.submit(Request::new(Prompt::Tokens(prompt(0)), greedy(10_000))).unwrap();
+    let id = engine
+        .submit(Request::new(Prompt::Tokens(prompt(0)), greedy(10_000)))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(20));
     drop(engine);
     let _ = id;

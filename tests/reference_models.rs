@@ -16,9 +16,14 @@ use serde_json::Value;
 
 fn check(model: &Path, reference: &Path, format: WeightFormat, rel_tol: f32) {
     let refj: Value = serde_json::from_str(&std::fs::read_to_string(reference).unwrap()).unwrap();
-    let logits: Array2<f32> =
-        ndarray_npy::read_npy(reference.parent().unwrap().join(refj["variants"]["__base__"]["logits_file"].as_str().unwrap()))
-            .unwrap();
+    let logits: Array2<f32> = ndarray_npy::read_npy(
+        reference.parent().unwrap().join(
+            refj["variants"]["__base__"]["logits_file"]
+                .as_str()
+                .unwrap(),
+        ),
+    )
+    .unwrap();
     let mut cfg = EngineConfig::new(model);
     cfg.threads = 2;
     cfg.weight_format = format;
@@ -29,7 +34,12 @@ fn check(model: &Path, reference: &Path, format: WeightFormat, rel_tol: f32) {
     let ids: Vec<_> = prompts
         .iter()
         .map(|p| {
-            let ids: Vec<u32> = p["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let ids: Vec<u32> = p["token_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
             let sp = SamplingParams {
                 max_tokens: 24,
                 temperature: 0.0,
@@ -37,7 +47,9 @@ fn check(model: &Path, reference: &Path, format: WeightFormat, rel_tol: f32) {
                 return_last_logits: true,
                 ..SamplingParams::default()
             };
-            engine.submit(Request::new(Prompt::Tokens(ids), sp)).unwrap()
+            engine
+                .submit(Request::new(Prompt::Tokens(ids), sp))
+                .unwrap()
         })
         .collect();
     let mut failures = Vec::new();
@@ -46,16 +58,31 @@ fn check(model: &Path, reference: &Path, format: WeightFormat, rel_tol: f32) {
         let want = logits.row(i);
         let got = o.last_logits.expect("logits requested");
         let std = common::std_dev(want.as_slice().unwrap());
-        let max_diff = got.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let max_diff = got
+            .iter()
+            .zip(want.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         let tol = rel_tol * std;
         println!("prompt {i}: max|diff| {max_diff:.3e} (tol {tol:.3e}, std {std:.3})");
         if max_diff > tol {
-            failures.push(format!("prompt {i}: logits max|diff| {max_diff:.3e} > {tol:.3e}"));
+            failures.push(format!(
+                "prompt {i}: logits max|diff| {max_diff:.3e} > {tol:.3e}"
+            ));
         }
         let r = &results[i];
-        let want_ids: Vec<u32> = r["new_token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-        let margins: Vec<f32> =
-            r["step_top1_minus_top2"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let want_ids: Vec<u32> = r["new_token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let margins: Vec<f32> = r["step_top1_minus_top2"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
         if let Err(e) = common::tokens_match(&o.token_ids, &want_ids, &margins, tol) {
             failures.push(format!("prompt {i}: {e}"));
         }
@@ -65,16 +92,32 @@ fn check(model: &Path, reference: &Path, format: WeightFormat, rel_tol: f32) {
 
 #[test]
 fn tiny_llama_hf_matches_transformers() {
-    let Some(shared) = common::shared_dir() else { return };
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
     let fx = shared.join("fixtures/tiny-llama");
-    check(&fx.join("model"), &fx.join("reference.json"), WeightFormat::F32, 3e-4);
+    check(
+        &fx.join("model"),
+        &fx.join("reference.json"),
+        WeightFormat::F32,
+        3e-4,
+    );
 }
 
 #[test]
 fn smollm2_gguf_matches_transformers() {
-    let Some(shared) = common::shared_dir() else { return };
-    let Some(gguf) = common::smollm2_gguf() else { return };
-    check(&gguf, &shared.join("reference/smollm2-135m-instruct/reference.json"), WeightFormat::F32, 3e-4);
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let Some(gguf) = common::smollm2_gguf() else {
+        return;
+    };
+    check(
+        &gguf,
+        &shared.join("reference/smollm2-135m-instruct/reference.json"),
+        WeightFormat::F32,
+        3e-4,
+    );
 }
 
 #[test]
@@ -83,7 +126,16 @@ fn smollm2_bf16_weights_stay_close() {
     // tolerance (measured: up to 4.3e-2 x std over 30 layers); the check is that they stay within
     // 8e-2 x std and greedy decoding agrees except
     // at fragile steps under that tolerance.
-    let Some(shared) = common::shared_dir() else { return };
-    let Some(gguf) = common::smollm2_gguf() else { return };
-    check(&gguf, &shared.join("reference/smollm2-135m-instruct/reference.json"), WeightFormat::BF16, 8e-2);
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let Some(gguf) = common::smollm2_gguf() else {
+        return;
+    };
+    check(
+        &gguf,
+        &shared.join("reference/smollm2-135m-instruct/reference.json"),
+        WeightFormat::BF16,
+        8e-2,
+    );
 }

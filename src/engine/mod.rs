@@ -52,8 +52,11 @@ pub struct EngineStats {
     pub steps: u64,
 }
 
+/// A request's output channel: the worker sends, pollers receive.
+type OutputChannel = (Sender<Output>, Receiver<Output>);
+
 pub(crate) struct Shared {
-    outputs: Mutex<HashMap<RequestId, (Sender<Output>, Receiver<Output>)>>,
+    outputs: Mutex<HashMap<RequestId, OutputChannel>>,
     pub(crate) active: AtomicUsize,
     pub(crate) steps: AtomicU64,
     pub(crate) stats: Mutex<EngineStats>,
@@ -86,9 +89,15 @@ impl Engine {
             )));
         }
         let files = ModelFiles::load(&cfg.model).map_err(|e| e.context(cfg.model.display()))?;
-        let ModelFiles { config: model_cfg, mut tensors, tokenizer } = files;
+        let ModelFiles {
+            config: model_cfg,
+            mut tensors,
+            tokenizer,
+        } = files;
         let threads = if cfg.threads == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             cfg.threads
         };
@@ -117,7 +126,10 @@ impl Engine {
         let bs = cfg.kv_block_size;
         let bytes_per_block = 2 * model_cfg.num_layers * bs * model_cfg.kv_dim() * 4;
         let kv_bytes = if cfg.kv_cache_bytes == 0 {
-            (cfg.max_num_seqs * max_model_len).div_ceil(bs).saturating_mul(bytes_per_block).min(1 << 30)
+            (cfg.max_num_seqs * max_model_len)
+                .div_ceil(bs)
+                .saturating_mul(bytes_per_block)
+                .min(1 << 30)
         } else {
             cfg.kv_cache_bytes
         };
@@ -159,7 +171,10 @@ impl Engine {
             sched: Scheduler::new(),
             seqs: HashMap::new(),
             tokenizer: tokenizer.clone(),
-            limits: StepLimits { max_num_seqs: cfg.max_num_seqs, max_batch_tokens: cfg.max_batch_tokens },
+            limits: StepLimits {
+                max_num_seqs: cfg.max_num_seqs,
+                max_batch_tokens: cfg.max_batch_tokens,
+            },
             rx,
             shared: shared.clone(),
         };
@@ -170,8 +185,14 @@ impl Engine {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
                 let err = match r {
                     Ok(Ok(())) => return,
-                    Ok(Err(e)) => Error::new(ErrorCode::EngineFailed, format!("engine failed: {}", e.message())),
-                    Err(p) => Error::new(ErrorCode::EngineFailed, format!("engine worker panicked: {}", panic_text(&p))),
+                    Ok(Err(e)) => Error::new(
+                        ErrorCode::EngineFailed,
+                        format!("engine failed: {}", e.message()),
+                    ),
+                    Err(p) => Error::new(
+                        ErrorCode::EngineFailed,
+                        format!("engine worker panicked: {}", panic_text(&p)),
+                    ),
                 };
                 fail_all(&wshared, err);
             })
@@ -256,7 +277,10 @@ impl Engine {
         if prompt.is_empty() {
             return Err(Error::invalid_argument("prompt: must not be empty"));
         }
-        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.model_cfg.vocab_size) {
+        if let Some(&bad) = prompt
+            .iter()
+            .find(|&&t| t as usize >= self.model_cfg.vocab_size)
+        {
             return Err(Error::invalid_argument(format!(
                 "prompt: token id {bad} is outside the vocabulary (size {})",
                 self.model_cfg.vocab_size
@@ -272,7 +296,10 @@ impl Engine {
         if self.shared.active.load(Ordering::Acquire) >= self.cfg.max_queue {
             return Err(Error::new(
                 ErrorCode::QueueFull,
-                format!("{} requests in flight (max_queue {})", self.cfg.max_queue, self.cfg.max_queue),
+                format!(
+                    "{} requests in flight (max_queue {})",
+                    self.cfg.max_queue, self.cfg.max_queue
+                ),
             ));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -292,7 +319,10 @@ impl Engine {
         if self.tx.send(Command::Submit(Box::new(seq))).is_err() {
             self.shared.outputs.lock().remove(&id);
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
-            return Err(Error::new(ErrorCode::EngineFailed, "engine worker is not running"));
+            return Err(Error::new(
+                ErrorCode::EngineFailed,
+                "engine worker is not running",
+            ));
         }
         Ok(id)
     }
@@ -305,7 +335,11 @@ impl Engine {
             let map = self.shared.outputs.lock();
             match map.get(&id) {
                 Some((_, rx)) => rx.clone(),
-                None => return Err(Error::not_found(format!("request {id} is not known (finished, or never submitted)"))),
+                None => {
+                    return Err(Error::not_found(format!(
+                        "request {id} is not known (finished, or never submitted)"
+                    )))
+                }
             }
         };
         let first = if timeout.is_zero() {
@@ -313,7 +347,9 @@ impl Engine {
         } else {
             rx.recv_timeout(timeout).ok()
         };
-        let Some(mut out) = first else { return Ok(None) };
+        let Some(mut out) = first else {
+            return Ok(None);
+        };
         while !out.is_final() {
             match rx.try_recv() {
                 Ok(more) => out.merge(more),
@@ -397,4 +433,3 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         "unknown panic".into()
     }
 }
-

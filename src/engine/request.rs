@@ -32,7 +32,11 @@ pub struct Request {
 impl Request {
     /// A base-model request for `prompt` with `sampling`.
     pub fn new(prompt: Prompt, sampling: SamplingParams) -> Self {
-        Self { model: None, prompt, sampling }
+        Self {
+            model: None,
+            prompt,
+            sampling,
+        }
     }
 }
 

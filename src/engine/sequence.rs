@@ -54,7 +54,10 @@ impl Sequence {
         let prompt_len = prompt.len();
         Self {
             id,
-            sched: SchedSeq { total_tokens: prompt_len, ..SchedSeq::default() },
+            sched: SchedSeq {
+                total_tokens: prompt_len,
+                ..SchedSeq::default()
+            },
             tokens: prompt,
             prompt_len,
             params,
@@ -69,7 +72,10 @@ impl Sequence {
     }
 
     pub fn usage(&self) -> Usage {
-        Usage { prompt_tokens: self.prompt_len, completion_tokens: self.tokens.len() - self.prompt_len }
+        Usage {
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.tokens.len() - self.prompt_len,
+        }
     }
 
     /// Samples the next token from `logits` (this sequence's last row), streams the delta and
@@ -80,7 +86,11 @@ impl Sequence {
             delta.last_logits = Some(logits.to_vec());
             self.logits_sent = true;
         }
-        let SampledToken { token, logprob, top_logprobs } = {
+        let SampledToken {
+            token,
+            logprob,
+            top_logprobs,
+        } = {
             let prompt_len = self.prompt_len;
             self.sampler.sample(logits, &self.tokens[prompt_len..])
         };
@@ -89,7 +99,11 @@ impl Sequence {
         delta.usage = self.usage();
         delta.token_ids.push(token);
         if self.params.logprobs.is_some() {
-            delta.logprobs.push(TokenLogprob { token, logprob, top: top_logprobs });
+            delta.logprobs.push(TokenLogprob {
+                token,
+                logprob,
+                top: top_logprobs,
+            });
         }
         let is_stop_token = self.params.stop_token_ids.contains(&token)
             || (!self.params.ignore_eos && self.eos_ids.contains(&token));
@@ -105,7 +119,9 @@ impl Sequence {
             }
         }
         let n_gen = self.tokens.len() - self.prompt_len;
-        if finish.is_none() && (n_gen >= self.params.max_tokens || self.tokens.len() >= self.max_len) {
+        if finish.is_none()
+            && (n_gen >= self.params.max_tokens || self.tokens.len() >= self.max_len)
+        {
             let tail = self.detok.flush(tok).unwrap_or_default();
             let r = self.stop.push(&tail);
             delta.text.push_str(&r.emit);

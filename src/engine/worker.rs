@@ -75,7 +75,11 @@ impl<B: Backend> Worker<B> {
             Command::Shutdown => {
                 let ids: Vec<_> = self.seqs.keys().copied().collect();
                 for id in ids {
-                    self.finish(id, FinishReason::Cancelled, Some(Error::new(crate::ErrorCode::Cancelled, "engine shut down")));
+                    self.finish(
+                        id,
+                        FinishReason::Cancelled,
+                        Some(Error::new(crate::ErrorCode::Cancelled, "engine shut down")),
+                    );
                 }
                 return true;
             }
@@ -93,14 +97,22 @@ impl<B: Backend> Worker<B> {
             if reason != FinishReason::Stop && reason != FinishReason::Length {
                 seq.end(reason, error);
             }
-            self.shared.active.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            self.shared
+                .active
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
     }
 
     fn step(&mut self) -> Result<()> {
-        let plan = self.sched.schedule(&mut self.seqs, &mut self.alloc, self.limits, |_| true);
+        let plan = self
+            .sched
+            .schedule(&mut self.seqs, &mut self.alloc, self.limits, |_| true);
         for id in plan.unfittable {
-            let need = self.seqs.get(&id).map(|s| s.sched.total_tokens).unwrap_or(0);
+            let need = self
+                .seqs
+                .get(&id)
+                .map(|s| s.sched.total_tokens)
+                .unwrap_or(0);
             let msg = format!(
                 "request {id} needs KV cache for {need} tokens but the whole cache holds {} tokens; raise kv_cache_bytes or lower max_tokens",
                 self.alloc.num_total() * self.alloc.block_size()
@@ -119,14 +131,17 @@ impl<B: Backend> Worker<B> {
         let mut logit_rows = Vec::new();
         let mut samplers = Vec::new();
         for (k, c) in plan.chunks.iter().enumerate() {
-            let seq = self.seqs.get(&c.id).ok_or_else(|| Error::internal(format!("planned unknown sequence {}", c.id)))?;
+            let seq = self
+                .seqs
+                .get(&c.id)
+                .ok_or_else(|| Error::internal(format!("planned unknown sequence {}", c.id)))?;
             for p in c.start..c.start + c.len {
-                let tok = *seq.tokens.get(p).ok_or_else(|| Error::internal(format!("position {p} past sequence {}", c.id)))?;
-                let slot = seq
-                    .sched
-                    .table
-                    .slot(p, bs)
-                    .ok_or_else(|| Error::internal(format!("no KV slot for position {p} of sequence {}", c.id)))?;
+                let tok = *seq.tokens.get(p).ok_or_else(|| {
+                    Error::internal(format!("position {p} past sequence {}", c.id))
+                })?;
+                let slot = seq.sched.table.slot(p, bs).ok_or_else(|| {
+                    Error::internal(format!("no KV slot for position {p} of sequence {}", c.id))
+                })?;
                 tokens.push(tok);
                 row_seq.push(k as u32);
                 row_pos.push(p as u32);
@@ -137,12 +152,25 @@ impl<B: Backend> Worker<B> {
                 samplers.push(c.id);
             }
         }
-        let tables: Vec<&[u32]> =
-            plan.chunks.iter().map(|c| self.seqs.get(&c.id).map(|s| s.sched.table.blocks()).unwrap_or(&[])).collect();
+        let tables: Vec<&[u32]> = plan
+            .chunks
+            .iter()
+            .map(|c| {
+                self.seqs
+                    .get(&c.id)
+                    .map(|s| s.sched.table.blocks())
+                    .unwrap_or(&[])
+            })
+            .collect();
         let lora = LoraBatch::default();
         let input = StepInput {
             tokens: &tokens,
-            meta: AttnMeta { row_seq: &row_seq, row_pos: &row_pos, slot_mapping: &slots, block_tables: &tables },
+            meta: AttnMeta {
+                row_seq: &row_seq,
+                row_pos: &row_pos,
+                slot_mapping: &slots,
+                block_tables: &tables,
+            },
             logit_rows: &logit_rows,
             lora: &lora,
         };
@@ -156,7 +184,9 @@ impl<B: Backend> Worker<B> {
         }
         let vocab = self.model.config().vocab_size;
         for (k, id) in samplers.into_iter().enumerate() {
-            let row = logits.get(k * vocab..(k + 1) * vocab).ok_or_else(|| Error::internal("short logits"))?;
+            let row = logits
+                .get(k * vocab..(k + 1) * vocab)
+                .ok_or_else(|| Error::internal("short logits"))?;
             let done = match self.seqs.get_mut(&id) {
                 Some(seq) => matches!(seq.advance(row, &self.tokenizer), Progress::Finished),
                 None => false,
@@ -165,7 +195,9 @@ impl<B: Backend> Worker<B> {
                 self.finish(id, FinishReason::Stop, None);
             }
         }
-        self.shared.steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .steps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -57,10 +57,20 @@ fn take(tensors: &mut TensorMap, name: &str, shape: &[usize]) -> Result<HostTens
 impl<B: Backend> Llama<B> {
     /// Packs the weights of `files` into `backend` memory in `format`. Host tensors are consumed
     /// layer by layer so peak memory stays near one copy of the weights.
-    pub fn load(backend: &B, cfg: &ModelConfig, t: &mut TensorMap, format: WeightFormat) -> Result<Self> {
+    pub fn load(
+        backend: &B,
+        cfg: &ModelConfig,
+        t: &mut TensorMap,
+        format: WeightFormat,
+    ) -> Result<Self> {
         let cfg = cfg.clone();
         cfg.validate()?;
-        let (h, inter, q, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim());
+        let (h, inter, q, kv) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+        );
         let mut weight_bytes = 0usize;
         let embed_t = take(t, "model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let embed = backend.weight(&embed_t, format)?;
@@ -82,21 +92,44 @@ impl<B: Backend> Llama<B> {
             let wk = take(t, &format!("{p}.self_attn.k_proj.weight"), &[kv, h])?;
             let wv = take(t, &format!("{p}.self_attn.v_proj.weight"), &[kv, h])?;
             let qkv = backend.fused_weight(&[&wq, &wk, &wv], format)?;
-            let o = backend.weight(&take(t, &format!("{p}.self_attn.o_proj.weight"), &[h, q])?, format)?;
+            let o = backend.weight(
+                &take(t, &format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
+                format,
+            )?;
             let wg = take(t, &format!("{p}.mlp.gate_proj.weight"), &[inter, h])?;
             let wu = take(t, &format!("{p}.mlp.up_proj.weight"), &[inter, h])?;
             let gate_up = backend.fused_weight(&[&wg, &wu], format)?;
-            let down = backend.weight(&take(t, &format!("{p}.mlp.down_proj.weight"), &[h, inter])?, format)?;
-            let attn_norm = backend.upload(&take(t, &format!("{p}.input_layernorm.weight"), &[h])?.into_f32_vec())?;
-            let mlp_norm =
-                backend.upload(&take(t, &format!("{p}.post_attention_layernorm.weight"), &[h])?.into_f32_vec())?;
+            let down = backend.weight(
+                &take(t, &format!("{p}.mlp.down_proj.weight"), &[h, inter])?,
+                format,
+            )?;
+            let attn_norm = backend
+                .upload(&take(t, &format!("{p}.input_layernorm.weight"), &[h])?.into_f32_vec())?;
+            let mlp_norm = backend.upload(
+                &take(t, &format!("{p}.post_attention_layernorm.weight"), &[h])?.into_f32_vec(),
+            )?;
             for w in [&qkv, &o, &gate_up, &down] {
                 weight_bytes += backend.weight_bytes(w);
             }
-            layers.push(Layer { attn_norm, qkv, o, mlp_norm, gate_up, down });
+            layers.push(Layer {
+                attn_norm,
+                qkv,
+                o,
+                mlp_norm,
+                gate_up,
+                down,
+            });
         }
         let inv_freq = cfg.rope_inv_freq();
-        Ok(Self { cfg, embed, lm_head, norm, layers, inv_freq, weight_bytes })
+        Ok(Self {
+            cfg,
+            embed,
+            lm_head,
+            norm,
+            layers,
+            inv_freq,
+            weight_bytes,
+        })
     }
 
     /// The model's configuration.
@@ -110,7 +143,12 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Runs one step; returns logits `[input.logit_rows.len(), vocab]`, row-major.
-    pub fn forward(&self, backend: &B, kv: &mut B::KvCache, input: &StepInput<'_>) -> Result<Vec<f32>> {
+    pub fn forward(
+        &self,
+        backend: &B,
+        kv: &mut B::KvCache,
+        input: &StepInput<'_>,
+    ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let rows = input.tokens.len();
         if rows == 0 {
@@ -123,13 +161,22 @@ impl<B: Backend> Llama<B> {
         ];
         for (name, n) in checks {
             if n != rows {
-                return Err(Error::internal(format!("step input: {name} has {n} entries for {rows} rows")));
+                return Err(Error::internal(format!(
+                    "step input: {name} has {n} entries for {rows} rows"
+                )));
             }
         }
         if !input.lora.token_slot.is_empty() && !input.lora.is_empty() {
-            return Err(Error::unsupported("LoRA rows reached a model without an adapter stack"));
+            return Err(Error::unsupported(
+                "LoRA rows reached a model without an adapter stack",
+            ));
         }
-        let (h, inter, q, kv_dim) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim());
+        let (h, inter, q, kv_dim) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+        );
         let qkv_w = q + 2 * kv_dim;
         let mut x = backend.alloc(rows * h)?;
         backend.embedding_gather(&self.embed, input.tokens, &mut x);
@@ -142,10 +189,46 @@ impl<B: Backend> Llama<B> {
         for (l, layer) in self.layers.iter().enumerate() {
             backend.rms_norm(&x, &layer.attn_norm, rows, h, cfg.rms_norm_eps, &mut normed);
             backend.matmul(&normed, rows, &layer.qkv, &mut qkv);
-            backend.rope(&mut qkv, rows, qkv_w, 0, cfg.num_heads, cfg.head_dim, input.meta.row_pos, &self.inv_freq);
-            backend.rope(&mut qkv, rows, qkv_w, q, cfg.num_kv_heads, cfg.head_dim, input.meta.row_pos, &self.inv_freq);
-            backend.kv_write(kv, l, &qkv, rows, qkv_w, q, q + kv_dim, input.meta.slot_mapping);
-            backend.attention_paged(&qkv, rows, qkv_w, cfg.num_heads, kv, l, &input.meta, &mut attn);
+            backend.rope(
+                &mut qkv,
+                rows,
+                qkv_w,
+                0,
+                cfg.num_heads,
+                cfg.head_dim,
+                input.meta.row_pos,
+                &self.inv_freq,
+            );
+            backend.rope(
+                &mut qkv,
+                rows,
+                qkv_w,
+                q,
+                cfg.num_kv_heads,
+                cfg.head_dim,
+                input.meta.row_pos,
+                &self.inv_freq,
+            );
+            backend.kv_write(
+                kv,
+                l,
+                &qkv,
+                rows,
+                qkv_w,
+                q,
+                q + kv_dim,
+                input.meta.slot_mapping,
+            );
+            backend.attention_paged(
+                &qkv,
+                rows,
+                qkv_w,
+                cfg.num_heads,
+                kv,
+                l,
+                &input.meta,
+                &mut attn,
+            );
             backend.matmul(&attn, rows, &layer.o, &mut proj);
             backend.add(&mut x, &proj, rows * h);
             backend.rms_norm(&x, &layer.mlp_norm, rows, h, cfg.rms_norm_eps, &mut normed);
@@ -159,7 +242,9 @@ impl<B: Backend> Llama<B> {
             return Ok(Vec::new());
         }
         if let Some(&bad) = input.logit_rows.iter().find(|&&r| r as usize >= rows) {
-            return Err(Error::internal(format!("logit row {bad} out of range for {rows} rows")));
+            return Err(Error::internal(format!(
+                "logit row {bad} out of range for {rows} rows"
+            )));
         }
         let mut last = backend.alloc(n * h)?;
         backend.gather_rows(&x, h, input.logit_rows, &mut last);

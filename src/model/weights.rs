@@ -21,7 +21,11 @@ pub fn load_hf_dir(dir: &Path) -> Result<ModelFiles> {
         read_safetensors_into(&file, &mut tensors)?;
     }
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
-    Ok(ModelFiles { config, tensors, tokenizer })
+    Ok(ModelFiles {
+        config,
+        tensors,
+        tokenizer,
+    })
 }
 
 /// The weight files of a directory: the shards named by `model.safetensors.index.json` (sorted,
@@ -35,11 +39,19 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| Error::invalid_model(format!("{}: missing \"weight_map\" object", index.display())))?;
+            .ok_or_else(|| {
+                Error::invalid_model(format!(
+                    "{}: missing \"weight_map\" object",
+                    index.display()
+                ))
+            })?;
         let mut shards = BTreeSet::new();
         for (tensor, shard) in map {
             let shard = shard.as_str().ok_or_else(|| {
-                Error::invalid_model(format!("{}: weight_map[\"{tensor}\"] is not a file name", index.display()))
+                Error::invalid_model(format!(
+                    "{}: weight_map[\"{tensor}\"] is not a file name",
+                    index.display()
+                ))
             })?;
             if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
                 return Err(Error::invalid_model(format!(
@@ -67,15 +79,31 @@ pub fn read_safetensors_into(path: &Path, out: &mut TensorMap) -> Result<()> {
     // The map is read-only and private; the file may change underneath only if another process
     // rewrites it, in which case safetensors' bounds checks still hold on the mapped length.
     let mmap = map_file(&file, path)?;
-    let st = SafeTensors::deserialize(&mmap)
-        .map_err(|e| Error::invalid_model(format!("{}: invalid safetensors: {e}", path.display())))?;
+    let st = SafeTensors::deserialize(&mmap).map_err(|e| {
+        Error::invalid_model(format!("{}: invalid safetensors: {e}", path.display()))
+    })?;
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
         let bytes = view.data();
         let data = match view.dtype() {
-            Dtype::F32 => TensorData::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-            Dtype::F16 => TensorData::F16(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect()),
-            Dtype::BF16 => TensorData::BF16(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect()),
+            Dtype::F32 => TensorData::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            Dtype::F16 => TensorData::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            Dtype::BF16 => TensorData::BF16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
             other => {
                 return Err(Error::unsupported(format!(
                     "{}: tensor {name} has dtype {other:?}; supported: F32, F16, BF16",

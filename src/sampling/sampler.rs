@@ -116,7 +116,7 @@ struct Settings {
 impl Settings {
     fn from_params(p: &SamplingParams) -> Self {
         // `!(t > 0)` also catches NaN.
-        let greedy = !(p.temperature > 0.0) || p.top_k == 1;
+        let greedy = p.temperature.is_nan() || p.temperature <= 0.0 || p.top_k == 1;
         let temperature = if p.temperature.is_finite() {
             p.temperature
         } else {

@@ -139,7 +139,9 @@ impl Scheduler {
                 // Nothing newer to evict: this sequence yields its blocks so older work proceeds.
                 // If it could not fit even in an empty cache it is failed instead.
                 self.running.remove(i);
-                let Some(seq) = seqs.get_mut(&id) else { continue };
+                let Some(seq) = seqs.get_mut(&id) else {
+                    continue;
+                };
                 let s = seq.sched();
                 release(s, alloc);
                 if s.table.blocks_needed(s.total_tokens, bs) > alloc.num_total() {
@@ -157,14 +159,20 @@ impl Scheduler {
         // 2. Admit waiting sequences in FIFO order.
         let mut held = Vec::new();
         while budget > 0 && self.running.len() < limits.max_num_seqs {
-            let Some(id) = self.waiting.pop_front() else { break };
-            let Some(seq) = seqs.get_mut(&id) else { continue };
+            let Some(id) = self.waiting.pop_front() else {
+                break;
+            };
+            let Some(seq) = seqs.get_mut(&id) else {
+                continue;
+            };
             if !can_admit(id) {
                 held.push(id);
                 continue;
             }
             let s = seq.sched();
-            let whole = s.table.blocks_needed(s.total_tokens.saturating_sub(s.table.num_tokens()), bs);
+            let whole = s
+                .table
+                .blocks_needed(s.total_tokens.saturating_sub(s.table.num_tokens()), bs);
             if s.table.blocks().len() + whole > alloc.num_total() {
                 release(s, alloc);
                 plan.unfittable.push(id);

@@ -48,7 +48,16 @@ pub struct TinySpec {
 
 impl Default for TinySpec {
     fn default() -> Self {
-        Self { hidden: 32, inter: 48, layers: 2, heads: 4, kv_heads: 2, head_dim: 8, tied: false, seed: 1 }
+        Self {
+            hidden: 32,
+            inter: 48,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            tied: false,
+            seed: 1,
+        }
     }
 }
 
@@ -56,7 +65,10 @@ impl Default for TinySpec {
 /// `<|im_start|>`/`<|im_end|>` (257, 258); no merges. Vocab 259.
 pub fn byte_tokenizer_json() -> serde_json::Value {
     // GPT-2 byte-to-unicode table.
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -104,35 +116,114 @@ pub fn write_tiny_model(dir: &Path, spec: TinySpec) {
         "vocab_size": vocab, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 512,
         "tie_word_embeddings": spec.tied, "bos_token_id": 257, "eos_token_id": 258, "hidden_act": "silu",
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
-    std::fs::write(dir.join("tokenizer.json"), byte_tokenizer_json().to_string()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        byte_tokenizer_json().to_string(),
+    )
+    .unwrap();
     let tcfg = json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template":
         "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"});
     std::fs::write(dir.join("tokenizer_config.json"), tcfg.to_string()).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let rand_t = |tensors: &mut Vec<(String, Vec<usize>, Vec<f32>)>, name: String, shape: Vec<usize>, std: f32, rng: &mut ChaCha8Rng| {
+    let rand_t = |tensors: &mut Vec<(String, Vec<usize>, Vec<f32>)>,
+                  name: String,
+                  shape: Vec<usize>,
+                  std: f32,
+                  rng: &mut ChaCha8Rng| {
         let n = shape.iter().product();
-        let data = (0..n).map(|_| (rng.gen::<f32>() * 2.0 - 1.0) * std * 1.732).collect();
+        let data = (0..n)
+            .map(|_| (rng.gen::<f32>() * 2.0 - 1.0) * std * 1.732)
+            .collect();
         tensors.push((name, shape, data));
     };
-    let (h, i, q, kv) = (spec.hidden, spec.inter, spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim);
-    rand_t(&mut tensors, "model.embed_tokens.weight".into(), vec![vocab, h], 1.0, &mut rng);
+    let (h, i, q, kv) = (
+        spec.hidden,
+        spec.inter,
+        spec.heads * spec.head_dim,
+        spec.kv_heads * spec.head_dim,
+    );
+    rand_t(
+        &mut tensors,
+        "model.embed_tokens.weight".into(),
+        vec![vocab, h],
+        1.0,
+        &mut rng,
+    );
     if !spec.tied {
-        rand_t(&mut tensors, "lm_head.weight".into(), vec![vocab, h], 0.2, &mut rng);
+        rand_t(
+            &mut tensors,
+            "lm_head.weight".into(),
+            vec![vocab, h],
+            0.2,
+            &mut rng,
+        );
     }
     for l in 0..spec.layers {
         let p = format!("model.layers.{l}");
-        rand_t(&mut tensors, format!("{p}.self_attn.q_proj.weight"), vec![q, h], 0.3, &mut rng);
-        rand_t(&mut tensors, format!("{p}.self_attn.k_proj.weight"), vec![kv, h], 0.3, &mut rng);
-        rand_t(&mut tensors, format!("{p}.self_attn.v_proj.weight"), vec![kv, h], 0.3, &mut rng);
-        rand_t(&mut tensors, format!("{p}.self_attn.o_proj.weight"), vec![h, q], 0.3, &mut rng);
-        rand_t(&mut tensors, format!("{p}.mlp.gate_proj.weight"), vec![i, h], 0.3, &mut rng);
-        rand_t(&mut tensors, format!("{p}.mlp.up_proj.weight"), vec![i, h], 0.3, &mut rng);
-        rand_t(&mut tensors, format!("{p}.mlp.down_proj.weight"), vec![h, i], 0.3, &mut rng);
-        let ones: Vec<f32> = (0..h).map(|_| 1.0 + (rng.gen::<f32>() - 0.5) * 0.2).collect();
+        rand_t(
+            &mut tensors,
+            format!("{p}.self_attn.q_proj.weight"),
+            vec![q, h],
+            0.3,
+            &mut rng,
+        );
+        rand_t(
+            &mut tensors,
+            format!("{p}.self_attn.k_proj.weight"),
+            vec![kv, h],
+            0.3,
+            &mut rng,
+        );
+        rand_t(
+            &mut tensors,
+            format!("{p}.self_attn.v_proj.weight"),
+            vec![kv, h],
+            0.3,
+            &mut rng,
+        );
+        rand_t(
+            &mut tensors,
+            format!("{p}.self_attn.o_proj.weight"),
+            vec![h, q],
+            0.3,
+            &mut rng,
+        );
+        rand_t(
+            &mut tensors,
+            format!("{p}.mlp.gate_proj.weight"),
+            vec![i, h],
+            0.3,
+            &mut rng,
+        );
+        rand_t(
+            &mut tensors,
+            format!("{p}.mlp.up_proj.weight"),
+            vec![i, h],
+            0.3,
+            &mut rng,
+        );
+        rand_t(
+            &mut tensors,
+            format!("{p}.mlp.down_proj.weight"),
+            vec![h, i],
+            0.3,
+            &mut rng,
+        );
+        let ones: Vec<f32> = (0..h)
+            .map(|_| 1.0 + (rng.gen::<f32>() - 0.5) * 0.2)
+            .collect();
         tensors.push((format!("{p}.input_layernorm.weight"), vec![h], ones.clone()));
-        tensors.push((format!("{p}.post_attention_layernorm.weight"), vec![h], ones));
+        tensors.push((
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            ones,
+        ));
     }
     tensors.push(("model.norm.weight".into(), vec![h], vec![1.0; h]));
     write_safetensors(&dir.join("model.safetensors"), &tensors);
@@ -140,11 +231,20 @@ pub fn write_tiny_model(dir: &Path, spec: TinySpec) {
 
 /// Writes f32 tensors to a safetensors file.
 pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, d)| d.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, d)| d.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .zip(&bytes)
-        .map(|((n, s, _), b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .map(|((n, s, _), b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None::<HashMap<String, String>>, path).unwrap();
 }
@@ -158,16 +258,30 @@ pub fn std_dev(x: &[f32]) -> f32 {
 
 /// Compares greedy tokens with the reference: equal, or a divergence where the reference margin
 /// at that step is below `margin_tol`. Returns a description of the failure, if any.
-pub fn tokens_match(got: &[u32], want: &[u32], margins: &[f32], margin_tol: f32) -> Result<(), String> {
+pub fn tokens_match(
+    got: &[u32],
+    want: &[u32],
+    margins: &[f32],
+    margin_tol: f32,
+) -> Result<(), String> {
     for k in 0..want.len() {
         match got.get(k) {
-            None => return Err(format!("only {} tokens, reference has {}", got.len(), want.len())),
+            None => {
+                return Err(format!(
+                    "only {} tokens, reference has {}",
+                    got.len(),
+                    want.len()
+                ))
+            }
             Some(&g) if g != want[k] => {
                 let m = margins.get(k).copied().unwrap_or(0.0);
                 if m < margin_tol {
                     return Ok(());
                 }
-                return Err(format!("token {k}: got {g}, reference {} (margin {m:.3e} > tol {margin_tol:.1e})", want[k]));
+                return Err(format!(
+                    "token {k}: got {g}, reference {} (margin {m:.3e} > tol {margin_tol:.1e})",
+                    want[k]
+                ));
             }
             _ => {}
         }
