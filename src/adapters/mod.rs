@@ -9,3 +9,4 @@ pub mod trtllm;
 pub mod archive;
 pub mod nemo;
 pub mod nemo_keys;
+pub mod export;
