@@ -4,9 +4,18 @@ pub mod normalize;
 pub mod torch_pickle;
 
 pub use normalize::{AdapterFormat, LoraModule, ModelShape, NormalizedAdapter};
-pub mod npy;
-pub mod trtllm;
 pub mod archive;
+pub mod export;
+pub mod hf;
+pub mod hf_config;
+pub mod inspect;
+pub mod load;
 pub mod nemo;
 pub mod nemo_keys;
-pub mod export;
+pub mod npy;
+pub mod safetensors_check;
+pub mod trtllm;
+pub mod validate;
+
+pub use load::{detect_format, load_adapter};
+pub use validate::AdapterLimits;
