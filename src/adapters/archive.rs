@@ -81,7 +81,8 @@ pub fn read_tar_file(path: &Path) -> Result<Members> {
 pub fn read_tar_bytes(bytes: &[u8], what: &str, limits: ArchiveLimits) -> Result<Members> {
     let gz = bytes.starts_with(&[0x1f, 0x8b]);
     if gz {
-        let dec = flate2::read::GzDecoder::new(bytes);
+        // Multi-member gzip (concatenated streams) is valid gzip; decode all members.
+        let dec = flate2::read::MultiGzDecoder::new(bytes);
         let capped = CappedReader {
             inner: dec,
             read: 0,
@@ -91,15 +92,11 @@ pub fn read_tar_bytes(bytes: &[u8], what: &str, limits: ArchiveLimits) -> Result
             capped,
             what,
             limits.max_member.min(limits.max_decompressed),
-            true,
+            None,
         )
     } else {
-        read_entries(
-            bytes,
-            what,
-            limits.max_member.min(bytes.len() as u64),
-            false,
-        )
+        let len = bytes.len() as u64;
+        read_entries(bytes, what, limits.max_member.min(len), Some(len))
     }
 }
 
@@ -140,7 +137,15 @@ pub fn normalize_member_name(raw: &[u8], what: &str) -> Result<String> {
     Ok(parts.join("/"))
 }
 
-fn read_entries<R: Read>(reader: R, what: &str, max_member: u64, gz: bool) -> Result<Members> {
+/// `archive_len` is `Some(file size)` for a plain tar (declared sizes are checked against the
+/// bytes left after each member's header), `None` for gzip (checked against `max_member`).
+fn read_entries<R: Read>(
+    reader: R,
+    what: &str,
+    max_member: u64,
+    archive_len: Option<u64>,
+) -> Result<Members> {
+    let gz = archive_len.is_none();
     let mut ar = tar::Archive::new(reader);
     let mut out = Members::new();
     let mut budget = max_member;
@@ -172,16 +177,21 @@ fn read_entries<R: Read>(reader: R, what: &str, max_member: u64, gz: bool) -> Re
             }
         }
         let size = entry.header().size().map_err(|e| map_io(what, gz, e))?;
+        if let Some(len) = archive_len {
+            budget = budget.min(len.saturating_sub(entry.raw_file_position()));
+        }
         if size > budget {
-            return Err(Error::invalid_adapter(format!(
-                "{what}: member '{name}' declares {size} bytes, more than the archive can hold \
-                 ({budget} bytes left of the {} limit)",
-                if gz {
-                    "decompressed-size"
-                } else {
-                    "archive-size"
-                }
-            )));
+            return Err(Error::invalid_adapter(if gz {
+                format!(
+                    "{what}: member '{name}' declares {size} bytes, beyond the remaining \
+                     decompressed-size limit of {budget} bytes (possible gzip bomb)"
+                )
+            } else {
+                format!(
+                    "{what}: member '{name}' declares {size} bytes but at most {budget} bytes of \
+                     the archive are left for it (truncated or corrupt tar)"
+                )
+            }));
         }
         budget -= size;
         if name.is_empty() {

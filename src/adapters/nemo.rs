@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use serde_yaml::Value;
 
 use crate::adapters::archive::read_tar_file;
-use crate::adapters::nemo_keys::{parse_key, KeyLayout, NemoAdapter};
+use crate::adapters::nemo_keys::{adapter_suffix, parse_key, KeyLayout, NemoAdapter};
 use crate::adapters::normalize::{AdapterFormat, LoraModule, ModelShape, NormalizedAdapter};
 use crate::backend::LoraTarget;
 use crate::error::{Error, Result};
@@ -75,6 +75,13 @@ pub fn find_nemo_file(dir: &Path) -> Result<PathBuf> {
     }
 }
 
+/// A YAML value as it would be written (for messages).
+fn show(v: &Value) -> String {
+    serde_yaml::to_string(v)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| format!("{v:?}"))
+}
+
 fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
     path.iter()
         .try_fold(v, |v, k| v.get(*k))
@@ -90,8 +97,9 @@ fn get_usize(v: &Value, path: &[&str], what: &str) -> Result<Option<usize>> {
             .map(Some)
             .ok_or_else(|| {
                 Error::invalid_adapter(format!(
-                    "{what}: {} must be a non-negative integer, found {x:?}",
-                    path.join(".")
+                    "{what}: {} must be a non-negative integer, found {}",
+                    path.join("."),
+                    show(x)
                 ))
             }),
     }
@@ -112,7 +120,8 @@ pub fn parse_model_config(bytes: &[u8], what: &str, shape: &ModelShape) -> Resul
     if let Some(s) = get(&root, &["peft", "peft_scheme"]) {
         if s.as_str().map(|s| s.to_ascii_lowercase()) != Some("lora".into()) {
             return Err(Error::unsupported(format!(
-                "{what}: peft.peft_scheme is {s:?}; only \"lora\" adapters are supported"
+                "{what}: peft.peft_scheme is {}; only \"lora\" adapters are supported",
+                show(s)
             )));
         }
     }
@@ -132,7 +141,8 @@ pub fn parse_model_config(bytes: &[u8], what: &str, shape: &ModelShape) -> Resul
         None => adapter_dim as f64,
         Some(a) => a.as_f64().filter(|a| a.is_finite()).ok_or_else(|| {
             Error::invalid_adapter(format!(
-                "{what}: peft.lora_tuning.alpha {a:?} is not a number"
+                "{what}: peft.lora_tuning.alpha {} is not a number",
+                show(a)
             ))
         })?,
     };
@@ -142,7 +152,8 @@ pub fn parse_model_config(bytes: &[u8], what: &str, shape: &ModelShape) -> Resul
             Some(s @ ("nemo" | "canonical")) => s.to_string(),
             _ => {
                 return Err(Error::invalid_adapter(format!(
-                    "{what}: peft.lora_tuning.variant {v:?} must be \"nemo\" or \"canonical\""
+                    "{what}: peft.lora_tuning.variant {} must be \"nemo\" or \"canonical\"",
+                    show(v)
                 )))
             }
         },
@@ -160,14 +171,16 @@ pub fn parse_model_config(bytes: &[u8], what: &str, shape: &ModelShape) -> Resul
             .map(|x| {
                 x.as_str().map(str::to_string).ok_or_else(|| {
                     Error::invalid_adapter(format!(
-                        "{what}: peft.lora_tuning.target_modules entry {x:?} is not a string"
+                        "{what}: peft.lora_tuning.target_modules entry {} is not a string",
+                        show(x)
                     ))
                 })
             })
             .collect::<Result<_>>()?,
         Some(x) => {
             return Err(Error::invalid_adapter(format!(
-                "{what}: peft.lora_tuning.target_modules {x:?} is not a list"
+                "{what}: peft.lora_tuning.target_modules {} is not a list",
+                show(x)
             )))
         }
     };
@@ -420,7 +433,10 @@ pub fn read_nemo(dir: &Path, name: &str, shape: &ModelShape) -> Result<Normalize
     let scale = (cfg.alpha / r as f64) as f32;
     let mut layers: Vec<[Option<LoraModule>; 7]> = vec![Default::default(); shape.num_layers];
     for ((layer, adapter), (a, b)) in pairs {
-        let label = format!("{wwhat}: layer {layer} {adapter:?}");
+        let label = format!(
+            "{wwhat}: layer {layer} {}",
+            adapter_suffix(adapter).trim_end_matches('.')
+        );
         let (Some((ashape, a)), Some((bshape, b))) = (a, b) else {
             return Err(Error::invalid_adapter(format!(
                 "{label}: needs both linear_in.weight and linear_out.weight"
