@@ -234,6 +234,40 @@ fn nemo_shape_mismatch_is_refused() {
     assert!(e.message().contains("out of range"), "{}", e.message());
 }
 
+#[test]
+fn fixtures_load_through_load_adapter() {
+    let Some(fx) = shared() else { return };
+    let shape = tiny_shape(DType::F32);
+    for (v, format) in [
+        ("nemo-canonical-r8", AdapterFormat::Nemo),
+        ("nemo-fused-r8", AdapterFormat::Nemo),
+        ("nemo-legacy-qkv-gz", AdapterFormat::Nemo),
+        ("trt-all-r8-npy", AdapterFormat::TrtLlm),
+        ("trt-all-r8-bin", AdapterFormat::TrtLlm),
+        ("trt-qkv-f16-npy", AdapterFormat::TrtLlm),
+    ] {
+        let dir = fx.join("adapters-formats").join(v);
+        let loaded = loraplex::adapters::load_adapter(
+            &dir,
+            v,
+            &shape,
+            &loraplex::adapters::AdapterLimits::default(),
+        )
+        .unwrap_or_else(|e| panic!("{v}: {}", e.message()));
+        assert_eq!(loaded.format, format, "{v}");
+        assert!(
+            !loaded.generation.is_empty(),
+            "{v}: generation set by the loader"
+        );
+        let direct = match format {
+            AdapterFormat::Nemo => read_nemo(&dir, v, &shape),
+            _ => read_trtllm(&dir, v, &shape),
+        }
+        .unwrap();
+        assert_eq!(loaded.layers, direct.layers, "{v}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Export → read round trips.
 
@@ -290,7 +324,18 @@ fn read_back(dir: &Path, format: ExportFormat, shape: &ModelShape) -> Normalized
     match format {
         ExportFormat::NemoFused | ExportFormat::NemoCanonical => read_nemo(dir, "rt", shape),
         ExportFormat::TrtNpy { .. } | ExportFormat::TrtBin => read_trtllm(dir, "rt", shape),
-        ExportFormat::HfSafetensors | ExportFormat::HfBin => return read_hf_local(dir, shape),
+        ExportFormat::HfSafetensors | ExportFormat::HfBin => {
+            // The crate's HF reader (PEFT rank/alpha pattern semantics) and an independent
+            // test-local reader must agree on what the exporter wrote.
+            let local = read_hf_local(dir, shape);
+            let crate_hf = loraplex::adapters::hf::read_hf(dir, "rt", shape)
+                .unwrap_or_else(|e| panic!("{format:?}: {}", e.message()));
+            assert_eq!(
+                crate_hf.layers, local.layers,
+                "{format:?}: HF readers disagree"
+            );
+            return local;
+        }
     }
     .unwrap_or_else(|e| panic!("{format:?}: {}", e.message()))
 }
