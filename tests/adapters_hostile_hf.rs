@@ -685,3 +685,30 @@ fn safetensors_reader_never_panics_on_garbage() {
         x[i] ^= 0x5a;
     }
 }
+
+#[test]
+fn pickle_and_torch_zip_readers_never_panic_on_mutations() {
+    let p = tensor_pickle("w", 6, 0, (3, 2), (1, 3));
+    let mut x = p.clone();
+    for i in 0..x.len() {
+        for v in [
+            0x00, 0x01, 0x7f, 0x80, 0xff, b'(', b'R', b'Q', b'h', b'b', b'e', b'u', b'.',
+        ] {
+            let old = x[i];
+            x[i] = v;
+            let _ = read_pickle(&x, "m");
+            let z = torch_zip(&[("a/data.pkl", &x), ("a/data/0", &floats(6))], false);
+            let _ = read_torch_zip(&z, "m");
+            x[i] = old;
+        }
+        let _ = read_pickle(&p[..i], "m");
+    }
+    let z = torch_zip(&[("a/data.pkl", &p), ("a/data/0", &floats(6))], false);
+    let mut y = z.clone();
+    for i in 0..y.len() {
+        y[i] ^= 0xa5;
+        let _ = read_torch_zip(&y, "m");
+        y[i] ^= 0xa5;
+        let _ = read_torch_zip(&z[..i], "m");
+    }
+}

@@ -226,6 +226,16 @@ pub fn load_adapter(
             read_adapter_file(dir, f).map_err(|e| e.context(format!("adapter '{name}'")))?;
         contents.push((f.as_str(), bytes));
     }
+    let generation = {
+        let refs: Vec<(&str, &[u8])> = contents.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+        generation_of(&refs)
+    };
+    if !matches!(format, AdapterFormat::HfSafetensors | AdapterFormat::HfBin) {
+        // NeMo / TensorRT-LLM readers read their files themselves (after the checks above);
+        // don't hold a second copy meanwhile. A file replaced between the two reads yields a
+        // generation of the old contents: replace adapters by renaming whole directories.
+        contents.clear();
+    }
     let mut adapter = match format {
         AdapterFormat::HfSafetensors | AdapterFormat::HfBin => {
             let (cfg, w) = match contents.as_slice() {
@@ -249,8 +259,7 @@ pub fn load_adapter(
             .map_err(|e| e.context(format!("adapter '{name}'")))?,
     };
     validate(&adapter, shape, limits)?;
-    let refs: Vec<(&str, &[u8])> = contents.iter().map(|(n, b)| (*n, b.as_slice())).collect();
-    adapter.generation = generation_of(&refs);
+    adapter.generation = generation;
     adapter.name = name.to_owned();
     adapter.format = format;
     adapter.source = dir.to_path_buf();

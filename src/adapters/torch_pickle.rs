@@ -102,6 +102,7 @@ pub fn read_torch_zip(bytes: &[u8], what: &str) -> Result<Vec<(String, HostTenso
         limit: (bytes.len() as u64)
             .saturating_mul(MAX_EXPANSION)
             .saturating_add(EXPANSION_SLACK),
+        archive_len: bytes.len() as u64,
     };
     let big_endian = match reader.read_optional(&format!("{prefix}byteorder"))? {
         None => false,
@@ -152,6 +153,7 @@ struct ZipReader<'a> {
     zip: zip::ZipArchive<Cursor<&'a [u8]>>,
     what: &'a str,
     limit: u64,
+    archive_len: u64,
 }
 
 impl ZipReader<'_> {
@@ -175,8 +177,9 @@ impl ZipReader<'_> {
                 self.limit
             )));
         }
-        // `declared <= limit`, itself bounded by a multiple of the in-memory archive size.
-        let mut buf = Vec::with_capacity(declared as usize);
+        // Reserve no more than the archive itself holds; a member that really expands grows the
+        // buffer as it is read, up to `declared + 1` bytes.
+        let mut buf = Vec::with_capacity(declared.min(self.archive_len) as usize);
         (&mut f)
             .take(declared.saturating_add(1))
             .read_to_end(&mut buf)
