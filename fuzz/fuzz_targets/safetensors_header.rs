@@ -23,7 +23,19 @@ const CONFIG: &[u8] = br#"{"peft_type":"LORA","r":8,"lora_alpha":16,"target_modu
 
 fuzz_target!(|data: &[u8]| {
     let _ = read_safetensors(data, "fuzz.safetensors");
-    let _ = parse_hf("fuzz", Path::new("fuzz"), CONFIG, HfWeights::Safetensors(data), &SHAPE);
+    let _ = parse_hf(
+        "fuzz",
+        Path::new("fuzz"),
+        CONFIG,
+        HfWeights::Safetensors(data),
+        &SHAPE,
+    );
     // The same bytes as a config (exercises the JSON/regex pattern handling).
-    let _ = parse_hf("fuzz", Path::new("fuzz"), data, HfWeights::Safetensors(&[]), &SHAPE);
+    let _ = parse_hf(
+        "fuzz",
+        Path::new("fuzz"),
+        data,
+        HfWeights::Safetensors(&[]),
+        &SHAPE,
+    );
 });
