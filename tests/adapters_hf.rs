@@ -326,3 +326,26 @@ fn torch_zip_reads_fixture_bin() {
     assert_eq!(t.to_f32_vec(), want);
     assert_eq!(tensors[1].1.shape, vec![64, 16]);
 }
+
+#[test]
+fn read_hf_equals_load_adapter_and_generation_is_content_hash() {
+    let Some(sh) = shared() else { return };
+    let root = sh.join("fixtures/tiny-llama");
+    let shape = shape_of(&read_json(&root.join("reference.json")));
+    let dir = root.join("adapters/hf-all-r8");
+    let a = loraplex::adapters::hf::read_hf(&dir, "a", &shape).unwrap();
+    let b = load_adapter(&dir, "a", &shape, &limits(64)).unwrap();
+    assert_eq!(a, b);
+    // A copy elsewhere has the same generation; changing one byte of the config changes it.
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(dir.join(f), tmp.path().join(f)).unwrap();
+    }
+    let c = load_adapter(tmp.path(), "a", &shape, &limits(64)).unwrap();
+    assert_eq!(c.generation, b.generation);
+    let cfg = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
+    std::fs::write(tmp.path().join("adapter_config.json"), format!("{cfg} ")).unwrap();
+    let d = load_adapter(tmp.path(), "a", &shape, &limits(64)).unwrap();
+    assert_ne!(d.generation, b.generation);
+    assert_eq!(d.layers, b.layers);
+}
