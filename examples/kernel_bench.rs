@@ -1,0 +1,144 @@
+//! Times the CPU backend's matmul at SmolLM2-135M shapes and compares with memory bandwidth.
+//!
+//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head]`
+//!
+//! For each weight shape (in -> out), format (F32, BF16), thread count (1, 2) and row count
+//! (1, 8, 32, 256) it prints the time per call, the weight traffic in GB/s (weight bytes / time,
+//! i.e. the bandwidth needed to stream the weight once per call) and GFLOP/s (2·rows·in·out /
+//! time) and GFLOP per CPU-second (summed over threads; robust to other load). It also prints the memory copy bandwidth of a 256 MB buffer and the estimated time of
+//! all weight matmuls of one SmolLM2 decode step (30 layers + LM head).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loraplex::backend::cpu::CpuBackend;
+use loraplex::backend::{Backend, WeightFormat};
+use loraplex::tensor::HostTensor;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// (name, in, out, uses per decode step)
+const SHAPES: &[(&str, usize, usize, usize)] = &[
+    ("qkv", 576, 960, 30),
+    ("o", 576, 576, 30),
+    ("gate_up", 576, 3072, 30),
+    ("down", 1536, 576, 30),
+    ("lm_head", 576, 49152, 1),
+];
+
+/// Process CPU time (user + system) in seconds from /proc/self/stat (0 where unavailable).
+fn cpu_time() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the ")" that closes the command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Returns (wall seconds per call, CPU seconds per call summed over threads).
+fn time_cpu(min: Duration, mut f: impl FnMut()) -> (f64, f64) {
+    f();
+    let start = Instant::now();
+    let c0 = cpu_time();
+    let mut n = 0u32;
+    while n < 3 || start.elapsed() < min {
+        f();
+        n += 1;
+    }
+    let wall = start.elapsed().as_secs_f64() / n as f64;
+    (wall, (cpu_time() - c0) / n as f64)
+}
+
+fn time_it(min: Duration, f: impl FnMut()) -> f64 {
+    time_cpu(min, f).0
+}
+
+fn copy_bandwidth() -> f64 {
+    let n = 64 << 20; // 64 Mi f32 = 256 MB
+    let src = vec![1.0f32; n];
+    let mut dst = vec![0.0f32; n];
+    let t = time_it(Duration::from_millis(500), || {
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&mut dst);
+    });
+    (n * 4) as f64 / t / 1e9
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let min = Duration::from_millis(if quick { 100 } else { 300 });
+    let bw = copy_bandwidth();
+    println!("memory copy bandwidth (256 MB, bytes copied/s): {bw:.1} GB/s");
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let pools: Vec<Arc<rayon::ThreadPool>> = [1usize, 2]
+        .iter()
+        .map(|&n| {
+            Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .expect("thread pool"),
+            )
+        })
+        .collect();
+    let rows_list = [1usize, 8, 32, 256];
+    // step[format][threads][rows] = seconds of all weight matmuls in one decode step
+    let mut step = [[[0f64; 4]; 2]; 2];
+    println!(
+        "{:<8} {:>5} {:>6} {:>4} {:>3} {:>4} {:>8} {:>7} {:>7} {:>8}",
+        "shape", "in", "out", "fmt", "thr", "rows", "ms/call", "GB/s", "GFLOP/s", "GF/cpu-s"
+    );
+    for &(name, inp, out, uses) in SHAPES {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let data: Vec<f32> = (0..inp * out).map(|_| rng.gen_range(-0.1f32..0.1)).collect();
+        let t = HostTensor::f32(vec![out, inp], data);
+        for (fi, format) in [WeightFormat::F32, WeightFormat::BF16].into_iter().enumerate() {
+            for (pi, pool) in pools.iter().enumerate() {
+                let be = CpuBackend::new(pool.clone());
+                let w = be.weight(&t, format).expect("weight");
+                let wbytes = be.weight_bytes(&w) as f64;
+                for (ri, &rows) in rows_list.iter().enumerate() {
+                    let x: Vec<f32> = (0..rows * inp).map(|_| rng.gen_range(-1f32..1.0)).collect();
+                    let mut y = vec![0f32; rows * out];
+                    let (secs, cpu) = time_cpu(min, || be.matmul(&x, rows, &w, &mut y));
+                    step[fi][pi][ri] += secs * uses as f64;
+                    let flops = 2.0 * (rows * inp * out) as f64;
+                    println!(
+                        "{:<8} {:>5} {:>6} {:>4} {:>3} {:>4} {:>8.3} {:>7.1} {:>7.1} {:>8.1}",
+                        name,
+                        inp,
+                        out,
+                        if fi == 0 { "f32" } else { "bf16" },
+                        pool.current_num_threads(),
+                        rows,
+                        secs * 1e3,
+                        wbytes / secs / 1e9,
+                        flops / secs / 1e9,
+                        if cpu > 0.0 { flops / cpu / 1e9 } else { f64::NAN }
+                    );
+                }
+            }
+        }
+    }
+    println!("\nall weight matmuls of one SmolLM2-135M decode step (30 layers + lm head):");
+    for (fi, fname) in ["f32", "bf16"].iter().enumerate() {
+        for (pi, thr) in [1, 2].iter().enumerate() {
+            let cells: Vec<String> = rows_list
+                .iter()
+                .zip(step[fi][pi].iter())
+                .map(|(r, s)| format!("rows {r}: {:.1} ms", s * 1e3))
+                .collect();
+            println!("  {fname} {thr} thr: {}", cells.join(", "));
+        }
+    }
+}
