@@ -1,6 +1,6 @@
 //! Times the CPU backend's matmul at SmolLM2-135M shapes and compares with memory bandwidth.
 //!
-//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head]`
+//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head] [--step]`\n//!\n//! `--step` instead times whole decode steps over 30 distinct layers (weights from DRAM).
 //!
 //! For each weight shape (in -> out), format (F32, BF16), thread count (1, 2) and row count
 //! (1, 8, 32, 256) it prints the time per call, the weight traffic in GB/s (weight bytes / time,
@@ -67,6 +67,52 @@ fn copy_bandwidth() -> f64 {
     (n * 4) as f64 / t / 1e9
 }
 
+/// Times all weight matmuls of one real decode step: 30 distinct layers (so weights stream from
+/// DRAM, as in the engine) plus the LM head, for rows 1, 8 and 32.
+fn decode_step(pools: &[Arc<rayon::ThreadPool>], copy_bw: f64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    for format in [WeightFormat::F32, WeightFormat::BF16] {
+        let be = CpuBackend::new(pools[0].clone());
+        let mut layers = Vec::new();
+        for &(_, inp, out, uses) in SHAPES {
+            let data: Vec<f32> = (0..inp * out)
+                .map(|_| rng.gen_range(-0.1f32..0.1))
+                .collect();
+            let t = HostTensor::f32(vec![out, inp], data);
+            for _ in 0..uses {
+                layers.push(be.weight(&t, format).expect("weight"));
+            }
+        }
+        let bytes: usize = layers.iter().map(|w| be.weight_bytes(w)).sum();
+        for pool in pools {
+            let be = CpuBackend::new(pool.clone());
+            for rows in [1usize, 8, 32] {
+                let x: Vec<f32> = (0..rows * 1536)
+                    .map(|_| rng.gen_range(-1f32..1.0))
+                    .collect();
+                let mut y = vec![0f32; rows * 49152];
+                let (secs, cpu) = time_cpu(Duration::from_millis(1000), || {
+                    for w in &layers {
+                        be.matmul(&x, rows, w, &mut y);
+                    }
+                });
+                let gbs = bytes as f64 / secs / 1e9;
+                println!(
+                    "decode step {:?} {} thr rows {:>2}: {:>7.2} ms ({:.0} MB weights, {:.1} GB/s = {:.0}% of copy bw; {:.1} cpu-ms)",
+                    format,
+                    pool.current_num_threads(),
+                    rows,
+                    secs * 1e3,
+                    bytes as f64 / 1e6,
+                    gbs,
+                    100.0 * gbs / copy_bw,
+                    cpu * 1e3
+                );
+            }
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -89,6 +135,10 @@ fn main() {
             )
         })
         .collect();
+    if args.iter().any(|a| a == "--step") {
+        decode_step(&pools, bw);
+        return;
+    }
     let rows_list = [1usize, 8, 32, 256];
     // step[format][threads][rows] = seconds of all weight matmuls in one decode step
     let mut step = [[[0f64; 4]; 2]; 2];
@@ -100,9 +150,14 @@ fn main() {
         if only.as_deref().is_some_and(|o| o != name) {
             continue;
         }
-        let data: Vec<f32> = (0..inp * out).map(|_| rng.gen_range(-0.1f32..0.1)).collect();
+        let data: Vec<f32> = (0..inp * out)
+            .map(|_| rng.gen_range(-0.1f32..0.1))
+            .collect();
         let t = HostTensor::f32(vec![out, inp], data);
-        for (fi, format) in [WeightFormat::F32, WeightFormat::BF16].into_iter().enumerate() {
+        for (fi, format) in [WeightFormat::F32, WeightFormat::BF16]
+            .into_iter()
+            .enumerate()
+        {
             for (pi, pool) in pools.iter().enumerate() {
                 let be = CpuBackend::new(pool.clone());
                 let w = be.weight(&t, format).expect("weight");
@@ -124,7 +179,11 @@ fn main() {
                         secs * 1e3,
                         wbytes / secs / 1e9,
                         flops / secs / 1e9,
-                        if cpu > 0.0 { flops / cpu / 1e9 } else { f64::NAN }
+                        if cpu > 0.0 {
+                            flops / cpu / 1e9
+                        } else {
+                            f64::NAN
+                        }
                     );
                 }
             }

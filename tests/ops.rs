@@ -625,3 +625,14 @@ fn attention_bad_metadata_gives_nan_row() {
     be.attention_paged(&qkv, 4, sc.stride, 3, &cache, 1, &meta, &mut out2);
     assert!(out2.iter().all(|v| v.is_nan()));
 }
+
+#[test]
+fn simd_kernels_are_used_when_the_cpu_has_them() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let has = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        assert_eq!(cpu(1).simd_enabled(), has);
+    }
+    assert!(!CpuBackend::portable(pool(1)).simd_enabled());
+    assert_eq!(cpu(3).threads(), 3);
+}
