@@ -1,6 +1,6 @@
 //! Times the CPU backend's matmul at SmolLM2-135M shapes and compares with memory bandwidth.
 //!
-//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head] [--step]`\n//!\n//! `--step` instead times whole decode steps over 30 distinct layers (weights from DRAM).
+//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head] [--step] [--attn]`\n//!\n//! `--attn` instead times SmolLM2-shaped paged attention (decode and prefill).\n//! `--step` instead times whole decode steps over 30 distinct layers (weights from DRAM).
 //!
 //! For each weight shape (in -> out), format (F32, BF16), thread count (1, 2) and row count
 //! (1, 8, 32, 256) it prints the time per call, the weight traffic in GB/s (weight bytes / time,
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loraplex::backend::cpu::CpuBackend;
-use loraplex::backend::{Backend, WeightFormat};
+use loraplex::backend::{AttnMeta, Backend, KvGeometry, WeightFormat};
 use loraplex::tensor::HostTensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -113,6 +113,84 @@ fn decode_step(pools: &[Arc<rayon::ThreadPool>], copy_bw: f64) {
     }
 }
 
+/// Times SmolLM2-shaped attention (9 heads, 3 KV heads, head_dim 64, block 16): 32 decode rows
+/// at context 1024, and a 256-token causal prefill.
+fn attention(pools: &[Arc<rayon::ThreadPool>]) {
+    let (nh, nkv, hd, bs) = (9usize, 3usize, 64usize, 16usize);
+    let stride = (nh + 2 * nkv) * hd;
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for (label, nseq, ctx, prefill) in [
+        ("decode 32 x ctx 1024", 32usize, 1024usize, false),
+        ("prefill 256", 1, 256, true),
+    ] {
+        let blocks_per = ctx.div_ceil(bs);
+        let geom = KvGeometry {
+            num_layers: 1,
+            num_blocks: nseq * blocks_per,
+            block_size: bs,
+            num_kv_heads: nkv,
+            head_dim: hd,
+        };
+        let tables: Vec<Vec<u32>> = (0..nseq)
+            .map(|s| (0..blocks_per).map(|b| (b * nseq + s) as u32).collect())
+            .collect();
+        let table_refs: Vec<&[u32]> = tables.iter().map(|t| t.as_slice()).collect();
+        let (row_seq, row_pos): (Vec<u32>, Vec<u32>) = if prefill {
+            (0..ctx).map(|p| (0u32, p as u32)).unzip()
+        } else {
+            (0..nseq).map(|s| (s as u32, (ctx - 1) as u32)).unzip()
+        };
+        let rows = row_seq.len();
+        let slots: Vec<u32> = row_seq
+            .iter()
+            .zip(&row_pos)
+            .map(|(&s, &p)| tables[s as usize][p as usize / bs] * bs as u32 + p % bs as u32)
+            .collect();
+        let meta = AttnMeta {
+            row_seq: &row_seq,
+            row_pos: &row_pos,
+            slot_mapping: &slots,
+            block_tables: &table_refs,
+        };
+        let qkv: Vec<f32> = (0..rows * stride)
+            .map(|_| rng.gen_range(-1f32..1.0))
+            .collect();
+        let mut out = vec![0f32; rows * nh * hd];
+        let kv_bytes: usize = row_pos
+            .iter()
+            .map(|&p| (p as usize + 1) * 2 * nkv * hd * 4)
+            .sum();
+        for pool in pools {
+            let be = CpuBackend::new(pool.clone());
+            let mut cache = be.alloc_kv(geom).expect("kv");
+            let fill: Vec<f32> = (0..geom.num_blocks * bs * stride)
+                .map(|_| rng.gen_range(-1f32..1.0))
+                .collect();
+            let all_slots: Vec<u32> = (0..(geom.num_blocks * bs) as u32).collect();
+            be.kv_write(
+                &mut cache,
+                0,
+                &fill,
+                all_slots.len(),
+                stride,
+                nh * hd,
+                (nh + nkv) * hd,
+                &all_slots,
+            );
+            let (secs, cpu) = time_cpu(Duration::from_millis(300), || {
+                be.attention_paged(&qkv, rows, stride, nh, &cache, 0, &meta, &mut out)
+            });
+            println!(
+                "attention {label}, {} thr: {:.3} ms/layer (KV read {:.1} GB/s; {:.3} cpu-ms)",
+                pool.current_num_threads(),
+                secs * 1e3,
+                kv_bytes as f64 / secs / 1e9,
+                cpu * 1e3
+            );
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -135,6 +213,10 @@ fn main() {
             )
         })
         .collect();
+    if args.iter().any(|a| a == "--attn") {
+        attention(&pools);
+        return;
+    }
     if args.iter().any(|a| a == "--step") {
         decode_step(&pools, bw);
         return;

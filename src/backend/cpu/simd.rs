@@ -196,3 +196,30 @@ macro_rules! weight_kernels {
 
 weight_kernels!(f32w, f32, load_f32);
 weight_kernels!(bf16w, u16, load_bf16);
+
+/// `a · b` over `min(a.len(), b.len())`: 8 lanes accumulate `acc + a*b` (multiply then add, no
+/// FMA) over chunks of 8, then [`hsum`], then the scalar tail in order. Bitwise equal to the
+/// portable `attention::dot`, whose lane and summation order it mirrors.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) fn dot_mul_add(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = _mm256_setzero_ps();
+    let mut k = 0;
+    while k + 8 <= n {
+        // SAFETY: k + 8 <= n, and both slices hold at least n values; loadu is unaligned.
+        let (x, y) = unsafe {
+            (
+                _mm256_loadu_ps(a.as_ptr().add(k)),
+                _mm256_loadu_ps(b.as_ptr().add(k)),
+            )
+        };
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+        k += 8;
+    }
+    let mut s = hsum(acc);
+    for (x, y) in a[k..n].iter().zip(&b[k..n]) {
+        s += x * y;
+    }
+    s
+}
