@@ -14,7 +14,7 @@ use crate::backend::reference::{attn_row, attn_shapes};
 use crate::backend::AttnMeta;
 
 /// 8-lane dot product with a fixed summation order.
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let ca = a.chunks_exact(8);
@@ -32,6 +32,26 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// `e^x` for the softmax (`x <= 0`): Cephes-style range reduction and degree-6 polynomial in
+/// plain f32 arithmetic (relative error ~2e-7), written so the compiler vectorises it. Inputs
+/// below -87.3 are clamped (result ~1e-38); NaN propagates.
+#[inline(always)]
+fn exp_neg(x: f32) -> f32 {
+    let x = if x < -87.3 { -87.3 } else { x };
+    let fx = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - fx * 0.693_359_4 - fx * -2.121_944_4e-4;
+    let z = r * r;
+    let y = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
+        + 0.166_666_65)
+        * r
+        + 0.5)
+        * z
+        + r
+        + 1.0;
+    y * f32::from_bits(((fx as i32 + 127) as u32) << 23)
+}
+
 /// Shapes shared by all units of one call.
 struct Dims {
     hd: usize,
@@ -43,24 +63,52 @@ struct Dims {
     scale: f32,
 }
 
-/// Calls `f(p, slot)` for positions `0..n` of a sequence through its block table.
-#[inline]
-fn for_slots(table: &[u32], n: usize, bs: usize, mut f: impl FnMut(usize, usize)) {
-    for (b, &blk) in table.iter().enumerate() {
-        let p0 = b * bs;
-        if p0 >= n {
-            break;
-        }
-        let base = blk as usize * bs;
-        for off in 0..bs.min(n - p0) {
-            f(p0 + off, base + off);
-        }
-    }
+/// The slots of positions `0..n` of a sequence, block by block: `(first position, first slot,
+/// count)` for each block the positions touch.
+#[inline(always)]
+fn block_runs(
+    table: &[u32],
+    n: usize,
+    bs: usize,
+) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    table
+        .iter()
+        .enumerate()
+        .map(move |(b, &blk)| (b * bs, blk as usize * bs))
+        .take_while(move |&(p0, _)| p0 < n)
+        .map(move |(p0, s0)| (p0, s0, bs.min(n - p0)))
+}
+
+/// One (row, KV head) unit compiled for AVX2/FMA. The body has no reductions across lanes and
+/// Rust never contracts `a * b + c` into an FMA, so this gives the same bits as [`unit`].
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn unit_avx2(
+    d: &Dims,
+    q_row: &[f32],
+    g: usize,
+    table: &[u32],
+    pos: usize,
+    kc: &[f32],
+    vc: &[f32],
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    // SAFETY: this function is only entered on CPUs with AVX2 and FMA.
+    unsafe { unit::<true>(d, q_row, g, table, pos, kc, vc, scores, out) }
 }
 
 /// One (row, KV head) unit: `out` is the `group * hd` outputs of the group's query heads.
+///
+/// # Safety
+/// With `SIMD = true` the CPU must support AVX2 and FMA.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn unit(
+unsafe fn unit<const SIMD: bool>(
     d: &Dims,
     q_row: &[f32],
     g: usize,
@@ -77,12 +125,30 @@ fn unit(
     scores.resize(group * n, 0.0);
     let koff = g * hd;
     let q = &q_row[g * group * hd..(g + 1) * group * hd];
-    for_slots(table, n, d.bs, |p, slot| {
-        let k = kc.get(slot * d.kv_dim + koff..slot * d.kv_dim + koff + hd);
-        for (qi, qh) in q.chunks_exact(hd).enumerate() {
-            scores[qi * n + p] = k.map_or(f32::NAN, |k| dot(qh, k) * d.scale);
+    for (p0, s0, cnt) in block_runs(table, n, d.bs) {
+        for off in 0..cnt {
+            let (p, slot) = (p0 + off, s0 + off);
+            let k = kc.get(slot * d.kv_dim + koff..slot * d.kv_dim + koff + hd);
+            for (qi, qh) in q.chunks_exact(hd).enumerate() {
+                scores[qi * n + p] = match k {
+                    Some(k) => {
+                        #[cfg(target_arch = "x86_64")]
+                        if SIMD {
+                            // SAFETY: the caller guarantees AVX2/FMA when SIMD is set.
+                            unsafe { super::simd::dot_mul_add(qh, k) * d.scale }
+                        } else {
+                            dot(qh, k) * d.scale
+                        }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        {
+                            dot(qh, k) * d.scale
+                        }
+                    }
+                    None => f32::NAN,
+                };
+            }
         }
-    });
+    }
     let mut inv_z = [0f32; 64];
     let mut inv_z_vec;
     let inv_z: &mut [f32] = if group <= 64 {
@@ -93,25 +159,27 @@ fn unit(
     };
     for (s, iz) in scores.chunks_exact_mut(n).zip(inv_z.iter_mut()) {
         let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut z = 0f32;
         for v in s.iter_mut() {
-            *v = (*v - m).exp();
-            z += *v;
+            *v = exp_neg(*v - m);
         }
+        let z: f32 = s.iter().sum();
         *iz = 1.0 / z;
     }
     out.fill(0.0);
-    for_slots(table, n, d.bs, |p, slot| {
-        let Some(v) = vc.get(slot * d.kv_dim + koff..slot * d.kv_dim + koff + hd) else {
-            return;
-        };
-        for (qi, o) in out.chunks_exact_mut(hd).enumerate() {
-            let wgt = scores[qi * n + p];
-            for (o, &vv) in o.iter_mut().zip(v) {
-                *o += wgt * vv;
+    for (p0, s0, cnt) in block_runs(table, n, d.bs) {
+        for off in 0..cnt {
+            let (p, slot) = (p0 + off, s0 + off);
+            let Some(v) = vc.get(slot * d.kv_dim + koff..slot * d.kv_dim + koff + hd) else {
+                continue;
+            };
+            for (qi, o) in out.chunks_exact_mut(hd).enumerate() {
+                let wgt = scores[qi * n + p];
+                for (o, &vv) in o.iter_mut().zip(v) {
+                    *o += wgt * vv;
+                }
             }
         }
-    });
+    }
     for (o, &iz) in out.chunks_exact_mut(hd).zip(inv_z.iter()) {
         o.iter_mut().for_each(|v| *v *= iz);
     }
@@ -157,7 +225,14 @@ pub(crate) fn attention_paged(
         match attn_row(meta, t, &geom) {
             Some((table, pos)) => {
                 let q_row = &qkv[t * d.stride..t * d.stride + n_heads * d.hd];
-                unit(&d, q_row, g, table, pos, kc, vc, scores, chunk);
+                #[cfg(target_arch = "x86_64")]
+                if be.simd {
+                    // SAFETY: `be.simd` is only set when AVX2 and FMA were detected at runtime.
+                    unsafe { unit_avx2(&d, q_row, g, table, pos, kc, vc, scores, chunk) };
+                    return;
+                }
+                // SAFETY: SIMD = false needs no CPU features.
+                unsafe { unit::<false>(&d, q_row, g, table, pos, kc, vc, scores, chunk) };
             }
             None => chunk.iter_mut().for_each(|v| *v = f32::NAN),
         }

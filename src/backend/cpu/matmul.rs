@@ -13,9 +13,9 @@ use super::weight::{bf16_bits_to_f32, CpuWeight, WData};
 use super::CpuBackend;
 use crate::backend::reference::matmul_shapes_ok;
 
-/// Activation-row block size: the block of `x` (`rb * kp` f32) should stay in L2 (~192 KiB).
+/// Activation-row block size: the block of `x` (`rb * kp` f32) should stay in L2 (~128 KiB).
 fn row_block(kp: usize) -> usize {
-    let rb = (192 * 1024 / 4) / kp.max(1);
+    let rb = (128 * 1024 / 4) / kp.max(1);
     (rb / 3 * 3).max(3)
 }
 
@@ -24,7 +24,7 @@ fn row_block(kp: usize) -> usize {
 fn task_rows(out: usize, rows: usize, kp: usize, wbytes: usize, threads: usize) -> usize {
     let mut cw = out.div_ceil(threads.max(1) * 4);
     if rows > 16 {
-        cw = cw.min((512 * 1024) / (kp * wbytes).max(1));
+        cw = cw.min((384 * 1024) / (kp * wbytes).max(1));
     }
     cw.div_ceil(4).max(1) * 4
 }
@@ -119,9 +119,22 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: 
     scratch.yt.resize(rows * out, 0.0);
     let yt = &mut scratch.yt[..rows * out];
     compute(be, xs, rows, w, yt);
-    for (o, col) in yt.chunks_exact(rows).enumerate() {
-        for (t, &v) in col.iter().enumerate() {
-            y[t * out + o] = v;
+    transpose(yt, rows, out, y);
+}
+
+/// `y[t * out + o] = yt[o * rows + t]`, in 32 x 32 blocks to stay within L1.
+fn transpose(yt: &[f32], rows: usize, out: usize, y: &mut [f32]) {
+    const B: usize = 32;
+    for o0 in (0..out).step_by(B) {
+        let o1 = (o0 + B).min(out);
+        for t0 in (0..rows).step_by(B) {
+            let t1 = (t0 + B).min(rows);
+            for t in t0..t1 {
+                let dst = &mut y[t * out + o0..t * out + o1];
+                for (k, d) in dst.iter_mut().enumerate() {
+                    *d = yt[(o0 + k) * rows + t];
+                }
+            }
         }
     }
 }

@@ -74,19 +74,31 @@ macro_rules! weight_kernels {
 
             /// Dot products of `X` activation rows with `W` weight rows over `kp` columns.
             ///
+            /// When `pf` is non-null, the `NW` rows at `pf` (the next weight tile) are prefetched
+            /// as the loop goes, so DRAM traffic overlaps with this tile's arithmetic.
+            ///
             /// # Safety
             /// `x + i*kp .. + kp` for `i < X` and `w + j*kp .. + kp` for `j < W` must be readable;
-            /// `kp % 8 == 0`.
+            /// `kp % 8 == 0`. `pf` is only used as a prefetch hint (never dereferenced).
             #[target_feature(enable = "avx2,fma")]
             #[inline]
             unsafe fn tile<const W: usize, const X: usize>(
                 x: *const f32,
                 w: *const $t,
                 kp: usize,
+                pf: *const $t,
             ) -> [[f32; X]; W] {
                 let mut acc = [[_mm256_setzero_ps(); X]; W];
                 let mut k = 0;
                 while k < kp {
+                    if !pf.is_null() {
+                        for j in 0..NW {
+                            // Prefetch is a hint that never faults; wrapping_add avoids
+                            // out-of-allocation pointer arithmetic.
+                            let p = pf.wrapping_add(j * kp + k) as *const i8;
+                            _mm_prefetch::<_MM_HINT_T0>(p);
+                        }
+                    }
                     let mut xv = [_mm256_setzero_ps(); X];
                     for (i, xi) in xv.iter_mut().enumerate() {
                         // SAFETY: row i < X of x has kp readable values and k + 8 <= kp.
@@ -148,21 +160,27 @@ macro_rules! weight_kernels {
                             let mx = (r1 - t).min(MX);
                             // SAFETY: t + mx <= rows, so rows t .. t+mx of x are in bounds.
                             let xp = unsafe { x.as_ptr().add(t * kp) };
+                            // Prefetch the next weight tile during the first pass over it.
+                            let pf = if t == r0 && j + nw < n {
+                                wp.wrapping_add(nw * kp)
+                            } else {
+                                std::ptr::null()
+                            };
                             // SAFETY (all arms): pointers and kp validated above.
                             unsafe {
                                 match (nw, mx) {
-                                    (4, 3) => store(yt, rows, j, t, tile::<4, 3>(xp, wp, kp)),
-                                    (4, 2) => store(yt, rows, j, t, tile::<4, 2>(xp, wp, kp)),
-                                    (4, 1) => store(yt, rows, j, t, tile::<4, 1>(xp, wp, kp)),
-                                    (3, 3) => store(yt, rows, j, t, tile::<3, 3>(xp, wp, kp)),
-                                    (3, 2) => store(yt, rows, j, t, tile::<3, 2>(xp, wp, kp)),
-                                    (3, 1) => store(yt, rows, j, t, tile::<3, 1>(xp, wp, kp)),
-                                    (2, 3) => store(yt, rows, j, t, tile::<2, 3>(xp, wp, kp)),
-                                    (2, 2) => store(yt, rows, j, t, tile::<2, 2>(xp, wp, kp)),
-                                    (2, 1) => store(yt, rows, j, t, tile::<2, 1>(xp, wp, kp)),
-                                    (1, 3) => store(yt, rows, j, t, tile::<1, 3>(xp, wp, kp)),
-                                    (1, 2) => store(yt, rows, j, t, tile::<1, 2>(xp, wp, kp)),
-                                    _ => store(yt, rows, j, t, tile::<1, 1>(xp, wp, kp)),
+                                    (4, 3) => store(yt, rows, j, t, tile::<4, 3>(xp, wp, kp, pf)),
+                                    (4, 2) => store(yt, rows, j, t, tile::<4, 2>(xp, wp, kp, pf)),
+                                    (4, 1) => store(yt, rows, j, t, tile::<4, 1>(xp, wp, kp, pf)),
+                                    (3, 3) => store(yt, rows, j, t, tile::<3, 3>(xp, wp, kp, pf)),
+                                    (3, 2) => store(yt, rows, j, t, tile::<3, 2>(xp, wp, kp, pf)),
+                                    (3, 1) => store(yt, rows, j, t, tile::<3, 1>(xp, wp, kp, pf)),
+                                    (2, 3) => store(yt, rows, j, t, tile::<2, 3>(xp, wp, kp, pf)),
+                                    (2, 2) => store(yt, rows, j, t, tile::<2, 2>(xp, wp, kp, pf)),
+                                    (2, 1) => store(yt, rows, j, t, tile::<2, 1>(xp, wp, kp, pf)),
+                                    (1, 3) => store(yt, rows, j, t, tile::<1, 3>(xp, wp, kp, pf)),
+                                    (1, 2) => store(yt, rows, j, t, tile::<1, 2>(xp, wp, kp, pf)),
+                                    _ => store(yt, rows, j, t, tile::<1, 1>(xp, wp, kp, pf)),
                                 }
                             }
                             t += mx;
@@ -178,3 +196,30 @@ macro_rules! weight_kernels {
 
 weight_kernels!(f32w, f32, load_f32);
 weight_kernels!(bf16w, u16, load_bf16);
+
+/// `a · b` over `min(a.len(), b.len())`: 8 lanes accumulate `acc + a*b` (multiply then add, no
+/// FMA) over chunks of 8, then [`hsum`], then the scalar tail in order. Bitwise equal to the
+/// portable `attention::dot`, whose lane and summation order it mirrors.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) fn dot_mul_add(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = _mm256_setzero_ps();
+    let mut k = 0;
+    while k + 8 <= n {
+        // SAFETY: k + 8 <= n, and both slices hold at least n values; loadu is unaligned.
+        let (x, y) = unsafe {
+            (
+                _mm256_loadu_ps(a.as_ptr().add(k)),
+                _mm256_loadu_ps(b.as_ptr().add(k)),
+            )
+        };
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+        k += 8;
+    }
+    let mut s = hsum(acc);
+    for (x, y) in a[k..n].iter().zip(&b[k..n]) {
+        s += x * y;
+    }
+    s
+}

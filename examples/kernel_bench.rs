@@ -1,0 +1,285 @@
+//! Times the CPU backend's matmul at SmolLM2-135M shapes and compares with memory bandwidth.
+//!
+//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head] [--step] [--attn]`\n//!\n//! `--attn` instead times SmolLM2-shaped paged attention (decode and prefill).\n//! `--step` instead times whole decode steps over 30 distinct layers (weights from DRAM).
+//!
+//! For each weight shape (in -> out), format (F32, BF16), thread count (1, 2) and row count
+//! (1, 8, 32, 256) it prints the time per call, the weight traffic in GB/s (weight bytes / time,
+//! i.e. the bandwidth needed to stream the weight once per call) and GFLOP/s (2·rows·in·out /
+//! time) and GFLOP per CPU-second (summed over threads; robust to other load). It also prints the memory copy bandwidth of a 256 MB buffer and the estimated time of
+//! all weight matmuls of one SmolLM2 decode step (30 layers + LM head).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loraplex::backend::cpu::CpuBackend;
+use loraplex::backend::{AttnMeta, Backend, KvGeometry, WeightFormat};
+use loraplex::tensor::HostTensor;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// (name, in, out, uses per decode step)
+const SHAPES: &[(&str, usize, usize, usize)] = &[
+    ("qkv", 576, 960, 30),
+    ("o", 576, 576, 30),
+    ("gate_up", 576, 3072, 30),
+    ("down", 1536, 576, 30),
+    ("lm_head", 576, 49152, 1),
+];
+
+/// Process CPU time (user + system) in seconds from /proc/self/stat (0 where unavailable).
+fn cpu_time() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the ")" that closes the command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Returns (wall seconds per call, CPU seconds per call summed over threads).
+fn time_cpu(min: Duration, mut f: impl FnMut()) -> (f64, f64) {
+    f();
+    let start = Instant::now();
+    let c0 = cpu_time();
+    let mut n = 0u32;
+    while n < 3 || start.elapsed() < min {
+        f();
+        n += 1;
+    }
+    let wall = start.elapsed().as_secs_f64() / n as f64;
+    (wall, (cpu_time() - c0) / n as f64)
+}
+
+fn time_it(min: Duration, f: impl FnMut()) -> f64 {
+    time_cpu(min, f).0
+}
+
+fn copy_bandwidth() -> f64 {
+    let n = 64 << 20; // 64 Mi f32 = 256 MB
+    let src = vec![1.0f32; n];
+    let mut dst = vec![0.0f32; n];
+    let t = time_it(Duration::from_millis(500), || {
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&mut dst);
+    });
+    (n * 4) as f64 / t / 1e9
+}
+
+/// Times all weight matmuls of one real decode step: 30 distinct layers (so weights stream from
+/// DRAM, as in the engine) plus the LM head, for rows 1, 8 and 32.
+fn decode_step(pools: &[Arc<rayon::ThreadPool>], copy_bw: f64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    for format in [WeightFormat::F32, WeightFormat::BF16] {
+        let be = CpuBackend::new(pools[0].clone());
+        let mut layers = Vec::new();
+        for &(_, inp, out, uses) in SHAPES {
+            let data: Vec<f32> = (0..inp * out)
+                .map(|_| rng.gen_range(-0.1f32..0.1))
+                .collect();
+            let t = HostTensor::f32(vec![out, inp], data);
+            for _ in 0..uses {
+                layers.push(be.weight(&t, format).expect("weight"));
+            }
+        }
+        let bytes: usize = layers.iter().map(|w| be.weight_bytes(w)).sum();
+        for pool in pools {
+            let be = CpuBackend::new(pool.clone());
+            for rows in [1usize, 8, 32] {
+                let x: Vec<f32> = (0..rows * 1536)
+                    .map(|_| rng.gen_range(-1f32..1.0))
+                    .collect();
+                let mut y = vec![0f32; rows * 49152];
+                let (secs, cpu) = time_cpu(Duration::from_millis(1000), || {
+                    for w in &layers {
+                        be.matmul(&x, rows, w, &mut y);
+                    }
+                });
+                let gbs = bytes as f64 / secs / 1e9;
+                println!(
+                    "decode step {:?} {} thr rows {:>2}: {:>7.2} ms ({:.0} MB weights, {:.1} GB/s = {:.0}% of copy bw; {:.1} cpu-ms)",
+                    format,
+                    pool.current_num_threads(),
+                    rows,
+                    secs * 1e3,
+                    bytes as f64 / 1e6,
+                    gbs,
+                    100.0 * gbs / copy_bw,
+                    cpu * 1e3
+                );
+            }
+        }
+    }
+}
+
+/// Times SmolLM2-shaped attention (9 heads, 3 KV heads, head_dim 64, block 16): 32 decode rows
+/// at context 1024, and a 256-token causal prefill.
+fn attention(pools: &[Arc<rayon::ThreadPool>]) {
+    let (nh, nkv, hd, bs) = (9usize, 3usize, 64usize, 16usize);
+    let stride = (nh + 2 * nkv) * hd;
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for (label, nseq, ctx, prefill) in [
+        ("decode 32 x ctx 1024", 32usize, 1024usize, false),
+        ("prefill 256", 1, 256, true),
+    ] {
+        let blocks_per = ctx.div_ceil(bs);
+        let geom = KvGeometry {
+            num_layers: 1,
+            num_blocks: nseq * blocks_per,
+            block_size: bs,
+            num_kv_heads: nkv,
+            head_dim: hd,
+        };
+        let tables: Vec<Vec<u32>> = (0..nseq)
+            .map(|s| (0..blocks_per).map(|b| (b * nseq + s) as u32).collect())
+            .collect();
+        let table_refs: Vec<&[u32]> = tables.iter().map(|t| t.as_slice()).collect();
+        let (row_seq, row_pos): (Vec<u32>, Vec<u32>) = if prefill {
+            (0..ctx).map(|p| (0u32, p as u32)).unzip()
+        } else {
+            (0..nseq).map(|s| (s as u32, (ctx - 1) as u32)).unzip()
+        };
+        let rows = row_seq.len();
+        let slots: Vec<u32> = row_seq
+            .iter()
+            .zip(&row_pos)
+            .map(|(&s, &p)| tables[s as usize][p as usize / bs] * bs as u32 + p % bs as u32)
+            .collect();
+        let meta = AttnMeta {
+            row_seq: &row_seq,
+            row_pos: &row_pos,
+            slot_mapping: &slots,
+            block_tables: &table_refs,
+        };
+        let qkv: Vec<f32> = (0..rows * stride)
+            .map(|_| rng.gen_range(-1f32..1.0))
+            .collect();
+        let mut out = vec![0f32; rows * nh * hd];
+        let kv_bytes: usize = row_pos
+            .iter()
+            .map(|&p| (p as usize + 1) * 2 * nkv * hd * 4)
+            .sum();
+        for pool in pools {
+            let be = CpuBackend::new(pool.clone());
+            let mut cache = be.alloc_kv(geom).expect("kv");
+            let fill: Vec<f32> = (0..geom.num_blocks * bs * stride)
+                .map(|_| rng.gen_range(-1f32..1.0))
+                .collect();
+            let all_slots: Vec<u32> = (0..(geom.num_blocks * bs) as u32).collect();
+            be.kv_write(
+                &mut cache,
+                0,
+                &fill,
+                all_slots.len(),
+                stride,
+                nh * hd,
+                (nh + nkv) * hd,
+                &all_slots,
+            );
+            let (secs, cpu) = time_cpu(Duration::from_millis(300), || {
+                be.attention_paged(&qkv, rows, stride, nh, &cache, 0, &meta, &mut out)
+            });
+            println!(
+                "attention {label}, {} thr: {:.3} ms/layer (KV read {:.1} GB/s; {:.3} cpu-ms)",
+                pool.current_num_threads(),
+                secs * 1e3,
+                kv_bytes as f64 / secs / 1e9,
+                cpu * 1e3
+            );
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let min = Duration::from_millis(if quick { 100 } else { 300 });
+    let bw = copy_bandwidth();
+    println!("memory copy bandwidth (256 MB, bytes copied/s): {bw:.1} GB/s");
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let pools: Vec<Arc<rayon::ThreadPool>> = [1usize, 2]
+        .iter()
+        .map(|&n| {
+            Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .expect("thread pool"),
+            )
+        })
+        .collect();
+    if args.iter().any(|a| a == "--attn") {
+        attention(&pools);
+        return;
+    }
+    if args.iter().any(|a| a == "--step") {
+        decode_step(&pools, bw);
+        return;
+    }
+    let rows_list = [1usize, 8, 32, 256];
+    // step[format][threads][rows] = seconds of all weight matmuls in one decode step
+    let mut step = [[[0f64; 4]; 2]; 2];
+    println!(
+        "{:<8} {:>5} {:>6} {:>4} {:>3} {:>4} {:>8} {:>7} {:>7} {:>8}",
+        "shape", "in", "out", "fmt", "thr", "rows", "ms/call", "GB/s", "GFLOP/s", "GF/cpu-s"
+    );
+    for &(name, inp, out, uses) in SHAPES {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let data: Vec<f32> = (0..inp * out)
+            .map(|_| rng.gen_range(-0.1f32..0.1))
+            .collect();
+        let t = HostTensor::f32(vec![out, inp], data);
+        for (fi, format) in [WeightFormat::F32, WeightFormat::BF16]
+            .into_iter()
+            .enumerate()
+        {
+            for (pi, pool) in pools.iter().enumerate() {
+                let be = CpuBackend::new(pool.clone());
+                let w = be.weight(&t, format).expect("weight");
+                let wbytes = be.weight_bytes(&w) as f64;
+                for (ri, &rows) in rows_list.iter().enumerate() {
+                    let x: Vec<f32> = (0..rows * inp).map(|_| rng.gen_range(-1f32..1.0)).collect();
+                    let mut y = vec![0f32; rows * out];
+                    let (secs, cpu) = time_cpu(min, || be.matmul(&x, rows, &w, &mut y));
+                    step[fi][pi][ri] += secs * uses as f64;
+                    let flops = 2.0 * (rows * inp * out) as f64;
+                    println!(
+                        "{:<8} {:>5} {:>6} {:>4} {:>3} {:>4} {:>8.3} {:>7.1} {:>7.1} {:>8.1}",
+                        name,
+                        inp,
+                        out,
+                        if fi == 0 { "f32" } else { "bf16" },
+                        pool.current_num_threads(),
+                        rows,
+                        secs * 1e3,
+                        wbytes / secs / 1e9,
+                        flops / secs / 1e9,
+                        if cpu > 0.0 {
+                            flops / cpu / 1e9
+                        } else {
+                            f64::NAN
+                        }
+                    );
+                }
+            }
+        }
+    }
+    println!("\nall weight matmuls of one SmolLM2-135M decode step (30 layers + lm head):");
+    for (fi, fname) in ["f32", "bf16"].iter().enumerate() {
+        for (pi, thr) in [1, 2].iter().enumerate() {
+            let cells: Vec<String> = rows_list
+                .iter()
+                .zip(step[fi][pi].iter())
+                .map(|(r, s)| format!("rows {r}: {:.1} ms", s * 1e3))
+                .collect();
+            println!("  {fname} {thr} thr: {}", cells.join(", "));
+        }
+    }
+}
