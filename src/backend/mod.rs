@@ -10,9 +10,10 @@
 
 pub mod cpu;
 pub mod lora;
+pub mod lora_arena;
 pub mod reference;
 
-pub use lora::{LoraBatch, LoraTarget};
+pub use lora::{LoraBatch, LoraSlotData, LoraStackGeometry, LoraTarget, LoraWeights};
 
 use crate::error::Result;
 use crate::tensor::HostTensor;
@@ -77,6 +78,8 @@ pub trait Backend: Send {
     type Weight: Send + Sync;
     /// The paged KV cache for all layers.
     type KvCache: Send;
+    /// The device adapter arena (slots of LoRA weights; DESIGN.md 1.1 "device cache").
+    type LoraStack: Send;
 
     /// Short name ("cpu", "cuda:0").
     fn name(&self) -> String;
@@ -166,4 +169,43 @@ pub trait Backend: Send {
     );
     /// Copies rows: `for (k, &r) in rows.iter().enumerate(): out[k*dim..][..dim] = x[r*dim..][..dim]`.
     fn gather_rows(&self, x: &Self::Buf, dim: usize, rows: &[u32], out: &mut Self::Buf);
+
+    /// An adapter arena of the given geometry, every slot empty. Memory for every slot at
+    /// `max_rank` is reserved up front.
+    fn alloc_lora_stack(&self, geom: LoraStackGeometry) -> Result<Self::LoraStack>;
+    /// Stores an adapter in `slot` (replacing what was there). Errors (INVALID_ADAPTER / INTERNAL)
+    /// when `slot` is out of range, `layers.len()` differs from the geometry, a rank is 0 or over
+    /// `max_rank`, or an A/B length does not match `rank` and the target's dims.
+    fn lora_load_slot(
+        &self,
+        stack: &mut Self::LoraStack,
+        slot: usize,
+        layers: &LoraSlotData<'_>,
+    ) -> Result<()>;
+    /// Empties `slot` (rows using it then get no LoRA contribution).
+    fn lora_clear_slot(&self, stack: &mut Self::LoraStack, slot: usize);
+    /// Bytes reserved by the arena.
+    fn lora_stack_bytes(&self, stack: &Self::LoraStack) -> usize;
+    /// Mixed-batch LoRA for one target of one layer (DESIGN.md 1.4). With `(in, out)` the target's
+    /// dims, x viewed as `[rows, x_stride]` and y as `[rows, y_stride]`:
+    /// `for t in 0..rows { s = batch.token_slot[t]; if s < 0 or slot s has no module for
+    /// (layer, target) { continue } h[k] = sum_i A[s][k, i] * x[t, x_col + i] for k < r_s;
+    /// y[t, y_col + o] += scale[s] * sum_k B[s][o, k] * h[k] }`. Rows beyond
+    /// `batch.token_slot.len()` use the base model. A row's result must not depend on the other
+    /// rows in the call.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_apply(
+        &self,
+        x: &Self::Buf,
+        x_stride: usize,
+        x_col: usize,
+        y: &mut Self::Buf,
+        y_stride: usize,
+        y_col: usize,
+        rows: usize,
+        batch: &LoraBatch,
+        stack: &Self::LoraStack,
+        layer: usize,
+        target: LoraTarget,
+    );
 }

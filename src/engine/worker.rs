@@ -174,7 +174,9 @@ impl<B: Backend> Worker<B> {
             logit_rows: &logit_rows,
             lora: &lora,
         };
-        let logits = self.model.forward(&self.backend, &mut self.kv, &input)?;
+        let logits = self
+            .model
+            .forward(&self.backend, &mut self.kv, None, &input)?;
         drop(tables);
         for c in &plan.chunks {
             if let Some(seq) = self.seqs.get_mut(&c.id) {

@@ -5,7 +5,7 @@
 //! paged cache before attention reads it, so a prefill chunk attends to itself causally.
 
 use super::{ModelConfig, TensorMap};
-use crate::backend::{AttnMeta, Backend, LoraBatch, WeightFormat};
+use crate::backend::{AttnMeta, Backend, LoraBatch, LoraTarget, WeightFormat};
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;
 
@@ -143,10 +143,12 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Runs one step; returns logits `[input.logit_rows.len(), vocab]`, row-major.
+    /// `adapters` is the device adapter arena the step's [`LoraBatch`] refers to (None = base only).
     pub fn forward(
         &self,
         backend: &B,
         kv: &mut B::KvCache,
+        adapters: Option<&B::LoraStack>,
         input: &StepInput<'_>,
     ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
@@ -166,11 +168,28 @@ impl<B: Backend> Llama<B> {
                 )));
             }
         }
-        if !input.lora.token_slot.is_empty() && !input.lora.is_empty() {
-            return Err(Error::unsupported(
-                "LoRA rows reached a model without an adapter stack",
-            ));
-        }
+        let lora = match adapters {
+            Some(stack) if !input.lora.is_empty() => Some(stack),
+            None if !input.lora.is_empty() => {
+                return Err(Error::internal(
+                    "LoRA rows in a step without an adapter arena",
+                ));
+            }
+            _ => None,
+        };
+        #[allow(clippy::too_many_arguments)]
+        let apply = |x: &B::Buf,
+                     xs: usize,
+                     xc: usize,
+                     y: &mut B::Buf,
+                     ys: usize,
+                     yc: usize,
+                     l: usize,
+                     t: LoraTarget| {
+            if let Some(stack) = lora {
+                backend.lora_apply(x, xs, xc, y, ys, yc, rows, input.lora, stack, l, t);
+            }
+        };
         let (h, inter, q, kv_dim) = (
             cfg.hidden_size,
             cfg.intermediate_size,
@@ -189,6 +208,9 @@ impl<B: Backend> Llama<B> {
         for (l, layer) in self.layers.iter().enumerate() {
             backend.rms_norm(&x, &layer.attn_norm, rows, h, cfg.rms_norm_eps, &mut normed);
             backend.matmul(&normed, rows, &layer.qkv, &mut qkv);
+            apply(&normed, h, 0, &mut qkv, qkv_w, 0, l, LoraTarget::Q);
+            apply(&normed, h, 0, &mut qkv, qkv_w, q, l, LoraTarget::K);
+            apply(&normed, h, 0, &mut qkv, qkv_w, q + kv_dim, l, LoraTarget::V);
             backend.rope(
                 &mut qkv,
                 rows,
@@ -230,11 +252,15 @@ impl<B: Backend> Llama<B> {
                 &mut attn,
             );
             backend.matmul(&attn, rows, &layer.o, &mut proj);
+            apply(&attn, q, 0, &mut proj, h, 0, l, LoraTarget::O);
             backend.add(&mut x, &proj, rows * h);
             backend.rms_norm(&x, &layer.mlp_norm, rows, h, cfg.rms_norm_eps, &mut normed);
             backend.matmul(&normed, rows, &layer.gate_up, &mut gu);
+            apply(&normed, h, 0, &mut gu, 2 * inter, 0, l, LoraTarget::Gate);
+            apply(&normed, h, 0, &mut gu, 2 * inter, inter, l, LoraTarget::Up);
             backend.silu_mul(&gu, rows, inter, &mut act);
             backend.matmul(&act, rows, &layer.down, &mut proj);
+            apply(&act, inter, 0, &mut proj, h, 0, l, LoraTarget::Down);
             backend.add(&mut x, &proj, rows * h);
         }
         let n = input.logit_rows.len();

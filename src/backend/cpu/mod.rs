@@ -97,6 +97,7 @@ impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Weight = CpuWeight;
     type KvCache = CpuKvCache;
+    type LoraStack = super::lora_arena::HostLoraArena;
 
     fn name(&self) -> String {
         "cpu".to_string()
@@ -214,5 +215,69 @@ impl Backend for CpuBackend {
 
     fn gather_rows(&self, x: &Vec<f32>, dim: usize, rows: &[u32], out: &mut Vec<f32>) {
         elementwise::gather_rows(x, dim, rows, out);
+    }
+
+    fn alloc_lora_stack(&self, geom: super::LoraStackGeometry) -> Result<Self::LoraStack> {
+        super::lora_arena::HostLoraArena::new(geom)
+    }
+
+    fn lora_load_slot(
+        &self,
+        stack: &mut Self::LoraStack,
+        slot: usize,
+        layers: &super::LoraSlotData<'_>,
+    ) -> Result<()> {
+        stack.load_slot(slot, layers)
+    }
+
+    fn lora_clear_slot(&self, stack: &mut Self::LoraStack, slot: usize) {
+        stack.clear_slot(slot)
+    }
+
+    fn lora_stack_bytes(&self, stack: &Self::LoraStack) -> usize {
+        stack.bytes()
+    }
+
+    fn lora_apply(
+        &self,
+        x: &Vec<f32>,
+        x_stride: usize,
+        x_col: usize,
+        y: &mut Vec<f32>,
+        y_stride: usize,
+        y_col: usize,
+        rows: usize,
+        batch: &super::LoraBatch,
+        stack: &Self::LoraStack,
+        layer: usize,
+        target: super::LoraTarget,
+    ) {
+        let (inp, out) = stack.geometry().dims[target.index()];
+        for t in 0..rows {
+            let Some(&s) = batch.token_slot.get(t) else {
+                continue;
+            };
+            if s < 0 {
+                continue;
+            }
+            let Some(m) = stack.module(s as usize, layer, target) else {
+                continue;
+            };
+            let (xs, ys) = (t * x_stride + x_col, t * y_stride + y_col);
+            if xs + inp > x.len() || ys + out > y.len() {
+                continue;
+            }
+            let h: Vec<f64> = (0..m.rank)
+                .map(|k| {
+                    (0..inp)
+                        .map(|i| m.a[k * inp + i] as f64 * x[xs + i] as f64)
+                        .sum()
+                })
+                .collect();
+            for o in 0..out {
+                let d: f64 = (0..m.rank).map(|k| m.b[o * m.rank + k] as f64 * h[k]).sum();
+                y[ys + o] += (m.scale as f64 * d) as f32;
+            }
+        }
     }
 }

@@ -1,0 +1,170 @@
+//! A host-memory adapter arena: the device cache's storage on host backends (reference, CPU).
+//!
+//! `num_slots` slots, each a contiguous region reserved for rank `max_rank` in every layer and
+//! target; an adapter is packed at its real rank from the start of its slot's region (A `[r, in]`
+//! then B `[out, r]` per module), so the bytes used are rank-exact.
+
+use super::lora::{LoraSlotData, LoraStackGeometry, LoraTarget};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy)]
+struct ModuleEntry {
+    rank: usize,
+    scale: f32,
+    a_off: usize,
+    b_off: usize,
+}
+
+/// One stored module, borrowed from the arena.
+#[derive(Debug, Clone, Copy)]
+pub struct ArenaModule<'a> {
+    /// Rank.
+    pub rank: usize,
+    /// Scale.
+    pub scale: f32,
+    /// `A [rank, in]`.
+    pub a: &'a [f32],
+    /// `B [out, rank]`.
+    pub b: &'a [f32],
+}
+
+/// See the module docs. Not shared between threads (owned by the worker's backend state).
+#[derive(Debug)]
+pub struct HostLoraArena {
+    geom: LoraStackGeometry,
+    slot_elems: usize,
+    data: Vec<f32>,
+    /// `[slot][layer][target]`.
+    modules: Vec<Option<ModuleEntry>>,
+}
+
+impl HostLoraArena {
+    /// Reserves every slot at `max_rank`. Errors when the geometry is empty or overflows.
+    pub fn new(geom: LoraStackGeometry) -> Result<Self> {
+        if geom.num_slots == 0 || geom.max_rank == 0 || geom.num_layers == 0 {
+            return Err(Error::invalid_argument(format!(
+                "adapter arena: slots ({}), max rank ({}) and layers ({}) must be > 0",
+                geom.num_slots, geom.max_rank, geom.num_layers
+            )));
+        }
+        let slot_elems = geom.slot_elems();
+        let total = slot_elems
+            .checked_mul(geom.num_slots)
+            .ok_or_else(|| Error::invalid_argument("adapter arena size overflows"))?;
+        Ok(Self {
+            geom,
+            slot_elems,
+            data: vec![0.0; total],
+            modules: vec![None; geom.num_slots * geom.num_layers * 7],
+        })
+    }
+
+    /// The geometry.
+    pub fn geometry(&self) -> LoraStackGeometry {
+        self.geom
+    }
+
+    /// Bytes reserved.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+
+    fn idx(&self, slot: usize, layer: usize, target: LoraTarget) -> usize {
+        (slot * self.geom.num_layers + layer) * 7 + target.index()
+    }
+
+    /// Stores an adapter in `slot`; validated completely before anything is written.
+    pub fn load_slot(&mut self, slot: usize, layers: &LoraSlotData<'_>) -> Result<()> {
+        let g = self.geom;
+        if slot >= g.num_slots {
+            return Err(Error::internal(format!(
+                "adapter slot {slot} out of range ({} slots)",
+                g.num_slots
+            )));
+        }
+        if layers.len() != g.num_layers {
+            return Err(Error::invalid_adapter(format!(
+                "adapter has {} layers, the model has {}",
+                layers.len(),
+                g.num_layers
+            )));
+        }
+        for (l, mods) in layers.iter().enumerate() {
+            for t in LoraTarget::ALL {
+                let Some(m) = &mods[t.index()] else { continue };
+                let (i, o) = g.dims[t.index()];
+                if m.rank == 0 || m.rank > g.max_rank {
+                    return Err(Error::invalid_adapter(format!(
+                        "layer {l} {}: rank {} is outside 1..={}",
+                        t.hf_name(),
+                        m.rank,
+                        g.max_rank
+                    )));
+                }
+                if m.a.len() != m.rank * i || m.b.len() != o * m.rank {
+                    return Err(Error::invalid_adapter(format!(
+                        "layer {l} {}: A has {} values and B {} (expected {}x{} and {}x{})",
+                        t.hf_name(),
+                        m.a.len(),
+                        m.b.len(),
+                        m.rank,
+                        i,
+                        o,
+                        m.rank
+                    )));
+                }
+            }
+        }
+        self.clear_slot(slot);
+        let mut off = slot * self.slot_elems;
+        for (l, mods) in layers.iter().enumerate() {
+            for t in LoraTarget::ALL {
+                let Some(m) = &mods[t.index()] else { continue };
+                let a_off = off;
+                self.data[a_off..a_off + m.a.len()].copy_from_slice(m.a);
+                let b_off = a_off + m.a.len();
+                self.data[b_off..b_off + m.b.len()].copy_from_slice(m.b);
+                off = b_off + m.b.len();
+                let k = self.idx(slot, l, t);
+                self.modules[k] = Some(ModuleEntry {
+                    rank: m.rank,
+                    scale: m.scale,
+                    a_off,
+                    b_off,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties `slot` (out-of-range slots are ignored).
+    pub fn clear_slot(&mut self, slot: usize) {
+        if slot >= self.geom.num_slots {
+            return;
+        }
+        let start = self.idx(slot, 0, LoraTarget::Q);
+        let n = self.geom.num_layers * 7;
+        for m in &mut self.modules[start..start + n] {
+            *m = None;
+        }
+    }
+
+    /// The module stored for `(slot, layer, target)`, if any.
+    pub fn module(&self, slot: usize, layer: usize, target: LoraTarget) -> Option<ArenaModule<'_>> {
+        if slot >= self.geom.num_slots || layer >= self.geom.num_layers {
+            return None;
+        }
+        let e = self
+            .modules
+            .get(self.idx(slot, layer, target))
+            .copied()
+            .flatten()?;
+        let (i, o) = self.geom.dims[target.index()];
+        Some(ArenaModule {
+            rank: e.rank,
+            scale: e.scale,
+            a: self.data.get(e.a_off..e.a_off + e.rank * i)?,
+            b: self.data.get(e.b_off..e.b_off + o * e.rank)?,
+        })
+    }
+}
