@@ -4,6 +4,7 @@
 //! Threading: `Engine` is `Send + Sync`; share it in an `Arc`. Dropping it cancels every request
 //! still in flight (each gets a final `Cancelled` output) and joins the worker.
 
+mod admin;
 mod request;
 mod sequence;
 mod worker;
