@@ -332,8 +332,18 @@ pub fn read_trtllm(dir: &Path, name: &str, shape: &ModelShape) -> Result<Normali
             .ok_or_else(|| {
                 Error::invalid_adapter(format!(
                     "{what}: row {k} (layer {}, {mname}, rank {}) is too short: has {w} values, \
-                     needs rank*(in+out) = {}*({in_dim}+{out_dim})",
-                    row.layer, row.rank, row.rank
+                     needs rank*(in+out) = {}*({in_dim}+{out_dim}){}",
+                    row.layer,
+                    row.rank,
+                    row.rank,
+                    if w_npy {
+                        String::new()
+                    } else {
+                        format!(
+                            " (headerless .bin weights are read as the base model dtype {})",
+                            shape.dtype.name()
+                        )
+                    }
                 ))
             })?;
         if !w_npy && vals[need..].iter().any(|&x| x != 0.0) {
