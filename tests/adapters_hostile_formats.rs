@@ -581,3 +581,139 @@ fn duplicate_tar_member() {
     ]);
     nemo_case(&t, &["'model_config.yaml' appears more than once"]);
 }
+
+// --- Mutation robustness --------------------------------------------------------------------
+
+/// Seeded random mutations (byte flips, truncation, insertion) of `valid`.
+fn mutations(valid: &[u8], seed: u64, n: usize) -> Vec<Vec<u8>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let mut v = valid.to_vec();
+            match rng.gen_range(0..3) {
+                0 => {
+                    for _ in 0..rng.gen_range(1..8) {
+                        let i = rng.gen_range(0..v.len());
+                        v[i] = rng.gen();
+                    }
+                }
+                1 => v.truncate(rng.gen_range(0..v.len())),
+                _ => {
+                    let i = rng.gen_range(0..v.len());
+                    let extra: Vec<u8> = (0..rng.gen_range(1..600)).map(|_| rng.gen()).collect();
+                    v.splice(i..i, extra);
+                }
+            }
+            v
+        })
+        .collect()
+}
+
+fn no_panic<T>(what: &str, i: usize, f: impl FnOnce() -> T) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        panic!("{what}: mutation {i} panicked");
+    }
+}
+
+/// A small adapter (rank 2, q/k/v share A, o) for building valid inputs.
+fn small_adapter() -> NormalizedAdapter {
+    let s = shape();
+    let mut layers: Vec<[Option<LoraModule>; 7]> = vec![Default::default(); 3];
+    for t in [LoraTarget::Q, LoraTarget::K, LoraTarget::V, LoraTarget::O] {
+        let (i, o) = s.module_dims(t);
+        layers[2][t.index()] = Some(LoraModule {
+            rank: 2,
+            in_dim: i,
+            out_dim: o,
+            a: (0..2 * i).map(|x| (x % 7) as f32 * 0.01).collect(),
+            b: (0..2 * o).map(|x| (x % 5) as f32 * 0.02).collect(),
+            scale: 2.0,
+        });
+    }
+    NormalizedAdapter {
+        name: "small".into(),
+        format: AdapterFormat::HfSafetensors,
+        source: Default::default(),
+        generation: String::new(),
+        layers,
+    }
+}
+
+#[test]
+fn mutated_npy_and_trt_never_panic() {
+    let npy = encode_npy(NpyDType::F16, &[1, 3, 5], &[7u8; 30]).unwrap();
+    for (i, m) in mutations(&npy, 1, 3000).iter().enumerate() {
+        no_panic("npy", i, || parse_npy(m, "m.npy"));
+    }
+    let src = tempfile::tempdir().unwrap();
+    export(
+        &small_adapter(),
+        &shape(),
+        ExportFormat::TrtNpy { shuffle_rows: true },
+        src.path(),
+    )
+    .unwrap();
+    let cfg = std::fs::read(src.path().join("model.lora_config.npy")).unwrap();
+    let wts = std::fs::read(src.path().join("model.lora_weights.npy")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    for (i, (mc, mw)) in mutations(&cfg, 2, 400)
+        .iter()
+        .zip(mutations(&wts, 3, 400))
+        .enumerate()
+    {
+        // Mutate one file at a time so that most inputs get past the other's checks.
+        let (c, w) = if i % 2 == 0 { (mc, &wts) } else { (&cfg, &mw) };
+        std::fs::write(work.path().join("model.lora_config.npy"), c).unwrap();
+        std::fs::write(work.path().join("model.lora_weights.npy"), w).unwrap();
+        no_panic("trt", i, || read_trtllm(work.path(), "m", &shape()));
+    }
+}
+
+#[test]
+fn mutated_nemo_never_panics() {
+    let src = tempfile::tempdir().unwrap();
+    export(
+        &small_adapter(),
+        &shape(),
+        ExportFormat::NemoFused,
+        src.path(),
+    )
+    .unwrap();
+    let plain = std::fs::read(src.path().join("adapter.nemo")).unwrap();
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&plain).unwrap();
+    let gz = enc.finish().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("m.nemo");
+    let mut accepted = 0;
+    for (kind, valid, seed) in [("plain", &plain, 4), ("gzip", &gz, 5)] {
+        std::fs::write(&path, valid).unwrap();
+        read_nemo(work.path(), "m", &shape()).unwrap();
+        for (i, m) in mutations(valid, seed, 300).iter().enumerate() {
+            std::fs::write(&path, m).unwrap();
+            no_panic(kind, i, || {
+                if read_nemo(work.path(), "m", &shape()).is_ok() {
+                    accepted += 1;
+                }
+            });
+        }
+    }
+    println!("{accepted} of 600 mutated .nemo files still loaded");
+}
+
+#[test]
+fn trt_bin_in_the_wrong_dtype() {
+    // f32 .bin weights read as a bf16 model's: the misread padding is non-zero.
+    let tmp = tempfile::tempdir().unwrap();
+    export(&small_adapter(), &shape(), ExportFormat::TrtBin, tmp.path()).unwrap();
+    let bf16 = ModelShape {
+        dtype: DType::BF16,
+        ..shape()
+    };
+    expect_err(
+        read_trtllm(tmp.path(), "bad", &bf16),
+        &["padding must be zero", "not in the base model dtype (bf16)"],
+    );
+    read_trtllm(tmp.path(), "ok", &shape()).unwrap();
+}

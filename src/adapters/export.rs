@@ -407,16 +407,32 @@ fn export_nemo(
     let path = dir.join("adapter.nemo");
     let file = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
     let mut b = tar::Builder::new(std::io::BufWriter::new(file));
-    for (name, data) in [
-        ("model_config.yaml", yaml.as_bytes()),
-        ("model_weights.ckpt", &ckpt),
+    // Member names exactly as NeMo writes them (tar with arcname "."): "./", "./<file>".
+    // tar::Builder::append_data would strip the "./", so the name bytes are set directly.
+    for (name, data, ty, mode) in [
+        ("./", &b""[..], tar::EntryType::Directory, 0o755),
+        (
+            "./model_config.yaml",
+            yaml.as_bytes(),
+            tar::EntryType::Regular,
+            0o644,
+        ),
+        (
+            "./model_weights.ckpt",
+            &ckpt,
+            tar::EntryType::Regular,
+            0o644,
+        ),
     ] {
         let mut h = tar::Header::new_gnu();
+        if let Some(gnu) = h.as_gnu_mut() {
+            gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        }
         h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("./{name}"), data)
-            .map_err(|e| io(&path, e))?;
+        h.set_mode(mode);
+        h.set_entry_type(ty);
+        h.set_cksum();
+        b.append(&h, data).map_err(|e| io(&path, e))?;
     }
     b.into_inner()
         .and_then(|mut w| std::io::Write::flush(&mut w))

@@ -113,6 +113,16 @@ impl NpyArray {
             NpyData::Int(v) => v.len(),
         }
     }
+    /// Consumes the array, returning f32 elements (no copy when already f32); `None` for integer
+    /// arrays.
+    pub fn into_f32(self) -> Option<Vec<f32>> {
+        match self.data {
+            NpyData::F32(v) => Some(v),
+            NpyData::F16(v) => Some(v.iter().map(|x| x.to_f32()).collect()),
+            NpyData::BF16(v) => Some(v.iter().map(|x| x.to_f32()).collect()),
+            NpyData::Int(_) => None,
+        }
+    }
     /// Floating-point elements converted to f32; `None` for integer arrays.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         match &self.data {

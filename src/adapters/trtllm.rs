@@ -17,7 +17,10 @@
 //!   only one of 12 (3 columns) and 16 (4 columns), that one; if by both, 3 columns unless the
 //!   3-column reading has an invalid row and the 4-column reading has none.
 //! * weights: elements in `ModelShape::dtype` (the base model's dtype, as TensorRT-LLM requires);
-//!   row length `W = bytes / (rows · element size)`, which must divide exactly.
+//!   row length `W = bytes / (rows · element size)`, which must divide exactly. Because nothing
+//!   in the file confirms the dtype, the zero padding after each row's data is checked: non-zero
+//!   padding is refused (it is what reading f32 data as f16/bf16 produces). `.npy` weights are
+//!   typed and their padding is not checked.
 //!
 //! `.npy` files may have shape `[1, N, C]` / `[1, N, W]` (what TensorRT-LLM writes) or
 //! `[N, C]` / `[N, W]`; weights may be f32, f16 or bf16 (`|V2`) whatever the base dtype.
@@ -223,6 +226,8 @@ fn read_config(path: &Path, is_npy: bool, shape: &ModelShape) -> Result<Vec<Row>
     match (fits3, fits4) {
         (true, false) => parse_rows(&ints, 3, shape, &what),
         (false, true) => parse_rows(&ints, 4, shape, &what),
+        // Both fit (a multiple of 48 bytes): prefer 3 columns, fall back to 4 only if the
+        // 3-column reading has an invalid row and the 4-column one has none.
         (true, true) => parse_rows(&ints, 3, shape, &what)
             .or_else(|e3| parse_rows(&ints, 4, shape, &what).map_err(|_| e3)),
         (false, false) => Err(Error::invalid_adapter(format!(
@@ -244,10 +249,10 @@ fn read_weights(path: &Path, is_npy: bool, rows: usize, dtype: DType) -> Result<
                 "{what}: {n} weight rows but lora_config has {rows} rows"
             )));
         }
-        let data = a.to_f32().ok_or_else(|| {
+        let descr = a.dtype.descr();
+        let data = a.into_f32().ok_or_else(|| {
             Error::invalid_adapter(format!(
-                "{what}: lora_weights must be f32, f16 or bf16, found {}",
-                a.dtype.descr()
+                "{what}: lora_weights must be f32, f16 or bf16, found {descr}"
             ))
         })?;
         return Ok((data, w));
@@ -327,10 +332,29 @@ pub fn read_trtllm(dir: &Path, name: &str, shape: &ModelShape) -> Result<Normali
             .ok_or_else(|| {
                 Error::invalid_adapter(format!(
                     "{what}: row {k} (layer {}, {mname}, rank {}) is too short: has {w} values, \
-                     needs rank*(in+out) = {}*({in_dim}+{out_dim})",
-                    row.layer, row.rank, row.rank
+                     needs rank*(in+out) = {}*({in_dim}+{out_dim}){}",
+                    row.layer,
+                    row.rank,
+                    row.rank,
+                    if w_npy {
+                        String::new()
+                    } else {
+                        format!(
+                            " (headerless .bin weights are read as the base model dtype {})",
+                            shape.dtype.name()
+                        )
+                    }
                 ))
             })?;
+        if !w_npy && vals[need..].iter().any(|&x| x != 0.0) {
+            return Err(Error::invalid_adapter(format!(
+                "{what}: row {k} (layer {}, {mname}) has non-zero values after its {need} \
+                 values, where the padding must be zero: the headerless .bin is probably not \
+                 in the base model dtype ({}) or its config rows have 4 columns",
+                row.layer,
+                shape.dtype.name()
+            )));
+        }
         let a_len = row.rank * in_dim;
         let a = &vals[..a_len];
         let b_all = &vals[a_len..need];
