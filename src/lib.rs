@@ -8,6 +8,7 @@
 
 pub mod adapters;
 pub mod backend;
+pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -6,74 +6,164 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::adapters::{rescan, LoaderMsg};
 use super::Engine;
+use crate::adapters::source::ScanReport;
+use crate::cache::LoadState;
 use crate::error::{Error, Result};
+
+fn report_json(r: &ScanReport) -> Value {
+    json!({
+        "added": r.added, "changed": r.changed, "removed": r.removed, "conflicts": r.conflicts,
+        "skipped": r.skipped.iter().map(|(n, why)| json!({"name": n, "reason": why})).collect::<Vec<_>>(),
+    })
+}
 
 impl Engine {
     /// Adds a PEFT source directory at runtime (each immediate sub-directory is one adapter),
     /// rescanned every `refresh_interval` (None = only on [`Engine::refresh`]). Errors: IO when
-    /// the directory cannot be read; INVALID_ARGUMENT when it is already registered.
+    /// the directory cannot be read; INVALID_ARGUMENT when it is already registered, or when an
+    /// adapter name it offers is already offered by another source (the first source keeps it;
+    /// the rest of this source is still registered).
     pub fn register_peft_source(
         &self,
         dir: &Path,
         refresh_interval: Option<Duration>,
     ) -> Result<()> {
-        let _ = refresh_interval;
-        Err(Error::unsupported(format!(
-            "{}: adapter serving is not available in this build yet",
-            dir.display()
-        )))
-    }
-
-    /// Rescans every PEFT source now: new adapters appear, changed ones get a new generation,
-    /// deleted ones disappear (requests in flight finish on what they started with).
-    pub fn refresh(&self) -> Result<()> {
+        let report = self.shared.registry.lock().add_source(dir)?;
+        if let Some(d) = refresh_interval.filter(|d| !d.is_zero()) {
+            let _ = self.loader_tx.send(LoaderMsg::Interval(d));
+        }
+        if !report.conflicts.is_empty() {
+            return Err(Error::invalid_argument(format!(
+                "PEFT source {}: adapter name(s) {} already come from another source; the first source wins",
+                dir.display(),
+                report.conflicts.join(", ")
+            )));
+        }
         Ok(())
     }
 
+    /// Rescans every PEFT source now: new adapters appear, changed ones get a new generation,
+    /// deleted ones disappear (requests in flight finish on what they started with). Returns
+    /// what changed.
+    pub fn refresh(&self) -> Result<Value> {
+        Ok(report_json(&rescan(&self.shared)))
+    }
+
     /// The OpenAI `/v1/models` body: `{"object": "list", "data": [...]}` with the base model
-    /// (`parent: null`) and every adapter (`root` = its path, `parent` = the base).
+    /// (`parent: null`) and every adapter (`id` = directory name, `root` = its path, `parent` =
+    /// the base model's id).
     pub fn models_json(&self) -> Value {
         let base = self.served_name();
-        json!({
-            "object": "list",
-            "data": [{
-                "id": base,
+        let mut data = vec![json!({
+            "id": base,
+            "object": "model",
+            "created": 0,
+            "owned_by": "loraplex",
+            "root": self.config().model.display().to_string(),
+            "parent": null,
+            "max_model_len": self.max_model_len(),
+        })];
+        for a in self.shared.registry.lock().adapters() {
+            data.push(json!({
+                "id": a.name,
                 "object": "model",
                 "created": 0,
                 "owned_by": "loraplex",
-                "root": self.config().model.display().to_string(),
-                "parent": null,
-                "max_model_len": self.max_model_len(),
-            }]
-        })
+                "root": a.dir.display().to_string(),
+                "parent": base,
+                "format": a.format.name(),
+            }));
+        }
+        json!({"object": "list", "data": data})
     }
 
-    /// Engine state as JSON: queues, KV cache, memory by tier, per-adapter state.
+    /// Engine state as JSON: queues, KV cache, the memory plan by tier, and per adapter its tier
+    /// (disk / host / device), pinned, rank, bytes, generation, in-flight and queued requests and
+    /// load time.
     pub fn stats_json(&self) -> Value {
         let s = self.stats();
+        let plan = self.shared.plan;
+        let runtime = self.shared.adapter_runtime.lock().clone();
+        let host = self.shared.host.lock();
+        let mut adapters = Vec::new();
+        let registry = self.shared.registry.lock();
+        for a in registry.adapters() {
+            let key = (a.name.clone(), a.generation);
+            let entry = host.get(&key);
+            let rt = runtime.get(&a.name).cloned().unwrap_or_default();
+            let (state, rank, bytes, hash) = match entry.map(|e| &e.state) {
+                Some(LoadState::Ready(n)) => (
+                    "ready",
+                    Some(n.max_rank()),
+                    Some(n.bytes()),
+                    Some(n.generation.clone()),
+                ),
+                Some(LoadState::Loading) => ("loading", None, None, None),
+                Some(LoadState::Failed(_)) => ("failed", None, None, None),
+                None => ("not loaded", None, None, None),
+            };
+            let tier = if rt.device_slot.is_some() {
+                "device"
+            } else if matches!(entry.map(|e| &e.state), Some(LoadState::Ready(_))) {
+                "host"
+            } else {
+                "disk"
+            };
+            adapters.push(json!({
+                "name": a.name,
+                "format": a.format.name(),
+                "path": a.dir.display().to_string(),
+                "generation": a.generation,
+                "content_hash": hash,
+                "tier": tier,
+                "state": state,
+                "pinned": entry.is_some_and(|e| e.pins > 0),
+                "pins": entry.map(|e| e.pins).unwrap_or(0),
+                "rank": rank,
+                "bytes": bytes,
+                "device_slot": rt.device_slot,
+                "running_requests": rt.running,
+                "queued_requests": rt.queued,
+                "load_time_ms": entry.and_then(|e| e.load_time).map(|d| d.as_secs_f64() * 1e3),
+                "error": match entry.map(|e| &e.state) { Some(LoadState::Failed(e)) => Some(e.message().to_string()), _ => None },
+            }));
+        }
+        let kv_usage = if s.kv_blocks_total == 0 {
+            0.0
+        } else {
+            1.0 - s.kv_blocks_free as f64 / s.kv_blocks_total as f64
+        };
         json!({
             "model": self.served_name(),
             "requests": {"running": s.running, "waiting": s.waiting},
             "steps": s.steps,
-            "memory": {
-                "weights_bytes": s.weight_bytes,
-                "kv_cache_bytes": s.kv_cache_bytes,
-            },
+            "memory": plan,
             "kv_cache": {
                 "block_size": s.kv_block_size,
                 "blocks_total": s.kv_blocks_total,
                 "blocks_free": s.kv_blocks_free,
-                "usage": if s.kv_blocks_total == 0 { 0.0 } else {
-                    1.0 - s.kv_blocks_free as f64 / s.kv_blocks_total as f64
-                },
+                "usage": kv_usage,
             },
-            "adapters": [],
+            "limits": {
+                "max_cpu_loras": self.config().max_cpu_loras,
+                "max_gpu_loras": self.config().max_gpu_loras,
+                "max_lora_rank": self.config().max_lora_rank,
+                "max_num_seqs": self.config().max_num_seqs,
+                "max_batch_tokens": self.config().max_batch_tokens,
+                "max_model_len": self.max_model_len(),
+            },
+            "host_cache": {"entries": host.len(), "capacity": host.capacity()},
+            "peft_sources": registry.sources().iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "last_scan": report_json(registry.last_report()),
+            "adapters": adapters,
         })
     }
 
     /// Prometheus text exposition: queue and KV-cache gauges plus vLLM-compatible
-    /// `vllm:lora_requests_info` (running/waiting adapters, `max_lora`).
+    /// `vllm:lora_requests_info` (`running_lora_adapters`, `waiting_lora_adapters`, `max_lora`)
+    /// for LoRA-affinity routers, and per-adapter residency.
     pub fn metrics_text(&self) -> String {
         let s = self.stats();
         let name = self.served_name();
@@ -82,9 +172,24 @@ impl Engine {
         } else {
             1.0 - s.kv_blocks_free as f64 / s.kv_blocks_total as f64
         };
+        let runtime = self.shared.adapter_runtime.lock().clone();
+        let mut running: Vec<&str> = runtime
+            .iter()
+            .filter(|(_, r)| r.running > 0)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let mut waiting: Vec<&str> = runtime
+            .iter()
+            .filter(|(_, r)| r.queued > 0)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        running.sort_unstable();
+        waiting.sort_unstable();
         let mut out = String::new();
         let mut gauge = |metric: &str, help: &str, value: String| {
-            out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} gauge\n{metric}{{model_name=\"{name}\"}} {value}\n"));
+            out.push_str(&format!(
+                "# HELP {metric} {help}\n# TYPE {metric} gauge\n{metric}{{model_name=\"{name}\"}} {value}\n"
+            ));
         };
         gauge(
             "vllm:num_requests_running",
@@ -106,10 +211,31 @@ impl Engine {
             "KV-cache usage (1 = full).",
             format!("{usage:.6}"),
         );
+        gauge(
+            "loraplex:engine_steps",
+            "Engine steps run.",
+            s.steps.to_string(),
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         out.push_str(&format!(
-            "# HELP vllm:lora_requests_info Running stats on LoRA requests.\n# TYPE vllm:lora_requests_info gauge\nvllm:lora_requests_info{{max_lora=\"{}\",running_lora_adapters=\"\",waiting_lora_adapters=\"\"}} 1\n",
-            self.config().max_gpu_loras
+            "# HELP vllm:lora_requests_info Running stats on LoRA requests.\n# TYPE vllm:lora_requests_info gauge\nvllm:lora_requests_info{{max_lora=\"{}\",running_lora_adapters=\"{}\",waiting_lora_adapters=\"{}\"}} {now}\n",
+            self.config().max_gpu_loras,
+            running.join(","),
+            waiting.join(",")
         ));
+        out.push_str("# HELP loraplex:adapter_device_resident 1 when the adapter holds a device slot.\n# TYPE loraplex:adapter_device_resident gauge\n");
+        let mut names: Vec<&String> = runtime.keys().collect();
+        names.sort();
+        for n in names {
+            let r = &runtime[n];
+            out.push_str(&format!(
+                "loraplex:adapter_device_resident{{adapter=\"{n}\"}} {}\n",
+                u8::from(r.device_slot.is_some())
+            ));
+        }
         out
     }
 }

@@ -4,6 +4,7 @@
 //! Threading: `Engine` is `Send + Sync`; share it in an `Arc`. Dropping it cancels every request
 //! still in flight (each gets a final `Cancelled` output) and joins the worker.
 
+mod adapters;
 mod admin;
 mod request;
 mod sequence;
@@ -20,8 +21,12 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
+use crate::adapters::source::PeftRegistry;
+use crate::adapters::{AdapterLimits, ModelShape};
 use crate::backend::cpu::CpuBackend;
+use crate::backend::LoraStackGeometry;
 use crate::backend::{Backend, KvGeometry};
+use crate::cache::{DeviceSlots, HostCache, MemoryPlan};
 use crate::config::EngineConfig;
 use crate::error::{Error, ErrorCode, Result};
 use crate::kv::BlockAllocator;
@@ -29,6 +34,7 @@ use crate::model::llama::Llama;
 use crate::model::{ModelConfig, ModelFiles};
 use crate::sched::{Scheduler, StepLimits};
 use crate::tokenizer::Tokenizer;
+use adapters::LoaderMsg;
 use sequence::Sequence;
 use worker::{Command, Worker};
 
@@ -56,8 +62,23 @@ pub struct EngineStats {
 /// A request's output channel: the worker sends, pollers receive.
 type OutputChannel = (Sender<Output>, Receiver<Output>);
 
+/// Per-adapter serving state published by the worker after every step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdapterRuntime {
+    /// Running sequences using it.
+    pub running: usize,
+    /// Queued sequences waiting for it (for admission, its load or a device slot).
+    pub queued: usize,
+    /// Device slot holding it, if resident.
+    pub device_slot: Option<usize>,
+}
+
 pub(crate) struct Shared {
     outputs: Mutex<HashMap<RequestId, OutputChannel>>,
+    pub(crate) registry: Mutex<PeftRegistry>,
+    pub(crate) host: Mutex<HostCache>,
+    pub(crate) adapter_runtime: Mutex<HashMap<String, AdapterRuntime>>,
+    pub(crate) plan: MemoryPlan,
     pub(crate) active: AtomicUsize,
     pub(crate) steps: AtomicU64,
     pub(crate) stats: Mutex<EngineStats>,
@@ -74,7 +95,9 @@ pub struct Engine {
     shared: Arc<Shared>,
     next_id: AtomicU64,
     seed_base: u64,
+    loader_tx: Sender<LoaderMsg>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    loader: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -148,6 +171,46 @@ impl Engine {
             head_dim: model_cfg.head_dim,
         };
         let kv = backend.alloc_kv(geom)?;
+        let shape = ModelShape {
+            num_layers: model_cfg.num_layers,
+            hidden_size: model_cfg.hidden_size,
+            intermediate_size: model_cfg.intermediate_size,
+            num_heads: model_cfg.num_heads,
+            num_kv_heads: model_cfg.num_kv_heads,
+            head_dim: model_cfg.head_dim,
+            dtype: crate::tensor::DType::F32,
+        };
+        let mut dims = [(0, 0); 7];
+        for t in crate::backend::LoraTarget::ALL {
+            dims[t.index()] = shape.module_dims(t);
+        }
+        let lora_geom = LoraStackGeometry {
+            num_slots: cfg.max_gpu_loras,
+            max_rank: cfg.max_lora_rank,
+            num_layers: model_cfg.num_layers,
+            dims,
+        };
+        let lora_stack = backend.alloc_lora_stack(lora_geom)?;
+        let plan = MemoryPlan {
+            weights_bytes: model.weight_bytes(),
+            host_adapter_cache_bytes: cfg.max_cpu_loras
+                * MemoryPlan::adapter_elems(&shape, cfg.max_lora_rank)
+                * 4,
+            device_adapter_cache_bytes: backend.lora_stack_bytes(&lora_stack),
+            activations_bytes: MemoryPlan::activation_bytes(
+                &shape,
+                model_cfg.vocab_size,
+                cfg.max_batch_tokens,
+                cfg.max_lora_rank,
+            ),
+            kv_cache_bytes: geom.bytes(),
+        };
+        let mut registry = PeftRegistry::new();
+        for src in &cfg.peft_source {
+            registry
+                .add_source(src)
+                .map_err(|e| e.context("peft_source"))?;
+        }
         let stats = EngineStats {
             kv_blocks_free: num_blocks,
             kv_blocks_total: num_blocks,
@@ -162,8 +225,21 @@ impl Engine {
             steps: AtomicU64::new(0),
             stats: Mutex::new(stats),
             failed: Mutex::new(None),
+            registry: Mutex::new(registry),
+            host: Mutex::new(HostCache::new(cfg.max_cpu_loras)),
+            adapter_runtime: Mutex::new(HashMap::new()),
+            plan,
         });
         let (tx, rx) = crossbeam_channel::unbounded();
+        let (loader_tx, loader_rx) = crossbeam_channel::unbounded();
+        let limits = AdapterLimits {
+            max_lora_rank: cfg.max_lora_rank,
+        };
+        let (lshared, ltx, interval) = (shared.clone(), tx.clone(), cfg.peft_refresh_interval);
+        let loader = std::thread::Builder::new()
+            .name("loraplex-adapter-loader".into())
+            .spawn(move || adapters::loader_loop(lshared, loader_rx, ltx, shape, limits, interval))
+            .map_err(|e| Error::internal(format!("cannot start adapter loader thread: {e}")))?;
         let mut worker = Worker {
             backend,
             model,
@@ -178,6 +254,8 @@ impl Engine {
             },
             rx,
             shared: shared.clone(),
+            lora_stack,
+            slots: DeviceSlots::new(cfg.max_gpu_loras),
         };
         let wshared = shared.clone();
         let handle = std::thread::Builder::new()
@@ -211,7 +289,9 @@ impl Engine {
             shared,
             next_id: AtomicU64::new(1),
             seed_base,
+            loader_tx,
             worker: Mutex::new(Some(handle)),
+            loader: Mutex::new(Some(loader)),
         })
     }
 
@@ -266,14 +346,11 @@ impl Engine {
             return Err(e);
         }
         req.sampling.validate()?;
-        if let Some(m) = req.model.as_deref() {
-            if !m.is_empty() && m != self.served_name() {
-                return Err(Error::not_found(format!(
-                    "model \"{m}\" not found (the base model is \"{}\")",
-                    self.served_name()
-                )));
-            }
-        }
+        let adapter_name = match req.model.as_deref() {
+            None | Some("") => None,
+            Some(m) if m == self.served_name() => None,
+            Some(m) => Some(m.to_string()),
+        };
         let prompt = self.prompt_tokens(&req.prompt)?;
         if prompt.is_empty() {
             return Err(Error::invalid_argument("prompt: must not be empty"));
@@ -303,6 +380,14 @@ impl Engine {
                 ),
             ));
         }
+        let adapter = match &adapter_name {
+            Some(name) => Some(adapters::acquire_adapter(
+                &self.shared,
+                &self.loader_tx,
+                name,
+            )?),
+            None => None,
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (otx, orx) = crossbeam_channel::unbounded();
         let seed = self.seed_base ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -314,11 +399,15 @@ impl Engine {
             self.max_model_len,
             self.model_cfg.eos_token_ids.clone(),
             otx.clone(),
+            adapter.clone(),
         );
         self.shared.outputs.lock().insert(id, (otx, orx));
         self.shared.active.fetch_add(1, Ordering::AcqRel);
         if self.tx.send(Command::Submit(Box::new(seq))).is_err() {
             self.shared.outputs.lock().remove(&id);
+            if let Some(k) = &adapter {
+                self.shared.host.lock().release(k);
+            }
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::new(
                 ErrorCode::EngineFailed,
@@ -407,7 +496,11 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.tx.send(Command::Shutdown);
+        let _ = self.loader_tx.send(LoaderMsg::Shutdown);
         if let Some(h) = self.worker.lock().take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.loader.lock().take() {
             let _ = h.join();
         }
     }

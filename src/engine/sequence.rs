@@ -3,6 +3,7 @@
 use crossbeam_channel::Sender;
 
 use super::request::{FinishReason, Output, RequestId, TokenLogprob, Usage};
+use crate::cache::AdapterKey;
 use crate::error::Error;
 use crate::sampling::{SampledToken, Sampler, SamplingParams, StopMatcher};
 use crate::sched::{SchedSeq, Schedulable};
@@ -24,6 +25,12 @@ pub(crate) struct Sequence {
     stop: StopMatcher,
     logits_sent: bool,
     out: Sender<Output>,
+    /// The adapter generation this request uses (pinned in the host cache until it ends).
+    pub adapter: Option<AdapterKey>,
+    /// Device slot while running with an adapter.
+    pub slot: Option<usize>,
+    /// Steps spent waiting for admission (fairness).
+    pub held_steps: u32,
 }
 
 /// What sampling one token decided.
@@ -48,6 +55,7 @@ impl Sequence {
         max_len: usize,
         eos_ids: Vec<u32>,
         out: Sender<Output>,
+        adapter: Option<AdapterKey>,
     ) -> Self {
         let sampler = Sampler::new(&params, seed_fallback);
         let stop = StopMatcher::new(&params.stop);
@@ -68,6 +76,9 @@ impl Sequence {
             stop,
             logits_sent: false,
             out,
+            adapter,
+            slot: None,
+            held_steps: 0,
         }
     }
 

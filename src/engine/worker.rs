@@ -7,8 +7,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::request::{FinishReason, RequestId};
 use super::sequence::{Progress, Sequence};
-use super::Shared;
-use crate::backend::{AttnMeta, Backend, LoraBatch};
+use super::{AdapterRuntime, Shared};
+use crate::backend::{AttnMeta, Backend, LoraBatch, LoraWeights};
+use crate::cache::{AdapterKey, DeviceSlots, LoadState};
 use crate::error::{Error, Result};
 use crate::kv::BlockAllocator;
 use crate::model::llama::{Llama, StepInput};
@@ -19,8 +20,14 @@ use crate::tokenizer::Tokenizer;
 pub(crate) enum Command {
     Submit(Box<Sequence>),
     Cancel(RequestId),
+    /// An adapter load finished (wakes the worker).
+    AdaptersChanged,
     Shutdown,
 }
+
+/// Steps a waiting adapter request may be passed over before admission becomes strictly FIFO
+/// behind it (so a hot adapter cannot starve the others).
+const FAIR_WAIT_STEPS: u32 = 32;
 
 pub(crate) struct Worker<B: Backend> {
     pub backend: B,
@@ -33,6 +40,8 @@ pub(crate) struct Worker<B: Backend> {
     pub limits: StepLimits,
     pub rx: Receiver<Command>,
     pub shared: Arc<Shared>,
+    pub lora_stack: B::LoraStack,
+    pub slots: DeviceSlots,
 }
 
 impl<B: Backend> Worker<B> {
@@ -72,6 +81,7 @@ impl<B: Backend> Worker<B> {
                 self.sched.add(id);
             }
             Command::Cancel(id) => self.finish(id, FinishReason::Cancelled, None),
+            Command::AdaptersChanged => {}
             Command::Shutdown => {
                 let ids: Vec<_> = self.seqs.keys().copied().collect();
                 for id in ids {
@@ -91,6 +101,12 @@ impl<B: Backend> Worker<B> {
     fn finish(&mut self, id: RequestId, reason: FinishReason, error: Option<Error>) {
         self.sched.remove(id);
         if let Some(mut seq) = self.seqs.remove(&id) {
+            if let Some(slot) = seq.slot.take() {
+                self.slots.release(slot);
+            }
+            if let Some(key) = &seq.adapter {
+                self.shared.host.lock().release(key);
+            }
             // A release error is an allocator invariant violation; the blocks are lost, the
             // request still ends.
             let _ = seq.sched.table.release(&mut self.alloc);
@@ -103,10 +119,122 @@ impl<B: Backend> Worker<B> {
         }
     }
 
+    /// Decides which waiting adapter requests can be admitted this step: their adapter must be
+    /// loaded (failed loads end the request) and the fairness barrier must allow them.
+    fn admission_view(
+        &mut self,
+    ) -> (
+        HashMap<RequestId, AdapterKey>,
+        Vec<RequestId>,
+        Vec<RequestId>,
+    ) {
+        let mut ready = HashMap::new();
+        let mut failed = Vec::new();
+        let mut starving = Vec::new();
+        let host = self.shared.host.lock();
+        for id in self.sched.waiting_ids() {
+            let Some(seq) = self.seqs.get(&id) else {
+                continue;
+            };
+            if seq.held_steps >= FAIR_WAIT_STEPS {
+                starving.push(id);
+            }
+            let Some(key) = &seq.adapter else { continue };
+            match host.get(key).map(|e| &e.state) {
+                Some(LoadState::Ready(_)) => {
+                    ready.insert(id, key.clone());
+                }
+                Some(LoadState::Loading) => {}
+                Some(LoadState::Failed(_)) | None => failed.push(id),
+            }
+        }
+        (ready, failed, starving)
+    }
+
     fn step(&mut self) -> Result<()> {
-        let plan = self
+        let (ready, failed, starving) = self.admission_view();
+        for id in failed {
+            let err = self
+                .seqs
+                .get(&id)
+                .and_then(|s| s.adapter.clone())
+                .and_then(
+                    |k| match self.shared.host.lock().get(&k).map(|e| e.state.clone()) {
+                        Some(LoadState::Failed(e)) => Some(e),
+                        _ => None,
+                    },
+                );
+            let err = err.unwrap_or_else(|| Error::invalid_adapter("adapter could not be loaded"));
+            self.finish(id, FinishReason::Error, Some(err));
+        }
+        let mut acquired: Vec<(RequestId, usize, bool)> = Vec::new();
+        let slots = &mut self.slots;
+        let adapter_of: HashMap<RequestId, bool> = self
             .sched
-            .schedule(&mut self.seqs, &mut self.alloc, self.limits, |_| true);
+            .waiting_ids()
+            .filter_map(|id| self.seqs.get(&id).map(|s| (id, s.adapter.is_some())))
+            .collect();
+        let mut plan = self
+            .sched
+            .schedule(&mut self.seqs, &mut self.alloc, self.limits, |id| {
+                if !starving.is_empty() && !starving.contains(&id) {
+                    return false;
+                }
+                if !adapter_of.get(&id).copied().unwrap_or(false) {
+                    return true;
+                }
+                let Some(key) = ready.get(&id) else {
+                    return false;
+                };
+                match slots.acquire(key) {
+                    Some((slot, upload)) => {
+                        acquired.push((id, slot, upload));
+                        true
+                    }
+                    None => false,
+                }
+            });
+        let admitted: std::collections::HashSet<RequestId> =
+            plan.chunks.iter().map(|c| c.id).collect();
+        for (id, slot, upload) in acquired {
+            if !admitted.contains(&id) {
+                self.slots.release(slot);
+                if upload {
+                    self.slots.evict(slot);
+                }
+                continue;
+            }
+            if upload {
+                if let Err(e) = self.upload(id, slot) {
+                    self.slots.release(slot);
+                    self.slots.evict(slot);
+                    self.finish(id, FinishReason::Error, Some(e));
+                    plan.chunks.retain(|c| c.id != id);
+                    continue;
+                }
+            }
+            if let Some(seq) = self.seqs.get_mut(&id) {
+                seq.slot = Some(slot);
+            }
+        }
+        for id in &plan.preempted {
+            if let Some(seq) = self.seqs.get_mut(id) {
+                if let Some(slot) = seq.slot.take() {
+                    self.slots.release(slot);
+                }
+            }
+        }
+        let waiting: Vec<RequestId> = self.sched.waiting_ids().collect();
+        for id in waiting {
+            if let Some(seq) = self.seqs.get_mut(&id) {
+                seq.held_steps = seq.held_steps.saturating_add(1);
+            }
+        }
+        for c in &plan.chunks {
+            if let Some(seq) = self.seqs.get_mut(&c.id) {
+                seq.held_steps = 0;
+            }
+        }
         for id in plan.unfittable {
             let need = self
                 .seqs
@@ -162,7 +290,23 @@ impl<B: Backend> Worker<B> {
                     .unwrap_or(&[])
             })
             .collect();
-        let lora = LoraBatch::default();
+        let mut lora = LoraBatch::default();
+        if plan
+            .chunks
+            .iter()
+            .any(|c| self.seqs.get(&c.id).is_some_and(|s| s.slot.is_some()))
+        {
+            lora.token_slot.reserve(rows);
+            for c in &plan.chunks {
+                let slot = self
+                    .seqs
+                    .get(&c.id)
+                    .and_then(|s| s.slot)
+                    .map(|s| s as i32)
+                    .unwrap_or(-1);
+                lora.token_slot.extend(std::iter::repeat_n(slot, c.len));
+            }
+        }
         let input = StepInput {
             tokens: &tokens,
             meta: AttnMeta {
@@ -174,9 +318,9 @@ impl<B: Backend> Worker<B> {
             logit_rows: &logit_rows,
             lora: &lora,
         };
-        let logits = self
-            .model
-            .forward(&self.backend, &mut self.kv, None, &input)?;
+        let logits =
+            self.model
+                .forward(&self.backend, &mut self.kv, Some(&self.lora_stack), &input)?;
         drop(tables);
         for c in &plan.chunks {
             if let Some(seq) = self.seqs.get_mut(&c.id) {
@@ -203,7 +347,52 @@ impl<B: Backend> Worker<B> {
         Ok(())
     }
 
+    /// Uploads the adapter of request `id` into device slot `slot`.
+    fn upload(&mut self, id: RequestId, slot: usize) -> Result<()> {
+        let key = self
+            .seqs
+            .get(&id)
+            .and_then(|s| s.adapter.clone())
+            .ok_or_else(|| Error::internal("no adapter"))?;
+        let adapter = match self.shared.host.lock().get(&key).map(|e| e.state.clone()) {
+            Some(LoadState::Ready(a)) => a,
+            _ => return Err(Error::internal(format!("adapter {} is not loaded", key.0))),
+        };
+        let layers: Vec<[Option<LoraWeights<'_>>; 7]> = adapter
+            .layers
+            .iter()
+            .map(|mods| {
+                std::array::from_fn(|t| {
+                    mods[t].as_ref().map(|m| LoraWeights {
+                        rank: m.rank,
+                        a: &m.a,
+                        b: &m.b,
+                        scale: m.scale,
+                    })
+                })
+            })
+            .collect();
+        self.backend
+            .lora_load_slot(&mut self.lora_stack, slot, &layers)
+            .map_err(|e| e.context(format!("adapter \"{}\"", key.0)))
+    }
+
     fn publish_stats(&self) {
+        let mut rt: HashMap<String, AdapterRuntime> = HashMap::new();
+        for id in self.sched.running_ids() {
+            if let Some(k) = self.seqs.get(&id).and_then(|s| s.adapter.as_ref()) {
+                rt.entry(k.0.clone()).or_default().running += 1;
+            }
+        }
+        for id in self.sched.waiting_ids() {
+            if let Some(k) = self.seqs.get(&id).and_then(|s| s.adapter.as_ref()) {
+                rt.entry(k.0.clone()).or_default().queued += 1;
+            }
+        }
+        for (slot, key, _) in self.slots.occupied() {
+            rt.entry(key.0.clone()).or_default().device_slot = Some(slot);
+        }
+        *self.shared.adapter_runtime.lock() = rt;
         let mut s = self.shared.stats.lock();
         s.running = self.sched.num_running();
         s.waiting = self.sched.num_waiting();

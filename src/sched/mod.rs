@@ -80,6 +80,14 @@ impl Scheduler {
         self.waiting.retain(|&x| x != id);
         self.running.retain(|&x| x != id);
     }
+    /// Ids waiting for admission, in queue order.
+    pub fn waiting_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.waiting.iter().copied()
+    }
+    /// Ids admitted (holding KV blocks).
+    pub fn running_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.running.iter().copied()
+    }
     /// Sequences waiting for admission.
     pub fn num_waiting(&self) -> usize {
         self.waiting.len()

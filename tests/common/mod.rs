@@ -288,3 +288,87 @@ pub fn tokens_match(
     }
     Ok(())
 }
+
+/// The adapter shape of `TinySpec`.
+pub fn tiny_shape(spec: TinySpec) -> loraplex::adapters::ModelShape {
+    loraplex::adapters::ModelShape {
+        num_layers: spec.layers,
+        hidden_size: spec.hidden,
+        intermediate_size: spec.inter,
+        num_heads: spec.heads,
+        num_kv_heads: spec.kv_heads,
+        head_dim: spec.head_dim,
+        dtype: loraplex::tensor::DType::F32,
+    }
+}
+
+/// A random adapter: `ranks[t]` per target (0 = not adapted), scale 2, weights ~U(-a, a).
+/// NeMo's fused layout needs q/k/v (and gate/up) to share A and one rank/scale: `shared_a` does
+/// that.
+pub fn random_adapter(
+    shape: &loraplex::adapters::ModelShape,
+    ranks: [usize; 7],
+    seed: u64,
+    zero_b: bool,
+    shared_a: bool,
+) -> loraplex::adapters::NormalizedAdapter {
+    use loraplex::adapters::{AdapterFormat, LoraModule, NormalizedAdapter};
+    use loraplex::backend::LoraTarget;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut layers = Vec::new();
+    for _ in 0..shape.num_layers {
+        let mut mods: [Option<LoraModule>; 7] = Default::default();
+        let mut qkv_a: Option<Vec<f32>> = None;
+        let mut gu_a: Option<Vec<f32>> = None;
+        for t in LoraTarget::ALL {
+            let r = ranks[t.index()];
+            if r == 0 {
+                continue;
+            }
+            let (i, o) = shape.module_dims(t);
+            let mut fresh_a = |rng: &mut ChaCha8Rng| -> Vec<f32> {
+                (0..r * i)
+                    .map(|_| (rng.gen::<f32>() - 0.5) * 2.0 / (i as f32).sqrt())
+                    .collect()
+            };
+            let a = if shared_a {
+                let slot = match t {
+                    LoraTarget::Q | LoraTarget::K | LoraTarget::V => Some(&mut qkv_a),
+                    LoraTarget::Gate | LoraTarget::Up => Some(&mut gu_a),
+                    _ => None,
+                };
+                match slot {
+                    Some(s) => s.get_or_insert_with(|| fresh_a(&mut rng)).clone(),
+                    None => fresh_a(&mut rng),
+                }
+            } else {
+                fresh_a(&mut rng)
+            };
+            let b = (0..o * r)
+                .map(|_| {
+                    if zero_b {
+                        0.0
+                    } else {
+                        (rng.gen::<f32>() - 0.5) * 0.6 / (r as f32).sqrt()
+                    }
+                })
+                .collect();
+            mods[t.index()] = Some(LoraModule {
+                rank: r,
+                in_dim: i,
+                out_dim: o,
+                a,
+                b,
+                scale: 2.0,
+            });
+        }
+        layers.push(mods);
+    }
+    NormalizedAdapter {
+        name: format!("random-{seed}"),
+        format: AdapterFormat::HfSafetensors,
+        source: PathBuf::new(),
+        generation: String::new(),
+        layers,
+    }
+}

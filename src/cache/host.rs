@@ -1,0 +1,187 @@
+//! The host adapter cache (DESIGN.md 1.1): parsed, validated adapters in RAM, LRU with capacity
+//! `max_cpu_loras`; an entry used by an active request is pinned. Pure logic, no I/O: loads are
+//! started by the caller when [`HostCache::acquire`] says so and finished with
+//! [`HostCache::complete`].
+//!
+//! Threading: not synchronised; the engine keeps it behind a mutex shared by submitting threads,
+//! the loader and the worker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::adapters::NormalizedAdapter;
+use crate::error::{Error, ErrorCode};
+
+/// An adapter generation: `(name, generation number)`.
+pub type AdapterKey = (String, u64);
+
+/// Where an entry's load stands.
+#[derive(Debug, Clone)]
+pub enum LoadState {
+    /// Being parsed and validated on the loader thread.
+    Loading,
+    /// Usable.
+    Ready(Arc<NormalizedAdapter>),
+    /// Refused; requests waiting on it fail with this error.
+    Failed(Error),
+}
+
+/// One cached adapter generation.
+#[derive(Debug, Clone)]
+pub struct HostEntry {
+    /// Load state.
+    pub state: LoadState,
+    /// Active requests using it (pinned while > 0).
+    pub pins: usize,
+    /// LRU clock value of the last acquire.
+    pub last_used: u64,
+    /// How long parsing and validation took.
+    pub load_time: Option<Duration>,
+}
+
+/// What [`HostCache::acquire`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// The entry exists (ready, loading or failed); it is now pinned once more.
+    Cached,
+    /// A new entry was made (pinned, `Loading`); the caller must start the load. `evicted` is the
+    /// unpinned entry dropped to make room, if any.
+    MustLoad {
+        /// Entry evicted to make room.
+        evicted: Option<AdapterKey>,
+    },
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct HostCache {
+    capacity: usize,
+    entries: HashMap<AdapterKey, HostEntry>,
+    clock: u64,
+}
+
+impl HostCache {
+    /// An empty cache holding at most `capacity` adapter generations.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            entries: HashMap::new(),
+            clock: 0,
+        }
+    }
+
+    /// Capacity.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    /// An entry.
+    pub fn get(&self, key: &AdapterKey) -> Option<&HostEntry> {
+        self.entries.get(key)
+    }
+    /// Every entry.
+    pub fn iter(&self) -> impl Iterator<Item = (&AdapterKey, &HostEntry)> {
+        self.entries.iter()
+    }
+
+    /// Pins `key` for a new request, creating a `Loading` entry when absent. When the cache is
+    /// full and every entry is pinned, fails with CAPACITY (the 429) naming the active adapters
+    /// and the limit; nothing changes then.
+    pub fn acquire(&mut self, key: &AdapterKey) -> Result<Acquired, Error> {
+        self.clock += 1;
+        if let Some(e) = self.entries.get_mut(key) {
+            e.pins += 1;
+            e.last_used = self.clock;
+            return Ok(Acquired::Cached);
+        }
+        let mut evicted = None;
+        if self.entries.len() >= self.capacity {
+            let victim = self
+                .entries
+                .iter()
+                .filter(|(_, e)| e.pins == 0)
+                .min_by_key(|(k, e)| (e.last_used, (*k).clone()))
+                .map(|(k, _)| k.clone());
+            match victim {
+                Some(v) => {
+                    self.entries.remove(&v);
+                    evicted = Some(v);
+                }
+                None => {
+                    let mut active: Vec<&str> =
+                        self.entries.keys().map(|(n, _)| n.as_str()).collect();
+                    active.sort_unstable();
+                    active.dedup();
+                    return Err(Error::new(
+                        ErrorCode::Capacity,
+                        format!(
+                            "adapter \"{}\" cannot be loaded: {} adapters are in use by active requests ({}) and max_cpu_loras is {}; retry when one finishes",
+                            key.0,
+                            active.len(),
+                            active.join(", "),
+                            self.capacity
+                        ),
+                    ));
+                }
+            }
+        }
+        self.entries.insert(
+            key.clone(),
+            HostEntry {
+                state: LoadState::Loading,
+                pins: 1,
+                last_used: self.clock,
+                load_time: None,
+            },
+        );
+        Ok(Acquired::MustLoad { evicted })
+    }
+
+    /// Unpins `key` once (a request using it ended). A failed entry with no pins is dropped.
+    pub fn release(&mut self, key: &AdapterKey) {
+        let drop_it = match self.entries.get_mut(key) {
+            Some(e) => {
+                e.pins = e.pins.saturating_sub(1);
+                e.pins == 0 && matches!(e.state, LoadState::Failed(_))
+            }
+            None => false,
+        };
+        if drop_it {
+            self.entries.remove(key);
+        }
+    }
+
+    /// Records the outcome of a load started by `acquire`.
+    pub fn complete(
+        &mut self,
+        key: &AdapterKey,
+        result: Result<Arc<NormalizedAdapter>, Error>,
+        took: Duration,
+    ) {
+        if let Some(e) = self.entries.get_mut(key) {
+            e.state = match result {
+                Ok(a) => LoadState::Ready(a),
+                Err(err) => LoadState::Failed(err),
+            };
+            e.load_time = Some(took);
+            if e.pins == 0 && matches!(e.state, LoadState::Failed(_)) {
+                self.entries.remove(key);
+            }
+        }
+    }
+
+    /// Drops unpinned entries of generations other than `keep` for adapter `name` (after a
+    /// refresh), and every unpinned entry of adapters no longer present when `keep` is None.
+    pub fn forget_stale(&mut self, name: &str, keep: Option<u64>) {
+        self.entries
+            .retain(|(n, g), e| n != name || e.pins > 0 || Some(*g) == keep);
+    }
+}

@@ -1,0 +1,128 @@
+//! The engine's adapter plumbing outside the worker: resolving a request's model name through the
+//! PEFT registry, pinning it in the host cache (CAPACITY when full of active adapters), and the
+//! loader thread that parses and validates adapters off the worker's hot loop and rescans the
+//! sources every `peft_refresh_interval`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::worker::Command;
+use super::Shared;
+use crate::adapters::{load_adapter, AdapterLimits, ModelShape};
+use crate::cache::{Acquired, AdapterKey, LoadState};
+use crate::error::{Error, Result};
+
+/// A load for the loader thread.
+pub(crate) struct LoadJob {
+    pub key: AdapterKey,
+    pub dir: PathBuf,
+}
+
+/// Messages to the loader thread.
+pub(crate) enum LoaderMsg {
+    Load(LoadJob),
+    /// A new (shorter) refresh interval.
+    Interval(Duration),
+    Shutdown,
+}
+
+/// Resolves `name` to its current generation and pins it in the host cache, starting a load when
+/// needed. NOT_FOUND for unknown names, CAPACITY when the host cache is full of active adapters,
+/// INVALID_ADAPTER (immediately) when this generation is known to be refused.
+pub(crate) fn acquire_adapter(
+    shared: &Shared,
+    loader: &Sender<LoaderMsg>,
+    name: &str,
+) -> Result<AdapterKey> {
+    let info = {
+        let reg = shared.registry.lock();
+        match reg.get(name) {
+            Some(i) => i.clone(),
+            None => {
+                let known: Vec<String> = reg.adapters().map(|a| a.name.clone()).collect();
+                return Err(Error::not_found(format!(
+                    "model \"{name}\" not found: it is neither the base model nor an adapter in the PEFT sources (adapters: [{}])",
+                    known.join(", ")
+                )));
+            }
+        }
+    };
+    let key: AdapterKey = (info.name.clone(), info.generation);
+    let mut host = shared.host.lock();
+    match host.acquire(&key)? {
+        Acquired::MustLoad { .. } => {
+            drop(host);
+            if loader
+                .send(LoaderMsg::Load(LoadJob {
+                    key: key.clone(),
+                    dir: info.dir,
+                }))
+                .is_err()
+            {
+                shared.host.lock().release(&key);
+                return Err(Error::new(
+                    crate::ErrorCode::EngineFailed,
+                    "adapter loader is not running",
+                ));
+            }
+        }
+        Acquired::Cached => {
+            if let Some(LoadState::Failed(e)) = host.get(&key).map(|e| &e.state) {
+                let e = e.clone();
+                host.release(&key);
+                return Err(e);
+            }
+        }
+    }
+    Ok(key)
+}
+
+/// The loader thread's loop: loads adapters and rescans sources on the refresh interval.
+pub(crate) fn loader_loop(
+    shared: Arc<Shared>,
+    rx: Receiver<LoaderMsg>,
+    worker: Sender<Command>,
+    shape: ModelShape,
+    limits: AdapterLimits,
+    mut interval: Option<Duration>,
+) {
+    let mut next_scan = interval.map(|i| Instant::now() + i);
+    loop {
+        let wait = next_scan
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
+        match rx.recv_timeout(wait) {
+            Ok(LoaderMsg::Load(job)) => {
+                let t0 = Instant::now();
+                let result = load_adapter(&job.dir, &job.key.0, &shape, &limits).map(Arc::new);
+                shared.host.lock().complete(&job.key, result, t0.elapsed());
+                let _ = worker.send(Command::AdaptersChanged);
+            }
+            Ok(LoaderMsg::Interval(d)) => {
+                interval = Some(interval.map_or(d, |i| i.min(d)));
+                next_scan = Some(Instant::now() + d);
+            }
+            Ok(LoaderMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {
+                rescan(&shared);
+                next_scan = interval.map(|i| Instant::now() + i);
+            }
+        }
+    }
+}
+
+/// Rescans every source and drops unpinned host entries of changed or removed adapters.
+pub(crate) fn rescan(shared: &Shared) -> crate::adapters::source::ScanReport {
+    let report = shared.registry.lock().scan();
+    if !report.changed.is_empty() || !report.removed.is_empty() {
+        let reg = shared.registry.lock();
+        let mut host = shared.host.lock();
+        for n in report.changed.iter().chain(&report.removed) {
+            host.forget_stale(n, reg.get(n).map(|a| a.generation));
+        }
+    }
+    report
+}
