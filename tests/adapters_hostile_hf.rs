@@ -1,3 +1,4 @@
+#![allow(clippy::type_complexity, clippy::same_item_push)]
 //! Hostile HF adapters, safetensors files, pickles and torch zips: each must be refused with its
 //! own specific error (and never panic). Self-contained: builds every input in a temp dir.
 
@@ -82,7 +83,7 @@ fn load(dir: &Path) -> Result<NormalizedAdapter, Error> {
 }
 
 fn refused(r: Result<NormalizedAdapter, Error>, needles: &[&str]) -> Error {
-    let e = r.err().expect("hostile adapter was accepted");
+    let e = r.expect_err("hostile adapter was accepted");
     assert_eq!(e.code(), ErrorCode::InvalidAdapter, "{e}");
     for n in needles {
         assert!(e.message().contains(n), "missing {n:?} in: {e}");

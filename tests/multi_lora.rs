@@ -205,7 +205,7 @@ fn capacity_is_refused_exactly_when_active_adapters_exceed_max_cpu_loras() {
         c.max_cpu_loras = 2;
         c.max_gpu_loras = 2;
     });
-    let long = |m: &str| req(Some(m), 1, 100_000.min(400));
+    let long = |m: &str| req(Some(m), 1, 400);
     let a = e.submit(long(names[0])).unwrap();
     let b = e.submit(long(names[1])).unwrap();
     // A second request for an active adapter is fine; a third distinct one is the 429.

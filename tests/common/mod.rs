@@ -326,7 +326,7 @@ pub fn random_adapter(
                 continue;
             }
             let (i, o) = shape.module_dims(t);
-            let mut fresh_a = |rng: &mut ChaCha8Rng| -> Vec<f32> {
+            let fresh_a = |rng: &mut ChaCha8Rng| -> Vec<f32> {
                 (0..r * i)
                     .map(|_| (rng.gen::<f32>() - 0.5) * 2.0 / (i as f32).sqrt())
                     .collect()
