@@ -6,7 +6,9 @@
 //!                 --out <candidate.json> [--weights f32|bf16] [--threads N]
 //! ```
 //! Every prompt's `token_ids` is run greedily for as many tokens as the reference has (24), EOS
-//! ignored, for the base model; logits of the last prompt position go to `<out stem>.<variant>.npy`.
+//! ignored, for the base model and every variant whose adapter directory is in `--adapters`
+//! (refused adapters are recorded under `refused` with their error); logits of the last prompt
+//! position go to `<out stem>.<variant>.npy`.
 //! When the reference has a `mixed_batch`, its rows are submitted together so they share batches.
 
 use std::path::{Path, PathBuf};
@@ -24,12 +26,20 @@ struct Args {
     out: PathBuf,
     weights: String,
     threads: usize,
+    max_lora_rank: usize,
+    max_gpu_loras: usize,
+    max_cpu_loras: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let (mut model, mut reference, mut adapters, mut out) = (None, None, None, None);
     let (mut weights, mut threads) = ("f32".to_string(), 0usize);
+    let (mut max_lora_rank, mut max_gpu_loras, mut max_cpu_loras) = (64usize, 8usize, 16usize);
+    let num = |v: String, flag: &str| {
+        v.parse::<usize>()
+            .map_err(|_| format!("{flag} needs a number"))
+    };
     while let Some(a) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -38,11 +48,10 @@ fn parse_args() -> Result<Args, String> {
             "--adapters" => adapters = Some(PathBuf::from(val()?)),
             "--out" => out = Some(PathBuf::from(val()?)),
             "--weights" => weights = val()?,
-            "--threads" => {
-                threads = val()?
-                    .parse()
-                    .map_err(|_| "--threads needs a number".to_string())?
-            }
+            "--threads" => threads = num(val()?, "--threads")?,
+            "--max-lora-rank" => max_lora_rank = num(val()?, "--max-lora-rank")?,
+            "--max-gpu-loras" => max_gpu_loras = num(val()?, "--max-gpu-loras")?,
+            "--max-cpu-loras" => max_cpu_loras = num(val()?, "--max-cpu-loras")?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -54,6 +63,9 @@ fn parse_args() -> Result<Args, String> {
         out: out.ok_or("--out is required")?,
         weights,
         threads,
+        max_lora_rank,
+        max_gpu_loras,
+        max_cpu_loras,
     })
 }
 
@@ -100,6 +112,9 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(a) = &args.adapters {
         cfg.peft_source = vec![a.clone()];
     }
+    cfg.max_lora_rank = args.max_lora_rank;
+    cfg.max_gpu_loras = args.max_gpu_loras;
+    cfg.max_cpu_loras = args.max_cpu_loras.max(args.max_gpu_loras);
     let engine = Engine::new(cfg).map_err(|e| e.to_string())?;
     let prompts = reference["prompts"]
         .as_array()
@@ -115,31 +130,71 @@ fn run(args: Args) -> Result<(), String> {
         .unwrap_or_else(|| "candidate".into());
     let out_dir = args.out.parent().unwrap_or(Path::new(".")).to_path_buf();
     let t0 = std::time::Instant::now();
-    // Base variant: all prompts submitted together (they batch), results in prompt order.
-    let ids: Vec<_> = prompts
-        .iter()
-        .map(|p| {
-            engine.submit(Request::new(
-                Prompt::Tokens(token_ids(&p["token_ids"])),
-                greedy(n_new),
-            ))
+    // Every variant whose adapter the engine serves (plus the base), all prompts submitted
+    // together so they batch; results in prompt order. A refused adapter is recorded with its error.
+    let served: std::collections::HashSet<String> = engine.models_json()["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .collect()
         })
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    let mut results = Vec::new();
-    let mut logits = Vec::new();
-    for (i, id) in ids.into_iter().enumerate() {
-        let o = engine.wait(id).map_err(|e| e.to_string())?;
-        results.push(json!({"prompt": i, "new_token_ids": o.token_ids, "text": o.text}));
-        logits.push(o.last_logits.ok_or("engine returned no logits")?);
+        .unwrap_or_default();
+    let mut refused = serde_json::Map::new();
+    let names: Vec<String> = reference["variants"]
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut jobs = Vec::new();
+    for name in &names {
+        let model = (name != "__base__").then(|| name.clone());
+        if model.is_some() && !served.contains(name) {
+            continue;
+        }
+        let mut ids = Vec::new();
+        for p in prompts {
+            let req = Request {
+                model: model.clone(),
+                prompt: Prompt::Tokens(token_ids(&p["token_ids"])),
+                sampling: greedy(n_new),
+            };
+            match engine.submit(req) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    refused.insert(name.clone(), json!(e.to_string()));
+                    break;
+                }
+            }
+        }
+        jobs.push((name.clone(), ids));
     }
-    let npy = format!("{stem}.__base__.npy");
-    write_npy(&out_dir.join(&npy), &logits)?;
-    variants.insert(
-        "__base__".into(),
-        json!({"results": results, "logits_file": npy}),
-    );
-    let mut cand = json!({"variants": variants});
+    for (name, ids) in jobs {
+        let mut results = Vec::new();
+        let mut logits = Vec::new();
+        let mut failed = None;
+        for (i, id) in ids.into_iter().enumerate() {
+            match engine.wait(id) {
+                Ok(o) => {
+                    results
+                        .push(json!({"prompt": i, "new_token_ids": o.token_ids, "text": o.text}));
+                    logits.push(o.last_logits.ok_or("engine returned no logits")?);
+                }
+                Err(e) => failed = Some(e.to_string()),
+            }
+        }
+        if let Some(e) = failed {
+            eprintln!("variant {name}: refused: {e}");
+            refused.insert(name, json!(e));
+            continue;
+        }
+        if refused.contains_key(&name) {
+            continue;
+        }
+        let npy = format!("{stem}.{name}.npy");
+        write_npy(&out_dir.join(&npy), &logits)?;
+        variants.insert(name, json!({"results": results, "logits_file": npy}));
+    }
+    let mut cand = json!({"variants": variants, "refused": refused});
     if let Some(rows) = reference["mixed_batch"]["rows"].as_array() {
         let mut submitted = Vec::new();
         for r in rows {
@@ -188,7 +243,7 @@ fn main() -> ExitCode {
             if !e.is_empty() {
                 eprintln!("reference_check: {e}");
             }
-            eprintln!("usage: reference_check --model <dir|file.gguf> --reference <reference.json> [--adapters <dir>] --out <candidate.json> [--weights f32|bf16] [--threads N]");
+            eprintln!("usage: reference_check --model <dir|file.gguf> --reference <reference.json> [--adapters <dir>] --out <candidate.json> [--weights f32|bf16] [--threads N] [--max-lora-rank N] [--max-gpu-loras N] [--max-cpu-loras N]");
             ExitCode::FAILURE
         }
     }
