@@ -31,11 +31,10 @@
 use std::path::{Path, PathBuf};
 
 use loraplex::adapters::export::{export, ExportFormat};
-use loraplex::adapters::{AdapterFormat, LoraModule, ModelShape, NormalizedAdapter};
+use loraplex::adapters::synth::{synthesize, SynthSpec};
+use loraplex::adapters::{ModelShape, NormalizedAdapter};
 use loraplex::backend::LoraTarget;
 use loraplex::tensor::DType;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 type BoxResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -113,17 +112,6 @@ fn parse_args() -> BoxResult<Args> {
     })
 }
 
-/// `n` samples of N(0, std²) (Box–Muller in f64).
-fn normals(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let u1: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
-            let u2: f64 = rng.gen();
-            (std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-        })
-        .collect()
-}
-
 struct Spec {
     name: &'static str,
     format: ExportFormat,
@@ -190,38 +178,14 @@ const SPECS: &[Spec] = &[
 ];
 
 fn make_adapter(spec: &Spec, shape: &ModelShape, seed: u64, strength: f64) -> NormalizedAdapter {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let r = spec.rank;
-    let b_std = strength / (spec.scale as f64 * (r as f64).sqrt());
-    let mut layers: Vec<[Option<LoraModule>; 7]> = vec![Default::default(); shape.num_layers];
-    for mods in layers.iter_mut() {
-        let h = shape.hidden_size;
-        let a_qkv = normals(&mut rng, r * h, 1.0 / (h as f64).sqrt());
-        let a_fc1 = normals(&mut rng, r * h, 1.0 / (h as f64).sqrt());
-        for &t in spec.targets {
-            let (i, o) = shape.module_dims(t);
-            let a = match t {
-                LoraTarget::Q | LoraTarget::K | LoraTarget::V if spec.shared_a => a_qkv.clone(),
-                LoraTarget::Gate | LoraTarget::Up if spec.shared_a => a_fc1.clone(),
-                _ => normals(&mut rng, r * i, 1.0 / (i as f64).sqrt()),
-            };
-            mods[t.index()] = Some(LoraModule {
-                rank: r,
-                in_dim: i,
-                out_dim: o,
-                a,
-                b: normals(&mut rng, o * r, b_std),
-                scale: spec.scale,
-            });
-        }
-    }
-    NormalizedAdapter {
-        name: spec.name.to_string(),
-        format: AdapterFormat::HfSafetensors,
-        source: PathBuf::new(),
-        generation: String::new(),
-        layers,
-    }
+    let synth = SynthSpec {
+        rank: spec.rank,
+        scale: spec.scale,
+        targets: spec.targets,
+        shared_a: spec.shared_a,
+        strength,
+    };
+    synthesize(spec.name, shape, &synth, seed)
 }
 
 fn write_all(args: &Args) -> BoxResult<()> {

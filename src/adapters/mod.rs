@@ -15,6 +15,7 @@ pub mod nemo_keys;
 pub mod npy;
 pub mod safetensors_check;
 pub mod source;
+pub mod synth;
 pub mod trtllm;
 pub mod validate;
 

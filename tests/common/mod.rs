@@ -302,9 +302,9 @@ pub fn tiny_shape(spec: TinySpec) -> loraplex::adapters::ModelShape {
     }
 }
 
-/// A random adapter: `ranks[t]` per target (0 = not adapted), scale 2, weights ~U(-a, a).
-/// NeMo's fused layout needs q/k/v (and gate/up) to share A and one rank/scale: `shared_a` does
-/// that.
+/// A random adapter: `ranks[t]` per target (0 = not adapted; the adapted ones share one rank,
+/// the largest given), scale 2. NeMo's fused layout needs q/k/v (and gate/up) to share A:
+/// `shared_a` does that. `zero_b` gives an adapter that must reproduce the base model.
 pub fn random_adapter(
     shape: &loraplex::adapters::ModelShape,
     ranks: [usize; 7],
@@ -312,63 +312,18 @@ pub fn random_adapter(
     zero_b: bool,
     shared_a: bool,
 ) -> loraplex::adapters::NormalizedAdapter {
-    use loraplex::adapters::{AdapterFormat, LoraModule, NormalizedAdapter};
     use loraplex::backend::LoraTarget;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut layers = Vec::new();
-    for _ in 0..shape.num_layers {
-        let mut mods: [Option<LoraModule>; 7] = Default::default();
-        let mut qkv_a: Option<Vec<f32>> = None;
-        let mut gu_a: Option<Vec<f32>> = None;
-        for t in LoraTarget::ALL {
-            let r = ranks[t.index()];
-            if r == 0 {
-                continue;
-            }
-            let (i, o) = shape.module_dims(t);
-            let fresh_a = |rng: &mut ChaCha8Rng| -> Vec<f32> {
-                (0..r * i)
-                    .map(|_| (rng.gen::<f32>() - 0.5) * 2.0 / (i as f32).sqrt())
-                    .collect()
-            };
-            let a = if shared_a {
-                let slot = match t {
-                    LoraTarget::Q | LoraTarget::K | LoraTarget::V => Some(&mut qkv_a),
-                    LoraTarget::Gate | LoraTarget::Up => Some(&mut gu_a),
-                    _ => None,
-                };
-                match slot {
-                    Some(s) => s.get_or_insert_with(|| fresh_a(&mut rng)).clone(),
-                    None => fresh_a(&mut rng),
-                }
-            } else {
-                fresh_a(&mut rng)
-            };
-            let b = (0..o * r)
-                .map(|_| {
-                    if zero_b {
-                        0.0
-                    } else {
-                        (rng.gen::<f32>() - 0.5) * 0.6 / (r as f32).sqrt()
-                    }
-                })
-                .collect();
-            mods[t.index()] = Some(LoraModule {
-                rank: r,
-                in_dim: i,
-                out_dim: o,
-                a,
-                b,
-                scale: 2.0,
-            });
-        }
-        layers.push(mods);
-    }
-    NormalizedAdapter {
-        name: format!("random-{seed}"),
-        format: AdapterFormat::HfSafetensors,
-        source: PathBuf::new(),
-        generation: String::new(),
-        layers,
-    }
+    let targets: Vec<LoraTarget> = LoraTarget::ALL
+        .iter()
+        .copied()
+        .filter(|t| ranks[t.index()] > 0)
+        .collect();
+    let spec = loraplex::adapters::synth::SynthSpec {
+        rank: ranks.iter().copied().max().unwrap_or(1),
+        scale: 2.0,
+        targets: &targets,
+        shared_a,
+        strength: if zero_b { 0.0 } else { 0.5 },
+    };
+    loraplex::adapters::synth::synthesize(&format!("random-{seed}"), shape, &spec, seed)
 }
