@@ -58,11 +58,22 @@ fn prefill_tps(engine: &Engine, len: usize, reps: usize) -> Result<f64, loraplex
     Ok(len as f64 / best)
 }
 
-/// Decode throughput with `batch` concurrent requests: generated tokens per second measured from
-/// the moment every request has its first token until all have `n` tokens.
+/// Decode throughput with `batch` concurrent base-model requests.
 fn decode_tps(engine: &Engine, batch: usize, n: usize) -> Result<f64, loraplex::Error> {
-    let ids: Vec<_> = (0..batch)
-        .map(|i| engine.submit(Request::new(Prompt::Tokens(prompt(16, i)), params(n))))
+    decode_tps_models(engine, &vec![None; batch], n)
+}
+
+/// Decode throughput with one concurrent request per entry of `models` (None = base): generated
+/// tokens per second measured from the moment every request has its first token until all have
+/// `n` tokens.
+fn decode_tps_models(engine: &Engine, models: &[Option<String>], n: usize) -> Result<f64, loraplex::Error> {
+    let batch = models.len();
+    let ids: Vec<_> = models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            engine.submit(Request { model: m.clone(), prompt: Prompt::Tokens(prompt(16, i)), sampling: params(n) })
+        })
         .collect::<Result<_, _>>()?;
     let mut got = vec![0usize; batch];
     let mut done = vec![false; batch];
@@ -86,6 +97,130 @@ fn decode_tps(engine: &Engine, batch: usize, n: usize) -> Result<f64, loraplex::
     let (t0, base) = t_all_started.unwrap_or((Instant::now(), 0));
     let total: usize = got.iter().sum();
     Ok((total - base) as f64 / t0.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// Multi-LoRA measurements on `model`: rank-8 all-module adapters written to `dir`.
+fn lora_section(model: &str, threads: usize, n: usize, quick: bool) -> Result<Value, Box<dyn std::error::Error>> {
+    use loraplex::adapters::export::{export, ExportFormat};
+    use loraplex::adapters::synth::{synthesize, SynthSpec};
+    use loraplex::adapters::{load_adapter, AdapterLimits, ModelShape};
+    use loraplex::backend::{Backend, LoraStackGeometry, LoraTarget, LoraWeights};
+
+    let dir = std::path::Path::new("target/bench-adapters");
+    let _ = std::fs::remove_dir_all(dir);
+    let peft = dir.join("peft");
+    std::fs::create_dir_all(&peft)?;
+    let mc = loraplex::model::ModelFiles::load(std::path::Path::new(model))?.config;
+    let shape = ModelShape {
+        num_layers: mc.num_layers,
+        hidden_size: mc.hidden_size,
+        intermediate_size: mc.intermediate_size,
+        num_heads: mc.num_heads,
+        num_kv_heads: mc.num_kv_heads,
+        head_dim: mc.head_dim,
+        dtype: loraplex::tensor::DType::F32,
+    };
+    let spec = SynthSpec { rank: 8, scale: 2.0, targets: &LoraTarget::ALL, shared_a: true, strength: 0.15 };
+    let n_adapters = if quick { 8 } else { 32 };
+    let names: Vec<String> = (0..n_adapters).map(|i| format!("bench-{i:02}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        export(&synthesize(name, &shape, &spec, 1000 + i as u64), &shape, ExportFormat::HfSafetensors, &peft.join(name))?;
+    }
+    // Cold load (parse + validate + normalise) per format, best of 3.
+    let a0 = synthesize("fmt", &shape, &spec, 7);
+    let limits = AdapterLimits { max_lora_rank: 64 };
+    let mut cold = serde_json::Map::new();
+    let formats = [
+        ("hf-safetensors", ExportFormat::HfSafetensors),
+        ("hf-bin", ExportFormat::HfBin),
+        ("nemo-fused", ExportFormat::NemoFused),
+        ("nemo-canonical", ExportFormat::NemoCanonical),
+        ("trtllm-npy", ExportFormat::TrtNpy { shuffle_rows: false }),
+        ("trtllm-bin", ExportFormat::TrtBin),
+    ];
+    for (label, f) in formats {
+        let d = dir.join(format!("fmt-{label}"));
+        export(&a0, &shape, f, &d)?;
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            load_adapter(&d, label, &shape, &limits)?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        eprintln!("[lora] cold load {label}: {:.1} ms", best * 1e3);
+        cold.insert(label.into(), json!(best * 1e3));
+    }
+    // Host -> device slot upload, best of 5.
+    let pool = std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build()?);
+    let backend = loraplex::backend::cpu::CpuBackend::new(pool);
+    let mut dims = [(0, 0); 7];
+    for t in LoraTarget::ALL {
+        dims[t.index()] = shape.module_dims(t);
+    }
+    let mut stack =
+        backend.alloc_lora_stack(LoraStackGeometry { num_slots: 1, max_rank: 16, num_layers: shape.num_layers, dims })?;
+    let layers: Vec<[Option<LoraWeights<'_>>; 7]> = a0
+        .layers
+        .iter()
+        .map(|m| std::array::from_fn(|t| m[t].as_ref().map(|m| LoraWeights { rank: m.rank, a: &m.a, b: &m.b, scale: m.scale })))
+        .collect();
+    let mut upload = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        backend.lora_load_slot(&mut stack, 0, &layers)?;
+        upload = upload.min(t.elapsed().as_secs_f64());
+    }
+    eprintln!("[lora] host->device slot load: {:.2} ms", upload * 1e3);
+
+    let mut cfg = EngineConfig::new(model);
+    cfg.threads = threads;
+    cfg.peft_source = vec![peft.clone()];
+    cfg.max_gpu_loras = n_adapters;
+    cfg.max_cpu_loras = n_adapters;
+    cfg.max_lora_rank = 16;
+    let engine = Engine::new(cfg)?;
+    // Warm every adapter (cold load happens on first use).
+    let warm: Vec<Option<String>> = names.iter().cloned().map(Some).collect();
+    decode_tps_models(&engine, &warm, 2)?;
+    let mut batches = serde_json::Map::new();
+    let one = |b: usize| vec![Some(names[0].clone()); b];
+    let single_base = decode_tps_models(&engine, &[None], n)?;
+    let single_lora = decode_tps_models(&engine, &one(1), n)?;
+    eprintln!("[lora] batch 1: base {single_base:.1} tok/s, one adapter {single_lora:.1} tok/s");
+    for b in [8usize, 32] {
+        if b > n_adapters {
+            continue;
+        }
+        let base = decode_tps(&engine, b, n)?;
+        let same = decode_tps_models(&engine, &one(b), n)?;
+        let distinct: Vec<Option<String>> = names.iter().take(b).cloned().map(Some).collect();
+        let dist = decode_tps_models(&engine, &distinct, n)?;
+        eprintln!("[lora] batch {b}: base {base:.1}, one adapter {same:.1}, all distinct {dist:.1} tok/s");
+        batches.insert(
+            format!("batch_{b}"),
+            json!({"all_base": base, "all_one_adapter": same, "all_distinct_adapters": dist,
+                   "distinct_over_base": dist / base, "one_adapter_over_base": same / base}),
+        );
+    }
+    let mut scaling = Vec::new();
+    let b = n_adapters.min(32);
+    let mut k = 1;
+    while k <= b {
+        let models: Vec<Option<String>> = (0..b).map(|i| Some(names[i % k].clone())).collect();
+        let tps = decode_tps_models(&engine, &models, n)?;
+        eprintln!("[lora] batch {b} over {k} distinct adapters: {tps:.1} tok/s");
+        scaling.push(json!({"distinct_adapters": k, "batch": b, "tokens_per_s": tps}));
+        k *= 2;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(json!({
+        "adapter": {"rank": 8, "targets": "all 7", "bytes": a0.bytes()},
+        "single_sequence": {"base": single_base, "one_adapter": single_lora, "one_adapter_over_base": single_lora / single_base},
+        "decode": batches,
+        "scaling_distinct_adapters": scaling,
+        "cold_load_ms": cold,
+        "host_to_device_slot_load_ms": upload * 1e3,
+    }))
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -153,6 +288,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }),
         );
     }
+    let lora = lora_section(&model, threads, n, quick)?;
     let report: Value = json!({
         "model": model,
         "threads": threads,
@@ -161,6 +297,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "note": "floor = bandwidth / weight bytes (one decode step streams every weight once); ratios are measured in this run",
         "quoted_not_measured_llama_cpp_same_machine_class": {"decode_batch_1": 40.5, "decode_batch_8": 189.0, "decode_batch_32": 364.0, "prefill": 826.0},
         "weights": formats,
+        "multi_lora": lora,
     });
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
