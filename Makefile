@@ -5,7 +5,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 SHARED ?= ../shared
 export LORAPLEX_SHARED := $(abspath $(SHARED))
 
-.PHONY: all build demo test bench fuzz model lint clean-model
+.PHONY: all build demo demo-rust test bench fuzz model samples lint
 
 all: build
 
@@ -17,8 +17,17 @@ $(MODEL):
 build:
 	$(CARGO) build --release --all-targets
 
-demo: model
-	$(CARGO) run --release --example demo -- --model $(MODEL)
+SAMPLES ?= models/sample-adapters
+
+samples: $(SAMPLES)/samples.json
+
+$(SAMPLES)/samples.json: | model
+	$(CARGO) run --release --example gen_sample_adapters -- --out $(SAMPLES) --shape smollm2
+
+demo: demo-rust
+
+demo-rust: model samples
+	$(CARGO) run --release --example demo -- --model $(MODEL) --adapters $(SAMPLES)
 
 test: model
 	mkdir -p target && $(CARGO) test --release --all-targets 2>&1 | tee target/test.log; exit $${PIPESTATUS[0]}

@@ -66,13 +66,21 @@ fn decode_tps(engine: &Engine, batch: usize, n: usize) -> Result<f64, loraplex::
 /// Decode throughput with one concurrent request per entry of `models` (None = base): generated
 /// tokens per second measured from the moment every request has its first token until all have
 /// `n` tokens.
-fn decode_tps_models(engine: &Engine, models: &[Option<String>], n: usize) -> Result<f64, loraplex::Error> {
+fn decode_tps_models(
+    engine: &Engine,
+    models: &[Option<String>],
+    n: usize,
+) -> Result<f64, loraplex::Error> {
     let batch = models.len();
     let ids: Vec<_> = models
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            engine.submit(Request { model: m.clone(), prompt: Prompt::Tokens(prompt(16, i)), sampling: params(n) })
+            engine.submit(Request {
+                model: m.clone(),
+                prompt: Prompt::Tokens(prompt(16, i)),
+                sampling: params(n),
+            })
         })
         .collect::<Result<_, _>>()?;
     let mut got = vec![0usize; batch];
@@ -100,7 +108,12 @@ fn decode_tps_models(engine: &Engine, models: &[Option<String>], n: usize) -> Re
 }
 
 /// Multi-LoRA measurements on `model`: rank-8 all-module adapters written to `dir`.
-fn lora_section(model: &str, threads: usize, n: usize, quick: bool) -> Result<Value, Box<dyn std::error::Error>> {
+fn lora_section(
+    model: &str,
+    threads: usize,
+    n: usize,
+    quick: bool,
+) -> Result<Value, Box<dyn std::error::Error>> {
     use loraplex::adapters::export::{export, ExportFormat};
     use loraplex::adapters::synth::{synthesize, SynthSpec};
     use loraplex::adapters::{load_adapter, AdapterLimits, ModelShape};
@@ -120,11 +133,22 @@ fn lora_section(model: &str, threads: usize, n: usize, quick: bool) -> Result<Va
         head_dim: mc.head_dim,
         dtype: loraplex::tensor::DType::F32,
     };
-    let spec = SynthSpec { rank: 8, scale: 2.0, targets: &LoraTarget::ALL, shared_a: true, strength: 0.15 };
+    let spec = SynthSpec {
+        rank: 8,
+        scale: 2.0,
+        targets: &LoraTarget::ALL,
+        shared_a: true,
+        strength: 0.15,
+    };
     let n_adapters = if quick { 8 } else { 32 };
     let names: Vec<String> = (0..n_adapters).map(|i| format!("bench-{i:02}")).collect();
     for (i, name) in names.iter().enumerate() {
-        export(&synthesize(name, &shape, &spec, 1000 + i as u64), &shape, ExportFormat::HfSafetensors, &peft.join(name))?;
+        export(
+            &synthesize(name, &shape, &spec, 1000 + i as u64),
+            &shape,
+            ExportFormat::HfSafetensors,
+            &peft.join(name),
+        )?;
     }
     // Cold load (parse + validate + normalise) per format, best of 3.
     let a0 = synthesize("fmt", &shape, &spec, 7);
@@ -135,7 +159,12 @@ fn lora_section(model: &str, threads: usize, n: usize, quick: bool) -> Result<Va
         ("hf-bin", ExportFormat::HfBin),
         ("nemo-fused", ExportFormat::NemoFused),
         ("nemo-canonical", ExportFormat::NemoCanonical),
-        ("trtllm-npy", ExportFormat::TrtNpy { shuffle_rows: false }),
+        (
+            "trtllm-npy",
+            ExportFormat::TrtNpy {
+                shuffle_rows: false,
+            },
+        ),
         ("trtllm-bin", ExportFormat::TrtBin),
     ];
     for (label, f) in formats {
@@ -151,18 +180,35 @@ fn lora_section(model: &str, threads: usize, n: usize, quick: bool) -> Result<Va
         cold.insert(label.into(), json!(best * 1e3));
     }
     // Host -> device slot upload, best of 5.
-    let pool = std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build()?);
+    let pool = std::sync::Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?,
+    );
     let backend = loraplex::backend::cpu::CpuBackend::new(pool);
     let mut dims = [(0, 0); 7];
     for t in LoraTarget::ALL {
         dims[t.index()] = shape.module_dims(t);
     }
-    let mut stack =
-        backend.alloc_lora_stack(LoraStackGeometry { num_slots: 1, max_rank: 16, num_layers: shape.num_layers, dims })?;
+    let mut stack = backend.alloc_lora_stack(LoraStackGeometry {
+        num_slots: 1,
+        max_rank: 16,
+        num_layers: shape.num_layers,
+        dims,
+    })?;
     let layers: Vec<[Option<LoraWeights<'_>>; 7]> = a0
         .layers
         .iter()
-        .map(|m| std::array::from_fn(|t| m[t].as_ref().map(|m| LoraWeights { rank: m.rank, a: &m.a, b: &m.b, scale: m.scale })))
+        .map(|m| {
+            std::array::from_fn(|t| {
+                m[t].as_ref().map(|m| LoraWeights {
+                    rank: m.rank,
+                    a: &m.a,
+                    b: &m.b,
+                    scale: m.scale,
+                })
+            })
+        })
         .collect();
     let mut upload = f64::MAX;
     for _ in 0..5 {
@@ -195,7 +241,9 @@ fn lora_section(model: &str, threads: usize, n: usize, quick: bool) -> Result<Va
         let same = decode_tps_models(&engine, &one(b), n)?;
         let distinct: Vec<Option<String>> = names.iter().take(b).cloned().map(Some).collect();
         let dist = decode_tps_models(&engine, &distinct, n)?;
-        eprintln!("[lora] batch {b}: base {base:.1}, one adapter {same:.1}, all distinct {dist:.1} tok/s");
+        eprintln!(
+            "[lora] batch {b}: base {base:.1}, one adapter {same:.1}, all distinct {dist:.1} tok/s"
+        );
         batches.insert(
             format!("batch_{b}"),
             json!({"all_base": base, "all_one_adapter": same, "all_distinct_adapters": dist,
