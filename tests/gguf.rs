@@ -205,6 +205,40 @@ fn synthetic_gguf_round_trips() {
 }
 
 #[test]
+fn synthetic_gguf_v2_and_custom_alignment() {
+    let t = toy(false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut v2 = t.writer.bytes();
+    v2[4] = 2;
+    let p = dir.path().join("v2.gguf");
+    std::fs::write(&p, v2).unwrap();
+    let a = load_gguf(&p).unwrap();
+    let mut w = t.writer.clone();
+    w.align = 256;
+    w.u32("general.alignment", 256);
+    let b = load_gguf(&w.write(dir.path(), "a256.gguf")).unwrap();
+    assert_eq!(a.config, b.config);
+    assert_eq!(a.tensors, b.tensors);
+    // Declared alignment that the offsets do not honour.
+    let mut w = t.writer.clone();
+    w.u32("general.alignment", 1024);
+    let p = w.write(dir.path(), "misaligned.gguf");
+    expect_err(
+        load_gguf(&p),
+        ErrorCode::InvalidModel,
+        &["misaligned.gguf", "alignment"],
+    );
+    let mut w = t.writer.clone();
+    w.u32("general.alignment", 48);
+    let p = w.write(dir.path(), "align48.gguf");
+    expect_err(
+        load_gguf(&p),
+        ErrorCode::InvalidModel,
+        &["align48.gguf", "general.alignment"],
+    );
+}
+
+#[test]
 fn synthetic_llama3_pre_tokenizer_and_linear_rope() {
     let mut w = toy(true).writer;
     w.str("tokenizer.ggml.pre", "llama-bpe");

@@ -22,6 +22,8 @@ pub const T_BF16: u32 = 30;
 pub struct Writer {
     pub kv: Vec<(String, u32, Vec<u8>)>,
     pub tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
+    /// Data alignment used when writing (0 = 32); set `general.alignment` to match.
+    pub align: usize,
 }
 
 pub fn gstr(s: &str) -> Vec<u8> {
@@ -73,6 +75,7 @@ impl Writer {
             .push((name.to_string(), dims.to_vec(), ty, data));
     }
     pub fn bytes(&self) -> Vec<u8> {
+        let align = if self.align == 0 { 32 } else { self.align };
         let mut b = b"GGUF".to_vec();
         b.extend(3u32.to_le_bytes());
         b.extend((self.tensors.len() as u64).to_le_bytes());
@@ -93,12 +96,12 @@ impl Writer {
             b.extend(ty.to_le_bytes());
             b.extend(offset.to_le_bytes());
             data.extend(d);
-            while data.len() % 32 != 0 {
+            while data.len() % align != 0 {
                 data.push(0);
             }
             offset = data.len() as u64;
         }
-        while b.len() % 32 != 0 {
+        while b.len() % align != 0 {
             b.push(0);
         }
         b.extend(data);
