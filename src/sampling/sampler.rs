@@ -16,6 +16,7 @@ use std::cmp::Ordering;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::math;
 use super::params::{SamplingParams, MAX_LOGPROBS};
 
 /// The token chosen at one step, with its log-probability and the most likely alternatives.
@@ -115,8 +116,7 @@ struct Settings {
 
 impl Settings {
     fn from_params(p: &SamplingParams) -> Self {
-        // `!(t > 0)` also catches NaN.
-        let greedy = !(p.temperature > 0.0) || p.top_k == 1;
+        let greedy = p.temperature.is_nan() || p.temperature <= 0.0 || p.top_k == 1;
         let temperature = if p.temperature.is_finite() {
             p.temperature
         } else {
@@ -157,7 +157,7 @@ pub struct Sampler {
     settings: Settings,
     work: Vec<f32>,
     weights: Vec<f32>,
-    cand: Vec<u32>,
+    cand: Vec<(f32, u32)>,
     scratch: Vec<u32>,
 }
 
@@ -205,8 +205,18 @@ impl Sampler {
             self.settings.penalties,
             &mut self.scratch,
         );
-        let (best, wmax) = argmax(&self.work);
-        let lse = log_sum_exp(&self.work, wmax);
+        let wmax = math::max(&self.work);
+        let best = self
+            .work
+            .iter()
+            .position(|&w| w == wmax)
+            .and_then(|i| u32::try_from(i).ok())
+            .unwrap_or(0);
+        let lse = if wmax.is_finite() {
+            wmax + math::sum_exp(&self.work, wmax, 1.0).ln() as f32
+        } else {
+            wmax
+        };
         let token = if self.settings.greedy || !wmax.is_finite() {
             best
         } else {
@@ -216,7 +226,12 @@ impl Sampler {
             .work
             .get(token as usize)
             .map_or(f32::NEG_INFINITY, |&w| w - lse);
-        let top_logprobs = top_n(&self.work, self.settings.logprobs, lse);
+        let top_logprobs = if self.settings.logprobs == 0 {
+            Vec::new()
+        } else {
+            top_n(&self.work, self.settings.logprobs, &mut self.cand);
+            self.cand.iter().map(|&(w, id)| (id, w - lse)).collect()
+        };
         SampledToken {
             token,
             logprob,
@@ -228,13 +243,11 @@ impl Sampler {
     fn sample_stochastic(&mut self, wmax: f32) -> Option<u32> {
         let u: f64 = self.rng.gen();
         let s = self.settings;
+        let t = s.temperature;
         let work = &self.work;
         let v = work.len();
-        // Probability of token i up to normalisation; the best token has weight exactly 1.
-        let weight = |i: u32| -> f32 {
-            let w = work.get(i as usize).copied().unwrap_or(f32::NEG_INFINITY);
-            ((w - wmax) / s.temperature).exp()
-        };
+        // Probability up to normalisation; the best token has weight exactly 1.
+        let weight = |w: f32| math::exp_nonpos((w - wmax) / t);
         let k = if s.top_k == 0 || s.top_k >= v {
             v
         } else {
@@ -242,79 +255,94 @@ impl Sampler {
         };
 
         if k == v && s.top_p >= 1.0 {
-            // Whole vocabulary in id order: no index buffer, no sort.
+            // Whole vocabulary in id order: no candidate list, no sort.
             self.weights.clear();
-            let mut total = 0.0f64;
-            for &w in work.iter() {
-                let e = ((w - wmax) / s.temperature).exp();
-                let e = if e >= s.min_p { e } else { 0.0 };
-                total += f64::from(e);
-                self.weights.push(e);
-            }
+            self.weights.extend(work.iter().map(|&w| {
+                let e = weight(w);
+                if e >= s.min_p {
+                    e
+                } else {
+                    0.0
+                }
+            }));
+            let total = math::sum_f32(&self.weights);
             return pick(u, total, self.weights.iter().copied().enumerate())
                 .and_then(|i| u32::try_from(i).ok());
         }
 
-        let by_logit = |a: &u32, b: &u32| -> Ordering {
-            let wa = work.get(*a as usize).copied().unwrap_or(f32::NEG_INFINITY);
-            let wb = work.get(*b as usize).copied().unwrap_or(f32::NEG_INFINITY);
-            wb.partial_cmp(&wa)
-                .unwrap_or(Ordering::Equal)
-                .then(a.cmp(b))
-        };
         let cand = &mut self.cand;
-        cand.clear();
-        cand.extend(0..u32::try_from(v).ok()?);
-        if k < v {
-            cand.select_nth_unstable_by(k - 1, by_logit);
-            cand.truncate(k);
+        let mut sorted = 0usize; // cand[..sorted] is in final order and holds the best tokens
+        if k <= SMALL_K {
+            top_n(work, k, cand);
+            sorted = cand.len();
+        } else {
+            cand.clear();
+            for (i, &w) in work.iter().enumerate() {
+                cand.push((w, u32::try_from(i).ok()?));
+            }
+            if k < v {
+                cand.select_nth_unstable_by(k - 1, by_logit);
+                cand.truncate(k);
+            }
         }
 
         if s.top_p < 1.0 {
-            let total: f64 = cand.iter().map(|&i| f64::from(weight(i))).sum();
+            let total: f64 = cand.iter().map(|&(w, _)| f64::from(weight(w))).sum();
             let target = s.top_p * total;
             let len = cand.len();
             // Sort only as long a prefix as the nucleus needs, growing it geometrically.
-            let mut sorted = 0usize;
-            let mut n = len.min(64);
+            let mut n = len.min(sorted.max(64));
             let mut cum = 0.0f64;
+            let mut counted = 0usize;
             let keep = loop {
-                if n < len {
-                    if let Some(tail) = cand.get_mut(sorted..) {
-                        tail.select_nth_unstable_by(n - sorted - 1, by_logit);
+                if sorted < n {
+                    if n < len {
+                        if let Some(tail) = cand.get_mut(sorted..) {
+                            tail.select_nth_unstable_by(n - sorted - 1, by_logit);
+                        }
                     }
-                }
-                if let Some(part) = cand.get_mut(sorted..n) {
-                    part.sort_unstable_by(by_logit);
+                    if let Some(part) = cand.get_mut(sorted..n) {
+                        part.sort_unstable_by(by_logit);
+                    }
+                    sorted = n;
                 }
                 let mut found = None;
-                for (j, &i) in cand.get(sorted..n).unwrap_or(&[]).iter().enumerate() {
-                    cum += f64::from(weight(i));
+                for (j, &(w, _)) in cand.get(counted..n).unwrap_or(&[]).iter().enumerate() {
+                    cum += f64::from(weight(w));
                     if cum >= target {
-                        found = Some(sorted + j + 1);
+                        found = Some(counted + j + 1);
                         break;
                     }
                 }
                 if let Some(keep) = found {
                     break keep;
                 }
-                if n == len {
+                if n >= len {
                     break len;
                 }
-                sorted = n;
+                counted = n;
                 n = n.saturating_mul(4).min(len);
             };
             cand.truncate(keep.max(1));
         }
 
         if s.min_p > 0.0 {
-            cand.retain(|&i| weight(i) >= s.min_p);
+            cand.retain(|&(w, _)| weight(w) >= s.min_p);
         }
 
-        let total: f64 = cand.iter().map(|&i| f64::from(weight(i))).sum();
-        let chosen = pick(u, total, cand.iter().map(|&i| (i, weight(i))))?;
-        Some(chosen)
+        let total: f64 = cand.iter().map(|&(w, _)| f64::from(weight(w))).sum();
+        pick(u, total, cand.iter().map(|&(w, id)| (id, weight(w))))
     }
+}
+
+/// Up to this `top_k`, candidates are found by one insertion pass instead of a selection.
+const SMALL_K: usize = 64;
+
+/// Decreasing logit, ties by increasing id.
+fn by_logit(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
+    b.0.partial_cmp(&a.0)
+        .unwrap_or(Ordering::Equal)
+        .then(a.1.cmp(&b.1))
 }
 
 /// Inverse-CDF draw: the first item whose cumulative weight exceeds `u * total`; the last item
@@ -335,49 +363,24 @@ fn pick<T: Copy>(u: f64, total: f64, items: impl Iterator<Item = (T, f32)>) -> O
     last
 }
 
-/// Index and value of the maximum (ties → lowest index). `work` has no NaN.
-fn argmax(work: &[f32]) -> (u32, f32) {
-    let mut best = 0usize;
-    let mut wmax = f32::NEG_INFINITY;
-    for (i, &w) in work.iter().enumerate() {
-        if w > wmax {
-            wmax = w;
-            best = i;
-        }
-    }
-    (u32::try_from(best).unwrap_or(0), wmax)
-}
-
-/// `ln Σ exp(w)` given the maximum `wmax` (accumulated in f64).
-fn log_sum_exp(work: &[f32], wmax: f32) -> f32 {
-    if !wmax.is_finite() {
-        return wmax;
-    }
-    let sum: f64 = work.iter().map(|&w| f64::from((w - wmax).exp())).sum();
-    wmax + sum.ln() as f32
-}
-
-/// The `n` largest entries as `(id, w - lse)`, by decreasing value, ties by increasing id.
-fn top_n(work: &[f32], n: usize, lse: f32) -> Vec<(u32, f32)> {
-    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n);
+/// The `n` largest entries of `work` as `(logit, id)` into `out`, by decreasing logit, ties by
+/// increasing id. One pass; an entry is inserted only if it beats the current n-th.
+fn top_n(work: &[f32], n: usize, out: &mut Vec<(f32, u32)>) {
+    out.clear();
     if n == 0 {
-        return top;
+        return;
     }
     for (i, &w) in work.iter().enumerate() {
-        let full = top.len() == n;
-        if full && top.last().is_some_and(|&(_, lw)| w <= lw) {
+        let full = out.len() == n;
+        if full && out.last().is_some_and(|&(lw, _)| w <= lw) {
             continue;
         }
         // Insert after every entry that is >= w, so equal values stay in id order.
-        let at = top.partition_point(|&(_, tw)| tw >= w);
+        let at = out.partition_point(|&(tw, _)| tw >= w);
         if full {
-            top.pop();
+            out.pop();
         }
         let Ok(id) = u32::try_from(i) else { break };
-        top.insert(at.min(top.len()), (id, w));
+        out.insert(at.min(out.len()), (w, id));
     }
-    for entry in &mut top {
-        entry.1 -= lse;
-    }
-    top
 }
