@@ -258,9 +258,33 @@ fn top_p_keeps_smallest_nucleus_with_right_frequencies() {
 }
 
 #[test]
-fn top_p_on_large_vocab_grows_the_sorted_prefix() {
-    // Geometric distribution over shuffled ids: the 0.5-nucleus is the best 70 tokens, more
-    // than the first sorted prefix of 64.
+fn full_vocab_sampling_frequencies_across_blocks() {
+    // Probability mass in four tokens spread over the row; everything else -inf or NaN.
+    let mut logits = vec![f32::NEG_INFINITY; 1000];
+    logits[1] = f32::NAN;
+    let support = [(5usize, 0.1f64), (300, 0.2), (700, 0.3), (999, 0.4)];
+    for &(id, p) in &support {
+        logits[id] = (p as f32).ln() + 3.0;
+    }
+    let mut s = Sampler::new(
+        &SamplingParams {
+            seed: Some(17),
+            ..params()
+        },
+        0,
+    );
+    let n = 20000;
+    let c = counts(&mut s, &logits, n);
+    assert_eq!(c.iter().sum::<usize>(), n);
+    for &(id, p) in &support {
+        let f = c[id] as f64 / n as f64;
+        assert!((f - p).abs() < 0.03, "token {id}: {f} vs {p}");
+    }
+}
+
+#[test]
+fn top_p_on_large_vocab_keeps_exact_nucleus() {
+    // Geometric distribution over shuffled ids: the 0.5-nucleus is exactly the best 70 tokens.
     let v = 49152usize;
     let mut ids: Vec<usize> = (0..v).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(77);

@@ -5,6 +5,7 @@
 //! a [`StopMatcher`] per request holds back text that could still become a stop string.
 
 mod math;
+mod nucleus;
 mod params;
 mod sampler;
 mod stop;

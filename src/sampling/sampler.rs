@@ -11,12 +11,11 @@
 //!    `min_p` × the best probability, and draw from the renormalised rest with exactly one
 //!    uniform number from the request's own ChaCha8 generator.
 
-use std::cmp::Ordering;
-
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::math;
+use super::nucleus::{self, by_logit};
 use super::params::{SamplingParams, MAX_LOGPROBS};
 
 /// The token chosen at one step, with its log-probability and the most likely alternatives.
@@ -158,6 +157,7 @@ pub struct Sampler {
     work: Vec<f32>,
     weights: Vec<f32>,
     cand: Vec<(f32, u32)>,
+    bucket_sums: Vec<f64>,
     scratch: Vec<u32>,
 }
 
@@ -174,6 +174,7 @@ impl Sampler {
             work: Vec::new(),
             weights: Vec::new(),
             cand: Vec::new(),
+            bucket_sums: Vec::new(),
             scratch: Vec::new(),
         }
     }
@@ -265,16 +266,14 @@ impl Sampler {
                     0.0
                 }
             }));
-            let total = math::sum_f32(&self.weights);
-            return pick(u, total, self.weights.iter().copied().enumerate())
-                .and_then(|i| u32::try_from(i).ok());
+            return pick_blocked(u, &self.weights).and_then(|i| u32::try_from(i).ok());
         }
 
         let cand = &mut self.cand;
-        let mut sorted = 0usize; // cand[..sorted] is in final order and holds the best tokens
-        if k <= SMALL_K {
+        // Small k: one insertion pass yields the candidates already sorted.
+        let sorted = k <= SMALL_K;
+        if sorted {
             top_n(work, k, cand);
-            sorted = cand.len();
         } else {
             cand.clear();
             for (i, &w) in work.iter().enumerate() {
@@ -287,42 +286,7 @@ impl Sampler {
         }
 
         if s.top_p < 1.0 {
-            let total: f64 = cand.iter().map(|&(w, _)| f64::from(weight(w))).sum();
-            let target = s.top_p * total;
-            let len = cand.len();
-            // Sort only as long a prefix as the nucleus needs, growing it geometrically.
-            let mut n = len.min(sorted.max(64));
-            let mut cum = 0.0f64;
-            let mut counted = 0usize;
-            let keep = loop {
-                if sorted < n {
-                    if n < len {
-                        if let Some(tail) = cand.get_mut(sorted..) {
-                            tail.select_nth_unstable_by(n - sorted - 1, by_logit);
-                        }
-                    }
-                    if let Some(part) = cand.get_mut(sorted..n) {
-                        part.sort_unstable_by(by_logit);
-                    }
-                    sorted = n;
-                }
-                let mut found = None;
-                for (j, &(w, _)) in cand.get(counted..n).unwrap_or(&[]).iter().enumerate() {
-                    cum += f64::from(weight(w));
-                    if cum >= target {
-                        found = Some(counted + j + 1);
-                        break;
-                    }
-                }
-                if let Some(keep) = found {
-                    break keep;
-                }
-                if n >= len {
-                    break len;
-                }
-                counted = n;
-                n = n.saturating_mul(4).min(len);
-            };
+            let keep = nucleus::nucleus(cand, sorted, wmax, t, s.top_p, &mut self.bucket_sums);
             cand.truncate(keep.max(1));
         }
 
@@ -338,18 +302,34 @@ impl Sampler {
 /// Up to this `top_k`, candidates are found by one insertion pass instead of a selection.
 const SMALL_K: usize = 64;
 
-/// Decreasing logit, ties by increasing id.
-fn by_logit(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
-    b.0.partial_cmp(&a.0)
-        .unwrap_or(Ordering::Equal)
-        .then(a.1.cmp(&b.1))
+/// [`pick`] over a whole weight row (index = token id), skipping whole blocks by their sums.
+fn pick_blocked(u: f64, weights: &[f32]) -> Option<usize> {
+    let block_sums = || weights.chunks(BLOCK).map(math::sum_unit);
+    let target = u * block_sums().sum::<f64>();
+    let mut cum = 0.0f64;
+    let mut last = None;
+    for (b, sum) in block_sums().enumerate() {
+        if sum > 0.0 {
+            last = Some(b);
+            if cum + sum > target {
+                break;
+            }
+        }
+        cum += sum;
+    }
+    // The crossing block (or, after rounding, the last block with weight).
+    let b = last?;
+    let block = weights.chunks(BLOCK).nth(b)?;
+    pick_from(cum, target, block.iter().copied().enumerate()).map(|i| b * BLOCK + i)
 }
 
-/// Inverse-CDF draw: the first item whose cumulative weight exceeds `u * total`; the last item
-/// with positive weight if rounding runs past the end.
-fn pick<T: Copy>(u: f64, total: f64, items: impl Iterator<Item = (T, f32)>) -> Option<T> {
-    let target = u * total;
-    let mut cum = 0.0f64;
+/// Scans `items` from cumulative weight `cum` for the first that exceeds `target`; the last
+/// positive one if none does.
+fn pick_from<T: Copy>(
+    mut cum: f64,
+    target: f64,
+    items: impl Iterator<Item = (T, f32)>,
+) -> Option<T> {
     let mut last = None;
     for (item, e) in items {
         if e > 0.0 {
@@ -361,6 +341,14 @@ fn pick<T: Copy>(u: f64, total: f64, items: impl Iterator<Item = (T, f32)>) -> O
         }
     }
     last
+}
+
+const BLOCK: usize = 256;
+
+/// Inverse-CDF draw: the first item whose cumulative weight exceeds `u * total`; the last item
+/// with positive weight if rounding runs past the end.
+fn pick<T: Copy>(u: f64, total: f64, items: impl Iterator<Item = (T, f32)>) -> Option<T> {
+    pick_from(0.0, u * total, items)
 }
 
 /// The `n` largest entries of `work` as `(logit, id)` into `out`, by decreasing logit, ties by
