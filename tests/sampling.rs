@@ -197,6 +197,35 @@ fn same_seed_same_sequence_different_seed_differs() {
     assert_eq!(a, inter);
 }
 
+#[test]
+fn one_draw_per_step_whatever_the_row() {
+    // Step i's draw is the i-th number of the stream, whether earlier rows were degenerate,
+    // peaked, top-k-filtered or full-vocabulary.
+    let flat = vec![0.0f32; 500];
+    let firsts: [Vec<f32>; 4] = [
+        vec![f32::NEG_INFINITY; 500],
+        vec![f32::NAN; 500],
+        random_logits(500, 4),
+        flat.clone(),
+    ];
+    let mut outs = Vec::new();
+    for first in &firsts {
+        let p = SamplingParams {
+            seed: Some(77),
+            top_k: 100,
+            ..params()
+        };
+        let mut s = Sampler::new(&p, 0);
+        s.sample(first, &[]);
+        outs.push(
+            (0..10)
+                .map(|_| s.sample(&flat, &[]).token)
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert!(outs.windows(2).all(|w| w[0] == w[1]), "{outs:?}");
+}
+
 // ---------------------------------------------------------------- top-k / top-p / min-p
 
 #[test]

@@ -150,7 +150,7 @@ impl Settings {
 /// The generator is ChaCha8 seeded from `params.seed`, or the fallback when `None`; each
 /// non-greedy step draws exactly one `f64` from it, so a request's tokens depend only on its
 /// own logits, parameters and seed, never on the rest of the batch.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Sampler {
     rng: ChaCha8Rng,
     settings: Settings,
@@ -159,6 +159,15 @@ pub struct Sampler {
     cand: Vec<(f32, u32)>,
     bucket_sums: Vec<f64>,
     scratch: Vec<u32>,
+}
+
+impl std::fmt::Debug for Sampler {
+    /// The settings only (not the scratch buffers).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampler")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Sampler {
@@ -218,10 +227,16 @@ impl Sampler {
         } else {
             wmax
         };
-        let token = if self.settings.greedy || !wmax.is_finite() {
+        let token = if self.settings.greedy {
             best
         } else {
-            self.sample_stochastic(wmax).unwrap_or(best)
+            // Exactly one draw per non-greedy step, whatever the row looks like.
+            let u: f64 = self.rng.gen();
+            if wmax.is_finite() {
+                self.sample_stochastic(u, wmax).unwrap_or(best)
+            } else {
+                best
+            }
         };
         let logprob = self
             .work
@@ -240,9 +255,9 @@ impl Sampler {
         }
     }
 
-    /// Temperature, top-k, top-p, min-p and one draw. `wmax` is the finite maximum of `work`.
-    fn sample_stochastic(&mut self, wmax: f32) -> Option<u32> {
-        let u: f64 = self.rng.gen();
+    /// Temperature, top-k, top-p, min-p, then the inverse CDF at `u` in [0, 1). `wmax` is the
+    /// finite maximum of `work`.
+    fn sample_stochastic(&mut self, u: f64, wmax: f32) -> Option<u32> {
         let s = self.settings;
         let t = s.temperature;
         let work = &self.work;
