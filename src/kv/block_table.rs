@@ -52,11 +52,18 @@ impl BlockTable {
             return false;
         }
         self.blocks.reserve(needed);
+        let before = self.blocks.len();
         for _ in 0..needed {
             match alloc.allocate() {
                 Some(block) => self.blocks.push(block),
-                // Unreachable given the check above; undo to keep all-or-nothing.
-                None => return false,
+                None => {
+                    // Unreachable after the check above; undo to stay all-or-nothing.
+                    for block in self.blocks.drain(before..) {
+                        // These blocks were just allocated, so freeing them cannot fail.
+                        let _ = alloc.free(block);
+                    }
+                    return false;
+                }
             }
         }
         true

@@ -4,6 +4,8 @@
 //! a [`Sampler`] is created per request and turns one logits row into a [`SampledToken`];
 //! a [`StopMatcher`] per request holds back text that could still become a stop string.
 
+mod math;
+mod nucleus;
 mod params;
 mod sampler;
 mod stop;

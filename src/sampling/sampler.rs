@@ -11,11 +11,11 @@
 //!    `min_p` × the best probability, and draw from the renormalised rest with exactly one
 //!    uniform number from the request's own ChaCha8 generator.
 
-use std::cmp::Ordering;
-
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::math;
+use super::nucleus::{self, by_logit};
 use super::params::{SamplingParams, MAX_LOGPROBS};
 
 /// The token chosen at one step, with its log-probability and the most likely alternatives.
@@ -115,7 +115,6 @@ struct Settings {
 
 impl Settings {
     fn from_params(p: &SamplingParams) -> Self {
-        // `!(t > 0)` also catches NaN.
         let greedy = p.temperature.is_nan() || p.temperature <= 0.0 || p.top_k == 1;
         let temperature = if p.temperature.is_finite() {
             p.temperature
@@ -151,14 +150,24 @@ impl Settings {
 /// The generator is ChaCha8 seeded from `params.seed`, or the fallback when `None`; each
 /// non-greedy step draws exactly one `f64` from it, so a request's tokens depend only on its
 /// own logits, parameters and seed, never on the rest of the batch.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Sampler {
     rng: ChaCha8Rng,
     settings: Settings,
     work: Vec<f32>,
     weights: Vec<f32>,
-    cand: Vec<u32>,
+    cand: Vec<(f32, u32)>,
+    bucket_sums: Vec<f64>,
     scratch: Vec<u32>,
+}
+
+impl std::fmt::Debug for Sampler {
+    /// The settings only (not the scratch buffers).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampler")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Sampler {
@@ -174,6 +183,7 @@ impl Sampler {
             work: Vec::new(),
             weights: Vec::new(),
             cand: Vec::new(),
+            bucket_sums: Vec::new(),
             scratch: Vec::new(),
         }
     }
@@ -205,18 +215,39 @@ impl Sampler {
             self.settings.penalties,
             &mut self.scratch,
         );
-        let (best, wmax) = argmax(&self.work);
-        let lse = log_sum_exp(&self.work, wmax);
-        let token = if self.settings.greedy || !wmax.is_finite() {
+        let wmax = math::max(&self.work);
+        let best = self
+            .work
+            .iter()
+            .position(|&w| w == wmax)
+            .and_then(|i| u32::try_from(i).ok())
+            .unwrap_or(0);
+        let lse = if wmax.is_finite() {
+            wmax + math::sum_exp(&self.work, wmax, 1.0).ln() as f32
+        } else {
+            wmax
+        };
+        let token = if self.settings.greedy {
             best
         } else {
-            self.sample_stochastic(wmax).unwrap_or(best)
+            // Exactly one draw per non-greedy step, whatever the row looks like.
+            let u: f64 = self.rng.gen();
+            if wmax.is_finite() {
+                self.sample_stochastic(u, wmax).unwrap_or(best)
+            } else {
+                best
+            }
         };
         let logprob = self
             .work
             .get(token as usize)
             .map_or(f32::NEG_INFINITY, |&w| w - lse);
-        let top_logprobs = top_n(&self.work, self.settings.logprobs, lse);
+        let top_logprobs = if self.settings.logprobs == 0 {
+            Vec::new()
+        } else {
+            top_n(&self.work, self.settings.logprobs, &mut self.cand);
+            self.cand.iter().map(|&(w, id)| (id, w - lse)).collect()
+        };
         SampledToken {
             token,
             logprob,
@@ -224,17 +255,15 @@ impl Sampler {
         }
     }
 
-    /// Temperature, top-k, top-p, min-p and one draw. `wmax` is the finite maximum of `work`.
-    fn sample_stochastic(&mut self, wmax: f32) -> Option<u32> {
-        let u: f64 = self.rng.gen();
+    /// Temperature, top-k, top-p, min-p, then the inverse CDF at `u` in [0, 1). `wmax` is the
+    /// finite maximum of `work`.
+    fn sample_stochastic(&mut self, u: f64, wmax: f32) -> Option<u32> {
         let s = self.settings;
+        let t = s.temperature;
         let work = &self.work;
         let v = work.len();
-        // Probability of token i up to normalisation; the best token has weight exactly 1.
-        let weight = |i: u32| -> f32 {
-            let w = work.get(i as usize).copied().unwrap_or(f32::NEG_INFINITY);
-            ((w - wmax) / s.temperature).exp()
-        };
+        // Probability up to normalisation; the best token has weight exactly 1.
+        let weight = |w: f32| math::exp_nonpos((w - wmax) / t);
         let k = if s.top_k == 0 || s.top_k >= v {
             v
         } else {
@@ -242,86 +271,80 @@ impl Sampler {
         };
 
         if k == v && s.top_p >= 1.0 {
-            // Whole vocabulary in id order: no index buffer, no sort.
+            // Whole vocabulary in id order: no candidate list, no sort.
             self.weights.clear();
-            let mut total = 0.0f64;
-            for &w in work.iter() {
-                let e = ((w - wmax) / s.temperature).exp();
-                let e = if e >= s.min_p { e } else { 0.0 };
-                total += f64::from(e);
-                self.weights.push(e);
-            }
-            return pick(u, total, self.weights.iter().copied().enumerate())
-                .and_then(|i| u32::try_from(i).ok());
+            self.weights.extend(work.iter().map(|&w| {
+                let e = weight(w);
+                if e >= s.min_p {
+                    e
+                } else {
+                    0.0
+                }
+            }));
+            return pick_blocked(u, &self.weights).and_then(|i| u32::try_from(i).ok());
         }
 
-        let by_logit = |a: &u32, b: &u32| -> Ordering {
-            let wa = work.get(*a as usize).copied().unwrap_or(f32::NEG_INFINITY);
-            let wb = work.get(*b as usize).copied().unwrap_or(f32::NEG_INFINITY);
-            wb.partial_cmp(&wa)
-                .unwrap_or(Ordering::Equal)
-                .then(a.cmp(b))
-        };
         let cand = &mut self.cand;
-        cand.clear();
-        cand.extend(0..u32::try_from(v).ok()?);
-        if k < v {
-            cand.select_nth_unstable_by(k - 1, by_logit);
-            cand.truncate(k);
+        // Small k: one insertion pass yields the candidates already sorted.
+        let sorted = k <= SMALL_K;
+        if sorted {
+            top_n(work, k, cand);
+        } else {
+            cand.clear();
+            for (i, &w) in work.iter().enumerate() {
+                cand.push((w, u32::try_from(i).ok()?));
+            }
+            if k < v {
+                cand.select_nth_unstable_by(k - 1, by_logit);
+                cand.truncate(k);
+            }
         }
 
         if s.top_p < 1.0 {
-            let total: f64 = cand.iter().map(|&i| f64::from(weight(i))).sum();
-            let target = s.top_p * total;
-            let len = cand.len();
-            // Sort only as long a prefix as the nucleus needs, growing it geometrically.
-            let mut sorted = 0usize;
-            let mut n = len.min(64);
-            let mut cum = 0.0f64;
-            let keep = loop {
-                if n < len {
-                    if let Some(tail) = cand.get_mut(sorted..) {
-                        tail.select_nth_unstable_by(n - sorted - 1, by_logit);
-                    }
-                }
-                if let Some(part) = cand.get_mut(sorted..n) {
-                    part.sort_unstable_by(by_logit);
-                }
-                let mut found = None;
-                for (j, &i) in cand.get(sorted..n).unwrap_or(&[]).iter().enumerate() {
-                    cum += f64::from(weight(i));
-                    if cum >= target {
-                        found = Some(sorted + j + 1);
-                        break;
-                    }
-                }
-                if let Some(keep) = found {
-                    break keep;
-                }
-                if n == len {
-                    break len;
-                }
-                sorted = n;
-                n = n.saturating_mul(4).min(len);
-            };
+            let keep = nucleus::nucleus(cand, sorted, wmax, t, s.top_p, &mut self.bucket_sums);
             cand.truncate(keep.max(1));
         }
 
         if s.min_p > 0.0 {
-            cand.retain(|&i| weight(i) >= s.min_p);
+            cand.retain(|&(w, _)| weight(w) >= s.min_p);
         }
 
-        let total: f64 = cand.iter().map(|&i| f64::from(weight(i))).sum();
-        let chosen = pick(u, total, cand.iter().map(|&i| (i, weight(i))))?;
-        Some(chosen)
+        let total: f64 = cand.iter().map(|&(w, _)| f64::from(weight(w))).sum();
+        pick(u, total, cand.iter().map(|&(w, id)| (id, weight(w))))
     }
 }
 
-/// Inverse-CDF draw: the first item whose cumulative weight exceeds `u * total`; the last item
-/// with positive weight if rounding runs past the end.
-fn pick<T: Copy>(u: f64, total: f64, items: impl Iterator<Item = (T, f32)>) -> Option<T> {
-    let target = u * total;
+/// Up to this `top_k`, candidates are found by one insertion pass instead of a selection.
+const SMALL_K: usize = 64;
+
+/// [`pick`] over a whole weight row (index = token id), skipping whole blocks by their sums.
+fn pick_blocked(u: f64, weights: &[f32]) -> Option<usize> {
+    let block_sums = || weights.chunks(BLOCK).map(math::sum_unit);
+    let target = u * block_sums().sum::<f64>();
     let mut cum = 0.0f64;
+    let mut last = None;
+    for (b, sum) in block_sums().enumerate() {
+        if sum > 0.0 {
+            last = Some(b);
+            if cum + sum > target {
+                break;
+            }
+        }
+        cum += sum;
+    }
+    // The crossing block (or, after rounding, the last block with weight).
+    let b = last?;
+    let block = weights.chunks(BLOCK).nth(b)?;
+    pick_from(cum, target, block.iter().copied().enumerate()).map(|i| b * BLOCK + i)
+}
+
+/// Scans `items` from cumulative weight `cum` for the first that exceeds `target`; the last
+/// positive one if none does.
+fn pick_from<T: Copy>(
+    mut cum: f64,
+    target: f64,
+    items: impl Iterator<Item = (T, f32)>,
+) -> Option<T> {
     let mut last = None;
     for (item, e) in items {
         if e > 0.0 {
@@ -335,49 +358,32 @@ fn pick<T: Copy>(u: f64, total: f64, items: impl Iterator<Item = (T, f32)>) -> O
     last
 }
 
-/// Index and value of the maximum (ties → lowest index). `work` has no NaN.
-fn argmax(work: &[f32]) -> (u32, f32) {
-    let mut best = 0usize;
-    let mut wmax = f32::NEG_INFINITY;
-    for (i, &w) in work.iter().enumerate() {
-        if w > wmax {
-            wmax = w;
-            best = i;
-        }
-    }
-    (u32::try_from(best).unwrap_or(0), wmax)
+const BLOCK: usize = 256;
+
+/// Inverse-CDF draw: the first item whose cumulative weight exceeds `u * total`; the last item
+/// with positive weight if rounding runs past the end.
+fn pick<T: Copy>(u: f64, total: f64, items: impl Iterator<Item = (T, f32)>) -> Option<T> {
+    pick_from(0.0, u * total, items)
 }
 
-/// `ln Σ exp(w)` given the maximum `wmax` (accumulated in f64).
-fn log_sum_exp(work: &[f32], wmax: f32) -> f32 {
-    if !wmax.is_finite() {
-        return wmax;
-    }
-    let sum: f64 = work.iter().map(|&w| f64::from((w - wmax).exp())).sum();
-    wmax + sum.ln() as f32
-}
-
-/// The `n` largest entries as `(id, w - lse)`, by decreasing value, ties by increasing id.
-fn top_n(work: &[f32], n: usize, lse: f32) -> Vec<(u32, f32)> {
-    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n);
+/// The `n` largest entries of `work` as `(logit, id)` into `out`, by decreasing logit, ties by
+/// increasing id. One pass; an entry is inserted only if it beats the current n-th.
+fn top_n(work: &[f32], n: usize, out: &mut Vec<(f32, u32)>) {
+    out.clear();
     if n == 0 {
-        return top;
+        return;
     }
     for (i, &w) in work.iter().enumerate() {
-        let full = top.len() == n;
-        if full && top.last().is_some_and(|&(_, lw)| w <= lw) {
+        let full = out.len() == n;
+        if full && out.last().is_some_and(|&(lw, _)| w <= lw) {
             continue;
         }
         // Insert after every entry that is >= w, so equal values stay in id order.
-        let at = top.partition_point(|&(_, tw)| tw >= w);
+        let at = out.partition_point(|&(tw, _)| tw >= w);
         if full {
-            top.pop();
+            out.pop();
         }
         let Ok(id) = u32::try_from(i) else { break };
-        top.insert(at.min(top.len()), (id, w));
+        out.insert(at.min(out.len()), (w, id));
     }
-    for entry in &mut top {
-        entry.1 -= lse;
-    }
-    top
 }
