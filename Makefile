@@ -5,7 +5,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 SHARED ?= ../shared
 export LORAPLEX_SHARED := $(abspath $(SHARED))
 
-.PHONY: all build demo test bench fuzz model lint clean-model
+.PHONY: all build demo test bench fuzz model lint clean-model header quickstart c-test install
 
 all: build
 
@@ -32,6 +32,37 @@ bench: model
 
 fuzz:
 	bash scripts/fuzz.sh
+
+# C ABI: regenerate the committed header, build the C quickstart, run the C/C++ checks, install.
+PREFIX ?= /usr/local
+LPX_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+
+header:
+	LPX_WRITE_HEADER=1 $(CARGO) build --release --lib
+
+target/release/libloraplex.so: FORCE
+	$(CARGO) build --release --lib
+
+quickstart: target/release/libloraplex.so
+	gcc -std=c99 -Wall -Wextra -Werror -pedantic -O2 -Iinclude examples/quickstart.c \
+	  -o target/quickstart -Ltarget/release -lloraplex -Wl,-rpath,$(abspath target/release)
+	@echo "built target/quickstart; run: target/quickstart [MODEL] [PEFT_SOURCE]"
+
+c-test:
+	$(CARGO) test --release --test c_abi --test ffi_contract --test header_fresh
+
+install: target/release/libloraplex.so
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/lib/cmake/loraplex \
+	  $(DESTDIR)$(PREFIX)/include
+	install -m 644 include/loraplex.h bindings/cpp/loraplex.hpp $(DESTDIR)$(PREFIX)/include/
+	install -m 755 target/release/libloraplex.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 target/release/libloraplex.a $(DESTDIR)$(PREFIX)/lib/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(LPX_VERSION)|' loraplex.pc.in \
+	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/loraplex.pc
+	install -m 644 cmake/loraplexConfig.cmake $(DESTDIR)$(PREFIX)/lib/cmake/loraplex/
+
+.PHONY: FORCE
+FORCE:
 
 # Go binding (bindings/go/loraplex), Go OpenAI server (examples/go/openai-server) and its
 # end-to-end test (tests/e2e). Go is installed by scripts/install-go.sh when missing.
