@@ -5,7 +5,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 SHARED ?= ../shared
 export LORAPLEX_SHARED := $(abspath $(SHARED))
 
-.PHONY: all build demo demo-rust test bench fuzz model samples lint
+.PHONY: all build demo demo-rust test test-deps test-rust bench fuzz model samples lint header quickstart c-test install go-test e2e
 
 all: build
 
@@ -24,12 +24,22 @@ samples: $(SAMPLES)/samples.json
 $(SAMPLES)/samples.json: | model
 	$(CARGO) run --release --example gen_sample_adapters -- --out $(SAMPLES) --shape smollm2
 
-demo: demo-rust
+# The main job: the C quickstart on SmolLM2 with sample adapters in every format (HF safetensors
+# and .bin, NeMo fused and canonical, TensorRT-LLM npy and bin), one mixed batch.
+demo: model samples quickstart
+	target/quickstart $(MODEL) $(SAMPLES)
 
 demo-rust: model samples
 	$(CARGO) run --release --example demo -- --model $(MODEL) --adapters $(SAMPLES)
 
-test: model
+# Everything: Rust unit/integration tests (incl. the C/C++ ABI checks and valgrind on the C
+# quickstart), the Go binding (go test, go test -race) and the OpenAI-server end-to-end test.
+test: model test-deps test-rust go-test e2e
+
+test-deps:
+	bash scripts/install-test-deps.sh
+
+test-rust: model
 	mkdir -p target && $(CARGO) test --release --all-targets 2>&1 | tee target/test.log; exit $${PIPESTATUS[0]}
 
 lint:
@@ -41,3 +51,48 @@ bench: model
 
 fuzz:
 	bash scripts/fuzz.sh
+
+# C ABI: regenerate the committed header, build the C quickstart, run the C/C++ checks, install.
+PREFIX ?= /usr/local
+LPX_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+
+header:
+	LPX_WRITE_HEADER=1 $(CARGO) build --release --lib
+
+target/release/libloraplex.so: FORCE
+	$(CARGO) build --release --lib
+
+quickstart: target/release/libloraplex.so
+	gcc -std=c99 -Wall -Wextra -Werror -pedantic -O2 -Iinclude examples/quickstart.c \
+	  -o target/quickstart -Ltarget/release -lloraplex -Wl,-rpath,$(abspath target/release)
+	@echo "built target/quickstart; run: target/quickstart [MODEL] [PEFT_SOURCE]"
+
+c-test:
+	$(CARGO) test --release --test c_abi --test ffi_contract --test header_fresh
+
+install: target/release/libloraplex.so
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/lib/cmake/loraplex \
+	  $(DESTDIR)$(PREFIX)/include
+	install -m 644 include/loraplex.h bindings/cpp/loraplex.hpp $(DESTDIR)$(PREFIX)/include/
+	install -m 755 target/release/libloraplex.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 target/release/libloraplex.a $(DESTDIR)$(PREFIX)/lib/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(LPX_VERSION)|' loraplex.pc.in \
+	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/loraplex.pc
+	install -m 644 cmake/loraplexConfig.cmake $(DESTDIR)$(PREFIX)/lib/cmake/loraplex/
+
+.PHONY: FORCE
+FORCE:
+
+# Go binding (bindings/go/loraplex), Go OpenAI server (examples/go/openai-server) and its
+# end-to-end test (tests/e2e). Go is installed by scripts/install-go.sh when missing.
+GO ?= go
+.PHONY: go-test e2e
+
+go-test:
+	bash scripts/install-go.sh
+	$(CARGO) build --release --lib
+	cd bindings/go/loraplex && $(GO) vet ./... && $(GO) test -count=1 ./... && $(GO) test -count=1 -race ./...
+	cd examples/go/openai-server && $(GO) vet ./... && $(GO) test -count=1 ./...
+
+e2e:
+	bash tests/e2e/openai_e2e.sh

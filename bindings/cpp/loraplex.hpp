@@ -1,0 +1,252 @@
+// loraplex.hpp: header-only C++17 RAII wrapper over the loraplex C API (include/loraplex.h).
+//
+// Move-only owners (Engine, Output) free their handle exactly once; every failing call throws
+// loraplex::Error (a std::runtime_error with the stable code). Engine methods may be called from
+// several threads at once, as the C API allows; destroy the Engine after they all returned.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "loraplex.h"
+
+namespace loraplex {
+
+/// A loraplex failure: the message names what is at fault; code() is an LPX_ERROR_CODE_* value.
+class Error : public std::runtime_error {
+public:
+    Error(lpx_error_code_t code, const std::string &msg) : std::runtime_error(msg), code_(code) {}
+    lpx_error_code_t code() const noexcept { return code_; }
+
+private:
+    lpx_error_code_t code_;
+};
+
+namespace detail {
+/// Converts and frees a C error; does nothing for NULL.
+inline void check(lpx_error *e) {
+    if (e == nullptr) return;
+    Error err(lpx_error_code(e), lpx_error_message(e));
+    lpx_error_free(e);
+    throw err;
+}
+/// Takes ownership of a char* from loraplex.
+inline std::string take(char *s) {
+    std::string out = s ? s : "";
+    lpx_string_free(s);
+    return out;
+}
+}  // namespace detail
+
+/// Engine configuration builder (defaults from lpx_engine_config_init). Strings are copied.
+class Config {
+public:
+    explicit Config(std::string model) : model_(std::move(model)) { lpx_engine_config_init(&c_); }
+    /// Applies LPX_* / NIM_* environment variables (NIM_PEFT_SOURCE, NIM_MAX_CPU_LORAS...).
+    Config &from_env() {
+        detail::check(lpx_engine_config_from_env(&c_));
+        if (c_.peft_source) peft_ = c_.peft_source;
+        if (c_.model && model_.empty()) model_ = c_.model;
+        return *this;
+    }
+    Config &served_name(std::string v) { served_ = std::move(v); return *this; }
+    Config &device(std::string v) { device_ = std::move(v); return *this; }
+    Config &threads(uint32_t v) { c_.threads = v; return *this; }
+    Config &bf16_weights(bool on) { c_.weight_dtype = on ? LPX_WEIGHT_DTYPE_BF16 : LPX_WEIGHT_DTYPE_F32; return *this; }
+    Config &max_num_seqs(uint32_t v) { c_.max_num_seqs = v; return *this; }
+    Config &max_batch_tokens(uint32_t v) { c_.max_batch_tokens = v; return *this; }
+    Config &max_model_len(uint32_t v) { c_.max_model_len = v; return *this; }
+    Config &kv_cache_bytes(uint64_t v) { c_.kv_cache_bytes = v; return *this; }
+    Config &max_queue(uint32_t v) { c_.max_queue = v; return *this; }
+    /// ':'-separated PEFT source directories.
+    Config &peft_source(std::string v) { peft_ = std::move(v); return *this; }
+    Config &peft_refresh_interval(std::chrono::milliseconds v) { c_.peft_refresh_interval_ms = static_cast<uint64_t>(v.count()); return *this; }
+    Config &max_cpu_loras(uint32_t v) { c_.max_cpu_loras = v; return *this; }
+    Config &max_gpu_loras(uint32_t v) { c_.max_gpu_loras = v; return *this; }
+    Config &max_lora_rank(uint32_t v) { c_.max_lora_rank = v; return *this; }
+
+    /// The C struct, pointing into this object's strings (valid while it lives, unmodified).
+    lpx_engine_config c_config() const {
+        lpx_engine_config c = c_;
+        c.model = model_.c_str();
+        c.served_model_name = served_.empty() ? nullptr : served_.c_str();
+        if (!device_.empty()) c.device = device_.c_str();
+        c.peft_source = peft_.empty() ? nullptr : peft_.c_str();
+        return c;
+    }
+
+private:
+    lpx_engine_config c_{};
+    std::string model_, served_, device_, peft_;
+};
+
+/// Request builder: exactly one of prompt(), tokens() or message()s. Strings are copied.
+class Request {
+public:
+    Request() { lpx_request_init(&r_); }
+    Request &model(std::string v) { model_ = std::move(v); return *this; }
+    Request &prompt(std::string v) { prompt_ = std::move(v); has_prompt_ = true; return *this; }
+    Request &tokens(std::vector<uint32_t> v) { tokens_ = std::move(v); return *this; }
+    Request &message(std::string role, std::string content) {
+        msgs_.emplace_back(std::move(role), std::move(content));
+        return *this;
+    }
+    Request &max_tokens(uint32_t v) { r_.max_tokens = v; return *this; }
+    Request &temperature(float v) { r_.temperature = v; return *this; }
+    Request &top_p(float v) { r_.top_p = v; return *this; }
+    Request &top_k(uint32_t v) { r_.top_k = v; return *this; }
+    Request &min_p(float v) { r_.min_p = v; return *this; }
+    Request &seed(uint64_t v) { r_.seed = v; r_.has_seed = true; return *this; }
+    Request &stop(std::string s) { stops_.push_back(std::move(s)); return *this; }
+    Request &stop_token(uint32_t t) { stop_ids_.push_back(t); return *this; }
+    Request &logprobs(int32_t n) { r_.logprobs = n; return *this; }
+    Request &ignore_eos(bool v) { r_.ignore_eos = v; return *this; }
+    Request &repetition_penalty(float v) { r_.repetition_penalty = v; return *this; }
+    Request &presence_penalty(float v) { r_.presence_penalty = v; return *this; }
+    Request &frequency_penalty(float v) { r_.frequency_penalty = v; return *this; }
+
+    /// Calls f(const lpx_request&) with a C view of this request (valid during the call).
+    template <class F> auto with_c(F &&f) const {
+        lpx_request r = r_;
+        std::vector<lpx_message> msgs;
+        for (auto &m : msgs_) msgs.push_back(lpx_message{m.first.c_str(), m.second.c_str()});
+        std::vector<const char *> stops;
+        for (auto &s : stops_) stops.push_back(s.c_str());
+        r.model = model_.empty() ? nullptr : model_.c_str();
+        r.prompt = has_prompt_ ? prompt_.c_str() : nullptr;
+        r.prompt_tokens = tokens_.empty() ? nullptr : tokens_.data();
+        r.prompt_tokens_len = tokens_.size();
+        r.messages = msgs.empty() ? nullptr : msgs.data();
+        r.messages_len = msgs.size();
+        r.stop = stops.empty() ? nullptr : stops.data();
+        r.stop_len = stops.size();
+        r.stop_token_ids = stop_ids_.empty() ? nullptr : stop_ids_.data();
+        r.stop_token_ids_len = stop_ids_.size();
+        return f(r);
+    }
+
+private:
+    lpx_request r_{};
+    std::string model_, prompt_;
+    bool has_prompt_ = false;
+    std::vector<uint32_t> tokens_;
+    std::vector<std::pair<std::string, std::string>> msgs_;
+    std::vector<std::string> stops_;
+    std::vector<uint32_t> stop_ids_;
+};
+
+/// One streamed delta of a request (move-only owner of an lpx_output).
+class Output {
+public:
+    explicit Output(lpx_output *o) noexcept : o_(o) {}
+    Output(Output &&other) noexcept : o_(std::exchange(other.o_, nullptr)) {}
+    Output &operator=(Output &&other) noexcept {
+        if (this != &other) { lpx_output_free(o_); o_ = std::exchange(other.o_, nullptr); }
+        return *this;
+    }
+    Output(const Output &) = delete;
+    Output &operator=(const Output &) = delete;
+    ~Output() { lpx_output_free(o_); }
+
+    uint64_t request_id() const noexcept { return lpx_output_request_id(o_); }
+    std::string text() const {
+        size_t len = 0;
+        const char *p = lpx_output_text_len(o_, &len);
+        return std::string(p, len);
+    }
+    std::vector<uint32_t> token_ids() const {
+        size_t n = 0;
+        const uint32_t *p = lpx_output_token_ids(o_, &n);
+        return p ? std::vector<uint32_t>(p, p + n) : std::vector<uint32_t>{};
+    }
+    std::vector<lpx_token_logprob> logprobs() const {
+        size_t n = 0;
+        const lpx_token_logprob *p = lpx_output_logprobs(o_, &n);
+        return p ? std::vector<lpx_token_logprob>(p, p + n) : std::vector<lpx_token_logprob>{};
+    }
+    lpx_finish_reason finish_reason() const noexcept { return lpx_output_finish_reason(o_); }
+    bool is_final() const noexcept { return lpx_output_is_final(o_); }
+    lpx_usage usage() const noexcept { return lpx_output_usage(o_); }
+    /// Throws the request's failure as an Error (when finish_reason() is ERROR).
+    void rethrow_if_failed() const {
+        if (const lpx_error *e = lpx_output_error(o_)) throw Error(lpx_error_code(e), lpx_error_message(e));
+    }
+    /// OpenAI-shaped chunk or final object.
+    std::string json() const {
+        char *s = nullptr;
+        detail::check(lpx_output_json(o_, &s));
+        return detail::take(s);
+    }
+    const lpx_output *get() const noexcept { return o_; }
+
+private:
+    lpx_output *o_;
+};
+
+/// A running engine (move-only owner of an lpx_engine).
+class Engine {
+public:
+    /// Checks the library's ABI against this header, then creates the engine.
+    explicit Engine(const Config &cfg) {
+        if (lpx_abi_version() != LPX_ABI_VERSION)
+            throw Error(LPX_ERROR_CODE_UNSUPPORTED,
+                        "libloraplex ABI " + std::to_string(lpx_abi_version()) +
+                            " does not match loraplex.h's " + std::to_string(LPX_ABI_VERSION));
+        lpx_engine_config c = cfg.c_config();
+        detail::check(lpx_engine_create(&c, &e_));
+    }
+    Engine(Engine &&other) noexcept : e_(std::exchange(other.e_, nullptr)) {}
+    Engine &operator=(Engine &&other) noexcept {
+        if (this != &other) { lpx_engine_free(e_); e_ = std::exchange(other.e_, nullptr); }
+        return *this;
+    }
+    Engine(const Engine &) = delete;
+    Engine &operator=(const Engine &) = delete;
+    ~Engine() { lpx_engine_free(e_); }
+
+    uint64_t submit(const Request &r) {
+        return r.with_c([&](const lpx_request &c) {
+            uint64_t id = 0;
+            detail::check(lpx_engine_submit(e_, &c, &id));
+            return id;
+        });
+    }
+    uint64_t submit_json(const std::string &openai_body) {
+        uint64_t id = 0;
+        detail::check(lpx_engine_submit_json(e_, openai_body.c_str(), &id));
+        return id;
+    }
+    /// The next delta of `id`, or an Output whose get() is NULL on timeout.
+    Output poll(uint64_t id, std::chrono::milliseconds timeout) {
+        lpx_output *o = nullptr;
+        detail::check(lpx_engine_poll(e_, id, static_cast<uint32_t>(timeout.count()), &o));
+        return Output(o);
+    }
+    void cancel(uint64_t id) { detail::check(lpx_engine_cancel(e_, id)); }
+    /// Streams `id` to the end, calling on_delta(const Output&) for every delta; returns usage.
+    template <class F> lpx_usage stream(uint64_t id, F &&on_delta) {
+        for (;;) {
+            Output o = poll(id, std::chrono::milliseconds(100));
+            if (!o.get()) continue;
+            on_delta(o);
+            if (o.is_final()) { o.rethrow_if_failed(); return o.usage(); }
+        }
+    }
+    void register_peft_source(const std::string &dir, std::chrono::milliseconds refresh) {
+        detail::check(lpx_engine_register_peft_source(e_, dir.c_str(), static_cast<uint32_t>(refresh.count())));
+    }
+    void refresh() { detail::check(lpx_engine_refresh(e_)); }
+    std::string models_json() { char *s = nullptr; detail::check(lpx_engine_models_json(e_, &s)); return detail::take(s); }
+    std::string stats_json() { char *s = nullptr; detail::check(lpx_engine_stats_json(e_, &s)); return detail::take(s); }
+    std::string metrics_text() { char *s = nullptr; detail::check(lpx_engine_metrics_text(e_, &s)); return detail::take(s); }
+    lpx_engine *get() const noexcept { return e_; }
+
+private:
+    lpx_engine *e_ = nullptr;
+};
+
+}  // namespace loraplex

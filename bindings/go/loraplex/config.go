@@ -1,0 +1,158 @@
+package loraplex
+
+/*
+#include "loraplex.h"
+*/
+import "C"
+
+import (
+	"time"
+)
+
+// WeightDType is how base weights are stored (lpx_weight_dtype).
+type WeightDType uint32
+
+// Base weight storage types.
+const (
+	WeightF32  WeightDType = C.LPX_WEIGHT_DTYPE_F32
+	WeightBF16 WeightDType = C.LPX_WEIGHT_DTYPE_BF16
+)
+
+// Config configures an engine (lpx_engine_config). Every zero field (and "" string) means "the
+// library default", so Config{Model: path} is a complete configuration; DefaultConfig and
+// ConfigFromEnv return the defaults (and environment overrides) spelled out.
+type Config struct {
+	// Model is a HuggingFace model directory or a .gguf file (required).
+	Model string
+	// ServedModelName is the name clients use for the base model ("" = the file/dir stem).
+	ServedModelName string
+	// Device is "cpu" or "cuda:N" (UNSUPPORTED in builds without CUDA).
+	Device string
+	// Threads is the number of compute threads (0 = all cores).
+	Threads uint32
+	// WeightDType is how base weights are stored.
+	WeightDType WeightDType
+	// MaxNumSeqs is the most sequences in one step.
+	MaxNumSeqs uint32
+	// MaxBatchTokens is the most tokens in one step.
+	MaxBatchTokens uint32
+	// MaxModelLen is the longest prompt + completion in tokens (0 = the model's limit).
+	MaxModelLen uint32
+	// KVBlockSize is the number of token positions per KV block.
+	KVBlockSize uint32
+	// KVCacheBytes is the KV cache size (0 = sized from MaxNumSeqs × MaxModelLen).
+	KVCacheBytes uint64
+	// MaxQueue is the most requests in flight before Submit answers QUEUE_FULL.
+	MaxQueue uint32
+	// PeftSource lists PEFT source directories separated by ':' (NIM_PEFT_SOURCE).
+	PeftSource string
+	// PeftRefreshInterval is the PEFT source rescan interval (0 = never), millisecond precision.
+	PeftRefreshInterval time.Duration
+	// MaxCPULoras is the host adapter cache capacity (NIM_MAX_CPU_LORAS).
+	MaxCPULoras uint32
+	// MaxGPULoras is the number of device adapter slots (NIM_MAX_GPU_LORAS).
+	MaxGPULoras uint32
+	// MaxLoraRank is the largest accepted LoRA rank (NIM_MAX_LORA_RANK).
+	MaxLoraRank uint32
+}
+
+func goStr(p *C.char) string {
+	if p == nil {
+		return ""
+	}
+	return C.GoString(p)
+}
+
+// configFromC copies a C config into Go (the C strings are borrowed, not freed).
+func configFromC(c *C.lpx_engine_config) Config {
+	return Config{
+		Model:               goStr(c.model),
+		ServedModelName:     goStr(c.served_model_name),
+		Device:              goStr(c.device),
+		Threads:             uint32(c.threads),
+		WeightDType:         WeightDType(c.weight_dtype),
+		MaxNumSeqs:          uint32(c.max_num_seqs),
+		MaxBatchTokens:      uint32(c.max_batch_tokens),
+		MaxModelLen:         uint32(c.max_model_len),
+		KVBlockSize:         uint32(c.kv_block_size),
+		KVCacheBytes:        uint64(c.kv_cache_bytes),
+		MaxQueue:            uint32(c.max_queue),
+		PeftSource:          goStr(c.peft_source),
+		PeftRefreshInterval: time.Duration(c.peft_refresh_interval_ms) * time.Millisecond,
+		MaxCPULoras:         uint32(c.max_cpu_loras),
+		MaxGPULoras:         uint32(c.max_gpu_loras),
+		MaxLoraRank:         uint32(c.max_lora_rank),
+	}
+}
+
+// DefaultConfig returns the library defaults (lpx_engine_config_init); Model is empty.
+func DefaultConfig() Config {
+	var c C.lpx_engine_config
+	C.lpx_engine_config_init(&c)
+	return configFromC(&c)
+}
+
+// ConfigFromEnv returns the defaults with the environment overrides applied
+// (lpx_engine_config_from_env: LPX_MODEL, LPX_SERVED_MODEL_NAME, LPX_DEVICE, LPX_THREADS,
+// LPX_WEIGHT_DTYPE, LPX_MAX_NUM_SEQS, LPX_MAX_BATCH_TOKENS, LPX_MAX_MODEL_LEN,
+// LPX_KV_CACHE_BYTES, LPX_MAX_QUEUE, NIM_PEFT_SOURCE, NIM_PEFT_REFRESH_INTERVAL,
+// NIM_MAX_CPU_LORAS, NIM_MAX_GPU_LORAS, NIM_MAX_LORA_RANK). Set fields on the result to
+// override further. Errors: InvalidArgument naming a malformed variable.
+func ConfigFromEnv() (Config, error) {
+	var c C.lpx_engine_config
+	C.lpx_engine_config_init(&c)
+	if err := takeError(C.lpx_engine_config_from_env(&c)); err != nil {
+		return Config{}, err
+	}
+	return configFromC(&c), nil
+}
+
+// toC fills *c (initialised with the defaults) with the non-zero fields of cfg; strings are
+// allocated in a.
+func (cfg *Config) toC(a *cArena, c *C.lpx_engine_config) error {
+	C.lpx_engine_config_init(c)
+	var err error
+	if c.model, err = a.optStr("Config.Model", cfg.Model); err != nil {
+		return err
+	}
+	if c.served_model_name, err = a.optStr("Config.ServedModelName", cfg.ServedModelName); err != nil {
+		return err
+	}
+	if cfg.Device != "" {
+		if c.device, err = a.str("Config.Device", cfg.Device); err != nil {
+			return err
+		}
+	}
+	if c.peft_source, err = a.optStr("Config.PeftSource", cfg.PeftSource); err != nil {
+		return err
+	}
+	setU32 := func(dst *C.uint32_t, v uint32) {
+		if v != 0 {
+			*dst = C.uint32_t(v)
+		}
+	}
+	setU32(&c.threads, cfg.Threads)
+	setU32(&c.weight_dtype, uint32(cfg.WeightDType))
+	setU32(&c.max_num_seqs, cfg.MaxNumSeqs)
+	setU32(&c.max_batch_tokens, cfg.MaxBatchTokens)
+	setU32(&c.max_model_len, cfg.MaxModelLen)
+	setU32(&c.kv_block_size, cfg.KVBlockSize)
+	setU32(&c.max_queue, cfg.MaxQueue)
+	setU32(&c.max_cpu_loras, cfg.MaxCPULoras)
+	setU32(&c.max_gpu_loras, cfg.MaxGPULoras)
+	setU32(&c.max_lora_rank, cfg.MaxLoraRank)
+	if cfg.KVCacheBytes != 0 {
+		c.kv_cache_bytes = C.uint64_t(cfg.KVCacheBytes)
+	}
+	if cfg.PeftRefreshInterval < 0 {
+		return &Error{Code: CodeInvalidArgument, Message: "Config.PeftRefreshInterval is negative"}
+	}
+	if cfg.PeftRefreshInterval != 0 {
+		ms := cfg.PeftRefreshInterval.Milliseconds()
+		if ms == 0 {
+			ms = 1
+		}
+		c.peft_refresh_interval_ms = C.uint64_t(ms)
+	}
+	return nil
+}

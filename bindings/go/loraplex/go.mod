@@ -1,0 +1,3 @@
+module github.com/loraplex/loraplex/bindings/go/loraplex
+
+go 1.19

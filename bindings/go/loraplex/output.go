@@ -1,0 +1,207 @@
+package loraplex
+
+/*
+#include "loraplex.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+	"unsafe"
+)
+
+// FinishReason tells why a request ended (lpx_finish_reason); FinishNone while it runs.
+type FinishReason uint32
+
+// Finish reasons.
+const (
+	FinishNone      FinishReason = C.LPX_FINISH_REASON_NONE
+	FinishStop      FinishReason = C.LPX_FINISH_REASON_STOP
+	FinishLength    FinishReason = C.LPX_FINISH_REASON_LENGTH
+	FinishCancelled FinishReason = C.LPX_FINISH_REASON_CANCELLED
+	FinishError     FinishReason = C.LPX_FINISH_REASON_ERROR
+)
+
+// String returns the OpenAI spelling ("stop", "length", "cancelled", "error"; "" for none).
+func (f FinishReason) String() string {
+	switch f {
+	case FinishNone:
+		return ""
+	case FinishStop:
+		return "stop"
+	case FinishLength:
+		return "length"
+	case FinishCancelled:
+		return "cancelled"
+	case FinishError:
+		return "error"
+	}
+	return fmt.Sprintf("finish_reason_%d", uint32(f))
+}
+
+// Usage holds a request's token counts so far.
+type Usage struct {
+	PromptTokens     uint64
+	CompletionTokens uint64
+}
+
+// TopLogprob is one alternative token with its natural-log probability.
+type TopLogprob struct {
+	Token   uint32
+	Logprob float32
+}
+
+// TokenLogprob is the log-probability of a generated token and its alternatives (most likely
+// first).
+type TokenLogprob struct {
+	Token   uint32
+	Logprob float32
+	Top     []TopLogprob
+}
+
+// Output is one delta of a request's result (lpx_output), returned by Engine.Poll. It owns the
+// C output until Close (idempotent; a finalizer closes it if forgotten). Accessors copy into
+// Go values, may be called from any goroutine, and return zero values after Close.
+type Output struct {
+	mu sync.Mutex
+	p  *C.lpx_output
+}
+
+func newOutput(p *C.lpx_output) *Output {
+	o := &Output{p: p}
+	runtime.SetFinalizer(o, (*Output).Close)
+	return o
+}
+
+// Close frees the C output. Idempotent; safe from any goroutine.
+func (o *Output) Close() {
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.p != nil {
+		C.lpx_output_free(o.p)
+		o.p = nil
+		runtime.SetFinalizer(o, nil)
+	}
+}
+
+// with runs f on the live C output under the lock; false after Close.
+func (o *Output) with(f func(p *C.lpx_output)) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.p == nil {
+		return false
+	}
+	f(o.p)
+	runtime.KeepAlive(o)
+	return true
+}
+
+// RequestID returns the id of the request this output belongs to.
+func (o *Output) RequestID() (id uint64) {
+	o.with(func(p *C.lpx_output) { id = uint64(C.lpx_output_request_id(p)) })
+	return
+}
+
+// FinishReason returns why the request ended, or FinishNone when more outputs follow.
+func (o *Output) FinishReason() (f FinishReason) {
+	o.with(func(p *C.lpx_output) { f = FinishReason(C.lpx_output_finish_reason(p)) })
+	return
+}
+
+// IsFinal reports whether this is the request's last output (the engine then forgets its id).
+func (o *Output) IsFinal() (final bool) {
+	o.with(func(p *C.lpx_output) { final = bool(C.lpx_output_is_final(p)) })
+	return
+}
+
+// Text returns the new text of this delta (may contain NUL bytes).
+func (o *Output) Text() (s string) {
+	o.with(func(p *C.lpx_output) {
+		var n C.size_t
+		t := C.lpx_output_text_len(p, &n)
+		if t != nil && n > 0 {
+			s = C.GoStringN(t, C.int(n))
+		}
+	})
+	return
+}
+
+// TokenIDs returns the new token ids of this delta (nil when none).
+func (o *Output) TokenIDs() (ids []uint32) {
+	o.with(func(p *C.lpx_output) {
+		var n C.size_t
+		t := C.lpx_output_token_ids(p, &n)
+		if t != nil && n > 0 {
+			ids = append([]uint32(nil), unsafe.Slice((*uint32)(unsafe.Pointer(t)), int(n))...)
+		}
+	})
+	return
+}
+
+// Logprobs returns the log-probabilities of this delta's tokens (nil unless requested).
+func (o *Output) Logprobs() (lps []TokenLogprob) {
+	o.with(func(p *C.lpx_output) {
+		var n C.size_t
+		t := C.lpx_output_logprobs(p, &n)
+		if t == nil || n == 0 {
+			return
+		}
+		src := unsafe.Slice(t, int(n))
+		lps = make([]TokenLogprob, len(src))
+		for i, l := range src {
+			lps[i] = TokenLogprob{Token: uint32(l.token), Logprob: float32(l.logprob)}
+			if l.top != nil && l.top_len > 0 {
+				top := unsafe.Slice(l.top, int(l.top_len))
+				lps[i].Top = make([]TopLogprob, len(top))
+				for j, a := range top {
+					lps[i].Top[j] = TopLogprob{Token: uint32(a.token), Logprob: float32(a.logprob)}
+				}
+			}
+		}
+	})
+	return
+}
+
+// Usage returns the request's token counts so far.
+func (o *Output) Usage() (u Usage) {
+	o.with(func(p *C.lpx_output) {
+		cu := C.lpx_output_usage(p)
+		u = Usage{PromptTokens: uint64(cu.prompt_tokens), CompletionTokens: uint64(cu.completion_tokens)}
+	})
+	return
+}
+
+// Err returns why the request failed (FinishError) as an *Error, or nil.
+func (o *Output) Err() (err error) {
+	o.with(func(p *C.lpx_output) {
+		if e := C.lpx_output_error(p); e != nil {
+			err = readError(e) // borrowed from the output: copied, never freed here
+		}
+	})
+	return
+}
+
+// JSON returns the OpenAI-shaped JSON of this output (lpx_output_json). Its shape is fixed by
+// how the request was submitted: a streaming chunk (text_completion / chat.completion.chunk:
+// one SSE data payload) for Submit requests and SubmitJSON bodies with "stream": true, the
+// complete text_completion / chat.completion object for non-streamed SubmitJSON bodies. Final
+// outputs carry "usage"; failed ones an "error" object. Errors: ErrClosed after Close.
+func (o *Output) JSON() ([]byte, error) {
+	var out []byte
+	var err error
+	ok := o.with(func(p *C.lpx_output) {
+		var s *C.char
+		if err = takeError(C.lpx_output_json(p, &s)); err == nil {
+			out = []byte(takeString(s))
+		}
+	})
+	if !ok {
+		return nil, fmt.Errorf("Output.JSON: %w", ErrClosed)
+	}
+	return out, err
+}

@@ -1,0 +1,89 @@
+// Command openai-server serves a loraplex engine over an OpenAI-compatible HTTP API using only
+// the Go standard library:
+//
+//	GET  /health               200 {"status":"ok"} once the model is loaded
+//	GET  /v1/models            the base model and every adapter
+//	POST /v1/completions       OpenAI completions ("stream": true gives Server-Sent Events)
+//	POST /v1/chat/completions  OpenAI chat completions (idem)
+//	GET  /metrics              Prometheus text
+//
+// Configuration comes from the environment (LPX_MODEL, NIM_PEFT_SOURCE, NIM_MAX_CPU_LORAS, ...;
+// see loraplex.ConfigFromEnv) and flags, which win. Errors are OpenAI-style bodies with
+// statuses: CAPACITY / QUEUE_FULL → 429 with Retry-After: 1, NOT_FOUND → 404, invalid or
+// unsupported requests → 400, anything else → 500. A client that disconnects cancels its
+// request.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/loraplex/loraplex/bindings/go/loraplex"
+)
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func main() {
+	cfg, err := loraplex.ConfigFromEnv()
+	if err != nil {
+		log.Fatalf("openai-server: environment: %v", err)
+	}
+	flag.StringVar(&cfg.Model, "model", cfg.Model, "base model: HF directory or .gguf file (env LPX_MODEL)")
+	flag.StringVar(&cfg.ServedModelName, "served-model-name", cfg.ServedModelName, "name of the base model in the API (env LPX_SERVED_MODEL_NAME)")
+	flag.StringVar(&cfg.PeftSource, "peft-source", cfg.PeftSource, "PEFT source directories, ':'-separated (env NIM_PEFT_SOURCE)")
+	refresh := flag.Duration("peft-refresh", cfg.PeftRefreshInterval, "PEFT source rescan interval, 0 = never (env NIM_PEFT_REFRESH_INTERVAL, seconds)")
+	maxCPU := flag.Uint("max-cpu-loras", uint(cfg.MaxCPULoras), "host adapter cache capacity (env NIM_MAX_CPU_LORAS)")
+	maxGPU := flag.Uint("max-gpu-loras", uint(cfg.MaxGPULoras), "device adapter slots, at most max-cpu-loras (env NIM_MAX_GPU_LORAS)")
+	maxLen := flag.Uint("max-model-len", uint(cfg.MaxModelLen), "longest prompt + completion in tokens, 0 = the model's (env LPX_MAX_MODEL_LEN)")
+	threads := flag.Uint("threads", uint(cfg.Threads), "compute threads, 0 = all cores (env LPX_THREADS)")
+	listen := flag.String("listen", envOr("LPX_LISTEN", "127.0.0.1:8000"), "listen address (env LPX_LISTEN)")
+	flag.Parse()
+	cfg.PeftRefreshInterval = *refresh
+	cfg.MaxCPULoras, cfg.MaxGPULoras = uint32(*maxCPU), uint32(*maxGPU)
+	if cfg.MaxGPULoras > cfg.MaxCPULoras {
+		cfg.MaxGPULoras = cfg.MaxCPULoras
+	}
+	cfg.MaxModelLen, cfg.Threads = uint32(*maxLen), uint32(*threads)
+	if cfg.Model == "" {
+		log.Fatal("openai-server: no model: pass -model or set LPX_MODEL")
+	}
+
+	engine, err := loraplex.NewEngine(cfg)
+	if err != nil {
+		log.Fatalf("openai-server: loading %s: %v", cfg.Model, err)
+	}
+	defer engine.Close()
+
+	srv := &http.Server{
+		Addr:              *listen,
+		Handler:           newServer(engine).routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-stop
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}()
+	log.Printf("openai-server: loraplex %s serving %s on http://%s", loraplex.Version(), cfg.Model, *listen)
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		fmt.Fprintf(os.Stderr, "openai-server: %v\n", err)
+		engine.Close()
+		os.Exit(1)
+	}
+}

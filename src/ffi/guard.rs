@@ -1,0 +1,148 @@
+//! The panic boundary (`ffi_guard!`) and the checked conversions every export uses: pointers,
+//! UTF-8 strings, arrays and versioned (`struct_size`) parameter structs.
+
+use std::ffi::{c_char, CStr};
+
+use crate::error::{Error, ErrorCode, Result};
+
+/// Runs `$body` (an expression of type `Result<()>`) behind `catch_unwind` and turns the outcome
+/// into the C convention: NULL on success, an owned `lpx_error *` on failure. A panic becomes a
+/// `PANIC` error carrying the panic message. With a second argument `=> $default`, the body is a
+/// plain expression and a panic returns `$default` (for infallible accessors).
+macro_rules! ffi_guard {
+    ($body:expr) => {{
+        match ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(
+            || -> $crate::error::Result<()> { $body },
+        )) {
+            Ok(Ok(())) => ::std::ptr::null_mut(),
+            Ok(Err(e)) => $crate::ffi::error::into_raw(e),
+            Err(p) => $crate::ffi::error::into_raw($crate::ffi::guard::panic_error(&p)),
+        }
+    }};
+    ($body:expr => $default:expr) => {{
+        match ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| $body)) {
+            Ok(v) => v,
+            Err(_) => $default,
+        }
+    }};
+}
+pub(crate) use ffi_guard;
+
+/// The `PANIC` error for a caught panic payload.
+pub(crate) fn panic_error(p: &Box<dyn std::any::Any + Send>) -> Error {
+    let text = if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    };
+    Error::new(ErrorCode::Panic, format!("panic inside loraplex: {text}"))
+}
+
+/// `INVALID_ARGUMENT` for a NULL pointer argument `name`.
+pub(crate) fn null_arg(name: &str) -> Error {
+    Error::invalid_argument(format!("argument {name} is NULL"))
+}
+
+/// Checks that a pointer argument is non-NULL.
+pub(crate) fn non_null<T>(p: *const T, name: &str) -> Result<()> {
+    if p.is_null() {
+        Err(null_arg(name))
+    } else {
+        Ok(())
+    }
+}
+
+/// Borrows a NUL-terminated UTF-8 string; NULL → `None`.
+///
+/// # Safety
+/// `p` must be NULL or point to a NUL-terminated string valid for the call.
+pub(crate) unsafe fn opt_str<'a>(p: *const c_char, name: &str) -> Result<Option<&'a str>> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-NULL and NUL-terminated per the caller's contract.
+    let c = unsafe { CStr::from_ptr(p) };
+    c.to_str().map(Some).map_err(|e| {
+        Error::invalid_argument(format!(
+            "{name} is not valid UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
+    })
+}
+
+/// Borrows a required NUL-terminated UTF-8 string (NULL → INVALID_ARGUMENT naming it).
+///
+/// # Safety
+/// As [`opt_str`].
+pub(crate) unsafe fn req_str<'a>(p: *const c_char, name: &str) -> Result<&'a str> {
+    // SAFETY: forwarded contract.
+    unsafe { opt_str(p, name) }?.ok_or_else(|| null_arg(name))
+}
+
+/// Borrows `len` elements at `p` (NULL with len 0 → empty; NULL with len > 0 → error).
+///
+/// # Safety
+/// `p` must be NULL or point to `len` initialised elements valid for the call.
+pub(crate) unsafe fn slice<'a, T>(p: *const T, len: usize, name: &str) -> Result<&'a [T]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Error::invalid_argument(format!(
+            "{name} is NULL but its length is {len}"
+        )));
+    }
+    if len > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        return Err(Error::invalid_argument(format!(
+            "{name}: length {len} is too large"
+        )));
+    }
+    // SAFETY: non-NULL, `len` elements per the caller's contract, size checked above.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// A parameter struct that starts with `uint32_t struct_size` and only ever grows by appending.
+pub(crate) trait Versioned: Sized + Copy {
+    /// Name used in error messages ("lpx_request").
+    const NAME: &'static str;
+    /// `struct_size` of every layout this library understands, oldest first (the last one is
+    /// `size_of::<Self>()`).
+    const KNOWN_SIZES: &'static [usize];
+    /// The defaults (what `*_init` writes).
+    fn defaults() -> Self;
+}
+
+/// Reads a versioned struct from caller memory: checks `struct_size` against the known layouts
+/// and copies only the caller's prefix over the defaults (an older caller's missing fields keep
+/// their defaults).
+///
+/// # Safety
+/// `p` must be non-NULL and point to at least `struct_size` readable bytes whose first 4 bytes
+/// are the `struct_size` field.
+pub(crate) unsafe fn read_versioned<T: Versioned>(p: *const T, name: &str) -> Result<T> {
+    non_null(p, name)?;
+    // SAFETY: every versioned struct starts with a u32 `struct_size`; p is non-NULL.
+    let size = unsafe { std::ptr::read_unaligned(p as *const u32) } as usize;
+    if !T::KNOWN_SIZES.contains(&size) {
+        let cur = std::mem::size_of::<T>();
+        let why = if size > cur {
+            "larger than this library's layout: the header is newer than the library, or the struct was not initialised"
+        } else {
+            "not a known layout: initialise it with its *_init function"
+        };
+        return Err(Error::invalid_argument(format!(
+            "{name}->struct_size = {size} ({} is {cur} bytes here): {why}",
+            T::NAME
+        )));
+    }
+    let mut out = T::defaults();
+    // SAFETY: `size` ≤ size_of::<T>() (every known size is), the caller's struct has `size`
+    // readable bytes, the regions do not overlap, and every field of T is plain data for
+    // which the caller's initialised bytes (written by *_init and the caller) are valid.
+    unsafe {
+        std::ptr::copy_nonoverlapping(p as *const u8, &mut out as *mut T as *mut u8, size);
+    }
+    Ok(out)
+}

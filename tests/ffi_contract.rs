@@ -1,0 +1,435 @@
+//! The C ABI contract, exercised through the `extern "C"` functions themselves: NULL handling
+//! with untouched out-params, panics as PANIC errors, struct_size checks, invalid UTF-8, and a
+//! 16-thread submit/poll/cancel storm on a tiny model.
+
+mod common;
+
+use std::ffi::{c_char, CStr, CString};
+use std::ptr::{null, null_mut};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use loraplex::ffi::*;
+
+const SENTINEL_ID: u64 = 0xDEAD_BEEF;
+
+fn sentinel_ptr<T>() -> *mut T {
+    0x1234usize as *mut T
+}
+
+/// Takes an error: returns (code, message) and frees it. Panics on success.
+fn take_err(e: *mut lpx_error) -> (u32, String) {
+    assert!(!e.is_null(), "expected an error");
+    unsafe {
+        let code = lpx_error_code(e) as u32;
+        let msg = CStr::from_ptr(lpx_error_message(e))
+            .to_str()
+            .unwrap()
+            .to_string();
+        lpx_error_free(e);
+        (code, msg)
+    }
+}
+
+fn ok(e: *mut lpx_error) {
+    if !e.is_null() {
+        let (c, m) = take_err(e);
+        panic!("unexpected error {c}: {m}");
+    }
+}
+
+const INVALID: u32 = 1;
+
+struct Tiny {
+    _dir: tempfile::TempDir,
+    engine: *mut lpx_engine,
+}
+
+fn tiny_engine(max_queue: u32) -> Tiny {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_model(dir.path(), common::TinySpec::default());
+    let path = CString::new(dir.path().to_str().unwrap()).unwrap();
+    unsafe {
+        let mut cfg = std::mem::zeroed::<lpx_engine_config>();
+        lpx_engine_config_init(&mut cfg);
+        cfg.model = path.as_ptr();
+        cfg.threads = 1;
+        cfg.max_queue = max_queue;
+        let mut e = null_mut();
+        ok(lpx_engine_create(&cfg, &mut e));
+        assert!(!e.is_null());
+        Tiny {
+            _dir: dir,
+            engine: e,
+        }
+    }
+}
+
+impl Drop for Tiny {
+    fn drop(&mut self) {
+        unsafe { lpx_engine_free(self.engine) };
+    }
+}
+
+fn request(tokens: &[u32], max_tokens: u32) -> lpx_request {
+    unsafe {
+        let mut r = std::mem::zeroed::<lpx_request>();
+        lpx_request_init(&mut r);
+        r.prompt_tokens = tokens.as_ptr();
+        r.prompt_tokens_len = tokens.len();
+        r.max_tokens = max_tokens;
+        r.temperature = 0.0;
+        r.ignore_eos = true;
+        r
+    }
+}
+
+/// Polls `id` to its terminal output; returns (finish reason, tokens, concatenated text).
+fn drain(e: *mut lpx_engine, id: u64) -> (lpx_finish_reason, usize, String) {
+    let mut n = 0;
+    let mut text = String::new();
+    loop {
+        let mut o = sentinel_ptr::<lpx_output>();
+        ok(unsafe { lpx_engine_poll(e, id, 200, &mut o) });
+        if o.is_null() {
+            continue;
+        }
+        unsafe {
+            let mut len = 0usize;
+            lpx_output_token_ids(o, &mut len);
+            n += len;
+            text.push_str(CStr::from_ptr(lpx_output_text(o)).to_str().unwrap());
+            let fr = lpx_output_finish_reason(o);
+            lpx_output_free(o);
+            if fr != lpx_finish_reason::None {
+                return (fr, n, text);
+            }
+        }
+    }
+}
+
+#[test]
+fn version_and_abi() {
+    assert_eq!(lpx_abi_version(), LPX_ABI_VERSION);
+    let v = unsafe { CStr::from_ptr(lpx_version()) }.to_str().unwrap();
+    assert_eq!(v, env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn null_arguments_are_invalid_argument_and_out_params_untouched() {
+    let t = tiny_engine(64);
+    let e = t.engine;
+    unsafe {
+        let mut cfg = std::mem::zeroed::<lpx_engine_config>();
+        lpx_engine_config_init(&mut cfg);
+        let mut out_e = sentinel_ptr::<lpx_engine>();
+        let (c, m) = take_err(lpx_engine_create(null(), &mut out_e));
+        assert_eq!((c, out_e), (INVALID, sentinel_ptr()), "{m}");
+        assert!(m.contains("cfg"), "{m}");
+        let (c, m) = take_err(lpx_engine_create(&cfg, null_mut()));
+        assert_eq!(c, INVALID);
+        assert!(m.contains("out"), "{m}");
+        // A config without a model.
+        let (c, m) = take_err(lpx_engine_create(&cfg, &mut out_e));
+        assert_eq!((c, out_e), (INVALID, sentinel_ptr()), "{m}");
+        assert!(m.contains("cfg->model"), "{m}");
+        let (c, _) = take_err(lpx_engine_config_from_env(null_mut()));
+        assert_eq!(c, INVALID);
+
+        let r = request(&[1, 2, 3], 2);
+        let mut id = SENTINEL_ID;
+        for (err, name) in [
+            (lpx_engine_submit(null_mut(), &r, &mut id), "e"),
+            (lpx_engine_submit(e, null(), &mut id), "req"),
+            (lpx_engine_submit(e, &r, null_mut()), "id"),
+            (
+                lpx_engine_submit_json(null_mut(), c"{}".as_ptr(), &mut id),
+                "e",
+            ),
+            (lpx_engine_submit_json(e, null(), &mut id), "openai_body"),
+            (
+                lpx_engine_submit_json(e, c"{\"prompt\":\"a\"}".as_ptr(), null_mut()),
+                "id",
+            ),
+            (
+                lpx_engine_register_peft_source(null_mut(), c"/x".as_ptr(), 0),
+                "e",
+            ),
+            (lpx_engine_register_peft_source(e, null(), 0), "dir"),
+            (lpx_engine_refresh(null_mut()), "e"),
+            (lpx_engine_cancel(null_mut(), 1), "e"),
+        ] {
+            let (c, m) = take_err(err);
+            assert_eq!(c, INVALID, "{name}: {m}");
+            assert!(m.contains(&format!("argument {name} is NULL")), "{m}");
+        }
+        assert_eq!(id, SENTINEL_ID);
+
+        let mut s = sentinel_ptr::<c_char>();
+        for f in [
+            lpx_engine_models_json,
+            lpx_engine_stats_json,
+            lpx_engine_metrics_text,
+        ] {
+            assert_eq!(take_err(f(null_mut(), &mut s)).0, INVALID);
+            assert_eq!(take_err(f(e, null_mut())).0, INVALID);
+            assert_eq!(s, sentinel_ptr());
+        }
+        let mut o = sentinel_ptr::<lpx_output>();
+        assert_eq!(
+            take_err(lpx_engine_poll(null_mut(), 1, 0, &mut o)).0,
+            INVALID
+        );
+        assert_eq!(take_err(lpx_engine_poll(e, 1, 0, null_mut())).0, INVALID);
+        assert_eq!(o, sentinel_ptr());
+        assert_eq!(take_err(lpx_output_json(null(), &mut s)).0, INVALID);
+        assert_eq!(s, sentinel_ptr());
+
+        // NULL-tolerant accessors and frees.
+        assert_eq!(lpx_error_code(null()) as u32, INVALID);
+        assert!(!lpx_error_message(null()).is_null());
+        assert_eq!(CStr::from_ptr(lpx_output_text(null())).to_bytes(), b"");
+        let mut len = 7usize;
+        assert!(lpx_output_token_ids(null(), &mut len).is_null());
+        assert_eq!(len, 0);
+        assert_eq!(lpx_output_finish_reason(null()), lpx_finish_reason::None);
+        assert!(lpx_output_error(null()).is_null());
+        assert_eq!(lpx_output_usage(null()), lpx_usage::default());
+        lpx_error_free(null_mut());
+        lpx_output_free(null_mut());
+        lpx_string_free(null_mut());
+        lpx_engine_free(null_mut());
+        lpx_engine_config_init(null_mut());
+        lpx_request_init(null_mut());
+    }
+}
+
+#[test]
+fn panic_comes_back_as_panic_error_with_its_text() {
+    let (c, m) = take_err(unsafe { lpx_debug_panic(c"boom at the boundary".as_ptr()) });
+    assert_eq!(c, 12);
+    assert!(m.contains("boom at the boundary"), "{m}");
+    assert_eq!(take_err(unsafe { lpx_debug_panic(null()) }).0, INVALID);
+}
+
+#[test]
+fn struct_size_is_checked() {
+    let t = tiny_engine(64);
+    let toks = [1u32, 2, 3];
+    let mut id = SENTINEL_ID;
+    for bad in [
+        0u32,
+        3,
+        0xFFFF_FFFF,
+        std::mem::size_of::<lpx_request>() as u32 + 8,
+    ] {
+        let mut r = request(&toks, 2);
+        r.struct_size = bad;
+        let (c, m) = take_err(unsafe { lpx_engine_submit(t.engine, &r, &mut id) });
+        assert_eq!(c, INVALID, "{m}");
+        assert!(m.contains("struct_size"), "{m}");
+        assert_eq!(id, SENTINEL_ID);
+    }
+    unsafe {
+        let mut cfg = std::mem::zeroed::<lpx_engine_config>();
+        lpx_engine_config_init(&mut cfg);
+        assert_eq!(
+            cfg.struct_size as usize,
+            std::mem::size_of::<lpx_engine_config>()
+        );
+        cfg.struct_size = 12;
+        cfg.model = c"/nonexistent".as_ptr();
+        let mut e = sentinel_ptr::<lpx_engine>();
+        let (c, m) = take_err(lpx_engine_create(&cfg, &mut e));
+        assert_eq!(c, INVALID, "{m}");
+        assert!(m.contains("cfg->struct_size = 12"), "{m}");
+        assert_eq!(e, sentinel_ptr());
+    }
+}
+
+#[test]
+fn invalid_utf8_names_the_field() {
+    let t = tiny_engine(64);
+    let bad = [b'h', 0xff, b'i', 0];
+    let bad = bad.as_ptr() as *const c_char;
+    let mut id = SENTINEL_ID;
+    unsafe {
+        let mut r = request(&[], 2);
+        r.prompt = bad;
+        let (c, m) = take_err(lpx_engine_submit(t.engine, &r, &mut id));
+        assert_eq!(c, INVALID);
+        assert!(m.contains("req->prompt") && m.contains("UTF-8"), "{m}");
+        let mut r = request(&[1, 2], 2);
+        let stops = [c"ok".as_ptr(), bad];
+        r.stop = stops.as_ptr();
+        r.stop_len = 2;
+        let (c, m) = take_err(lpx_engine_submit(t.engine, &r, &mut id));
+        assert_eq!(c, INVALID);
+        assert!(m.contains("req->stop[1]"), "{m}");
+        let msgs = [lpx_message {
+            role: c"user".as_ptr(),
+            content: bad,
+        }];
+        let mut r = request(&[], 2);
+        r.messages = msgs.as_ptr();
+        r.messages_len = 1;
+        let (c, m) = take_err(lpx_engine_submit(t.engine, &r, &mut id));
+        assert_eq!(c, INVALID);
+        assert!(m.contains("req->messages[0].content"), "{m}");
+        let (c, m) = take_err(lpx_engine_submit_json(t.engine, bad, &mut id));
+        assert_eq!(c, INVALID);
+        assert!(m.contains("openai_body"), "{m}");
+        // Two prompt kinds at once.
+        let mut r = request(&[1, 2], 2);
+        r.prompt = c"x".as_ptr();
+        let (c, m) = take_err(lpx_engine_submit(t.engine, &r, &mut id));
+        assert_eq!(c, INVALID);
+        assert!(m.contains("exactly one"), "{m}");
+        // A NULL array with a length.
+        let mut r = request(&[1, 2], 2);
+        r.stop_token_ids_len = 3;
+        let (c, m) = take_err(lpx_engine_submit(t.engine, &r, &mut id));
+        assert_eq!(c, INVALID);
+        assert!(m.contains("req->stop_token_ids"), "{m}");
+    }
+    assert_eq!(id, SENTINEL_ID);
+}
+
+#[test]
+fn submit_poll_json_and_unknown_ids() {
+    let t = tiny_engine(64);
+    let e = t.engine;
+    unsafe {
+        let r = request(&[5, 6, 7], 4);
+        let mut id = 0;
+        ok(lpx_engine_submit(e, &r, &mut id));
+        assert_ne!(id, 0);
+        let (fr, n, _) = drain(e, id);
+        assert_eq!((fr, n), (lpx_finish_reason::Length, 4));
+        // The id is forgotten after its terminal output.
+        let mut o = sentinel_ptr::<lpx_output>();
+        assert_eq!(take_err(lpx_engine_poll(e, id, 0, &mut o)).0, 2);
+        assert_eq!(o, sentinel_ptr());
+        ok(lpx_engine_cancel(e, id));
+        ok(lpx_engine_cancel(e, 987_654));
+
+        // A non-streamed chat body: one complete output.
+        let body = c"{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":3,\"temperature\":0,\"ignore_eos\":true,\"logprobs\":true,\"top_logprobs\":2}";
+        ok(lpx_engine_submit_json(e, body.as_ptr(), &mut id));
+        let mut o: *mut lpx_output = null_mut();
+        while o.is_null() {
+            ok(lpx_engine_poll(e, id, 1000, &mut o));
+        }
+        assert!(lpx_output_is_final(o));
+        let u = lpx_output_usage(o);
+        assert_eq!(u.completion_tokens, 3);
+        let mut n = 0;
+        let lp = lpx_output_logprobs(o, &mut n);
+        assert_eq!(n, 3);
+        assert_eq!((*lp).top_len, 2);
+        let mut s = null_mut();
+        ok(lpx_output_json(o, &mut s));
+        let v: serde_json::Value =
+            serde_json::from_str(CStr::from_ptr(s).to_str().unwrap()).unwrap();
+        lpx_string_free(s);
+        lpx_output_free(o);
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["usage"]["completion_tokens"], 3);
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+
+        // Errors from the engine keep their code: unknown adapter → NOT_FOUND.
+        let mut r = request(&[1], 2);
+        r.model = c"no-such-adapter".as_ptr();
+        let (c, m) = take_err(lpx_engine_submit(e, &r, &mut id));
+        assert_eq!(c, 2, "{m}");
+        let mut s = null_mut();
+        ok(lpx_engine_models_json(e, &mut s));
+        let v: serde_json::Value =
+            serde_json::from_str(CStr::from_ptr(s).to_str().unwrap()).unwrap();
+        lpx_string_free(s);
+        assert_eq!(v["object"], "list");
+        ok(lpx_engine_metrics_text(e, &mut s));
+        assert!(CStr::from_ptr(s)
+            .to_str()
+            .unwrap()
+            .contains("vllm:num_requests_running"));
+        lpx_string_free(s);
+    }
+}
+
+#[test]
+fn config_from_env_reads_nim_variables() {
+    // Only this test touches these variables.
+    std::env::set_var("NIM_MAX_CPU_LORAS", "33");
+    std::env::set_var("NIM_PEFT_SOURCE", "/a/loras:/b/loras");
+    unsafe {
+        let mut cfg = std::mem::zeroed::<lpx_engine_config>();
+        lpx_engine_config_init(&mut cfg);
+        ok(lpx_engine_config_from_env(&mut cfg));
+        assert_eq!(cfg.max_cpu_loras, 33);
+        assert_eq!(
+            CStr::from_ptr(cfg.peft_source).to_str().unwrap(),
+            "/a/loras:/b/loras"
+        );
+        std::env::set_var("NIM_MAX_CPU_LORAS", "lots");
+        let before = cfg.max_cpu_loras;
+        let (c, m) = take_err(lpx_engine_config_from_env(&mut cfg));
+        assert_eq!(c, INVALID);
+        assert!(m.contains("NIM_MAX_CPU_LORAS"), "{m}");
+        assert_eq!(cfg.max_cpu_loras, before);
+    }
+    std::env::remove_var("NIM_MAX_CPU_LORAS");
+    std::env::remove_var("NIM_PEFT_SOURCE");
+}
+
+#[test]
+fn free_with_requests_in_flight() {
+    let t = tiny_engine(64);
+    let toks = [1u32, 2, 3, 4];
+    for _ in 0..8 {
+        let r = request(&toks, 200);
+        let mut id = 0;
+        ok(unsafe { lpx_engine_submit(t.engine, &r, &mut id) });
+    }
+    drop(t); // lpx_engine_free cancels and joins.
+}
+
+#[test]
+fn sixteen_threads_2000_requests_each_end_exactly_once() {
+    let t = tiny_engine(4096);
+    let e = t.engine as usize;
+    let terminal = AtomicUsize::new(0);
+    let cancelled = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for th in 0..16u32 {
+            let terminal = &terminal;
+            let cancelled = &cancelled;
+            s.spawn(move || {
+                let e = e as *mut lpx_engine;
+                let mut ids = Vec::new();
+                for i in 0..125u32 {
+                    let toks = [1 + th, 2 + i % 200, 3];
+                    let r = request(&toks, 1 + i % 3);
+                    let mut id = 0;
+                    ok(unsafe { lpx_engine_submit(e, &r, &mut id) });
+                    if i % 4 == 0 {
+                        ok(unsafe { lpx_engine_cancel(e, id) });
+                    }
+                    ids.push(id);
+                }
+                for id in ids {
+                    let (fr, _, _) = drain(e, id);
+                    assert_ne!(fr, lpx_finish_reason::Error);
+                    if fr == lpx_finish_reason::Cancelled {
+                        cancelled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    terminal.fetch_add(1, Ordering::Relaxed);
+                    // Exactly one terminal output: the id is now unknown.
+                    let mut o = sentinel_ptr::<lpx_output>();
+                    assert_eq!(take_err(unsafe { lpx_engine_poll(e, id, 0, &mut o) }).0, 2);
+                }
+            });
+        }
+    });
+    assert_eq!(terminal.load(Ordering::Relaxed), 2000);
+    eprintln!("cancelled: {}", cancelled.load(Ordering::Relaxed));
+}
