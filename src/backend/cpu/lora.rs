@@ -24,7 +24,7 @@ use crate::backend::lora_arena::{ArenaModule, HostLoraArena};
 /// Output columns per parallel expand task at least (a multiple of 8).
 const MIN_COLS: usize = 64;
 /// Below this many multiply-adds a call runs on the calling thread.
-const PAR_MIN_FMAS: usize = 1 << 16;
+const PAR_MIN_FMAS: usize = 1 << 19;
 
 /// One active row: its position in the call and its module.
 struct Active<'a> {
