@@ -439,3 +439,36 @@ fn load_slot_errors_keep_previous_content() {
     load_errors(&CpuBackend::new(pool(2)));
     load_errors(&ReferenceBackend);
 }
+
+/// Buffers shorter than `rows` rows: rows out of range are skipped (no panic), the others match
+/// the reference; a y layout whose rows would overlap (`y_col + out > y_stride`) is a no-op.
+#[test]
+fn short_buffers_skip_rows() {
+    let geom = odd_geom(5, 64);
+    let cpu = CpuBackend::new(pool(2));
+    let r = ReferenceBackend;
+    let (cs, rs) = (fill(&cpu, &geom, 2), fill(&r, &geom, 2));
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let t = LoraTarget::Down;
+    let (inp, out) = geom.dims[t.index()];
+    let batch = LoraBatch {
+        token_slot: vec![0, 1, 2, 0, 1, 2],
+    };
+    // x holds 4 rows, y 5 (the 5th partial): rows 4.. are skipped.
+    let x = rand_vec(&mut rng, 4 * inp);
+    let y0 = rand_vec(&mut rng, 4 * out + out / 2);
+    let run = |be: &dyn Fn(&mut Vec<f32>)| {
+        let mut y = y0.clone();
+        be(&mut y);
+        y
+    };
+    let got = run(&|y| cpu.lora_apply(&x, inp, 0, y, out, 0, 6, &batch, &cs, 1, t));
+    let want = run(&|y| r.lora_apply(&x, inp, 0, y, out, 0, 6, &batch, &rs, 1, t));
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
+    }
+    assert_eq!(&got[4 * out..], &y0[4 * out..]);
+    assert_ne!(&got[..out], &y0[..out]);
+    let same = run(&|y| cpu.lora_apply(&x, inp, 0, y, out - 1, 0, 4, &batch, &cs, 1, t));
+    assert_eq!(same, y0);
+}

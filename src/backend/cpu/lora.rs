@@ -77,6 +77,9 @@ pub(crate) fn lora_apply(
     active.sort_by_key(|a| a.slot);
     let rmax = active.iter().map(|a| a.m.rank).max().unwrap_or(0);
     let hs = rmax.div_ceil(8) * 8;
+    if hs == 0 {
+        return;
+    }
     let fmas: usize = active.iter().map(|a| a.m.rank * (inp + out)).sum();
     let threads = be.pool.current_num_threads();
     let parallel = threads > 1 && fmas >= PAR_MIN_FMAS;
