@@ -1,32 +1,102 @@
 //! Mixed-batch LoRA (`lora_apply`, DESIGN.md 1.4) in SGMV style (Punica / S-LoRA).
 //!
+//! Storage: [`CpuLoraArena`] keeps each module's `A` as `[r, in]` and `B` transposed, `Bᵀ
+//! [r, out]`, so the expand vectorizes over output columns without horizontal sums.
+//!
 //! The step's rows that use an adapter module are sorted by slot into segments. For each active
 //! row the shrink `h = A · x` (`[r]`) is computed into a scratch `H` (one row per active row,
 //! zero-padded to a multiple of 8); then the expand `y += scale · B · h` runs per segment over
-//! column ranges of the output, so each slot's `B` block is read once per segment and stays in L1
-//! while every row of the segment uses it.
+//! column ranges of the output, so each slot's `Bᵀ` columns are read once per segment and stay
+//! in L1 while every row of the segment uses them.
 //!
 //! Parallelism (on the backend's pool): shrink over active rows, expand over (segment, column
 //! range) tasks; small calls run serially.
 //!
-//! Batch invariance: every `h[k]` and every output element is computed by one fixed instruction
-//! sequence that depends only on the module's dims and rank (8-lane accumulators over aligned
-//! 8-chunks, a masked final chunk, then the fixed reduction tree of [`reduce8`]); column ranges
-//! start at multiples of 8, so neither the other rows, their slots, nor the thread count change a
-//! row's result.
+//! Batch invariance: every `h[k]` is computed by one fixed instruction sequence that depends only
+//! on the module's dims and rank (8-lane accumulators over aligned 8-chunks, a masked final
+//! chunk, then a fixed reduction tree), and every output element by the fused chain
+//! `acc = fma(h[k], Bᵀ[k, o], acc)` for `k = 0..r` then `y = fma(scale, acc, y)` (vector lanes
+//! and the scalar column tail use the same fused operations), so neither the other rows, their
+//! slots, the column ranges nor the thread count change a row's result.
 
 use rayon::prelude::*;
 
 use super::CpuBackend;
-use crate::backend::lora::{LoraBatch, LoraTarget};
+use crate::backend::lora::{LoraBatch, LoraSlotData, LoraStackGeometry, LoraTarget, LoraWeights};
 use crate::backend::lora_arena::{ArenaModule, HostLoraArena};
+use crate::error::Result;
+
+/// The CPU backend's adapter arena: a [`HostLoraArena`] whose modules hold `A [r, in]` and
+/// `Bᵀ [r, out]` (B transposed at load time). Owned by the engine's worker; not shared.
+#[derive(Debug)]
+pub struct CpuLoraArena {
+    inner: HostLoraArena,
+}
+
+impl CpuLoraArena {
+    /// Reserves every slot at `max_rank` (see [`HostLoraArena::new`] for the errors).
+    pub(crate) fn new(geom: LoraStackGeometry) -> Result<Self> {
+        Ok(Self {
+            inner: HostLoraArena::new(geom)?,
+        })
+    }
+
+    /// Stores an adapter in `slot` (B given `[out, r]`, stored transposed); validated
+    /// completely by [`HostLoraArena::load_slot`] before anything is written, so a failed load
+    /// leaves the slot's previous content intact.
+    pub(crate) fn load_slot(&mut self, slot: usize, layers: &LoraSlotData<'_>) -> Result<()> {
+        let dims = self.inner.geometry().dims;
+        let bt: Vec<[Vec<f32>; 7]> = layers
+            .iter()
+            .map(|mods| {
+                std::array::from_fn(|ti| match &mods[ti] {
+                    Some(m) if m.rank > 0 && m.b.len() == dims[ti].1 * m.rank => {
+                        let (r, out) = (m.rank, dims[ti].1);
+                        let mut t = vec![0f32; r * out];
+                        for (o, row) in m.b.chunks_exact(r).enumerate() {
+                            for (k, &v) in row.iter().enumerate() {
+                                t[k * out + o] = v;
+                            }
+                        }
+                        t
+                    }
+                    _ => Vec::new(),
+                })
+            })
+            .collect();
+        let view: Vec<[Option<LoraWeights<'_>>; 7]> = layers
+            .iter()
+            .zip(&bt)
+            .map(|(mods, bts)| {
+                std::array::from_fn(|ti| {
+                    mods[ti].map(|m| LoraWeights {
+                        // Invalid B lengths keep the caller's slice so validation reports them.
+                        b: if bts[ti].is_empty() { m.b } else { &bts[ti] },
+                        ..m
+                    })
+                })
+            })
+            .collect();
+        self.inner.load_slot(slot, &view)
+    }
+
+    /// Empties `slot` (out-of-range slots are ignored).
+    pub(crate) fn clear_slot(&mut self, slot: usize) {
+        self.inner.clear_slot(slot)
+    }
+
+    /// Bytes reserved.
+    pub(crate) fn bytes(&self) -> usize {
+        self.inner.bytes()
+    }
+}
 
 /// Output columns per parallel expand task at least (a multiple of 8).
 const MIN_COLS: usize = 64;
 /// Below this many multiply-adds a call runs on the calling thread.
 const PAR_MIN_FMAS: usize = 1 << 19;
 
-/// One active row: its position in the call and its module.
+/// One active row: its position in the call and its module (`b` holds `Bᵀ [r, out]`).
 struct Active<'a> {
     t: usize,
     slot: i32,
@@ -47,10 +117,11 @@ pub(crate) fn lora_apply(
     y_col: usize,
     rows: usize,
     batch: &LoraBatch,
-    stack: &HostLoraArena,
+    stack: &CpuLoraArena,
     layer: usize,
     target: LoraTarget,
 ) {
+    let stack = &stack.inner;
     let (inp, out) = stack.geometry().dims[target.index()];
     if inp == 0 || out == 0 || !matches!(y_col.checked_add(out), Some(e) if e <= y_stride) {
         return;
@@ -156,7 +227,7 @@ pub(crate) fn lora_apply(
         }
     }
     let run = |task: &mut Task<'_, '_, '_>| {
-        expand(be.simd, &task.m, task.col0, &task.hs, &mut task.ys);
+        expand(be.simd, &task.m, out, task.col0, &task.hs, &mut task.ys);
     };
     if parallel {
         be.pool.install(|| tasks.par_iter_mut().for_each(run));
@@ -185,12 +256,20 @@ fn shrink(simd: bool, x: &[f32], a: &[f32], rank: usize, h: &mut [f32]) {
     }
 }
 
-/// `ys[i][j] += scale * B[col0 + j] · hs[i]` for every row `i` of a segment.
-fn expand(simd: bool, m: &ArenaModule<'_>, col0: usize, hs: &[&[f32]], ys: &mut [&mut [f32]]) {
+/// `ys[i][j] += scale * sum_k hs[i][k] * Bᵀ[k, col0 + j]` for every row `i` of a segment
+/// (`m.b` is `Bᵀ [r, out]`).
+fn expand(
+    simd: bool,
+    m: &ArenaModule<'_>,
+    out: usize,
+    col0: usize,
+    hs: &[&[f32]],
+    ys: &mut [&mut [f32]],
+) {
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: as in `shrink`; the kernel bounds-checks its slices.
-        unsafe { kernels::expand(m.b, m.rank, m.scale, col0, hs, ys) };
+        unsafe { kernels::expand(m.b, m.rank, out, m.scale, col0, hs, ys) };
         return;
     }
     let _ = simd;
@@ -198,10 +277,13 @@ fn expand(simd: bool, m: &ArenaModule<'_>, col0: usize, hs: &[&[f32]], ys: &mut 
     for (h, y) in hs.iter().zip(ys.iter_mut()) {
         for (j, yv) in y.iter_mut().enumerate() {
             let o = col0 + j;
-            let Some(brow) = m.b.get(o * r..(o + 1) * r) else {
-                return;
-            };
-            let d = brow.iter().zip(h.iter()).fold(0f32, |s, (b, v)| s + b * v);
+            let mut d = 0f32;
+            for k in 0..r {
+                let (Some(&hk), Some(&b)) = (h.get(k), m.b.get(k * out + o)) else {
+                    return;
+                };
+                d += hk * b;
+            }
             *yv += m.scale * d;
         }
     }
@@ -307,97 +389,101 @@ mod kernels {
         }
     }
 
-    /// `B[o] · h` accumulated in 8 lanes over the rank (masked last chunk).
+    /// One row's `V` vectors of 8 columns: `acc = fma(h[k], Bᵀ[k, c..c+8], acc)` for
+    /// `k < r`, then `y = fma(scale, acc, y)`.
     ///
     /// # Safety
-    /// `b..b+r` readable; `h..h + r.div_ceil(8)*8` readable.
+    /// `bt + k*out + v*8 .. + 8` readable for `k < r`, `v < V`; `y .. y + 8V` writable;
+    /// `h .. h + r` readable.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn dot_lanes(b: *const f32, h: *const f32, r: usize) -> __m256 {
-        let mut acc = _mm256_setzero_ps();
-        let mut k = 0;
-        while k + 8 <= r {
-            // SAFETY: k + 8 <= r; see the contract.
-            let (bv, hv) = unsafe { (_mm256_loadu_ps(b.add(k)), _mm256_loadu_ps(h.add(k))) };
-            acc = _mm256_fmadd_ps(bv, hv, acc);
-            k += 8;
+    unsafe fn expand_cols<const V: usize>(
+        bt: *const f32,
+        out: usize,
+        r: usize,
+        h: *const f32,
+        sv: __m256,
+        y: *mut f32,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); V];
+        for k in 0..r {
+            // SAFETY: k < r; see the contract.
+            let hk = unsafe { _mm256_broadcast_ss(&*h.add(k)) };
+            for (v, a) in acc.iter_mut().enumerate() {
+                // SAFETY: see the contract.
+                let b = unsafe { _mm256_loadu_ps(bt.add(k * out + v * 8)) };
+                *a = _mm256_fmadd_ps(hk, b, *a);
+            }
         }
-        if k < r {
-            // SAFETY: maskload reads only lanes below r; h is padded to a multiple of 8.
-            let (bv, hv) = unsafe {
-                (
-                    _mm256_maskload_ps(b.add(k), mask(r - k)),
-                    _mm256_loadu_ps(h.add(k)),
-                )
-            };
-            acc = _mm256_fmadd_ps(bv, hv, acc);
+        for (v, a) in acc.iter().enumerate() {
+            // SAFETY: y .. y + 8V is writable.
+            unsafe {
+                let yp = y.add(v * 8);
+                _mm256_storeu_ps(yp, _mm256_fmadd_ps(sv, *a, _mm256_loadu_ps(yp)));
+            }
         }
-        acc
     }
 
-    /// `ys[i][j] += scale * (B[col0 + j] · hs[i])`, 8 output columns at a time (B `[out, r]`).
+    /// `ys[i][j] += scale * sum_k hs[i][k] * Bᵀ[k, col0 + j]` (`bt` is `Bᵀ [r, out]`), 32 then
+    /// 8 columns at a time, the last `< 8` columns with scalar fused multiply-adds (the same
+    /// operations as one vector lane).
     ///
     /// # Safety
     /// AVX2 and FMA must be available. Slice sizes are checked: rows whose `h` is shorter than
-    /// `r.div_ceil(8) * 8` or whose columns exceed B's rows are skipped.
+    /// `r`, or whose columns exceed `out` or `bt`, are skipped.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn expand(
-        b: &[f32],
+        bt: &[f32],
         r: usize,
+        out: usize,
         scale: f32,
         col0: usize,
         hs: &[&[f32]],
         ys: &mut [&mut [f32]],
     ) {
-        let hp = r.div_ceil(8) * 8;
+        if !matches!(r.checked_mul(out), Some(n) if n <= bt.len()) {
+            return;
+        }
         let sv = _mm256_set1_ps(scale);
-        let ok = |h: &[f32], n: usize| {
-            r > 0
-                && h.len() >= hp
-                && matches!(col0.checked_add(n).and_then(|e| e.checked_mul(r)), Some(e) if e <= b.len())
-        };
         let ncols = ys.iter().map(|y| y.len()).max().unwrap_or(0);
+        if !matches!(col0.checked_add(ncols), Some(e) if e <= out) {
+            return;
+        }
+        // SAFETY: col0 <= out, so the pointer stays inside (or one past) row 0 of Bᵀ.
+        let bt0 = unsafe { bt.as_ptr().add(col0) };
         let mut j0 = 0;
-        while j0 + 8 <= ncols {
+        while j0 < ncols {
+            let w = if j0 + 32 <= ncols {
+                32
+            } else if j0 + 8 <= ncols {
+                8
+            } else {
+                ncols - j0
+            };
             for (h, y) in hs.iter().zip(ys.iter_mut()) {
-                if y.len() < j0 + 8 || !ok(h, y.len()) {
+                if h.len() < r || y.len() < j0 + w {
                     continue;
                 }
-                // SAFETY: rows col0 + j0 .. col0 + j0 + 8 <= col0 + y.len() of B exist (`ok`).
-                let bp = unsafe { b.as_ptr().add((col0 + j0) * r) };
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for (jj, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: row col0 + j0 + jj < col0 + y.len() is inside B (`ok`); h is
-                    // padded to hp.
-                    *a = unsafe { dot_lanes(bp.add(jj * r), h.as_ptr(), r) };
-                }
-                let v = reduce8(&acc);
-                // SAFETY: j0 + 8 <= y.len().
+                // SAFETY (all arms): columns col0 + j0 .. + w < out for every k < r
+                // (checked above), y has j0 + w values, h has r values.
                 unsafe {
-                    let yp = y.as_mut_ptr().add(j0);
-                    _mm256_storeu_ps(yp, _mm256_fmadd_ps(sv, v, _mm256_loadu_ps(yp)));
+                    let (b, yp) = (bt0.add(j0), y.as_mut_ptr().add(j0));
+                    match w {
+                        32 => expand_cols::<4>(b, out, r, h.as_ptr(), sv, yp),
+                        8 => expand_cols::<1>(b, out, r, h.as_ptr(), sv, yp),
+                        _ => {
+                            for c in 0..w {
+                                let mut acc = 0f32;
+                                for (k, &hk) in h.iter().enumerate().take(r) {
+                                    acc = hk.mul_add(*b.add(k * out + c), acc);
+                                }
+                                *yp.add(c) = scale.mul_add(acc, *yp.add(c));
+                            }
+                        }
+                    }
                 }
             }
-            j0 += 8;
-        }
-        // Column tail (only at the end of the module's columns): same lanes, then the tree of
-        // `reduce8` with the other seven inputs zero.
-        for (h, y) in hs.iter().zip(ys.iter_mut()) {
-            let n = y.len();
-            if !ok(h, n) {
-                continue;
-            }
-            let mut j = j0;
-            while j < n {
-                let mut acc = [_mm256_setzero_ps(); 8];
-                // SAFETY: row col0 + j < col0 + y.len() is inside B (`ok`); h padded to hp.
-                acc[0] = unsafe { dot_lanes(b.as_ptr().add((col0 + j) * r), h.as_ptr(), r) };
-                let mut lanes = [0f32; 8];
-                // SAFETY: lanes holds 8 f32.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), reduce8(&acc)) };
-                y[j] = scale.mul_add(lanes[0], y[j]);
-                j += 1;
-            }
+            j0 += w;
         }
     }
 }

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use rayon::ThreadPool;
 
 pub use kv_cache::CpuKvCache;
+pub use lora::CpuLoraArena;
 pub use weight::CpuWeight;
 
 use super::{AttnMeta, Backend, KvGeometry, WeightFormat};
@@ -98,7 +99,7 @@ impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Weight = CpuWeight;
     type KvCache = CpuKvCache;
-    type LoraStack = super::lora_arena::HostLoraArena;
+    type LoraStack = CpuLoraArena;
 
     fn name(&self) -> String {
         "cpu".to_string()
@@ -219,7 +220,7 @@ impl Backend for CpuBackend {
     }
 
     fn alloc_lora_stack(&self, geom: super::LoraStackGeometry) -> Result<Self::LoraStack> {
-        super::lora_arena::HostLoraArena::new(geom)
+        CpuLoraArena::new(geom)
     }
 
     fn lora_load_slot(
