@@ -94,7 +94,7 @@ impl CpuLoraArena {
 /// Output columns per parallel expand task at least (a multiple of 8).
 const MIN_COLS: usize = 64;
 /// Below this many multiply-adds a call runs on the calling thread.
-const PAR_MIN_FMAS: usize = 1 << 19;
+const PAR_MIN_FMAS: usize = 1 << 20;
 
 /// One active row: its position in the call and its module (`b` holds `Bᵀ [r, out]`).
 struct Active<'a> {
