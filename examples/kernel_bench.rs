@@ -1,6 +1,6 @@
 //! Times the CPU backend's matmul at SmolLM2-135M shapes and compares with memory bandwidth.
 //!
-//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head] [--step] [--attn]`\n//!\n//! `--attn` instead times SmolLM2-shaped paged attention (decode and prefill).\n//! `--step` instead times whole decode steps over 30 distinct layers (weights from DRAM).
+//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head] [--step] [--attn]`\n//!\n//! `--attn` instead times SmolLM2-shaped paged attention (decode and prefill).\n//! `--lora` instead times mixed-batch `lora_apply` against the base matmuls (see [`lora`]).\n//! `--step` instead times whole decode steps over 30 distinct layers (weights from DRAM).
 //!
 //! For each weight shape (in -> out), format (F32, BF16), thread count (1, 2) and row count
 //! (1, 8, 32, 256) it prints the time per call, the weight traffic in GB/s (weight bytes / time,
@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loraplex::backend::cpu::CpuBackend;
-use loraplex::backend::{AttnMeta, Backend, KvGeometry, WeightFormat};
+use loraplex::backend::{
+    AttnMeta, Backend, KvGeometry, LoraBatch, LoraStackGeometry, LoraTarget, LoraWeights,
+    WeightFormat,
+};
 use loraplex::tensor::HostTensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -217,6 +220,10 @@ fn main() {
         attention(&pools);
         return;
     }
+    if args.iter().any(|a| a == "--lora") {
+        lora(&pools, quick);
+        return;
+    }
     if args.iter().any(|a| a == "--step") {
         decode_step(&pools, bw);
         return;
@@ -281,5 +288,197 @@ fn main() {
                 .collect();
             println!("  {fname} {thr} thr: {}", cells.join(", "));
         }
+    }
+}
+
+/// SmolLM2-135M LoRA target dims `(in, out)` in [`LoraTarget::ALL`] order.
+const LORA_DIMS: [(usize, usize); 7] = [
+    (576, 576),
+    (576, 192),
+    (576, 192),
+    (576, 576),
+    (576, 1536),
+    (576, 1536),
+    (1536, 576),
+];
+
+/// `(rows, distinct slots)` cases: every row of the step uses an adapter, slots round-robin.
+const LORA_CASES: [(usize, usize); 8] = [
+    (1, 1),
+    (8, 1),
+    (8, 4),
+    (8, 8),
+    (32, 1),
+    (32, 4),
+    (32, 8),
+    (32, 32),
+];
+
+/// Times `lora_apply` for SmolLM2 shapes.
+///
+/// Per module (one layer, weights cache-resident): time per call and GF/cpu-s of the LoRA
+/// (`2 · rows · r · (in + out)` flops) vs the base matmul of that module alone.
+///
+/// Per decode step (30 distinct layers, all 7 modules, 32 slots in the arena so adapter weights
+/// stream from DRAM like base weights): LoRA time vs all base weight matmuls of the 30 layers
+/// (fused qkv, o, fused gate_up, down; LM head excluded), in CPU-ms (robust to other load).
+fn lora(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
+    let min = Duration::from_millis(if quick { 60 } else { 200 });
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let rand = |rng: &mut ChaCha8Rng, n: usize| -> Vec<f32> {
+        (0..n).map(|_| rng.gen_range(-0.1f32..0.1)).collect()
+    };
+    let gflops = |f: f64, cpu: f64| if cpu > 0.0 { f / cpu / 1e9 } else { f64::NAN };
+    let pool = pools.last().expect("pool").clone();
+    let be = CpuBackend::new(pool.clone());
+    println!(
+        "lora_apply per module, {} threads, one layer (cache-resident)",
+        pool.current_num_threads()
+    );
+    println!(
+        "{:<6} {:>4} {:>4} {:>5} {:>9} {:>9} {:>8} {:>9} {:>7}",
+        "module", "rank", "rows", "slots", "lora ms", "base ms", "lora/base", "GF/cpu-s", "base GF"
+    );
+    for rank in [8usize, 16] {
+        let layers = 1;
+        let geom = LoraStackGeometry {
+            num_slots: 32,
+            max_rank: rank,
+            num_layers: layers,
+            dims: LORA_DIMS,
+        };
+        let mut stack = be.alloc_lora_stack(geom).expect("arena");
+        fill_arena(&be, &mut stack, &geom, rank, &mut rng);
+        for t in LoraTarget::ALL {
+            let (inp, out) = LORA_DIMS[t.index()];
+            let w = be
+                .weight(
+                    &HostTensor::f32(vec![out, inp], rand(&mut rng, inp * out)),
+                    WeightFormat::F32,
+                )
+                .expect("weight");
+            for &(rows, slots) in &LORA_CASES {
+                let x = rand(&mut rng, rows * inp);
+                let mut y = vec![0f32; rows * out];
+                let batch = LoraBatch {
+                    token_slot: (0..rows).map(|r| (r % slots) as i32).collect(),
+                };
+                let (lw, lc) = time_cpu(min, || {
+                    be.lora_apply(&x, inp, 0, &mut y, out, 0, rows, &batch, &stack, 0, t)
+                });
+                let (bw, bc) = time_cpu(min, || be.matmul(&x, rows, &w, &mut y));
+                let lf = 2.0 * (rows * rank * (inp + out)) as f64;
+                let bf = 2.0 * (rows * inp * out) as f64;
+                println!(
+                    "{:<6} {:>4} {:>4} {:>5} {:>9.4} {:>9.4} {:>8.1}% {:>9.1} {:>7.1}",
+                    t.hf_name().trim_end_matches("_proj"),
+                    rank,
+                    rows,
+                    slots,
+                    lw * 1e3,
+                    bw * 1e3,
+                    100.0 * lc / bc,
+                    gflops(lf, lc),
+                    gflops(bf, bc)
+                );
+            }
+        }
+    }
+    // Whole decode step over 30 distinct layers.
+    let layers = 30;
+    let base: Vec<_> = [(576usize, 960usize), (576, 576), (576, 3072), (1536, 576)]
+        .iter()
+        .flat_map(|&(inp, out)| {
+            let t = HostTensor::f32(vec![out, inp], rand(&mut rng, inp * out));
+            (0..layers).map(move |_| t.clone()).collect::<Vec<_>>()
+        })
+        .map(|t| {
+            let (out, inp) = (t.shape[0], t.shape[1]);
+            (inp, out, be.weight(&t, WeightFormat::F32).expect("weight"))
+        })
+        .collect();
+    for rank in [8usize, 16] {
+        let geom = LoraStackGeometry {
+            num_slots: 32,
+            max_rank: rank,
+            num_layers: layers,
+            dims: LORA_DIMS,
+        };
+        for pool in pools {
+            let be = CpuBackend::new(pool.clone());
+            let mut stack = be.alloc_lora_stack(geom).expect("arena");
+            fill_arena(&be, &mut stack, &geom, rank, &mut rng);
+            for &(rows, slots) in &LORA_CASES {
+                let x = rand(&mut rng, rows * 1536);
+                let mut y = vec![0f32; rows * 3072];
+                let batch = LoraBatch {
+                    token_slot: (0..rows).map(|r| (r % slots) as i32).collect(),
+                };
+                let (bw, bc) = time_cpu(min, || {
+                    for (_, _, w) in &base {
+                        be.matmul(&x, rows, w, &mut y);
+                    }
+                });
+                let (lw, lc) = time_cpu(min, || {
+                    for l in 0..layers {
+                        for t in LoraTarget::ALL {
+                            let (inp, out) = LORA_DIMS[t.index()];
+                            be.lora_apply(&x, inp, 0, &mut y, out, 0, rows, &batch, &stack, l, t);
+                        }
+                    }
+                });
+                let lf = 2.0
+                    * (rows * rank * layers) as f64
+                    * LORA_DIMS.iter().map(|(i, o)| i + o).sum::<usize>() as f64;
+                println!(
+                    "decode step lora r{rank} {} thr rows {rows:>2} slots {slots:>2}: lora {:.2} ms ({:.2} cpu-ms, {:.1} GF/cpu-s) vs base matmuls {:.2} ms ({:.2} cpu-ms): +{:.1}% cpu",
+                    pool.current_num_threads(),
+                    lw * 1e3,
+                    lc * 1e3,
+                    gflops(lf, lc),
+                    bw * 1e3,
+                    bc * 1e3,
+                    100.0 * lc / bc
+                );
+            }
+        }
+    }
+}
+
+/// Loads 32 random adapters of rank `rank` (all 7 modules of every layer) into the arena.
+fn fill_arena(
+    be: &CpuBackend,
+    stack: &mut <CpuBackend as Backend>::LoraStack,
+    geom: &LoraStackGeometry,
+    rank: usize,
+    rng: &mut ChaCha8Rng,
+) {
+    for slot in 0..geom.num_slots {
+        let owned: Vec<Vec<(Vec<f32>, Vec<f32>)>> = (0..geom.num_layers)
+            .map(|_| {
+                LORA_DIMS
+                    .iter()
+                    .map(|&(i, o)| {
+                        let a = (0..rank * i).map(|_| rng.gen_range(-0.1f32..0.1)).collect();
+                        let b = (0..o * rank).map(|_| rng.gen_range(-0.1f32..0.1)).collect();
+                        (a, b)
+                    })
+                    .collect()
+            })
+            .collect();
+        let data: Vec<[Option<LoraWeights<'_>>; 7]> = owned
+            .iter()
+            .map(|mods| {
+                std::array::from_fn(|t| {
+                    Some(LoraWeights {
+                        rank,
+                        a: &mods[t].0,
+                        b: &mods[t].1,
+                        scale: 2.0,
+                    })
+                })
+            })
+            .collect();
+        be.lora_load_slot(stack, slot, &data).expect("load adapter");
     }
 }

@@ -11,6 +11,7 @@
 mod attention;
 mod elementwise;
 mod kv_cache;
+mod lora;
 mod matmul;
 #[cfg(target_arch = "x86_64")]
 mod simd;
@@ -22,6 +23,7 @@ use parking_lot::Mutex;
 use rayon::ThreadPool;
 
 pub use kv_cache::CpuKvCache;
+pub use lora::CpuLoraArena;
 pub use weight::CpuWeight;
 
 use super::{AttnMeta, Backend, KvGeometry, WeightFormat};
@@ -97,7 +99,7 @@ impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Weight = CpuWeight;
     type KvCache = CpuKvCache;
-    type LoraStack = super::lora_arena::HostLoraArena;
+    type LoraStack = CpuLoraArena;
 
     fn name(&self) -> String {
         "cpu".to_string()
@@ -218,7 +220,7 @@ impl Backend for CpuBackend {
     }
 
     fn alloc_lora_stack(&self, geom: super::LoraStackGeometry) -> Result<Self::LoraStack> {
-        super::lora_arena::HostLoraArena::new(geom)
+        CpuLoraArena::new(geom)
     }
 
     fn lora_load_slot(
@@ -252,32 +254,8 @@ impl Backend for CpuBackend {
         layer: usize,
         target: super::LoraTarget,
     ) {
-        let (inp, out) = stack.geometry().dims[target.index()];
-        for t in 0..rows {
-            let Some(&s) = batch.token_slot.get(t) else {
-                continue;
-            };
-            if s < 0 {
-                continue;
-            }
-            let Some(m) = stack.module(s as usize, layer, target) else {
-                continue;
-            };
-            let (xs, ys) = (t * x_stride + x_col, t * y_stride + y_col);
-            if xs + inp > x.len() || ys + out > y.len() {
-                continue;
-            }
-            let h: Vec<f64> = (0..m.rank)
-                .map(|k| {
-                    (0..inp)
-                        .map(|i| m.a[k * inp + i] as f64 * x[xs + i] as f64)
-                        .sum()
-                })
-                .collect();
-            for o in 0..out {
-                let d: f64 = (0..m.rank).map(|k| m.b[o * m.rank + k] as f64 * h[k]).sum();
-                y[ys + o] += (m.scale as f64 * d) as f32;
-            }
-        }
+        lora::lora_apply(
+            self, x, x_stride, x_col, y, y_stride, y_col, rows, batch, stack, layer, target,
+        );
     }
 }

@@ -1,0 +1,489 @@
+//! Mixed-batch LoRA (`lora_apply`, DESIGN.md 1.4) in SGMV style (Punica / S-LoRA).
+//!
+//! Storage: [`CpuLoraArena`] keeps each module's `A` as `[r, in]` and `B` transposed, `Bᵀ
+//! [r, out]`, so the expand vectorizes over output columns without horizontal sums.
+//!
+//! The step's rows that use an adapter module are sorted by slot into segments. For each active
+//! row the shrink `h = A · x` (`[r]`) is computed into a scratch `H` (one row per active row,
+//! zero-padded to a multiple of 8); then the expand `y += scale · B · h` runs per segment over
+//! column ranges of the output, so each slot's `Bᵀ` columns are read once per segment and stay
+//! in L1 while every row of the segment uses them.
+//!
+//! Parallelism (on the backend's pool): shrink over active rows, expand over (segment, column
+//! range) tasks; small calls run serially.
+//!
+//! Batch invariance: every `h[k]` is computed by one fixed instruction sequence that depends only
+//! on the module's dims and rank (8-lane accumulators over aligned 8-chunks, a masked final
+//! chunk, then a fixed reduction tree), and every output element by the fused chain
+//! `acc = fma(h[k], Bᵀ[k, o], acc)` for `k = 0..r` then `y = fma(scale, acc, y)` (vector lanes
+//! and the scalar column tail use the same fused operations), so neither the other rows, their
+//! slots, the column ranges nor the thread count change a row's result.
+
+use rayon::prelude::*;
+
+use super::CpuBackend;
+use crate::backend::lora::{LoraBatch, LoraSlotData, LoraStackGeometry, LoraTarget, LoraWeights};
+use crate::backend::lora_arena::{ArenaModule, HostLoraArena};
+use crate::error::Result;
+
+/// The CPU backend's adapter arena: a [`HostLoraArena`] whose modules hold `A [r, in]` and
+/// `Bᵀ [r, out]` (B transposed at load time). Owned by the engine's worker; not shared.
+#[derive(Debug)]
+pub struct CpuLoraArena {
+    inner: HostLoraArena,
+}
+
+impl CpuLoraArena {
+    /// Reserves every slot at `max_rank` (see [`HostLoraArena::new`] for the errors).
+    pub(crate) fn new(geom: LoraStackGeometry) -> Result<Self> {
+        Ok(Self {
+            inner: HostLoraArena::new(geom)?,
+        })
+    }
+
+    /// Stores an adapter in `slot` (B given `[out, r]`, stored transposed); validated
+    /// completely by [`HostLoraArena::load_slot`] before anything is written, so a failed load
+    /// leaves the slot's previous content intact.
+    pub(crate) fn load_slot(&mut self, slot: usize, layers: &LoraSlotData<'_>) -> Result<()> {
+        let dims = self.inner.geometry().dims;
+        let bt: Vec<[Vec<f32>; 7]> = layers
+            .iter()
+            .map(|mods| {
+                std::array::from_fn(|ti| match &mods[ti] {
+                    Some(m) if m.rank > 0 && m.b.len() == dims[ti].1 * m.rank => {
+                        let (r, out) = (m.rank, dims[ti].1);
+                        let mut t = vec![0f32; r * out];
+                        for (o, row) in m.b.chunks_exact(r).enumerate() {
+                            for (k, &v) in row.iter().enumerate() {
+                                t[k * out + o] = v;
+                            }
+                        }
+                        t
+                    }
+                    _ => Vec::new(),
+                })
+            })
+            .collect();
+        let view: Vec<[Option<LoraWeights<'_>>; 7]> = layers
+            .iter()
+            .zip(&bt)
+            .map(|(mods, bts)| {
+                std::array::from_fn(|ti| {
+                    mods[ti].map(|m| LoraWeights {
+                        // Invalid B lengths keep the caller's slice so validation reports them.
+                        b: if bts[ti].is_empty() { m.b } else { &bts[ti] },
+                        ..m
+                    })
+                })
+            })
+            .collect();
+        self.inner.load_slot(slot, &view)
+    }
+
+    /// Empties `slot` (out-of-range slots are ignored).
+    pub(crate) fn clear_slot(&mut self, slot: usize) {
+        self.inner.clear_slot(slot)
+    }
+
+    /// Bytes reserved.
+    pub(crate) fn bytes(&self) -> usize {
+        self.inner.bytes()
+    }
+}
+
+/// Output columns per parallel expand task at least (a multiple of 8).
+const MIN_COLS: usize = 64;
+/// Below this many multiply-adds a call runs on the calling thread.
+const PAR_MIN_FMAS: usize = 1 << 20;
+
+/// One active row: its position in the call and its module (`b` holds `Bᵀ [r, out]`).
+struct Active<'a> {
+    t: usize,
+    slot: i32,
+    m: ArenaModule<'a>,
+}
+
+/// See [`crate::backend::Backend::lora_apply`]. Rows whose x or y range falls outside the buffers
+/// are skipped (as in the reference); when `y_col + out > y_stride` (rows would overlap) nothing
+/// is written.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn lora_apply(
+    be: &CpuBackend,
+    x: &[f32],
+    x_stride: usize,
+    x_col: usize,
+    y: &mut [f32],
+    y_stride: usize,
+    y_col: usize,
+    rows: usize,
+    batch: &LoraBatch,
+    stack: &CpuLoraArena,
+    layer: usize,
+    target: LoraTarget,
+) {
+    let stack = &stack.inner;
+    let (inp, out) = stack.geometry().dims[target.index()];
+    if inp == 0 || out == 0 || !matches!(y_col.checked_add(out), Some(e) if e <= y_stride) {
+        return;
+    }
+    let in_bounds = |t: usize| -> bool {
+        let xs = t.checked_mul(x_stride).and_then(|v| v.checked_add(x_col));
+        let ys = t.checked_mul(y_stride).and_then(|v| v.checked_add(y_col));
+        matches!(xs.and_then(|v| v.checked_add(inp)), Some(e) if e <= x.len())
+            && matches!(ys.and_then(|v| v.checked_add(out)), Some(e) if e <= y.len())
+    };
+    let mut active: Vec<Active<'_>> = Vec::new();
+    for (t, &s) in batch.token_slot.iter().enumerate().take(rows) {
+        if s < 0 || !in_bounds(t) {
+            continue;
+        }
+        if let Some(m) = stack.module(s as usize, layer, target) {
+            active.push(Active { t, slot: s, m });
+        }
+    }
+    if active.is_empty() {
+        return;
+    }
+    // Segments: rows of one slot are contiguous (stable, so rows stay in order within a slot).
+    active.sort_by_key(|a| a.slot);
+    let rmax = active.iter().map(|a| a.m.rank).max().unwrap_or(0);
+    let hs = rmax.div_ceil(8) * 8;
+    if hs == 0 {
+        return;
+    }
+    let fmas: usize = active.iter().map(|a| a.m.rank * (inp + out)).sum();
+    let threads = be.pool.current_num_threads();
+    let parallel = threads > 1 && fmas >= PAR_MIN_FMAS;
+
+    // Shrink: H[a, k] = A[k] · x[t_a] for k < r_a; zero for r_a <= k < hs.
+    let mut hbuf = vec![0f32; active.len() * hs];
+    let shrink_one = |(a, h): (&Active<'_>, &mut [f32])| {
+        let xs = a.t * x_stride + x_col;
+        shrink(be.simd, &x[xs..xs + inp], a.m.a, a.m.rank, h);
+    };
+    if parallel {
+        let min_len = active.len().div_ceil(threads * 4).max(1);
+        be.pool.install(|| {
+            active
+                .par_iter()
+                .zip(hbuf.par_chunks_mut(hs))
+                .with_min_len(min_len)
+                .for_each(shrink_one);
+        });
+    } else {
+        active.iter().zip(hbuf.chunks_mut(hs)).for_each(shrink_one);
+    }
+
+    // Expand tasks: (segment, column range) with the matching slices of y.
+    let mut seg_bounds = Vec::new();
+    let mut start = 0;
+    for i in 1..=active.len() {
+        if i == active.len() || active[i].slot != active[start].slot {
+            seg_bounds.push((start, i));
+            start = i;
+        }
+    }
+    let cw = if parallel {
+        let parts = (threads * 4).div_ceil(seg_bounds.len()).max(1);
+        (out.div_ceil(parts).div_ceil(8) * 8).max(MIN_COLS)
+    } else {
+        out.div_ceil(8) * 8
+    };
+    let nchunks = out.div_ceil(cw);
+    // Row slices of y (only active rows are taken).
+    let mut yrows: Vec<Option<&mut [f32]>> = y
+        .chunks_mut(y_stride)
+        .take(rows)
+        .map(|r| r.get_mut(y_col..y_col + out))
+        .collect();
+    struct Task<'y, 'h, 'a> {
+        m: ArenaModule<'a>,
+        col0: usize,
+        hs: Vec<&'h [f32]>,
+        ys: Vec<&'y mut [f32]>,
+    }
+    let mut tasks: Vec<Task<'_, '_, '_>> = Vec::with_capacity(seg_bounds.len() * nchunks);
+    for &(s0, s1) in &seg_bounds {
+        let first = tasks.len();
+        for c in 0..nchunks {
+            tasks.push(Task {
+                m: active[s0].m,
+                col0: c * cw,
+                hs: Vec::with_capacity(s1 - s0),
+                ys: Vec::with_capacity(s1 - s0),
+            });
+        }
+        for a in s0..s1 {
+            let h = &hbuf[a * hs..(a + 1) * hs];
+            let Some(yr) = yrows.get_mut(active[a].t).and_then(|r| r.take()) else {
+                continue;
+            };
+            for (c, piece) in yr.chunks_mut(cw).enumerate() {
+                if let Some(task) = tasks.get_mut(first + c) {
+                    task.hs.push(h);
+                    task.ys.push(piece);
+                }
+            }
+        }
+    }
+    let run = |task: &mut Task<'_, '_, '_>| {
+        expand(be.simd, &task.m, out, task.col0, &task.hs, &mut task.ys);
+    };
+    if parallel {
+        be.pool.install(|| tasks.par_iter_mut().for_each(run));
+    } else {
+        tasks.iter_mut().for_each(run);
+    }
+}
+
+/// `h[k] = A[k] · x` for `k < rank`; `h[rank..]` is zeroed. `x.len()` is the module's `in`.
+fn shrink(simd: bool, x: &[f32], a: &[f32], rank: usize, h: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only true when AVX2 and FMA were detected at runtime
+        // (`CpuBackend::new`); the kernel bounds-checks its slices.
+        unsafe { kernels::shrink(x, a, rank, h) };
+        return;
+    }
+    let _ = simd;
+    let inp = x.len();
+    h.iter_mut().for_each(|v| *v = 0.0);
+    for (k, hk) in h.iter_mut().enumerate().take(rank) {
+        let Some(row) = a.get(k * inp..(k + 1) * inp) else {
+            return;
+        };
+        *hk = row.iter().zip(x).fold(0f32, |s, (w, v)| s + w * v);
+    }
+}
+
+/// `ys[i][j] += scale * sum_k hs[i][k] * Bᵀ[k, col0 + j]` for every row `i` of a segment
+/// (`m.b` is `Bᵀ [r, out]`).
+fn expand(
+    simd: bool,
+    m: &ArenaModule<'_>,
+    out: usize,
+    col0: usize,
+    hs: &[&[f32]],
+    ys: &mut [&mut [f32]],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: as in `shrink`; the kernel bounds-checks its slices.
+        unsafe { kernels::expand(m.b, m.rank, out, m.scale, col0, hs, ys) };
+        return;
+    }
+    let _ = simd;
+    let r = m.rank;
+    for (h, y) in hs.iter().zip(ys.iter_mut()) {
+        for (j, yv) in y.iter_mut().enumerate() {
+            let o = col0 + j;
+            let mut d = 0f32;
+            for k in 0..r {
+                let (Some(&hk), Some(&b)) = (h.get(k), m.b.get(k * out + o)) else {
+                    return;
+                };
+                d += hk * b;
+            }
+            *yv += m.scale * d;
+        }
+    }
+}
+
+/// AVX2/FMA kernels (x86_64 only; callers check the CPU features at runtime).
+#[cfg(target_arch = "x86_64")]
+mod kernels {
+    use std::arch::x86_64::*;
+
+    /// `-1` lanes followed by `0` lanes: loading 8 lanes at `8 - n` gives a mask of the first `n`.
+    static MASK: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    /// A mask selecting the first `n` (1..=8) lanes.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn mask(n: usize) -> __m256i {
+        let off = 8 - n.clamp(1, 8);
+        // SAFETY: off <= 7, so MASK[off..off + 8] is in bounds; loadu is unaligned.
+        unsafe { _mm256_loadu_si256(MASK.as_ptr().add(off) as *const __m256i) }
+    }
+
+    /// `v[j] = sum of the 8 lanes of a[j]`, in a fixed tree: pairwise `hadd` twice, then the
+    /// two 128-bit halves added (`(l0+l1)+(l2+l3)` + `(l4+l5)+(l6+l7)`).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn reduce8(a: &[__m256; 8]) -> __m256 {
+        let t0 = _mm256_hadd_ps(a[0], a[1]);
+        let t1 = _mm256_hadd_ps(a[2], a[3]);
+        let t2 = _mm256_hadd_ps(a[4], a[5]);
+        let t3 = _mm256_hadd_ps(a[6], a[7]);
+        let u0 = _mm256_hadd_ps(t0, t1);
+        let u1 = _mm256_hadd_ps(t2, t3);
+        let lo = _mm256_permute2f128_ps::<0x20>(u0, u1);
+        let hi = _mm256_permute2f128_ps::<0x31>(u0, u1);
+        _mm256_add_ps(lo, hi)
+    }
+
+    /// Accumulates `K` rows of A (`a` points at row 0 of the group, rows `inp` apart) against x.
+    ///
+    /// # Safety
+    /// `x..x+inp` and `a + j*inp .. + inp` for `j < K` must be readable.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn shrink_group<const K: usize>(x: *const f32, a: *const f32, inp: usize) -> __m256 {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i + 8 <= inp {
+            // SAFETY: i + 8 <= inp; see the function's contract.
+            let xv = unsafe { _mm256_loadu_ps(x.add(i)) };
+            for (j, aj) in acc.iter_mut().enumerate().take(K) {
+                // SAFETY: row j < K of the group has inp readable values, i + 8 <= inp.
+                let av = unsafe { _mm256_loadu_ps(a.add(j * inp + i)) };
+                *aj = _mm256_fmadd_ps(av, xv, *aj);
+            }
+            i += 8;
+        }
+        if i < inp {
+            let m = mask(inp - i);
+            // SAFETY: maskload only touches the lanes selected by `m`, all below inp.
+            let xv = unsafe { _mm256_maskload_ps(x.add(i), m) };
+            for (j, aj) in acc.iter_mut().enumerate().take(K) {
+                // SAFETY: as above, for row j < K.
+                let av = unsafe { _mm256_maskload_ps(a.add(j * inp + i), m) };
+                *aj = _mm256_fmadd_ps(av, xv, *aj);
+            }
+        }
+        reduce8(&acc)
+    }
+
+    /// `h[k] = A[k] · x` for `k < rank` (A `[rank, x.len()]`), `h[rank..]` zeroed.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available. Slice sizes are checked (nothing is written if
+    /// `a.len() < rank * x.len()` or `h.len() < rank.div_ceil(8) * 8`).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn shrink(x: &[f32], a: &[f32], rank: usize, h: &mut [f32]) {
+        let inp = x.len();
+        let groups = rank.div_ceil(8);
+        if a.len() < rank * inp || h.len() < groups * 8 {
+            return;
+        }
+        h.iter_mut().for_each(|v| *v = 0.0);
+        for g in 0..groups {
+            let k0 = g * 8;
+            // SAFETY: rows k0 .. k0 + kk of A exist (k0 + kk <= rank); x has inp values.
+            let (xp, ap) = (x.as_ptr(), unsafe { a.as_ptr().add(k0 * inp) });
+            // SAFETY (all arms): as above.
+            let v = unsafe {
+                match rank - k0 {
+                    1 => shrink_group::<1>(xp, ap, inp),
+                    2 => shrink_group::<2>(xp, ap, inp),
+                    3 => shrink_group::<3>(xp, ap, inp),
+                    4 => shrink_group::<4>(xp, ap, inp),
+                    5 => shrink_group::<5>(xp, ap, inp),
+                    6 => shrink_group::<6>(xp, ap, inp),
+                    7 => shrink_group::<7>(xp, ap, inp),
+                    _ => shrink_group::<8>(xp, ap, inp),
+                }
+            };
+            // SAFETY: k0 + 8 <= groups * 8 <= h.len().
+            unsafe { _mm256_storeu_ps(h.as_mut_ptr().add(k0), v) };
+        }
+    }
+
+    /// One row's `V` vectors of 8 columns: `acc = fma(h[k], Bᵀ[k, c..c+8], acc)` for
+    /// `k < r`, then `y = fma(scale, acc, y)`.
+    ///
+    /// # Safety
+    /// `bt + k*out + v*8 .. + 8` readable for `k < r`, `v < V`; `y .. y + 8V` writable;
+    /// `h .. h + r` readable.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn expand_cols<const V: usize>(
+        bt: *const f32,
+        out: usize,
+        r: usize,
+        h: *const f32,
+        sv: __m256,
+        y: *mut f32,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); V];
+        for k in 0..r {
+            // SAFETY: k < r; see the contract.
+            let hk = unsafe { _mm256_broadcast_ss(&*h.add(k)) };
+            for (v, a) in acc.iter_mut().enumerate() {
+                // SAFETY: see the contract.
+                let b = unsafe { _mm256_loadu_ps(bt.add(k * out + v * 8)) };
+                *a = _mm256_fmadd_ps(hk, b, *a);
+            }
+        }
+        for (v, a) in acc.iter().enumerate() {
+            // SAFETY: y .. y + 8V is writable.
+            unsafe {
+                let yp = y.add(v * 8);
+                _mm256_storeu_ps(yp, _mm256_fmadd_ps(sv, *a, _mm256_loadu_ps(yp)));
+            }
+        }
+    }
+
+    /// `ys[i][j] += scale * sum_k hs[i][k] * Bᵀ[k, col0 + j]` (`bt` is `Bᵀ [r, out]`), 32 then
+    /// 8 columns at a time, the last `< 8` columns with scalar fused multiply-adds (the same
+    /// operations as one vector lane).
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available. Slice sizes are checked: rows whose `h` is shorter than
+    /// `r`, or whose columns exceed `out` or `bt`, are skipped.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn expand(
+        bt: &[f32],
+        r: usize,
+        out: usize,
+        scale: f32,
+        col0: usize,
+        hs: &[&[f32]],
+        ys: &mut [&mut [f32]],
+    ) {
+        if !matches!(r.checked_mul(out), Some(n) if n <= bt.len()) {
+            return;
+        }
+        let sv = _mm256_set1_ps(scale);
+        let ncols = ys.iter().map(|y| y.len()).max().unwrap_or(0);
+        if !matches!(col0.checked_add(ncols), Some(e) if e <= out) {
+            return;
+        }
+        // SAFETY: col0 <= out, so the pointer stays inside (or one past) row 0 of Bᵀ.
+        let bt0 = unsafe { bt.as_ptr().add(col0) };
+        let mut j0 = 0;
+        while j0 < ncols {
+            let w = if j0 + 32 <= ncols {
+                32
+            } else if j0 + 8 <= ncols {
+                8
+            } else {
+                ncols - j0
+            };
+            for (h, y) in hs.iter().zip(ys.iter_mut()) {
+                if h.len() < r || y.len() < j0 + w {
+                    continue;
+                }
+                // SAFETY (all arms): columns col0 + j0 .. + w < out for every k < r
+                // (checked above), y has j0 + w values, h has r values.
+                unsafe {
+                    let (b, yp) = (bt0.add(j0), y.as_mut_ptr().add(j0));
+                    match w {
+                        32 => expand_cols::<4>(b, out, r, h.as_ptr(), sv, yp),
+                        8 => expand_cols::<1>(b, out, r, h.as_ptr(), sv, yp),
+                        _ => {
+                            for c in 0..w {
+                                let mut acc = 0f32;
+                                for (k, &hk) in h.iter().enumerate().take(r) {
+                                    acc = hk.mul_add(*b.add(k * out + c), acc);
+                                }
+                                *yp.add(c) = scale.mul_add(acc, *yp.add(c));
+                            }
+                        }
+                    }
+                }
+            }
+            j0 += w;
+        }
+    }
+}
