@@ -100,10 +100,24 @@ fn quickstart_runs_and_is_valgrind_clean() {
         &exe,
         &[],
     );
-    let out = run(Command::new(&exe).arg(&model).env("LPX_THREADS", "2"));
+    // A PEFT source with one adapter, so the quickstart serves a mixed batch.
+    let peft = dir.path().join("loras");
+    let shape = common::tiny_shape(common::TinySpec::default());
+    let adapter = common::random_adapter(&shape, [8; 7], 5, false, false);
+    loraplex::adapters::export::export(
+        &adapter,
+        &shape,
+        loraplex::adapters::export::ExportFormat::HfSafetensors,
+        &peft.join("tiny-lora"),
+    )
+    .unwrap();
+    let out = run(Command::new(&exe)
+        .arg(&model)
+        .arg(&peft)
+        .env("LPX_THREADS", "2"));
     assert!(out.contains("\"object\":\"list\""), "{out}");
-    assert!(out.contains("finished: "), "{out}");
-    assert!(out.contains("1 requests"), "{out}");
+    assert!(out.contains("[tiny-lora] finished: "), "{out}");
+    assert!(out.contains("3 requests over 1 adapters"), "{out}");
     if !have("valgrind") {
         return;
     }
@@ -115,6 +129,7 @@ fn quickstart_runs_and_is_valgrind_clean() {
         ])
         .arg(&exe)
         .arg(&model)
+        .arg(&peft)
         .env("LPX_THREADS", "1"));
     assert!(out.contains("ERROR SUMMARY: 0 errors"), "{out}");
     eprintln!(
