@@ -166,6 +166,10 @@ typedef struct {
   uint32_t max_gpu_loras;
   // Largest accepted LoRA rank (NIM_MAX_LORA_RANK, default 64).
   uint32_t max_lora_rank;
+  // Total bytes for weights, adapter caches, activations and KV cache (0 = no budget); with
+  // kv_cache_bytes = 0 the KV cache gets what is left (LPX_MEMORY_BUDGET_BYTES). Added in
+  // ABI 1 after max_lora_rank: callers built before it pass the shorter struct_size.
+  uint64_t memory_budget_bytes;
 } lpx_engine_config;
 
 // One chat message for `lpx_request.messages`.

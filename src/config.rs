@@ -33,6 +33,9 @@ pub struct EngineConfig {
     pub kv_cache_bytes: usize,
     /// Most requests waiting or running before submit answers QUEUE_FULL.
     pub max_queue: usize,
+    /// Total memory for weights, adapter caches, activations and KV cache (0 = no budget). When
+    /// set and `kv_cache_bytes` is 0, the KV cache gets what the other parts leave.
+    pub memory_budget_bytes: usize,
     /// PEFT source directories (`NIM_PEFT_SOURCE`).
     pub peft_source: Vec<PathBuf>,
     /// Rescan interval of the PEFT sources (`NIM_PEFT_REFRESH_INTERVAL`, None = never).
@@ -60,6 +63,7 @@ impl EngineConfig {
             kv_block_size: 16,
             kv_cache_bytes: 0,
             max_queue: 4096,
+            memory_budget_bytes: 0,
             peft_source: Vec::new(),
             peft_refresh_interval: None,
             max_cpu_loras: 16,
@@ -103,7 +107,8 @@ impl EngineConfig {
 
     /// Applies environment overrides: `LPX_MODEL`, `LPX_SERVED_MODEL_NAME`, `LPX_DEVICE`,
     /// `LPX_THREADS`, `LPX_WEIGHT_DTYPE` (f32|bf16), `LPX_MAX_NUM_SEQS`, `LPX_MAX_BATCH_TOKENS`,
-    /// `LPX_MAX_MODEL_LEN`, `LPX_KV_CACHE_BYTES`, `LPX_MAX_QUEUE`, `NIM_PEFT_SOURCE` (paths
+    /// `LPX_MAX_MODEL_LEN`, `LPX_KV_CACHE_BYTES`, `LPX_MEMORY_BUDGET_BYTES`, `LPX_MAX_QUEUE`,
+    /// `NIM_PEFT_SOURCE` (paths
     /// separated by ':'), `NIM_PEFT_REFRESH_INTERVAL` (seconds), `NIM_MAX_CPU_LORAS`,
     /// `NIM_MAX_GPU_LORAS`, `NIM_MAX_LORA_RANK`. A malformed value is an error naming the variable.
     pub fn apply_env(&mut self) -> Result<()> {
@@ -143,7 +148,8 @@ impl EngineConfig {
                 }
             };
         }
-        let fields: [(&str, &mut usize); 9] = [
+        let fields: [(&str, &mut usize); 10] = [
+            ("LPX_MEMORY_BUDGET_BYTES", &mut self.memory_budget_bytes),
             ("LPX_THREADS", &mut self.threads),
             ("LPX_MAX_NUM_SEQS", &mut self.max_num_seqs),
             ("LPX_MAX_BATCH_TOKENS", &mut self.max_batch_tokens),

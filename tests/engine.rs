@@ -309,3 +309,133 @@ fn bad_models_give_named_errors() {
     c.device = "cuda:0".into();
     assert_eq!(Engine::new(c).err().unwrap().code(), ErrorCode::Unsupported);
 }
+
+#[test]
+fn memory_budget_sizes_the_kv_cache_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_model(dir.path(), common::TinySpec::default());
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.threads = 1;
+    cfg.memory_budget_bytes = 64 << 20;
+    let e = Engine::new(cfg.clone()).unwrap();
+    let mem = e.stats_json()["memory"].clone();
+    let part = |k: &str| mem[k].as_u64().unwrap();
+    let others = part("weights_bytes")
+        + part("host_adapter_cache_bytes")
+        + part("device_adapter_cache_bytes")
+        + part("activations_bytes");
+    let kv = part("kv_cache_bytes");
+    assert!(kv > 0 && others + kv <= 64 << 20, "{mem}");
+    // What is left over is less than one KV block.
+    let spec = common::TinySpec::default();
+    let block = 2 * spec.layers * 16 * spec.kv_heads * spec.head_dim * 4;
+    assert!((64 << 20) - (others + kv) < block as u64, "{mem}");
+    assert!(e
+        .generate(Request::new(Prompt::Tokens(prompt(1)), greedy(4)))
+        .is_ok());
+    drop(e);
+    cfg.memory_budget_bytes = 1 << 20;
+    let err = Engine::new(cfg).err().unwrap();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    assert!(
+        err.message().contains("memory_budget_bytes 1048576"),
+        "{}",
+        err.message()
+    );
+}
+
+#[test]
+fn sharded_and_bf16_safetensors_load_like_the_single_file() {
+    use loraplex::model::ModelFiles;
+    let dir = tempfile::tempdir().unwrap();
+    let single = dir.path().join("single");
+    common::write_tiny_model(&single, common::TinySpec::default());
+    let whole = ModelFiles::load(&single).unwrap();
+    // Split the same tensors over two shards with an index.
+    let sharded = dir.path().join("sharded");
+    common::write_tiny_model(&sharded, common::TinySpec::default());
+    std::fs::remove_file(sharded.join("model.safetensors")).unwrap();
+    let mut names: Vec<&String> = whole.tensors.keys().collect();
+    names.sort();
+    let mut map = serde_json::Map::new();
+    let mut shards: [Vec<(String, Vec<usize>, Vec<f32>)>; 2] = [Vec::new(), Vec::new()];
+    for (i, n) in names.iter().enumerate() {
+        let t = &whole.tensors[*n];
+        let file = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);
+        map.insert(n.to_string(), serde_json::json!(file));
+        shards[i % 2].push((n.to_string(), t.shape.clone(), t.to_f32_vec()));
+    }
+    for (k, s) in shards.iter().enumerate() {
+        common::write_safetensors(
+            &sharded.join(format!("model-0000{}-of-00002.safetensors", k + 1)),
+            s,
+        );
+    }
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    let e1 = Engine::new(EngineConfig::new(&single)).unwrap();
+    let e2 = Engine::new(EngineConfig::new(&sharded)).unwrap();
+    let mut p = greedy(8);
+    p.return_last_logits = true;
+    let a = e1
+        .generate(Request::new(Prompt::Tokens(prompt(3)), p.clone()))
+        .unwrap();
+    let b = e2
+        .generate(Request::new(Prompt::Tokens(prompt(3)), p.clone()))
+        .unwrap();
+    assert_eq!(a.last_logits, b.last_logits);
+    // A shard named in the index but missing is an error naming it.
+    std::fs::remove_file(sharded.join("model-00002-of-00002.safetensors")).unwrap();
+    let err = Engine::new(EngineConfig::new(&sharded)).err().unwrap();
+    assert!(
+        err.message().contains("model-00002-of-00002.safetensors"),
+        "{}",
+        err.message()
+    );
+
+    // BF16 safetensors: tensors stored as bf16 load and run (values are the bf16-rounded ones).
+    let bf = dir.path().join("bf16");
+    common::write_tiny_model(&bf, common::TinySpec::default());
+    let bytes: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| {
+            whole.tensors[*n]
+                .to_f32_vec()
+                .iter()
+                .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                .collect()
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = names
+        .iter()
+        .zip(&bytes)
+        .map(|(n, b)| {
+            let shape = whole.tensors[*n].shape.clone();
+            (
+                n.to_string(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, shape, b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &bf.join("model.safetensors")).unwrap();
+    let loaded = ModelFiles::load(&bf).unwrap();
+    let t = &loaded.tensors["model.layers.0.self_attn.q_proj.weight"];
+    assert_eq!(t.dtype(), loraplex::tensor::DType::BF16);
+    let e3 = Engine::new(EngineConfig::new(&bf)).unwrap();
+    let c = e3
+        .generate(Request::new(Prompt::Tokens(prompt(3)), p))
+        .unwrap();
+    let (la, lc) = (a.last_logits.unwrap(), c.last_logits.unwrap());
+    let max = la
+        .iter()
+        .zip(&lc)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        max > 0.0 && max < 0.05 * common::std_dev(&la) + 0.05,
+        "bf16 logits drift {max}"
+    );
+}

@@ -147,9 +147,56 @@ impl Engine {
                 model_cfg.max_position_embeddings
             )));
         }
+        let shape = ModelShape {
+            num_layers: model_cfg.num_layers,
+            hidden_size: model_cfg.hidden_size,
+            intermediate_size: model_cfg.intermediate_size,
+            num_heads: model_cfg.num_heads,
+            num_kv_heads: model_cfg.num_kv_heads,
+            head_dim: model_cfg.head_dim,
+            dtype: crate::tensor::DType::F32,
+        };
+        let mut dims = [(0, 0); 7];
+        for t in crate::backend::LoraTarget::ALL {
+            dims[t.index()] = shape.module_dims(t);
+        }
+        let lora_geom = LoraStackGeometry {
+            num_slots: cfg.max_gpu_loras,
+            max_rank: cfg.max_lora_rank,
+            num_layers: model_cfg.num_layers,
+            dims,
+        };
+        let lora_stack = backend.alloc_lora_stack(lora_geom)?;
+        let mut plan = MemoryPlan {
+            weights_bytes: model.weight_bytes(),
+            host_adapter_cache_bytes: cfg.max_cpu_loras
+                * MemoryPlan::adapter_elems(&shape, cfg.max_lora_rank)
+                * 4,
+            device_adapter_cache_bytes: backend.lora_stack_bytes(&lora_stack),
+            activations_bytes: MemoryPlan::activation_bytes(
+                &shape,
+                model_cfg.vocab_size,
+                cfg.max_batch_tokens,
+                cfg.max_lora_rank,
+            ),
+            kv_cache_bytes: 0,
+        };
         let bs = cfg.kv_block_size;
         let bytes_per_block = 2 * model_cfg.num_layers * bs * model_cfg.kv_dim() * 4;
-        let kv_bytes = if cfg.kv_cache_bytes == 0 {
+        let kv_bytes = if cfg.kv_cache_bytes == 0 && cfg.memory_budget_bytes > 0 {
+            let others = plan.total();
+            if others >= cfg.memory_budget_bytes {
+                return Err(Error::invalid_argument(format!(
+                    "memory_budget_bytes {} leaves nothing for the KV cache: weights {} + host adapter cache {} + device adapter cache {} + activations {} = {others} bytes",
+                    cfg.memory_budget_bytes,
+                    plan.weights_bytes,
+                    plan.host_adapter_cache_bytes,
+                    plan.device_adapter_cache_bytes,
+                    plan.activations_bytes
+                )));
+            }
+            cfg.memory_budget_bytes - others
+        } else if cfg.kv_cache_bytes == 0 {
             (cfg.max_num_seqs * max_model_len)
                 .div_ceil(bs)
                 .saturating_mul(bytes_per_block)
@@ -171,40 +218,7 @@ impl Engine {
             head_dim: model_cfg.head_dim,
         };
         let kv = backend.alloc_kv(geom)?;
-        let shape = ModelShape {
-            num_layers: model_cfg.num_layers,
-            hidden_size: model_cfg.hidden_size,
-            intermediate_size: model_cfg.intermediate_size,
-            num_heads: model_cfg.num_heads,
-            num_kv_heads: model_cfg.num_kv_heads,
-            head_dim: model_cfg.head_dim,
-            dtype: crate::tensor::DType::F32,
-        };
-        let mut dims = [(0, 0); 7];
-        for t in crate::backend::LoraTarget::ALL {
-            dims[t.index()] = shape.module_dims(t);
-        }
-        let lora_geom = LoraStackGeometry {
-            num_slots: cfg.max_gpu_loras,
-            max_rank: cfg.max_lora_rank,
-            num_layers: model_cfg.num_layers,
-            dims,
-        };
-        let lora_stack = backend.alloc_lora_stack(lora_geom)?;
-        let plan = MemoryPlan {
-            weights_bytes: model.weight_bytes(),
-            host_adapter_cache_bytes: cfg.max_cpu_loras
-                * MemoryPlan::adapter_elems(&shape, cfg.max_lora_rank)
-                * 4,
-            device_adapter_cache_bytes: backend.lora_stack_bytes(&lora_stack),
-            activations_bytes: MemoryPlan::activation_bytes(
-                &shape,
-                model_cfg.vocab_size,
-                cfg.max_batch_tokens,
-                cfg.max_lora_rank,
-            ),
-            kv_cache_bytes: geom.bytes(),
-        };
+        plan.kv_cache_bytes = geom.bytes();
         let mut registry = PeftRegistry::new();
         for src in &cfg.peft_source {
             registry

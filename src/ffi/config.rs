@@ -14,7 +14,11 @@ use crate::error::{Error, Result};
 
 impl Versioned for lpx_engine_config {
     const NAME: &'static str = "lpx_engine_config";
-    const KNOWN_SIZES: &'static [usize] = &[std::mem::size_of::<lpx_engine_config>()];
+    const KNOWN_SIZES: &'static [usize] = &[
+        // Before memory_budget_bytes was appended.
+        std::mem::offset_of!(lpx_engine_config, memory_budget_bytes),
+        std::mem::size_of::<lpx_engine_config>(),
+    ];
     fn defaults() -> Self {
         let d = EngineConfig::new("");
         Self {
@@ -35,6 +39,7 @@ impl Versioned for lpx_engine_config {
             max_cpu_loras: d.max_cpu_loras as u32,
             max_gpu_loras: d.max_gpu_loras as u32,
             max_lora_rank: d.max_lora_rank as u32,
+            memory_budget_bytes: d.memory_budget_bytes as u64,
         }
     }
 }
@@ -91,6 +96,12 @@ pub(crate) unsafe fn to_rust(c: &lpx_engine_config) -> Result<EngineConfig> {
         ))
     })?;
     r.max_queue = c.max_queue as usize;
+    r.memory_budget_bytes = usize::try_from(c.memory_budget_bytes).map_err(|_| {
+        Error::invalid_argument(format!(
+            "cfg->memory_budget_bytes = {} does not fit this platform",
+            c.memory_budget_bytes
+        ))
+    })?;
     r.peft_source = unsafe { opt_str(c.peft_source, "cfg->peft_source") }?
         .unwrap_or("")
         .split(':')
@@ -189,6 +200,7 @@ pub unsafe extern "C" fn lpx_engine_config_from_env(
         n.max_batch_tokens = to_u32(r.max_batch_tokens, "LPX_MAX_BATCH_TOKENS")?;
         n.max_model_len = to_u32(r.max_model_len, "LPX_MAX_MODEL_LEN")?;
         n.kv_cache_bytes = r.kv_cache_bytes as u64;
+        n.memory_budget_bytes = r.memory_budget_bytes as u64;
         n.max_queue = to_u32(r.max_queue, "LPX_MAX_QUEUE")?;
         n.max_cpu_loras = to_u32(r.max_cpu_loras, "NIM_MAX_CPU_LORAS")?;
         n.max_gpu_loras = to_u32(r.max_gpu_loras, "NIM_MAX_GPU_LORAS")?;

@@ -106,6 +106,10 @@ pub struct lpx_engine_config {
     pub max_gpu_loras: u32,
     /// Largest accepted LoRA rank (NIM_MAX_LORA_RANK, default 64).
     pub max_lora_rank: u32,
+    /// Total bytes for weights, adapter caches, activations and KV cache (0 = no budget); with
+    /// kv_cache_bytes = 0 the KV cache gets what is left (LPX_MEMORY_BUDGET_BYTES). Added in
+    /// ABI 1 after max_lora_rank: callers built before it pass the shorter struct_size.
+    pub memory_budget_bytes: u64,
 }
 
 /// One chat message for `lpx_request.messages`.

@@ -320,3 +320,88 @@ fn parse_rope_scaling(s: &Value) -> Result<RopeScaling> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama31(rope_in_parameters: bool) -> String {
+        let rope = r#""rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192"#;
+        let rope_fields = if rope_in_parameters {
+            format!(r#""rope_parameters": {{"rope_theta": 500000.0, {rope}}}"#)
+        } else {
+            format!(r#""rope_theta": 500000.0, "rope_scaling": {{{rope}}}"#)
+        };
+        format!(
+            r#"{{"architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+            "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "eos_token_id": [128001, 128008, 128009],
+            {rope_fields}}}"#
+        )
+    }
+
+    #[test]
+    fn llama3_scaling_from_both_config_styles() {
+        for style in [false, true] {
+            let c = ModelConfig::from_hf_json(&llama31(style)).unwrap();
+            assert_eq!(c.head_dim, 128);
+            assert_eq!(c.rope_theta, 500000.0);
+            assert_eq!(c.eos_token_ids, vec![128001, 128008, 128009]);
+            assert!(matches!(
+                c.rope_scaling,
+                RopeScaling::Llama3 {
+                    original_max_position_embeddings: 8192,
+                    ..
+                }
+            ));
+            let plain = ModelConfig {
+                rope_scaling: RopeScaling::None,
+                ..c.clone()
+            }
+            .rope_inv_freq();
+            let scaled = c.rope_inv_freq();
+            // Wavelengths below original/high_freq_factor (2048) keep their frequency; those above
+            // original/low_freq_factor (8192) are divided by the factor; in between the scale
+            // moves monotonically between the two.
+            let mut prev_ratio = 1.0f64;
+            for (p, s) in plain.iter().zip(&scaled) {
+                let wavelen = 2.0 * std::f64::consts::PI / *p as f64;
+                let ratio = *s as f64 / *p as f64;
+                if wavelen < 2048.0 {
+                    assert!((ratio - 1.0).abs() < 1e-6);
+                } else if wavelen > 8192.0 {
+                    assert!((ratio - 0.125).abs() < 1e-6);
+                } else {
+                    assert!(ratio <= 1.0 && ratio >= 0.125);
+                }
+                assert!(
+                    ratio <= prev_ratio + 1e-9,
+                    "scale must not increase with wavelength"
+                );
+                prev_ratio = ratio;
+            }
+            assert!(plain
+                .iter()
+                .zip(&scaled)
+                .any(|(p, s)| (*s as f64 / *p as f64) < 0.99 && (*s as f64 / *p as f64) > 0.13));
+        }
+    }
+
+    #[test]
+    fn missing_and_bad_fields_are_named() {
+        let good = llama31(false);
+        let no_layers = good.replace(r#""num_hidden_layers": 32,"#, "");
+        let e = ModelConfig::from_hf_json(&no_layers).unwrap_err();
+        assert!(e.message().contains("num_hidden_layers"), "{}", e.message());
+        let gqa = good.replace(r#""num_key_value_heads": 8"#, r#""num_key_value_heads": 5"#);
+        let e = ModelConfig::from_hf_json(&gqa).unwrap_err();
+        assert!(
+            e.message().contains("num_key_value_heads"),
+            "{}",
+            e.message()
+        );
+        let yarn = good.replace("llama3", "yarn");
+        let e = ModelConfig::from_hf_json(&yarn).unwrap_err();
+        assert!(e.message().contains("yarn"), "{}", e.message());
+    }
+}
