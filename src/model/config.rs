@@ -372,7 +372,7 @@ mod tests {
                 } else if wavelen > 8192.0 {
                     assert!((ratio - 0.125).abs() < 1e-6);
                 } else {
-                    assert!(ratio <= 1.0 && ratio >= 0.125);
+                    assert!((0.125..=1.0).contains(&ratio));
                 }
                 assert!(
                     ratio <= prev_ratio + 1e-9,
