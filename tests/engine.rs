@@ -358,7 +358,7 @@ fn sharded_and_bf16_safetensors_load_like_the_single_file() {
     let mut names: Vec<&String> = whole.tensors.keys().collect();
     names.sort();
     let mut map = serde_json::Map::new();
-    let mut shards: [Vec<(String, Vec<usize>, Vec<f32>)>; 2] = [Vec::new(), Vec::new()];
+    let mut shards: [Vec<common::NamedTensor>; 2] = [Vec::new(), Vec::new()];
     for (i, n) in names.iter().enumerate() {
         let t = &whole.tensors[*n];
         let file = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);

@@ -229,8 +229,11 @@ pub fn write_tiny_model(dir: &Path, spec: TinySpec) {
     write_safetensors(&dir.join("model.safetensors"), &tensors);
 }
 
+/// A tensor to write: name, shape, f32 values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// Writes f32 tensors to a safetensors file.
-pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, _, d)| d.iter().flat_map(|x| x.to_le_bytes()).collect())
