@@ -339,7 +339,7 @@ fn mixed_batch_rows_equal_rows_alone() {
         let chunks = |phase: usize, only: Option<usize>| -> Vec<Chunk<'_>> {
             seqs.iter()
                 .enumerate()
-                .filter(|(s, _)| only.map_or(true, |o| o == *s))
+                .filter(|(s, _)| only.is_none_or(|o| o == *s))
                 .map(|(s, (slot, toks, split))| {
                     let (start, end) = if phase == 0 {
                         (0, *split)
