@@ -117,7 +117,7 @@ fn lora_section(
     use loraplex::adapters::export::{export, ExportFormat};
     use loraplex::adapters::synth::{synthesize, SynthSpec};
     use loraplex::adapters::{load_adapter, AdapterLimits, ModelShape};
-    use loraplex::backend::{Backend, LoraStackGeometry, LoraTarget, LoraWeights};
+    use loraplex::backend::{Backend, LoraStackGeometry, LoraTarget};
 
     let dir = std::path::Path::new("target/bench-adapters");
     let _ = std::fs::remove_dir_all(dir);
@@ -196,20 +196,7 @@ fn lora_section(
         num_layers: shape.num_layers,
         dims,
     })?;
-    let layers: Vec<[Option<LoraWeights<'_>>; 7]> = a0
-        .layers
-        .iter()
-        .map(|m| {
-            std::array::from_fn(|t| {
-                m[t].as_ref().map(|m| LoraWeights {
-                    rank: m.rank,
-                    a: &m.a,
-                    b: &m.b,
-                    scale: m.scale,
-                })
-            })
-        })
-        .collect();
+    let layers = loraplex::cache::slot_data(&a0);
     let mut upload = f64::MAX;
     for _ in 0..5 {
         let t = Instant::now();

@@ -439,20 +439,7 @@ fn smollm2_hf_adapter_matches_peft() {
         &AdapterLimits { max_lora_rank: 64 },
     )
     .unwrap();
-    let data: Vec<[Option<LoraWeights<'_>>; 7]> = ad
-        .layers
-        .iter()
-        .map(|m| {
-            std::array::from_fn(|t| {
-                m[t].as_ref().map(|m| LoraWeights {
-                    rank: m.rank,
-                    a: &m.a,
-                    b: &m.b,
-                    scale: m.scale,
-                })
-            })
-        })
-        .collect();
+    let data = loraplex::cache::slot_data(&ad);
     let mut stack = be
         .alloc_lora_stack(LoraStackGeometry {
             num_slots: 2,

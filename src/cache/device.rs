@@ -105,3 +105,23 @@ impl DeviceSlots {
         }
     }
 }
+
+/// An adapter's modules as the backend's upload format (borrowing the adapter's weights).
+pub fn slot_data(
+    adapter: &crate::adapters::NormalizedAdapter,
+) -> Vec<[Option<crate::backend::LoraWeights<'_>>; 7]> {
+    adapter
+        .layers
+        .iter()
+        .map(|mods| {
+            std::array::from_fn(|t| {
+                mods[t].as_ref().map(|m| crate::backend::LoraWeights {
+                    rank: m.rank,
+                    a: &m.a,
+                    b: &m.b,
+                    scale: m.scale,
+                })
+            })
+        })
+        .collect()
+}

@@ -4,6 +4,6 @@ pub mod device;
 pub mod host;
 pub mod plan;
 
-pub use device::DeviceSlots;
+pub use device::{slot_data, DeviceSlots};
 pub use host::{Acquired, AdapterKey, HostCache, HostEntry, LoadState};
 pub use plan::MemoryPlan;

@@ -8,7 +8,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use super::request::{FinishReason, RequestId};
 use super::sequence::{Progress, Sequence};
 use super::{AdapterRuntime, Shared};
-use crate::backend::{AttnMeta, Backend, LoraBatch, LoraWeights};
+use crate::backend::{AttnMeta, Backend, LoraBatch};
 use crate::cache::{AdapterKey, DeviceSlots, LoadState};
 use crate::error::{Error, Result};
 use crate::kv::BlockAllocator;
@@ -358,20 +358,7 @@ impl<B: Backend> Worker<B> {
             Some(LoadState::Ready(a)) => a,
             _ => return Err(Error::internal(format!("adapter {} is not loaded", key.0))),
         };
-        let layers: Vec<[Option<LoraWeights<'_>>; 7]> = adapter
-            .layers
-            .iter()
-            .map(|mods| {
-                std::array::from_fn(|t| {
-                    mods[t].as_ref().map(|m| LoraWeights {
-                        rank: m.rank,
-                        a: &m.a,
-                        b: &m.b,
-                        scale: m.scale,
-                    })
-                })
-            })
-            .collect();
+        let layers = crate::cache::slot_data(&adapter);
         self.backend
             .lora_load_slot(&mut self.lora_stack, slot, &layers)
             .map_err(|e| e.context(format!("adapter \"{}\"", key.0)))
