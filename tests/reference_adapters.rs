@@ -79,31 +79,13 @@ fn check_variants(e: &Engine, reference: &Path) -> Vec<String> {
         )
         .unwrap();
         let want = logits.row(p);
-        let got = o.last_logits.unwrap();
-        let std = common::std_dev(want.as_slice().unwrap());
-        let tol = 3e-4 * std;
-        let d = got
-            .iter()
-            .zip(want.iter())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        println!("{name} prompt {p}: max|diff| {d:.2e} (tol {tol:.2e})");
-        if d > tol {
-            failures.push(format!(
-                "{name} prompt {p}: logits max|diff| {d:.3e} > {tol:.3e}"
-            ));
-        }
-        let r = &v["results"][p];
-        let margins: Vec<f32> = r["step_top1_minus_top2"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
-        if let Err(m) = common::tokens_match(&o.token_ids, &ids(&r["new_token_ids"]), &margins, tol)
-        {
-            failures.push(format!("{name} prompt {p}: {m}"));
-        }
+        failures.extend(common::check_against_reference(
+            &format!("{name} prompt {p}"),
+            &o,
+            want.as_slice().unwrap(),
+            &v["results"][p],
+            3e-4,
+        ));
     }
     failures
 }

@@ -56,36 +56,13 @@ fn check(model: &Path, reference: &Path, format: WeightFormat, rel_tol: f32) {
     for (i, id) in ids.into_iter().enumerate() {
         let o = engine.wait(id).unwrap();
         let want = logits.row(i);
-        let got = o.last_logits.expect("logits requested");
-        let std = common::std_dev(want.as_slice().unwrap());
-        let max_diff = got
-            .iter()
-            .zip(want.iter())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        let tol = rel_tol * std;
-        println!("prompt {i}: max|diff| {max_diff:.3e} (tol {tol:.3e}, std {std:.3})");
-        if max_diff > tol {
-            failures.push(format!(
-                "prompt {i}: logits max|diff| {max_diff:.3e} > {tol:.3e}"
-            ));
-        }
-        let r = &results[i];
-        let want_ids: Vec<u32> = r["new_token_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
-        let margins: Vec<f32> = r["step_top1_minus_top2"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
-        if let Err(e) = common::tokens_match(&o.token_ids, &want_ids, &margins, tol) {
-            failures.push(format!("prompt {i}: {e}"));
-        }
+        failures.extend(common::check_against_reference(
+            &format!("prompt {i}"),
+            &o,
+            want.as_slice().unwrap(),
+            &results[i],
+            rel_tol,
+        ));
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }

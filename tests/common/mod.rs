@@ -330,3 +330,46 @@ pub fn random_adapter(
     };
     loraplex::adapters::synth::synthesize(&format!("random-{seed}"), shape, &spec, seed)
 }
+
+/// Checks one engine output against a reference result (`{"new_token_ids", "step_top1_minus_top2"}`)
+/// and the reference's last-position logits row: max |diff| ≤ `rel_tol` × std of the row, and the
+/// same greedy tokens except after a step whose reference margin is below that tolerance.
+/// Returns the failures, each prefixed by `label`.
+pub fn check_against_reference(
+    label: &str,
+    out: &loraplex::engine::Output,
+    want_logits: &[f32],
+    result: &serde_json::Value,
+    rel_tol: f32,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    let Some(got) = out.last_logits.as_ref() else {
+        return vec![format!("{label}: no logits returned")];
+    };
+    let tol = rel_tol * std_dev(want_logits);
+    let d = got
+        .iter()
+        .zip(want_logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("{label}: max|diff| {d:.2e} (tol {tol:.2e})");
+    if d > tol {
+        failures.push(format!("{label}: logits max|diff| {d:.3e} > {tol:.3e}"));
+    }
+    let ids: Vec<u32> = result["new_token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let margins: Vec<f32> = result["step_top1_minus_top2"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    if let Err(m) = tokens_match(&out.token_ids, &ids, &margins, tol) {
+        failures.push(format!("{label}: {m}"));
+    }
+    failures
+}
