@@ -433,3 +433,48 @@ fn runtime_registration_metrics_and_periodic_refresh() {
             > 0
     );
 }
+
+#[test]
+fn a_hot_adapter_cannot_starve_a_cold_one() {
+    let f = fixture();
+    write_adapter(&f.peft, "hot", ALL7, 51, ExportFormat::HfSafetensors);
+    write_adapter(&f.peft, "cold", ALL7, 52, ExportFormat::HfSafetensors);
+    // One device slot: the cold adapter can only run once every hot request has drained. Twice
+    // as many hot requests as can run keep hot ones waiting at all times, so without fair
+    // admission a waiting hot request would always take the place of a finished one.
+    let e = engine(&f, |c| {
+        c.max_gpu_loras = 1;
+        c.max_cpu_loras = 2;
+        c.max_num_seqs = 4;
+    });
+    // Staggered lengths, so hot requests never all finish in the same step.
+    let hot_req = |k: usize| req(Some("hot"), k % 4, 20 + (k * 7) % 41);
+    let mut hot: Vec<u64> = (0..16).map(|i| e.submit(hot_req(i)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(5));
+    let cold = e.submit(req(Some("cold"), 1, 6)).unwrap();
+    // Keep the hot adapter busy: every finished hot request is replaced at once.
+    let mut hot_done = 0;
+    let mut cold_done = false;
+    while !cold_done && hot_done < 2000 {
+        if let Some(o) = e.poll(cold, Duration::ZERO).unwrap() {
+            cold_done = o.is_final();
+        }
+        for h in hot.iter_mut() {
+            if let Some(o) = e.poll(*h, Duration::ZERO).unwrap() {
+                if o.is_final() {
+                    hot_done += 1;
+                    *h = e.submit(hot_req(hot_done)).unwrap();
+                }
+            }
+        }
+    }
+    eprintln!("cold finished after {hot_done} hot requests");
+    assert!(
+        cold_done,
+        "the cold adapter's request starved behind {hot_done} hot requests"
+    );
+    for h in hot {
+        e.cancel(h).unwrap();
+        e.wait(h).unwrap();
+    }
+}

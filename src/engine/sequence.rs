@@ -29,7 +29,7 @@ pub(crate) struct Sequence {
     pub adapter: Option<AdapterKey>,
     /// Device slot while running with an adapter.
     pub slot: Option<usize>,
-    /// Steps spent waiting for admission (fairness).
+    /// Steps in which this waiting request was refused a device slot (fairness).
     pub held_steps: u32,
 }
 

@@ -119,27 +119,30 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    /// Decides which waiting adapter requests can be admitted this step: their adapter must be
-    /// loaded (failed loads end the request) and the fairness barrier must allow them.
+    /// Which waiting adapter requests can be admitted this step (their adapter is loaded; failed
+    /// loads end the request), and the fairness barrier: the adapter of the oldest waiting request
+    /// that has been refused a device slot for `FAIR_WAIT_STEPS` steps. While a barrier stands,
+    /// no other adapter's request is admitted, so slots drain to it (base requests need no slot
+    /// and are still admitted).
     fn admission_view(
         &mut self,
     ) -> (
         HashMap<RequestId, AdapterKey>,
         Vec<RequestId>,
-        Vec<RequestId>,
+        Option<AdapterKey>,
     ) {
         let mut ready = HashMap::new();
         let mut failed = Vec::new();
-        let mut starving = Vec::new();
+        let mut barrier = None;
         let host = self.shared.host.lock();
         for id in self.sched.waiting_ids() {
             let Some(seq) = self.seqs.get(&id) else {
                 continue;
             };
-            if seq.held_steps >= FAIR_WAIT_STEPS {
-                starving.push(id);
-            }
             let Some(key) = &seq.adapter else { continue };
+            if barrier.is_none() && seq.held_steps >= FAIR_WAIT_STEPS {
+                barrier = Some(key.clone());
+            }
             match host.get(key).map(|e| &e.state) {
                 Some(LoadState::Ready(_)) => {
                     ready.insert(id, key.clone());
@@ -148,11 +151,11 @@ impl<B: Backend> Worker<B> {
                 Some(LoadState::Failed(_)) | None => failed.push(id),
             }
         }
-        (ready, failed, starving)
+        (ready, failed, barrier)
     }
 
     fn step(&mut self) -> Result<()> {
-        let (ready, failed, starving) = self.admission_view();
+        let (ready, failed, barrier) = self.admission_view();
         for id in failed {
             let err = self
                 .seqs
@@ -168,6 +171,7 @@ impl<B: Backend> Worker<B> {
             self.finish(id, FinishReason::Error, Some(err));
         }
         let mut acquired: Vec<(RequestId, usize, bool)> = Vec::new();
+        let mut refused_slot: Vec<RequestId> = Vec::new();
         let slots = &mut self.slots;
         let adapter_of: HashMap<RequestId, bool> = self
             .sched
@@ -177,21 +181,24 @@ impl<B: Backend> Worker<B> {
         let mut plan = self
             .sched
             .schedule(&mut self.seqs, &mut self.alloc, self.limits, |id| {
-                if !starving.is_empty() && !starving.contains(&id) {
-                    return false;
-                }
                 if !adapter_of.get(&id).copied().unwrap_or(false) {
                     return true;
                 }
                 let Some(key) = ready.get(&id) else {
                     return false;
                 };
+                if barrier.as_ref().is_some_and(|b| b != key) {
+                    return false;
+                }
                 match slots.acquire(key) {
                     Some((slot, upload)) => {
                         acquired.push((id, slot, upload));
                         true
                     }
-                    None => false,
+                    None => {
+                        refused_slot.push(id);
+                        false
+                    }
                 }
             });
         let admitted: std::collections::HashSet<RequestId> =
@@ -224,8 +231,7 @@ impl<B: Backend> Worker<B> {
                 }
             }
         }
-        let waiting: Vec<RequestId> = self.sched.waiting_ids().collect();
-        for id in waiting {
+        for id in refused_slot {
             if let Some(seq) = self.seqs.get_mut(&id) {
                 seq.held_steps = seq.held_steps.saturating_add(1);
             }
