@@ -1,6 +1,11 @@
 //! Times the CPU backend's matmul at SmolLM2-135M shapes and compares with memory bandwidth.
 //!
-//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head] [--step] [--attn]`\n//!\n//! `--attn` instead times SmolLM2-shaped paged attention (decode and prefill).\n//! `--lora` instead times mixed-batch `lora_apply` against the base matmuls (see [`lora`]).\n//! `--step` instead times whole decode steps over 30 distinct layers (weights from DRAM).
+//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head] [--step] [--attn] [--lora] [--elementwise]`
+//!
+//! `--elementwise` instead times rms_norm, rope, silu_mul and add at SmolLM2 shapes.
+//! `--attn` instead times SmolLM2-shaped paged attention (decode and prefill).
+//! `--lora` instead times mixed-batch `lora_apply` against the base matmuls.
+//! `--step` instead times whole decode steps over 30 distinct layers (weights from DRAM).
 //!
 //! For each weight shape (in -> out), format (F32, BF16), thread count (1, 2) and row count
 //! (1, 8, 32, 256) it prints the time per call, the weight traffic in GB/s (weight bytes / time,
@@ -183,10 +188,15 @@ fn attention(pools: &[Arc<rayon::ThreadPool>]) {
             let (secs, cpu) = time_cpu(Duration::from_millis(300), || {
                 be.attention_paged(&qkv, rows, stride, nh, &cache, 0, &meta, &mut out)
             });
+            let best = best_of(
+                || be.attention_paged(&qkv, rows, stride, nh, &cache, 0, &meta, &mut out),
+                3,
+            );
             println!(
-                "attention {label}, {} thr: {:.3} ms/layer (KV read {:.1} GB/s; {:.3} cpu-ms)",
+                "attention {label}, {} thr: {:.3} ms/layer (best of 5: {:.3} ms; KV read {:.1} GB/s; {:.3} cpu-ms)",
                 pool.current_num_threads(),
                 secs * 1e3,
+                best * 1e3,
                 kv_bytes as f64 / secs / 1e9,
                 cpu * 1e3
             );
@@ -194,8 +204,78 @@ fn attention(pools: &[Arc<rayon::ThreadPool>]) {
     }
 }
 
+/// Best-of-5 wall time per call of `f` (robust to other load on the machine).
+fn best_of(mut f: impl FnMut(), reps: usize) -> f64 {
+    f();
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let s = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        best = best.min(s.elapsed().as_secs_f64() / reps as f64);
+    }
+    best
+}
+
+/// Times the row-wise ops of one SmolLM2 layer (hidden 576, inter 1536, 9 + 3 + 3 heads of 64)
+/// at 1, 32 and 256 rows on `pool`, and their share of a 30-layer step.
+fn elementwise(pool: &Arc<rayon::ThreadPool>) {
+    let be = CpuBackend::new(pool.clone());
+    let (h, inter, hd) = (576usize, 1536usize, 64usize);
+    let stride = 15 * hd;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let inv_freq: Vec<f32> = (0..hd / 2)
+        .map(|i| 1.0 / 100000f32.powf(2.0 * i as f32 / hd as f32))
+        .collect();
+    let norm_w: Vec<f32> = (0..h).map(|_| rng.gen_range(0.5f32..1.5)).collect();
+    for rows in [1usize, 32, 256] {
+        let mut v = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-4f32..4.0)).collect() };
+        let (x, gu, mut qkv, mut acc) = (
+            v(rows * h),
+            v(rows * 2 * inter),
+            v(rows * stride),
+            v(rows * h),
+        );
+        let (mut normed, mut act) = (vec![0f32; rows * h], vec![0f32; rows * inter]);
+        let pos: Vec<u32> = (0..rows as u32).map(|p| p + 100).collect();
+        let reps = (2000 / rows).max(4);
+        let t_norm = best_of(
+            || be.rms_norm(&x, &norm_w, rows, h, 1e-5, &mut normed),
+            reps,
+        );
+        let t_rope = best_of(
+            || {
+                be.rope(&mut qkv, rows, stride, 0, 9, hd, &pos, &inv_freq);
+                be.rope(&mut qkv, rows, stride, 9 * hd, 3, hd, &pos, &inv_freq);
+            },
+            reps,
+        );
+        let t_silu = best_of(|| be.silu_mul(&gu, rows, inter, &mut act), reps);
+        let t_add = best_of(|| be.add(&mut acc, &x, rows * h), reps);
+        let layer = 2.0 * t_norm + t_rope + t_silu + 2.0 * t_add;
+        println!(
+            "elementwise rows {rows:>3}: rms_norm {:.1} us, rope(q+k) {:.1} us, silu_mul {:.1} us, add {:.1} us; 30 layers {:.3} ms",
+            t_norm * 1e6,
+            t_rope * 1e6,
+            t_silu * 1e6,
+            t_add * 1e6,
+            30.0 * layer * 1e3
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--elementwise") {
+        let pool = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .expect("pool"),
+        );
+        return elementwise(&pool);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let only = args
         .iter()

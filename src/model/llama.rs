@@ -4,6 +4,8 @@
 //! rows mixed). Each row carries its sequence and position ([`AttnMeta`]); K/V are written to the
 //! paged cache before attention reads it, so a prefill chunk attends to itself causally.
 
+use parking_lot::Mutex;
+
 use super::{ModelConfig, TensorMap};
 use crate::backend::{AttnMeta, Backend, LoraBatch, LoraTarget, WeightFormat};
 use crate::error::{Error, Result};
@@ -18,7 +20,28 @@ struct Layer<B: Backend> {
     down: B::Weight,
 }
 
-/// A loaded Llama model. Owned by the engine's worker; not shared between threads.
+/// Activation buffers reused across steps (grown when a step has more rows than any before).
+/// Ops only touch the first `rows * dim` values of a buffer, so stale values past that are
+/// never read.
+struct Scratch<B: Backend> {
+    /// Rows the step buffers hold.
+    rows: usize,
+    x: B::Buf,
+    normed: B::Buf,
+    qkv: B::Buf,
+    attn: B::Buf,
+    proj: B::Buf,
+    gu: B::Buf,
+    act: B::Buf,
+    /// Logit rows the head buffers hold.
+    logit_rows: usize,
+    last: B::Buf,
+    last_normed: B::Buf,
+    logits: B::Buf,
+}
+
+/// A loaded Llama model. Owned by the engine's worker; not shared between threads (the
+/// activation scratch is behind a mutex only so that `forward` can take `&self`).
 pub struct Llama<B: Backend> {
     cfg: ModelConfig,
     embed: B::Weight,
@@ -27,6 +50,7 @@ pub struct Llama<B: Backend> {
     layers: Vec<Layer<B>>,
     inv_freq: Vec<f32>,
     weight_bytes: usize,
+    scratch: Mutex<Option<Scratch<B>>>,
 }
 
 /// One step's input.
@@ -129,6 +153,7 @@ impl<B: Backend> Llama<B> {
             layers,
             inv_freq,
             weight_bytes,
+            scratch: Mutex::new(None),
         })
     }
 
@@ -197,22 +222,57 @@ impl<B: Backend> Llama<B> {
             cfg.kv_dim(),
         );
         let qkv_w = q + 2 * kv_dim;
-        let mut x = backend.alloc(rows * h)?;
-        backend.embedding_gather(&self.embed, input.tokens, &mut x);
-        let mut normed = backend.alloc(rows * h)?;
-        let mut qkv = backend.alloc(rows * qkv_w)?;
-        let mut attn = backend.alloc(rows * q)?;
-        let mut proj = backend.alloc(rows * h)?;
-        let mut gu = backend.alloc(rows * 2 * inter)?;
-        let mut act = backend.alloc(rows * inter)?;
+        let n = input.logit_rows.len();
+        if let Some(&bad) = input.logit_rows.iter().find(|&&r| r as usize >= rows) {
+            return Err(Error::internal(format!(
+                "logit row {bad} out of range for {rows} rows"
+            )));
+        }
+        let mut guard = self.scratch.lock();
+        let mut sc = match guard.take() {
+            Some(sc) if sc.rows >= rows && sc.logit_rows >= n => sc,
+            old => {
+                // Grow to at least the largest step seen so far (drop the old buffers first).
+                let (r0, n0) = old.map_or((0, 0), |o| (o.rows, o.logit_rows));
+                let (r, nl) = (rows.max(r0), n.max(n0).max(1));
+                Scratch {
+                    rows: r,
+                    x: backend.alloc(r * h)?,
+                    normed: backend.alloc(r * h)?,
+                    qkv: backend.alloc(r * qkv_w)?,
+                    attn: backend.alloc(r * q)?,
+                    proj: backend.alloc(r * h)?,
+                    gu: backend.alloc(r * 2 * inter)?,
+                    act: backend.alloc(r * inter)?,
+                    logit_rows: nl,
+                    last: backend.alloc(nl * h)?,
+                    last_normed: backend.alloc(nl * h)?,
+                    logits: backend.alloc(nl * cfg.vocab_size)?,
+                }
+            }
+        };
+        let Scratch {
+            x,
+            normed,
+            qkv,
+            attn,
+            proj,
+            gu,
+            act,
+            last,
+            last_normed,
+            logits,
+            ..
+        } = &mut sc;
+        backend.embedding_gather(&self.embed, input.tokens, x);
         for (l, layer) in self.layers.iter().enumerate() {
-            backend.rms_norm(&x, &layer.attn_norm, rows, h, cfg.rms_norm_eps, &mut normed);
-            backend.matmul(&normed, rows, &layer.qkv, &mut qkv);
-            apply(&normed, h, 0, &mut qkv, qkv_w, 0, l, LoraTarget::Q);
-            apply(&normed, h, 0, &mut qkv, qkv_w, q, l, LoraTarget::K);
-            apply(&normed, h, 0, &mut qkv, qkv_w, q + kv_dim, l, LoraTarget::V);
+            backend.rms_norm(x, &layer.attn_norm, rows, h, cfg.rms_norm_eps, normed);
+            backend.matmul(normed, rows, &layer.qkv, qkv);
+            apply(normed, h, 0, qkv, qkv_w, 0, l, LoraTarget::Q);
+            apply(normed, h, 0, qkv, qkv_w, q, l, LoraTarget::K);
+            apply(normed, h, 0, qkv, qkv_w, q + kv_dim, l, LoraTarget::V);
             backend.rope(
-                &mut qkv,
+                qkv,
                 rows,
                 qkv_w,
                 0,
@@ -222,7 +282,7 @@ impl<B: Backend> Llama<B> {
                 &self.inv_freq,
             );
             backend.rope(
-                &mut qkv,
+                qkv,
                 rows,
                 qkv_w,
                 q,
@@ -234,53 +294,35 @@ impl<B: Backend> Llama<B> {
             backend.kv_write(
                 kv,
                 l,
-                &qkv,
+                qkv,
                 rows,
                 qkv_w,
                 q,
                 q + kv_dim,
                 input.meta.slot_mapping,
             );
-            backend.attention_paged(
-                &qkv,
-                rows,
-                qkv_w,
-                cfg.num_heads,
-                kv,
-                l,
-                &input.meta,
-                &mut attn,
-            );
-            backend.matmul(&attn, rows, &layer.o, &mut proj);
-            apply(&attn, q, 0, &mut proj, h, 0, l, LoraTarget::O);
-            backend.add(&mut x, &proj, rows * h);
-            backend.rms_norm(&x, &layer.mlp_norm, rows, h, cfg.rms_norm_eps, &mut normed);
-            backend.matmul(&normed, rows, &layer.gate_up, &mut gu);
-            apply(&normed, h, 0, &mut gu, 2 * inter, 0, l, LoraTarget::Gate);
-            apply(&normed, h, 0, &mut gu, 2 * inter, inter, l, LoraTarget::Up);
-            backend.silu_mul(&gu, rows, inter, &mut act);
-            backend.matmul(&act, rows, &layer.down, &mut proj);
-            apply(&act, inter, 0, &mut proj, h, 0, l, LoraTarget::Down);
-            backend.add(&mut x, &proj, rows * h);
+            backend.attention_paged(qkv, rows, qkv_w, cfg.num_heads, kv, l, &input.meta, attn);
+            backend.matmul(attn, rows, &layer.o, proj);
+            apply(attn, q, 0, proj, h, 0, l, LoraTarget::O);
+            backend.add(x, proj, rows * h);
+            backend.rms_norm(x, &layer.mlp_norm, rows, h, cfg.rms_norm_eps, normed);
+            backend.matmul(normed, rows, &layer.gate_up, gu);
+            apply(normed, h, 0, gu, 2 * inter, 0, l, LoraTarget::Gate);
+            apply(normed, h, 0, gu, 2 * inter, inter, l, LoraTarget::Up);
+            backend.silu_mul(gu, rows, inter, act);
+            backend.matmul(act, rows, &layer.down, proj);
+            apply(act, inter, 0, proj, h, 0, l, LoraTarget::Down);
+            backend.add(x, proj, rows * h);
         }
-        let n = input.logit_rows.len();
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        if let Some(&bad) = input.logit_rows.iter().find(|&&r| r as usize >= rows) {
-            return Err(Error::internal(format!(
-                "logit row {bad} out of range for {rows} rows"
-            )));
-        }
-        let mut last = backend.alloc(n * h)?;
-        backend.gather_rows(&x, h, input.logit_rows, &mut last);
-        let mut last_normed = backend.alloc(n * h)?;
-        backend.rms_norm(&last, &self.norm, n, h, cfg.rms_norm_eps, &mut last_normed);
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let mut logits = backend.alloc(n * cfg.vocab_size)?;
-        backend.matmul(&last_normed, n, head, &mut logits);
         let mut out = vec![0f32; n * cfg.vocab_size];
-        backend.download(&logits, &mut out)?;
+        if n > 0 {
+            backend.gather_rows(x, h, input.logit_rows, last);
+            backend.rms_norm(last, &self.norm, n, h, cfg.rms_norm_eps, last_normed);
+            let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+            backend.matmul(last_normed, n, head, logits);
+            backend.download(logits, &mut out)?;
+        }
+        *guard = Some(sc);
         Ok(out)
     }
 }

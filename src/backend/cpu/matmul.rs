@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::weight::{bf16_bits_to_f32, CpuWeight, WData};
+use super::weight::{bf16_bits_to_f32, packed_index, CpuWeight, WData, CHUNK, PANEL};
 use super::CpuBackend;
 use crate::backend::reference::matmul_shapes_ok;
 
@@ -20,21 +20,27 @@ fn row_block(kp: usize) -> usize {
 }
 
 /// Weight rows per parallel task: ~4 tasks per thread, fewer rows per task when many activation
-/// rows are re-read against it (so the task's weights stay in L2), a multiple of 4.
+/// rows are re-read against it (so the task's weights stay in L2), a multiple of [`PANEL`] (the
+/// kernels work on whole packed panels).
 fn task_rows(out: usize, rows: usize, kp: usize, wbytes: usize, threads: usize) -> usize {
     let mut cw = out.div_ceil(threads.max(1) * 4);
     if rows > 16 {
         cw = cw.min((384 * 1024) / (kp * wbytes).max(1));
     }
-    cw.div_ceil(4).max(1) * 4
+    cw.div_ceil(PANEL).max(1) * PANEL
 }
 
-/// Portable 8-lane dot product with the same lane structure as the SIMD kernel (separate
-/// multiply and add instead of FMA).
+/// Portable 8-lane dot product of `x` with packed weight row `o` (its 8-column chunks read in
+/// increasing `k`), with the same lane structure as the SIMD kernel (separate multiply and add
+/// instead of FMA).
 #[inline]
-fn dot_portable<T: Copy>(x: &[f32], w: &[T], widen: impl Fn(T) -> f32) -> f32 {
+fn dot_portable<T: Copy>(x: &[f32], w: &[T], o: usize, kp: usize, widen: impl Fn(T) -> f32) -> f32 {
     let mut acc = [0f32; 8];
-    for (xc, wc) in x.chunks_exact(8).zip(w.chunks_exact(8)) {
+    for (c, xc) in x.chunks_exact(CHUNK).enumerate() {
+        let start = packed_index(o, c * CHUNK, kp);
+        let Some(wc) = w.get(start..start + CHUNK) else {
+            return f32::NAN;
+        };
         for l in 0..8 {
             acc[l] += xc[l] * widen(wc[l]);
         }
@@ -52,16 +58,11 @@ fn dot_portable<T: Copy>(x: &[f32], w: &[T], widen: impl Fn(T) -> f32) -> f32 {
 /// Portable kernel: `yt[j * rows + t] = dot(x[t], w[o0 + j])` for `j < n`.
 fn block_portable(x: &[f32], rows: usize, kp: usize, w: &CpuWeight, o0: usize, yt: &mut [f32]) {
     for (j, yrow) in yt.chunks_exact_mut(rows).enumerate() {
-        let start = (o0 + j) * kp;
         for (t, y) in yrow.iter_mut().enumerate() {
             let xr = x.get(t * kp..(t + 1) * kp).unwrap_or(&[]);
             *y = match &w.data {
-                WData::F32(d) => dot_portable(xr, d.get(start..start + kp).unwrap_or(&[]), |v| v),
-                WData::BF16(d) => dot_portable(
-                    xr,
-                    d.get(start..start + kp).unwrap_or(&[]),
-                    bf16_bits_to_f32,
-                ),
+                WData::F32(d) => dot_portable(xr, d, o0 + j, kp, |v| v),
+                WData::BF16(d) => dot_portable(xr, d, o0 + j, kp, bf16_bits_to_f32),
             };
         }
     }

@@ -180,7 +180,7 @@ impl Backend for CpuBackend {
     }
 
     fn silu_mul(&self, gate_up: &Vec<f32>, rows: usize, inter: usize, out: &mut Vec<f32>) {
-        elementwise::silu_mul(gate_up, rows, inter, out);
+        elementwise::silu_mul(self, gate_up, rows, inter, out);
     }
 
     fn add(&self, acc: &mut Vec<f32>, x: &Vec<f32>, len: usize) {

@@ -10,6 +10,9 @@ use std::arch::x86_64::*;
 
 /// Weight rows per microkernel tile.
 pub(crate) const NW: usize = 4;
+// A weight tile is exactly one packed panel.
+const _: () = assert!(NW == super::weight::PANEL);
+
 /// Activation rows per microkernel tile (4 x 3 = 12 accumulators + 3 x + 1 w = 16 registers).
 pub(crate) const MX: usize = 3;
 
@@ -72,41 +75,35 @@ macro_rules! weight_kernels {
         pub(crate) mod $modname {
             use super::*;
 
-            /// Dot products of `X` activation rows with `W` weight rows over `kp` columns.
+            /// Dot products of `X` activation rows with the first `W` rows of the packed weight
+            /// panel at `w` (see `weight.rs`: chunk `k / 8` of panel row `j` is at `k * NW + j * 8`)
+            /// over `kp` columns.
             ///
-            /// When `pf` is non-null, the `NW` rows at `pf` (the next weight tile) are prefetched
-            /// as the loop goes, so DRAM traffic overlaps with this tile's arithmetic.
+            /// There is no software prefetch: a panel is one sequential stream, which the
+            /// hardware prefetcher follows better than explicit prefetches (measured).
             ///
             /// # Safety
-            /// `x + i*kp .. + kp` for `i < X` and `w + j*kp .. + kp` for `j < W` must be readable;
-            /// `kp % 8 == 0`. `pf` is only used as a prefetch hint (never dereferenced).
+            /// `x + i*kp .. + kp` for `i < X` and `w .. w + NW*kp` must be readable; `W <= NW`;
+            /// `kp % 8 == 0`.
             #[target_feature(enable = "avx2,fma")]
             #[inline]
             unsafe fn tile<const W: usize, const X: usize>(
                 x: *const f32,
                 w: *const $t,
                 kp: usize,
-                pf: *const $t,
             ) -> [[f32; X]; W] {
                 let mut acc = [[_mm256_setzero_ps(); X]; W];
                 let mut k = 0;
                 while k < kp {
-                    if !pf.is_null() {
-                        for j in 0..NW {
-                            // Prefetch is a hint that never faults; wrapping_add avoids
-                            // out-of-allocation pointer arithmetic.
-                            let p = pf.wrapping_add(j * kp + k) as *const i8;
-                            _mm_prefetch::<_MM_HINT_T0>(p);
-                        }
-                    }
                     let mut xv = [_mm256_setzero_ps(); X];
                     for (i, xi) in xv.iter_mut().enumerate() {
                         // SAFETY: row i < X of x has kp readable values and k + 8 <= kp.
                         *xi = unsafe { _mm256_loadu_ps(x.add(i * kp + k)) };
                     }
                     for (j, aj) in acc.iter_mut().enumerate() {
-                        // SAFETY: row j < W of w has kp readable values and k + 8 <= kp.
-                        let wv = unsafe { $load(w.add(j * kp + k)) };
+                        // SAFETY: the panel at w holds NW * kp readable values and
+                        // k * NW + j * 8 + 8 <= NW * kp for j < W <= NW, k + 8 <= kp.
+                        let wv = unsafe { $load(w.add(k * NW + j * 8)) };
                         for (a, xi) in aj.iter_mut().zip(xv.iter()) {
                             *a = _mm256_fmadd_ps(*xi, wv, *a);
                         }
@@ -127,8 +124,9 @@ macro_rules! weight_kernels {
             /// tile of the range streams past it).
             ///
             /// # Safety
-            /// AVX2 and FMA must be available. Also `kp % 8 == 0`, `x.len() >= rows * kp`,
-            /// `w.len() >= (o0 + n) * kp`; the function checks these and returns if they fail.
+            /// AVX2 and FMA must be available. Also `kp % 8 == 0`, `o0 % NW == 0`,
+            /// `x.len() >= rows * kp`, `w.len() >=` (`o0 + n` rounded up to a multiple of `NW`)
+            /// `* kp` (whole panels); the function checks these and returns if they fail.
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
             pub(crate) unsafe fn block(
@@ -142,8 +140,14 @@ macro_rules! weight_kernels {
                 rb: usize,
             ) {
                 let ok = kp % 8 == 0
+                    && o0 % NW == 0
                     && matches!(rows.checked_mul(kp), Some(l) if l <= x.len())
-                    && matches!(o0.checked_add(n).and_then(|e| e.checked_mul(kp)), Some(l) if l <= w.len());
+                    && matches!(
+                        o0.checked_add(n)
+                            .and_then(|e| e.checked_next_multiple_of(NW))
+                            .and_then(|e| e.checked_mul(kp)),
+                        Some(l) if l <= w.len()
+                    );
                 if !ok || rb == 0 {
                     return;
                 }
@@ -152,35 +156,23 @@ macro_rules! weight_kernels {
                     let r1 = (r0 + rb).min(rows);
                     let mut j = 0;
                     while j < n {
-                        let nw = (n - j).min(NW);
-                        // SAFETY: o0 + j + nw <= o0 + n, so rows o0+j .. o0+j+nw of w are in bounds.
+                        // Whole panels (padding rows are zero; their results fall outside `yt`
+                        // and are dropped by `store`).
+                        let nw = NW;
+                        // SAFETY: o0 + j is a multiple of NW below o0 + n, so its whole panel
+                        // (NW * kp values from (o0 + j) * kp) is in bounds.
                         let wp = unsafe { w.as_ptr().add((o0 + j) * kp) };
                         let mut t = r0;
                         while t < r1 {
                             let mx = (r1 - t).min(MX);
                             // SAFETY: t + mx <= rows, so rows t .. t+mx of x are in bounds.
                             let xp = unsafe { x.as_ptr().add(t * kp) };
-                            // Prefetch the next weight tile during the first pass over it.
-                            let pf = if t == r0 && j + nw < n {
-                                wp.wrapping_add(nw * kp)
-                            } else {
-                                std::ptr::null()
-                            };
                             // SAFETY (all arms): pointers and kp validated above.
                             unsafe {
-                                match (nw, mx) {
-                                    (4, 3) => store(yt, rows, j, t, tile::<4, 3>(xp, wp, kp, pf)),
-                                    (4, 2) => store(yt, rows, j, t, tile::<4, 2>(xp, wp, kp, pf)),
-                                    (4, 1) => store(yt, rows, j, t, tile::<4, 1>(xp, wp, kp, pf)),
-                                    (3, 3) => store(yt, rows, j, t, tile::<3, 3>(xp, wp, kp, pf)),
-                                    (3, 2) => store(yt, rows, j, t, tile::<3, 2>(xp, wp, kp, pf)),
-                                    (3, 1) => store(yt, rows, j, t, tile::<3, 1>(xp, wp, kp, pf)),
-                                    (2, 3) => store(yt, rows, j, t, tile::<2, 3>(xp, wp, kp, pf)),
-                                    (2, 2) => store(yt, rows, j, t, tile::<2, 2>(xp, wp, kp, pf)),
-                                    (2, 1) => store(yt, rows, j, t, tile::<2, 1>(xp, wp, kp, pf)),
-                                    (1, 3) => store(yt, rows, j, t, tile::<1, 3>(xp, wp, kp, pf)),
-                                    (1, 2) => store(yt, rows, j, t, tile::<1, 2>(xp, wp, kp, pf)),
-                                    _ => store(yt, rows, j, t, tile::<1, 1>(xp, wp, kp, pf)),
+                                match mx {
+                                    3 => store(yt, rows, j, t, tile::<4, 3>(xp, wp, kp)),
+                                    2 => store(yt, rows, j, t, tile::<4, 2>(xp, wp, kp)),
+                                    _ => store(yt, rows, j, t, tile::<4, 1>(xp, wp, kp)),
                                 }
                             }
                             t += mx;

@@ -5,7 +5,17 @@ use crate::backend::WeightFormat;
 use crate::error::Result;
 use crate::tensor::{HostTensor, TensorData};
 
-/// Packed element storage: row-major `[out, kp]`, each row zero-padded from `in` to `kp`.
+/// Rows per panel of the packed layout (the matmul microkernels' weight tile).
+pub(crate) const PANEL: usize = 4;
+/// Columns per chunk of the packed layout (one AVX2 vector of f32).
+pub(crate) const CHUNK: usize = 8;
+
+/// Packed element storage in panels of [`PANEL`] rows: rows are zero-padded from `in` to `kp`
+/// columns and from `out` to a multiple of `PANEL`; panel `p` holds rows `PANEL*p ..` with
+/// their 8-column chunks interleaved, so element `(o, i)` is at
+/// [`packed_index`]`(o, i, kp)`. A tile of `PANEL` rows is then read as one sequential stream,
+/// which the hardware prefetcher follows (about 1.7x the DRAM bandwidth of `PANEL` separate
+/// row streams on the reference machine).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum WData {
     /// f32 values.
@@ -14,8 +24,8 @@ pub(crate) enum WData {
     BF16(Vec<u16>),
 }
 
-/// A weight matrix `[out, in]` packed for the CPU kernels: row-major with every row padded with
-/// zeros to a multiple of 8 columns, in f32 or bf16. Immutable once built; shareable across
+/// A weight matrix `[out, in]` packed for the CPU kernels: panels of 4 rows with interleaved
+/// 8-column chunks (see `WData`), zero-padded, in f32 or bf16. Immutable once built; shareable across
 /// threads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CpuWeight {
@@ -37,12 +47,15 @@ impl CpuWeight {
             WData::BF16(_) => WeightFormat::BF16,
         }
     }
-    /// Bytes of packed storage (including row padding).
+    /// Bytes of the packed rows: `out * kp * element size`, the column padding of each row
+    /// included. The up to 3 all-zero rows that complete the last 4-row panel (none when `out`
+    /// is a multiple of 4, as in every Llama projection) are not counted.
     pub fn bytes(&self) -> usize {
-        match &self.data {
-            WData::F32(v) => v.len() * 4,
-            WData::BF16(v) => v.len() * 2,
-        }
+        let elem = match &self.data {
+            WData::F32(_) => 4,
+            WData::BF16(_) => 2,
+        };
+        self.out.saturating_mul(self.kp).saturating_mul(elem)
     }
 
     /// Row `r` widened to f32 into `dst[..in]`; false if `r` or `dst` is out of range.
@@ -53,23 +66,31 @@ impl CpuWeight {
         if r >= self.out {
             return false;
         }
-        let start = r * self.kp;
-        match &self.data {
-            WData::F32(v) => match v.get(start..start + self.inp) {
-                Some(src) => dst.copy_from_slice(src),
-                None => return false,
-            },
-            WData::BF16(v) => match v.get(start..start + self.inp) {
-                Some(src) => {
-                    for (d, &b) in dst.iter_mut().zip(src) {
+        for (c, d) in dst.chunks_mut(CHUNK).enumerate() {
+            let start = packed_index(r, c * CHUNK, self.kp);
+            let ok = match &self.data {
+                WData::F32(v) => v
+                    .get(start..start + d.len())
+                    .map(|src| d.copy_from_slice(src)),
+                WData::BF16(v) => v.get(start..start + d.len()).map(|src| {
+                    for (d, &b) in d.iter_mut().zip(src) {
                         *d = bf16_bits_to_f32(b);
                     }
-                }
-                None => return false,
-            },
+                }),
+            };
+            if ok.is_none() {
+                return false;
+            }
         }
         true
     }
+}
+
+/// Index of element `(o, i)` (`i % 8 == 0` for the start of a chunk) in the packed layout of a
+/// weight with `kp` padded columns.
+#[inline(always)]
+pub(crate) fn packed_index(o: usize, i: usize, kp: usize) -> usize {
+    (o / PANEL) * PANEL * kp + (i / CHUNK) * PANEL * CHUNK + (o % PANEL) * CHUNK + i % CHUNK
 }
 
 /// Widens raw bf16 bits to f32.
@@ -83,13 +104,26 @@ fn f32_to_bf16_bits(v: f32) -> u16 {
     half::bf16::from_f32(v).to_bits()
 }
 
+/// Writes row `r` (`src`, `in` values) into the packed storage `d`; `d` was sized for it.
+fn scatter_row<T: Copy>(d: &mut [T], r: usize, kp: usize, src: &[T]) {
+    for (c, chunk) in src.chunks(CHUNK).enumerate() {
+        let start = packed_index(r, c * CHUNK, kp);
+        if let Some(dst) = d.get_mut(start..start + chunk.len()) {
+            dst.copy_from_slice(chunk);
+        }
+    }
+}
+
 /// Packs `parts` (each `[out_i, in]`) stacked along `out` in `format`.
 pub(crate) fn pack(parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWeight> {
     let (out, inp) = fused_shape(parts)?;
-    let kp = inp.div_ceil(8) * 8;
-    let n = out.checked_mul(kp).ok_or_else(|| {
-        crate::error::Error::invalid_argument(format!("weight [{out}, {inp}] overflows"))
-    })?;
+    let kp = inp.div_ceil(CHUNK) * CHUNK;
+    let n = out
+        .checked_next_multiple_of(PANEL)
+        .and_then(|o| o.checked_mul(kp))
+        .ok_or_else(|| {
+            crate::error::Error::invalid_argument(format!("weight [{out}, {inp}] overflows"))
+        })?;
     let data = match format {
         WeightFormat::F32 => {
             let mut d = vec![0f32; n];
@@ -97,7 +131,7 @@ pub(crate) fn pack(parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWei
             for p in parts {
                 let vals = p.to_f32_vec();
                 for src in vals.chunks_exact(inp) {
-                    d[r * kp..r * kp + inp].copy_from_slice(src);
+                    scatter_row(&mut d, r, kp, src);
                     r += 1;
                 }
             }
@@ -112,7 +146,7 @@ pub(crate) fn pack(parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWei
                     _ => p.to_f32_vec().into_iter().map(f32_to_bf16_bits).collect(),
                 };
                 for src in bits.chunks_exact(inp) {
-                    d[r * kp..r * kp + inp].copy_from_slice(src);
+                    scatter_row(&mut d, r, kp, src);
                     r += 1;
                 }
             }
