@@ -40,6 +40,7 @@ test-deps:
 	bash scripts/install-test-deps.sh
 
 test-rust: model
+	$(CARGO) build --release --lib
 	mkdir -p target && $(CARGO) test --release --all-targets 2>&1 | tee target/test.log; exit $${PIPESTATUS[0]}
 
 lint:
