@@ -68,6 +68,13 @@ fn block_portable(x: &[f32], rows: usize, kp: usize, w: &CpuWeight, o0: usize, y
     }
 }
 
+/// Whether the AVX-512VL kernels (32 vector registers, larger tiles) can run (cached by std).
+#[cfg(target_arch = "x86_64")]
+fn wide() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+}
+
 /// Computes weight rows `o0 .. o0 + yt.len() / rows` into `yt`.
 fn run_block(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, o0: usize, yt: &mut [f32]) {
     let n = yt.len() / rows;
@@ -78,9 +85,16 @@ fn run_block(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, o0: usize, 
         // SAFETY: `be.simd` is only true when AVX2 and FMA were detected at runtime
         // (`CpuBackend::new`); `block` checks its slice bounds itself.
         unsafe {
-            match &w.data {
-                WData::F32(d) => super::simd::f32w::block(x, rows, kp, d, o0, n, yt, rb),
-                WData::BF16(d) => super::simd::bf16w::block(x, rows, kp, d, o0, n, yt, rb),
+            if wide() {
+                match &w.data {
+                    WData::F32(d) => super::simd::f32w::block_wide(x, rows, kp, d, o0, n, yt, rb),
+                    WData::BF16(d) => super::simd::bf16w::block_wide(x, rows, kp, d, o0, n, yt, rb),
+                }
+            } else {
+                match &w.data {
+                    WData::F32(d) => super::simd::f32w::block(x, rows, kp, d, o0, n, yt, rb),
+                    WData::BF16(d) => super::simd::bf16w::block(x, rows, kp, d, o0, n, yt, rb),
+                }
             }
         }
         return;

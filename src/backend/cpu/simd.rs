@@ -16,6 +16,10 @@ const _: () = assert!(NW == super::weight::PANEL);
 /// Activation rows per microkernel tile (4 x 3 = 12 accumulators + 3 x + 1 w = 16 registers).
 pub(crate) const MX: usize = 3;
 
+/// Activation rows per microkernel tile with AVX-512VL's 32 registers (4 x 6 = 24
+/// accumulators + 4 w + 1 x).
+pub(crate) const MX_WIDE: usize = 6;
+
 /// Horizontal sum of 8 lanes in a fixed order: `(l0+l4) + (l2+l6)` + `(l1+l5) + (l3+l7)`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -69,18 +73,110 @@ fn store<const W: usize, const X: usize>(
     }
 }
 
+/// Panels ahead that the activation-tile passes over a panel prefetch (when a panel takes more
+/// than one pass; a single pass is left to the hardware prefetcher).
+///
+/// Without it the first tile's pass over a panel stalls on DRAM while the other passes leave
+/// the memory bus idle; with it a SmolLM2 decode step (weights from DRAM) at 8 rows took 54 ms
+/// instead of 67 ms on one thread (1, 3 and 8 panels ahead measured the same). Spreading the
+/// prefetches over the first two passes (one cache line per k-step each, f32) rather than all
+/// in the first pass cut the 32-row step by another ~10% of CPU time.
+const PF_DIST: usize = 3;
+/// Prefetch locality hint.
+const PF_HINT: i32 = _MM_HINT_T0;
+
+/// The body of `block` / `block_wide` (they differ in target features and tile sizes).
+macro_rules! block_body {
+    ($x:ident, $rows:ident, $kp:ident, $w:ident, $o0:ident, $n:ident, $yt:ident, $rb:ident,
+     $mxmax:expr, $pick:expr, [$($sz:literal),*]) => {{
+        let (x, rows, kp, w, o0, n, yt, rb) = ($x, $rows, $kp, $w, $o0, $n, $yt, $rb);
+        let ok = kp % 8 == 0
+            && o0 % NW == 0
+            && matches!(rows.checked_mul(kp), Some(l) if l <= x.len())
+            && matches!(
+                o0.checked_add(n)
+                    .and_then(|e| e.checked_next_multiple_of(NW))
+                    .and_then(|e| e.checked_mul(kp)),
+                Some(l) if l <= w.len()
+            );
+        if !ok || rb == 0 {
+            return;
+        }
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + rb).min(rows);
+            let mut j = 0;
+            while j < n {
+                // Whole panels (padding rows are zero; their results fall outside `yt`
+                // and are dropped by `store`).
+                let nw = NW;
+                // SAFETY: o0 + j is a multiple of NW below o0 + n, so its whole panel
+                // (NW * kp values from (o0 + j) * kp) is in bounds.
+                let wp = unsafe { w.as_ptr().add((o0 + j) * kp) };
+                // With several activation tiles per panel, prefetch the panel PF_DIST
+                // ahead during the first passes, so that DRAM streams it while the
+                // tiles compute from cache.
+                let pnext = o0 + j + PF_DIST * NW;
+                let pf = (r1 - r0 > $mxmax && pnext < o0 + n)
+                    .then(|| w.as_ptr().wrapping_add(pnext * kp));
+                let mut t = r0;
+                let mut pass = 0;
+                while t < r1 {
+                    // Pass p prefetches line p of each k-step's PF_LINES lines of the panel,
+                    // spreading the prefetches over the passes.
+                    let pft = pf
+                        .filter(|_| pass < PF_LINES)
+                        .map(|p| p.wrapping_add(pass * LINE_ELEMS));
+                    pass += 1;
+                    let mx = $pick(r1 - t);
+                    // SAFETY: t + mx <= rows, so rows t .. t+mx of x are in bounds.
+                    let xp = unsafe { x.as_ptr().add(t * kp) };
+                    // SAFETY (all arms): pointers and kp validated above.
+                    unsafe {
+                        match mx {
+                            $($sz => store(yt, rows, j, t, tile::<4, $sz>(xp, wp, kp, pft)),)*
+                            _ => {}
+                        }
+                    }
+                    t += mx;
+                }
+                j += nw;
+            }
+            r0 = r1;
+        }
+    }};
+}
+
+/// Tile rows for `m` remaining rows with up to 6 per tile: balanced tiles (8 -> 4 + 4,
+/// 11 -> 6 + 5) so that no small tail tile runs at low efficiency.
+#[inline(always)]
+fn wide_tile_rows(m: usize) -> usize {
+    if m <= MX_WIDE {
+        m
+    } else if m <= 2 * MX_WIDE {
+        m.div_ceil(2)
+    } else {
+        MX_WIDE
+    }
+}
+
 macro_rules! weight_kernels {
-    ($modname:ident, $t:ty, $load:ident) => {
+    ($modname:ident, $t:ty, $load:ident, $two:expr) => {
         /// Microkernels for one weight element type.
         pub(crate) mod $modname {
             use super::*;
+
+            /// Cache lines of the panel per k-step: two (f32) or one (bf16).
+            const PF_LINES: usize = if $two { 2 } else { 1 };
+            /// Weights per 64-byte cache line.
+            const LINE_ELEMS: usize = 64 / std::mem::size_of::<$t>();
 
             /// Dot products of `X` activation rows with the first `W` rows of the packed weight
             /// panel at `w` (see `weight.rs`: chunk `k / 8` of panel row `j` is at `k * NW + j * 8`)
             /// over `kp` columns.
             ///
-            /// There is no software prefetch: a panel is one sequential stream, which the
-            /// hardware prefetcher follows better than explicit prefetches (measured).
+            /// With `pf`, also prefetches one cache line per k-step at `pf + k * NW` (see
+            /// [`PF_DIST`](super::PF_DIST)); a prefetch never faults or changes a result.
             ///
             /// # Safety
             /// `x + i*kp .. + kp` for `i < X` and `w .. w + NW*kp` must be readable; `W <= NW`;
@@ -91,10 +187,16 @@ macro_rules! weight_kernels {
                 x: *const f32,
                 w: *const $t,
                 kp: usize,
+                pf: Option<*const $t>,
             ) -> [[f32; X]; W] {
                 let mut acc = [[_mm256_setzero_ps(); X]; W];
                 let mut k = 0;
                 while k < kp {
+                    if let Some(pf) = pf {
+                        // Prefetch is a hint: it never faults and never changes a result.
+                        let p = pf.wrapping_add(k * NW) as *const i8;
+                        _mm_prefetch::<PF_HINT>(p);
+                    }
                     let mut xv = [_mm256_setzero_ps(); X];
                     for (i, xi) in xv.iter_mut().enumerate() {
                         // SAFETY: row i < X of x has kp readable values and k + 8 <= kp.
@@ -121,7 +223,7 @@ macro_rules! weight_kernels {
 
             /// `yt[j * rows + t] = dot(x[t], w[o0 + j])` for `j < n`, `t < rows`, processing
             /// activation rows in blocks of `rb` (so a block stays in cache while every weight
-            /// tile of the range streams past it).
+            /// tile of the range streams past it), in tiles of up to [`MX`] rows.
             ///
             /// # Safety
             /// AVX2 and FMA must be available. Also `kp % 8 == 0`, `o0 % NW == 0`,
@@ -139,55 +241,59 @@ macro_rules! weight_kernels {
                 yt: &mut [f32],
                 rb: usize,
             ) {
-                let ok = kp % 8 == 0
-                    && o0 % NW == 0
-                    && matches!(rows.checked_mul(kp), Some(l) if l <= x.len())
-                    && matches!(
-                        o0.checked_add(n)
-                            .and_then(|e| e.checked_next_multiple_of(NW))
-                            .and_then(|e| e.checked_mul(kp)),
-                        Some(l) if l <= w.len()
-                    );
-                if !ok || rb == 0 {
-                    return;
-                }
-                let mut r0 = 0;
-                while r0 < rows {
-                    let r1 = (r0 + rb).min(rows);
-                    let mut j = 0;
-                    while j < n {
-                        // Whole panels (padding rows are zero; their results fall outside `yt`
-                        // and are dropped by `store`).
-                        let nw = NW;
-                        // SAFETY: o0 + j is a multiple of NW below o0 + n, so its whole panel
-                        // (NW * kp values from (o0 + j) * kp) is in bounds.
-                        let wp = unsafe { w.as_ptr().add((o0 + j) * kp) };
-                        let mut t = r0;
-                        while t < r1 {
-                            let mx = (r1 - t).min(MX);
-                            // SAFETY: t + mx <= rows, so rows t .. t+mx of x are in bounds.
-                            let xp = unsafe { x.as_ptr().add(t * kp) };
-                            // SAFETY (all arms): pointers and kp validated above.
-                            unsafe {
-                                match mx {
-                                    3 => store(yt, rows, j, t, tile::<4, 3>(xp, wp, kp)),
-                                    2 => store(yt, rows, j, t, tile::<4, 2>(xp, wp, kp)),
-                                    _ => store(yt, rows, j, t, tile::<4, 1>(xp, wp, kp)),
-                                }
-                            }
-                            t += mx;
-                        }
-                        j += nw;
-                    }
-                    r0 = r1;
-                }
+                block_body!(
+                    x,
+                    rows,
+                    kp,
+                    w,
+                    o0,
+                    n,
+                    yt,
+                    rb,
+                    MX,
+                    |m: usize| m.min(MX),
+                    [3, 2, 1]
+                );
+            }
+
+            /// [`block`] with AVX-512VL's 32 vector registers: tiles of up to [`MX_WIDE`] rows
+            /// (4 x 6 = 24 accumulators), the same 256-bit instruction sequence per output
+            /// element, so bitwise the same results as [`block`].
+            ///
+            /// # Safety
+            /// AVX2, FMA, AVX-512F and AVX-512VL must be available; otherwise as [`block`].
+            #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+            #[allow(clippy::too_many_arguments)]
+            pub(crate) unsafe fn block_wide(
+                x: &[f32],
+                rows: usize,
+                kp: usize,
+                w: &[$t],
+                o0: usize,
+                n: usize,
+                yt: &mut [f32],
+                rb: usize,
+            ) {
+                block_body!(
+                    x,
+                    rows,
+                    kp,
+                    w,
+                    o0,
+                    n,
+                    yt,
+                    rb,
+                    MX_WIDE,
+                    wide_tile_rows,
+                    [6, 5, 4, 3, 2, 1]
+                );
             }
         }
     };
 }
 
-weight_kernels!(f32w, f32, load_f32);
-weight_kernels!(bf16w, u16, load_bf16);
+weight_kernels!(f32w, f32, load_f32, true);
+weight_kernels!(bf16w, u16, load_bf16, false);
 
 /// `a · b` over `min(a.len(), b.len())`: 8 lanes accumulate `acc + a*b` (multiply then add, no
 /// FMA) over chunks of 8, then [`hsum`], then the scalar tail in order. Bitwise equal to the
