@@ -124,16 +124,16 @@ fn lora_section(
     let _ = std::fs::remove_dir_all(dir);
     let peft = dir.join("peft");
     std::fs::create_dir_all(&peft)?;
-    let mc = loraplex::model::ModelFiles::load(std::path::Path::new(model))?.config;
-    let shape = ModelShape {
-        num_layers: mc.num_layers,
-        hidden_size: mc.hidden_size,
-        intermediate_size: mc.intermediate_size,
-        num_heads: mc.num_heads,
-        num_kv_heads: mc.num_kv_heads,
-        head_dim: mc.head_dim,
-        dtype: loraplex::tensor::DType::F32,
-    };
+    let n_adapters = if quick { 8 } else { 32 };
+    // The engine starts on an empty PEFT source; the adapters written below appear on refresh.
+    let mut cfg = EngineConfig::new(model);
+    cfg.threads = threads;
+    cfg.peft_source = vec![peft.clone()];
+    cfg.max_gpu_loras = n_adapters;
+    cfg.max_cpu_loras = cfg.max_gpu_loras;
+    cfg.max_lora_rank = 16;
+    let engine = Engine::new(cfg)?;
+    let shape = ModelShape::of(engine.model_config(), loraplex::tensor::DType::F32);
     let spec = SynthSpec {
         rank: 8,
         scale: 2.0,
@@ -141,7 +141,6 @@ fn lora_section(
         shared_a: true,
         strength: 0.15,
     };
-    let n_adapters = if quick { 8 } else { 32 };
     let names: Vec<String> = (0..n_adapters).map(|i| format!("bench-{i:02}")).collect();
     for (i, name) in names.iter().enumerate() {
         export(
@@ -187,15 +186,11 @@ fn lora_section(
             .build()?,
     );
     let backend = loraplex::backend::cpu::CpuBackend::new(pool);
-    let mut dims = [(0, 0); 7];
-    for t in LoraTarget::ALL {
-        dims[t.index()] = shape.module_dims(t);
-    }
     let mut stack = backend.alloc_lora_stack(LoraStackGeometry {
         num_slots: 1,
         max_rank: 16,
         num_layers: shape.num_layers,
-        dims,
+        dims: shape.lora_dims(),
     })?;
     let layers = loraplex::cache::slot_data(&a0);
     let mut upload = f64::MAX;
@@ -206,13 +201,7 @@ fn lora_section(
     }
     eprintln!("[lora] host->device slot load: {:.2} ms", upload * 1e3);
 
-    let mut cfg = EngineConfig::new(model);
-    cfg.threads = threads;
-    cfg.peft_source = vec![peft.clone()];
-    cfg.max_gpu_loras = n_adapters;
-    cfg.max_cpu_loras = n_adapters;
-    cfg.max_lora_rank = 16;
-    let engine = Engine::new(cfg)?;
+    engine.refresh()?;
     // Warm every adapter (cold load happens on first use).
     let warm: Vec<Option<String>> = names.iter().cloned().map(Some).collect();
     decode_tps_models(&engine, &warm, 2)?;

@@ -45,15 +45,7 @@ fn shape_from_model(dir: &Path) -> Result<ModelShape, String> {
         Some("float16") => DType::F16,
         _ => DType::F32,
     };
-    Ok(ModelShape {
-        num_layers: c.num_layers,
-        hidden_size: c.hidden_size,
-        intermediate_size: c.intermediate_size,
-        num_heads: c.num_heads,
-        num_kv_heads: c.num_kv_heads,
-        head_dim: c.head_dim,
-        dtype,
-    })
+    Ok(ModelShape::of(&c, dtype))
 }
 
 fn main() -> ExitCode {

@@ -48,20 +48,11 @@ fn pool(n: usize) -> Arc<rayon::ThreadPool> {
 type Adapter = Vec<[Option<(usize, Vec<f32>, Vec<f32>, f32)>; 7]>;
 
 fn dims(cfg: &ModelConfig) -> [(usize, usize); 7] {
-    let shape = shape_of(cfg);
-    LoraTarget::ALL.map(|t| shape.module_dims(t))
+    shape_of(cfg).lora_dims()
 }
 
 fn shape_of(cfg: &ModelConfig) -> ModelShape {
-    ModelShape {
-        num_layers: cfg.num_layers,
-        hidden_size: cfg.hidden_size,
-        intermediate_size: cfg.intermediate_size,
-        num_heads: cfg.num_heads,
-        num_kv_heads: cfg.num_kv_heads,
-        head_dim: cfg.head_dim,
-        dtype: DType::F32,
-    }
+    ModelShape::of(cfg, DType::F32)
 }
 
 fn random_adapter(

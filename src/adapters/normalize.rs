@@ -49,6 +49,24 @@ pub struct ModelShape {
 }
 
 impl ModelShape {
+    /// The shape of a base model, with `dtype` for headerless TensorRT-LLM `.bin` files.
+    pub fn of(cfg: &crate::model::ModelConfig, dtype: crate::tensor::DType) -> Self {
+        Self {
+            num_layers: cfg.num_layers,
+            hidden_size: cfg.hidden_size,
+            intermediate_size: cfg.intermediate_size,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            dtype,
+        }
+    }
+
+    /// `(in, out)` of every target, indexed by [`LoraTarget::index`].
+    pub fn lora_dims(&self) -> [(usize, usize); 7] {
+        LoraTarget::ALL.map(|t| self.module_dims(t))
+    }
+
     /// `(in, out)` of a target module for this model.
     pub fn module_dims(&self, m: LoraTarget) -> (usize, usize) {
         let (h, i) = (self.hidden_size, self.intermediate_size);

@@ -116,9 +116,10 @@ pub(crate) fn loader_loop(
 
 /// Rescans every source and drops unpinned host entries of changed or removed adapters.
 pub(crate) fn rescan(shared: &Shared) -> crate::adapters::source::ScanReport {
-    let report = shared.registry.lock().scan();
+    // Lock order everywhere: registry, then host cache.
+    let mut reg = shared.registry.lock();
+    let report = reg.scan();
     if !report.changed.is_empty() || !report.removed.is_empty() {
-        let reg = shared.registry.lock();
         let mut host = shared.host.lock();
         for n in report.changed.iter().chain(&report.removed) {
             host.forget_stale(n, reg.get(n).map(|a| a.generation));

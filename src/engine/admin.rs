@@ -86,9 +86,10 @@ impl Engine {
         let s = self.stats();
         let plan = self.shared.plan;
         let runtime = self.shared.adapter_runtime.lock().clone();
+        // Lock order everywhere: registry, then host cache.
+        let registry = self.shared.registry.lock();
         let host = self.shared.host.lock();
         let mut adapters = Vec::new();
-        let registry = self.shared.registry.lock();
         for a in registry.adapters() {
             let key = (a.name.clone(), a.generation);
             let entry = host.get(&key);

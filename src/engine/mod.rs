@@ -75,6 +75,7 @@ pub struct AdapterRuntime {
 
 pub(crate) struct Shared {
     outputs: Mutex<HashMap<RequestId, OutputChannel>>,
+    /// Lock order: `registry` before `host` when both are held.
     pub(crate) registry: Mutex<PeftRegistry>,
     pub(crate) host: Mutex<HostCache>,
     pub(crate) adapter_runtime: Mutex<HashMap<String, AdapterRuntime>>,
@@ -147,24 +148,12 @@ impl Engine {
                 model_cfg.max_position_embeddings
             )));
         }
-        let shape = ModelShape {
-            num_layers: model_cfg.num_layers,
-            hidden_size: model_cfg.hidden_size,
-            intermediate_size: model_cfg.intermediate_size,
-            num_heads: model_cfg.num_heads,
-            num_kv_heads: model_cfg.num_kv_heads,
-            head_dim: model_cfg.head_dim,
-            dtype: crate::tensor::DType::F32,
-        };
-        let mut dims = [(0, 0); 7];
-        for t in crate::backend::LoraTarget::ALL {
-            dims[t.index()] = shape.module_dims(t);
-        }
+        let shape = ModelShape::of(&model_cfg, crate::tensor::DType::F32);
         let lora_geom = LoraStackGeometry {
             num_slots: cfg.max_gpu_loras,
             max_rank: cfg.max_lora_rank,
             num_layers: model_cfg.num_layers,
-            dims,
+            dims: shape.lora_dims(),
         };
         let lora_stack = backend.alloc_lora_stack(lora_geom)?;
         let mut plan = MemoryPlan {

@@ -25,6 +25,14 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// See [`Worker::admission_view`].
+#[derive(Default)]
+struct AdmissionView {
+    adapters: HashMap<RequestId, Option<AdapterKey>>,
+    failed: Vec<(RequestId, Error)>,
+    barrier: Option<AdapterKey>,
+}
+
 /// Steps a waiting adapter request may be passed over before admission becomes strictly FIFO
 /// behind it (so a hot adapter cannot starve the others).
 const FAIR_WAIT_STEPS: u32 = 32;
@@ -119,73 +127,62 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    /// Which waiting adapter requests can be admitted this step (their adapter is loaded; failed
-    /// loads end the request), and the fairness barrier: the adapter of the oldest waiting request
-    /// that has been refused a device slot for `FAIR_WAIT_STEPS` steps. While a barrier stands,
-    /// no other adapter's request is admitted, so slots drain to it (base requests need no slot
-    /// and are still admitted).
-    fn admission_view(
-        &mut self,
-    ) -> (
-        HashMap<RequestId, AdapterKey>,
-        Vec<RequestId>,
-        Option<AdapterKey>,
-    ) {
-        let mut ready = HashMap::new();
-        let mut failed = Vec::new();
-        let mut barrier = None;
+    /// The adapter state of every waiting adapter request: `Some(key)` when its adapter is loaded,
+    /// `None` while it loads (base requests are absent); the requests whose load failed, with the
+    /// error; and the fairness barrier: the adapter of the oldest waiting request that has been
+    /// refused a device slot for `FAIR_WAIT_STEPS` steps. While a barrier stands, no other
+    /// adapter's request is admitted, so slots drain to it (base requests need no slot and are
+    /// still admitted).
+    fn admission_view(&self) -> AdmissionView {
+        let mut view = AdmissionView::default();
         let host = self.shared.host.lock();
         for id in self.sched.waiting_ids() {
             let Some(seq) = self.seqs.get(&id) else {
                 continue;
             };
             let Some(key) = &seq.adapter else { continue };
-            if barrier.is_none() && seq.held_steps >= FAIR_WAIT_STEPS {
-                barrier = Some(key.clone());
+            if view.barrier.is_none() && seq.held_steps >= FAIR_WAIT_STEPS {
+                view.barrier = Some(key.clone());
             }
             match host.get(key).map(|e| &e.state) {
                 Some(LoadState::Ready(_)) => {
-                    ready.insert(id, key.clone());
+                    view.adapters.insert(id, Some(key.clone()));
                 }
-                Some(LoadState::Loading) => {}
-                Some(LoadState::Failed(_)) | None => failed.push(id),
+                Some(LoadState::Loading) => {
+                    view.adapters.insert(id, None);
+                }
+                Some(LoadState::Failed(e)) => view.failed.push((id, e.clone())),
+                None => view.failed.push((
+                    id,
+                    Error::internal(format!(
+                        "adapter {} left the host cache while pinned",
+                        key.0
+                    )),
+                )),
             }
         }
-        (ready, failed, barrier)
+        view
     }
 
     fn step(&mut self) -> Result<()> {
-        let (ready, failed, barrier) = self.admission_view();
-        for id in failed {
-            let err = self
-                .seqs
-                .get(&id)
-                .and_then(|s| s.adapter.clone())
-                .and_then(
-                    |k| match self.shared.host.lock().get(&k).map(|e| e.state.clone()) {
-                        Some(LoadState::Failed(e)) => Some(e),
-                        _ => None,
-                    },
-                );
-            let err = err.unwrap_or_else(|| Error::invalid_adapter("adapter could not be loaded"));
+        let AdmissionView {
+            adapters,
+            failed,
+            barrier,
+        } = self.admission_view();
+        for (id, err) in failed {
             self.finish(id, FinishReason::Error, Some(err));
         }
         let mut acquired: Vec<(RequestId, usize, bool)> = Vec::new();
         let mut refused_slot: Vec<RequestId> = Vec::new();
         let slots = &mut self.slots;
-        let adapter_of: HashMap<RequestId, bool> = self
-            .sched
-            .waiting_ids()
-            .filter_map(|id| self.seqs.get(&id).map(|s| (id, s.adapter.is_some())))
-            .collect();
         let mut plan = self
             .sched
             .schedule(&mut self.seqs, &mut self.alloc, self.limits, |id| {
-                if !adapter_of.get(&id).copied().unwrap_or(false) {
-                    return true;
-                }
-                let Some(key) = ready.get(&id) else {
-                    return false;
+                let key = match adapters.get(&id) {
+                    None => return true,
+                    Some(None) => return false,
+                    Some(Some(key)) => key,
                 };
                 if barrier.as_ref().is_some_and(|b| b != key) {
                     return false;
