@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::engine::{FinishReason, Output, Prompt, Request};
 use crate::error::{Error, Result};
-use crate::sampling::{SamplingParams, MAX_LOGPROBS};
+use crate::sampling::SamplingParams;
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
 /// Which endpoint a body is for (and which response shape to produce).
@@ -146,13 +146,8 @@ pub fn parse_openai(body: &str, served_name: &str) -> Result<OpenAiRequest> {
             _ => None,
         },
     };
-    if let Some(n) = s.logprobs {
-        if n > MAX_LOGPROBS {
-            return Err(Error::invalid_argument(format!(
-                "logprobs = {n}: at most {MAX_LOGPROBS}"
-            )));
-        }
-    }
+    // Every sampling range (logprobs <= MAX_LOGPROBS among them) is checked in one place.
+    s.validate()?;
     let stream = opt_bool(obj, "stream")?.unwrap_or(false);
     Ok(OpenAiRequest {
         request: Request {

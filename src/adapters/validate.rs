@@ -87,5 +87,14 @@ pub fn validate(
             }
         }
     }
+    // Modules past the model's layers were named above; what is left is a layer count that does
+    // not match (the backend packs adapters per model layer).
+    if adapter.layers.len() != shape.num_layers {
+        return Err(err(format!(
+            "has {} layers, the model has {}",
+            adapter.layers.len(),
+            shape.num_layers
+        )));
+    }
     Ok(())
 }

@@ -96,7 +96,8 @@ pub(crate) unsafe fn to_rust(r: &lpx_request) -> Result<Request> {
         n if n >= 0 => Some(n as usize),
         n => {
             return Err(Error::invalid_argument(format!(
-                "req->logprobs = {n}: must be -1 (none) or 0..=20"
+                "req->logprobs = {n}: must be -1 (none) or 0..={}",
+                crate::sampling::MAX_LOGPROBS
             )))
         }
     };

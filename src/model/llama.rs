@@ -271,22 +271,13 @@ impl<B: Backend> Llama<B> {
             apply(normed, h, 0, qkv, qkv_w, 0, l, LoraTarget::Q);
             apply(normed, h, 0, qkv, qkv_w, q, l, LoraTarget::K);
             apply(normed, h, 0, qkv, qkv_w, q + kv_dim, l, LoraTarget::V);
+            // K's heads follow Q's in the fused row, so one call rotates both.
             backend.rope(
                 qkv,
                 rows,
                 qkv_w,
                 0,
-                cfg.num_heads,
-                cfg.head_dim,
-                input.meta.row_pos,
-                &self.inv_freq,
-            );
-            backend.rope(
-                qkv,
-                rows,
-                qkv_w,
-                q,
-                cfg.num_kv_heads,
+                cfg.num_heads + cfg.num_kv_heads,
                 cfg.head_dim,
                 input.meta.row_pos,
                 &self.inv_freq,
@@ -320,9 +311,14 @@ impl<B: Backend> Llama<B> {
             backend.rms_norm(last, &self.norm, n, h, cfg.rms_norm_eps, last_normed);
             let head = self.lm_head.as_ref().unwrap_or(&self.embed);
             backend.matmul(last_normed, n, head, logits);
-            backend.download(logits, &mut out)?;
         }
+        let downloaded = if n > 0 {
+            backend.download(logits, &mut out)
+        } else {
+            Ok(())
+        };
+        // The buffers go back for the next step even when the download failed.
         *guard = Some(sc);
-        Ok(out)
+        downloaded.map(|()| out)
     }
 }
