@@ -398,7 +398,9 @@ fn zero_b_adapter_is_bitwise_base() {
         step(&be, &model, &mut kv, Some(&stack), &c)
     };
     let (with, base) = (run(1), run(-1));
+    assert!(!base.is_empty() && with.len() == base.len());
     for (w, b) in with.iter().zip(&base) {
+        assert!(!b.is_empty() && w.len() == b.len());
         assert!(w.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
 }

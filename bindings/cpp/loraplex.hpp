@@ -140,6 +140,13 @@ private:
 };
 
 /// One streamed delta of a request (move-only owner of an lpx_output).
+/// A generated token's log-probability and its top alternatives (owning copy).
+struct TokenLogprob {
+    uint32_t token;
+    float logprob;
+    std::vector<lpx_top_logprob> top;
+};
+
 class Output {
 public:
     explicit Output(lpx_output *o) noexcept : o_(o) {}
@@ -163,10 +170,20 @@ public:
         const uint32_t *p = lpx_output_token_ids(o_, &n);
         return p ? std::vector<uint32_t>(p, p + n) : std::vector<uint32_t>{};
     }
-    std::vector<lpx_token_logprob> logprobs() const {
+    /// Copies of the log-probabilities (owning: they outlive this Output, unlike the C
+    /// structs, whose `top` pointers borrow from the lpx_output).
+    std::vector<TokenLogprob> logprobs() const {
         size_t n = 0;
         const lpx_token_logprob *p = lpx_output_logprobs(o_, &n);
-        return p ? std::vector<lpx_token_logprob>(p, p + n) : std::vector<lpx_token_logprob>{};
+        std::vector<TokenLogprob> out;
+        if (p == nullptr) return out;
+        out.reserve(n);
+        for (size_t i = 0; i < n; i++) {
+            TokenLogprob t{p[i].token, p[i].logprob, {}};
+            if (p[i].top != nullptr) t.top.assign(p[i].top, p[i].top + p[i].top_len);
+            out.push_back(std::move(t));
+        }
+        return out;
     }
     lpx_finish_reason finish_reason() const noexcept { return lpx_output_finish_reason(o_); }
     bool is_final() const noexcept { return lpx_output_is_final(o_); }

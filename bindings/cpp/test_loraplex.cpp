@@ -50,6 +50,23 @@ int main(int argc, char **argv) {
     CHECK(o.is_final()); checks++;
     CHECK(o.json().find("\"chat.completion\"") != std::string::npos); checks++;
 
+    // Logprobs are owning copies: they stay valid after the Output is gone.
+    std::vector<loraplex::TokenLogprob> lps;
+    {
+        uint64_t lid = moved.submit(Request().prompt("hi").max_tokens(3).temperature(0.0f).logprobs(2));
+        size_t got = 0;
+        while (got < 3) {
+            Output lo = moved.poll(lid, std::chrono::milliseconds(100));
+            if (!lo.get()) continue;
+            for (auto &t : lo.logprobs()) lps.push_back(t);
+            got += lo.token_ids().size();
+            if (lo.is_final()) break;
+        }
+    }
+    CHECK(lps.size() == 3); checks++;
+    for (auto &t : lps) { CHECK(t.top.size() == 2 && t.top[0].token == t.token && t.logprob <= 0.0f); }
+    checks++;
+
     // Concurrency and cancel from several threads.
     std::vector<std::thread> ts;
     std::vector<int> ok(4, 0);
