@@ -4,6 +4,8 @@
 //!
 //! Fixture tests read ../shared and skip (with a println) when it is absent.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use loraplex::adapters::export::{export, ExportFormat};
@@ -14,14 +16,9 @@ use loraplex::backend::LoraTarget;
 use loraplex::tensor::DType;
 use rand::{Rng, SeedableRng};
 
+/// The shared fixtures (skips, saying so, when absent; honours LORAPLEX_SHARED).
 fn shared() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-llama");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        println!("skipping: {} not found", p.display());
-        None
-    }
+    common::shared_dir().map(|p| p.join("fixtures/tiny-llama"))
 }
 
 fn tiny_shape(dtype: DType) -> ModelShape {

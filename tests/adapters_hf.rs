@@ -2,6 +2,8 @@
 //! shared fixtures. Reads ../shared (tiny-llama fixtures and the SmolLM2 reference); each test
 //! skips with a message when it is absent.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use loraplex::adapters::hf_config::HfConfig;
@@ -16,14 +18,9 @@ use loraplex::tensor::{DType, HostTensor, TensorData};
 use loraplex::ErrorCode;
 use serde_json::Value;
 
+/// The shared fixtures (skips, saying so, when absent; honours LORAPLEX_SHARED).
 fn shared() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        println!("skipping: {} not found", p.display());
-        None
-    }
+    common::shared_dir()
 }
 
 fn shape_of(reference: &Value) -> ModelShape {
