@@ -230,12 +230,6 @@ pub fn load_adapter(
         let refs: Vec<(&str, &[u8])> = contents.iter().map(|(n, b)| (*n, b.as_slice())).collect();
         generation_of(&refs)
     };
-    if !matches!(format, AdapterFormat::HfSafetensors | AdapterFormat::HfBin) {
-        // NeMo / TensorRT-LLM readers read their files themselves (after the checks above);
-        // don't hold a second copy meanwhile. A file replaced between the two reads yields a
-        // generation of the old contents: replace adapters by renaming whole directories.
-        contents.clear();
-    }
     let mut adapter = match format {
         AdapterFormat::HfSafetensors | AdapterFormat::HfBin => {
             let (cfg, w) = match contents.as_slice() {
@@ -253,10 +247,35 @@ pub fn load_adapter(
             };
             parse_hf(name, dir, cfg, weights, shape)?
         }
-        AdapterFormat::Nemo => crate::adapters::nemo::read_nemo(dir, name, shape)
-            .map_err(|e| e.context(format!("adapter '{name}'")))?,
-        AdapterFormat::TrtLlm => crate::adapters::trtllm::read_trtllm(dir, name, shape)
-            .map_err(|e| e.context(format!("adapter '{name}'")))?,
+        // The readers parse the bytes read (and hashed) above: each file is read once.
+        AdapterFormat::Nemo => {
+            let [(file, bytes)] = contents.as_slice() else {
+                return Err(Error::internal(
+                    "NeMo adapter file list is not one .nemo file",
+                ));
+            };
+            crate::adapters::nemo::parse_nemo(dir, &dir.join(file), bytes, name, shape)
+                .map_err(|e| e.context(format!("adapter '{name}'")))?
+        }
+        AdapterFormat::TrtLlm => {
+            let [cfg, weights] = crate::adapters::trtllm::files(dir)
+                .map_err(|e| e.context(format!("adapter '{name}'")))?;
+            let bytes_of = |f: &str| {
+                contents
+                    .iter()
+                    .find(|(n, _)| *n == f)
+                    .map(|(_, b)| b.as_slice())
+                    .ok_or_else(|| Error::internal(format!("TensorRT-LLM file {f} was not read")))
+            };
+            crate::adapters::trtllm::parse_trtllm(
+                dir,
+                name,
+                shape,
+                (&cfg, bytes_of(&cfg)?),
+                (&weights, bytes_of(&weights)?),
+            )
+            .map_err(|e| e.context(format!("adapter '{name}'")))?
+        }
     };
     validate(&adapter, shape, limits)?;
     adapter.generation = generation;

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
-use crate::adapters::archive::read_tar_file;
+use crate::adapters::archive::{read_tar_bytes, ArchiveLimits};
 use crate::adapters::nemo_keys::{adapter_suffix, parse_key, KeyLayout, NemoAdapter};
 use crate::adapters::normalize::{AdapterFormat, LoraModule, ModelShape, NormalizedAdapter};
 use crate::backend::LoraTarget;
@@ -368,8 +368,24 @@ fn target_group(a: NemoAdapter) -> &'static str {
 /// ranks that differ from `adapter_dim`, and two adapters for the same module.
 pub fn read_nemo(dir: &Path, name: &str, shape: &ModelShape) -> Result<NormalizedAdapter> {
     let file = find_nemo_file(dir)?;
+    let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+    parse_nemo(dir, &file, &bytes, name, shape)
+}
+
+/// Parses the bytes of `.nemo` archive `file` (plain or gzip tar) of the adapter in `dir`.
+pub fn parse_nemo(
+    dir: &Path,
+    file: &Path,
+    bytes: &[u8],
+    name: &str,
+    shape: &ModelShape,
+) -> Result<NormalizedAdapter> {
     let what = file.display().to_string();
-    let members = read_tar_file(&file)?;
+    let members = read_tar_bytes(
+        bytes,
+        &what,
+        ArchiveLimits::for_compressed(bytes.len() as u64),
+    )?;
     let cfg_bytes = members.get("model_config.yaml").ok_or_else(|| {
         Error::invalid_adapter(format!("{what}: missing model_config.yaml in the archive"))
     })?;

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 
 use crate::adapters::normalize::{AdapterFormat, LoraModule, ModelShape, NormalizedAdapter};
-use crate::adapters::npy::{read_npy, NpyData};
+use crate::adapters::npy::{parse_npy, NpyData};
 use crate::backend::LoraTarget;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
@@ -198,10 +198,10 @@ fn rows_cols(shape: &[usize], what: &str) -> Result<(usize, usize)> {
     }
 }
 
-fn read_config(path: &Path, is_npy: bool, shape: &ModelShape) -> Result<Vec<Row>> {
-    let what = path.display().to_string();
+fn read_config(bytes: &[u8], what: &str, is_npy: bool, shape: &ModelShape) -> Result<Vec<Row>> {
+    let what = what.to_string();
     if is_npy {
-        let a = read_npy(path)?;
+        let a = parse_npy(bytes, &what)?;
         let (_, cols) = rows_cols(&a.shape, &what)?;
         let NpyData::Int(ints) = a.data else {
             return Err(Error::invalid_adapter(format!(
@@ -216,7 +216,6 @@ fn read_config(path: &Path, is_npy: bool, shape: &ModelShape) -> Result<Vec<Row>
         }
         return parse_rows(&ints, cols, shape, &what);
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let ints: Vec<i64> = bytes
         .chunks_exact(4)
         .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
@@ -239,10 +238,16 @@ fn read_config(path: &Path, is_npy: bool, shape: &ModelShape) -> Result<Vec<Row>
 }
 
 /// Reads the weights as f32; returns `(data, row_len)`.
-fn read_weights(path: &Path, is_npy: bool, rows: usize, dtype: DType) -> Result<(Vec<f32>, usize)> {
-    let what = path.display().to_string();
+fn read_weights(
+    bytes: &[u8],
+    what: &str,
+    is_npy: bool,
+    rows: usize,
+    dtype: DType,
+) -> Result<(Vec<f32>, usize)> {
+    let what = what.to_string();
     if is_npy {
-        let a = read_npy(path)?;
+        let a = parse_npy(bytes, &what)?;
         let (n, w) = rows_cols(&a.shape, &what)?;
         if n != rows {
             return Err(Error::invalid_adapter(format!(
@@ -257,7 +262,6 @@ fn read_weights(path: &Path, is_npy: bool, rows: usize, dtype: DType) -> Result<
         })?;
         return Ok((data, w));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let row_bytes_total = rows.saturating_mul(dtype.size());
     if row_bytes_total == 0 || bytes.len() % row_bytes_total != 0 {
         return Err(Error::invalid_adapter(format!(
@@ -293,16 +297,49 @@ fn read_weights(path: &Path, is_npy: bool, rows: usize, dtype: DType) -> Result<
 /// `(layer, module)` (including `attn_qkv` together with `attn_q/k/v` of the same layer), and
 /// a config/weights row-count mismatch.
 pub fn read_trtllm(dir: &Path, name: &str, shape: &ModelShape) -> Result<NormalizedAdapter> {
-    let (cfg_path, cfg_npy) = find(dir, CONFIG_STEM)?;
-    let (w_path, w_npy) = find(dir, WEIGHTS_STEM)?;
-    let rows = read_config(&cfg_path, cfg_npy, shape)?;
+    let [cfg, weights] = files(dir)?;
+    let cfg_bytes = crate::adapters::load::read_adapter_file(dir, &cfg)?;
+    let w_bytes = crate::adapters::load::read_adapter_file(dir, &weights)?;
+    parse_trtllm(dir, name, shape, (&cfg, &cfg_bytes), (&weights, &w_bytes))
+}
+
+/// The `[config, weights]` file names of a TensorRT-LLM adapter directory (each `.npy` or
+/// `.bin`); both extensions present for one of them is an error.
+pub fn files(dir: &Path) -> Result<[String; 2]> {
+    let name = |stem: &str| -> Result<String> {
+        let (p, _) = find(dir, stem)?;
+        Ok(p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default())
+    };
+    Ok([name(CONFIG_STEM)?, name(WEIGHTS_STEM)?])
+}
+
+/// Parses an adapter from the bytes of its config and weights files (`(file name, bytes)`,
+/// as named by [`files`]); `dir` is the adapter's directory, for messages and `source`.
+pub fn parse_trtllm(
+    dir: &Path,
+    name: &str,
+    shape: &ModelShape,
+    cfg: (&str, &[u8]),
+    weights: (&str, &[u8]),
+) -> Result<NormalizedAdapter> {
+    let (cfg_path, cfg_npy) = (dir.join(cfg.0), cfg.0.ends_with(".npy"));
+    let (w_path, w_npy) = (dir.join(weights.0), weights.0.ends_with(".npy"));
+    let rows = read_config(cfg.1, &cfg_path.display().to_string(), cfg_npy, shape)?;
     if rows.is_empty() {
         return Err(Error::invalid_adapter(format!(
             "{}: lora_config has no rows (no adapted modules)",
             cfg_path.display()
         )));
     }
-    let (data, w) = read_weights(&w_path, w_npy, rows.len(), shape.dtype)?;
+    let (data, w) = read_weights(
+        weights.1,
+        &w_path.display().to_string(),
+        w_npy,
+        rows.len(),
+        shape.dtype,
+    )?;
     let what = w_path.display().to_string();
     let mut layers: Vec<[Option<LoraModule>; 7]> = vec![Default::default(); shape.num_layers];
     let mut origin: Vec<[usize; 7]> = vec![[usize::MAX; 7]; shape.num_layers];
