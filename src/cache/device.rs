@@ -125,3 +125,77 @@ pub fn slot_data(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> AdapterKey {
+        (name.to_string(), 1)
+    }
+
+    /// Acquires `name` and releases it at once (a request that ran and ended); returns
+    /// `(slot, uploaded)`.
+    fn touch(d: &mut DeviceSlots, name: &str) -> (usize, bool) {
+        let r = d.acquire(&key(name)).unwrap();
+        d.release(r.0);
+        r
+    }
+
+    #[test]
+    fn empty_slots_first_then_the_least_recently_used() {
+        let mut d = DeviceSlots::new(3);
+        assert_eq!(touch(&mut d, "a"), (0, true));
+        assert_eq!(touch(&mut d, "b"), (1, true));
+        assert_eq!(
+            touch(&mut d, "a"),
+            (0, false),
+            "a resident adapter was uploaded again"
+        );
+        assert_eq!(touch(&mut d, "c"), (2, true));
+        // Order of last use: b, a, c.
+        assert_eq!(touch(&mut d, "d"), (1, true));
+        assert_eq!(d.lookup(&key("b")), None);
+        assert_eq!(touch(&mut d, "e"), (0, true));
+        assert_eq!(d.lookup(&key("a")), None);
+        touch(&mut d, "c");
+        assert_eq!(
+            touch(&mut d, "f"),
+            (1, true),
+            "d was the least recently used"
+        );
+        assert_eq!(d.uploads(), 6);
+    }
+
+    #[test]
+    fn slots_in_use_are_never_taken() {
+        let mut d = DeviceSlots::new(2);
+        // a: least recently used but running; b: idle.
+        let (sa, _) = d.acquire(&key("a")).unwrap();
+        touch(&mut d, "b");
+        let (sc, up) = d.acquire(&key("c")).unwrap();
+        assert!(up);
+        assert_ne!(sc, sa, "took the slot of a running adapter");
+        assert_eq!(d.lookup(&key("a")), Some(sa));
+        // Both slots in use: a fourth adapter waits; a running one still shares its slot.
+        assert_eq!(d.acquire(&key("d")), None);
+        assert_eq!(d.acquire(&key("a")), Some((sa, false)));
+        assert_eq!(d.in_use(), 2);
+        // a's two users end: its slot is the only one free.
+        d.release(sa);
+        d.release(sa);
+        assert_eq!(d.acquire(&key("d")), Some((sa, true)));
+    }
+
+    #[test]
+    fn an_evicted_slot_is_empty_and_reused_first() {
+        let mut d = DeviceSlots::new(2);
+        touch(&mut d, "a");
+        touch(&mut d, "b");
+        d.evict(1);
+        assert_eq!(d.lookup(&key("b")), None);
+        // The empty slot wins over the older idle a.
+        assert_eq!(touch(&mut d, "c"), (1, true));
+        assert_eq!(d.lookup(&key("a")), Some(0));
+    }
+}

@@ -185,3 +185,86 @@ impl HostCache {
             .retain(|(n, g), e| n != name || e.pins > 0 || Some(*g) == keep);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> AdapterKey {
+        (name.to_string(), 1)
+    }
+
+    /// Pins `name` and releases it at once (an access by a request that already ended); returns
+    /// the entry evicted to make room, if any.
+    fn touch(c: &mut HostCache, name: &str) -> Option<AdapterKey> {
+        let r = c.acquire(&key(name)).unwrap();
+        c.release(&key(name));
+        match r {
+            Acquired::MustLoad { evicted } => evicted,
+            Acquired::Cached => None,
+        }
+    }
+
+    #[test]
+    fn evicts_the_least_recently_acquired_entry() {
+        let mut c = HostCache::new(3);
+        for name in ["a", "b", "c"] {
+            assert_eq!(touch(&mut c, name), None, "evicted while not full");
+        }
+        // Order of last use: b, c, a.
+        assert_eq!(c.acquire(&key("a")).unwrap(), Acquired::Cached);
+        c.release(&key("a"));
+        assert_eq!(touch(&mut c, "d"), Some(key("b")));
+        assert_eq!(touch(&mut c, "e"), Some(key("c")));
+        // Order: a, d, e; using d makes a then e the oldest.
+        touch(&mut c, "d");
+        assert_eq!(touch(&mut c, "f"), Some(key("a")));
+        assert_eq!(touch(&mut c, "g"), Some(key("e")));
+        let mut left: Vec<_> = c.iter().map(|(k, _)| k.0.clone()).collect();
+        left.sort();
+        assert_eq!(left, ["d", "f", "g"]);
+    }
+
+    #[test]
+    fn pinned_entries_are_never_evicted() {
+        let mut c = HostCache::new(2);
+        // a is the least recently used but pinned by an active request.
+        assert!(matches!(
+            c.acquire(&key("a")).unwrap(),
+            Acquired::MustLoad { evicted: None }
+        ));
+        touch(&mut c, "b");
+        assert_eq!(touch(&mut c, "c"), Some(key("b")));
+        // a and c pinned: a new adapter is refused with CAPACITY and nothing changes.
+        assert_eq!(c.acquire(&key("c")).unwrap(), Acquired::Cached);
+        let err = c.acquire(&key("d")).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Capacity);
+        assert!(
+            err.message().contains("max_cpu_loras is 2"),
+            "{}",
+            err.message()
+        );
+        assert!(c.get(&key("a")).is_some() && c.get(&key("c")).is_some());
+        assert_eq!(c.len(), 2);
+        // Once c's request ends, c (not the older but pinned a) makes room.
+        c.release(&key("c"));
+        assert_eq!(touch(&mut c, "d"), Some(key("c")));
+        assert_eq!(c.get(&key("a")).map(|e| e.pins), Some(1));
+    }
+
+    #[test]
+    fn a_failed_load_leaves_once_unpinned() {
+        let mut c = HostCache::new(2);
+        c.acquire(&key("bad")).unwrap();
+        c.acquire(&key("bad")).unwrap();
+        c.complete(
+            &key("bad"),
+            Err(Error::invalid_adapter("broken")),
+            Duration::ZERO,
+        );
+        c.release(&key("bad"));
+        assert!(c.get(&key("bad")).is_some(), "dropped while still pinned");
+        c.release(&key("bad"));
+        assert!(c.get(&key("bad")).is_none());
+    }
+}

@@ -6,6 +6,8 @@
 
 mod adapters;
 mod admin;
+mod admit;
+mod batch;
 mod request;
 mod sequence;
 mod worker;
@@ -55,8 +57,17 @@ pub struct EngineStats {
     pub kv_cache_bytes: usize,
     /// Bytes of packed base weights.
     pub weight_bytes: usize,
-    /// Steps run so far.
+    /// Steps run so far (steps that computed at least one row).
     pub steps: u64,
+    /// Token rows (decode rows plus prefill chunk tokens) in the last step.
+    pub last_step_rows: usize,
+    /// Sequences in the last step.
+    pub last_step_seqs: usize,
+    /// Most token rows in one step so far.
+    pub max_step_rows: usize,
+    /// Most sequences in one step so far: requests in flight together shared a step when this
+    /// reaches their number.
+    pub max_step_seqs: usize,
 }
 
 /// A request's output channel: the worker sends, pollers receive.
@@ -320,9 +331,11 @@ impl Engine {
     }
     /// A snapshot of the worker's counters.
     pub fn stats(&self) -> EngineStats {
-        let mut s = self.shared.stats.lock().clone();
-        s.steps = self.shared.steps.load(Ordering::Relaxed);
-        s
+        let s = self.shared.stats.lock();
+        // Read under the lock the worker counts steps under, so the count matches the rows.
+        let mut out = s.clone();
+        out.steps = self.shared.steps.load(Ordering::Relaxed);
+        out
     }
 
     /// Tokenises the prompt of `req` as [`Engine::submit`] would.

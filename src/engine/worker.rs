@@ -1,19 +1,24 @@
 //! The worker thread: owns the model, backend, KV cache and scheduler; runs steps.
+//!
+//! A step (DESIGN.md 1.3) is four jobs: admit (`admit.rs`: scheduling, adapter slots, uploads),
+//! build the rows (`batch.rs`), forward, sample. The worker is the only thread that touches the
+//! model, the backend's buffers and the sequences.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use super::batch::StepBatch;
 use super::request::{FinishReason, RequestId};
 use super::sequence::{Progress, Sequence};
 use super::{AdapterRuntime, Shared};
-use crate::backend::{AttnMeta, Backend, LoraBatch};
-use crate::cache::{AdapterKey, DeviceSlots, LoadState};
+use crate::backend::Backend;
+use crate::cache::DeviceSlots;
 use crate::error::{Error, Result};
 use crate::kv::BlockAllocator;
-use crate::model::llama::{Llama, StepInput};
-use crate::sched::{Scheduler, StepLimits};
+use crate::model::llama::Llama;
+use crate::sched::{Chunk, Scheduler, StepLimits};
 use crate::tokenizer::Tokenizer;
 
 /// Messages from API threads to the worker.
@@ -24,18 +29,6 @@ pub(crate) enum Command {
     AdaptersChanged,
     Shutdown,
 }
-
-/// See [`Worker::admission_view`].
-#[derive(Default)]
-struct AdmissionView {
-    adapters: HashMap<RequestId, Option<AdapterKey>>,
-    failed: Vec<(RequestId, Error)>,
-    barrier: Option<AdapterKey>,
-}
-
-/// Steps a waiting adapter request may be passed over before admission becomes strictly FIFO
-/// behind it (so a hot adapter cannot starve the others).
-const FAIR_WAIT_STEPS: u32 = 32;
 
 pub(crate) struct Worker<B: Backend> {
     pub backend: B,
@@ -106,7 +99,7 @@ impl<B: Backend> Worker<B> {
     }
 
     /// Ends a request: frees its blocks, forgets it and (for cancel/error) sends the final output.
-    fn finish(&mut self, id: RequestId, reason: FinishReason, error: Option<Error>) {
+    pub(super) fn finish(&mut self, id: RequestId, reason: FinishReason, error: Option<Error>) {
         self.sched.remove(id);
         if let Some(mut seq) = self.seqs.remove(&id) {
             if let Some(slot) = seq.slot.take() {
@@ -127,212 +120,45 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    /// The adapter state of every waiting adapter request: `Some(key)` when its adapter is loaded,
-    /// `None` while it loads (base requests are absent); the requests whose load failed, with the
-    /// error; and the fairness barrier: the adapter of the oldest waiting request that has been
-    /// refused a device slot for `FAIR_WAIT_STEPS` steps. While a barrier stands, no other
-    /// adapter's request is admitted, so slots drain to it (base requests need no slot and are
-    /// still admitted).
-    fn admission_view(&self) -> AdmissionView {
-        let mut view = AdmissionView::default();
-        let host = self.shared.host.lock();
-        for id in self.sched.waiting_ids() {
-            let Some(seq) = self.seqs.get(&id) else {
-                continue;
-            };
-            let Some(key) = &seq.adapter else { continue };
-            if view.barrier.is_none() && seq.held_steps >= FAIR_WAIT_STEPS {
-                view.barrier = Some(key.clone());
-            }
-            match host.get(key).map(|e| &e.state) {
-                Some(LoadState::Ready(_)) => {
-                    view.adapters.insert(id, Some(key.clone()));
-                }
-                Some(LoadState::Loading) => {
-                    view.adapters.insert(id, None);
-                }
-                Some(LoadState::Failed(e)) => view.failed.push((id, e.clone())),
-                None => view.failed.push((
-                    id,
-                    Error::internal(format!(
-                        "adapter {} left the host cache while pinned",
-                        key.0
-                    )),
-                )),
-            }
-        }
-        view
-    }
-
+    /// One step (DESIGN.md 1.3): admit, build the rows and run the model, sample.
     fn step(&mut self) -> Result<()> {
-        let AdmissionView {
-            adapters,
-            failed,
-            barrier,
-        } = self.admission_view();
-        for (id, err) in failed {
-            self.finish(id, FinishReason::Error, Some(err));
-        }
-        let mut acquired: Vec<(RequestId, usize, bool)> = Vec::new();
-        let mut refused_slot: Vec<RequestId> = Vec::new();
-        let slots = &mut self.slots;
-        let mut plan = self
-            .sched
-            .schedule(&mut self.seqs, &mut self.alloc, self.limits, |id| {
-                let key = match adapters.get(&id) {
-                    None => return true,
-                    Some(None) => return false,
-                    Some(Some(key)) => key,
-                };
-                if barrier.as_ref().is_some_and(|b| b != key) {
-                    return false;
-                }
-                match slots.acquire(key) {
-                    Some((slot, upload)) => {
-                        acquired.push((id, slot, upload));
-                        true
-                    }
-                    None => {
-                        refused_slot.push(id);
-                        false
-                    }
-                }
-            });
-        let admitted: std::collections::HashSet<RequestId> =
-            plan.chunks.iter().map(|c| c.id).collect();
-        for (id, slot, upload) in acquired {
-            if !admitted.contains(&id) {
-                self.slots.release(slot);
-                if upload {
-                    self.slots.evict(slot);
-                }
-                continue;
-            }
-            if upload {
-                if let Err(e) = self.upload(id, slot) {
-                    self.slots.release(slot);
-                    self.slots.evict(slot);
-                    self.finish(id, FinishReason::Error, Some(e));
-                    plan.chunks.retain(|c| c.id != id);
-                    continue;
-                }
-            }
-            if let Some(seq) = self.seqs.get_mut(&id) {
-                seq.slot = Some(slot);
-            }
-        }
-        for id in &plan.preempted {
-            if let Some(seq) = self.seqs.get_mut(id) {
-                if let Some(slot) = seq.slot.take() {
-                    self.slots.release(slot);
-                }
-            }
-        }
-        for id in refused_slot {
-            if let Some(seq) = self.seqs.get_mut(&id) {
-                seq.held_steps = seq.held_steps.saturating_add(1);
-            }
-        }
-        for c in &plan.chunks {
-            if let Some(seq) = self.seqs.get_mut(&c.id) {
-                seq.held_steps = 0;
-            }
-        }
-        for id in plan.unfittable {
-            let need = self
-                .seqs
-                .get(&id)
-                .map(|s| s.sched.total_tokens)
-                .unwrap_or(0);
-            let msg = format!(
-                "request {id} needs KV cache for {need} tokens but the whole cache holds {} tokens; raise kv_cache_bytes or lower max_tokens",
-                self.alloc.num_total() * self.alloc.block_size()
-            );
-            self.finish(id, FinishReason::Error, Some(Error::invalid_argument(msg)));
-        }
-        if plan.chunks.is_empty() {
+        let chunks = self.admit();
+        if chunks.is_empty() {
             return Ok(());
         }
-        let bs = self.alloc.block_size();
-        let rows: usize = plan.chunks.iter().map(|c| c.len).sum();
-        let mut tokens = Vec::with_capacity(rows);
-        let mut row_seq = Vec::with_capacity(rows);
-        let mut row_pos = Vec::with_capacity(rows);
-        let mut slots = Vec::with_capacity(rows);
-        let mut logit_rows = Vec::new();
-        let mut samplers = Vec::new();
-        for (k, c) in plan.chunks.iter().enumerate() {
-            let seq = self
-                .seqs
-                .get(&c.id)
-                .ok_or_else(|| Error::internal(format!("planned unknown sequence {}", c.id)))?;
-            for p in c.start..c.start + c.len {
-                let tok = *seq.tokens.get(p).ok_or_else(|| {
-                    Error::internal(format!("position {p} past sequence {}", c.id))
-                })?;
-                let slot = seq.sched.table.slot(p, bs).ok_or_else(|| {
-                    Error::internal(format!("no KV slot for position {p} of sequence {}", c.id))
-                })?;
-                tokens.push(tok);
-                row_seq.push(k as u32);
-                row_pos.push(p as u32);
-                slots.push(slot);
-            }
-            if c.start + c.len == seq.sched.total_tokens {
-                logit_rows.push((tokens.len() - 1) as u32);
-                samplers.push(c.id);
-            }
-        }
-        let tables: Vec<&[u32]> = plan
-            .chunks
-            .iter()
-            .map(|c| {
-                self.seqs
-                    .get(&c.id)
-                    .map(|s| s.sched.table.blocks())
-                    .unwrap_or(&[])
-            })
-            .collect();
-        let mut lora = LoraBatch::default();
-        if plan
-            .chunks
-            .iter()
-            .any(|c| self.seqs.get(&c.id).is_some_and(|s| s.slot.is_some()))
-        {
-            lora.token_slot.reserve(rows);
-            for c in &plan.chunks {
-                let slot = self
-                    .seqs
-                    .get(&c.id)
-                    .and_then(|s| s.slot)
-                    .map(|s| s as i32)
-                    .unwrap_or(-1);
-                lora.token_slot.extend(std::iter::repeat_n(slot, c.len));
-            }
-        }
-        let input = StepInput {
-            tokens: &tokens,
-            meta: AttnMeta {
-                row_seq: &row_seq,
-                row_pos: &row_pos,
-                slot_mapping: &slots,
-                block_tables: &tables,
-            },
-            logit_rows: &logit_rows,
-            lora: &lora,
-        };
-        let logits =
-            self.model
-                .forward(&self.backend, &mut self.kv, Some(&self.lora_stack), &input)?;
-        drop(tables);
-        for c in &plan.chunks {
+        let (logits, samplers) = self.forward(&chunks)?;
+        self.sample(&samplers, &logits)
+    }
+
+    /// Builds the step's rows from `chunks`, runs the model, marks the chunks computed and
+    /// records the step in the stats (before any output of the step is sent, so a caller that
+    /// sees an output also sees its step counted). Returns the logits of the sampling sequences
+    /// (one row of `vocab_size` each) and those sequences, in the same order.
+    fn forward(&mut self, chunks: &[Chunk]) -> Result<(Vec<f32>, Vec<RequestId>)> {
+        let batch = StepBatch::build(chunks, &self.seqs, self.alloc.block_size())?;
+        let logits = self.model.forward(
+            &self.backend,
+            &mut self.kv,
+            Some(&self.lora_stack),
+            &batch.input(),
+        )?;
+        let rows = batch.rows();
+        let samplers = batch.samplers;
+        for c in chunks {
             if let Some(seq) = self.seqs.get_mut(&c.id) {
                 seq.sched.num_computed += c.len;
                 seq.sched.table.advance(c.len);
             }
         }
+        self.record_step(rows, chunks.len());
+        Ok((logits, samplers))
+    }
+
+    /// Samples one token for each of `samplers` from its row of `logits`, streams it and ends
+    /// the requests that finished.
+    fn sample(&mut self, samplers: &[RequestId], logits: &[f32]) -> Result<()> {
         let vocab = self.model.config().vocab_size;
-        for (k, id) in samplers.into_iter().enumerate() {
+        for (k, &id) in samplers.iter().enumerate() {
             let row = logits
                 .get(k * vocab..(k + 1) * vocab)
                 .ok_or_else(|| Error::internal("short logits"))?;
@@ -344,27 +170,20 @@ impl<B: Backend> Worker<B> {
                 self.finish(id, FinishReason::Stop, None);
             }
         }
-        self.shared
-            .steps
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
-    /// Uploads the adapter of request `id` into device slot `slot`.
-    fn upload(&mut self, id: RequestId, slot: usize) -> Result<()> {
-        let key = self
-            .seqs
-            .get(&id)
-            .and_then(|s| s.adapter.clone())
-            .ok_or_else(|| Error::internal("no adapter"))?;
-        let adapter = match self.shared.host.lock().get(&key).map(|e| e.state.clone()) {
-            Some(LoadState::Ready(a)) => a,
-            _ => return Err(Error::internal(format!("adapter {} is not loaded", key.0))),
-        };
-        let layers = crate::cache::slot_data(&adapter);
-        self.backend
-            .lora_load_slot(&mut self.lora_stack, slot, &layers)
-            .map_err(|e| e.context(format!("adapter \"{}\"", key.0)))
+    /// Counts a step of `rows` token rows from `seqs` sequences.
+    fn record_step(&self, rows: usize, seqs: usize) {
+        let mut s = self.shared.stats.lock();
+        s.last_step_rows = rows;
+        s.last_step_seqs = seqs;
+        s.max_step_rows = s.max_step_rows.max(rows);
+        s.max_step_seqs = s.max_step_seqs.max(seqs);
+        // Under the stats lock, so `Engine::stats` sees the count and the row numbers together.
+        self.shared
+            .steps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn publish_stats(&self) {

@@ -6,6 +6,14 @@
 //! chunk. When blocks run out it preempts the newest running sequence (its blocks are freed and
 //! it is recomputed later from its tokens), never the one being served; a sequence that cannot fit
 //! even in an empty cache is failed instead of looping.
+//!
+//! Which waiting adapter requests may enter a step (device slots, fairness) is decided by
+//! [`admission`]: the scheduler asks it through the `can_admit` callback of
+//! [`Scheduler::schedule`].
+
+pub mod admission;
+
+pub use admission::{AdapterAdmission, AdapterGate, SlotGrant, WaitingAdapter, FAIR_WAIT_STEPS};
 
 use std::collections::{HashMap, VecDeque};
 

@@ -1,0 +1,102 @@
+//! The rows of one step (DESIGN.md 1.3 "build `StepInput` + `LoraBatch`"): every planned chunk's
+//! tokens, positions, KV slots and adapter slot, and which sequences sample after the step.
+
+use std::collections::HashMap;
+
+use super::request::RequestId;
+use super::sequence::Sequence;
+use crate::backend::{AttnMeta, LoraBatch};
+use crate::error::{Error, Result};
+use crate::model::llama::StepInput;
+use crate::sched::Chunk;
+
+/// One step's model input, borrowing the sequences' block tables. Built and consumed by the
+/// worker thread within one step.
+pub(super) struct StepBatch<'a> {
+    tokens: Vec<u32>,
+    row_seq: Vec<u32>,
+    row_pos: Vec<u32>,
+    slot_mapping: Vec<u32>,
+    block_tables: Vec<&'a [u32]>,
+    logit_rows: Vec<u32>,
+    lora: LoraBatch,
+    /// Sequences whose chunk completes their known tokens: they sample one token from the
+    /// step's logits, in this order (one logits row each).
+    pub samplers: Vec<RequestId>,
+}
+
+impl<'a> StepBatch<'a> {
+    /// Lays out `chunks` (row order) of the sequences in `seqs`, whose KV blocks of
+    /// `block_size` tokens are already reserved. Errors (INTERNAL) name the sequence when a chunk
+    /// refers to an unknown sequence, a position past its tokens or one without a KV slot.
+    pub fn build(
+        chunks: &[Chunk],
+        seqs: &'a HashMap<RequestId, Sequence>,
+        block_size: usize,
+    ) -> Result<Self> {
+        let rows: usize = chunks.iter().map(|c| c.len).sum();
+        let mut b = Self {
+            tokens: Vec::with_capacity(rows),
+            row_seq: Vec::with_capacity(rows),
+            row_pos: Vec::with_capacity(rows),
+            slot_mapping: Vec::with_capacity(rows),
+            block_tables: Vec::with_capacity(chunks.len()),
+            logit_rows: Vec::new(),
+            lora: LoraBatch::default(),
+            samplers: Vec::new(),
+        };
+        let any_adapter = chunks
+            .iter()
+            .any(|c| seqs.get(&c.id).is_some_and(|s| s.slot.is_some()));
+        if any_adapter {
+            b.lora.token_slot.reserve(rows);
+        }
+        for (k, c) in chunks.iter().enumerate() {
+            let seq = seqs
+                .get(&c.id)
+                .ok_or_else(|| Error::internal(format!("planned unknown sequence {}", c.id)))?;
+            for p in c.start..c.start + c.len {
+                let tok = *seq.tokens.get(p).ok_or_else(|| {
+                    Error::internal(format!("position {p} past sequence {}", c.id))
+                })?;
+                let slot = seq.sched.table.slot(p, block_size).ok_or_else(|| {
+                    Error::internal(format!("no KV slot for position {p} of sequence {}", c.id))
+                })?;
+                b.tokens.push(tok);
+                b.row_seq.push(k as u32);
+                b.row_pos.push(p as u32);
+                b.slot_mapping.push(slot);
+            }
+            if c.start + c.len == seq.sched.total_tokens {
+                b.logit_rows.push((b.tokens.len() - 1) as u32);
+                b.samplers.push(c.id);
+            }
+            b.block_tables.push(seq.sched.table.blocks());
+            if any_adapter {
+                let slot = seq.slot.map(|s| s as i32).unwrap_or(-1);
+                b.lora.token_slot.extend(std::iter::repeat_n(slot, c.len));
+            }
+        }
+        Ok(b)
+    }
+
+    /// Token rows in the step.
+    pub fn rows(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The model's view of the batch.
+    pub fn input(&self) -> StepInput<'_> {
+        StepInput {
+            tokens: &self.tokens,
+            meta: AttnMeta {
+                row_seq: &self.row_seq,
+                row_pos: &self.row_pos,
+                slot_mapping: &self.slot_mapping,
+                block_tables: &self.block_tables,
+            },
+            logit_rows: &self.logit_rows,
+            lora: &self.lora,
+        }
+    }
+}
