@@ -32,9 +32,11 @@ demo: model samples quickstart
 demo-rust: model samples
 	$(CARGO) run --release --example demo -- --model $(MODEL) --adapters $(SAMPLES)
 
-# Everything: Rust unit/integration tests (incl. the C/C++ ABI checks and valgrind on the C
-# quickstart), the Go binding (go test, go test -race) and the OpenAI-server end-to-end test.
-test: model test-deps test-rust go-test e2e
+# Everything: lint first (fails fast), then Rust unit/integration tests (incl. the C/C++ ABI
+# checks and valgrind on the C quickstart), the Go binding (go test, go test -race) and the
+# OpenAI-server end-to-end test. Under CI=true a missing fixture, model or tool fails its test
+# instead of skipping it.
+test: lint model test-deps test-rust go-test e2e
 
 test-deps:
 	bash scripts/install-test-deps.sh
@@ -43,6 +45,7 @@ test-rust: model
 	$(CARGO) build --release --lib
 	mkdir -p target && $(CARGO) test --release --all-targets 2>&1 | tee target/test.log; exit $${PIPESTATUS[0]}
 
+# cargo fmt --check and clippy with every warning an error, over every target.
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings

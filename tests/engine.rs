@@ -38,42 +38,71 @@ fn prompt(i: usize) -> Vec<u32> {
 fn batch_of_8_starting_at_different_times_matches_alone() {
     let dir = tempfile::tempdir().unwrap();
     let engine = tiny_engine(dir.path(), |c| c.max_batch_tokens = 24);
+    const GEN: usize = 200;
     let alone: Vec<_> = (0..8)
         .map(|i| {
-            let mut p = greedy(20);
+            let mut p = greedy(GEN);
             p.return_last_logits = true;
             engine
                 .generate(Request::new(Prompt::Tokens(prompt(i)), p))
                 .unwrap()
         })
         .collect();
-    // Start the 8 requests at different times, so prefill chunks and decode rows mix.
-    let mut ids = Vec::new();
-    for i in 0..8 {
-        let mut p = greedy(20);
-        p.return_last_logits = true;
-        ids.push(
-            engine
-                .submit(Request::new(Prompt::Tokens(prompt(i)), p))
-                .unwrap(),
-        );
-        std::thread::sleep(Duration::from_millis(3 * i as u64));
-    }
-    assert!(engine.stats().steps > 0);
-    for (i, id) in ids.into_iter().enumerate() {
-        let o = engine.wait(id).unwrap();
-        assert_eq!(
-            o.token_ids, alone[i].token_ids,
-            "request {i} differs in a batch"
-        );
-        assert_eq!(
-            o.last_logits, alone[i].last_logits,
-            "request {i} logits differ in a batch (bitwise)"
-        );
-        assert_eq!(o.finish_reason, Some(FinishReason::Length));
-        assert_eq!(o.usage.completion_tokens, 20);
-        assert_eq!(o.usage.prompt_tokens, prompt(i).len());
-    }
+    // Alone, a request takes one step per 24-token prefill chunk, then one per generated token
+    // after the first; a step never exceeds max_batch_tokens rows.
+    let st = engine.stats();
+    let want_steps: usize = (0..8).map(|i| prompt(i).len().div_ceil(24) + GEN - 1).sum();
+    assert_eq!(
+        st.steps, want_steps as u64,
+        "steps run one request at a time"
+    );
+    assert_eq!((st.max_step_seqs, st.max_step_rows), (1, 24));
+    assert_eq!(
+        (st.last_step_seqs, st.last_step_rows),
+        (1, 1),
+        "a decode step"
+    );
+    // Start the 8 requests at different steps, so prefill chunks and decode rows mix, and check
+    // that all 8 ran in one step.
+    common::until_shared(&engine, 8, 5, || {
+        let mut ids = Vec::new();
+        for i in 0..8 {
+            let mut p = greedy(GEN);
+            p.return_last_logits = true;
+            let steps = engine.stats().steps;
+            ids.push(
+                engine
+                    .submit(Request::new(Prompt::Tokens(prompt(i)), p))
+                    .unwrap(),
+            );
+            // Next submit after the worker ran a step (bounded, in case the worker died: the
+            // wait below then reports the error).
+            for _ in 0..100_000 {
+                if engine.stats().steps != steps {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        for (i, id) in ids.into_iter().enumerate() {
+            let o = engine.wait(id).unwrap();
+            assert_eq!(
+                o.token_ids, alone[i].token_ids,
+                "request {i} differs in a batch"
+            );
+            assert_eq!(
+                o.last_logits, alone[i].last_logits,
+                "request {i} logits differ in a batch (bitwise)"
+            );
+            assert_eq!(o.finish_reason, Some(FinishReason::Length));
+            assert_eq!(o.usage.completion_tokens, GEN);
+            assert_eq!(o.usage.prompt_tokens, prompt(i).len());
+        }
+    });
+    assert!(
+        engine.stats().max_step_rows <= 24,
+        "a step exceeded max_batch_tokens"
+    );
 }
 
 #[test]

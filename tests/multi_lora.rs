@@ -109,6 +109,7 @@ fn mixed_batch_over_6_adapters_and_base_equals_one_at_a_time() {
     let f = fixture();
     let names = six_adapters(&f.peft);
     let e = engine(&f, |c| c.max_gpu_loras = 8);
+    const GEN: usize = 40;
     let models: Vec<Option<&str>> = vec![
         None,
         Some(names[0]),
@@ -122,34 +123,37 @@ fn mixed_batch_over_6_adapters_and_base_equals_one_at_a_time() {
     let alone: Vec<Output> = models
         .iter()
         .enumerate()
-        .map(|(i, m)| e.generate(req(*m, i, 12)).unwrap())
+        .map(|(i, m)| e.generate(req(*m, i, GEN)).unwrap())
         .collect();
     // Every adapter changes the output relative to the base model on the same prompt.
     for (i, m) in models.iter().enumerate().skip(1) {
-        let base = e.generate(req(None, i, 12)).unwrap();
+        let base = e.generate(req(None, i, GEN)).unwrap();
         assert_ne!(
             base.last_logits, alone[i].last_logits,
             "adapter {m:?} had no effect"
         );
     }
-    let ids: Vec<_> = models
-        .iter()
-        .enumerate()
-        .map(|(i, m)| e.submit(req(*m, i, 12)).unwrap())
-        .collect();
-    for (i, id) in ids.into_iter().enumerate() {
-        let o = e.wait(id).unwrap();
-        assert_eq!(
-            o.token_ids, alone[i].token_ids,
-            "row {i} ({:?}) tokens differ in the mixed batch",
-            models[i]
-        );
-        assert_eq!(
-            o.last_logits, alone[i].last_logits,
-            "row {i} ({:?}) logits differ in the mixed batch",
-            models[i]
-        );
-    }
+    // The 8 requests run in one mixed step (checked from the step stats) and each equals alone.
+    common::until_shared(&e, models.len(), 5, || {
+        let ids: Vec<_> = models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| e.submit(req(*m, i, GEN)).unwrap())
+            .collect();
+        for (i, id) in ids.into_iter().enumerate() {
+            let o = e.wait(id).unwrap();
+            assert_eq!(
+                o.token_ids, alone[i].token_ids,
+                "row {i} ({:?}) tokens differ in the mixed batch",
+                models[i]
+            );
+            assert_eq!(
+                o.last_logits, alone[i].last_logits,
+                "row {i} ({:?}) logits differ in the mixed batch",
+                models[i]
+            );
+        }
+    });
     let stats = e.stats_json();
     let adapters = stats["adapters"].as_array().unwrap();
     assert_eq!(adapters.len(), 6);
@@ -181,20 +185,23 @@ fn fewer_device_slots_than_adapters_still_serves_everyone_exactly() {
         .enumerate()
         .map(|(i, m)| e.generate(req(Some(m), i, 10)).unwrap())
         .collect();
-    let ids: Vec<_> = names
-        .iter()
-        .enumerate()
-        .map(|(i, m)| e.submit(req(Some(m), i, 10)).unwrap())
-        .collect();
-    for (i, id) in ids.into_iter().enumerate() {
-        let o = e.wait(id).unwrap();
-        assert_eq!(
-            o.token_ids, alone[i].token_ids,
-            "{} differs under slot pressure",
-            names[i]
-        );
-        assert_eq!(o.last_logits, alone[i].last_logits);
-    }
+    // Two slots: two adapters' requests share a step, never three (checked from the stats).
+    common::until_shared(&e, 2, 5, || {
+        let ids: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, m)| e.submit(req(Some(m), i, 10)).unwrap())
+            .collect();
+        for (i, id) in ids.into_iter().enumerate() {
+            let o = e.wait(id).unwrap();
+            assert_eq!(
+                o.token_ids, alone[i].token_ids,
+                "{} differs under slot pressure",
+                names[i]
+            );
+            assert_eq!(o.last_logits, alone[i].last_logits);
+        }
+    });
 }
 
 #[test]
@@ -477,4 +484,43 @@ fn a_hot_adapter_cannot_starve_a_cold_one() {
         e.cancel(h).unwrap();
         e.wait(h).unwrap();
     }
+}
+
+#[test]
+fn a_request_that_cannot_fit_does_not_leave_its_adapter_slot_empty_under_the_next() {
+    // One device slot, held by a request of "b" while two requests of "a" queue behind it: x can
+    // never fit the KV cache, y can. When b ends, both are admitted in the same step: x claims
+    // the slot for "a" (an upload), is then failed as unfittable, and y, which found "a" already
+    // in the slot, must still get the weights uploaded (not run on b's).
+    let f = fixture();
+    write_adapter(&f.peft, "a", ALL7, 61, ExportFormat::HfSafetensors);
+    write_adapter(&f.peft, "b", ALL7, 62, ExportFormat::HfSafetensors);
+    let spec = common::TinySpec::default();
+    let bytes_per_token = 2 * spec.layers * spec.kv_heads * spec.head_dim * 4;
+    let e = engine(&f, |c| {
+        c.max_gpu_loras = 1;
+        c.kv_block_size = 4;
+        c.kv_cache_bytes = bytes_per_token * 64;
+    });
+    let b = e.submit(req(Some("b"), 0, 56)).unwrap();
+    for _ in 0..10_000 {
+        if e.stats().running == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let mut x = req(Some("a"), 0, 2);
+    x.prompt = Prompt::Tokens((0..100).map(|k| (k * 13 % 256) as u32).collect());
+    let x = e.submit(x).unwrap();
+    let y = e.submit(req(Some("a"), 1, 6)).unwrap();
+    let err = e.wait(x).unwrap_err();
+    assert!(err.message().contains("KV cache"), "{}", err.message());
+    let got = e.wait(y).unwrap();
+    assert_eq!(e.wait(b).unwrap().usage.completion_tokens, 56);
+    let alone = e.generate(req(Some("a"), 1, 6)).unwrap();
+    assert_eq!(
+        got.last_logits, alone.last_logits,
+        "y ran on a device slot that never received its adapter"
+    );
+    assert_eq!(got.token_ids, alone.token_ids);
 }

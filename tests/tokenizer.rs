@@ -2,36 +2,23 @@
 //! tokenizer (tiny-llama fixture, which carries the SmolLM2 tokenizer files) must reproduce the
 //! HuggingFace reference token ids, chat template renderings and decodes.
 //!
-//! Reads ../shared (skips with a message when absent) and models/SmolLM2-135M-Instruct.Q4_1.gguf
-//! (skips the GGUF half with a message when absent; run scripts/fetch-model.sh).
+//! Reads ../shared and models/SmolLM2-135M-Instruct.Q4_1.gguf (when absent: fails under CI=true,
+//! skips with a message locally; see common::missing).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 use loraplex::model::gguf::{tokenizer::build_tokenizer, GgufFile};
 use loraplex::tokenizer::{ChatMessage, Tokenizer};
 use serde_json::Value;
 
 fn shared() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        println!("skipping: {} not found", p.display());
-        None
-    }
+    common::shared_dir()
 }
 
 fn gguf_path() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.is_file() {
-        Some(p)
-    } else {
-        println!(
-            "skipping: {} not found (run scripts/fetch-model.sh)",
-            p.display()
-        );
-        None
-    }
+    common::smollm2_gguf()
 }
 
 fn gguf_tokenizer() -> Option<Tokenizer> {

@@ -9,7 +9,24 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-/// `../shared` (fixtures and references), or None when absent (tests then skip, saying so).
+/// True when the tests run under CI (`CI=true` or `CI=1`, as CI services set it).
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// The one rule for a fixture, model or tool a test needs but cannot find (`what` names it and
+/// says how to get it). Under CI it fails the test, naming what is missing; locally it prints
+/// `skipping: <what>` and returns None, and the caller returns (skips).
+pub fn missing<T>(what: impl std::fmt::Display) -> Option<T> {
+    if under_ci() {
+        panic!("missing under CI=true (tests must not skip there): {what}");
+    }
+    eprintln!("skipping: {what}");
+    None
+}
+
+/// `../shared` (fixtures and references; `LORAPLEX_SHARED` overrides), or None when absent
+/// (see [`missing`]: fails under CI, skips locally).
 pub fn shared_dir() -> Option<PathBuf> {
     let p = std::env::var("LORAPLEX_SHARED")
         .map(PathBuf::from)
@@ -17,20 +34,56 @@ pub fn shared_dir() -> Option<PathBuf> {
     if p.join("reference").is_dir() {
         Some(p)
     } else {
-        eprintln!("skipping: ../shared (fixtures, references) is absent");
-        None
+        missing(format!(
+            "{} (fixtures and references) is absent; set LORAPLEX_SHARED",
+            p.join("reference").display()
+        ))
     }
 }
 
-/// The SmolLM2 GGUF fetched by `make model`, or None (tests skip, saying so).
+/// The SmolLM2 GGUF fetched by `make model`, or None when absent (see [`missing`]: fails under
+/// CI, skips locally).
 pub fn smollm2_gguf() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if p.is_file() {
         Some(p)
     } else {
-        eprintln!("skipping: {} is absent (run `make model`)", p.display());
-        None
+        missing(format!("{} is absent (run `make model`)", p.display()))
     }
+}
+
+/// Runs `round` (which submits a batch of `n` requests and checks each against its result
+/// alone) until the engine reports that `n` sequences shared one step, at most `tries` times.
+/// `max_step_seqs` only grows, so before the first round it must be below `n` (e.g. 1 after
+/// one-at-a-time runs). Panics when the requests never shared a step (the batch then proved
+/// nothing) or when more than `n` did.
+pub fn until_shared(
+    engine: &loraplex::engine::Engine,
+    n: usize,
+    tries: usize,
+    mut round: impl FnMut(),
+) {
+    let before = engine.stats().max_step_seqs;
+    assert!(
+        before < n,
+        "{before} sequences already shared a step before the batch"
+    );
+    let mut seen = before;
+    for t in 1..=tries {
+        round();
+        seen = engine.stats().max_step_seqs;
+        assert!(
+            seen <= n,
+            "{seen} sequences in one step, but only {n} were in flight or allowed"
+        );
+        if seen == n {
+            return;
+        }
+        eprintln!("round {t}: at most {seen} of {n} requests shared a step; running it again");
+    }
+    panic!(
+        "in {tries} rounds at most {seen} of {n} requests shared a step: the batch was never mixed"
+    );
 }
 
 /// Shape of a generated tiny model.
