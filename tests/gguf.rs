@@ -6,26 +6,15 @@
 use std::path::{Path, PathBuf};
 
 use loraplex::model::gguf::{dequantize, load_gguf, permute_qk, unpermute_qk, GgmlType};
-use loraplex::model::{ModelFiles, RopeScaling};
+use loraplex::model::RopeScaling;
 use loraplex::ErrorCode;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod common;
 mod gguf_support;
+use common::expect_err;
 use gguf_support::*;
-
-fn expect_err(r: loraplex::Result<ModelFiles>, code: ErrorCode, needles: &[&str]) -> String {
-    let e = match r {
-        Ok(_) => panic!("expected an error containing {needles:?}"),
-        Err(e) => e,
-    };
-    let msg = e.message().to_string();
-    assert_eq!(e.code(), code, "wrong code for: {msg}");
-    for n in needles {
-        assert!(msg.contains(n), "message {msg:?} does not contain {n:?}");
-    }
-    msg
-}
 
 // ---------------------------------------------------------------- dequantization
 

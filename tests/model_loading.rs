@@ -21,16 +21,7 @@ fn engine_cfg(dir: &Path) -> EngineConfig {
 }
 
 fn expect_err(dir: &Path, code: ErrorCode, needles: &[&str]) -> String {
-    let e = match Engine::new(engine_cfg(dir)) {
-        Ok(_) => panic!("expected an error containing {needles:?}"),
-        Err(e) => e,
-    };
-    let msg = e.message().to_string();
-    assert_eq!(e.code(), code, "wrong code for: {msg}");
-    for n in needles {
-        assert!(msg.contains(n), "message {msg:?} does not contain {n:?}");
-    }
-    msg
+    common::expect_err(Engine::new(engine_cfg(dir)), code, needles)
 }
 
 /// Rewrites `dir/config.json` with `edit` applied.
