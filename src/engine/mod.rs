@@ -162,8 +162,8 @@ impl Engine {
             kv_blocks_free: num_blocks,
             kv_blocks_total: num_blocks,
             kv_block_size: bs,
-            kv_cache_bytes: geom.bytes(),
-            weight_bytes: model.weight_bytes(),
+            kv_cache_bytes: plan.kv_cache_bytes,
+            weight_bytes: plan.weights_bytes,
             ..EngineStats::default()
         };
         let shared = Arc::new(Shared {
