@@ -4,7 +4,7 @@
 //!
 //! Pure functions over host tensors; no I/O, no threads.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use super::{ModelConfig, RopeScaling, TensorMap};
 use crate::error::{Error, Result};
@@ -68,11 +68,11 @@ pub fn account_tensors(c: &ModelConfig, t: &mut TensorMap) -> Result<()> {
             )));
         }
     }
-    let wanted: HashMap<&str, ()> = expected.iter().map(|(n, _)| (n.as_str(), ())).collect();
+    let wanted: HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
     let mut unused: Vec<&String> = Vec::new();
     let mut derivable: Vec<String> = Vec::new();
     for (name, tensor) in t.iter() {
-        if wanted.contains_key(name.as_str()) {
+        if wanted.contains(name.as_str()) {
             continue;
         }
         if is_inv_freq(c, name) {
