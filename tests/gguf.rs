@@ -6,27 +6,15 @@
 use std::path::PathBuf;
 
 use loraplex::model::gguf::{dequantize, load_gguf, permute_qk, unpermute_qk, GgmlType};
-use loraplex::model::{ModelFiles, RopeScaling};
+use loraplex::model::RopeScaling;
 use loraplex::ErrorCode;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 mod common;
 mod gguf_support;
+use common::expect_err;
 use gguf_support::*;
-
-fn expect_err(r: loraplex::Result<ModelFiles>, code: ErrorCode, needles: &[&str]) -> String {
-    let e = match r {
-        Ok(_) => panic!("expected an error containing {needles:?}"),
-        Err(e) => e,
-    };
-    let msg = e.message().to_string();
-    assert_eq!(e.code(), code, "wrong code for: {msg}");
-    for n in needles {
-        assert!(msg.contains(n), "message {msg:?} does not contain {n:?}");
-    }
-    msg
-}
 
 // ---------------------------------------------------------------- dequantization
 
@@ -415,7 +403,16 @@ fn model_level_errors_name_the_culprit() {
     };
     let mut w = toy(true).writer;
     w.str("general.architecture", "qwen2");
-    case(w, "arch.gguf", ErrorCode::Unsupported, &["qwen2"]);
+    case(
+        w,
+        "arch.gguf",
+        ErrorCode::Unsupported,
+        &["qwen2", "q/k/v", "bias"],
+    );
+
+    let mut w = toy(true).writer;
+    w.str("general.architecture", "gpt2");
+    case(w, "gpt2.gguf", ErrorCode::Unsupported, &["gpt2"]);
 
     let mut w = toy(true).writer;
     w.tensors.retain(|t| t.0 != "blk.1.attn_k.weight");
@@ -450,8 +447,17 @@ fn model_level_errors_name_the_culprit() {
     case(
         w,
         "bias.gguf",
-        ErrorCode::Unsupported,
-        &["blk.0.attn_q.bias"],
+        ErrorCode::InvalidModel,
+        &["blk.0.attn_q.bias", "not used"],
+    );
+
+    let mut w = toy(true).writer;
+    w.tensor("blk.0.attn_extra.weight", &[4], T_F32, f32_bytes(&[0.0; 4]));
+    case(
+        w,
+        "unknown.gguf",
+        ErrorCode::InvalidModel,
+        &["blk.0.attn_extra.weight", "not used"],
     );
 
     let mut w = toy(true).writer;
@@ -534,6 +540,80 @@ fn model_level_errors_name_the_culprit() {
         ErrorCode::InvalidModel,
         &["tokenizer.ggml.eos_token_id"],
     );
+
+    let mut w = toy(true).writer;
+    w.i32_array("tokenizer.ggml.eos_token_id", &[3, 1_000_000]);
+    case(
+        w,
+        "eos-list-range.gguf",
+        ErrorCode::InvalidModel,
+        &["tokenizer.ggml.eos_token_id", "1000000"],
+    );
+
+    let mut w = toy(true).writer;
+    w.i32_array("tokenizer.ggml.eos_token_id", &[3, -1]);
+    case(
+        w,
+        "eos-list-negative.gguf",
+        ErrorCode::InvalidModel,
+        &["tokenizer.ggml.eos_token_id\"[1]"],
+    );
+
+    let mut w = toy(true).writer;
+    w.f32("tokenizer.ggml.eos_token_id", 3.0);
+    case(
+        w,
+        "eos-float.gguf",
+        ErrorCode::InvalidModel,
+        &["tokenizer.ggml.eos_token_id"],
+    );
+}
+
+#[test]
+fn eos_array_and_sliding_window_from_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = toy(false);
+    let n = t.vocab as u32;
+    let mut w = t.writer.clone();
+    // Several EOS ids (as Llama-3 GGUFs may carry): every one stops generation; the first is the
+    // template's eos_token.
+    w.i32_array("tokenizer.ggml.eos_token_id", &[(n - 1) as i32, 7]);
+    w.u32("llama.attention.sliding_window", 64);
+    let m = load_gguf(&w.write(dir.path(), "eos-list.gguf")).unwrap();
+    assert_eq!(m.config.eos_token_ids, vec![n - 1, 7]);
+    assert_eq!(m.config.sliding_window, Some(64));
+    assert_eq!(
+        m.tokenizer.special().eos,
+        Some(("<|im_end|>".to_string(), n - 1))
+    );
+
+    // llama.cpp writes 0 for "no window"; an absent key is no window too.
+    let mut w = t.writer.clone();
+    w.u32("llama.attention.sliding_window", 0);
+    let m = load_gguf(&w.write(dir.path(), "no-window.gguf")).unwrap();
+    assert_eq!(m.config.sliding_window, None);
+    let m = load_gguf(&t.writer.write(dir.path(), "plain.gguf")).unwrap();
+    assert_eq!(m.config.sliding_window, None);
+
+    // The engine keeps sequences within the window.
+    let mut w = t.writer.clone();
+    w.u32("llama.attention.sliding_window", 64);
+    let p = w.write(dir.path(), "window.gguf");
+    let mut cfg = loraplex::config::EngineConfig::new(&p);
+    cfg.threads = 1;
+    let e = loraplex::engine::Engine::new(cfg.clone()).unwrap();
+    assert_eq!(e.max_model_len(), 64);
+    assert_eq!(
+        e.stats_json()["limits"]["max_model_len_bound"],
+        "sliding_window"
+    );
+    drop(e);
+    cfg.max_model_len = 100;
+    let err = loraplex::engine::Engine::new(cfg).err().unwrap();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    for part in ["sliding_window", "100", "64"] {
+        assert!(err.message().contains(part), "{}", err.message());
+    }
 }
 
 // ---------------------------------------------------------------- the real SmolLM2 GGUF

@@ -1,10 +1,25 @@
 //! The engine's memory plan (DESIGN.md 1.1 "Memory estimate"): bytes for weights, both adapter
-//! caches at `max_lora_rank`, activations and LoRA scratch, and the KV cache.
+//! caches at `max_lora_rank`, activations and LoRA scratch, and the KV cache, plus the longest
+//! sequence the engine accepts. [`ModelLen::resolve`] and [`MemoryPlan::size`] are the one place
+//! the engine is sized; `Engine::new` allocates what they return.
+//!
+//! Pure logic: no I/O, no allocation of the planned memory, no threads.
 
 use serde::Serialize;
 
 use crate::adapters::ModelShape;
-use crate::backend::LoraTarget;
+use crate::backend::{KvGeometry, LoraStackGeometry};
+use crate::config::EngineConfig;
+use crate::error::{Error, Result};
+use crate::model::ModelConfig;
+
+/// The automatic `max_model_len` is capped here (a default, not a model limit).
+pub const DEFAULT_MAX_MODEL_LEN: usize = 8192;
+/// The automatic KV cache (no `kv_cache_bytes`, no budget) is capped here.
+pub const DEFAULT_KV_CACHE_CAP_BYTES: usize = 1 << 30;
+/// Bytes of one stored value (weights are measured by the backend; everything planned here is
+/// f32).
+const F32_BYTES: usize = 4;
 
 /// Bytes per component, as planned at engine start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -21,40 +36,431 @@ pub struct MemoryPlan {
     pub kv_cache_bytes: usize,
 }
 
+/// What bounds `max_model_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelLenBound {
+    /// The configured `max_model_len`.
+    Configured,
+    /// The model's `max_position_embeddings`.
+    MaxPositionEmbeddings,
+    /// The default cap, [`DEFAULT_MAX_MODEL_LEN`].
+    DefaultCap,
+    /// The model's `sliding_window` (loraplex does not apply a window, so a sequence is kept
+    /// within it, where windowed and full attention agree).
+    SlidingWindow,
+}
+
+/// The longest prompt + completion the engine accepts, and what bounds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ModelLen {
+    /// Tokens.
+    pub tokens: usize,
+    /// Why it is not larger.
+    pub bound: ModelLenBound,
+}
+
+impl ModelLen {
+    /// `requested` 0 (automatic) → the smallest of `max_position_embeddings`,
+    /// [`DEFAULT_MAX_MODEL_LEN`] and `sliding_window`. Otherwise `requested`, which must not
+    /// exceed either model limit. Errors: INVALID_ARGUMENT naming the limit and both numbers.
+    pub fn resolve(requested: usize, model: &ModelConfig) -> Result<Self> {
+        let window = model.sliding_window.unwrap_or(usize::MAX);
+        if requested == 0 {
+            let bounds = [
+                (
+                    model.max_position_embeddings,
+                    ModelLenBound::MaxPositionEmbeddings,
+                ),
+                (DEFAULT_MAX_MODEL_LEN, ModelLenBound::DefaultCap),
+                (window, ModelLenBound::SlidingWindow),
+            ];
+            // Ties go to the earlier entry: the model's own limit is the better explanation.
+            let (tokens, bound) =
+                bounds
+                    .into_iter()
+                    .fold(bounds[0], |best, b| if b.0 < best.0 { b } else { best });
+            return Ok(Self { tokens, bound });
+        }
+        if requested > model.max_position_embeddings {
+            return Err(Error::invalid_argument(format!(
+                "max_model_len {requested} exceeds the model's max_position_embeddings {}",
+                model.max_position_embeddings
+            )));
+        }
+        if requested > window {
+            return Err(Error::invalid_argument(format!(
+                "max_model_len {requested} exceeds the model's sliding_window {window}: loraplex \
+                 does not apply sliding-window attention, so a sequence must fit in the window \
+                 (set max_model_len <= {window}, or 0 to use {window})"
+            )));
+        }
+        Ok(Self {
+            tokens: requested,
+            bound: ModelLenBound::Configured,
+        })
+    }
+}
+
+/// How the engine is sized: the plan and the geometries it allocates from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizing {
+    /// Bytes per component.
+    pub plan: MemoryPlan,
+    /// The KV cache to allocate (`plan.kv_cache_bytes == kv.bytes()`).
+    pub kv: KvGeometry,
+    /// The device adapter arena to allocate (`max_gpu_loras` slots at `max_lora_rank`).
+    pub lora: LoraStackGeometry,
+}
+
 impl MemoryPlan {
-    /// f32 elements of one adapter at `rank` on every target of every layer.
-    pub fn adapter_elems(shape: &ModelShape, rank: usize) -> usize {
-        shape.num_layers
-            * LoraTarget::ALL
-                .iter()
-                .map(|&t| {
-                    let (i, o) = shape.module_dims(t);
-                    (i + o) * rank
-                })
-                .sum::<usize>()
+    /// Sizes an engine running `model` under `cfg` with sequences of up to `len` tokens, given
+    /// the bytes of the packed weights (as the backend measured them).
+    ///
+    /// KV cache: `cfg.kv_cache_bytes` when set; otherwise, with `cfg.memory_budget_bytes`, what
+    /// the other parts leave of the budget; otherwise enough for `max_num_seqs` sequences of
+    /// `len` tokens, capped at [`DEFAULT_KV_CACHE_CAP_BYTES`]. It is rounded down to whole
+    /// blocks of `kv_block_size` tokens.
+    ///
+    /// Errors (INVALID_ARGUMENT): a budget the parts exceed (the message lists every part), a KV
+    /// size below one block (naming both numbers), sizes that overflow.
+    pub fn size(
+        cfg: &EngineConfig,
+        model: &ModelConfig,
+        len: ModelLen,
+        weights_bytes: usize,
+    ) -> Result<Sizing> {
+        let shape = ModelShape::of(model, crate::tensor::DType::F32);
+        let lora = LoraStackGeometry {
+            num_slots: cfg.max_gpu_loras,
+            max_rank: cfg.max_lora_rank,
+            num_layers: model.num_layers,
+            dims: shape.lora_dims(),
+        };
+        let overflow = |what: &str| Error::invalid_argument(format!("{what} overflows"));
+        let slot_bytes = lora
+            .slot_elems()
+            .checked_mul(F32_BYTES)
+            .ok_or_else(|| overflow("adapter slot size"))?;
+        let mut plan = MemoryPlan {
+            weights_bytes,
+            host_adapter_cache_bytes: slot_bytes
+                .checked_mul(cfg.max_cpu_loras)
+                .ok_or_else(|| overflow("host adapter cache size"))?,
+            device_adapter_cache_bytes: slot_bytes
+                .checked_mul(cfg.max_gpu_loras)
+                .ok_or_else(|| overflow("device adapter cache size"))?,
+            activations_bytes: Self::step_activation_bytes(
+                &shape,
+                model.vocab_size,
+                cfg.max_batch_tokens,
+                cfg.max_num_seqs.min(cfg.max_batch_tokens),
+                cfg.max_lora_rank,
+            ),
+            kv_cache_bytes: 0,
+        };
+        let block = KvGeometry {
+            num_layers: model.num_layers,
+            num_blocks: 1,
+            block_size: cfg.kv_block_size,
+            num_kv_heads: model.num_kv_heads,
+            head_dim: model.head_dim,
+        };
+        let block_bytes = block.bytes();
+        let budget = cfg.memory_budget_bytes;
+        let kv_bytes = if cfg.kv_cache_bytes > 0 {
+            cfg.kv_cache_bytes
+        } else if budget > 0 {
+            budget.saturating_sub(plan.total())
+        } else {
+            len.tokens
+                .saturating_mul(cfg.max_num_seqs)
+                .div_ceil(cfg.kv_block_size.max(1))
+                .saturating_mul(block_bytes)
+                .min(DEFAULT_KV_CACHE_CAP_BYTES)
+        };
+        let num_blocks = kv_bytes.checked_div(block_bytes).unwrap_or(0);
+        let kv = KvGeometry {
+            num_blocks,
+            ..block
+        };
+        plan.kv_cache_bytes = kv.bytes();
+        if budget > 0 && (num_blocks == 0 || plan.total() > budget) {
+            return Err(Error::invalid_argument(format!(
+                "memory_budget_bytes {budget} is too small: weights {} + host adapter cache {} + \
+                 device adapter cache {} + activations {} = {} bytes, and the KV cache needs {} \
+                 (at least one block of {block_bytes})",
+                plan.weights_bytes,
+                plan.host_adapter_cache_bytes,
+                plan.device_adapter_cache_bytes,
+                plan.activations_bytes,
+                plan.total() - plan.kv_cache_bytes,
+                plan.kv_cache_bytes.max(block_bytes),
+            )));
+        }
+        if num_blocks == 0 {
+            return Err(Error::invalid_argument(format!(
+                "kv_cache_bytes {kv_bytes} is smaller than one KV block ({block_bytes} bytes)"
+            )));
+        }
+        Ok(Sizing { plan, kv, lora })
     }
 
-    /// Activation bytes of one step of `tokens` rows (every buffer the forward pass allocates,
-    /// plus shrink scratch at `max_rank` for every row).
+    /// f32 elements of one adapter at `rank` on every target of every layer.
+    pub fn adapter_elems(shape: &ModelShape, rank: usize) -> usize {
+        LoraStackGeometry {
+            num_slots: 1,
+            max_rank: rank,
+            num_layers: shape.num_layers,
+            dims: shape.lora_dims(),
+        }
+        .slot_elems()
+    }
+
+    /// Activation bytes of one step of `tokens` rows that samples one row (see
+    /// [`MemoryPlan::step_activation_bytes`]).
     pub fn activation_bytes(
         shape: &ModelShape,
         vocab: usize,
         tokens: usize,
         max_rank: usize,
     ) -> usize {
+        Self::step_activation_bytes(shape, vocab, tokens, 1, max_rank)
+    }
+
+    /// Activation bytes of one step of `tokens` rows of which `logit_rows` are sampled: every
+    /// buffer the forward pass allocates per row (x, normed, proj, fused qkv, attention output,
+    /// gate/up, activation), LoRA shrink scratch at `max_rank` per row, and per sampled row the
+    /// gathered and normed hidden rows plus its logits on the device and on the host.
+    pub fn step_activation_bytes(
+        shape: &ModelShape,
+        vocab: usize,
+        tokens: usize,
+        logit_rows: usize,
+        max_rank: usize,
+    ) -> usize {
         let q = shape.num_heads * shape.head_dim;
         let kv = shape.num_kv_heads * shape.head_dim;
         let per_row =
             3 * shape.hidden_size + (q + 2 * kv) + q + 3 * shape.intermediate_size + max_rank;
-        4 * (tokens * per_row + vocab)
+        let per_logit_row = 2 * shape.hidden_size + 2 * vocab;
+        F32_BYTES.saturating_mul(
+            tokens
+                .saturating_mul(per_row)
+                .saturating_add(logit_rows.max(1).saturating_mul(per_logit_row)),
+        )
     }
 
     /// Sum of all parts.
     pub fn total(&self) -> usize {
         self.weights_bytes
-            + self.host_adapter_cache_bytes
-            + self.device_adapter_cache_bytes
-            + self.activations_bytes
-            + self.kv_cache_bytes
+            .saturating_add(self.host_adapter_cache_bytes)
+            .saturating_add(self.device_adapter_cache_bytes)
+            .saturating_add(self.activations_bytes)
+            .saturating_add(self.kv_cache_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::model::RopeScaling;
+
+    fn model(window: Option<usize>) -> ModelConfig {
+        ModelConfig {
+            hidden_size: 64,
+            intermediate_size: 96,
+            num_layers: 3,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 16,
+            vocab_size: 100,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: RopeScaling::None,
+            max_position_embeddings: 2048,
+            sliding_window: window,
+            tie_word_embeddings: false,
+            bos_token_id: None,
+            eos_token_ids: vec![2],
+        }
+    }
+
+    fn cfg() -> EngineConfig {
+        let mut c = EngineConfig::new("unused");
+        c.max_num_seqs = 4;
+        c.max_batch_tokens = 32;
+        c.kv_block_size = 16;
+        c.max_cpu_loras = 3;
+        c.max_gpu_loras = 2;
+        c.max_lora_rank = 8;
+        c
+    }
+
+    /// Bytes of one KV block of `model()` with 16-token blocks, computed by hand:
+    /// K and V × 3 layers × 16 tokens × 2 heads × 16 dims × 4 bytes.
+    const BLOCK: usize = 2 * 3 * 16 * 2 * 16 * 4;
+
+    fn len(tokens: usize) -> ModelLen {
+        ModelLen {
+            tokens,
+            bound: ModelLenBound::Configured,
+        }
+    }
+
+    #[test]
+    fn default_kv_holds_max_num_seqs_full_sequences() {
+        let m = model(None);
+        let s = MemoryPlan::size(&cfg(), &m, len(100), 1000).unwrap();
+        // 4 sequences × 100 tokens = 400 tokens = 25 blocks of 16.
+        assert_eq!(s.kv.num_blocks, 25);
+        assert_eq!(s.kv.block_size, 16);
+        assert_eq!(s.plan.kv_cache_bytes, 25 * BLOCK);
+        assert_eq!(s.plan.kv_cache_bytes, s.kv.bytes());
+        assert_eq!(s.plan.weights_bytes, 1000);
+        // The default is capped.
+        let mut c = cfg();
+        c.max_num_seqs = 1 << 20;
+        let s = MemoryPlan::size(&c, &m, len(2048), 0).unwrap();
+        assert_eq!(s.kv.num_blocks, DEFAULT_KV_CACHE_CAP_BYTES / BLOCK);
+    }
+
+    #[test]
+    fn adapter_caches_reserve_every_slot_at_max_rank() {
+        let m = model(None);
+        let s = MemoryPlan::size(&cfg(), &m, len(100), 0).unwrap();
+        // Per layer at rank 8: q (64+64), k (64+32), v (64+32), o (64+64), gate and up
+        // (64+96 each), down (96+64).
+        let per_layer = (128 + 96 + 96 + 128 + 160 + 160 + 160) * 8;
+        let slot = 3 * per_layer * 4;
+        assert_eq!(s.plan.host_adapter_cache_bytes, 3 * slot);
+        assert_eq!(s.plan.device_adapter_cache_bytes, 2 * slot);
+        assert_eq!(s.lora.num_slots, 2);
+        assert_eq!(s.lora.max_rank, 8);
+        assert_eq!(s.lora.slot_elems() * 4, slot);
+        let shape = ModelShape::of(&m, crate::tensor::DType::F32);
+        assert_eq!(MemoryPlan::adapter_elems(&shape, 8) * 4, slot);
+    }
+
+    #[test]
+    fn activations_cover_every_row_and_sampled_row() {
+        let m = model(None);
+        let s = MemoryPlan::size(&cfg(), &m, len(100), 0).unwrap();
+        // Per row: x, normed, proj (3×64) + qkv (64+2×32) + attn (64) + gate/up and act (3×96)
+        // + shrink scratch (8); per sampled row (4 = max_num_seqs): 2×64 + 2×100.
+        let per_row = 3 * 64 + 128 + 64 + 3 * 96 + 8;
+        assert_eq!(
+            s.plan.activations_bytes,
+            4 * (32 * per_row + 4 * (128 + 200))
+        );
+    }
+
+    #[test]
+    fn explicit_kv_bytes_round_down_to_blocks() {
+        let mut c = cfg();
+        c.kv_cache_bytes = 7 * BLOCK + BLOCK / 2;
+        let s = MemoryPlan::size(&c, &model(None), len(100), 0).unwrap();
+        assert_eq!(s.kv.num_blocks, 7);
+        assert_eq!(s.plan.kv_cache_bytes, 7 * BLOCK);
+        c.kv_cache_bytes = BLOCK - 1;
+        let e = MemoryPlan::size(&c, &model(None), len(100), 0).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+        assert!(
+            e.message()
+                .contains(&format!("kv_cache_bytes {}", BLOCK - 1))
+                && e.message().contains(&format!("{BLOCK} bytes")),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
+    fn budget_gives_the_kv_cache_what_is_left() {
+        let m = model(None);
+        let free = MemoryPlan::size(&cfg(), &m, len(100), 5000).unwrap().plan;
+        let others = free.total() - free.kv_cache_bytes;
+        let mut c = cfg();
+        c.memory_budget_bytes = others + 10 * BLOCK + 17;
+        let s = MemoryPlan::size(&c, &m, len(100), 5000).unwrap();
+        assert_eq!(s.kv.num_blocks, 10);
+        assert_eq!(s.plan.total(), others + 10 * BLOCK);
+        assert!(s.plan.total() <= c.memory_budget_bytes);
+    }
+
+    #[test]
+    fn budget_too_small_lists_every_part() {
+        let m = model(None);
+        let mut c = cfg();
+        c.memory_budget_bytes = 4096;
+        let s = MemoryPlan::size(&cfg(), &m, len(100), 5000).unwrap().plan;
+        let e = MemoryPlan::size(&c, &m, len(100), 5000).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+        let msg = e.message();
+        for part in [
+            "memory_budget_bytes 4096".to_string(),
+            "weights 5000".to_string(),
+            format!("host adapter cache {}", s.host_adapter_cache_bytes),
+            format!("device adapter cache {}", s.device_adapter_cache_bytes),
+            format!("activations {}", s.activations_bytes),
+            format!("one block of {BLOCK}"),
+        ] {
+            assert!(msg.contains(&part), "{part:?} missing in: {msg}");
+        }
+        // Room for the other parts but not one block is still too small.
+        c.memory_budget_bytes = s.total() - s.kv_cache_bytes + BLOCK - 1;
+        assert!(MemoryPlan::size(&c, &m, len(100), 5000).is_err());
+        // An explicit KV size is checked against the budget too.
+        c.memory_budget_bytes = s.total() - s.kv_cache_bytes + 2 * BLOCK;
+        c.kv_cache_bytes = 3 * BLOCK;
+        let e = MemoryPlan::size(&c, &m, len(100), 5000).unwrap_err();
+        assert!(
+            e.message().contains("memory_budget_bytes"),
+            "{}",
+            e.message()
+        );
+        c.kv_cache_bytes = 2 * BLOCK;
+        assert_eq!(
+            MemoryPlan::size(&c, &m, len(100), 5000)
+                .unwrap()
+                .kv
+                .num_blocks,
+            2
+        );
+    }
+
+    #[test]
+    fn model_len_is_capped_by_the_sliding_window() {
+        let auto = ModelLen::resolve(0, &model(None)).unwrap();
+        assert_eq!(auto.tokens, 2048);
+        assert_eq!(auto.bound, ModelLenBound::MaxPositionEmbeddings);
+        let mut long = model(None);
+        long.max_position_embeddings = 1 << 20;
+        let auto = ModelLen::resolve(0, &long).unwrap();
+        assert_eq!(
+            (auto.tokens, auto.bound),
+            (DEFAULT_MAX_MODEL_LEN, ModelLenBound::DefaultCap)
+        );
+
+        let w = model(Some(512));
+        let auto = ModelLen::resolve(0, &w).unwrap();
+        assert_eq!(
+            (auto.tokens, auto.bound),
+            (512, ModelLenBound::SlidingWindow)
+        );
+        let set = ModelLen::resolve(300, &w).unwrap();
+        assert_eq!((set.tokens, set.bound), (300, ModelLenBound::Configured));
+        assert_eq!(ModelLen::resolve(512, &w).unwrap().tokens, 512);
+        let e = ModelLen::resolve(1024, &w).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+        for part in ["sliding_window", "1024", "512"] {
+            assert!(e.message().contains(part), "{}", e.message());
+        }
+        let e = ModelLen::resolve(4096, &w).unwrap_err();
+        assert!(
+            e.message().contains("max_position_embeddings 2048"),
+            "{}",
+            e.message()
+        );
     }
 }

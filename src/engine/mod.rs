@@ -26,8 +26,8 @@ use parking_lot::Mutex;
 use crate::adapters::source::PeftRegistry;
 use crate::adapters::{AdapterLimits, ModelShape};
 use crate::backend::cpu::CpuBackend;
-use crate::backend::LoraStackGeometry;
-use crate::backend::{Backend, KvGeometry};
+use crate::backend::Backend;
+use crate::cache::plan::{ModelLen, ModelLenBound, Sizing};
 use crate::cache::{DeviceSlots, HostCache, MemoryPlan};
 use crate::config::EngineConfig;
 use crate::error::{Error, ErrorCode, Result};
@@ -103,6 +103,7 @@ pub struct Engine {
     model_cfg: ModelConfig,
     tokenizer: Arc<Tokenizer>,
     max_model_len: usize,
+    max_model_len_bound: ModelLenBound,
     tx: Sender<Command>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
@@ -113,9 +114,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads the model named by `cfg.model` and starts the worker. Errors: INVALID_ARGUMENT for a
-    /// bad config, IO / INVALID_MODEL / UNSUPPORTED for the model, UNSUPPORTED for `cuda` devices
-    /// in a build without CUDA.
+    /// Loads the model named by `cfg.model`, sizes the engine ([`MemoryPlan::size`]) and starts
+    /// the worker. Errors: INVALID_ARGUMENT for a bad config (including a `max_model_len` over
+    /// the model's `max_position_embeddings` or `sliding_window`, and a memory budget the parts
+    /// exceed), IO / INVALID_MODEL / UNSUPPORTED for the model (every checkpoint tensor must be
+    /// used, see [`crate::model::layout::account_tensors`]), UNSUPPORTED for `cuda` devices in a
+    /// build without CUDA.
     pub fn new(cfg: EngineConfig) -> Result<Self> {
         cfg.validate()?;
         if cfg.device != "cpu" {
@@ -143,82 +147,22 @@ impl Engine {
             .build()
             .map_err(|e| Error::internal(format!("thread pool: {e}")))?;
         let backend = CpuBackend::new(Arc::new(pool));
+        // Checked before the weights are packed: a bad max_model_len fails fast.
+        let model_len = ModelLen::resolve(cfg.max_model_len, &model_cfg)?;
         let model = Llama::load(&backend, &model_cfg, &mut tensors, cfg.weight_format)
             .map_err(|e| e.context(cfg.model.display()))?;
         drop(tensors);
         let tokenizer = Arc::new(tokenizer);
-
-        let max_model_len = if cfg.max_model_len == 0 {
-            model_cfg.max_position_embeddings.min(8192)
-        } else {
-            cfg.max_model_len
-        };
-        if max_model_len > model_cfg.max_position_embeddings {
-            return Err(Error::invalid_argument(format!(
-                "max_model_len {max_model_len} exceeds the model's max_position_embeddings {}",
-                model_cfg.max_position_embeddings
-            )));
-        }
+        let max_model_len = model_len.tokens;
+        let Sizing {
+            plan,
+            kv: geom,
+            lora: lora_geom,
+        } = MemoryPlan::size(&cfg, &model_cfg, model_len, model.weight_bytes())?;
         let shape = ModelShape::of(&model_cfg, crate::tensor::DType::F32);
-        let lora_geom = LoraStackGeometry {
-            num_slots: cfg.max_gpu_loras,
-            max_rank: cfg.max_lora_rank,
-            num_layers: model_cfg.num_layers,
-            dims: shape.lora_dims(),
-        };
         let lora_stack = backend.alloc_lora_stack(lora_geom)?;
-        let mut plan = MemoryPlan {
-            weights_bytes: model.weight_bytes(),
-            host_adapter_cache_bytes: cfg.max_cpu_loras
-                * MemoryPlan::adapter_elems(&shape, cfg.max_lora_rank)
-                * 4,
-            device_adapter_cache_bytes: backend.lora_stack_bytes(&lora_stack),
-            activations_bytes: MemoryPlan::activation_bytes(
-                &shape,
-                model_cfg.vocab_size,
-                cfg.max_batch_tokens,
-                cfg.max_lora_rank,
-            ),
-            kv_cache_bytes: 0,
-        };
-        let bs = cfg.kv_block_size;
-        let bytes_per_block = 2 * model_cfg.num_layers * bs * model_cfg.kv_dim() * 4;
-        let kv_bytes = if cfg.kv_cache_bytes == 0 && cfg.memory_budget_bytes > 0 {
-            let others = plan.total();
-            if others >= cfg.memory_budget_bytes {
-                return Err(Error::invalid_argument(format!(
-                    "memory_budget_bytes {} leaves nothing for the KV cache: weights {} + host adapter cache {} + device adapter cache {} + activations {} = {others} bytes",
-                    cfg.memory_budget_bytes,
-                    plan.weights_bytes,
-                    plan.host_adapter_cache_bytes,
-                    plan.device_adapter_cache_bytes,
-                    plan.activations_bytes
-                )));
-            }
-            cfg.memory_budget_bytes - others
-        } else if cfg.kv_cache_bytes == 0 {
-            (cfg.max_num_seqs * max_model_len)
-                .div_ceil(bs)
-                .saturating_mul(bytes_per_block)
-                .min(1 << 30)
-        } else {
-            cfg.kv_cache_bytes
-        };
-        let num_blocks = kv_bytes / bytes_per_block;
-        if num_blocks == 0 {
-            return Err(Error::invalid_argument(format!(
-                "kv_cache_bytes {kv_bytes} is smaller than one KV block ({bytes_per_block} bytes)"
-            )));
-        }
-        let geom = KvGeometry {
-            num_layers: model_cfg.num_layers,
-            num_blocks,
-            block_size: bs,
-            num_kv_heads: model_cfg.num_kv_heads,
-            head_dim: model_cfg.head_dim,
-        };
         let kv = backend.alloc_kv(geom)?;
-        plan.kv_cache_bytes = geom.bytes();
+        let (num_blocks, bs) = (geom.num_blocks, geom.block_size);
         let mut registry = PeftRegistry::new();
         for src in &cfg.peft_source {
             registry
@@ -229,8 +173,8 @@ impl Engine {
             kv_blocks_free: num_blocks,
             kv_blocks_total: num_blocks,
             kv_block_size: bs,
-            kv_cache_bytes: geom.bytes(),
-            weight_bytes: model.weight_bytes(),
+            kv_cache_bytes: plan.kv_cache_bytes,
+            weight_bytes: plan.weights_bytes,
             ..EngineStats::default()
         };
         let shared = Arc::new(Shared {
@@ -299,6 +243,7 @@ impl Engine {
             model_cfg,
             tokenizer,
             max_model_len,
+            max_model_len_bound: model_len.bound,
             tx,
             shared,
             next_id: AtomicU64::new(1),

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
@@ -55,6 +55,10 @@ pub struct ModelConfig {
     pub rope_scaling: RopeScaling,
     /// Longest context the model supports.
     pub max_position_embeddings: usize,
+    /// Sliding-window attention span (Mistral's `sliding_window`; None = full attention).
+    /// loraplex does not apply a window: the engine keeps `max_model_len` within it, where
+    /// windowed and full attention are the same.
+    pub sliding_window: Option<usize>,
     /// `lm_head` shares the embedding matrix.
     pub tie_word_embeddings: bool,
     /// BOS token id, if any.
@@ -91,6 +95,11 @@ impl ModelConfig {
                     "model config: {name} must be > 0"
                 )));
             }
+        }
+        if self.sliding_window == Some(0) {
+            return Err(Error::invalid_model(
+                "model config: sliding_window must be > 0 (or null for no window)",
+            ));
         }
         if self.num_heads % self.num_kv_heads != 0 {
             return Err(Error::invalid_model(format!(
@@ -130,28 +139,7 @@ impl ModelConfig {
         let obj = v
             .as_object()
             .ok_or_else(|| Error::invalid_model("config.json is not a JSON object"))?;
-        let arch_ok = match obj.get("architectures").and_then(Value::as_array) {
-            Some(a) => a.iter().any(|x| {
-                matches!(
-                    x.as_str(),
-                    Some("LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM")
-                )
-            }),
-            None => matches!(
-                obj.get("model_type").and_then(Value::as_str),
-                Some("llama" | "mistral")
-            ),
-        };
-        if !arch_ok {
-            let got = obj
-                .get("architectures")
-                .or_else(|| obj.get("model_type"))
-                .cloned()
-                .unwrap_or(Value::Null);
-            return Err(Error::unsupported(format!(
-                "unsupported architecture {got}: loraplex serves Llama-family models (LlamaForCausalLM)"
-            )));
-        }
+        check_architecture(obj)?;
         for flag in ["attention_bias", "mlp_bias"] {
             if obj.get(flag).and_then(Value::as_bool) == Some(true) {
                 return Err(Error::unsupported(format!(
@@ -202,15 +190,9 @@ impl ModelConfig {
             None => RopeScaling::None,
             Some(s) => parse_rope_scaling(s)?,
         };
-        let eos_token_ids = match obj.get("eos_token_id") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(Value::as_u64)
-                .map(|x| x as u32)
-                .collect(),
-            Some(v) => v.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            None => Vec::new(),
-        };
+        let eos_token_ids = token_ids(obj, "eos_token_id", true)?;
+        let bos_token_id = token_ids(obj, "bos_token_id", false)?.first().copied();
+        let sliding_window = sliding_window(obj)?;
         let cfg = ModelConfig {
             hidden_size,
             intermediate_size: req("intermediate_size")?,
@@ -233,10 +215,8 @@ impl ModelConfig {
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            bos_token_id: obj
-                .get("bos_token_id")
-                .and_then(Value::as_u64)
-                .map(|x| x as u32),
+            sliding_window,
+            bos_token_id,
             eos_token_ids,
         };
         cfg.validate()?;
@@ -284,6 +264,96 @@ impl ModelConfig {
                     .collect()
             }
         }
+    }
+}
+
+/// The refusal of a Qwen2 model; `what` names where the architecture was read.
+pub(crate) fn qwen2_refusal(what: &str) -> Error {
+    Error::unsupported(format!(
+        "{what}: Qwen2 models are not supported yet (their q/k/v projection biases are not \
+         applied by loraplex, so the output would be wrong)"
+    ))
+}
+
+/// Accepts `LlamaForCausalLM` and `MistralForCausalLM` (or `model_type` llama / mistral when
+/// `architectures` is absent); refuses Qwen2 with the reason and anything else naming it.
+fn check_architecture(obj: &Map<String, Value>) -> Result<()> {
+    let archs: Vec<&str> = match obj.get("architectures").and_then(Value::as_array) {
+        Some(a) => a.iter().filter_map(Value::as_str).collect(),
+        None => obj
+            .get("model_type")
+            .and_then(Value::as_str)
+            .into_iter()
+            .collect(),
+    };
+    if let Some(q) = archs
+        .iter()
+        .find(|a| matches!(**a, "Qwen2ForCausalLM" | "qwen2"))
+    {
+        return Err(qwen2_refusal(&format!("architecture {q}")));
+    }
+    let ok = archs.iter().any(|a| {
+        matches!(
+            *a,
+            "LlamaForCausalLM" | "MistralForCausalLM" | "llama" | "mistral"
+        )
+    });
+    if ok {
+        return Ok(());
+    }
+    let got = obj
+        .get("architectures")
+        .or_else(|| obj.get("model_type"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    Err(Error::unsupported(format!(
+        "unsupported architecture {got}: loraplex serves Llama-family models (LlamaForCausalLM, \
+         MistralForCausalLM)"
+    )))
+}
+
+/// A token-id field: absent or null → none; a non-negative integer → one id; a list of them (only
+/// where `list_ok`, as Llama-3's `eos_token_id`) → every id. Anything else (string, float,
+/// object, negative, a list with such an element) is an INVALID_MODEL error naming the field.
+fn token_ids(obj: &Map<String, Value>, field: &str, list_ok: bool) -> Result<Vec<u32>> {
+    let one = |v: &Value, at: &str| {
+        v.as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .ok_or_else(|| {
+                Error::invalid_model(format!(
+                    "field {at} is {v}, expected a token id (a non-negative integer)"
+                ))
+            })
+    };
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) if list_ok => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| one(v, &format!("{field}[{i}]")))
+            .collect(),
+        Some(v) => one(v, field).map(|id| vec![id]),
+    }
+}
+
+/// `sliding_window`: absent, null or disabled by `use_sliding_window: false` → None; a positive
+/// integer → the window. Anything else is an INVALID_MODEL error naming the field.
+fn sliding_window(obj: &Map<String, Value>) -> Result<Option<usize>> {
+    if obj.get("use_sliding_window").and_then(Value::as_bool) == Some(false) {
+        return Ok(None);
+    }
+    match obj.get("sliding_window") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|w| usize::try_from(w).ok())
+            .filter(|&w| w > 0)
+            .map(Some)
+            .ok_or_else(|| {
+                Error::invalid_model(format!(
+                    "field sliding_window is {v}, expected a positive integer or null"
+                ))
+            }),
     }
 }
 
@@ -403,5 +473,65 @@ mod tests {
         let yarn = good.replace("llama3", "yarn");
         let e = ModelConfig::from_hf_json(&yarn).unwrap_err();
         assert!(e.message().contains("yarn"), "{}", e.message());
+    }
+    #[test]
+    fn eos_bos_and_window_fields_are_parsed_strictly() {
+        let good = llama31(false);
+        let with = |field: &str, value: &str| {
+            let mut v: Value = serde_json::from_str(&good).unwrap();
+            v[field] = serde_json::from_str(value).unwrap();
+            ModelConfig::from_hf_json(&v.to_string())
+        };
+        assert_eq!(with("eos_token_id", "7").unwrap().eos_token_ids, vec![7]);
+        assert_eq!(
+            with("eos_token_id", "[7, 9]").unwrap().eos_token_ids,
+            vec![7, 9]
+        );
+        assert!(with("eos_token_id", "null")
+            .unwrap()
+            .eos_token_ids
+            .is_empty());
+        for bad in ["\"7\"", "7.5", "-1", "{}", "[7, null]", "4294967296"] {
+            let e = with("eos_token_id", bad).unwrap_err();
+            assert_eq!(e.code(), crate::error::ErrorCode::InvalidModel);
+            assert!(e.message().contains("eos_token_id"), "{}", e.message());
+        }
+        assert_eq!(with("bos_token_id", "1").unwrap().bos_token_id, Some(1));
+        assert_eq!(with("bos_token_id", "null").unwrap().bos_token_id, None);
+        let e = with("bos_token_id", "\"<s>\"").unwrap_err();
+        assert!(e.message().contains("bos_token_id"), "{}", e.message());
+
+        assert_eq!(
+            with("sliding_window", "4096").unwrap().sliding_window,
+            Some(4096)
+        );
+        assert_eq!(with("sliding_window", "null").unwrap().sliding_window, None);
+        assert_eq!(
+            ModelConfig::from_hf_json(&good).unwrap().sliding_window,
+            None
+        );
+        for bad in ["0", "-5", "\"4096\"", "1.5"] {
+            let e = with("sliding_window", bad).unwrap_err();
+            assert!(e.message().contains("sliding_window"), "{}", e.message());
+        }
+        let mut v: Value = serde_json::from_str(&good).unwrap();
+        v["sliding_window"] = 4096.into();
+        v["use_sliding_window"] = false.into();
+        let c = ModelConfig::from_hf_json(&v.to_string()).unwrap();
+        assert_eq!(c.sliding_window, None);
+    }
+
+    #[test]
+    fn qwen2_is_refused_with_the_reason_and_others_by_name() {
+        let good = llama31(false);
+        let qwen = good.replace("LlamaForCausalLM", "Qwen2ForCausalLM");
+        let e = ModelConfig::from_hf_json(&qwen).unwrap_err();
+        assert_eq!(e.code(), crate::error::ErrorCode::Unsupported);
+        assert!(e.message().contains("Qwen2ForCausalLM") && e.message().contains("bias"));
+        let mistral = good.replace("LlamaForCausalLM", "MistralForCausalLM");
+        assert!(ModelConfig::from_hf_json(&mistral).is_ok());
+        let phi = good.replace("LlamaForCausalLM", "PhiForCausalLM");
+        let e = ModelConfig::from_hf_json(&phi).unwrap_err();
+        assert!(e.message().contains("PhiForCausalLM"), "{}", e.message());
     }
 }

@@ -6,6 +6,7 @@
 
 use parking_lot::Mutex;
 
+use super::layout::account_tensors;
 use super::{ModelConfig, TensorMap};
 use crate::backend::{AttnMeta, Backend, LoraBatch, LoraTarget, WeightFormat};
 use crate::error::{Error, Result};
@@ -65,22 +66,18 @@ pub struct StepInput<'a> {
     pub lora: &'a LoraBatch,
 }
 
-fn take(tensors: &mut TensorMap, name: &str, shape: &[usize]) -> Result<HostTensor> {
-    let t = tensors
+/// Removes `name` from a map that [`account_tensors`] has checked (shape included).
+fn take(tensors: &mut TensorMap, name: &str) -> Result<HostTensor> {
+    tensors
         .remove(name)
-        .ok_or_else(|| Error::invalid_model(format!("missing tensor \"{name}\"")))?;
-    if t.shape != shape {
-        return Err(Error::invalid_model(format!(
-            "tensor \"{name}\" has shape {:?}, expected {:?} from the model config",
-            t.shape, shape
-        )));
-    }
-    Ok(t)
+        .ok_or_else(|| Error::invalid_model(format!("missing tensor \"{name}\"")))
 }
 
 impl<B: Backend> Llama<B> {
-    /// Packs the weights of `files` into `backend` memory in `format`. Host tensors are consumed
-    /// layer by layer so peak memory stays near one copy of the weights.
+    /// Packs the weights of `t` into `backend` memory in `format`. Every tensor of `t` is
+    /// accounted for first ([`account_tensors`]): a missing, misshapen or unused tensor is an
+    /// INVALID_MODEL error naming it, before anything is packed. Host tensors are then consumed
+    /// layer by layer so peak memory stays near one copy of the weights; on success `t` is empty.
     pub fn load(
         backend: &B,
         cfg: &ModelConfig,
@@ -89,48 +86,37 @@ impl<B: Backend> Llama<B> {
     ) -> Result<Self> {
         let cfg = cfg.clone();
         cfg.validate()?;
-        let (h, inter, q, kv) = (
-            cfg.hidden_size,
-            cfg.intermediate_size,
-            cfg.q_dim(),
-            cfg.kv_dim(),
-        );
+        account_tensors(&cfg, t)?;
         let mut weight_bytes = 0usize;
-        let embed_t = take(t, "model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed_t = take(t, "model.embed_tokens.weight")?;
         let embed = backend.weight(&embed_t, format)?;
         weight_bytes += backend.weight_bytes(&embed);
-        let lm_head = if cfg.tie_word_embeddings && !t.contains_key("lm_head.weight") {
+        let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            let lm = take(t, "lm_head.weight", &[cfg.vocab_size, h])?;
+            let lm = take(t, "lm_head.weight")?;
             let w = backend.weight(&lm, format)?;
             weight_bytes += backend.weight_bytes(&w);
             Some(w)
         };
         drop(embed_t);
-        let norm = backend.upload(&take(t, "model.norm.weight", &[h])?.into_f32_vec())?;
+        let norm = backend.upload(&take(t, "model.norm.weight")?.into_f32_vec())?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}");
-            let wq = take(t, &format!("{p}.self_attn.q_proj.weight"), &[q, h])?;
-            let wk = take(t, &format!("{p}.self_attn.k_proj.weight"), &[kv, h])?;
-            let wv = take(t, &format!("{p}.self_attn.v_proj.weight"), &[kv, h])?;
+            let wq = take(t, &format!("{p}.self_attn.q_proj.weight"))?;
+            let wk = take(t, &format!("{p}.self_attn.k_proj.weight"))?;
+            let wv = take(t, &format!("{p}.self_attn.v_proj.weight"))?;
             let qkv = backend.fused_weight(&[&wq, &wk, &wv], format)?;
-            let o = backend.weight(
-                &take(t, &format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
-                format,
-            )?;
-            let wg = take(t, &format!("{p}.mlp.gate_proj.weight"), &[inter, h])?;
-            let wu = take(t, &format!("{p}.mlp.up_proj.weight"), &[inter, h])?;
+            let o = backend.weight(&take(t, &format!("{p}.self_attn.o_proj.weight"))?, format)?;
+            let wg = take(t, &format!("{p}.mlp.gate_proj.weight"))?;
+            let wu = take(t, &format!("{p}.mlp.up_proj.weight"))?;
             let gate_up = backend.fused_weight(&[&wg, &wu], format)?;
-            let down = backend.weight(
-                &take(t, &format!("{p}.mlp.down_proj.weight"), &[h, inter])?,
-                format,
-            )?;
-            let attn_norm = backend
-                .upload(&take(t, &format!("{p}.input_layernorm.weight"), &[h])?.into_f32_vec())?;
+            let down = backend.weight(&take(t, &format!("{p}.mlp.down_proj.weight"))?, format)?;
+            let attn_norm =
+                backend.upload(&take(t, &format!("{p}.input_layernorm.weight"))?.into_f32_vec())?;
             let mlp_norm = backend.upload(
-                &take(t, &format!("{p}.post_attention_layernorm.weight"), &[h])?.into_f32_vec(),
+                &take(t, &format!("{p}.post_attention_layernorm.weight"))?.into_f32_vec(),
             )?;
             for w in [&qkv, &o, &gate_up, &down] {
                 weight_bytes += backend.weight_bytes(w);

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod gguf;
+pub mod layout;
 pub mod llama;
 pub mod weights;
 

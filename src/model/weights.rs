@@ -18,7 +18,18 @@ pub fn load_hf_dir(dir: &Path) -> Result<ModelFiles> {
     let config = ModelConfig::from_hf_dir(dir)?;
     let mut tensors = TensorMap::new();
     for file in safetensors_files(dir)? {
-        read_safetensors_into(&file, &mut tensors)?;
+        let mut shard = TensorMap::new();
+        read_safetensors_into(&file, &mut shard)?;
+        for (name, t) in shard {
+            // Two shards holding one name would leave the loaded value to file order.
+            if tensors.contains_key(&name) {
+                return Err(Error::invalid_model(format!(
+                    "{}: tensor \"{name}\" is also in another shard",
+                    file.display()
+                )));
+            }
+            tensors.insert(name, t);
+        }
     }
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
     Ok(ModelFiles {

@@ -426,3 +426,22 @@ pub fn check_against_reference(
     }
     failures
 }
+
+/// The error of `r`, checked: its code is `code` and its message contains every needle.
+/// Returns the message.
+pub fn expect_err<T>(
+    r: loraplex::Result<T>,
+    code: loraplex::ErrorCode,
+    needles: &[&str],
+) -> String {
+    let e = match r {
+        Ok(_) => panic!("expected an error containing {needles:?}"),
+        Err(e) => e,
+    };
+    let msg = e.message().to_string();
+    assert_eq!(e.code(), code, "wrong code for: {msg}");
+    for n in needles {
+        assert!(msg.contains(n), "message {msg:?} does not contain {n:?}");
+    }
+    msg
+}

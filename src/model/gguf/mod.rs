@@ -27,9 +27,10 @@ use crate::tensor::HostTensor;
 ///
 /// Errors (every message starts with the file path and names the key or tensor at fault):
 /// IO if the file cannot be read; INVALID_MODEL for a malformed/truncated file, missing or
-/// ill-typed keys, missing tensors or wrong shapes; UNSUPPORTED for another architecture, a
-/// tensor type other than F32/F16/BF16/Q8_0/Q4_0/Q4_1, llama3 `rope_freqs`, extra tensors
-/// (biases...), or a tokenizer other than byte-level BPE.
+/// ill-typed keys, missing tensors, wrong shapes or a tensor the model does not use (biases,
+/// extra layers...); UNSUPPORTED for another architecture (Qwen2 with the reason), a tensor type
+/// other than F32/F16/BF16/Q8_0/Q4_0/Q4_1, llama3 `rope_freqs`, or a tokenizer other than
+/// byte-level BPE. `llama.attention.sliding_window` (0 = none) becomes the config's window.
 pub fn load_gguf(path: &Path) -> Result<ModelFiles> {
     let g = GgufFile::open(path)?;
     load_parsed(&g).map_err(|e| e.context(path.display()))
@@ -47,8 +48,10 @@ fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
                      load the model from its HuggingFace directory instead",
                 )
             } else {
-                Error::unsupported(format!(
-                    "tensor \"{}\" is not part of a plain Llama model (biases and extra tensors are not supported)",
+                // Same rule and code as model::layout::account_tensors: an unused tensor is
+                // INVALID_MODEL naming it.
+                Error::invalid_model(format!(
+                    "tensor \"{}\" not used by a Llama model (loraplex refuses a checkpoint it would apply only in part: biases and extra tensors are not supported)",
                     info.name
                 ))
             }
@@ -62,7 +65,9 @@ fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
         plan.push((info, hf));
     }
     let mut expected: std::collections::HashMap<String, Vec<usize>> =
-        expected_shapes(&config).into_iter().collect();
+        super::layout::expected_tensors(&config)
+            .into_iter()
+            .collect();
     for (info, hf) in &plan {
         let Some(shape) = expected.remove(hf) else {
             return Err(Error::invalid_model(format!(
@@ -157,6 +162,11 @@ pub fn model_config(g: &GgufFile) -> Result<ModelConfig> {
             Error::invalid_model("metadata key \"general.architecture\" is not a string")
         })?,
     };
+    if arch == "qwen2" {
+        return Err(super::config::qwen2_refusal(
+            "general.architecture = \"qwen2\"",
+        ));
+    }
     if arch != "llama" {
         return Err(Error::unsupported(format!(
             "general.architecture = \"{arch}\" is not supported (only \"llama\")"
@@ -191,7 +201,7 @@ pub fn model_config(g: &GgufFile) -> Result<ModelConfig> {
     let id = |k: &str| -> Result<Option<u32>> {
         Ok(meta_usize(g, k)?.and_then(|x| u32::try_from(x).ok()))
     };
-    let mut eos_token_ids: Vec<u32> = id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
+    let mut eos_token_ids = eos_ids(g)?;
     if let Some(eot) = id("tokenizer.ggml.eot_token_id")? {
         if !eos_token_ids.contains(&eot) {
             eos_token_ids.push(eot);
@@ -212,12 +222,40 @@ pub fn model_config(g: &GgufFile) -> Result<ModelConfig> {
         rope_theta: f("rope.freq_base")?.unwrap_or(10000.0),
         rope_scaling,
         max_position_embeddings: required(u("context_length")?, "llama.context_length")?,
+        // llama.cpp writes 0 for "no window".
+        sliding_window: u("attention.sliding_window")?.filter(|&w| w > 0),
         tie_word_embeddings: g.tensor("output.weight").is_none(),
         bos_token_id: id("tokenizer.ggml.bos_token_id")?,
         eos_token_ids,
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// `tokenizer.ggml.eos_token_id`: absent, one id, or an array of ids (each one stops
+/// generation). Errors name the key (and the element) that is not a token id.
+fn eos_ids(g: &GgufFile) -> Result<Vec<u32>> {
+    const KEY: &str = "tokenizer.ggml.eos_token_id";
+    let as_id = |v: &MetaValue| v.as_u64().and_then(|x| u32::try_from(x).ok());
+    match g.get(KEY) {
+        None => Ok(Vec::new()),
+        Some(MetaValue::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                as_id(v).ok_or_else(|| {
+                    Error::invalid_model(format!(
+                        "metadata key \"{KEY}\"[{i}] is {v:?}, expected a token id"
+                    ))
+                })
+            })
+            .collect(),
+        Some(v) => as_id(v).map(|x| vec![x]).ok_or_else(|| {
+            Error::invalid_model(format!(
+                "metadata key \"{KEY}\" is {v:?}, expected a token id or an array of them"
+            ))
+        }),
+    }
 }
 
 fn rope_scaling(g: &GgufFile) -> Result<RopeScaling> {
@@ -295,31 +333,3 @@ const LAYER_NAMES: &[(&str, &str)] = &[
     ("ffn_up", "mlp.up_proj"),
     ("ffn_down", "mlp.down_proj"),
 ];
-
-/// Every tensor a Llama model with `c` needs, by HF name, with its HF shape.
-fn expected_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, i) = (c.hidden_size, c.intermediate_size);
-    let mut v = vec![
-        (
-            "model.embed_tokens.weight".to_string(),
-            vec![c.vocab_size, h],
-        ),
-        ("model.norm.weight".to_string(), vec![h]),
-    ];
-    if !c.tie_word_embeddings {
-        v.push(("lm_head.weight".to_string(), vec![c.vocab_size, h]));
-    }
-    for l in 0..c.num_layers {
-        let p = format!("model.layers.{l}");
-        v.push((format!("{p}.input_layernorm.weight"), vec![h]));
-        v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-        v.push((format!("{p}.self_attn.q_proj.weight"), vec![c.q_dim(), h]));
-        v.push((format!("{p}.self_attn.k_proj.weight"), vec![c.kv_dim(), h]));
-        v.push((format!("{p}.self_attn.v_proj.weight"), vec![c.kv_dim(), h]));
-        v.push((format!("{p}.self_attn.o_proj.weight"), vec![h, c.q_dim()]));
-        v.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
-        v.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
-        v.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
-    }
-    v
-}

@@ -177,7 +177,14 @@ pub fn build_tokenizer(g: &GgufFile) -> Result<Tokenizer> {
 
     optional_id(g, "tokenizer.ggml.unknown_token_id", n_vocab)?;
     let bos = optional_id(g, "tokenizer.ggml.bos_token_id", n_vocab)?;
-    let eos = optional_id(g, "tokenizer.ggml.eos_token_id", n_vocab)?;
+    // Several EOS ids (an array) all stop generation; the first one is the template's eos_token.
+    let eos_ids = super::eos_ids(g)?;
+    if let Some(id) = eos_ids.iter().find(|&&id| id as usize >= n_vocab) {
+        return Err(Error::invalid_model(format!(
+            "metadata key \"tokenizer.ggml.eos_token_id\" = {id} is outside the vocabulary ({n_vocab} tokens)"
+        )));
+    }
+    let eos = eos_ids.first().copied();
     optional_id(g, "tokenizer.ggml.padding_token_id", n_vocab)?;
     let add_bos = match g.get("tokenizer.ggml.add_bos_token") {
         None => false,
