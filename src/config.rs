@@ -107,7 +107,8 @@ impl EngineConfig {
 
     /// Applies environment overrides: `LPX_MODEL`, `LPX_SERVED_MODEL_NAME`, `LPX_DEVICE`,
     /// `LPX_THREADS`, `LPX_WEIGHT_DTYPE` (f32|bf16), `LPX_MAX_NUM_SEQS`, `LPX_MAX_BATCH_TOKENS`,
-    /// `LPX_MAX_MODEL_LEN`, `LPX_KV_CACHE_BYTES`, `LPX_MEMORY_BUDGET_BYTES`, `LPX_MAX_QUEUE`,
+    /// `LPX_MAX_MODEL_LEN`, `LPX_KV_BLOCK_SIZE`, `LPX_KV_CACHE_BYTES`, `LPX_MEMORY_BUDGET_BYTES`,
+    /// `LPX_MAX_QUEUE`,
     /// `NIM_PEFT_SOURCE` (paths
     /// separated by ':'), `NIM_PEFT_REFRESH_INTERVAL` (seconds), `NIM_MAX_CPU_LORAS`,
     /// `NIM_MAX_GPU_LORAS`, `NIM_MAX_LORA_RANK`. A malformed value is an error naming the variable.
@@ -148,8 +149,9 @@ impl EngineConfig {
                 }
             };
         }
-        let fields: [(&str, &mut usize); 10] = [
+        let fields: [(&str, &mut usize); 11] = [
             ("LPX_MEMORY_BUDGET_BYTES", &mut self.memory_budget_bytes),
+            ("LPX_KV_BLOCK_SIZE", &mut self.kv_block_size),
             ("LPX_THREADS", &mut self.threads),
             ("LPX_MAX_NUM_SEQS", &mut self.max_num_seqs),
             ("LPX_MAX_BATCH_TOKENS", &mut self.max_batch_tokens),
