@@ -204,7 +204,11 @@ fn check_fields(obj: &Map<String, Value>, kind: ApiKind) -> Result<()> {
     Err(Error::invalid_argument(format!(
         "{} {}: not supported by loraplex on {endpoint} (unknown or unhonoured fields are \
          refused rather than ignored)",
-        if unknown.len() == 1 { "field" } else { "fields" },
+        if unknown.len() == 1 {
+            "field"
+        } else {
+            "fields"
+        },
         unknown.join(", ")
     )))
 }
@@ -255,11 +259,9 @@ pub fn parse_openai(body: &str, served_name: &str) -> Result<OpenAiRequest> {
     let kind = match (obj.contains_key("messages"), obj.contains_key("prompt")) {
         (true, false) => ApiKind::Chat,
         (false, true) => ApiKind::Completion,
-        (true, true) => {
-            return Err(Error::invalid_argument(
-                "request body has both \"prompt\" (completions) and \"messages\" (chat completions)",
-            ))
-        }
+        (true, true) => return Err(Error::invalid_argument(
+            "request body has both \"prompt\" (completions) and \"messages\" (chat completions)",
+        )),
         (false, false) => {
             return Err(Error::invalid_argument(
                 "request body needs \"prompt\" (completions) or \"messages\" (chat completions)",
@@ -430,11 +432,10 @@ fn opt_f32(o: &Map<String, Value>, k: &str) -> Result<Option<f32>> {
 fn opt_int(o: &Map<String, Value>, k: &str) -> Result<Option<i64>> {
     match o.get(k) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => {
-            n.as_i64()
-                .map(Some)
-                .ok_or_else(|| type_err(k, "an integer", &Value::Number(n.clone())))
-        }
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| type_err(k, "an integer", &Value::Number(n.clone()))),
         Some(x) => Err(type_err(k, "an integer", x)),
     }
 }
@@ -995,12 +996,24 @@ mod tests {
                 r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
                 "\"response_format\"",
             ),
-            (r#"{"prompt":"a","logit_bias":{"50256":-100}}"#, "\"logit_bias\""),
+            (
+                r#"{"prompt":"a","logit_bias":{"50256":-100}}"#,
+                "\"logit_bias\"",
+            ),
             (r#"{"prompt":"a","suffix":"end"}"#, "\"suffix\""),
-            (r#"{"prompt":"a","functions":[{"name":"f"}]}"#, "\"functions\""),
-            (r#"{"prompt":"a","function_call":"auto"}"#, "\"function_call\""),
+            (
+                r#"{"prompt":"a","functions":[{"name":"f"}]}"#,
+                "\"functions\"",
+            ),
+            (
+                r#"{"prompt":"a","function_call":"auto"}"#,
+                "\"function_call\"",
+            ),
             (r#"{"prompt":"a","store":true}"#, "\"store\""),
-            (r#"{"prompt":"a","service_tier":"priority"}"#, "\"service_tier\""),
+            (
+                r#"{"prompt":"a","service_tier":"priority"}"#,
+                "\"service_tier\"",
+            ),
             // Fields of the other endpoint.
             (
                 r#"{"messages":[{"role":"user","content":"x"}],"echo":false}"#,
@@ -1108,5 +1121,4 @@ mod tests {
             assert_eq!(v["usage"].is_null(), want, "{body}: {v}");
         }
     }
-
 }

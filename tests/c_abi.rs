@@ -105,6 +105,14 @@ fn build(compiler: &str, std: &str, src: &Path, out: &Path, extra: &[&str]) {
     run(&mut c);
 }
 
+/// A temporary directory holding the tiny test model in `tiny/`.
+fn tiny_model() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    common::write_tiny_model(&model, common::TinySpec::default());
+    (dir, model)
+}
+
 #[test]
 fn header_compiles_as_c99_and_cpp17() {
     if !have("gcc") || !have("g++") {
@@ -132,9 +140,7 @@ fn quickstart_runs_and_is_valgrind_clean() {
     if !have("gcc") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny");
-    common::write_tiny_model(&model, common::TinySpec::default());
+    let (dir, model) = tiny_model();
     let exe = dir.path().join("quickstart");
     build(
         "gcc",
@@ -189,9 +195,7 @@ fn cpp_binding_tests_pass() {
     if !have("g++") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny");
-    common::write_tiny_model(&model, common::TinySpec::default());
+    let (dir, model) = tiny_model();
     let exe = dir.path().join("test_loraplex");
     build(
         "g++",
@@ -247,9 +251,7 @@ fn c_sets_every_config_field_and_reads_it_back_through_stats() {
     if !have("gcc") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny");
-    common::write_tiny_model(&model, common::TinySpec::default());
+    let (dir, model) = tiny_model();
     let peft = dir.path().join("loras");
     std::fs::create_dir(&peft).unwrap();
     let (m, p) = (model.to_str().unwrap(), peft.to_str().unwrap());
@@ -319,7 +321,9 @@ int main(int argc, char **argv) {{
     build("gcc", "-std=c99", &src, &exe, &[]);
     let out = run(Command::new(&exe).arg(&model).arg(&peft));
     let stats: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let cfg = stats["config"].as_object().expect("stats has a config object");
+    let cfg = stats["config"]
+        .as_object()
+        .expect("stats has a config object");
     let mut reported: Vec<&String> = cfg.keys().collect();
     reported.sort();
     assert_eq!(reported, fields.iter().collect::<Vec<_>>(), "{stats}");
@@ -340,7 +344,10 @@ fn cpp_and_go_configs_cover_every_field() {
             "peft_refresh_interval_ms" => "Config &peft_refresh_interval(".to_string(),
             _ => format!("Config &{f}("),
         };
-        assert!(hpp.contains(&setter), "loraplex.hpp's Config lacks {setter}");
+        assert!(
+            hpp.contains(&setter),
+            "loraplex.hpp's Config lacks {setter}"
+        );
         // Go: configFromC reads it and toC writes it.
         let reads = format!("(c.{f})");
         let writes = format!("c.{f}");
@@ -360,9 +367,7 @@ fn free_with_requests_in_flight_is_valgrind_clean() {
     if !have("gcc") || !have("valgrind") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny");
-    common::write_tiny_model(&model, common::TinySpec::default());
+    let (dir, model) = tiny_model();
     let src = dir.path().join("free_in_flight.c");
     // 8 long requests, one sequence at a time; the engine is freed while they run, after one
     // output was taken; that output stays readable after the free.
@@ -431,6 +436,7 @@ int main(int argc, char **argv) {
         .find_map(|l| l.strip_prefix("before free: "))
         .unwrap();
     let s: serde_json::Value = serde_json::from_str(before).unwrap();
-    let in_flight = s["requests"]["running"].as_u64().unwrap() + s["requests"]["waiting"].as_u64().unwrap();
+    let in_flight =
+        s["requests"]["running"].as_u64().unwrap() + s["requests"]["waiting"].as_u64().unwrap();
     assert!(in_flight >= 2, "{before}");
 }

@@ -414,10 +414,14 @@ fn free_with_requests_in_flight() {
         ok(unsafe { lpx_engine_poll(t.engine, ids[0], 1000, &mut first) });
     }
     let s = stats(t.engine);
-    let in_flight = s["requests"]["running"].as_u64().unwrap() + s["requests"]["waiting"].as_u64().unwrap();
-    assert!(in_flight >= 2, "requests were not in flight when freed: {s}");
+    let in_flight =
+        s["requests"]["running"].as_u64().unwrap() + s["requests"]["waiting"].as_u64().unwrap();
+    assert!(
+        in_flight >= 2,
+        "requests were not in flight when freed: {s}"
+    );
     drop(t); // lpx_engine_free cancels the requests, joins the worker and returns.
-    // Outputs already returned stay valid after the engine is gone.
+             // Outputs already returned stay valid after the engine is gone.
     unsafe {
         assert_eq!(lpx_output_request_id(first), ids[0]);
         let mut n = 0usize;
@@ -430,7 +434,8 @@ fn free_with_requests_in_flight() {
         assert_eq!(text, len);
         let mut j = null_mut();
         ok(lpx_output_json(first, &mut j));
-        let v: serde_json::Value = serde_json::from_str(CStr::from_ptr(j).to_str().unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(CStr::from_ptr(j).to_str().unwrap()).unwrap();
         assert_eq!(v["id"], format!("cmpl-{}", ids[0]));
         lpx_string_free(j);
         lpx_output_free(first);
@@ -451,7 +456,10 @@ fn queue_full_names_the_in_flight_count_and_the_limit() {
     let (c, m) = take_err(unsafe { lpx_engine_submit(t.engine, &request(&toks, 4), &mut id) });
     assert_eq!(c, 6, "{m}");
     // The three long requests are still in flight (each takes hundreds of steps).
-    assert!(m.contains("3 requests in flight") && m.contains("max_queue 3"), "{m}");
+    assert!(
+        m.contains("3 requests in flight") && m.contains("max_queue 3"),
+        "{m}"
+    );
 }
 
 /// Parses one Prometheus sample line `name{l="v",...} value` (text exposition format 0.0.4):
@@ -530,7 +538,8 @@ fn metrics_escape_label_values() {
     let mut seen_model = false;
     let mut seen_adapter = false;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (_, labels) = parse_sample(line).unwrap_or_else(|| panic!("malformed sample {line:?} in\n{text}"));
+        let (_, labels) =
+            parse_sample(line).unwrap_or_else(|| panic!("malformed sample {line:?} in\n{text}"));
         for (k, v) in labels {
             match k.as_str() {
                 "model_name" => {
@@ -554,8 +563,14 @@ fn negative_and_unknown_openai_fields_are_refused_through_the_c_abi() {
     let mut id = SENTINEL_ID;
     for (body, field) in [
         (c"{\"prompt\":\"a\",\"seed\":-1}", "seed"),
-        (c"{\"prompt\":\"a\",\"response_format\":{\"type\":\"json_object\"}}", "response_format"),
-        (c"{\"prompt\":\"a\",\"tools\":[{\"type\":\"function\"}]}", "tools"),
+        (
+            c"{\"prompt\":\"a\",\"response_format\":{\"type\":\"json_object\"}}",
+            "response_format",
+        ),
+        (
+            c"{\"prompt\":\"a\",\"tools\":[{\"type\":\"function\"}]}",
+            "tools",
+        ),
     ] {
         let (c, m) = take_err(unsafe { lpx_engine_submit_json(t.engine, body.as_ptr(), &mut id) });
         assert_eq!(c, INVALID, "{m}");

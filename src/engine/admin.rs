@@ -296,9 +296,6 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(label_value("plain-name_1"), "plain-name_1");
-        assert_eq!(
-            label_value("a\\b\"c\nd"),
-            "a\\\\b\\\"c\\nd"
-        );
+        assert_eq!(label_value("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
     }
 }

@@ -236,7 +236,8 @@ pub unsafe extern "C" fn lpx_engine_config_from_env(
                 _ => std::ptr::null(),
             };
             // SAFETY: the caller's strings are NULL or valid per the contract (read above).
-            if !mine.is_null() && unsafe { std::ffi::CStr::from_ptr(mine) }.to_bytes() == s.as_bytes()
+            if !mine.is_null()
+                && unsafe { std::ffi::CStr::from_ptr(mine) }.to_bytes() == s.as_bytes()
             {
                 return Ok(mine);
             }
@@ -264,7 +265,10 @@ mod tests {
     #[test]
     fn defaults_are_the_rust_defaults() {
         let d = lpx_engine_config::defaults();
-        assert_eq!(d.struct_size as usize, std::mem::size_of::<lpx_engine_config>());
+        assert_eq!(
+            d.struct_size as usize,
+            std::mem::size_of::<lpx_engine_config>()
+        );
         assert!(d.model.is_null() && d.served_model_name.is_null() && d.peft_source.is_null());
         // SAFETY: device points to an interned string.
         let dev = unsafe { std::ffi::CStr::from_ptr(d.device) };

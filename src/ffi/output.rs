@@ -236,6 +236,26 @@ pub unsafe extern "C" fn lpx_output_error(o: *const lpx_output) -> *const lpx_er
     } => std::ptr::null())
 }
 
+/// Shared body of the JSON getters: writes `f(o)` as an owned string to `*out` (NULL for `None`).
+///
+/// # Safety
+/// `o` NULL or a live output; `out` NULL or writable.
+unsafe fn json_out(
+    o: *const lpx_output,
+    out: *mut *mut c_char,
+    f: impl FnOnce(&lpx_output) -> Option<serde_json::Value>,
+) -> crate::error::Result<()> {
+    // SAFETY: NULL or live per the contract.
+    let o = unsafe { get(o) }.ok_or_else(|| super::guard::null_arg("o"))?;
+    non_null(out, "out")?;
+    let s = f(o).map_or(std::ptr::null_mut(), |v| {
+        super::engine::owned_c_string(v.to_string())
+    });
+    // SAFETY: non-NULL and writable per the contract.
+    unsafe { out.write_unaligned(s) };
+    Ok(())
+}
+
 /// The OpenAI-shaped JSON of this output, written to `*out` (free with `lpx_string_free`):
 /// for streamed requests (every `lpx_engine_submit` request, and `submit_json` bodies with
 /// `"stream": true`) a `text_completion` / `chat.completion.chunk` chunk — one SSE `data:`
@@ -253,16 +273,11 @@ pub unsafe extern "C" fn lpx_output_json(
     o: *const lpx_output,
     out: *mut *mut c_char,
 ) -> *mut lpx_error {
-    ffi_guard!({
-        non_null(o, "o")?;
-        non_null(out, "out")?;
-        // SAFETY: non-NULL and live per the contract.
-        let o = unsafe { &*o };
-        let v = response_json(&o.out, &o.shape, Some(&o.tokenizer));
-        let s = super::engine::owned_c_string(v.to_string());
-        // SAFETY: non-NULL and writable per the contract.
-        unsafe { out.write_unaligned(s) };
-        Ok(())
+    // SAFETY: forwarded contract.
+    ffi_guard!(unsafe {
+        json_out(o, out, |o| {
+            Some(response_json(&o.out, &o.shape, Some(&o.tokenizer)))
+        })
     })
 }
 
@@ -280,18 +295,8 @@ pub unsafe extern "C" fn lpx_output_usage_json(
     o: *const lpx_output,
     out: *mut *mut c_char,
 ) -> *mut lpx_error {
-    ffi_guard!({
-        non_null(o, "o")?;
-        non_null(out, "out")?;
-        // SAFETY: non-NULL and live per the contract.
-        let o = unsafe { &*o };
-        let s = usage_chunk_json(&o.out, &o.shape).map_or(std::ptr::null_mut(), |v| {
-            super::engine::owned_c_string(v.to_string())
-        });
-        // SAFETY: non-NULL and writable per the contract.
-        unsafe { out.write_unaligned(s) };
-        Ok(())
-    })
+    // SAFETY: forwarded contract.
+    ffi_guard!(unsafe { json_out(o, out, |o| usage_chunk_json(&o.out, &o.shape)) })
 }
 
 /// Frees an output. NULL is fine; every pointer borrowed from it becomes invalid.
