@@ -190,3 +190,59 @@ impl EngineConfig {
             .unwrap_or_else(|| "base".into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variable_sets_its_field() {
+        let vars: std::collections::HashMap<&str, &str> = [
+            ("LPX_MODEL", "/m"),
+            ("LPX_SERVED_MODEL_NAME", "served"),
+            ("LPX_DEVICE", "cuda:1"),
+            ("LPX_THREADS", "3"),
+            ("LPX_WEIGHT_DTYPE", "bf16"),
+            ("LPX_MAX_NUM_SEQS", "5"),
+            ("LPX_MAX_BATCH_TOKENS", "6"),
+            ("LPX_MAX_MODEL_LEN", "7"),
+            ("LPX_KV_BLOCK_SIZE", "8"),
+            ("LPX_KV_CACHE_BYTES", "9"),
+            ("LPX_MAX_QUEUE", "10"),
+            ("LPX_MEMORY_BUDGET_BYTES", "11"),
+            ("NIM_PEFT_SOURCE", "/a:/b"),
+            ("NIM_PEFT_REFRESH_INTERVAL", "12"),
+            ("NIM_MAX_CPU_LORAS", "13"),
+            ("NIM_MAX_GPU_LORAS", "4"),
+            ("NIM_MAX_LORA_RANK", "14"),
+        ]
+        .into_iter()
+        .collect();
+        let mut c = EngineConfig::new("");
+        c.apply_vars(|k| vars.get(k).map(|v| v.to_string()))
+            .unwrap();
+        let mut want = EngineConfig::new("/m");
+        want.served_model_name = Some("served".into());
+        want.device = "cuda:1".into();
+        want.threads = 3;
+        want.weight_format = WeightFormat::BF16;
+        want.max_num_seqs = 5;
+        want.max_batch_tokens = 6;
+        want.max_model_len = 7;
+        want.kv_block_size = 8;
+        want.kv_cache_bytes = 9;
+        want.max_queue = 10;
+        want.memory_budget_bytes = 11;
+        want.peft_source = vec!["/a".into(), "/b".into()];
+        want.peft_refresh_interval = Some(Duration::from_secs(12));
+        want.max_cpu_loras = 13;
+        want.max_gpu_loras = 4;
+        want.max_lora_rank = 14;
+        assert_eq!(c, want);
+
+        let e = EngineConfig::new("")
+            .apply_vars(|k| (k == "LPX_KV_BLOCK_SIZE").then(|| "big".to_string()))
+            .unwrap_err();
+        assert!(e.message().contains("LPX_KV_BLOCK_SIZE"), "{e}");
+    }
+}
