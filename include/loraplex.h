@@ -274,7 +274,7 @@ uint32_t lpx_abi_version(void);
 const char *lpx_version(void);
 
 // Writes the defaults into `*cfg` (including `struct_size = sizeof(lpx_engine_config)`).
-// `device` points to a static "cpu"; other strings are NULL. NULL `cfg` is ignored.
+// `device` points to a library-owned "cpu"; other strings are NULL. NULL `cfg` is ignored.
 //
 // # Safety
 // `cfg` must be NULL or point to writable memory of `sizeof(lpx_engine_config)` bytes as
@@ -284,15 +284,18 @@ void lpx_engine_config_init(lpx_engine_config *cfg);
 
 // Applies environment overrides to `*cfg` (which must be initialised): `LPX_MODEL`,
 // `LPX_SERVED_MODEL_NAME`, `LPX_DEVICE`, `LPX_THREADS`, `LPX_WEIGHT_DTYPE` (f32|bf16),
-// `LPX_MAX_NUM_SEQS`, `LPX_MAX_BATCH_TOKENS`, `LPX_MAX_MODEL_LEN`, `LPX_KV_CACHE_BYTES`,
-// `LPX_MAX_QUEUE`, `NIM_PEFT_SOURCE` (':'-separated), `NIM_PEFT_REFRESH_INTERVAL` (seconds),
-// `NIM_MAX_CPU_LORAS`, `NIM_MAX_GPU_LORAS`, `NIM_MAX_LORA_RANK`. Unset variables leave fields as
-// they are. String fields taken from the environment point to library-owned storage that lives
-// until the process exits.
+// `LPX_MAX_NUM_SEQS`, `LPX_MAX_BATCH_TOKENS`, `LPX_MAX_MODEL_LEN`, `LPX_KV_BLOCK_SIZE`,
+// `LPX_KV_CACHE_BYTES`, `LPX_MEMORY_BUDGET_BYTES`, `LPX_MAX_QUEUE`, `NIM_PEFT_SOURCE` (':'-separated),
+// `NIM_PEFT_REFRESH_INTERVAL` (seconds), `NIM_MAX_CPU_LORAS`, `NIM_MAX_GPU_LORAS`,
+// `NIM_MAX_LORA_RANK` (the same variables and parsing as `EngineConfig::apply_env`). Unset
+// variables leave fields as they are. String fields taken from the environment point to
+// library-owned storage that lives until the process exits; strings the caller set and the
+// environment does not change keep the caller's pointers.
 //
-// Errors: INVALID_ARGUMENT for a NULL or uninitialised `cfg`, invalid UTF-8 in a field, or a
-// malformed variable (the message names it). On error `*cfg` is unchanged. Thread-safe with
-// respect to other loraplex calls (reads the process environment).
+// Errors: INVALID_ARGUMENT for a NULL or uninitialised `cfg`, invalid UTF-8 in a field, a
+// malformed variable (the message names it) or a value too large for its field (named). On
+// error `*cfg` is unchanged. Thread-safe with respect to other loraplex calls (reads the
+// process environment).
 //
 // # Safety
 // `cfg` must be NULL or point to an initialised `lpx_engine_config` of `cfg->struct_size` bytes.
@@ -381,9 +384,15 @@ lpx_error *lpx_engine_submit(lpx_engine *e, const lpx_request *req, uint64_t *id
 // its id goes to `*id`. With `"stream": true` polls return deltas (`lpx_output_json` gives
 // chunks); otherwise polls return nothing until the single, complete final output.
 //
-// Errors: as `lpx_engine_submit`, plus INVALID_ARGUMENT naming the JSON field at fault and
-// UNSUPPORTED for `echo`, `best_of` > 1 or several prompts. On error `*id` is untouched.
-// Thread-safe.
+// Fields the engine does not honour are refused, not ignored: INVALID_ARGUMENT names every
+// unknown field (`tools`, `response_format`, `logit_bias`, `suffix`...); `user` and
+// `metadata` are accepted as harmless, and a few fields only at their do-nothing value (`n`
+// = 1, `store` = false, `tools` = []...; see `loraplex::openai::parse_openai`).
+// `"stream_options": {"include_usage": true}` is honoured (`lpx_output_usage_json`).
+//
+// Errors: as `lpx_engine_submit`, plus INVALID_ARGUMENT naming the JSON field at fault (a
+// negative `seed` among them) and UNSUPPORTED for `echo`, `best_of` > 1 or several prompts. On
+// error `*id` is untouched. Thread-safe.
 //
 // # Safety
 // `e` NULL or live; `openai_body` NULL or a NUL-terminated string; `id` NULL or writable.
@@ -504,13 +513,26 @@ const lpx_error *lpx_output_error(const lpx_output *o);
 // for streamed requests (every `lpx_engine_submit` request, and `submit_json` bodies with
 // `"stream": true`) a `text_completion` / `chat.completion.chunk` chunk — one SSE `data:`
 // payload; for non-streamed `submit_json` requests the complete `text_completion` /
-// `chat.completion` object. Final outputs carry `usage`; failed ones an `error` object.
+// `chat.completion` object. Final outputs carry `usage` (with `stream_options.include_usage`
+// every chunk carries `"usage": null` instead, and `lpx_output_usage_json` gives the usage
+// chunk); failed ones an `error` object.
 //
 // Errors: INVALID_ARGUMENT for NULL `o` or `out` (`*out` untouched). Thread-safe.
 //
 // # Safety
 // `o` must be NULL or a live output; `out` NULL or writable.
 lpx_error *lpx_output_json(const lpx_output *o, char **out);
+
+// The usage chunk OpenAI streams after the last content chunk when the body asked for
+// `"stream_options": {"include_usage": true}`: `choices` empty, `usage` set. Written to `*out`
+// (free with `lpx_string_free`) for the final output of such a request — send it as one more
+// SSE `data:` payload after `lpx_output_json`'s; `*out` = NULL for every other output.
+//
+// Errors: INVALID_ARGUMENT for NULL `o` or `out` (`*out` untouched). Thread-safe.
+//
+// # Safety
+// `o` must be NULL or a live output; `out` NULL or writable.
+lpx_error *lpx_output_usage_json(const lpx_output *o, char **out);
 
 // Frees an output. NULL is fine; every pointer borrowed from it becomes invalid.
 //

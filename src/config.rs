@@ -107,7 +107,8 @@ impl EngineConfig {
 
     /// Applies environment overrides: `LPX_MODEL`, `LPX_SERVED_MODEL_NAME`, `LPX_DEVICE`,
     /// `LPX_THREADS`, `LPX_WEIGHT_DTYPE` (f32|bf16), `LPX_MAX_NUM_SEQS`, `LPX_MAX_BATCH_TOKENS`,
-    /// `LPX_MAX_MODEL_LEN`, `LPX_KV_CACHE_BYTES`, `LPX_MEMORY_BUDGET_BYTES`, `LPX_MAX_QUEUE`,
+    /// `LPX_MAX_MODEL_LEN`, `LPX_KV_BLOCK_SIZE`, `LPX_KV_CACHE_BYTES`, `LPX_MEMORY_BUDGET_BYTES`,
+    /// `LPX_MAX_QUEUE`,
     /// `NIM_PEFT_SOURCE` (paths
     /// separated by ':'), `NIM_PEFT_REFRESH_INTERVAL` (seconds), `NIM_MAX_CPU_LORAS`,
     /// `NIM_MAX_GPU_LORAS`, `NIM_MAX_LORA_RANK`. A malformed value is an error naming the variable.
@@ -148,8 +149,9 @@ impl EngineConfig {
                 }
             };
         }
-        let fields: [(&str, &mut usize); 10] = [
+        let fields: [(&str, &mut usize); 11] = [
             ("LPX_MEMORY_BUDGET_BYTES", &mut self.memory_budget_bytes),
+            ("LPX_KV_BLOCK_SIZE", &mut self.kv_block_size),
             ("LPX_THREADS", &mut self.threads),
             ("LPX_MAX_NUM_SEQS", &mut self.max_num_seqs),
             ("LPX_MAX_BATCH_TOKENS", &mut self.max_batch_tokens),
@@ -186,5 +188,61 @@ impl EngineConfig {
         let stem = self.model.file_stem().or_else(|| self.model.file_name());
         stem.map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "base".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variable_sets_its_field() {
+        let vars: std::collections::HashMap<&str, &str> = [
+            ("LPX_MODEL", "/m"),
+            ("LPX_SERVED_MODEL_NAME", "served"),
+            ("LPX_DEVICE", "cuda:1"),
+            ("LPX_THREADS", "3"),
+            ("LPX_WEIGHT_DTYPE", "bf16"),
+            ("LPX_MAX_NUM_SEQS", "5"),
+            ("LPX_MAX_BATCH_TOKENS", "6"),
+            ("LPX_MAX_MODEL_LEN", "7"),
+            ("LPX_KV_BLOCK_SIZE", "8"),
+            ("LPX_KV_CACHE_BYTES", "9"),
+            ("LPX_MAX_QUEUE", "10"),
+            ("LPX_MEMORY_BUDGET_BYTES", "11"),
+            ("NIM_PEFT_SOURCE", "/a:/b"),
+            ("NIM_PEFT_REFRESH_INTERVAL", "12"),
+            ("NIM_MAX_CPU_LORAS", "13"),
+            ("NIM_MAX_GPU_LORAS", "4"),
+            ("NIM_MAX_LORA_RANK", "14"),
+        ]
+        .into_iter()
+        .collect();
+        let mut c = EngineConfig::new("");
+        c.apply_vars(|k| vars.get(k).map(|v| v.to_string()))
+            .unwrap();
+        let mut want = EngineConfig::new("/m");
+        want.served_model_name = Some("served".into());
+        want.device = "cuda:1".into();
+        want.threads = 3;
+        want.weight_format = WeightFormat::BF16;
+        want.max_num_seqs = 5;
+        want.max_batch_tokens = 6;
+        want.max_model_len = 7;
+        want.kv_block_size = 8;
+        want.kv_cache_bytes = 9;
+        want.max_queue = 10;
+        want.memory_budget_bytes = 11;
+        want.peft_source = vec!["/a".into(), "/b".into()];
+        want.peft_refresh_interval = Some(Duration::from_secs(12));
+        want.max_cpu_loras = 13;
+        want.max_gpu_loras = 4;
+        want.max_lora_rank = 14;
+        assert_eq!(c, want);
+
+        let e = EngineConfig::new("")
+            .apply_vars(|k| (k == "LPX_KV_BLOCK_SIZE").then(|| "big".to_string()))
+            .unwrap_err();
+        assert!(e.message().contains("LPX_KV_BLOCK_SIZE"), "{e}");
     }
 }

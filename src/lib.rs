@@ -22,3 +22,8 @@ pub mod tensor;
 pub mod tokenizer;
 
 pub use error::{Error, ErrorCode, Result};
+
+/// The README's code blocks, compiled as doc tests so that its Rust example stays correct.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

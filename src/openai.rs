@@ -35,31 +35,240 @@ pub struct OpenAiRequest {
     pub stream: bool,
     /// The `model` as the response must name it (the served name when absent).
     pub model: String,
+    /// `stream_options.include_usage`: a streamed response ends with a chunk holding `usage`
+    /// and no choices ([`usage_chunk_json`]), and the other chunks carry `"usage": null`.
+    pub include_usage: bool,
+}
+
+/// Which endpoints take a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoints {
+    Both,
+    Completion,
+    Chat,
+}
+
+impl Endpoints {
+    fn take(self, kind: ApiKind) -> bool {
+        matches!(
+            (self, kind),
+            (Endpoints::Both, _)
+                | (Endpoints::Completion, ApiKind::Completion)
+                | (Endpoints::Chat, ApiKind::Chat)
+        )
+    }
+}
+
+/// How a request field is treated. `null` is always the same as an absent field.
+#[derive(Clone, Copy)]
+enum Policy {
+    /// Read by [`parse_openai`], which checks its value.
+    Honoured,
+    /// Accepted and ignored because it cannot change the response's content.
+    Harmless,
+    /// Accepted only at the value that asks for nothing (described by the `&str`); any other
+    /// value is refused, because ignoring it would change what the client gets.
+    DefaultOnly(fn(&Value) -> bool, &'static str),
+}
+
+/// Every request field loraplex accepts; any other field is refused with INVALID_ARGUMENT
+/// naming it (like vLLM's strict mode), so that a client asking for JSON mode, tools or logit
+/// biases is told instead of silently getting something else.
+///
+/// The harmless fields, accepted with any value, and why:
+/// * `user`: an end-user id for the provider's abuse monitoring; it never affects generation.
+/// * `metadata`: tags for stored completions; loraplex stores nothing and tags do not affect
+///   generation.
+///
+/// Fields accepted only at their do-nothing value: `n` = 1, `echo` = false and `best_of` ≤ 1
+/// (checked with their own messages), `suffix` = "", `store` = false (nothing is stored),
+/// `service_tier` = "auto" or "default" (there is one tier), `logit_bias` = {},
+/// `response_format` = {"type": "text"}, `tools` = [], `tool_choice` = "none",
+/// `functions` = [], `function_call` = "none".
+const FIELDS: &[(&str, Endpoints, Policy)] = &[
+    ("model", Endpoints::Both, Policy::Honoured),
+    ("prompt", Endpoints::Completion, Policy::Honoured),
+    ("messages", Endpoints::Chat, Policy::Honoured),
+    ("max_tokens", Endpoints::Both, Policy::Honoured),
+    ("max_completion_tokens", Endpoints::Both, Policy::Honoured),
+    ("temperature", Endpoints::Both, Policy::Honoured),
+    ("top_p", Endpoints::Both, Policy::Honoured),
+    ("top_k", Endpoints::Both, Policy::Honoured),
+    ("min_p", Endpoints::Both, Policy::Honoured),
+    ("seed", Endpoints::Both, Policy::Honoured),
+    ("presence_penalty", Endpoints::Both, Policy::Honoured),
+    ("frequency_penalty", Endpoints::Both, Policy::Honoured),
+    ("repetition_penalty", Endpoints::Both, Policy::Honoured),
+    ("stop", Endpoints::Both, Policy::Honoured),
+    ("stop_token_ids", Endpoints::Both, Policy::Honoured),
+    ("ignore_eos", Endpoints::Both, Policy::Honoured),
+    ("logprobs", Endpoints::Both, Policy::Honoured),
+    ("top_logprobs", Endpoints::Chat, Policy::Honoured),
+    ("stream", Endpoints::Both, Policy::Honoured),
+    ("stream_options", Endpoints::Both, Policy::Honoured),
+    ("n", Endpoints::Both, Policy::Honoured),
+    ("echo", Endpoints::Completion, Policy::Honoured),
+    ("best_of", Endpoints::Completion, Policy::Honoured),
+    ("user", Endpoints::Both, Policy::Harmless),
+    ("metadata", Endpoints::Both, Policy::Harmless),
+    (
+        "suffix",
+        Endpoints::Completion,
+        Policy::DefaultOnly(|v| v == "", "\"\""),
+    ),
+    (
+        "store",
+        Endpoints::Both,
+        Policy::DefaultOnly(|v| v == false, "false (loraplex stores nothing)"),
+    ),
+    (
+        "service_tier",
+        Endpoints::Both,
+        Policy::DefaultOnly(
+            |v| v == "auto" || v == "default",
+            "\"auto\" or \"default\" (there is one tier)",
+        ),
+    ),
+    (
+        "logit_bias",
+        Endpoints::Both,
+        Policy::DefaultOnly(|v| v.as_object().is_some_and(Map::is_empty), "{}"),
+    ),
+    (
+        "response_format",
+        Endpoints::Both,
+        Policy::DefaultOnly(
+            |v| *v == json!({"type": "text"}),
+            "{\"type\": \"text\"} (no JSON mode or schemas)",
+        ),
+    ),
+    (
+        "tools",
+        Endpoints::Both,
+        Policy::DefaultOnly(empty_array, "[] (no tool calling)"),
+    ),
+    (
+        "tool_choice",
+        Endpoints::Both,
+        Policy::DefaultOnly(|v| v == "none", "\"none\" (no tool calling)"),
+    ),
+    (
+        "functions",
+        Endpoints::Both,
+        Policy::DefaultOnly(empty_array, "[] (no function calling)"),
+    ),
+    (
+        "function_call",
+        Endpoints::Both,
+        Policy::DefaultOnly(|v| v == "none", "\"none\" (no function calling)"),
+    ),
+];
+
+fn empty_array(v: &Value) -> bool {
+    v.as_array().is_some_and(Vec::is_empty)
+}
+
+/// Refuses every field of `obj` that [`FIELDS`] does not accept for `kind`, or accepts only at a
+/// value it does not have. The message names every such field.
+fn check_fields(obj: &Map<String, Value>, kind: ApiKind) -> Result<()> {
+    let mut unknown = Vec::new();
+    for (key, value) in obj {
+        if value.is_null() {
+            continue;
+        }
+        let policy = FIELDS
+            .iter()
+            .find(|(name, takes, _)| name == key && takes.take(kind))
+            .map(|&(_, _, p)| p);
+        match policy {
+            Some(Policy::Honoured | Policy::Harmless) => {}
+            Some(Policy::DefaultOnly(ok, want)) => {
+                if !ok(value) {
+                    let got: String = value.to_string().chars().take(60).collect();
+                    return Err(Error::invalid_argument(format!(
+                        "field \"{key}\" = {got} is not supported: loraplex accepts only {want} \
+                         (or null), and refuses rather than ignores it"
+                    )));
+                }
+            }
+            None => unknown.push(format!("\"{key}\"")),
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let endpoint = match kind {
+        ApiKind::Completion => "/v1/completions",
+        ApiKind::Chat => "/v1/chat/completions",
+    };
+    Err(Error::invalid_argument(format!(
+        "{} {}: not supported by loraplex on {endpoint} (unknown or unhonoured fields are \
+         refused rather than ignored)",
+        if unknown.len() == 1 {
+            "field"
+        } else {
+            "fields"
+        },
+        unknown.join(", ")
+    )))
+}
+
+/// Reads `stream_options` (only `include_usage`, and only with `stream: true`).
+fn stream_include_usage(obj: &Map<String, Value>, stream: bool) -> Result<bool> {
+    let Some(v) = obj.get("stream_options").filter(|v| !v.is_null()) else {
+        return Ok(false);
+    };
+    let o = v
+        .as_object()
+        .ok_or_else(|| type_err("stream_options", "an object", v))?;
+    if let Some(k) = o.keys().find(|k| *k != "include_usage") {
+        return Err(Error::invalid_argument(format!(
+            "field \"stream_options.{k}\" is not supported (only include_usage is)"
+        )));
+    }
+    if !stream {
+        return Err(Error::invalid_argument(
+            "field \"stream_options\" is only allowed with \"stream\": true",
+        ));
+    }
+    match o.get("include_usage") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(x) => Err(type_err("stream_options.include_usage", "a boolean", x)),
+    }
 }
 
 /// Parses an OpenAI `/v1/completions` or `/v1/chat/completions` body (the kind is chosen by the
-/// presence of `messages` or `prompt`). Unknown fields are tolerated. `model` equal to
+/// presence of `messages` or `prompt`; both at once is an error). `model` equal to
 /// `served_name` (or absent/empty) means the base model (`Request.model = None`).
 ///
+/// Fields loraplex does not honour are refused, not ignored: see [`FIELDS`] for the accepted
+/// ones, the harmless ones (`user`, `metadata`) and those accepted only at their do-nothing value.
+///
 /// # Errors
-/// INVALID_ARGUMENT naming the field for malformed JSON, wrong types or values (`n` other than 1,
-/// `logprobs` out of range...); UNSUPPORTED for `echo`, `best_of` > 1, several prompts, or
-/// non-text content parts.
+/// INVALID_ARGUMENT naming the field for malformed JSON, unknown or unhonoured fields, wrong
+/// types or values (`n` other than 1, a negative `seed`, `logprobs` out of range,
+/// `stream_options` without `stream`...); UNSUPPORTED for `echo`, `best_of` > 1, several prompts,
+/// or non-text content parts.
 pub fn parse_openai(body: &str, served_name: &str) -> Result<OpenAiRequest> {
     let v: Value = serde_json::from_str(body)
         .map_err(|e| Error::invalid_argument(format!("request body is not valid JSON: {e}")))?;
     let obj = v
         .as_object()
         .ok_or_else(|| Error::invalid_argument("request body must be a JSON object"))?;
-    let kind = if obj.contains_key("messages") {
-        ApiKind::Chat
-    } else if obj.contains_key("prompt") {
-        ApiKind::Completion
-    } else {
-        return Err(Error::invalid_argument(
-            "request body needs \"prompt\" (completions) or \"messages\" (chat completions)",
-        ));
+    let kind = match (obj.contains_key("messages"), obj.contains_key("prompt")) {
+        (true, false) => ApiKind::Chat,
+        (false, true) => ApiKind::Completion,
+        (true, true) => return Err(Error::invalid_argument(
+            "request body has both \"prompt\" (completions) and \"messages\" (chat completions)",
+        )),
+        (false, false) => {
+            return Err(Error::invalid_argument(
+                "request body needs \"prompt\" (completions) or \"messages\" (chat completions)",
+            ))
+        }
     };
+    check_fields(obj, kind)?;
     let model_name = opt_str(obj, "model")?.filter(|s| !s.is_empty());
     let model = model_name.filter(|m| *m != served_name).map(str::to_string);
     let prompt = match kind {
@@ -84,7 +293,7 @@ pub fn parse_openai(body: &str, served_name: &str) -> Result<OpenAiRequest> {
     if let Some(n) = opt_uint(obj, "n")? {
         if n != 1 {
             return Err(Error::invalid_argument(format!(
-                "n = {n}: only n = 1 is supported"
+                "field \"n\" = {n} is not supported: only n = 1 is"
             )));
         }
     }
@@ -104,12 +313,20 @@ pub fn parse_openai(body: &str, served_name: &str) -> Result<OpenAiRequest> {
     }
     if let Some(x) = opt_int(obj, "top_k")? {
         // vLLM uses -1 for "off".
-        s.top_k = if x < 0 { 0 } else { x as usize };
+        s.top_k = match x {
+            -1 => 0,
+            x => usize::try_from(x).map_err(|_| {
+                Error::invalid_argument(format!(
+                    "field \"top_k\" = {x}: must be -1 (off), 0 (off) or a positive count"
+                ))
+            })?,
+        };
     }
     if let Some(x) = opt_f32(obj, "min_p")? {
         s.min_p = x;
     }
-    s.seed = opt_int(obj, "seed")?.map(|x| x as u64);
+    // The full u64 range; a negative seed is refused rather than wrapped.
+    s.seed = opt_uint(obj, "seed")?;
     for (key, slot) in [
         ("presence_penalty", &mut s.presence_penalty),
         ("frequency_penalty", &mut s.frequency_penalty),
@@ -141,14 +358,23 @@ pub fn parse_openai(body: &str, served_name: &str) -> Result<OpenAiRequest> {
     }
     s.logprobs = match kind {
         ApiKind::Completion => opt_uint(obj, "logprobs")?.map(|n| n as usize),
-        ApiKind::Chat => match opt_bool(obj, "logprobs")? {
-            Some(true) => Some(opt_uint(obj, "top_logprobs")?.unwrap_or(0) as usize),
-            _ => None,
-        },
+        ApiKind::Chat => {
+            let top = opt_uint(obj, "top_logprobs")?;
+            match (opt_bool(obj, "logprobs")?, top) {
+                (Some(true), top) => Some(top.unwrap_or(0) as usize),
+                (_, Some(n)) if n > 0 => {
+                    return Err(Error::invalid_argument(format!(
+                        "field \"top_logprobs\" = {n} needs \"logprobs\": true"
+                    )))
+                }
+                _ => None,
+            }
+        }
     };
     // Every sampling range (logprobs <= MAX_LOGPROBS among them) is checked in one place.
     s.validate()?;
     let stream = opt_bool(obj, "stream")?.unwrap_or(false);
+    let include_usage = stream_include_usage(obj, stream)?;
     Ok(OpenAiRequest {
         request: Request {
             model,
@@ -158,6 +384,7 @@ pub fn parse_openai(body: &str, served_name: &str) -> Result<OpenAiRequest> {
         kind,
         stream,
         model: model_name.unwrap_or(served_name).to_string(),
+        include_usage,
     })
 }
 
@@ -205,16 +432,10 @@ fn opt_f32(o: &Map<String, Value>, k: &str) -> Result<Option<f32>> {
 fn opt_int(o: &Map<String, Value>, k: &str) -> Result<Option<i64>> {
     match o.get(k) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => {
-            if let Some(i) = n.as_i64() {
-                Ok(Some(i))
-            } else if let Some(u) = n.as_u64() {
-                // Seeds may use the full u64 range.
-                Ok(Some(u as i64))
-            } else {
-                Err(type_err(k, "an integer", &Value::Number(n.clone())))
-            }
-        }
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| type_err(k, "an integer", &Value::Number(n.clone()))),
         Some(x) => Err(type_err(k, "an integer", x)),
     }
 }
@@ -277,6 +498,17 @@ fn chat_messages(v: &Value) -> Result<Prompt> {
         let o = m
             .as_object()
             .ok_or_else(|| type_err(&format!("messages[{i}]"), "an object", m))?;
+        // `name`, `tool_calls`, `tool_call_id`... would change what the model sees or is
+        // asked to do: refused like unknown request fields.
+        if let Some(k) = o
+            .iter()
+            .find(|(k, v)| !v.is_null() && *k != "role" && *k != "content")
+            .map(|(k, _)| k)
+        {
+            return Err(Error::invalid_argument(format!(
+                "field \"messages[{i}].{k}\" is not supported (a message has role and content)"
+            )));
+        }
         let role = match o.get("role") {
             Some(Value::String(s)) => s.clone(),
             Some(x) => return Err(type_err(&format!("messages[{i}].role"), "a string", x)),
@@ -391,12 +623,68 @@ fn chat_logprobs(out: &Output, tok: Option<&Tokenizer>) -> Value {
     json!({"content": content})
 }
 
+/// How a request was asked for: the shape of its response objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseShape {
+    /// Completion or chat objects.
+    pub kind: ApiKind,
+    /// The `model` the response names.
+    pub model: std::sync::Arc<str>,
+    /// The `created` timestamp (Unix seconds).
+    pub created: u64,
+    /// Streamed chunks (`stream: true`) or one complete object.
+    pub stream: bool,
+    /// `stream_options.include_usage` (only with `stream`): every chunk carries `"usage": null`
+    /// and [`usage_chunk_json`] gives the final usage chunk.
+    pub include_usage: bool,
+}
+
+impl ResponseShape {
+    /// The shape a parsed body asks for.
+    pub fn of(r: &OpenAiRequest, created: u64) -> Self {
+        Self {
+            kind: r.kind,
+            model: r.model.as_str().into(),
+            created,
+            stream: r.stream,
+            include_usage: r.stream && r.include_usage,
+        }
+    }
+
+    fn object(&self) -> (&'static str, &'static str) {
+        match (self.kind, self.stream) {
+            (ApiKind::Completion, _) => ("cmpl", "text_completion"),
+            (ApiKind::Chat, false) => ("chatcmpl", "chat.completion"),
+            (ApiKind::Chat, true) => ("chatcmpl", "chat.completion.chunk"),
+        }
+    }
+
+    /// The fields every response object of request `id` starts with.
+    fn envelope(&self, id: u64, choices: Vec<Value>) -> Value {
+        let (prefix, object) = self.object();
+        json!({
+            "id": format!("{prefix}-{id}"),
+            "object": object,
+            "created": self.created,
+            "model": &*self.model,
+            "choices": choices,
+        })
+    }
+}
+
+fn usage_json(out: &Output) -> Value {
+    let p = out.usage.prompt_tokens;
+    let c = out.usage.completion_tokens;
+    json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
+}
+
 /// Builds the OpenAI response object for `out`: with `stream` a chunk carrying this delta
 /// (`text_completion` or `chat.completion.chunk`), otherwise the complete object
 /// (`text_completion` or `chat.completion`) made of this output's content (pass the merged output
 /// of the whole request). `usage` is present on final outputs (always when not streaming); a
 /// failed request also carries `"error": {"code", "message"}`. `tokenizer` turns log-probability
-/// token ids into text (without it: `token_id:N`).
+/// token ids into text (without it: `token_id:N`). Same as [`response_json`] without
+/// `include_usage`.
 pub fn output_json(
     out: &Output,
     kind: ApiKind,
@@ -405,7 +693,22 @@ pub fn output_json(
     stream: bool,
     tokenizer: Option<&Tokenizer>,
 ) -> Value {
-    let choice = match (kind, stream) {
+    let shape = ResponseShape {
+        kind,
+        model: model.into(),
+        created,
+        stream,
+        include_usage: false,
+    };
+    response_json(out, &shape, tokenizer)
+}
+
+/// Builds the OpenAI response object for `out` in `shape` (see [`output_json`]). With
+/// `shape.include_usage` every chunk carries `"usage": null` (the usage comes in the separate
+/// [`usage_chunk_json`]); otherwise a streamed final chunk carries `usage` (a loraplex extension
+/// that OpenAI clients ignore).
+pub fn response_json(out: &Output, shape: &ResponseShape, tokenizer: Option<&Tokenizer>) -> Value {
+    let choice = match (shape.kind, shape.stream) {
         (ApiKind::Completion, _) => json!({
             "index": 0, "text": out.text, "logprobs": completion_logprobs(out, tokenizer),
             "finish_reason": finish_value(out),
@@ -424,22 +727,11 @@ pub fn output_json(
                    "finish_reason": finish_value(out)})
         }
     };
-    let (prefix, object) = match (kind, stream) {
-        (ApiKind::Completion, _) => ("cmpl", "text_completion"),
-        (ApiKind::Chat, false) => ("chatcmpl", "chat.completion"),
-        (ApiKind::Chat, true) => ("chatcmpl", "chat.completion.chunk"),
-    };
-    let mut v = json!({
-        "id": format!("{prefix}-{}", out.id),
-        "object": object,
-        "created": created,
-        "model": model,
-        "choices": [choice],
-    });
-    if !stream || out.is_final() {
-        let p = out.usage.prompt_tokens;
-        let c = out.usage.completion_tokens;
-        v["usage"] = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+    let mut v = shape.envelope(out.id, vec![choice]);
+    if shape.stream && shape.include_usage {
+        v["usage"] = Value::Null;
+    } else if !shape.stream || out.is_final() {
+        v["usage"] = usage_json(out);
     }
     if out.finish_reason == Some(FinishReason::Error) {
         if let Some(e) = &out.error {
@@ -447,6 +739,17 @@ pub fn output_json(
         }
     }
     v
+}
+
+/// The chunk OpenAI streams last when `stream_options.include_usage` is set: empty `choices` and
+/// the request's `usage`. `Some` only for the final output of such a request.
+pub fn usage_chunk_json(out: &Output, shape: &ResponseShape) -> Option<Value> {
+    if !(shape.stream && shape.include_usage && out.is_final()) {
+        return None;
+    }
+    let mut v = shape.envelope(out.id, Vec::new());
+    v["usage"] = usage_json(out);
+    Some(v)
 }
 
 #[cfg(test)]
@@ -460,7 +763,7 @@ mod tests {
         let r = parse_openai(
             r#"{"model":"base","prompt":"hi","max_tokens":7,"temperature":0.5,"top_p":0.9,
                 "n":1,"stop":["a","b"],"seed":42,"logprobs":3,"presence_penalty":0.5,
-                "frequency_penalty":-0.5,"stream":true,"user":"x","unknown":{"y":1}}"#,
+                "frequency_penalty":-0.5,"stream":true,"user":"x"}"#,
             "base",
         )
         .unwrap();
@@ -541,7 +844,7 @@ mod tests {
             (
                 r#"{"prompt":"a","n":2}"#,
                 ErrorCode::InvalidArgument,
-                "n = 2",
+                "\"n\" = 2",
             ),
             (
                 r#"{"prompt":"a","echo":true}"#,
@@ -674,5 +977,148 @@ mod tests {
         assert_eq!(v["error"]["code"], 5);
         assert_eq!(v["error"]["message"], "host cache full");
         assert_eq!(v["usage"]["total_tokens"], 0);
+    }
+
+    #[test]
+    fn unknown_and_unhonoured_fields_are_refused_naming_them() {
+        let cases = [
+            (r#"{"prompt":"a","foo":1}"#, "\"foo\""),
+            (r#"{"prompt":"a","foo":1,"bar":2}"#, "\"bar\", \"foo\""),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#,
+                "\"tools\"",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#,
+                "\"tool_choice\"",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
+                "\"response_format\"",
+            ),
+            (
+                r#"{"prompt":"a","logit_bias":{"50256":-100}}"#,
+                "\"logit_bias\"",
+            ),
+            (r#"{"prompt":"a","suffix":"end"}"#, "\"suffix\""),
+            (
+                r#"{"prompt":"a","functions":[{"name":"f"}]}"#,
+                "\"functions\"",
+            ),
+            (
+                r#"{"prompt":"a","function_call":"auto"}"#,
+                "\"function_call\"",
+            ),
+            (r#"{"prompt":"a","store":true}"#, "\"store\""),
+            (
+                r#"{"prompt":"a","service_tier":"priority"}"#,
+                "\"service_tier\"",
+            ),
+            // Fields of the other endpoint.
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"echo":false}"#,
+                "\"echo\"",
+            ),
+            (r#"{"prompt":"a","top_logprobs":2}"#, "\"top_logprobs\""),
+            (
+                r#"{"prompt":"a","messages":[{"role":"user","content":"x"}]}"#,
+                "both",
+            ),
+            (r#"{"prompt":"a","seed":-1}"#, "\"seed\""),
+            (
+                r#"{"messages":[{"role":"user","content":"x","name":"bob"}]}"#,
+                "messages[0].name",
+            ),
+            (r#"{"prompt":"a","top_k":-2}"#, "\"top_k\""),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":2}"#,
+                "\"top_logprobs\"",
+            ),
+            (
+                r#"{"prompt":"a","stream":true,"stream_options":{"include_usage":true,"x":1}}"#,
+                "stream_options.x",
+            ),
+            (
+                r#"{"prompt":"a","stream_options":{"include_usage":true}}"#,
+                "\"stream_options\"",
+            ),
+            (
+                r#"{"prompt":"a","stream":true,"stream_options":{"include_usage":1}}"#,
+                "stream_options.include_usage",
+            ),
+        ];
+        for (body, needle) in cases {
+            let e = parse_openai(body, "base").unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidArgument, "{body}: {e}");
+            assert!(e.message().contains(needle), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn harmless_fields_and_do_nothing_values_are_accepted() {
+        for body in [
+            r#"{"prompt":"a","user":"u-1","metadata":{"k":"v"},"store":false,"service_tier":"auto"}"#,
+            r#"{"prompt":"a","n":1,"echo":false,"best_of":1,"suffix":"","logit_bias":{}}"#,
+            r#"{"prompt":"a","tools":[],"tool_choice":"none","functions":[],"function_call":"none"}"#,
+            r#"{"prompt":"a","response_format":{"type":"text"},"service_tier":"default"}"#,
+            r#"{"prompt":"a","tools":null,"logit_bias":null,"suffix":null,"stream_options":null}"#,
+            r#"{"messages":[{"role":"user","content":"x"}],"logprobs":false,"top_logprobs":0}"#,
+            r#"{"prompt":"a","top_k":-1,"seed":18446744073709551615}"#,
+        ] {
+            let r = parse_openai(body, "base");
+            assert!(r.is_ok(), "{body}: {r:?}");
+        }
+        let r = parse_openai(r#"{"prompt":"a","seed":18446744073709551615}"#, "b").unwrap();
+        assert_eq!(r.request.sampling.seed, Some(u64::MAX));
+        let r = parse_openai(r#"{"prompt":"a","top_k":-1}"#, "b").unwrap();
+        assert_eq!(r.request.sampling.top_k, 0);
+    }
+
+    #[test]
+    fn include_usage_ends_the_stream_with_a_usage_chunk() {
+        let body = r#"{"messages":[{"role":"user","content":"x"}],"stream":true,
+                      "stream_options":{"include_usage":true}}"#;
+        let r = parse_openai(body, "base").unwrap();
+        assert!(r.include_usage);
+        let shape = ResponseShape::of(&r, 5);
+        for final_ in [false, true] {
+            let v = response_json(&sample_output(final_), &shape, None);
+            assert_eq!(v["object"], "chat.completion.chunk");
+            assert!(v["usage"].is_null(), "{v}");
+            assert!(v.as_object().unwrap().contains_key("usage"), "{v}");
+        }
+        assert_eq!(usage_chunk_json(&sample_output(false), &shape), None);
+        let u = usage_chunk_json(&sample_output(true), &shape).unwrap();
+        assert_eq!(u["object"], "chat.completion.chunk");
+        assert_eq!(u["id"], "chatcmpl-7");
+        assert_eq!(u["model"], "base");
+        assert_eq!(u["choices"], json!([]));
+        assert_eq!(u["usage"]["total_tokens"], 5);
+
+        // Completions too; include_usage false and no stream_options mean no usage chunk.
+        for (body, want) in [
+            (
+                r#"{"prompt":"a","stream":true,"stream_options":{"include_usage":true}}"#,
+                true,
+            ),
+            (
+                r#"{"prompt":"a","stream":true,"stream_options":{"include_usage":false}}"#,
+                false,
+            ),
+            (r#"{"prompt":"a","stream":true}"#, false),
+            (r#"{"prompt":"a"}"#, false),
+        ] {
+            let r = parse_openai(body, "base").unwrap();
+            let shape = ResponseShape::of(&r, 5);
+            let u = usage_chunk_json(&sample_output(true), &shape);
+            assert_eq!(u.is_some(), want, "{body}");
+            if let Some(u) = u {
+                assert_eq!(u["object"], "text_completion");
+                assert_eq!(u["choices"], json!([]));
+            }
+            // Without include_usage the final chunk keeps its usage.
+            let v = response_json(&sample_output(true), &shape, None);
+            assert_eq!(v["usage"].is_null(), want, "{body}: {v}");
+        }
     }
 }

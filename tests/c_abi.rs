@@ -1,7 +1,9 @@
 //! The C ABI from C and C++: the generated header compiles as C99 and C++17 with -Werror,
 //! examples/quickstart.c and bindings/cpp/test_loraplex.cpp build against libloraplex.so and
 //! run on a tiny model, and quickstart is valgrind-clean (no definite leaks, no errors).
-//! Skips (saying so) when gcc/g++/valgrind are absent.
+//! A C program and the C++ tests set every `lpx_engine_config` field to a non-default value and
+//! read each back through `lpx_engine_stats_json`. When gcc/g++/valgrind are absent the checks
+//! fail under `CI=true` and skip (saying so) otherwise.
 
 mod common;
 
@@ -12,15 +14,42 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Whether env `CI` is "true": missing tools then fail the test instead of skipping it.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// The rule for a check that cannot run because `reason`: under CI it fails (a check that did
+/// not run must not pass), locally it skips, printing why.
+fn skip_unless_ci(reason: &str, ci: bool) {
+    assert!(
+        !ci,
+        "{reason}, and CI=true: this check must run in CI (scripts/install-test-deps.sh installs the tools)"
+    );
+    eprintln!("skipping: {reason} (under CI=true this fails)");
+}
+
+/// Whether `tool` runs; see [`skip_unless_ci`] for what happens when it does not.
 fn have(tool: &str) -> bool {
     let ok = Command::new(tool)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("skipping: {tool} is not installed");
+        skip_unless_ci(&format!("{tool} is not installed"), in_ci());
     }
     ok
+}
+
+#[test]
+#[should_panic(expected = "CI=true")]
+fn a_missing_tool_fails_under_ci() {
+    skip_unless_ci("gcc is not installed", true);
+}
+
+#[test]
+fn a_missing_tool_skips_locally() {
+    skip_unless_ci("gcc is not installed", false);
 }
 
 /// The directory holding libloraplex.so built with this test (target/<profile>). `cargo test`
@@ -76,6 +105,14 @@ fn build(compiler: &str, std: &str, src: &Path, out: &Path, extra: &[&str]) {
     run(&mut c);
 }
 
+/// A temporary directory holding the tiny test model in `tiny/`.
+fn tiny_model() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    common::write_tiny_model(&model, common::TinySpec::default());
+    (dir, model)
+}
+
 #[test]
 fn header_compiles_as_c99_and_cpp17() {
     if !have("gcc") || !have("g++") {
@@ -103,9 +140,7 @@ fn quickstart_runs_and_is_valgrind_clean() {
     if !have("gcc") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny");
-    common::write_tiny_model(&model, common::TinySpec::default());
+    let (dir, model) = tiny_model();
     let exe = dir.path().join("quickstart");
     build(
         "gcc",
@@ -160,9 +195,7 @@ fn cpp_binding_tests_pass() {
     if !have("g++") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny");
-    common::write_tiny_model(&model, common::TinySpec::default());
+    let (dir, model) = tiny_model();
     let exe = dir.path().join("test_loraplex");
     build(
         "g++",
@@ -171,7 +204,9 @@ fn cpp_binding_tests_pass() {
         &exe,
         &["-lpthread"],
     );
-    let out = run(Command::new(&exe).arg(&model));
+    let peft = dir.path().join("loras");
+    std::fs::create_dir(&peft).unwrap();
+    let out = run(Command::new(&exe).arg(&model).arg(&peft));
     assert!(out.contains(" passed, 0 failed"), "{out}");
     let chat = dir.path().join("chat");
     build(
@@ -183,4 +218,225 @@ fn cpp_binding_tests_pass() {
     );
     let out = run(Command::new(&chat).arg(&model).arg("hello there"));
     assert!(out.contains("tokens"), "{out}");
+}
+
+/// The field names of `lpx_engine_config` in the committed header, `struct_size` excluded.
+fn header_config_fields() -> Vec<String> {
+    let h = std::fs::read_to_string(root().join("include/loraplex.h")).unwrap();
+    let lines: Vec<&str> = h.lines().collect();
+    let end = lines
+        .iter()
+        .position(|l| l.trim() == "} lpx_engine_config;")
+        .expect("the header defines lpx_engine_config");
+    let start = lines[..end]
+        .iter()
+        .rposition(|l| l.starts_with("typedef struct"))
+        .unwrap();
+    let fields: Vec<String> = lines[start + 1..end]
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.starts_with("//") && l.ends_with(';'))
+        .map(|l| {
+            let name = l.trim_end_matches(';').rsplit([' ', '*']).next().unwrap();
+            name.to_string()
+        })
+        .filter(|n| n != "struct_size")
+        .collect();
+    assert!(fields.len() >= 17, "{fields:?}");
+    fields
+}
+
+#[test]
+fn c_sets_every_config_field_and_reads_it_back_through_stats() {
+    if !have("gcc") {
+        return;
+    }
+    let (dir, model) = tiny_model();
+    let peft = dir.path().join("loras");
+    std::fs::create_dir(&peft).unwrap();
+    let (m, p) = (model.to_str().unwrap(), peft.to_str().unwrap());
+    // Every field: its C assignment and the value `config` must report. Each differs from the
+    // default except `device` ("cpu" is the only device of a CPU build).
+    let table: Vec<(&str, &str, serde_json::Value)> = vec![
+        ("model", "argv[1]", m.into()),
+        ("served_model_name", "\"c-served\"", "c-served".into()),
+        ("device", "\"cpu\"", "cpu".into()),
+        ("threads", "2", 2.into()),
+        ("weight_dtype", "LPX_WEIGHT_DTYPE_BF16", "bf16".into()),
+        ("max_num_seqs", "5", 5.into()),
+        ("max_batch_tokens", "40", 40.into()),
+        ("max_model_len", "100", 100.into()),
+        ("kv_block_size", "8", 8.into()),
+        ("kv_cache_bytes", "1048576", 1_048_576.into()),
+        ("max_queue", "77", 77.into()),
+        ("peft_source", "argv[2]", serde_json::json!([p])),
+        ("peft_refresh_interval_ms", "60000", 60_000.into()),
+        ("max_cpu_loras", "5", 5.into()),
+        ("max_gpu_loras", "3", 3.into()),
+        ("max_lora_rank", "32", 32.into()),
+        ("memory_budget_bytes", "1073741824", 1_073_741_824u64.into()),
+    ];
+    let mut names: Vec<String> = table.iter().map(|(n, _, _)| n.to_string()).collect();
+    let mut fields = header_config_fields();
+    names.sort();
+    fields.sort();
+    assert_eq!(
+        names, fields,
+        "this test must set every field of lpx_engine_config"
+    );
+    let sets: String = table
+        .iter()
+        .map(|(n, v, _)| format!("    cfg.{n} = {v};\n"))
+        .collect();
+    let src = dir.path().join("config_fields.c");
+    std::fs::write(
+        &src,
+        format!(
+            r#"#include <stdio.h>
+#include "loraplex.h"
+static int fail(lpx_error *err) {{
+    fprintf(stderr, "error %d: %s\n", (int)lpx_error_code(err), lpx_error_message(err));
+    lpx_error_free(err);
+    return 1;
+}}
+int main(int argc, char **argv) {{
+    lpx_engine_config cfg;
+    lpx_engine *e = NULL;
+    char *stats = NULL;
+    lpx_error *err;
+    if (argc != 3) return 2;
+    lpx_engine_config_init(&cfg);
+{sets}    if ((err = lpx_engine_create(&cfg, &e)) != NULL) return fail(err);
+    if ((err = lpx_engine_stats_json(e, &stats)) != NULL) return fail(err);
+    printf("%s\n", stats);
+    lpx_string_free(stats);
+    lpx_engine_free(e);
+    return 0;
+}}
+"#
+        ),
+    )
+    .unwrap();
+    let exe = dir.path().join("config_fields");
+    build("gcc", "-std=c99", &src, &exe, &[]);
+    let out = run(Command::new(&exe).arg(&model).arg(&peft));
+    let stats: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let cfg = stats["config"]
+        .as_object()
+        .expect("stats has a config object");
+    let mut reported: Vec<&String> = cfg.keys().collect();
+    reported.sort();
+    assert_eq!(reported, fields.iter().collect::<Vec<_>>(), "{stats}");
+    for (name, _, want) in &table {
+        assert_eq!(&cfg[*name], want, "config.{name} in {stats}");
+    }
+}
+
+#[test]
+fn cpp_and_go_configs_cover_every_field() {
+    let hpp = std::fs::read_to_string(root().join("bindings/cpp/loraplex.hpp")).unwrap();
+    let go = std::fs::read_to_string(root().join("bindings/go/loraplex/config.go")).unwrap();
+    for f in header_config_fields() {
+        // The C++ setter's name (the model is the constructor's argument).
+        let setter = match f.as_str() {
+            "model" => "explicit Config(std::string model)".to_string(),
+            "served_model_name" => "Config &served_name(".to_string(),
+            "peft_refresh_interval_ms" => "Config &peft_refresh_interval(".to_string(),
+            _ => format!("Config &{f}("),
+        };
+        assert!(
+            hpp.contains(&setter),
+            "loraplex.hpp's Config lacks {setter}"
+        );
+        // Go: configFromC reads it and toC writes it.
+        let reads = format!("(c.{f})");
+        let writes = format!("c.{f}");
+        assert!(
+            go.contains(&reads) || go.contains(&format!("goStr(c.{f})")),
+            "config.go's configFromC does not read c.{f}"
+        );
+        assert!(
+            go.matches(&writes).count() >= 2,
+            "config.go's toC does not write c.{f}"
+        );
+    }
+}
+
+#[test]
+fn free_with_requests_in_flight_is_valgrind_clean() {
+    if !have("gcc") || !have("valgrind") {
+        return;
+    }
+    let (dir, model) = tiny_model();
+    let src = dir.path().join("free_in_flight.c");
+    // 8 long requests, one sequence at a time; the engine is freed while they run, after one
+    // output was taken; that output stays readable after the free.
+    std::fs::write(
+        &src,
+        r#"#include <stdio.h>
+#include <string.h>
+#include "loraplex.h"
+static int fail(lpx_error *err) {
+    fprintf(stderr, "error: %s\n", lpx_error_message(err));
+    lpx_error_free(err);
+    return 1;
+}
+int main(int argc, char **argv) {
+    lpx_engine_config cfg;
+    lpx_request req;
+    lpx_engine *e = NULL;
+    lpx_output *first = NULL;
+    lpx_error *err;
+    uint32_t toks[3] = {1, 2, 3};
+    uint64_t ids[8];
+    char *stats = NULL;
+    int i;
+    if (argc != 2) return 2;
+    lpx_engine_config_init(&cfg);
+    cfg.model = argv[1];
+    cfg.threads = 1;
+    cfg.max_num_seqs = 1;
+    if ((err = lpx_engine_create(&cfg, &e)) != NULL) return fail(err);
+    lpx_request_init(&req);
+    req.prompt_tokens = toks;
+    req.prompt_tokens_len = 3;
+    req.max_tokens = 100000;
+    req.ignore_eos = true;
+    for (i = 0; i < 8; i++)
+        if ((err = lpx_engine_submit(e, &req, &ids[i])) != NULL) return fail(err);
+    while (first == NULL)
+        if ((err = lpx_engine_poll(e, ids[0], 1000, &first)) != NULL) return fail(err);
+    if ((err = lpx_engine_stats_json(e, &stats)) != NULL) return fail(err);
+    printf("before free: %s\n", stats);
+    lpx_string_free(stats);
+    lpx_engine_free(e);
+    printf("after free: request %llu had %zu bytes of text\n",
+           (unsigned long long)lpx_output_request_id(first), strlen(lpx_output_text(first)));
+    lpx_output_free(first);
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.path().join("free_in_flight");
+    build("gcc", "-std=c99", &src, &exe, &[]);
+    let out = run(Command::new("valgrind")
+        .args([
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite",
+            "--error-exitcode=1",
+        ])
+        .arg(&exe)
+        .arg(&model));
+    assert!(out.contains("ERROR SUMMARY: 0 errors"), "{out}");
+    assert!(out.contains("after free: request 1 had"), "{out}");
+    // The requests were in flight when the engine was freed.
+    let before = out
+        .lines()
+        .find_map(|l| l.strip_prefix("before free: "))
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_str(before).unwrap();
+    let in_flight =
+        s["requests"]["running"].as_u64().unwrap() + s["requests"]["waiting"].as_u64().unwrap();
+    assert!(in_flight >= 2, "{before}");
 }

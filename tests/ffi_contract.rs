@@ -45,6 +45,11 @@ struct Tiny {
 }
 
 fn tiny_engine(max_queue: u32) -> Tiny {
+    tiny_engine_with(|cfg| cfg.max_queue = max_queue)
+}
+
+/// A tiny engine (1 thread) with `set` applied to its config after the defaults.
+fn tiny_engine_with(set: impl FnOnce(&mut lpx_engine_config)) -> Tiny {
     let dir = tempfile::tempdir().unwrap();
     common::write_tiny_model(dir.path(), common::TinySpec::default());
     let path = CString::new(dir.path().to_str().unwrap()).unwrap();
@@ -53,7 +58,7 @@ fn tiny_engine(max_queue: u32) -> Tiny {
         lpx_engine_config_init(&mut cfg);
         cfg.model = path.as_ptr();
         cfg.threads = 1;
-        cfg.max_queue = max_queue;
+        set(&mut cfg);
         let mut e = null_mut();
         ok(lpx_engine_create(&cfg, &mut e));
         assert!(!e.is_null());
@@ -381,16 +386,222 @@ fn config_from_env_reads_nim_variables() {
     std::env::remove_var("NIM_PEFT_SOURCE");
 }
 
+/// The engine's stats JSON.
+fn stats(e: *mut lpx_engine) -> serde_json::Value {
+    let mut s = null_mut();
+    ok(unsafe { lpx_engine_stats_json(e, &mut s) });
+    let v = serde_json::from_str(unsafe { CStr::from_ptr(s) }.to_str().unwrap()).unwrap();
+    unsafe { lpx_string_free(s) };
+    v
+}
+
 #[test]
 fn free_with_requests_in_flight() {
-    let t = tiny_engine(64);
+    // One sequence at a time: 8 requests of ~500 tokens each take thousands of steps, so most
+    // are still waiting when the engine is freed.
+    let t = tiny_engine_with(|c| c.max_num_seqs = 1);
     let toks = [1u32, 2, 3, 4];
+    let mut ids = Vec::new();
     for _ in 0..8 {
-        let r = request(&toks, 200);
+        let r = request(&toks, 100_000);
         let mut id = 0;
         ok(unsafe { lpx_engine_submit(t.engine, &r, &mut id) });
+        ids.push(id);
     }
-    drop(t); // lpx_engine_free cancels and joins.
+    // The first request's first output, kept across the free.
+    let mut first: *mut lpx_output = null_mut();
+    while first.is_null() {
+        ok(unsafe { lpx_engine_poll(t.engine, ids[0], 1000, &mut first) });
+    }
+    let s = stats(t.engine);
+    let in_flight =
+        s["requests"]["running"].as_u64().unwrap() + s["requests"]["waiting"].as_u64().unwrap();
+    assert!(
+        in_flight >= 2,
+        "requests were not in flight when freed: {s}"
+    );
+    drop(t); // lpx_engine_free cancels the requests, joins the worker and returns.
+             // Outputs already returned stay valid after the engine is gone.
+    unsafe {
+        assert_eq!(lpx_output_request_id(first), ids[0]);
+        let mut n = 0usize;
+        let p = lpx_output_token_ids(first, &mut n);
+        assert!(n >= 1 && !p.is_null());
+        assert_eq!(std::slice::from_raw_parts(p, n).len(), n);
+        let text = CStr::from_ptr(lpx_output_text(first)).to_bytes().len();
+        let mut len = 0usize;
+        lpx_output_text_len(first, &mut len);
+        assert_eq!(text, len);
+        let mut j = null_mut();
+        ok(lpx_output_json(first, &mut j));
+        let v: serde_json::Value =
+            serde_json::from_str(CStr::from_ptr(j).to_str().unwrap()).unwrap();
+        assert_eq!(v["id"], format!("cmpl-{}", ids[0]));
+        lpx_string_free(j);
+        lpx_output_free(first);
+    }
+}
+
+#[test]
+fn queue_full_names_the_in_flight_count_and_the_limit() {
+    let t = tiny_engine_with(|c| {
+        c.max_queue = 3;
+        c.max_num_seqs = 1;
+    });
+    let toks = [1u32, 2, 3];
+    let mut id = 0;
+    for _ in 0..3 {
+        ok(unsafe { lpx_engine_submit(t.engine, &request(&toks, 100_000), &mut id) });
+    }
+    let (c, m) = take_err(unsafe { lpx_engine_submit(t.engine, &request(&toks, 4), &mut id) });
+    assert_eq!(c, 6, "{m}");
+    // The three long requests are still in flight (each takes hundreds of steps).
+    assert!(
+        m.contains("3 requests in flight") && m.contains("max_queue 3"),
+        "{m}"
+    );
+}
+
+/// Parses one Prometheus sample line `name{l="v",...} value` (text exposition format 0.0.4):
+/// returns the metric name and the decoded label values, or None when the line is malformed.
+fn parse_sample(line: &str) -> Option<(String, Vec<(String, String)>)> {
+    let (name, rest) = line.split_once('{')?;
+    let mut labels = Vec::new();
+    let mut chars = rest.chars();
+    loop {
+        let mut key = String::new();
+        for c in chars.by_ref() {
+            if c == '=' {
+                break;
+            }
+            key.push(c);
+        }
+        if chars.next()? != '"' {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()? {
+                '"' => break,
+                '\\' => match chars.next()? {
+                    '\\' => value.push('\\'),
+                    '"' => value.push('"'),
+                    'n' => value.push('\n'),
+                    _ => return None,
+                },
+                c => value.push(c),
+            }
+        }
+        labels.push((key, value));
+        match chars.next()? {
+            ',' => continue,
+            '}' => break,
+            _ => return None,
+        }
+    }
+    let value: String = chars.collect();
+    value.strip_prefix(' ')?.parse::<f64>().ok()?;
+    Some((name.to_string(), labels))
+}
+
+#[test]
+fn metrics_escape_label_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let evil = "ev\"il\\lora\nname";
+    let shape = common::tiny_shape(common::TinySpec::default());
+    let adapter = common::random_adapter(&shape, [8; 7], 5, false, false);
+    loraplex::adapters::export::export(
+        &adapter,
+        &shape,
+        loraplex::adapters::export::ExportFormat::HfSafetensors,
+        &dir.path().join(evil),
+    )
+    .unwrap();
+    let peft = CString::new(dir.path().to_str().unwrap()).unwrap();
+    let served = "base \"quoted\" \\ and\nnewline";
+    let served_c = CString::new(served).unwrap();
+    let t = tiny_engine_with(|c| {
+        c.peft_source = peft.as_ptr();
+        c.served_model_name = served_c.as_ptr();
+    });
+    let evil_c = CString::new(evil).unwrap();
+    let mut r = request(&[1, 2, 3], 3);
+    r.model = evil_c.as_ptr();
+    let mut id = 0;
+    ok(unsafe { lpx_engine_submit(t.engine, &r, &mut id) });
+    let (fr, _, _) = drain(t.engine, id);
+    assert_eq!(fr, lpx_finish_reason::Length);
+    let mut s = null_mut();
+    ok(unsafe { lpx_engine_metrics_text(t.engine, &mut s) });
+    let text = unsafe { CStr::from_ptr(s) }.to_str().unwrap().to_string();
+    unsafe { lpx_string_free(s) };
+    let mut seen_model = false;
+    let mut seen_adapter = false;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, labels) =
+            parse_sample(line).unwrap_or_else(|| panic!("malformed sample {line:?} in\n{text}"));
+        for (k, v) in labels {
+            match k.as_str() {
+                "model_name" => {
+                    assert_eq!(v, served);
+                    seen_model = true;
+                }
+                "adapter" => {
+                    assert_eq!(v, evil);
+                    seen_adapter = true;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(seen_model && seen_adapter, "{text}");
+}
+
+#[test]
+fn negative_and_unknown_openai_fields_are_refused_through_the_c_abi() {
+    let t = tiny_engine(64);
+    let mut id = SENTINEL_ID;
+    for (body, field) in [
+        (c"{\"prompt\":\"a\",\"seed\":-1}", "seed"),
+        (
+            c"{\"prompt\":\"a\",\"response_format\":{\"type\":\"json_object\"}}",
+            "response_format",
+        ),
+        (
+            c"{\"prompt\":\"a\",\"tools\":[{\"type\":\"function\"}]}",
+            "tools",
+        ),
+    ] {
+        let (c, m) = take_err(unsafe { lpx_engine_submit_json(t.engine, body.as_ptr(), &mut id) });
+        assert_eq!(c, INVALID, "{m}");
+        assert!(m.contains(field), "{m}");
+    }
+    assert_eq!(id, SENTINEL_ID);
+    // include_usage: the final output gives the usage chunk, earlier ones none.
+    let body = c"{\"prompt\":\"a\",\"max_tokens\":3,\"ignore_eos\":true,\"stream\":true,\"stream_options\":{\"include_usage\":true}}";
+    ok(unsafe { lpx_engine_submit_json(t.engine, body.as_ptr(), &mut id) });
+    loop {
+        let mut o = null_mut();
+        ok(unsafe { lpx_engine_poll(t.engine, id, 200, &mut o) });
+        if o.is_null() {
+            continue;
+        }
+        let mut u = sentinel_ptr::<c_char>();
+        ok(unsafe { lpx_output_usage_json(o, &mut u) });
+        let last = unsafe { lpx_output_is_final(o) };
+        unsafe { lpx_output_free(o) };
+        if !last {
+            assert!(u.is_null());
+            continue;
+        }
+        assert!(!u.is_null());
+        let v: serde_json::Value =
+            serde_json::from_str(unsafe { CStr::from_ptr(u) }.to_str().unwrap()).unwrap();
+        unsafe { lpx_string_free(u) };
+        assert_eq!(v["choices"], serde_json::json!([]));
+        assert_eq!(v["usage"]["completion_tokens"], 3);
+        break;
+    }
 }
 
 #[test]

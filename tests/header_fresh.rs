@@ -36,6 +36,7 @@ fn header_declares_the_contract_surface() {
         "lpx_engine_poll(",
         "lpx_engine_cancel(",
         "lpx_output_json(",
+        "lpx_output_usage_json(",
         "lpx_output_free(",
         "lpx_string_free(",
         "lpx_error_code(",

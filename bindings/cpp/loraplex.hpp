@@ -42,24 +42,36 @@ inline std::string take(char *s) {
 }
 }  // namespace detail
 
-/// Engine configuration builder (defaults from lpx_engine_config_init). Strings are copied.
+/// Engine configuration builder over every field of lpx_engine_config (defaults from
+/// lpx_engine_config_init). Strings are copied.
 class Config {
 public:
-    explicit Config(std::string model) : model_(std::move(model)) { lpx_engine_config_init(&c_); }
-    /// Applies LPX_* / NIM_* environment variables (NIM_PEFT_SOURCE, NIM_MAX_CPU_LORAS...).
+    explicit Config(std::string model) {
+        lpx_engine_config_init(&c_);
+        take_strings(c_);
+        model_ = std::move(model);
+    }
+    /// Applies LPX_* / NIM_* environment variables (lpx_engine_config_from_env): a variable that
+    /// is set overrides what was set before this call (setters called after it override the
+    /// environment), except LPX_MODEL, which is used only when the model given to the
+    /// constructor is empty.
     Config &from_env() {
-        detail::check(lpx_engine_config_from_env(&c_));
-        if (c_.peft_source) peft_ = c_.peft_source;
-        if (c_.model && model_.empty()) model_ = c_.model;
+        lpx_engine_config c = c_config();
+        detail::check(lpx_engine_config_from_env(&c));
+        std::string model = model_;
+        take_strings(c);
+        if (!model.empty()) model_ = std::move(model);
         return *this;
     }
     Config &served_name(std::string v) { served_ = std::move(v); return *this; }
     Config &device(std::string v) { device_ = std::move(v); return *this; }
     Config &threads(uint32_t v) { c_.threads = v; return *this; }
-    Config &bf16_weights(bool on) { c_.weight_dtype = on ? LPX_WEIGHT_DTYPE_BF16 : LPX_WEIGHT_DTYPE_F32; return *this; }
+    Config &weight_dtype(lpx_weight_dtype v) { c_.weight_dtype = static_cast<uint32_t>(v); return *this; }
+    Config &bf16_weights(bool on) { return weight_dtype(on ? LPX_WEIGHT_DTYPE_BF16 : LPX_WEIGHT_DTYPE_F32); }
     Config &max_num_seqs(uint32_t v) { c_.max_num_seqs = v; return *this; }
     Config &max_batch_tokens(uint32_t v) { c_.max_batch_tokens = v; return *this; }
     Config &max_model_len(uint32_t v) { c_.max_model_len = v; return *this; }
+    Config &kv_block_size(uint32_t v) { c_.kv_block_size = v; return *this; }
     Config &kv_cache_bytes(uint64_t v) { c_.kv_cache_bytes = v; return *this; }
     Config &max_queue(uint32_t v) { c_.max_queue = v; return *this; }
     /// ':'-separated PEFT source directories.
@@ -68,18 +80,34 @@ public:
     Config &max_cpu_loras(uint32_t v) { c_.max_cpu_loras = v; return *this; }
     Config &max_gpu_loras(uint32_t v) { c_.max_gpu_loras = v; return *this; }
     Config &max_lora_rank(uint32_t v) { c_.max_lora_rank = v; return *this; }
+    /// Total bytes for weights, adapter caches, activations and KV cache (0 = no budget).
+    Config &memory_budget_bytes(uint64_t v) { c_.memory_budget_bytes = v; return *this; }
 
     /// The C struct, pointing into this object's strings (valid while it lives, unmodified).
     lpx_engine_config c_config() const {
         lpx_engine_config c = c_;
-        c.model = model_.c_str();
-        c.served_model_name = served_.empty() ? nullptr : served_.c_str();
-        if (!device_.empty()) c.device = device_.c_str();
-        c.peft_source = peft_.empty() ? nullptr : peft_.c_str();
+        c.model = opt(model_);
+        c.served_model_name = opt(served_);
+        c.device = opt(device_);
+        c.peft_source = opt(peft_);
         return c;
     }
 
 private:
+    static const char *opt(const std::string &s) { return s.empty() ? nullptr : s.c_str(); }
+    /// Copies every field of c: its strings into this object's own.
+    void take_strings(const lpx_engine_config &c) {
+        auto str = [](const char *p) { return std::string(p ? p : ""); };
+        std::string model = str(c.model), served = str(c.served_model_name),
+                    device = str(c.device), peft = str(c.peft_source);
+        c_ = c;
+        c_.model = c_.served_model_name = c_.device = c_.peft_source = nullptr;
+        model_ = std::move(model);
+        served_ = std::move(served);
+        device_ = std::move(device);
+        peft_ = std::move(peft);
+    }
+
     lpx_engine_config c_{};
     std::string model_, served_, device_, peft_;
 };
@@ -196,6 +224,13 @@ public:
     std::string json() const {
         char *s = nullptr;
         detail::check(lpx_output_json(o_, &s));
+        return detail::take(s);
+    }
+    /// The usage chunk to stream after json() when the body asked for
+    /// stream_options.include_usage (final output only); "" otherwise.
+    std::string usage_json() const {
+        char *s = nullptr;
+        detail::check(lpx_output_usage_json(o_, &s));
         return detail::take(s);
     }
     const lpx_output *get() const noexcept { return o_; }

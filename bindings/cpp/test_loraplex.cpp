@@ -1,6 +1,8 @@
-// Tests of loraplex.hpp: test_loraplex MODEL. Exits non-zero on the first failed check.
+// Tests of loraplex.hpp: test_loraplex MODEL PEFT_DIR (PEFT_DIR: an existing directory).
+// Exits non-zero on the first failed check.
 #include <cassert>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -10,9 +12,63 @@
 #define CHECK(c) do { if (!(c)) { std::fprintf(stderr, "FAILED %s:%d: %s\n", __FILE__, __LINE__, #c); return 1; } } while (0)
 
 int main(int argc, char **argv) {
-    if (argc < 2) { std::fprintf(stderr, "usage: test_loraplex MODEL\n"); return 2; }
+    if (argc < 3) { std::fprintf(stderr, "usage: test_loraplex MODEL PEFT_DIR\n"); return 2; }
     using namespace loraplex;
     int checks = 0;
+    // The `"config":{...}` object of an engine's stats JSON (it holds no nested object).
+    auto config_of = [](Engine &e) {
+        std::string st = e.stats_json();
+        size_t at = st.find("\"config\":{");
+        if (at == std::string::npos) return std::string();
+        return st.substr(at, st.find('}', at) - at + 1);
+    };
+
+    // from_env() keeps what the environment set: c_config() must not overwrite the served name.
+    setenv("LPX_SERVED_MODEL_NAME", "env-served", 1);
+    setenv("LPX_MAX_QUEUE", "55", 1);
+    {
+        Config c(argv[1]);
+        c.threads(1).from_env();
+        lpx_engine_config cc = c.c_config();
+        CHECK(cc.served_model_name != nullptr && std::string(cc.served_model_name) == "env-served"); checks++;
+        CHECK(cc.max_queue == 55 && std::string(cc.model) == argv[1]); checks++;
+        Engine e(c);
+        CHECK(e.models_json().find("\"id\":\"env-served\"") != std::string::npos); checks++;
+        CHECK(config_of(e).find("\"served_model_name\":\"env-served\"") != std::string::npos); checks++;
+        // A setter after from_env() overrides the environment.
+        c.served_name("set-after");
+        CHECK(std::string(c.c_config().served_model_name) == "set-after"); checks++;
+    }
+    unsetenv("LPX_SERVED_MODEL_NAME");
+    unsetenv("LPX_MAX_QUEUE");
+
+    // Every field set to a non-default value reads back through the stats JSON ("cpu" is the
+    // only device of a CPU build, so it is set explicitly).
+    {
+        Config all = Config(argv[1]).served_name("cpp-served").device("cpu").threads(2)
+            .bf16_weights(true).max_num_seqs(5).max_batch_tokens(40).max_model_len(100)
+            .kv_block_size(8).kv_cache_bytes(1u << 20).max_queue(77).peft_source(argv[2])
+            .peft_refresh_interval(std::chrono::milliseconds(60000)).max_cpu_loras(5)
+            .max_gpu_loras(3).max_lora_rank(32).memory_budget_bytes(1ull << 30);
+        Engine e(all);
+        std::string cfg = config_of(e);
+        const std::string want[] = {
+            "\"model\":\"" + std::string(argv[1]) + "\"", "\"served_model_name\":\"cpp-served\"",
+            "\"device\":\"cpu\"", "\"threads\":2", "\"weight_dtype\":\"bf16\"",
+            "\"max_num_seqs\":5", "\"max_batch_tokens\":40", "\"max_model_len\":100",
+            "\"kv_block_size\":8", "\"kv_cache_bytes\":1048576", "\"max_queue\":77",
+            "\"peft_source\":[\"" + std::string(argv[2]) + "\"]", "\"peft_refresh_interval_ms\":60000",
+            "\"max_cpu_loras\":5", "\"max_gpu_loras\":3", "\"max_lora_rank\":32",
+            "\"memory_budget_bytes\":1073741824",
+        };
+        for (const auto &w : want) {
+            if (cfg.find(w) == std::string::npos) {
+                std::fprintf(stderr, "stats config %s lacks %s\n", cfg.c_str(), w.c_str());
+                return 1;
+            }
+        }
+        checks++;
+    }
     // Errors carry codes.
     try { Engine bad(Config("/nonexistent/model")); CHECK(false); }
     catch (const Error &e) { CHECK(e.code() == LPX_ERROR_CODE_IO || e.code() == LPX_ERROR_CODE_INVALID_MODEL); checks++; }
@@ -49,6 +105,27 @@ int main(int argc, char **argv) {
     while (!o.get()) o = moved.poll(id, std::chrono::milliseconds(100));
     CHECK(o.is_final()); checks++;
     CHECK(o.json().find("\"chat.completion\"") != std::string::npos); checks++;
+
+    // stream_options.include_usage: chunks carry "usage":null, the final output gives the
+    // usage chunk (empty choices), earlier outputs none.
+    {
+        uint64_t uid = moved.submit_json("{\"prompt\":\"hi\",\"max_tokens\":3,\"stream\":true,"
+                                         "\"ignore_eos\":true,\"stream_options\":{\"include_usage\":true}}");
+        std::string usage;
+        bool early_usage = false, null_usage = true;
+        moved.stream(uid, [&](const Output &o) {
+            null_usage = null_usage && o.json().find("\"usage\":null") != std::string::npos;
+            if (o.is_final()) usage = o.usage_json(); else early_usage = early_usage || !o.usage_json().empty();
+        });
+        CHECK(!early_usage && null_usage); checks++;
+        CHECK(usage.find("\"choices\":[]") != std::string::npos); checks++;
+        CHECK(usage.find("\"completion_tokens\":3") != std::string::npos); checks++;
+    }
+    try { moved.submit_json("{\"prompt\":\"hi\",\"response_format\":{\"type\":\"json_object\"}}"); CHECK(false); }
+    catch (const Error &e) {
+        CHECK(e.code() == LPX_ERROR_CODE_INVALID_ARGUMENT && std::string(e.what()).find("response_format") != std::string::npos);
+        checks++;
+    }
 
     // Logprobs are owning copies: they stay valid after the Output is gone.
     std::vector<loraplex::TokenLogprob> lps;

@@ -9,8 +9,52 @@ use serde_json::{json, Value};
 use super::adapters::{rescan, LoaderMsg};
 use super::Engine;
 use crate::adapters::source::ScanReport;
+use crate::backend::WeightFormat;
 use crate::cache::LoadState;
+use crate::config::EngineConfig;
 use crate::error::{Error, Result};
+
+/// A Prometheus label value: `\\`, `"` and newline escaped as the text exposition format
+/// requires (anything else is taken literally).
+fn label_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The configuration as JSON, one key per `lpx_engine_config` field (same names and units; 0
+/// keeps its "automatic" meaning, the resolved values are under `limits` and `memory`).
+fn config_json(c: &EngineConfig) -> Value {
+    json!({
+        "model": c.model.display().to_string(),
+        "served_model_name": c.served_model_name,
+        "device": c.device,
+        "threads": c.threads,
+        "weight_dtype": match c.weight_format {
+            WeightFormat::F32 => "f32",
+            WeightFormat::BF16 => "bf16",
+        },
+        "max_num_seqs": c.max_num_seqs,
+        "max_batch_tokens": c.max_batch_tokens,
+        "max_model_len": c.max_model_len,
+        "kv_block_size": c.kv_block_size,
+        "kv_cache_bytes": c.kv_cache_bytes,
+        "max_queue": c.max_queue,
+        "peft_source": c.peft_source.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "peft_refresh_interval_ms": c.peft_refresh_interval.map_or(0, |d| d.as_millis() as u64),
+        "max_cpu_loras": c.max_cpu_loras,
+        "max_gpu_loras": c.max_gpu_loras,
+        "max_lora_rank": c.max_lora_rank,
+        "memory_budget_bytes": c.memory_budget_bytes,
+    })
+}
 
 fn report_json(r: &ScanReport) -> Value {
     json!({
@@ -79,9 +123,10 @@ impl Engine {
         json!({"object": "list", "data": data})
     }
 
-    /// Engine state as JSON: queues, KV cache, the memory plan by tier, and per adapter its tier
-    /// (disk / host / device), pinned, rank, bytes, generation, in-flight and queued requests and
-    /// load time.
+    /// Engine state as JSON: the configuration it was created with (`config`, one key per
+    /// `lpx_engine_config` field), queues, KV cache, the memory plan by tier, and per adapter its
+    /// tier (disk / host / device), pinned, rank, bytes, generation, in-flight and queued requests
+    /// and load time.
     pub fn stats_json(&self) -> Value {
         let s = self.stats();
         let plan = self.shared.plan;
@@ -138,6 +183,7 @@ impl Engine {
         };
         json!({
             "model": self.served_name(),
+            "config": config_json(self.config()),
             "requests": {"running": s.running, "waiting": s.waiting},
             "steps": s.steps,
             "memory": plan,
@@ -166,25 +212,26 @@ impl Engine {
 
     /// Prometheus text exposition: queue and KV-cache gauges plus vLLM-compatible
     /// `vllm:lora_requests_info` (`running_lora_adapters`, `waiting_lora_adapters`, `max_lora`)
-    /// for LoRA-affinity routers, and per-adapter residency.
+    /// for LoRA-affinity routers, and per-adapter residency. Label values (model and adapter
+    /// names) are escaped per the exposition format.
     pub fn metrics_text(&self) -> String {
         let s = self.stats();
-        let name = self.served_name();
+        let name = label_value(&self.served_name());
         let usage = if s.kv_blocks_total == 0 {
             0.0
         } else {
             1.0 - s.kv_blocks_free as f64 / s.kv_blocks_total as f64
         };
         let runtime = self.shared.adapter_runtime.lock().clone();
-        let mut running: Vec<&str> = runtime
+        let mut running: Vec<String> = runtime
             .iter()
             .filter(|(_, r)| r.running > 0)
-            .map(|(n, _)| n.as_str())
+            .map(|(n, _)| label_value(n))
             .collect();
-        let mut waiting: Vec<&str> = runtime
+        let mut waiting: Vec<String> = runtime
             .iter()
             .filter(|(_, r)| r.queued > 0)
-            .map(|(n, _)| n.as_str())
+            .map(|(n, _)| label_value(n))
             .collect();
         running.sort_unstable();
         waiting.sort_unstable();
@@ -235,10 +282,22 @@ impl Engine {
         for n in names {
             let r = &runtime[n];
             out.push_str(&format!(
-                "loraplex:adapter_device_resident{{adapter=\"{n}\"}} {}\n",
+                "loraplex:adapter_device_resident{{adapter=\"{}\"}} {}\n",
+                label_value(n),
                 u8::from(r.device_slot.is_some())
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label_value("plain-name_1"), "plain-name_1");
+        assert_eq!(label_value("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
     }
 }

@@ -332,12 +332,13 @@ impl Engine {
                 self.max_model_len
             )));
         }
-        if self.shared.active.load(Ordering::Acquire) >= self.cfg.max_queue {
+        let in_flight = self.shared.active.load(Ordering::Acquire);
+        if in_flight >= self.cfg.max_queue {
             return Err(Error::new(
                 ErrorCode::QueueFull,
                 format!(
-                    "{} requests in flight (max_queue {})",
-                    self.cfg.max_queue, self.cfg.max_queue
+                    "{in_flight} requests in flight: the queue is full (max_queue {})",
+                    self.cfg.max_queue
                 ),
             ));
         }

@@ -1,4 +1,11 @@
-//! `lpx_engine_config`: defaults, environment overrides and conversion to [`EngineConfig`].
+//! `lpx_engine_config`: defaults, environment overrides and conversion to and from
+//! [`EngineConfig`].
+//!
+//! The two structs are mapped in ONE place: [`to_rust`] and [`from_rust`]; the numeric fields,
+//! which have the same names on both sides, are listed once ([`numeric_fields`]).
+//! `lpx_engine_config_init` writes `from_rust(EngineConfig::new(""))` and
+//! `lpx_engine_config_from_env` writes `from_rust(to_rust(cfg) + environment)`, so the defaults,
+//! the environment and engine creation cannot disagree about a field.
 
 use std::ffi::{c_char, CString};
 use std::path::PathBuf;
@@ -12,6 +19,26 @@ use crate::backend::WeightFormat;
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 
+/// Calls `$m!` with every numeric field shared by `lpx_engine_config` and [`EngineConfig`]
+/// (same name on both sides; C type given), so that each conversion lists them exactly once.
+macro_rules! numeric_fields {
+    ($m:ident!($($arg:tt)*)) => {
+        $m!($($arg)*;
+            threads: u32,
+            max_num_seqs: u32,
+            max_batch_tokens: u32,
+            max_model_len: u32,
+            kv_block_size: u32,
+            kv_cache_bytes: u64,
+            max_queue: u32,
+            max_cpu_loras: u32,
+            max_gpu_loras: u32,
+            max_lora_rank: u32,
+            memory_budget_bytes: u64
+        )
+    };
+}
+
 impl Versioned for lpx_engine_config {
     const NAME: &'static str = "lpx_engine_config";
     const KNOWN_SIZES: &'static [usize] = &[
@@ -20,38 +47,21 @@ impl Versioned for lpx_engine_config {
         std::mem::size_of::<lpx_engine_config>(),
     ];
     fn defaults() -> Self {
-        let d = EngineConfig::new("");
-        Self {
-            struct_size: std::mem::size_of::<Self>() as u32,
-            model: std::ptr::null(),
-            served_model_name: std::ptr::null(),
-            device: c"cpu".as_ptr(),
-            threads: d.threads as u32,
-            weight_dtype: lpx_weight_dtype::F32 as u32,
-            max_num_seqs: d.max_num_seqs as u32,
-            max_batch_tokens: d.max_batch_tokens as u32,
-            max_model_len: d.max_model_len as u32,
-            kv_block_size: d.kv_block_size as u32,
-            kv_cache_bytes: d.kv_cache_bytes as u64,
-            max_queue: d.max_queue as u32,
-            peft_source: std::ptr::null(),
-            peft_refresh_interval_ms: 0,
-            max_cpu_loras: d.max_cpu_loras as u32,
-            max_gpu_loras: d.max_gpu_loras as u32,
-            max_lora_rank: d.max_lora_rank as u32,
-            memory_budget_bytes: d.memory_budget_bytes as u64,
-        }
+        // Cannot fail: the defaults fit every C field and hold no NUL byte (unit-tested). The
+        // fallback only keeps this infallible: a zeroed config that `lpx_engine_create` refuses
+        // naming its first zero field.
+        from_rust(&EngineConfig::new(""), intern).unwrap_or_else(|_| zeroed())
     }
 }
 
-/// Strings set by `lpx_engine_config_from_env`: owned by the library for the process lifetime,
-/// deduplicated so that repeated calls do not grow.
+/// Strings written into configs by this library (`device` of the defaults, strings read by
+/// `lpx_engine_config_from_env`): owned for the process lifetime, deduplicated so that
+/// repeated calls do not grow.
 static INTERNED: Mutex<Vec<CString>> = Mutex::new(Vec::new());
 
-fn intern(s: &str, var: &str) -> Result<*const c_char> {
-    let c = CString::new(s).map_err(|_| {
-        Error::invalid_argument(format!("environment variable {var} contains a NUL byte"))
-    })?;
+fn intern(s: &str, field: &str) -> Result<*const c_char> {
+    let c = CString::new(s)
+        .map_err(|_| Error::invalid_argument(format!("{field} contains a NUL byte")))?;
     let mut v = INTERNED.lock();
     if let Some(old) = v.iter().find(|o| o.as_c_str() == c.as_c_str()) {
         return Ok(old.as_ptr());
@@ -59,6 +69,23 @@ fn intern(s: &str, var: &str) -> Result<*const c_char> {
     let p = c.as_ptr();
     v.push(c);
     Ok(p)
+}
+
+/// A config with `struct_size` set and every other field 0 / NULL.
+fn zeroed() -> lpx_engine_config {
+    // SAFETY: every field of lpx_engine_config is an integer or a raw pointer, for which
+    // all-zero bytes are a valid value (0, NULL).
+    let mut c: lpx_engine_config = unsafe { std::mem::zeroed() };
+    c.struct_size = std::mem::size_of::<lpx_engine_config>() as u32;
+    c
+}
+
+/// The C value of a weight format.
+fn dtype_of(w: WeightFormat) -> lpx_weight_dtype {
+    match w {
+        WeightFormat::F32 => lpx_weight_dtype::F32,
+        WeightFormat::BF16 => lpx_weight_dtype::Bf16,
+    }
 }
 
 /// Converts a C config to the Rust one; errors name the field.
@@ -75,33 +102,27 @@ pub(crate) unsafe fn to_rust(c: &lpx_engine_config) -> Result<EngineConfig> {
     if let Some(d) = unsafe { opt_str(c.device, "cfg->device") }?.filter(|s| !s.is_empty()) {
         r.device = d.to_string();
     }
-    r.threads = c.threads as usize;
-    r.weight_format = match c.weight_dtype {
-        0 => WeightFormat::F32,
-        1 => WeightFormat::BF16,
-        v => {
-            return Err(Error::invalid_argument(format!(
-                "cfg->weight_dtype = {v}: not an lpx_weight_dtype (0 = F32, 1 = BF16)"
-            )))
-        }
-    };
-    r.max_num_seqs = c.max_num_seqs as usize;
-    r.max_batch_tokens = c.max_batch_tokens as usize;
-    r.max_model_len = c.max_model_len as usize;
-    r.kv_block_size = c.kv_block_size as usize;
-    r.kv_cache_bytes = usize::try_from(c.kv_cache_bytes).map_err(|_| {
-        Error::invalid_argument(format!(
-            "cfg->kv_cache_bytes = {} does not fit this platform",
-            c.kv_cache_bytes
-        ))
-    })?;
-    r.max_queue = c.max_queue as usize;
-    r.memory_budget_bytes = usize::try_from(c.memory_budget_bytes).map_err(|_| {
-        Error::invalid_argument(format!(
-            "cfg->memory_budget_bytes = {} does not fit this platform",
-            c.memory_budget_bytes
-        ))
-    })?;
+    r.weight_format = [WeightFormat::F32, WeightFormat::BF16]
+        .into_iter()
+        .find(|&w| dtype_of(w) as u32 == c.weight_dtype)
+        .ok_or_else(|| {
+            Error::invalid_argument(format!(
+                "cfg->weight_dtype = {}: not an lpx_weight_dtype (0 = F32, 1 = BF16)",
+                c.weight_dtype
+            ))
+        })?;
+    macro_rules! copy_in {
+        ($c:ident, $r:ident; $($f:ident: $t:ty),*) => {$(
+            $r.$f = usize::try_from($c.$f).map_err(|_| {
+                Error::invalid_argument(format!(
+                    "cfg->{} = {} does not fit this platform",
+                    stringify!($f),
+                    $c.$f
+                ))
+            })?;
+        )*};
+    }
+    numeric_fields!(copy_in!(c, r));
     r.peft_source = unsafe { opt_str(c.peft_source, "cfg->peft_source") }?
         .unwrap_or("")
         .split(':')
@@ -110,20 +131,59 @@ pub(crate) unsafe fn to_rust(c: &lpx_engine_config) -> Result<EngineConfig> {
         .collect();
     r.peft_refresh_interval =
         (c.peft_refresh_interval_ms > 0).then(|| Duration::from_millis(c.peft_refresh_interval_ms));
-    r.max_cpu_loras = c.max_cpu_loras as usize;
-    r.max_gpu_loras = c.max_gpu_loras as usize;
-    r.max_lora_rank = c.max_lora_rank as usize;
     Ok(r)
 }
 
-fn to_u32(v: usize, var: &str) -> Result<u32> {
-    u32::try_from(v).map_err(|_| {
-        Error::invalid_argument(format!("environment variable {var} = {v} is too large"))
-    })
+/// Converts a Rust config to the C one; `text(value, field)` supplies the C strings (they must
+/// outlive the config). Empty model, absent served name and no PEFT sources become NULL.
+/// Errors name the field whose value does not fit its C type.
+fn from_rust(
+    r: &EngineConfig,
+    mut text: impl FnMut(&str, &str) -> Result<*const c_char>,
+) -> Result<lpx_engine_config> {
+    let mut opt_text = |s: &str, field: &str| -> Result<*const c_char> {
+        if s.is_empty() {
+            Ok(std::ptr::null())
+        } else {
+            text(s, field)
+        }
+    };
+    let peft: Vec<String> = r
+        .peft_source
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let mut c = zeroed();
+    c.model = opt_text(&r.model.to_string_lossy(), "model")?;
+    c.served_model_name = opt_text(
+        r.served_model_name.as_deref().unwrap_or(""),
+        "served_model_name",
+    )?;
+    c.device = opt_text(&r.device, "device")?;
+    c.weight_dtype = dtype_of(r.weight_format) as u32;
+    c.peft_source = opt_text(&peft.join(":"), "peft_source")?;
+    c.peft_refresh_interval_ms = r
+        .peft_refresh_interval
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    macro_rules! copy_out {
+        ($c:ident, $r:ident; $($f:ident: $t:ty),*) => {$(
+            $c.$f = <$t>::try_from($r.$f).map_err(|_| {
+                Error::invalid_argument(format!(
+                    "{} = {} does not fit lpx_engine_config.{} ({})",
+                    stringify!($f),
+                    $r.$f,
+                    stringify!($f),
+                    stringify!($t)
+                ))
+            })?;
+        )*};
+    }
+    numeric_fields!(copy_out!(c, r));
+    Ok(c)
 }
 
 /// Writes the defaults into `*cfg` (including `struct_size = sizeof(lpx_engine_config)`).
-/// `device` points to a static "cpu"; other strings are NULL. NULL `cfg` is ignored.
+/// `device` points to a library-owned "cpu"; other strings are NULL. NULL `cfg` is ignored.
 ///
 /// # Safety
 /// `cfg` must be NULL or point to writable memory of `sizeof(lpx_engine_config)` bytes as
@@ -141,15 +201,18 @@ pub unsafe extern "C" fn lpx_engine_config_init(cfg: *mut lpx_engine_config) {
 
 /// Applies environment overrides to `*cfg` (which must be initialised): `LPX_MODEL`,
 /// `LPX_SERVED_MODEL_NAME`, `LPX_DEVICE`, `LPX_THREADS`, `LPX_WEIGHT_DTYPE` (f32|bf16),
-/// `LPX_MAX_NUM_SEQS`, `LPX_MAX_BATCH_TOKENS`, `LPX_MAX_MODEL_LEN`, `LPX_KV_CACHE_BYTES`,
-/// `LPX_MAX_QUEUE`, `NIM_PEFT_SOURCE` (':'-separated), `NIM_PEFT_REFRESH_INTERVAL` (seconds),
-/// `NIM_MAX_CPU_LORAS`, `NIM_MAX_GPU_LORAS`, `NIM_MAX_LORA_RANK`. Unset variables leave fields as
-/// they are. String fields taken from the environment point to library-owned storage that lives
-/// until the process exits.
+/// `LPX_MAX_NUM_SEQS`, `LPX_MAX_BATCH_TOKENS`, `LPX_MAX_MODEL_LEN`, `LPX_KV_BLOCK_SIZE`,
+/// `LPX_KV_CACHE_BYTES`, `LPX_MEMORY_BUDGET_BYTES`, `LPX_MAX_QUEUE`, `NIM_PEFT_SOURCE` (':'-separated),
+/// `NIM_PEFT_REFRESH_INTERVAL` (seconds), `NIM_MAX_CPU_LORAS`, `NIM_MAX_GPU_LORAS`,
+/// `NIM_MAX_LORA_RANK` (the same variables and parsing as `EngineConfig::apply_env`). Unset
+/// variables leave fields as they are. String fields taken from the environment point to
+/// library-owned storage that lives until the process exits; strings the caller set and the
+/// environment does not change keep the caller's pointers.
 ///
-/// Errors: INVALID_ARGUMENT for a NULL or uninitialised `cfg`, invalid UTF-8 in a field, or a
-/// malformed variable (the message names it). On error `*cfg` is unchanged. Thread-safe with
-/// respect to other loraplex calls (reads the process environment).
+/// Errors: INVALID_ARGUMENT for a NULL or uninitialised `cfg`, invalid UTF-8 in a field, a
+/// malformed variable (the message names it) or a value too large for its field (named). On
+/// error `*cfg` is unchanged. Thread-safe with respect to other loraplex calls (reads the
+/// process environment).
 ///
 /// # Safety
 /// `cfg` must be NULL or point to an initialised `lpx_engine_config` of `cfg->struct_size` bytes.
@@ -162,49 +225,24 @@ pub unsafe extern "C" fn lpx_engine_config_from_env(
         // SAFETY: non-NULL, initialised per the contract.
         let c = unsafe { read_versioned(cfg as *const lpx_engine_config, "cfg") }?;
         // SAFETY: string fields valid per the contract.
-        let before = unsafe { to_rust(&c) }?;
-        let mut r = before.clone();
+        let mut r = unsafe { to_rust(&c) }?;
         r.apply_env()?;
-        let mut n = c;
-        if r.model != before.model {
-            n.model = intern(&r.model.to_string_lossy(), "LPX_MODEL")?;
-        }
-        if r.served_model_name != before.served_model_name {
-            if let Some(s) = &r.served_model_name {
-                n.served_model_name = intern(s, "LPX_SERVED_MODEL_NAME")?;
+        let n = from_rust(&r, |s, field| {
+            let mine = match field {
+                "model" => c.model,
+                "served_model_name" => c.served_model_name,
+                "device" => c.device,
+                "peft_source" => c.peft_source,
+                _ => std::ptr::null(),
+            };
+            // SAFETY: the caller's strings are NULL or valid per the contract (read above).
+            if !mine.is_null()
+                && unsafe { std::ffi::CStr::from_ptr(mine) }.to_bytes() == s.as_bytes()
+            {
+                return Ok(mine);
             }
-        }
-        if r.device != before.device {
-            n.device = intern(&r.device, "LPX_DEVICE")?;
-        }
-        if r.peft_source != before.peft_source {
-            let joined: Vec<String> = r
-                .peft_source
-                .iter()
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect();
-            n.peft_source = intern(&joined.join(":"), "NIM_PEFT_SOURCE")?;
-        }
-        if r.peft_refresh_interval != before.peft_refresh_interval {
-            n.peft_refresh_interval_ms = r
-                .peft_refresh_interval
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-        }
-        n.weight_dtype = match r.weight_format {
-            WeightFormat::F32 => lpx_weight_dtype::F32 as u32,
-            WeightFormat::BF16 => lpx_weight_dtype::Bf16 as u32,
-        };
-        n.threads = to_u32(r.threads, "LPX_THREADS")?;
-        n.max_num_seqs = to_u32(r.max_num_seqs, "LPX_MAX_NUM_SEQS")?;
-        n.max_batch_tokens = to_u32(r.max_batch_tokens, "LPX_MAX_BATCH_TOKENS")?;
-        n.max_model_len = to_u32(r.max_model_len, "LPX_MAX_MODEL_LEN")?;
-        n.kv_cache_bytes = r.kv_cache_bytes as u64;
-        n.memory_budget_bytes = r.memory_budget_bytes as u64;
-        n.max_queue = to_u32(r.max_queue, "LPX_MAX_QUEUE")?;
-        n.max_cpu_loras = to_u32(r.max_cpu_loras, "NIM_MAX_CPU_LORAS")?;
-        n.max_gpu_loras = to_u32(r.max_gpu_loras, "NIM_MAX_GPU_LORAS")?;
-        n.max_lora_rank = to_u32(r.max_lora_rank, "NIM_MAX_LORA_RANK")?;
+            intern(s, &format!("cfg->{field} from the environment"))
+        })?;
         // Write back only the caller's prefix (its struct_size bytes).
         let size = c.struct_size as usize;
         // SAFETY: `size` is a known layout size ≤ size_of::<lpx_engine_config>() (checked by
@@ -218,4 +256,55 @@ pub unsafe extern "C" fn lpx_engine_config_from_env(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_rust_defaults() {
+        let d = lpx_engine_config::defaults();
+        assert_eq!(
+            d.struct_size as usize,
+            std::mem::size_of::<lpx_engine_config>()
+        );
+        assert!(d.model.is_null() && d.served_model_name.is_null() && d.peft_source.is_null());
+        // SAFETY: device points to an interned string.
+        let dev = unsafe { std::ffi::CStr::from_ptr(d.device) };
+        assert_eq!(dev.to_str().unwrap(), "cpu");
+        // SAFETY: strings are NULL or interned.
+        let back = unsafe { to_rust(&d) }.unwrap();
+        assert_eq!(back, EngineConfig::new(""));
+    }
+
+    #[test]
+    fn every_field_round_trips() {
+        let mut r = EngineConfig::new("/m/model.gguf");
+        r.served_model_name = Some("served".into());
+        r.device = "cuda:1".into();
+        r.threads = 3;
+        r.weight_format = WeightFormat::BF16;
+        r.max_num_seqs = 5;
+        r.max_batch_tokens = 6;
+        r.max_model_len = 7;
+        r.kv_block_size = 8;
+        r.kv_cache_bytes = 9 << 33;
+        r.max_queue = 10;
+        r.memory_budget_bytes = 11 << 34;
+        r.peft_source = vec!["/a".into(), "/b".into()];
+        r.peft_refresh_interval = Some(Duration::from_millis(1500));
+        r.max_cpu_loras = 12;
+        r.max_gpu_loras = 4;
+        r.max_lora_rank = 13;
+        let c = from_rust(&r, intern).unwrap();
+        // SAFETY: strings are interned.
+        assert_eq!(unsafe { to_rust(&c) }.unwrap(), r);
+        assert_eq!(c.kv_cache_bytes, 9 << 33);
+        assert_eq!(c.peft_refresh_interval_ms, 1500);
+
+        r.max_queue = u32::MAX as usize + 1;
+        let e = from_rust(&r, intern).unwrap_err();
+        assert!(e.message().contains("max_queue"), "{e}");
+    }
 }

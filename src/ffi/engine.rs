@@ -9,11 +9,11 @@ use parking_lot::Mutex;
 
 use super::error::lpx_error;
 use super::guard::{ffi_guard, non_null, read_versioned, req_str};
-use super::output::{lpx_output, ResponseShape};
+use super::output::lpx_output;
 use super::types::{lpx_engine_config, lpx_request};
 use crate::engine::{Engine, Output, Prompt, RequestId};
 use crate::error::{Error, Result};
-use crate::openai::{parse_openai, ApiKind};
+use crate::openai::{parse_openai, ApiKind, ResponseShape};
 
 /// Per-request state the C layer keeps: the response shape and, for non-streamed
 /// `submit_json` requests, the deltas merged so far.
@@ -216,13 +216,7 @@ pub unsafe extern "C" fn lpx_engine_metrics_text(
 }
 
 impl lpx_engine {
-    fn submit_with(
-        &self,
-        req: crate::engine::Request,
-        kind: ApiKind,
-        stream: bool,
-        model: String,
-    ) -> Result<RequestId> {
+    fn submit_with(&self, req: crate::engine::Request, shape: ResponseShape) -> Result<RequestId> {
         // Hold the table lock across submit so that a poll racing with this submit finds the
         // entry as soon as the id exists.
         let mut pending = self.pending.lock();
@@ -230,12 +224,7 @@ impl lpx_engine {
         pending.insert(
             id,
             Pending {
-                shape: ResponseShape {
-                    kind,
-                    model: model.into(),
-                    created: now_secs(),
-                    stream,
-                },
+                shape,
                 merged: None,
             },
         );
@@ -273,7 +262,14 @@ pub unsafe extern "C" fn lpx_engine_submit(
             _ => ApiKind::Completion,
         };
         let model = r.model.clone().unwrap_or_else(|| e.engine.served_name());
-        let rid = e.submit_with(r, kind, true, model)?;
+        let shape = ResponseShape {
+            kind,
+            model: model.into(),
+            created: now_secs(),
+            stream: true,
+            include_usage: false,
+        };
+        let rid = e.submit_with(r, shape)?;
         // SAFETY: non-NULL and writable per the contract.
         unsafe { id.write_unaligned(rid) };
         Ok(())
@@ -284,9 +280,15 @@ pub unsafe extern "C" fn lpx_engine_submit(
 /// its id goes to `*id`. With `"stream": true` polls return deltas (`lpx_output_json` gives
 /// chunks); otherwise polls return nothing until the single, complete final output.
 ///
-/// Errors: as `lpx_engine_submit`, plus INVALID_ARGUMENT naming the JSON field at fault and
-/// UNSUPPORTED for `echo`, `best_of` > 1 or several prompts. On error `*id` is untouched.
-/// Thread-safe.
+/// Fields the engine does not honour are refused, not ignored: INVALID_ARGUMENT names every
+/// unknown field (`tools`, `response_format`, `logit_bias`, `suffix`...); `user` and
+/// `metadata` are accepted as harmless, and a few fields only at their do-nothing value (`n`
+/// = 1, `store` = false, `tools` = []...; see `loraplex::openai::parse_openai`).
+/// `"stream_options": {"include_usage": true}` is honoured (`lpx_output_usage_json`).
+///
+/// Errors: as `lpx_engine_submit`, plus INVALID_ARGUMENT naming the JSON field at fault (a
+/// negative `seed` among them) and UNSUPPORTED for `echo`, `best_of` > 1 or several prompts. On
+/// error `*id` is untouched. Thread-safe.
 ///
 /// # Safety
 /// `e` NULL or live; `openai_body` NULL or a NUL-terminated string; `id` NULL or writable.
@@ -303,7 +305,8 @@ pub unsafe extern "C" fn lpx_engine_submit_json(
         let body = unsafe { req_str(openai_body, "openai_body") }?;
         non_null(id, "id")?;
         let p = parse_openai(body, &e.engine.served_name())?;
-        let rid = e.submit_with(p.request, p.kind, p.stream, p.model)?;
+        let shape = ResponseShape::of(&p, now_secs());
+        let rid = e.submit_with(p.request, shape)?;
         // SAFETY: non-NULL and writable per the contract.
         unsafe { id.write_unaligned(rid) };
         Ok(())
@@ -379,6 +382,7 @@ impl lpx_engine {
                     model: self.engine.served_name().into(),
                     created: now_secs(),
                     stream: true,
+                    include_usage: false,
                 },
             };
             if o.is_final() {

@@ -34,7 +34,7 @@ pub use error::{lpx_error, lpx_error_code, lpx_error_free, lpx_error_message};
 pub use output::{
     lpx_output, lpx_output_error, lpx_output_finish_reason, lpx_output_free, lpx_output_is_final,
     lpx_output_json, lpx_output_logprobs, lpx_output_request_id, lpx_output_text,
-    lpx_output_text_len, lpx_output_token_ids, lpx_output_usage,
+    lpx_output_text_len, lpx_output_token_ids, lpx_output_usage, lpx_output_usage_json,
 };
 pub use request::lpx_request_init;
 pub use types::*;

@@ -12,17 +12,8 @@ use super::guard::{ffi_guard, non_null};
 use super::types::{lpx_finish_reason, lpx_token_logprob, lpx_top_logprob, lpx_usage};
 use crate::engine::{FinishReason, Output};
 use crate::error::Error;
-use crate::openai::{output_json, ApiKind};
+use crate::openai::{response_json, usage_chunk_json, ResponseShape};
 use crate::tokenizer::Tokenizer;
-
-/// How the request was asked for: the shape `lpx_output_json` produces.
-#[derive(Debug, Clone)]
-pub(crate) struct ResponseShape {
-    pub(crate) kind: ApiKind,
-    pub(crate) model: Arc<str>,
-    pub(crate) created: u64,
-    pub(crate) stream: bool,
-}
 
 /// A delta of a request's result (text, token ids, log-probabilities, usage, finish reason).
 /// Opaque, immutable, owned by the caller; free with `lpx_output_free`. Safe to read from any
@@ -245,11 +236,33 @@ pub unsafe extern "C" fn lpx_output_error(o: *const lpx_output) -> *const lpx_er
     } => std::ptr::null())
 }
 
+/// Shared body of the JSON getters: writes `f(o)` as an owned string to `*out` (NULL for `None`).
+///
+/// # Safety
+/// `o` NULL or a live output; `out` NULL or writable.
+unsafe fn json_out(
+    o: *const lpx_output,
+    out: *mut *mut c_char,
+    f: impl FnOnce(&lpx_output) -> Option<serde_json::Value>,
+) -> crate::error::Result<()> {
+    // SAFETY: NULL or live per the contract.
+    let o = unsafe { get(o) }.ok_or_else(|| super::guard::null_arg("o"))?;
+    non_null(out, "out")?;
+    let s = f(o).map_or(std::ptr::null_mut(), |v| {
+        super::engine::owned_c_string(v.to_string())
+    });
+    // SAFETY: non-NULL and writable per the contract.
+    unsafe { out.write_unaligned(s) };
+    Ok(())
+}
+
 /// The OpenAI-shaped JSON of this output, written to `*out` (free with `lpx_string_free`):
 /// for streamed requests (every `lpx_engine_submit` request, and `submit_json` bodies with
 /// `"stream": true`) a `text_completion` / `chat.completion.chunk` chunk — one SSE `data:`
 /// payload; for non-streamed `submit_json` requests the complete `text_completion` /
-/// `chat.completion` object. Final outputs carry `usage`; failed ones an `error` object.
+/// `chat.completion` object. Final outputs carry `usage` (with `stream_options.include_usage`
+/// every chunk carries `"usage": null` instead, and `lpx_output_usage_json` gives the usage
+/// chunk); failed ones an `error` object.
 ///
 /// Errors: INVALID_ARGUMENT for NULL `o` or `out` (`*out` untouched). Thread-safe.
 ///
@@ -260,24 +273,30 @@ pub unsafe extern "C" fn lpx_output_json(
     o: *const lpx_output,
     out: *mut *mut c_char,
 ) -> *mut lpx_error {
-    ffi_guard!({
-        non_null(o, "o")?;
-        non_null(out, "out")?;
-        // SAFETY: non-NULL and live per the contract.
-        let o = unsafe { &*o };
-        let v = output_json(
-            &o.out,
-            o.shape.kind,
-            &o.shape.model,
-            o.shape.created,
-            o.shape.stream,
-            Some(&o.tokenizer),
-        );
-        let s = super::engine::owned_c_string(v.to_string());
-        // SAFETY: non-NULL and writable per the contract.
-        unsafe { out.write_unaligned(s) };
-        Ok(())
+    // SAFETY: forwarded contract.
+    ffi_guard!(unsafe {
+        json_out(o, out, |o| {
+            Some(response_json(&o.out, &o.shape, Some(&o.tokenizer)))
+        })
     })
+}
+
+/// The usage chunk OpenAI streams after the last content chunk when the body asked for
+/// `"stream_options": {"include_usage": true}`: `choices` empty, `usage` set. Written to `*out`
+/// (free with `lpx_string_free`) for the final output of such a request — send it as one more
+/// SSE `data:` payload after `lpx_output_json`'s; `*out` = NULL for every other output.
+///
+/// Errors: INVALID_ARGUMENT for NULL `o` or `out` (`*out` untouched). Thread-safe.
+///
+/// # Safety
+/// `o` must be NULL or a live output; `out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn lpx_output_usage_json(
+    o: *const lpx_output,
+    out: *mut *mut c_char,
+) -> *mut lpx_error {
+    // SAFETY: forwarded contract.
+    ffi_guard!(unsafe { json_out(o, out, |o| usage_chunk_json(&o.out, &o.shape)) })
 }
 
 /// Frees an output. NULL is fine; every pointer borrowed from it becomes invalid.

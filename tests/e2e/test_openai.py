@@ -158,6 +158,41 @@ def main():
         assert "n" in e.response.json()["error"]["message"]
     _()
 
+    @check("JSON mode (response_format) -> 400 naming the field, not free text")
+    def _():
+        e = expect_error(openai.BadRequestError, 400,
+                         lambda: chat(args.base, response_format={"type": "json_object"}))
+        assert "response_format" in e.response.json()["error"]["message"], e.response.json()
+    _()
+
+    @check("tools, logit_bias, negative seed -> 400 naming each")
+    def _():
+        tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        for field, call in [
+            ("tools", lambda: chat(args.base, tools=[tool])),
+            ("logit_bias", lambda: completion(args.base, logit_bias={"1": 5})),
+            ("seed", lambda: completion(args.base, seed=-1)),
+        ]:
+            e = expect_error(openai.BadRequestError, 400, call)
+            assert field in e.response.json()["error"]["message"], (field, e.response.json())
+    _()
+
+    @check("harmless fields (user, metadata) are accepted")
+    def _():
+        r = completion(args.base, user="end-user-1", extra_body={"metadata": {"k": "v"}})
+        assert r.choices[0].text is not None
+    _()
+
+    @check("stream_options.include_usage: a final chunk with usage and no choices")
+    def _():
+        chunks = list(chat(args.base, stream=True, stream_options={"include_usage": True}))
+        last = chunks[-1]
+        assert last.choices == [] and last.usage is not None, last
+        assert last.usage.completion_tokens == results["chat_base"].usage.completion_tokens, last.usage
+        assert all(c.usage is None for c in chunks[:-1]), [c.usage for c in chunks[:-1]]
+        assert chunks[-2].choices[0].finish_reason in ("stop", "length"), chunks[-2]
+    _()
+
     if args.capacity_url:
         cap = openai.OpenAI(base_url=args.capacity_url, api_key="x", max_retries=0, timeout=60)
 

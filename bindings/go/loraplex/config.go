@@ -54,6 +54,10 @@ type Config struct {
 	MaxGPULoras uint32
 	// MaxLoraRank is the largest accepted LoRA rank (NIM_MAX_LORA_RANK).
 	MaxLoraRank uint32
+	// MemoryBudgetBytes is the total for weights, adapter caches, activations and KV cache
+	// (0 = no budget); with KVCacheBytes 0 the KV cache gets what is left
+	// (LPX_MEMORY_BUDGET_BYTES).
+	MemoryBudgetBytes uint64
 }
 
 func goStr(p *C.char) string {
@@ -82,6 +86,7 @@ func configFromC(c *C.lpx_engine_config) Config {
 		MaxCPULoras:         uint32(c.max_cpu_loras),
 		MaxGPULoras:         uint32(c.max_gpu_loras),
 		MaxLoraRank:         uint32(c.max_lora_rank),
+		MemoryBudgetBytes:   uint64(c.memory_budget_bytes),
 	}
 }
 
@@ -95,7 +100,8 @@ func DefaultConfig() Config {
 // ConfigFromEnv returns the defaults with the environment overrides applied
 // (lpx_engine_config_from_env: LPX_MODEL, LPX_SERVED_MODEL_NAME, LPX_DEVICE, LPX_THREADS,
 // LPX_WEIGHT_DTYPE, LPX_MAX_NUM_SEQS, LPX_MAX_BATCH_TOKENS, LPX_MAX_MODEL_LEN,
-// LPX_KV_CACHE_BYTES, LPX_MAX_QUEUE, NIM_PEFT_SOURCE, NIM_PEFT_REFRESH_INTERVAL,
+// LPX_KV_BLOCK_SIZE, LPX_KV_CACHE_BYTES, LPX_MEMORY_BUDGET_BYTES, LPX_MAX_QUEUE,
+// NIM_PEFT_SOURCE, NIM_PEFT_REFRESH_INTERVAL,
 // NIM_MAX_CPU_LORAS, NIM_MAX_GPU_LORAS, NIM_MAX_LORA_RANK). Set fields on the result to
 // override further. Errors: InvalidArgument naming a malformed variable.
 func ConfigFromEnv() (Config, error) {
@@ -141,9 +147,13 @@ func (cfg *Config) toC(a *cArena, c *C.lpx_engine_config) error {
 	setU32(&c.max_cpu_loras, cfg.MaxCPULoras)
 	setU32(&c.max_gpu_loras, cfg.MaxGPULoras)
 	setU32(&c.max_lora_rank, cfg.MaxLoraRank)
-	if cfg.KVCacheBytes != 0 {
-		c.kv_cache_bytes = C.uint64_t(cfg.KVCacheBytes)
+	setU64 := func(dst *C.uint64_t, v uint64) {
+		if v != 0 {
+			*dst = C.uint64_t(v)
+		}
 	}
+	setU64(&c.kv_cache_bytes, cfg.KVCacheBytes)
+	setU64(&c.memory_budget_bytes, cfg.MemoryBudgetBytes)
 	if cfg.PeftRefreshInterval < 0 {
 		return &Error{Code: CodeInvalidArgument, Message: "Config.PeftRefreshInterval is negative"}
 	}

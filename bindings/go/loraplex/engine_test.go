@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -41,6 +42,51 @@ func TestConfigDefaultsAndEnv(t *testing.T) {
 	_, err = ConfigFromEnv()
 	if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "NIM_MAX_CPU_LORAS") {
 		t.Fatalf("malformed NIM_MAX_CPU_LORAS: got %v, want INVALID_ARGUMENT naming it", err)
+	}
+}
+
+func TestConfigEveryFieldReadsBackThroughStats(t *testing.T) {
+	model, _ := testModel(t)
+	peft := t.TempDir()
+	// Every field non-zero and (but Device: "cpu" is the only device of a CPU build) non-default.
+	cfg := Config{
+		Model: model, ServedModelName: "go-served", Device: "cpu", Threads: 2,
+		WeightDType: WeightBF16, MaxNumSeqs: 5, MaxBatchTokens: 40, MaxModelLen: 100,
+		KVBlockSize: 8, KVCacheBytes: 1 << 20, MaxQueue: 77, PeftSource: peft,
+		PeftRefreshInterval: time.Minute, MaxCPULoras: 5, MaxGPULoras: 3, MaxLoraRank: 32,
+		MemoryBudgetBytes: 1 << 30,
+	}
+	v := reflect.ValueOf(cfg)
+	for i := 0; i < v.NumField(); i++ {
+		if v.Field(i).IsZero() {
+			t.Fatalf("Config.%s is not set by this test", v.Type().Field(i).Name)
+		}
+	}
+	e, err := NewEngine(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	raw, err := e.StatsJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stats struct {
+		Config map[string]any `json:"config"`
+	}
+	if err := json.Unmarshal(raw, &stats); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"model": model, "served_model_name": "go-served", "device": "cpu", "threads": 2.0,
+		"weight_dtype": "bf16", "max_num_seqs": 5.0, "max_batch_tokens": 40.0,
+		"max_model_len": 100.0, "kv_block_size": 8.0, "kv_cache_bytes": float64(1 << 20),
+		"max_queue": 77.0, "peft_source": []any{peft}, "peft_refresh_interval_ms": 60000.0,
+		"max_cpu_loras": 5.0, "max_gpu_loras": 3.0, "max_lora_rank": 32.0,
+		"memory_budget_bytes": float64(1 << 30),
+	}
+	if !reflect.DeepEqual(stats.Config, want) {
+		t.Fatalf("stats config\n got %v\nwant %v", stats.Config, want)
 	}
 }
 

@@ -190,7 +190,9 @@ func (o *Output) Err() (err error) {
 // how the request was submitted: a streaming chunk (text_completion / chat.completion.chunk:
 // one SSE data payload) for Submit requests and SubmitJSON bodies with "stream": true, the
 // complete text_completion / chat.completion object for non-streamed SubmitJSON bodies. Final
-// outputs carry "usage"; failed ones an "error" object. Errors: ErrClosed after Close.
+// outputs carry "usage" (with stream_options.include_usage every chunk carries "usage": null
+// instead, and UsageJSON gives the usage chunk); failed ones an "error" object. Errors:
+// ErrClosed after Close.
 func (o *Output) JSON() ([]byte, error) {
 	var out []byte
 	var err error
@@ -202,6 +204,25 @@ func (o *Output) JSON() ([]byte, error) {
 	})
 	if !ok {
 		return nil, fmt.Errorf("Output.JSON: %w", ErrClosed)
+	}
+	return out, err
+}
+
+// UsageJSON returns the usage chunk (empty "choices", the request's "usage") that OpenAI streams
+// last when a SubmitJSON body asked for "stream_options": {"include_usage": true}; send it as
+// one more SSE data payload after the final output's JSON (lpx_output_usage_json). It is nil
+// for every other output. Errors: ErrClosed after Close.
+func (o *Output) UsageJSON() ([]byte, error) {
+	var out []byte
+	var err error
+	ok := o.with(func(p *C.lpx_output) {
+		var s *C.char
+		if err = takeError(C.lpx_output_usage_json(p, &s)); err == nil && s != nil {
+			out = []byte(takeString(s))
+		}
+	})
+	if !ok {
+		return nil, fmt.Errorf("Output.UsageJSON: %w", ErrClosed)
 	}
 	return out, err
 }

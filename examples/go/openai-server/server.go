@@ -125,7 +125,8 @@ func (s *server) metrics(w http.ResponseWriter, r *http.Request) {
 }
 
 // checkBody enforces that the endpoint matches the body (completions take "prompt", chat takes
-// "messages") and returns its "stream" flag.
+// "messages") and returns its "stream" flag. Every other field is checked by the engine
+// (SubmitJSON), which refuses the ones it does not honour with INVALID_ARGUMENT (400).
 func checkBody(body []byte, chat bool) (stream bool, err error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body, &fields); err != nil {
@@ -206,8 +207,9 @@ func (s *server) whole(w http.ResponseWriter, r *http.Request, id uint64) {
 	}
 }
 
-// streamSSE writes every output's chunk as a Server-Sent Event, then "data: [DONE]". A write
-// failure or disconnect cancels the request.
+// streamSSE writes every output's chunk as a Server-Sent Event (and, when the body asked for
+// stream_options.include_usage, the usage chunk after the final one), then "data: [DONE]". A
+// write failure or disconnect cancels the request.
 func (s *server) streamSSE(w http.ResponseWriter, r *http.Request, id uint64) {
 	flusher, _ := w.(http.Flusher)
 	h := w.Header()
@@ -226,6 +228,16 @@ func (s *server) streamSSE(w http.ResponseWriter, r *http.Request, id uint64) {
 		}
 		if _, err := fmt.Fprintf(w, "data: %s\n\n", chunk); err != nil {
 			return err
+		}
+		// stream_options.include_usage: the usage chunk follows the final one.
+		usage, err := o.UsageJSON()
+		if err != nil {
+			return err
+		}
+		if usage != nil {
+			if _, err := fmt.Fprintf(w, "data: %s\n\n", usage); err != nil {
+				return err
+			}
 		}
 		if flusher != nil {
 			flusher.Flush()

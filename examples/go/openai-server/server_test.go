@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -176,5 +177,93 @@ func TestHTTPStreamAndDisconnect(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 404 {
 		t.Fatalf("unknown model: status %d", resp.StatusCode)
+	}
+}
+
+// postJSON posts body to path and returns the status and the response body.
+func postJSON(t *testing.T, url, body string) (int, string) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		b.WriteString(sc.Text())
+		b.WriteString("\n")
+	}
+	return resp.StatusCode, b.String()
+}
+
+func TestHTTPUnhonouredFieldsAreRefused(t *testing.T) {
+	ts, _ := testServer(t)
+	cases := []struct{ path, body, field string }{
+		{"/v1/chat/completions", `{"messages":[{"role":"user","content":"Hi"}],"response_format":{"type":"json_object"}}`, "response_format"},
+		{"/v1/chat/completions", `{"messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}`, "tools"},
+		{"/v1/completions", `{"prompt":"Hi","logit_bias":{"1":5}}`, "logit_bias"},
+		{"/v1/completions", `{"prompt":"Hi","suffix":"end"}`, "suffix"},
+		{"/v1/completions", `{"prompt":"Hi","seed":-3}`, "seed"},
+		{"/v1/completions", `{"prompt":"Hi","stream":true,"stream_options":{"continuous_usage_stats":true}}`, "stream_options.continuous_usage_stats"},
+	}
+	for _, c := range cases {
+		status, body := postJSON(t, ts.URL+c.path, c.body)
+		var e struct {
+			Error struct{ Message, Code string }
+		}
+		if err := json.Unmarshal([]byte(body), &e); err != nil {
+			t.Fatalf("%s: body %s: %v", c.body, body, err)
+		}
+		if status != 400 || e.Error.Code != "invalid_argument" || !strings.Contains(e.Error.Message, c.field) {
+			t.Errorf("%s: status %d, body %s; want 400 invalid_argument naming %q", c.body, status, body, c.field)
+		}
+	}
+	// Harmless fields are accepted.
+	status, body := postJSON(t, ts.URL+"/v1/completions", `{"prompt":"Hi","max_tokens":2,"user":"u1","metadata":{"k":"v"},"n":1}`)
+	if status != 200 {
+		t.Fatalf("harmless fields: status %d, body %s", status, body)
+	}
+}
+
+func TestHTTPStreamIncludeUsage(t *testing.T) {
+	ts, _ := testServer(t)
+	for _, include := range []bool{true, false} {
+		body := fmt.Sprintf(`{"prompt":"Hi","max_tokens":3,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":%v}}`, include)
+		status, text := postJSON(t, ts.URL+"/v1/completions", body)
+		var events []string
+		for _, line := range strings.Split(text, "\n") {
+			if strings.HasPrefix(line, "data: ") {
+				events = append(events, strings.TrimPrefix(line, "data: "))
+			}
+		}
+		if status != 200 || len(events) < 3 || events[len(events)-1] != "[DONE]" {
+			t.Fatalf("include_usage=%v: status %d, events %q", include, status, events)
+		}
+		var last struct {
+			Choices []any
+			Usage   *struct {
+				CompletionTokens int `json:"completion_tokens"`
+			}
+		}
+		if err := json.Unmarshal([]byte(events[len(events)-2]), &last); err != nil {
+			t.Fatal(err)
+		}
+		gotUsageChunk := len(last.Choices) == 0 && last.Usage != nil && last.Usage.CompletionTokens == 3
+		if gotUsageChunk != include {
+			t.Errorf("include_usage=%v: last chunk %s", include, events[len(events)-2])
+		}
+		if include {
+			// Every content chunk carries "usage": null.
+			for _, ev := range events[:len(events)-2] {
+				var c map[string]any
+				if err := json.Unmarshal([]byte(ev), &c); err != nil {
+					t.Fatal(err)
+				}
+				if u, ok := c["usage"]; !ok || u != nil {
+					t.Errorf("content chunk %s: want \"usage\": null", ev)
+				}
+			}
+		}
 	}
 }
