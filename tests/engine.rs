@@ -10,6 +10,7 @@ use loraplex::engine::{Engine, FinishReason, Prompt, Request};
 use loraplex::sampling::SamplingParams;
 use loraplex::tokenizer::ChatMessage;
 use loraplex::ErrorCode;
+use serde_json::json;
 
 fn tiny_engine(dir: &std::path::Path, tweak: impl FnOnce(&mut EngineConfig)) -> Engine {
     common::write_tiny_model(dir, common::TinySpec::default());
@@ -57,6 +58,12 @@ fn batch_of_8_starting_at_different_times_matches_alone() {
         "steps run one request at a time"
     );
     assert_eq!((st.max_step_seqs, st.max_step_rows), (1, 24));
+    let step = engine.stats_json()["step"].clone();
+    assert_eq!(
+        (&step["max_seqs"], &step["max_rows"], &step["last_rows"]),
+        (&json!(1), &json!(24), &json!(1)),
+        "stats JSON reports the step sizes: {step}"
+    );
     assert_eq!(
         (st.last_step_seqs, st.last_step_rows),
         (1, 1),

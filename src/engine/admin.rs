@@ -186,6 +186,14 @@ impl Engine {
             "config": config_json(self.config()),
             "requests": {"running": s.running, "waiting": s.waiting},
             "steps": s.steps,
+            // Rows (decode tokens plus prefill chunk tokens) and sequences per step: requests in
+            // flight together shared a step when `max_seqs` reaches their number.
+            "step": {
+                "last_rows": s.last_step_rows,
+                "last_seqs": s.last_step_seqs,
+                "max_rows": s.max_step_rows,
+                "max_seqs": s.max_step_seqs,
+            },
             "memory": plan,
             "kv_cache": {
                 "block_size": s.kv_block_size,
