@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod kv;
+pub mod lora_target;
 pub mod model;
 pub mod openai;
 pub mod sampling;

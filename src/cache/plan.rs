@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::adapters::ModelShape;
-use crate::backend::LoraTarget;
+use crate::lora_target::LoraTarget;
 
 /// Bytes per component, as planned at engine start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
