@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use super::weight::CpuWeight;
 use super::CpuBackend;
 use crate::backend::reference::rope_ok;
+use crate::backend::{RopeArgs, View, ViewMut};
 
 fn fill_nan(buf: &mut [f32]) {
     buf.iter_mut().for_each(|v| *v = f32::NAN);
@@ -55,41 +56,24 @@ pub(crate) fn rms_norm(x: &[f32], w: &[f32], rows: usize, dim: usize, eps: f32, 
 
 /// See [`crate::backend::Backend::rope`]. `cos`/`sin` are computed once per (row, frequency)
 /// and applied to every head of the row.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn rope(
-    x: &mut [f32],
-    rows: usize,
-    stride: usize,
-    col0: usize,
-    n_heads: usize,
-    head_dim: usize,
-    row_pos: &[u32],
-    inv_freq: &[f32],
-) {
-    if !rope_ok(
-        x.len(),
-        rows,
-        stride,
-        col0,
-        n_heads,
-        head_dim,
-        row_pos,
-        inv_freq,
-    ) {
+pub(crate) fn rope(x: ViewMut<'_, [f32]>, a: &RopeArgs<'_>) {
+    let (rows, stride, col0) = (x.rows, x.stride, x.col);
+    let x = x.buf;
+    if !rope_ok(&View::new(&*x, rows, stride, col0), a) {
         return fill_nan(x);
     }
-    let half = head_dim / 2;
+    let (head_dim, half) = (a.head_dim, a.head_dim / 2);
     if half == 0 || stride == 0 {
         return;
     }
     let mut cos = vec![0f32; half];
     let mut sin = vec![0f32; half];
-    for (row, &pos) in x.chunks_exact_mut(stride).zip(row_pos).take(rows) {
-        for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(inv_freq) {
-            let a = pos as f32 * f;
-            (*s, *c) = a.sin_cos();
+    for (row, &pos) in x.chunks_exact_mut(stride).zip(a.row_pos).take(rows) {
+        for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(a.inv_freq) {
+            let ang = pos as f32 * f;
+            (*s, *c) = ang.sin_cos();
         }
-        let heads = &mut row[col0..col0 + n_heads * head_dim];
+        let heads = &mut row[col0..col0 + a.n_heads * head_dim];
         for head in heads.chunks_exact_mut(head_dim) {
             let (lo, hi) = head.split_at_mut(half);
             for (((x1, x2), &c), &s) in lo.iter_mut().zip(hi.iter_mut()).zip(&cos).zip(&sin) {
