@@ -5,6 +5,7 @@
 //! [`engine::Engine`]; the C ABI lives in `ffi` (see `include/loraplex.h`).
 
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod adapters;
 pub mod backend;

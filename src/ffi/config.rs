@@ -66,12 +66,14 @@ fn intern(s: &str, var: &str) -> Result<*const c_char> {
 /// # Safety
 /// The string pointers of `c` must be NULL or NUL-terminated strings valid for the call.
 pub(crate) unsafe fn to_rust(c: &lpx_engine_config) -> Result<EngineConfig> {
-    // SAFETY (all opt_str calls): pointers come from the caller's config, valid per contract.
+    // SAFETY: `c.model` is NULL or a NUL-terminated string valid for the call (our contract).
     let model = unsafe { opt_str(c.model, "cfg->model") }?.unwrap_or("");
     let mut r = EngineConfig::new(model);
+    // SAFETY: as above, for `c.served_model_name`.
     r.served_model_name = unsafe { opt_str(c.served_model_name, "cfg->served_model_name") }?
         .filter(|s| !s.is_empty())
         .map(str::to_string);
+    // SAFETY: as above, for `c.device`.
     if let Some(d) = unsafe { opt_str(c.device, "cfg->device") }?.filter(|s| !s.is_empty()) {
         r.device = d.to_string();
     }
@@ -102,6 +104,7 @@ pub(crate) unsafe fn to_rust(c: &lpx_engine_config) -> Result<EngineConfig> {
             c.memory_budget_bytes
         ))
     })?;
+    // SAFETY: as above, for `c.peft_source`.
     r.peft_source = unsafe { opt_str(c.peft_source, "cfg->peft_source") }?
         .unwrap_or("")
         .split(':')
