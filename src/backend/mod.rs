@@ -128,8 +128,8 @@ pub trait Backend: Send {
     );
     /// Rotary embedding, HF "rotate_half" convention, in place on the view `x`: for each row
     /// `t < x.rows` and each head `h < a.n_heads` (columns `x.col + h*head_dim ..` of the row), for
-    /// `i in 0..head_dim/2`, with `a = row_pos[t] * inv_freq[i]`:
-    /// `(x1, x2) = (x[i], x[i + half])`; `x[i] = x1*cos a - x2*sin a`; `x[i+half] = x2*cos a + x1*sin a`.
+    /// `i in 0..head_dim/2`, with `θ = row_pos[t] * inv_freq[i]` (f32 product):
+    /// `(x1, x2) = (x[i], x[i + half])`; `x[i] = x1*cos θ - x2*sin θ`; `x[i+half] = x2*cos θ + x1*sin θ`.
     /// When the heads do not fit the view's stride or buffer, `row_pos`/`inv_freq` are short or
     /// `head_dim` is odd, the whole buffer becomes NaN.
     fn rope(&self, x: ViewMut<'_, Self::Buf>, a: &RopeArgs<'_>);

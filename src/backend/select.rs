@@ -5,10 +5,10 @@
 //! backend compiled into this build, which implements [`Backend`] by dispatching every op to
 //! the chosen backend. Its buffers, weights, KV cache and adapter arena are enums of the same
 //! shape, so the engine, the worker and the model are written once against `DeviceBackend`
-//! whatever the device. Today the only variant is the CPU backend; the CUDA backend
-//! (`backend/cuda/`, feature `cuda`) adds a variant to each enum, and a value of one backend
-//! handed to an op of another is then a programming error that the op answers like a shape
-//! mismatch (NaN output, nothing written).
+//! whatever the device. Today the only variant is the CPU backend. The CUDA backend
+//! (`backend/cuda/`, feature `cuda`, DESIGN.md 4) adds a variant to each enum and an arm to each
+//! `match` below; a value of one backend handed to an op of another is a programming error that
+//! the ops must then answer like a shape mismatch (NaN output, nothing written), never a panic.
 
 use std::sync::Arc;
 

@@ -108,9 +108,9 @@ const PF_HINT: i32 = _MM_HINT_T0;
 
 /// The body of `block` / `block_wide` (they differ in target features and tile sizes).
 macro_rules! block_body {
-    ($x:ident, $rows:ident, $kp:ident, $w:ident, $o0:ident, $n:ident, $yt:ident, $rb:ident,
-     $mxmax:expr, $pick:expr, [$($sz:literal),*]) => {{
-        let (x, rows, kp, w, o0, n, yt, rb) = ($x, $rows, $kp, $w, $o0, $n, $yt, $rb);
+    ($p:ident, $yt:ident, $mxmax:expr, $pick:expr, [$($sz:literal),*]) => {{
+        let Panels { x, rows, kp, w, o0, n, rb } = *$p;
+        let yt = $yt;
         let ok = kp % 8 == 0
             && o0 % NW == 0
             && matches!(rows.checked_mul(kp), Some(l) if l <= x.len())
@@ -254,28 +254,7 @@ macro_rules! weight_kernels {
             /// `* kp` (whole panels); the function checks these and returns if they fail.
             #[target_feature(enable = "avx2,fma")]
             pub(crate) unsafe fn block(p: &Panels<'_, $t>, yt: &mut [f32]) {
-                let Panels {
-                    x,
-                    rows,
-                    kp,
-                    w,
-                    o0,
-                    n,
-                    rb,
-                } = *p;
-                block_body!(
-                    x,
-                    rows,
-                    kp,
-                    w,
-                    o0,
-                    n,
-                    yt,
-                    rb,
-                    MX,
-                    |m: usize| m.min(MX),
-                    [3, 2, 1]
-                );
+                block_body!(p, yt, MX, |m: usize| m.min(MX), [3, 2, 1]);
             }
 
             /// [`block`] with AVX-512VL's 32 vector registers: tiles of up to [`MX_WIDE`] rows
@@ -286,28 +265,7 @@ macro_rules! weight_kernels {
             /// AVX2, FMA, AVX-512F and AVX-512VL must be available; otherwise as [`block`].
             #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
             pub(crate) unsafe fn block_wide(p: &Panels<'_, $t>, yt: &mut [f32]) {
-                let Panels {
-                    x,
-                    rows,
-                    kp,
-                    w,
-                    o0,
-                    n,
-                    rb,
-                } = *p;
-                block_body!(
-                    x,
-                    rows,
-                    kp,
-                    w,
-                    o0,
-                    n,
-                    yt,
-                    rb,
-                    MX_WIDE,
-                    wide_tile_rows,
-                    [6, 5, 4, 3, 2, 1]
-                );
+                block_body!(p, yt, MX_WIDE, wide_tile_rows, [6, 5, 4, 3, 2, 1]);
             }
         }
     };
