@@ -119,8 +119,29 @@ pub(crate) fn rope_ok(x: &View<'_, [f32]>, a: &RopeArgs<'_>) -> bool {
         && a.inv_freq.len() >= a.head_dim / 2
 }
 
-fn fill_nan(buf: &mut [f32]) {
+/// Sets every value of `buf` to NaN (how ops mark an output they cannot compute).
+pub(crate) fn fill_nan(buf: &mut [f32]) {
     buf.iter_mut().for_each(|v| *v = f32::NAN);
+}
+
+/// [`Backend::gather_rows`] for host buffers (shared by the reference and CPU backends): an
+/// out-of-range row index yields a NaN row; `out` shorter than `rows.len() * dim` becomes NaN.
+pub(crate) fn gather_rows(x: &[f32], dim: usize, rows: &[u32], out: &mut [f32]) {
+    if !matches!(rows.len().checked_mul(dim), Some(n) if n <= out.len()) {
+        return fill_nan(out);
+    }
+    if dim == 0 {
+        return;
+    }
+    for (dst, &r) in out.chunks_exact_mut(dim).zip(rows) {
+        let src = (r as usize)
+            .checked_mul(dim)
+            .and_then(|s| x.get(s..s.checked_add(dim)?));
+        match src {
+            Some(src) => dst.copy_from_slice(src),
+            None => fill_nan(dst),
+        }
+    }
 }
 
 impl Backend for ReferenceBackend {
@@ -346,17 +367,7 @@ impl Backend for ReferenceBackend {
     }
 
     fn gather_rows(&self, x: &Vec<f32>, dim: usize, rows: &[u32], out: &mut Vec<f32>) {
-        if !matches!(rows.len().checked_mul(dim), Some(n) if n <= out.len()) {
-            return fill_nan(out);
-        }
-        for (k, &r) in rows.iter().enumerate() {
-            let dst = &mut out[k * dim..(k + 1) * dim];
-            let start = (r as usize).checked_mul(dim);
-            match start.and_then(|s| x.get(s..s.checked_add(dim)?)) {
-                Some(src) => dst.copy_from_slice(src),
-                None => fill_nan(dst),
-            }
-        }
+        gather_rows(x, dim, rows, out);
     }
 
     fn alloc_lora_stack(&self, geom: super::LoraStackGeometry) -> Result<Self::LoraStack> {

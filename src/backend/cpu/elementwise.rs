@@ -1,4 +1,5 @@
-//! Row-wise and element-wise ops: rms_norm, rope, silu_mul, add, and the row gathers.
+//! Row-wise and element-wise ops: rms_norm, rope, silu_mul, add, and the embedding gather
+//! (`gather_rows` is the reference's, shared).
 //!
 //! These are memory-light next to matmul and attention, so most run on the calling thread with
 //! loops the compiler vectorises; `silu_mul` (an `exp` per element) is vectorised explicitly
@@ -8,12 +9,8 @@ use rayon::prelude::*;
 
 use super::weight::CpuWeight;
 use super::CpuBackend;
-use crate::backend::reference::rope_ok;
+use crate::backend::reference::{fill_nan, rope_ok};
 use crate::backend::{RopeArgs, View, ViewMut};
-
-fn fill_nan(buf: &mut [f32]) {
-    buf.iter_mut().for_each(|v| *v = f32::NAN);
-}
 
 /// Sum of squares with 8 lane-wise partial sums (fixed order).
 fn sum_sq(x: &[f32]) -> f32 {
@@ -177,25 +174,6 @@ pub(crate) fn add(acc: &mut [f32], x: &[f32], len: usize) {
     }
     for (a, &b) in acc[..len].iter_mut().zip(&x[..len]) {
         *a += b;
-    }
-}
-
-/// See [`crate::backend::Backend::gather_rows`]; an out-of-range row index yields a NaN row.
-pub(crate) fn gather_rows(x: &[f32], dim: usize, rows: &[u32], out: &mut [f32]) {
-    if !matches!(rows.len().checked_mul(dim), Some(n) if n <= out.len()) {
-        return fill_nan(out);
-    }
-    if dim == 0 {
-        return;
-    }
-    for (dst, &r) in out.chunks_exact_mut(dim).zip(rows) {
-        let src = (r as usize)
-            .checked_mul(dim)
-            .and_then(|s| x.get(s..s.checked_add(dim)?));
-        match src {
-            Some(src) => dst.copy_from_slice(src),
-            None => fill_nan(dst),
-        }
     }
 }
 

@@ -190,7 +190,7 @@ impl Backend for CpuBackend {
     }
 
     fn gather_rows(&self, x: &Vec<f32>, dim: usize, rows: &[u32], out: &mut Vec<f32>) {
-        elementwise::gather_rows(x, dim, rows, out);
+        super::reference::gather_rows(x, dim, rows, out);
     }
 
     fn alloc_lora_stack(&self, geom: super::LoraStackGeometry) -> Result<Self::LoraStack> {
