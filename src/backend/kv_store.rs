@@ -100,21 +100,31 @@ impl KvStore {
     }
 }
 
-/// The cache slots of positions `0..n` of a sequence with block table `table`, in position
-/// order: `(position, slot)`. Stops early when the table has fewer than `n.div_ceil(bs)` blocks
-/// (callers check the table with [`attn_row`] first).
+/// The cache slots of positions `0..n` of a sequence with block table `table`, block by block:
+/// `(first position, first slot, count)` for each block the positions touch (position
+/// `p0 + i` is at slot `s0 + i` for `i < count`). Stops early when the table has fewer than
+/// `n.div_ceil(bs)` blocks (callers check the table with [`attn_row`] first).
 #[inline(always)]
-pub(crate) fn positions(
+pub(crate) fn block_runs(
     table: &[u32],
     n: usize,
     bs: usize,
-) -> impl Iterator<Item = (usize, usize)> + '_ {
+) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
     table
         .iter()
         .enumerate()
         .map(move |(b, &blk)| (b * bs, blk as usize * bs))
         .take_while(move |&(p0, _)| p0 < n)
-        .flat_map(move |(p0, s0)| (0..bs.min(n - p0)).map(move |off| (p0 + off, s0 + off)))
+        .map(move |(p0, s0)| (p0, s0, bs.min(n - p0)))
+}
+
+/// [`block_runs`] one position at a time: `(position, slot)` in position order.
+pub(crate) fn positions(
+    table: &[u32],
+    n: usize,
+    bs: usize,
+) -> impl Iterator<Item = (usize, usize)> + '_ {
+    block_runs(table, n, bs).flat_map(|(p0, s0, cnt)| (0..cnt).map(move |i| (p0 + i, s0 + i)))
 }
 
 /// Checks a row's attention metadata: `Some((block table, pos))` when every position

@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use super::{CpuBackend, CpuKvCache};
-use crate::backend::kv_store::{attn_row, attn_shapes, positions};
+use crate::backend::kv_store::{attn_row, attn_shapes, block_runs};
 use crate::backend::AttentionArgs;
 
 /// 8-lane dot product with a fixed summation order.
@@ -106,26 +106,29 @@ unsafe fn unit<const SIMD: bool>(
     scores.resize(group * n, 0.0);
     let koff = g * hd;
     let q = &q_row[g * group * hd..(g + 1) * group * hd];
-    for (p, slot) in positions(table, n, d.bs) {
-        let k = kc.get(slot * d.kv_dim + koff..slot * d.kv_dim + koff + hd);
-        for (qi, qh) in q.chunks_exact(hd).enumerate() {
-            scores[qi * n + p] = match k {
-                Some(k) => {
-                    #[cfg(target_arch = "x86_64")]
-                    if SIMD {
-                        // SAFETY: the caller guarantees AVX2/FMA when SIMD is set, which is all
-                        // `dot_mul_add` requires (it bounds-checks its slices).
-                        unsafe { super::simd::dot_mul_add(qh, k) * d.scale }
-                    } else {
-                        dot(qh, k) * d.scale
+    for (p0, s0, cnt) in block_runs(table, n, d.bs) {
+        for off in 0..cnt {
+            let (p, slot) = (p0 + off, s0 + off);
+            let k = kc.get(slot * d.kv_dim + koff..slot * d.kv_dim + koff + hd);
+            for (qi, qh) in q.chunks_exact(hd).enumerate() {
+                scores[qi * n + p] = match k {
+                    Some(k) => {
+                        #[cfg(target_arch = "x86_64")]
+                        if SIMD {
+                            // SAFETY: the caller guarantees AVX2/FMA when SIMD is set, which is
+                            // all `dot_mul_add` requires (it bounds-checks its slices).
+                            unsafe { super::simd::dot_mul_add(qh, k) * d.scale }
+                        } else {
+                            dot(qh, k) * d.scale
+                        }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        {
+                            dot(qh, k) * d.scale
+                        }
                     }
-                    #[cfg(not(target_arch = "x86_64"))]
-                    {
-                        dot(qh, k) * d.scale
-                    }
-                }
-                None => f32::NAN,
-            };
+                    None => f32::NAN,
+                };
+            }
         }
     }
     let mut inv_z = [0f32; 64];
@@ -145,14 +148,17 @@ unsafe fn unit<const SIMD: bool>(
         *iz = 1.0 / z;
     }
     out.fill(0.0);
-    for (p, slot) in positions(table, n, d.bs) {
-        let Some(v) = vc.get(slot * d.kv_dim + koff..slot * d.kv_dim + koff + hd) else {
-            continue;
-        };
-        for (qi, o) in out.chunks_exact_mut(hd).enumerate() {
-            let wgt = scores[qi * n + p];
-            for (o, &vv) in o.iter_mut().zip(v) {
-                *o += wgt * vv;
+    for (p0, s0, cnt) in block_runs(table, n, d.bs) {
+        for off in 0..cnt {
+            let (p, slot) = (p0 + off, s0 + off);
+            let Some(v) = vc.get(slot * d.kv_dim + koff..slot * d.kv_dim + koff + hd) else {
+                continue;
+            };
+            for (qi, o) in out.chunks_exact_mut(hd).enumerate() {
+                let wgt = scores[qi * n + p];
+                for (o, &vv) in o.iter_mut().zip(v) {
+                    *o += wgt * vv;
+                }
             }
         }
     }
