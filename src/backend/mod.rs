@@ -2,12 +2,12 @@
 //!
 //! A backend owns its buffers ([`Backend::Buf`] for f32 activations, [`Backend::Weight`] for
 //! packed weight matrices, [`Backend::KvCache`] for the paged KV cache). Every op's doc comment
-//! states its semantics as a loop; [`reference`] implements exactly that loop in scalar code and
+//! states its semantics as a loop; [`reference`](mod@reference) implements exactly that loop in scalar code and
 //! tests compare every fast implementation against it. All buffers are row-major; ops that read
 //! or write column ranges of rows take strided [`View`]s, and ops with more than a few
 //! parameters take an argument struct ([`op_args`]).
 //!
-//! The engine chooses its backend in one place, [`select`], from the configured device.
+//! The engine chooses its backend in one place, [`select()`], from the configured device.
 //!
 //! Threading: a backend is used by one thread at a time (the engine's worker); it may use a thread
 //! pool internally. Backends know nothing of requests or adapter names.

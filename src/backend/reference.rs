@@ -8,7 +8,7 @@
 //! Ops cannot return errors (the trait's op methods return `()`); the engine sizes every buffer.
 //! When a buffer is too short or metadata points outside the cache, an op never panics: it fills
 //! the affected output with NaN (or, for `kv_write`, skips the offending row) so that the mistake
-//! is visible downstream. The helpers [`matmul_shapes_ok`] and friends state these checks once.
+//! is visible downstream. The helpers `matmul_shapes_ok` and friends state these checks once.
 
 // The loops index exactly like the op docs; iterator rewrites would obscure the spec.
 #![allow(clippy::needless_range_loop)]

@@ -102,7 +102,7 @@ pub struct Engine {
 
 impl Engine {
     /// Loads the model named by `cfg.model` and starts the worker on the backend chosen from
-    /// `cfg.device` ([`crate::backend::select`]). Errors: INVALID_ARGUMENT for a bad config or
+    /// `cfg.device` ([`crate::backend::select()`]). Errors: INVALID_ARGUMENT for a bad config or
     /// device string, IO / INVALID_MODEL / UNSUPPORTED for the model, UNSUPPORTED for `cuda:N`
     /// devices in a build without CUDA.
     pub fn new(cfg: EngineConfig) -> Result<Self> {
