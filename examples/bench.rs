@@ -179,13 +179,8 @@ fn lora_section(
         eprintln!("[lora] cold load {label}: {:.1} ms", best * 1e3);
         cold.insert(label.into(), json!(best * 1e3));
     }
-    // Host -> device slot upload, best of 5.
-    let pool = std::sync::Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()?,
-    );
-    let backend = loraplex::backend::cpu::CpuBackend::new(pool);
+    // Host -> device slot upload into the engine's backend for the device, best of 5.
+    let backend = loraplex::backend::select("cpu", threads)?;
     let mut stack = backend.alloc_lora_stack(LoraStackGeometry {
         num_slots: 1,
         max_rank: 16,

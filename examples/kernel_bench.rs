@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use loraplex::backend::cpu::CpuBackend;
 use loraplex::backend::{
-    AttnMeta, Backend, KvGeometry, LoraBatch, LoraStackGeometry, LoraTarget, LoraWeights,
-    WeightFormat,
+    AttentionArgs, AttnMeta, Backend, KvGeometry, KvWriteArgs, LoraArgs, LoraBatch,
+    LoraStackGeometry, LoraTarget, LoraWeights, RopeArgs, View, ViewMut, WeightFormat,
 };
 use loraplex::tensor::HostTensor;
 use rand::{Rng, SeedableRng};
@@ -175,23 +175,25 @@ fn attention(pools: &[Arc<rayon::ThreadPool>]) {
                 .map(|_| rng.gen_range(-1f32..1.0))
                 .collect();
             let all_slots: Vec<u32> = (0..(geom.num_blocks * bs) as u32).collect();
-            be.kv_write(
-                &mut cache,
-                0,
-                &fill,
-                all_slots.len(),
-                stride,
-                nh * hd,
-                (nh + nkv) * hd,
-                &all_slots,
-            );
+            let n = all_slots.len();
+            let write = KvWriteArgs {
+                layer: 0,
+                k: View::new(&fill, n, stride, nh * hd),
+                v: View::new(&fill, n, stride, (nh + nkv) * hd),
+                slot_mapping: &all_slots,
+            };
+            be.kv_write(&mut cache, write);
+            let args = AttentionArgs {
+                q: View::new(&qkv, rows, stride, 0),
+                n_heads: nh,
+                cache: &cache,
+                layer: 0,
+                meta,
+            };
             let (secs, cpu) = time_cpu(Duration::from_millis(300), || {
-                be.attention_paged(&qkv, rows, stride, nh, &cache, 0, &meta, &mut out)
+                be.attention_paged(args, &mut out)
             });
-            let best = best_of(
-                || be.attention_paged(&qkv, rows, stride, nh, &cache, 0, &meta, &mut out),
-                3,
-            );
+            let best = best_of(|| be.attention_paged(args, &mut out), 3);
             println!(
                 "attention {label}, {} thr: {:.3} ms/layer (best of 5: {:.3} ms; KV read {:.1} GB/s; {:.3} cpu-ms)",
                 pool.current_num_threads(),
@@ -246,8 +248,14 @@ fn elementwise(pool: &Arc<rayon::ThreadPool>) {
         );
         let t_rope = best_of(
             || {
-                be.rope(&mut qkv, rows, stride, 0, 9, hd, &pos, &inv_freq);
-                be.rope(&mut qkv, rows, stride, 9 * hd, 3, hd, &pos, &inv_freq);
+                let heads = |n_heads| RopeArgs {
+                    n_heads,
+                    head_dim: hd,
+                    row_pos: &pos,
+                    inv_freq: &inv_freq,
+                };
+                be.rope(ViewMut::new(&mut qkv, rows, stride, 0), &heads(9));
+                be.rope(ViewMut::new(&mut qkv, rows, stride, 9 * hd), &heads(3));
             },
             reps,
         );
@@ -443,8 +451,18 @@ fn lora(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
                 let batch = LoraBatch {
                     token_slot: (0..rows).map(|r| (r % slots) as i32).collect(),
                 };
+                let args = LoraArgs {
+                    batch: &batch,
+                    stack: &stack,
+                    layer: 0,
+                    target: t,
+                };
                 let (lw, lc) = time_cpu(min, || {
-                    be.lora_apply(&x, inp, 0, &mut y, out, 0, rows, &batch, &stack, 0, t)
+                    let (xv, yv) = (
+                        View::new(&x, rows, inp, 0),
+                        ViewMut::new(&mut y, rows, out, 0),
+                    );
+                    be.lora_apply(xv, yv, &args)
                 });
                 let (bw, bc) = time_cpu(min, || be.matmul(&x, rows, &w, &mut y));
                 let lf = 2.0 * (rows * rank * (inp + out)) as f64;
@@ -503,7 +521,14 @@ fn lora(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
                     for l in 0..layers {
                         for t in LoraTarget::ALL {
                             let (inp, out) = LORA_DIMS[t.index()];
-                            be.lora_apply(&x, inp, 0, &mut y, out, 0, rows, &batch, &stack, l, t);
+                            let args = LoraArgs {
+                                batch: &batch,
+                                stack: &stack,
+                                layer: l,
+                                target: t,
+                            };
+                            let xv = View::new(&x, rows, inp, 0);
+                            be.lora_apply(xv, ViewMut::new(&mut y, rows, out, 0), &args);
                         }
                     }
                 });

@@ -5,6 +5,7 @@
 //! [`engine::Engine`]; the C ABI lives in `ffi` (see `include/loraplex.h`).
 
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod adapters;
 pub mod backend;
@@ -14,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod kv;
+pub mod lora_target;
 pub mod model;
 pub mod openai;
 pub mod sampling;

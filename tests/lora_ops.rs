@@ -11,7 +11,8 @@ use std::sync::Arc;
 use loraplex::backend::cpu::CpuBackend;
 use loraplex::backend::reference::ReferenceBackend;
 use loraplex::backend::{
-    Backend, LoraBatch, LoraSlotData, LoraStackGeometry, LoraTarget, LoraWeights,
+    Backend, LoraArgs, LoraBatch, LoraSlotData, LoraStackGeometry, LoraTarget, LoraWeights, View,
+    ViewMut,
 };
 use loraplex::error::ErrorCode;
 use rand::{Rng, SeedableRng};
@@ -140,32 +141,29 @@ fn rand_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(-1f32..1.0)).collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One `lora_apply` call: `rows` rows of `x` into a copy of `y0`, at the model's layout for
+/// target `t` of `layer`.
 fn apply<B: Backend<Buf = Vec<f32>>>(
     be: &B,
     stack: &B::LoraStack,
-    x: &[f32],
-    y0: &[f32],
-    rows: usize,
+    (x, y0, rows): (&[f32], &[f32], usize),
     batch: &LoraBatch,
     layer: usize,
     t: LoraTarget,
     geom: &LoraStackGeometry,
 ) -> Vec<f32> {
     let (xs, xc, ys, yc) = layout(geom, t);
-    let mut y = y0.to_vec();
-    be.lora_apply(
-        &x.to_vec(),
-        xs,
-        xc,
-        &mut y,
-        ys,
-        yc,
-        rows,
+    let (x, mut y) = (x.to_vec(), y0.to_vec());
+    let args = LoraArgs {
         batch,
         stack,
         layer,
-        t,
+        target: t,
+    };
+    be.lora_apply(
+        View::new(&x, rows, xs, xc),
+        ViewMut::new(&mut y, rows, ys, yc),
+        &args,
     );
     y
 }
@@ -241,11 +239,11 @@ fn compare_with_reference(geom: LoraStackGeometry, cpu: &CpuBackend, label: &str
                 let (xs, _, ys, _) = layout(&geom, t);
                 let x = rand_vec(&mut rng, rows * xs);
                 let y0 = rand_vec(&mut rng, rows * ys);
-                let want = apply(&r, &rs, &x, &y0, rows, &batch, layer, t, &geom);
-                let got = apply(cpu, &cs, &x, &y0, rows, &batch, layer, t, &geom);
+                let want = apply(&r, &rs, (&x, &y0, rows), &batch, layer, t, &geom);
+                let got = apply(cpu, &cs, (&x, &y0, rows), &batch, layer, t, &geom);
                 let xa: Vec<f32> = x.iter().map(|v| v.abs()).collect();
                 let ya: Vec<f32> = y0.iter().map(|v| v.abs()).collect();
-                let mag = apply(&r, &abs_stack, &xa, &ya, rows, &batch, layer, t, &geom);
+                let mag = apply(&r, &abs_stack, (&xa, &ya, rows), &batch, layer, t, &geom);
                 let (inp, _) = geom.dims[t.index()];
                 check_close(
                     &got,
@@ -300,9 +298,7 @@ fn batch_invariance(geom: LoraStackGeometry, simd: bool) {
             let alone = apply(
                 &b1,
                 &s1,
-                &xrow,
-                &yrow,
-                1,
+                (&xrow, &yrow, 1),
                 &LoraBatch {
                     token_slot: vec![probe_slot],
                 },
@@ -320,7 +316,7 @@ fn batch_invariance(geom: LoraStackGeometry, simd: bool) {
                 token_slot[pos] = probe_slot;
                 let batch = LoraBatch { token_slot };
                 for (be, st) in [(&b1, &s1), (&b2, &s2)] {
-                    let got = apply(be, st, &x, &y, rows, &batch, 1, t, &geom);
+                    let got = apply(be, st, (&x, &y, rows), &batch, 1, t, &geom);
                     let row = &got[pos * ys..(pos + 1) * ys];
                     assert!(
                         row.iter()
@@ -361,7 +357,7 @@ fn base_rows_untouched() {
         let (xs, _, ys, _) = layout(&geom, t);
         let x = rand_vec(&mut rng, rows * xs);
         let y0 = rand_vec(&mut rng, rows * ys);
-        assert_eq!(apply(&be, &st, &x, &y0, rows, &batch, 0, t, &geom), y0);
+        assert_eq!(apply(&be, &st, (&x, &y0, rows), &batch, 0, t, &geom), y0);
     }
     // A layer out of range is a no-op as well.
     let (xs, _, ys, _) = layout(&geom, LoraTarget::Q);
@@ -371,7 +367,7 @@ fn base_rows_untouched() {
         token_slot: vec![0],
     };
     assert_eq!(
-        apply(&be, &st, &x, &y0, 1, &b, 99, LoraTarget::Q, &geom),
+        apply(&be, &st, (&x, &y0, 1), &b, 99, LoraTarget::Q, &geom),
         y0
     );
 }
@@ -389,7 +385,7 @@ fn load_errors<B: Backend<Buf = Vec<f32>>>(be: &B) {
     let batch = LoraBatch {
         token_slot: vec![1, 1],
     };
-    let before = apply(be, &st, &x, &y0, 2, &batch, 2, LoraTarget::Up, &geom);
+    let before = apply(be, &st, (&x, &y0, 2), &batch, 2, LoraTarget::Up, &geom);
     assert_ne!(before, y0);
 
     let other = random_adapter(&geom, &mut rng, |_, _| Some(4));
@@ -413,23 +409,23 @@ fn load_errors<B: Backend<Buf = Vec<f32>>>(be: &B) {
         let v = view(&ad);
         let err = be.lora_load_slot(&mut st, slot, &v).unwrap_err();
         assert_eq!(err.code(), code, "{what}: {err}");
-        let after = apply(be, &st, &x, &y0, 2, &batch, 2, LoraTarget::Up, &geom);
+        let after = apply(be, &st, (&x, &y0, 2), &batch, 2, LoraTarget::Up, &geom);
         assert_eq!(after, before, "{what}: slot 1 changed after a failed load");
     }
     // Replacing with a different adapter changes the result; clearing removes it.
     load(be, &mut st, 1, &other);
-    let replaced = apply(be, &st, &x, &y0, 2, &batch, 2, LoraTarget::Up, &geom);
+    let replaced = apply(be, &st, (&x, &y0, 2), &batch, 2, LoraTarget::Up, &geom);
     assert_ne!(replaced, before);
     be.lora_clear_slot(&mut st, 1);
     be.lora_clear_slot(&mut st, 99); // out of range: ignored
     assert_eq!(
-        apply(be, &st, &x, &y0, 2, &batch, 2, LoraTarget::Up, &geom),
+        apply(be, &st, (&x, &y0, 2), &batch, 2, LoraTarget::Up, &geom),
         y0
     );
     // Reloading after a clear works again.
     load(be, &mut st, 1, &good);
     assert_eq!(
-        apply(be, &st, &x, &y0, 2, &batch, 2, LoraTarget::Up, &geom),
+        apply(be, &st, (&x, &y0, 2), &batch, 2, LoraTarget::Up, &geom),
         before
     );
 }
@@ -441,7 +437,8 @@ fn load_slot_errors_keep_previous_content() {
 }
 
 /// Buffers shorter than `rows` rows: rows out of range are skipped (no panic), the others match
-/// the reference; a y layout whose rows would overlap (`y_col + out > y_stride`) is a no-op.
+/// the reference; views whose rows would overlap (`col + width > stride`) or whose row counts
+/// differ are a no-op.
 #[test]
 fn short_buffers_skip_rows() {
     let geom = odd_geom(5, 64);
@@ -462,13 +459,38 @@ fn short_buffers_skip_rows() {
         be(&mut y);
         y
     };
-    let got = run(&|y| cpu.lora_apply(&x, inp, 0, y, out, 0, 6, &batch, &cs, 1, t));
-    let want = run(&|y| r.lora_apply(&x, inp, 0, y, out, 0, 6, &batch, &rs, 1, t));
+    let x6 = View::new(&x, 6, inp, 0);
+    let got = run(&|y| cpu.lora_apply(x6, ViewMut::new(y, 6, out, 0), &args(&batch, &cs, t)));
+    let want = run(&|y| r.lora_apply(x6, ViewMut::new(y, 6, out, 0), &args(&batch, &rs, t)));
     for (g, w) in got.iter().zip(&want) {
         assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
     }
     assert_eq!(&got[4 * out..], &y0[4 * out..]);
     assert_ne!(&got[..out], &y0[..out]);
-    let same = run(&|y| cpu.lora_apply(&x, inp, 0, y, out - 1, 0, 4, &batch, &cs, 1, t));
-    assert_eq!(same, y0);
+    // Overlapping rows (y stride below `out`, x stride below `in`) and x/y row counts that
+    // differ: nothing is written, by either backend.
+    let x4 = View::new(&x, 4, inp, 0);
+    let cases = [
+        (x4, out - 1, 4),
+        (View::new(&x, 4, inp - 1, 0), out, 4),
+        (x4, out, 3),
+    ];
+    for (xv, ys, yrows) in cases {
+        let what = format!("x stride {}, y stride {ys}, y rows {yrows}", xv.stride);
+        let same =
+            run(&|y| cpu.lora_apply(xv, ViewMut::new(y, yrows, ys, 0), &args(&batch, &cs, t)));
+        assert_eq!(same, y0, "cpu: {what}");
+        let same = run(&|y| r.lora_apply(xv, ViewMut::new(y, yrows, ys, 0), &args(&batch, &rs, t)));
+        assert_eq!(same, y0, "reference: {what}");
+    }
+}
+
+/// LoRA arguments for layer 1.
+fn args<'a, S>(batch: &'a LoraBatch, stack: &'a S, target: LoraTarget) -> LoraArgs<'a, S> {
+    LoraArgs {
+        batch,
+        stack,
+        layer: 1,
+        target,
+    }
 }

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use loraplex::backend::cpu::CpuBackend;
 use loraplex::backend::reference::ReferenceBackend;
-use loraplex::backend::{AttnMeta, Backend, KvGeometry, WeightFormat};
+use loraplex::backend::{
+    AttentionArgs, AttnMeta, Backend, KvGeometry, KvStore, KvWriteArgs, RopeArgs, View, ViewMut,
+    WeightFormat,
+};
 use loraplex::tensor::{HostTensor, TensorData};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -353,12 +356,14 @@ fn rope_matches_reference() {
         let pos: Vec<u32> = (0..rows).map(|_| rng.gen_range(0..8192)).collect();
         let x = rand_vec(&mut rng, rows * stride);
         let (mut a, mut b) = (x.clone(), x.clone());
-        be.rope(
-            &mut a, rows, stride, col0, n_heads, head_dim, &pos, &inv_freq,
-        );
-        r.rope(
-            &mut b, rows, stride, col0, n_heads, head_dim, &pos, &inv_freq,
-        );
+        let args = RopeArgs {
+            n_heads,
+            head_dim,
+            row_pos: &pos,
+            inv_freq: &inv_freq,
+        };
+        be.rope(ViewMut::new(&mut a, rows, stride, col0), &args);
+        r.rope(ViewMut::new(&mut b, rows, stride, col0), &args);
         assert_close("rope", &a, &b, |_| 1e-6);
         // Columns outside the heads are untouched.
         for t in 0..rows {
@@ -499,16 +504,13 @@ fn fill_cache<B: Backend<Buf = Vec<f32>>>(
         let slots: Vec<u32> = (0..len)
             .map(|p| slot(&sc.tables, sc.geom.block_size, s, p))
             .collect();
-        be.kv_write(
-            cache,
+        let write = KvWriteArgs {
             layer,
-            &qkv,
-            rows,
-            sc.stride,
-            q_dim,
-            q_dim + kv_dim,
-            &slots,
-        );
+            k: View::new(&qkv, rows, sc.stride, q_dim),
+            v: View::new(&qkv, rows, sc.stride, q_dim + kv_dim),
+            slot_mapping: &slots,
+        };
+        be.kv_write(cache, write);
     }
 }
 
@@ -528,8 +530,25 @@ fn run_attention<B: Backend<Buf = Vec<f32>>>(
     };
     let qkv = sc.qkv[rows.start * sc.stride..rows.end * sc.stride].to_vec();
     let mut out = vec![0f32; n * sc.n_heads * sc.geom.head_dim];
-    be.attention_paged(&qkv, n, sc.stride, sc.n_heads, cache, 1, &meta, &mut out);
+    be.attention_paged(attention(&qkv, n, sc, cache, meta), &mut out);
     out
+}
+
+/// Attention arguments for Q at column 0 of `qkv` (`[rows, sc.stride]`), layer 1.
+fn attention<'a, C>(
+    qkv: &'a Vec<f32>,
+    rows: usize,
+    sc: &Scenario,
+    cache: &'a C,
+    meta: AttnMeta<'a>,
+) -> AttentionArgs<'a, Vec<f32>, C> {
+    AttentionArgs {
+        q: View::new(qkv, rows, sc.stride, 0),
+        n_heads: sc.n_heads,
+        cache,
+        layer: 1,
+        meta,
+    }
 }
 
 const ATTN_CASES: &[(usize, usize, usize, usize, &[usize])] = &[
@@ -552,9 +571,9 @@ fn kv_write_and_attention_match_reference() {
             fill_cache(&r, &sc, &mut rc, layer, 7 + layer as u64);
         }
         for layer in 0..2 {
-            let (k, v) = cc.layer(layer).unwrap();
-            assert_bits_eq("kv_write K", k, &rc.k[layer]);
-            assert_bits_eq("kv_write V", v, &rc.v[layer]);
+            let ((k, v), (rk, rv)) = (cc.layer(layer).unwrap(), rc.layer(layer).unwrap());
+            assert_bits_eq("kv_write K", k, rk);
+            assert_bits_eq("kv_write V", v, rv);
         }
         let rows = sc.row_seq.len();
         let a = run_attention(&be, &sc, &cc, 0..rows);
@@ -614,7 +633,7 @@ fn attention_bad_metadata_gives_nan_row() {
     };
     let qkv = sc.qkv[..4 * sc.stride].to_vec();
     let mut out = vec![0f32; 4 * 4 * 16];
-    be.attention_paged(&qkv, 4, sc.stride, 4, &cache, 1, &meta, &mut out);
+    be.attention_paged(attention(&qkv, 4, &sc, &cache, meta), &mut out);
     assert!(out[..64].iter().all(|v| v.is_finite()));
     assert!(
         out[64..].iter().all(|v| v.is_nan()),
@@ -622,8 +641,100 @@ fn attention_bad_metadata_gives_nan_row() {
     );
     // Inconsistent heads: whole output NaN.
     let mut out2 = vec![0f32; 4 * 3 * 16];
-    be.attention_paged(&qkv, 4, sc.stride, 3, &cache, 1, &meta, &mut out2);
+    let three_heads = AttentionArgs {
+        n_heads: 3,
+        ..attention(&qkv, 4, &sc, &cache, meta)
+    };
+    be.attention_paged(three_heads, &mut out2);
     assert!(out2.iter().all(|v| v.is_nan()));
+    // Q columns past the row stride: whole output NaN.
+    let mut out3 = vec![0f32; 4 * 4 * 16];
+    let mut shifted = attention(&qkv, 4, &sc, &cache, meta);
+    shifted.q.col = sc.stride - 4 * 16 + 1;
+    be.attention_paged(shifted, &mut out3);
+    assert!(out3.iter().all(|v| v.is_nan()));
+}
+
+/// The views' column offsets: Q read from column `c` of a wider buffer, K and V from two
+/// separate buffers, give bitwise what the fused column-0 layout gives, on both backends.
+#[test]
+fn attention_and_kv_write_honour_view_columns() {
+    fn check<B: Backend<Buf = Vec<f32>, KvCache = KvStore>>(be: &B) {
+        let sc = scenario(400, 4, 2, 16, 4, &[10, 6, 3]);
+        let (hd, nkv) = (sc.geom.head_dim, sc.geom.num_kv_heads);
+        let (q_dim, kv_dim) = (sc.n_heads * hd, nkv * hd);
+        let mut fused = be.alloc_kv(sc.geom).unwrap();
+        fill_cache(be, &sc, &mut fused, 1, 5);
+        let rows = sc.row_seq.len();
+        let want = run_attention(be, &sc, &fused, 0..rows);
+
+        // The same K/V written from separate K and V buffers (stride kv_dim + 2, column 1).
+        let mut split = be.alloc_kv(sc.geom).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for (s, t) in sc.tables.iter().enumerate() {
+            let n = t.len() * sc.geom.block_size;
+            let qkv = rand_vec(&mut rng, n * sc.stride);
+            let (mut k, mut v) = (
+                vec![f32::NAN; n * (kv_dim + 2)],
+                vec![0.5; n * (kv_dim + 2)],
+            );
+            for p in 0..n {
+                let row = &qkv[p * sc.stride..];
+                k[p * (kv_dim + 2) + 1..][..kv_dim].copy_from_slice(&row[q_dim..q_dim + kv_dim]);
+                v[p * (kv_dim + 2) + 1..][..kv_dim]
+                    .copy_from_slice(&row[q_dim + kv_dim..q_dim + 2 * kv_dim]);
+            }
+            let slots: Vec<u32> = (0..n)
+                .map(|p| slot(&sc.tables, sc.geom.block_size, s, p))
+                .collect();
+            let write = KvWriteArgs {
+                layer: 1,
+                k: View::new(&k, n, kv_dim + 2, 1),
+                v: View::new(&v, n, kv_dim + 2, 1),
+                slot_mapping: &slots,
+            };
+            be.kv_write(&mut split, write);
+        }
+        // Q at column 7 of rows of stride q_dim + 9.
+        let qs = q_dim + 9;
+        let mut q = vec![f32::NAN; rows * qs];
+        for t in 0..rows {
+            q[t * qs + 7..][..q_dim].copy_from_slice(&sc.qkv[t * sc.stride..][..q_dim]);
+        }
+        let tables: Vec<&[u32]> = sc.tables.iter().map(|t| t.as_slice()).collect();
+        let meta = AttnMeta {
+            row_seq: &sc.row_seq,
+            row_pos: &sc.row_pos,
+            slot_mapping: &sc.slots,
+            block_tables: &tables,
+        };
+        let mut got = vec![0f32; rows * q_dim];
+        let args = AttentionArgs {
+            q: View::new(&q, rows, qs, 7),
+            ..attention(&q, rows, &sc, &split, meta)
+        };
+        be.attention_paged(args, &mut got);
+        assert_bits_eq(&format!("{} attention from views", be.name()), &got, &want);
+
+        // K and V views with different row counts: nothing is written.
+        let mut untouched = be.alloc_kv(sc.geom).unwrap();
+        let (k, v) = (vec![1f32; 2 * kv_dim], vec![1f32; 3 * kv_dim]);
+        let write = KvWriteArgs {
+            layer: 1,
+            k: View::new(&k, 2, kv_dim, 0),
+            v: View::new(&v, 3, kv_dim, 0),
+            slot_mapping: &[0, 1, 2],
+        };
+        be.kv_write(&mut untouched, write);
+        let fresh = be.alloc_kv(sc.geom).unwrap();
+        assert!(
+            untouched == fresh,
+            "{}: mismatched K/V rows wrote",
+            be.name()
+        );
+    }
+    check(&cpu(2));
+    check(&ReferenceBackend);
 }
 
 #[test]

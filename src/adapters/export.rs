@@ -31,8 +31,8 @@ use crate::adapters::nemo_keys::{adapter_suffix, mcore_prefix, NemoAdapter};
 use crate::adapters::normalize::{LoraModule, ModelShape, NormalizedAdapter};
 use crate::adapters::npy::{encode_npy, NpyDType};
 use crate::adapters::trtllm::module_id;
-use crate::backend::LoraTarget;
 use crate::error::{Error, Result};
+use crate::lora_target::LoraTarget;
 use crate::tensor::DType;
 
 mod torch_zip;

@@ -17,8 +17,8 @@ use crate::adapters::hf_config::HfConfig;
 use crate::adapters::normalize::{AdapterFormat, LoraModule, ModelShape, NormalizedAdapter};
 use crate::adapters::safetensors_check::read_safetensors;
 use crate::adapters::torch_pickle::read_torch_zip;
-use crate::backend::LoraTarget;
 use crate::error::{Error, Result};
+use crate::lora_target::LoraTarget;
 use crate::tensor::HostTensor;
 
 /// The weight file of an HF adapter, already read into memory.

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::adapters::load::{detect_format, load_adapter};
 use crate::adapters::normalize::{ModelShape, NormalizedAdapter};
 use crate::adapters::validate::AdapterLimits;
-use crate::backend::LoraTarget;
+use crate::lora_target::LoraTarget;
 
 /// Loads the adapter in `dir` (named after the directory) and describes it: format, source,
 /// generation hash, bytes, and per target module the layers (as ranges), ranks and scales. If it

@@ -24,8 +24,8 @@ use serde_yaml::Value;
 use crate::adapters::archive::{read_tar_bytes, ArchiveLimits};
 use crate::adapters::nemo_keys::{adapter_suffix, parse_key, KeyLayout, NemoAdapter};
 use crate::adapters::normalize::{AdapterFormat, LoraModule, ModelShape, NormalizedAdapter};
-use crate::backend::LoraTarget;
 use crate::error::{Error, Result};
+use crate::lora_target::LoraTarget;
 
 /// The `peft.lora_tuning` settings of a `.nemo` adapter that matter for inference.
 #[derive(Debug, Clone, PartialEq)]

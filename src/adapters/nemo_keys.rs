@@ -6,7 +6,7 @@
 //! the fused (`variant: nemo`) and canonical adapters of NeMo 1.x, plus the NeMo 2.0 style
 //! `<linear>.adapter.` names; each ends in `linear_in.weight` (A) or `linear_out.weight` (B).
 
-use crate::backend::LoraTarget;
+use crate::lora_target::LoraTarget;
 
 /// Which NeMo adapter a key belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

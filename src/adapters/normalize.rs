@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::backend::LoraTarget;
+use crate::lora_target::LoraTarget;
 
 /// The on-disk format an adapter was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

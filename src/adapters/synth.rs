@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::{AdapterFormat, LoraModule, ModelShape, NormalizedAdapter};
-use crate::backend::LoraTarget;
+use crate::lora_target::LoraTarget;
 
 /// What to synthesise.
 #[derive(Debug, Clone, Copy)]

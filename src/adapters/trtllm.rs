@@ -31,8 +31,8 @@ use half::{bf16, f16};
 
 use crate::adapters::normalize::{AdapterFormat, LoraModule, ModelShape, NormalizedAdapter};
 use crate::adapters::npy::{parse_npy, NpyData};
-use crate::backend::LoraTarget;
 use crate::error::{Error, Result};
+use crate::lora_target::LoraTarget;
 use crate::tensor::DType;
 
 /// File stem of the config array.

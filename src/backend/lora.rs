@@ -1,56 +1,10 @@
 //! The per-step description of which LoRA adapter slot each token row uses (DESIGN.md 1.4).
 //!
-//! Until adapters are served (the multi-LoRA issue) every batch is empty: all rows use the base
-//! model. The engine builds one [`LoraBatch`] per step; the backend applies it in every target
-//! module with `lora_apply`.
+//! The engine builds one [`LoraBatch`] per step (empty when every row uses the base model); the
+//! backend applies it in every target module with `lora_apply`. [`LoraTarget`] lives in the
+//! neutral [`crate::lora_target`] module (the adapter readers use it too) and is re-exported here.
 
-/// The seven LoRA target modules of a Llama decoder layer, in canonical order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LoraTarget {
-    /// `self_attn.q_proj`.
-    Q = 0,
-    /// `self_attn.k_proj`.
-    K = 1,
-    /// `self_attn.v_proj`.
-    V = 2,
-    /// `self_attn.o_proj`.
-    O = 3,
-    /// `mlp.gate_proj`.
-    Gate = 4,
-    /// `mlp.up_proj`.
-    Up = 5,
-    /// `mlp.down_proj`.
-    Down = 6,
-}
-
-impl LoraTarget {
-    /// All seven, in canonical order.
-    pub const ALL: [LoraTarget; 7] = [
-        LoraTarget::Q,
-        LoraTarget::K,
-        LoraTarget::V,
-        LoraTarget::O,
-        LoraTarget::Gate,
-        LoraTarget::Up,
-        LoraTarget::Down,
-    ];
-    /// The HF module name (`q_proj`, ..., `down_proj`).
-    pub fn hf_name(self) -> &'static str {
-        match self {
-            LoraTarget::Q => "q_proj",
-            LoraTarget::K => "k_proj",
-            LoraTarget::V => "v_proj",
-            LoraTarget::O => "o_proj",
-            LoraTarget::Gate => "gate_proj",
-            LoraTarget::Up => "up_proj",
-            LoraTarget::Down => "down_proj",
-        }
-    }
-    /// Index in [`LoraTarget::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
+pub use crate::lora_target::LoraTarget;
 
 /// Which device-cache slot each token row of a step uses; `-1` is the base model.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

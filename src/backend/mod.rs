@@ -2,18 +2,30 @@
 //!
 //! A backend owns its buffers ([`Backend::Buf`] for f32 activations, [`Backend::Weight`] for
 //! packed weight matrices, [`Backend::KvCache`] for the paged KV cache). Every op's doc comment
-//! states its semantics as a loop; [`reference`] implements exactly that loop in scalar code and
-//! tests compare every fast implementation against it. All buffers are row-major.
+//! states its semantics as a loop; [`reference`](mod@reference) implements exactly that loop in scalar code and
+//! tests compare every fast implementation against it. All buffers are row-major; ops that read
+//! or write column ranges of rows take strided [`View`]s, and ops with more than a few
+//! parameters take an argument struct ([`op_args`]).
+//!
+//! The engine chooses its backend in one place, [`select()`], from the configured device.
 //!
 //! Threading: a backend is used by one thread at a time (the engine's worker); it may use a thread
 //! pool internally. Backends know nothing of requests or adapter names.
 
 pub mod cpu;
+pub mod kv_store;
 pub mod lora;
 pub mod lora_arena;
+pub mod op_args;
 pub mod reference;
+pub mod select;
+pub mod view;
 
+pub use kv_store::KvStore;
 pub use lora::{LoraBatch, LoraSlotData, LoraStackGeometry, LoraTarget, LoraWeights};
+pub use op_args::{AttentionArgs, KvWriteArgs, LoraArgs, RopeArgs};
+pub use select::{select, DeviceBackend};
+pub use view::{View, ViewMut};
 
 use crate::error::Result;
 use crate::tensor::HostTensor;
@@ -114,59 +126,33 @@ pub trait Backend: Send {
         eps: f32,
         out: &mut Self::Buf,
     );
-    /// Rotary embedding, HF "rotate_half" convention, in place on `x` viewed as `[rows, stride]`:
-    /// for each row t and each of `n_heads` heads starting at column `col0` (head h at
-    /// `col0 + h*head_dim`), for `i in 0..head_dim/2`, with `a = row_pos[t] * inv_freq[i]`:
-    /// `(x1, x2) = (x[i], x[i + half])`; `x[i] = x1*cos a - x2*sin a`; `x[i+half] = x2*cos a + x1*sin a`.
-    #[allow(clippy::too_many_arguments)]
-    fn rope(
-        &self,
-        x: &mut Self::Buf,
-        rows: usize,
-        stride: usize,
-        col0: usize,
-        n_heads: usize,
-        head_dim: usize,
-        row_pos: &[u32],
-        inv_freq: &[f32],
-    );
+    /// Rotary embedding, HF "rotate_half" convention, in place on the view `x`: for each row
+    /// `t < x.rows` and each head `h < a.n_heads` (columns `x.col + h*head_dim ..` of the row), for
+    /// `i in 0..head_dim/2`, with `θ = row_pos[t] * inv_freq[i]` (f32 product):
+    /// `(x1, x2) = (x[i], x[i + half])`; `x[i] = x1*cos θ - x2*sin θ`; `x[i+half] = x2*cos θ + x1*sin θ`.
+    /// When the heads do not fit the view's stride or buffer, `row_pos`/`inv_freq` are short or
+    /// `head_dim` is odd, the whole buffer becomes NaN.
+    fn rope(&self, x: ViewMut<'_, Self::Buf>, a: &RopeArgs<'_>);
     /// `for t, j in 0..inter: out[t*inter + j] = silu(gu[t*2*inter + j]) * gu[t*2*inter + inter + j]`
     /// where `silu(g) = g / (1 + exp(-g))`.
     fn silu_mul(&self, gate_up: &Self::Buf, rows: usize, inter: usize, out: &mut Self::Buf);
     /// `acc[i] += x[i]` for `i in 0..len`.
     fn add(&self, acc: &mut Self::Buf, x: &Self::Buf, len: usize);
-    /// Writes K and V of every row into the cache of `layer`: reading `qkv` as `[rows, stride]`,
-    /// K is columns `k_col..k_col+kv_dim` and V `v_col..v_col+kv_dim`;
-    /// `k_cache[layer][slot_mapping[t]] = K[t]`, same for V (a slot holds `kv_dim` values).
-    #[allow(clippy::too_many_arguments)]
-    fn kv_write(
-        &self,
-        cache: &mut Self::KvCache,
-        layer: usize,
-        qkv: &Self::Buf,
-        rows: usize,
-        stride: usize,
-        k_col: usize,
-        v_col: usize,
-        slot_mapping: &[u32],
-    );
-    /// Causal grouped-query attention over the paged cache of `layer`. Q of row t is columns
-    /// `0..n_heads*head_dim` of `qkv` viewed as `[rows, stride]`; query head h uses KV head
-    /// `h / (n_heads / n_kv_heads)`. For each row t and head h:
-    /// `s_p = (q_h · k_p) / sqrt(head_dim)` for `p in 0..=row_pos[t]` of sequence `row_seq[t]`,
-    /// `w = softmax(s)`, `out[t, h*head_dim + d] = sum_p w_p * v_p[d]`.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_paged(
-        &self,
-        qkv: &Self::Buf,
-        rows: usize,
-        stride: usize,
-        n_heads: usize,
-        cache: &Self::KvCache,
-        layer: usize,
-        meta: &AttnMeta<'_>,
-        out: &mut Self::Buf,
-    );
+    /// Writes K and V of every row into the cache of `w.layer`: with `kv_dim` the cache's
+    /// `num_kv_heads * head_dim`, for `t in 0..w.k.rows`:
+    /// `k_cache[layer][slot_mapping[t]] = K[t, 0..kv_dim]` (row t of view `w.k`), same for V.
+    /// Rows whose slot is outside the cache are skipped; nothing is written when `w.k` and `w.v`
+    /// differ in rows or a view does not fit its buffer with `kv_dim` columns.
+    fn kv_write(&self, cache: &mut Self::KvCache, w: KvWriteArgs<'_, Self::Buf>);
+    /// Causal grouped-query attention over the paged cache of `a.layer`. Q of row t is the
+    /// `n_heads*head_dim` columns of row t of view `a.q`; query head h uses KV head
+    /// `h / (n_heads / n_kv_heads)`. For each row `t < a.q.rows` and head h:
+    /// `s_p = (q_h · k_p) / sqrt(head_dim)` for `p in 0..=row_pos[t]` of sequence `row_seq[t]`
+    /// (at the slots its block table gives, see [`AttnMeta`]), `w = softmax(s)`,
+    /// `out[t, h*head_dim + d] = sum_p w_p * v_p[d]` (`out` is `[rows, n_heads*head_dim]`).
+    /// Inconsistent shapes make all of `out` NaN; a row whose metadata points outside the cache
+    /// gets a NaN row.
+    fn attention_paged(&self, a: AttentionArgs<'_, Self::Buf, Self::KvCache>, out: &mut Self::Buf);
     /// Copies rows: `for (k, &r) in rows.iter().enumerate(): out[k*dim..][..dim] = x[r*dim..][..dim]`.
     fn gather_rows(&self, x: &Self::Buf, dim: usize, rows: &[u32], out: &mut Self::Buf);
 
@@ -186,26 +172,20 @@ pub trait Backend: Send {
     fn lora_clear_slot(&self, stack: &mut Self::LoraStack, slot: usize);
     /// Bytes reserved by the arena.
     fn lora_stack_bytes(&self, stack: &Self::LoraStack) -> usize;
-    /// Mixed-batch LoRA for one target of one layer (DESIGN.md 1.4). With `(in, out)` the target's
-    /// dims, x viewed as `[rows, x_stride]` and y as `[rows, y_stride]`:
-    /// `for t in 0..rows { s = batch.token_slot[t]; if s < 0 or slot s has no module for
-    /// (layer, target) { continue } h[k] = sum_i A[s][k, i] * x[t, x_col + i] for k < r_s;
-    /// y[t, y_col + o] += scale[s] * sum_k B[s][o, k] * h[k] }`. Rows beyond
-    /// `batch.token_slot.len()` use the base model. A row's result must not depend on the other
+    /// Mixed-batch LoRA for one target of one layer (DESIGN.md 1.4). With `(in, out)` the dims
+    /// of `a.target` and `s = a.batch.token_slot`:
+    /// `for t in 0..x.rows { if s[t] < 0 or slot s[t] has no module for (a.layer, a.target)
+    /// { continue } h[k] = sum_i A[s[t]][k, i] * x[t, i] for k < r;
+    /// y[t, o] += scale[s[t]] * sum_k B[s[t]][o, k] * h[k] }`, where `x[t, i]` / `y[t, o]` are
+    /// columns of row t of the views. Rows beyond `token_slot.len()` use the base model; rows
+    /// whose x or y columns fall outside the buffers are skipped; nothing is written when
+    /// `x.rows != y.rows` or a view's columns exceed its stride (`col + in > stride`,
+    /// `col + out > stride`: rows would overlap). A row's result must not depend on the other
     /// rows in the call.
-    #[allow(clippy::too_many_arguments)]
     fn lora_apply(
         &self,
-        x: &Self::Buf,
-        x_stride: usize,
-        x_col: usize,
-        y: &mut Self::Buf,
-        y_stride: usize,
-        y_col: usize,
-        rows: usize,
-        batch: &LoraBatch,
-        stack: &Self::LoraStack,
-        layer: usize,
-        target: LoraTarget,
+        x: View<'_, Self::Buf>,
+        y: ViewMut<'_, Self::Buf>,
+        a: &LoraArgs<'_, Self::LoraStack>,
     );
 }

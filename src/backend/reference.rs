@@ -8,12 +8,16 @@
 //! Ops cannot return errors (the trait's op methods return `()`); the engine sizes every buffer.
 //! When a buffer is too short or metadata points outside the cache, an op never panics: it fills
 //! the affected output with NaN (or, for `kv_write`, skips the offending row) so that the mistake
-//! is visible downstream. The helpers [`matmul_shapes_ok`] and friends state these checks once.
+//! is visible downstream. The helpers `matmul_shapes_ok` and friends state these checks once.
 
 // The loops index exactly like the op docs; iterator rewrites would obscure the spec.
 #![allow(clippy::needless_range_loop)]
 
-use super::{AttnMeta, Backend, KvGeometry, WeightFormat};
+use super::kv_store::{attn_row, attn_shapes, positions};
+use super::{
+    AttentionArgs, Backend, KvGeometry, KvStore, KvWriteArgs, LoraArgs, RopeArgs, View, ViewMut,
+    WeightFormat,
+};
 use crate::error::{Error, Result};
 use crate::tensor::{HostTensor, TensorData};
 
@@ -34,17 +38,8 @@ pub struct RefWeight {
     pub data: Vec<f32>,
 }
 
-/// The reference KV cache: per layer, K and V as `layer_elems` f32 each, slot-major
-/// (`[num_blocks * block_size, num_kv_heads * head_dim]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RefKvCache {
-    /// The geometry the cache was allocated with.
-    pub geom: KvGeometry,
-    /// K per layer.
-    pub k: Vec<Vec<f32>>,
-    /// V per layer.
-    pub v: Vec<Vec<f32>>,
-}
+/// The reference KV cache: the host backends' shared [`KvStore`].
+pub type RefKvCache = KvStore;
 
 /// Validates a 2-D host tensor as a weight and returns `(out, in)`.
 pub(crate) fn weight_shape(t: &HostTensor) -> Result<(usize, usize)> {
@@ -98,31 +93,6 @@ pub(crate) fn fused_shape(parts: &[&HostTensor]) -> Result<(usize, usize)> {
     Ok((total, inp))
 }
 
-/// The KV cache geometry's per-layer element count, or an error on zero/overflowing geometry.
-pub(crate) fn kv_layer_elems(geom: &KvGeometry) -> Result<usize> {
-    let dims = [
-        geom.num_blocks,
-        geom.block_size,
-        geom.num_kv_heads,
-        geom.head_dim,
-    ];
-    if geom.num_layers == 0 || dims.contains(&0) {
-        return Err(Error::invalid_argument(format!(
-            "KV geometry has a zero dimension: {geom:?}"
-        )));
-    }
-    let n = dims
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .filter(|n| {
-            n.checked_mul(geom.num_layers)
-                .and_then(|t| t.checked_mul(8))
-                .is_some()
-        })
-        .ok_or_else(|| Error::invalid_argument(format!("KV geometry overflows: {geom:?}")))?;
-    Ok(n)
-}
-
 /// Converts an f32 to bf16 (round to nearest even) and back.
 pub(crate) fn round_bf16(v: f32) -> f32 {
     half::bf16::from_f32(v).to_f32()
@@ -140,77 +110,38 @@ pub(crate) fn matmul_shapes_ok(
         && matches!(rows.checked_mul(out), Some(n) if n <= ylen)
 }
 
-/// `Some(slot index range start)` of position `p` of a sequence, checked against the geometry.
-pub(crate) fn slot_of(table: &[u32], p: usize, geom: &KvGeometry) -> Option<usize> {
-    let block = *table.get(p / geom.block_size)? as usize;
-    if block >= geom.num_blocks {
-        return None;
-    }
-    Some(block * geom.block_size + p % geom.block_size)
+/// True when `rope`'s arguments address only columns inside the view `x` (over a buffer of
+/// `xlen` values) and `row_pos` / `inv_freq` cover its rows and half-dims.
+pub(crate) fn rope_ok(x: &View<'_, [f32]>, a: &RopeArgs<'_>) -> bool {
+    matches!(a.n_heads.checked_mul(a.head_dim), Some(w) if x.fits(w))
+        && a.row_pos.len() >= x.rows
+        && a.head_dim % 2 == 0
+        && a.inv_freq.len() >= a.head_dim / 2
 }
 
-/// Checks a row's attention metadata: `Some((block table, pos))` when every position
-/// `0..=pos` maps to a slot inside the cache.
-pub(crate) fn attn_row<'a>(
-    meta: &AttnMeta<'a>,
-    t: usize,
-    geom: &KvGeometry,
-) -> Option<(&'a [u32], usize)> {
-    let seq = *meta.row_seq.get(t)? as usize;
-    let pos = *meta.row_pos.get(t)? as usize;
-    let table: &'a [u32] = meta.block_tables.get(seq)?;
-    let nblocks = pos / geom.block_size + 1;
-    let used = table.get(..nblocks)?;
-    if used.iter().any(|&b| b as usize >= geom.num_blocks) {
-        return None;
-    }
-    Some((table, pos))
-}
-
-/// Attention's buffer checks: `Some((n_kv_heads, head_dim, group))` when shapes are consistent.
-pub(crate) fn attn_shapes(
-    qkv_len: usize,
-    out_len: usize,
-    rows: usize,
-    stride: usize,
-    n_heads: usize,
-    geom: &KvGeometry,
-) -> Option<(usize, usize, usize)> {
-    let (nkv, hd) = (geom.num_kv_heads, geom.head_dim);
-    if n_heads == 0 || nkv == 0 || n_heads % nkv != 0 {
-        return None;
-    }
-    let q_dim = n_heads.checked_mul(hd)?;
-    if q_dim > stride || rows.checked_mul(stride)? > qkv_len || rows.checked_mul(q_dim)? > out_len {
-        return None;
-    }
-    Some((nkv, hd, n_heads / nkv))
-}
-
-#[allow(clippy::too_many_arguments)]
-/// True when `rope`'s arguments address only columns inside `x` viewed as `[rows, stride]`.
-pub(crate) fn rope_ok(
-    xlen: usize,
-    rows: usize,
-    stride: usize,
-    col0: usize,
-    n_heads: usize,
-    head_dim: usize,
-    row_pos: &[u32],
-    inv_freq: &[f32],
-) -> bool {
-    let end = n_heads
-        .checked_mul(head_dim)
-        .and_then(|w| w.checked_add(col0));
-    matches!(end, Some(e) if e <= stride)
-        && matches!(rows.checked_mul(stride), Some(n) if n <= xlen)
-        && row_pos.len() >= rows
-        && head_dim % 2 == 0
-        && inv_freq.len() >= head_dim / 2
-}
-
-fn fill_nan(buf: &mut [f32]) {
+/// Sets every value of `buf` to NaN (how ops mark an output they cannot compute).
+pub(crate) fn fill_nan(buf: &mut [f32]) {
     buf.iter_mut().for_each(|v| *v = f32::NAN);
+}
+
+/// [`Backend::gather_rows`] for host buffers (shared by the reference and CPU backends): an
+/// out-of-range row index yields a NaN row; `out` shorter than `rows.len() * dim` becomes NaN.
+pub(crate) fn gather_rows(x: &[f32], dim: usize, rows: &[u32], out: &mut [f32]) {
+    if !matches!(rows.len().checked_mul(dim), Some(n) if n <= out.len()) {
+        return fill_nan(out);
+    }
+    if dim == 0 {
+        return;
+    }
+    for (dst, &r) in out.chunks_exact_mut(dim).zip(rows) {
+        let src = (r as usize)
+            .checked_mul(dim)
+            .and_then(|s| x.get(s..s.checked_add(dim)?));
+        match src {
+            Some(src) => dst.copy_from_slice(src),
+            None => fill_nan(dst),
+        }
+    }
 }
 
 impl Backend for ReferenceBackend {
@@ -277,12 +208,7 @@ impl Backend for ReferenceBackend {
     }
 
     fn alloc_kv(&self, geom: KvGeometry) -> Result<RefKvCache> {
-        let n = kv_layer_elems(&geom)?;
-        Ok(RefKvCache {
-            geom,
-            k: vec![vec![0.0; n]; geom.num_layers],
-            v: vec![vec![0.0; n]; geom.num_layers],
-        })
+        KvStore::new(geom)
     }
 
     fn matmul(&self, x: &Vec<f32>, rows: usize, w: &RefWeight, y: &mut Vec<f32>) {
@@ -342,38 +268,21 @@ impl Backend for ReferenceBackend {
         }
     }
 
-    fn rope(
-        &self,
-        x: &mut Vec<f32>,
-        rows: usize,
-        stride: usize,
-        col0: usize,
-        n_heads: usize,
-        head_dim: usize,
-        row_pos: &[u32],
-        inv_freq: &[f32],
-    ) {
-        if !rope_ok(
-            x.len(),
-            rows,
-            stride,
-            col0,
-            n_heads,
-            head_dim,
-            row_pos,
-            inv_freq,
-        ) {
+    fn rope(&self, x: ViewMut<'_, Vec<f32>>, a: &RopeArgs<'_>) {
+        let (rows, stride, col0) = (x.rows, x.stride, x.col);
+        let x = x.buf;
+        if !rope_ok(&View::new(x.as_slice(), rows, stride, col0), a) {
             return fill_nan(x);
         }
-        let half = head_dim / 2;
+        let (head_dim, half) = (a.head_dim, a.head_dim / 2);
         for t in 0..rows {
-            for h in 0..n_heads {
+            for h in 0..a.n_heads {
                 let base = t * stride + col0 + h * head_dim;
                 for i in 0..half {
-                    let a = (row_pos[t] as f32 * inv_freq[i]) as f64;
+                    let ang = (a.row_pos[t] as f32 * a.inv_freq[i]) as f64;
                     let (x1, x2) = (x[base + i] as f64, x[base + i + half] as f64);
-                    x[base + i] = (x1 * a.cos() - x2 * a.sin()) as f32;
-                    x[base + i + half] = (x2 * a.cos() + x1 * a.sin()) as f32;
+                    x[base + i] = (x1 * ang.cos() - x2 * ang.sin()) as f32;
+                    x[base + i + half] = (x2 * ang.cos() + x1 * ang.sin()) as f32;
                 }
             }
         }
@@ -403,73 +312,43 @@ impl Backend for ReferenceBackend {
         }
     }
 
-    fn kv_write(
-        &self,
-        cache: &mut RefKvCache,
-        layer: usize,
-        qkv: &Vec<f32>,
-        rows: usize,
-        stride: usize,
-        k_col: usize,
-        v_col: usize,
-        slot_mapping: &[u32],
-    ) {
-        let geom = cache.geom;
-        let kv_dim = geom.num_kv_heads * geom.head_dim;
-        let nslots = geom.num_blocks * geom.block_size;
-        let (Some(kc), Some(vc)) = (cache.k.get_mut(layer), cache.v.get_mut(layer)) else {
-            return;
-        };
-        let fits = matches!(rows.checked_mul(stride), Some(n) if n <= qkv.len());
-        if !fits || k_col.saturating_add(kv_dim) > stride || v_col.saturating_add(kv_dim) > stride {
-            return;
-        }
-        for t in 0..rows.min(slot_mapping.len()) {
-            let s = slot_mapping[t] as usize;
-            if s >= nslots {
-                continue;
-            }
-            let row = &qkv[t * stride..(t + 1) * stride];
-            kc[s * kv_dim..(s + 1) * kv_dim].copy_from_slice(&row[k_col..k_col + kv_dim]);
-            vc[s * kv_dim..(s + 1) * kv_dim].copy_from_slice(&row[v_col..v_col + kv_dim]);
-        }
+    fn kv_write(&self, cache: &mut RefKvCache, w: KvWriteArgs<'_, Vec<f32>>) {
+        cache.write(w.slice());
     }
 
-    fn attention_paged(
-        &self,
-        qkv: &Vec<f32>,
-        rows: usize,
-        stride: usize,
-        n_heads: usize,
-        cache: &RefKvCache,
-        layer: usize,
-        meta: &AttnMeta<'_>,
-        out: &mut Vec<f32>,
-    ) {
-        let geom = cache.geom;
-        let (Some((nkv, hd, group)), Some(kc), Some(vc)) = (
-            attn_shapes(qkv.len(), out.len(), rows, stride, n_heads, &geom),
-            cache.k.get(layer),
-            cache.v.get(layer),
+    fn attention_paged(&self, a: AttentionArgs<'_, Vec<f32>, RefKvCache>, out: &mut Vec<f32>) {
+        let a = a.slice();
+        let (q, n_heads, meta) = (a.q, a.n_heads, &a.meta);
+        let geom = a.cache.geom;
+        let (Some((nkv, hd, group)), Some((kc, vc))) = (
+            attn_shapes(&q, out.len(), n_heads, &geom),
+            a.cache.layer(a.layer),
         ) else {
             return fill_nan(out);
         };
         let kv_dim = nkv * hd;
         let q_dim = n_heads * hd;
         let scale = 1.0 / (hd as f64).sqrt();
-        for t in 0..rows {
-            let Some((table, pos)) = attn_row(meta, t, &geom) else {
+        for t in 0..q.rows {
+            let (Some((table, pos)), Some(q_row)) = (attn_row(meta, t, &geom), q.row(t, q_dim))
+            else {
                 fill_nan(&mut out[t * q_dim..(t + 1) * q_dim]);
                 continue;
             };
+            // Every position 0..=pos has a slot (checked by attn_row).
+            let slots: Vec<usize> = positions(table, pos + 1, geom.block_size)
+                .map(|(_, slot)| slot)
+                .collect();
             for h in 0..n_heads {
                 let kvh = h / group;
-                let q = &qkv[t * stride + h * hd..t * stride + (h + 1) * hd];
-                let mut s = vec![0f64; pos + 1];
-                for (p, sp) in s.iter_mut().enumerate() {
-                    let slot = slot_of(table, p, &geom).unwrap_or(0);
-                    let k = &kc[slot * kv_dim + kvh * hd..slot * kv_dim + (kvh + 1) * hd];
-                    let dot: f64 = q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let qh = &q_row[h * hd..(h + 1) * hd];
+                let mut s = vec![f64::NAN; pos + 1];
+                for (sp, &slot) in s.iter_mut().zip(&slots) {
+                    let Some(k) = kc.get(slot * kv_dim + kvh * hd..slot * kv_dim + (kvh + 1) * hd)
+                    else {
+                        continue;
+                    };
+                    let dot: f64 = qh.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum();
                     *sp = dot * scale;
                 }
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -477,9 +356,9 @@ impl Backend for ReferenceBackend {
                 let z: f64 = e.iter().sum();
                 for d in 0..hd {
                     let mut acc = 0f64;
-                    for (p, &ep) in e.iter().enumerate() {
-                        let slot = slot_of(table, p, &geom).unwrap_or(0);
-                        acc += ep / z * vc[slot * kv_dim + kvh * hd + d] as f64;
+                    for (&ep, &slot) in e.iter().zip(&slots) {
+                        let v = vc.get(slot * kv_dim + kvh * hd + d).copied();
+                        acc += ep / z * v.unwrap_or(f32::NAN) as f64;
                     }
                     out[t * q_dim + h * hd + d] = acc as f32;
                 }
@@ -488,17 +367,7 @@ impl Backend for ReferenceBackend {
     }
 
     fn gather_rows(&self, x: &Vec<f32>, dim: usize, rows: &[u32], out: &mut Vec<f32>) {
-        if !matches!(rows.len().checked_mul(dim), Some(n) if n <= out.len()) {
-            return fill_nan(out);
-        }
-        for (k, &r) in rows.iter().enumerate() {
-            let dst = &mut out[k * dim..(k + 1) * dim];
-            let start = (r as usize).checked_mul(dim);
-            match start.and_then(|s| x.get(s..s.checked_add(dim)?)) {
-                Some(src) => dst.copy_from_slice(src),
-                None => fill_nan(dst),
-            }
-        }
+        gather_rows(x, dim, rows, out);
     }
 
     fn alloc_lora_stack(&self, geom: super::LoraStackGeometry) -> Result<Self::LoraStack> {
@@ -524,43 +393,39 @@ impl Backend for ReferenceBackend {
 
     fn lora_apply(
         &self,
-        x: &Vec<f32>,
-        x_stride: usize,
-        x_col: usize,
-        y: &mut Vec<f32>,
-        y_stride: usize,
-        y_col: usize,
-        rows: usize,
-        batch: &super::LoraBatch,
-        stack: &Self::LoraStack,
-        layer: usize,
-        target: super::LoraTarget,
+        x: View<'_, Vec<f32>>,
+        y: ViewMut<'_, Vec<f32>>,
+        a: &LoraArgs<'_, Self::LoraStack>,
     ) {
-        let (inp, out) = stack.geometry().dims[target.index()];
-        for t in 0..rows {
-            let Some(&s) = batch.token_slot.get(t) else {
+        let (x, mut y) = (x.slice(), y.slice());
+        let (inp, out) = a.stack.geometry().dims[a.target.index()];
+        let overlap = |col: usize, w: usize, stride: usize| !matches!(col.checked_add(w), Some(e) if e <= stride);
+        if x.rows != y.rows || overlap(x.col, inp, x.stride) || overlap(y.col, out, y.stride) {
+            return;
+        }
+        for t in 0..x.rows {
+            let Some(&s) = a.batch.token_slot.get(t) else {
                 continue;
             };
             if s < 0 {
                 continue;
             }
-            let Some(m) = stack.module(s as usize, layer, target) else {
+            let Some(m) = a.stack.module(s as usize, a.layer, a.target) else {
                 continue;
             };
-            let (xs, ys) = (t * x_stride + x_col, t * y_stride + y_col);
-            if xs + inp > x.len() || ys + out > y.len() {
+            let (Some(xr), Some(yr)) = (x.row(t, inp), y.row_mut(t, out)) else {
                 continue;
-            }
+            };
             let h: Vec<f64> = (0..m.rank)
                 .map(|k| {
                     (0..inp)
-                        .map(|i| m.a[k * inp + i] as f64 * x[xs + i] as f64)
+                        .map(|i| m.a[k * inp + i] as f64 * xr[i] as f64)
                         .sum()
                 })
                 .collect();
             for o in 0..out {
                 let d: f64 = (0..m.rank).map(|k| m.b[o * m.rank + k] as f64 * h[k]).sum();
-                y[ys + o] += (m.scale as f64 * d) as f32;
+                yr[o] += (m.scale as f64 * d) as f32;
             }
         }
     }

@@ -25,7 +25,6 @@ use parking_lot::Mutex;
 
 use crate::adapters::source::PeftRegistry;
 use crate::adapters::{AdapterLimits, ModelShape};
-use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::cache::plan::{ModelLen, ModelLenBound, Sizing};
 use crate::cache::{DeviceSlots, HostCache, MemoryPlan};
@@ -115,38 +114,21 @@ pub struct Engine {
 
 impl Engine {
     /// Loads the model named by `cfg.model`, sizes the engine ([`MemoryPlan::size`]) and starts
-    /// the worker. Errors: INVALID_ARGUMENT for a bad config (including a `max_model_len` over
-    /// the model's `max_position_embeddings` or `sliding_window`, and a memory budget the parts
+    /// the worker on the backend chosen from `cfg.device` ([`crate::backend::select()`]). Errors:
+    /// INVALID_ARGUMENT for a bad config or device string (including a `max_model_len` over the
+    /// model's `max_position_embeddings` or `sliding_window`, and a memory budget the parts
     /// exceed), IO / INVALID_MODEL / UNSUPPORTED for the model (every checkpoint tensor must be
-    /// used, see [`crate::model::layout::account_tensors`]), UNSUPPORTED for `cuda` devices in a
+    /// used, see [`crate::model::layout::account_tensors`]), UNSUPPORTED for `cuda:N` devices in a
     /// build without CUDA.
     pub fn new(cfg: EngineConfig) -> Result<Self> {
         cfg.validate()?;
-        if cfg.device != "cpu" {
-            return Err(Error::unsupported(format!(
-                "device \"{}\": this build of loraplex has only the cpu backend",
-                cfg.device
-            )));
-        }
+        let backend = crate::backend::select(&cfg.device, cfg.threads)?;
         let files = ModelFiles::load(&cfg.model).map_err(|e| e.context(cfg.model.display()))?;
         let ModelFiles {
             config: model_cfg,
             mut tensors,
             tokenizer,
         } = files;
-        let threads = if cfg.threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        } else {
-            cfg.threads
-        };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("loraplex-compute-{i}"))
-            .build()
-            .map_err(|e| Error::internal(format!("thread pool: {e}")))?;
-        let backend = CpuBackend::new(Arc::new(pool));
         // Checked before the weights are packed: a bad max_model_len fails fast.
         let model_len = ModelLen::resolve(cfg.max_model_len, &model_cfg)?;
         let model = Llama::load(&backend, &model_cfg, &mut tensors, cfg.weight_format)

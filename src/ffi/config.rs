@@ -93,12 +93,14 @@ fn dtype_of(w: WeightFormat) -> lpx_weight_dtype {
 /// # Safety
 /// The string pointers of `c` must be NULL or NUL-terminated strings valid for the call.
 pub(crate) unsafe fn to_rust(c: &lpx_engine_config) -> Result<EngineConfig> {
-    // SAFETY (all opt_str calls): pointers come from the caller's config, valid per contract.
+    // SAFETY: `c.model` is NULL or a NUL-terminated string valid for the call (our contract).
     let model = unsafe { opt_str(c.model, "cfg->model") }?.unwrap_or("");
     let mut r = EngineConfig::new(model);
+    // SAFETY: as above, for `c.served_model_name`.
     r.served_model_name = unsafe { opt_str(c.served_model_name, "cfg->served_model_name") }?
         .filter(|s| !s.is_empty())
         .map(str::to_string);
+    // SAFETY: as above, for `c.device`.
     if let Some(d) = unsafe { opt_str(c.device, "cfg->device") }?.filter(|s| !s.is_empty()) {
         r.device = d.to_string();
     }
@@ -123,6 +125,7 @@ pub(crate) unsafe fn to_rust(c: &lpx_engine_config) -> Result<EngineConfig> {
         )*};
     }
     numeric_fields!(copy_in!(c, r));
+    // SAFETY: as above, for `c.peft_source`.
     r.peft_source = unsafe { opt_str(c.peft_source, "cfg->peft_source") }?
         .unwrap_or("")
         .split(':')
@@ -235,11 +238,13 @@ pub unsafe extern "C" fn lpx_engine_config_from_env(
                 "peft_source" => c.peft_source,
                 _ => std::ptr::null(),
             };
-            // SAFETY: the caller's strings are NULL or valid per the contract (read above).
-            if !mine.is_null()
-                && unsafe { std::ffi::CStr::from_ptr(mine) }.to_bytes() == s.as_bytes()
-            {
-                return Ok(mine);
+            if !mine.is_null() {
+                // SAFETY: the caller's strings are NULL (excluded above) or valid NUL-terminated
+                // strings per the contract (already read by `to_rust`).
+                let theirs = unsafe { std::ffi::CStr::from_ptr(mine) };
+                if theirs.to_bytes() == s.as_bytes() {
+                    return Ok(mine);
+                }
             }
             intern(s, &format!("cfg->{field} from the environment"))
         })?;

@@ -46,12 +46,15 @@ impl Versioned for lpx_request {
 /// # Safety
 /// Every pointer of `r` must be NULL or valid for its stated length for the call.
 pub(crate) unsafe fn to_rust(r: &lpx_request) -> Result<Request> {
-    // SAFETY (all helper calls): pointers and lengths come from the caller's request.
+    // SAFETY: `r.model` is NULL or a NUL-terminated string valid for the call (our contract).
     let model = unsafe { opt_str(r.model, "req->model") }?
         .filter(|s| !s.is_empty())
         .map(str::to_string);
+    // SAFETY: as above, for `r.prompt`.
     let text = unsafe { opt_str(r.prompt, "req->prompt") }?;
+    // SAFETY: `r.prompt_tokens` is NULL or valid for `r.prompt_tokens_len` values (our contract).
     let toks = unsafe { slice(r.prompt_tokens, r.prompt_tokens_len, "req->prompt_tokens") }?;
+    // SAFETY: `r.messages` is NULL or valid for `r.messages_len` entries (our contract).
     let msgs: &[lpx_message] = unsafe { slice(r.messages, r.messages_len, "req->messages") }?;
     let given = [text.is_some(), !toks.is_empty(), !msgs.is_empty()]
         .iter()
@@ -69,7 +72,10 @@ pub(crate) unsafe fn to_rust(r: &lpx_request) -> Result<Request> {
     } else {
         let mut v = Vec::with_capacity(msgs.len());
         for (i, m) in msgs.iter().enumerate() {
+            // SAFETY: each message's strings are NUL-terminated and valid for the call (our
+            // contract; NULL is refused by `req_str`).
             let role = unsafe { req_str(m.role, &format!("req->messages[{i}].role")) }?;
+            // SAFETY: as above.
             let content = unsafe { req_str(m.content, &format!("req->messages[{i}].content")) }?;
             v.push(ChatMessage {
                 role: role.to_string(),
@@ -78,11 +84,14 @@ pub(crate) unsafe fn to_rust(r: &lpx_request) -> Result<Request> {
         }
         Prompt::Chat(v)
     };
+    // SAFETY: `r.stop` is NULL or valid for `r.stop_len` pointers (our contract).
     let stop_ptrs = unsafe { slice(r.stop, r.stop_len, "req->stop") }?;
     let mut stop = Vec::with_capacity(stop_ptrs.len());
     for (i, &p) in stop_ptrs.iter().enumerate() {
+        // SAFETY: every stop string is NUL-terminated and valid for the call (our contract).
         stop.push(unsafe { req_str(p, &format!("req->stop[{i}]")) }?.to_string());
     }
+    // SAFETY: `r.stop_token_ids` is NULL or valid for `r.stop_token_ids_len` values.
     let stop_token_ids = unsafe {
         slice(
             r.stop_token_ids,

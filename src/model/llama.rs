@@ -8,7 +8,10 @@ use parking_lot::Mutex;
 
 use super::layout::account_tensors;
 use super::{ModelConfig, TensorMap};
-use crate::backend::{AttnMeta, Backend, LoraBatch, LoraTarget, WeightFormat};
+use crate::backend::{
+    AttentionArgs, AttnMeta, Backend, KvWriteArgs, LoraArgs, LoraBatch, LoraTarget, RopeArgs, View,
+    ViewMut, WeightFormat,
+};
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;
 
@@ -188,17 +191,21 @@ impl<B: Backend> Llama<B> {
             }
             _ => None,
         };
-        #[allow(clippy::too_many_arguments)]
-        let apply = |x: &B::Buf,
-                     xs: usize,
-                     xc: usize,
-                     y: &mut B::Buf,
-                     ys: usize,
-                     yc: usize,
-                     l: usize,
-                     t: LoraTarget| {
+        // `y[:, yc..] += LoRA(x)` for target `t` of layer `l`, x and y `rows` rows of width
+        // `xs` / `ys`.
+        let apply = |(x, xs): (&B::Buf, usize),
+                     (y, ys, yc): (&mut B::Buf, usize, usize),
+                     layer: usize,
+                     target: LoraTarget| {
             if let Some(stack) = lora {
-                backend.lora_apply(x, xs, xc, y, ys, yc, rows, input.lora, stack, l, t);
+                let args = LoraArgs {
+                    batch: input.lora,
+                    stack,
+                    layer,
+                    target,
+                };
+                let (x, y) = (View::new(x, rows, xs, 0), ViewMut::new(y, rows, ys, yc));
+                backend.lora_apply(x, y, &args);
             }
         };
         let (h, inter, q, kv_dim) = (
@@ -254,41 +261,42 @@ impl<B: Backend> Llama<B> {
         for (l, layer) in self.layers.iter().enumerate() {
             backend.rms_norm(x, &layer.attn_norm, rows, h, cfg.rms_norm_eps, normed);
             backend.matmul(normed, rows, &layer.qkv, qkv);
-            apply(normed, h, 0, qkv, qkv_w, 0, l, LoraTarget::Q);
-            apply(normed, h, 0, qkv, qkv_w, q, l, LoraTarget::K);
-            apply(normed, h, 0, qkv, qkv_w, q + kv_dim, l, LoraTarget::V);
+            apply((normed, h), (qkv, qkv_w, 0), l, LoraTarget::Q);
+            apply((normed, h), (qkv, qkv_w, q), l, LoraTarget::K);
+            apply((normed, h), (qkv, qkv_w, q + kv_dim), l, LoraTarget::V);
             // K's heads follow Q's in the fused row, so one call rotates both.
-            backend.rope(
-                qkv,
-                rows,
-                qkv_w,
-                0,
-                cfg.num_heads + cfg.num_kv_heads,
-                cfg.head_dim,
-                input.meta.row_pos,
-                &self.inv_freq,
-            );
-            backend.kv_write(
-                kv,
-                l,
-                qkv,
-                rows,
-                qkv_w,
-                q,
-                q + kv_dim,
-                input.meta.slot_mapping,
-            );
-            backend.attention_paged(qkv, rows, qkv_w, cfg.num_heads, kv, l, &input.meta, attn);
+            let rope = RopeArgs {
+                n_heads: cfg.num_heads + cfg.num_kv_heads,
+                head_dim: cfg.head_dim,
+                row_pos: input.meta.row_pos,
+                inv_freq: &self.inv_freq,
+            };
+            backend.rope(ViewMut::new(qkv, rows, qkv_w, 0), &rope);
+            let write = KvWriteArgs {
+                layer: l,
+                k: View::new(qkv, rows, qkv_w, q),
+                v: View::new(qkv, rows, qkv_w, q + kv_dim),
+                slot_mapping: input.meta.slot_mapping,
+            };
+            backend.kv_write(kv, write);
+            let attention = AttentionArgs {
+                q: View::new(qkv, rows, qkv_w, 0),
+                n_heads: cfg.num_heads,
+                cache: kv,
+                layer: l,
+                meta: input.meta,
+            };
+            backend.attention_paged(attention, attn);
             backend.matmul(attn, rows, &layer.o, proj);
-            apply(attn, q, 0, proj, h, 0, l, LoraTarget::O);
+            apply((attn, q), (proj, h, 0), l, LoraTarget::O);
             backend.add(x, proj, rows * h);
             backend.rms_norm(x, &layer.mlp_norm, rows, h, cfg.rms_norm_eps, normed);
             backend.matmul(normed, rows, &layer.gate_up, gu);
-            apply(normed, h, 0, gu, 2 * inter, 0, l, LoraTarget::Gate);
-            apply(normed, h, 0, gu, 2 * inter, inter, l, LoraTarget::Up);
+            apply((normed, h), (gu, 2 * inter, 0), l, LoraTarget::Gate);
+            apply((normed, h), (gu, 2 * inter, inter), l, LoraTarget::Up);
             backend.silu_mul(gu, rows, inter, act);
             backend.matmul(act, rows, &layer.down, proj);
-            apply(act, inter, 0, proj, h, 0, l, LoraTarget::Down);
+            apply((act, inter), (proj, h, 0), l, LoraTarget::Down);
             backend.add(x, proj, rows * h);
         }
         let mut out = vec![0f32; n * cfg.vocab_size];

@@ -8,10 +8,9 @@
 
 use rayon::prelude::*;
 
-use super::kv_cache::CpuKvCache;
-use super::CpuBackend;
-use crate::backend::reference::{attn_row, attn_shapes};
-use crate::backend::AttnMeta;
+use super::{CpuBackend, CpuKvCache};
+use crate::backend::kv_store::{attn_row, attn_shapes, block_runs};
+use crate::backend::AttentionArgs;
 
 /// 8-lane dot product with a fixed summation order.
 #[inline(always)]
@@ -52,31 +51,18 @@ fn exp_neg(x: f32) -> f32 {
     y * f32::from_bits(((fx as i32 + 127) as u32) << 23)
 }
 
-/// Shapes shared by all units of one call.
-struct Dims {
+/// Shapes and the layer's K/V, shared by all units of one call.
+struct Call<'a> {
     hd: usize,
     kv_dim: usize,
     group: usize,
-    stride: usize,
     nkv: usize,
     bs: usize,
     scale: f32,
-}
-
-/// The slots of positions `0..n` of a sequence, block by block: `(first position, first slot,
-/// count)` for each block the positions touch.
-#[inline(always)]
-fn block_runs(
-    table: &[u32],
-    n: usize,
-    bs: usize,
-) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
-    table
-        .iter()
-        .enumerate()
-        .map(move |(b, &blk)| (b * bs, blk as usize * bs))
-        .take_while(move |&(p0, _)| p0 < n)
-        .map(move |(p0, s0)| (p0, s0, bs.min(n - p0)))
+    /// The layer's K (slot-major).
+    kc: &'a [f32],
+    /// The layer's V (slot-major).
+    vc: &'a [f32],
 }
 
 /// One (row, KV head) unit compiled for AVX2/FMA. The body has no reductions across lanes and
@@ -86,39 +72,34 @@ fn block_runs(
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn unit_avx2(
-    d: &Dims,
+    d: &Call<'_>,
     q_row: &[f32],
     g: usize,
-    table: &[u32],
-    pos: usize,
-    kc: &[f32],
-    vc: &[f32],
+    seq: (&[u32], usize),
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    // SAFETY: this function is only entered on CPUs with AVX2 and FMA.
-    unsafe { unit::<true>(d, q_row, g, table, pos, kc, vc, scores, out) }
+    // SAFETY: this function is only entered on CPUs with AVX2 and FMA (its own contract), which
+    // is what `unit::<true>` requires.
+    unsafe { unit::<true>(d, q_row, g, seq, scores, out) }
 }
 
-/// One (row, KV head) unit: `out` is the `group * hd` outputs of the group's query heads.
+/// One (row, KV head) unit: `out` is the `group * hd` outputs of the group's query heads; the
+/// row attends to positions `0..=pos` of the sequence with block table `table` (`seq`).
 ///
 /// # Safety
 /// With `SIMD = true` the CPU must support AVX2 and FMA.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn unit<const SIMD: bool>(
-    d: &Dims,
+    d: &Call<'_>,
     q_row: &[f32],
     g: usize,
-    table: &[u32],
-    pos: usize,
-    kc: &[f32],
-    vc: &[f32],
+    (table, pos): (&[u32], usize),
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    let (kc, vc) = (d.kc, d.vc);
     let n = pos + 1;
     let (hd, group) = (d.hd, d.group);
     scores.clear();
@@ -134,7 +115,8 @@ unsafe fn unit<const SIMD: bool>(
                     Some(k) => {
                         #[cfg(target_arch = "x86_64")]
                         if SIMD {
-                            // SAFETY: the caller guarantees AVX2/FMA when SIMD is set.
+                            // SAFETY: the caller guarantees AVX2/FMA when SIMD is set, which is
+                            // all `dot_mul_add` requires (it bounds-checks its slices).
                             unsafe { super::simd::dot_mul_add(qh, k) * d.scale }
                         } else {
                             dot(qh, k) * d.scale
@@ -187,54 +169,49 @@ unsafe fn unit<const SIMD: bool>(
 
 /// See [`crate::backend::Backend::attention_paged`]. Fills the output with NaN when shapes are
 /// inconsistent, and a row's output with NaN when its metadata points outside the cache.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_paged(
     be: &CpuBackend,
-    qkv: &[f32],
-    rows: usize,
-    stride: usize,
-    n_heads: usize,
-    cache: &CpuKvCache,
-    layer: usize,
-    meta: &AttnMeta<'_>,
+    a: AttentionArgs<'_, [f32], CpuKvCache>,
     out: &mut [f32],
 ) {
-    let geom = cache.geom;
+    let (q, n_heads, meta) = (a.q, a.n_heads, &a.meta);
+    let geom = a.cache.geom;
     let (Some((nkv, hd, group)), Some((kc, vc))) = (
-        attn_shapes(qkv.len(), out.len(), rows, stride, n_heads, &geom),
-        cache.layer(layer),
+        attn_shapes(&q, out.len(), n_heads, &geom),
+        a.cache.layer(a.layer),
     ) else {
         out.iter_mut().for_each(|v| *v = f32::NAN);
         return;
     };
+    let rows = q.rows;
     if rows == 0 || hd == 0 {
         return;
     }
-    let d = Dims {
+    let d = Call {
         hd,
         kv_dim: nkv * hd,
         group,
-        stride,
         nkv,
         bs: geom.block_size,
         scale: 1.0 / (hd as f32).sqrt(),
+        kc,
+        vc,
     };
     let out = &mut out[..rows * n_heads * hd];
     let run = |c: usize, chunk: &mut [f32], scores: &mut Vec<f32>| {
         let (t, g) = (c / d.nkv, c % d.nkv);
-        match attn_row(meta, t, &geom) {
-            Some((table, pos)) => {
-                let q_row = &qkv[t * d.stride..t * d.stride + n_heads * d.hd];
+        match (attn_row(meta, t, &geom), q.row(t, n_heads * d.hd)) {
+            (Some(seq), Some(q_row)) => {
                 #[cfg(target_arch = "x86_64")]
                 if be.simd {
                     // SAFETY: `be.simd` is only set when AVX2 and FMA were detected at runtime.
-                    unsafe { unit_avx2(&d, q_row, g, table, pos, kc, vc, scores, chunk) };
+                    unsafe { unit_avx2(&d, q_row, g, seq, scores, chunk) };
                     return;
                 }
                 // SAFETY: SIMD = false needs no CPU features.
-                unsafe { unit::<false>(&d, q_row, g, table, pos, kc, vc, scores, chunk) };
+                unsafe { unit::<false>(&d, q_row, g, seq, scores, chunk) };
             }
-            None => chunk.iter_mut().for_each(|v| *v = f32::NAN),
+            _ => chunk.iter_mut().for_each(|v| *v = f32::NAN),
         }
     };
     let work: usize = meta

@@ -1,4 +1,5 @@
-//! Row-wise and element-wise ops: rms_norm, rope, silu_mul, add, and the row gathers.
+//! Row-wise and element-wise ops: rms_norm, rope, silu_mul, add, and the embedding gather
+//! (`gather_rows` is the reference's, shared).
 //!
 //! These are memory-light next to matmul and attention, so most run on the calling thread with
 //! loops the compiler vectorises; `silu_mul` (an `exp` per element) is vectorised explicitly
@@ -8,11 +9,8 @@ use rayon::prelude::*;
 
 use super::weight::CpuWeight;
 use super::CpuBackend;
-use crate::backend::reference::rope_ok;
-
-fn fill_nan(buf: &mut [f32]) {
-    buf.iter_mut().for_each(|v| *v = f32::NAN);
-}
+use crate::backend::reference::{fill_nan, rope_ok};
+use crate::backend::{RopeArgs, View, ViewMut};
 
 /// Sum of squares with 8 lane-wise partial sums (fixed order).
 fn sum_sq(x: &[f32]) -> f32 {
@@ -55,41 +53,24 @@ pub(crate) fn rms_norm(x: &[f32], w: &[f32], rows: usize, dim: usize, eps: f32, 
 
 /// See [`crate::backend::Backend::rope`]. `cos`/`sin` are computed once per (row, frequency)
 /// and applied to every head of the row.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn rope(
-    x: &mut [f32],
-    rows: usize,
-    stride: usize,
-    col0: usize,
-    n_heads: usize,
-    head_dim: usize,
-    row_pos: &[u32],
-    inv_freq: &[f32],
-) {
-    if !rope_ok(
-        x.len(),
-        rows,
-        stride,
-        col0,
-        n_heads,
-        head_dim,
-        row_pos,
-        inv_freq,
-    ) {
+pub(crate) fn rope(x: ViewMut<'_, [f32]>, a: &RopeArgs<'_>) {
+    let (rows, stride, col0) = (x.rows, x.stride, x.col);
+    let x = x.buf;
+    if !rope_ok(&View::new(&*x, rows, stride, col0), a) {
         return fill_nan(x);
     }
-    let half = head_dim / 2;
+    let (head_dim, half) = (a.head_dim, a.head_dim / 2);
     if half == 0 || stride == 0 {
         return;
     }
     let mut cos = vec![0f32; half];
     let mut sin = vec![0f32; half];
-    for (row, &pos) in x.chunks_exact_mut(stride).zip(row_pos).take(rows) {
-        for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(inv_freq) {
-            let a = pos as f32 * f;
-            (*s, *c) = a.sin_cos();
+    for (row, &pos) in x.chunks_exact_mut(stride).zip(a.row_pos).take(rows) {
+        for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(a.inv_freq) {
+            let ang = pos as f32 * f;
+            (*s, *c) = ang.sin_cos();
         }
-        let heads = &mut row[col0..col0 + n_heads * head_dim];
+        let heads = &mut row[col0..col0 + a.n_heads * head_dim];
         for head in heads.chunks_exact_mut(head_dim) {
             let (lo, hi) = head.split_at_mut(half);
             for (((x1, x2), &c), &s) in lo.iter_mut().zip(hi.iter_mut()).zip(&cos).zip(&sin) {
@@ -193,25 +174,6 @@ pub(crate) fn add(acc: &mut [f32], x: &[f32], len: usize) {
     }
     for (a, &b) in acc[..len].iter_mut().zip(&x[..len]) {
         *a += b;
-    }
-}
-
-/// See [`crate::backend::Backend::gather_rows`]; an out-of-range row index yields a NaN row.
-pub(crate) fn gather_rows(x: &[f32], dim: usize, rows: &[u32], out: &mut [f32]) {
-    if !matches!(rows.len().checked_mul(dim), Some(n) if n <= out.len()) {
-        return fill_nan(out);
-    }
-    if dim == 0 {
-        return;
-    }
-    for (dst, &r) in out.chunks_exact_mut(dim).zip(rows) {
-        let src = (r as usize)
-            .checked_mul(dim)
-            .and_then(|s| x.get(s..s.checked_add(dim)?));
-        match src {
-            Some(src) => dst.copy_from_slice(src),
-            None => fill_nan(dst),
-        }
     }
 }
 

@@ -22,8 +22,9 @@
 use rayon::prelude::*;
 
 use super::CpuBackend;
-use crate::backend::lora::{LoraBatch, LoraSlotData, LoraStackGeometry, LoraTarget, LoraWeights};
+use crate::backend::lora::{LoraSlotData, LoraStackGeometry, LoraWeights};
 use crate::backend::lora_arena::{ArenaModule, HostLoraArena};
+use crate::backend::{LoraArgs, View, ViewMut};
 use crate::error::Result;
 
 /// The CPU backend's adapter arena: a [`HostLoraArena`] whose modules hold `A [r, in]` and
@@ -104,28 +105,31 @@ struct Active<'a> {
 }
 
 /// See [`crate::backend::Backend::lora_apply`]. Rows whose x or y range falls outside the buffers
-/// are skipped (as in the reference); when `y_col + out > y_stride` (rows would overlap) nothing
-/// is written.
-#[allow(clippy::too_many_arguments)]
+/// are skipped (as in the reference); when `x.rows != y.rows` or a view's columns exceed its
+/// stride (rows would overlap) nothing is written.
 pub(crate) fn lora_apply(
     be: &CpuBackend,
-    x: &[f32],
-    x_stride: usize,
-    x_col: usize,
-    y: &mut [f32],
-    y_stride: usize,
-    y_col: usize,
-    rows: usize,
-    batch: &LoraBatch,
-    stack: &CpuLoraArena,
-    layer: usize,
-    target: LoraTarget,
+    x: View<'_, [f32]>,
+    y: ViewMut<'_, [f32]>,
+    args: &LoraArgs<'_, CpuLoraArena>,
 ) {
-    let stack = &stack.inner;
+    let stack = &args.stack.inner;
+    let (layer, target) = (args.layer, args.target);
     let (inp, out) = stack.geometry().dims[target.index()];
-    if inp == 0 || out == 0 || !matches!(y_col.checked_add(out), Some(e) if e <= y_stride) {
+    let within =
+        |col: usize, w: usize, stride: usize| matches!(col.checked_add(w), Some(e) if e <= stride);
+    if inp == 0
+        || out == 0
+        || x.rows != y.rows
+        || !within(x.col, inp, x.stride)
+        || !within(y.col, out, y.stride)
+    {
         return;
     }
+    let rows = x.rows;
+    let (x_stride, x_col) = (x.stride, x.col);
+    let (y_stride, y_col) = (y.stride, y.col);
+    let (x, y) = (x.buf, y.buf);
     let in_bounds = |t: usize| -> bool {
         let xs = t.checked_mul(x_stride).and_then(|v| v.checked_add(x_col));
         let ys = t.checked_mul(y_stride).and_then(|v| v.checked_add(y_col));
@@ -133,7 +137,7 @@ pub(crate) fn lora_apply(
             && matches!(ys.and_then(|v| v.checked_add(out)), Some(e) if e <= y.len())
     };
     let mut active: Vec<Active<'_>> = Vec::new();
-    for (t, &s) in batch.token_slot.iter().enumerate().take(rows) {
+    for (t, &s) in args.batch.token_slot.iter().enumerate().take(rows) {
         if s < 0 || !in_bounds(t) {
             continue;
         }
@@ -371,7 +375,9 @@ mod kernels {
             let k0 = g * 8;
             // SAFETY: rows k0 .. k0 + kk of A exist (k0 + kk <= rank); x has inp values.
             let (xp, ap) = (x.as_ptr(), unsafe { a.as_ptr().add(k0 * inp) });
-            // SAFETY (all arms): as above.
+            // SAFETY: every arm reads rows k0 .. k0 + K of A with K <= rank - k0 (the `_` arm
+            // only for rank - k0 >= 8), all inside `a` (checked `a.len() >= rank * inp`), and
+            // the inp values of x; AVX2/FMA are available (this function's contract).
             let v = unsafe {
                 match rank - k0 {
                     1 => shrink_group::<1>(xp, ap, inp),
@@ -464,8 +470,9 @@ mod kernels {
                 if h.len() < r || y.len() < j0 + w {
                     continue;
                 }
-                // SAFETY (all arms): columns col0 + j0 .. + w < out for every k < r
-                // (checked above), y has j0 + w values, h has r values.
+                // SAFETY: in every arm, columns col0 + j0 .. + w of Bᵀ row k < r are inside `bt`
+                // (`r * out <= bt.len()` and `col0 + ncols <= out` checked above), y has j0 + w
+                // values and h has r values (checked just above); AVX2/FMA are available.
                 unsafe {
                     let (b, yp) = (bt0.add(j0), y.as_mut_ptr().add(j0));
                     match w {

@@ -9,6 +9,8 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::simd::{self, Panels};
 use super::weight::{bf16_bits_to_f32, packed_index, CpuWeight, WData, CHUNK, PANEL};
 use super::CpuBackend;
 use crate::backend::reference::matmul_shapes_ok;
@@ -82,19 +84,28 @@ fn run_block(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, o0: usize, 
     #[cfg(target_arch = "x86_64")]
     if be.simd {
         let rb = row_block(kp);
+        macro_rules! panels {
+            ($w:expr) => {
+                Panels {
+                    x,
+                    rows,
+                    kp,
+                    w: $w,
+                    o0,
+                    n,
+                    rb,
+                }
+            };
+        }
         // SAFETY: `be.simd` is only true when AVX2 and FMA were detected at runtime
-        // (`CpuBackend::new`); `block` checks its slice bounds itself.
+        // (`CpuBackend::new`), and `block_wide` runs only when `wide()` detected AVX-512F/VL;
+        // the kernels check their slice bounds themselves.
         unsafe {
-            if wide() {
-                match &w.data {
-                    WData::F32(d) => super::simd::f32w::block_wide(x, rows, kp, d, o0, n, yt, rb),
-                    WData::BF16(d) => super::simd::bf16w::block_wide(x, rows, kp, d, o0, n, yt, rb),
-                }
-            } else {
-                match &w.data {
-                    WData::F32(d) => super::simd::f32w::block(x, rows, kp, d, o0, n, yt, rb),
-                    WData::BF16(d) => super::simd::bf16w::block(x, rows, kp, d, o0, n, yt, rb),
-                }
+            match (&w.data, wide()) {
+                (WData::F32(d), true) => simd::f32w::block_wide(&panels!(d), yt),
+                (WData::BF16(d), true) => simd::bf16w::block_wide(&panels!(d), yt),
+                (WData::F32(d), false) => simd::f32w::block(&panels!(d), yt),
+                (WData::BF16(d), false) => simd::bf16w::block(&panels!(d), yt),
             }
         }
         return;

@@ -10,7 +10,6 @@
 
 mod attention;
 mod elementwise;
-mod kv_cache;
 mod lora;
 mod matmul;
 #[cfg(target_arch = "x86_64")]
@@ -22,13 +21,18 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rayon::ThreadPool;
 
-pub use kv_cache::CpuKvCache;
 pub use lora::CpuLoraArena;
 pub use weight::CpuWeight;
 
-use super::{AttnMeta, Backend, KvGeometry, WeightFormat};
+use super::{
+    AttentionArgs, Backend, KvGeometry, KvStore, KvWriteArgs, LoraArgs, RopeArgs, View, ViewMut,
+    WeightFormat,
+};
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;
+
+/// The CPU backend's KV cache: the host backends' shared [`KvStore`].
+pub type CpuKvCache = KvStore;
 
 /// Reusable scratch memory for matmul (padded activations, transposed output).
 #[derive(Debug, Default)]
@@ -142,7 +146,7 @@ impl Backend for CpuBackend {
     }
 
     fn alloc_kv(&self, geom: KvGeometry) -> Result<CpuKvCache> {
-        CpuKvCache::new(geom)
+        KvStore::new(geom)
     }
 
     fn matmul(&self, x: &Vec<f32>, rows: usize, w: &CpuWeight, y: &mut Vec<f32>) {
@@ -165,18 +169,8 @@ impl Backend for CpuBackend {
         elementwise::rms_norm(x, w, rows, dim, eps, out);
     }
 
-    fn rope(
-        &self,
-        x: &mut Vec<f32>,
-        rows: usize,
-        stride: usize,
-        col0: usize,
-        n_heads: usize,
-        head_dim: usize,
-        row_pos: &[u32],
-        inv_freq: &[f32],
-    ) {
-        elementwise::rope(x, rows, stride, col0, n_heads, head_dim, row_pos, inv_freq);
+    fn rope(&self, x: ViewMut<'_, Vec<f32>>, a: &RopeArgs<'_>) {
+        elementwise::rope(x.slice(), a);
     }
 
     fn silu_mul(&self, gate_up: &Vec<f32>, rows: usize, inter: usize, out: &mut Vec<f32>) {
@@ -187,36 +181,16 @@ impl Backend for CpuBackend {
         elementwise::add(acc, x, len);
     }
 
-    fn kv_write(
-        &self,
-        cache: &mut CpuKvCache,
-        layer: usize,
-        qkv: &Vec<f32>,
-        rows: usize,
-        stride: usize,
-        k_col: usize,
-        v_col: usize,
-        slot_mapping: &[u32],
-    ) {
-        kv_cache::kv_write(cache, layer, qkv, rows, stride, k_col, v_col, slot_mapping);
+    fn kv_write(&self, cache: &mut CpuKvCache, w: KvWriteArgs<'_, Vec<f32>>) {
+        cache.write(w.slice());
     }
 
-    fn attention_paged(
-        &self,
-        qkv: &Vec<f32>,
-        rows: usize,
-        stride: usize,
-        n_heads: usize,
-        cache: &CpuKvCache,
-        layer: usize,
-        meta: &AttnMeta<'_>,
-        out: &mut Vec<f32>,
-    ) {
-        attention::attention_paged(self, qkv, rows, stride, n_heads, cache, layer, meta, out);
+    fn attention_paged(&self, a: AttentionArgs<'_, Vec<f32>, CpuKvCache>, out: &mut Vec<f32>) {
+        attention::attention_paged(self, a.slice(), out);
     }
 
     fn gather_rows(&self, x: &Vec<f32>, dim: usize, rows: &[u32], out: &mut Vec<f32>) {
-        elementwise::gather_rows(x, dim, rows, out);
+        super::reference::gather_rows(x, dim, rows, out);
     }
 
     fn alloc_lora_stack(&self, geom: super::LoraStackGeometry) -> Result<Self::LoraStack> {
@@ -242,20 +216,10 @@ impl Backend for CpuBackend {
 
     fn lora_apply(
         &self,
-        x: &Vec<f32>,
-        x_stride: usize,
-        x_col: usize,
-        y: &mut Vec<f32>,
-        y_stride: usize,
-        y_col: usize,
-        rows: usize,
-        batch: &super::LoraBatch,
-        stack: &Self::LoraStack,
-        layer: usize,
-        target: super::LoraTarget,
+        x: View<'_, Vec<f32>>,
+        y: ViewMut<'_, Vec<f32>>,
+        a: &LoraArgs<'_, Self::LoraStack>,
     ) {
-        lora::lora_apply(
-            self, x, x_stride, x_col, y, y_stride, y_col, rows, batch, stack, layer, target,
-        );
+        lora::lora_apply(self, x.slice(), y.slice(), a);
     }
 }

@@ -55,6 +55,27 @@ unsafe fn load_bf16(p: *const u16) -> __m256 {
     _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
 }
 
+/// One call of the blocked kernels: `yt[j * rows + t] = dot(x[t], w[o0 + j])` for `j < n`,
+/// `t < rows`, with activation rows processed in blocks of `rb`. `x` is `[rows, kp]`, `w` packed
+/// panels (see `weight.rs`) of `kp` columns.
+#[derive(Debug)]
+pub(crate) struct Panels<'a, T> {
+    /// Activations `[rows, kp]`.
+    pub x: &'a [f32],
+    /// Activation rows.
+    pub rows: usize,
+    /// Padded columns (a multiple of 8).
+    pub kp: usize,
+    /// The packed weight.
+    pub w: &'a [T],
+    /// First weight row (a multiple of `NW`).
+    pub o0: usize,
+    /// Weight rows computed.
+    pub n: usize,
+    /// Activation rows per block.
+    pub rb: usize,
+}
+
 /// Writes a finished tile into `yt` (viewed as `[n, rows]`), skipping anything out of range.
 #[inline(always)]
 fn store<const W: usize, const X: usize>(
@@ -87,9 +108,9 @@ const PF_HINT: i32 = _MM_HINT_T0;
 
 /// The body of `block` / `block_wide` (they differ in target features and tile sizes).
 macro_rules! block_body {
-    ($x:ident, $rows:ident, $kp:ident, $w:ident, $o0:ident, $n:ident, $yt:ident, $rb:ident,
-     $mxmax:expr, $pick:expr, [$($sz:literal),*]) => {{
-        let (x, rows, kp, w, o0, n, yt, rb) = ($x, $rows, $kp, $w, $o0, $n, $yt, $rb);
+    ($p:ident, $yt:ident, $mxmax:expr, $pick:expr, [$($sz:literal),*]) => {{
+        let Panels { x, rows, kp, w, o0, n, rb } = *$p;
+        let yt = $yt;
         let ok = kp % 8 == 0
             && o0 % NW == 0
             && matches!(rows.checked_mul(kp), Some(l) if l <= x.len())
@@ -131,7 +152,9 @@ macro_rules! block_body {
                     let mx = $pick(r1 - t);
                     // SAFETY: t + mx <= rows, so rows t .. t+mx of x are in bounds.
                     let xp = unsafe { x.as_ptr().add(t * kp) };
-                    // SAFETY (all arms): pointers and kp validated above.
+                    // SAFETY: every arm's tile reads mx <= rows - t rows of x from xp and one whole
+                    // panel at wp (bounds and `kp % 8 == 0` validated at the top); the target
+                    // features are enabled in the enclosing function.
                     unsafe {
                         match mx {
                             $($sz => store(yt, rows, j, t, tile::<4, $sz>(xp, wp, kp, pft)),)*
@@ -230,30 +253,8 @@ macro_rules! weight_kernels {
             /// `x.len() >= rows * kp`, `w.len() >=` (`o0 + n` rounded up to a multiple of `NW`)
             /// `* kp` (whole panels); the function checks these and returns if they fail.
             #[target_feature(enable = "avx2,fma")]
-            #[allow(clippy::too_many_arguments)]
-            pub(crate) unsafe fn block(
-                x: &[f32],
-                rows: usize,
-                kp: usize,
-                w: &[$t],
-                o0: usize,
-                n: usize,
-                yt: &mut [f32],
-                rb: usize,
-            ) {
-                block_body!(
-                    x,
-                    rows,
-                    kp,
-                    w,
-                    o0,
-                    n,
-                    yt,
-                    rb,
-                    MX,
-                    |m: usize| m.min(MX),
-                    [3, 2, 1]
-                );
+            pub(crate) unsafe fn block(p: &Panels<'_, $t>, yt: &mut [f32]) {
+                block_body!(p, yt, MX, |m: usize| m.min(MX), [3, 2, 1]);
             }
 
             /// [`block`] with AVX-512VL's 32 vector registers: tiles of up to [`MX_WIDE`] rows
@@ -263,30 +264,8 @@ macro_rules! weight_kernels {
             /// # Safety
             /// AVX2, FMA, AVX-512F and AVX-512VL must be available; otherwise as [`block`].
             #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
-            #[allow(clippy::too_many_arguments)]
-            pub(crate) unsafe fn block_wide(
-                x: &[f32],
-                rows: usize,
-                kp: usize,
-                w: &[$t],
-                o0: usize,
-                n: usize,
-                yt: &mut [f32],
-                rb: usize,
-            ) {
-                block_body!(
-                    x,
-                    rows,
-                    kp,
-                    w,
-                    o0,
-                    n,
-                    yt,
-                    rb,
-                    MX_WIDE,
-                    wide_tile_rows,
-                    [6, 5, 4, 3, 2, 1]
-                );
+            pub(crate) unsafe fn block_wide(p: &Panels<'_, $t>, yt: &mut [f32]) {
+                block_body!(p, yt, MX_WIDE, wide_tile_rows, [6, 5, 4, 3, 2, 1]);
             }
         }
     };
