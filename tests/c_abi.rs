@@ -53,22 +53,21 @@ fn a_missing_tool_skips_locally() {
 }
 
 /// The directory holding libloraplex.so built with this test (target/<profile>). `cargo test`
-/// does not place the cdylib there, so it is built once here when missing (the same profile).
+/// does not place the cdylib there, so it is built once here (the same profile; a no-op when it
+/// is fresh, and a stale library from an older checkout is never linked).
 fn lib_dir() -> PathBuf {
     static BUILD: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     BUILD.call_once(|| {
-        if !dir.join("libloraplex.so").is_file() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--lib"]).current_dir(root());
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().unwrap();
-            assert!(status.success(), "cargo build --lib failed");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--lib"]).current_dir(root());
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
         }
+        let status = cmd.status().unwrap();
+        assert!(status.success(), "cargo build --lib failed");
     });
     assert!(
         dir.join("libloraplex.so").is_file(),
