@@ -36,7 +36,7 @@ use crate::model::{ModelConfig, ModelFiles};
 use crate::sched::{Scheduler, StepLimits};
 use crate::tokenizer::Tokenizer;
 use adapters::LoaderMsg;
-use sequence::Sequence;
+use sequence::{Sequence, SequenceInit};
 use worker::{Command, Worker};
 
 /// Live counters published by the worker after every step.
@@ -335,16 +335,16 @@ impl Engine {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (otx, orx) = crossbeam_channel::unbounded();
         let seed = self.seed_base ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let seq = Sequence::new(
+        let seq = Sequence::new(SequenceInit {
             id,
             prompt,
-            req.sampling,
-            seed,
-            self.max_model_len,
-            self.model_cfg.eos_token_ids.clone(),
-            otx.clone(),
-            adapter.clone(),
-        );
+            params: req.sampling,
+            seed_fallback: seed,
+            max_len: self.max_model_len,
+            eos_ids: self.model_cfg.eos_token_ids.clone(),
+            out: otx.clone(),
+            adapter: adapter.clone(),
+        });
         self.shared.outputs.lock().insert(id, (otx, orx));
         self.shared.active.fetch_add(1, Ordering::AcqRel);
         if self.tx.send(Command::Submit(Box::new(seq))).is_err() {

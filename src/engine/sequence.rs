@@ -45,18 +45,36 @@ impl Schedulable for Sequence {
     }
 }
 
+/// What a new sequence is made of (see [`Sequence::new`]).
+pub(crate) struct SequenceInit {
+    pub id: RequestId,
+    /// Prompt token ids (non-empty, inside the vocabulary).
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    /// Seed used when `params` has none.
+    pub seed_fallback: u64,
+    /// Longest prompt + completion.
+    pub max_len: usize,
+    /// Token ids that end generation (unless `params.ignore_eos`).
+    pub eos_ids: Vec<u32>,
+    /// Where outputs go.
+    pub out: Sender<Output>,
+    /// The pinned host-cache entry of the request's adapter, if any.
+    pub adapter: Option<AdapterKey>,
+}
+
 impl Sequence {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        id: RequestId,
-        prompt: Vec<u32>,
-        params: SamplingParams,
-        seed_fallback: u64,
-        max_len: usize,
-        eos_ids: Vec<u32>,
-        out: Sender<Output>,
-        adapter: Option<AdapterKey>,
-    ) -> Self {
+    pub fn new(init: SequenceInit) -> Self {
+        let SequenceInit {
+            id,
+            prompt,
+            params,
+            seed_fallback,
+            max_len,
+            eos_ids,
+            out,
+            adapter,
+        } = init;
         let sampler = Sampler::new(&params, seed_fallback);
         let stop = StopMatcher::new(&params.stop);
         let prompt_len = prompt.len();
