@@ -1,5 +1,11 @@
 //! Host tensors as loaded from files: a shape and owned data in one of the supported dtypes.
 //! No autograd, no views: the model copies what it needs into backend weights.
+//!
+//! [`decode`] is the one little-endian bytes → elements decoder and [`safetensors_file`] the one
+//! checked safetensors reader; adapters and model weights both read through them.
+
+pub mod decode;
+pub mod safetensors_file;
 
 use half::{bf16, f16};
 
@@ -43,6 +49,36 @@ pub enum TensorData {
     BF16(Vec<bf16>),
 }
 
+impl TensorData {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::F32(v) => v.len(),
+            TensorData::F16(v) => v.len(),
+            TensorData::BF16(v) => v.len(),
+        }
+    }
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The elements widened to f32 (copies; exact for every dtype).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match self {
+            TensorData::F32(v) => v.clone(),
+            TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            TensorData::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+    /// Consumes the data, returning f32 elements (no copy when already f32).
+    pub fn into_f32_vec(self) -> Vec<f32> {
+        match self {
+            TensorData::F32(v) => v,
+            other => other.to_f32_vec(),
+        }
+    }
+}
+
 /// A dense row-major host tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
@@ -74,21 +110,10 @@ impl HostTensor {
     }
     /// The elements converted to f32 (copies).
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        match &self.data {
-            TensorData::F32(v) => v.clone(),
-            TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
-            TensorData::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
-        }
+        self.data.to_f32_vec()
     }
     /// Consumes the tensor, returning f32 elements (no copy when already f32).
     pub fn into_f32_vec(self) -> Vec<f32> {
-        match self.data {
-            TensorData::F32(v) => v,
-            other => HostTensor {
-                shape: self.shape,
-                data: other,
-            }
-            .to_f32_vec(),
-        }
+        self.data.into_f32_vec()
     }
 }
