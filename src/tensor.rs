@@ -9,6 +9,19 @@ pub mod safetensors_file;
 
 use half::{bf16, f16};
 
+/// The element count of `shape` (1 for a scalar `[]`); `None` when the product overflows.
+/// Readers of untrusted headers use it before trusting a declared shape.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
+/// The element count and byte size of `shape` with `elem_size`-byte elements; `None` when either
+/// overflows.
+pub fn checked_byte_size(shape: &[usize], elem_size: usize) -> Option<(usize, usize)> {
+    let n = checked_numel(shape)?;
+    Some((n, n.checked_mul(elem_size)?))
+}
+
 /// Element types loraplex reads or stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {

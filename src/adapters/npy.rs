@@ -11,7 +11,7 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 use crate::tensor::decode::{decode_le, decode_le_ints, IntType};
-use crate::tensor::{DType, TensorData};
+use crate::tensor::{checked_byte_size, DType, TensorData};
 
 /// Element type of a `.npy` array.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,12 +190,7 @@ pub fn parse_npy(bytes: &[u8], what: &str) -> Result<NpyArray> {
         ));
     }
     let dtype = NpyDType::from_descr(&descr, what)?;
-    let numel = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
-    let nbytes = numel
-        .checked_mul(dtype.size())
+    let (_, nbytes) = checked_byte_size(&shape, dtype.size())
         .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
     let data = &bytes[end..];
     if data.len() != nbytes {

@@ -18,7 +18,7 @@ pub use vm::{Global, PickleValue, StorageDType, StorageRef, TensorRef, MAX_DEPTH
 
 use crate::error::{Error, Result};
 use crate::tensor::decode::decode_le;
-use crate::tensor::{DType, HostTensor};
+use crate::tensor::{checked_numel, DType, HostTensor};
 
 /// Each zip member read may declare at most this many times the archive's size (stored torch
 /// members are never larger than the archive; deflated ones rarely exceed 10x).
@@ -271,11 +271,8 @@ fn materialize(
             raw.len()
         )));
     }
-    let numel = t
-        .size
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| bad(format!("size {:?} overflows", t.size)))?;
+    let numel =
+        checked_numel(&t.size).ok_or_else(|| bad(format!("size {:?} overflows", t.size)))?;
     if numel > 0 {
         // Largest element index reached: offset + sum((size_i - 1) * stride_i).
         let mut last = t.offset;

@@ -10,7 +10,7 @@
 use serde_json::Value;
 
 use super::decode::decode_le;
-use super::{DType, HostTensor};
+use super::{checked_byte_size, DType, HostTensor};
 use crate::error::{Error, ErrorCode, Result};
 
 /// Largest accepted header (the safetensors crate uses the same 100 MB bound).
@@ -97,12 +97,7 @@ pub fn read_safetensors(
                 data.len()
             )));
         }
-        let numel = shape
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| tbad(format!("shape {shape:?} overflows")))?;
-        let need = numel
-            .checked_mul(dt.size())
+        let (_, need) = checked_byte_size(&shape, dt.size())
             .ok_or_else(|| tbad(format!("shape {shape:?} overflows")))?;
         if (end - begin) as usize != need {
             return Err(tbad(format!(
