@@ -63,18 +63,6 @@ pub enum TensorData {
 }
 
 impl TensorData {
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        match self {
-            TensorData::F32(v) => v.len(),
-            TensorData::F16(v) => v.len(),
-            TensorData::BF16(v) => v.len(),
-        }
-    }
-    /// True when there are no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
     /// The elements widened to f32 (copies; exact for every dtype).
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match self {
