@@ -1,7 +1,26 @@
 //! Host tensors as loaded from files: a shape and owned data in one of the supported dtypes.
 //! No autograd, no views: the model copies what it needs into backend weights.
+//!
+//! [`decode`] is the one little-endian bytes → elements decoder and [`safetensors_file`] the one
+//! checked safetensors reader; adapters and model weights both read through them.
+
+pub mod decode;
+pub mod safetensors_file;
 
 use half::{bf16, f16};
+
+/// The element count of `shape` (1 for a scalar `[]`); `None` when the product overflows.
+/// Readers of untrusted headers use it before trusting a declared shape.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
+/// The element count and byte size of `shape` with `elem_size`-byte elements; `None` when either
+/// overflows.
+pub fn checked_byte_size(shape: &[usize], elem_size: usize) -> Option<(usize, usize)> {
+    let n = checked_numel(shape)?;
+    Some((n, n.checked_mul(elem_size)?))
+}
 
 /// Element types loraplex reads or stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +62,24 @@ pub enum TensorData {
     BF16(Vec<bf16>),
 }
 
+impl TensorData {
+    /// The elements widened to f32 (copies; exact for every dtype).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match self {
+            TensorData::F32(v) => v.clone(),
+            TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            TensorData::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+    /// Consumes the data, returning f32 elements (no copy when already f32).
+    pub fn into_f32_vec(self) -> Vec<f32> {
+        match self {
+            TensorData::F32(v) => v,
+            other => other.to_f32_vec(),
+        }
+    }
+}
+
 /// A dense row-major host tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
@@ -74,21 +111,10 @@ impl HostTensor {
     }
     /// The elements converted to f32 (copies).
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        match &self.data {
-            TensorData::F32(v) => v.clone(),
-            TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
-            TensorData::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
-        }
+        self.data.to_f32_vec()
     }
     /// Consumes the tensor, returning f32 elements (no copy when already f32).
     pub fn into_f32_vec(self) -> Vec<f32> {
-        match self.data {
-            TensorData::F32(v) => v,
-            other => HostTensor {
-                shape: self.shape,
-                data: other,
-            }
-            .to_f32_vec(),
-        }
+        self.data.into_f32_vec()
     }
 }

@@ -9,9 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use loraplex::adapters::export::{export, ExportFormat};
-use loraplex::adapters::nemo::read_nemo;
-use loraplex::adapters::trtllm::read_trtllm;
-use loraplex::adapters::{AdapterFormat, LoraModule, ModelShape, NormalizedAdapter};
+use loraplex::adapters::{
+    load_adapter, AdapterFormat, AdapterLimits, LoraModule, ModelShape, NormalizedAdapter,
+};
 use loraplex::backend::LoraTarget;
 use loraplex::tensor::DType;
 use rand::{Rng, SeedableRng};
@@ -19,6 +19,12 @@ use rand::{Rng, SeedableRng};
 /// The shared fixtures (skips, saying so, when absent; honours LORAPLEX_SHARED).
 fn shared() -> Option<PathBuf> {
     common::shared_dir().map(|p| p.join("fixtures/tiny-llama"))
+}
+
+/// Reads an adapter directory the one way the crate reads adapters: [`load_adapter`] (discovery,
+/// checked file reads, `parse_*`, validation).
+fn load(dir: &Path, name: &str, shape: &ModelShape) -> loraplex::Result<NormalizedAdapter> {
+    load_adapter(dir, name, shape, &AdapterLimits::default())
 }
 
 fn tiny_shape(dtype: DType) -> ModelShape {
@@ -120,7 +126,7 @@ fn trt_fixtures_equal_hf_all_r8() {
     let Some(fx) = shared() else { return };
     let want = hf_reference(&fx.join("adapters/hf-all-r8"), 2.0);
     for v in ["trt-all-r8-npy", "trt-all-r8-bin"] {
-        let got = read_trtllm(
+        let got = load(
             &fx.join("adapters-formats").join(v),
             v,
             &tiny_shape(DType::F32),
@@ -128,7 +134,10 @@ fn trt_fixtures_equal_hf_all_r8() {
         .unwrap();
         assert_eq!(got.format, AdapterFormat::TrtLlm);
         assert_eq!(got.name, v);
-        assert!(got.generation.is_empty());
+        assert!(
+            !got.generation.is_empty(),
+            "{v}: generation set by the loader"
+        );
         assert!(got.modules().all(|(_, _, m)| m.scale == 1.0));
         assert_eq!(got.modules().count(), 21);
         assert_equivalent(&got, &want, 1e-6, v);
@@ -139,7 +148,7 @@ fn trt_fixtures_equal_hf_all_r8() {
 fn nemo_canonical_fixture_equals_hf_all_r8() {
     let Some(fx) = shared() else { return };
     let dir = fx.join("adapters-formats/nemo-canonical-r8");
-    let got = read_nemo(&dir, "nemo-canonical-r8", &tiny_shape(DType::F32)).unwrap();
+    let got = load(&dir, "nemo-canonical-r8", &tiny_shape(DType::F32)).unwrap();
     assert_eq!(got.format, AdapterFormat::Nemo);
     assert_eq!(got.source, dir);
     assert!(got.modules().all(|(_, _, m)| m.scale == 2.0 && m.rank == 8));
@@ -152,7 +161,7 @@ fn nemo_canonical_fixture_equals_hf_all_r8() {
 fn nemo_fused_fixture_matches_trt_f16_qkv() {
     let Some(fx) = shared() else { return };
     let shape = tiny_shape(DType::F32);
-    let fused = read_nemo(
+    let fused = load(
         &fx.join("adapters-formats/nemo-fused-r8"),
         "nemo-fused-r8",
         &shape,
@@ -173,7 +182,7 @@ fn nemo_fused_fixture_matches_trt_f16_qkv() {
     assert!(fused.modules().all(|(_, _, m)| m.scale == 2.0));
     // trt-qkv-f16-npy holds the same q/k/v/o values (A, 2·B rounded to f16), with attn_qkv as
     // [Q; K; V]: equality checks the per-KV-group de-interleave.
-    let trt = read_trtllm(
+    let trt = load(
         &fx.join("adapters-formats/trt-qkv-f16-npy"),
         "trt-qkv-f16-npy",
         &shape,
@@ -192,7 +201,7 @@ fn nemo_fused_fixture_matches_trt_f16_qkv() {
 #[test]
 fn nemo_legacy_gzip_fixture() {
     let Some(fx) = shared() else { return };
-    let got = read_nemo(
+    let got = load(
         &fx.join("adapters-formats/nemo-legacy-qkv-gz"),
         "legacy",
         &tiny_shape(DType::F32),
@@ -221,13 +230,13 @@ fn nemo_shape_mismatch_is_refused() {
     let Some(fx) = shared() else { return };
     let mut shape = tiny_shape(DType::F32);
     shape.hidden_size = 128;
-    let e = read_nemo(&fx.join("adapters-formats/nemo-fused-r8"), "x", &shape).unwrap_err();
+    let e = load(&fx.join("adapters-formats/nemo-fused-r8"), "x", &shape).unwrap_err();
     assert!(e.message().contains("hidden_size is 64"), "{}", e.message());
     let shape = ModelShape {
         num_layers: 2,
         ..tiny_shape(DType::F32)
     };
-    let e = read_trtllm(&fx.join("adapters-formats/trt-all-r8-npy"), "x", &shape).unwrap_err();
+    let e = load(&fx.join("adapters-formats/trt-all-r8-npy"), "x", &shape).unwrap_err();
     assert!(e.message().contains("out of range"), "{}", e.message());
 }
 
@@ -343,14 +352,14 @@ fn random_adapter(
 
 fn read_back(dir: &Path, format: ExportFormat, shape: &ModelShape) -> NormalizedAdapter {
     match format {
-        ExportFormat::NemoFused | ExportFormat::NemoCanonical => read_nemo(dir, "rt", shape),
-        ExportFormat::TrtNpy { .. } | ExportFormat::TrtBin => read_trtllm(dir, "rt", shape),
+        ExportFormat::NemoFused | ExportFormat::NemoCanonical => load(dir, "rt", shape),
+        ExportFormat::TrtNpy { .. } | ExportFormat::TrtBin => load(dir, "rt", shape),
         ExportFormat::HfSafetensors | ExportFormat::HfBin => {
             // The crate's HF reader (PEFT rank/alpha pattern semantics) and an independent
             // test-local reader must agree on what the exporter wrote.
             let local = read_hf_local(dir, shape);
-            let crate_hf = loraplex::adapters::hf::read_hf(dir, "rt", shape)
-                .unwrap_or_else(|e| panic!("{format:?}: {}", e.message()));
+            let crate_hf =
+                load(dir, "rt", shape).unwrap_or_else(|e| panic!("{format:?}: {}", e.message()));
             assert_eq!(
                 crate_hf.layers, local.layers,
                 "{format:?}: HF readers disagree"
@@ -539,7 +548,7 @@ fn trt_export_fused_qkv_row_is_split() {
     let wts: Vec<u8> = row.iter().flat_map(|x| x.to_le_bytes()).collect();
     std::fs::write(tmp.path().join("model.lora_config.bin"), cfg).unwrap();
     std::fs::write(tmp.path().join("model.lora_weights.bin"), wts).unwrap();
-    let got = read_trtllm(tmp.path(), "qkv", &shape).unwrap();
+    let got = load(tmp.path(), "qkv", &shape).unwrap();
     let m = |t: LoraTarget| got.layers[1][t.index()].clone().unwrap();
     let ar = r * h;
     assert_eq!(m(LoraTarget::Q).a, row[..ar].to_vec());

@@ -5,12 +5,12 @@
 use std::io::Write;
 use std::path::Path;
 
-use loraplex::adapters::archive::{read_tar_bytes, read_tar_file, ArchiveLimits};
+use loraplex::adapters::archive::{read_tar_bytes, ArchiveLimits};
 use loraplex::adapters::export::{export, write_torch_zip, ExportFormat, TorchTensor};
-use loraplex::adapters::nemo::read_nemo;
 use loraplex::adapters::npy::{encode_npy, parse_npy, NpyDType};
-use loraplex::adapters::trtllm::read_trtllm;
-use loraplex::adapters::{AdapterFormat, LoraModule, ModelShape, NormalizedAdapter};
+use loraplex::adapters::{
+    load_adapter, AdapterFormat, AdapterLimits, LoraModule, ModelShape, NormalizedAdapter,
+};
 use loraplex::backend::LoraTarget;
 use loraplex::tensor::DType;
 use loraplex::{Error, ErrorCode};
@@ -25,6 +25,12 @@ fn shape() -> ModelShape {
         head_dim: 16,
         dtype: DType::F32,
     }
+}
+
+/// Reads an adapter directory the one way the crate reads adapters: [`load_adapter`] (discovery,
+/// checked file reads, `parse_*`, validation).
+fn load(dir: &Path, name: &str, shape: &ModelShape) -> loraplex::Result<NormalizedAdapter> {
+    load_adapter(dir, name, shape, &AdapterLimits::default())
 }
 
 fn expect_err<T: std::fmt::Debug>(r: loraplex::Result<T>, needles: &[&str]) -> Error {
@@ -60,7 +66,7 @@ fn trt_npy(dir: &Path, rows: &[&[i32]], nw: usize, w: usize) {
 fn trt_case(rows: &[&[i32]], nw: usize, w: usize, needles: &[&str]) -> Error {
     let tmp = tempfile::tempdir().unwrap();
     trt_npy(tmp.path(), rows, nw, w);
-    let e = expect_err(read_trtllm(tmp.path(), "bad", &shape()), needles);
+    let e = expect_err(load(tmp.path(), "bad", &shape()), needles);
     assert!(
         e.message().contains("model.lora_"),
         "names the file: {}",
@@ -132,7 +138,7 @@ fn trt_row_count_mismatch() {
     .unwrap();
     std::fs::write(tmp.path().join("model.lora_weights.bin"), vec![0u8; 4 * 7]).unwrap();
     expect_err(
-        read_trtllm(tmp.path(), "bad", &shape()),
+        load(tmp.path(), "bad", &shape()),
         &["cannot hold 2 rows of f32"],
     );
 }
@@ -174,7 +180,7 @@ fn trt_ambiguous_and_bad_files() {
     )
     .unwrap();
     expect_err(
-        read_trtllm(tmp.path(), "bad", &shape()),
+        load(tmp.path(), "bad", &shape()),
         &["both model.lora_config.npy and model.lora_config.bin"],
     );
     // Float config.
@@ -183,7 +189,7 @@ fn trt_ambiguous_and_bad_files() {
     let f = encode_npy(NpyDType::F32, &[1, 1, 3], &[0u8; 12]).unwrap();
     std::fs::write(tmp.path().join("model.lora_config.npy"), f).unwrap();
     expect_err(
-        read_trtllm(tmp.path(), "bad", &shape()),
+        load(tmp.path(), "bad", &shape()),
         &["must be an integer array"],
     );
     // Config .bin whose size fits neither 3 nor 4 columns.
@@ -191,7 +197,7 @@ fn trt_ambiguous_and_bad_files() {
     std::fs::write(tmp.path().join("model.lora_config.bin"), [0u8; 20]).unwrap();
     std::fs::write(tmp.path().join("model.lora_weights.bin"), [0u8; 8]).unwrap();
     expect_err(
-        read_trtllm(tmp.path(), "bad", &shape()),
+        load(tmp.path(), "bad", &shape()),
         &["not a whole number of int32 config rows"],
     );
 }
@@ -307,7 +313,9 @@ fn valid_members() -> (Vec<u8>, Vec<u8>) {
     };
     let tmp = tempfile::tempdir().unwrap();
     export(&a, &s, ExportFormat::NemoCanonical, tmp.path()).unwrap();
-    let m = read_tar_file(&tmp.path().join("adapter.nemo")).unwrap();
+    let bytes = std::fs::read(tmp.path().join("adapter.nemo")).unwrap();
+    let limits = ArchiveLimits::for_compressed(bytes.len() as u64);
+    let m = read_tar_bytes(&bytes, "adapter.nemo", limits).unwrap();
     (
         m["model_config.yaml"].clone(),
         m["model_weights.ckpt"].clone(),
@@ -317,7 +325,7 @@ fn valid_members() -> (Vec<u8>, Vec<u8>) {
 fn nemo_case(tar: &[u8], needles: &[&str]) -> Error {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("x.nemo"), tar).unwrap();
-    let e = expect_err(read_nemo(tmp.path(), "bad", &shape()), needles);
+    let e = expect_err(load(tmp.path(), "bad", &shape()), needles);
     assert!(
         e.message().contains("x.nemo"),
         "names the file: {}",
@@ -339,7 +347,7 @@ fn nemo_valid_baseline_loads() {
         member(b"model_weights.ckpt", &ckpt, REG, None),
     ]);
     std::fs::write(tmp.path().join("x.nemo"), t).unwrap();
-    let a = read_nemo(tmp.path(), "ok", &shape()).unwrap();
+    let a = load(tmp.path(), "ok", &shape()).unwrap();
     assert_eq!(a.modules().count(), 1);
 }
 
@@ -399,13 +407,58 @@ fn two_nemo_files_and_none() {
     std::fs::write(tmp.path().join("a.nemo"), &t).unwrap();
     std::fs::write(tmp.path().join("b.nemo"), &t).unwrap();
     expect_err(
-        read_nemo(tmp.path(), "bad", &shape()),
-        &["more than one .nemo file (a.nemo, b.nemo)"],
+        load(tmp.path(), "bad", &shape()),
+        &["holds 2 .nemo files (a.nemo, b.nemo)", "exactly one"],
     );
     let empty = tempfile::tempdir().unwrap();
-    expect_err(read_nemo(empty.path(), "bad", &shape()), &["no .nemo file"]);
+    expect_err(
+        load(empty.path(), "bad", &shape()),
+        &["no adapter found", "one *.nemo file"],
+    );
 }
 
+#[test]
+fn nemo_and_trt_files_escaping_the_directory_are_refused() {
+    // NeMo and TensorRT-LLM files are read through the same checked path as HF files: a symlink
+    // that resolves outside the adapter directory is refused, whatever it points to (the removed
+    // test-only `read_nemo` read such a file without the check).
+    let (yaml, ckpt) = valid_members();
+    let t = tar_of(&[
+        member(b"model_config.yaml", &yaml, REG, None),
+        member(b"model_weights.ckpt", &ckpt, REG, None),
+    ]);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("real.nemo"), &t).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path().join("real.nemo"), dir.path().join("x.nemo"))
+        .unwrap();
+    expect_err(
+        load(dir.path(), "bad", &shape()),
+        &["x.nemo", "outside the adapter directory"],
+    );
+    // The same archive as a regular file loads.
+    std::fs::remove_file(dir.path().join("x.nemo")).unwrap();
+    std::fs::write(dir.path().join("x.nemo"), &t).unwrap();
+    load(dir.path(), "ok", &shape()).unwrap();
+
+    let src = tempfile::tempdir().unwrap();
+    trt_npy(src.path(), &[&[1, 0, 1]], 1, W1);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        src.path().join("model.lora_config.npy"),
+        dir.path().join("model.lora_config.npy"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        src.path().join("model.lora_weights.npy"),
+        dir.path().join("model.lora_weights.npy"),
+    )
+    .unwrap();
+    expect_err(
+        load(dir.path(), "bad", &shape()),
+        &["model.lora_weights.npy", "outside the adapter directory"],
+    );
+}
 #[test]
 fn nemo_missing_model_config() {
     let (_, ckpt) = valid_members();
@@ -444,7 +497,7 @@ fn nemo_missing_weights_and_tp_shards() {
         member(b"mp_rank_00/model_weights.ckpt", &ckpt, REG, None),
     ]);
     std::fs::write(tmp.path().join("x.nemo"), t).unwrap();
-    read_nemo(tmp.path(), "ok", &shape()).unwrap();
+    load(tmp.path(), "ok", &shape()).unwrap();
     let tp2 = String::from_utf8(yaml.clone()).unwrap().replace(
         "tensor_model_parallel_size: 1",
         "tensor_model_parallel_size: 2",
@@ -666,7 +719,7 @@ fn mutated_npy_and_trt_never_panic() {
         let (c, w) = if i % 2 == 0 { (mc, &wts) } else { (&cfg, &mw) };
         std::fs::write(work.path().join("model.lora_config.npy"), c).unwrap();
         std::fs::write(work.path().join("model.lora_weights.npy"), w).unwrap();
-        no_panic("trt", i, || read_trtllm(work.path(), "m", &shape()));
+        no_panic("trt", i, || load(work.path(), "m", &shape()));
     }
 }
 
@@ -689,11 +742,11 @@ fn mutated_nemo_never_panics() {
     let mut accepted = 0;
     for (kind, valid, seed) in [("plain", &plain, 4), ("gzip", &gz, 5)] {
         std::fs::write(&path, valid).unwrap();
-        read_nemo(work.path(), "m", &shape()).unwrap();
+        load(work.path(), "m", &shape()).unwrap();
         for (i, m) in mutations(valid, seed, 300).iter().enumerate() {
             std::fs::write(&path, m).unwrap();
             no_panic(kind, i, || {
-                if read_nemo(work.path(), "m", &shape()).is_ok() {
+                if load(work.path(), "m", &shape()).is_ok() {
                     accepted += 1;
                 }
             });
@@ -712,8 +765,8 @@ fn trt_bin_in_the_wrong_dtype() {
         ..shape()
     };
     expect_err(
-        read_trtllm(tmp.path(), "bad", &bf16),
+        load(tmp.path(), "bad", &bf16),
         &["padding must be zero", "not in the base model dtype (bf16)"],
     );
-    read_trtllm(tmp.path(), "ok", &shape()).unwrap();
+    load(tmp.path(), "ok", &shape()).unwrap();
 }

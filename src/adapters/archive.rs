@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
 
 use crate::error::{Error, Result};
 
@@ -64,14 +63,6 @@ impl<R: Read> Read for CappedReader<R> {
 }
 
 const GZIP_CAP_MSG: &str = "decompressed size exceeds the limit";
-
-/// Reads a tar or tar.gz file (gzip is detected by its `1f 8b` magic, not by the name) with
-/// [`ArchiveLimits::for_compressed`] of its size.
-pub fn read_tar_file(path: &Path) -> Result<Members> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let limits = ArchiveLimits::for_compressed(bytes.len() as u64);
-    read_tar_bytes(&bytes, &path.display().to_string(), limits)
-}
 
 /// Reads tar or tar.gz bytes; `what` names the archive in errors.
 ///

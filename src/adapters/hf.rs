@@ -30,40 +30,10 @@ pub enum HfWeights<'a> {
     Bin(&'a [u8]),
 }
 
-/// Reads the HF adapter in `dir` (files read through [`crate::adapters::load::read_adapter_file`],
-/// so symlinks leaving `dir` and oversized files are refused), named `name`. Prefers
-/// `adapter_model.safetensors` over `adapter_model.bin` (as vLLM does). The result is not yet
-/// validated against `shape` beyond the layer index bound; [`crate::adapters::load::load_adapter`]
-/// does both. `generation` is set as described in [`crate::adapters::load::generation_of`].
-pub fn read_hf(dir: &Path, name: &str, shape: &ModelShape) -> Result<NormalizedAdapter> {
-    use crate::adapters::load::{generation_of, read_adapter_file};
-    let config = read_adapter_file(dir, "adapter_config.json")?;
-    let st = dir.join("adapter_model.safetensors");
-    let (wname, wbytes, fmt) = if st.exists() || st.is_symlink() {
-        let b = read_adapter_file(dir, "adapter_model.safetensors")?;
-        ("adapter_model.safetensors", b, true)
-    } else if dir.join("adapter_model.bin").exists() || dir.join("adapter_model.bin").is_symlink() {
-        let b = read_adapter_file(dir, "adapter_model.bin")?;
-        ("adapter_model.bin", b, false)
-    } else {
-        return Err(Error::invalid_adapter(format!(
-            "adapter '{name}': {} has adapter_config.json but neither adapter_model.safetensors \
-             nor adapter_model.bin",
-            dir.display()
-        )));
-    };
-    let weights = if fmt {
-        HfWeights::Safetensors(&wbytes)
-    } else {
-        HfWeights::Bin(&wbytes)
-    };
-    let mut a = parse_hf(name, dir, &config, weights, shape)?;
-    a.generation = generation_of(&[("adapter_config.json", &config), (wname, &wbytes)]);
-    Ok(a)
-}
-
-/// Builds a [`NormalizedAdapter`] from an HF adapter's config and weight bytes. `generation` is
-/// left empty (the caller hashes the files). Layer indices ≥ `shape.num_layers` are refused here
+/// Builds a [`NormalizedAdapter`] from an HF adapter's config and weight bytes, as found by
+/// [`crate::adapters::load::detect_files`] (safetensors preferred over `.bin`, as vLLM does) and
+/// read by [`crate::adapters::load::load_adapter`]. `generation` is left empty (the loader hashes
+/// the files). Layer indices ≥ `shape.num_layers` are refused here
 /// (so a hostile index cannot size an allocation); dimensions are checked by
 /// [`crate::adapters::validate::validate`]. Errors are `INVALID_ADAPTER` naming the adapter and
 /// the key or field at fault.

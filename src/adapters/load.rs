@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::adapters::hf::{parse_hf, HfWeights};
+use crate::adapters::nemo::parse_nemo;
 use crate::adapters::normalize::{AdapterFormat, ModelShape, NormalizedAdapter};
+use crate::adapters::trtllm::{
+    parse_trtllm, CONFIG_STEM as TRT_CONFIG, WEIGHTS_STEM as TRT_WEIGHTS,
+};
 use crate::adapters::validate::{validate, AdapterLimits};
 use crate::error::{Error, Result};
 
@@ -20,9 +24,6 @@ use crate::error::{Error, Result};
 pub const MAX_ADAPTER_FILE_BYTES: u64 = 8 << 30;
 /// Largest `adapter_config.json` (or other `.json`) read.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
-
-const TRT_CONFIG: &str = "model.lora_config";
-const TRT_WEIGHTS: &str = "model.lora_weights";
 
 /// Reads `dir/file` after checking that it resolves (through any symlinks) to a regular file
 /// inside `dir` and is no larger than the limit ([`MAX_CONFIG_BYTES`] for `*.json`, else
@@ -112,9 +113,14 @@ fn list_names(dir: &Path) -> Result<Vec<String>> {
 /// * HF: `adapter_config.json` plus `adapter_model.safetensors` (preferred) or
 ///   `adapter_model.bin`;
 /// * NeMo: exactly one `*.nemo` file (two or more is an error naming them);
-/// * TensorRT-LLM: `model.lora_config.{npy,bin}` and `model.lora_weights.{npy,bin}`.
+/// * TensorRT-LLM: `model.lora_config.{npy,bin}` and `model.lora_weights.{npy,bin}` (config
+///   first).
 ///
-/// Errors (`INVALID_ADAPTER`): more than one format present, a partial HF or TRT-LLM set, or
+/// This is the one place adapter files are discovered; [`load_adapter`] reads exactly the files
+/// returned here.
+///
+/// Errors (`INVALID_ADAPTER`): more than one format present, a partial HF or TRT-LLM set, both
+/// the `.npy` and the `.bin` of one TRT-LLM file, or
 /// nothing recognisable (naming the directory and what was looked for); `IO` if `dir` cannot be
 /// listed.
 pub fn detect_files(dir: &Path) -> Result<(AdapterFormat, Vec<String>)> {
@@ -168,6 +174,13 @@ pub fn detect_files(dir: &Path) -> Result<(AdapterFormat, Vec<String>)> {
             .collect()
     };
     let (tc, tw) = (trt(TRT_CONFIG), trt(TRT_WEIGHTS));
+    for (stem, both) in [(TRT_CONFIG, &tc), (TRT_WEIGHTS, &tw)] {
+        if both.len() > 1 {
+            return Err(Error::invalid_adapter(format!(
+                "{d}: both {stem}.npy and {stem}.bin are present; keep one"
+            )));
+        }
+    }
     match (tc.is_empty(), tw.is_empty()) {
         (true, true) => {}
         (false, false) => found.push((AdapterFormat::TrtLlm, [tc, tw].concat())),
@@ -209,8 +222,9 @@ pub fn detect_format(dir: &Path) -> Result<AdapterFormat> {
 /// Loads, normalises and validates the adapter in `dir`, named `name`.
 ///
 /// Every file the format uses is read through [`read_adapter_file`] (symlink and size checks) and
-/// hashed into `generation` ([`generation_of`]). HF adapters are parsed from those bytes; NeMo
-/// and TensorRT-LLM directories are passed to their readers. The result is checked with
+/// hashed into `generation` ([`generation_of`]); the format's `parse_*` function
+/// ([`parse_hf`], [`parse_nemo`], [`parse_trtllm`]) works on those bytes only. This is the one
+/// way an adapter is read from disk. The result is checked with
 /// [`validate`] against `shape` and `limits`; an adapter is either returned fully usable or
 /// refused with an `INVALID_ADAPTER` (or `IO`) error naming what is wrong.
 pub fn load_adapter(
@@ -254,25 +268,21 @@ pub fn load_adapter(
                     "NeMo adapter file list is not one .nemo file",
                 ));
             };
-            crate::adapters::nemo::parse_nemo(dir, &dir.join(file), bytes, name, shape)
+            parse_nemo(dir, &dir.join(file), bytes, name, shape)
                 .map_err(|e| e.context(format!("adapter '{name}'")))?
         }
         AdapterFormat::TrtLlm => {
-            let [cfg, weights] = crate::adapters::trtllm::files(dir)
-                .map_err(|e| e.context(format!("adapter '{name}'")))?;
-            let bytes_of = |f: &str| {
-                contents
-                    .iter()
-                    .find(|(n, _)| *n == f)
-                    .map(|(_, b)| b.as_slice())
-                    .ok_or_else(|| Error::internal(format!("TensorRT-LLM file {f} was not read")))
+            let [(cfg, cfg_bytes), (weights, w_bytes)] = contents.as_slice() else {
+                return Err(Error::internal(
+                    "TensorRT-LLM adapter file list is not [config, weights]",
+                ));
             };
-            crate::adapters::trtllm::parse_trtllm(
+            parse_trtllm(
                 dir,
                 name,
                 shape,
-                (&cfg, bytes_of(&cfg)?),
-                (&weights, bytes_of(&weights)?),
+                (*cfg, cfg_bytes.as_slice()),
+                (*weights, w_bytes.as_slice()),
             )
             .map_err(|e| e.context(format!("adapter '{name}'")))?
         }

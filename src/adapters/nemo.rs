@@ -17,7 +17,7 @@
 //!   shard of a TP=PP=1 model is accepted.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_yaml::Value;
 
@@ -38,41 +38,6 @@ pub struct NemoLoraConfig {
     pub variant: String,
     /// Expanded target groups among `attention_qkv`, `attention_dense`, `mlp_fc1`, `mlp_fc2`.
     pub targets: Vec<String>,
-}
-
-/// Finds the one `*.nemo` file of an adapter directory (or accepts a `.nemo` file path).
-///
-/// Errors: no `.nemo` file, or more than one (naming them).
-pub fn find_nemo_file(dir: &Path) -> Result<PathBuf> {
-    if dir.is_file() {
-        return Ok(dir.to_path_buf());
-    }
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let mut found = Vec::new();
-    for e in rd {
-        let e = e.map_err(|e| Error::io(dir, e))?;
-        let p = e.path();
-        if p.extension().is_some_and(|x| x == "nemo") && p.is_file() {
-            found.push(p);
-        }
-    }
-    found.sort();
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => Err(Error::invalid_adapter(format!(
-            "{}: no .nemo file in the adapter directory",
-            dir.display()
-        ))),
-        _ => Err(Error::invalid_adapter(format!(
-            "{}: more than one .nemo file ({}); an adapter directory must hold exactly one",
-            dir.display(),
-            found
-                .iter()
-                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
 }
 
 /// A YAML value as it would be written (for messages).
@@ -359,20 +324,15 @@ fn target_group(a: NemoAdapter) -> &'static str {
     }
 }
 
-/// Reads a NeMo adapter directory (exactly one `*.nemo` file) into the normalised form.
+/// Parses the bytes of `.nemo` archive `file` (plain or gzip tar) of the adapter in `dir` into
+/// the normalised form; the bytes were found by [`crate::adapters::load::detect_files`] and read
+/// by [`crate::adapters::load::load_adapter`] (one `*.nemo` file per directory).
 ///
 /// `generation` is left empty (the loader fills it). Errors name the archive and the member or
 /// key at fault: unsafe archives (see [`crate::adapters::archive`]), missing or invalid
 /// `model_config.yaml`, missing `model_weights.ckpt`, TP/PP shards, unknown keys, mixed key
 /// layouts, missing `linear_in`/`linear_out` halves, shapes that do not fit the base model,
 /// ranks that differ from `adapter_dim`, and two adapters for the same module.
-pub fn read_nemo(dir: &Path, name: &str, shape: &ModelShape) -> Result<NormalizedAdapter> {
-    let file = find_nemo_file(dir)?;
-    let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
-    parse_nemo(dir, &file, &bytes, name, shape)
-}
-
-/// Parses the bytes of `.nemo` archive `file` (plain or gzip tar) of the adapter in `dir`.
 pub fn parse_nemo(
     dir: &Path,
     file: &Path,

@@ -7,11 +7,11 @@
 //! checked arithmetic and compared with the bytes actually present *before* anything is
 //! allocated, so a tiny file that declares a huge shape is refused cheaply.
 
-use std::path::Path;
-
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
+use crate::tensor::decode::{decode_le, decode_le_ints, IntType};
+use crate::tensor::{checked_byte_size, DType, TensorData};
 
 /// Element type of a `.npy` array.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,31 +116,27 @@ impl NpyArray {
     /// Consumes the array, returning f32 elements (no copy when already f32); `None` for integer
     /// arrays.
     pub fn into_f32(self) -> Option<Vec<f32>> {
-        match self.data {
-            NpyData::F32(v) => Some(v),
-            NpyData::F16(v) => Some(v.iter().map(|x| x.to_f32()).collect()),
-            NpyData::BF16(v) => Some(v.iter().map(|x| x.to_f32()).collect()),
-            NpyData::Int(_) => None,
-        }
+        self.data.into_float().map(TensorData::into_f32_vec)
     }
     /// Floating-point elements converted to f32; `None` for integer arrays.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
-        match &self.data {
-            NpyData::F32(v) => Some(v.clone()),
-            NpyData::F16(v) => Some(v.iter().map(|x| x.to_f32()).collect()),
-            NpyData::BF16(v) => Some(v.iter().map(|x| x.to_f32()).collect()),
+        self.data.clone().into_float().map(TensorData::into_f32_vec)
+    }
+}
+
+impl NpyData {
+    /// The floating-point elements as tensor data; `None` for integers.
+    fn into_float(self) -> Option<TensorData> {
+        match self {
+            NpyData::F32(v) => Some(TensorData::F32(v)),
+            NpyData::F16(v) => Some(TensorData::F16(v)),
+            NpyData::BF16(v) => Some(TensorData::BF16(v)),
             NpyData::Int(_) => None,
         }
     }
 }
 
 const MAGIC: &[u8] = b"\x93NUMPY";
-
-/// Reads and parses a `.npy` file. Errors name the file.
-pub fn read_npy(path: &Path) -> Result<NpyArray> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    parse_npy(&bytes, &path.display().to_string())
-}
 
 /// Parses `.npy` bytes; `what` names the source in error messages.
 ///
@@ -194,12 +190,7 @@ pub fn parse_npy(bytes: &[u8], what: &str) -> Result<NpyArray> {
         ));
     }
     let dtype = NpyDType::from_descr(&descr, what)?;
-    let numel = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
-    let nbytes = numel
-        .checked_mul(dtype.size())
+    let (_, nbytes) = checked_byte_size(&shape, dtype.size())
         .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
     let data = &bytes[end..];
     if data.len() != nbytes {
@@ -209,43 +200,30 @@ pub fn parse_npy(bytes: &[u8], what: &str) -> Result<NpyArray> {
             data.len()
         )));
     }
-    let data = decode(dtype, data);
+    let data = decode(dtype, data, what)?;
     Ok(NpyArray { dtype, shape, data })
 }
 
-fn decode(dtype: NpyDType, data: &[u8]) -> NpyData {
+/// Decodes the data section (a whole number of elements, checked by the caller) with the crate's
+/// one little-endian decoder.
+fn decode(dtype: NpyDType, data: &[u8], what: &str) -> Result<NpyData> {
+    let float = |dt: DType| {
+        decode_le(dt, data).map(|d| match d {
+            TensorData::F32(v) => NpyData::F32(v),
+            TensorData::F16(v) => NpyData::F16(v),
+            TensorData::BF16(v) => NpyData::BF16(v),
+        })
+    };
+    let int = |ty: IntType| decode_le_ints(ty, data).map(NpyData::Int);
     match dtype {
-        NpyDType::F32 => NpyData::F32(
-            data.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
-        NpyDType::F16 => NpyData::F16(
-            data.chunks_exact(2)
-                .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-                .collect(),
-        ),
-        NpyDType::BF16 => NpyData::BF16(
-            data.chunks_exact(2)
-                .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-                .collect(),
-        ),
-        NpyDType::I16 => NpyData::Int(
-            data.chunks_exact(2)
-                .map(|c| i16::from_le_bytes([c[0], c[1]]) as i64)
-                .collect(),
-        ),
-        NpyDType::I32 => NpyData::Int(
-            data.chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                .collect(),
-        ),
-        NpyDType::I64 => NpyData::Int(
-            data.chunks_exact(8)
-                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect(),
-        ),
+        NpyDType::F32 => float(DType::F32),
+        NpyDType::F16 => float(DType::F16),
+        NpyDType::BF16 => float(DType::BF16),
+        NpyDType::I16 => int(IntType::I16),
+        NpyDType::I32 => int(IntType::I32),
+        NpyDType::I64 => int(IntType::I64),
     }
+    .map_err(|e| Error::invalid_adapter(format!("{what}: {e}")))
 }
 
 /// Tokens of the Python-literal header dict.

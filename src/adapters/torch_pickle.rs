@@ -14,12 +14,11 @@ mod vm;
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
 
-use half::{bf16, f16};
-
 pub use vm::{Global, PickleValue, StorageDType, StorageRef, TensorRef, MAX_DEPTH};
 
 use crate::error::{Error, Result};
-use crate::tensor::{HostTensor, TensorData};
+use crate::tensor::decode::decode_le;
+use crate::tensor::{checked_numel, DType, HostTensor};
 
 /// Each zip member read may declare at most this many times the archive's size (stored torch
 /// members are never larger than the archive; deflated ones rarely exceed 10x).
@@ -248,16 +247,18 @@ fn materialize(
 ) -> Result<HostTensor> {
     let bad = |msg: String| Error::invalid_adapter(format!("{what}: tensor '{key}': {msg}"));
     let s = &t.storage;
-    let es = s.dtype.size();
-    if !matches!(
-        s.dtype,
-        StorageDType::F32 | StorageDType::F16 | StorageDType::BF16
-    ) {
-        return Err(bad(format!(
-            "dtype torch.{} is not supported (only float32, float16, bfloat16)",
-            s.dtype.torch_name()
-        )));
-    }
+    let dtype = match s.dtype {
+        StorageDType::F32 => DType::F32,
+        StorageDType::F16 => DType::F16,
+        StorageDType::BF16 => DType::BF16,
+        other => {
+            return Err(bad(format!(
+                "dtype torch.{} is not supported (only float32, float16, bfloat16)",
+                other.torch_name()
+            )))
+        }
+    };
+    let es = dtype.size();
     let need = s
         .numel
         .checked_mul(es)
@@ -270,11 +271,8 @@ fn materialize(
             raw.len()
         )));
     }
-    let numel = t
-        .size
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| bad(format!("size {:?} overflows", t.size)))?;
+    let numel =
+        checked_numel(&t.size).ok_or_else(|| bad(format!("size {:?} overflows", t.size)))?;
     if numel > 0 {
         // Largest element index reached: offset + sum((size_i - 1) * stride_i).
         let mut last = t.offset;
@@ -298,33 +296,17 @@ fn materialize(
             )));
         }
     }
-    let elem = |i: usize| -> [u8; 4] {
-        let mut a = [0u8; 4];
-        let b = &raw[i * es..i * es + es];
-        a[..es].copy_from_slice(b);
+    // Gather the view's elements in row-major order as little-endian bytes (every index was
+    // bounds-checked above), then decode them with the crate's one decoder.
+    let mut le = Vec::with_capacity(numel * es);
+    for i in element_indices(t, numel) {
+        let at = le.len();
+        le.extend_from_slice(&raw[i * es..i * es + es]);
         if big_endian {
-            a[..es].reverse();
+            le[at..].reverse();
         }
-        a
-    };
-    let idx = element_indices(t, numel);
-    let data = match s.dtype {
-        StorageDType::F32 => TensorData::F32(idx.map(|i| f32::from_le_bytes(elem(i))).collect()),
-        StorageDType::F16 => TensorData::F16(
-            idx.map(|i| {
-                let a = elem(i);
-                f16::from_le_bytes([a[0], a[1]])
-            })
-            .collect(),
-        ),
-        _ => TensorData::BF16(
-            idx.map(|i| {
-                let a = elem(i);
-                bf16::from_le_bytes([a[0], a[1]])
-            })
-            .collect(),
-        ),
-    };
+    }
+    let data = decode_le(dtype, &le).map_err(|e| bad(e.to_string()))?;
     Ok(HostTensor {
         shape: t.size.clone(),
         data,

@@ -25,14 +25,13 @@
 //! `.npy` files may have shape `[1, N, C]` / `[1, N, W]` (what TensorRT-LLM writes) or
 //! `[N, C]` / `[N, W]`; weights may be f32, f16 or bf16 (`|V2`) whatever the base dtype.
 
-use std::path::{Path, PathBuf};
-
-use half::{bf16, f16};
+use std::path::Path;
 
 use crate::adapters::normalize::{AdapterFormat, LoraModule, ModelShape, NormalizedAdapter};
 use crate::adapters::npy::{parse_npy, NpyData};
 use crate::error::{Error, Result};
 use crate::lora_target::LoraTarget;
+use crate::tensor::decode::{decode_le_f32, decode_le_ints, IntType};
 use crate::tensor::DType;
 
 /// File stem of the config array.
@@ -170,24 +169,6 @@ fn parse_rows(ints: &[i64], cols: usize, shape: &ModelShape, what: &str) -> Resu
         .collect()
 }
 
-/// Finds `<stem>.npy` or `<stem>.bin` in `dir`; both present is ambiguous.
-fn find(dir: &Path, stem: &str) -> Result<(PathBuf, bool)> {
-    let npy = dir.join(format!("{stem}.npy"));
-    let bin = dir.join(format!("{stem}.bin"));
-    match (npy.is_file(), bin.is_file()) {
-        (true, false) => Ok((npy, true)),
-        (false, true) => Ok((bin, false)),
-        (true, true) => Err(Error::invalid_adapter(format!(
-            "{}: both {stem}.npy and {stem}.bin are present; keep one",
-            dir.display()
-        ))),
-        (false, false) => Err(Error::invalid_adapter(format!(
-            "{}: missing {stem}.npy (or {stem}.bin)",
-            dir.display()
-        ))),
-    }
-}
-
 /// Rows count and row length of a 2-D or leading-1 3-D array.
 fn rows_cols(shape: &[usize], what: &str) -> Result<(usize, usize)> {
     match shape {
@@ -216,24 +197,26 @@ fn read_config(bytes: &[u8], what: &str, is_npy: bool, shape: &ModelShape) -> Re
         }
         return parse_rows(&ints, cols, shape, &what);
     }
-    let ints: Vec<i64> = bytes
-        .chunks_exact(4)
-        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-        .collect();
     let fits3 = bytes.len() % 12 == 0;
     let fits4 = bytes.len() % 16 == 0;
-    match (fits3, fits4) {
-        (true, false) => parse_rows(&ints, 3, shape, &what),
-        (false, true) => parse_rows(&ints, 4, shape, &what),
-        // Both fit (a multiple of 48 bytes): prefer 3 columns, fall back to 4 only if the
-        // 3-column reading has an invalid row and the 4-column one has none.
-        (true, true) => parse_rows(&ints, 3, shape, &what)
-            .or_else(|e3| parse_rows(&ints, 4, shape, &what).map_err(|_| e3)),
-        (false, false) => Err(Error::invalid_adapter(format!(
+    if !fits3 && !fits4 {
+        return Err(Error::invalid_adapter(format!(
             "{what}: {} bytes is not a whole number of int32 config rows of 3 (12 bytes) or 4 \
              (16 bytes) columns",
             bytes.len()
-        ))),
+        )));
+    }
+    let ints = decode_le_ints(IntType::I32, bytes)
+        .map_err(|e| Error::invalid_adapter(format!("{what}: {e}")))?;
+    if fits3 && !fits4 {
+        parse_rows(&ints, 3, shape, &what)
+    } else if fits4 && !fits3 {
+        parse_rows(&ints, 4, shape, &what)
+    } else {
+        // Both fit (a multiple of 48 bytes): prefer 3 columns, fall back to 4 only if the
+        // 3-column reading has an invalid row and the 4-column one has none.
+        parse_rows(&ints, 3, shape, &what)
+            .or_else(|e3| parse_rows(&ints, 4, shape, &what).map_err(|_| e3))
     }
 }
 
@@ -272,51 +255,21 @@ fn read_weights(
         )));
     }
     let w = bytes.len() / row_bytes_total;
-    let data = match dtype {
-        DType::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        DType::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-            .collect(),
-        DType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-            .collect(),
-    };
+    let data =
+        decode_le_f32(dtype, bytes).map_err(|e| Error::invalid_adapter(format!("{what}: {e}")))?;
     Ok((data, w))
 }
 
-/// Reads a TensorRT-LLM LoRA directory into the normalised form (all scales 1).
+/// Parses a TensorRT-LLM adapter (all scales 1) from the bytes of its config and weights files,
+/// each given as `(file name, bytes)`: `model.lora_config.{npy,bin}` and
+/// `model.lora_weights.{npy,bin}` as found by [`crate::adapters::load::detect_files`] and read
+/// by [`crate::adapters::load::load_adapter`]. `dir` is the adapter's directory, for messages and
+/// `source`; `generation` is left empty (the loader fills it).
 ///
-/// `generation` is left empty (the loader fills it). Errors (`INVALID_ADAPTER` unless an I/O
-/// error): missing or ambiguous files, malformed arrays, unknown or unsupported module id, layer
-/// out of range, rank 0, DoRA rows, a weight row too short for its module, duplicate
-/// `(layer, module)` (including `attn_qkv` together with `attn_q/k/v` of the same layer), and
-/// a config/weights row-count mismatch.
-pub fn read_trtllm(dir: &Path, name: &str, shape: &ModelShape) -> Result<NormalizedAdapter> {
-    let [cfg, weights] = files(dir)?;
-    let cfg_bytes = crate::adapters::load::read_adapter_file(dir, &cfg)?;
-    let w_bytes = crate::adapters::load::read_adapter_file(dir, &weights)?;
-    parse_trtllm(dir, name, shape, (&cfg, &cfg_bytes), (&weights, &w_bytes))
-}
-
-/// The `[config, weights]` file names of a TensorRT-LLM adapter directory (each `.npy` or
-/// `.bin`); both extensions present for one of them is an error.
-pub fn files(dir: &Path) -> Result<[String; 2]> {
-    let name = |stem: &str| -> Result<String> {
-        let (p, _) = find(dir, stem)?;
-        Ok(p.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default())
-    };
-    Ok([name(CONFIG_STEM)?, name(WEIGHTS_STEM)?])
-}
-
-/// Parses an adapter from the bytes of its config and weights files (`(file name, bytes)`,
-/// as named by [`files`]); `dir` is the adapter's directory, for messages and `source`.
+/// Errors (`INVALID_ADAPTER`): malformed arrays, unknown or unsupported module id, layer out of
+/// range, rank 0, DoRA rows, a weight row too short for its module, duplicate `(layer, module)`
+/// (including `attn_qkv` together with `attn_q/k/v` of the same layer), and a config/weights
+/// row-count mismatch.
 pub fn parse_trtllm(
     dir: &Path,
     name: &str,

@@ -5,12 +5,9 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
-use safetensors::{Dtype, SafeTensors};
-
 use super::{ModelConfig, ModelFiles, TensorMap};
-use crate::error::{Error, Result};
-use crate::tensor::{HostTensor, TensorData};
+use crate::error::{Error, ErrorCode, Result};
+use crate::tensor::safetensors_file::read_safetensors;
 use crate::tokenizer::Tokenizer;
 
 /// Loads `dir/config.json`, the safetensors weights and the tokenizer.
@@ -84,45 +81,17 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     )))
 }
 
-/// Reads every tensor of one safetensors file (memory-mapped) into `out` as F32/F16/BF16.
+/// Reads every tensor of one safetensors file (memory-mapped) into `out` as F32/F16/BF16,
+/// through the crate's one checked safetensors reader (errors `INVALID_MODEL`, naming the file
+/// and tensor).
 pub fn read_safetensors_into(path: &Path, out: &mut TensorMap) -> Result<()> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // The map is read-only and private; the file may change underneath only if another process
-    // rewrites it, in which case safetensors' bounds checks still hold on the mapped length.
+    // rewrites it, in which case the reader's bounds checks still hold on the mapped length.
     let mmap = map_file(&file, path)?;
-    let st = SafeTensors::deserialize(&mmap).map_err(|e| {
-        Error::invalid_model(format!("{}: invalid safetensors: {e}", path.display()))
-    })?;
-    for (name, view) in st.tensors() {
-        let shape = view.shape().to_vec();
-        let bytes = view.data();
-        let data = match view.dtype() {
-            Dtype::F32 => TensorData::F32(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
-            Dtype::F16 => TensorData::F16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            ),
-            Dtype::BF16 => TensorData::BF16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| bf16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            ),
-            other => {
-                return Err(Error::unsupported(format!(
-                    "{}: tensor {name} has dtype {other:?}; supported: F32, F16, BF16",
-                    path.display()
-                )))
-            }
-        };
-        out.insert(name, HostTensor { shape, data });
+    let tensors = read_safetensors(&mmap, &path.display().to_string(), ErrorCode::InvalidModel)?;
+    for (name, tensor) in tensors {
+        out.insert(name, tensor);
     }
     Ok(())
 }

@@ -7,11 +7,13 @@
 //! * Q4_1: f16 `d`, f16 `m`, 16 bytes of nibbles; element = `nibble * d + m` (same order).
 //! * Q8_0: f16 `d`, 32 `i8`; element = `q * d`.
 
-use half::{bf16, f16};
+use half::f16;
 use rayon::prelude::*;
 
 use super::types::GgmlType;
 use crate::error::{Error, Result};
+use crate::tensor::decode::decode_le_f32_into;
+use crate::tensor::DType;
 
 /// Blocks per parallel work item.
 const CHUNK_BLOCKS: usize = 4096;
@@ -45,20 +47,15 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f
     }
     let mut out = vec![0f32; n_elements];
     let kernel: fn(&[u8], &mut [f32]) = match ty {
+        // Unquantized types go through the crate's one little-endian decoder.
         GgmlType::F32 => |b, o| {
-            for (x, c) in o.iter_mut().zip(b.chunks_exact(4)) {
-                *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
+            decode_le_f32_into(DType::F32, b, o);
         },
         GgmlType::F16 => |b, o| {
-            for (x, c) in o.iter_mut().zip(b.chunks_exact(2)) {
-                *x = f16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
+            decode_le_f32_into(DType::F16, b, o);
         },
         GgmlType::BF16 => |b, o| {
-            for (x, c) in o.iter_mut().zip(b.chunks_exact(2)) {
-                *x = bf16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
+            decode_le_f32_into(DType::BF16, b, o);
         },
         GgmlType::Q8_0 => |b, o| {
             for (y, blk) in o.chunks_exact_mut(32).zip(b.chunks_exact(34)) {
