@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use loraplex::model::gguf::{dequantize, load_gguf, model_config, GgufFile};
 
-/// One scratch file per fuzzing process (the reader takes a path; tmpfs when available).
+/// One scratch file per fuzzing process (the reader takes a path; tmpfs when available),
+/// removed after each input.
 fn scratch() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
@@ -42,4 +43,6 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = load_gguf(path);
+    // Leave nothing behind when the run ends.
+    let _ = std::fs::remove_file(path);
 });
