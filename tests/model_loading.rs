@@ -171,6 +171,22 @@ fn derivable_tensors_are_skipped_only_when_they_match() {
 }
 
 #[test]
+fn a_layer_count_the_checkpoint_cannot_hold_is_refused_before_sizing() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_model(dir.path(), common::TinySpec::default());
+    // 2 layers on disk (2 * 9 + 3 tensors): 1000 layers are refused by the count, before any
+    // per-layer list is built (a huge count would otherwise exhaust memory first).
+    edit_config(dir.path(), |c| {
+        c.insert("num_hidden_layers".into(), json!(1000));
+    });
+    expect_err(
+        dir.path(),
+        ErrorCode::InvalidModel,
+        &["num_hidden_layers is 1000", "too few for that many layers"],
+    );
+}
+
+#[test]
 fn qwen2_is_refused_naming_the_biases() {
     let dir = tempfile::tempdir().unwrap();
     common::write_tiny_model(dir.path(), common::TinySpec::default());

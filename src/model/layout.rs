@@ -10,6 +10,23 @@ use super::{ModelConfig, RopeScaling, TensorMap};
 use crate::error::{Error, Result};
 use crate::tensor::{HostTensor, TensorData};
 
+/// Tensors of one Llama decoder layer (two norms, q/k/v/o, gate/up/down).
+pub const TENSORS_PER_LAYER: usize = 9;
+
+/// Refuses a layer count that a checkpoint of `n_tensors` tensors cannot hold, before anything is
+/// sized by it (a few-KB file declaring 2^32 layers would otherwise have every expected tensor
+/// listed and run the loader out of memory; found by fuzzing). `field` names the config key.
+pub fn check_layer_count(c: &ModelConfig, n_tensors: usize, field: &str) -> Result<()> {
+    if c.num_layers > n_tensors / TENSORS_PER_LAYER {
+        return Err(Error::invalid_model(format!(
+            "{field} is {} but the checkpoint holds {n_tensors} tensors, too few for that many \
+             layers ({TENSORS_PER_LAYER} per layer)",
+            c.num_layers
+        )));
+    }
+    Ok(())
+}
+
 /// Every tensor a Llama model with `c` consumes, by HF name, with its HF shape. `lm_head.weight`
 /// is listed only for an untied model.
 pub fn expected_tensors(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
@@ -56,6 +73,7 @@ pub fn expected_tensors(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 /// Errors (INVALID_MODEL, naming the tensor): a missing tensor, a wrong shape, an unused tensor
 /// (with up to 5 names and the count of the others), a derivable tensor that does not match.
 pub fn account_tensors(c: &ModelConfig, t: &mut TensorMap) -> Result<()> {
+    check_layer_count(c, t.len(), "num_hidden_layers")?;
     let expected = expected_tensors(c);
     for (name, shape) in &expected {
         let got = t

@@ -38,18 +38,7 @@ pub fn load_gguf(path: &Path) -> Result<ModelFiles> {
 
 fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
     let config = model_config(g)?;
-    // A Llama layer has 9 tensors: a block count the file's tensor list cannot hold is refused
-    // before anything is sized by it (found by fuzzing: a 13 KB file declaring 2^32 layers made
-    // the loader list every expected tensor and run out of memory).
-    const TENSORS_PER_LAYER: usize = 9;
-    if config.num_layers > g.tensors.len() / TENSORS_PER_LAYER {
-        return Err(Error::invalid_model(format!(
-            "llama.block_count is {} but the file holds {} tensors, too few for that many layers \
-             ({TENSORS_PER_LAYER} per layer)",
-            config.num_layers,
-            g.tensors.len()
-        )));
-    }
+    super::layout::check_layer_count(&config, g.tensors.len(), "llama.block_count")?;
     // Map and check every tensor before reading any data.
     let mut plan = Vec::with_capacity(g.tensors.len());
     for info in &g.tensors {
