@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make fuzz`: runs every cargo-fuzz target (fuzz/fuzz_targets/*.rs) for FUZZ_SECONDS each
-# (default 20), starting from the committed seeds (fuzz/seeds/<target>/, copied into the
+# `make fuzz`: runs every cargo-fuzz target (fuzz/fuzz_targets/*.rs), or those named in
+# FUZZ_TARGETS (space-separated), for FUZZ_SECONDS each (default 20), starting from the committed seeds (fuzz/seeds/<target>/, copied into the
 # git-ignored fuzz/corpus/<target>/), and prints the executions each reached.
 # Needs a nightly toolchain (rustup) and cargo-fuzz (installed from crates.io when missing).
 # A crash stops the run with cargo-fuzz's report (the input is saved under fuzz/artifacts/).
@@ -15,11 +15,18 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "installing cargo-fuzz from crates.io ..."
   cargo install cargo-fuzz --locked
 fi
-targets=$(cd fuzz && cargo +nightly fuzz list)
-if [ -z "$targets" ]; then
+all=$(cd fuzz && cargo +nightly fuzz list)
+if [ -z "$all" ]; then
   echo "fuzz: no targets found in fuzz/Cargo.toml" >&2
   exit 1
 fi
+targets="${FUZZ_TARGETS:-$all}"
+for t in $targets; do
+  if ! grep -qx "$t" <<<"$all"; then
+    echo "fuzz: FUZZ_TARGETS names $t, which is not a target (targets: $(echo $all))" >&2
+    exit 1
+  fi
+done
 for t in $targets; do
   if [ ! -d "fuzz/seeds/$t" ]; then
     echo "fuzz: target $t has no seed corpus (fuzz/seeds/$t/)" >&2
