@@ -18,7 +18,7 @@ func copyAdapter(t *testing.T, peft, name, dst, as string) {
 	src := filepath.Join(peft, name)
 	entries, err := os.ReadDir(src)
 	if err != nil {
-		t.Skipf("skipping: adapter fixture %s is absent: %v", src, err)
+		missing(t, "adapter fixture %s is absent: %v", src, err)
 	}
 	if err := os.MkdirAll(filepath.Join(dst, as), 0o755); err != nil {
 		t.Fatal(err)
@@ -43,8 +43,7 @@ func copyAdapter(t *testing.T, peft, name, dst, as string) {
 }
 
 // adapterEngine starts an engine without PEFT sources, registers a fresh source holding the
-// fixture adapter hf-all-r8 as "a" and returns both; skips when this build cannot serve
-// adapters (UNSUPPORTED).
+// fixture adapter hf-all-r8 as "a" and returns both.
 func adapterEngine(t *testing.T, mod func(*Config)) (*Engine, string, string) {
 	t.Helper()
 	_, peft := testModel(t)

@@ -4,13 +4,24 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 )
 
+// missing is the one rule for a fixture a test needs but cannot find: under CI (CI=true or 1) the
+// test fails naming it; elsewhere it is skipped, saying why.
+func missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if ci := os.Getenv("CI"); ci == "1" || strings.EqualFold(ci, "true") {
+		t.Fatalf("missing under CI=true (tests must not skip there): "+format, args...)
+	}
+	t.Skipf("skipping: "+format, args...)
+}
+
 // testModel returns the model directory (or .gguf) and PEFT source directory the tests use:
 // $LPX_TEST_MODEL / $LPX_TEST_PEFT_SOURCE, else the shared tiny-llama fixture
-// ($LORAPLEX_SHARED or <repo>/../shared, fixtures/tiny-llama/{model,adapters}). Skips the test,
-// saying so, when none is present.
+// ($LORAPLEX_SHARED or <repo>/../shared, fixtures/tiny-llama/{model,adapters}). When none is
+// present the test fails under CI and is skipped elsewhere (see missing).
 func testModel(t testing.TB) (model, peft string) {
 	t.Helper()
 	model = os.Getenv("LPX_TEST_MODEL")
@@ -27,7 +38,7 @@ func testModel(t testing.TB) (model, peft string) {
 		}
 	}
 	if _, err := os.Stat(model); err != nil {
-		t.Skipf("skipping: test model %s is absent (set LPX_TEST_MODEL or provide ../shared): %v", model, err)
+		missing(t, "test model %s is absent (set LPX_TEST_MODEL or provide ../shared): %v", model, err)
 	}
 	return model, peft
 }

@@ -82,7 +82,7 @@ func TestCheckBody(t *testing.T) {
 }
 
 // testServer serves the shared tiny-llama fixture ($LPX_TEST_MODEL, $LORAPLEX_SHARED or
-// <repo>/../shared); skips when absent.
+// <repo>/../shared); when absent the test fails under CI (CI=true or 1) and is skipped elsewhere.
 func testServer(t *testing.T) (*httptest.Server, *loraplex.Engine) {
 	model := os.Getenv("LPX_TEST_MODEL")
 	if model == "" {
@@ -94,6 +94,9 @@ func testServer(t *testing.T) (*httptest.Server, *loraplex.Engine) {
 		model = filepath.Join(shared, "fixtures/tiny-llama/model")
 	}
 	if _, err := os.Stat(model); err != nil {
+		if ci := os.Getenv("CI"); ci == "1" || strings.EqualFold(ci, "true") {
+			t.Fatalf("missing under CI=true (tests must not skip there): test model %s is absent: %v", model, err)
+		}
 		t.Skipf("skipping: test model %s is absent: %v", model, err)
 	}
 	e, err := loraplex.NewEngine(loraplex.Config{Model: model, ServedModelName: "base", Threads: 2, MaxModelLen: 2048})
