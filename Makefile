@@ -33,7 +33,7 @@ demo-rust: model samples
 	$(CARGO) run --release --example demo -- --model $(MODEL) --adapters $(SAMPLES)
 
 # Everything: lint first (fails fast), then Rust unit/integration tests (incl. the C/C++ ABI
-# checks and valgrind on the C quickstart), the Go binding (go test, go test -race) and the
+# checks and valgrind on the C quickstart) and the README doc test, the Go binding (go test, go test -race) and the
 # OpenAI-server end-to-end test. Under CI=true a missing fixture, model or tool fails its test
 # instead of skipping it.
 test: lint model test-deps test-rust go-test e2e
@@ -44,6 +44,7 @@ test-deps:
 test-rust: model
 	$(CARGO) build --release --lib
 	mkdir -p target && $(CARGO) test --release --all-targets 2>&1 | tee target/test.log; exit $${PIPESTATUS[0]}
+	$(CARGO) test --release --doc
 
 # cargo fmt --check and clippy with every warning an error, over every target.
 lint:
