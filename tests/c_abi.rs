@@ -150,15 +150,7 @@ fn quickstart_runs_and_is_valgrind_clean() {
     );
     // A PEFT source with one adapter, so the quickstart serves a mixed batch.
     let peft = dir.path().join("loras");
-    let shape = common::tiny_shape(common::TinySpec::default());
-    let adapter = common::random_adapter(&shape, [8; 7], 5, false, false);
-    loraplex::adapters::export::export(
-        &adapter,
-        &shape,
-        loraplex::adapters::export::ExportFormat::HfSafetensors,
-        &peft.join("tiny-lora"),
-    )
-    .unwrap();
+    common::export_tiny_adapter(&peft.join("tiny-lora"), 5);
     let out = run(Command::new(&exe)
         .arg(&model)
         .arg(&peft)

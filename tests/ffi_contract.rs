@@ -508,15 +508,7 @@ fn parse_sample(line: &str) -> Option<(String, Vec<(String, String)>)> {
 fn metrics_escape_label_values() {
     let dir = tempfile::tempdir().unwrap();
     let evil = "ev\"il\\lora\nname";
-    let shape = common::tiny_shape(common::TinySpec::default());
-    let adapter = common::random_adapter(&shape, [8; 7], 5, false, false);
-    loraplex::adapters::export::export(
-        &adapter,
-        &shape,
-        loraplex::adapters::export::ExportFormat::HfSafetensors,
-        &dir.path().join(evil),
-    )
-    .unwrap();
+    common::export_tiny_adapter(&dir.path().join(evil), 5);
     let peft = CString::new(dir.path().to_str().unwrap()).unwrap();
     let served = "base \"quoted\" \\ and\nnewline";
     let served_c = CString::new(served).unwrap();

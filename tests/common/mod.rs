@@ -358,6 +358,20 @@ pub fn tiny_shape(spec: TinySpec) -> loraplex::adapters::ModelShape {
     }
 }
 
+/// Writes a random rank-8 adapter (all seven modules, `seed`) for the default [`TinySpec`] model
+/// as an HF safetensors adapter directory at `dir`.
+pub fn export_tiny_adapter(dir: &Path, seed: u64) {
+    let shape = tiny_shape(TinySpec::default());
+    let adapter = random_adapter(&shape, [8; 7], seed, false, false);
+    loraplex::adapters::export::export(
+        &adapter,
+        &shape,
+        loraplex::adapters::export::ExportFormat::HfSafetensors,
+        dir,
+    )
+    .unwrap();
+}
+
 /// A random adapter: `ranks[t]` per target (0 = not adapted; the adapted ones share one rank,
 /// the largest given), scale 2. NeMo's fused layout needs q/k/v (and gate/up) to share A:
 /// `shared_a` does that. `zero_b` gives an adapter that must reproduce the base model.
