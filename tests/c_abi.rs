@@ -14,42 +14,17 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Whether env `CI` is "true": missing tools then fail the test instead of skipping it.
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// The rule for a check that cannot run because `reason`: under CI it fails (a check that did
-/// not run must not pass), locally it skips, printing why.
-fn skip_unless_ci(reason: &str, ci: bool) {
-    assert!(
-        !ci,
-        "{reason}, and CI=true: this check must run in CI (scripts/install-test-deps.sh installs the tools)"
-    );
-    eprintln!("skipping: {reason} (under CI=true this fails)");
-}
-
-/// Whether `tool` runs; see [`skip_unless_ci`] for what happens when it does not.
+/// Whether `tool` runs. When it does not, the one rule for missing tools applies
+/// ([`common::missing`]): the test fails under CI=true and skips, saying why, elsewhere.
 fn have(tool: &str) -> bool {
     let ok = Command::new(tool)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !ok {
-        skip_unless_ci(&format!("{tool} is not installed"), in_ci());
-    }
-    ok
-}
-
-#[test]
-#[should_panic(expected = "CI=true")]
-fn a_missing_tool_fails_under_ci() {
-    skip_unless_ci("gcc is not installed", true);
-}
-
-#[test]
-fn a_missing_tool_skips_locally() {
-    skip_unless_ci("gcc is not installed", false);
+    ok || common::missing::<()>(format!(
+        "{tool} is not installed (scripts/install-test-deps.sh installs it)"
+    ))
+    .is_some()
 }
 
 /// The directory holding libloraplex.so built with this test (target/<profile>). `cargo test`
