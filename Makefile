@@ -33,9 +33,9 @@ demo-rust: model samples
 	$(CARGO) run --release --example demo -- --model $(MODEL) --adapters $(SAMPLES)
 
 # Everything: lint first (fails fast), then Rust unit/integration tests (incl. the C/C++ ABI
-# checks and valgrind on the C quickstart) and the README doc test, the Go binding (go test, go test -race) and the
-# OpenAI-server end-to-end test. Under CI=true a missing fixture, model or tool fails its test
-# instead of skipping it.
+# checks and valgrind on the C quickstart) and the README doc test, the Go binding (go test,
+# go test -race) and the OpenAI-server end-to-end test. Under CI=true a missing fixture, model
+# or tool fails its test instead of skipping it.
 test: lint model test-deps test-rust go-test e2e
 
 test-deps:
