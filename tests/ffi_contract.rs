@@ -413,11 +413,21 @@ fn free_with_requests_in_flight() {
     while first.is_null() {
         ok(unsafe { lpx_engine_poll(t.engine, ids[0], 1000, &mut first) });
     }
-    let s = stats(t.engine);
-    let in_flight =
-        s["requests"]["running"].as_u64().unwrap() + s["requests"]["waiting"].as_u64().unwrap();
+    // The worker publishes its request counts after the step that sent the first output: wait
+    // (bounded) for them. The requests are thousands of steps long, so they are still in flight.
+    let in_flight = |s: &serde_json::Value| {
+        s["requests"]["running"].as_u64().unwrap() + s["requests"]["waiting"].as_u64().unwrap()
+    };
+    let mut s = stats(t.engine);
+    for _ in 0..500 {
+        if in_flight(&s) >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        s = stats(t.engine);
+    }
     assert!(
-        in_flight >= 2,
+        in_flight(&s) >= 2,
         "requests were not in flight when freed: {s}"
     );
     drop(t); // lpx_engine_free cancels the requests, joins the worker and returns.
