@@ -18,6 +18,7 @@ pub mod kv;
 pub mod lora_target;
 pub mod model;
 pub mod openai;
+pub mod quant;
 pub mod sampling;
 pub mod sched;
 pub mod tensor;

@@ -9,6 +9,8 @@ pub mod safetensors_file;
 
 use half::{bf16, f16};
 
+use crate::quant::QuantData;
+
 /// The element count of `shape` (1 for a scalar `[]`); `None` when the product overflows.
 /// Readers of untrusted headers use it before trusting a declared shape.
 pub fn checked_numel(shape: &[usize]) -> Option<usize> {
@@ -60,15 +62,22 @@ pub enum TensorData {
     F16(Vec<f16>),
     /// bf16 elements.
     BF16(Vec<bf16>),
+    /// A 2-D matrix kept in ggml quantized blocks (the tensor's shape is `[rows, cols]`).
+    Quant(QuantData),
 }
 
 impl TensorData {
-    /// The elements widened to f32 (copies; exact for every dtype).
+    /// The elements widened to f32 (copies; exact for every dtype, quantized blocks expanded
+    /// as ggml dequantizes them). A quantized type that cannot be expanded (see
+    /// [`crate::quant::GgmlType::is_dequantizable`]) yields NaNs; loaders refuse such tensors.
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match self {
             TensorData::F32(v) => v.clone(),
             TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
             TensorData::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            TensorData::Quant(q) => q
+                .to_f32()
+                .unwrap_or_else(|_| vec![f32::NAN; q.rows() * q.cols()]),
         }
     }
     /// Consumes the data, returning f32 elements (no copy when already f32).
@@ -101,12 +110,27 @@ impl HostTensor {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
-    /// The element type.
-    pub fn dtype(&self) -> DType {
+    /// The element type of a dense tensor; `None` for quantized blocks (see [`Self::quant`]).
+    pub fn dtype(&self) -> Option<DType> {
         match self.data {
-            TensorData::F32(_) => DType::F32,
-            TensorData::F16(_) => DType::F16,
-            TensorData::BF16(_) => DType::BF16,
+            TensorData::F32(_) => Some(DType::F32),
+            TensorData::F16(_) => Some(DType::F16),
+            TensorData::BF16(_) => Some(DType::BF16),
+            TensorData::Quant(_) => None,
+        }
+    }
+    /// The quantized blocks, when the tensor is kept quantized.
+    pub fn quant(&self) -> Option<&QuantData> {
+        match &self.data {
+            TensorData::Quant(q) => Some(q),
+            _ => None,
+        }
+    }
+    /// A `[rows, cols]` tensor kept in quantized blocks.
+    pub fn quantized(q: QuantData) -> Self {
+        Self {
+            shape: vec![q.rows(), q.cols()],
+            data: TensorData::Quant(q),
         }
     }
     /// The elements converted to f32 (copies).

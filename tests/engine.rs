@@ -460,7 +460,7 @@ fn sharded_and_bf16_safetensors_load_like_the_single_file() {
     safetensors::serialize_to_file(views, None, &bf.join("model.safetensors")).unwrap();
     let loaded = ModelFiles::load(&bf).unwrap();
     let t = &loaded.tensors["model.layers.0.self_attn.q_proj.weight"];
-    assert_eq!(t.dtype(), loraplex::tensor::DType::BF16);
+    assert_eq!(t.dtype(), Some(loraplex::tensor::DType::BF16));
     let e3 = Engine::new(EngineConfig::new(&bf)).unwrap();
     let c = e3
         .generate(Request::new(Prompt::Tokens(prompt(3)), p))

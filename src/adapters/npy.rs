@@ -208,10 +208,12 @@ pub fn parse_npy(bytes: &[u8], what: &str) -> Result<NpyArray> {
 /// one little-endian decoder.
 fn decode(dtype: NpyDType, data: &[u8], what: &str) -> Result<NpyData> {
     let float = |dt: DType| {
-        decode_le(dt, data).map(|d| match d {
-            TensorData::F32(v) => NpyData::F32(v),
-            TensorData::F16(v) => NpyData::F16(v),
-            TensorData::BF16(v) => NpyData::BF16(v),
+        decode_le(dt, data).and_then(|d| match d {
+            TensorData::F32(v) => Ok(NpyData::F32(v)),
+            TensorData::F16(v) => Ok(NpyData::F16(v)),
+            TensorData::BF16(v) => Ok(NpyData::BF16(v)),
+            // decode_le only yields dense data.
+            TensorData::Quant(_) => Err(Error::internal("npy: decoder returned blocks")),
         })
     };
     let int = |ty: IntType| decode_le_ints(ty, data).map(NpyData::Int);

@@ -63,6 +63,7 @@ pub(crate) fn weight_shape(t: &HostTensor) -> Result<(usize, usize)> {
         TensorData::F32(v) => v.len(),
         TensorData::F16(v) => v.len(),
         TensorData::BF16(v) => v.len(),
+        TensorData::Quant(q) => q.rows() * q.cols(),
     };
     if len != n {
         return Err(Error::invalid_argument(format!(

@@ -187,6 +187,7 @@ fn same_values(a: &TensorData, b: &TensorData) -> bool {
             TensorData::F32(v) => Box::new(v.iter().copied()),
             TensorData::F16(v) => Box::new(v.iter().map(|x| x.to_f32())),
             TensorData::BF16(v) => Box::new(v.iter().map(|x| x.to_f32())),
+            TensorData::Quant(_) => Box::new(d.to_f32_vec().into_iter()),
         }
     }
     match (a, b) {

@@ -146,7 +146,7 @@ mod tests {
                 shape: vec![2],
                 data: kept,
             };
-            assert_eq!(t.dtype(), dt);
+            assert_eq!(t.dtype(), Some(dt));
             assert_eq!(t.into_f32_vec(), vec![1.5, -2.0], "{dt:?}");
         }
         assert_eq!(

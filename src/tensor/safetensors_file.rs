@@ -158,11 +158,11 @@ mod tests {
         data.extend_from_slice(&[0x80, 0x3F]); // bf16 1.0
         let t = read_safetensors(&file(h, &data), "m", ErrorCode::InvalidModel).unwrap();
         assert_eq!(t[0].0, "a");
-        assert_eq!(t[0].1.dtype(), DType::F32);
+        assert_eq!(t[0].1.dtype(), Some(DType::F32));
         assert_eq!(t[0].1.to_f32_vec(), vec![1.5, -2.0]);
         assert_eq!(
             (t[1].1.dtype(), t[1].1.shape.clone()),
-            (DType::BF16, vec![1, 1])
+            (Some(DType::BF16), vec![1, 1])
         );
         assert_eq!(t[1].1.to_f32_vec(), vec![1.0]);
     }

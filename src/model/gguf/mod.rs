@@ -4,18 +4,19 @@
 //! [`load_gguf`] turns a `general.architecture = "llama"` GGUF file into [`ModelFiles`] in
 //! HuggingFace naming and layout, with every tensor expanded to f32.
 
-pub mod dequant;
 pub mod permute;
 pub mod reader;
 pub mod tokenizer;
-pub mod types;
+
+/// ggml block types and dequantization live in [`crate::quant`]; re-exported under their old paths.
+pub use crate::quant::{dequant, types};
 
 use std::path::Path;
 
-pub use dequant::dequantize;
+pub use crate::quant::dequantize;
+pub use crate::quant::GgmlType;
 pub use permute::{permute_qk, unpermute_qk};
 pub use reader::{GgufFile, MetaValue, TensorInfo};
-pub use types::GgmlType;
 
 use super::{ModelConfig, ModelFiles, RopeScaling, TensorMap};
 use crate::error::{Error, Result};
