@@ -548,6 +548,7 @@ fn attention<'a, C>(
         cache,
         layer: 1,
         meta,
+        window: None,
     }
 }
 

@@ -146,13 +146,32 @@ pub trait Backend: Send {
     fn kv_write(&self, cache: &mut Self::KvCache, w: KvWriteArgs<'_, Self::Buf>);
     /// Causal grouped-query attention over the paged cache of `a.layer`. Q of row t is the
     /// `n_heads*head_dim` columns of row t of view `a.q`; query head h uses KV head
-    /// `h / (n_heads / n_kv_heads)`. For each row `t < a.q.rows` and head h:
-    /// `s_p = (q_h · k_p) / sqrt(head_dim)` for `p in 0..=row_pos[t]` of sequence `row_seq[t]`
+    /// `h / (n_heads / n_kv_heads)`. For each row `t < a.q.rows` and head h, with
+    /// `lo = 0` (`a.window` None) or `lo = max(0, row_pos[t] + 1 - w)` (`a.window = Some(w)`,
+    /// transformers' sliding window: keys at positions `> row_pos[t] - w`; `w = 0` counts as 1):
+    /// `s_p = (q_h · k_p) / sqrt(head_dim)` for `p in lo..=row_pos[t]` of sequence `row_seq[t]`
     /// (at the slots its block table gives, see [`AttnMeta`]), `w = softmax(s)`,
     /// `out[t, h*head_dim + d] = sum_p w_p * v_p[d]` (`out` is `[rows, n_heads*head_dim]`).
     /// Inconsistent shapes make all of `out` NaN; a row whose metadata points outside the cache
     /// gets a NaN row.
     fn attention_paged(&self, a: AttentionArgs<'_, Self::Buf, Self::KvCache>, out: &mut Self::Buf);
+    /// Adds a bias to a column range of every row, in place (the q/k/v biases over the fused
+    /// QKV row): `for t < y.rows, j < width: y[t, y.col + j] += bias[j]`. When the view does not
+    /// fit its buffer with `width` columns or `bias` holds fewer than `width` values, the whole
+    /// buffer becomes NaN.
+    fn add_bias(&self, y: ViewMut<'_, Self::Buf>, bias: &Self::Buf, width: usize);
+    /// RMSNorm of every head, in place (Qwen3's q/k norm): for each row `t < x.rows` and head
+    /// `h < n_heads`, with `v` the `head_dim` columns `x.col + h*head_dim ..` of row t:
+    /// `r = 1/sqrt(mean_j(v[j]^2) + eps); v[j] = v[j] * r * w[j]`. When the heads do not fit the
+    /// view or `w` holds fewer than `head_dim` values, the whole buffer becomes NaN.
+    fn head_rms_norm(
+        &self,
+        x: ViewMut<'_, Self::Buf>,
+        w: &Self::Buf,
+        n_heads: usize,
+        head_dim: usize,
+        eps: f32,
+    );
     /// Copies rows: `for (k, &r) in rows.iter().enumerate(): out[k*dim..][..dim] = x[r*dim..][..dim]`.
     fn gather_rows(&self, x: &Self::Buf, dim: usize, rows: &[u32], out: &mut Self::Buf);
 

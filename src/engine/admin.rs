@@ -208,7 +208,7 @@ impl Engine {
                 "max_num_seqs": self.config().max_num_seqs,
                 "max_batch_tokens": self.config().max_batch_tokens,
                 "max_model_len": self.max_model_len(),
-                // What bounds max_model_len ("sliding_window" when the window capped it).
+                // What bounds max_model_len (configured, max_position_embeddings, default_cap).
                 "max_model_len_bound": self.max_model_len_bound,
             },
             "host_cache": {"entries": host.len(), "capacity": host.capacity()},

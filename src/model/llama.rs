@@ -1,4 +1,5 @@
-//! The Llama transformer on a [`Backend`]: weights packed once, one `forward` per engine step.
+//! The Llama-family transformer (Llama, Mistral, Qwen2, Qwen3) on a [`Backend`]: weights packed
+//! once, one `forward` per engine step.
 //!
 //! A step is a flat list of token rows from any number of sequences (prefill chunks and decode
 //! rows mixed). Each row carries its sequence and position ([`AttnMeta`]); K/V are written to the
@@ -7,6 +8,7 @@
 use parking_lot::Mutex;
 
 use super::layout::account_tensors;
+use super::qkv_extras::QkvExtras;
 use super::{ModelConfig, TensorMap};
 use crate::backend::{
     AttentionArgs, AttnMeta, Backend, KvWriteArgs, LoraArgs, LoraBatch, LoraTarget, RopeArgs, View,
@@ -22,6 +24,8 @@ struct Layer<B: Backend> {
     mlp_norm: B::Buf,
     gate_up: B::Weight,
     down: B::Weight,
+    /// Architecture-specific QKV bias / q-k norms.
+    extras: QkvExtras<B>,
 }
 
 /// Activation buffers reused across steps (grown when a step has more rows than any before).
@@ -131,6 +135,7 @@ impl<B: Backend> Llama<B> {
                 mlp_norm,
                 gate_up,
                 down,
+                extras: QkvExtras::load(backend, &cfg, t, l)?,
             });
         }
         let inv_freq = cfg.rope_inv_freq();
@@ -264,6 +269,7 @@ impl<B: Backend> Llama<B> {
             apply((normed, h), (qkv, qkv_w, 0), l, LoraTarget::Q);
             apply((normed, h), (qkv, qkv_w, q), l, LoraTarget::K);
             apply((normed, h), (qkv, qkv_w, q + kv_dim), l, LoraTarget::V);
+            layer.extras.apply(backend, qkv, rows, cfg);
             // K's heads follow Q's in the fused row, so one call rotates both.
             let rope = RopeArgs {
                 n_heads: cfg.num_heads + cfg.num_kv_heads,
@@ -285,6 +291,7 @@ impl<B: Backend> Llama<B> {
                 cache: kv,
                 layer: l,
                 meta: input.meta,
+                window: cfg.layer_window(l),
             };
             backend.attention_paged(attention, attn);
             backend.matmul(attn, rows, &layer.o, proj);
