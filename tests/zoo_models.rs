@@ -246,7 +246,11 @@ fn other_architectures_are_refused_naming_them() {
     bytes[at + 12..at + 17].copy_from_slice(b"gemma");
     let g = tmp.path().join("gemma.gguf");
     std::fs::write(&g, bytes).unwrap();
-    expect_err(&g, ErrorCode::Unsupported, &["gemma", "general.architecture"]);
+    expect_err(
+        &g,
+        ErrorCode::Unsupported,
+        &["gemma", "general.architecture"],
+    );
 }
 
 /// The tensors of a fixture model as f32, sorted by name.

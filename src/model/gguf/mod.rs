@@ -73,7 +73,7 @@ fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
     for (info, hf) in &plan {
         let Some(shape) = expected.remove(hf) else {
             return Err(Error::invalid_model(format!(
-                "tensor \"{}\" ({hf}) is not expected in a {}-layer {} model",
+                "tensor \"{}\" ({hf}) is not used by a {}-layer {} model",
                 info.name, config.num_layers, config.architecture
             )));
         };
@@ -189,7 +189,7 @@ pub fn model_config(g: &GgufFile) -> Result<ModelConfig> {
             )));
         }
     }
-    let rope_scaling = match rope_freq_factors(g)? {
+    let rope_scaling = match rope_freq_factors(g, head_dim)? {
         None => rope_scaling(g, arch)?,
         Some(factors) => match rope_scaling(g, arch)? {
             RopeScaling::None => RopeScaling::FreqFactors(factors),
@@ -280,24 +280,31 @@ fn eos_ids(g: &GgufFile) -> Result<Vec<u32>> {
     }
 }
 
-/// The `rope_freqs.weight` tensor's values, if the file has one (any float type; checked for
-/// shape and values by [`ModelConfig::validate`]).
-fn rope_freq_factors(g: &GgufFile) -> Result<Option<Vec<f32>>> {
+/// The `rope_freqs.weight` tensor's values, if the file has one: `head_dim / 2` positive finite
+/// divisors of the RoPE frequencies (any float type). Errors (INVALID_MODEL) name the tensor.
+fn rope_freq_factors(g: &GgufFile, head_dim: usize) -> Result<Option<Vec<f32>>> {
     let Some(info) = g.tensor(ROPE_FREQS) else {
         return Ok(None);
     };
     let ctx = |e: Error| e.context(format!("tensor \"{ROPE_FREQS}\""));
-    if info.shape().len() != 1 || !info.ggml_type.is_dequantizable() {
+    if info.shape() != [head_dim / 2] || !info.ggml_type.is_dequantizable() {
         return Err(Error::invalid_model(format!(
-            "tensor \"{ROPE_FREQS}\" must be a 1-D float vector, got shape {:?} type {}",
+            "tensor \"{ROPE_FREQS}\" must be a float vector of head_dim / 2 = {} values, got \
+             shape {:?} type {}",
+            head_dim / 2,
             info.shape(),
             info.ggml_type
         )));
     }
-    let n = usize::try_from(info.n_elements)
-        .map_err(|_| ctx(Error::invalid_model("too many elements")))?;
     let bytes = g.read_tensor_bytes(info).map_err(ctx)?;
-    dequantize(info.ggml_type, &bytes, n).map(Some).map_err(ctx)
+    let factors = dequantize(info.ggml_type, &bytes, head_dim / 2).map_err(ctx)?;
+    if let Some(bad) = factors.iter().find(|f| !f.is_finite() || **f <= 0.0) {
+        return Err(Error::invalid_model(format!(
+            "tensor \"{ROPE_FREQS}\" holds {bad}; RoPE frequency factors must be positive and \
+             finite"
+        )));
+    }
+    Ok(Some(factors))
 }
 
 fn rope_scaling(g: &GgufFile, arch: &str) -> Result<RopeScaling> {
