@@ -205,7 +205,9 @@ def write_gguf(path: Path, arch: str, cfg, state: dict, model_dir: Path, extra):
         tokens.append(inv[i])
         types.append(gguf.TokenType.CONTROL if i in added and added[i]["special"] else gguf.TokenType.NORMAL)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
+    # llama.cpp labels Qwen tokenizers "qwen2" (NFC, Qwen's split regex): the qwen2 file says so,
+    # so its tokenizer is the one transformers' Qwen2Tokenizer builds from these files.
+    w.add_tokenizer_pre("qwen2" if arch == "qwen2" else "smollm")
     w.add_token_list(tokens)
     w.add_token_types(types)
     sv = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens))
@@ -327,6 +329,8 @@ def build(name, cfg, arch, extra, targets, seed):
             q = {"text": text}
         ids = raw.encode(text, add_special_tokens=False).ids
         q["token_ids"] = ids
+        # What AutoTokenizer encodes (Qwen2Tokenizer for model_type qwen2, else tokenizer.json).
+        q["hf_tokenizer_ids"] = tok(text, add_special_tokens=False)["input_ids"]
         prompts.append(q)
         prompt_ids.append(ids)
     ref = {"model_type": cfg.model_type, "architectures": [type(model).__name__],
@@ -353,6 +357,8 @@ def build(name, cfg, arch, extra, targets, seed):
     # No machine-specific path and no boilerplate model card in the committed fixture.
     acfg = json.loads((adir / "adapter_config.json").read_text())
     acfg["base_model_name_or_path"] = f"loraplex-zoo-{name}"
+    if isinstance(acfg.get("target_modules"), list):
+        acfg["target_modules"] = sorted(acfg["target_modules"])  # a set in peft: fix the order
     (adir / "adapter_config.json").write_text(json.dumps(acfg, indent=2, sort_keys=True) + "\n")
     (adir / "README.md").unlink(missing_ok=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()

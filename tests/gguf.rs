@@ -536,12 +536,12 @@ fn model_level_errors_name_the_culprit() {
     case(w, "spm.gguf", ErrorCode::Unsupported, &["SentencePiece"]);
 
     let mut w = toy(true).writer;
-    w.str("tokenizer.ggml.pre", "qwen2");
+    w.str("tokenizer.ggml.pre", "deepseek-llm");
     case(
         w,
         "pre.gguf",
         ErrorCode::Unsupported,
-        &["tokenizer.ggml.pre", "qwen2"],
+        &["tokenizer.ggml.pre", "deepseek-llm"],
     );
 
     let mut w = toy(true).writer;

@@ -106,6 +106,14 @@ fn check_both(name: &str) {
     }
     let mut failures = check(&dir.join("model"), &dir, &refj);
     if let Some(g) = refj["gguf"].as_str() {
+        // The GGUF's tokenizer (tokenizer.ggml.pre "qwen2" in the qwen2 file, "smollm"
+        // elsewhere) encodes as transformers' AutoTokenizer does (Qwen2Tokenizer for qwen2).
+        let gguf = ModelFiles::load(&dir.join(g)).unwrap();
+        for p in refj["prompts"].as_array().unwrap() {
+            let text = p["text"].as_str().unwrap();
+            let got = gguf.tokenizer.encode(text, false).unwrap();
+            assert_eq!(got, ids(&p["hf_tokenizer_ids"]), "{g}: {text}");
+        }
         failures.extend(check(&dir.join(g), &dir, &refj));
     }
     assert!(failures.is_empty(), "{failures:#?}");

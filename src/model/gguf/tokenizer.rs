@@ -1,7 +1,8 @@
 //! Builds a [`crate::tokenizer::Tokenizer`] from GGUF `tokenizer.*` metadata.
 //!
 //! Supported: `tokenizer.ggml.model = "gpt2"` (byte-level BPE) with `tokenizer.ggml.pre` one of
-//! `smollm`, `default`/`gpt2`, `llama-bpe`/`llama3`. The equivalent HF `tokenizer.json` is
+//! `smollm`, `default`/`gpt2`, `llama-bpe`/`llama3`, `qwen2` (Qwen2/2.5/3: NFC normalizer and
+//! single-digit split, as transformers' `Qwen2Tokenizer`). The equivalent HF `tokenizer.json` is
 //! constructed as JSON and loaded with `tokenizers`, so encoding matches the HF tokenizer the
 //! GGUF was converted from.
 
@@ -55,7 +56,26 @@ fn optional_id(g: &GgufFile, key: &str, n_vocab: usize) -> Result<Option<u32>> {
     Ok(Some(id as u32))
 }
 
-fn pre_tokenizer(pre: &str) -> Result<(Value, bool)> {
+/// The Qwen2 pre-tokenizer split regex (transformers' `Qwen2Tokenizer`: Llama-3's with single
+/// digits).
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// `(normalizer, pre-tokenizer, ignore_merges)` of the HF tokenizer `pre` names.
+fn pre_tokenizer(pre: &str) -> Result<(Value, Value, bool)> {
+    if pre == "qwen2" {
+        let split = json!({"type": "Split", "pattern": {"Regex": QWEN2_REGEX}, "behavior": "Isolated", "invert": false});
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false});
+        return Ok((
+            json!({"type": "NFC"}),
+            json!({"type": "Sequence", "pretokenizers": [split, byte_level]}),
+            false,
+        ));
+    }
+    let (pre_tok, ignore_merges) = plain_pre_tokenizer(pre)?;
+    Ok((Value::Null, pre_tok, ignore_merges))
+}
+
+fn plain_pre_tokenizer(pre: &str) -> Result<(Value, bool)> {
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     Ok(match pre {
         "smollm" => (
@@ -75,7 +95,7 @@ fn pre_tokenizer(pre: &str) -> Result<(Value, bool)> {
         ),
         other => {
             return Err(Error::unsupported(format!(
-                "tokenizer.ggml.pre = \"{other}\" is not supported (smollm, default, gpt2, llama-bpe, llama3)"
+                "tokenizer.ggml.pre = \"{other}\" is not supported (smollm, default, gpt2, llama-bpe, llama3, qwen2)"
             )))
         }
     })
@@ -115,7 +135,7 @@ pub fn build_tokenizer(g: &GgufFile) -> Result<Tokenizer> {
         })
         .transpose()?
         .unwrap_or("default");
-    let (pre_tok, ignore_merges) = pre_tokenizer(pre)?;
+    let (normalizer, pre_tok, ignore_merges) = pre_tokenizer(pre)?;
 
     let tokens = string_array(g, "tokenizer.ggml.tokens")?;
     let n_vocab = tokens.len();
@@ -199,7 +219,7 @@ pub fn build_tokenizer(g: &GgufFile) -> Result<Tokenizer> {
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": null,
+        "normalizer": normalizer,
         "pre_tokenizer": pre_tok,
         "post_processor": null,
         "decoder": byte_level_decoder,
