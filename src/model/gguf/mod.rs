@@ -7,6 +7,7 @@
 pub mod permute;
 pub mod reader;
 pub mod tokenizer;
+pub mod writer;
 
 /// ggml block types and dequantization live in [`crate::quant`]; re-exported under their old paths.
 pub use crate::quant::{dequant, types};
@@ -17,6 +18,7 @@ pub use crate::quant::dequantize;
 pub use crate::quant::GgmlType;
 pub use permute::{permute_qk, unpermute_qk};
 pub use reader::{GgufFile, MetaValue, TensorInfo};
+pub use writer::GgufWriter;
 
 use super::{ModelConfig, ModelFiles, RopeScaling, TensorMap};
 use crate::error::{Error, Result};
