@@ -62,8 +62,10 @@ fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
         })?;
         if !info.ggml_type.is_dequantizable() {
             return Err(Error::unsupported(format!(
-                "tensor \"{}\" has type {} which is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)",
-                info.name, info.ggml_type
+                "tensor \"{}\" has type {} which is not supported ({} are)",
+                info.name,
+                info.ggml_type,
+                crate::quant::dequant::supported_names()
             )));
         }
         plan.push((info, hf));
