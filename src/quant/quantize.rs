@@ -24,6 +24,8 @@ pub fn quantize_block_fn(ty: GgmlType) -> Option<QuantizeBlockFn> {
     Some(match ty {
         GgmlType::Q8_0 => q8_0,
         GgmlType::Q4_0 => q4_0,
+        GgmlType::Q5_0 => q5_0,
+        GgmlType::Q5_1 => q5_1,
         GgmlType::Q4K => k::q4_k,
         GgmlType::Q5K => k::q5_k,
         GgmlType::Q6K => k::q6_k,
@@ -44,7 +46,7 @@ pub fn is_quantizable(ty: GgmlType) -> bool {
 pub fn quantize(ty: GgmlType, rows: usize, cols: usize, x: &[f32]) -> Result<QuantData> {
     let one = quantize_block_fn(ty).ok_or_else(|| {
         Error::invalid_argument(format!(
-            "cannot quantize to {ty} (loraplex writes Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)"
+            "cannot quantize to {ty} (loraplex writes Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)"
         ))
     })?;
     let (block, type_size) = (ty.block_size() as usize, ty.type_size() as usize);
@@ -80,6 +82,52 @@ pub fn quantize(ty: GgmlType, rows: usize, cols: usize, x: &[f32]) -> Result<Qua
             }
         });
     QuantData::new(ty, rows, cols, bytes)
+}
+
+/// Packs 32 five-bit levels as ggml's Q5_0/Q5_1 do: the low nibbles of elements `j` and
+/// `j + 16` share byte `qs[j]`, the fifth bits form the little-endian `u32` `qh` (bit `j` from
+/// element `j`). `out` starts at `qh`.
+fn pack_q5(levels: &[u8; 32], out: &mut [u8]) {
+    let mut qh = 0u32;
+    for (j, &l) in levels.iter().enumerate() {
+        qh |= u32::from(l >> 4) << j;
+    }
+    out[..4].copy_from_slice(&qh.to_le_bytes());
+    for j in 0..16 {
+        out[4 + j] = (levels[j] & 0x0F) | ((levels[j + 16] & 0x0F) << 4);
+    }
+}
+
+/// One Q5_0 block: `d = m / -16` where `m` is the element of largest magnitude;
+/// `q = trunc(x / d + 16.5)` clamped to 31, evaluated in f64 like [`q4_0`] (gguf-py's emulation
+/// of ggml's fused multiply-add).
+pub fn q5_0(x: &[f32], out: &mut [u8]) {
+    let (_, max) = signed_absmax(x);
+    let d = max / -16.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    put_f16(out, 0, d);
+    let mut levels = [0u8; 32];
+    for (l, &v) in levels.iter_mut().zip(x) {
+        let t = ((v as f64) * (id as f64) + 16.5) as f32;
+        *l = (t.trunc() as u8).min(31);
+    }
+    pack_q5(&levels, &mut out[2..]);
+}
+
+/// One Q5_1 block: `d = (max - min) / 31`, `m = min`, `q = trunc((x - min) / d + 0.5)` in f32,
+/// clamped to 31 (as gguf-py and ggml's reference).
+pub fn q5_1(x: &[f32], out: &mut [u8]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+    let d = (max - min) / 31.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    put_f16(out, 0, d);
+    put_f16(out, 2, min);
+    let mut levels = [0u8; 32];
+    for (l, &v) in levels.iter_mut().zip(x) {
+        *l = (((v - min) * id + 0.5).trunc() as u8).min(31);
+    }
+    pack_q5(&levels, &mut out[4..]);
 }
 
 /// Writes `v` as a little-endian f16 (round to nearest even, as ggml's `GGML_FP32_TO_FP16`).

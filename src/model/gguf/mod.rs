@@ -6,6 +6,7 @@
 
 pub mod permute;
 pub mod reader;
+pub mod requantize;
 pub mod tokenizer;
 pub mod writer;
 
