@@ -24,6 +24,35 @@ const WRITTEN: [GgmlType; 7] = [
 ];
 
 #[test]
+fn q8_0_and_k_quants_match_ggml_c_reference_bytes() {
+    // Blocks written by ggml's own quantize_row_*_ref (ggml-quants.c built with gcc,
+    // no FMA contraction) from the same rows; see scripts/quant-oracle.py --ggml.
+    let mut seen = Vec::new();
+    for c in cases().iter().filter(|c| c.name.starts_with("ggml-")) {
+        let x = c.input.as_ref().expect("ggml case without input");
+        let cols = 512;
+        let q = quantize(c.ty, x.len() / cols, cols, x).unwrap();
+        let ts = c.ty.type_size() as usize;
+        for (b, (got, want)) in q.bytes().chunks(ts).zip(c.blocks.chunks(ts)).enumerate() {
+            assert_eq!(
+                got,
+                want,
+                "{}: block {b} (row {}) differs from ggml",
+                c.name,
+                b * c.ty.block_size() as usize / cols
+            );
+        }
+        assert_eq!(q.bytes().len(), c.blocks.len());
+        seen.push(c.ty);
+    }
+    assert_eq!(
+        seen.len(),
+        4,
+        "expected ggml fixtures for Q8_0, Q4_K, Q5_K, Q6_K: {seen:?}"
+    );
+}
+
+#[test]
 fn q8_0_q4_0_q5_0_q5_1_match_gguf_py_bytes() {
     let mut seen = 0;
     for c in cases().iter().filter(|c| c.name.starts_with("quant-")) {

@@ -4,6 +4,7 @@ pub mod config;
 pub mod gguf;
 pub mod layout;
 pub mod llama;
+pub mod weight_quant;
 pub mod weights;
 
 use std::collections::HashMap;

@@ -1,6 +1,8 @@
 //! f32 rows → ggml blocks: Q8_0 and Q4_0 (bit-exact with gguf-py's `gguf.quants.quantize`,
 //! which reproduces ggml's `quantize_row_*_ref`) and the K-quants Q4_K, Q5_K, Q6_K of
 //! [`super::quantize_k`] (ports of ggml's reference quantizers, without an importance matrix).
+//! Q8_0 and the K-quants are byte-identical to ggml's C `quantize_row_*_ref` built without FMA
+//! contraction (tests/quant_quantize.rs checks committed ggml outputs).
 //!
 //! Threading: [`quantize`] splits rows over the rayon pool; every row is quantized on its own, so
 //! a row's blocks never depend on other rows. Ownership: the input is borrowed, the blocks are

@@ -3,9 +3,9 @@
 //! layouts [`super::dequant_k`] documents.
 //!
 //! Q4_K/Q5_K fit each 32-element group with an affine grid `x ≈ scale * l - min`
-//! (`l in 0..=nmax`) by [`fit_affine`], then store the eight group scales and mins as 6-bit
+//! (`l in 0..=nmax`) by `fit_affine`, then store the eight group scales and mins as 6-bit
 //! multiples of two f16 super-scales and re-round every element against the stored grid.
-//! Q6_K fits each 16-element group with a symmetric grid (`l in -32..32`) by [`fit_symmetric`]
+//! Q6_K fits each 16-element group with a symmetric grid (`l in -32..32`) by `fit_symmetric`
 //! and stores the sixteen group scales as i8 multiples of one f16 super-scale.
 //!
 //! Every function quantizes exactly one 256-element block; callers slice whole blocks
