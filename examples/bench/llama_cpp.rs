@@ -1,0 +1,101 @@
+//! llama.cpp's side of the comparison: `llama-batched-bench` (built by scripts/llama-cpp.sh from
+//! the llama-cpp-python sdist) run as a child process, one measurement per call, its JSONL line
+//! parsed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The llama.cpp tools directory (holds `llama-batched-bench`).
+pub struct LlamaCpp {
+    bin: PathBuf,
+}
+
+/// One llama.cpp measurement: tokens/s, or why there is none.
+pub type Measured = Result<f64, String>;
+
+impl LlamaCpp {
+    /// Checks that `dir/llama-batched-bench` exists; the error names the path and the script
+    /// that builds it.
+    pub fn new(dir: &Path) -> Result<Self, String> {
+        let exe = dir.join("llama-batched-bench");
+        if !exe.is_file() {
+            return Err(format!(
+                "{} not found (build it with scripts/llama-cpp.sh, or pass --llama-bin DIR)",
+                exe.display()
+            ));
+        }
+        Ok(Self {
+            bin: dir.to_path_buf(),
+        })
+    }
+
+    /// The tools directory.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Runs `llama-batched-bench` once with `pl` parallel sequences of a `pp`-token prompt each,
+    /// then `tg` decode steps, and returns its JSONL record.
+    fn batched_bench(
+        &self,
+        model: &Path,
+        threads: usize,
+        pp: usize,
+        tg: usize,
+        pl: usize,
+    ) -> Result<Value, String> {
+        // Context: every sequence's prompt and generated tokens (not shared), rounded up.
+        let ctx = (pl * (pp + tg)).div_ceil(256) * 256;
+        let out = Command::new(self.bin.join("llama-batched-bench"))
+            .arg("-m")
+            .arg(model)
+            .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
+            .args(["-c", &ctx.max(256).to_string(), "-b", "2048", "-ub", "512"])
+            .args(["-npp", &pp.to_string(), "-ntg", &tg.to_string()])
+            .args(["-npl", &pl.to_string(), "--output-format", "jsonl"])
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let record = stdout
+            .lines()
+            .chain(stderr.lines())
+            .filter(|l| l.trim_start().starts_with('{') && l.contains("\"speed_tg\""))
+            .find_map(|l| serde_json::from_str::<Value>(l.trim()).ok());
+        match record {
+            Some(v) if out.status.success() => Ok(v),
+            _ => {
+                let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                Err(format!(
+                    "llama-batched-bench on {} exited with {} without a result: {}",
+                    model.display(),
+                    out.status,
+                    tail.join(" | ")
+                ))
+            }
+        }
+    }
+
+    /// Decode tokens/s with `batch` sequences (16-token prompts, `tokens` steps each), summed
+    /// over the sequences: `speed_tg`.
+    pub fn decode(&self, model: &Path, threads: usize, batch: usize, tokens: usize) -> Measured {
+        let v = self.batched_bench(model, threads, 16, tokens, batch)?;
+        field(&v, "speed_tg")
+    }
+
+    /// Prefill tokens/s of one `len`-token prompt: `speed_pp`.
+    pub fn prefill(&self, model: &Path, threads: usize, len: usize) -> Measured {
+        let v = self.batched_bench(model, threads, len, 1, 1)?;
+        field(&v, "speed_pp")
+    }
+}
+
+fn field(v: &Value, key: &str) -> Measured {
+    v[key]
+        .as_f64()
+        .filter(|x| x.is_finite() && *x > 0.0)
+        .ok_or_else(|| format!("llama-batched-bench record has no positive \"{key}\": {v}"))
+}
