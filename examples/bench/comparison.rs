@@ -157,7 +157,13 @@ fn engine_for(path: &Path, o: &Options) -> Result<Engine, String> {
     let mut cfg = EngineConfig::new(path);
     cfg.threads = o.threads;
     cfg.max_batch_tokens = o.prefill.iter().copied().max().unwrap_or(512).max(512);
-    cfg.max_num_seqs = o.batches.iter().copied().max().unwrap_or(1).max(o.lora_batch);
+    cfg.max_num_seqs = o
+        .batches
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(o.lora_batch);
     cfg.max_gpu_loras = o.lora_batch.max(1);
     cfg.max_cpu_loras = cfg.max_gpu_loras;
     cfg.max_lora_rank = 16;
@@ -315,7 +321,7 @@ pub fn run(
                     m.label,
                     metric.key(),
                     show(&ours[k], &engine),
-                    show(&theirs[k], &Ok(()))
+                    show(&theirs[k], &llama.as_ref().map(|_| ()).map_err(|e| e.clone()))
                 );
             }
         }
@@ -374,7 +380,7 @@ pub fn run(
 
 fn show<T>(s: &Series, engine: &Result<T, String>) -> String {
     match (engine, &s.error, s.samples.last()) {
-        (Err(_), _, _) => "error (cannot load)".into(),
+        (Err(_), _, _) => "unavailable".into(),
         (_, Some(e), _) => format!("error ({e})"),
         (_, None, Some(x)) => format!("{x:.1} tok/s"),
         (_, None, None) => "-".into(),

@@ -278,7 +278,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     for s in &sections {
         if !["weights", "lora", "compare"].contains(&s.as_str()) {
-            return Err(format!("--sections: unknown section \"{s}\" (weights, lora, compare)").into());
+            return Err(
+                format!("--sections: unknown section \"{s}\" (weights, lora, compare)").into(),
+            );
         }
     }
     if opts.rounds < 2 {
@@ -334,7 +336,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         if let Err(e) = &llama {
             eprintln!("bench: llama.cpp: {e}");
         }
-        let cmp = comparison::run(llama.as_ref().map_err(|e| e.clone()), &models, &opts, read_bw);
+        let cmp = comparison::run(
+            llama.as_ref().map_err(|e| e.clone()),
+            &models,
+            &opts,
+            read_bw,
+        );
         eprintln!("\n{}", comparison::table(&cmp));
         report["compare"] = cmp;
     }
