@@ -321,7 +321,10 @@ pub fn run(
                     m.label,
                     metric.key(),
                     show(&ours[k], &engine),
-                    show(&theirs[k], &llama.as_ref().map(|_| ()).map_err(|e| e.clone()))
+                    show(
+                        &theirs[k],
+                        &llama.as_ref().map(|_| ()).map_err(|e| e.clone())
+                    )
                 );
             }
         }

@@ -59,12 +59,7 @@ impl LlamaCpp {
             .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let record = stdout
-            .lines()
-            .chain(stderr.lines())
-            .filter(|l| l.trim_start().starts_with('{') && l.contains("\"speed_tg\""))
-            .find_map(|l| serde_json::from_str::<Value>(l.trim()).ok());
-        match record {
+        match record(&stdout, &stderr) {
             Some(v) if out.status.success() => Ok(v),
             _ => {
                 let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
@@ -93,9 +88,40 @@ impl LlamaCpp {
     }
 }
 
+/// The first JSONL result record (`{... "speed_tg": ...}`) in the tool's output.
+fn record(stdout: &str, stderr: &str) -> Option<Value> {
+    stdout
+        .lines()
+        .chain(stderr.lines())
+        .filter(|l| l.trim_start().starts_with('{') && l.contains("\"speed_tg\""))
+        .find_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+}
+
 fn field(v: &Value, key: &str) -> Measured {
     v[key]
         .as_f64()
         .filter(|x| x.is_finite() && *x > 0.0)
         .ok_or_else(|| format!("llama-batched-bench record has no positive \"{key}\": {v}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{field, record};
+
+    #[test]
+    fn parses_the_jsonl_record_among_log_lines() {
+        let out = "llama_model_loader: loaded meta data\n\
+            {\"n_kv_max\": 512, \"pp\": 16, \"tg\": 32, \"pl\": 8, \"t_pp\": 0.1, \"speed_pp\": 1280.5, \"t_tg\": 2.0, \"speed_tg\": 128.25, \"t\": 2.1, \"speed\": 200.0}\n";
+        let v = record(out, "main: done").expect("record");
+        assert_eq!(field(&v, "speed_tg"), Ok(128.25));
+        assert_eq!(field(&v, "speed_pp"), Ok(1280.5));
+        assert!(record("no result here", "error: unable to load model").is_none());
+    }
+
+    #[test]
+    fn a_missing_or_zero_speed_is_an_error() {
+        let v = serde_json::json!({"speed_tg": 0.0});
+        assert!(field(&v, "speed_tg").is_err());
+        assert!(field(&v, "speed_pp").is_err());
+    }
 }
