@@ -15,7 +15,7 @@ use loraplex::engine::{Engine, Prompt, Request};
 use loraplex::model::gguf::GgufFile;
 use serde_json::{json, Map, Value};
 
-use crate::llama_cpp::LlamaCpp;
+use crate::llama_cpp::{LlamaCpp, WaitPolicy};
 use crate::measure::{decode_tps, decode_tps_models, params, prefill_once, prompt, write_adapters};
 
 /// One GGUF file of the comparison.
@@ -87,6 +87,9 @@ pub struct Options {
     pub lora_batch: usize,
     /// Label of the model the adapter measurement runs on.
     pub lora_model: String,
+    /// llama.cpp's `OMP_WAIT_POLICY`; None = auto: passive when the load average at a model's
+    /// start exceeds `threads` (oversubscribed), llama.cpp's default otherwise.
+    pub llama_wait: Option<WaitPolicy>,
 }
 
 #[derive(Clone, Copy)]
@@ -185,10 +188,16 @@ fn loraplex_measure(engine: &Engine, m: Metric, o: &Options, round: usize) -> Re
     .map_err(|e| e.to_string())
 }
 
-fn llama_measure(l: &LlamaCpp, path: &Path, m: Metric, o: &Options) -> Result<f64, String> {
+fn llama_measure(
+    l: &LlamaCpp,
+    path: &Path,
+    m: Metric,
+    o: &Options,
+    wait: WaitPolicy,
+) -> Result<f64, String> {
     match m {
-        Metric::Decode(b) => l.decode(path, o.threads, b, o.decode_tokens),
-        Metric::Prefill(n) => l.prefill(path, o.threads, n),
+        Metric::Decode(b) => l.decode(path, o.threads, b, o.decode_tokens, wait),
+        Metric::Prefill(n) => l.prefill(path, o.threads, n, wait),
     }
 }
 
@@ -255,6 +264,13 @@ pub fn run(
         eprintln!("[compare] {} ({})", m.label, m.path.display());
         let mut entry = Map::new();
         entry.insert("label".into(), json!(m.label));
+        let load = load_average();
+        entry.insert("load_average_1m_at_start".into(), json!(load));
+        let wait = o.llama_wait.unwrap_or(match load {
+            Some(l) if l > o.threads as f64 => WaitPolicy::Passive,
+            _ => WaitPolicy::Default,
+        });
+        entry.insert("llama_cpp_omp_wait_policy".into(), json!(wait.name()));
         entry.insert("file".into(), json!(m.path.display().to_string()));
         entry.insert("provenance".into(), json!(m.provenance));
         if !m.path.is_file() {
@@ -311,7 +327,7 @@ pub fn run(
                 }
                 match &llama {
                     Ok(l) if theirs[k].error.is_none() => {
-                        theirs[k].push(llama_measure(l, &m.path, metric, o))
+                        theirs[k].push(llama_measure(l, &m.path, metric, o, wait))
                     }
                     Ok(_) => {}
                     Err(e) => theirs[k].error = Some(e.clone()),
@@ -365,7 +381,16 @@ pub fn run(
     if o.lora_batch > 0 && lora.is_null() {
         lora = json!({"model": o.lora_model, "error": "model not in this run or loraplex could not load it"});
     }
+    let load = load_average();
     json!({
+        "load_average_1m_at_end": load,
+        "oversubscribed": load.map(|l| l > o.threads as f64),
+        "note": "ratio = loraplex median / llama.cpp median, both measured in this run, interleaved. \
+            When the machine's load average exceeds the thread count (oversubscribed), llama.cpp's \
+            spinning OpenMP barriers lose whole scheduler slices and its decode collapses 5-15x, so \
+            by default (auto) a model whose run starts oversubscribed runs llama.cpp with \
+            OMP_WAIT_POLICY=passive (its best setting under load; llama_cpp_omp_wait_policy says \
+            which). Ratios from a run that is not oversubscribed compare the engines best",
         "llama_cpp": match &llama {
             Ok(l) => json!({"source": "llama-cpp-python sdist vendor/llama.cpp (scripts/llama-cpp.sh)", "bin": l.bin().display().to_string(), "tool": "llama-batched-bench"}),
             Err(e) => json!({"error": e}),
@@ -379,6 +404,16 @@ pub fn run(
         "summary": summary,
         "multi_lora_distinct_vs_base": lora,
     })
+}
+
+/// The 1-minute load average (Linux `/proc/loadavg`; None elsewhere).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn show<T>(s: &Series, engine: &Result<T, String>) -> String {

@@ -1,6 +1,11 @@
 //! llama.cpp's side of the comparison: `llama-batched-bench` (built by scripts/llama-cpp.sh from
 //! the llama-cpp-python sdist) run as a child process, one measurement per call, its JSONL line
 //! parsed.
+//!
+//! llama.cpp's CPU build synchronises its threads with OpenMP barriers, which spin by default
+//! (`OMP_WAIT_POLICY` unset). On an oversubscribed machine a spinning thread burns the slice its
+//! partner needs and decode slows by 5-15x; `OMP_WAIT_POLICY=passive` sleeps instead. The
+//! caller picks the policy per call ([`WaitPolicy`]) and reports it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +15,28 @@ use serde_json::Value;
 /// The llama.cpp tools directory (holds `llama-batched-bench`).
 pub struct LlamaCpp {
     bin: PathBuf,
+}
+
+/// `OMP_WAIT_POLICY` for a llama.cpp run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitPolicy {
+    /// Unset: llama.cpp's default (spinning).
+    Default,
+    /// `passive`: threads sleep at barriers.
+    Passive,
+    /// `active`: threads spin at barriers.
+    Active,
+}
+
+impl WaitPolicy {
+    /// The report's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            WaitPolicy::Default => "default",
+            WaitPolicy::Passive => "passive",
+            WaitPolicy::Active => "active",
+        }
+    }
 }
 
 /// One llama.cpp measurement: tokens/s, or why there is none.
@@ -45,10 +72,17 @@ impl LlamaCpp {
         pp: usize,
         tg: usize,
         pl: usize,
+        wait: WaitPolicy,
     ) -> Result<Value, String> {
         // Context: every sequence's prompt and generated tokens (not shared), rounded up.
         let ctx = (pl * (pp + tg)).div_ceil(256) * 256;
-        let out = Command::new(self.bin.join("llama-batched-bench"))
+        let mut cmd = Command::new(self.bin.join("llama-batched-bench"));
+        match wait {
+            WaitPolicy::Default => cmd.env_remove("OMP_WAIT_POLICY"),
+            WaitPolicy::Passive => cmd.env("OMP_WAIT_POLICY", "passive"),
+            WaitPolicy::Active => cmd.env("OMP_WAIT_POLICY", "active"),
+        };
+        let out = cmd
             .arg("-m")
             .arg(model)
             .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
@@ -76,14 +110,21 @@ impl LlamaCpp {
 
     /// Decode tokens/s with `batch` sequences (16-token prompts, `tokens` steps each), summed
     /// over the sequences: `speed_tg`.
-    pub fn decode(&self, model: &Path, threads: usize, batch: usize, tokens: usize) -> Measured {
-        let v = self.batched_bench(model, threads, 16, tokens, batch)?;
+    pub fn decode(
+        &self,
+        model: &Path,
+        threads: usize,
+        batch: usize,
+        tokens: usize,
+        wait: WaitPolicy,
+    ) -> Measured {
+        let v = self.batched_bench(model, threads, 16, tokens, batch, wait)?;
         field(&v, "speed_tg")
     }
 
     /// Prefill tokens/s of one `len`-token prompt: `speed_pp`.
-    pub fn prefill(&self, model: &Path, threads: usize, len: usize) -> Measured {
-        let v = self.batched_bench(model, threads, len, 1, 1)?;
+    pub fn prefill(&self, model: &Path, threads: usize, len: usize, wait: WaitPolicy) -> Measured {
+        let v = self.batched_bench(model, threads, len, 1, 1, wait)?;
         field(&v, "speed_pp")
     }
 }

@@ -17,7 +17,8 @@
 //! bench [--model FILE] [--out bench-report.json] [--threads N] [--decode-tokens 64] [--quick]
 //!       [--sections weights,lora,compare] [--models LABEL|FILE,...] [--bench-dir models/bench]
 //!       [--big] [--rounds 2] [--batches 1,8,32] [--prefill 256,512] [--weight-dtype bf16]
-//!       [--llama-bin DIR] [--lora-batch 8] [--lora-model smollm2-135m-bf16]
+//!       [--llama-bin DIR] [--llama-omp-wait auto|default|passive|active]
+//!       [--lora-batch 8] [--lora-model smollm2-135m-bf16] [--compare-decode-tokens N]
 //! ```
 //! Threads default to the machine's cores (both engines get the same count).
 
@@ -251,6 +252,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         weight_dtype: "bf16".into(),
         lora_batch: 8,
         lora_model: "smollm2-135m-bf16".into(),
+        llama_wait: None,
     };
     let mut compare_tokens: Option<usize> = None;
     while let Some(a) = args.next() {
@@ -273,6 +275,20 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--weight-dtype" => opts.weight_dtype = val()?,
             "--lora-batch" => opts.lora_batch = val()?.parse()?,
             "--lora-model" => opts.lora_model = val()?,
+            "--llama-omp-wait" => {
+                opts.llama_wait = match val()?.as_str() {
+                    "auto" => None,
+                    "default" => Some(llama_cpp::WaitPolicy::Default),
+                    "passive" => Some(llama_cpp::WaitPolicy::Passive),
+                    "active" => Some(llama_cpp::WaitPolicy::Active),
+                    v => {
+                        return Err(format!(
+                            "--llama-omp-wait: \"{v}\" is not auto, default, passive or active"
+                        )
+                        .into())
+                    }
+                }
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
