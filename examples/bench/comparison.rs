@@ -359,6 +359,12 @@ pub fn run(
             if let (Metric::Decode(1), Some(f)) = (metric, floor) {
                 row["loraplex_over_memory_floor"] = json!(a.map(|x| x / f));
                 row["llama_cpp_over_memory_floor"] = json!(b.map(|x| x / f));
+                // Against the floor of the bytes loraplex actually streams (its resident
+                // weights, e.g. BF16 for a Q8_0 file): how close its kernels get to bandwidth.
+                if let Ok(e) = &engine {
+                    let own = read_bw * 1e9 / e.stats().weight_bytes.max(1) as f64;
+                    row["loraplex_over_own_memory_floor"] = json!(a.map(|x| x / own));
+                }
             }
             summary.push(json!({
                 "model": m.label, "metric": metric.key(),

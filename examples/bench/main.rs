@@ -20,7 +20,9 @@
 //!       [--llama-bin DIR] [--llama-omp-wait auto|default|passive|active]
 //!       [--lora-batch 8] [--lora-model smollm2-135m-bf16] [--compare-decode-tokens N]
 //! ```
-//! Threads default to the machine's cores (both engines get the same count).
+//! Threads default to the machine's cores (both engines get the same count). `--quick` also
+//! shrinks the compare section (batches 1,8; prefill 256; 16 decode tokens; three SmolLM2 files)
+//! unless those flags are given.
 
 mod comparison;
 mod llama_cpp;
@@ -226,6 +228,14 @@ fn list<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<Vec<T>, S
         .collect()
 }
 
+/// The compare section's models with `--quick`: one loadable float file, one loadable legacy
+/// quant, one K-quant (reported as an error until loraplex reads K-quants).
+const QUICK_MODELS: [&str; 3] = [
+    "smollm2-135m-bf16",
+    "smollm2-135m-q8_0",
+    "smollm2-135m-q4_k_m",
+];
+
 /// The default llama.cpp tools directory: $LLAMA_CPP_BIN, else scripts/llama-cpp.sh's cache.
 fn default_llama_bin() -> PathBuf {
     std::env::var_os("LLAMA_CPP_BIN")
@@ -255,7 +265,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         llama_wait: None,
     };
     let mut compare_tokens: Option<usize> = None;
+    let mut given: Vec<&'static str> = Vec::new();
     while let Some(a) = args.next() {
+        for f in ["--batches", "--prefill"] {
+            if a == f {
+                given.push(f);
+            }
+        }
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
             "--model" => model = val()?,
@@ -304,6 +320,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     opts.threads = threads;
     opts.decode_tokens = compare_tokens.unwrap_or(n);
+    if quick {
+        // A quick look: fewer metrics and models unless they were given explicitly.
+        if !given.contains(&"--batches") {
+            opts.batches = vec![1, 8];
+        }
+        if !given.contains(&"--prefill") {
+            opts.prefill = vec![256];
+        }
+        if compare_tokens.is_none() {
+            opts.decode_tokens = n.min(16);
+        }
+        if wanted.is_none() {
+            wanted = Some(QUICK_MODELS.iter().map(|s| s.to_string()).collect());
+        }
+    }
     let has = |s: &str| sections.iter().any(|x| x == s);
 
     let copy_bw = memory::copy_bandwidth_gbs();
