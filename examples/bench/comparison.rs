@@ -244,7 +244,9 @@ fn lora_batch(engine: &Engine, o: &Options) -> Result<Value, Box<dyn std::error:
     result
 }
 
-/// Runs the comparison over `models`; `read_bw` is the measured read bandwidth in GB/s.
+/// Runs the comparison over `models`; `read_bw` is a read bandwidth sample in GB/s taken before.
+/// Bandwidth is sampled again before every model (the machine is shared, one sample can land in a
+/// busy moment); the memory floors use the peak of all samples.
 pub fn run(
     llama: Result<&LlamaCpp, String>,
     models: &[BenchModel],
@@ -260,6 +262,7 @@ pub fn run(
     let mut out = Vec::new();
     let mut summary = Vec::new();
     let mut lora = Value::Null;
+    let mut bw_samples = vec![read_bw];
     for m in models {
         eprintln!("[compare] {} ({})", m.label, m.path.display());
         let mut entry = Map::new();
@@ -277,7 +280,7 @@ pub fn run(
             entry.insert(
                 "error".into(),
                 json!(format!(
-                    "{} is missing (make it with scripts/bench-models.sh)",
+                    "{} is missing (the default files come from scripts/bench-models.sh)",
                     m.path.display()
                 )),
             );
@@ -295,9 +298,7 @@ pub fn run(
                 None
             }
         };
-        // Batch 1 streams every weight once per token: the memory floor.
-        let floor = file_bytes.map(|b| read_bw * 1e9 / b);
-        entry.insert("memory_floor_tokens_per_s_batch_1".into(), json!(floor));
+        bw_samples.push(crate::memory::read_bandwidth_gbs(o.threads, 8));
         let engine = engine_for(&m.path, o);
         match &engine {
             Ok(e) => {
@@ -351,21 +352,11 @@ pub fn run(
                 Err(e) => json!({"error": e}),
             };
             let (a, b) = (ours[k].median(), theirs[k].median());
-            let mut row = json!({
+            let row = json!({
                 "loraplex": ours_json,
                 "llama_cpp": theirs[k].json(),
                 "ratio_loraplex_over_llama_cpp": ratio(a, b),
             });
-            if let (Metric::Decode(1), Some(f)) = (metric, floor) {
-                row["loraplex_over_memory_floor"] = json!(a.map(|x| x / f));
-                row["llama_cpp_over_memory_floor"] = json!(b.map(|x| x / f));
-                // Against the floor of the bytes loraplex actually streams (its resident
-                // weights, e.g. BF16 for a Q8_0 file): how close its kernels get to bandwidth.
-                if let Ok(e) = &engine {
-                    let own = read_bw * 1e9 / e.stats().weight_bytes.max(1) as f64;
-                    row["loraplex_over_own_memory_floor"] = json!(a.map(|x| x / own));
-                }
-            }
             summary.push(json!({
                 "model": m.label, "metric": metric.key(),
                 "loraplex_tokens_per_s": a, "llama_cpp_tokens_per_s": b,
@@ -387,6 +378,10 @@ pub fn run(
     if o.lora_batch > 0 && lora.is_null() {
         lora = json!({"model": o.lora_model, "error": "model not in this run or loraplex could not load it"});
     }
+    let peak = bw_samples.iter().copied().fold(0.0, f64::max);
+    for entry in &mut out {
+        add_floors(entry, peak);
+    }
     let load = load_average();
     json!({
         "load_average_1m_at_end": load,
@@ -405,11 +400,34 @@ pub fn run(
         "rounds": o.rounds,
         "decode_tokens_per_sequence": o.decode_tokens,
         "decode_prompt_tokens": 16,
-        "memory_read_bandwidth_gb_s": read_bw,
+        "memory_read_bandwidth_gb_s": peak,
+        "memory_read_bandwidth_samples_gb_s": bw_samples,
         "models": out,
         "summary": summary,
         "multi_lora_distinct_vs_base": lora,
     })
+}
+
+/// Adds the batch-1 memory floors to a model's entry: `bw` (GB/s) over the file's tensor bytes
+/// (batch-1 decode streams every weight once per token), each engine's median as a ratio to it,
+/// and loraplex's ratio to the floor of the bytes it actually streams (its resident weights, e.g.
+/// BF16 for a Q8_0 file: how close its kernels get to bandwidth).
+fn add_floors(entry: &mut Value, bw: f64) {
+    let floor = entry["file_tensor_bytes"].as_f64().map(|b| bw * 1e9 / b);
+    let own = entry["loraplex"]["resident_weight_bytes"]
+        .as_f64()
+        .map(|b| bw * 1e9 / b.max(1.0));
+    entry["memory_floor_tokens_per_s_batch_1"] = json!(floor);
+    let Some(row) = entry
+        .get_mut("metrics")
+        .and_then(|m| m.get_mut("decode_batch_1"))
+    else {
+        return;
+    };
+    let over = |v: &Value, f: Option<f64>| json!(v.as_f64().zip(f).map(|(x, f)| x / f));
+    row["loraplex_over_memory_floor"] = over(&row["loraplex"]["median_tokens_per_s"], floor);
+    row["llama_cpp_over_memory_floor"] = over(&row["llama_cpp"]["median_tokens_per_s"], floor);
+    row["loraplex_over_own_memory_floor"] = over(&row["loraplex"]["median_tokens_per_s"], own);
 }
 
 /// The 1-minute load average (Linux `/proc/loadavg`; None elsewhere).

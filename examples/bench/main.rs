@@ -338,7 +338,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let has = |s: &str| sections.iter().any(|x| x == s);
 
     let copy_bw = memory::copy_bandwidth_gbs();
-    let read_bw = memory::read_bandwidth_gbs(threads, 5);
+    let read_bw = memory::read_bandwidth_gbs(threads, 10);
     eprintln!("memory copy bandwidth: {copy_bw:.1} GB/s, read bandwidth ({threads} threads): {read_bw:.1} GB/s");
     let mut report = json!({
         "threads": threads,
@@ -346,7 +346,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "decode_tokens_per_request": n,
         "memory_copy_bandwidth_gb_s": copy_bw,
         "memory_read_bandwidth_gb_s": read_bw,
-        "note": "every number and ratio here is measured in this run on a shared machine whose speed drifts; compare ratios, not absolute numbers. copy bandwidth = bytes copied per second by a 256 MiB memcpy (traffic is 2x); read bandwidth = peak streaming read of a 1 GiB buffer with `threads` threads",
+        "note": "every number and ratio here is measured in this run on a shared machine whose speed drifts; compare ratios, not absolute numbers. copy bandwidth = bytes copied per second by a 256 MiB memcpy (traffic is 2x); read bandwidth = peak streaming read of a 512 MiB buffer with `threads` threads, sampled before every compared model (compare.memory_read_bandwidth_samples_gb_s)",
         "sections": sections,
     });
     if has("weights") {

@@ -37,10 +37,11 @@ fn stream_sum(words: &[u64]) -> u64 {
 }
 
 /// Peak streaming-read bandwidth in bytes/s ÷ 1e9: `threads` threads each read their share of a
-/// 1 GiB buffer (32x a 32 MiB last-level cache), best of `reps` passes. This is what a
-/// memory-bound decode step needs: every weight byte read once.
+/// 512 MiB buffer (16x a 32 MiB last-level cache), best of `reps` passes (short passes, so that on
+/// a shared machine some pass runs without being descheduled). This is what a memory-bound decode
+/// step needs: every weight byte read once.
 pub fn read_bandwidth_gbs(threads: usize, reps: usize) -> f64 {
-    let words = (1usize << 30) / 8;
+    let words = (512usize << 20) / 8;
     // Distinct values so no page is shared copy-on-write zero memory.
     let buf: Vec<u64> = (0..words as u64).collect();
     let threads = threads.max(1);
