@@ -7,13 +7,15 @@
 # Pin: llama-cpp-python==0.3.36 (the newest on PyPI when this script was written). The build goes
 # to <repo>/.cache/llama.cpp/<version>/ (gitignored); a finished build (marked by a `.built` file
 # listing the tools) is reused, so the script is idempotent. Needs python3 with pip, a C/C++
-# compiler and make; cmake is installed with pip into the cache dir when it is not on PATH.
+# compiler and make; cmake (pin: cmake==4.4.5) is installed with pip into the cache dir when it is
+# not on PATH.
 # Tools built: llama-bench, llama-batched-bench, llama-quantize.
 # Env: LLAMA_CPP_JOBS (parallel compile jobs, default: nproc); LLAMA_CPP_SDIST (a local copy of
 # the pinned sdist, skips the download).
 set -euo pipefail
 
 VERSION="0.3.36"
+CMAKE_PIN="cmake==4.4.5"
 PKG="llama-cpp-python==$VERSION"
 TOOLS=(llama-bench llama-batched-bench llama-quantize)
 
@@ -51,7 +53,7 @@ if [[ -z "$CMAKE" ]]; then
     if [[ ! -x "$cache/cmake-venv/bin/cmake" ]]; then
         log "cmake not found; installing it with pip into $cache/cmake-venv"
         python3 -m venv "$cache/cmake-venv"
-        "$cache/cmake-venv/bin/python" -m pip install --quiet "cmake>=3.14"
+        "$cache/cmake-venv/bin/python" -m pip install --quiet "$CMAKE_PIN"
     fi
     CMAKE="$cache/cmake-venv/bin/cmake"
 fi
@@ -60,11 +62,13 @@ src="$cache/src"
 if [[ ! -f "$src/CMakeLists.txt" ]]; then
     tmp="$(mktemp -d "${TMPDIR:-/tmp}/llama-cpp.XXXXXX")"
     trap 'rm -rf "$tmp"' EXIT
-    if [[ -n "${LLAMA_CPP_SDIST:-}" ]]; then cp "$LLAMA_CPP_SDIST" "$tmp/"; else
-    log "downloading the sdist of $PKG from PyPI"
-    # --no-binary for this package only: with :all: pip would also compile its build backend
-    # (scikit-build-core, cmake) from source just to read the sdist's metadata.
-    python3 -m pip download --quiet --no-binary llama-cpp-python --no-deps "$PKG" -d "$tmp"
+    if [[ -n "${LLAMA_CPP_SDIST:-}" ]]; then
+        cp "$LLAMA_CPP_SDIST" "$tmp/"
+    else
+        log "downloading the sdist of $PKG from PyPI"
+        # --no-binary for this package only: with :all: pip would also compile its build
+        # backend (scikit-build-core, cmake) from source just to read the sdist's metadata.
+        python3 -m pip download --quiet --no-binary llama-cpp-python --no-deps "$PKG" -d "$tmp"
     fi
     sdist="$(ls "$tmp"/llama_cpp_python-"$VERSION".tar.gz "$tmp"/llama-cpp-python-"$VERSION".tar.gz 2>/dev/null | head -n 1 || true)"
     if [[ -z "$sdist" ]]; then
