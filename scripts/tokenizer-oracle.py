@@ -369,13 +369,15 @@ def split(regex):
 
 
 # pre name -> (family pre-tokenizer, ignore_merges) as in that family's tokenizer.json.
+# ignore_merges (a pre-token found in the vocabulary is emitted whole) is set by Llama-3's
+# tokenizer.json and by llama.cpp for the llama3 and tekken pre-tokenizers.
 FAMILIES = {
     "smollm": (lambda: pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level(True)]), False),
     "gpt2": (lambda: byte_level(True), False),
     "default": (lambda: byte_level(True), False),
     "llama-bpe": (lambda: pre_tokenizers.Sequence([split(LLAMA3_SPLIT), byte_level(False)]), True),
     "qwen2": (lambda: pre_tokenizers.Sequence([split(QWEN2_SPLIT), byte_level(False)]), False),
-    "tekken": (lambda: pre_tokenizers.Sequence([split(TEKKEN_SPLIT), byte_level(False)]), False),
+    "tekken": (lambda: pre_tokenizers.Sequence([split(TEKKEN_SPLIT), byte_level(False)]), True),
     "deepseek-llm": (
         lambda: pre_tokenizers.Sequence(
             [split(r) for r in DEEPSEEK_LLM_SPLITS]

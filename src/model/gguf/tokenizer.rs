@@ -1,9 +1,17 @@
 //! Builds a [`crate::tokenizer::Tokenizer`] from GGUF `tokenizer.*` metadata.
 //!
-//! Supported: `tokenizer.ggml.model = "gpt2"` (byte-level BPE) with `tokenizer.ggml.pre` one of
-//! `smollm`, `default`/`gpt2`, `llama-bpe`/`llama3`. The equivalent HF `tokenizer.json` is
-//! constructed as JSON and loaded with `tokenizers`, so encoding matches the HF tokenizer the
-//! GGUF was converted from.
+//! Supported `tokenizer.ggml.model` values:
+//! * `"llama"`: SentencePiece BPE with byte fallback (Llama-2, Mistral, TinyLlama); see [`spm`].
+//! * `"gpt2"`: byte-level BPE with the pre-tokenizer `tokenizer.ggml.pre` names; see
+//!   [`pretokenizer`] for the names.
+//!
+//! The equivalent HF `tokenizer.json` is constructed as JSON and loaded with `tokenizers`, so the
+//! usual encoder, decoder and added-token matching apply. Tokens typed CONTROL (and UNKNOWN for
+//! SentencePiece) become special added tokens, USER_DEFINED ones plain added tokens: both are
+//! matched whole in text, as llama.cpp does.
+
+pub mod pretokenizer;
+pub mod spm;
 
 use serde_json::{json, Map, Value};
 
@@ -11,42 +19,82 @@ use super::reader::{GgufFile, MetaValue};
 use crate::error::{Error, Result};
 use crate::tokenizer::{SpecialTokens, Tokenizer};
 
-/// llama.cpp token types (`tokenizer.ggml.token_type`).
-const TOKEN_TYPE_CONTROL: i64 = 3;
-const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+const TOKENS: &str = "tokenizer.ggml.tokens";
+const TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
+const SCORES: &str = "tokenizer.ggml.scores";
+const MERGES: &str = "tokenizer.ggml.merges";
 
-/// The Llama-3 pre-tokenizer split regex (HF `tokenizer.json` of Meta-Llama-3).
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// llama.cpp token types (`tokenizer.ggml.token_type`): 0 undefined, 1 normal, 2 unknown,
+/// 3 control, 4 user-defined, 5 unused, 6 byte.
+const TOKEN_TYPE_UNKNOWN: u8 = 2;
+const TOKEN_TYPE_CONTROL: u8 = 3;
+const TOKEN_TYPE_USER_DEFINED: u8 = 4;
+const TOKEN_TYPE_MAX: u64 = 6;
 
-fn string_array<'a>(g: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
-    let arr = g
-        .get(key)
-        .ok_or_else(|| Error::invalid_model(format!("missing metadata key \"{key}\"")))?
-        .as_array()
-        .ok_or_else(|| Error::invalid_model(format!("metadata key \"{key}\" is not an array")))?;
-    arr.iter()
-        .enumerate()
-        .map(|(i, v)| {
-            v.as_str().ok_or_else(|| {
+/// The value under `key` converted by `conv` (`None` when absent); errors name the key.
+fn optional<'a, T>(
+    g: &'a GgufFile,
+    key: &str,
+    expected: &str,
+    conv: impl Fn(&'a MetaValue) -> Option<T>,
+) -> Result<Option<T>> {
+    g.get(key)
+        .map(|v| {
+            conv(v).ok_or_else(|| {
                 Error::invalid_model(format!(
-                    "metadata key \"{key}\"[{i}] is a {}, expected a string",
+                    "metadata key \"{key}\" is a {}, expected {expected}",
                     v.type_name()
                 ))
             })
         })
-        .collect()
+        .transpose()
+}
+
+fn array<'a>(g: &'a GgufFile, key: &str) -> Result<Option<&'a [MetaValue]>> {
+    optional(g, key, "an array", MetaValue::as_array)
+}
+
+/// The array under `key`, which must have `n` elements (when `n` is given) converted by `conv`;
+/// errors name the key and the first bad element.
+fn typed_array<'a, T>(
+    g: &'a GgufFile,
+    key: &str,
+    n: Option<usize>,
+    expected: &str,
+    conv: impl Fn(&'a MetaValue) -> Option<T>,
+) -> Result<Option<Vec<T>>> {
+    let Some(arr) = array(g, key)? else {
+        return Ok(None);
+    };
+    if let Some(n) = n {
+        if arr.len() != n {
+            return Err(Error::invalid_model(format!(
+                "metadata key \"{key}\" has {} entries, but \"{TOKENS}\" has {n}",
+                arr.len()
+            )));
+        }
+    }
+    arr.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            conv(v).ok_or_else(|| {
+                Error::invalid_model(format!(
+                    "metadata key \"{key}\"[{i}] is {v:?}, expected {expected}"
+                ))
+            })
+        })
+        .collect::<Result<Vec<T>>>()
+        .map(Some)
+}
+
+fn string_array<'a>(g: &'a GgufFile, key: &str) -> Result<Option<Vec<&'a str>>> {
+    typed_array(g, key, None, "a string", MetaValue::as_str)
 }
 
 fn optional_id(g: &GgufFile, key: &str, n_vocab: usize) -> Result<Option<u32>> {
-    let Some(v) = g.get(key) else {
+    let Some(id) = optional(g, key, "a token id", MetaValue::as_u64)? else {
         return Ok(None);
     };
-    let id = v.as_u64().ok_or_else(|| {
-        Error::invalid_model(format!(
-            "metadata key \"{key}\" is a {}, expected a token id",
-            v.type_name()
-        ))
-    })?;
     if id >= n_vocab as u64 {
         return Err(Error::invalid_model(format!(
             "metadata key \"{key}\" = {id} is outside the vocabulary ({n_vocab} tokens)"
@@ -55,127 +103,159 @@ fn optional_id(g: &GgufFile, key: &str, n_vocab: usize) -> Result<Option<u32>> {
     Ok(Some(id as u32))
 }
 
-fn pre_tokenizer(pre: &str) -> Result<(Value, bool)> {
-    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
-    Ok(match pre {
-        "smollm" => (
-            json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Digits", "individual_digits": true},
-                byte_level(true),
-            ]}),
-            false,
-        ),
-        "default" | "gpt2" => (byte_level(true), false),
-        "llama-bpe" | "llama3" => (
-            json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": false},
-                byte_level(false),
-            ]}),
-            true,
-        ),
-        other => {
-            return Err(Error::unsupported(format!(
-                "tokenizer.ggml.pre = \"{other}\" is not supported (smollm, default, gpt2, llama-bpe, llama3)"
-            )))
+fn optional_bool(g: &GgufFile, key: &str) -> Result<Option<bool>> {
+    optional(g, key, "a bool", MetaValue::as_bool)
+}
+
+fn optional_str<'a>(g: &'a GgufFile, key: &str) -> Result<Option<&'a str>> {
+    optional(g, key, "a string", MetaValue::as_str)
+}
+
+/// The model-specific parts of the `tokenizer.json`.
+struct Parts {
+    /// BPE `vocab`: token text (as the model spells it) → id.
+    vocab: Map<String, Value>,
+    merges: Vec<Value>,
+    unk: Option<String>,
+    byte_fallback: bool,
+    ignore_merges: bool,
+    normalizer: Value,
+    pre_tokenizer: Value,
+    decoder: Value,
+    add_bos_default: bool,
+}
+
+fn vocab_map(keys: impl Iterator<Item = String>) -> Result<Map<String, Value>> {
+    let mut vocab = Map::new();
+    for (id, key) in keys.enumerate() {
+        if vocab.insert(key.clone(), json!(id)).is_some() {
+            return Err(Error::invalid_model(format!(
+                "metadata key \"{TOKENS}\": token {key:?} appears twice (second at id {id})"
+            )));
         }
+    }
+    Ok(vocab)
+}
+
+/// SentencePiece (`llama`): scores are required; merges come from them.
+fn spm_parts(g: &GgufFile, tokens: &[&str], types: &[u8], unk_id: Option<u32>) -> Result<Parts> {
+    let n = tokens.len();
+    let scores = typed_array(g, SCORES, Some(n), "a finite number", |v| {
+        v.as_f64().map(|x| x as f32).filter(|x| !x.is_nan())
+    })?
+    .ok_or_else(|| {
+        Error::invalid_model(format!(
+            "missing metadata key \"{SCORES}\" (a SentencePiece vocabulary needs piece scores)"
+        ))
+    })?;
+    let add_space_prefix = optional_bool(g, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+    let unk = unk_id
+        .map(|i| i as usize)
+        .or_else(|| types.iter().position(|&t| t == TOKEN_TYPE_UNKNOWN))
+        .map(|i| tokens[i].to_string());
+    let merges = spm::merges_from_scores(tokens, &scores)
+        .into_iter()
+        .map(|(l, r)| json!([l, r]))
+        .collect();
+    let (normalizer, pre_tokenizer, decoder) = spm::text_handling(add_space_prefix);
+    Ok(Parts {
+        vocab: vocab_map(tokens.iter().map(|t| t.to_string()))?,
+        merges,
+        unk,
+        byte_fallback: true,
+        ignore_merges: false,
+        normalizer,
+        pre_tokenizer,
+        decoder,
+        add_bos_default: true,
     })
 }
 
-/// Builds the tokenizer described by `g`'s metadata. Errors: UNSUPPORTED for tokenizer models
-/// other than `gpt2` (SentencePiece `llama` included) or an unknown `tokenizer.ggml.pre`;
-/// INVALID_MODEL for missing/ill-typed keys, malformed merges, duplicate tokens or ids out of
-/// range (each naming the key).
-pub fn build_tokenizer(g: &GgufFile) -> Result<Tokenizer> {
-    let model = g
-        .get("tokenizer.ggml.model")
-        .and_then(MetaValue::as_str)
+/// Byte-level BPE (`gpt2`): merges are required; the pre-tokenizer comes from `pre`.
+fn bpe_parts(g: &GgufFile, tokens: &[&str], types: &[u8]) -> Result<Parts> {
+    let pre = optional_str(g, "tokenizer.ggml.pre")?.unwrap_or("default");
+    let (pre_tokenizer, ignore_merges) = pretokenizer::byte_level_pre_tokenizer(pre)?;
+    let merges = string_array(g, MERGES)?
         .ok_or_else(|| {
-            Error::invalid_model("missing string metadata key \"tokenizer.ggml.model\"")
-        })?;
-    match model {
-        "gpt2" => {}
-        "llama" => {
-            return Err(Error::unsupported(
-                "tokenizer.ggml.model = \"llama\" (SentencePiece) is not supported yet; \
-                 use the model's HuggingFace directory (tokenizer.json) instead",
+            Error::invalid_model(format!(
+                "missing metadata key \"{MERGES}\" (a byte-level BPE vocabulary needs merges)"
             ))
-        }
-        other => {
-            return Err(Error::unsupported(format!(
-                "tokenizer.ggml.model = \"{other}\" is not supported (only \"gpt2\" byte-level BPE)"
-            )))
-        }
-    }
-    let pre = g
-        .get("tokenizer.ggml.pre")
-        .map(|v| {
-            v.as_str().ok_or_else(|| {
-                Error::invalid_model("metadata key \"tokenizer.ggml.pre\" is not a string")
-            })
-        })
-        .transpose()?
-        .unwrap_or("default");
-    let (pre_tok, ignore_merges) = pre_tokenizer(pre)?;
-
-    let tokens = string_array(g, "tokenizer.ggml.tokens")?;
-    let n_vocab = tokens.len();
-    let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
-        None => vec![1; n_vocab],
-        Some(v) => {
-            let arr = v.as_array().ok_or_else(|| {
-                Error::invalid_model("metadata key \"tokenizer.ggml.token_type\" is not an array")
-            })?;
-            if arr.len() != n_vocab {
-                return Err(Error::invalid_model(format!(
-                    "metadata key \"tokenizer.ggml.token_type\" has {} entries, tokenizer.ggml.tokens has {n_vocab}",
-                    arr.len()
-                )));
+        })?
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            // llama.cpp splits at the first space after the first character.
+            let split = m
+                .char_indices()
+                .skip(1)
+                .find(|&(_, c)| c == ' ')
+                .map(|(p, _)| p);
+            match split {
+                Some(p) => Ok(json!([&m[..p], &m[p + 1..]])),
+                None => Err(Error::invalid_model(format!(
+                    "{MERGES}[{i}] = {m:?} is not two tokens separated by a space"
+                ))),
             }
-            arr.iter()
-                .map(|t| t.as_f64().map(|x| x as i64).unwrap_or(1))
-                .collect()
-        }
-    };
-
-    let mut vocab = Map::with_capacity(n_vocab);
-    let mut added = Vec::new();
-    for (id, (&tok, &ty)) in tokens.iter().zip(&types).enumerate() {
-        if vocab.insert(tok.to_string(), json!(id)).is_some() {
-            return Err(Error::invalid_model(format!(
-                "tokenizer.ggml.tokens: token {tok:?} appears twice (second at id {id})"
-            )));
-        }
+        })
+        .collect::<Result<_>>()?;
+    // Added tokens keep their text (they are matched in raw text); any other token not written
+    // in the byte alphabet is respelled byte by byte, as transformers' GGUF loader does.
+    let alphabet = pretokenizer::byte_alphabet();
+    let keys = tokens.iter().zip(types).map(|(&t, &ty)| {
         if ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED {
-            added.push(json!({
-                "id": id, "content": tok, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": ty == TOKEN_TYPE_CONTROL,
-            }));
+            t.to_string()
+        } else {
+            pretokenizer::byte_level_spelling(t, &alphabet)
         }
+    });
+    Ok(Parts {
+        vocab: vocab_map(keys)?,
+        merges,
+        // Byte-level BPE covers every byte; llama.cpp never emits unk for gpt2 models.
+        unk: None,
+        byte_fallback: false,
+        ignore_merges,
+        normalizer: Value::Null,
+        pre_tokenizer,
+        decoder: json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+        add_bos_default: pretokenizer::default_add_bos(pre),
+    })
+}
+
+/// Builds the tokenizer described by `g`'s metadata.
+///
+/// BOS is prepended when encoding with special tokens if `tokenizer.ggml.add_bos_token` says so
+/// (absent: yes for SentencePiece and the Llama-3/tekken pre-tokenizers, as llama.cpp decides).
+/// `tokenizer.ggml.add_eos_token` is not applied (prompts for generation never end in EOS).
+///
+/// Errors: UNSUPPORTED for a tokenizer model other than `llama`/`gpt2` or an unknown
+/// `tokenizer.ggml.pre` (each naming the value); INVALID_MODEL for missing or ill-typed keys,
+/// arrays whose length differs from `tokenizer.ggml.tokens`, scores missing (SentencePiece) or
+/// NaN, token types outside llama.cpp's 0..=6, malformed merges, duplicate tokens or special
+/// token ids out of range (each naming the key and, for arrays, the element).
+pub fn build_tokenizer(g: &GgufFile) -> Result<Tokenizer> {
+    let model = optional_str(g, "tokenizer.ggml.model")?.ok_or_else(|| {
+        Error::invalid_model("missing string metadata key \"tokenizer.ggml.model\"")
+    })?;
+    if !matches!(model, "llama" | "gpt2") {
+        return Err(Error::unsupported(format!(
+            "tokenizer.ggml.model = \"{model}\" is not supported (\"llama\" SentencePiece BPE and \
+             \"gpt2\" byte-level BPE are)"
+        )));
     }
+    let tokens = string_array(g, TOKENS)?
+        .ok_or_else(|| Error::invalid_model(format!("missing metadata key \"{TOKENS}\"")))?;
+    let n_vocab = tokens.len();
+    let types: Vec<u8> = typed_array(
+        g,
+        TOKEN_TYPE,
+        Some(n_vocab),
+        "a llama.cpp token type (0..=6)",
+        |v| v.as_u64().filter(|&t| t <= TOKEN_TYPE_MAX).map(|t| t as u8),
+    )?
+    .unwrap_or_else(|| vec![1; n_vocab]);
 
-    let merges: Vec<Value> = match g.get("tokenizer.ggml.merges") {
-        None => Vec::new(),
-        Some(_) => string_array(g, "tokenizer.ggml.merges")?
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                // llama.cpp splits at the first space after the first character.
-                let split = m
-                    .char_indices()
-                    .skip(1)
-                    .find(|&(_, c)| c == ' ')
-                    .map(|(p, _)| p);
-                match split {
-                    Some(p) => Ok(json!([&m[..p], &m[p + 1..]])),
-                    None => Err(Error::invalid_model(format!(
-                        "tokenizer.ggml.merges[{i}] = {m:?} is not two tokens separated by a space"
-                    ))),
-                }
-            })
-            .collect::<Result<_>>()?,
-    };
-
-    optional_id(g, "tokenizer.ggml.unknown_token_id", n_vocab)?;
+    let unk_id = optional_id(g, "tokenizer.ggml.unknown_token_id", n_vocab)?;
     let bos = optional_id(g, "tokenizer.ggml.bos_token_id", n_vocab)?;
     // Several EOS ids (an array) all stop generation; the first one is the template's eos_token.
     let eos_ids = super::eos_ids(g)?;
@@ -186,35 +266,54 @@ pub fn build_tokenizer(g: &GgufFile) -> Result<Tokenizer> {
     }
     let eos = eos_ids.first().copied();
     optional_id(g, "tokenizer.ggml.padding_token_id", n_vocab)?;
-    let add_bos = match g.get("tokenizer.ggml.add_bos_token") {
-        None => false,
-        Some(v) => v.as_bool().ok_or_else(|| {
-            Error::invalid_model("metadata key \"tokenizer.ggml.add_bos_token\" is not a bool")
-        })?,
-    };
+    optional_bool(g, "tokenizer.ggml.add_eos_token")?;
 
-    let byte_level_decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
+    let parts = if model == "llama" {
+        spm_parts(g, &tokens, &types, unk_id)?
+    } else {
+        bpe_parts(g, &tokens, &types)?
+    };
+    let add_bos =
+        optional_bool(g, "tokenizer.ggml.add_bos_token")?.unwrap_or(parts.add_bos_default);
+
+    let special_types: &[u8] = if model == "llama" {
+        &[TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN]
+    } else {
+        &[TOKEN_TYPE_CONTROL]
+    };
+    let added: Vec<Value> = tokens
+        .iter()
+        .zip(&types)
+        .enumerate()
+        .filter(|(_, (_, ty))| special_types.contains(ty) || **ty == TOKEN_TYPE_USER_DEFINED)
+        .map(|(id, (tok, ty))| {
+            json!({
+                "id": id, "content": tok, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": special_types.contains(ty),
+            })
+        })
+        .collect();
+
     let spec = json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": pre_tok,
+        "normalizer": parts.normalizer,
+        "pre_tokenizer": parts.pre_tokenizer,
         "post_processor": null,
-        "decoder": byte_level_decoder,
+        "decoder": parts.decoder,
         "model": {
             "type": "BPE",
             "dropout": null,
-            // Byte-level BPE covers every byte; llama.cpp never emits unk for gpt2 models.
-            "unk_token": null,
+            "unk_token": parts.unk,
             "continuing_subword_prefix": null,
             "end_of_word_suffix": null,
-            "fuse_unk": false,
-            "byte_fallback": false,
-            "ignore_merges": ignore_merges,
-            "vocab": vocab,
-            "merges": merges,
+            "fuse_unk": parts.byte_fallback,
+            "byte_fallback": parts.byte_fallback,
+            "ignore_merges": parts.ignore_merges,
+            "vocab": parts.vocab,
+            "merges": parts.merges,
         },
     });
     let inner: tokenizers::Tokenizer = serde_json::from_value(spec).map_err(|e| {
@@ -223,16 +322,7 @@ pub fn build_tokenizer(g: &GgufFile) -> Result<Tokenizer> {
         ))
     })?;
 
-    let chat_template = match g.get("tokenizer.chat_template") {
-        None => None,
-        Some(v) => Some(
-            v.as_str()
-                .ok_or_else(|| {
-                    Error::invalid_model("metadata key \"tokenizer.chat_template\" is not a string")
-                })?
-                .to_string(),
-        ),
-    };
+    let chat_template = optional_str(g, "tokenizer.chat_template")?.map(str::to_string);
     let named =
         |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).map(|t| (t.to_string(), i)));
     Ok(Tokenizer::from_parts(
