@@ -530,12 +530,12 @@ fn model_level_errors_name_the_culprit() {
     );
 
     let mut w = toy(true).writer;
-    w.str("tokenizer.ggml.pre", "qwen35");
+    w.str("tokenizer.ggml.pre", "gpt-4o");
     case(
         w,
         "pre.gguf",
         ErrorCode::Unsupported,
-        &["tokenizer.ggml.pre", "qwen35"],
+        &["tokenizer.ggml.pre", "gpt-4o"],
     );
 
     let mut w = toy(true).writer;

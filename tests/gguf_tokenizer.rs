@@ -332,9 +332,9 @@ fn malformed_byte_level_metadata_is_refused_naming_the_key() {
         &["tokenizer.ggml.merges[4]"],
     );
     expect_err(
-        build_tokenizer(&with_pre(&g, "qwen35")),
+        build_tokenizer(&with_pre(&g, "gpt-4o")),
         ErrorCode::Unsupported,
-        &["tokenizer.ggml.pre", "\"qwen35\"", "llama-bpe"],
+        &["tokenizer.ggml.pre", "\"gpt-4o\"", "llama-bpe"],
     );
     expect_err(
         build_tokenizer(&set(&g, "tokenizer.ggml.pre", MetaValue::U32(2))),
@@ -356,4 +356,60 @@ fn malformed_byte_level_metadata_is_refused_naming_the_key() {
         plain.encode(t, true).unwrap(),
         gpt2.encode(t, true).unwrap()
     );
+}
+
+// ---------------------------------------------------------------- llama.cpp's vocab tests
+
+/// Opt-in check against the real vocabularies llama.cpp tests its tokenizers with: every
+/// `ggml-vocab-*.gguf` in `$LLAMA_CPP_VOCABS` (llama.cpp's `models/` directory) whose
+/// `.gguf.inp`/`.gguf.out` pair exists, where `.out` holds the ids the model's HuggingFace
+/// tokenizer gives each `.inp` text (separated by `__ggml_vocab_test__` lines). Vocabularies this
+/// builder refuses (UNSUPPORTED) are listed, not failed; every other one must match exactly.
+/// Run: `LLAMA_CPP_VOCABS=.../llama.cpp/models cargo test --release --test gguf_tokenizer --
+/// --ignored`.
+#[test]
+#[ignore = "needs LLAMA_CPP_VOCABS (llama.cpp's models/ directory, MBs of vocabularies)"]
+fn llama_cpp_vocabularies_match_their_reference_ids() {
+    let dir = PathBuf::from(
+        std::env::var("LLAMA_CPP_VOCABS").expect("set LLAMA_CPP_VOCABS to llama.cpp's models/"),
+    );
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".gguf.inp"))
+        .collect();
+    names.sort();
+    let (mut matched, mut refused) = (Vec::new(), Vec::new());
+    for inp in names {
+        let gguf = inp.with_extension("");
+        let out = gguf.with_extension("gguf.out");
+        let text = std::fs::read_to_string(&inp).unwrap();
+        let mut texts: Vec<&str> = text.split("\n__ggml_vocab_test__\n").collect();
+        if texts.last() == Some(&"") {
+            texts.pop();
+        }
+        let want: Vec<Vec<u32>> = std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect())
+            .collect();
+        assert_eq!(texts.len(), want.len(), "{}", inp.display());
+        let name = gguf.file_name().unwrap().to_string_lossy().to_string();
+        let tok = match build_tokenizer(&GgufFile::open(&gguf).unwrap()) {
+            Ok(t) => t,
+            Err(e) if e.code() == ErrorCode::Unsupported => {
+                refused.push(format!("{name}: {}", e.message()));
+                continue;
+            }
+            Err(e) => panic!("{name}: {e}"),
+        };
+        for (t, w) in texts.iter().zip(&want) {
+            assert_eq!(&tok.encode(t, false).unwrap(), w, "{name}: encode {t:?}");
+            assert_eq!(&tok.decode(w, false).unwrap(), t, "{name}: decode {t:?}");
+        }
+        matched.push(format!("{name} ({} texts)", texts.len()));
+    }
+    println!("match: {}", matched.join(", "));
+    println!("refused:\n  {}", refused.join("\n  "));
+    assert!(!matched.is_empty(), "no vocabulary was checked");
 }

@@ -172,7 +172,7 @@ fn spm_parts(g: &GgufFile, tokens: &[&str], types: &[u8], unk_id: Option<u32>) -
 }
 
 /// Byte-level BPE (`gpt2`): merges are required; the pre-tokenizer comes from `pre`.
-fn bpe_parts(g: &GgufFile, tokens: &[&str], types: &[u8]) -> Result<Parts> {
+fn bpe_parts(g: &GgufFile, tokens: &[&str]) -> Result<Parts> {
     let pre = optional_str(g, "tokenizer.ggml.pre")?.unwrap_or("default");
     let (pre_tokenizer, ignore_merges) = pretokenizer::byte_level_pre_tokenizer(pre)?;
     let merges = string_array(g, MERGES)?
@@ -198,18 +198,10 @@ fn bpe_parts(g: &GgufFile, tokens: &[&str], types: &[u8]) -> Result<Parts> {
             }
         })
         .collect::<Result<_>>()?;
-    // Added tokens keep their text (they are matched in raw text); any other token not written
-    // in the byte alphabet is respelled byte by byte, as transformers' GGUF loader does.
-    let alphabet = pretokenizer::byte_alphabet();
-    let keys = tokens.iter().zip(types).map(|(&t, &ty)| {
-        if ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED {
-            t.to_string()
-        } else {
-            pretokenizer::byte_level_spelling(t, &alphabet)
-        }
-    });
     Ok(Parts {
-        vocab: vocab_map(keys)?,
+        // Tokens are kept as written: a token not spelled in the byte alphabet is never produced
+        // by the merges (as in llama.cpp) and decodes to its own text.
+        vocab: vocab_map(tokens.iter().map(|t| t.to_string()))?,
         merges,
         // Byte-level BPE covers every byte; llama.cpp never emits unk for gpt2 models.
         unk: None,
@@ -271,7 +263,7 @@ pub fn build_tokenizer(g: &GgufFile) -> Result<Tokenizer> {
     let parts = if model == "llama" {
         spm_parts(g, &tokens, &types, unk_id)?
     } else {
-        bpe_parts(g, &tokens, &types)?
+        bpe_parts(g, &tokens)?
     };
     let add_bos =
         optional_bool(g, "tokenizer.ggml.add_bos_token")?.unwrap_or(parts.add_bos_default);

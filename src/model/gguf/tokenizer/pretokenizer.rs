@@ -17,6 +17,10 @@ const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{
 /// `LLAMA_VOCAB_PRE_TYPE_QWEN2`).
 const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// The Qwen3.5 split: Qwen2's with combining marks kept in words (Qwen3.5 `tokenizer.json`;
+/// llama.cpp `LLAMA_VOCAB_PRE_TYPE_QWEN35`).
+const QWEN35: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// Mistral's tekken split: words cut before an upper-case letter, single digits, `/` kept with
 /// punctuation (Mistral-Nemo `tokenizer.json`; llama.cpp `LLAMA_VOCAB_PRE_TYPE_TEKKEN`).
 const TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -121,8 +125,8 @@ const DEEPSEEK_LLM_PUNCT: &[(u32, u32)] = &[
     (0x3000, 0x3002),
 ];
 
-/// DeepSeek-LLM's CJK class (CJK ideographs, U+0800..U+4E00, Hangul).
-const DEEPSEEK_LLM_CJK: &[(u32, u32)] = &[(0x4E00, 0x9FA5), (0x800, 0x4E00), (0xAC00, 0xD7FF)];
+/// DeepSeek-LLM's and DeepSeek-Coder's CJK class (CJK ideographs, U+0800..U+4E00, Hangul).
+const DEEPSEEK_CJK: &[(u32, u32)] = &[(0x4E00, 0x9FA5), (0x800, 0x4E00), (0xAC00, 0xD7FF)];
 
 /// `[...]` from code point ranges; `-`, `[`, `\\`, `]` and `^` as range ends are escaped. Ranges
 /// come from the tables above, whose ends are all valid scalar values.
@@ -159,40 +163,56 @@ fn byte_level(use_regex: bool) -> Value {
 /// `ignore_merges` (a pre-token that is itself in the vocabulary is emitted whole, as llama.cpp
 /// does for the Llama-3 and tekken families). Errors: UNSUPPORTED naming an unknown `pre`.
 pub fn byte_level_pre_tokenizer(pre: &str) -> Result<(Value, bool)> {
+    let sequence = |parts: Vec<Value>| json!({"type": "Sequence", "pretokenizers": parts});
+    let digits = |individual: bool| json!({"type": "Digits", "individual_digits": individual});
     Ok(match pre {
         // GPT-2's own split (ByteLevel's built-in regex). "default" is what llama.cpp reads
         // when a file names no pre-tokenizer; transformers treats it as GPT-2.
-        "default" | "gpt2" | "gpt-2" => (byte_level(true), false),
-        // Every digit on its own, then GPT-2's split (SmolLM, StarCoder, Refact, Command-R).
-        "smollm" | "starcoder" | "refact" | "command-r" => (
-            json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Digits", "individual_digits": true},
-                byte_level(true),
-            ]}),
-            false,
-        ),
-        "llama-bpe" | "llama3" | "llama-v3" => (
-            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3), byte_level(false)]}),
-            true,
-        ),
-        "qwen2" | "deepseek-r1-qwen" => (
-            json!({"type": "Sequence", "pretokenizers": [split(QWEN2), byte_level(false)]}),
-            false,
-        ),
-        "tekken" => (
-            json!({"type": "Sequence", "pretokenizers": [split(TEKKEN), byte_level(false)]}),
-            true,
-        ),
+        "default" | "gpt2" | "gpt-2" | "phi-2" | "mpt" | "olmo" => (byte_level(true), false),
+        // Every digit on its own, then GPT-2's split.
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
+            (sequence(vec![digits(true), byte_level(true)]), false)
+        }
+        "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" => (sequence(vec![split(LLAMA3), byte_level(false)]), true),
+        // Llama-3's split, but merges always applied.
+        "dbrx" | "smaug-bpe" => (sequence(vec![split(LLAMA3), byte_level(false)]), false),
+        "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "kormo" | "f2llmv2" => {
+            (sequence(vec![split(QWEN2), byte_level(false)]), false)
+        }
+        "qwen35" => (sequence(vec![split(QWEN35), byte_level(false)]), false),
+        "tekken" => (sequence(vec![split(TEKKEN), byte_level(false)]), true),
         "deepseek-llm" => (
-            json!({"type": "Sequence", "pretokenizers": [
+            sequence(vec![
                 split("[\r\n]"),
                 split(&format!("\\s?{}+", char_class(DEEPSEEK_LLM_LETTERS))),
                 split(&format!("\\s?{}+", char_class(DEEPSEEK_LLM_PUNCT))),
                 split("\\s+$"),
-                split(&format!("{}+", char_class(DEEPSEEK_LLM_CJK))),
-                {"type": "Digits", "individual_digits": true},
+                split(&format!("{}+", char_class(DEEPSEEK_CJK))),
+                digits(true),
                 byte_level(false),
-            ]}),
+            ]),
+            false,
+        ),
+        "deepseek-coder" => (
+            sequence(vec![
+                split("[\r\n]"),
+                split(r"\s?\p{L}+"),
+                split(r"\s?\p{P}+"),
+                split(&format!("{}+", char_class(DEEPSEEK_CJK))),
+                digits(true),
+                byte_level(false),
+            ]),
+            false,
+        ),
+        // Falcon's tokenizer.json: punctuation runs, GPT-2's split, digit runs in threes.
+        "falcon" => (
+            sequence(vec![
+                json!({"type": "Punctuation", "behavior": "Contiguous"}),
+                byte_level(true),
+                digits(false),
+                split("[0-9][0-9][0-9]"),
+            ]),
             false,
         ),
         other => {
@@ -210,50 +230,52 @@ pub const SUPPORTED: &[&str] = &[
     "default",
     "gpt2",
     "gpt-2",
+    "phi-2",
+    "mpt",
+    "olmo",
     "smollm",
     "starcoder",
     "refact",
     "command-r",
+    "codeshell",
+    "exaone",
+    "minerva-7b",
     "llama-bpe",
     "llama3",
     "llama-v3",
+    "falcon3",
+    "falcon-h1",
+    "pixtral",
+    "midm-2.0",
+    "lfm2",
+    "dbrx",
+    "smaug-bpe",
     "qwen2",
     "deepseek-r1-qwen",
+    "stablelm2",
+    "kormo",
+    "f2llmv2",
+    "qwen35",
     "tekken",
     "deepseek-llm",
+    "deepseek-coder",
+    "falcon",
 ];
 
 /// Whether llama.cpp adds BOS for this `pre` when the file has no `tokenizer.ggml.add_bos_token`.
 pub fn default_add_bos(pre: &str) -> bool {
-    matches!(pre, "llama-bpe" | "llama3" | "llama-v3" | "tekken")
-}
-
-/// GPT-2's byte → printable character table (`bytes_to_unicode`).
-pub fn byte_alphabet() -> [char; 256] {
-    let mut table = ['\0'; 256];
-    let mut n = 0u32;
-    for b in 0..=255u8 {
-        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        let cp = if printable {
-            u32::from(b)
-        } else {
-            n += 1;
-            255 + n
-        };
-        table[usize::from(b)] = char::from_u32(cp).unwrap_or('\u{FFFD}');
-    }
-    table
-}
-
-/// `token` as byte-level BPE spells it: unchanged when every character is in the byte alphabet,
-/// else each UTF-8 byte mapped through it (as transformers' GGUF loader does for tokens a
-/// converter wrote as raw text).
-pub fn byte_level_spelling(token: &str, alphabet: &[char; 256]) -> String {
-    if token.chars().all(|c| alphabet.contains(&c)) {
-        token.to_string()
-    } else {
-        token.bytes().map(|b| alphabet[usize::from(b)]).collect()
-    }
+    matches!(
+        pre,
+        "llama-bpe"
+            | "llama3"
+            | "llama-v3"
+            | "falcon3"
+            | "falcon-h1"
+            | "pixtral"
+            | "midm-2.0"
+            | "lfm2"
+            | "tekken"
+    )
 }
 
 #[cfg(test)]
@@ -269,28 +291,12 @@ mod tests {
     }
 
     #[test]
-    fn byte_alphabet_is_gpt2s() {
-        let a = byte_alphabet();
-        assert_eq!(a[usize::from(b' ')], 'Ġ');
-        assert_eq!(a[usize::from(b'\n')], 'Ċ');
-        assert_eq!(a[usize::from(b'A')], 'A');
-        assert_eq!(a[0], 'Ā');
-        assert_eq!(a[0xAD], 'Ń');
-        let mut sorted = a.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted.len(), 256);
-        assert_eq!(byte_level_spelling("a b", &a), "aĠb");
-        assert_eq!(byte_level_spelling("ĠHello", &a), "ĠHello");
-    }
-
-    #[test]
     fn every_supported_name_builds_and_unknown_names_are_refused() {
         for name in SUPPORTED {
             let (v, _) = byte_level_pre_tokenizer(name).unwrap();
             let _: tokenizers::PreTokenizerWrapper = serde_json::from_value(v).unwrap();
         }
-        let e = byte_level_pre_tokenizer("qwen35").unwrap_err();
-        assert!(e.to_string().contains("\"qwen35\""), "{e}");
+        let e = byte_level_pre_tokenizer("gpt-4o").unwrap_err();
+        assert!(e.to_string().contains("\"gpt-4o\""), "{e}");
     }
 }
