@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 # Reference token ids for the GGUF tokenizer builder (tests/gguf_tokenizer.rs).
 #
-# Pins: transformers==5.24.0 tokenizers==0.23.3 gguf==0.17.1 sentencepiece==0.2.3 (no torch).
+# Pins: transformers==5.24.0 tokenizers==0.23.3 gguf==0.17.1 sentencepiece==0.2.3 torch==2.15.0
+# (transformers' GGUF reader needs torch; nothing here runs a model). CI never runs this script:
+# its outputs are committed.
 # Run:  scripts/tokenizer-oracle.py            (from the repository root)
 # When the pinned packages are not importable, the script creates .venv-tokenizer-oracle/,
 # installs the pins there with pip and re-runs itself inside it.
@@ -14,27 +16,40 @@
 #   spm-noprefix.gguf      the same trainer without the dummy prefix, and
 #                          `tokenizer.ggml.add_space_prefix = false`.
 #   bpe-smollm2.gguf       byte-level BPE (`gpt2`): SmolLM2's first BPE_MERGES merges and the tokens
-#                          they make (plus its control tokens), `tokenizer.ggml.pre = "smollm"`.
-#                          The tests set other `pre` values on it in memory.
+#                          they make (plus its control tokens and a few DIGIT_MERGES that make the
+#                          digit rules visible), `tokenizer.ggml.pre = "smollm"`. The tests set
+#                          other `pre` values on it in memory.
 #   expected.json          the ids and decodes every case must reproduce.
 #
 # Oracles:
-#   * SPM: HuggingFace transformers' GGUF tokenizer (AutoTokenizer.from_pretrained(dir,
-#     gguf_file=...)), cross-checked against the sentencepiece model itself on text without
-#     special tokens. transformers ignores `add_space_prefix`, so for spm-noprefix the oracle
-#     is sentencepiece (trained with add_dummy_prefix=False) alone.
+#   * SPM: transformers' GGUF loader (AutoTokenizer.from_pretrained(dir, gguf_file=...)) for the
+#     vocabulary, merges (rebuilt from scores) and added tokens, with the text handling of
+#     Llama-2's own tokenizer.json (normalizer Prepend("▁") + Replace; see llama2_style). Every
+#     text without special tokens must give the same ids and decode as the sentencepiece model
+#     itself, or the script stops. transformers' loader as is differs (Metaspace "first" drops
+#     the prefix before a leading space or after a special token, and it ignores
+#     add_space_prefix = false): those ids are recorded as transformers_gguf_disagreements.
 #   * gpt2 `pre` values: a `tokenizers` Tokenizer with the pre-tokenizer of that model family's
-#     own tokenizer.json (Llama-3, Qwen2, DeepSeek-LLM, Mistral tekken, SmolLM, GPT-2). Where
-#     transformers' GGUF loader knows the `pre` (llama-bpe, qwen2, tekken, gpt2/default) its ids
-#     are checked to be the same; where they differ, expected.json records both and which one
-#     the tests use (the family tokenizer: what the model was trained with and llama.cpp runs).
+#     own tokenizer.json (Llama-3, Qwen2, DeepSeek-LLM, Mistral tekken, SmolLM, GPT-2), which is
+#     also what llama.cpp runs for the name. transformers' GGUF loader gives the same ids where it
+#     knows the `pre` (llama-bpe, qwen2, tekken, gpt2/default); for smollm and deepseek-llm it
+#     falls back to GPT-2's split, and those ids are recorded as transformers_gguf_disagreements.
+#
+# Real vocabularies: tests/gguf_tokenizer.rs also has an opt-in test over llama.cpp's
+# models/ggml-vocab-*.gguf with their .inp/.out reference ids (LLAMA_CPP_VOCABS=...).
 import json
 import os
 import subprocess
 import sys
 import tempfile
 
-PINS = ["transformers==5.24.0", "tokenizers==0.23.3", "gguf==0.17.1", "sentencepiece==0.2.3"]
+PINS = [
+    "transformers==5.24.0",
+    "tokenizers==0.23.3",
+    "gguf==0.17.1",
+    "sentencepiece==0.2.3",
+    "torch==2.15.0",
+]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "tokenizers")
 BPE_MERGES = 2500
@@ -45,6 +60,7 @@ def ensure_deps():
         import gguf  # noqa: F401
         import sentencepiece  # noqa: F401
         import tokenizers  # noqa: F401
+        import torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError:
         venv = os.path.join(ROOT, ".venv-tokenizer-oracle")

@@ -6,9 +6,9 @@
 //!   [`pretokenizer`] for the names.
 //!
 //! The equivalent HF `tokenizer.json` is constructed as JSON and loaded with `tokenizers`, so the
-//! usual encoder, decoder and added-token matching apply. Tokens typed CONTROL (and UNKNOWN for
-//! SentencePiece) become special added tokens, USER_DEFINED ones plain added tokens: both are
-//! matched whole in text, as llama.cpp does.
+//! usual encoder, decoder and added-token matching apply. Tokens typed CONTROL or UNKNOWN become
+//! special added tokens, USER_DEFINED ones plain added tokens: all are matched whole in text, as
+//! llama.cpp does.
 
 pub mod pretokenizer;
 pub mod spm;
@@ -268,11 +268,9 @@ pub fn build_tokenizer(g: &GgufFile) -> Result<Tokenizer> {
     let add_bos =
         optional_bool(g, "tokenizer.ggml.add_bos_token")?.unwrap_or(parts.add_bos_default);
 
-    let special_types: &[u8] = if model == "llama" {
-        &[TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN]
-    } else {
-        &[TOKEN_TYPE_CONTROL]
-    };
+    // The token types llama.cpp matches whole in text: CONTROL and UNKNOWN as special tokens,
+    // USER_DEFINED as plain ones.
+    let special_types = [TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN];
     let added: Vec<Value> = tokens
         .iter()
         .zip(&types)
