@@ -16,7 +16,7 @@
 //!   leading space stripped.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{json, Value};
 
@@ -30,12 +30,18 @@ pub const SPACE: char = '\u{2581}';
 /// of NaN (the caller checks).
 pub fn merges_from_scores(tokens: &[&str], scores: &[f32]) -> Vec<(String, String)> {
     let ids: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, &t)| (t, i)).collect();
+    // Byte lengths of the tokens: a split is only looked up when both halves have a length some
+    // token has, which keeps hostile files (one huge piece) linear in their size.
+    let lengths: HashSet<usize> = tokens.iter().map(|t| t.len()).collect();
     // (left, right, score, left chars, right chars)
     let mut merges: Vec<(&str, &str, f32, usize, usize)> = Vec::new();
     for (&piece, &score) in tokens.iter().zip(scores) {
         let start = merges.len();
         let n_chars = piece.chars().count();
         for (k, (at, _)) in piece.char_indices().enumerate().skip(1) {
+            if !lengths.contains(&at) || !lengths.contains(&(piece.len() - at)) {
+                continue;
+            }
             let (l, r) = piece.split_at(at);
             if ids.contains_key(l) && ids.contains_key(r) {
                 merges.push((l, r, score, k, n_chars - k));
@@ -105,5 +111,15 @@ mod tests {
         let tokens = ["▁", "é", "▁é"];
         let m = merges_from_scores(&tokens, &[0.0, 0.0, -1.0]);
         assert_eq!(m, [("▁".to_string(), "é".to_string())]);
+    }
+
+    #[test]
+    fn a_huge_piece_costs_linear_time() {
+        let huge = "ab".repeat(4_000_000);
+        let tokens = ["a", "b", "ab", huge.as_str()];
+        let t = std::time::Instant::now();
+        let m = merges_from_scores(&tokens, &[0.0, 0.0, -1.0, -2.0]);
+        assert_eq!(m, [("a".to_string(), "b".to_string())]);
+        assert!(t.elapsed().as_secs() < 5, "{:?}", t.elapsed());
     }
 }
