@@ -81,6 +81,22 @@ fn sentencepiece_matches_reference() {
         assert_eq!(got[0], 1, "one BOS, from the template");
         assert_ne!(got[1], 1);
     }
+    // The template's own error (roles must alternate) reaches the caller.
+    let twice = [
+        ChatMessage {
+            role: "user".into(),
+            content: "a".into(),
+        },
+        ChatMessage {
+            role: "user".into(),
+            content: "b".into(),
+        },
+    ];
+    expect_err(
+        tok.apply_chat_template(&twice, false),
+        ErrorCode::InvalidArgument,
+        &["Conversation roles must alternate"],
+    );
     println!("spm-llama: {n} cases and the chat renderings match");
 }
 
@@ -395,7 +411,9 @@ fn llama_cpp_vocabularies_match_their_reference_ids() {
             .collect();
         assert_eq!(texts.len(), want.len(), "{}", inp.display());
         let name = gguf.file_name().unwrap().to_string_lossy().to_string();
-        let tok = match build_tokenizer(&GgufFile::open(&gguf).unwrap()) {
+        let g = GgufFile::open(&gguf).unwrap();
+        let t0 = std::time::Instant::now();
+        let tok = match build_tokenizer(&g) {
             Ok(t) => t,
             Err(e) if e.code() == ErrorCode::Unsupported => {
                 refused.push(format!("{name}: {}", e.message()));
@@ -407,9 +425,14 @@ fn llama_cpp_vocabularies_match_their_reference_ids() {
             assert_eq!(&tok.encode(t, false).unwrap(), w, "{name}: encode {t:?}");
             assert_eq!(&tok.decode(w, false).unwrap(), t, "{name}: decode {t:?}");
         }
-        matched.push(format!("{name} ({} texts)", texts.len()));
+        matched.push(format!(
+            "{name} ({} texts, {} tokens, built in {:.0} ms)",
+            texts.len(),
+            tok.vocab_size(),
+            t0.elapsed().as_secs_f64() * 1e3
+        ));
     }
-    println!("match: {}", matched.join(", "));
+    println!("match:\n  {}", matched.join("\n  "));
     println!("refused:\n  {}", refused.join("\n  "));
     assert!(!matched.is_empty(), "no vocabulary was checked");
 }
