@@ -5,15 +5,18 @@
 //! * `"gpt2"`: byte-level BPE with the pre-tokenizer `tokenizer.ggml.pre` names; see
 //!   [`pretokenizer`] for the names.
 //!
-//! The equivalent HF `tokenizer.json` is constructed as JSON and loaded with `tokenizers`, so the
-//! usual encoder, decoder and added-token matching apply. Tokens typed CONTROL or UNKNOWN become
+//! The result is a `tokenizers` BPE model built directly from the vocabulary and merges, with the
+//! normalizer, pre-tokenizer and decoder of the equivalent HF `tokenizer.json` (written as its
+//! JSON), so the //! usual encoder, decoder and added-token matching apply. Tokens typed CONTROL or UNKNOWN become
 //! special added tokens, USER_DEFINED ones plain added tokens: all are matched whole in text, as
 //! llama.cpp does.
 
 pub mod pretokenizer;
 pub mod spm;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper};
 
 use super::reader::{GgufFile, MetaValue};
 use crate::error::{Error, Result};
@@ -111,24 +114,25 @@ fn optional_str<'a>(g: &'a GgufFile, key: &str) -> Result<Option<&'a str>> {
     optional(g, key, "a string", MetaValue::as_str)
 }
 
-/// The model-specific parts of the `tokenizer.json`.
+/// The model-specific parts of the tokenizer.
 struct Parts {
-    /// BPE `vocab`: token text (as the model spells it) → id.
-    vocab: Map<String, Value>,
-    merges: Vec<Value>,
+    /// BPE vocabulary: token text (as the model spells it) → id.
+    vocab: Vocab,
+    merges: Vec<(String, String)>,
     unk: Option<String>,
     byte_fallback: bool,
     ignore_merges: bool,
+    /// HF `tokenizer.json` normalizer / pre-tokenizer / decoder JSON (`Null` for none).
     normalizer: Value,
     pre_tokenizer: Value,
     decoder: Value,
     add_bos_default: bool,
 }
 
-fn vocab_map(keys: impl Iterator<Item = String>) -> Result<Map<String, Value>> {
-    let mut vocab = Map::new();
-    for (id, key) in keys.enumerate() {
-        if vocab.insert(key.clone(), json!(id)).is_some() {
+fn vocab_map<'a>(tokens: impl Iterator<Item = &'a str>) -> Result<Vocab> {
+    let mut vocab = Vocab::default();
+    for (id, key) in tokens.enumerate() {
+        if vocab.insert(key.to_string(), id as u32).is_some() {
             return Err(Error::invalid_model(format!(
                 "metadata key \"{TOKENS}\": token {key:?} appears twice (second at id {id})"
             )));
@@ -153,13 +157,10 @@ fn spm_parts(g: &GgufFile, tokens: &[&str], types: &[u8], unk_id: Option<u32>) -
         .map(|i| i as usize)
         .or_else(|| types.iter().position(|&t| t == TOKEN_TYPE_UNKNOWN))
         .map(|i| tokens[i].to_string());
-    let merges = spm::merges_from_scores(tokens, &scores)
-        .into_iter()
-        .map(|(l, r)| json!([l, r]))
-        .collect();
+    let merges = spm::merges_from_scores(tokens, &scores);
     let (normalizer, pre_tokenizer, decoder) = spm::text_handling(add_space_prefix);
     Ok(Parts {
-        vocab: vocab_map(tokens.iter().map(|t| t.to_string()))?,
+        vocab: vocab_map(tokens.iter().copied())?,
         merges,
         unk,
         byte_fallback: true,
@@ -191,7 +192,7 @@ fn bpe_parts(g: &GgufFile, tokens: &[&str]) -> Result<Parts> {
                 .find(|&(_, c)| c == ' ')
                 .map(|(p, _)| p);
             match split {
-                Some(p) => Ok(json!([&m[..p], &m[p + 1..]])),
+                Some(p) => Ok((m[..p].to_string(), m[p + 1..].to_string())),
                 None => Err(Error::invalid_model(format!(
                     "{MERGES}[{i}] = {m:?} is not two tokens separated by a space"
                 ))),
@@ -201,7 +202,7 @@ fn bpe_parts(g: &GgufFile, tokens: &[&str]) -> Result<Parts> {
     Ok(Parts {
         // Tokens are kept as written: a token not spelled in the byte alphabet is never produced
         // by the merges (as in llama.cpp) and decodes to its own text.
-        vocab: vocab_map(tokens.iter().map(|t| t.to_string()))?,
+        vocab: vocab_map(tokens.iter().copied())?,
         merges,
         // Byte-level BPE covers every byte; llama.cpp never emits unk for gpt2 models.
         unk: None,
@@ -271,46 +272,42 @@ pub fn build_tokenizer(g: &GgufFile) -> Result<Tokenizer> {
     // The token types llama.cpp matches whole in text: CONTROL and UNKNOWN as special tokens,
     // USER_DEFINED as plain ones.
     let special_types = [TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN];
-    let added: Vec<Value> = tokens
-        .iter()
-        .zip(&types)
-        .enumerate()
-        .filter(|(_, (_, ty))| special_types.contains(ty) || **ty == TOKEN_TYPE_USER_DEFINED)
-        .map(|(id, (tok, ty))| {
-            json!({
-                "id": id, "content": tok, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": special_types.contains(ty),
-            })
-        })
-        .collect();
-
-    let spec = json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": parts.normalizer,
-        "pre_tokenizer": parts.pre_tokenizer,
-        "post_processor": null,
-        "decoder": parts.decoder,
-        "model": {
-            "type": "BPE",
-            "dropout": null,
-            "unk_token": parts.unk,
-            "continuing_subword_prefix": null,
-            "end_of_word_suffix": null,
-            "fuse_unk": parts.byte_fallback,
-            "byte_fallback": parts.byte_fallback,
-            "ignore_merges": parts.ignore_merges,
-            "vocab": parts.vocab,
-            "merges": parts.merges,
-        },
-    });
-    let inner: tokenizers::Tokenizer = serde_json::from_value(spec).map_err(|e| {
+    let invalid = |what: &str, e: &dyn std::fmt::Display| {
         Error::invalid_model(format!(
-            "tokenizer built from GGUF metadata is invalid: {e}"
+            "tokenizer built from GGUF metadata is invalid ({what}): {e}"
         ))
-    })?;
+    };
+    let mut bpe = BPE::builder()
+        .vocab_and_merges(parts.vocab, parts.merges)
+        .fuse_unk(parts.byte_fallback)
+        .byte_fallback(parts.byte_fallback)
+        .ignore_merges(parts.ignore_merges);
+    if let Some(unk) = parts.unk {
+        bpe = bpe.unk_token(unk);
+    }
+    let bpe = bpe.build().map_err(|e| invalid(MERGES, &e))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let normalizer: Option<NormalizerWrapper> =
+        serde_json::from_value(parts.normalizer).map_err(|e| invalid("normalizer", &e))?;
+    let pre_tokenizer: Option<PreTokenizerWrapper> =
+        serde_json::from_value(parts.pre_tokenizer).map_err(|e| invalid("pre-tokenizer", &e))?;
+    let decoder: Option<DecoderWrapper> =
+        serde_json::from_value(parts.decoder).map_err(|e| invalid("decoder", &e))?;
+    inner
+        .with_normalizer(normalizer)
+        .with_pre_tokenizer(pre_tokenizer)
+        .with_decoder(decoder);
+    // The ids come from the vocabulary: every added token is one of its tokens.
+    let added = |keep: &dyn Fn(u8) -> bool, special: bool| -> Vec<AddedToken> {
+        tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &ty)| keep(ty))
+            .map(|(&t, _)| AddedToken::from(t, special).normalized(false))
+            .collect()
+    };
+    inner.add_special_tokens(&added(&|ty| special_types.contains(&ty), true));
+    inner.add_tokens(&added(&|ty| ty == TOKEN_TYPE_USER_DEFINED, false));
 
     let chat_template = optional_str(g, "tokenizer.chat_template")?.map(str::to_string);
     let named =
