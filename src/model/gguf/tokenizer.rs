@@ -7,9 +7,11 @@
 //!
 //! The result is a `tokenizers` BPE model built directly from the vocabulary and merges, with the
 //! normalizer, pre-tokenizer and decoder of the equivalent HF `tokenizer.json` (written as its
-//! JSON), so the //! usual encoder, decoder and added-token matching apply. Tokens typed CONTROL or UNKNOWN become
-//! special added tokens, USER_DEFINED ones plain added tokens: all are matched whole in text, as
-//! llama.cpp does.
+//! JSON), so the usual encoder, decoder and added-token matching apply. Tokens typed CONTROL or
+//! UNKNOWN become special added tokens, USER_DEFINED ones plain added tokens: all are matched
+//! whole in text, as llama.cpp does.
+//!
+//! Threading: building is single-threaded and pure; the returned tokenizer is immutable.
 
 pub mod pretokenizer;
 pub mod spm;
