@@ -515,17 +515,32 @@ fn model_level_errors_name_the_culprit() {
     w.str("llama.rope.scaling.type", "yarn");
     case(w, "yarn.gguf", ErrorCode::Unsupported, &["yarn"]);
 
+    // SentencePiece needs piece scores (the toy vocabulary has none).
     let mut w = toy(true).writer;
     w.str("tokenizer.ggml.model", "llama");
-    case(w, "spm.gguf", ErrorCode::Unsupported, &["SentencePiece"]);
+    case(
+        w,
+        "spm.gguf",
+        ErrorCode::InvalidModel,
+        &["tokenizer.ggml.scores"],
+    );
 
     let mut w = toy(true).writer;
-    w.str("tokenizer.ggml.pre", "qwen2");
+    w.str("tokenizer.ggml.model", "bert");
+    case(
+        w,
+        "wpm.gguf",
+        ErrorCode::Unsupported,
+        &["tokenizer.ggml.model", "bert"],
+    );
+
+    let mut w = toy(true).writer;
+    w.str("tokenizer.ggml.pre", "gpt-4o");
     case(
         w,
         "pre.gguf",
         ErrorCode::Unsupported,
-        &["tokenizer.ggml.pre", "qwen2"],
+        &["tokenizer.ggml.pre", "gpt-4o"],
     );
 
     let mut w = toy(true).writer;

@@ -33,8 +33,9 @@ use crate::tensor::HostTensor;
 /// IO if the file cannot be read; INVALID_MODEL for a malformed/truncated file, missing or
 /// ill-typed keys, missing tensors, wrong shapes or a tensor the model does not use (biases,
 /// extra layers...); UNSUPPORTED for another architecture (Qwen2 with the reason), a tensor type
-/// other than F32/F16/BF16/Q8_0/Q4_0/Q4_1, llama3 `rope_freqs`, or a tokenizer other than
-/// byte-level BPE. `llama.attention.sliding_window` (0 = none) becomes the config's window.
+/// other than F32/F16/BF16/Q8_0/Q4_0/Q4_1, llama3 `rope_freqs`, or a tokenizer model or
+/// pre-tokenizer [`tokenizer::build_tokenizer`] does not know. `llama.attention.sliding_window`
+/// (0 = none) becomes the config's window.
 pub fn load_gguf(path: &Path) -> Result<ModelFiles> {
     let g = GgufFile::open(path)?;
     load_parsed(&g).map_err(|e| e.context(path.display()))
