@@ -31,6 +31,13 @@ use crate::error::Result;
 use crate::tensor::HostTensor;
 
 /// How weight matrices are stored by the backend (activations are always f32, accumulation f32).
+///
+/// The quantized formats apply to the weights of a dense checkpoint (safetensors, or an
+/// F32/F16/BF16 GGUF): the model loader quantizes those at load time (see
+/// [`crate::model::weight_quant`] for which ggml type each matrix gets); the tensors of an
+/// already-quantized checkpoint are kept in the types the file stores. A backend therefore only
+/// ever receives quantized host tensors with a quantized format, and answers INVALID_ARGUMENT
+/// when handed a dense tensor with one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
     /// 32-bit floats.
@@ -38,6 +45,42 @@ pub enum WeightFormat {
     F32,
     /// bfloat16 (half the bytes; converted to f32 inside the kernels).
     BF16,
+    /// ggml Q8_0 blocks (8.5 bits per weight).
+    Q8_0,
+    /// ggml Q4_K blocks (4.5 bits per weight; llama.cpp's Q4_K_M mix, see
+    /// [`crate::model::weight_quant`]).
+    Q4K,
+}
+
+impl WeightFormat {
+    /// Every format, in `lpx_weight_dtype` order.
+    pub const ALL: [WeightFormat; 4] = [
+        WeightFormat::F32,
+        WeightFormat::BF16,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4K,
+    ];
+    /// The configuration name: "f32", "bf16", "q8_0", "q4_k" (`LPX_WEIGHT_DTYPE`, stats JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::BF16 => "bf16",
+            WeightFormat::Q8_0 => "q8_0",
+            WeightFormat::Q4K => "q4_k",
+        }
+    }
+    /// The format named `s` (case-insensitive; also "float32", "bfloat16"), or `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "float32" => Some(WeightFormat::F32),
+            "bfloat16" => Some(WeightFormat::BF16),
+            l => Self::ALL.into_iter().find(|f| f.name() == l),
+        }
+    }
+    /// Whether weights are kept in ggml quantized blocks.
+    pub fn is_quantized(self) -> bool {
+        matches!(self, WeightFormat::Q8_0 | WeightFormat::Q4K)
+    }
 }
 
 /// Geometry of the paged KV cache.

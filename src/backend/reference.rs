@@ -94,6 +94,24 @@ pub(crate) fn fused_shape(parts: &[&HostTensor]) -> Result<(usize, usize)> {
     Ok((total, inp))
 }
 
+/// Checks that every part of a weight in a quantized `format` is a quantized tensor: the model
+/// loader quantizes dense checkpoints itself, so a dense tensor here is a caller bug.
+/// Errors: INVALID_ARGUMENT naming the part and its dtype.
+pub(crate) fn check_quantized_parts(parts: &[&HostTensor], format: WeightFormat) -> Result<()> {
+    if !format.is_quantized() {
+        return Ok(());
+    }
+    match parts.iter().position(|p| p.quant().is_none()) {
+        None => Ok(()),
+        Some(k) => Err(Error::invalid_argument(format!(
+            "weight format {} needs quantized tensors, but part {k} is dense {} \
+             (the model loader quantizes dense checkpoints before packing)",
+            format.name(),
+            parts[k].dtype().map_or("?", |d| d.name())
+        ))),
+    }
+}
+
 /// Converts an f32 to bf16 (round to nearest even) and back.
 pub(crate) fn round_bf16(v: f32) -> f32 {
     half::bf16::from_f32(v).to_f32()
@@ -204,6 +222,7 @@ impl Backend for ReferenceBackend {
 
     fn fused_weight(&self, parts: &[&HostTensor], format: WeightFormat) -> Result<RefWeight> {
         let (out, inp) = fused_shape(parts)?;
+        check_quantized_parts(parts, format)?;
         let mut data = Vec::with_capacity(out * inp);
         for p in parts {
             data.extend(p.to_f32_vec());
@@ -221,7 +240,8 @@ impl Backend for ReferenceBackend {
 
     fn weight_bytes(&self, w: &RefWeight) -> usize {
         let per = match w.format {
-            WeightFormat::F32 => 4,
+            // Quantized weights are held expanded to f32 here (the reference is exact, not small).
+            WeightFormat::F32 | WeightFormat::Q8_0 | WeightFormat::Q4K => 4,
             WeightFormat::BF16 => 2,
         };
         w.data.len() * per

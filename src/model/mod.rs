@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod layout;
 pub mod llama;
 mod qkv_extras;
+pub mod weight_quant;
 pub mod weights;
 
 use std::collections::HashMap;

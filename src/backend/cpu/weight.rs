@@ -1,6 +1,6 @@
 //! Packed weight matrices of the CPU backend.
 
-use crate::backend::reference::fused_shape;
+use crate::backend::reference::{check_quantized_parts, fused_shape};
 use crate::backend::WeightFormat;
 use crate::error::Result;
 use crate::tensor::{HostTensor, TensorData};
@@ -136,6 +136,12 @@ pub(crate) fn pack(parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWei
                 }
             }
             WData::F32(d)
+        }
+        WeightFormat::Q8_0 | WeightFormat::Q4K => {
+            // Until the quantized kernels land, quantized tensors are expanded to f32 here
+            // (exactly as ggml dequantizes them), so results equal f32 math on those values.
+            check_quantized_parts(parts, format)?;
+            return pack(parts, WeightFormat::F32);
         }
         WeightFormat::BF16 => {
             let mut d = vec![0u16; n];

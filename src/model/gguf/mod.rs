@@ -6,7 +6,9 @@
 
 pub mod permute;
 pub mod reader;
+pub mod requantize;
 pub mod tokenizer;
+pub mod writer;
 
 /// ggml block types and dequantization live in [`crate::quant`]; re-exported under their old paths.
 pub use crate::quant::{dequant, types};
@@ -17,6 +19,7 @@ pub use crate::quant::dequantize;
 pub use crate::quant::GgmlType;
 pub use permute::{permute_qk, unpermute_qk};
 pub use reader::{GgufFile, MetaValue, TensorInfo};
+pub use writer::GgufWriter;
 
 use super::{Architecture, ModelConfig, ModelFiles, RopeScaling, TensorMap};
 use crate::error::{Error, Result};
@@ -32,8 +35,9 @@ use crate::tensor::HostTensor;
 /// IO if the file cannot be read; INVALID_MODEL for a malformed/truncated file, missing or
 /// ill-typed keys, missing tensors, wrong shapes or a tensor the model does not use (biases of a
 /// llama file, extra layers...); UNSUPPORTED for another architecture (naming it), a tensor type
-/// other than F32/F16/BF16/Q8_0/Q4_0/Q4_1, or a tokenizer other than byte-level BPE.
-/// `llama.attention.sliding_window` (0 = none) becomes the config's window (every layer).
+/// other than F32/F16/BF16/Q8_0/Q4_0/Q4_1, or a tokenizer model or pre-tokenizer
+/// [`tokenizer::build_tokenizer`] does not know. `llama.attention.sliding_window` (0 = none)
+/// becomes the config's window (every layer).
 pub fn load_gguf(path: &Path) -> Result<ModelFiles> {
     let g = GgufFile::open(path)?;
     load_parsed(&g).map_err(|e| e.context(path.display()))
@@ -60,8 +64,10 @@ fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
         })?;
         if !info.ggml_type.is_dequantizable() {
             return Err(Error::unsupported(format!(
-                "tensor \"{}\" has type {} which is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)",
-                info.name, info.ggml_type
+                "tensor \"{}\" has type {} which is not supported ({} are)",
+                info.name,
+                info.ggml_type,
+                crate::quant::dequant::supported_names()
             )));
         }
         plan.push((info, hf));
