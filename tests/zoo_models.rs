@@ -43,10 +43,18 @@ fn engine(model: &Path, adapters: Option<PathBuf>) -> Engine {
 }
 
 fn engine_as(model: &Path, adapters: Option<PathBuf>, format: WeightFormat) -> Engine {
+    engine_with(model, adapters, |c| c.weight_format = format)
+}
+
+fn engine_with(
+    model: &Path,
+    adapters: Option<PathBuf>,
+    edit: impl FnOnce(&mut EngineConfig),
+) -> Engine {
     let mut cfg = EngineConfig::new(model);
     cfg.threads = 2;
     cfg.peft_source = adapters.into_iter().collect();
-    cfg.weight_format = format;
+    edit(&mut cfg);
     Engine::new(cfg).unwrap()
 }
 
@@ -54,7 +62,11 @@ fn engine_as(model: &Path, adapters: Option<PathBuf>, format: WeightFormat) -> E
 /// engine for `model` (adapters from `dir/adapters`), and compares with the reference. Returns
 /// the failures.
 fn check(model: &Path, dir: &Path, refj: &Value) -> Vec<String> {
-    let e = engine(model, Some(dir.join("adapters")));
+    check_on(&engine(model, Some(dir.join("adapters"))), model, dir, refj)
+}
+
+/// [`check`] on a given engine.
+fn check_on(e: &Engine, model: &Path, dir: &Path, refj: &Value) -> Vec<String> {
     let n = refj["new_tokens"].as_u64().unwrap() as usize;
     let sampling = SamplingParams {
         max_tokens: n,
@@ -151,6 +163,14 @@ fn mistral_sliding_window_matches_transformers() {
     );
     drop(e);
     check_both("mistral");
+    // Chunked prefill (5-token chunks) over 4-token KV blocks: the window spans chunks and
+    // blocks, and rows of different requests share steps.
+    let e = engine_with(&dir.join("model"), Some(dir.join("adapters")), |c| {
+        c.max_batch_tokens = 5;
+        c.kv_block_size = 4;
+    });
+    let failures = check_on(&e, &dir.join("model"), &dir, &refj);
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 #[test]
