@@ -64,15 +64,19 @@ def run_variant(model, prompts, torch):
         new, margins = [], []
         last = None
         with torch.no_grad():
+            past = None
+            step_ids = ids
             for step in range(24):
-                logits = model(input_ids=ids).logits[0, -1].float()
+                o = model(input_ids=step_ids, past_key_values=past, use_cache=True)
+                past = o.past_key_values
+                logits = o.logits[0, -1].float()
                 if step == 0:
                     last = logits.clone()
                 top2 = torch.topk(logits, 2)
                 margins.append(float(top2.values[0] - top2.values[1]))
                 tok = int(top2.indices[0])
                 new.append(tok)
-                ids = torch.cat([ids, torch.tensor([[tok]])], dim=1)
+                step_ids = torch.tensor([[tok]])
         top = torch.topk(last, 32)
         out.append(
             {

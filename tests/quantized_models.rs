@@ -1,0 +1,157 @@
+//! Whole-model conformance of quantized GGUFs (reads ../shared and models/; skips when absent,
+//! fails under CI): SmolLM2-135M-Instruct re-quantized in process by loraplex's quantizer to
+//! Q8_0, Q4_0, Q4_K_M, Q5_K_M and Q6_K (`model::gguf::requantize`), loaded with its weights kept
+//! quantized, against HuggingFace transformers loading the very same file (which expands every
+//! tensor to float32): `tests/fixtures/quant-models/<scheme>.json`, written by
+//! `scripts/quant-model-reference.py`. The file's sha256 must equal the fixture's, so a change to
+//! the quantizer cannot silently compare against stale numbers.
+//!
+//! Every scheme runs base and `hf-qv-r16-bin` rows for the 5 reference prompts in one mixed batch.
+//!
+//! Tolerance. loraplex quantizes activations per 32-element block to int8 before the integer dot
+//! products (round to nearest, scale amax/127: an error of at most amax/254 per element, a
+//! relative error of the dot product of about 2^-8 / sqrt(block)·√k in the random-walk sense);
+//! transformers multiplies in float32. Over 30 layers these errors compound like the bf16 storage
+//! error measured in tests/reference_models.rs (2^-9 relative per weight → up to 4.3e-2 × std
+//! after 30 layers), so the bound used is the same order: [`REL_TOL`] × std of the reference row
+//! for the last-position logits (checked on the reference's top 32 entries), and greedy tokens
+//! equal except after a step whose reference margin is below that bound.
+
+mod common;
+
+use std::path::Path;
+
+use loraplex::config::EngineConfig;
+use loraplex::engine::{Engine, Prompt, Request};
+use loraplex::model::gguf::requantize::{requantize_gguf, QuantScheme};
+use loraplex::sampling::SamplingParams;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Logit tolerance as a fraction of the reference row's standard deviation (see module docs).
+const REL_TOL: f32 = 0.1;
+
+fn fixture(scheme: QuantScheme) -> Option<Value> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/quant-models")
+        .join(format!("{}.json", scheme.name()));
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        return common::missing(format!(
+            "{} (run scripts/quant-model-reference.py)",
+            p.display()
+        ));
+    };
+    Some(serde_json::from_str(&text).unwrap())
+}
+
+fn sha256(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// Runs one scheme; returns failures.
+fn check_scheme(scheme: QuantScheme, src: &Path, shared: &Path, dir: &Path) -> Vec<String> {
+    let Some(fx) = fixture(scheme) else {
+        return Vec::new();
+    };
+    let gguf = dir.join(format!("smollm2.{}.gguf", scheme.name()));
+    requantize_gguf(src, &gguf, scheme).unwrap();
+    assert_eq!(
+        sha256(&gguf),
+        fx["gguf_sha256"].as_str().unwrap(),
+        "{}: the quantizer's output changed; rerun scripts/quant-model-reference.py",
+        scheme.name()
+    );
+    let r = shared.join("reference/smollm2-135m-instruct");
+    let prompts: Value =
+        serde_json::from_str(&std::fs::read_to_string(r.join("reference.json")).unwrap()).unwrap();
+    let mut cfg = EngineConfig::new(&gguf);
+    cfg.threads = 2;
+    cfg.peft_source = vec![r.join("adapters")];
+    cfg.max_lora_rank = 16;
+    let e = Engine::new(cfg).unwrap();
+    let stats = e.stats_json();
+    println!("{}: weights {}", scheme.name(), stats["memory"]);
+    let mut jobs = Vec::new();
+    for (variant, results) in fx["variants"].as_object().unwrap() {
+        for res in results.as_array().unwrap() {
+            let p = res["prompt"].as_u64().unwrap() as usize;
+            let req = Request {
+                model: (variant != "__base__").then(|| variant.clone()),
+                prompt: Prompt::Tokens(ids(&prompts["prompts"][p]["token_ids"])),
+                sampling: SamplingParams {
+                    max_tokens: 24,
+                    temperature: 0.0,
+                    ignore_eos: true,
+                    return_last_logits: true,
+                    ..SamplingParams::default()
+                },
+            };
+            jobs.push((
+                format!("{} {variant} prompt {p}", scheme.name()),
+                res,
+                e.submit(req).unwrap(),
+            ));
+        }
+    }
+    let mut failures = Vec::new();
+    for (label, res, id) in jobs {
+        let out = e.wait(id).unwrap();
+        let tol = REL_TOL * res["last_logits_std"].as_f64().unwrap() as f32;
+        let got = out.last_logits.as_ref().expect("logits requested");
+        let mut worst = 0f32;
+        for pair in res["last_logits_top32"].as_array().unwrap() {
+            let (i, v) = (
+                pair[0].as_u64().unwrap() as usize,
+                pair[1].as_f64().unwrap() as f32,
+            );
+            worst = worst.max((got[i] - v).abs());
+        }
+        println!("{label}: top-32 logits max|diff| {worst:.3e} (tol {tol:.3e})");
+        if worst > tol {
+            failures.push(format!("{label}: logits max|diff| {worst:.3e} > {tol:.3e}"));
+        }
+        let margins = floats(&res["step_top1_minus_top2"]);
+        if let Err(m) =
+            common::tokens_match(&out.token_ids, &ids(&res["new_token_ids"]), &margins, tol)
+        {
+            failures.push(format!("{label}: {m}"));
+        }
+    }
+    failures
+}
+
+#[test]
+fn smollm2_requantized_matches_transformers_on_the_same_files() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let Some(src) = common::smollm2_gguf() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for scheme in QuantScheme::ALL {
+        failures.extend(check_scheme(scheme, &src, &shared, dir.path()));
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
