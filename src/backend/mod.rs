@@ -17,6 +17,7 @@ pub mod kv_store;
 pub mod lora;
 pub mod lora_arena;
 pub mod op_args;
+pub mod quant_stack;
 pub mod reference;
 pub mod select;
 pub mod view;

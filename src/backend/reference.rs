@@ -13,7 +13,11 @@
 // The loops index exactly like the op docs; iterator rewrites would obscure the spec.
 #![allow(clippy::needless_range_loop)]
 
+pub mod quant_block;
+pub mod quant_dot;
+
 use super::kv_store::{attn_row, attn_shapes, positions};
+use super::quant_stack::QuantStack;
 use super::{
     AttentionArgs, Backend, KvGeometry, KvStore, KvWriteArgs, LoraArgs, RopeArgs, View, ViewMut,
     WeightFormat,
@@ -34,8 +38,11 @@ pub struct RefWeight {
     pub inp: usize,
     /// The format the weight was packed in.
     pub format: WeightFormat,
-    /// `out * inp` values, row-major.
+    /// `out * inp` values, row-major (for a quantized weight: its blocks dequantized).
     pub data: Vec<f32>,
+    /// The blocks of a weight kept quantized ([`HostTensor`]s in ggml blocks); `matmul` then
+    /// follows [`quant_dot`] instead of the f32 loop.
+    pub quant: Option<QuantStack>,
 }
 
 /// The reference KV cache: the host backends' shared [`KvStore`].
@@ -181,11 +188,13 @@ impl Backend for ReferenceBackend {
 
     fn fused_weight(&self, parts: &[&HostTensor], format: WeightFormat) -> Result<RefWeight> {
         let (out, inp) = fused_shape(parts)?;
+        let quant = QuantStack::from_parts(parts)?;
         let mut data = Vec::with_capacity(out * inp);
         for p in parts {
             data.extend(p.to_f32_vec());
         }
-        if format == WeightFormat::BF16 {
+        // The format applies to dense weights only; quantized blocks are kept as they are.
+        if format == WeightFormat::BF16 && quant.is_none() {
             data.iter_mut().for_each(|v| *v = round_bf16(*v));
         }
         Ok(RefWeight {
@@ -193,10 +202,14 @@ impl Backend for ReferenceBackend {
             inp,
             format,
             data,
+            quant,
         })
     }
 
     fn weight_bytes(&self, w: &RefWeight) -> usize {
+        if let Some(q) = &w.quant {
+            return q.bytes();
+        }
         let per = match w.format {
             WeightFormat::F32 => 4,
             WeightFormat::BF16 => 2,
@@ -216,6 +229,13 @@ impl Backend for ReferenceBackend {
         let (out, inp) = (w.out, w.inp);
         if !matmul_shapes_ok(x.len(), y.len(), rows, out, inp) {
             return fill_nan(y);
+        }
+        if let Some(q) = &w.quant {
+            let mut a = quant_dot::QActs::default();
+            if !a.quantize(x, rows, inp) {
+                return fill_nan(y);
+            }
+            return quant_dot::matmul(q.segments(), &a, rows, y);
         }
         for t in 0..rows {
             for o in 0..out {

@@ -12,6 +12,7 @@ mod attention;
 mod elementwise;
 mod lora;
 mod matmul;
+pub mod quant;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 mod weight;
@@ -22,6 +23,7 @@ use parking_lot::Mutex;
 use rayon::ThreadPool;
 
 pub use lora::CpuLoraArena;
+pub use quant::QuantKernel;
 pub use weight::CpuWeight;
 
 use super::{
@@ -34,17 +36,20 @@ use crate::tensor::HostTensor;
 /// The CPU backend's KV cache: the host backends' shared [`KvStore`].
 pub type CpuKvCache = KvStore;
 
-/// Reusable scratch memory for matmul (padded activations, transposed output).
+/// Reusable scratch memory for matmul (padded activations, transposed output, quantized
+/// activations).
 #[derive(Debug, Default)]
 struct Scratch {
     xpad: Vec<f32>,
     yt: Vec<f32>,
+    qacts: crate::backend::reference::quant_dot::QActs,
 }
 
 /// The CPU backend. Cheap to construct; holds the engine's thread pool and scratch buffers.
 pub struct CpuBackend {
     pool: Arc<ThreadPool>,
     simd: bool,
+    qkernel: QuantKernel,
     scratch: Mutex<Scratch>,
 }
 
@@ -53,6 +58,7 @@ impl std::fmt::Debug for CpuBackend {
         f.debug_struct("CpuBackend")
             .field("threads", &self.pool.current_num_threads())
             .field("simd", &self.simd)
+            .field("quant_kernel", &self.qkernel)
             .finish()
     }
 }
@@ -72,10 +78,12 @@ fn detect_simd() -> bool {
 impl CpuBackend {
     /// A backend running its parallel work on `pool`, using AVX2/FMA kernels when the CPU has
     /// them (detected at runtime) and portable kernels otherwise.
+    /// The quantized matmul uses the fastest [`QuantKernel`] the CPU has.
     pub fn new(pool: Arc<ThreadPool>) -> Self {
         Self {
             pool,
             simd: detect_simd(),
+            qkernel: QuantKernel::detect(),
             scratch: Mutex::new(Scratch::default()),
         }
     }
@@ -84,8 +92,36 @@ impl CpuBackend {
     pub fn portable(pool: Arc<ThreadPool>) -> Self {
         Self {
             simd: false,
+            qkernel: QuantKernel::Portable,
             ..Self::new(pool)
         }
+    }
+
+    /// A backend whose quantized matmul uses `kernel` (dense kernels as [`CpuBackend::new`]);
+    /// for tests and comparisons. Errors (UNSUPPORTED, naming the path) when this CPU lacks
+    /// the path's instructions.
+    pub fn with_quant_kernel(pool: Arc<ThreadPool>, kernel: QuantKernel) -> Result<Self> {
+        if !kernel.available() {
+            return Err(Error::unsupported(format!(
+                "quantized kernel path \"{}\" needs instructions this CPU lacks",
+                kernel.name()
+            )));
+        }
+        Ok(Self {
+            qkernel: kernel,
+            ..Self::new(pool)
+        })
+    }
+
+    /// The quantized matmul's kernel path.
+    pub fn quant_kernel(&self) -> QuantKernel {
+        self.qkernel
+    }
+
+    /// The kernel paths in use, e.g. `"dense=avx2-fma quant=avx512-vnni"` (for stats).
+    pub fn kernel_path(&self) -> String {
+        let dense = if self.simd { "avx2-fma" } else { "portable" };
+        format!("dense={dense} quant={}", self.qkernel.name())
     }
 
     /// Whether the AVX2/FMA kernels are in use.
