@@ -89,9 +89,9 @@ fn dequant_rejects_bad_sizes_and_types() {
     assert_eq!(e.code(), ErrorCode::InvalidModel);
     let e = dequantize(GgmlType::Q4_0, &[0; 17], 32).unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidModel);
-    let e = dequantize(GgmlType::Q6K, &[0; 210], 256).unwrap_err();
+    let e = dequantize(GgmlType::Iq2Xxs, &[0; 66], 256).unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unsupported);
-    assert!(e.message().contains("Q6_K"), "{}", e.message());
+    assert!(e.message().contains("IQ2_XXS"), "{}", e.message());
     assert_eq!(GgmlType::from_id(14), Some(GgmlType::Q6K));
     assert_eq!(GgmlType::from_id(4), None, "Q4_2 was removed from ggml");
 }
@@ -373,13 +373,18 @@ fn header_claiming_more_than_the_file_holds() {
 #[test]
 fn unsupported_quant_type_names_tensor_and_type() {
     let mut w = toy(true).writer;
-    w.tensor("blk.1.ffn_gate.weight", &[256, 8], T_Q6_K, vec![0; 210 * 8]);
+    w.tensor(
+        "blk.1.ffn_gate.weight",
+        &[256, 8],
+        T_IQ2_XXS,
+        vec![0; 66 * 8],
+    );
     let dir = tempfile::tempdir().unwrap();
-    let p = w.write(dir.path(), "q6k.gguf");
+    let p = w.write(dir.path(), "iq2xxs.gguf");
     expect_err(
         load_gguf(&p),
         ErrorCode::Unsupported,
-        &["q6k.gguf", "blk.1.ffn_gate.weight", "Q6_K"],
+        &["iq2xxs.gguf", "blk.1.ffn_gate.weight", "IQ2_XXS"],
     );
     // An id ggml never defined.
     let mut w = toy(true).writer;

@@ -1,4 +1,5 @@
-//! Quantized weights: ggml block types ([`types`]), their expansion to f32 ([`dequant`]) and
+//! Quantized weights: ggml block types ([`types`]), their expansion to f32 ([`dequant`],
+//! [`dequant_k`]) and
 //! [`QuantData`], a matrix kept in ggml blocks (what a GGUF file stores, or what a load-time
 //! quantizer writes).
 //!
@@ -6,6 +7,7 @@
 //! produce [`QuantData`], the backends compute on it.
 
 pub mod dequant;
+pub mod dequant_k;
 pub mod types;
 
 pub use dequant::dequantize;

@@ -85,6 +85,10 @@ impl GgmlType {
             .find(|r| r.0 == self)
             .unwrap_or((self, u32::MAX, "?", 1, 1))
     }
+    /// Every type, in ggml id order.
+    pub fn all() -> impl Iterator<Item = GgmlType> {
+        TABLE.iter().map(|r| r.0)
+    }
     /// The type with ggml id `id`, or `None` for ids ggml does not define (or has removed).
     pub fn from_id(id: u32) -> Option<Self> {
         TABLE.iter().find(|r| r.1 == id).map(|r| r.0)
@@ -115,6 +119,15 @@ impl GgmlType {
                 | GgmlType::Q8_0
                 | GgmlType::Q4_0
                 | GgmlType::Q4_1
+                | GgmlType::Q5_0
+                | GgmlType::Q5_1
+                | GgmlType::Q2K
+                | GgmlType::Q3K
+                | GgmlType::Q4K
+                | GgmlType::Q5K
+                | GgmlType::Q6K
+                | GgmlType::Iq4Nl
+                | GgmlType::Iq4Xs
         )
     }
 }

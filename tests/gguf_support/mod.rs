@@ -15,7 +15,7 @@ pub const T_F16: u32 = 1;
 pub const T_Q4_0: u32 = 2;
 pub const T_Q4_1: u32 = 3;
 pub const T_Q8_0: u32 = 8;
-pub const T_Q6_K: u32 = 14;
+pub const T_IQ2_XXS: u32 = 16;
 pub const T_BF16: u32 = 30;
 
 #[derive(Clone, Default)]

@@ -66,8 +66,10 @@ fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
         })?;
         if !loadable(info) {
             return Err(Error::unsupported(format!(
-                "tensor \"{}\" has type {} which is not supported ({SUPPORTED_TYPES} are)",
-                info.name, info.ggml_type
+                "tensor \"{}\" has type {} which is not supported ({} are)",
+                info.name,
+                info.ggml_type,
+                crate::quant::dequant::supported_names()
             )));
         }
         plan.push((info, hf));
@@ -141,10 +143,6 @@ fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
         tokenizer,
     })
 }
-
-/// The tensor types a GGUF model may use (for messages).
-const SUPPORTED_TYPES: &str = "F32, F16, BF16, and for matrices Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, \
-                               Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS";
 
 /// Whether a tensor can be loaded: dense types always; a 2-D matrix of a type the quantized
 /// kernels compute on (kept in its blocks); any other tensor of a type [`dequantize`] expands.
