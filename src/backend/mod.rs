@@ -96,6 +96,11 @@ pub trait Backend: Send {
 
     /// Short name ("cpu", "cuda:0").
     fn name(&self) -> String;
+    /// The kernel paths the backend runs (for stats), e.g. `"cpu dense=avx2-fma
+    /// quant=avx512-vnni"`; the name when a backend has only one.
+    fn kernel_path(&self) -> String {
+        self.name()
+    }
     /// A zeroed buffer of `len` f32.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     /// A buffer holding a copy of `data`.

@@ -145,6 +145,10 @@ impl Backend for CpuBackend {
         "cpu".to_string()
     }
 
+    fn kernel_path(&self) -> String {
+        format!("cpu {}", CpuBackend::kernel_path(self))
+    }
+
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; len])
     }

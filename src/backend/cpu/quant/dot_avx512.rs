@@ -13,7 +13,22 @@ use super::{Decoded, Task};
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
 #[inline]
 fn products(aw: __m256i, w: __m256i, x: __m256i) -> __m256i {
-    _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(x, w))
+    let sx = _mm256_sign_epi8(x, w);
+    let mut acc = _mm256_setzero_si256();
+    // `vpdpbusd` through asm: its intrinsic is newer than the crate's MSRV (1.85). The EVEX
+    // form (LLVM's default encoding without `{vex}`) is AVX-512 VNNI + VL.
+    // SAFETY: the instruction only reads and writes the three vector registers; the enclosing
+    // function's target features (checked by the caller at runtime) include AVX-512 VNNI/VL.
+    unsafe {
+        std::arch::asm!(
+            "vpdpbusd {acc}, {a}, {b}",
+            acc = inout(ymm_reg) acc,
+            a = in(ymm_reg) aw,
+            b = in(ymm_reg) sx,
+            options(pure, nomem, nostack),
+        );
+    }
+    acc
 }
 
 /// The exact half dot products of one block.
