@@ -235,18 +235,20 @@ fn fused_weight_stacks_segments_of_different_types() {
     let r = ReferenceBackend;
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let cols = 512;
-    // A Q4_K_M layer: q/k Q4_K, v Q6_K.
+    // Segments of a Q4_K_M file's types (Q4_K has mins, Q6_K not) whose boundaries (20, 32)
+    // fall inside the vector kernels' 8-row groups, and a partial last group (41 rows).
     let parts = [
-        HostTensor::quantized(random_quant(&mut rng, GgmlType::Q4K, 24, cols)),
-        HostTensor::quantized(random_quant(&mut rng, GgmlType::Q4K, 8, cols)),
-        HostTensor::quantized(random_quant(&mut rng, GgmlType::Q6K, 8, cols)),
+        HostTensor::quantized(random_quant(&mut rng, GgmlType::Q4K, 20, cols)),
+        HostTensor::quantized(random_quant(&mut rng, GgmlType::Q6K, 12, cols)),
+        HostTensor::quantized(random_quant(&mut rng, GgmlType::Q4K, 9, cols)),
     ];
     let refs: Vec<&HostTensor> = parts.iter().collect();
     let bytes: usize = parts.iter().map(|p| p.quant().unwrap().bytes().len()).sum();
+    const OUT: usize = 41;
     let rows = 6;
     let x = rand_x(&mut rng, rows * cols);
     let wr = r.fused_weight(&refs, WeightFormat::F32).unwrap();
-    let mut yr = vec![0f32; rows * 40];
+    let mut yr = vec![0f32; rows * OUT];
     r.matmul(&x, rows, &wr, &mut yr);
     // Each part alone gives the same columns.
     let mut col = 0;
@@ -259,16 +261,16 @@ fn fused_weight_stacks_segments_of_different_types() {
             assert_bits(
                 "part",
                 &y[t * n..(t + 1) * n],
-                &yr[t * 40 + col..t * 40 + col + n],
+                &yr[t * OUT + col..t * OUT + col + n],
             );
         }
         col += n;
     }
     for (k, be) in backends(2) {
         let wc = be.fused_weight(&refs, WeightFormat::BF16).unwrap();
-        assert_eq!(be.weight_dims(&wc), (40, cols));
+        assert_eq!(be.weight_dims(&wc), (OUT, cols));
         assert_eq!(be.weight_bytes(&wc), bytes);
-        let mut yc = vec![0f32; rows * 40];
+        let mut yc = vec![0f32; rows * OUT];
         be.matmul(&x, rows, &wc, &mut yc);
         assert_bits(&format!("mixed fused {}", k.name()), &yc, &yr);
     }

@@ -291,38 +291,52 @@ fn q6_k(b: &[u8], q: &mut [i8], p: &mut [BlockParams]) {
 /// Decodes one row of `ty` blocks (`bytes`, a whole number of blocks) into `q` (one `i8` per
 /// element) and `p` (one [`BlockParams`] per 32 elements). Returns false (writing nothing
 /// meaningful) when `ty` is not a kernel type or `q` / `p` are too short for the row.
+///
+/// Always inlined, each type's decoder with it, so that callers compiled for wider vector
+/// instructions decode with them (the integer results are the same on every path).
 #[inline(always)]
 pub fn decode_row(ty: GgmlType, bytes: &[u8], q: &mut [i8], p: &mut [BlockParams]) -> bool {
-    let bs = ty.block_size() as usize;
-    let ts = ty.type_size() as usize;
-    let f: fn(&[u8], &mut [i8], &mut [BlockParams]) = match ty {
-        GgmlType::Q8_0 => q8_0,
-        GgmlType::Q4_0 => q4_0,
-        GgmlType::Q4_1 => q4_1,
-        GgmlType::Q5_0 => q5_0,
-        GgmlType::Q5_1 => q5_1,
-        GgmlType::Iq4Nl => iq4_nl,
-        GgmlType::Iq4Xs => iq4_xs,
-        GgmlType::Q2K => q2_k,
-        GgmlType::Q3K => q3_k,
-        GgmlType::Q4K => q4_k,
-        GgmlType::Q5K => q5_k,
-        GgmlType::Q6K => q6_k,
-        _ => return false,
-    };
-    let nblk = bytes.len() / ts;
-    if bytes.len() % ts != 0 || q.len() < nblk * bs || p.len() < nblk * bs / QBLOCK {
+    let (bs, ts) = (ty.block_size() as usize, ty.type_size() as usize);
+    let nblk = bytes.len() / ts.max(1);
+    if bytes.len() % ts.max(1) != 0 || q.len() < nblk * bs || p.len() < nblk * bs / QBLOCK {
         return false;
     }
-    let per = bs / QBLOCK;
+    let (q, p) = (&mut q[..nblk * bs], &mut p[..nblk * bs / QBLOCK]);
+    match ty {
+        GgmlType::Q8_0 => blocks(q8_0, bytes, q, p, ts, bs),
+        GgmlType::Q4_0 => blocks(q4_0, bytes, q, p, ts, bs),
+        GgmlType::Q4_1 => blocks(q4_1, bytes, q, p, ts, bs),
+        GgmlType::Q5_0 => blocks(q5_0, bytes, q, p, ts, bs),
+        GgmlType::Q5_1 => blocks(q5_1, bytes, q, p, ts, bs),
+        GgmlType::Iq4Nl => blocks(iq4_nl, bytes, q, p, ts, bs),
+        GgmlType::Iq4Xs => blocks(iq4_xs, bytes, q, p, ts, bs),
+        GgmlType::Q2K => blocks(q2_k, bytes, q, p, ts, bs),
+        GgmlType::Q3K => blocks(q3_k, bytes, q, p, ts, bs),
+        GgmlType::Q4K => blocks(q4_k, bytes, q, p, ts, bs),
+        GgmlType::Q5K => blocks(q5_k, bytes, q, p, ts, bs),
+        GgmlType::Q6K => blocks(q6_k, bytes, q, p, ts, bs),
+        _ => return false,
+    }
+    true
+}
+
+/// Applies one type's block decoder `f` to every block of a row (sizes checked by the caller).
+#[inline(always)]
+fn blocks(
+    f: impl Fn(&[u8], &mut [i8], &mut [BlockParams]),
+    bytes: &[u8],
+    q: &mut [i8],
+    p: &mut [BlockParams],
+    ts: usize,
+    bs: usize,
+) {
     for ((blk, qb), pb) in bytes
         .chunks_exact(ts)
         .zip(q.chunks_exact_mut(bs))
-        .zip(p.chunks_exact_mut(per))
+        .zip(p.chunks_exact_mut(bs / QBLOCK))
     {
         f(blk, qb, pb);
     }
-    true
 }
 
 /// Expands one decoded row to f32 exactly as ggml's `dequantize_row_*` does:

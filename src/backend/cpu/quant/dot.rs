@@ -1,9 +1,7 @@
-//! The loop shared by every quantized kernel path ([`task_body!`]) and the portable path.
-//!
-//! A path supplies only `dot(w, x) -> [i32; 2]`, the exact integer dot products of the two
-//! 16-element halves of one 32-element block; decoding (`decode_row`) and the float combine
-//! (`combine`) are the twin's own functions, inlined, so the float operations of every path
-//! are the same IEEE operations in the same order.
+//! The portable quantized path: the twin's loop per (weight row, activation row), with the
+//! dot products of one weight block against four activation rows at a time. Decoding
+//! (`decode_row`) and the float combine (`combine`) are the twin's own functions, so the
+//! float operations are the twin's IEEE operations in the same order.
 
 use super::{Decoded, Task};
 use crate::backend::reference::quant_dot::dot_halves_scalar;
@@ -79,7 +77,6 @@ macro_rules! task_body {
         }
     }};
 }
-pub(super) use task_body;
 
 /// Four blocks' dot products, scalar.
 #[inline(always)]

@@ -1,11 +1,15 @@
-//! The AVX2 quantized path: exact block dot products with `vpmaddubsw` (|w| as u8 times x with
+//! The AVX2 quantized path, and the group kernel both vector paths share: weight rows in
+//! groups of 8 (one f32 lane each), the exact block products of one activation row against the
+//! 8 rows, their half sums transposed into lanes ([`reduce8`]) and the twin's float combine done
+//! on the 8 lanes at once ([`combine8`]). Products here: `vpmaddubsw` (|w| as u8 times x with
 //! w's sign, pairs summed to i16: at most 2·128·127 = 32512, so no saturation) and `vpmaddwd`
 //! (pairs to i32).
 
 use std::arch::x86_64::*;
 
-use super::dot::task_body;
+use super::group::Group;
 use super::{Decoded, Task};
+use crate::backend::reference::quant_dot::QActs;
 
 /// Loads 32 `i8`; `None` when `v` is shorter.
 #[target_feature(enable = "avx2")]
@@ -16,29 +20,6 @@ pub(super) fn load32(v: &[i8]) -> Option<__m256i> {
     Some(unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) })
 }
 
-/// `[Σ lanes 0..4, Σ lanes 4..8]` of 8 `i32` lanes (the two halves of a block).
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn halves(v: __m256i) -> [i32; 2] {
-    let h = _mm_hadd_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let h = _mm_hadd_epi32(h, h);
-    [_mm_cvtsi128_si32(h), _mm_extract_epi32::<1>(h)]
-}
-
-/// The halves of four blocks' lane sums at once: `r[k] = halves(v[k])`.
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn halves4(v: [__m256i; 4]) -> [[i32; 2]; 4] {
-    let h01 = _mm256_hadd_epi32(v[0], v[1]);
-    let h23 = _mm256_hadd_epi32(v[2], v[3]);
-    // Lanes: [lo(v0), lo(v1), lo(v2), lo(v3) | hi(v0), hi(v1), hi(v2), hi(v3)].
-    let s = _mm256_hadd_epi32(h01, h23);
-    let mut r = [0i32; 8];
-    // SAFETY: `r` holds 8 i32 (32 bytes); storeu has no alignment requirement.
-    unsafe { _mm256_storeu_si256(r.as_mut_ptr() as *mut __m256i, s) };
-    [[r[0], r[4]], [r[1], r[5]], [r[2], r[6]], [r[3], r[7]]]
-}
-
 /// 8 `i32` lanes of one block's products (lanes 0-3: elements 0-15).
 #[target_feature(enable = "avx2")]
 #[inline]
@@ -47,32 +28,140 @@ fn products(aw: __m256i, w: __m256i, x: __m256i) -> __m256i {
     _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
 }
 
-/// The exact half dot products of one block (zeros for a short slice, which the task never
-/// passes).
+/// The lo-half and hi-half sums of eight blocks' lane sums: lane `k` of the results is
+/// `Σ v[k] lanes 0..4` and `Σ v[k] lanes 4..8` (exact integer sums).
 #[target_feature(enable = "avx2")]
 #[inline]
-fn dot(w: &[i8], x: &[i8]) -> [i32; 2] {
-    let (Some(w), Some(x)) = (load32(w), load32(x)) else {
-        return [0; 2];
-    };
-    halves(products(_mm256_abs_epi8(w), w, x))
+pub(super) fn reduce8(v: [__m256i; 8]) -> (__m256i, __m256i) {
+    let h01 = _mm256_hadd_epi32(v[0], v[1]);
+    let h23 = _mm256_hadd_epi32(v[2], v[3]);
+    let h45 = _mm256_hadd_epi32(v[4], v[5]);
+    let h67 = _mm256_hadd_epi32(v[6], v[7]);
+    // [lo0, lo1, lo2, lo3 | hi0, hi1, hi2, hi3] and the same for rows 4..8.
+    let a = _mm256_hadd_epi32(h01, h23);
+    let b = _mm256_hadd_epi32(h45, h67);
+    (
+        _mm256_permute2x128_si256::<0x20>(a, b),
+        _mm256_permute2x128_si256::<0x31>(a, b),
+    )
 }
 
-/// [`dot`] of one weight block against four activation blocks.
+/// The twin's `combine` on 8 lanes (one weight row each) for block `b` of `g`, added to
+/// `acc`: the same IEEE operations in the same order. Rows without mins have `dm = 0` and
+/// `imin = 0`, so their extra `+ dm * M` term is `+0`, which cannot change the accumulator
+/// (it starts at +0 and never becomes -0).
 #[target_feature(enable = "avx2")]
 #[inline]
-fn dot4(w: &[i8], x: [&[i8]; 4]) -> [[i32; 2]; 4] {
-    let Some(w) = load32(w) else {
-        return [[0; 2]; 4];
+pub(super) fn combine8(
+    acc: __m256,
+    g: &Group,
+    b: usize,
+    dots: (__m256i, __m256i),
+    dx: f32,
+    s: [i32; 2],
+) -> __m256 {
+    let (Some(d), Some(dm), Some(isc)) = (g.d.get(b), g.dm.get(b), g.isc.get(b)) else {
+        return _mm256_set1_ps(f32::NAN);
     };
-    let aw = _mm256_abs_epi8(w);
-    let mut v = [_mm256_setzero_si256(); 4];
-    for (vk, xk) in v.iter_mut().zip(x) {
-        if let Some(xv) = load32(xk) {
-            *vk = products(aw, w, xv);
+    // SAFETY: each array holds 8 values (32 bytes); loadu has no alignment requirement.
+    let (d, dm, i) = unsafe {
+        (
+            _mm256_loadu_ps(d.as_ptr()),
+            _mm256_loadu_ps(dm.as_ptr()),
+            isc.map(|v| _mm256_loadu_si256(v.as_ptr() as *const __m256i)),
+        )
+    };
+    let ip = _mm256_add_epi32(
+        _mm256_mullo_epi32(i[0], dots.0),
+        _mm256_mullo_epi32(i[1], dots.1),
+    );
+    let im = _mm256_add_epi32(
+        _mm256_mullo_epi32(i[2], _mm256_set1_epi32(s[0])),
+        _mm256_mullo_epi32(i[3], _mm256_set1_epi32(s[1])),
+    );
+    let t = _mm256_add_ps(
+        _mm256_mul_ps(d, _mm256_cvtepi32_ps(ip)),
+        _mm256_mul_ps(dm, _mm256_cvtepi32_ps(im)),
+    );
+    _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(dx), t))
+}
+
+/// The body of a vector path's `task`: weight rows in groups of [`GROUP`] decoded once per
+/// block of `rb` activation rows, each activation row dotted against the whole group with
+/// `$row` (the path's `fn(&Group, &QActs, t) -> [f32; GROUP]`).
+macro_rules! group_task {
+    ($t:ident, $dec:ident, $yt:ident, $row:ident) => {{
+        use super::group::{Group, GROUP};
+        let Task { w, a, rows, o0, rb } = *$t;
+        let (cols, nb) = (a.cols, a.nb);
+        let n = $yt.len() / rows.max(1);
+        let ok = a.q.len() >= rows * cols
+            && a.d.len() >= rows * nb
+            && a.s.len() >= rows * nb
+            && $dec.p.len() >= nb
+            && w.cols() == cols
+            && rb > 0;
+        if !ok {
+            $yt.iter_mut().for_each(|v| *v = f32::NAN);
+            return;
         }
-    }
-    halves4(v)
+        let mut g = Group::new(cols, nb);
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + rb).min(rows);
+            let mut j0 = 0;
+            while j0 < n {
+                let m = (n - j0).min(GROUP);
+                let valid = g.fill(w, o0 + j0, m, $dec);
+                for t in r0..r1 {
+                    let acc = $row(&g, a, t);
+                    for k in 0..m {
+                        $yt[(j0 + k) * rows + t] = if valid[k] { acc[k] } else { f32::NAN };
+                    }
+                }
+                j0 += GROUP;
+            }
+            r0 = r1;
+        }
+    }};
+}
+pub(super) use group_task;
+
+/// The body of a path's `group_row` (`$products` its block products): activation row `t`
+/// of `a` against every row of `g`, one f32 lane per weight row.
+macro_rules! group_row_body {
+    ($g:ident, $a:ident, $t:ident, $products:ident) => {{
+        use super::group::GROUP;
+        use crate::backend::reference::quant_block::QBLOCK;
+        let (cols, nb) = ($a.cols, $a.nb);
+        let xq = &$a.q[$t * cols..($t + 1) * cols];
+        let (dx, s) = (&$a.d[$t * nb..($t + 1) * nb], &$a.s[$t * nb..($t + 1) * nb]);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..nb {
+            let Some(x) = load32(&xq[b * QBLOCK..]) else {
+                break;
+            };
+            let mut v = [_mm256_setzero_si256(); GROUP];
+            for (k, vk) in v.iter_mut().enumerate() {
+                if let Some(wv) = $g.q.get(k * cols + b * QBLOCK..).and_then(|q| load32(q)) {
+                    *vk = $products(_mm256_abs_epi8(wv), wv, x);
+                }
+            }
+            acc = combine8(acc, $g, b, reduce8(v), dx[b], s[b]);
+        }
+        let mut r = [0f32; GROUP];
+        // SAFETY: `r` holds 8 f32 (32 bytes); storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(r.as_mut_ptr(), acc) };
+        r
+    }};
+}
+pub(super) use group_row_body;
+
+/// Activation row `t` against a group (AVX2 products).
+#[target_feature(enable = "avx2")]
+#[inline]
+fn group_row(g: &Group, a: &QActs, t: usize) -> [f32; 8] {
+    group_row_body!(g, a, t, products)
 }
 
 /// The AVX2 path of a task.
@@ -81,5 +170,5 @@ fn dot4(w: &[i8], x: [&[i8]; 4]) -> [[i32; 2]; 4] {
 /// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn task(t: &Task<'_>, dec: &mut Decoded, yt: &mut [f32]) {
-    task_body!(t, dec, yt, dot, dot4)
+    group_task!(t, dec, yt, group_row)
 }

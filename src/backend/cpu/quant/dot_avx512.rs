@@ -5,9 +5,10 @@
 
 use std::arch::x86_64::*;
 
-use super::dot::task_body;
-use super::dot_avx2::{halves, halves4, load32};
+use super::dot_avx2::{combine8, group_row_body, group_task, load32, reduce8};
+use super::group::Group;
 use super::{Decoded, Task};
+use crate::backend::reference::quant_dot::QActs;
 
 /// 8 `i32` lanes of one block's products (lanes 0-3: elements 0-15).
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
@@ -31,31 +32,11 @@ fn products(aw: __m256i, w: __m256i, x: __m256i) -> __m256i {
     acc
 }
 
-/// The exact half dot products of one block.
+/// Activation row `t` against a group (VNNI products).
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
 #[inline]
-fn dot(w: &[i8], x: &[i8]) -> [i32; 2] {
-    let (Some(w), Some(x)) = (load32(w), load32(x)) else {
-        return [0; 2];
-    };
-    halves(products(_mm256_abs_epi8(w), w, x))
-}
-
-/// [`dot`] of one weight block against four activation blocks.
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-#[inline]
-fn dot4(w: &[i8], x: [&[i8]; 4]) -> [[i32; 2]; 4] {
-    let Some(w) = load32(w) else {
-        return [[0; 2]; 4];
-    };
-    let aw = _mm256_abs_epi8(w);
-    let mut v = [_mm256_setzero_si256(); 4];
-    for (vk, xk) in v.iter_mut().zip(x) {
-        if let Some(xv) = load32(xk) {
-            *vk = products(aw, w, xv);
-        }
-    }
-    halves4(v)
+fn group_row(g: &Group, a: &QActs, t: usize) -> [f32; 8] {
+    group_row_body!(g, a, t, products)
 }
 
 /// The AVX-512 VNNI path of a task.
@@ -64,5 +45,5 @@ fn dot4(w: &[i8], x: [&[i8]; 4]) -> [[i32; 2]; 4] {
 /// The CPU must have AVX2, AVX-512F, AVX-512VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
 pub(super) unsafe fn task(t: &Task<'_>, dec: &mut Decoded, yt: &mut [f32]) {
-    task_body!(t, dec, yt, dot, dot4)
+    group_task!(t, dec, yt, group_row)
 }

@@ -17,6 +17,8 @@ mod dot;
 mod dot_avx2;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx512;
+#[cfg(target_arch = "x86_64")]
+mod group;
 
 use rayon::prelude::*;
 
