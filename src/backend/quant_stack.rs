@@ -22,7 +22,7 @@ impl QuantStack {
     /// on; `Ok(None)` when some part is dense (the caller then packs every part dense, the
     /// quantized ones dequantized exactly as ggml does).
     ///
-    /// Errors: INVALID_ARGUMENT for parts that do not stack (see [`fused_shape`]); UNSUPPORTED
+    /// Errors: INVALID_ARGUMENT for parts that do not stack (not 2-D, different `in`); UNSUPPORTED
     /// for a quantized part of a type without kernels (the message names the type and part).
     pub fn from_parts(parts: &[&HostTensor]) -> Result<Option<Self>> {
         let (_, cols) = fused_shape(parts)?;

@@ -5,6 +5,11 @@
 //! fast backends against it. Weights stored as [`WeightFormat::BF16`] are rounded to bf16 (round to
 //! nearest even) and widened back, so the reference sees exactly the values a bf16 kernel sees.
 //!
+//! Weights kept in ggml blocks are computed on as blocks: [`quant_block`] decodes them and
+//! [`quant_dot`] defines the quantized matmul (8-bit activations per 32-element block, exact
+//! integer block dots, a fixed float combine). That scalar twin is the specification every CPU
+//! kernel path matches bit for bit.
+//!
 //! Ops cannot return errors (the trait's op methods return `()`); the engine sizes every buffer.
 //! When a buffer is too short or metadata points outside the cache, an op never panics: it fills
 //! the affected output with NaN (or, for `kv_write`, skips the offending row) so that the mistake

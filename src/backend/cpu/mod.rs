@@ -1,4 +1,6 @@
-//! The CPU backend: AVX2/FMA kernels (portable fallback) running on an engine-owned rayon pool.
+//! The CPU backend: AVX2/FMA kernels (portable fallback) running on an engine-owned rayon pool;
+//! weights kept in ggml blocks go through [`quant`] (portable, AVX2 or AVX-512 VNNI kernels,
+//! bitwise equal to the reference twin).
 //!
 //! Threading: the backend never creates threads; all parallel work runs inside
 //! `pool.install` on the pool passed to [`CpuBackend::new`]. Results are bitwise independent of
