@@ -20,7 +20,8 @@ mod common;
 
 use loraplex::config::EngineConfig;
 use loraplex::engine::{Engine, Prompt, Request};
-use loraplex::model::gguf::GgufFile;
+use loraplex::model::gguf::{GgmlType, GgufFile};
+use loraplex::model::ModelFiles;
 use loraplex::sampling::SamplingParams;
 use ndarray::Array2;
 use serde_json::Value;
@@ -136,5 +137,37 @@ fn smollm2_quantized_base_and_adapter_in_mixed_batches_match_peft() {
     assert!(
         engine.stats().max_step_seqs > 1,
         "the requests never shared a step"
+    );
+}
+
+#[test]
+fn smollm2_gguf_loads_matrices_in_their_blocks() {
+    let Some(gguf) = common::smollm2_gguf() else {
+        return;
+    };
+    let files = ModelFiles::load(&gguf).unwrap();
+    let g = GgufFile::open(&gguf).unwrap();
+    for info in &g.tensors {
+        let hf = loraplex::model::gguf::hf_name(&info.name).unwrap();
+        let t = &files.tensors[&hf];
+        match (info.shape().len(), t.quant()) {
+            (2, Some(q)) => {
+                assert_eq!(q.ty(), info.ggml_type, "{}", info.name);
+                assert_eq!(t.shape, info.shape(), "{}", info.name);
+            }
+            (1, None) => assert!(t.dtype().is_some(), "{}: dense", info.name),
+            other => panic!(
+                "{}: {:?} kept as {:?}",
+                info.name,
+                other.0,
+                other.1.map(|q| q.ty())
+            ),
+        }
+    }
+    let ty = |n: &str| files.tensors[n].quant().map(|q| q.ty());
+    assert_eq!(ty("model.embed_tokens.weight"), Some(GgmlType::Q8_0));
+    assert_eq!(
+        ty("model.layers.0.self_attn.q_proj.weight"),
+        Some(GgmlType::Q4_1)
     );
 }

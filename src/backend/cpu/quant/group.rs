@@ -1,38 +1,45 @@
-//! A group of up to [`GROUP`] decoded weight rows, laid out for the vector kernels: the `i8`
-//! values row after row, and every block's [`BlockParams`] transposed so that lane `k` of a
-//! vector holds row `k`'s value. Padding lanes (past the rows decoded, or a row that could not
-//! be decoded) hold zeros; their results are discarded.
+//! A group of up to [`GROUP`] decoded weight rows, laid out so that one 256-bit vector lane
+//! holds one row: within block `b`, step `s = 4h + i` (half `h`, `i < 4`) is 32 bytes, the 4
+//! elements `16h + 4i ..+4` of each of the 8 rows (row `k` at bytes `4k..4k+4`). A 4-element
+//! dot-product instruction against the activation's 4 bytes broadcast then sums straight into
+//! row lanes (no horizontal reduction). Every block's [`BlockParams`] are transposed the same
+//! way (lane `k` = row `k`), plus `128 · Σ w` per half for the unsigned-activation form of
+//! `vpdpbusd`. Padding lanes (past the rows decoded, or a row that could not be decoded) hold
+//! zeros; their results are discarded.
 
 use super::Decoded;
 use crate::backend::quant_stack::QuantStack;
-use crate::backend::reference::quant_block::decode_row;
+use crate::backend::reference::quant_block::{decode_row, QBLOCK};
 
-/// Weight rows per group: one per f32 lane of a 256-bit vector.
+/// Weight rows per group: one per 32-bit lane of a 256-bit vector.
 pub(super) const GROUP: usize = 8;
+/// Bytes of one block of a group (8 rows × 32 values).
+pub(super) const BLOCK_BYTES: usize = GROUP * QBLOCK;
 
 /// See the module docs. Owned scratch, reused across the groups of a task.
 pub(super) struct Group {
-    /// `GROUP * cols` values, row `k` at `k * cols`.
+    /// `nb * BLOCK_BYTES` interleaved values.
     pub q: Vec<i8>,
     /// Per block: `d` of each row.
     pub d: Vec<[f32; GROUP]>,
     /// Per block: `dm` of each row.
     pub dm: Vec<[f32; GROUP]>,
-    /// Per block: `isc[0]`, `isc[1]`, `imin[0]`, `imin[1]` of each row.
-    pub isc: Vec<[[i32; GROUP]; 4]>,
+    /// Per block: `isc[0]`, `isc[1]`, `imin[0]`, `imin[1]`, `128 Σ w` over half 0 and half 1,
+    /// of each row.
+    pub ints: Vec<[[i32; GROUP]; 6]>,
 }
 
 impl Group {
-    pub fn new(cols: usize, nb: usize) -> Self {
+    pub fn new(nb: usize) -> Self {
         Self {
-            q: vec![0; GROUP * cols],
+            q: vec![0; nb * BLOCK_BYTES],
             d: vec![[0.0; GROUP]; nb],
             dm: vec![[0.0; GROUP]; nb],
-            isc: vec![[[0; GROUP]; 4]; nb],
+            ints: vec![[[0; GROUP]; 6]; nb],
         }
     }
 
-    /// Decodes rows `o0 .. o0 + m` (`m <= GROUP`) of `w` (through `dec`'s params buffer);
+    /// Decodes rows `o0 .. o0 + m` (`m <= GROUP`) of `w` through `dec` and interleaves them;
     /// returns which lanes hold a decoded row. Always inlined, so the decoders use the
     /// caller's vector instructions.
     #[inline(always)]
@@ -43,26 +50,40 @@ impl Group {
         m: usize,
         dec: &mut Decoded,
     ) -> [bool; GROUP] {
-        let cols = w.cols();
         let nb = self.d.len();
         let mut ok = [false; GROUP];
         for (k, okk) in ok.iter_mut().enumerate() {
-            let qk = &mut self.q[k * cols..(k + 1) * cols];
             *okk = k < m
                 && match w.row(o0 + k) {
-                    Some((ty, bytes)) => decode_row(ty, bytes, qk, &mut dec.p),
+                    Some((ty, bytes)) => decode_row(ty, bytes, &mut dec.q, &mut dec.p),
                     None => false,
                 };
-            if !*okk {
-                qk.iter_mut().for_each(|v| *v = 0);
-            }
+            let lane = *okk;
             for b in 0..nb {
+                let src = &dec.q[b * QBLOCK..(b + 1) * QBLOCK];
+                let dst = &mut self.q[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
+                let mut sums = [0i32; 2];
+                for (s, four) in src.chunks_exact(4).enumerate() {
+                    let d4 = &mut dst[s * 32 + 4 * k..s * 32 + 4 * k + 4];
+                    if lane {
+                        d4.copy_from_slice(four);
+                        sums[s / 4] += four.iter().map(|&v| v as i32).sum::<i32>();
+                    } else {
+                        d4.fill(0);
+                    }
+                }
                 let p = dec.p[b];
-                let lane = *okk;
                 self.d[b][k] = if lane { p.d } else { 0.0 };
                 self.dm[b][k] = if lane { p.dm } else { 0.0 };
-                let iv = [p.isc[0], p.isc[1], p.imin[0], p.imin[1]];
-                for (dst, v) in self.isc[b].iter_mut().zip(iv) {
+                let iv = [
+                    p.isc[0],
+                    p.isc[1],
+                    p.imin[0],
+                    p.imin[1],
+                    128 * sums[0],
+                    128 * sums[1],
+                ];
+                for (dst, v) in self.ints[b].iter_mut().zip(iv) {
                     dst[k] = if lane { v } else { 0 };
                 }
             }
