@@ -20,6 +20,24 @@ pub(super) fn load32(v: &[i8]) -> Option<__m256i> {
     Some(unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) })
 }
 
+/// The lo-half and hi-half sums of eight blocks' lane sums: lane `k` of the results is
+/// `Σ v[k] lanes 0..4` and `Σ v[k] lanes 4..8` (exact integer sums).
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn reduce8(v: [__m256i; 8]) -> (__m256i, __m256i) {
+    let h01 = _mm256_hadd_epi32(v[0], v[1]);
+    let h23 = _mm256_hadd_epi32(v[2], v[3]);
+    let h45 = _mm256_hadd_epi32(v[4], v[5]);
+    let h67 = _mm256_hadd_epi32(v[6], v[7]);
+    // [lo0, lo1, lo2, lo3 | hi0, hi1, hi2, hi3] and the same for rows 4..8.
+    let a = _mm256_hadd_epi32(h01, h23);
+    let b = _mm256_hadd_epi32(h45, h67);
+    (
+        _mm256_permute2x128_si256::<0x20>(a, b),
+        _mm256_permute2x128_si256::<0x31>(a, b),
+    )
+}
+
 /// The twin's `combine` on 8 lanes (one weight row each) for block `b` of `g`, added to
 /// `acc`: the same IEEE operations in the same order. Rows without mins have `dm = 0` and
 /// `imin = 0`, so their extra `+ dm * M` term is `+0`, which cannot change the accumulator
@@ -60,11 +78,17 @@ pub(super) fn combine8(
     _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(dx), t))
 }
 
+/// Activation rows from which the vector paths interleave a group (below, they dot each
+/// activation block against the 8 row-major weight rows and transpose the sums with
+/// [`reduce8`]; both give the twin's integers, so the choice never changes a result).
+pub(super) const INTERLEAVE_ROWS: usize = 4;
+
 /// The body of a vector path's `task`: weight rows in groups of [`GROUP`] decoded once per
 /// block of `rb` activation rows, each activation row dotted against the whole group with
-/// `$row` (the path's `fn(&Group, &QActs, t) -> [f32; GROUP]`).
+/// `$row` (interleaved group) or `$row_rm` (row-major group, few activation rows), the path's
+/// `fn(&Group, &QActs, t)` / `fn(&Group, &[i8], &QActs, t) -> [f32; GROUP]`.
 macro_rules! group_task {
-    ($t:ident, $dec:ident, $yt:ident, $row:ident) => {{
+    ($t:ident, $dec:ident, $yt:ident, $row:ident, $row_rm:ident) => {{
         use super::group::{Group, GROUP};
         let Task { w, a, rows, o0, rb } = *$t;
         let (cols, nb) = (a.cols, a.nb);
@@ -87,9 +111,15 @@ macro_rules! group_task {
             let mut j0 = 0;
             while j0 < n {
                 let m = (n - j0).min(GROUP);
-                let valid = g.fill(w, o0 + j0, m, $dec);
+                // Few activation rows: the interleave would cost more than it saves.
+                let interleave = r1 - r0 >= super::dot_avx2::INTERLEAVE_ROWS;
+                let valid = g.fill(w, o0 + j0, m, $dec, interleave);
                 for t in r0..r1 {
-                    let acc = $row(&g, a, t);
+                    let acc = if interleave {
+                        $row(&g, a, t)
+                    } else {
+                        $row_rm(&g, &$dec.q, a, t)
+                    };
                     for k in 0..m {
                         $yt[(j0 + k) * rows + t] = if valid[k] { acc[k] } else { f32::NAN };
                     }
@@ -135,6 +165,52 @@ macro_rules! group_row_body {
 }
 pub(super) use group_row_body;
 
+/// The body of a path's `group_row_rm`: activation row `t` of `a` against the 8 row-major
+/// weight rows `q` (`GROUP * cols` values) with the params of `g`; `$products` is the path's
+/// `fn(|w|, w, x) -> __m256i`, 8 lanes of exact partial sums (lanes 0-3: first half).
+macro_rules! group_row_rm_body {
+    ($g:ident, $q:ident, $a:ident, $t:ident, $products:ident) => {{
+        use super::group::GROUP;
+        use crate::backend::reference::quant_block::QBLOCK;
+        let (cols, nb) = ($a.cols, $a.nb);
+        let xq = &$a.q[$t * cols..($t + 1) * cols];
+        let (dx, s) = (&$a.d[$t * nb..($t + 1) * nb], &$a.s[$t * nb..($t + 1) * nb]);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..nb {
+            let Some(x) = load32(&xq[b * QBLOCK..]) else {
+                break;
+            };
+            let mut v = [_mm256_setzero_si256(); GROUP];
+            for (k, vk) in v.iter_mut().enumerate() {
+                if let Some(wv) = load32($q.get(k * cols + b * QBLOCK..).unwrap_or(&[])) {
+                    *vk = $products(_mm256_abs_epi8(wv), wv, x);
+                }
+            }
+            acc = combine8(acc, $g, b, reduce8(v), dx[b], s[b]);
+        }
+        let mut r = [0f32; GROUP];
+        // SAFETY: `r` holds 8 f32 (32 bytes); storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(r.as_mut_ptr(), acc) };
+        r
+    }};
+}
+pub(super) use group_row_rm_body;
+
+/// 8 `i32` lanes of one block's products (lanes 0-3: elements 0-15), AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn products(aw: __m256i, w: __m256i, x: __m256i) -> __m256i {
+    let p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w));
+    _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+}
+
+/// Activation row `t` against a row-major group (AVX2 products).
+#[target_feature(enable = "avx2")]
+#[inline]
+fn group_row_rm(g: &Group, q: &[i8], a: &QActs, t: usize) -> [f32; 8] {
+    group_row_rm_body!(g, q, a, t, products)
+}
+
 /// Four activation bytes `x[4i..4i+4]` broadcast to every 32-bit lane.
 #[target_feature(enable = "avx2")]
 #[inline]
@@ -177,5 +253,5 @@ fn group_row(g: &Group, a: &QActs, t: usize) -> [f32; 8] {
 /// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn task(t: &Task<'_>, dec: &mut Decoded, yt: &mut [f32]) {
-    group_task!(t, dec, yt, group_row)
+    group_task!(t, dec, yt, group_row, group_row_rm)
 }

@@ -5,7 +5,9 @@
 
 use std::arch::x86_64::*;
 
-use super::dot_avx2::{broadcast4, combine8, group_row_body, group_task, load32};
+use super::dot_avx2::{
+    broadcast4, combine8, group_row_body, group_row_rm_body, group_task, load32, reduce8,
+};
 use super::group::Group;
 use super::{Decoded, Task};
 use crate::backend::reference::quant_dot::QActs;
@@ -44,6 +46,33 @@ fn half(x: &[i8], w: &[i8], wsum128: &[i32; 8]) -> __m256i {
     _mm256_sub_epi32(acc, corr)
 }
 
+/// 8 `i32` lanes of one block's products (lanes 0-3: elements 0-15): `vpdpbusd` of |w| (as
+/// u8) with x carrying w's sign.
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+#[inline]
+fn products(aw: __m256i, w: __m256i, x: __m256i) -> __m256i {
+    let sx = _mm256_sign_epi8(x, w);
+    let mut acc = _mm256_setzero_si256();
+    // SAFETY: as in `half`: registers only; AVX-512 VNNI/VL are enabled features.
+    unsafe {
+        std::arch::asm!(
+            "vpdpbusd {acc}, {a}, {b}",
+            acc = inout(ymm_reg) acc,
+            a = in(ymm_reg) aw,
+            b = in(ymm_reg) sx,
+            options(pure, nomem, nostack),
+        );
+    }
+    acc
+}
+
+/// Activation row `t` against a row-major group (VNNI products).
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+#[inline]
+fn group_row_rm(g: &Group, q: &[i8], a: &QActs, t: usize) -> [f32; 8] {
+    group_row_rm_body!(g, q, a, t, products)
+}
+
 /// Activation row `t` against a group (VNNI products).
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
 #[inline]
@@ -57,5 +86,5 @@ fn group_row(g: &Group, a: &QActs, t: usize) -> [f32; 8] {
 /// The CPU must have AVX2, AVX-512F, AVX-512VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
 pub(super) unsafe fn task(t: &Task<'_>, dec: &mut Decoded, yt: &mut [f32]) {
-    group_task!(t, dec, yt, group_row)
+    group_task!(t, dec, yt, group_row, group_row_rm)
 }

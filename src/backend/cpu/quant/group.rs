@@ -39,9 +39,10 @@ impl Group {
         }
     }
 
-    /// Decodes rows `o0 .. o0 + m` (`m <= GROUP`) of `w` through `dec` and interleaves them;
-    /// returns which lanes hold a decoded row. Always inlined, so the decoders use the
-    /// caller's vector instructions.
+    /// Decodes rows `o0 .. o0 + m` (`m <= GROUP`) of `w` into `dec.q` (`GROUP * cols` values,
+    /// row after row) and, with `interleave`, into `self.q`; returns which lanes hold a
+    /// decoded row.
+    /// Always inlined, so the decoders use the caller's vector instructions.
     #[inline(always)]
     pub fn fill(
         &mut self,
@@ -49,42 +50,59 @@ impl Group {
         o0: usize,
         m: usize,
         dec: &mut Decoded,
+        interleave: bool,
     ) -> [bool; GROUP] {
         let nb = self.d.len();
+        let cols = nb * QBLOCK;
         let mut ok = [false; GROUP];
+        if dec.q.len() < GROUP * cols || dec.p.len() < nb {
+            return ok;
+        }
         for (k, okk) in ok.iter_mut().enumerate() {
+            let qk = &mut dec.q[k * cols..(k + 1) * cols];
             *okk = k < m
                 && match w.row(o0 + k) {
-                    Some((ty, bytes)) => decode_row(ty, bytes, &mut dec.q, &mut dec.p),
+                    Some((ty, bytes)) => decode_row(ty, bytes, qk, &mut dec.p),
                     None => false,
                 };
             let lane = *okk;
-            for b in 0..nb {
-                let src = &dec.q[b * QBLOCK..(b + 1) * QBLOCK];
-                let dst = &mut self.q[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
-                let mut sums = [0i32; 2];
-                for (s, four) in src.chunks_exact(4).enumerate() {
-                    let d4 = &mut dst[s * 32 + 4 * k..s * 32 + 4 * k + 4];
-                    if lane {
-                        d4.copy_from_slice(four);
-                        sums[s / 4] += four.iter().map(|&v| v as i32).sum::<i32>();
-                    } else {
-                        d4.fill(0);
-                    }
-                }
-                let p = dec.p[b];
-                self.d[b][k] = if lane { p.d } else { 0.0 };
-                self.dm[b][k] = if lane { p.dm } else { 0.0 };
+            if !lane {
+                qk.fill(0);
+            }
+            for (b, p) in dec.p[..nb].iter().enumerate() {
+                let (d, dm) = if lane { (p.d, p.dm) } else { (0.0, 0.0) };
+                self.d[b][k] = d;
+                self.dm[b][k] = dm;
+                let qb = &qk[b * QBLOCK..(b + 1) * QBLOCK];
+                let sum = |h: usize| {
+                    qb[16 * h..16 * h + 16]
+                        .iter()
+                        .map(|&v| v as i32)
+                        .sum::<i32>()
+                };
                 let iv = [
                     p.isc[0],
                     p.isc[1],
                     p.imin[0],
                     p.imin[1],
-                    128 * sums[0],
-                    128 * sums[1],
+                    128 * sum(0),
+                    128 * sum(1),
                 ];
                 for (dst, v) in self.ints[b].iter_mut().zip(iv) {
                     dst[k] = if lane { v } else { 0 };
+                }
+            }
+        }
+        if !interleave {
+            return ok;
+        }
+        // Interleave: step s of block b takes elements 4s..4s+4 of every row.
+        let src = &dec.q[..GROUP * cols];
+        for (b, dst) in self.q.chunks_exact_mut(BLOCK_BYTES).enumerate() {
+            for (s, step) in dst.chunks_exact_mut(4 * GROUP).enumerate() {
+                for (k, d4) in step.chunks_exact_mut(4).enumerate() {
+                    let at = k * cols + b * QBLOCK + 4 * s;
+                    d4.copy_from_slice(&src[at..at + 4]);
                 }
             }
         }

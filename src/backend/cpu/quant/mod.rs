@@ -90,16 +90,16 @@ pub(super) struct Task<'a> {
     pub rb: usize,
 }
 
-/// Per-task decode buffers (one weight row).
+/// Per-task decode buffers: the values of `rows` weight rows, the params of one.
 pub(super) struct Decoded {
     pub q: Vec<i8>,
     pub p: Vec<BlockParams>,
 }
 
 impl Decoded {
-    fn new(cols: usize) -> Self {
+    fn new(cols: usize, rows: usize) -> Self {
         Self {
-            q: vec![0; cols],
+            q: vec![0; cols * rows],
             p: vec![BlockParams::default(); cols / QBLOCK],
         }
     }
@@ -112,7 +112,13 @@ fn row_block(cols: usize) -> usize {
 
 /// Runs one task on `kernel` (a path this CPU has; see [`QuantKernel::available`]).
 fn run_task(kernel: QuantKernel, t: &Task<'_>, yt: &mut [f32]) {
-    let mut dec = Decoded::new(t.a.cols);
+    // The vector paths decode a whole group of rows (see `group.rs`).
+    let group_rows = if kernel == QuantKernel::Portable {
+        1
+    } else {
+        8
+    };
+    let mut dec = Decoded::new(t.a.cols, group_rows);
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the backend only selects this path when `available()` detected AVX2.
