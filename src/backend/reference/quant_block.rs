@@ -87,10 +87,13 @@ fn q8_0(b: &[u8], q: &mut [i8], p: &mut [BlockParams]) {
 /// `j + 16`, each mapped through `f`.
 #[inline(always)]
 fn nibbles(qs: &[u8], q: &mut [i8], f: impl Fn(u8) -> i8) {
-    let (lo, hi) = q[..32].split_at_mut(16);
-    for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(&qs[..16]) {
-        *l = f(v & 0x0F);
-        *h = f(v >> 4);
+    // Fixed lengths, so the loop is vectorized (no bounds checks inside).
+    let (Some(qs), Some(q)) = (qs.get(..16), q.get_mut(..32)) else {
+        return;
+    };
+    for j in 0..16 {
+        q[j] = f(qs[j] & 0x0F);
+        q[j + 16] = f(qs[j] >> 4);
     }
 }
 
@@ -302,41 +305,35 @@ pub fn decode_row(ty: GgmlType, bytes: &[u8], q: &mut [i8], p: &mut [BlockParams
         return false;
     }
     let (q, p) = (&mut q[..nblk * bs], &mut p[..nblk * bs / QBLOCK]);
+    // A macro rather than a function taking the decoder: each type's loop is then a direct
+    // (inlined) call, not a call through a closure shim.
+    macro_rules! blocks {
+        ($f:ident) => {
+            for ((blk, qb), pb) in bytes
+                .chunks_exact(ts)
+                .zip(q.chunks_exact_mut(bs))
+                .zip(p.chunks_exact_mut(bs / QBLOCK))
+            {
+                $f(blk, qb, pb);
+            }
+        };
+    }
     match ty {
-        GgmlType::Q8_0 => blocks(q8_0, bytes, q, p, ts, bs),
-        GgmlType::Q4_0 => blocks(q4_0, bytes, q, p, ts, bs),
-        GgmlType::Q4_1 => blocks(q4_1, bytes, q, p, ts, bs),
-        GgmlType::Q5_0 => blocks(q5_0, bytes, q, p, ts, bs),
-        GgmlType::Q5_1 => blocks(q5_1, bytes, q, p, ts, bs),
-        GgmlType::Iq4Nl => blocks(iq4_nl, bytes, q, p, ts, bs),
-        GgmlType::Iq4Xs => blocks(iq4_xs, bytes, q, p, ts, bs),
-        GgmlType::Q2K => blocks(q2_k, bytes, q, p, ts, bs),
-        GgmlType::Q3K => blocks(q3_k, bytes, q, p, ts, bs),
-        GgmlType::Q4K => blocks(q4_k, bytes, q, p, ts, bs),
-        GgmlType::Q5K => blocks(q5_k, bytes, q, p, ts, bs),
-        GgmlType::Q6K => blocks(q6_k, bytes, q, p, ts, bs),
+        GgmlType::Q8_0 => blocks!(q8_0),
+        GgmlType::Q4_0 => blocks!(q4_0),
+        GgmlType::Q4_1 => blocks!(q4_1),
+        GgmlType::Q5_0 => blocks!(q5_0),
+        GgmlType::Q5_1 => blocks!(q5_1),
+        GgmlType::Iq4Nl => blocks!(iq4_nl),
+        GgmlType::Iq4Xs => blocks!(iq4_xs),
+        GgmlType::Q2K => blocks!(q2_k),
+        GgmlType::Q3K => blocks!(q3_k),
+        GgmlType::Q4K => blocks!(q4_k),
+        GgmlType::Q5K => blocks!(q5_k),
+        GgmlType::Q6K => blocks!(q6_k),
         _ => return false,
     }
     true
-}
-
-/// Applies one type's block decoder `f` to every block of a row (sizes checked by the caller).
-#[inline(always)]
-fn blocks(
-    f: impl Fn(&[u8], &mut [i8], &mut [BlockParams]),
-    bytes: &[u8],
-    q: &mut [i8],
-    p: &mut [BlockParams],
-    ts: usize,
-    bs: usize,
-) {
-    for ((blk, qb), pb) in bytes
-        .chunks_exact(ts)
-        .zip(q.chunks_exact_mut(bs))
-        .zip(p.chunks_exact_mut(bs / QBLOCK))
-    {
-        f(blk, qb, pb);
-    }
 }
 
 /// Expands one decoded row to f32 exactly as ggml's `dequantize_row_*` does:

@@ -74,11 +74,12 @@ impl Group {
                 self.d[b][k] = d;
                 self.dm[b][k] = dm;
                 let qb = &qk[b * QBLOCK..(b + 1) * QBLOCK];
-                let sum = |h: usize| {
-                    qb[16 * h..16 * h + 16]
-                        .iter()
-                        .map(|&v| v as i32)
-                        .sum::<i32>()
+                // `128 Σ w` is only read by the interleaved (VNNI) kernel.
+                let sum = |h: usize| -> i32 {
+                    if !interleave {
+                        return 0;
+                    }
+                    qb[16 * h..16 * h + 16].iter().map(|&v| v as i32).sum()
                 };
                 let iv = [
                     p.isc[0],
