@@ -4,13 +4,18 @@
 //! 32-element block, exact integer block dots, a fixed float combine), so every kernel path is
 //! bitwise equal to it and batch-invariant.
 //!
-//! Kernel paths ([`QuantKernel`]): portable scalar, AVX2 (`maddubs`/`madd`) and AVX-512 VNNI
-//! (`vpdpbusd`), chosen at runtime (or forced, for tests). They differ only in how the exact
-//! integer dot products are computed; decoding and the float combine are the twin's code.
+//! Kernel paths ([`QuantKernel`]): portable scalar, AVX2 (`vpmaddubsw`/`vpmaddwd`) and AVX-512
+//! VNNI (`vpdpbusd`), chosen at runtime (or forced, for tests). Every path decodes with the
+//! twin's decoders; the portable path runs the twin's loop, the vector paths (`dot_avx2.rs`,
+//! `group.rs`) take weight rows 8 at a time, one f32 lane per row, and run the twin's float
+//! combine lane-wise (the same IEEE operations in the same order). The integer dot products,
+//! exact on every path, are the only thing the paths compute differently.
 //!
-//! Work split: weight rows are cut into tasks across the pool; a task decodes each of its
-//! weight rows once per block of activation rows (sized to stay in L2) and dots it against every
-//! activation row of the block, writing `yt` (`[out, rows]`), transposed into `y` at the end.
+//! Work split: weight rows are cut into tasks across the pool (distinct rows per task); a task
+//! decodes each group of its weight rows once per block of activation rows (sized to stay in
+//! L2) and dots it against every activation row of the block, writing `yt` (`[out, rows]`),
+//! transposed into `y` at the end. From 4 activation rows on, a group is also interleaved so
+//! that the products sum straight into row lanes; below, the 8 rows' block sums are transposed.
 
 mod dot;
 #[cfg(target_arch = "x86_64")]
