@@ -9,7 +9,7 @@
 
 use super::Decoded;
 use crate::backend::quant_stack::QuantStack;
-use crate::backend::reference::quant_block::{decode_row, QBLOCK};
+use crate::backend::reference::quant_block::{decode_row, BlockParams, QBLOCK};
 
 /// Weight rows per group: one per 32-bit lane of a 256-bit vector.
 pub(super) const GROUP: usize = 8;
@@ -65,16 +65,16 @@ impl Group {
                     Some((ty, bytes)) => decode_row(ty, bytes, qk, &mut dec.p),
                     None => false,
                 };
-            let lane = *okk;
-            if !lane {
+            if !*okk {
+                // A padding lane: zero values and params (its results are discarded).
                 qk.fill(0);
+                dec.p[..nb].fill(BlockParams::default());
             }
             for (b, p) in dec.p[..nb].iter().enumerate() {
-                let (d, dm) = if lane { (p.d, p.dm) } else { (0.0, 0.0) };
-                self.d[b][k] = d;
-                self.dm[b][k] = dm;
-                let qb = &qk[b * QBLOCK..(b + 1) * QBLOCK];
+                self.d[b][k] = p.d;
+                self.dm[b][k] = p.dm;
                 // `128 Σ w` is only read by the interleaved (VNNI) kernel.
+                let qb = &qk[b * QBLOCK..(b + 1) * QBLOCK];
                 let sum = |h: usize| -> i32 {
                     if !interleave {
                         return 0;
@@ -90,7 +90,7 @@ impl Group {
                     128 * sum(1),
                 ];
                 for (dst, v) in self.ints[b].iter_mut().zip(iv) {
-                    dst[k] = if lane { v } else { 0 };
+                    dst[k] = v;
                 }
             }
         }
