@@ -51,8 +51,14 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# Side by side with llama.cpp (built from the llama-cpp-python sdist by scripts/llama-cpp.sh) on
+# the GGUF files of scripts/bench-models.sh; writes bench-report.json. BIG=1 adds the 8B-shape
+# model; BENCH_ARGS are passed to examples/bench (e.g. --sections compare --models smollm2-135m-bf16).
+BENCH_ARGS ?=
 bench: model
-	$(CARGO) run --release --example bench -- --model $(MODEL) --out bench-report.json
+	bash scripts/bench-models.sh $(if $(BIG),--big)
+	$(CARGO) run --release --example bench -- --model $(MODEL) --out bench-report.json \
+	  --llama-bin "$$(bash scripts/llama-cpp.sh | tail -n 1)" --decode-tokens 32 $(if $(BIG),--big) $(BENCH_ARGS)
 
 fuzz:
 	bash scripts/fuzz.sh

@@ -189,6 +189,7 @@ fn attention(pools: &[Arc<rayon::ThreadPool>]) {
                 cache: &cache,
                 layer: 0,
                 meta,
+                window: None,
             };
             let (secs, cpu) = time_cpu(Duration::from_millis(300), || {
                 be.attention_paged(args, &mut out)

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! reference_check --model <dir|file.gguf> --reference <reference.json> [--adapters <dir>]
-//!                 --out <candidate.json> [--weights f32|bf16] [--threads N]
+//!                 --out <candidate.json> [--weights f32|bf16|q8_0|q4_k] [--threads N]
 //! ```
 //! Every prompt's `token_ids` is run greedily for as many tokens as the reference has (24), EOS
 //! ignored, for the base model and every variant whose adapter directory is in `--adapters`
@@ -105,10 +105,8 @@ fn run(args: Args) -> Result<(), String> {
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", args.reference.display()))?;
     let mut cfg = EngineConfig::new(&args.model);
     cfg.threads = args.threads;
-    cfg.weight_format = match args.weights.as_str() {
-        "bf16" => loraplex::backend::WeightFormat::BF16,
-        _ => loraplex::backend::WeightFormat::F32,
-    };
+    cfg.weight_format = loraplex::backend::WeightFormat::parse(&args.weights)
+        .ok_or_else(|| format!("--weights {}: not f32, bf16, q8_0 or q4_k", args.weights))?;
     if let Some(a) = &args.adapters {
         cfg.peft_source = vec![a.clone()];
     }
@@ -243,7 +241,7 @@ fn main() -> ExitCode {
             if !e.is_empty() {
                 eprintln!("reference_check: {e}");
             }
-            eprintln!("usage: reference_check --model <dir|file.gguf> --reference <reference.json> [--adapters <dir>] --out <candidate.json> [--weights f32|bf16] [--threads N] [--max-lora-rank N] [--max-gpu-loras N] [--max-cpu-loras N]");
+            eprintln!("usage: reference_check --model <dir|file.gguf> --reference <reference.json> [--adapters <dir>] --out <candidate.json> [--weights f32|bf16|q8_0|q4_k] [--threads N] [--max-lora-rank N] [--max-gpu-loras N] [--max-cpu-loras N]");
             ExitCode::FAILURE
         }
     }

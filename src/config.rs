@@ -19,7 +19,8 @@ pub struct EngineConfig {
     pub device: String,
     /// Worker compute threads (0 = all available cores).
     pub threads: usize,
-    /// How base weights are stored: F32 (default) or BF16 (half the bytes).
+    /// How base weights are stored: F32 (default), BF16 (half the bytes), or quantized at load
+    /// to Q8_0 / Q4_K (dense checkpoints only; see [`WeightFormat`]).
     pub weight_format: WeightFormat,
     /// Most sequences in one step.
     pub max_num_seqs: usize,
@@ -106,7 +107,7 @@ impl EngineConfig {
     }
 
     /// Applies environment overrides: `LPX_MODEL`, `LPX_SERVED_MODEL_NAME`, `LPX_DEVICE`,
-    /// `LPX_THREADS`, `LPX_WEIGHT_DTYPE` (f32|bf16), `LPX_MAX_NUM_SEQS`, `LPX_MAX_BATCH_TOKENS`,
+    /// `LPX_THREADS`, `LPX_WEIGHT_DTYPE` (f32|bf16|q8_0|q4_k), `LPX_MAX_NUM_SEQS`, `LPX_MAX_BATCH_TOKENS`,
     /// `LPX_MAX_MODEL_LEN`, `LPX_KV_BLOCK_SIZE`, `LPX_KV_CACHE_BYTES`, `LPX_MEMORY_BUDGET_BYTES`,
     /// `LPX_MAX_QUEUE`,
     /// `NIM_PEFT_SOURCE` (paths
@@ -139,15 +140,11 @@ impl EngineConfig {
             self.device = d;
         }
         if let Some(w) = get("LPX_WEIGHT_DTYPE").filter(|s| !s.is_empty()) {
-            self.weight_format = match w.to_ascii_lowercase().as_str() {
-                "f32" | "float32" => WeightFormat::F32,
-                "bf16" | "bfloat16" => WeightFormat::BF16,
-                _ => {
-                    return Err(Error::invalid_argument(format!(
-                        "environment variable LPX_WEIGHT_DTYPE=\"{w}\" is not f32 or bf16"
-                    )))
-                }
-            };
+            self.weight_format = WeightFormat::parse(w.trim()).ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "environment variable LPX_WEIGHT_DTYPE=\"{w}\" is not f32, bf16, q8_0 or q4_k"
+                ))
+            })?;
         }
         let fields: [(&str, &mut usize); 11] = [
             ("LPX_MEMORY_BUDGET_BYTES", &mut self.memory_budget_bytes),
@@ -244,5 +241,29 @@ mod tests {
             .apply_vars(|k| (k == "LPX_KV_BLOCK_SIZE").then(|| "big".to_string()))
             .unwrap_err();
         assert!(e.message().contains("LPX_KV_BLOCK_SIZE"), "{e}");
+    }
+
+    #[test]
+    fn weight_dtype_names_round_trip() {
+        for (name, want) in [
+            ("f32", WeightFormat::F32),
+            ("BF16", WeightFormat::BF16),
+            ("bfloat16", WeightFormat::BF16),
+            ("q8_0", WeightFormat::Q8_0),
+            (" Q4_K ", WeightFormat::Q4K),
+        ] {
+            let mut c = EngineConfig::new("");
+            c.apply_vars(|k| (k == "LPX_WEIGHT_DTYPE").then(|| name.to_string()))
+                .unwrap();
+            assert_eq!(c.weight_format, want, "{name}");
+            assert_eq!(WeightFormat::parse(want.name()), Some(want));
+        }
+        let e = EngineConfig::new("")
+            .apply_vars(|k| (k == "LPX_WEIGHT_DTYPE").then(|| "q4_0".to_string()))
+            .unwrap_err();
+        assert!(
+            e.message().contains("LPX_WEIGHT_DTYPE") && e.message().contains("q4_k"),
+            "{e}"
+        );
     }
 }

@@ -228,7 +228,7 @@ fn c_sets_every_config_field_and_reads_it_back_through_stats() {
         ("served_model_name", "\"c-served\"", "c-served".into()),
         ("device", "\"cpu\"", "cpu".into()),
         ("threads", "2", 2.into()),
-        ("weight_dtype", "LPX_WEIGHT_DTYPE_BF16", "bf16".into()),
+        ("weight_dtype", "LPX_WEIGHT_DTYPE_Q4_K", "q4_k".into()),
         ("max_num_seqs", "5", 5.into()),
         ("max_batch_tokens", "40", 40.into()),
         ("max_model_len", "100", 100.into()),

@@ -406,14 +406,18 @@ fn model_level_errors_name_the_culprit() {
         all.extend_from_slice(needles);
         expect_err(load_gguf(&p), code, &all);
     };
+    // qwen2 is served, from qwen2.* keys: a llama file relabelled lacks them.
     let mut w = toy(true).writer;
     w.str("general.architecture", "qwen2");
     case(
         w,
         "arch.gguf",
-        ErrorCode::Unsupported,
-        &["qwen2", "q/k/v", "bias"],
+        ErrorCode::InvalidModel,
+        &["missing metadata key", "qwen2.embedding_length"],
     );
+    let mut w = toy(true).writer;
+    w.str("general.architecture", "gemma2");
+    case(w, "gemma.gguf", ErrorCode::Unsupported, &["gemma2"]);
 
     let mut w = toy(true).writer;
     w.str("general.architecture", "gpt2");
@@ -479,18 +483,35 @@ fn model_level_errors_name_the_culprit() {
         &["blk.5.attn_norm.weight"],
     );
 
+    // llama3 frequency factors: wrong length, non-positive values, or together with another
+    // scaling are refused naming the tensor.
+    for (name, vals) in [
+        ("rope-len.gguf", vec![1.0; HD / 2 + 1]),
+        ("rope-zero.gguf", vec![0.0; HD / 2]),
+    ] {
+        let mut w = toy(true).writer;
+        w.tensor(
+            "rope_freqs.weight",
+            &[vals.len() as u64],
+            T_F32,
+            f32_bytes(&vals),
+        );
+        case(w, name, ErrorCode::InvalidModel, &["rope_freqs.weight"]);
+    }
     let mut w = toy(true).writer;
     w.tensor(
         "rope_freqs.weight",
         &[HD as u64 / 2],
         T_F32,
-        f32_bytes(&[1.0; HD / 2]),
+        f32_bytes(&[2.0; HD / 2]),
     );
+    w.str("llama.rope.scaling.type", "linear");
+    w.f32("llama.rope.scaling.factor", 4.0);
     case(
         w,
-        "rope.gguf",
-        ErrorCode::Unsupported,
-        &["rope_freqs.weight"],
+        "rope-both.gguf",
+        ErrorCode::InvalidModel,
+        &["rope_freqs.weight", "llama.rope.scaling.type"],
     );
 
     let mut w = toy(true).writer;
@@ -515,17 +536,32 @@ fn model_level_errors_name_the_culprit() {
     w.str("llama.rope.scaling.type", "yarn");
     case(w, "yarn.gguf", ErrorCode::Unsupported, &["yarn"]);
 
+    // SentencePiece needs piece scores (the toy vocabulary has none).
     let mut w = toy(true).writer;
     w.str("tokenizer.ggml.model", "llama");
-    case(w, "spm.gguf", ErrorCode::Unsupported, &["SentencePiece"]);
+    case(
+        w,
+        "spm.gguf",
+        ErrorCode::InvalidModel,
+        &["tokenizer.ggml.scores"],
+    );
 
     let mut w = toy(true).writer;
-    w.str("tokenizer.ggml.pre", "qwen2");
+    w.str("tokenizer.ggml.model", "bert");
+    case(
+        w,
+        "wpm.gguf",
+        ErrorCode::Unsupported,
+        &["tokenizer.ggml.model", "bert"],
+    );
+
+    let mut w = toy(true).writer;
+    w.str("tokenizer.ggml.pre", "gpt-4o");
     case(
         w,
         "pre.gguf",
         ErrorCode::Unsupported,
-        &["tokenizer.ggml.pre", "qwen2"],
+        &["tokenizer.ggml.pre", "gpt-4o"],
     );
 
     let mut w = toy(true).writer;
@@ -600,24 +636,52 @@ fn eos_array_and_sliding_window_from_metadata() {
     let m = load_gguf(&t.writer.write(dir.path(), "plain.gguf")).unwrap();
     assert_eq!(m.config.sliding_window, None);
 
-    // The engine keeps sequences within the window.
+    // Attention applies the window; it does not bound the sequence length.
     let mut w = t.writer.clone();
     w.u32("llama.attention.sliding_window", 64);
     let p = w.write(dir.path(), "window.gguf");
     let mut cfg = loraplex::config::EngineConfig::new(&p);
     cfg.threads = 1;
     let e = loraplex::engine::Engine::new(cfg.clone()).unwrap();
-    assert_eq!(e.max_model_len(), 64);
+    assert_eq!(e.model_config().layer_window(1), Some(64));
+    assert_eq!(e.max_model_len(), 512);
     assert_eq!(
         e.stats_json()["limits"]["max_model_len_bound"],
-        "sliding_window"
+        "max_position_embeddings"
     );
     drop(e);
     cfg.max_model_len = 100;
-    let err = loraplex::engine::Engine::new(cfg).err().unwrap();
-    assert_eq!(err.code(), ErrorCode::InvalidArgument);
-    for part in ["sliding_window", "100", "64"] {
-        assert!(err.message().contains(part), "{}", err.message());
+    assert_eq!(
+        loraplex::engine::Engine::new(cfg).unwrap().max_model_len(),
+        100
+    );
+}
+
+#[test]
+fn rope_freqs_divide_the_frequencies() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = toy(false);
+    let plain = load_gguf(&t.writer.write(dir.path(), "plain.gguf"))
+        .unwrap()
+        .config
+        .rope_inv_freq();
+    let factors: Vec<f32> = (0..HD / 2).map(|i| 1.0 + i as f32).collect();
+    let mut w = t.writer.clone();
+    w.tensor(
+        "rope_freqs.weight",
+        &[HD as u64 / 2],
+        T_F32,
+        f32_bytes(&factors),
+    );
+    let m = load_gguf(&w.write(dir.path(), "factors.gguf")).unwrap();
+    assert_eq!(
+        m.config.rope_scaling,
+        RopeScaling::FreqFactors(factors.clone())
+    );
+    // The factors tensor is consumed by the config, not left among the weights.
+    assert!(!m.tensors.keys().any(|k| k.contains("rope")));
+    for ((s, p), f) in m.config.rope_inv_freq().iter().zip(&plain).zip(&factors) {
+        assert!((s * f - p).abs() <= 1e-6 * p, "{s} * {f} vs {p}");
     }
 }
 

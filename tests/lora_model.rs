@@ -31,6 +31,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
+use common::max_rel_diff;
+
 const MERGED_TOL: f32 = 5e-5;
 const BLOCK: usize = 16;
 const BLOCKS_PER_SEQ: usize = 4;
@@ -206,15 +208,6 @@ fn tiny_files(dir: &Path) -> ModelFiles {
         },
     );
     ModelFiles::load(dir).unwrap()
-}
-
-fn max_rel_diff(got: &[f32], want: &[f32]) -> f32 {
-    let std = common::std_dev(want);
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max)
-        / std
 }
 
 fn arena_geom(cfg: &ModelConfig, max_rank: usize) -> LoraStackGeometry {

@@ -1,5 +1,5 @@
 //! Every backend op: CpuBackend (SIMD and portable kernels) against the scalar ReferenceBackend,
-//! plus bitwise batch- and thread-invariance of matmul and attention.
+//! plus bitwise batch- and thread-invariance of matmul and attention (full and windowed).
 
 use std::sync::Arc;
 
@@ -520,6 +520,17 @@ fn run_attention<B: Backend<Buf = Vec<f32>>>(
     cache: &B::KvCache,
     rows: std::ops::Range<usize>,
 ) -> Vec<f32> {
+    run_attention_window(be, sc, cache, rows, None)
+}
+
+/// [`run_attention`] with a sliding window.
+fn run_attention_window<B: Backend<Buf = Vec<f32>>>(
+    be: &B,
+    sc: &Scenario,
+    cache: &B::KvCache,
+    rows: std::ops::Range<usize>,
+    window: Option<usize>,
+) -> Vec<f32> {
     let tables: Vec<&[u32]> = sc.tables.iter().map(|t| t.as_slice()).collect();
     let n = rows.len();
     let meta = AttnMeta {
@@ -530,7 +541,11 @@ fn run_attention<B: Backend<Buf = Vec<f32>>>(
     };
     let qkv = sc.qkv[rows.start * sc.stride..rows.end * sc.stride].to_vec();
     let mut out = vec![0f32; n * sc.n_heads * sc.geom.head_dim];
-    be.attention_paged(attention(&qkv, n, sc, cache, meta), &mut out);
+    let args = AttentionArgs {
+        window,
+        ..attention(&qkv, n, sc, cache, meta)
+    };
+    be.attention_paged(args, &mut out);
     out
 }
 
@@ -548,6 +563,7 @@ fn attention<'a, C>(
         cache,
         layer: 1,
         meta,
+        window: None,
     }
 }
 
@@ -746,4 +762,207 @@ fn simd_kernels_are_used_when_the_cpu_has_them() {
     }
     assert!(!CpuBackend::portable(pool(1)).simd_enabled());
     assert_eq!(cpu(3).threads(), 3);
+}
+
+#[test]
+fn windowed_attention_matches_reference_and_is_batch_invariant() {
+    // Windows below, across and above block boundaries and sequence lengths (1 = the row only).
+    for (ci, &(nh, nkv, hd, bs, lens)) in ATTN_CASES.iter().enumerate() {
+        let sc = scenario(300 + ci as u64, nh, nkv, hd, bs, lens);
+        let (be, r) = (cpu(2), ReferenceBackend);
+        let mut cc = be.alloc_kv(sc.geom).unwrap();
+        let mut rc = r.alloc_kv(sc.geom).unwrap();
+        fill_cache(&be, &sc, &mut cc, 1, 5);
+        fill_cache(&r, &sc, &mut rc, 1, 5);
+        let rows = sc.row_seq.len();
+        let q_dim = nh * hd;
+        let full = run_attention(&be, &sc, &cc, 0..rows);
+        for window in [1usize, 3, bs, bs + 1, 17, 1000] {
+            let w = Some(window);
+            let a = run_attention_window(&be, &sc, &cc, 0..rows, w);
+            let b = run_attention_window(&r, &sc, &rc, 0..rows, w);
+            assert_close(&format!("case {ci} window {window}"), &a, &b, |_| {
+                2e-6 * (hd as f32).sqrt()
+            });
+            let p = run_attention_window(&CpuBackend::portable(pool(1)), &sc, &cc, 0..rows, w);
+            assert_bits_eq(&format!("portable case {ci} window {window}"), &p, &a);
+            let three = run_attention_window(&cpu(3), &sc, &cc, 0..rows, w);
+            assert_bits_eq(&format!("3 threads case {ci} window {window}"), &three, &a);
+            for t in (0..rows).step_by(5) {
+                let alone = run_attention_window(&be, &sc, &cc, t..t + 1, w);
+                let row = &a[t * q_dim..(t + 1) * q_dim];
+                assert_bits_eq(&format!("case {ci} window {window} row {t}"), &alone, row);
+                // A row whose positions all fit the window is full attention, bit for bit.
+                let full_row = &full[t * q_dim..(t + 1) * q_dim];
+                if (sc.row_pos[t] as usize) < window {
+                    assert_bits_eq(
+                        &format!("case {ci} window {window} row {t} full"),
+                        row,
+                        full_row,
+                    );
+                } else if window < 3 && sc.row_pos[t] > 2 {
+                    assert!(
+                        row != full_row,
+                        "case {ci} window {window} row {t}: no effect"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Scalar check of the window boundary (transformers: key k visible from query p iff
+/// `p - w < k <= p`): with V = one-hot position and Q = 0 (uniform weights), the output is the
+/// mean of the visible positions' one-hot vectors.
+fn check_window_boundary<B: Backend<Buf = Vec<f32>, KvCache = KvStore>>(be: &B) {
+    let (hd, bs) = (16usize, 4usize);
+    let geom = KvGeometry {
+        num_layers: 1,
+        num_blocks: 4,
+        block_size: bs,
+        num_kv_heads: 1,
+        head_dim: hd,
+    };
+    let table: Vec<u32> = vec![2, 0, 3, 1];
+    let kv: Vec<f32> = (0..hd * hd)
+        .map(|i| if i / hd == i % hd { 1.0 } else { 0.0 })
+        .collect();
+    let slots: Vec<u32> = (0..hd as u32)
+        .map(|p| table[p as usize / bs] * bs as u32 + p % bs as u32)
+        .collect();
+    let mut cache = be.alloc_kv(geom).unwrap();
+    let write = KvWriteArgs {
+        layer: 0,
+        k: View::new(&kv, hd, hd, 0),
+        v: View::new(&kv, hd, hd, 0),
+        slot_mapping: &slots,
+    };
+    be.kv_write(&mut cache, write);
+    let q = vec![0f32; hd];
+    let tables: Vec<&[u32]> = vec![&table];
+    for pos in [0u32, 2, 5, 9, 15] {
+        for w in [1usize, 2, 5, 16] {
+            let meta = AttnMeta {
+                row_seq: &[0],
+                row_pos: &[pos],
+                slot_mapping: &[0],
+                block_tables: &tables,
+            };
+            let args = AttentionArgs {
+                q: View::new(&q, 1, hd, 0),
+                n_heads: 1,
+                cache: &cache,
+                layer: 0,
+                meta,
+                window: Some(w),
+            };
+            let mut out = vec![0f32; hd];
+            be.attention_paged(args, &mut out);
+            let lo = (pos as usize + 1).saturating_sub(w);
+            let n = (pos as usize + 1 - lo) as f32;
+            for (k, o) in out.iter().enumerate() {
+                let want = if (lo..=pos as usize).contains(&k) {
+                    1.0 / n
+                } else {
+                    0.0
+                };
+                assert!(
+                    (o - want).abs() < 1e-6,
+                    "{} pos {pos} w {w} k {k}: {o} vs {want}",
+                    be.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn windowed_attention_sees_only_the_last_w_positions() {
+    check_window_boundary(&cpu(1));
+    check_window_boundary(&CpuBackend::portable(pool(1)));
+    check_window_boundary(&ReferenceBackend);
+}
+
+#[test]
+fn add_bias_and_head_rms_norm_match_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    let backends = [cpu(2), CpuBackend::portable(pool(1))];
+    // (rows, stride, col, width / heads x head_dim)
+    for &(rows, stride, col, nh, hd) in &[
+        (1usize, 16usize, 0usize, 1usize, 16usize),
+        (5, 100, 3, 6, 16),
+        (7, 256, 64, 3, 64),
+        (2, 40, 1, 3, 13),
+    ] {
+        let x0: Vec<f32> = rand_vec(&mut rng, rows * stride)
+            .iter()
+            .map(|v| v * 4.0)
+            .collect();
+        let bias = rand_vec(&mut rng, nh * hd + 2);
+        let w = rand_vec(&mut rng, hd);
+        let mut want_b = x0.clone();
+        ReferenceBackend.add_bias(ViewMut::new(&mut want_b, rows, stride, col), &bias, nh * hd);
+        let mut want_n = x0.clone();
+        ReferenceBackend.head_rms_norm(
+            ViewMut::new(&mut want_n, rows, stride, col),
+            &w,
+            nh,
+            hd,
+            1e-6,
+        );
+        for be in &backends {
+            let mut got = x0.clone();
+            be.add_bias(ViewMut::new(&mut got, rows, stride, col), &bias, nh * hd);
+            assert_bits_eq(&format!("add_bias {rows}x{stride}+{col}"), &got, &want_b);
+            let mut got = x0.clone();
+            be.head_rms_norm(ViewMut::new(&mut got, rows, stride, col), &w, nh, hd, 1e-6);
+            assert_close(
+                &format!("head_rms_norm {rows}x{stride}+{col}"),
+                &got,
+                &want_n,
+                |i| 2e-6 * (1.0 + want_n[i].abs()),
+            );
+            // Columns outside the heads are untouched.
+            for t in 0..rows {
+                for j in (0..col).chain(col + nh * hd..stride) {
+                    assert_eq!(got[t * stride + j].to_bits(), x0[t * stride + j].to_bits());
+                }
+            }
+            // A row alone gives the same bits as in the batch.
+            if rows > 1 {
+                let mut one = x0[stride..2 * stride].to_vec();
+                be.head_rms_norm(ViewMut::new(&mut one, 1, stride, col), &w, nh, hd, 1e-6);
+                assert_bits_eq("head_rms_norm row alone", &one, &got[stride..2 * stride]);
+            }
+        }
+    }
+    // Shapes that do not fit make the whole buffer NaN.
+    let be = cpu(1);
+    let check_nan = |f: &dyn Fn(&mut Vec<f32>)| {
+        let mut y = vec![1f32; 20];
+        f(&mut y);
+        assert!(y.iter().all(|v| v.is_nan()));
+    };
+    for r in [&be as &dyn BiasOps, &ReferenceBackend as &dyn BiasOps] {
+        check_nan(&|y| r.bias(ViewMut::new(y, 2, 10, 5), &[0.0; 8], 6)); // col + width > stride
+        check_nan(&|y| r.bias(ViewMut::new(y, 3, 10, 0), &[0.0; 8], 4)); // rows past the buffer
+        check_nan(&|y| r.bias(ViewMut::new(y, 2, 10, 0), &[0.0; 3], 4)); // short bias
+        check_nan(&|y| r.norm(ViewMut::new(y, 2, 10, 0), &[1.0; 4], 3, 4)); // heads past stride
+        check_nan(&|y| r.norm(ViewMut::new(y, 2, 10, 0), &[1.0; 3], 2, 4)); // short weight
+    }
+}
+
+/// The two ops behind one object-safe trait, so the NaN checks run on both backends.
+trait BiasOps {
+    fn bias(&self, y: ViewMut<'_, Vec<f32>>, b: &[f32], width: usize);
+    fn norm(&self, y: ViewMut<'_, Vec<f32>>, w: &[f32], n_heads: usize, head_dim: usize);
+}
+
+impl<B: Backend<Buf = Vec<f32>>> BiasOps for B {
+    fn bias(&self, y: ViewMut<'_, Vec<f32>>, b: &[f32], width: usize) {
+        self.add_bias(y, &b.to_vec(), width);
+    }
+    fn norm(&self, y: ViewMut<'_, Vec<f32>>, w: &[f32], n_heads: usize, head_dim: usize) {
+        self.head_rms_norm(y, &w.to_vec(), n_heads, head_dim, 1e-6);
+    }
 }

@@ -66,6 +66,7 @@ public:
     Config &served_name(std::string v) { served_ = std::move(v); return *this; }
     Config &device(std::string v) { device_ = std::move(v); return *this; }
     Config &threads(uint32_t v) { c_.threads = v; return *this; }
+    // LPX_WEIGHT_DTYPE_F32, _BF16, or _Q8_0 / _Q4_K (dense checkpoints quantized at load).
     Config &weight_dtype(lpx_weight_dtype v) { c_.weight_dtype = static_cast<uint32_t>(v); return *this; }
     Config &bf16_weights(bool on) { return weight_dtype(on ? LPX_WEIGHT_DTYPE_BF16 : LPX_WEIGHT_DTYPE_F32); }
     Config &max_num_seqs(uint32_t v) { c_.max_num_seqs = v; return *this; }

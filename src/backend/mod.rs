@@ -32,6 +32,13 @@ use crate::error::Result;
 use crate::tensor::HostTensor;
 
 /// How weight matrices are stored by the backend (activations are always f32, accumulation f32).
+///
+/// The quantized formats apply to the weights of a dense checkpoint (safetensors, or an
+/// F32/F16/BF16 GGUF): the model loader quantizes those at load time (see
+/// [`crate::model::weight_quant`] for which ggml type each matrix gets); the tensors of an
+/// already-quantized checkpoint are kept in the types the file stores. A backend therefore only
+/// ever receives quantized host tensors with a quantized format, and answers INVALID_ARGUMENT
+/// when handed a dense tensor with one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
     /// 32-bit floats.
@@ -39,6 +46,42 @@ pub enum WeightFormat {
     F32,
     /// bfloat16 (half the bytes; converted to f32 inside the kernels).
     BF16,
+    /// ggml Q8_0 blocks (8.5 bits per weight).
+    Q8_0,
+    /// ggml Q4_K blocks (4.5 bits per weight; llama.cpp's Q4_K_M mix, see
+    /// [`crate::model::weight_quant`]).
+    Q4K,
+}
+
+impl WeightFormat {
+    /// Every format, in `lpx_weight_dtype` order.
+    pub const ALL: [WeightFormat; 4] = [
+        WeightFormat::F32,
+        WeightFormat::BF16,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4K,
+    ];
+    /// The configuration name: "f32", "bf16", "q8_0", "q4_k" (`LPX_WEIGHT_DTYPE`, stats JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::BF16 => "bf16",
+            WeightFormat::Q8_0 => "q8_0",
+            WeightFormat::Q4K => "q4_k",
+        }
+    }
+    /// The format named `s` (case-insensitive; also "float32", "bfloat16"), or `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "float32" => Some(WeightFormat::F32),
+            "bfloat16" => Some(WeightFormat::BF16),
+            l => Self::ALL.into_iter().find(|f| f.name() == l),
+        }
+    }
+    /// Whether weights are kept in ggml quantized blocks.
+    pub fn is_quantized(self) -> bool {
+        matches!(self, WeightFormat::Q8_0 | WeightFormat::Q4K)
+    }
 }
 
 /// Geometry of the paged KV cache.
@@ -159,13 +202,32 @@ pub trait Backend: Send {
     fn kv_write(&self, cache: &mut Self::KvCache, w: KvWriteArgs<'_, Self::Buf>);
     /// Causal grouped-query attention over the paged cache of `a.layer`. Q of row t is the
     /// `n_heads*head_dim` columns of row t of view `a.q`; query head h uses KV head
-    /// `h / (n_heads / n_kv_heads)`. For each row `t < a.q.rows` and head h:
-    /// `s_p = (q_h · k_p) / sqrt(head_dim)` for `p in 0..=row_pos[t]` of sequence `row_seq[t]`
+    /// `h / (n_heads / n_kv_heads)`. For each row `t < a.q.rows` and head h, with
+    /// `lo = 0` (`a.window` None) or `lo = max(0, row_pos[t] + 1 - w)` (`a.window = Some(w)`,
+    /// transformers' sliding window: keys at positions `> row_pos[t] - w`; `w = 0` counts as 1):
+    /// `s_p = (q_h · k_p) / sqrt(head_dim)` for `p in lo..=row_pos[t]` of sequence `row_seq[t]`
     /// (at the slots its block table gives, see [`AttnMeta`]), `w = softmax(s)`,
     /// `out[t, h*head_dim + d] = sum_p w_p * v_p[d]` (`out` is `[rows, n_heads*head_dim]`).
     /// Inconsistent shapes make all of `out` NaN; a row whose metadata points outside the cache
     /// gets a NaN row.
     fn attention_paged(&self, a: AttentionArgs<'_, Self::Buf, Self::KvCache>, out: &mut Self::Buf);
+    /// Adds a bias to a column range of every row, in place (the q/k/v biases over the fused
+    /// QKV row): `for t < y.rows, j < width: y[t, y.col + j] += bias[j]`. When the view does not
+    /// fit its buffer with `width` columns or `bias` holds fewer than `width` values, the whole
+    /// buffer becomes NaN.
+    fn add_bias(&self, y: ViewMut<'_, Self::Buf>, bias: &Self::Buf, width: usize);
+    /// RMSNorm of every head, in place (Qwen3's q/k norm): for each row `t < x.rows` and head
+    /// `h < n_heads`, with `v` the `head_dim` columns `x.col + h*head_dim ..` of row t:
+    /// `r = 1/sqrt(mean_j(v[j]^2) + eps); v[j] = v[j] * r * w[j]`. When the heads do not fit the
+    /// view or `w` holds fewer than `head_dim` values, the whole buffer becomes NaN.
+    fn head_rms_norm(
+        &self,
+        x: ViewMut<'_, Self::Buf>,
+        w: &Self::Buf,
+        n_heads: usize,
+        head_dim: usize,
+        eps: f32,
+    );
     /// Copies rows: `for (k, &r) in rows.iter().enumerate(): out[k*dim..][..dim] = x[r*dim..][..dim]`.
     fn gather_rows(&self, x: &Self::Buf, dim: usize, rows: &[u32], out: &mut Self::Buf);
 

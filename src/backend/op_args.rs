@@ -64,6 +64,9 @@ pub struct AttentionArgs<'a, B: ?Sized, C> {
     pub layer: usize,
     /// Sequence, position and block table of each row.
     pub meta: AttnMeta<'a>,
+    /// Sliding window: `Some(w)` limits a row at position `p` to keys at positions
+    /// `p - w < k <= p`; None = every position `0..=p`.
+    pub window: Option<usize>,
 }
 
 impl<B: ?Sized, C> Clone for AttentionArgs<'_, B, C> {
@@ -83,6 +86,7 @@ impl<'a, C> AttentionArgs<'a, Vec<f32>, C> {
             cache: self.cache,
             layer: self.layer,
             meta: self.meta,
+            window: self.window,
         }
     }
 }

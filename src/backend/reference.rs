@@ -106,6 +106,24 @@ pub(crate) fn fused_shape(parts: &[&HostTensor]) -> Result<(usize, usize)> {
     Ok((total, inp))
 }
 
+/// Checks that every part of a weight in a quantized `format` is a quantized tensor: the model
+/// loader quantizes dense checkpoints itself, so a dense tensor here is a caller bug.
+/// Errors: INVALID_ARGUMENT naming the part and its dtype.
+pub(crate) fn check_quantized_parts(parts: &[&HostTensor], format: WeightFormat) -> Result<()> {
+    if !format.is_quantized() {
+        return Ok(());
+    }
+    match parts.iter().position(|p| p.quant().is_none()) {
+        None => Ok(()),
+        Some(k) => Err(Error::invalid_argument(format!(
+            "weight format {} needs quantized tensors, but part {k} is dense {} \
+             (the model loader quantizes dense checkpoints before packing)",
+            format.name(),
+            parts[k].dtype().map_or("?", |d| d.name())
+        ))),
+    }
+}
+
 /// Converts an f32 to bf16 (round to nearest even) and back.
 pub(crate) fn round_bf16(v: f32) -> f32 {
     half::bf16::from_f32(v).to_f32()
@@ -130,6 +148,29 @@ pub(crate) fn rope_ok(x: &View<'_, [f32]>, a: &RopeArgs<'_>) -> bool {
         && a.row_pos.len() >= x.rows
         && a.head_dim % 2 == 0
         && a.inv_freq.len() >= a.head_dim / 2
+}
+
+/// True when `add_bias` may add `width` bias values to every row of `y` (a buffer of `ylen`
+/// values): the view fits with `width` columns and the bias holds `width` values.
+pub(crate) fn bias_ok(y: &View<'_, [f32]>, bias_len: usize, width: usize) -> bool {
+    y.fits(width) && bias_len >= width
+}
+
+/// True when `head_rms_norm` may normalise `n_heads` heads of `head_dim` in every row of `x`
+/// with a weight of `w_len` values.
+pub(crate) fn head_norm_ok(
+    x: &View<'_, [f32]>,
+    w_len: usize,
+    n_heads: usize,
+    head_dim: usize,
+) -> bool {
+    matches!(n_heads.checked_mul(head_dim), Some(w) if x.fits(w)) && w_len >= head_dim
+}
+
+/// The first position a row at `pos` attends to under `window` (see
+/// [`Backend::attention_paged`]; a window of 0 counts as 1, the row itself).
+pub(crate) fn window_start(pos: usize, window: Option<usize>) -> usize {
+    window.map_or(0, |w| (pos + 1).saturating_sub(w.max(1)))
 }
 
 /// Sets every value of `buf` to NaN (how ops mark an output they cannot compute).
@@ -193,6 +234,7 @@ impl Backend for ReferenceBackend {
 
     fn fused_weight(&self, parts: &[&HostTensor], format: WeightFormat) -> Result<RefWeight> {
         let (out, inp) = fused_shape(parts)?;
+        check_quantized_parts(parts, format)?;
         let quant = QuantStack::from_parts(parts)?;
         let mut data = Vec::with_capacity(out * inp);
         for p in parts {
@@ -216,7 +258,8 @@ impl Backend for ReferenceBackend {
             return q.bytes();
         }
         let per = match w.format {
-            WeightFormat::F32 => 4,
+            // Quantized formats always hold quantized parts (returned above).
+            WeightFormat::F32 | WeightFormat::Q8_0 | WeightFormat::Q4K => 4,
             WeightFormat::BF16 => 2,
         };
         w.data.len() * per
@@ -361,14 +404,16 @@ impl Backend for ReferenceBackend {
                 fill_nan(&mut out[t * q_dim..(t + 1) * q_dim]);
                 continue;
             };
-            // Every position 0..=pos has a slot (checked by attn_row).
+            // Every position 0..=pos has a slot (checked by attn_row); the row reads lo..=pos.
+            let lo = window_start(pos, a.window);
             let slots: Vec<usize> = positions(table, pos + 1, geom.block_size)
+                .skip(lo)
                 .map(|(_, slot)| slot)
                 .collect();
             for h in 0..n_heads {
                 let kvh = h / group;
                 let qh = &q_row[h * hd..(h + 1) * hd];
-                let mut s = vec![f64::NAN; pos + 1];
+                let mut s = vec![f64::NAN; slots.len()];
                 for (sp, &slot) in s.iter_mut().zip(&slots) {
                     let Some(k) = kc.get(slot * kv_dim + kvh * hd..slot * kv_dim + (kvh + 1) * hd)
                     else {
@@ -387,6 +432,57 @@ impl Backend for ReferenceBackend {
                         acc += ep / z * v.unwrap_or(f32::NAN) as f64;
                     }
                     out[t * q_dim + h * hd + d] = acc as f32;
+                }
+            }
+        }
+    }
+
+    fn add_bias(&self, y: ViewMut<'_, Vec<f32>>, bias: &Vec<f32>, width: usize) {
+        let (rows, stride, col) = (y.rows, y.stride, y.col);
+        let y = y.buf;
+        if !bias_ok(
+            &View::new(y.as_slice(), rows, stride, col),
+            bias.len(),
+            width,
+        ) {
+            return fill_nan(y);
+        }
+        for t in 0..rows {
+            for j in 0..width {
+                y[t * stride + col + j] += bias[j];
+            }
+        }
+    }
+
+    fn head_rms_norm(
+        &self,
+        x: ViewMut<'_, Vec<f32>>,
+        w: &Vec<f32>,
+        n_heads: usize,
+        head_dim: usize,
+        eps: f32,
+    ) {
+        let (rows, stride, col) = (x.rows, x.stride, x.col);
+        let x = x.buf;
+        if !head_norm_ok(
+            &View::new(x.as_slice(), rows, stride, col),
+            w.len(),
+            n_heads,
+            head_dim,
+        ) {
+            return fill_nan(x);
+        }
+        for t in 0..rows {
+            for h in 0..n_heads {
+                let base = t * stride + col + h * head_dim;
+                let mut ss = 0f64;
+                for j in 0..head_dim {
+                    let v = x[base + j] as f64;
+                    ss += v * v;
+                }
+                let r = 1.0 / (ss / head_dim as f64 + eps as f64).sqrt();
+                for j in 0..head_dim {
+                    x[base + j] = (x[base + j] as f64 * r * w[j] as f64) as f32;
                 }
             }
         }

@@ -264,9 +264,31 @@ impl Backend for DeviceBackend {
                     cache,
                     layer: a.layer,
                     meta: a.meta,
+                    window: a.window,
                 },
                 o,
             ),
+        }
+    }
+
+    fn add_bias(&self, y: ViewMut<'_, DeviceBuf>, bias: &DeviceBuf, width: usize) {
+        match (self, bias) {
+            (Self::Cpu(b), DeviceBuf::Cpu(bias)) => b.add_bias(y.map(cpu_buf_mut), bias, width),
+        }
+    }
+
+    fn head_rms_norm(
+        &self,
+        x: ViewMut<'_, DeviceBuf>,
+        w: &DeviceBuf,
+        n_heads: usize,
+        head_dim: usize,
+        eps: f32,
+    ) {
+        match (self, w) {
+            (Self::Cpu(b), DeviceBuf::Cpu(w)) => {
+                b.head_rms_norm(x.map(cpu_buf_mut), w, n_heads, head_dim, eps)
+            }
         }
     }
 

@@ -46,9 +46,6 @@ pub enum ModelLenBound {
     MaxPositionEmbeddings,
     /// The default cap, [`DEFAULT_MAX_MODEL_LEN`].
     DefaultCap,
-    /// The model's `sliding_window` (loraplex does not apply a window, so a sequence is kept
-    /// within it, where windowed and full attention agree).
-    SlidingWindow,
 }
 
 /// The longest prompt + completion the engine accepts, and what bounds it.
@@ -61,11 +58,11 @@ pub struct ModelLen {
 }
 
 impl ModelLen {
-    /// `requested` 0 (automatic) → the smallest of `max_position_embeddings`,
-    /// [`DEFAULT_MAX_MODEL_LEN`] and `sliding_window`. Otherwise `requested`, which must not
-    /// exceed either model limit. Errors: INVALID_ARGUMENT naming the limit and both numbers.
+    /// `requested` 0 (automatic) → the smaller of `max_position_embeddings` and
+    /// [`DEFAULT_MAX_MODEL_LEN`]. Otherwise `requested`, which must not exceed
+    /// `max_position_embeddings`. A sliding window does not bound the length: attention applies
+    /// it. Errors: INVALID_ARGUMENT naming the limit and both numbers.
     pub fn resolve(requested: usize, model: &ModelConfig) -> Result<Self> {
-        let window = model.sliding_window.unwrap_or(usize::MAX);
         if requested == 0 {
             let bounds = [
                 (
@@ -73,7 +70,6 @@ impl ModelLen {
                     ModelLenBound::MaxPositionEmbeddings,
                 ),
                 (DEFAULT_MAX_MODEL_LEN, ModelLenBound::DefaultCap),
-                (window, ModelLenBound::SlidingWindow),
             ];
             // Ties go to the earlier entry: the model's own limit is the better explanation.
             let (tokens, bound) =
@@ -86,13 +82,6 @@ impl ModelLen {
             return Err(Error::invalid_argument(format!(
                 "max_model_len {requested} exceeds the model's max_position_embeddings {}",
                 model.max_position_embeddings
-            )));
-        }
-        if requested > window {
-            return Err(Error::invalid_argument(format!(
-                "max_model_len {requested} exceeds the model's sliding_window {window}: loraplex \
-                 does not apply sliding-window attention, so a sequence must fit in the window \
-                 (set max_model_len <= {window}, or 0 to use {window})"
             )));
         }
         Ok(Self {
@@ -269,6 +258,7 @@ mod tests {
 
     fn model(window: Option<usize>) -> ModelConfig {
         ModelConfig {
+            architecture: crate::model::Architecture::Mistral,
             hidden_size: 64,
             intermediate_size: 96,
             num_layers: 3,
@@ -281,6 +271,7 @@ mod tests {
             rope_scaling: RopeScaling::None,
             max_position_embeddings: 2048,
             sliding_window: window,
+            sliding_layers: None,
             tie_word_embeddings: false,
             bos_token_id: None,
             eos_token_ids: vec![2],
@@ -430,7 +421,7 @@ mod tests {
     }
 
     #[test]
-    fn model_len_is_capped_by_the_sliding_window() {
+    fn model_len_is_not_capped_by_the_sliding_window() {
         let auto = ModelLen::resolve(0, &model(None)).unwrap();
         assert_eq!(auto.tokens, 2048);
         assert_eq!(auto.bound, ModelLenBound::MaxPositionEmbeddings);
@@ -442,21 +433,17 @@ mod tests {
             (DEFAULT_MAX_MODEL_LEN, ModelLenBound::DefaultCap)
         );
 
+        // Attention applies the window, so it bounds nothing.
         let w = model(Some(512));
         let auto = ModelLen::resolve(0, &w).unwrap();
         assert_eq!(
             (auto.tokens, auto.bound),
-            (512, ModelLenBound::SlidingWindow)
+            (2048, ModelLenBound::MaxPositionEmbeddings)
         );
-        let set = ModelLen::resolve(300, &w).unwrap();
-        assert_eq!((set.tokens, set.bound), (300, ModelLenBound::Configured));
-        assert_eq!(ModelLen::resolve(512, &w).unwrap().tokens, 512);
-        let e = ModelLen::resolve(1024, &w).unwrap_err();
-        assert_eq!(e.code(), ErrorCode::InvalidArgument);
-        for part in ["sliding_window", "1024", "512"] {
-            assert!(e.message().contains(part), "{}", e.message());
-        }
+        let set = ModelLen::resolve(1024, &w).unwrap();
+        assert_eq!((set.tokens, set.bound), (1024, ModelLenBound::Configured));
         let e = ModelLen::resolve(4096, &w).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
         assert!(
             e.message().contains("max_position_embeddings 2048"),
             "{}",

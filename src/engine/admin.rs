@@ -9,7 +9,6 @@ use serde_json::{json, Value};
 use super::adapters::{rescan, LoaderMsg};
 use super::Engine;
 use crate::adapters::source::ScanReport;
-use crate::backend::WeightFormat;
 use crate::cache::LoadState;
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
@@ -37,10 +36,7 @@ fn config_json(c: &EngineConfig) -> Value {
         "served_model_name": c.served_model_name,
         "device": c.device,
         "threads": c.threads,
-        "weight_dtype": match c.weight_format {
-            WeightFormat::F32 => "f32",
-            WeightFormat::BF16 => "bf16",
-        },
+        "weight_dtype": c.weight_format.name(),
         "max_num_seqs": c.max_num_seqs,
         "max_batch_tokens": c.max_batch_tokens,
         "max_model_len": c.max_model_len,
@@ -209,7 +205,7 @@ impl Engine {
                 "max_num_seqs": self.config().max_num_seqs,
                 "max_batch_tokens": self.config().max_batch_tokens,
                 "max_model_len": self.max_model_len(),
-                // What bounds max_model_len ("sliding_window" when the window capped it).
+                // What bounds max_model_len (configured, max_position_embeddings, default_cap).
                 "max_model_len_bound": self.max_model_len_bound,
             },
             "host_cache": {"entries": host.len(), "capacity": host.capacity()},

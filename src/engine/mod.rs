@@ -118,7 +118,7 @@ impl Engine {
     /// Loads the model named by `cfg.model`, sizes the engine ([`MemoryPlan::size`]) and starts
     /// the worker on the backend chosen from `cfg.device` ([`crate::backend::select()`]). Errors:
     /// INVALID_ARGUMENT for a bad config or device string (including a `max_model_len` over the
-    /// model's `max_position_embeddings` or `sliding_window`, and a memory budget the parts
+    /// model's `max_position_embeddings`, and a memory budget the parts
     /// exceed), IO / INVALID_MODEL / UNSUPPORTED for the model (every checkpoint tensor must be
     /// used, see [`crate::model::layout::account_tensors`]), UNSUPPORTED for `cuda:N` devices in a
     /// build without CUDA.

@@ -85,6 +85,8 @@ fn dtype_of(w: WeightFormat) -> lpx_weight_dtype {
     match w {
         WeightFormat::F32 => lpx_weight_dtype::F32,
         WeightFormat::BF16 => lpx_weight_dtype::Bf16,
+        WeightFormat::Q8_0 => lpx_weight_dtype::Q8_0,
+        WeightFormat::Q4K => lpx_weight_dtype::Q4_K,
     }
 }
 
@@ -104,12 +106,12 @@ pub(crate) unsafe fn to_rust(c: &lpx_engine_config) -> Result<EngineConfig> {
     if let Some(d) = unsafe { opt_str(c.device, "cfg->device") }?.filter(|s| !s.is_empty()) {
         r.device = d.to_string();
     }
-    r.weight_format = [WeightFormat::F32, WeightFormat::BF16]
+    r.weight_format = WeightFormat::ALL
         .into_iter()
         .find(|&w| dtype_of(w) as u32 == c.weight_dtype)
         .ok_or_else(|| {
             Error::invalid_argument(format!(
-                "cfg->weight_dtype = {}: not an lpx_weight_dtype (0 = F32, 1 = BF16)",
+                "cfg->weight_dtype = {}: not an lpx_weight_dtype (0 = F32, 1 = BF16, 2 = Q8_0, 3 = Q4_K)",
                 c.weight_dtype
             ))
         })?;
@@ -203,7 +205,7 @@ pub unsafe extern "C" fn lpx_engine_config_init(cfg: *mut lpx_engine_config) {
 }
 
 /// Applies environment overrides to `*cfg` (which must be initialised): `LPX_MODEL`,
-/// `LPX_SERVED_MODEL_NAME`, `LPX_DEVICE`, `LPX_THREADS`, `LPX_WEIGHT_DTYPE` (f32|bf16),
+/// `LPX_SERVED_MODEL_NAME`, `LPX_DEVICE`, `LPX_THREADS`, `LPX_WEIGHT_DTYPE` (f32|bf16|q8_0|q4_k),
 /// `LPX_MAX_NUM_SEQS`, `LPX_MAX_BATCH_TOKENS`, `LPX_MAX_MODEL_LEN`, `LPX_KV_BLOCK_SIZE`,
 /// `LPX_KV_CACHE_BYTES`, `LPX_MEMORY_BUDGET_BYTES`, `LPX_MAX_QUEUE`, `NIM_PEFT_SOURCE` (':'-separated),
 /// `NIM_PEFT_REFRESH_INTERVAL` (seconds), `NIM_MAX_CPU_LORAS`, `NIM_MAX_GPU_LORAS`,
@@ -307,6 +309,22 @@ mod tests {
         assert_eq!(unsafe { to_rust(&c) }.unwrap(), r);
         assert_eq!(c.kv_cache_bytes, 9 << 33);
         assert_eq!(c.peft_refresh_interval_ms, 1500);
+
+        for w in WeightFormat::ALL {
+            r.weight_format = w;
+            let c = from_rust(&r, intern).unwrap();
+            assert_eq!(
+                c.weight_dtype,
+                WeightFormat::ALL.iter().position(|&x| x == w).unwrap() as u32
+            );
+            // SAFETY: strings are interned.
+            assert_eq!(unsafe { to_rust(&c) }.unwrap(), r);
+        }
+        let mut bad = from_rust(&r, intern).unwrap();
+        bad.weight_dtype = 4;
+        // SAFETY: strings are interned.
+        let e = unsafe { to_rust(&bad) }.unwrap_err();
+        assert!(e.message().contains("weight_dtype = 4"), "{e}");
 
         r.max_queue = u32::MAX as usize + 1;
         let e = from_rust(&r, intern).unwrap_err();

@@ -64,6 +64,12 @@ pub enum lpx_weight_dtype {
     F32 = 0,
     /// bfloat16: half the bytes.
     Bf16 = 1,
+    /// ggml Q8_0, quantized at load from a dense checkpoint (quantized checkpoints are kept as
+    /// stored).
+    Q8_0 = 2,
+    /// ggml Q4_K (Q6_K head), quantized at load from a dense checkpoint (quantized checkpoints
+    /// are kept as stored).
+    Q4_K = 3,
 }
 
 /// Engine configuration. Fill with `lpx_engine_config_init` (defaults), optionally

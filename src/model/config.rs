@@ -1,10 +1,11 @@
 //! The base model's shape and hyper-parameters ([`ModelConfig`]), read from a HuggingFace
-//! `config.json` (Llama family) or filled in from GGUF metadata.
+//! `config.json` (Llama, Mistral, Qwen2, Qwen3: [`Architecture`]) or filled in from GGUF metadata.
 
 use std::path::Path;
 
 use serde_json::{Map, Value};
 
+pub use super::arch::Architecture;
 use crate::error::{Error, Result};
 
 /// RoPE frequency scaling.
@@ -28,11 +29,16 @@ pub enum RopeScaling {
         /// `factor`.
         factor: f32,
     },
+    /// Per-frequency divisors (llama.cpp's `rope_freqs.weight` tensor, which its converter
+    /// writes for llama3 scaling): `inv_freq[i] = theta^(-2i/head_dim) / factors[i]`.
+    FreqFactors(Vec<f32>),
 }
 
 /// Shape and hyper-parameters of a Llama-family decoder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
+    /// The decoder family (which extra tensors it has: biases, q/k norms).
+    pub architecture: Architecture,
     /// Hidden size (d_model).
     pub hidden_size: usize,
     /// MLP intermediate size.
@@ -55,10 +61,13 @@ pub struct ModelConfig {
     pub rope_scaling: RopeScaling,
     /// Longest context the model supports.
     pub max_position_embeddings: usize,
-    /// Sliding-window attention span (Mistral's `sliding_window`; None = full attention).
-    /// loraplex does not apply a window: the engine keeps `max_model_len` within it, where
-    /// windowed and full attention are the same.
+    /// Sliding-window attention span (None = full attention): a query at position `p` attends
+    /// to keys at positions `p - w < k <= p` (transformers' `sliding_window_overlay`). Applied
+    /// on the layers [`Self::sliding_layers`] selects.
     pub sliding_window: Option<usize>,
+    /// Which layers use [`Self::sliding_window`] (Qwen2/Qwen3 `layer_types`); None = every layer
+    /// (Mistral, GGUF). When set, it has one entry per layer.
+    pub sliding_layers: Option<Vec<bool>>,
     /// `lm_head` shares the embedding matrix.
     pub tie_word_embeddings: bool,
     /// BOS token id, if any.
@@ -75,6 +84,15 @@ impl ModelConfig {
     /// Key/value projection width (`num_kv_heads * head_dim`).
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
+    }
+
+    /// The attention window of layer `layer` (None = full causal attention).
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        let on = match &self.sliding_layers {
+            None => true,
+            Some(v) => v.get(layer).copied().unwrap_or(false),
+        };
+        self.sliding_window.filter(|_| on)
     }
 
     /// Checks internal consistency; the message names the field.
@@ -100,6 +118,26 @@ impl ModelConfig {
             return Err(Error::invalid_model(
                 "model config: sliding_window must be > 0 (or null for no window)",
             ));
+        }
+        if let Some(v) = &self.sliding_layers {
+            if v.len() != self.num_layers {
+                return Err(Error::invalid_model(format!(
+                    "model config: layer_types has {} entries for {} layers",
+                    v.len(),
+                    self.num_layers
+                )));
+            }
+        }
+        if let RopeScaling::FreqFactors(f) = &self.rope_scaling {
+            if f.len() != self.head_dim / 2 || f.iter().any(|x| !x.is_finite() || *x <= 0.0) {
+                return Err(Error::invalid_model(format!(
+                    "RoPE frequency factors: expected {} positive finite values (head_dim / 2), \
+                     got {} ({:?}...)",
+                    self.head_dim / 2,
+                    f.len(),
+                    &f[..f.len().min(4)]
+                )));
+            }
         }
         if self.num_heads % self.num_kv_heads != 0 {
             return Err(Error::invalid_model(format!(
@@ -132,18 +170,26 @@ impl ModelConfig {
         Self::from_hf_json(&text).map_err(|e| e.context(path.display()))
     }
 
-    /// Parses the text of a HuggingFace `config.json` for a Llama-family model.
+    /// Parses the text of a HuggingFace `config.json` for a supported [`Architecture`].
+    /// Errors: UNSUPPORTED for another architecture (naming it), `attention_bias` / `mlp_bias`
+    /// (except Qwen2, whose q/k/v biases are part of the architecture), an activation other than
+    /// SiLU or an unknown RoPE scaling; INVALID_MODEL for missing or ill-typed fields.
     pub fn from_hf_json(text: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| Error::invalid_model(format!("invalid JSON: {e}")))?;
         let obj = v
             .as_object()
             .ok_or_else(|| Error::invalid_model("config.json is not a JSON object"))?;
-        check_architecture(obj)?;
+        let architecture = hf_architecture(obj)?;
         for flag in ["attention_bias", "mlp_bias"] {
+            // transformers' Qwen2 always has q/k/v biases and reads neither flag.
+            if architecture == Architecture::Qwen2 {
+                break;
+            }
             if obj.get(flag).and_then(Value::as_bool) == Some(true) {
                 return Err(Error::unsupported(format!(
-                    "field {flag}=true is not supported"
+                    "field {flag}=true is not supported for {architecture} (biases on every \
+                     projection)"
                 )));
             }
         }
@@ -171,6 +217,8 @@ impl ModelConfig {
             .unwrap_or(num_heads);
         let head_dim = match obj.get("head_dim").and_then(Value::as_u64) {
             Some(h) => h as usize,
+            // Qwen3Config's own default (it does not derive head_dim from the hidden size).
+            None if architecture == Architecture::Qwen3 => 128,
             None if num_heads > 0 => hidden_size / num_heads,
             None => 0,
         };
@@ -192,11 +240,13 @@ impl ModelConfig {
         };
         let eos_token_ids = token_ids(obj, "eos_token_id", true)?;
         let bos_token_id = token_ids(obj, "bos_token_id", false)?.first().copied();
-        let sliding_window = sliding_window(obj)?;
+        let num_layers = req("num_hidden_layers")?;
+        let (sliding_window, sliding_layers) = attention_window(obj, architecture, num_layers)?;
         let cfg = ModelConfig {
+            architecture,
             hidden_size,
             intermediate_size: req("intermediate_size")?,
-            num_layers: req("num_hidden_layers")?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -216,6 +266,7 @@ impl ModelConfig {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             sliding_window,
+            sliding_layers,
             bos_token_id,
             eos_token_ids,
         };
@@ -234,6 +285,11 @@ impl ModelConfig {
             RopeScaling::Linear { factor } => {
                 base.iter().map(|&f| (f / *factor as f64) as f32).collect()
             }
+            RopeScaling::FreqFactors(factors) => base
+                .iter()
+                .zip(factors)
+                .map(|(&f, &d)| (f / d as f64) as f32)
+                .collect(),
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -267,49 +323,73 @@ impl ModelConfig {
     }
 }
 
-/// The refusal of a Qwen2 model; `what` names where the architecture was read.
-pub(crate) fn qwen2_refusal(what: &str) -> Error {
-    Error::unsupported(format!(
-        "{what}: Qwen2 models are not supported yet (their q/k/v projection biases are not \
-         applied by loraplex, so the output would be wrong)"
-    ))
+/// The [`Architecture`] a config names (`architectures`, else `model_type`).
+fn hf_architecture(obj: &Map<String, Value>) -> Result<Architecture> {
+    let archs: Option<Vec<&str>> = obj
+        .get("architectures")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect());
+    let model_type = obj.get("model_type").and_then(Value::as_str);
+    Architecture::from_hf(archs.as_deref(), model_type)
 }
 
-/// Accepts `LlamaForCausalLM` and `MistralForCausalLM` (or `model_type` llama / mistral when
-/// `architectures` is absent); refuses Qwen2 with the reason and anything else naming it.
-fn check_architecture(obj: &Map<String, Value>) -> Result<()> {
-    let archs: Vec<&str> = match obj.get("architectures").and_then(Value::as_array) {
-        Some(a) => a.iter().filter_map(Value::as_str).collect(),
-        None => obj
-            .get("model_type")
-            .and_then(Value::as_str)
-            .into_iter()
-            .collect(),
+/// The attention window and the layers it applies to, as transformers applies them:
+/// * Llama: none (`LlamaForCausalLM` ignores a `sliding_window` field; it is still checked).
+/// * Mistral: `sliding_window` on every layer.
+/// * Qwen2/Qwen3: `sliding_window` only when `use_sliding_window` is true, on the layers whose
+///   `layer_types` entry is `"sliding_attention"` (without `layer_types`: layers from
+///   `max_window_layers`, default 28, on, as their configs derive it).
+///
+/// Errors (INVALID_MODEL) name the field: a window that is not a positive integer, a
+/// `layer_types` that is not a list of `"full_attention"` / `"sliding_attention"`, one per layer.
+fn attention_window(
+    obj: &Map<String, Value>,
+    arch: Architecture,
+    num_layers: usize,
+) -> Result<(Option<usize>, Option<Vec<bool>>)> {
+    let window = sliding_window(obj)?;
+    match arch {
+        Architecture::Llama => Ok((None, None)),
+        Architecture::Mistral => Ok((window, None)),
+        Architecture::Qwen2 | Architecture::Qwen3 => {
+            let enabled = obj.get("use_sliding_window").and_then(Value::as_bool) == Some(true);
+            let Some(w) = window.filter(|_| enabled) else {
+                return Ok((None, None));
+            };
+            let layers = match obj.get("layer_types") {
+                None | Some(Value::Null) => {
+                    let first = obj
+                        .get("max_window_layers")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(28) as usize;
+                    (0..num_layers).map(|l| l >= first).collect()
+                }
+                Some(v) => layer_types(v, num_layers)?,
+            };
+            Ok((Some(w), Some(layers)))
+        }
+    }
+}
+
+/// `layer_types`: one `"full_attention"` or `"sliding_attention"` per layer → sliding or not.
+fn layer_types(v: &Value, num_layers: usize) -> Result<Vec<bool>> {
+    let bad = || {
+        Error::invalid_model(format!(
+            "field layer_types is {v}, expected {num_layers} entries of \"full_attention\" or \
+             \"sliding_attention\""
+        ))
     };
-    if let Some(q) = archs
-        .iter()
-        .find(|a| matches!(**a, "Qwen2ForCausalLM" | "qwen2"))
-    {
-        return Err(qwen2_refusal(&format!("architecture {q}")));
-    }
-    let ok = archs.iter().any(|a| {
-        matches!(
-            *a,
-            "LlamaForCausalLM" | "MistralForCausalLM" | "llama" | "mistral"
-        )
-    });
-    if ok {
-        return Ok(());
-    }
-    let got = obj
-        .get("architectures")
-        .or_else(|| obj.get("model_type"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    Err(Error::unsupported(format!(
-        "unsupported architecture {got}: loraplex serves Llama-family models (LlamaForCausalLM, \
-         MistralForCausalLM)"
-    )))
+    let list = v
+        .as_array()
+        .filter(|a| a.len() == num_layers)
+        .ok_or_else(bad)?;
+    list.iter()
+        .map(|x| match x.as_str() {
+            Some("full_attention") => Ok(false),
+            Some("sliding_attention") => Ok(true),
+            _ => Err(bad()),
+        })
+        .collect()
 }
 
 /// A token-id field: absent or null → none; a non-negative integer → one id; a list of them (only
@@ -501,37 +581,127 @@ mod tests {
         let e = with("bos_token_id", "\"<s>\"").unwrap_err();
         assert!(e.message().contains("bos_token_id"), "{}", e.message());
 
+        // Llama ignores a window (as LlamaForCausalLM does) but still checks the field.
+        assert_eq!(with("sliding_window", "4096").unwrap().sliding_window, None);
+        let mistral = good.replace("LlamaForCausalLM", "MistralForCausalLM");
+        let with_m = |field: &str, value: &str| {
+            let mut v: Value = serde_json::from_str(&mistral).unwrap();
+            v[field] = serde_json::from_str(value).unwrap();
+            ModelConfig::from_hf_json(&v.to_string())
+        };
+        let m = with_m("sliding_window", "4096").unwrap();
+        assert_eq!(m.sliding_window, Some(4096));
         assert_eq!(
-            with("sliding_window", "4096").unwrap().sliding_window,
-            Some(4096)
+            (m.layer_window(0), m.layer_window(31)),
+            (Some(4096), Some(4096))
         );
-        assert_eq!(with("sliding_window", "null").unwrap().sliding_window, None);
         assert_eq!(
-            ModelConfig::from_hf_json(&good).unwrap().sliding_window,
+            with_m("sliding_window", "null").unwrap().sliding_window,
+            None
+        );
+        assert_eq!(
+            ModelConfig::from_hf_json(&mistral).unwrap().sliding_window,
             None
         );
         for bad in ["0", "-5", "\"4096\"", "1.5"] {
+            let e = with_m("sliding_window", bad).unwrap_err();
+            assert!(e.message().contains("sliding_window"), "{}", e.message());
             let e = with("sliding_window", bad).unwrap_err();
             assert!(e.message().contains("sliding_window"), "{}", e.message());
         }
-        let mut v: Value = serde_json::from_str(&good).unwrap();
-        v["sliding_window"] = 4096.into();
-        v["use_sliding_window"] = false.into();
-        let c = ModelConfig::from_hf_json(&v.to_string()).unwrap();
-        assert_eq!(c.sliding_window, None);
     }
 
     #[test]
-    fn qwen2_is_refused_with_the_reason_and_others_by_name() {
+    fn qwen_windows_follow_use_sliding_window_and_layer_types() {
+        let qwen = llama31(false).replace("LlamaForCausalLM", "Qwen2ForCausalLM");
+        let with = |edits: &[(&str, &str)]| {
+            let mut v: Value = serde_json::from_str(&qwen).unwrap();
+            for (k, x) in edits {
+                v[*k] = serde_json::from_str(x).unwrap();
+            }
+            ModelConfig::from_hf_json(&v.to_string())
+        };
+        // Off unless use_sliding_window is true.
+        let c = with(&[("sliding_window", "64")]).unwrap();
+        assert_eq!(c.sliding_window, None);
+        let c = with(&[("sliding_window", "64"), ("use_sliding_window", "false")]).unwrap();
+        assert_eq!(c.sliding_window, None);
+        // Derived from max_window_layers without layer_types.
+        let c = with(&[
+            ("sliding_window", "64"),
+            ("use_sliding_window", "true"),
+            ("max_window_layers", "30"),
+        ])
+        .unwrap();
+        assert_eq!((c.layer_window(29), c.layer_window(30)), (None, Some(64)));
+        // layer_types decides when present.
+        let types: Vec<&str> = (0..32)
+            .map(|l| {
+                if l % 2 == 0 {
+                    "\"sliding_attention\""
+                } else {
+                    "\"full_attention\""
+                }
+            })
+            .collect();
+        let list = format!("[{}]", types.join(","));
+        let c = with(&[
+            ("sliding_window", "64"),
+            ("use_sliding_window", "true"),
+            ("layer_types", &list),
+        ])
+        .unwrap();
+        assert_eq!((c.layer_window(0), c.layer_window(1)), (Some(64), None));
+        for bad in [
+            "[\"sliding_attention\"]",
+            "\"full\"",
+            &list.replace("full_attention", "chunked"),
+        ] {
+            let e = with(&[
+                ("sliding_window", "64"),
+                ("use_sliding_window", "true"),
+                ("layer_types", bad),
+            ])
+            .unwrap_err();
+            assert!(e.message().contains("layer_types"), "{}", e.message());
+        }
+    }
+
+    #[test]
+    fn zoo_families_are_recognised_and_others_refused_by_name() {
         let good = llama31(false);
-        let qwen = good.replace("LlamaForCausalLM", "Qwen2ForCausalLM");
-        let e = ModelConfig::from_hf_json(&qwen).unwrap_err();
-        assert_eq!(e.code(), crate::error::ErrorCode::Unsupported);
-        assert!(e.message().contains("Qwen2ForCausalLM") && e.message().contains("bias"));
-        let mistral = good.replace("LlamaForCausalLM", "MistralForCausalLM");
-        assert!(ModelConfig::from_hf_json(&mistral).is_ok());
-        let phi = good.replace("LlamaForCausalLM", "PhiForCausalLM");
-        let e = ModelConfig::from_hf_json(&phi).unwrap_err();
-        assert!(e.message().contains("PhiForCausalLM"), "{}", e.message());
+        for (class, arch) in [
+            ("LlamaForCausalLM", Architecture::Llama),
+            ("MistralForCausalLM", Architecture::Mistral),
+            ("Qwen2ForCausalLM", Architecture::Qwen2),
+            ("Qwen3ForCausalLM", Architecture::Qwen3),
+        ] {
+            let c = ModelConfig::from_hf_json(&good.replace("LlamaForCausalLM", class)).unwrap();
+            assert_eq!(c.architecture, arch);
+        }
+        // Qwen2's biases are its architecture; elsewhere attention_bias is refused.
+        let mut v: Value = serde_json::from_str(&good).unwrap();
+        v["attention_bias"] = true.into();
+        let e = ModelConfig::from_hf_json(&v.to_string()).unwrap_err();
+        assert!(e.message().contains("attention_bias"), "{}", e.message());
+        let q = v
+            .to_string()
+            .replace("LlamaForCausalLM", "Qwen2ForCausalLM");
+        assert!(ModelConfig::from_hf_json(&q).is_ok());
+        // Qwen3's head_dim defaults to 128, not hidden / heads.
+        let mut v: Value =
+            serde_json::from_str(&good.replace("LlamaForCausalLM", "Qwen3ForCausalLM")).unwrap();
+        v["hidden_size"] = 1024.into();
+        v["num_attention_heads"] = 16.into();
+        assert_eq!(
+            ModelConfig::from_hf_json(&v.to_string()).unwrap().head_dim,
+            128
+        );
+        for other in ["PhiForCausalLM", "Gemma2ForCausalLM", "MixtralForCausalLM"] {
+            let e =
+                ModelConfig::from_hf_json(&good.replace("LlamaForCausalLM", other)).unwrap_err();
+            assert_eq!(e.code(), crate::error::ErrorCode::Unsupported);
+            assert!(e.message().contains(other), "{}", e.message());
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! The Llama checkpoint layout: which tensors a model with a given [`ModelConfig`] consumes, with
-//! their HF shapes, and the accounting that every checkpoint goes through before its weights are
+//! The checkpoint layout of every supported [`super::Architecture`]: which tensors a model with a
+//! given [`ModelConfig`] consumes, with their HF shapes, and the accounting that every checkpoint goes through before its weights are
 //! packed (DESIGN.md 7, "every checkpoint tensor is consumed or the load fails naming it").
 //!
 //! Pure functions over host tensors; no I/O, no threads.
@@ -10,7 +10,8 @@ use super::{ModelConfig, RopeScaling, TensorMap};
 use crate::error::{Error, Result};
 use crate::tensor::{HostTensor, TensorData};
 
-/// Tensors of one Llama decoder layer (two norms, q/k/v/o, gate/up/down).
+/// Tensors of one Llama decoder layer (two norms, q/k/v/o, gate/up/down); the fewest of any
+/// supported architecture.
 pub const TENSORS_PER_LAYER: usize = 9;
 
 /// Refuses a layer count that a checkpoint of `n_tensors` tensors cannot hold, before anything is
@@ -27,8 +28,9 @@ pub fn check_layer_count(c: &ModelConfig, n_tensors: usize, field: &str) -> Resu
     Ok(())
 }
 
-/// Every tensor a Llama model with `c` consumes, by HF name, with its HF shape. `lm_head.weight`
-/// is listed only for an untied model.
+/// Every tensor a model with `c` consumes, by HF name, with its HF shape: the Llama layer plus
+/// `self_attn.{q,k,v}_proj.bias` for Qwen2 and `self_attn.{q,k}_norm.weight` (`[head_dim]`) for
+/// Qwen3. `lm_head.weight` is listed only for an untied model.
 pub fn expected_tensors(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let mut v = vec![
@@ -52,6 +54,15 @@ pub fn expected_tensors(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         v.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
         v.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
         v.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+        if c.architecture.qkv_bias() {
+            v.push((format!("{p}.self_attn.q_proj.bias"), vec![c.q_dim()]));
+            v.push((format!("{p}.self_attn.k_proj.bias"), vec![c.kv_dim()]));
+            v.push((format!("{p}.self_attn.v_proj.bias"), vec![c.kv_dim()]));
+        }
+        if c.architecture.qk_norm() {
+            v.push((format!("{p}.self_attn.q_norm.weight"), vec![c.head_dim]));
+            v.push((format!("{p}.self_attn.k_norm.weight"), vec![c.head_dim]));
+        }
     }
     v
 }
@@ -111,10 +122,12 @@ pub fn account_tensors(c: &ModelConfig, t: &mut TensorMap) -> Result<()> {
             _ => String::new(),
         };
         return Err(Error::invalid_model(format!(
-            "tensor {}{more} not used by a {}-layer Llama model (loraplex refuses a checkpoint it \
-             would apply only in part: biases, extra norms or layers are not supported)",
+            "tensor {}{more} not used by a {}-layer {} model (loraplex refuses a checkpoint it \
+             would apply only in part: biases, extra norms or layers the architecture does not \
+             have are not supported)",
             shown.join(", "),
-            c.num_layers
+            c.num_layers,
+            c.architecture
         )));
     }
     for name in derivable {
@@ -206,6 +219,7 @@ mod tests {
 
     fn cfg(tied: bool) -> ModelConfig {
         ModelConfig {
+            architecture: super::super::Architecture::Llama,
             hidden_size: 8,
             intermediate_size: 12,
             num_layers: 2,
@@ -218,6 +232,7 @@ mod tests {
             rope_scaling: RopeScaling::Linear { factor: 2.0 },
             max_position_embeddings: 64,
             sliding_window: None,
+            sliding_layers: None,
             tie_word_embeddings: tied,
             bos_token_id: None,
             eos_token_ids: Vec::new(),
@@ -259,6 +274,38 @@ mod tests {
         t.remove("model.layers.1.mlp.up_proj.weight");
         let e = account_tensors(&c, &mut t).unwrap_err();
         assert!(e.message().contains("mlp.up_proj"), "{}", e.message());
+    }
+
+    #[test]
+    fn qwen_extras_are_expected_and_absent_from_llama() {
+        use super::super::Architecture;
+        let names = |arch| {
+            let c = ModelConfig {
+                architecture: arch,
+                ..cfg(false)
+            };
+            expected_tensors(&c)
+                .into_iter()
+                .filter(|(n, _)| n.ends_with(".bias") || n.contains("_norm."))
+                .collect::<Vec<_>>()
+        };
+        assert!(names(Architecture::Llama).is_empty());
+        assert!(names(Architecture::Mistral).is_empty());
+        let q2 = names(Architecture::Qwen2);
+        assert_eq!(q2.len(), 6);
+        assert!(q2.contains(&("model.layers.1.self_attn.k_proj.bias".into(), vec![4])));
+        let q3 = names(Architecture::Qwen3);
+        assert!(q3.contains(&("model.layers.0.self_attn.q_norm.weight".into(), vec![4])));
+        assert_eq!(q3.len(), 4);
+        // A Qwen3 checkpoint handed to a Llama config: its norms are unused, named.
+        let c3 = ModelConfig {
+            architecture: Architecture::Qwen3,
+            ..cfg(false)
+        };
+        let mut t = full(&c3);
+        let e = account_tensors(&cfg(false), &mut t).unwrap_err();
+        assert!(e.message().contains("q_norm.weight"), "{}", e.message());
+        assert!(e.message().contains("Llama"), "{}", e.message());
     }
 
     #[test]

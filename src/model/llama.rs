@@ -1,4 +1,5 @@
-//! The Llama transformer on a [`Backend`]: weights packed once, one `forward` per engine step.
+//! The Llama-family transformer (Llama, Mistral, Qwen2, Qwen3) on a [`Backend`]: weights packed
+//! once, one `forward` per engine step.
 //!
 //! A step is a flat list of token rows from any number of sequences (prefill chunks and decode
 //! rows mixed). Each row carries its sequence and position ([`AttnMeta`]); K/V are written to the
@@ -7,6 +8,8 @@
 use parking_lot::Mutex;
 
 use super::layout::account_tensors;
+use super::qkv_extras::QkvExtras;
+use super::weight_quant::{self, WeightRole};
 use super::{ModelConfig, TensorMap};
 use crate::backend::{
     AttentionArgs, AttnMeta, Backend, KvWriteArgs, LoraArgs, LoraBatch, LoraTarget, RopeArgs, View,
@@ -22,6 +25,8 @@ struct Layer<B: Backend> {
     mlp_norm: B::Buf,
     gate_up: B::Weight,
     down: B::Weight,
+    /// Architecture-specific QKV bias / q-k norms.
+    extras: QkvExtras<B>,
 }
 
 /// Activation buffers reused across steps (grown when a step has more rows than any before).
@@ -81,6 +86,10 @@ impl<B: Backend> Llama<B> {
     /// accounted for first ([`account_tensors`]): a missing, misshapen or unused tensor is an
     /// INVALID_MODEL error naming it, before anything is packed. Host tensors are then consumed
     /// layer by layer so peak memory stays near one copy of the weights; on success `t` is empty.
+    ///
+    /// Under a quantized `format` (q8_0, q4_k) the dense matrices are quantized here, one
+    /// weight at a time, with the types and per-weight fallback of [`weight_quant`];
+    /// already-quantized tensors are packed as the checkpoint stores them.
     pub fn load(
         backend: &B,
         cfg: &ModelConfig,
@@ -91,39 +100,56 @@ impl<B: Backend> Llama<B> {
         cfg.validate()?;
         account_tensors(&cfg, t)?;
         let mut weight_bytes = 0usize;
-        let embed_t = take(t, "model.embed_tokens.weight")?;
-        let embed = backend.weight(&embed_t, format)?;
-        weight_bytes += backend.weight_bytes(&embed);
-        let lm_head = if cfg.tie_word_embeddings {
+        // Takes the named tensors, quantizes them when the format asks, packs them as one
+        // (fused) weight and counts its bytes.
+        let mut pack = |t: &mut TensorMap, names: &[&str], role: WeightRole| -> Result<B::Weight> {
+            let parts = names
+                .iter()
+                .map(|n| take(t, n).map(|h| (n.to_string(), h)))
+                .collect::<Result<Vec<_>>>()?;
+            let (parts, fmt) = weight_quant::prepare(parts, role, format)?;
+            let w = match parts.as_slice() {
+                [one] => backend.weight(one, fmt)?,
+                many => backend.fused_weight(&many.iter().collect::<Vec<_>>(), fmt)?,
+            };
+            weight_bytes += backend.weight_bytes(&w);
+            Ok(w)
+        };
+        let tied = cfg.tie_word_embeddings;
+        let embed = pack(
+            t,
+            &["model.embed_tokens.weight"],
+            WeightRole::Embedding { tied },
+        )?;
+        let lm_head = if tied {
             None
         } else {
-            let lm = take(t, "lm_head.weight")?;
-            let w = backend.weight(&lm, format)?;
-            weight_bytes += backend.weight_bytes(&w);
-            Some(w)
+            Some(pack(t, &["lm_head.weight"], WeightRole::Head)?)
         };
-        drop(embed_t);
         let norm = backend.upload(&take(t, "model.norm.weight")?.into_f32_vec())?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}");
-            let wq = take(t, &format!("{p}.self_attn.q_proj.weight"))?;
-            let wk = take(t, &format!("{p}.self_attn.k_proj.weight"))?;
-            let wv = take(t, &format!("{p}.self_attn.v_proj.weight"))?;
-            let qkv = backend.fused_weight(&[&wq, &wk, &wv], format)?;
-            let o = backend.weight(&take(t, &format!("{p}.self_attn.o_proj.weight"))?, format)?;
-            let wg = take(t, &format!("{p}.mlp.gate_proj.weight"))?;
-            let wu = take(t, &format!("{p}.mlp.up_proj.weight"))?;
-            let gate_up = backend.fused_weight(&[&wg, &wu], format)?;
-            let down = backend.weight(&take(t, &format!("{p}.mlp.down_proj.weight"))?, format)?;
+            let names = |suffixes: &[&str]| -> Vec<String> {
+                suffixes.iter().map(|s| format!("{p}.{s}.weight")).collect()
+            };
+            let mut proj = |suffixes: &[&str]| {
+                let n = names(suffixes);
+                pack(
+                    t,
+                    &n.iter().map(String::as_str).collect::<Vec<_>>(),
+                    WeightRole::Projection,
+                )
+            };
+            let qkv = proj(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"])?;
+            let o = proj(&["self_attn.o_proj"])?;
+            let gate_up = proj(&["mlp.gate_proj", "mlp.up_proj"])?;
+            let down = proj(&["mlp.down_proj"])?;
             let attn_norm =
                 backend.upload(&take(t, &format!("{p}.input_layernorm.weight"))?.into_f32_vec())?;
             let mlp_norm = backend.upload(
                 &take(t, &format!("{p}.post_attention_layernorm.weight"))?.into_f32_vec(),
             )?;
-            for w in [&qkv, &o, &gate_up, &down] {
-                weight_bytes += backend.weight_bytes(w);
-            }
             layers.push(Layer {
                 attn_norm,
                 qkv,
@@ -131,6 +157,7 @@ impl<B: Backend> Llama<B> {
                 mlp_norm,
                 gate_up,
                 down,
+                extras: QkvExtras::load(backend, &cfg, t, l)?,
             });
         }
         let inv_freq = cfg.rope_inv_freq();
@@ -264,6 +291,7 @@ impl<B: Backend> Llama<B> {
             apply((normed, h), (qkv, qkv_w, 0), l, LoraTarget::Q);
             apply((normed, h), (qkv, qkv_w, q), l, LoraTarget::K);
             apply((normed, h), (qkv, qkv_w, q + kv_dim), l, LoraTarget::V);
+            layer.extras.apply(backend, qkv, rows, cfg);
             // K's heads follow Q's in the fused row, so one call rotates both.
             let rope = RopeArgs {
                 n_heads: cfg.num_heads + cfg.num_kv_heads,
@@ -285,6 +313,7 @@ impl<B: Backend> Llama<B> {
                 cache: kv,
                 layer: l,
                 meta: input.meta,
+                window: cfg.layer_window(l),
             };
             backend.attention_paged(attention, attn);
             backend.matmul(attn, rows, &layer.o, proj);

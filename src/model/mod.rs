@@ -1,15 +1,19 @@
-//! Base model loading (HF safetensors directories and GGUF files) and the Llama transformer.
+//! Base model loading (HF safetensors directories and GGUF files) and the transformer of the
+//! Llama family (Llama, Mistral, Qwen2, Qwen3: [`arch`]).
 
+pub mod arch;
 pub mod config;
 pub mod gguf;
 pub mod layout;
 pub mod llama;
+mod qkv_extras;
+pub mod weight_quant;
 pub mod weights;
 
 use std::collections::HashMap;
 use std::path::Path;
 
-pub use config::{ModelConfig, RopeScaling};
+pub use config::{Architecture, ModelConfig, RopeScaling};
 
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;

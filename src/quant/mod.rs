@@ -8,6 +8,8 @@
 
 pub mod dequant;
 pub mod dequant_k;
+pub mod quantize;
+pub mod quantize_k;
 pub mod types;
 
 pub use dequant::dequantize;

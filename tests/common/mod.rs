@@ -312,6 +312,16 @@ pub fn std_dev(x: &[f32]) -> f32 {
     (x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt() as f32
 }
 
+/// `max |got - want|` in units of the standard deviation of `want`.
+pub fn max_rel_diff(got: &[f32], want: &[f32]) -> f32 {
+    let std = std_dev(want);
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+        / std
+}
+
 /// Compares greedy tokens with the reference: equal, or a divergence where the reference margin
 /// at that step is below `margin_tol`. Returns a description of the failure, if any.
 pub fn tokens_match(

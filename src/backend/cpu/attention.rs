@@ -1,4 +1,5 @@
-//! Causal grouped-query attention over the paged KV cache (two-pass softmax).
+//! Causal grouped-query attention over the paged KV cache (two-pass softmax), optionally limited
+//! to a sliding window of the most recent positions.
 //!
 //! Work is split into units of (row, KV head): a unit computes every query head that shares the
 //! KV head, so each K/V vector is loaded once per group. Units run in parallel on the pool. A
@@ -10,6 +11,7 @@ use rayon::prelude::*;
 
 use super::{CpuBackend, CpuKvCache};
 use crate::backend::kv_store::{attn_row, attn_shapes, block_runs};
+use crate::backend::reference::window_start;
 use crate::backend::AttentionArgs;
 
 /// 8-lane dot product with a fixed summation order.
@@ -59,6 +61,8 @@ struct Call<'a> {
     nkv: usize,
     bs: usize,
     scale: f32,
+    /// Sliding window (None = every position).
+    window: Option<usize>,
     /// The layer's K (slot-major).
     kc: &'a [f32],
     /// The layer's V (slot-major).
@@ -86,7 +90,8 @@ unsafe fn unit_avx2(
 }
 
 /// One (row, KV head) unit: `out` is the `group * hd` outputs of the group's query heads; the
-/// row attends to positions `0..=pos` of the sequence with block table `table` (`seq`).
+/// row attends to positions `lo..=pos` of the sequence with block table `table` (`seq`), `lo`
+/// from the call's window.
 ///
 /// # Safety
 /// With `SIMD = true` the CPU must support AVX2 and FMA.
@@ -100,15 +105,16 @@ unsafe fn unit<const SIMD: bool>(
     out: &mut [f32],
 ) {
     let (kc, vc) = (d.kc, d.vc);
-    let n = pos + 1;
+    let lo = window_start(pos, d.window);
+    let n = pos + 1 - lo;
     let (hd, group) = (d.hd, d.group);
     scores.clear();
     scores.resize(group * n, 0.0);
     let koff = g * hd;
     let q = &q_row[g * group * hd..(g + 1) * group * hd];
-    for (p0, s0, cnt) in block_runs(table, n, d.bs) {
-        for off in 0..cnt {
-            let (p, slot) = (p0 + off, s0 + off);
+    for (p0, s0, cnt) in block_runs(table, pos + 1, d.bs) {
+        for off in lo.saturating_sub(p0).min(cnt)..cnt {
+            let (p, slot) = (p0 + off - lo, s0 + off);
             let k = kc.get(slot * d.kv_dim + koff..slot * d.kv_dim + koff + hd);
             for (qi, qh) in q.chunks_exact(hd).enumerate() {
                 scores[qi * n + p] = match k {
@@ -148,9 +154,9 @@ unsafe fn unit<const SIMD: bool>(
         *iz = 1.0 / z;
     }
     out.fill(0.0);
-    for (p0, s0, cnt) in block_runs(table, n, d.bs) {
-        for off in 0..cnt {
-            let (p, slot) = (p0 + off, s0 + off);
+    for (p0, s0, cnt) in block_runs(table, pos + 1, d.bs) {
+        for off in lo.saturating_sub(p0).min(cnt)..cnt {
+            let (p, slot) = (p0 + off - lo, s0 + off);
             let Some(v) = vc.get(slot * d.kv_dim + koff..slot * d.kv_dim + koff + hd) else {
                 continue;
             };
@@ -194,6 +200,7 @@ pub(crate) fn attention_paged(
         nkv,
         bs: geom.block_size,
         scale: 1.0 / (hd as f32).sqrt(),
+        window: a.window,
         kc,
         vc,
     };

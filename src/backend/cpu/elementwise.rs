@@ -13,7 +13,7 @@ use crate::backend::reference::{fill_nan, rope_ok};
 use crate::backend::{RopeArgs, View, ViewMut};
 
 /// Sum of squares with 8 lane-wise partial sums (fixed order).
-fn sum_sq(x: &[f32]) -> f32 {
+pub(super) fn sum_sq(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = x.chunks_exact(8);
     let rem = chunks.remainder();

@@ -14,6 +14,7 @@ mod attention;
 mod elementwise;
 mod lora;
 mod matmul;
+mod qkv;
 pub mod quant;
 #[cfg(target_arch = "x86_64")]
 mod simd;
@@ -229,6 +230,21 @@ impl Backend for CpuBackend {
 
     fn attention_paged(&self, a: AttentionArgs<'_, Vec<f32>, CpuKvCache>, out: &mut Vec<f32>) {
         attention::attention_paged(self, a.slice(), out);
+    }
+
+    fn add_bias(&self, y: ViewMut<'_, Vec<f32>>, bias: &Vec<f32>, width: usize) {
+        qkv::add_bias(y.slice(), bias, width);
+    }
+
+    fn head_rms_norm(
+        &self,
+        x: ViewMut<'_, Vec<f32>>,
+        w: &Vec<f32>,
+        n_heads: usize,
+        head_dim: usize,
+        eps: f32,
+    ) {
+        qkv::head_rms_norm(x.slice(), w, n_heads, head_dim, eps);
     }
 
     fn gather_rows(&self, x: &Vec<f32>, dim: usize, rows: &[u32], out: &mut Vec<f32>) {

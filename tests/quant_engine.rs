@@ -1,0 +1,233 @@
+//! Load-time quantization (`weight_dtype` q8_0 / q4_k) of dense checkpoints:
+//! * `Llama::load` on the ReferenceBackend gives bitwise the logits of a dense "twin" model whose
+//!   weights were quantized here by the documented policy (see `model::weight_quant`) and
+//!   expanded back to f32 — so the loader picks the documented type for every matrix, with the
+//!   column fallback, and hands backends the blocks the quantizer wrote;
+//! * the CPU backend computes the same model within a small tolerance of the reference;
+//! * quantization changes the logits, but only by the format's error;
+//! * backends refuse a dense tensor with a quantized format.
+//!
+//! The engine-level check (tiny-llama with q8_0 / q4_k weights against transformers) is in
+//! tests/reference_models.rs; tests/c_abi.rs sets q4_k through the C ABI and reads it back.
+
+mod common;
+
+use std::sync::Arc;
+
+use loraplex::backend::cpu::CpuBackend;
+use loraplex::backend::reference::ReferenceBackend;
+use loraplex::backend::{AttnMeta, Backend, KvGeometry, LoraBatch, WeightFormat};
+use loraplex::model::llama::{Llama, StepInput};
+use loraplex::model::{ModelConfig, ModelFiles, TensorMap};
+use loraplex::quant::quantize::quantize;
+use loraplex::quant::GgmlType;
+use loraplex::tensor::HostTensor;
+use loraplex::ErrorCode;
+
+use common::max_rel_diff;
+
+const BLOCK: usize = 16;
+
+/// The policy of `model::weight_quant`, restated: the type of a dense matrix named `name` with
+/// `cols` columns under `format`, or None when it stays dense.
+fn policy(format: WeightFormat, name: &str, cols: usize, tied: bool) -> Option<GgmlType> {
+    let want = match format {
+        WeightFormat::Q8_0 => GgmlType::Q8_0,
+        WeightFormat::Q4K if name == "lm_head.weight" => GgmlType::Q6K,
+        WeightFormat::Q4K if name == "model.embed_tokens.weight" && tied => GgmlType::Q6K,
+        WeightFormat::Q4K => GgmlType::Q4K,
+        _ => return None,
+    };
+    if cols % want.block_size() as usize == 0 {
+        Some(want)
+    } else if cols % 32 == 0 {
+        Some(GgmlType::Q8_0)
+    } else {
+        None
+    }
+}
+
+/// `tensors` with every matrix quantized by [`policy`] and expanded back to f32; also returns
+/// the types chosen, by name.
+fn dense_twin(
+    tensors: &TensorMap,
+    format: WeightFormat,
+    tied: bool,
+) -> (TensorMap, Vec<(String, GgmlType)>) {
+    let mut chosen = Vec::new();
+    let twin = tensors
+        .iter()
+        .map(|(name, t)| {
+            let is_matrix = t.shape.len() == 2;
+            let ty = is_matrix
+                .then(|| policy(format, name, t.shape[1], tied))
+                .flatten();
+            let t = match ty {
+                Some(ty) => {
+                    chosen.push((name.clone(), ty));
+                    let (r, c) = (t.shape[0], t.shape[1]);
+                    let q = quantize(ty, r, c, &t.to_f32_vec()).unwrap();
+                    HostTensor::f32(vec![r, c], q.to_f32().unwrap())
+                }
+                None => t.clone(),
+            };
+            (name.clone(), t)
+        })
+        .collect();
+    chosen.sort_by(|a, b| a.0.cmp(&b.0));
+    (twin, chosen)
+}
+
+/// Prefills `tokens` as one sequence and returns the logits of every row.
+fn prefill<B: Backend>(be: &B, model: &Llama<B>, tokens: &[u32]) -> Vec<f32> {
+    let cfg = model.config();
+    let blocks = tokens.len().div_ceil(BLOCK);
+    let mut kv = be
+        .alloc_kv(KvGeometry {
+            num_layers: cfg.num_layers,
+            num_blocks: blocks,
+            block_size: BLOCK,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+        })
+        .unwrap();
+    let n = tokens.len() as u32;
+    let (seq, pos): (Vec<u32>, Vec<u32>) = (0..n).map(|p| (0, p)).unzip();
+    let table: Vec<u32> = (0..blocks as u32).collect();
+    let tables = [table.as_slice()];
+    let rows: Vec<u32> = (0..n).collect();
+    let lora = LoraBatch::default();
+    let input = StepInput {
+        tokens,
+        meta: AttnMeta {
+            row_seq: &seq,
+            row_pos: &pos,
+            slot_mapping: &pos,
+            block_tables: &tables,
+        },
+        logit_rows: &rows,
+        lora: &lora,
+    };
+    model.forward(be, &mut kv, None, &input).unwrap()
+}
+
+fn spec(hidden: usize, inter: usize, tied: bool) -> common::TinySpec {
+    common::TinySpec {
+        hidden,
+        inter,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: hidden / 4,
+        tied,
+        seed: 11,
+    }
+}
+
+fn load<B: Backend>(be: &B, cfg: &ModelConfig, t: &TensorMap, f: WeightFormat) -> Llama<B> {
+    Llama::load(be, cfg, &mut t.clone(), f).unwrap()
+}
+
+#[test]
+fn loader_quantizes_by_the_policy_and_backends_compute_on_it() {
+    let cpu = CpuBackend::new(Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap(),
+    ));
+    let toks: Vec<u32> = (0..19u32).map(|i| (i * 41 + 3) % 259).collect();
+    // 256/512 columns take the K-quants; 64/176 columns fall back to Q8_0 / stay dense.
+    let cases = [
+        (spec(256, 512, false), WeightFormat::Q4K),
+        (spec(256, 512, true), WeightFormat::Q4K),
+        (spec(256, 512, false), WeightFormat::Q8_0),
+        (spec(64, 176, false), WeightFormat::Q4K),
+    ];
+    let mut drifts = Vec::new();
+    for (sp, format) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        common::write_tiny_model(dir.path(), sp);
+        let files = ModelFiles::load(dir.path()).unwrap();
+        let cfg = &files.config;
+        let (twin, chosen) = dense_twin(&files.tensors, format, sp.tied);
+        let label = format!("{format:?} hidden {} tied {}", sp.hidden, sp.tied);
+        let count = |ty| chosen.iter().filter(|(_, t)| *t == ty).count();
+        if format == WeightFormat::Q4K && sp.hidden == 256 {
+            assert_eq!(count(GgmlType::Q6K), 1, "{label}: one Q6_K head");
+            assert_eq!(count(GgmlType::Q4K), chosen.len() - 1, "{label}");
+        }
+        if sp.hidden == 64 {
+            // down_proj (176 columns) stays dense, everything else falls back to Q8_0.
+            assert!(chosen
+                .iter()
+                .all(|(n, t)| *t == GgmlType::Q8_0 && !n.contains("down")));
+        }
+
+        let rb = ReferenceBackend;
+        let q = prefill(&rb, &load(&rb, cfg, &files.tensors, format), &toks);
+        let want = prefill(&rb, &load(&rb, cfg, &twin, WeightFormat::F32), &toks);
+        // The reference computes on the blocks with 8-bit activations (the quantized matmul's
+        // twin, backend::reference::quant_dot), so it differs from f32 math on the dequantized
+        // twin by the activation quantization alone: visible, and (8 bits per value against
+        // 4.5-8.5 bits per weight) at most about what the weight quantization moves.
+        let dense0 = prefill(
+            &rb,
+            &load(&rb, cfg, &files.tensors, WeightFormat::F32),
+            &toks,
+        );
+        let (act, wq) = (max_rel_diff(&q, &want), max_rel_diff(&want, &dense0));
+        eprintln!("{label}: activation quantization {act:.2e} x std, weight quantization {wq:.2e}");
+        assert!(
+            act > 0.0 && act < 2.0 * wq,
+            "{label}: reference on blocks vs dequantized twin {act:.2e} x std (weights {wq:.2e})"
+        );
+        let dense = prefill(
+            &rb,
+            &load(&rb, cfg, &files.tensors, WeightFormat::F32),
+            &toks,
+        );
+        let drift = max_rel_diff(&q, &dense);
+        // Quantization must be visible (the blocks are not just f32 in disguise); how far it
+        // moves a random model's logits is the model's sensitivity, compared across formats
+        // below.
+        assert!(
+            drift > 1e-4,
+            "{label}: logits moved by only {drift:.2e} x std"
+        );
+        drifts.push(drift);
+        // The CPU backend (quantized kernels, or f32 on expanded blocks) stays at f32 rounding
+        // distance from the reference on the same blocks.
+        let c = prefill(&cpu, &load(&cpu, cfg, &files.tensors, format), &toks);
+        let d = max_rel_diff(&c, &q);
+        assert!(d < 2e-3, "{label}: cpu vs reference {d:.2e} x std");
+        eprintln!("{label}: drift from f32 {drift:.2e} x std, cpu vs reference {d:.2e}");
+    }
+    // Same model: 8.5-bit Q8_0 moves the logits less than the 4.5-bit Q4_K mix.
+    assert!(drifts[2] < drifts[0] / 2.0, "{drifts:?}");
+}
+
+#[test]
+fn backends_refuse_dense_tensors_with_a_quantized_format() {
+    let t = HostTensor::f32(vec![2, 32], vec![0.5; 64]);
+    let cpu = CpuBackend::new(Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap(),
+    ));
+    for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
+        for e in [
+            ReferenceBackend.weight(&t, format).err().unwrap(),
+            cpu.weight(&t, format).err().unwrap(),
+        ] {
+            assert_eq!(e.code(), ErrorCode::InvalidArgument);
+            assert!(e.message().contains("dense"), "{}", e.message());
+        }
+    }
+    let q = HostTensor::quantized(quantize(GgmlType::Q8_0, 2, 32, &[0.5; 64]).unwrap());
+    assert!(ReferenceBackend
+        .fused_weight(&[&q, &t], WeightFormat::Q8_0)
+        .is_err());
+    assert!(cpu.weight(&q, WeightFormat::Q8_0).is_ok());
+}
