@@ -414,6 +414,8 @@ fn smollm2_hf_adapter_matches_peft() {
             .unwrap();
     let want: Array2<f32> = ndarray_npy::read_npy(refdir.join("logits/hf-qv-r16-bin.npy")).unwrap();
     let mut files = ModelFiles::load(&gguf).unwrap();
+    // The dequantized (f32) path: what PEFT ran (tests/quant_model.rs covers the quantized one).
+    files.expand_quantized();
     let cfg = files.config.clone();
     let be = CpuBackend::new(pool(2));
     let model = Llama::load(&be, &cfg, &mut files.tensors, WeightFormat::F32).unwrap();

@@ -167,9 +167,20 @@ fn loader_quantizes_by_the_policy_and_backends_compute_on_it() {
         let rb = ReferenceBackend;
         let q = prefill(&rb, &load(&rb, cfg, &files.tensors, format), &toks);
         let want = prefill(&rb, &load(&rb, cfg, &twin, WeightFormat::F32), &toks);
+        // The reference computes on the blocks with 8-bit activations (the quantized matmul's
+        // twin, backend::reference::quant_dot), so it differs from f32 math on the dequantized
+        // twin by the activation quantization alone: visible, and (8 bits per value against
+        // 4.5-8.5 bits per weight) at most about what the weight quantization moves.
+        let dense0 = prefill(
+            &rb,
+            &load(&rb, cfg, &files.tensors, WeightFormat::F32),
+            &toks,
+        );
+        let (act, wq) = (max_rel_diff(&q, &want), max_rel_diff(&want, &dense0));
+        eprintln!("{label}: activation quantization {act:.2e} x std, weight quantization {wq:.2e}");
         assert!(
-            q.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{label}: reference logits differ from the dequantized twin"
+            act > 0.0 && act < 2.0 * wq,
+            "{label}: reference on blocks vs dequantized twin {act:.2e} x std (weights {wq:.2e})"
         );
         let dense = prefill(
             &rb,

@@ -44,7 +44,7 @@ fn engine(model: &Path, peft: &[PathBuf]) -> Engine {
 
 /// Runs every variant of `reference` except the base (all prompts of all variants submitted at
 /// once, so adapters share batches) and compares. Returns failures.
-fn check_variants(e: &Engine, reference: &Path) -> Vec<String> {
+fn check_variants(e: &Engine, reference: &Path, rel_tol: f32) -> Vec<String> {
     let refj: Value = serde_json::from_str(&std::fs::read_to_string(reference).unwrap()).unwrap();
     let prompts = refj["prompts"].as_array().unwrap();
     let variants = refj["variants"].as_object().unwrap();
@@ -84,7 +84,7 @@ fn check_variants(e: &Engine, reference: &Path) -> Vec<String> {
             &o,
             want.as_slice().unwrap(),
             &v["results"][p],
-            3e-4,
+            rel_tol,
         ));
     }
     failures
@@ -97,7 +97,7 @@ fn tiny_llama_hf_adapters_and_mixed_batch_match_peft() {
     };
     let fx = shared.join("fixtures/tiny-llama");
     let e = engine(&fx.join("model"), &[fx.join("adapters")]);
-    let mut failures = check_variants(&e, &fx.join("reference.json"));
+    let mut failures = check_variants(&e, &fx.join("reference.json"), 3e-4);
     // The refused fixtures are refused with a message naming the field.
     for (bad, word) in [("bad-dora", "dora"), ("bad-embed", "embed")] {
         let r = Request {
@@ -160,7 +160,7 @@ fn tiny_llama_nemo_and_trtllm_formats_match_peft() {
     };
     let fx = shared.join("fixtures/tiny-llama");
     let e = engine(&fx.join("model"), &[fx.join("adapters-formats")]);
-    let failures = check_variants(&e, &fx.join("reference-formats.json"));
+    let failures = check_variants(&e, &fx.join("reference-formats.json"), 3e-4);
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
@@ -174,6 +174,8 @@ fn smollm2_gguf_with_hf_bin_adapter_matches_peft() {
     };
     let r = shared.join("reference/smollm2-135m-instruct");
     let e = engine(&gguf, &[r.join("adapters")]);
-    let failures = check_variants(&e, &r.join("reference.json"));
+    // Computed on the GGUF's quantized blocks: the activation-quantization bound of
+    // tests/quant_model.rs (0.5 x std) instead of f32's 3e-4.
+    let failures = check_variants(&e, &r.join("reference.json"), 0.5);
     assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -1,7 +1,8 @@
 //! Real-model conformance (reads ../shared/fixtures and ../shared/reference; skips when absent):
-//! tiny-llama (HF safetensors) and SmolLM2-135M-Instruct (GGUF, Q4_1/Q8_0 dequantized) must
-//! reproduce HuggingFace transformers' last-position logits within 3e-4 x std of the row and the
-//! same 24 greedy tokens (except after a step whose reference margin is below that tolerance).
+//! tiny-llama (HF safetensors) must reproduce HuggingFace transformers' last-position logits
+//! within 3e-4 x std of the row and the same 24 greedy tokens (except after a step whose
+//! reference margin is below that tolerance); SmolLM2-135M-Instruct (GGUF, computed on its
+//! Q4_1/Q8_0 blocks) within the activation-quantization bound of tests/quant_model.rs.
 //! Weights stored in bf16 or quantized at load (q8_0, q4_k) get looser, measured tolerances.
 
 mod common;
@@ -82,6 +83,10 @@ fn tiny_llama_hf_matches_transformers() {
     );
 }
 
+/// SmolLM2's GGUF runs on its quantized blocks with 8-bit activations (issue 9), so
+/// its logits are within the activation-quantization bound of tests/quant_model.rs (0.5 x std),
+/// not the f32 3e-4; the dequantized f32 path keeps its 3e-4 check in tests/lora_model.rs. The
+/// weight format (F32/BF16) does not apply to quantized tensors, so one run covers both.
 #[test]
 fn smollm2_gguf_matches_transformers() {
     let Some(shared) = common::shared_dir() else {
@@ -93,28 +98,8 @@ fn smollm2_gguf_matches_transformers() {
     check(
         &gguf,
         &shared.join("reference/smollm2-135m-instruct/reference.json"),
-        WeightFormat::F32,
-        3e-4,
-    );
-}
-
-#[test]
-fn smollm2_bf16_weights_stay_close() {
-    // BF16 storage rounds every weight (relative error 2^-9), so logits drift more than the f32
-    // tolerance (measured: up to 4.3e-2 x std over 30 layers); the check is that they stay within
-    // 8e-2 x std and greedy decoding agrees except
-    // at fragile steps under that tolerance.
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
-    let Some(gguf) = common::smollm2_gguf() else {
-        return;
-    };
-    check(
-        &gguf,
-        &shared.join("reference/smollm2-135m-instruct/reference.json"),
         WeightFormat::BF16,
-        8e-2,
+        0.5,
     );
 }
 

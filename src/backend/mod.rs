@@ -17,6 +17,7 @@ pub mod kv_store;
 pub mod lora;
 pub mod lora_arena;
 pub mod op_args;
+pub mod quant_stack;
 pub mod reference;
 pub mod select;
 pub mod view;
@@ -138,15 +139,25 @@ pub trait Backend: Send {
 
     /// Short name ("cpu", "cuda:0").
     fn name(&self) -> String;
+    /// The kernel paths the backend runs (for stats), e.g. `"cpu dense=avx2-fma
+    /// quant=avx512-vnni"`; the name when a backend has only one.
+    fn kernel_path(&self) -> String {
+        self.name()
+    }
     /// A zeroed buffer of `len` f32.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     /// A buffer holding a copy of `data`.
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     /// Copies `buf[..out.len()]` into `out`.
     fn download(&self, buf: &Self::Buf, out: &mut [f32]) -> Result<()>;
-    /// Packs a 2-D host tensor `[out, in]` in the given format.
+    /// Packs a 2-D host tensor `[out, in]` in the given format. A tensor kept in ggml blocks
+    /// ([`HostTensor::quantized`]) stays in its blocks whatever `format`, and `matmul` on it
+    /// follows [`reference::quant_dot`] (8-bit activations, exact integer block dots).
     fn weight(&self, t: &HostTensor, format: WeightFormat) -> Result<Self::Weight>;
     /// Stacks several `[out_i, in]` tensors into one `[sum out_i, in]` weight (fused QKV, gate/up).
+    /// Quantized parts of different types are stacked as row segments; when dense and
+    /// quantized parts are mixed, the quantized ones are dequantized (exactly) and the whole
+    /// weight is dense.
     fn fused_weight(&self, parts: &[&HostTensor], format: WeightFormat) -> Result<Self::Weight>;
     /// Bytes the weight occupies.
     fn weight_bytes(&self, w: &Self::Weight) -> usize;
@@ -155,9 +166,11 @@ pub trait Backend: Send {
     /// A KV cache of the given geometry (zeroed).
     fn alloc_kv(&self, geom: KvGeometry) -> Result<Self::KvCache>;
 
-    /// `for t in 0..rows, o in 0..out: y[t*out + o] = sum_i x[t*in + i] * w[o, i]` (f32 accumulate).
+    /// `for t in 0..rows, o in 0..out: y[t*out + o] = sum_i x[t*in + i] * w[o, i]` (f32 accumulate;
+    /// for a weight kept in ggml blocks, exactly as [`reference::quant_dot`] defines it).
     fn matmul(&self, x: &Self::Buf, rows: usize, w: &Self::Weight, y: &mut Self::Buf);
-    /// `for t, j: out[t*hidden + j] = table[ids[t], j]`.
+    /// `for t, j: out[t*hidden + j] = table[ids[t], j]` (a quantized table's rows dequantized
+    /// exactly as ggml does).
     fn embedding_gather(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Buf);
     /// `for t: r = 1/sqrt(mean_j(x[t,j]^2) + eps); out[t,j] = x[t,j] * r * w[j]` over `dim` columns.
     fn rms_norm(

@@ -5,6 +5,11 @@
 //! fast backends against it. Weights stored as [`WeightFormat::BF16`] are rounded to bf16 (round to
 //! nearest even) and widened back, so the reference sees exactly the values a bf16 kernel sees.
 //!
+//! Weights kept in ggml blocks are computed on as blocks: [`quant_block`] decodes them and
+//! [`quant_dot`] defines the quantized matmul (8-bit activations per 32-element block, exact
+//! integer block dots, a fixed float combine). That scalar twin is the specification every CPU
+//! kernel path matches bit for bit.
+//!
 //! Ops cannot return errors (the trait's op methods return `()`); the engine sizes every buffer.
 //! When a buffer is too short or metadata points outside the cache, an op never panics: it fills
 //! the affected output with NaN (or, for `kv_write`, skips the offending row) so that the mistake
@@ -13,7 +18,11 @@
 // The loops index exactly like the op docs; iterator rewrites would obscure the spec.
 #![allow(clippy::needless_range_loop)]
 
+pub mod quant_block;
+pub mod quant_dot;
+
 use super::kv_store::{attn_row, attn_shapes, positions};
+use super::quant_stack::QuantStack;
 use super::{
     AttentionArgs, Backend, KvGeometry, KvStore, KvWriteArgs, LoraArgs, RopeArgs, View, ViewMut,
     WeightFormat,
@@ -34,8 +43,11 @@ pub struct RefWeight {
     pub inp: usize,
     /// The format the weight was packed in.
     pub format: WeightFormat,
-    /// `out * inp` values, row-major.
+    /// `out * inp` values, row-major (for a quantized weight: its blocks dequantized).
     pub data: Vec<f32>,
+    /// The blocks of a weight kept quantized ([`HostTensor`]s in ggml blocks); `matmul` then
+    /// follows [`quant_dot`] instead of the f32 loop.
+    pub quant: Option<QuantStack>,
 }
 
 /// The reference KV cache: the host backends' shared [`KvStore`].
@@ -223,11 +235,13 @@ impl Backend for ReferenceBackend {
     fn fused_weight(&self, parts: &[&HostTensor], format: WeightFormat) -> Result<RefWeight> {
         let (out, inp) = fused_shape(parts)?;
         check_quantized_parts(parts, format)?;
+        let quant = QuantStack::from_parts(parts)?;
         let mut data = Vec::with_capacity(out * inp);
         for p in parts {
             data.extend(p.to_f32_vec());
         }
-        if format == WeightFormat::BF16 {
+        // The format applies to dense weights only; quantized blocks are kept as they are.
+        if format == WeightFormat::BF16 && quant.is_none() {
             data.iter_mut().for_each(|v| *v = round_bf16(*v));
         }
         Ok(RefWeight {
@@ -235,12 +249,16 @@ impl Backend for ReferenceBackend {
             inp,
             format,
             data,
+            quant,
         })
     }
 
     fn weight_bytes(&self, w: &RefWeight) -> usize {
+        if let Some(q) = &w.quant {
+            return q.bytes();
+        }
         let per = match w.format {
-            // Quantized weights are held expanded to f32 here (the reference is exact, not small).
+            // Quantized formats always hold quantized parts (returned above).
             WeightFormat::F32 | WeightFormat::Q8_0 | WeightFormat::Q4K => 4,
             WeightFormat::BF16 => 2,
         };
@@ -259,6 +277,13 @@ impl Backend for ReferenceBackend {
         let (out, inp) = (w.out, w.inp);
         if !matmul_shapes_ok(x.len(), y.len(), rows, out, inp) {
             return fill_nan(y);
+        }
+        if let Some(q) = &w.quant {
+            let mut a = quant_dot::QActs::default();
+            if !a.quantize(x, rows, inp) {
+                return fill_nan(y);
+            }
+            return quant_dot::matmul(q.segments(), &a, rows, y);
         }
         for t in 0..rows {
             for o in 0..out {

@@ -137,6 +137,12 @@ impl Backend for DeviceBackend {
         }
     }
 
+    fn kernel_path(&self) -> String {
+        match self {
+            Self::Cpu(b) => Backend::kernel_path(b),
+        }
+    }
+
     fn alloc(&self, len: usize) -> Result<DeviceBuf> {
         match self {
             Self::Cpu(b) => b.alloc(len).map(DeviceBuf::Cpu),

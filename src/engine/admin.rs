@@ -180,6 +180,7 @@ impl Engine {
         json!({
             "model": self.served_name(),
             "config": config_json(self.config()),
+            "backend": self.shared.kernels,
             "requests": {"running": s.running, "waiting": s.waiting},
             "steps": s.steps,
             // Rows (decode tokens plus prefill chunk tokens) and sequences per step: requests in

@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) steps: AtomicU64,
     pub(crate) stats: Mutex<EngineStats>,
     failed: Mutex<Option<Error>>,
+    /// The backend's kernel paths ([`Backend::kernel_path`]), for stats.
+    pub(crate) kernels: String,
 }
 
 /// A running engine. See the module docs for threading.
@@ -169,6 +171,7 @@ impl Engine {
             host: Mutex::new(HostCache::new(cfg.max_cpu_loras)),
             adapter_runtime: Mutex::new(HashMap::new()),
             plan,
+            kernels: backend.kernel_path(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let (loader_tx, loader_rx) = crossbeam_channel::unbounded();

@@ -34,6 +34,17 @@ pub struct ModelFiles {
 }
 
 impl ModelFiles {
+    /// Expands every tensor kept in ggml blocks to f32 (exactly as ggml dequantizes), so that
+    /// backends compute on dense weights with f32 activations: the dequantized-GGUF path that
+    /// reference logits are computed with.
+    pub fn expand_quantized(&mut self) {
+        for t in self.tensors.values_mut() {
+            if t.quant().is_some() {
+                *t = HostTensor::f32(t.shape.clone(), t.to_f32_vec());
+            }
+        }
+    }
+
     /// Loads a HuggingFace directory (config.json + safetensors + tokenizer.json) or a `.gguf` file.
     pub fn load(path: &Path) -> Result<Self> {
         if path.is_dir() {

@@ -65,6 +65,7 @@ fn block_portable(x: &[f32], rows: usize, kp: usize, w: &CpuWeight, o0: usize, y
             *y = match &w.data {
                 WData::F32(d) => dot_portable(xr, d, o0 + j, kp, |v| v),
                 WData::BF16(d) => dot_portable(xr, d, o0 + j, kp, bf16_bits_to_f32),
+                WData::Quant(_) => f32::NAN,
             };
         }
     }
@@ -106,6 +107,8 @@ fn run_block(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, o0: usize, 
                 (WData::BF16(d), true) => simd::bf16w::block_wide(&panels!(d), yt),
                 (WData::F32(d), false) => simd::f32w::block(&panels!(d), yt),
                 (WData::BF16(d), false) => simd::bf16w::block(&panels!(d), yt),
+                // Quantized weights never reach the dense kernels (see `matmul`).
+                (WData::Quant(_), _) => yt.iter_mut().for_each(|v| *v = f32::NAN),
             }
         }
         return;
@@ -116,6 +119,9 @@ fn run_block(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, o0: usize, 
 
 /// `y[t*out + o] = sum_i x[t*in + i] * w[o, i]`; fills `y` with NaN on inconsistent sizes.
 pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: &mut [f32]) {
+    if let WData::Quant(q) = &w.data {
+        return super::quant::matmul(be, x, rows, q, y);
+    }
     let (out, inp, kp) = (w.out, w.inp, w.kp);
     if !matmul_shapes_ok(x.len(), y.len(), rows, out, inp) {
         y.iter_mut().for_each(|v| *v = f32::NAN);
@@ -149,7 +155,7 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: 
 }
 
 /// `y[t * out + o] = yt[o * rows + t]`, in 32 x 32 blocks to stay within L1.
-fn transpose(yt: &[f32], rows: usize, out: usize, y: &mut [f32]) {
+pub(super) fn transpose(yt: &[f32], rows: usize, out: usize, y: &mut [f32]) {
     const B: usize = 32;
     for o0 in (0..out).step_by(B) {
         let o1 = (o0 + B).min(out);
@@ -170,7 +176,7 @@ fn compute(be: &CpuBackend, xs: &[f32], rows: usize, w: &CpuWeight, yt: &mut [f3
     let (out, kp) = (w.out, w.kp);
     let wbytes = match w.data {
         WData::F32(_) => 4,
-        WData::BF16(_) => 2,
+        WData::BF16(_) | WData::Quant(_) => 2,
     };
     let threads = be.pool.current_num_threads();
     let flops = rows.saturating_mul(out).saturating_mul(kp);

@@ -1,4 +1,6 @@
-//! The CPU backend: AVX2/FMA kernels (portable fallback) running on an engine-owned rayon pool.
+//! The CPU backend: AVX2/FMA kernels (portable fallback) running on an engine-owned rayon pool;
+//! weights kept in ggml blocks go through [`quant`] (portable, AVX2 or AVX-512 VNNI kernels,
+//! bitwise equal to the reference twin).
 //!
 //! Threading: the backend never creates threads; all parallel work runs inside
 //! `pool.install` on the pool passed to [`CpuBackend::new`]. Results are bitwise independent of
@@ -13,6 +15,7 @@ mod elementwise;
 mod lora;
 mod matmul;
 mod qkv;
+pub mod quant;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 mod weight;
@@ -23,6 +26,7 @@ use parking_lot::Mutex;
 use rayon::ThreadPool;
 
 pub use lora::CpuLoraArena;
+pub use quant::QuantKernel;
 pub use weight::CpuWeight;
 
 use super::{
@@ -35,17 +39,20 @@ use crate::tensor::HostTensor;
 /// The CPU backend's KV cache: the host backends' shared [`KvStore`].
 pub type CpuKvCache = KvStore;
 
-/// Reusable scratch memory for matmul (padded activations, transposed output).
+/// Reusable scratch memory for matmul (padded activations, transposed output, quantized
+/// activations).
 #[derive(Debug, Default)]
 struct Scratch {
     xpad: Vec<f32>,
     yt: Vec<f32>,
+    qacts: crate::backend::reference::quant_dot::QActs,
 }
 
 /// The CPU backend. Cheap to construct; holds the engine's thread pool and scratch buffers.
 pub struct CpuBackend {
     pool: Arc<ThreadPool>,
     simd: bool,
+    qkernel: QuantKernel,
     scratch: Mutex<Scratch>,
 }
 
@@ -54,6 +61,7 @@ impl std::fmt::Debug for CpuBackend {
         f.debug_struct("CpuBackend")
             .field("threads", &self.pool.current_num_threads())
             .field("simd", &self.simd)
+            .field("quant_kernel", &self.qkernel)
             .finish()
     }
 }
@@ -73,10 +81,12 @@ fn detect_simd() -> bool {
 impl CpuBackend {
     /// A backend running its parallel work on `pool`, using AVX2/FMA kernels when the CPU has
     /// them (detected at runtime) and portable kernels otherwise.
+    /// The quantized matmul uses the fastest [`QuantKernel`] the CPU has.
     pub fn new(pool: Arc<ThreadPool>) -> Self {
         Self {
             pool,
             simd: detect_simd(),
+            qkernel: QuantKernel::detect(),
             scratch: Mutex::new(Scratch::default()),
         }
     }
@@ -85,8 +95,36 @@ impl CpuBackend {
     pub fn portable(pool: Arc<ThreadPool>) -> Self {
         Self {
             simd: false,
+            qkernel: QuantKernel::Portable,
             ..Self::new(pool)
         }
+    }
+
+    /// A backend whose quantized matmul uses `kernel` (dense kernels as [`CpuBackend::new`]);
+    /// for tests and comparisons. Errors (UNSUPPORTED, naming the path) when this CPU lacks
+    /// the path's instructions.
+    pub fn with_quant_kernel(pool: Arc<ThreadPool>, kernel: QuantKernel) -> Result<Self> {
+        if !kernel.available() {
+            return Err(Error::unsupported(format!(
+                "quantized kernel path \"{}\" needs instructions this CPU lacks",
+                kernel.name()
+            )));
+        }
+        Ok(Self {
+            qkernel: kernel,
+            ..Self::new(pool)
+        })
+    }
+
+    /// The quantized matmul's kernel path.
+    pub fn quant_kernel(&self) -> QuantKernel {
+        self.qkernel
+    }
+
+    /// The kernel paths in use, e.g. `"dense=avx2-fma quant=avx512-vnni"` (for stats).
+    pub fn kernel_path(&self) -> String {
+        let dense = if self.simd { "avx2-fma" } else { "portable" };
+        format!("dense={dense} quant={}", self.qkernel.name())
     }
 
     /// Whether the AVX2/FMA kernels are in use.
@@ -108,6 +146,10 @@ impl Backend for CpuBackend {
 
     fn name(&self) -> String {
         "cpu".to_string()
+    }
+
+    fn kernel_path(&self) -> String {
+        format!("cpu {}", CpuBackend::kernel_path(self))
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {

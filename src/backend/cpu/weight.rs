@@ -1,5 +1,8 @@
-//! Packed weight matrices of the CPU backend.
+//! Packed weight matrices of the CPU backend: dense f32/bf16 panels, or ggml blocks kept as
+//! read ([`QuantStack`]).
 
+use crate::backend::quant_stack::QuantStack;
+use crate::backend::reference::quant_block::{decode_row, dequant_row, has_min, BlockParams};
 use crate::backend::reference::{check_quantized_parts, fused_shape};
 use crate::backend::WeightFormat;
 use crate::error::Result;
@@ -22,11 +25,14 @@ pub(crate) enum WData {
     F32(Vec<f32>),
     /// bf16 values as raw bits (the top 16 bits of the f32).
     BF16(Vec<u16>),
+    /// ggml blocks exactly as read, in row segments of possibly different types (not panel
+    /// packed: the quantized kernels decode whole rows).
+    Quant(QuantStack),
 }
 
 /// A weight matrix `[out, in]` packed for the CPU kernels: panels of 4 rows with interleaved
-/// 8-column chunks (see `WData`), zero-padded, in f32 or bf16. Immutable once built; shareable across
-/// threads.
+/// 8-column chunks (see `WData`), zero-padded, in f32 or bf16; or ggml blocks (`kp == in`).
+/// Immutable once built; shareable across threads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CpuWeight {
     pub(crate) out: usize,
@@ -40,20 +46,30 @@ impl CpuWeight {
     pub fn dims(&self) -> (usize, usize) {
         (self.out, self.inp)
     }
-    /// The storage format.
-    pub fn format(&self) -> WeightFormat {
+    /// The storage format of a dense weight; `None` for one kept in ggml blocks.
+    pub fn format(&self) -> Option<WeightFormat> {
         match self.data {
-            WData::F32(_) => WeightFormat::F32,
-            WData::BF16(_) => WeightFormat::BF16,
+            WData::F32(_) => Some(WeightFormat::F32),
+            WData::BF16(_) => Some(WeightFormat::BF16),
+            WData::Quant(_) => None,
+        }
+    }
+    /// The ggml blocks of a weight kept quantized.
+    pub fn quant(&self) -> Option<&QuantStack> {
+        match &self.data {
+            WData::Quant(q) => Some(q),
+            _ => None,
         }
     }
     /// Bytes of the packed rows: `out * kp * element size`, the column padding of each row
     /// included. The up to 3 all-zero rows that complete the last 4-row panel (none when `out`
     /// is a multiple of 4, as in every Llama projection) are not counted.
+    /// A quantized weight reports the bytes of its blocks (the file's tensor bytes).
     pub fn bytes(&self) -> usize {
         let elem = match &self.data {
             WData::F32(_) => 4,
             WData::BF16(_) => 2,
+            WData::Quant(q) => return q.bytes(),
         };
         self.out.saturating_mul(self.kp).saturating_mul(elem)
     }
@@ -66,6 +82,9 @@ impl CpuWeight {
         if r >= self.out {
             return false;
         }
+        if let WData::Quant(q) = &self.data {
+            return quant_row_into(q, r, dst);
+        }
         for (c, d) in dst.chunks_mut(CHUNK).enumerate() {
             let start = packed_index(r, c * CHUNK, self.kp);
             let ok = match &self.data {
@@ -77,6 +96,7 @@ impl CpuWeight {
                         *d = bf16_bits_to_f32(b);
                     }
                 }),
+                WData::Quant(_) => None,
             };
             if ok.is_none() {
                 return false;
@@ -84,6 +104,21 @@ impl CpuWeight {
         }
         true
     }
+}
+
+/// Row `r` of `q` dequantized into `dst[..cols]` exactly as ggml's `dequantize_row_*`.
+fn quant_row_into(q: &QuantStack, r: usize, dst: &mut [f32]) -> bool {
+    let Some((ty, bytes)) = q.row(r) else {
+        return false;
+    };
+    let cols = q.cols();
+    let mut wq = vec![0i8; cols];
+    let mut wp = vec![BlockParams::default(); cols / 32];
+    if !decode_row(ty, bytes, &mut wq, &mut wp) {
+        return false;
+    }
+    dequant_row(&wq, &wp, has_min(ty), &mut dst[..cols]);
+    true
 }
 
 /// Index of element `(o, i)` (`i % 8 == 0` for the start of a chunk) in the packed layout of a
@@ -115,8 +150,20 @@ fn scatter_row<T: Copy>(d: &mut [T], r: usize, kp: usize, src: &[T]) {
 }
 
 /// Packs `parts` (each `[out_i, in]`) stacked along `out` in `format`.
+///
+/// When every part is kept in ggml blocks of a kernel type, the blocks are stored as they are
+/// (whatever `format`). When dense and quantized parts are mixed, the quantized ones are
+/// dequantized (exactly, as ggml does) and everything is packed dense in `format`.
 pub(crate) fn pack(parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWeight> {
     let (out, inp) = fused_shape(parts)?;
+    if let Some(q) = QuantStack::from_parts(parts)? {
+        return Ok(CpuWeight {
+            out,
+            inp,
+            kp: inp,
+            data: WData::Quant(q),
+        });
+    }
     let kp = inp.div_ceil(CHUNK) * CHUNK;
     let n = out
         .checked_next_multiple_of(PANEL)
@@ -138,8 +185,8 @@ pub(crate) fn pack(parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWei
             WData::F32(d)
         }
         WeightFormat::Q8_0 | WeightFormat::Q4K => {
-            // Until the quantized kernels land, quantized tensors are expanded to f32 here
-            // (exactly as ggml dequantizes them), so results equal f32 math on those values.
+            // Reached only when some part is dense (all-quantized parts are kept in their
+            // blocks above), which a quantized format refuses.
             check_quantized_parts(parts, format)?;
             return pack(parts, WeightFormat::F32);
         }

@@ -2,7 +2,9 @@
 //! q/k permutation ([`permute`]) and the tokenizer from metadata ([`tokenizer`]).
 //!
 //! [`load_gguf`] turns a `general.architecture = "llama"`, `"qwen2"` or `"qwen3"` GGUF file into
-//! [`ModelFiles`] in HuggingFace naming and layout, with every tensor expanded to f32.
+//! [`ModelFiles`] in HuggingFace naming and layout: block-quantized matrices stay in their ggml
+//! blocks ([`HostTensor::quantized`]; backends compute on them directly), everything else is
+//! expanded to f32.
 
 pub mod permute;
 pub mod reader;
@@ -17,27 +19,31 @@ use std::path::Path;
 
 pub use crate::quant::dequantize;
 pub use crate::quant::GgmlType;
-pub use permute::{permute_qk, unpermute_qk};
+pub use permute::{permute_qk, unpermute_qk, unpermute_rows};
 pub use reader::{GgufFile, MetaValue, TensorInfo};
 pub use writer::GgufWriter;
 
 use super::{Architecture, ModelConfig, ModelFiles, RopeScaling, TensorMap};
+use crate::backend::reference::quant_block::is_kernel_type;
 use crate::error::{Error, Result};
+use crate::quant::QuantData;
 use crate::tensor::HostTensor;
 
 /// Loads a Llama-family GGUF file (v2/v3; `general.architecture` llama, qwen2 or qwen3): config
-/// from `{arch}.*` metadata, tensors dequantized to f32 under their HF names (q/k rows of `llama`
-/// files un-permuted to HF order; llama.cpp does not permute qwen2/qwen3), tokenizer and chat
-/// template from `tokenizer.*` metadata. `rope_freqs.weight` (llama3 frequency factors) becomes
-/// the config's [`RopeScaling::FreqFactors`].
+/// from `{arch}.*` metadata, tensors under their HF names (q/k rows of `llama` files un-permuted
+/// to HF order, as whole rows; llama.cpp does not permute qwen2/qwen3) — 2-D tensors of a
+/// block-quantized type kept in their blocks, the rest dequantized to f32 — tokenizer and chat
+/// template from `tokenizer.*` metadata. [`crate::tensor::HostTensor::to_f32_vec`] expands a kept
+/// tensor exactly as the f32 path would have. `rope_freqs.weight` (llama3 frequency factors)
+/// becomes the config's [`RopeScaling::FreqFactors`].
 ///
 /// Errors (every message starts with the file path and names the key or tensor at fault):
 /// IO if the file cannot be read; INVALID_MODEL for a malformed/truncated file, missing or
 /// ill-typed keys, missing tensors, wrong shapes or a tensor the model does not use (biases of a
 /// llama file, extra layers...); UNSUPPORTED for another architecture (naming it), a tensor type
-/// other than F32/F16/BF16/Q8_0/Q4_0/Q4_1, or a tokenizer model or pre-tokenizer
-/// [`tokenizer::build_tokenizer`] does not know. `llama.attention.sliding_window` (0 = none)
-/// becomes the config's window (every layer).
+/// outside F32/F16/BF16 and the quantized kernel types (naming tensor and type), or a tokenizer
+/// model or pre-tokenizer [`tokenizer::build_tokenizer`] does not know.
+/// `llama.attention.sliding_window` (0 = none) becomes the config's window (every layer).
 pub fn load_gguf(path: &Path) -> Result<ModelFiles> {
     let g = GgufFile::open(path)?;
     load_parsed(&g).map_err(|e| e.context(path.display()))
@@ -62,7 +68,7 @@ fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
                 info.name, config.architecture
             ))
         })?;
-        if !info.ggml_type.is_dequantizable() {
+        if !loadable(info) {
             return Err(Error::unsupported(format!(
                 "tensor \"{}\" has type {} which is not supported ({} are)",
                 info.name,
@@ -103,8 +109,6 @@ fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
         let bytes = g.read_tensor_bytes(info)?;
         let n = usize::try_from(info.n_elements)
             .map_err(|_| Error::invalid_model("too many elements").context(&info.name))?;
-        let mut data = dequantize(info.ggml_type, &bytes, n).map_err(name_err)?;
-        drop(bytes);
         let shape = info.shape();
         let heads = if !config.architecture.gguf_permutes_qk() {
             None
@@ -115,10 +119,28 @@ fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
         } else {
             None
         };
-        if let (Some(n_head), [rows, cols]) = (heads, shape.as_slice()) {
-            data = unpermute_qk(&data, *rows, *cols, n_head).map_err(name_err)?;
-        }
-        tensors.insert(hf, HostTensor::f32(shape, data));
+        let tensor = match shape.as_slice() {
+            // Block-quantized matrices stay in their blocks; q/k rows move as whole rows.
+            [rows, cols] if is_kernel_type(info.ggml_type) => {
+                let mut q = QuantData::new(info.ggml_type, *rows, *cols, bytes).map_err(|e| {
+                    Error::invalid_model(e.message()).context(format!("tensor \"{}\"", info.name))
+                })?;
+                if let Some(n_head) = heads {
+                    let src = unpermute_rows(*rows, n_head).map_err(name_err)?;
+                    q = q.permute_rows(|r| src[r]).map_err(name_err)?;
+                }
+                HostTensor::quantized(q)
+            }
+            _ => {
+                let mut data = dequantize(info.ggml_type, &bytes, n).map_err(name_err)?;
+                drop(bytes);
+                if let (Some(n_head), [rows, cols]) = (heads, shape.as_slice()) {
+                    data = unpermute_qk(&data, *rows, *cols, n_head).map_err(name_err)?;
+                }
+                HostTensor::f32(shape, data)
+            }
+        };
+        tensors.insert(hf, tensor);
     }
     let tokenizer = tokenizer::build_tokenizer(g)?;
     Ok(ModelFiles {
@@ -126,6 +148,15 @@ fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
         tensors,
         tokenizer,
     })
+}
+
+/// Whether a tensor can be loaded: dense types always; a 2-D matrix of a type the quantized
+/// kernels compute on (kept in its blocks); any other tensor of a type [`dequantize`] expands.
+fn loadable(info: &TensorInfo) -> bool {
+    let ty = info.ggml_type;
+    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+        || (info.shape().len() == 2 && is_kernel_type(ty))
+        || ty.is_dequantizable()
 }
 
 fn meta_usize(g: &GgufFile, key: &str) -> Result<Option<usize>> {

@@ -8,37 +8,57 @@
 use crate::error::{Error, Result};
 
 fn check(rows: usize, cols: usize, n_head: usize, len: usize) -> Result<usize> {
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 {
-        return Err(Error::invalid_model(format!(
-            "q/k permutation: {rows} rows cannot be split into {n_head} heads of an even size"
-        )));
-    }
     if rows.checked_mul(cols) != Some(len) {
         return Err(Error::invalid_model(format!(
             "q/k permutation: matrix has {len} elements, expected {rows} x {cols}"
         )));
     }
+    heads(rows, n_head)
+}
+
+/// Rows per head; errors when `rows` is not `n_head` heads of an even size.
+fn heads(rows: usize, n_head: usize) -> Result<usize> {
+    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 {
+        return Err(Error::invalid_model(format!(
+            "q/k permutation: {rows} rows cannot be split into {n_head} heads of an even size"
+        )));
+    }
     Ok(rows / n_head)
+}
+
+/// The one row map: `(gguf_row, hf_row)` for every row of a `rows`-row q/k matrix with
+/// `n_head` heads (errors as [`permute_qk`]).
+fn row_pairs(rows: usize, n_head: usize) -> Result<impl Iterator<Item = (usize, usize)>> {
+    let rph = heads(rows, n_head)?;
+    let half = rph / 2;
+    Ok((0..n_head).flat_map(move |h| {
+        (0..half)
+            .flat_map(move |i| (0..2).map(move |j| (h * rph + i * 2 + j, h * rph + j * half + i)))
+    }))
+}
+
+/// For each HF row, the GGUF row holding it (`src[hf_row] = gguf_row`): the inverse
+/// permutation as a row map, for matrices moved as whole rows (quantized blocks).
+/// Errors (INVALID_MODEL) when `rows` is not `n_head` × an even head size.
+pub fn unpermute_rows(rows: usize, n_head: usize) -> Result<Vec<usize>> {
+    let mut src = vec![0usize; rows];
+    for (g, hf) in row_pairs(rows, n_head)? {
+        src[hf] = g;
+    }
+    Ok(src)
 }
 
 /// Maps `f(hf_row) -> gguf_row` over all rows; `forward` selects the direction.
 fn apply(w: &[f32], rows: usize, cols: usize, n_head: usize, forward: bool) -> Result<Vec<f32>> {
-    let rph = check(rows, cols, n_head, w.len())?;
-    let half = rph / 2;
+    check(rows, cols, n_head, w.len())?;
     let mut out = vec![0f32; w.len()];
-    for h in 0..n_head {
-        for i in 0..half {
-            for j in 0..2 {
-                let gguf_row = h * rph + i * 2 + j;
-                let hf_row = h * rph + j * half + i;
-                let (dst, src) = if forward {
-                    (gguf_row, hf_row)
-                } else {
-                    (hf_row, gguf_row)
-                };
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
-            }
-        }
+    for (gguf_row, hf_row) in row_pairs(rows, n_head)? {
+        let (dst, src) = if forward {
+            (gguf_row, hf_row)
+        } else {
+            (hf_row, gguf_row)
+        };
+        out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
     }
     Ok(out)
 }

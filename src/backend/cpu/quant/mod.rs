@@ -1,0 +1,187 @@
+//! The quantized matmul of the CPU backend: `y = x · Wᵀ` with `W` kept in ggml blocks
+//! ([`QuantStack`]), computed exactly as the scalar twin
+//! [`crate::backend::reference::quant_dot`] defines it (activations quantized to `i8` per
+//! 32-element block, exact integer block dots, a fixed float combine), so every kernel path is
+//! bitwise equal to it and batch-invariant.
+//!
+//! Kernel paths ([`QuantKernel`]): portable scalar, AVX2 (`vpmaddubsw`/`vpmaddwd`) and AVX-512
+//! VNNI (`vpdpbusd`), chosen at runtime (or forced, for tests). Every path decodes with the
+//! twin's decoders; the portable path runs the twin's loop, the vector paths (`dot_avx2.rs`,
+//! `group.rs`) take weight rows 8 at a time, one f32 lane per row, and run the twin's float
+//! combine lane-wise (the same IEEE operations in the same order). The integer dot products,
+//! exact on every path, are the only thing the paths compute differently.
+//!
+//! Work split: weight rows are cut into tasks across the pool (distinct rows per task); a task
+//! decodes each group of its weight rows once per block of activation rows (sized to stay in
+//! L2) and dots it against every activation row of the block, writing `yt` (`[out, rows]`),
+//! transposed into `y` at the end. From 4 activation rows on, a group is also interleaved so
+//! that the products sum straight into row lanes; below, the 8 rows' block sums are transposed.
+
+mod dot;
+#[cfg(target_arch = "x86_64")]
+mod dot_avx2;
+#[cfg(target_arch = "x86_64")]
+mod dot_avx512;
+#[cfg(target_arch = "x86_64")]
+mod group;
+
+use rayon::prelude::*;
+
+use super::CpuBackend;
+use crate::backend::quant_stack::QuantStack;
+use crate::backend::reference::quant_block::{BlockParams, QBLOCK};
+use crate::backend::reference::quant_dot::QActs;
+use crate::backend::reference::{fill_nan, matmul_shapes_ok};
+
+/// How the integer dot products of the quantized matmul are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantKernel {
+    /// Scalar code (any CPU).
+    Portable,
+    /// AVX2: `vpmaddubsw` + `vpmaddwd` (x86_64 with AVX2).
+    Avx2,
+    /// AVX-512 VNNI: `vpdpbusd` on 256-bit vectors (x86_64 with AVX2, AVX-512F/VL/VNNI).
+    Avx512Vnni,
+}
+
+impl QuantKernel {
+    /// Every path, slowest first.
+    pub const ALL: [QuantKernel; 3] = [Self::Portable, Self::Avx2, Self::Avx512Vnni];
+
+    /// The fastest path this CPU runs.
+    pub fn detect() -> Self {
+        *Self::ALL
+            .iter()
+            .rev()
+            .find(|k| k.available())
+            .unwrap_or(&Self::Portable)
+    }
+
+    /// Whether this CPU has the instructions of the path (detected at runtime).
+    pub fn available(self) -> bool {
+        match self {
+            Self::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Short name ("portable", "avx2", "avx512-vnni").
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Portable => "portable",
+            Self::Avx2 => "avx2",
+            Self::Avx512Vnni => "avx512-vnni",
+        }
+    }
+}
+
+/// One task: weight rows `o0 .. o0 + yt.len() / rows` of `w` against all rows of `a`.
+pub(super) struct Task<'a> {
+    pub w: &'a QuantStack,
+    pub a: &'a QActs,
+    pub rows: usize,
+    pub o0: usize,
+    /// Activation rows per block (decoded weight rows are reused across a block).
+    pub rb: usize,
+}
+
+/// Per-task decode buffers: the values of `rows` weight rows, the params of one.
+pub(super) struct Decoded {
+    pub q: Vec<i8>,
+    pub p: Vec<BlockParams>,
+}
+
+impl Decoded {
+    fn new(cols: usize, rows: usize) -> Self {
+        Self {
+            q: vec![0; cols * rows],
+            p: vec![BlockParams::default(); cols / QBLOCK],
+        }
+    }
+}
+
+/// Activation rows per block: `rb * cols` bytes of `i8` in about 256 KiB of L2.
+fn row_block(cols: usize) -> usize {
+    ((256 * 1024) / cols.max(1)).max(4)
+}
+
+/// Runs one task on `kernel` (a path this CPU has; see [`QuantKernel::available`]).
+fn run_task(kernel: QuantKernel, t: &Task<'_>, yt: &mut [f32]) {
+    // The vector paths decode a whole group of rows (see `group.rs`).
+    let group_rows = if kernel == QuantKernel::Portable {
+        1
+    } else {
+        8
+    };
+    let mut dec = Decoded::new(t.a.cols, group_rows);
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the backend only selects this path when `available()` detected AVX2.
+        QuantKernel::Avx2 => unsafe { dot_avx2::task(t, &mut dec, yt) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the backend only selects this path when `available()` detected AVX2 and
+        // AVX-512F/VL/VNNI.
+        QuantKernel::Avx512Vnni => unsafe { dot_avx512::task(t, &mut dec, yt) },
+        _ => dot::task_portable(t, &mut dec, yt),
+    }
+}
+
+/// `y[t*out + o] = Σ_i x[t*in + i] * w[o, i]` as [`crate::backend::reference::quant_dot`]
+/// defines it; fills `y` with NaN on inconsistent sizes.
+pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &QuantStack, y: &mut [f32]) {
+    let (out, inp) = (w.rows(), w.cols());
+    if !matmul_shapes_ok(x.len(), y.len(), rows, out, inp) {
+        return fill_nan(y);
+    }
+    if rows == 0 {
+        return;
+    }
+    let mut scratch = be.scratch.lock();
+    let scratch = &mut *scratch;
+    let acts = &mut scratch.qacts;
+    if !acts.quantize(x, rows, inp) {
+        return fill_nan(y);
+    }
+    let acts = &*acts;
+    let task = |o0: usize| Task {
+        w,
+        a: acts,
+        rows,
+        o0,
+        rb: row_block(inp),
+    };
+    let kernel = be.qkernel;
+    let threads = be.pool.current_num_threads();
+    let work = rows.saturating_mul(out).saturating_mul(inp);
+    let run = |yt: &mut [f32]| {
+        if threads <= 1 || work < (1 << 18) {
+            run_task(kernel, &task(0), yt);
+        } else {
+            // ~4 tasks per thread over distinct weight rows.
+            let cw = out.div_ceil(threads * 4).max(1);
+            be.pool.install(|| {
+                yt.par_chunks_mut(cw * rows)
+                    .enumerate()
+                    .for_each(|(c, chunk)| run_task(kernel, &task(c * cw), chunk));
+            });
+        }
+    };
+    if rows == 1 {
+        run(&mut y[..out]);
+        return;
+    }
+    scratch.yt.resize(rows * out, 0.0);
+    let yt = &mut scratch.yt[..rows * out];
+    run(yt);
+    super::matmul::transpose(yt, rows, out, y);
+}
