@@ -17,14 +17,7 @@ macro_rules! task_body {
         let Task { w, a, rows, o0, rb } = *$t;
         let (cols, nb) = (a.cols, a.nb);
         let n = $yt.len() / rows.max(1);
-        let ok = a.q.len() >= rows * cols
-            && a.d.len() >= rows * nb
-            && a.s.len() >= rows * nb
-            && $dec.q.len() >= cols
-            && $dec.p.len() >= nb
-            && w.cols() == cols
-            && rb > 0;
-        if !ok {
+        if !$t.fits(&$dec) {
             $yt.iter_mut().for_each(|v| *v = f32::NAN);
             return;
         }

@@ -91,16 +91,9 @@ macro_rules! group_task {
     ($t:ident, $dec:ident, $yt:ident, $row:ident, $row_rm:ident) => {{
         use super::group::{Group, GROUP};
         let Task { w, a, rows, o0, rb } = *$t;
-        let (cols, nb) = (a.cols, a.nb);
+        let nb = a.nb;
         let n = $yt.len() / rows.max(1);
-        let ok = a.q.len() >= rows * cols
-            && a.d.len() >= rows * nb
-            && a.s.len() >= rows * nb
-            && $dec.p.len() >= nb
-            && $dec.q.len() >= cols
-            && w.cols() == cols
-            && rb > 0;
-        if !ok {
+        if !$t.fits(&$dec) {
             $yt.iter_mut().for_each(|v| *v = f32::NAN);
             return;
         }

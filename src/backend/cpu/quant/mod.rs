@@ -95,6 +95,22 @@ pub(super) struct Task<'a> {
     pub rb: usize,
 }
 
+impl Task<'_> {
+    /// Whether the activations, the decode buffers `dec` and the weight agree on the shapes
+    /// the task reads (`rows` activation rows of `cols` values in `nb` blocks); a task that
+    /// does not fit fills its output with NaN instead of reading out of range.
+    pub(super) fn fits(&self, dec: &Decoded) -> bool {
+        let (cols, nb) = (self.a.cols, self.a.nb);
+        self.a.q.len() >= self.rows * cols
+            && self.a.d.len() >= self.rows * nb
+            && self.a.s.len() >= self.rows * nb
+            && dec.q.len() >= cols
+            && dec.p.len() >= nb
+            && self.w.cols() == cols
+            && self.rb > 0
+    }
+}
+
 /// Per-task decode buffers: the values of `rows` weight rows, the params of one.
 pub(super) struct Decoded {
     pub q: Vec<i8>,
