@@ -29,7 +29,6 @@ use loraplex::tensor::{DType, HostTensor};
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::Value;
 
 use common::max_rel_diff;
 
@@ -402,16 +401,14 @@ fn zero_b_adapter_is_bitwise_base() {
 /// last-position logits within 3e-4 × std (reads ../shared and the GGUF; skips when absent).
 #[test]
 fn smollm2_hf_adapter_matches_peft() {
-    let Some(shared) = common::shared_dir() else {
+    let Some(common::Smollm2Reference {
+        gguf,
+        dir: refdir,
+        json: refj,
+    }) = common::smollm2_reference()
+    else {
         return;
     };
-    let Some(gguf) = common::smollm2_gguf() else {
-        return;
-    };
-    let refdir = shared.join("reference/smollm2-135m-instruct");
-    let refj: Value =
-        serde_json::from_str(&std::fs::read_to_string(refdir.join("reference.json")).unwrap())
-            .unwrap();
     let want: Array2<f32> = ndarray_npy::read_npy(refdir.join("logits/hf-qv-r16-bin.npy")).unwrap();
     let mut files = ModelFiles::load(&gguf).unwrap();
     // The dequantized (f32) path: what PEFT ran (tests/quant_model.rs covers the quantized one).

@@ -39,16 +39,14 @@ fn ids(v: &Value) -> Vec<u32> {
 
 #[test]
 fn smollm2_quantized_base_and_adapter_in_mixed_batches_match_peft() {
-    let Some(shared) = common::shared_dir() else {
+    let Some(common::Smollm2Reference {
+        gguf,
+        dir: refdir,
+        json: refj,
+    }) = common::smollm2_reference()
+    else {
         return;
     };
-    let Some(gguf) = common::smollm2_gguf() else {
-        return;
-    };
-    let refdir = shared.join("reference/smollm2-135m-instruct");
-    let refj: Value =
-        serde_json::from_str(&std::fs::read_to_string(refdir.join("reference.json")).unwrap())
-            .unwrap();
     let mut cfg = EngineConfig::new(&gguf);
     cfg.threads = 2;
     cfg.peft_source = vec![refdir.join("adapters")];

@@ -71,24 +71,22 @@ fn floats(v: &Value) -> Vec<f32> {
 }
 
 /// Runs one scheme; returns failures.
-fn check_scheme(scheme: QuantScheme, src: &Path, shared: &Path, dir: &Path) -> Vec<String> {
+fn check_scheme(scheme: QuantScheme, r: &common::Smollm2Reference, dir: &Path) -> Vec<String> {
     let Some(fx) = fixture(scheme) else {
         return Vec::new();
     };
     let gguf = dir.join(format!("smollm2.{}.gguf", scheme.name()));
-    let written = requantize_gguf(src, &gguf, scheme).unwrap();
+    let written = requantize_gguf(&r.gguf, &gguf, scheme).unwrap();
     assert_eq!(
         sha256(&gguf),
         fx["gguf_sha256"].as_str().unwrap(),
         "{}: the quantizer's output changed; rerun scripts/quant-model-reference.py",
         scheme.name()
     );
-    let r = shared.join("reference/smollm2-135m-instruct");
-    let prompts: Value =
-        serde_json::from_str(&std::fs::read_to_string(r.join("reference.json")).unwrap()).unwrap();
+    let prompts = &r.json;
     let mut cfg = EngineConfig::new(&gguf);
     cfg.threads = 2;
-    cfg.peft_source = vec![r.join("adapters")];
+    cfg.peft_source = vec![r.dir.join("adapters")];
     cfg.max_lora_rank = 16;
     let e = Engine::new(cfg).unwrap();
     let stats = e.stats_json();
@@ -157,16 +155,13 @@ fn check_scheme(scheme: QuantScheme, src: &Path, shared: &Path, dir: &Path) -> V
 
 #[test]
 fn smollm2_requantized_matches_transformers_on_the_same_files() {
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
-    let Some(src) = common::smollm2_gguf() else {
+    let Some(r) = common::smollm2_reference() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     for scheme in QuantScheme::ALL {
-        failures.extend(check_scheme(scheme, &src, &shared, dir.path()));
+        failures.extend(check_scheme(scheme, &r, dir.path()));
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -52,6 +52,24 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
     }
 }
 
+/// The SmolLM2 GGUF with its HuggingFace reference (`../shared/reference/smollm2-135m-instruct`):
+/// the GGUF path, the reference directory (adapters, logits) and its parsed `reference.json`.
+/// None when either is absent (see [`missing`]).
+pub struct Smollm2Reference {
+    pub gguf: PathBuf,
+    pub dir: PathBuf,
+    pub json: serde_json::Value,
+}
+
+/// See [`Smollm2Reference`].
+pub fn smollm2_reference() -> Option<Smollm2Reference> {
+    let dir = shared_dir()?.join("reference/smollm2-135m-instruct");
+    let gguf = smollm2_gguf()?;
+    let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+        .unwrap();
+    Some(Smollm2Reference { gguf, dir, json })
+}
+
 /// Runs `round` (which submits a batch of `n` requests and checks each against its result
 /// alone) until the engine reports that `n` sequences shared one step, at most `tries` times.
 /// `max_step_seqs` only grows, so before the first round it must be below `n` (e.g. 1 after
