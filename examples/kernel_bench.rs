@@ -1,10 +1,11 @@
 //! Times the CPU backend's matmul at SmolLM2-135M shapes and compares with memory bandwidth.
 //!
-//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head] [--step] [--attn] [--lora] [--elementwise]`
+//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head] [--step] [--attn] [--quant] [--lora] [--elementwise]`
 //!
 //! `--elementwise` instead times rms_norm, rope, silu_mul and add at SmolLM2 shapes.
 //! `--attn` instead times SmolLM2-shaped paged attention (decode and prefill).
 //! `--lora` instead times mixed-batch `lora_apply` against the base matmuls.
+//! `--quant` instead times the quantized matmul per type, kernel path and row count.
 //! `--step` instead times whole decode steps over 30 distinct layers (weights from DRAM).
 //!
 //! For each weight shape (in -> out), format (F32, BF16), thread count (1, 2) and row count
@@ -116,6 +117,57 @@ fn decode_step(pools: &[Arc<rayon::ThreadPool>], copy_bw: f64) {
                     100.0 * gbs / copy_bw,
                     cpu * 1e3
                 );
+            }
+        }
+    }
+}
+
+/// Times the quantized matmul on a 2048 x 2048 weight (Llama-3.2-1B's `o` shape) per type,
+/// kernel path, thread count and row count: ms per call, weight GB/s and GMAC/s.
+fn quant(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
+    use loraplex::backend::cpu::QuantKernel;
+    use loraplex::quant::{quantize::quantize, GgmlType};
+    let (inp, out) = (2048usize, 2048usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let data: Vec<f32> = (0..inp * out)
+        .map(|_| rng.gen_range(-0.1f32..0.1))
+        .collect();
+    let min = Duration::from_millis(if quick { 100 } else { 300 });
+    println!(
+        "{:<6} {:<12} {:>3} {:>4} {:>8} {:>7} {:>8}",
+        "type", "path", "thr", "rows", "ms/call", "GB/s", "GMAC/s"
+    );
+    for ty in [
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+        GgmlType::Q8_0,
+        GgmlType::Q5K,
+        GgmlType::Q4_0,
+    ] {
+        let t = HostTensor::quantized(quantize(ty, out, inp, &data).expect("quantize"));
+        for kernel in QuantKernel::ALL.iter().rev().filter(|k| k.available()) {
+            for pool in pools {
+                let be = CpuBackend::with_quant_kernel(pool.clone(), *kernel).expect("kernel");
+                let w = be.weight(&t, WeightFormat::F32).expect("weight");
+                let bytes = be.weight_bytes(&w);
+                for rows in [1usize, 8, 32, 256] {
+                    if *kernel == QuantKernel::Portable && rows > 8 {
+                        continue;
+                    }
+                    let x: Vec<f32> = (0..rows * inp).map(|_| rng.gen_range(-1f32..1.0)).collect();
+                    let mut y = vec![0f32; rows * out];
+                    let secs = time_it(min, || be.matmul(&x, rows, &w, &mut y));
+                    println!(
+                        "{:<6} {:<12} {:>3} {:>4} {:>8.3} {:>7.1} {:>8.1}",
+                        ty.to_string(),
+                        kernel.name(),
+                        pool.current_num_threads(),
+                        rows,
+                        secs * 1e3,
+                        bytes as f64 / secs / 1e9,
+                        (rows * inp * out) as f64 / secs / 1e9
+                    );
+                }
             }
         }
     }
@@ -315,6 +367,10 @@ fn main() {
     }
     if args.iter().any(|a| a == "--step") {
         decode_step(&pools, bw);
+        return;
+    }
+    if args.iter().any(|a| a == "--quant") {
+        quant(&pools, quick);
         return;
     }
     let rows_list = [1usize, 8, 32, 256];

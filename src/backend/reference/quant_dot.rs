@@ -1,25 +1,29 @@
 //! The semantics of the quantized matmul `y = x · Wᵀ` with `W` in ggml blocks: the scalar twin
-//! every kernel path (portable, AVX2, AVX-512 VNNI) must match bit for bit.
+//! every kernel path (portable, AVX2, AVX-VNNI, AVX-512 VNNI) must match bit for bit.
 //!
 //! 1. Activations ([`QActs::quantize`]): each row of `x` is cut into 32-element blocks; block
 //!    `b` gets `amax = max |x_i|` (NaN if any `x_i` is NaN), `d = amax / 127` (f32),
 //!    `id = 1 / d` when `d > 0` else 0, and `q_i = clamp(round_ties_even(x_i * id), -127, 127)`
-//!    as `i8`; plus the integer sums `s[h] = Σ q_i` of its two 16-element halves.
+//!    as `i8`; plus the integer sums `s0 = Σ q_i` (elements 0-15) and `s1` (16-31).
 //! 2. Weights are decoded per 32-element block into `i8` values and [`BlockParams`]
 //!    ([`super::quant_block`]).
 //! 3. Per block, the integer dot products of the two halves `dot[h] = Σ qw_i * qx_i` are exact
 //!    (any summation order gives the same `i32`), and [`combine`] turns them into the block's
 //!    float contribution in a fixed order:
-//!    `P = isc[0]*dot[0] + isc[1]*dot[1]` (i32), `M = imin[0]*s[0] + imin[1]*s[1]` (i32),
+//!    `P = isc[0]*dot[0] + isc[1]*dot[1]` (i32), `M = imin[0]*s0 + imin[1]*s1` (i32),
 //!    `c = dx * (d * f32(P) + dm * f32(M))` (types with mins) or `c = dx * (d * f32(P))`,
 //!    each operation rounded to f32 (no fused multiply-add). Every `|P|`, `|M|` is below
 //!    2^24, so their conversions are exact.
-//! 4. `y[t, o] = ((0 + c_0) + c_1) + ...` over the blocks of the row in increasing order (f32).
+//! 4. Accumulation in [`LANES`] = 8 lanes: block `b` is added to lane `b % 8`, in increasing
+//!    `b` (`lane = lane + c`, f32, every lane starting at +0); then [`reduce_lanes`] sums the
+//!    lanes in a fixed tree: `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`. This is the order a
+//!    256-bit vector of 8 blocks (a K-quant super-block, or 8 consecutive 32-element blocks)
+//!    accumulates in, so the vector paths run the combine on 8 blocks at once.
 //!
 //! Error bound against `Σ dequant(w)_i · x_i` (f64): rounding `x_i` to `d · q_i` errs by at most
 //! `d / 2 = amax_b / 254` per element, so the block's product errs by at most
 //! `amax_b / 254 · Σ_{i∈b} |w_i|`; the float combine adds a relative `2^-24` per operation
-//! (about `nb + 6` of them on the path of each term). See [`error_bound`].
+//! (at most `nb + 6` of them on the path of each term). See [`error_bound`].
 //!
 //! A row's result depends only on that row of `x` and the weight row: batch-invariant by
 //! construction.
@@ -39,9 +43,14 @@ pub struct QActs {
     pub q: Vec<i8>,
     /// `rows * nb` block scales.
     pub d: Vec<f32>,
-    /// `rows * nb` half sums.
-    pub s: Vec<[i32; 2]>,
+    /// `rows * nb` sums of each block's first half (elements 0-15).
+    pub s0: Vec<i32>,
+    /// `rows * nb` sums of each block's second half (elements 16-31).
+    pub s1: Vec<i32>,
 }
+
+/// Accumulator lanes of one output (see the module docs, step 4).
+pub const LANES: usize = 8;
 
 impl QActs {
     /// Quantizes `rows` rows of `cols` values from `x` (`cols % 32 == 0`,
@@ -54,14 +63,17 @@ impl QActs {
         self.nb = nb;
         self.q.resize(rows * cols, 0);
         self.d.resize(rows * nb, 0.0);
-        self.s.resize(rows * nb, [0, 0]);
-        for (((xb, qb), d), s) in x[..rows * cols]
+        self.s0.resize(rows * nb, 0);
+        self.s1.resize(rows * nb, 0);
+        for ((((xb, qb), d), s0), s1) in x[..rows * cols]
             .chunks_exact(QBLOCK)
             .zip(self.q.chunks_exact_mut(QBLOCK))
             .zip(self.d.iter_mut())
-            .zip(self.s.iter_mut())
+            .zip(self.s0.iter_mut())
+            .zip(self.s1.iter_mut())
         {
-            (*d, *s) = quantize_block(xb, qb);
+            let (dd, [a, b]) = quantize_block(xb, qb);
+            (*d, *s0, *s1) = (dd, a, b);
         }
         fits
     }
@@ -112,21 +124,25 @@ pub fn dot_halves_scalar(w: &[i8], x: &[i8]) -> [i32; 2] {
     r
 }
 
+/// Step 4's final sum of the lanes.
+#[inline(always)]
+pub fn reduce_lanes(l: [f32; LANES]) -> f32 {
+    let s4 = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+    (s4[0] + s4[2]) + (s4[1] + s4[3])
+}
+
 /// Steps 3-4 for one decoded weight row (`wq`, `wp`) and activation row `t` of `a`.
 #[inline(always)]
 pub fn dot_row(wq: &[i8], wp: &[BlockParams], min: bool, a: &QActs, t: usize) -> f32 {
     let (cols, nb) = (a.cols, a.nb);
-    let (xq, xd, xs) = (
-        &a.q[t * cols..(t + 1) * cols],
-        &a.d[t * nb..(t + 1) * nb],
-        &a.s[t * nb..(t + 1) * nb],
-    );
-    let mut acc = 0f32;
+    let (xq, xd) = (&a.q[t * cols..(t + 1) * cols], &a.d[t * nb..(t + 1) * nb]);
+    let (s0, s1) = (&a.s0[t * nb..(t + 1) * nb], &a.s1[t * nb..(t + 1) * nb]);
+    let mut acc = [0f32; LANES];
     for b in 0..nb {
         let dot = dot_halves_scalar(&wq[b * QBLOCK..][..QBLOCK], &xq[b * QBLOCK..][..QBLOCK]);
-        acc += combine(&wp[b], min, xd[b], xs[b], dot);
+        acc[b % LANES] += combine(&wp[b], min, xd[b], [s0[b], s1[b]], dot);
     }
-    acc
+    reduce_lanes(acc)
 }
 
 /// The reference quantized matmul over stacked segments (each `[rows_k, cols]` of its own

@@ -4,26 +4,27 @@
 //! 32-element block, exact integer block dots, a fixed float combine), so every kernel path is
 //! bitwise equal to it and batch-invariant.
 //!
-//! Kernel paths ([`QuantKernel`]): portable scalar, AVX2 (`vpmaddubsw`/`vpmaddwd`) and AVX-512
-//! VNNI (`vpdpbusd`), chosen at runtime (or forced, for tests). Every path decodes with the
-//! twin's decoders; the portable path runs the twin's loop, the vector paths (`dot_avx2.rs`,
-//! `group.rs`) take weight rows 8 at a time, one f32 lane per row, and run the twin's float
-//! combine lane-wise (the same IEEE operations in the same order). The integer dot products,
-//! exact on every path, are the only thing the paths compute differently.
+//! Kernel paths ([`QuantKernel`]): portable scalar, AVX2 (`vpmaddubsw`/`vpmaddwd`), AVX-VNNI
+//! (VEX `vpdpbusd`) and AVX-512 VNNI (EVEX `vpdpbusd`), chosen at runtime (or forced, for
+//! tests). The portable path runs the twin's loop on the twin's decoded rows; the vector paths
+//! (`lanes.rs`, `dot_x86.rs`) unpack 8 blocks at a time straight from the ggml bytes into
+//! registers (`superblock.rs`), one 32-bit lane per block, and run the twin's float combine
+//! and 8-lane accumulation lane-wise (the same IEEE operations in the same order). The
+//! integer dot products, exact on every path, are the only thing the paths compute
+//! differently.
 //!
 //! Work split: weight rows are cut into tasks across the pool (distinct rows per task); a task
-//! decodes each group of its weight rows once per block of activation rows (sized to stay in
-//! L2) and dots it against every activation row of the block, writing `yt` (`[out, rows]`),
-//! transposed into `y` at the end. From 4 activation rows on, a group is also interleaved so
-//! that the products sum straight into row lanes; below, the 8 rows' block sums are transposed.
+//! unpacks each super-block of its weight rows once per block of activation rows (sized to
+//! stay in L2) and dots it against every activation row of the block, writing `yt`
+//! (`[out, rows]`), transposed into `y` at the end.
 
 mod dot;
 #[cfg(target_arch = "x86_64")]
-mod dot_avx2;
+mod dot_x86;
 #[cfg(target_arch = "x86_64")]
-mod dot_avx512;
+mod lanes;
 #[cfg(target_arch = "x86_64")]
-mod group;
+mod superblock;
 
 use rayon::prelude::*;
 
@@ -40,13 +41,15 @@ pub enum QuantKernel {
     Portable,
     /// AVX2: `vpmaddubsw` + `vpmaddwd` (x86_64 with AVX2).
     Avx2,
-    /// AVX-512 VNNI: `vpdpbusd` on 256-bit vectors (x86_64 with AVX2, AVX-512F/VL/VNNI).
+    /// AVX-VNNI: VEX `vpdpbusd` (x86_64 with AVX2 and AVX-VNNI).
+    AvxVnni,
+    /// AVX-512 VNNI: EVEX `vpdpbusd` on 256-bit vectors (x86_64 with AVX2, AVX-512F/VL/VNNI).
     Avx512Vnni,
 }
 
 impl QuantKernel {
     /// Every path, slowest first.
-    pub const ALL: [QuantKernel; 3] = [Self::Portable, Self::Avx2, Self::Avx512Vnni];
+    pub const ALL: [QuantKernel; 4] = [Self::Portable, Self::Avx2, Self::AvxVnni, Self::Avx512Vnni];
 
     /// The fastest path this CPU runs.
     pub fn detect() -> Self {
@@ -64,6 +67,11 @@ impl QuantKernel {
             #[cfg(target_arch = "x86_64")]
             Self::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
             #[cfg(target_arch = "x86_64")]
+            Self::AvxVnni => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("avxvnni")
+            }
+            #[cfg(target_arch = "x86_64")]
             Self::Avx512Vnni => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("avx512f")
@@ -75,11 +83,12 @@ impl QuantKernel {
         }
     }
 
-    /// Short name ("portable", "avx2", "avx512-vnni").
+    /// Short name ("portable", "avx2", "avx-vnni", "avx512-vnni").
     pub fn name(self) -> &'static str {
         match self {
             Self::Portable => "portable",
             Self::Avx2 => "avx2",
+            Self::AvxVnni => "avx-vnni",
             Self::Avx512Vnni => "avx512-vnni",
         }
     }
@@ -103,7 +112,8 @@ impl Task<'_> {
         let (cols, nb) = (self.a.cols, self.a.nb);
         self.a.q.len() >= self.rows * cols
             && self.a.d.len() >= self.rows * nb
-            && self.a.s.len() >= self.rows * nb
+            && self.a.s0.len() >= self.rows * nb
+            && self.a.s1.len() >= self.rows * nb
             && dec.q.len() >= cols
             && dec.p.len() >= nb
             && self.w.cols() == cols
@@ -111,16 +121,17 @@ impl Task<'_> {
     }
 }
 
-/// Per-task decode buffers: the values of `rows` weight rows, the params of one.
+/// Per-task decode buffers: one weight row decoded by the twin's decoder (the portable path,
+/// and the vector paths for types they do not unpack themselves).
 pub(super) struct Decoded {
     pub q: Vec<i8>,
     pub p: Vec<BlockParams>,
 }
 
 impl Decoded {
-    fn new(cols: usize, rows: usize) -> Self {
+    fn new(cols: usize) -> Self {
         Self {
-            q: vec![0; cols * rows],
+            q: vec![0; cols],
             p: vec![BlockParams::default(); cols / QBLOCK],
         }
     }
@@ -133,21 +144,19 @@ fn row_block(cols: usize) -> usize {
 
 /// Runs one task on `kernel` (a path this CPU has; see [`QuantKernel::available`]).
 fn run_task(kernel: QuantKernel, t: &Task<'_>, yt: &mut [f32]) {
-    // The vector paths decode a whole group of rows (see `group.rs`).
-    let group_rows = if kernel == QuantKernel::Portable {
-        1
-    } else {
-        8
-    };
-    let mut dec = Decoded::new(t.a.cols, group_rows);
+    let mut dec = Decoded::new(t.a.cols);
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the backend only selects this path when `available()` detected AVX2.
-        QuantKernel::Avx2 => unsafe { dot_avx2::task(t, &mut dec, yt) },
+        QuantKernel::Avx2 => unsafe { dot_x86::task_avx2(t, &mut dec, yt) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the backend only selects this path when `available()` detected AVX2 and
+        // AVX-VNNI.
+        QuantKernel::AvxVnni => unsafe { dot_x86::task_avxvnni(t, &mut dec, yt) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the backend only selects this path when `available()` detected AVX2 and
         // AVX-512F/VL/VNNI.
-        QuantKernel::Avx512Vnni => unsafe { dot_avx512::task(t, &mut dec, yt) },
+        QuantKernel::Avx512Vnni => unsafe { dot_x86::task_avx512vnni(t, &mut dec, yt) },
         _ => dot::task_portable(t, &mut dec, yt),
     }
 }
