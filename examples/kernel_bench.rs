@@ -1,6 +1,6 @@
 //! Times the CPU backend's matmul at SmolLM2-135M shapes and compares with memory bandwidth.
 //!
-//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head] [--step] [--attn] [--quant] [--lora] [--elementwise]`
+//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head] [--step] [--attn] [--quant [--only TYPE] [--rows N]] [--lora] [--elementwise]`
 //!
 //! `--elementwise` instead times rms_norm, rope, silu_mul and add at SmolLM2 shapes.
 //! `--attn` instead times SmolLM2-shaped paged attention (decode and prefill).
@@ -124,10 +124,15 @@ fn decode_step(pools: &[Arc<rayon::ThreadPool>], copy_bw: f64) {
 
 /// Times the quantized matmul on a 2048 x 2048 weight (Llama-3.2-1B's `o` shape) per type,
 /// kernel path, thread count and row count: ms per call, weight GB/s and GMAC/s.
-fn quant(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
+fn quant(pools: &[Arc<rayon::ThreadPool>], quick: bool, only: Option<&str>, rows: Option<usize>) {
     use loraplex::backend::cpu::QuantKernel;
     use loraplex::quant::{quantize::quantize, GgmlType};
-    let (inp, out) = (2048usize, 2048usize);
+    let rows_only = rows;
+    let inp = 2048usize;
+    let out: usize = std::env::var("QB_OUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let data: Vec<f32> = (0..inp * out)
         .map(|_| rng.gen_range(-0.1f32..0.1))
@@ -144,6 +149,9 @@ fn quant(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
         GgmlType::Q5K,
         GgmlType::Q4_0,
     ] {
+        if only.is_some_and(|o| o != ty.to_string()) {
+            continue;
+        }
         let t = HostTensor::quantized(quantize(ty, out, inp, &data).expect("quantize"));
         for kernel in QuantKernel::ALL.iter().rev().filter(|k| k.available()) {
             for pool in pools {
@@ -151,6 +159,9 @@ fn quant(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
                 let w = be.weight(&t, WeightFormat::F32).expect("weight");
                 let bytes = be.weight_bytes(&w);
                 for rows in [1usize, 8, 32, 256] {
+                    if rows_only.is_some_and(|r| r != rows) {
+                        continue;
+                    }
                     if *kernel == QuantKernel::Portable && rows > 8 {
                         continue;
                     }
@@ -370,7 +381,11 @@ fn main() {
         return;
     }
     if args.iter().any(|a| a == "--quant") {
-        quant(&pools, quick);
+        let rows = args
+            .iter()
+            .position(|a| a == "--rows")
+            .and_then(|i| args.get(i + 1)?.parse().ok());
+        quant(&pools, quick, only.as_deref(), rows);
         return;
     }
     let rows_list = [1usize, 8, 32, 256];

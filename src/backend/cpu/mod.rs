@@ -46,6 +46,8 @@ struct Scratch {
     xpad: Vec<f32>,
     yt: Vec<f32>,
     qacts: crate::backend::reference::quant_dot::QActs,
+    /// The quantized activations in the transposed super-block layout (`quant::xt`).
+    qxt: Vec<i8>,
 }
 
 /// The CPU backend. Cheap to construct; holds the engine's thread pool and scratch buffers.

@@ -55,6 +55,10 @@ pub const LANES: usize = 8;
 impl QActs {
     /// Quantizes `rows` rows of `cols` values from `x` (`cols % 32 == 0`,
     /// `x.len() >= rows * cols`; otherwise leaves `self` with zero rows and returns false).
+    /// Always inlined, so that callers compiled for wider vector instructions (the CPU
+    /// backend's vector paths) run it with them: the same IEEE operations, without a libm call
+    /// per element for the rounding.
+    #[inline(always)]
     pub fn quantize(&mut self, x: &[f32], rows: usize, cols: usize) -> bool {
         let nb = cols / QBLOCK;
         let fits = cols % QBLOCK == 0 && matches!(rows.checked_mul(cols), Some(n) if n <= x.len());
@@ -80,7 +84,7 @@ impl QActs {
 }
 
 /// Step 1 for one block: writes `q`, returns `(d, [s0, s1])`.
-#[inline]
+#[inline(always)]
 fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, [i32; 2]) {
     let mut amax = 0f32;
     let mut nan = false;

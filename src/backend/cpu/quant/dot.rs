@@ -7,7 +7,9 @@ use crate::backend::reference::quant_dot::dot_row;
 
 /// The portable path of a task.
 pub(super) fn task_portable(t: &Task<'_>, dec: &mut Decoded, yt: &mut [f32]) {
-    let Task { w, a, rows, o0, rb } = *t;
+    let Task {
+        w, a, rows, o0, rb, ..
+    } = *t;
     let (cols, nb) = (a.cols, a.nb);
     let n = yt.len() / rows.max(1);
     if !t.fits(dec) {

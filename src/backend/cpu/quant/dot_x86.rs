@@ -1,5 +1,5 @@
 //! The x86 vector paths: each instantiates the lanes kernel (`lanes.rs`) with its exact
-//! integer dot product of one 32-byte block (8 `i32` lanes, lane `i` = bytes `4i..4i+4`):
+//! integer dot products of a transposed super-block (8 four-byte steps per 32-bit lane):
 //!
 //! - AVX2: `vpmaddubsw` then `vpmaddwd`. Unsigned values (at most 63) times the signed
 //!   activations pair-sum to at most 2·63·127 in `i16`; signed values use |w| with the
@@ -12,39 +12,89 @@
 
 use std::arch::x86_64::*;
 
-use super::lanes::lanes_task;
+use super::lanes::{lanes_task, row_kernels};
 use super::superblock::{Form, Sb};
 use super::{Decoded, Task};
 
-/// AVX2 block dot (see the module docs).
+/// AVX2 transposed super-block dot: the per-half sums (see `lanes::transpose8`).
+///
+/// # Safety
+/// `x` must point to 256 readable bytes.
 #[target_feature(enable = "avx2")]
 #[inline]
-fn dot_avx2(u: __m256i, x: __m256i, signed: bool) -> __m256i {
-    let p16 = if signed {
-        _mm256_maddubs_epi16(_mm256_abs_epi8(u), _mm256_sign_epi8(x, u))
-    } else {
-        _mm256_maddubs_epi16(u, x)
-    };
-    _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+unsafe fn dot_t_avx2(w: &[__m256i; 8], x: *const i8, signed: bool) -> (__m256i, __m256i) {
+    let ones = _mm256_set1_epi16(1);
+    let mut h = [_mm256_setzero_si256(); 2];
+    for (i, wi) in w.iter().enumerate() {
+        // SAFETY: `x` points to 256 readable bytes (the caller's contract); loadu has no
+        // alignment requirement.
+        let xi = unsafe { _mm256_loadu_si256(x.add(32 * i) as *const __m256i) };
+        let p16 = if signed {
+            _mm256_maddubs_epi16(_mm256_abs_epi8(*wi), _mm256_sign_epi8(xi, *wi))
+        } else {
+            _mm256_maddubs_epi16(*wi, xi)
+        };
+        h[i / 4] = _mm256_add_epi32(h[i / 4], _mm256_madd_epi16(p16, ones));
+    }
+    (h[0], h[1])
+}
+
+/// AVX2 transposed super-block dot of two weight rows against one activation load.
+///
+/// # Safety
+/// `x` must point to 256 readable bytes.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn dot_t2_avx2(
+    wa: &[__m256i; 8],
+    wb: &[__m256i; 8],
+    x: *const i8,
+    signed: bool,
+) -> ((__m256i, __m256i), (__m256i, __m256i)) {
+    let ones = _mm256_set1_epi16(1);
+    let (mut ha, mut hb) = ([_mm256_setzero_si256(); 2], [_mm256_setzero_si256(); 2]);
+    for i in 0..8 {
+        // SAFETY: `x` points to 256 readable bytes (the caller's contract); loadu has no
+        // alignment requirement.
+        let xi = unsafe { _mm256_loadu_si256(x.add(32 * i) as *const __m256i) };
+        let dot = |w: __m256i| {
+            let p16 = if signed {
+                _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(xi, w))
+            } else {
+                _mm256_maddubs_epi16(w, xi)
+            };
+            _mm256_madd_epi16(p16, ones)
+        };
+        ha[i / 4] = _mm256_add_epi32(ha[i / 4], dot(wa[i]));
+        hb[i / 4] = _mm256_add_epi32(hb[i / 4], dot(wb[i]));
+    }
+    ((ha[0], ha[1]), (hb[0], hb[1]))
 }
 
 /// AVX2 keeps signed values as they are.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn prep_avx2(sb: Sb, form: Form) -> (Sb, Form) {
+///
+/// # Safety
+/// None needed (kept `unsafe` to share the signature of [`prep_vnni`]).
+#[inline(always)]
+unsafe fn prep_avx2(sb: Sb, form: Form) -> (Sb, Form) {
     (sb, form)
 }
 
 /// The VNNI paths hold signed values as `q + 128` (see the module docs).
-#[target_feature(enable = "avx2")]
-#[inline]
-fn prep_vnni(mut sb: Sb, form: Form) -> (Sb, Form) {
+///
+/// # Safety
+/// The CPU must have AVX2 (inlined into the path functions, which check it).
+#[inline(always)]
+unsafe fn prep_vnni(mut sb: Sb, form: Form) -> (Sb, Form) {
     if !form.signed {
         return (sb, form);
     }
-    let flip = _mm256_set1_epi8(-128);
-    for v in sb.v.iter_mut() {
-        *v = _mm256_xor_si256(*v, flip);
+    // SAFETY: AVX2 (the caller's contract); registers only.
+    unsafe {
+        let flip = _mm256_set1_epi8(-128);
+        for v in sb.v.iter_mut() {
+            *v = _mm256_xor_si256(*v, flip);
+        }
     }
     let form = Form {
         signed: false,
@@ -54,69 +104,162 @@ fn prep_vnni(mut sb: Sb, form: Form) -> (Sb, Form) {
     (sb, form)
 }
 
-/// AVX-512 VNNI block dot (EVEX `vpdpbusd`, unsigned values).
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-#[inline]
-fn dot_avx512vnni(u: __m256i, x: __m256i, _signed: bool) -> __m256i {
-    let mut acc = _mm256_setzero_si256();
-    // `vpdpbusd` through asm: its intrinsic is newer than the crate's MSRV. LLVM's default
-    // encoding without `{vex}` is the EVEX (AVX-512 VNNI + VL) form.
-    // SAFETY: the instruction only reads and writes the three vector registers; the
-    // enclosing function's target features (checked by the caller at runtime) include it.
-    unsafe {
-        std::arch::asm!(
-            "vpdpbusd {acc}, {a}, {b}",
-            acc = inout(ymm_reg) acc,
-            a = in(ymm_reg) u,
-            b = in(ymm_reg) x,
-            options(pure, nomem, nostack),
-        );
-    }
-    acc
+/// The VNNI transposed super-block dot with `$ins` the `vpdpbusd` form (unsigned values).
+macro_rules! vnni_dot_t {
+    ($w:ident, $x:ident, $ins:literal) => {{
+        let mut h = [_mm256_setzero_si256(); 2];
+        for (i, wi) in $w.iter().enumerate() {
+            // SAFETY: `x` points to 256 readable bytes (the caller's contract); loadu has no
+            // alignment requirement.
+            let xi = unsafe { _mm256_loadu_si256($x.add(32 * i) as *const __m256i) };
+            // SAFETY: registers only; the enclosing function's target features include the
+            // instruction (`vpdpbusd`: AVX-512 VNNI + VL without `{vex}`, AVX-VNNI with it).
+            unsafe {
+                std::arch::asm!(
+                    $ins,
+                    acc = inout(ymm_reg) h[i / 4],
+                    a = in(ymm_reg) *wi,
+                    b = in(ymm_reg) xi,
+                    options(pure, nomem, nostack),
+                );
+            }
+        }
+        (h[0], h[1])
+    }};
 }
 
-/// AVX-VNNI block dot (VEX `vpdpbusd`, unsigned values).
+/// The VNNI transposed super-block dot of two weight rows against one activation load.
+macro_rules! vnni_dot_t2 {
+    ($wa:ident, $wb:ident, $x:ident, $ins:literal) => {{
+        let (mut ha, mut hb) = ([_mm256_setzero_si256(); 2], [_mm256_setzero_si256(); 2]);
+        for i in 0..8 {
+            // SAFETY: `x` points to 256 readable bytes (the caller's contract); loadu has no
+            // alignment requirement.
+            let xi = unsafe { _mm256_loadu_si256($x.add(32 * i) as *const __m256i) };
+            // SAFETY: registers only; the enclosing function's target features include the
+            // instruction (`vpdpbusd`: AVX-512 VNNI + VL without `{vex}`, AVX-VNNI with it).
+            unsafe {
+                std::arch::asm!(
+                    $ins,
+                    acc = inout(ymm_reg) ha[i / 4],
+                    a = in(ymm_reg) $wa[i],
+                    b = in(ymm_reg) xi,
+                    options(pure, nomem, nostack),
+                );
+                std::arch::asm!(
+                    $ins,
+                    acc = inout(ymm_reg) hb[i / 4],
+                    a = in(ymm_reg) $wb[i],
+                    b = in(ymm_reg) xi,
+                    options(pure, nomem, nostack),
+                );
+            }
+        }
+        ((ha[0], ha[1]), (hb[0], hb[1]))
+    }};
+}
+
+/// AVX-512 VNNI transposed super-block dot of two weight rows.
+///
+/// # Safety
+/// `x` must point to 256 readable bytes.
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn dot_t2_avx512vnni(
+    wa: &[__m256i; 8],
+    wb: &[__m256i; 8],
+    x: *const i8,
+    _signed: bool,
+) -> ((__m256i, __m256i), (__m256i, __m256i)) {
+    vnni_dot_t2!(wa, wb, x, "vpdpbusd {acc}, {a}, {b}")
+}
+
+/// AVX-VNNI transposed super-block dot of two weight rows.
+///
+/// # Safety
+/// `x` must point to 256 readable bytes.
 #[target_feature(enable = "avx2,avxvnni")]
 #[inline]
-fn dot_avxvnni(u: __m256i, x: __m256i, _signed: bool) -> __m256i {
-    let mut acc = _mm256_setzero_si256();
-    // SAFETY: as in `dot_avx512vnni`; `{vex}` selects the AVX-VNNI encoding, which only
-    // allows ymm0-15 (`ymm_reg` without AVX-512 in the enabled features).
-    unsafe {
-        std::arch::asm!(
-            "{{vex}} vpdpbusd {acc}, {a}, {b}",
-            acc = inout(ymm_reg) acc,
-            a = in(ymm_reg) u,
-            b = in(ymm_reg) x,
-            options(pure, nomem, nostack),
-        );
-    }
-    acc
+unsafe fn dot_t2_avxvnni(
+    wa: &[__m256i; 8],
+    wb: &[__m256i; 8],
+    x: *const i8,
+    _signed: bool,
+) -> ((__m256i, __m256i), (__m256i, __m256i)) {
+    vnni_dot_t2!(wa, wb, x, "{{vex}} vpdpbusd {acc}, {a}, {b}")
+}
+
+/// AVX-512 VNNI transposed super-block dot.
+///
+/// # Safety
+/// `x` must point to 256 readable bytes.
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn dot_t_avx512vnni(w: &[__m256i; 8], x: *const i8, _signed: bool) -> (__m256i, __m256i) {
+    vnni_dot_t!(w, x, "vpdpbusd {acc}, {a}, {b}")
+}
+
+/// AVX-VNNI transposed super-block dot.
+///
+/// # Safety
+/// `x` must point to 256 readable bytes.
+#[target_feature(enable = "avx2,avxvnni")]
+#[inline]
+unsafe fn dot_t_avxvnni(w: &[__m256i; 8], x: *const i8, _signed: bool) -> (__m256i, __m256i) {
+    vnni_dot_t!(w, x, "{{vex}} vpdpbusd {acc}, {a}, {b}")
+}
+
+/// The AVX2 row kernels.
+mod avx2_rows {
+    use super::*;
+    row_kernels!("avx2,f16c", dot_t_avx2, dot_t2_avx2, prep_avx2);
+}
+
+/// The AVX-VNNI row kernels.
+mod avxvnni_rows {
+    use super::*;
+    row_kernels!(
+        "avx2,f16c,avxvnni",
+        dot_t_avxvnni,
+        dot_t2_avxvnni,
+        prep_vnni
+    );
+}
+
+/// The AVX-512 VNNI row kernels.
+mod avx512vnni_rows {
+    use super::*;
+    row_kernels!(
+        "avx2,f16c,avx512f,avx512vl,avx512vnni",
+        dot_t_avx512vnni,
+        dot_t2_avx512vnni,
+        prep_vnni
+    );
 }
 
 /// The AVX2 path of a task.
 ///
 /// # Safety
-/// The CPU must have AVX2.
-#[target_feature(enable = "avx2")]
+/// The CPU must have AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
 pub(super) unsafe fn task_avx2(t: &Task<'_>, dec: &mut Decoded, yt: &mut [f32]) {
-    lanes_task!(t, dec, yt, dot_avx2, prep_avx2)
+    lanes_task!(t, dec, yt, avx2_rows)
 }
 
 /// The AVX-VNNI path of a task.
 ///
 /// # Safety
-/// The CPU must have AVX2 and AVX-VNNI.
-#[target_feature(enable = "avx2,avxvnni")]
+/// The CPU must have AVX2, F16C and AVX-VNNI.
+#[target_feature(enable = "avx2,f16c,avxvnni")]
 pub(super) unsafe fn task_avxvnni(t: &Task<'_>, dec: &mut Decoded, yt: &mut [f32]) {
-    lanes_task!(t, dec, yt, dot_avxvnni, prep_vnni)
+    lanes_task!(t, dec, yt, avxvnni_rows)
 }
 
 /// The AVX-512 VNNI path of a task.
 ///
 /// # Safety
-/// The CPU must have AVX2, AVX-512F, AVX-512VL and AVX-512 VNNI.
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+/// The CPU must have AVX2, F16C, AVX-512F, AVX-512VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,f16c,avx512f,avx512vl,avx512vnni")]
 pub(super) unsafe fn task_avx512vnni(t: &Task<'_>, dec: &mut Decoded, yt: &mut [f32]) {
-    lanes_task!(t, dec, yt, dot_avx512vnni, prep_vnni)
+    lanes_task!(t, dec, yt, avx512vnni_rows)
 }

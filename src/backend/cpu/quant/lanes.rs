@@ -1,43 +1,33 @@
-//! The vector paths' kernel: one 256-bit vector lane per 32-element block. For each weight
-//! row, each super-block ([`super::superblock`]) is unpacked into registers once and then, for
-//! every activation row of the block of rows, the 8 blocks' exact integer dot products are
-//! taken (the path's dot instruction), reduced to per-half sums with lane `j` = block `j`
-//! ([`reduce8`]), and the twin's float combine runs on the 8 blocks at once ([`combine`]),
-//! added lane-wise into the row's accumulator: block `b` lands in lane `b % 8`, which is the
-//! twin's accumulation (`reference::quant_dot`, step 4). The final lane sum is the twin's tree.
+//! The vector paths' kernel: one 256-bit vector lane per 32-element block. The activations
+//! are written once per call in a transposed layout (`quant::transpose_acts`: per super-block
+//! of 8 blocks, step `i` holds bytes `4i..4i+4` of block `j` at 32-bit lane `j`); for each
+//! weight row, each super-block ([`super::superblock`]) is unpacked into registers and
+//! transposed the same way ([`transpose8`]) once, and then, for every activation row of the
+//! block of rows, 8 four-byte dot-product steps sum each block's two halves straight into its
+//! lane (no horizontal reduction), and the twin's float combine runs on the 8 blocks at once
+//! ([`combine`]), added lane-wise into the row's accumulator: block `b` lands in lane `b % 8`,
+//! which is the twin's accumulation (`reference::quant_dot`, step 4). The final lane sum is
+//! the twin's tree ([`reduce_acc`]).
 //!
-//! Paths differ only in how they take the exact integer dot products of 32 bytes; the path
-//! functions in `dot_x86.rs` instantiate [`lanes_task`] with theirs.
+//! Paths differ only in how they take the exact integer dot products; the path modules in
+//! `dot_x86.rs` instantiate [`row_kernels`] and [`lanes_task`] with theirs.
+//!
+//! # Safety
+//! The `unsafe fn`s here only require AVX2 (plain `#[inline(always)]` functions so that they
+//! inline into the path functions, whose target features include AVX2 and are checked at
+//! runtime); memory reads are bounded as each notes.
 
 use std::arch::x86_64::*;
 
 use super::superblock::{Form, Sb};
-
-/// Per-half sums of 8 blocks' lane sums: lane `j` of the results is `Σ v[j] lanes 0..4`
-/// (elements 0-15 of block `j`) and `Σ v[j] lanes 4..8` (exact integer sums).
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn reduce8(v: [__m256i; 8]) -> (__m256i, __m256i) {
-    let h01 = _mm256_hadd_epi32(v[0], v[1]);
-    let h23 = _mm256_hadd_epi32(v[2], v[3]);
-    let h45 = _mm256_hadd_epi32(v[4], v[5]);
-    let h67 = _mm256_hadd_epi32(v[6], v[7]);
-    // [lo0, lo1, lo2, lo3 | hi0, hi1, hi2, hi3] and the same for blocks 4..8.
-    let a = _mm256_hadd_epi32(h01, h23);
-    let b = _mm256_hadd_epi32(h45, h67);
-    (
-        _mm256_permute2x128_si256::<0x20>(a, b),
-        _mm256_permute2x128_si256::<0x31>(a, b),
-    )
-}
+use crate::backend::reference::quant_dot::QActs;
 
 /// The twin's `combine` on 8 blocks (lane `j` = block `j`): `h` the per-half dot products of
 /// the super-block's values (in `form`) with the activations, `dx`, `s0`, `s1` the activation
 /// blocks' scales and half sums. The same IEEE operations in the same order as the twin; the
 /// integer forms chosen by `form` give the twin's exact `P` and `M`.
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn combine(
+#[inline(always)]
+pub(super) unsafe fn combine(
     sb: &Sb,
     form: Form,
     h: (__m256i, __m256i),
@@ -45,209 +35,381 @@ pub(super) fn combine(
     s0: __m256i,
     s1: __m256i,
 ) -> __m256 {
-    let (mut h0, mut h1) = h;
-    if let Some(k) = form.off_shift {
-        // Σ (q + 2^k) x = Σ q x + 2^k Σ x.
-        let k = _mm_cvtsi32_si128(k);
-        h0 = _mm256_sub_epi32(h0, _mm256_sll_epi32(s0, k));
-        h1 = _mm256_sub_epi32(h1, _mm256_sll_epi32(s1, k));
-    }
-    let p = if form.unit {
-        _mm256_add_epi32(h0, h1)
-    } else if form.equal_halves {
-        _mm256_mullo_epi32(sb.isc[0], _mm256_add_epi32(h0, h1))
-    } else {
-        _mm256_add_epi32(
-            _mm256_mullo_epi32(sb.isc[0], h0),
-            _mm256_mullo_epi32(sb.isc[1], h1),
-        )
-    };
-    let mut t = _mm256_mul_ps(sb.d, _mm256_cvtepi32_ps(p));
-    if form.min {
-        let m = if form.equal_halves {
-            _mm256_mullo_epi32(sb.imin[0], _mm256_add_epi32(s0, s1))
+    // SAFETY: AVX2 (module docs); registers only.
+    unsafe {
+        let (mut h0, mut h1) = h;
+        if let Some(k) = form.off_shift {
+            // Σ (q + 2^k) x = Σ q x + 2^k Σ x.
+            let k = _mm_cvtsi32_si128(k);
+            h0 = _mm256_sub_epi32(h0, _mm256_sll_epi32(s0, k));
+            h1 = _mm256_sub_epi32(h1, _mm256_sll_epi32(s1, k));
+        }
+        let p = if form.unit {
+            _mm256_add_epi32(h0, h1)
+        } else if form.equal_halves {
+            _mm256_mullo_epi32(sb.isc[0], _mm256_add_epi32(h0, h1))
         } else {
             _mm256_add_epi32(
-                _mm256_mullo_epi32(sb.imin[0], s0),
-                _mm256_mullo_epi32(sb.imin[1], s1),
+                _mm256_mullo_epi32(sb.isc[0], h0),
+                _mm256_mullo_epi32(sb.isc[1], h1),
             )
         };
-        t = _mm256_add_ps(t, _mm256_mul_ps(sb.dm, _mm256_cvtepi32_ps(m)));
+        let mut t = _mm256_mul_ps(sb.d, _mm256_cvtepi32_ps(p));
+        if form.min {
+            let m = if form.equal_halves {
+                _mm256_mullo_epi32(sb.imin[0], _mm256_add_epi32(s0, s1))
+            } else {
+                _mm256_add_epi32(
+                    _mm256_mullo_epi32(sb.imin[0], s0),
+                    _mm256_mullo_epi32(sb.imin[1], s1),
+                )
+            };
+            t = _mm256_add_ps(t, _mm256_mul_ps(sb.dm, _mm256_cvtepi32_ps(m)));
+        }
+        _mm256_mul_ps(dx, t)
     }
-    _mm256_mul_ps(dx, t)
 }
 
 /// The twin's final lane sum (`reduce_lanes`) of a vector accumulator.
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn reduce_acc(acc: __m256) -> f32 {
-    // [l0+l4, l1+l5, l2+l6, l3+l7]
-    let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-    // [s4_0 + s4_2, s4_1 + s4_3, ..]
-    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
+#[inline(always)]
+pub(super) unsafe fn reduce_acc(acc: __m256) -> f32 {
+    // SAFETY: AVX2 (module docs); registers only.
+    unsafe {
+        // [l0+l4, l1+l5, l2+l6, l3+l7]
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        // [s4_0 + s4_2, s4_1 + s4_3, ..]
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
+    }
 }
 
-/// 8 `f32` / `i32` of a slice at `at` (the caller guarantees `at + 8 <= v.len()`).
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn load8f(v: &[f32], at: usize) -> __m256 {
-    debug_assert!(at + 8 <= v.len());
-    // SAFETY: the caller guarantees 8 readable values from `at`.
-    unsafe { _mm256_loadu_ps(v.as_ptr().add(at)) }
+/// The 8x8 transpose of 32-bit lanes: lane `j` of result `i` is lane `i` of `v[j]` (bytes
+/// `4i..4i+4` of block `j`), the weight side of the transposed layout.
+#[inline(always)]
+pub(super) unsafe fn transpose8(v: [__m256i; 8]) -> [__m256i; 8] {
+    // SAFETY: AVX2 (module docs); registers only.
+    unsafe {
+        let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
+        let t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+        let t2 = _mm256_unpacklo_epi32(v[2], v[3]);
+        let t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+        let t4 = _mm256_unpacklo_epi32(v[4], v[5]);
+        let t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+        let t6 = _mm256_unpacklo_epi32(v[6], v[7]);
+        let t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+        let u0 = _mm256_unpacklo_epi64(t0, t2);
+        let u1 = _mm256_unpackhi_epi64(t0, t2);
+        let u2 = _mm256_unpacklo_epi64(t1, t3);
+        let u3 = _mm256_unpackhi_epi64(t1, t3);
+        let u4 = _mm256_unpacklo_epi64(t4, t6);
+        let u5 = _mm256_unpackhi_epi64(t4, t6);
+        let u6 = _mm256_unpacklo_epi64(t5, t7);
+        let u7 = _mm256_unpackhi_epi64(t5, t7);
+        [
+            _mm256_permute2x128_si256::<0x20>(u0, u4),
+            _mm256_permute2x128_si256::<0x20>(u1, u5),
+            _mm256_permute2x128_si256::<0x20>(u2, u6),
+            _mm256_permute2x128_si256::<0x20>(u3, u7),
+            _mm256_permute2x128_si256::<0x31>(u0, u4),
+            _mm256_permute2x128_si256::<0x31>(u1, u5),
+            _mm256_permute2x128_si256::<0x31>(u2, u6),
+            _mm256_permute2x128_si256::<0x31>(u3, u7),
+        ]
+    }
 }
 
-/// See [`load8f`].
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn load8i(v: &[i32], at: usize) -> __m256i {
-    debug_assert!(at + 8 <= v.len());
-    // SAFETY: the caller guarantees 8 readable values from `at`.
-    unsafe { _mm256_loadu_si256(v.as_ptr().add(at) as *const __m256i) }
+/// The activation side of super-block `g` of row `t`: block scales and half sums of its
+/// `n <= 8` blocks (zeros past `n`).
+#[inline(always)]
+pub(super) unsafe fn acts8(a: &QActs, t: usize, g: usize, n: usize) -> (__m256, __m256i, __m256i) {
+    let at = t * a.nb + g * 8;
+    let (d, s0, s1) = (&a.d[at..at + n], &a.s0[at..at + n], &a.s1[at..at + n]);
+    // SAFETY: AVX2 (module docs); with `n == 8` the slices hold 8 values; otherwise padded
+    // copies of 8 are read; loadu has no alignment requirement.
+    unsafe {
+        if n == 8 {
+            return (
+                _mm256_loadu_ps(d.as_ptr()),
+                _mm256_loadu_si256(s0.as_ptr() as *const __m256i),
+                _mm256_loadu_si256(s1.as_ptr() as *const __m256i),
+            );
+        }
+        let fd: [f32; 8] = std::array::from_fn(|j| d.get(j).copied().unwrap_or(0.0));
+        let f0: [i32; 8] = std::array::from_fn(|j| s0.get(j).copied().unwrap_or(0));
+        let f1: [i32; 8] = std::array::from_fn(|j| s1.get(j).copied().unwrap_or(0));
+        (
+            _mm256_loadu_ps(fd.as_ptr()),
+            _mm256_loadu_si256(f0.as_ptr() as *const __m256i),
+            _mm256_loadu_si256(f1.as_ptr() as *const __m256i),
+        )
+    }
 }
 
-/// `n < 8` values of `v` from `at`, zeros after (a row's last, partial super-block).
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn load_partial_f(v: &[f32], at: usize, n: usize) -> __m256 {
-    let a: [f32; 8] = std::array::from_fn(|j| if j < n { v[at + j] } else { 0.0 });
-    load8f(&a, 0)
-}
+/// Generates a path's row kernels, `row1::<TY>` (one weight row against a block of activation
+/// rows) and `row2::<TY>` (two weight rows of the same type against one activation load),
+/// both on the transposed layout (see [`transpose8`]), monomorphic per type code (`superblock::T_*`) and small, so that
+/// each keeps its super-block in registers. The path's functions:
+/// - `$dot_t`: `unsafe fn(&[__m256i; 8], *const i8 /* 256 bytes */, signed) -> (__m256i,
+///   __m256i)`, the per-half sums of a transposed super-block (see [`transpose8`]);
+/// - `$dot_t2`: the same for two weight rows against one activation load;
+/// - `$prep`: `unsafe fn(Sb, Form) -> (Sb, Form)`, how it holds signed values (needs AVX2).
+macro_rules! row_kernels {
+    ($feat:literal, $dot_t:ident, $dot_t2:ident, $prep:ident) => {
+        use crate::backend::cpu::quant::lanes::{acts8, combine, transpose8};
+        use crate::backend::cpu::quant::superblock::{unpack, Form, RowRef, Sb};
+        use crate::backend::cpu::quant::superblock::{SB_BLOCKS, SB_ELEMS};
+        use crate::backend::reference::quant_dot::QActs;
 
-/// See [`load_partial_f`].
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn load_partial_i(v: &[i32], at: usize, n: usize) -> __m256i {
-    let a: [i32; 8] = std::array::from_fn(|j| if j < n { v[at + j] } else { 0 });
-    load8i(&a, 0)
-}
+        /// Super-block `g` (`k` blocks; `wt` its transposed values) against activation row
+        /// `t` in the transposed layout `xt`.
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn block_t(
+            sb: &Sb,
+            form: Form,
+            wt: &[__m256i; 8],
+            a: &QActs,
+            xt: &[i8],
+            t: usize,
+            g: usize,
+            k: usize,
+        ) -> __m256 {
+            let xo = (t * a.nb.div_ceil(SB_BLOCKS) + g) * SB_ELEMS;
+            let xs = &xt[xo..xo + SB_ELEMS];
+            // SAFETY: the row kernel's target features (checked by the caller of the path
+            // function); `xs` holds the 256 bytes `$dot_t` reads.
+            unsafe {
+                let h = $dot_t(wt, xs.as_ptr(), form.signed);
+                let (dx, s0, s1) = acts8(a, t, g, k);
+                combine(sb, form, h, dx, s0, s1)
+            }
+        }
 
-/// The body of a vector path's `task` (see the module docs): `$dot` is the path's
-/// `fn(u: __m256i, x: __m256i, signed: bool) -> __m256i` (8 lanes of exact partial sums of
-/// one block, lanes 0-3 covering elements 0-15) and `$prep` its `fn(Sb, Form) -> (Sb, Form)`
-/// (how it holds signed values).
+        /// Weight row `w` of type code `TY` against activation rows `r0 .. r0 + acc.len()` of
+        /// `a` (`xt`: their transposed layout), added into `acc`.
+        ///
+        /// # Safety
+        /// The CPU must have the path's features; `w.bytes` is a whole row of `a.cols`
+        /// elements of its type (or `w.dq`/`w.dp` its decoded row for `T_DECODED`); `a` and
+        /// `xt` hold the rows.
+        #[target_feature(enable = $feat)]
+        #[inline(never)]
+        pub(super) unsafe fn row1<const TY: u8>(
+            w: RowRef<'_>,
+            a: &QActs,
+            xt: &[i8],
+            r0: usize,
+            acc: &mut [__m256],
+        ) {
+            let nb = a.nb;
+            let nsb = nb.div_ceil(SB_BLOCKS);
+            // SAFETY: the caller's contract (features, whole rows); registers and bounded
+            // slices only.
+            unsafe {
+                if let [one] = acc {
+                    // A single row: the accumulator stays in a register.
+                    let mut r = *one;
+                    for g in 0..nsb {
+                        let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
+                        let (s, f) = unpack::<TY>(w, g, k);
+                        let (sb, form) = $prep(s, f);
+                        let wt = transpose8(sb.v);
+                        r = _mm256_add_ps(r, block_t(&sb, form, &wt, a, xt, r0, g, k));
+                    }
+                    *one = r;
+                    return;
+                }
+                for g in 0..nsb {
+                    let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
+                    let (s, f) = unpack::<TY>(w, g, k);
+                    let (sb, form) = $prep(s, f);
+                    let wt = transpose8(sb.v);
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let c = block_t(&sb, form, &wt, a, xt, r0 + i, g, k);
+                        *acc = _mm256_add_ps(*acc, c);
+                    }
+                }
+            }
+        }
+
+        /// Weight rows `wa`, `wb` (same type code `TY`, not `T_DECODED`) against activation
+        /// rows `r0 .. r0 + acc_a.len()` in the transposed layout `xt` (not empty), added into
+        /// `acc_a`, `acc_b`.
+        ///
+        /// # Safety
+        /// As [`row1`], with `xt` required.
+        #[target_feature(enable = $feat)]
+        #[inline(never)]
+        pub(super) unsafe fn row2<const TY: u8>(
+            wa: RowRef<'_>,
+            wb: RowRef<'_>,
+            a: &QActs,
+            xt: &[i8],
+            r0: usize,
+            acc_a: &mut [__m256],
+            acc_b: &mut [__m256],
+        ) {
+            let nb = a.nb;
+            let nsb = nb.div_ceil(SB_BLOCKS);
+            // SAFETY: the caller's contract (features, whole rows, `xt` present); registers
+            // and bounded slices only.
+            unsafe {
+                for g in 0..nsb {
+                    let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
+                    let (s, f) = unpack::<TY>(wa, g, k);
+                    let (sa, form) = $prep(s, f);
+                    let (s2, _) = unpack::<TY>(wb, g, k);
+                    let (sb2, _) = $prep(s2, f);
+                    let (ta, tb) = (transpose8(sa.v), transpose8(sb2.v));
+                    for (i, (aa, ab)) in acc_a.iter_mut().zip(acc_b.iter_mut()).enumerate() {
+                        let t = r0 + i;
+                        let xo = (t * nsb + g) * SB_ELEMS;
+                        let xs = &xt[xo..xo + SB_ELEMS];
+                        let (ha, hb) = $dot_t2(&ta, &tb, xs.as_ptr(), form.signed);
+                        let (dx, s0, s1) = acts8(a, t, g, k);
+                        *aa = _mm256_add_ps(*aa, combine(&sa, form, ha, dx, s0, s1));
+                        *ab = _mm256_add_ps(*ab, combine(&sb2, form, hb, dx, s0, s1));
+                    }
+                }
+            }
+        }
+    };
+}
+pub(super) use row_kernels;
+
+/// The body of a vector path's `task` (see the module docs), with the path's row kernels
+/// (`row_kernels!`) in module `$rows`. Consecutive weight rows of the same type with an
+/// unpacker are taken two at a time, so each activation load feeds both.
 macro_rules! lanes_task {
-    ($t:ident, $dec:ident, $yt:ident, $dot:ident, $prep:ident) => {{
-        use super::lanes::{
-            combine, load8f, load8i, load_partial_f, load_partial_i, reduce8, reduce_acc,
-        };
-        use super::superblock::{self as sbk, Form, SB_BLOCKS, SB_ELEMS};
-        use crate::backend::reference::quant_block::{decode_row, has_min, QBLOCK};
-        use crate::quant::GgmlType;
-        let Task { w, a, rows, o0, rb } = *$t;
-        let (cols, nb) = (a.cols, a.nb);
+    ($t:ident, $dec:ident, $yt:ident, $rows:ident) => {{
+        use super::lanes::reduce_acc;
+        use super::superblock::*;
+        use crate::backend::reference::quant_block::{decode_row, has_min};
+        let Task {
+            w,
+            a,
+            xt,
+            rows,
+            o0,
+            rb,
+        } = *$t;
+        let cols = a.cols;
         let n = $yt.len() / rows.max(1);
-        if !$t.fits($dec) {
+        // The row kernels read the transposed layout: required here.
+        if !$t.fits($dec) || xt.is_empty() {
             $yt.iter_mut().for_each(|v| *v = f32::NAN);
             return;
         }
-        let nsb = nb.div_ceil(SB_BLOCKS);
-        let mut acc = vec![_mm256_setzero_ps(); rb.min(rows)];
-        // One super-block `$sb` (index `$g`, `$nblk` blocks) against rows r0..r1.
-        macro_rules! pass {
-            ($sb:expr, $form:expr, $g:expr, $nblk:expr, $r0:ident, $r1:ident) => {{
-                let (sb, form) = $prep($sb, $form);
-                let (g, nblk) = ($g, $nblk);
-                for (t, acc) in ($r0..$r1).zip(acc.iter_mut()) {
-                    let xo = t * cols + g * SB_ELEMS;
-                    let xs = &a.q[xo..xo + nblk * QBLOCK];
-                    let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
-                    for (jb, vj) in v.iter_mut().enumerate().take(nblk) {
-                        // SAFETY: `xs` holds `nblk` blocks of 32 bytes; loadu has no
-                        // alignment requirement.
-                        let x = unsafe {
-                            _mm256_loadu_si256(xs.as_ptr().add(jb * QBLOCK) as *const __m256i)
-                        };
-                        *vj = $dot(sb.v[jb], x, form.signed);
-                    }
-                    let at = t * nb + g * SB_BLOCKS;
-                    let (dx, s0, s1) = if nblk == SB_BLOCKS {
-                        (load8f(&a.d, at), load8i(&a.s0, at), load8i(&a.s1, at))
-                    } else {
-                        (
-                            load_partial_f(&a.d, at, nblk),
-                            load_partial_i(&a.s0, at, nblk),
-                            load_partial_i(&a.s1, at, nblk),
-                        )
-                    };
-                    let c = combine(&sb, form, reduce8(v), dx, s0, s1);
-                    *acc = _mm256_add_ps(*acc, c);
-                }
-            }};
-        }
+        let m = rb.min(rows);
+        let mut acc = vec![_mm256_setzero_ps(); 2 * m];
+        // Row `o` of `w` when its bytes are `cols` elements of its type (QuantStack never
+        // holds another; checked so that the unpackers' slices are whole blocks).
+        let row = |o: usize| {
+            w.row(o).filter(|(ty, b)| {
+                b.len() * ty.block_size() as usize == cols * ty.type_size() as usize
+            })
+        };
+        let dform = Form {
+            signed: true,
+            off_shift: None,
+            min: false,
+            equal_halves: false,
+            unit: false,
+        };
+        let plain = |bytes| RowRef {
+            bytes,
+            dq: &[],
+            dp: &[],
+            dform,
+        };
         let mut r0 = 0;
         while r0 < rows {
             let r1 = (r0 + rb).min(rows);
-            for j in 0..n {
+            let mut j = 0;
+            while j < n {
                 acc.iter_mut().for_each(|v| *v = _mm256_setzero_ps());
-                // A row whose bytes are not `cols` elements of its type is NaN (QuantStack
-                // never holds one; checked so the unpackers' slices are whole).
-                let row = w.row(o0 + j).filter(|(ty, b)| {
-                    b.len() * ty.block_size() as usize == cols * ty.type_size() as usize
-                });
-                let ok = match row {
-                    Some((GgmlType::Q4K, bytes)) => {
-                        for (g, blk) in bytes.chunks_exact(144).enumerate().take(nsb) {
-                            pass!(sbk::q4_k(blk), sbk::FORM_K4, g, SB_BLOCKS, r0, r1);
-                        }
-                        true
-                    }
-                    Some((GgmlType::Q5K, bytes)) => {
-                        for (g, blk) in bytes.chunks_exact(176).enumerate().take(nsb) {
-                            pass!(sbk::q5_k(blk), sbk::FORM_K4, g, SB_BLOCKS, r0, r1);
-                        }
-                        true
-                    }
-                    Some((GgmlType::Q6K, bytes)) => {
-                        for (g, blk) in bytes.chunks_exact(210).enumerate().take(nsb) {
-                            pass!(sbk::q6_k(blk), sbk::FORM_Q6K, g, SB_BLOCKS, r0, r1);
-                        }
-                        true
-                    }
-                    Some((GgmlType::Q8_0, bytes)) => {
-                        for (g, blk) in bytes.chunks(34 * SB_BLOCKS).enumerate().take(nsb) {
-                            let m = blk.len() / 34;
-                            pass!(sbk::q8_0(blk, m), sbk::FORM_SIGNED_UNIT, g, m, r0, r1);
-                        }
-                        true
-                    }
-                    Some((GgmlType::Q4_0, bytes)) => {
-                        for (g, blk) in bytes.chunks(18 * SB_BLOCKS).enumerate().take(nsb) {
-                            let m = blk.len() / 18;
-                            pass!(sbk::q4_0(blk, m), sbk::FORM_Q4_0, g, m, r0, r1);
-                        }
-                        true
-                    }
-                    Some((GgmlType::Iq4Nl, bytes)) => {
-                        for (g, blk) in bytes.chunks(18 * SB_BLOCKS).enumerate().take(nsb) {
-                            let m = blk.len() / 18;
-                            pass!(sbk::iq4_nl(blk, m), sbk::FORM_SIGNED_UNIT, g, m, r0, r1);
-                        }
-                        true
-                    }
-                    Some((ty, bytes)) => {
-                        let ok = decode_row(ty, bytes, &mut $dec.q, &mut $dec.p);
-                        if ok {
-                            let form = Form {
-                                signed: true,
-                                off_shift: None,
-                                min: has_min(ty),
-                                equal_halves: false,
-                                unit: false,
-                            };
-                            for g in 0..nsb {
-                                let m = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
-                                let (q, p) = (&$dec.q[g * SB_ELEMS..], &$dec.p[g * SB_BLOCKS..]);
-                                pass!(sbk::from_decoded(q, p, m), form, g, m, r0, r1);
+                let (acc_a, acc_b) = acc.split_at_mut(m);
+                let (acc_a, acc_b) = (&mut acc_a[..r1 - r0], &mut acc_b[..r1 - r0]);
+                let ra = row(o0 + j);
+                let rb2 = if j + 1 < n { row(o0 + j + 1) } else { None };
+                if let (Some((ty, ba)), Some((tb, bb))) = (ra, rb2) {
+                    let code = type_code(ty);
+                    if ty == tb && code != T_DECODED {
+                        let (wa, wb) = (plain(ba), plain(bb));
+                        // SAFETY: the path function's target features are the row kernels'
+                        // (checked at runtime by its caller); whole rows (checked above);
+                        // `fits` checked the activations and `xt`.
+                        unsafe {
+                            match code {
+                                T_Q4K => $rows::row2::<T_Q4K>(wa, wb, a, xt, r0, acc_a, acc_b),
+                                T_Q5K => $rows::row2::<T_Q5K>(wa, wb, a, xt, r0, acc_a, acc_b),
+                                T_Q6K => $rows::row2::<T_Q6K>(wa, wb, a, xt, r0, acc_a, acc_b),
+                                T_Q8_0 => $rows::row2::<T_Q8_0>(wa, wb, a, xt, r0, acc_a, acc_b),
+                                T_Q4_0 => $rows::row2::<T_Q4_0>(wa, wb, a, xt, r0, acc_a, acc_b),
+                                T_Q5_0 => $rows::row2::<T_Q5_0>(wa, wb, a, xt, r0, acc_a, acc_b),
+                                T_Q5_1 => $rows::row2::<T_Q5_1>(wa, wb, a, xt, r0, acc_a, acc_b),
+                                T_Q4_1 => $rows::row2::<T_Q4_1>(wa, wb, a, xt, r0, acc_a, acc_b),
+                                _ => $rows::row2::<T_IQ4NL>(wa, wb, a, xt, r0, acc_a, acc_b),
                             }
                         }
-                        ok
+                        for (t, (aa, ab)) in (r0..r1).zip(acc_a.iter().zip(acc_b.iter())) {
+                            // SAFETY: AVX2 (as above); registers only.
+                            unsafe {
+                                $yt[j * rows + t] = reduce_acc(*aa);
+                                $yt[(j + 1) * rows + t] = reduce_acc(*ab);
+                            }
+                        }
+                        j += 2;
+                        continue;
+                    }
+                }
+                let ok = match ra {
+                    Some((ty, bytes)) => {
+                        let code = type_code(ty);
+                        let wr = if code == T_DECODED {
+                            decode_row(ty, bytes, &mut $dec.q, &mut $dec.p).then(|| RowRef {
+                                bytes,
+                                dq: &$dec.q,
+                                dp: &$dec.p,
+                                dform: Form {
+                                    min: has_min(ty),
+                                    ..dform
+                                },
+                            })
+                        } else {
+                            Some(plain(bytes))
+                        };
+                        if let Some(wr) = wr {
+                            // SAFETY: as above (for `T_DECODED`, `decode_row` filled the
+                            // decoded row).
+                            unsafe {
+                                match code {
+                                    T_Q4K => $rows::row1::<T_Q4K>(wr, a, xt, r0, acc_a),
+                                    T_Q5K => $rows::row1::<T_Q5K>(wr, a, xt, r0, acc_a),
+                                    T_Q6K => $rows::row1::<T_Q6K>(wr, a, xt, r0, acc_a),
+                                    T_Q8_0 => $rows::row1::<T_Q8_0>(wr, a, xt, r0, acc_a),
+                                    T_Q4_0 => $rows::row1::<T_Q4_0>(wr, a, xt, r0, acc_a),
+                                    T_IQ4NL => $rows::row1::<T_IQ4NL>(wr, a, xt, r0, acc_a),
+                                    T_Q5_0 => $rows::row1::<T_Q5_0>(wr, a, xt, r0, acc_a),
+                                    T_Q5_1 => $rows::row1::<T_Q5_1>(wr, a, xt, r0, acc_a),
+                                    T_Q4_1 => $rows::row1::<T_Q4_1>(wr, a, xt, r0, acc_a),
+                                    _ => $rows::row1::<T_DECODED>(wr, a, xt, r0, acc_a),
+                                }
+                            }
+                        }
+                        wr.is_some()
                     }
                     None => false,
                 };
-                for (t, acc) in (r0..r1).zip(&acc) {
-                    $yt[j * rows + t] = if ok { reduce_acc(*acc) } else { f32::NAN };
+                for (t, acc) in (r0..r1).zip(acc_a.iter()) {
+                    $yt[j * rows + t] = if ok {
+                        // SAFETY: AVX2 (as above); registers only.
+                        unsafe { reduce_acc(*acc) }
+                    } else {
+                        f32::NAN
+                    };
                 }
+                j += 1;
             }
             r0 = r1;
         }

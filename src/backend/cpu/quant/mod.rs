@@ -8,15 +8,15 @@
 //! (VEX `vpdpbusd`) and AVX-512 VNNI (EVEX `vpdpbusd`), chosen at runtime (or forced, for
 //! tests). The portable path runs the twin's loop on the twin's decoded rows; the vector paths
 //! (`lanes.rs`, `dot_x86.rs`) unpack 8 blocks at a time straight from the ggml bytes into
-//! registers (`superblock.rs`), one 32-bit lane per block, and run the twin's float combine
-//! and 8-lane accumulation lane-wise (the same IEEE operations in the same order). The
-//! integer dot products, exact on every path, are the only thing the paths compute
-//! differently.
+//! registers (`superblock.rs`; types without an unpacker there are read from the twin's
+//! decoded row), one 32-bit lane per block, and run the twin's float combine and 8-lane
+//! accumulation lane-wise (the same IEEE operations in the same order). The integer dot
+//! products, exact on every path, are the only thing the paths compute differently.
 //!
 //! Work split: weight rows are cut into tasks across the pool (distinct rows per task); a task
-//! unpacks each super-block of its weight rows once per block of activation rows (sized to
-//! stay in L2) and dots it against every activation row of the block, writing `yt`
-//! (`[out, rows]`), transposed into `y` at the end.
+//! unpacks each super-block of its weight rows (two rows of a type at a time) once per block of
+//! activation rows (sized to stay in L2) and dots it against every activation row of the
+//! block, writing `yt` (`[out, rows]`), transposed into `y` at the end.
 
 mod dot;
 #[cfg(target_arch = "x86_64")]
@@ -39,11 +39,11 @@ use crate::backend::reference::{fill_nan, matmul_shapes_ok};
 pub enum QuantKernel {
     /// Scalar code (any CPU).
     Portable,
-    /// AVX2: `vpmaddubsw` + `vpmaddwd` (x86_64 with AVX2).
+    /// AVX2: `vpmaddubsw` + `vpmaddwd` (x86_64 with AVX2 and F16C).
     Avx2,
-    /// AVX-VNNI: VEX `vpdpbusd` (x86_64 with AVX2 and AVX-VNNI).
+    /// AVX-VNNI: VEX `vpdpbusd` (x86_64 with AVX2, F16C and AVX-VNNI).
     AvxVnni,
-    /// AVX-512 VNNI: EVEX `vpdpbusd` on 256-bit vectors (x86_64 with AVX2, AVX-512F/VL/VNNI).
+    /// AVX-512 VNNI: EVEX `vpdpbusd` on 256-bit vectors (x86_64 with AVX2, F16C, AVX-512F/VL/VNNI).
     Avx512Vnni,
 }
 
@@ -65,15 +65,20 @@ impl QuantKernel {
         match self {
             Self::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Self::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            Self::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("f16c")
+            }
             #[cfg(target_arch = "x86_64")]
             Self::AvxVnni => {
                 std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("f16c")
                     && std::arch::is_x86_feature_detected!("avxvnni")
             }
             #[cfg(target_arch = "x86_64")]
             Self::Avx512Vnni => {
                 std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("f16c")
                     && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
@@ -98,6 +103,9 @@ impl QuantKernel {
 pub(super) struct Task<'a> {
     pub w: &'a QuantStack,
     pub a: &'a QActs,
+    /// `a.q` in the transposed super-block layout ([`transpose_acts`]) for the vector paths;
+    /// empty for the portable path.
+    pub xt: &'a [i8],
     pub rows: usize,
     pub o0: usize,
     /// Activation rows per block (decoded weight rows are reused across a block).
@@ -118,6 +126,7 @@ impl Task<'_> {
             && dec.p.len() >= nb
             && self.w.cols() == cols
             && self.rb > 0
+            && (self.xt.is_empty() || self.xt.len() >= self.rows * nb.div_ceil(8) * 256)
     }
 }
 
@@ -135,6 +144,52 @@ impl Decoded {
             p: vec![BlockParams::default(); cols / QBLOCK],
         }
     }
+}
+
+/// Writes `a`'s quantized values in the transposed super-block layout: for row `t` and
+/// super-block `g` (8 blocks of 32), 256 bytes at `(t * nsb + g) * 256` where step `i < 8`
+/// holds, at 32-bit lane `j`, bytes `4i..4i+4` of block `8g + j` (zeros past the row's last
+/// block).
+fn transpose_acts(a: &QActs, rows: usize, xt: &mut Vec<i8>) {
+    let (cols, nb) = (a.cols, a.nb);
+    let nsb = nb.div_ceil(8);
+    xt.clear();
+    xt.resize(rows * nsb * 256, 0);
+    for (t, xrow) in xt.chunks_exact_mut(nsb * 256).enumerate() {
+        let src = &a.q[t * cols..(t + 1) * cols];
+        for (b, blk) in src.chunks_exact(QBLOCK).enumerate() {
+            let (g, j) = (b / 8, b % 8);
+            for i in 0..8 {
+                let at = g * 256 + i * 32 + j * 4;
+                xrow[at..at + 4].copy_from_slice(&blk[4 * i..4 * i + 4]);
+            }
+        }
+    }
+}
+
+/// The twin's activation quantization ([`QActs::quantize`]), compiled for AVX2 on the vector
+/// paths (rounding with `vroundps` instead of a libm call per element; the same results).
+fn quantize_acts(
+    kernel: QuantKernel,
+    acts: &mut QActs,
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if kernel != QuantKernel::Portable {
+        /// # Safety
+        /// The CPU must have AVX2.
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(acts: &mut QActs, x: &[f32], rows: usize, cols: usize) -> bool {
+            acts.quantize(x, rows, cols)
+        }
+        // SAFETY: every vector path requires AVX2 (`QuantKernel::available`), and the backend
+        // only selects an available path.
+        return unsafe { avx2(acts, x, rows, cols) };
+    }
+    let _ = kernel;
+    acts.quantize(x, rows, cols)
 }
 
 /// Activation rows per block: `rb * cols` bytes of `i8` in about 256 KiB of L2.
@@ -174,18 +229,25 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &QuantStack, y:
     let mut scratch = be.scratch.lock();
     let scratch = &mut *scratch;
     let acts = &mut scratch.qacts;
-    if !acts.quantize(x, rows, inp) {
+    let kernel = be.qkernel;
+    if !quantize_acts(kernel, acts, x, rows, inp) {
         return fill_nan(y);
     }
     let acts = &*acts;
+    if kernel != QuantKernel::Portable {
+        transpose_acts(acts, rows, &mut scratch.qxt);
+    } else {
+        scratch.qxt.clear();
+    }
+    let xt = &scratch.qxt[..];
     let task = |o0: usize| Task {
         w,
         a: acts,
+        xt,
         rows,
         o0,
         rb: row_block(inp),
     };
-    let kernel = be.qkernel;
     let threads = be.pool.current_num_threads();
     let work = rows.saturating_mul(out).saturating_mul(inp);
     let run = |yt: &mut [f32]| {

@@ -8,10 +8,14 @@
 //! Each unpacker takes exactly one super-block's bytes (the caller cuts them with
 //! `chunks_exact`, so the length is checked once); types without an unpacker here go through
 //! [`from_decoded`], which reads the twin's decoded row.
+//!
+//! # Safety
+//! Every `unsafe fn` here only requires AVX2 and F16C: they are plain `#[inline(always)]`
+//! functions (not `#[target_feature]`, which cannot be forced inline) so that they inline into
+//! the vector path functions of `dot_x86.rs`, whose target features include both and are
+//! checked at runtime before any of them runs. Memory accesses are bounded as each notes.
 
 use std::arch::x86_64::*;
-
-use half::f16;
 
 use crate::backend::reference::quant_block::BlockParams;
 
@@ -75,6 +79,22 @@ pub(super) const FORM_Q4_0: Form = Form {
     equal_halves: true,
     unit: true,
 };
+/// Q5_0: `u = q + 16`, unit scales.
+pub(super) const FORM_Q5_0: Form = Form {
+    signed: false,
+    off_shift: Some(4),
+    min: false,
+    equal_halves: true,
+    unit: true,
+};
+/// Q4_1 / Q5_1: unsigned values, unit scales and mins.
+pub(super) const FORM_MIN_UNIT: Form = Form {
+    signed: false,
+    off_shift: None,
+    min: true,
+    equal_halves: true,
+    unit: true,
+};
 /// Q8_0 / IQ4_NL: signed values, unit scales.
 pub(super) const FORM_SIGNED_UNIT: Form = Form {
     signed: true,
@@ -84,272 +104,463 @@ pub(super) const FORM_SIGNED_UNIT: Form = Form {
     unit: true,
 };
 
+/// The f16 at `b[at..at + 2]` as f32 (F16C; the caller guarantees `at + 2 <= b.len()`).
 #[inline(always)]
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    match b.get(at..at + 2) {
-        Some(&[x, y]) => f16::from_le_bytes([x, y]).to_f32(),
-        _ => f32::NAN,
-    }
+unsafe fn f16_at(b: &[u8], at: usize) -> f32 {
+    debug_assert!(at + 2 <= b.len());
+    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+    // SAFETY: F16C is available (module docs).
+    unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))) }
 }
 
 /// 32 bytes at `b[at..]` (the caller guarantees `at + 32 <= b.len()`).
-#[target_feature(enable = "avx2")]
-#[inline]
-fn load32(b: &[u8], at: usize) -> __m256i {
+#[inline(always)]
+unsafe fn load32(b: &[u8], at: usize) -> __m256i {
     debug_assert!(at + 32 <= b.len());
     // SAFETY: every caller passes `at + 32 <= b.len()` (fixed offsets inside a block of a
-    // length checked by `chunks_exact`); loadu has no alignment requirement.
+    // length checked by `chunks_exact`); loadu has no alignment requirement; AVX2 (module docs).
     unsafe { _mm256_loadu_si256(b.as_ptr().add(at) as *const __m256i) }
 }
 
 /// 16 bytes at `b[at..]` (the caller guarantees `at + 16 <= b.len()`).
-#[target_feature(enable = "avx2")]
-#[inline]
-fn load16(b: &[u8], at: usize) -> __m128i {
+#[inline(always)]
+unsafe fn load16(b: &[u8], at: usize) -> __m128i {
     debug_assert!(at + 16 <= b.len());
     // SAFETY: as in `load32`, with 16 bytes.
     unsafe { _mm_loadu_si128(b.as_ptr().add(at) as *const __m128i) }
 }
 
-/// 8 bytes zero-extended to 8 `i32` lanes.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn u8x8(v: [u8; 8]) -> __m256i {
-    _mm256_cvtepu8_epi32(_mm_set1_epi64x(i64::from_le_bytes(v)))
-}
-
-/// 8 bytes sign-extended to 8 `i32` lanes.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn i8x8(v: [u8; 8]) -> __m256i {
-    _mm256_cvtepi8_epi32(_mm_set1_epi64x(i64::from_le_bytes(v)))
-}
-
-/// The 8 six-bit scales and mins of a Q4_K/Q5_K block (`get_scale_min_k4` for every `j`).
+/// 8 bytes (little-endian in `v`) zero- or sign-extended to 8 `i32` lanes.
 #[inline(always)]
-fn scales_mins_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
-    let mut sc = [0u8; 8];
-    let mut mn = [0u8; 8];
-    if s.len() < 12 {
-        return (sc, mn);
+unsafe fn bytes_to_lanes(v: u64, signed: bool) -> __m256i {
+    // SAFETY: AVX2 (module docs); registers only.
+    unsafe {
+        let x = _mm_cvtsi64_si128(v as i64);
+        if signed {
+            _mm256_cvtepi8_epi32(x)
+        } else {
+            _mm256_cvtepu8_epi32(x)
+        }
     }
-    for j in 0..4 {
-        sc[j] = s[j] & 63;
-        mn[j] = s[j + 4] & 63;
-        sc[j + 4] = (s[j + 8] & 0x0F) | ((s[j] >> 6) << 4);
-        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
-    }
-    (sc, mn)
 }
 
 /// The low nibbles of `v` (as bytes) and the high nibbles.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn split_nibbles(v: __m256i) -> (__m256i, __m256i) {
-    let m = _mm256_set1_epi8(0x0F);
-    (
-        _mm256_and_si256(v, m),
-        _mm256_and_si256(_mm256_srli_epi16::<4>(v), m),
-    )
+#[inline(always)]
+unsafe fn split_nibbles(v: __m256i) -> (__m256i, __m256i) {
+    // SAFETY: AVX2 (module docs); registers only.
+    unsafe {
+        let m = _mm256_set1_epi8(0x0F);
+        (
+            _mm256_and_si256(v, m),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(v), m),
+        )
+    }
 }
 
-/// The K-quant parameters shared by Q4_K and Q5_K.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn k4_params(b: &[u8]) -> (__m256, __m256, [__m256i; 2], [__m256i; 2]) {
-    let (sc, mn) = scales_mins_k4(&b[4..16]);
-    let (isc, imin) = (u8x8(sc), u8x8(mn));
-    (
-        _mm256_set1_ps(f16_at(b, 0)),
-        _mm256_set1_ps(-f16_at(b, 2)),
-        [isc, isc],
-        [imin, imin],
-    )
+/// The parameters of a Q4_K / Q5_K block `b` (f16 `d`, `dmin` at 0 and 2, 12 bytes of packed
+/// 6-bit scales and mins at 4): `get_scale_min_k4` for all 8 blocks at once, on 32-bit words.
+#[inline(always)]
+unsafe fn k4_params(b: &[u8]) -> (__m256, __m256, [__m256i; 2], [__m256i; 2]) {
+    let word = |k: usize| u32::from_le_bytes([b[k], b[k + 1], b[k + 2], b[k + 3]]);
+    let (u0, u1, u2) = (word(4), word(8), word(12));
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    // Blocks 0-3: 6 bits of bytes 0-3 (scales) and 4-7 (mins); blocks 4-7: a nibble of bytes
+    // 8-11 plus the top 2 bits of bytes 0-3 (scales) or 4-7 (mins) as bits 4-5.
+    let sc = (u0 & LOW6) as u64 | (((u2 & LOW4) | (((u0 >> 6) & LOW2) << 4)) as u64) << 32;
+    let mn = (u1 & LOW6) as u64 | ((((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4)) as u64) << 32;
+    // SAFETY: AVX2 and F16C (module docs); registers only.
+    unsafe {
+        let (isc, imin) = (bytes_to_lanes(sc, false), bytes_to_lanes(mn, false));
+        // d and dmin converted together.
+        let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(word(0) as i32));
+        // `-dmin`: the sign bit flipped, as the twin's negation.
+        let neg = _mm_xor_ps(dd, _mm_set1_ps(-0.0));
+        (
+            _mm256_broadcastss_ps(dd),
+            _mm256_broadcastss_ps(_mm_shuffle_ps::<1>(neg, neg)),
+            [isc, isc],
+            [imin, imin],
+        )
+    }
 }
 
 /// One Q4_K block (144 bytes): block `2k` is the low nibbles of `qs[32k..]`, `2k+1` the high.
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn q4_k(b: &[u8]) -> Sb {
-    let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
-    for k in 0..4 {
-        (v[2 * k], v[2 * k + 1]) = split_nibbles(load32(b, 16 + 32 * k));
-    }
-    let (d, dm, isc, imin) = k4_params(b);
-    Sb {
-        v,
-        d,
-        dm,
-        isc,
-        imin,
+#[inline(always)]
+pub(super) unsafe fn q4_k(b: &[u8]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is 144 bytes, every offset below is inside it.
+    unsafe {
+        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
+        for k in 0..4 {
+            (v[2 * k], v[2 * k + 1]) = split_nibbles(load32(b, 16 + 32 * k));
+        }
+        let (d, dm, isc, imin) = k4_params(b);
+        Sb {
+            v,
+            d,
+            dm,
+            isc,
+            imin,
+        }
     }
 }
 
 /// One Q5_K block (176 bytes): as Q4_K plus bit `j` of `qh[l]` as bit 4 of element `l` of
 /// block `j`.
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn q5_k(b: &[u8]) -> Sb {
-    let qh = load32(b, 16);
-    let bit4 = _mm256_set1_epi8(0x10);
-    let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
-    for k in 0..4 {
-        let (lo, hi) = split_nibbles(load32(b, 48 + 32 * k));
-        // Bit 2k of qh moved to bit 4 (16-bit shifts; the mask drops what crossed bytes).
-        let (hl, hh) = match k {
-            0 => (_mm256_slli_epi16::<4>(qh), _mm256_slli_epi16::<3>(qh)),
-            1 => (_mm256_slli_epi16::<2>(qh), _mm256_slli_epi16::<1>(qh)),
-            2 => (qh, _mm256_srli_epi16::<1>(qh)),
-            _ => (_mm256_srli_epi16::<2>(qh), _mm256_srli_epi16::<3>(qh)),
-        };
-        v[2 * k] = _mm256_or_si256(lo, _mm256_and_si256(hl, bit4));
-        v[2 * k + 1] = _mm256_or_si256(hi, _mm256_and_si256(hh, bit4));
-    }
-    let (d, dm, isc, imin) = k4_params(b);
-    Sb {
-        v,
-        d,
-        dm,
-        isc,
-        imin,
+#[inline(always)]
+pub(super) unsafe fn q5_k(b: &[u8]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is 176 bytes, every offset below is inside it.
+    unsafe {
+        let qh = load32(b, 16);
+        let bit4 = _mm256_set1_epi8(0x10);
+        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
+        for k in 0..4 {
+            let (lo, hi) = split_nibbles(load32(b, 48 + 32 * k));
+            // Bit 2k of qh moved to bit 4 (16-bit shifts; the mask drops what crossed bytes).
+            let (hl, hh) = match k {
+                0 => (_mm256_slli_epi16::<4>(qh), _mm256_slli_epi16::<3>(qh)),
+                1 => (_mm256_slli_epi16::<2>(qh), _mm256_slli_epi16::<1>(qh)),
+                2 => (qh, _mm256_srli_epi16::<1>(qh)),
+                _ => (_mm256_srli_epi16::<2>(qh), _mm256_srli_epi16::<3>(qh)),
+            };
+            v[2 * k] = _mm256_or_si256(lo, _mm256_and_si256(hl, bit4));
+            v[2 * k + 1] = _mm256_or_si256(hi, _mm256_and_si256(hh, bit4));
+        }
+        let (d, dm, isc, imin) = k4_params(b);
+        Sb {
+            v,
+            d,
+            dm,
+            isc,
+            imin,
+        }
     }
 }
 
 /// One Q6_K block (210 bytes) as `u = q + 32`: in half `n`, blocks `4n..4n+4` take the low
 /// nibbles of `ql[64n..]`, of `ql[64n+32..]`, then the high nibbles, each with 2 bits of
 /// `qh[32n..]` (bits 0-1, 2-3, 4-5, 6-7) as bits 4-5.
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn q6_k(b: &[u8]) -> Sb {
-    let m2 = _mm256_set1_epi8(0x30);
-    let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
-    for n in 0..2 {
-        let (l0, h0) = split_nibbles(load32(b, 64 * n));
-        let (l1, h1) = split_nibbles(load32(b, 64 * n + 32));
-        let qh = load32(b, 128 + 32 * n);
-        let hb = [
-            _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m2),
-            _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m2),
-            _mm256_and_si256(qh, m2),
-            _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2),
-        ];
-        for (k, lo) in [l0, l1, h0, h1].into_iter().enumerate() {
-            v[4 * n + k] = _mm256_or_si256(lo, hb[k]);
+#[inline(always)]
+pub(super) unsafe fn q6_k(b: &[u8]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is 210 bytes, every offset below is inside it.
+    unsafe {
+        let m2 = _mm256_set1_epi8(0x30);
+        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
+        for n in 0..2 {
+            let (l0, h0) = split_nibbles(load32(b, 64 * n));
+            let (l1, h1) = split_nibbles(load32(b, 64 * n + 32));
+            let qh = load32(b, 128 + 32 * n);
+            let hb = [
+                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m2),
+                _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m2),
+                _mm256_and_si256(qh, m2),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2),
+            ];
+            for (k, lo) in [l0, l1, h0, h1].into_iter().enumerate() {
+                v[4 * n + k] = _mm256_or_si256(lo, hb[k]);
+            }
         }
-    }
-    let sc = &b[192..208];
-    let even: [u8; 8] = std::array::from_fn(|j| sc[2 * j]);
-    let odd: [u8; 8] = std::array::from_fn(|j| sc[2 * j + 1]);
-    let zero = _mm256_setzero_si256();
-    Sb {
-        v,
-        d: _mm256_set1_ps(f16_at(b, 208)),
-        dm: _mm256_setzero_ps(),
-        isc: [i8x8(even), i8x8(odd)],
-        imin: [zero, zero],
+        // The 16 scales, even ones (first halves) then odd ones (second halves).
+        let sc = _mm_shuffle_epi8(
+            load16(b, 192),
+            _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15),
+        );
+        let zero = _mm256_setzero_si256();
+        Sb {
+            v,
+            d: _mm256_set1_ps(f16_at(b, 208)),
+            dm: _mm256_setzero_ps(),
+            isc: [
+                _mm256_cvtepi8_epi32(sc),
+                _mm256_cvtepi8_epi32(_mm_unpackhi_epi64(sc, sc)),
+            ],
+            imin: [zero, zero],
+        }
     }
 }
 
-/// `d` of each of `n <= 8` blocks of `ts` bytes (f16 at the block start); 0 past `n`.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn block_d(b: &[u8], ts: usize, n: usize) -> __m256 {
-    let d: [f32; SB_BLOCKS] = std::array::from_fn(|j| if j < n { f16_at(b, ts * j) } else { 0.0 });
-    // SAFETY: `d` holds 8 f32 (32 bytes); loadu has no alignment requirement.
-    unsafe { _mm256_loadu_ps(d.as_ptr()) }
+/// `d` of each of `n <= 8` blocks of `ts` bytes (f16 at the block start; the caller
+/// guarantees `b.len() >= ts * n`); 0 past `n`.
+#[inline(always)]
+unsafe fn block_d(b: &[u8], ts: usize, n: usize) -> __m256 {
+    // SAFETY: the caller's contract.
+    unsafe { block_f16(b, ts, n, 0) }
+}
+
+/// The f16 at offset `at` of each of `n <= 8` blocks of `ts` bytes (the caller guarantees
+/// `b.len() >= ts * n` and `at + 2 <= ts`); 0 past `n`.
+#[inline(always)]
+unsafe fn block_f16(b: &[u8], ts: usize, n: usize, at: usize) -> __m256 {
+    let h: [u16; SB_BLOCKS] = std::array::from_fn(|j| {
+        if j < n {
+            u16::from_le_bytes([b[ts * j + at], b[ts * j + at + 1]])
+        } else {
+            0
+        }
+    });
+    // SAFETY: `h` holds 8 u16 (16 bytes); loadu has no alignment requirement; F16C (module
+    // docs).
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i)) }
 }
 
 /// Unit-scale parameters for `d` (no mins).
-#[target_feature(enable = "avx2")]
-#[inline]
-fn unit_sb(v: [__m256i; SB_BLOCKS], d: __m256) -> Sb {
-    let (one, zero) = (_mm256_set1_epi32(1), _mm256_setzero_si256());
-    Sb {
-        v,
-        d,
-        dm: _mm256_setzero_ps(),
-        isc: [one, one],
-        imin: [zero, zero],
+#[inline(always)]
+unsafe fn unit_sb(v: [__m256i; SB_BLOCKS], d: __m256) -> Sb {
+    // SAFETY: AVX2 (module docs); registers only.
+    unsafe {
+        let (one, zero) = (_mm256_set1_epi32(1), _mm256_setzero_si256());
+        Sb {
+            v,
+            d,
+            dm: _mm256_setzero_ps(),
+            isc: [one, one],
+            imin: [zero, zero],
+        }
     }
 }
 
-/// `n <= 8` Q8_0 blocks (34 bytes each; `b.len() >= 34 n`).
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn q8_0(b: &[u8], n: usize) -> Sb {
-    let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
-    for (j, vj) in v.iter_mut().enumerate().take(n) {
-        *vj = load32(b, 34 * j + 2);
+/// `n <= 8` Q8_0 blocks (34 bytes each; the caller guarantees `b.len() >= 34 n`).
+#[inline(always)]
+pub(super) unsafe fn q8_0(b: &[u8], n: usize) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); block `j < n` spans `b[34 j..34 j + 34]`.
+    unsafe {
+        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
+        for (j, vj) in v.iter_mut().enumerate().take(n) {
+            *vj = load32(b, 34 * j + 2);
+        }
+        unit_sb(v, block_d(b, 34, n))
     }
-    unit_sb(v, block_d(b, 34, n))
 }
 
 /// The 32 nibbles of a Q4_0 / IQ4_NL block at `b[at..at + 16]` as bytes: low nibbles are
 /// elements 0-15, high nibbles 16-31.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn nibbles32(b: &[u8], at: usize) -> __m256i {
-    let q = load16(b, at);
-    let m = _mm_set1_epi8(0x0F);
-    let lo = _mm_and_si128(q, m);
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m);
-    _mm256_set_m128i(hi, lo)
+#[inline(always)]
+unsafe fn nibbles32(b: &[u8], at: usize) -> __m256i {
+    // SAFETY: AVX2 (module docs); the caller guarantees `at + 16 <= b.len()`.
+    unsafe {
+        let q = load16(b, at);
+        let m = _mm_set1_epi8(0x0F);
+        let lo = _mm_and_si128(q, m);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m);
+        _mm256_set_m128i(hi, lo)
+    }
 }
 
-/// `n <= 8` Q4_0 blocks (18 bytes each) as `u = q + 8`.
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn q4_0(b: &[u8], n: usize) -> Sb {
-    let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
-    for (j, vj) in v.iter_mut().enumerate().take(n) {
-        *vj = nibbles32(b, 18 * j + 2);
+/// `n <= 8` Q4_0 blocks (18 bytes each; `b.len() >= 18 n`) as `u = q + 8`.
+#[inline(always)]
+pub(super) unsafe fn q4_0(b: &[u8], n: usize) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); block `j < n` spans `b[18 j..18 j + 18]`.
+    unsafe {
+        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
+        for (j, vj) in v.iter_mut().enumerate().take(n) {
+            *vj = nibbles32(b, 18 * j + 2);
+        }
+        unit_sb(v, block_d(b, 18, n))
     }
-    unit_sb(v, block_d(b, 18, n))
 }
 
-/// `n <= 8` IQ4_NL blocks (18 bytes each): nibbles through the code book (signed values).
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn iq4_nl(b: &[u8], n: usize) -> Sb {
-    const KV: [i8; 16] = [
-        -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-    ];
-    // SAFETY: `KV` holds 16 bytes; loadu has no alignment requirement.
-    let table = unsafe { _mm_loadu_si128(KV.as_ptr() as *const __m128i) };
-    let table = _mm256_set_m128i(table, table);
-    let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
-    for (j, vj) in v.iter_mut().enumerate().take(n) {
-        *vj = _mm256_shuffle_epi8(table, nibbles32(b, 18 * j + 2));
+/// Bit `e` of the little-endian `u32` at `b[at..at + 4]` as bit 4 of byte `e` (the fifth bit
+/// of element `e` of a Q5_0 / Q5_1 block).
+#[inline(always)]
+unsafe fn fifth_bits(b: &[u8], at: usize) -> __m256i {
+    let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    // SAFETY: AVX2 (module docs); registers only.
+    unsafe {
+        // Byte e takes byte e / 8 of qh, then tests bit e % 8.
+        let v = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(qh as i32),
+            _mm256_setr_epi64x(
+                0,
+                0x0101_0101_0101_0101,
+                0x0202_0202_0202_0202,
+                0x0303_0303_0303_0303,
+            ),
+        );
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
     }
-    unit_sb(v, block_d(b, 18, n))
+}
+
+/// `n <= 8` Q5_0 blocks (22 bytes each; `b.len() >= 22 n`) as `u = q + 16`.
+#[inline(always)]
+pub(super) unsafe fn q5_0(b: &[u8], n: usize) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); block `j < n` spans `b[22 j..22 j + 22]`.
+    unsafe {
+        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
+        for (j, vj) in v.iter_mut().enumerate().take(n) {
+            *vj = _mm256_or_si256(nibbles32(b, 22 * j + 6), fifth_bits(b, 22 * j + 2));
+        }
+        unit_sb(v, block_d(b, 22, n))
+    }
+}
+
+/// Parameters of unit-scale types with mins: `d` and `m` per block.
+#[inline(always)]
+unsafe fn min_unit_sb(v: [__m256i; SB_BLOCKS], d: __m256, m: __m256) -> Sb {
+    // SAFETY: AVX2 (module docs); registers only.
+    unsafe {
+        let one = _mm256_set1_epi32(1);
+        Sb {
+            v,
+            d,
+            dm: m,
+            isc: [one, one],
+            imin: [one, one],
+        }
+    }
+}
+
+/// `n <= 8` Q5_1 blocks (24 bytes each; `b.len() >= 24 n`).
+#[inline(always)]
+pub(super) unsafe fn q5_1(b: &[u8], n: usize) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); block `j < n` spans `b[24 j..24 j + 24]`.
+    unsafe {
+        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
+        for (j, vj) in v.iter_mut().enumerate().take(n) {
+            *vj = _mm256_or_si256(nibbles32(b, 24 * j + 8), fifth_bits(b, 24 * j + 4));
+        }
+        min_unit_sb(v, block_f16(b, 24, n, 0), block_f16(b, 24, n, 2))
+    }
+}
+
+/// `n <= 8` Q4_1 blocks (20 bytes each; `b.len() >= 20 n`).
+#[inline(always)]
+pub(super) unsafe fn q4_1(b: &[u8], n: usize) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); block `j < n` spans `b[20 j..20 j + 20]`.
+    unsafe {
+        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
+        for (j, vj) in v.iter_mut().enumerate().take(n) {
+            *vj = nibbles32(b, 20 * j + 4);
+        }
+        min_unit_sb(v, block_f16(b, 20, n, 0), block_f16(b, 20, n, 2))
+    }
+}
+
+/// ggml's IQ4_NL / IQ4_XS code book.
+const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// `n <= 8` IQ4_NL blocks (18 bytes each; `b.len() >= 18 n`): nibbles through the code book
+/// (signed values).
+#[inline(always)]
+pub(super) unsafe fn iq4_nl(b: &[u8], n: usize) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); block `j < n` spans `b[18 j..18 j + 18]`; the code
+    // book is 16 bytes.
+    unsafe {
+        let table = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
+        let table = _mm256_set_m128i(table, table);
+        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
+        for (j, vj) in v.iter_mut().enumerate().take(n) {
+            *vj = _mm256_shuffle_epi8(table, nibbles32(b, 18 * j + 2));
+        }
+        unit_sb(v, block_d(b, 18, n))
+    }
 }
 
 /// `n <= 8` blocks of a decoded row: `q` (`32 n` signed values) and `p` (`n` params), for the
 /// types without an unpacker above (their [`Form`]: signed, general halves, `min` per type).
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn from_decoded(q: &[i8], p: &[BlockParams], n: usize) -> Sb {
+#[inline(always)]
+pub(super) unsafe fn from_decoded(q: &[i8], p: &[BlockParams], n: usize) -> Sb {
     let n = n.min(SB_BLOCKS).min(p.len()).min(q.len() / 32);
-    let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
-    for (j, vj) in v.iter_mut().enumerate().take(n) {
-        // SAFETY: `32 j + 32 <= 32 n <= q.len()`; loadu has no alignment requirement.
-        *vj = unsafe { _mm256_loadu_si256(q.as_ptr().add(32 * j) as *const __m256i) };
+    let ints = |f: fn(&BlockParams) -> i32| -> [i32; SB_BLOCKS] {
+        std::array::from_fn(|j| if j < n { f(&p[j]) } else { 0 })
+    };
+    let floats = |f: fn(&BlockParams) -> f32| -> [f32; SB_BLOCKS] {
+        std::array::from_fn(|j| if j < n { f(&p[j]) } else { 0.0 })
+    };
+    let (isc0, isc1) = (ints(|p| p.isc[0]), ints(|p| p.isc[1]));
+    let (imin0, imin1) = (ints(|p| p.imin[0]), ints(|p| p.imin[1]));
+    let (d, dm) = (floats(|p| p.d), floats(|p| p.dm));
+    // SAFETY: AVX2 (module docs); block `j < n` spans `q[32 j..32 j + 32]` (`32 n <= q.len()`);
+    // the arrays hold 8 values (32 bytes); loadu has no alignment requirement.
+    unsafe {
+        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
+        for (j, vj) in v.iter_mut().enumerate().take(n) {
+            *vj = _mm256_loadu_si256(q.as_ptr().add(32 * j) as *const __m256i);
+        }
+        let li = |a: &[i32; SB_BLOCKS]| _mm256_loadu_si256(a.as_ptr() as *const __m256i);
+        Sb {
+            v,
+            d: _mm256_loadu_ps(d.as_ptr()),
+            dm: _mm256_loadu_ps(dm.as_ptr()),
+            isc: [li(&isc0), li(&isc1)],
+            imin: [li(&imin0), li(&imin1)],
+        }
     }
-    let lane = |f: &dyn Fn(&BlockParams) -> i32| -> __m256i {
-        let a: [i32; SB_BLOCKS] = std::array::from_fn(|j| if j < n { f(&p[j]) } else { 0 });
-        // SAFETY: `a` holds 8 i32 (32 bytes); loadu has no alignment requirement.
-        unsafe { _mm256_loadu_si256(a.as_ptr() as *const __m256i) }
-    };
-    let flane = |f: &dyn Fn(&BlockParams) -> f32| -> __m256 {
-        let a: [f32; SB_BLOCKS] = std::array::from_fn(|j| if j < n { f(&p[j]) } else { 0.0 });
-        // SAFETY: `a` holds 8 f32 (32 bytes); loadu has no alignment requirement.
-        unsafe { _mm256_loadu_ps(a.as_ptr()) }
-    };
-    Sb {
-        v,
-        d: flane(&|p| p.d),
-        dm: flane(&|p| p.dm),
-        isc: [lane(&|p| p.isc[0]), lane(&|p| p.isc[1])],
-        imin: [lane(&|p| p.imin[0]), lane(&|p| p.imin[1])],
+}
+
+/// Type codes of the row kernels' const parameter (one monomorphic kernel per type).
+pub(super) const T_Q4K: u8 = 0;
+/// Q5_K.
+pub(super) const T_Q5K: u8 = 1;
+/// Q6_K.
+pub(super) const T_Q6K: u8 = 2;
+/// Q8_0.
+pub(super) const T_Q8_0: u8 = 3;
+/// Q4_0.
+pub(super) const T_Q4_0: u8 = 4;
+/// IQ4_NL.
+pub(super) const T_IQ4NL: u8 = 5;
+/// Q5_0.
+pub(super) const T_Q5_0: u8 = 6;
+/// Q5_1.
+pub(super) const T_Q5_1: u8 = 7;
+/// Q4_1.
+pub(super) const T_Q4_1: u8 = 8;
+/// Any other kernel type, read from the twin's decoded row ([`from_decoded`]).
+pub(super) const T_DECODED: u8 = 9;
+
+/// The code of `ty` (see [`T_Q4K`]).
+pub(super) fn type_code(ty: crate::quant::GgmlType) -> u8 {
+    use crate::quant::GgmlType as G;
+    match ty {
+        G::Q4K => T_Q4K,
+        G::Q5K => T_Q5K,
+        G::Q6K => T_Q6K,
+        G::Q8_0 => T_Q8_0,
+        G::Q4_0 => T_Q4_0,
+        G::Iq4Nl => T_IQ4NL,
+        G::Q5_0 => T_Q5_0,
+        G::Q5_1 => T_Q5_1,
+        G::Q4_1 => T_Q4_1,
+        _ => T_DECODED,
+    }
+}
+
+/// One weight row for the row kernels: its ggml bytes (`cols` elements of its type, checked by
+/// the caller) and, for [`T_DECODED`], the twin's decoded row and the type's form.
+#[derive(Clone, Copy)]
+pub(super) struct RowRef<'a> {
+    pub bytes: &'a [u8],
+    pub dq: &'a [i8],
+    pub dp: &'a [BlockParams],
+    pub dform: Form,
+}
+
+/// Super-block `g` (of `k <= 8` blocks) of row `r` of type code `TY`, and its form.
+#[inline(always)]
+pub(super) unsafe fn unpack<const TY: u8>(r: RowRef<'_>, g: usize, k: usize) -> (Sb, Form) {
+    let b = r.bytes;
+    // SAFETY: AVX2 and F16C (module docs); each unpacker gets whole blocks of its type
+    // (bounds-checked slices of a row of `cols` elements, `k` blocks past `8 g`).
+    unsafe {
+        match TY {
+            T_Q4K => (q4_k(&b[g * 144..][..144]), FORM_K4),
+            T_Q5K => (q5_k(&b[g * 176..][..176]), FORM_K4),
+            T_Q6K => (q6_k(&b[g * 210..][..210]), FORM_Q6K),
+            T_Q8_0 => (q8_0(&b[g * 272..][..k * 34], k), FORM_SIGNED_UNIT),
+            T_Q4_0 => (q4_0(&b[g * 144..][..k * 18], k), FORM_Q4_0),
+            T_IQ4NL => (iq4_nl(&b[g * 144..][..k * 18], k), FORM_SIGNED_UNIT),
+            T_Q5_0 => (q5_0(&b[g * 176..][..k * 22], k), FORM_Q5_0),
+            T_Q5_1 => (q5_1(&b[g * 192..][..k * 24], k), FORM_MIN_UNIT),
+            T_Q4_1 => (q4_1(&b[g * 160..][..k * 20], k), FORM_MIN_UNIT),
+            _ => (
+                from_decoded(&r.dq[g * SB_ELEMS..], &r.dp[g * SB_BLOCKS..], k),
+                r.dform,
+            ),
+        }
     }
 }
