@@ -196,11 +196,18 @@ fn loader_quantizes_by_the_policy_and_backends_compute_on_it() {
             "{label}: logits moved by only {drift:.2e} x std"
         );
         drifts.push(drift);
-        // The CPU backend (quantized kernels, or f32 on expanded blocks) stays at f32 rounding
-        // distance from the reference on the same blocks.
+        // The CPU backend computes each quantized matmul bitwise as the reference does
+        // (tests/quant_ops.rs), but its other ops (norms, attention, ...) differ from the
+        // reference's at f32 rounding level, and an ulp can flip the rounding of one 8-bit
+        // activation, which in a random model this sensitive (`act` above) moves the logits by
+        // a few percent of a std. So the bound is: far below what activation quantization
+        // itself moves (no systematic difference), not f32 rounding distance.
         let c = prefill(&cpu, &load(&cpu, cfg, &files.tensors, format), &toks);
         let d = max_rel_diff(&c, &q);
-        assert!(d < 2e-3, "{label}: cpu vs reference {d:.2e} x std");
+        assert!(
+            d < 0.25 * act,
+            "{label}: cpu vs reference {d:.2e} x std (activation quantization {act:.2e})"
+        );
         eprintln!("{label}: drift from f32 {drift:.2e} x std, cpu vs reference {d:.2e}");
     }
     // Same model: 8.5-bit Q8_0 moves the logits less than the 4.5-bit Q4_K mix.
