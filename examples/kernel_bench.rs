@@ -128,7 +128,10 @@ fn quant(pools: &[Arc<rayon::ThreadPool>], quick: bool, only: Option<&str>, rows
     use loraplex::backend::cpu::QuantKernel;
     use loraplex::quant::{quantize::quantize, GgmlType};
     let rows_only = rows;
-    let inp = 2048usize;
+    let inp: usize = std::env::var("QB_IN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
     let out: usize = std::env::var("QB_OUT")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -148,6 +151,7 @@ fn quant(pools: &[Arc<rayon::ThreadPool>], quick: bool, only: Option<&str>, rows
         GgmlType::Q8_0,
         GgmlType::Q5K,
         GgmlType::Q4_0,
+        GgmlType::Q5_0,
     ] {
         if only.is_some_and(|o| o != ty.to_string()) {
             continue;

@@ -104,25 +104,16 @@ unsafe fn prep_vnni(mut sb: Sb, form: Form) -> (Sb, Form) {
     (sb, form)
 }
 
-/// The VNNI transposed super-block dot with `$ins` the `vpdpbusd` form (unsigned values).
+/// The VNNI transposed super-block dot with `$dp` the `vpdpbusd` intrinsic of the path
+/// (unsigned values).
 macro_rules! vnni_dot_t {
-    ($w:ident, $x:ident, $ins:literal) => {{
+    ($w:ident, $x:ident, $dp:ident) => {{
         let mut h = [_mm256_setzero_si256(); 2];
         for (i, wi) in $w.iter().enumerate() {
             // SAFETY: `x` points to 256 readable bytes (the caller's contract); loadu has no
             // alignment requirement.
             let xi = unsafe { _mm256_loadu_si256($x.add(32 * i) as *const __m256i) };
-            // SAFETY: registers only; the enclosing function's target features include the
-            // instruction (`vpdpbusd`: AVX-512 VNNI + VL without `{vex}`, AVX-VNNI with it).
-            unsafe {
-                std::arch::asm!(
-                    $ins,
-                    acc = inout(ymm_reg) h[i / 4],
-                    a = in(ymm_reg) *wi,
-                    b = in(ymm_reg) xi,
-                    options(pure, nomem, nostack),
-                );
-            }
+            h[i / 4] = $dp(h[i / 4], *wi, xi);
         }
         (h[0], h[1])
     }};
@@ -130,30 +121,14 @@ macro_rules! vnni_dot_t {
 
 /// The VNNI transposed super-block dot of two weight rows against one activation load.
 macro_rules! vnni_dot_t2 {
-    ($wa:ident, $wb:ident, $x:ident, $ins:literal) => {{
+    ($wa:ident, $wb:ident, $x:ident, $dp:ident) => {{
         let (mut ha, mut hb) = ([_mm256_setzero_si256(); 2], [_mm256_setzero_si256(); 2]);
         for i in 0..8 {
             // SAFETY: `x` points to 256 readable bytes (the caller's contract); loadu has no
             // alignment requirement.
             let xi = unsafe { _mm256_loadu_si256($x.add(32 * i) as *const __m256i) };
-            // SAFETY: registers only; the enclosing function's target features include the
-            // instruction (`vpdpbusd`: AVX-512 VNNI + VL without `{vex}`, AVX-VNNI with it).
-            unsafe {
-                std::arch::asm!(
-                    $ins,
-                    acc = inout(ymm_reg) ha[i / 4],
-                    a = in(ymm_reg) $wa[i],
-                    b = in(ymm_reg) xi,
-                    options(pure, nomem, nostack),
-                );
-                std::arch::asm!(
-                    $ins,
-                    acc = inout(ymm_reg) hb[i / 4],
-                    a = in(ymm_reg) $wb[i],
-                    b = in(ymm_reg) xi,
-                    options(pure, nomem, nostack),
-                );
-            }
+            ha[i / 4] = $dp(ha[i / 4], $wa[i], xi);
+            hb[i / 4] = $dp(hb[i / 4], $wb[i], xi);
         }
         ((ha[0], ha[1]), (hb[0], hb[1]))
     }};
@@ -171,7 +146,7 @@ unsafe fn dot_t2_avx512vnni(
     x: *const i8,
     _signed: bool,
 ) -> ((__m256i, __m256i), (__m256i, __m256i)) {
-    vnni_dot_t2!(wa, wb, x, "vpdpbusd {acc}, {a}, {b}")
+    vnni_dot_t2!(wa, wb, x, _mm256_dpbusd_epi32)
 }
 
 /// AVX-VNNI transposed super-block dot of two weight rows.
@@ -186,7 +161,7 @@ unsafe fn dot_t2_avxvnni(
     x: *const i8,
     _signed: bool,
 ) -> ((__m256i, __m256i), (__m256i, __m256i)) {
-    vnni_dot_t2!(wa, wb, x, "{{vex}} vpdpbusd {acc}, {a}, {b}")
+    vnni_dot_t2!(wa, wb, x, _mm256_dpbusd_avx_epi32)
 }
 
 /// AVX-512 VNNI transposed super-block dot.
@@ -196,7 +171,7 @@ unsafe fn dot_t2_avxvnni(
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
 #[inline]
 unsafe fn dot_t_avx512vnni(w: &[__m256i; 8], x: *const i8, _signed: bool) -> (__m256i, __m256i) {
-    vnni_dot_t!(w, x, "vpdpbusd {acc}, {a}, {b}")
+    vnni_dot_t!(w, x, _mm256_dpbusd_epi32)
 }
 
 /// AVX-VNNI transposed super-block dot.
@@ -206,7 +181,7 @@ unsafe fn dot_t_avx512vnni(w: &[__m256i; 8], x: *const i8, _signed: bool) -> (__
 #[target_feature(enable = "avx2,avxvnni")]
 #[inline]
 unsafe fn dot_t_avxvnni(w: &[__m256i; 8], x: *const i8, _signed: bool) -> (__m256i, __m256i) {
-    vnni_dot_t!(w, x, "{{vex}} vpdpbusd {acc}, {a}, {b}")
+    vnni_dot_t!(w, x, _mm256_dpbusd_avx_epi32)
 }
 
 /// The AVX2 row kernels.

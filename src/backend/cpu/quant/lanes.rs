@@ -124,8 +124,9 @@ pub(super) unsafe fn transpose8(v: [__m256i; 8]) -> [__m256i; 8] {
 pub(super) unsafe fn acts8(a: &QActs, t: usize, g: usize, n: usize) -> (__m256, __m256i, __m256i) {
     let at = t * a.nb + g * 8;
     let (d, s0, s1) = (&a.d[at..at + n], &a.s0[at..at + n], &a.s1[at..at + n]);
-    // SAFETY: AVX2 (module docs); with `n == 8` the slices hold 8 values; otherwise padded
-    // copies of 8 are read; loadu has no alignment requirement.
+    // SAFETY: AVX2 (module docs); the slices hold `n` values: all 8 lanes are read when
+    // `n == 8`, otherwise the masked loads read lanes `< n` only (the others are zero and not
+    // accessed).
     unsafe {
         if n == 8 {
             return (
@@ -134,13 +135,14 @@ pub(super) unsafe fn acts8(a: &QActs, t: usize, g: usize, n: usize) -> (__m256, 
                 _mm256_loadu_si256(s1.as_ptr() as *const __m256i),
             );
         }
-        let fd: [f32; 8] = std::array::from_fn(|j| d.get(j).copied().unwrap_or(0.0));
-        let f0: [i32; 8] = std::array::from_fn(|j| s0.get(j).copied().unwrap_or(0));
-        let f1: [i32; 8] = std::array::from_fn(|j| s1.get(j).copied().unwrap_or(0));
+        let mask = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
         (
-            _mm256_loadu_ps(fd.as_ptr()),
-            _mm256_loadu_si256(f0.as_ptr() as *const __m256i),
-            _mm256_loadu_si256(f1.as_ptr() as *const __m256i),
+            _mm256_maskload_ps(d.as_ptr(), mask),
+            _mm256_maskload_epi32(s0.as_ptr(), mask),
+            _mm256_maskload_epi32(s1.as_ptr(), mask),
         )
     }
 }

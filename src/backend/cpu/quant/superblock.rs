@@ -292,13 +292,11 @@ unsafe fn block_d(b: &[u8], ts: usize, n: usize) -> __m256 {
 /// `b.len() >= ts * n` and `at + 2 <= ts`); 0 past `n`.
 #[inline(always)]
 unsafe fn block_f16(b: &[u8], ts: usize, n: usize, at: usize) -> __m256 {
-    let h: [u16; SB_BLOCKS] = std::array::from_fn(|j| {
-        if j < n {
-            u16::from_le_bytes([b[ts * j + at], b[ts * j + at + 1]])
-        } else {
-            0
-        }
-    });
+    // A plain loop: `array::from_fn`'s closure is not always inlined.
+    let mut h = [0u16; SB_BLOCKS];
+    for (j, hj) in h.iter_mut().enumerate().take(n) {
+        *hj = u16::from_le_bytes([b[ts * j + at], b[ts * j + at + 1]]);
+    }
     // SAFETY: `h` holds 8 u16 (16 bytes); loadu has no alignment requirement; F16C (module
     // docs).
     unsafe { _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i)) }
@@ -465,15 +463,12 @@ pub(super) unsafe fn iq4_nl(b: &[u8], n: usize) -> Sb {
 #[inline(always)]
 pub(super) unsafe fn from_decoded(q: &[i8], p: &[BlockParams], n: usize) -> Sb {
     let n = n.min(SB_BLOCKS).min(p.len()).min(q.len() / 32);
-    let ints = |f: fn(&BlockParams) -> i32| -> [i32; SB_BLOCKS] {
-        std::array::from_fn(|j| if j < n { f(&p[j]) } else { 0 })
-    };
-    let floats = |f: fn(&BlockParams) -> f32| -> [f32; SB_BLOCKS] {
-        std::array::from_fn(|j| if j < n { f(&p[j]) } else { 0.0 })
-    };
-    let (isc0, isc1) = (ints(|p| p.isc[0]), ints(|p| p.isc[1]));
-    let (imin0, imin1) = (ints(|p| p.imin[0]), ints(|p| p.imin[1]));
-    let (d, dm) = (floats(|p| p.d), floats(|p| p.dm));
+    let (mut isc0, mut isc1, mut imin0, mut imin1) = ([0i32; 8], [0i32; 8], [0i32; 8], [0i32; 8]);
+    let (mut d, mut dm) = ([0f32; 8], [0f32; 8]);
+    for (j, pj) in p.iter().enumerate().take(n) {
+        (isc0[j], isc1[j], imin0[j], imin1[j]) = (pj.isc[0], pj.isc[1], pj.imin[0], pj.imin[1]);
+        (d[j], dm[j]) = (pj.d, pj.dm);
+    }
     // SAFETY: AVX2 (module docs); block `j < n` spans `q[32 j..32 j + 32]` (`32 n <= q.len()`);
     // the arrays hold 8 values (32 bytes); loadu has no alignment requirement.
     unsafe {
