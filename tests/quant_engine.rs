@@ -38,9 +38,9 @@ fn policy(format: WeightFormat, name: &str, cols: usize, tied: bool) -> Option<G
         WeightFormat::Q4K => GgmlType::Q4K,
         _ => return None,
     };
-    if cols % want.block_size() as usize == 0 {
+    if cols.is_multiple_of(want.block_size() as usize) {
         Some(want)
-    } else if cols % 32 == 0 {
+    } else if cols.is_multiple_of(32) {
         Some(GgmlType::Q8_0)
     } else {
         None

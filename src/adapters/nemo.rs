@@ -354,7 +354,7 @@ pub fn parse_nemo(
     let wwhat = format!("{what}: {wname}");
     let ckpt = members.get(&wname).map(Vec::as_slice).unwrap_or(&[]);
     let tensors = crate::adapters::torch_pickle::read_torch_zip(ckpt, &wwhat)?;
-    if shape.num_kv_heads == 0 || shape.num_heads % shape.num_kv_heads != 0 {
+    if shape.num_kv_heads == 0 || !shape.num_heads.is_multiple_of(shape.num_kv_heads) {
         return Err(Error::invalid_argument(format!(
             "model shape: {} heads not divisible by {} KV heads",
             shape.num_heads, shape.num_kv_heads

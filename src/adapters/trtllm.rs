@@ -197,8 +197,8 @@ fn read_config(bytes: &[u8], what: &str, is_npy: bool, shape: &ModelShape) -> Re
         }
         return parse_rows(&ints, cols, shape, &what);
     }
-    let fits3 = bytes.len() % 12 == 0;
-    let fits4 = bytes.len() % 16 == 0;
+    let fits3 = bytes.len().is_multiple_of(12);
+    let fits4 = bytes.len().is_multiple_of(16);
     if !fits3 && !fits4 {
         return Err(Error::invalid_adapter(format!(
             "{what}: {} bytes is not a whole number of int32 config rows of 3 (12 bytes) or 4 \
@@ -246,7 +246,7 @@ fn read_weights(
         return Ok((data, w));
     }
     let row_bytes_total = rows.saturating_mul(dtype.size());
-    if row_bytes_total == 0 || bytes.len() % row_bytes_total != 0 {
+    if row_bytes_total == 0 || !bytes.len().is_multiple_of(row_bytes_total) {
         return Err(Error::invalid_adapter(format!(
             "{what}: {} bytes cannot hold {rows} rows of {} (the base model dtype headerless \
              .bin weights are read in); config/weights row-count mismatch or wrong dtype",

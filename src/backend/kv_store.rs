@@ -155,7 +155,7 @@ pub(crate) fn attn_shapes(
     geom: &KvGeometry,
 ) -> Option<(usize, usize, usize)> {
     let (nkv, hd) = (geom.num_kv_heads, geom.head_dim);
-    if n_heads == 0 || nkv == 0 || n_heads % nkv != 0 {
+    if n_heads == 0 || nkv == 0 || !n_heads.is_multiple_of(nkv) {
         return None;
     }
     let q_dim = n_heads.checked_mul(hd)?;

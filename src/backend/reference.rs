@@ -146,7 +146,7 @@ pub(crate) fn matmul_shapes_ok(
 pub(crate) fn rope_ok(x: &View<'_, [f32]>, a: &RopeArgs<'_>) -> bool {
     matches!(a.n_heads.checked_mul(a.head_dim), Some(w) if x.fits(w))
         && a.row_pos.len() >= x.rows
-        && a.head_dim % 2 == 0
+        && a.head_dim.is_multiple_of(2)
         && a.inv_freq.len() >= a.head_dim / 2
 }
 

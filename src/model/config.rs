@@ -139,13 +139,13 @@ impl ModelConfig {
                 )));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(Error::invalid_model(format!(
                 "model config: num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_heads, self.num_kv_heads
             )));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::invalid_model(format!(
                 "model config: head_dim ({}) must be even for RoPE",
                 self.head_dim

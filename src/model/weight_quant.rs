@@ -62,7 +62,7 @@ pub fn target_type(format: WeightFormat, role: WeightRole) -> Option<GgmlType> {
 pub fn fitting_type(ty: GgmlType, cols: usize) -> Option<GgmlType> {
     [ty, GgmlType::Q8_0]
         .into_iter()
-        .find(|t| cols % t.block_size() as usize == 0)
+        .find(|t| cols.is_multiple_of(t.block_size() as usize))
 }
 
 /// Readies the host tensors of one backend weight (several parts for a fused weight, named for

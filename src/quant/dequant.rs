@@ -72,7 +72,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f
     }
     let block = ty.block_size() as usize;
     let type_size = ty.type_size() as usize;
-    if n_elements % block != 0 {
+    if !n_elements.is_multiple_of(block) {
         return Err(Error::invalid_model(format!(
             "{n_elements} elements of {ty} are not a whole number of {block}-element blocks"
         )));

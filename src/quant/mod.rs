@@ -44,7 +44,7 @@ impl QuantData {
                 "{ty} is not a block-quantized type"
             )));
         }
-        if cols % block != 0 {
+        if !cols.is_multiple_of(block) {
             return Err(Error::invalid_argument(format!(
                 "{cols} columns of {ty} are not a whole number of {block}-element blocks"
             )));

@@ -52,7 +52,7 @@ pub fn quantize(ty: GgmlType, rows: usize, cols: usize, x: &[f32]) -> Result<Qua
         ))
     })?;
     let (block, type_size) = (ty.block_size() as usize, ty.type_size() as usize);
-    if cols % block != 0 || cols == 0 {
+    if !cols.is_multiple_of(block) || cols == 0 {
         return Err(Error::invalid_argument(format!(
             "{cols} columns cannot be quantized to {ty}: not a positive multiple of its \
              {block}-element block"

@@ -34,7 +34,7 @@ impl IntType {
 
 /// Errors unless `len` bytes are a whole number of `size`-byte elements.
 fn whole(len: usize, size: usize, name: &str) -> Result<()> {
-    if len % size != 0 {
+    if !len.is_multiple_of(size) {
         return Err(Error::invalid_argument(format!(
             "{len} bytes are not a whole number of {size}-byte {name} elements"
         )));

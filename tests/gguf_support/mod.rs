@@ -101,7 +101,7 @@ impl Writer {
             }
             offset = data.len() as u64;
         }
-        while b.len() % align != 0 {
+        while !b.len().is_multiple_of(align) {
             b.push(0);
         }
         b.extend(data);

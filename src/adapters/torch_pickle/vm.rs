@@ -745,7 +745,7 @@ impl<'a> Vm<'a> {
 }
 
 fn pairs(items: Vec<PickleValue>) -> Option<Vec<(PickleValue, PickleValue)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return None;
     }
     let mut out = Vec::with_capacity(items.len() / 2);

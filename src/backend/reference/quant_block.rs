@@ -301,7 +301,8 @@ fn q6_k(b: &[u8], q: &mut [i8], p: &mut [BlockParams]) {
 pub fn decode_row(ty: GgmlType, bytes: &[u8], q: &mut [i8], p: &mut [BlockParams]) -> bool {
     let (bs, ts) = (ty.block_size() as usize, ty.type_size() as usize);
     let nblk = bytes.len() / ts.max(1);
-    if bytes.len() % ts.max(1) != 0 || q.len() < nblk * bs || p.len() < nblk * bs / QBLOCK {
+    if !bytes.len().is_multiple_of(ts.max(1)) || q.len() < nblk * bs || p.len() < nblk * bs / QBLOCK
+    {
         return false;
     }
     let (q, p) = (&mut q[..nblk * bs], &mut p[..nblk * bs / QBLOCK]);

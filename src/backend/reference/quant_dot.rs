@@ -61,7 +61,8 @@ impl QActs {
     #[inline(always)]
     pub fn quantize(&mut self, x: &[f32], rows: usize, cols: usize) -> bool {
         let nb = cols / QBLOCK;
-        let fits = cols % QBLOCK == 0 && matches!(rows.checked_mul(cols), Some(n) if n <= x.len());
+        let fits = cols.is_multiple_of(QBLOCK)
+            && matches!(rows.checked_mul(cols), Some(n) if n <= x.len());
         let rows = if fits { rows } else { 0 };
         self.cols = cols;
         self.nb = nb;

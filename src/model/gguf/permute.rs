@@ -18,7 +18,7 @@ fn check(rows: usize, cols: usize, n_head: usize, len: usize) -> Result<usize> {
 
 /// Rows per head; errors when `rows` is not `n_head` heads of an even size.
 fn heads(rows: usize, n_head: usize) -> Result<usize> {
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 {
+    if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
         return Err(Error::invalid_model(format!(
             "q/k permutation: {rows} rows cannot be split into {n_head} heads of an even size"
         )));

@@ -470,7 +470,7 @@ fn tensor_layout(
     let n_bytes = (n / block)
         .checked_mul(ty.type_size())
         .ok_or_else(|| Error::invalid_model(format!("tensor \"{name}\": byte size overflows")))?;
-    if rel_offset % alignment != 0 {
+    if !rel_offset.is_multiple_of(alignment) {
         return Err(Error::invalid_model(format!(
             "tensor \"{name}\": data offset {rel_offset} is not a multiple of the alignment {alignment}"
         )));

@@ -88,7 +88,7 @@ impl QuantScheme {
         } else {
             base
         };
-        if cols % 256 == 0 {
+        if cols.is_multiple_of(256) {
             return ty;
         }
         match ty {
