@@ -14,6 +14,8 @@ use crate::tensor::HostTensor;
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantStack {
     segs: Vec<QuantData>,
+    /// Bytes of one row of each segment (cached: the kernels look rows up per weight row).
+    row_bytes: Vec<usize>,
     cols: usize,
 }
 
@@ -41,7 +43,12 @@ impl QuantStack {
         if segs.len() < parts.len() {
             return Ok(None);
         }
-        Ok(Some(Self { segs, cols }))
+        let row_bytes = segs.iter().map(|s| s.row_bytes()).collect();
+        Ok(Some(Self {
+            segs,
+            row_bytes,
+            cols,
+        }))
     }
     /// The segments, in row order.
     pub fn segments(&self) -> &[QuantData] {
@@ -59,11 +66,13 @@ impl QuantStack {
     pub fn bytes(&self) -> usize {
         self.segs.iter().map(|s| s.bytes().len()).sum()
     }
-    /// The type and blocks of row `r`, or `None` when out of range.
+    /// The type and blocks of row `r` (whole blocks of `cols` elements, a [`QuantData`]
+    /// invariant), or `None` when out of range.
+    #[inline]
     pub fn row(&self, mut r: usize) -> Option<(GgmlType, &[u8])> {
-        for s in &self.segs {
+        for (s, &rb) in self.segs.iter().zip(&self.row_bytes) {
             if r < s.rows() {
-                return Some((s.ty(), s.row(r)));
+                return Some((s.ty(), s.bytes().get(r * rb..(r + 1) * rb)?));
             }
             r -= s.rows();
         }

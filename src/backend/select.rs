@@ -75,12 +75,45 @@ pub fn select(device: &str, threads: usize) -> Result<DeviceBackend> {
     }
 }
 
+/// Where the thread that drives a backend's steps runs (see [`DeviceBackend::driver`]).
+/// Cloneable; owns a handle on the backend's thread pool, if it has one.
+#[derive(Debug, Clone)]
+pub struct Driver {
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl Driver {
+    /// Runs `f` (an engine worker loop) on the calling thread, inside the backend's thread pool
+    /// when it has one: every op's parallel region then starts on that thread, which works in
+    /// it with the other pool threads, instead of handing each op to the pool and sleeping
+    /// until it ends (two thread wake-ups per op). `f` occupies one pool thread while it runs,
+    /// including while it blocks waiting for work (nothing else computes then). A panic in `f`
+    /// propagates to the caller.
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
+    }
+}
+
 /// The backend chosen by [`select`]; see the module docs. Used by one thread at a time (the
 /// engine's worker); a backend may use its own thread pool inside an op.
 #[derive(Debug)]
 pub enum DeviceBackend {
     /// The CPU backend.
     Cpu(CpuBackend),
+}
+
+impl DeviceBackend {
+    /// The [`Driver`] for the thread that runs this backend's steps.
+    pub fn driver(&self) -> Driver {
+        match self {
+            DeviceBackend::Cpu(b) => Driver {
+                pool: Some(b.pool().clone()),
+            },
+        }
+    }
 }
 
 /// An activation buffer of a [`DeviceBackend`].

@@ -125,6 +125,7 @@ impl Engine {
     pub fn new(cfg: EngineConfig) -> Result<Self> {
         cfg.validate()?;
         let backend = crate::backend::select(&cfg.device, cfg.threads)?;
+        let driver = backend.driver();
         let files = ModelFiles::load(&cfg.model).map_err(|e| e.context(cfg.model.display()))?;
         let ModelFiles {
             config: model_cfg,
@@ -204,7 +205,10 @@ impl Engine {
         let handle = std::thread::Builder::new()
             .name("loraplex-worker".into())
             .spawn(move || {
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+                // The loop runs inside the backend's pool (see `Driver::run`).
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    driver.run(|| worker.run())
+                }));
                 let err = match r {
                     Ok(Ok(())) => return,
                     Ok(Err(e)) => Error::new(

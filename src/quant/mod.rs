@@ -66,14 +66,17 @@ impl QuantData {
         })
     }
     /// The block type.
+    #[inline]
     pub fn ty(&self) -> GgmlType {
         self.ty
     }
     /// Rows (the `out` dimension of a weight).
+    #[inline]
     pub fn rows(&self) -> usize {
         self.rows
     }
     /// Columns (the `in` dimension of a weight; a whole number of blocks).
+    #[inline]
     pub fn cols(&self) -> usize {
         self.cols
     }
@@ -83,6 +86,7 @@ impl QuantData {
         (self.cols / self.ty.block_size() as usize) * self.ty.type_size() as usize
     }
     /// All blocks, row after row.
+    #[inline]
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }

@@ -81,6 +81,11 @@ fn detect_simd() -> bool {
 }
 
 impl CpuBackend {
+    /// The thread pool the backend's ops run their parallel work on.
+    pub fn pool(&self) -> &Arc<ThreadPool> {
+        &self.pool
+    }
+
     /// A backend running its parallel work on `pool`, using AVX2/FMA kernels when the CPU has
     /// them (detected at runtime) and portable kernels otherwise.
     /// The quantized matmul uses the fastest [`QuantKernel`] the CPU has.

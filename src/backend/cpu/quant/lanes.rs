@@ -295,7 +295,6 @@ macro_rules! lanes_task {
             o0,
             rb,
         } = *$t;
-        let cols = a.cols;
         let n = $yt.len() / rows.max(1);
         // The row kernels read the transposed layout: required here.
         if !$t.fits($dec) || xt.is_empty() {
@@ -304,13 +303,9 @@ macro_rules! lanes_task {
         }
         let m = rb.min(rows);
         let mut acc = vec![_mm256_setzero_ps(); 2 * m];
-        // Row `o` of `w` when its bytes are `cols` elements of its type (QuantStack never
-        // holds another; checked so that the unpackers' slices are whole blocks).
-        let row = |o: usize| {
-            w.row(o).filter(|(ty, b)| {
-                b.len() * ty.block_size() as usize == cols * ty.type_size() as usize
-            })
-        };
+        // Row `o` of `w`: whole blocks of `cols` elements (QuantStack's invariant, and
+        // `fits` checked `w.cols() == cols`; the unpackers' slices are bounds-checked).
+        let row = |o: usize| w.row(o);
         let dform = Form {
             signed: true,
             off_shift: None,
