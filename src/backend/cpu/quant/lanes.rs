@@ -147,6 +147,24 @@ pub(super) unsafe fn acts8(a: &QActs, t: usize, g: usize, n: usize) -> (__m256, 
     }
 }
 
+/// Bytes ahead of the super-block being unpacked that [`prefetch`] asks for.
+pub(super) const PREFETCH_AHEAD: usize = 4096;
+
+/// Hints the cache to fetch the 3 lines `PREFETCH_AHEAD` bytes past `at` in `bytes` (a weight
+/// row; rows are contiguous, so near the end this reaches into the next one). A hint only:
+/// it reads nothing and cannot fault, whatever the address.
+#[inline(always)]
+pub(super) fn prefetch(bytes: &[u8], at: usize) {
+    let p = bytes.as_ptr().wrapping_add(at + PREFETCH_AHEAD) as *const i8;
+    // SAFETY: `prefetcht0` never faults and reads no memory architecturally; SSE is part of
+    // x86_64's baseline.
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>(p);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(128));
+    }
+}
+
 /// Generates a path's row kernels, `row1::<TY>` (one weight row against a block of activation
 /// rows) and `row2::<TY>` (two weight rows of the same type against one activation load),
 /// both on the transposed layout (see [`transpose8`]), monomorphic per type code (`superblock::T_*`) and small, so that
@@ -157,7 +175,7 @@ pub(super) unsafe fn acts8(a: &QActs, t: usize, g: usize, n: usize) -> (__m256, 
 /// - `$prep`: `unsafe fn(Sb, Form) -> (Sb, Form)`, how it holds signed values (needs AVX2).
 macro_rules! row_kernels {
     ($feat:literal, $dot_t:ident, $dot_t2:ident, $prep:ident) => {
-        use crate::backend::cpu::quant::lanes::{acts8, combine, transpose8};
+        use crate::backend::cpu::quant::lanes::{acts8, combine, prefetch, transpose8};
         use crate::backend::cpu::quant::superblock::{unpack, Form, RowRef, Sb};
         use crate::backend::cpu::quant::superblock::{SB_BLOCKS, SB_ELEMS};
         use crate::backend::reference::quant_dot::QActs;
@@ -211,8 +229,10 @@ macro_rules! row_kernels {
                 if let [one] = acc {
                     // A single row: the accumulator stays in a register.
                     let mut r = *one;
+                    let sbb = w.bytes.len() / nsb.max(1);
                     for g in 0..nsb {
                         let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
+                        prefetch(w.bytes, g * sbb);
                         let (s, f) = unpack::<TY>(w, g, k);
                         let (sb, form) = $prep(s, f);
                         let wt = transpose8(sb.v);
@@ -221,8 +241,10 @@ macro_rules! row_kernels {
                     *one = r;
                     return;
                 }
+                let sbb = w.bytes.len() / nsb.max(1);
                 for g in 0..nsb {
                     let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
+                    prefetch(w.bytes, g * sbb);
                     let (s, f) = unpack::<TY>(w, g, k);
                     let (sb, form) = $prep(s, f);
                     let wt = transpose8(sb.v);
@@ -256,8 +278,11 @@ macro_rules! row_kernels {
             // SAFETY: the caller's contract (features, whole rows, `xt` present); registers
             // and bounded slices only.
             unsafe {
+                let sbb = wa.bytes.len() / nsb.max(1);
                 for g in 0..nsb {
                     let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
+                    prefetch(wa.bytes, g * sbb);
+                    prefetch(wb.bytes, g * sbb);
                     let (s, f) = unpack::<TY>(wa, g, k);
                     let (sa, form) = $prep(s, f);
                     let (s2, _) = unpack::<TY>(wb, g, k);
