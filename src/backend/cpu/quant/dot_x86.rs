@@ -16,6 +16,32 @@ use super::lanes::{lanes_task, row_kernels};
 use super::superblock::{Form, Sb};
 use super::{Decoded, Task};
 
+/// AVX2 dot of one block as unpacked: 8 lanes of partial sums (lane `i`: bytes `4i..4i+4`).
+#[target_feature(enable = "avx2")]
+#[inline]
+fn dot_avx2(u: __m256i, x: __m256i, signed: bool) -> __m256i {
+    let p16 = if signed {
+        _mm256_maddubs_epi16(_mm256_abs_epi8(u), _mm256_sign_epi8(x, u))
+    } else {
+        _mm256_maddubs_epi16(u, x)
+    };
+    _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+}
+
+/// AVX-512 VNNI dot of one block as unpacked (unsigned values).
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+#[inline]
+fn dot_avx512vnni(u: __m256i, x: __m256i, _signed: bool) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)
+}
+
+/// AVX-VNNI dot of one block as unpacked (unsigned values).
+#[target_feature(enable = "avx2,avxvnni")]
+#[inline]
+fn dot_avxvnni(u: __m256i, x: __m256i, _signed: bool) -> __m256i {
+    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, x)
+}
+
 /// AVX2 transposed super-block dot: the per-half sums (see `lanes::transpose8`).
 ///
 /// # Safety
@@ -187,7 +213,7 @@ unsafe fn dot_t_avxvnni(w: &[__m256i; 8], x: *const i8, _signed: bool) -> (__m25
 /// The AVX2 row kernels.
 mod avx2_rows {
     use super::*;
-    row_kernels!("avx2,f16c", dot_t_avx2, dot_t2_avx2, prep_avx2);
+    row_kernels!("avx2,f16c", dot_avx2, dot_t_avx2, dot_t2_avx2, prep_avx2);
 }
 
 /// The AVX-VNNI row kernels.
@@ -195,6 +221,7 @@ mod avxvnni_rows {
     use super::*;
     row_kernels!(
         "avx2,f16c,avxvnni",
+        dot_avxvnni,
         dot_t_avxvnni,
         dot_t2_avxvnni,
         prep_vnni
@@ -206,6 +233,7 @@ mod avx512vnni_rows {
     use super::*;
     row_kernels!(
         "avx2,f16c,avx512f,avx512vl,avx512vnni",
+        dot_avx512vnni,
         dot_t_avx512vnni,
         dot_t2_avx512vnni,
         prep_vnni

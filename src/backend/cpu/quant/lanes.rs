@@ -22,6 +22,28 @@ use std::arch::x86_64::*;
 use super::superblock::{Form, Sb};
 use crate::backend::reference::quant_dot::QActs;
 
+/// Per-half sums of 8 blocks' lane sums: lane `j` of the results is `Σ v[j] lanes 0..4`
+/// (elements 0-15 of block `j`) and `Σ v[j] lanes 4..8` (exact integer sums). The reduction
+/// of blocks dotted as unpacked (not transposed), used for a single activation row, where
+/// transposing the weights would cost more.
+#[inline(always)]
+pub(super) unsafe fn reduce8(v: [__m256i; 8]) -> (__m256i, __m256i) {
+    // SAFETY: AVX2 (module docs); registers only.
+    unsafe {
+        let h01 = _mm256_hadd_epi32(v[0], v[1]);
+        let h23 = _mm256_hadd_epi32(v[2], v[3]);
+        let h45 = _mm256_hadd_epi32(v[4], v[5]);
+        let h67 = _mm256_hadd_epi32(v[6], v[7]);
+        // [lo0, lo1, lo2, lo3 | hi0, hi1, hi2, hi3] and the same for blocks 4..8.
+        let a = _mm256_hadd_epi32(h01, h23);
+        let b = _mm256_hadd_epi32(h45, h67);
+        (
+            _mm256_permute2x128_si256::<0x20>(a, b),
+            _mm256_permute2x128_si256::<0x31>(a, b),
+        )
+    }
+}
+
 /// The twin's `combine` on 8 blocks (lane `j` = block `j`): `h` the per-half dot products of
 /// the super-block's values (in `form`) with the activations, `dx`, `s0`, `s1` the activation
 /// blocks' scales and half sums. The same IEEE operations in the same order as the twin; the
@@ -169,13 +191,15 @@ pub(super) fn prefetch(bytes: &[u8], at: usize) {
 /// rows) and `row2::<TY>` (two weight rows of the same type against one activation load),
 /// both on the transposed layout (see [`transpose8`]), monomorphic per type code (`superblock::T_*`) and small, so that
 /// each keeps its super-block in registers. The path's functions:
+/// - `$dot`: `fn(u: __m256i, x: __m256i, signed: bool) -> __m256i`, 8 lanes of exact partial
+///   sums of one block dotted as unpacked (lanes 0-3 covering elements 0-15);
 /// - `$dot_t`: `unsafe fn(&[__m256i; 8], *const i8 /* 256 bytes */, signed) -> (__m256i,
 ///   __m256i)`, the per-half sums of a transposed super-block (see [`transpose8`]);
 /// - `$dot_t2`: the same for two weight rows against one activation load;
 /// - `$prep`: `unsafe fn(Sb, Form) -> (Sb, Form)`, how it holds signed values (needs AVX2).
 macro_rules! row_kernels {
-    ($feat:literal, $dot_t:ident, $dot_t2:ident, $prep:ident) => {
-        use crate::backend::cpu::quant::lanes::{acts8, combine, prefetch, transpose8};
+    ($feat:literal, $dot:ident, $dot_t:ident, $dot_t2:ident, $prep:ident) => {
+        use crate::backend::cpu::quant::lanes::{acts8, combine, prefetch, reduce8, transpose8};
         use crate::backend::cpu::quant::superblock::{unpack, Form, RowRef, Sb};
         use crate::backend::cpu::quant::superblock::{SB_BLOCKS, SB_ELEMS};
         use crate::backend::reference::quant_dot::QActs;
@@ -257,8 +281,8 @@ macro_rules! row_kernels {
         }
 
         /// Weight rows `wa`, `wb` (same type code `TY`, not `T_DECODED`) against activation
-        /// rows `r0 .. r0 + acc_a.len()` in the transposed layout `xt` (not empty), added into
-        /// `acc_a`, `acc_b`.
+        /// rows `r0 .. r0 + acc_a.len()` (`xt`: their transposed layout, read from two rows
+        /// on), added into `acc_a`, `acc_b`.
         ///
         /// # Safety
         /// As [`row1`], with `xt` required.
@@ -279,6 +303,35 @@ macro_rules! row_kernels {
             // and bounded slices only.
             unsafe {
                 let sbb = wa.bytes.len() / nsb.max(1);
+                if let ([aa], [ab]) = (&mut *acc_a, &mut *acc_b) {
+                    // A single activation row: the blocks are dotted as unpacked and reduced
+                    // (cheaper than transposing two rows of weights for one row), the
+                    // accumulators stay in registers.
+                    let (mut ra, mut rb) = (*aa, *ab);
+                    for g in 0..nsb {
+                        let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
+                        prefetch(wa.bytes, g * sbb);
+                        prefetch(wb.bytes, g * sbb);
+                        let (s, f) = unpack::<TY>(wa, g, k);
+                        let (sa, form) = $prep(s, f);
+                        let (s2, _) = unpack::<TY>(wb, g, k);
+                        let (sb2, _) = $prep(s2, f);
+                        let xo = r0 * a.cols + g * SB_ELEMS;
+                        let xs = &a.q[xo..xo + k * 32];
+                        let mut va = [_mm256_setzero_si256(); SB_BLOCKS];
+                        let mut vb = [_mm256_setzero_si256(); SB_BLOCKS];
+                        for jb in 0..k {
+                            let x = _mm256_loadu_si256(xs.as_ptr().add(jb * 32) as *const __m256i);
+                            va[jb] = $dot(sa.v[jb], x, form.signed);
+                            vb[jb] = $dot(sb2.v[jb], x, form.signed);
+                        }
+                        let (dx, s0, s1) = acts8(a, r0, g, k);
+                        ra = _mm256_add_ps(ra, combine(&sa, form, reduce8(va), dx, s0, s1));
+                        rb = _mm256_add_ps(rb, combine(&sb2, form, reduce8(vb), dx, s0, s1));
+                    }
+                    (*aa, *ab) = (ra, rb);
+                    return;
+                }
                 for g in 0..nsb {
                     let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
                     prefetch(wa.bytes, g * sbb);
