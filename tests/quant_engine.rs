@@ -28,23 +28,39 @@ use common::max_rel_diff;
 
 const BLOCK: usize = 16;
 
-/// The policy of `model::weight_quant`, restated: the type of a dense matrix named `name` with
-/// `cols` columns under `format`, or None when it stays dense.
-fn policy(format: WeightFormat, name: &str, cols: usize, tied: bool) -> Option<GgmlType> {
+/// The policy of `model::weight_quant` (llama.cpp's Q8_0 / Q4_K_M mixes, `quant::mix`),
+/// restated on HF names: the type of a dense matrix named `name` with `cols` columns in a model
+/// of `n_layers` layers under `format`, or None when it stays dense.
+fn policy(
+    format: WeightFormat,
+    name: &str,
+    cols: usize,
+    tied: bool,
+    n_layers: usize,
+) -> Option<GgmlType> {
+    let layer = name
+        .strip_prefix("model.layers.")
+        .and_then(|r| r.split('.').next()?.parse::<usize>().ok());
+    // llama.cpp's use_more_bits.
+    let more_bits = |l: usize| {
+        let e = n_layers / 8;
+        l < e || l >= 7 * n_layers / 8 || (l - e) % 3 == 2
+    };
+    let head = name == "lm_head.weight" || (tied && name == "model.embed_tokens.weight");
+    let v_or_down = name.ends_with("v_proj.weight") || name.ends_with("down_proj.weight");
     let want = match format {
         WeightFormat::Q8_0 => GgmlType::Q8_0,
-        WeightFormat::Q4K if name == "lm_head.weight" => GgmlType::Q6K,
-        WeightFormat::Q4K if name == "model.embed_tokens.weight" && tied => GgmlType::Q6K,
+        WeightFormat::Q4K if head => GgmlType::Q6K,
+        WeightFormat::Q4K if v_or_down && layer.is_some_and(more_bits) => GgmlType::Q6K,
         WeightFormat::Q4K => GgmlType::Q4K,
         _ => return None,
     };
-    if cols.is_multiple_of(want.block_size() as usize) {
-        Some(want)
-    } else if cols.is_multiple_of(32) {
-        Some(GgmlType::Q8_0)
-    } else {
-        None
-    }
+    let ty = match want {
+        GgmlType::Q4K if !cols.is_multiple_of(256) => GgmlType::Q5_0,
+        GgmlType::Q6K if !cols.is_multiple_of(256) => GgmlType::Q8_0,
+        other => other,
+    };
+    cols.is_multiple_of(ty.block_size() as usize).then_some(ty)
 }
 
 /// `tensors` with every matrix quantized by [`policy`] and expanded back to f32; also returns
@@ -53,6 +69,7 @@ fn dense_twin(
     tensors: &TensorMap,
     format: WeightFormat,
     tied: bool,
+    n_layers: usize,
 ) -> (TensorMap, Vec<(String, GgmlType)>) {
     let mut chosen = Vec::new();
     let twin = tensors
@@ -60,7 +77,7 @@ fn dense_twin(
         .map(|(name, t)| {
             let is_matrix = t.shape.len() == 2;
             let ty = is_matrix
-                .then(|| policy(format, name, t.shape[1], tied))
+                .then(|| policy(format, name, t.shape[1], tied, n_layers))
                 .flatten();
             let t = match ty {
                 Some(ty) => {
@@ -150,18 +167,44 @@ fn loader_quantizes_by_the_policy_and_backends_compute_on_it() {
         common::write_tiny_model(dir.path(), sp);
         let files = ModelFiles::load(dir.path()).unwrap();
         let cfg = &files.config;
-        let (twin, chosen) = dense_twin(&files.tensors, format, sp.tied);
+        let (twin, chosen) = dense_twin(&files.tensors, format, sp.tied, cfg.num_layers);
         let label = format!("{format:?} hidden {} tied {}", sp.hidden, sp.tied);
-        let count = |ty| chosen.iter().filter(|(_, t)| *t == ty).count();
+        let ty_of = |suffix: &str| {
+            chosen
+                .iter()
+                .filter(|(n, _)| n.ends_with(suffix))
+                .map(|(_, t)| *t)
+                .collect::<Vec<_>>()
+        };
         if format == WeightFormat::Q4K && sp.hidden == 256 {
-            assert_eq!(count(GgmlType::Q6K), 1, "{label}: one Q6_K head");
-            assert_eq!(count(GgmlType::Q4K), chosen.len() - 1, "{label}");
+            // The mix: Q6_K head, Q4_K projections, Q6_K v/down in the more-bits layers (the
+            // last eighth of 2 layers is layer 1).
+            let head = if sp.tied {
+                "embed_tokens.weight"
+            } else {
+                "lm_head.weight"
+            };
+            assert_eq!(ty_of(head), [GgmlType::Q6K], "{label}");
+            assert_eq!(ty_of("q_proj.weight"), [GgmlType::Q4K; 2], "{label}");
+            assert_eq!(
+                ty_of("v_proj.weight"),
+                [GgmlType::Q4K, GgmlType::Q6K],
+                "{label}"
+            );
+            assert_eq!(
+                ty_of("down_proj.weight"),
+                [GgmlType::Q4K, GgmlType::Q6K],
+                "{label}"
+            );
         }
         if sp.hidden == 64 {
-            // down_proj (176 columns) stays dense, everything else falls back to Q8_0.
+            // down_proj (176 columns) stays dense; 64-wide matrices fall back to Q5_0 (Q8_0
+            // for the head), as llama.cpp does.
+            assert!(ty_of("down_proj.weight").is_empty(), "{label}");
             assert!(chosen
                 .iter()
-                .all(|(n, t)| *t == GgmlType::Q8_0 && !n.contains("down")));
+                .all(|(_, t)| matches!(t, GgmlType::Q5_0 | GgmlType::Q8_0)));
+            assert_eq!(ty_of("lm_head.weight"), [GgmlType::Q8_0], "{label}");
         }
 
         let rb = ReferenceBackend;

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 
 use super::layout::account_tensors;
 use super::qkv_extras::QkvExtras;
-use super::weight_quant::{self, WeightRole};
+use super::weight_quant::{self, MixRole};
 use super::{ModelConfig, TensorMap};
 use crate::backend::{
     AttentionArgs, AttnMeta, Backend, KvWriteArgs, LoraArgs, LoraBatch, LoraTarget, RopeArgs, View,
@@ -100,14 +100,15 @@ impl<B: Backend> Llama<B> {
         cfg.validate()?;
         account_tensors(&cfg, t)?;
         let mut weight_bytes = 0usize;
-        // Takes the named tensors, quantizes them when the format asks, packs them as one
-        // (fused) weight and counts its bytes.
-        let mut pack = |t: &mut TensorMap, names: &[&str], role: WeightRole| -> Result<B::Weight> {
+        // Takes the named tensors (each with its role in the quantization mix), quantizes them
+        // when the format asks, packs them as one (fused) weight and counts its bytes.
+        let n_layers = cfg.num_layers;
+        let mut pack = |t: &mut TensorMap, names: &[(&str, MixRole)]| -> Result<B::Weight> {
             let parts = names
                 .iter()
-                .map(|n| take(t, n).map(|h| (n.to_string(), h)))
+                .map(|&(n, role)| take(t, n).map(|h| (n.to_string(), h, role)))
                 .collect::<Result<Vec<_>>>()?;
-            let (parts, fmt) = weight_quant::prepare(parts, role, format)?;
+            let (parts, fmt) = weight_quant::prepare(parts, n_layers, format)?;
             let w = match parts.as_slice() {
                 [one] => backend.weight(one, fmt)?,
                 many => backend.fused_weight(&many.iter().collect::<Vec<_>>(), fmt)?,
@@ -116,15 +117,17 @@ impl<B: Backend> Llama<B> {
             Ok(w)
         };
         let tied = cfg.tie_word_embeddings;
-        let embed = pack(
-            t,
-            &["model.embed_tokens.weight"],
-            WeightRole::Embedding { tied },
-        )?;
+        // A tied embedding is also the head.
+        let embed_role = if tied {
+            MixRole::Head
+        } else {
+            MixRole::Embedding
+        };
+        let embed = pack(t, &[("model.embed_tokens.weight", embed_role)])?;
         let lm_head = if tied {
             None
         } else {
-            Some(pack(t, &["lm_head.weight"], WeightRole::Head)?)
+            Some(pack(t, &[("lm_head.weight", MixRole::Head)])?)
         };
         let norm = backend.upload(&take(t, "model.norm.weight")?.into_f32_vec())?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -133,18 +136,24 @@ impl<B: Backend> Llama<B> {
             let names = |suffixes: &[&str]| -> Vec<String> {
                 suffixes.iter().map(|s| format!("{p}.{s}.weight")).collect()
             };
-            let mut proj = |suffixes: &[&str]| {
-                let n = names(suffixes);
-                pack(
-                    t,
-                    &n.iter().map(String::as_str).collect::<Vec<_>>(),
-                    WeightRole::Projection,
-                )
+            let mut proj = |parts: &[(&str, MixRole)]| {
+                let n = names(&parts.iter().map(|p| p.0).collect::<Vec<_>>());
+                let named: Vec<(&str, MixRole)> = n
+                    .iter()
+                    .map(String::as_str)
+                    .zip(parts.iter().map(|p| p.1))
+                    .collect();
+                pack(t, &named)
             };
-            let qkv = proj(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"])?;
-            let o = proj(&["self_attn.o_proj"])?;
-            let gate_up = proj(&["mlp.gate_proj", "mlp.up_proj"])?;
-            let down = proj(&["mlp.down_proj"])?;
+            let other = MixRole::Projection;
+            let qkv = proj(&[
+                ("self_attn.q_proj", other),
+                ("self_attn.k_proj", other),
+                ("self_attn.v_proj", MixRole::AttnV { layer: l }),
+            ])?;
+            let o = proj(&[("self_attn.o_proj", other)])?;
+            let gate_up = proj(&[("mlp.gate_proj", other), ("mlp.up_proj", other)])?;
+            let down = proj(&[("mlp.down_proj", MixRole::FfnDown { layer: l })])?;
             let attn_norm =
                 backend.upload(&take(t, &format!("{p}.input_layernorm.weight"))?.into_f32_vec())?;
             let mlp_norm = backend.upload(

@@ -1,22 +1,15 @@
 //! Load-time quantization of dense checkpoints: which ggml type each weight matrix gets under
 //! a quantized [`WeightFormat`], and the conversion of its host tensors before they are packed.
 //!
-//! Policy (`weight_dtype` → ggml type of each dense 2-D matrix):
-//!
-//! | matrix | q8_0 | q4_k |
-//! | --- | --- | --- |
-//! | q/k/v/o, gate/up/down projections | Q8_0 | Q4_K |
-//! | `lm_head` | Q8_0 | Q6_K |
-//! | token embedding, untied | Q8_0 | Q4_K |
-//! | token embedding, tied (it is also the head) | Q8_0 | Q6_K |
-//!
-//! which for q4_k is llama.cpp's Q4_K_M mix without its per-layer Q6_K upgrades of some
-//! `attn_v`/`ffn_down` matrices (a fused weight keeps one type for all its parts).
-//!
-//! Fallback: a matrix whose column count is not a multiple of its type's block (256 for the
-//! K-quants) gets the next type that fits, Q8_0 (32-element blocks); when not even that fits it
-//! stays dense and is packed as f32. The fallback is per weight, so such a model mixes formats
-//! (e.g. tiny test models with 176-wide MLPs); Llama checkpoints in the wild are multiples of 256.
+//! Policy: `weight_dtype` q8_0 and q4_k are llama.cpp's Q8_0 and Q4_K_M mixes
+//! ([`crate::quant::mix`], the same rules `requantize` writes GGUF files with): Q8_0 everywhere,
+//! or Q4_K projections with a Q6_K head (a tied embedding is the head) and Q6_K `v_proj` /
+//! `down_proj` in the layers llama.cpp gives more bits. A fused weight may mix types (Q4_K q/k
+//! with a Q6_K v). Fallback: a matrix whose width is not a whole number of 256-element
+//! super-blocks takes llama.cpp's legacy type (Q4_K → Q5_0, Q6_K → Q8_0); when not even a
+//! 32-element block fits, the weight stays dense and is packed as f32, so such a model mixes
+//! formats (e.g. tiny test models with 176-wide MLPs); Llama checkpoints in the wild are
+//! multiples of 256.
 //!
 //! Cost: quantizing runs once per load on the rayon pool; measured on 2 shared cores, Q8_0 writes
 //! ~90 M weights/s, Q4_K ~6 M/s and Q6_K ~11 M/s (the K-quant scale searches), so a 135M model
@@ -27,74 +20,55 @@
 
 use crate::backend::WeightFormat;
 use crate::error::{Error, Result};
+pub use crate::quant::mix::MixRole;
+use crate::quant::mix::QuantScheme;
 use crate::quant::quantize::quantize;
-use crate::quant::GgmlType;
 use crate::tensor::HostTensor;
 
-/// What a weight matrix is used for (decides its type under a quantized format).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightRole {
-    /// An attention or MLP projection.
-    Projection,
-    /// The output head (`lm_head`).
-    Head,
-    /// The token embedding table; `tied` when it also serves as the head.
-    Embedding {
-        /// The model ties its head to the embedding.
-        tied: bool,
-    },
-}
-
-/// The ggml type a dense matrix of `role` is quantized to under `format` before the column
-/// fallback, or `None` under the dense formats.
-pub fn target_type(format: WeightFormat, role: WeightRole) -> Option<GgmlType> {
+/// The mix a quantized `format` stands for, or `None` under the dense formats.
+pub fn scheme(format: WeightFormat) -> Option<QuantScheme> {
     match format {
         WeightFormat::F32 | WeightFormat::BF16 => None,
-        WeightFormat::Q8_0 => Some(GgmlType::Q8_0),
-        WeightFormat::Q4K => Some(match role {
-            WeightRole::Projection | WeightRole::Embedding { tied: false } => GgmlType::Q4K,
-            WeightRole::Head | WeightRole::Embedding { tied: true } => GgmlType::Q6K,
-        }),
+        WeightFormat::Q8_0 => Some(QuantScheme::Q8_0),
+        WeightFormat::Q4K => Some(QuantScheme::Q4KM),
     }
 }
 
-/// `ty` when `cols` is a whole number of its blocks, else Q8_0 when that fits, else `None`.
-pub fn fitting_type(ty: GgmlType, cols: usize) -> Option<GgmlType> {
-    [ty, GgmlType::Q8_0]
-        .into_iter()
-        .find(|t| cols.is_multiple_of(t.block_size() as usize))
-}
-
-/// Readies the host tensors of one backend weight (several parts for a fused weight, named for
-/// errors) under `format`, returning them with the format to pack them in.
+/// Readies the host tensors of one backend weight (several parts for a fused weight, each
+/// named for errors and with its [`MixRole`]) of a model of `n_layers` layers under `format`,
+/// returning them with the format to pack them in.
 ///
-/// Under a quantized format every dense 2-D part is quantized to the [`target_type`] of `role`
-/// (or its [`fitting_type`]); already-quantized parts are kept. When the columns fit no block
-/// type, all parts are returned as they are with [`WeightFormat::F32`]. Under the dense formats
-/// the parts and format are returned unchanged.
+/// Under a quantized format every dense 2-D part is quantized to the type its role gets in the
+/// format's mix (see the module docs); already-quantized parts are kept. When the columns fit
+/// no block type, all parts are returned as they are with [`WeightFormat::F32`]. Under the
+/// dense formats the parts and format are returned unchanged.
 ///
 /// Errors: INVALID_MODEL naming the tensor when a dense part is not 2-D or holds a non-finite
 /// value.
 pub fn prepare(
-    parts: Vec<(String, HostTensor)>,
-    role: WeightRole,
+    parts: Vec<(String, HostTensor, MixRole)>,
+    n_layers: usize,
     format: WeightFormat,
 ) -> Result<(Vec<HostTensor>, WeightFormat)> {
-    let Some(want) = target_type(format, role) else {
-        return Ok((parts.into_iter().map(|(_, t)| t).collect(), format));
+    let Some(scheme) = scheme(format) else {
+        return Ok((parts.into_iter().map(|(_, t, _)| t).collect(), format));
     };
     let cols = parts
         .first()
-        .and_then(|(_, t)| t.shape.get(1).copied())
+        .and_then(|(_, t, _)| t.shape.get(1).copied())
         .unwrap_or(0);
-    let Some(ty) = fitting_type(want, cols) else {
+    // The parts of a fused weight share their width, so they fit (or not) together.
+    if parts
+        .iter()
+        .any(|(_, _, role)| scheme.role_type(*role, cols, n_layers).is_none())
+    {
         return Ok((
-            parts.into_iter().map(|(_, t)| t).collect(),
+            parts.into_iter().map(|(_, t, _)| t).collect(),
             WeightFormat::F32,
         ));
-    };
+    }
     let mut out = Vec::with_capacity(parts.len());
-    for (name, t) in parts {
+    for (name, t, role) in parts {
         if t.quant().is_some() {
             out.push(t);
             continue;
@@ -103,6 +77,11 @@ pub fn prepare(
             return Err(Error::invalid_model(format!(
                 "tensor \"{name}\" has shape {:?}; only 2-D weights can be quantized",
                 t.shape
+            )));
+        };
+        let Some(ty) = scheme.role_type(role, c, n_layers) else {
+            return Err(Error::invalid_model(format!(
+                "tensor \"{name}\" has {c} columns, not the {cols} of the other parts of its weight"
             )));
         };
         let q = quantize(ty, rows, c, &t.into_f32_vec()).map_err(|e| {
@@ -119,57 +98,75 @@ pub fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::GgmlType;
 
     fn dense(rows: usize, cols: usize) -> (String, HostTensor) {
         let v = (0..rows * cols).map(|i| (i as f32 * 0.37).sin()).collect();
         ("w".to_string(), HostTensor::f32(vec![rows, cols], v))
     }
 
+    fn one(
+        rows: usize,
+        cols: usize,
+        role: MixRole,
+        format: WeightFormat,
+    ) -> (Vec<HostTensor>, WeightFormat) {
+        let (n, t) = dense(rows, cols);
+        prepare(vec![(n, t, role)], 16, format).unwrap()
+    }
+
     #[test]
-    fn q4_k_mix_and_column_fallback() {
-        let (t, f) = prepare(
-            vec![dense(2, 512)],
-            WeightRole::Projection,
-            WeightFormat::Q4K,
-        )
-        .unwrap();
+    fn q4_k_is_the_q4_k_m_mix_with_its_fallbacks() {
+        let (t, f) = one(2, 512, MixRole::Projection, WeightFormat::Q4K);
         assert_eq!(
             (t[0].quant().unwrap().ty(), f),
             (GgmlType::Q4K, WeightFormat::Q4K)
         );
-        let (t, _) = prepare(vec![dense(2, 512)], WeightRole::Head, WeightFormat::Q4K).unwrap();
+        let (t, _) = one(2, 512, MixRole::Head, WeightFormat::Q4K);
         assert_eq!(t[0].quant().unwrap().ty(), GgmlType::Q6K);
-        let tied = WeightRole::Embedding { tied: true };
-        let (t, _) = prepare(vec![dense(2, 256)], tied, WeightFormat::Q4K).unwrap();
+        // Layer 0 of 16 gets more bits; layer 3 does not.
+        let (t, _) = one(2, 256, MixRole::AttnV { layer: 0 }, WeightFormat::Q4K);
         assert_eq!(t[0].quant().unwrap().ty(), GgmlType::Q6K);
-        // 64 columns: no 256-block fits, Q8_0 does.
-        let (t, f) = prepare(
-            vec![dense(3, 64), dense(1, 64)],
-            WeightRole::Projection,
-            WeightFormat::Q4K,
-        )
-        .unwrap();
-        assert!(t.iter().all(|t| t.quant().unwrap().ty() == GgmlType::Q8_0));
+        let (t, _) = one(2, 256, MixRole::FfnDown { layer: 3 }, WeightFormat::Q4K);
+        assert_eq!(t[0].quant().unwrap().ty(), GgmlType::Q4K);
+        // A fused weight mixes types: q/k Q4_K, v Q6_K.
+        let parts = ["q", "k", "v"]
+            .iter()
+            .zip([
+                MixRole::Projection,
+                MixRole::Projection,
+                MixRole::AttnV { layer: 15 },
+            ])
+            .map(|(n, r)| (n.to_string(), dense(2, 256).1, r))
+            .collect();
+        let (t, _) = prepare(parts, 16, WeightFormat::Q4K).unwrap();
+        let types: Vec<_> = t.iter().map(|t| t.quant().unwrap().ty()).collect();
+        assert_eq!(types, [GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q6K]);
+        // 64 columns: no 256-block fits, llama.cpp's legacy fallbacks do.
+        let parts = vec![
+            (dense(3, 64).0, dense(3, 64).1, MixRole::Projection),
+            (dense(1, 64).0, dense(1, 64).1, MixRole::Head),
+        ];
+        let (t, f) = prepare(parts, 16, WeightFormat::Q4K).unwrap();
+        let types: Vec<_> = t.iter().map(|t| t.quant().unwrap().ty()).collect();
+        assert_eq!(types, [GgmlType::Q5_0, GgmlType::Q8_0]);
         assert_eq!(f, WeightFormat::Q4K);
         // 176 columns: nothing fits, the weight stays dense f32.
-        let (t, f) = prepare(
-            vec![dense(2, 176)],
-            WeightRole::Projection,
-            WeightFormat::Q8_0,
-        )
-        .unwrap();
+        let (t, f) = one(2, 176, MixRole::Projection, WeightFormat::Q8_0);
         assert_eq!((t[0].quant(), f), (None, WeightFormat::F32));
     }
 
     #[test]
     fn dense_formats_and_quantized_tensors_pass_through() {
         let d = dense(2, 256);
-        let (t, f) = prepare(vec![d.clone()], WeightRole::Projection, WeightFormat::BF16).unwrap();
+        let (t, f) = one(2, 256, MixRole::Projection, WeightFormat::BF16);
         assert_eq!((&t[0], f), (&d.1, WeightFormat::BF16));
-        let q = HostTensor::quantized(quantize(GgmlType::Q4_0, 2, 256, &d.1.to_f32_vec()).unwrap());
+        let q = HostTensor::quantized(
+            crate::quant::quantize::quantize(GgmlType::Q4_0, 2, 256, &d.1.to_f32_vec()).unwrap(),
+        );
         let (t, _) = prepare(
-            vec![("q".into(), q.clone())],
-            WeightRole::Projection,
+            vec![("q".into(), q.clone(), MixRole::Projection)],
+            16,
             WeightFormat::Q8_0,
         )
         .unwrap();
@@ -183,8 +180,12 @@ mod tests {
             v[70] = f32::NAN;
         }
         let e = prepare(
-            vec![("model.layers.0.mlp.up_proj.weight".into(), t)],
-            WeightRole::Projection,
+            vec![(
+                "model.layers.0.mlp.up_proj.weight".into(),
+                t,
+                MixRole::Projection,
+            )],
+            16,
             WeightFormat::Q8_0,
         )
         .unwrap_err();

@@ -3,11 +3,14 @@
 //! [`QuantData`], a matrix kept in ggml blocks (what a GGUF file stores, or what a load-time
 //! quantizer writes).
 //!
+//! [`mix`] is the policy of which type each matrix of a model gets under a llama.cpp file type.
+//!
 //! This module knows nothing of files, models or backends: the GGUF reader and the model loader
 //! produce [`QuantData`], the backends compute on it.
 
 pub mod dequant;
 pub mod dequant_k;
+pub mod mix;
 pub mod quantize;
 pub mod quantize_k;
 pub mod types;

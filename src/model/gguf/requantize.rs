@@ -6,65 +6,24 @@
 //! the output loads wherever the input did (loraplex, llama.cpp, transformers). The result is a
 //! pure function of the input file and the scheme.
 //!
-//! Type per tensor, after llama.cpp's `llama_tensor_get_type` (simplified, documented here):
-//! * 1-D tensors (norms) stay F32;
-//! * `output.weight` (or, when absent, the tied `token_embd.weight`) is Q6_K (Q8_0 for Q8_0);
-//! * Q4_K_M / Q5_K_M: `attn_v` and `ffn_down` of the layers llama.cpp gives more bits (the
-//!   first and last eighth, and every third layer between) are Q6_K; other tensors Q4_K / Q5_K;
-//! * a K type whose row is not a whole number of 256-element super-blocks falls back as in
-//!   llama.cpp: Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0.
+//! Type per tensor: 1-D tensors (norms) stay F32; matrices follow the mix rules of
+//! [`crate::quant::mix`] (llama.cpp's `llama_tensor_get_type`, simplified), by GGUF tensor name.
 
 use std::path::Path;
-use std::str::FromStr;
 
 use super::reader::{GgufFile, MetaValue};
 use super::writer::GgufWriter;
 use crate::error::{Error, Result};
+use crate::quant::mix::MixRole;
 use crate::quant::{dequantize, quantize::quantize, GgmlType};
 
-/// A whole-file quantization scheme, named as llama.cpp names its file types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuantScheme {
-    /// Every matrix Q8_0.
-    Q8_0,
-    /// Matrices Q4_0, output Q6_K.
-    Q4_0,
-    /// Q4_K with Q6_K for the output and some `attn_v` / `ffn_down`.
-    Q4KM,
-    /// Q5_K with Q6_K for the output and some `attn_v` / `ffn_down`.
-    Q5KM,
-    /// Every matrix Q6_K.
-    Q6K,
-}
+pub use crate::quant::mix::QuantScheme;
 
 impl QuantScheme {
-    /// Every scheme.
-    pub const ALL: [QuantScheme; 5] = [Self::Q8_0, Self::Q4_0, Self::Q4KM, Self::Q5KM, Self::Q6K];
-
-    /// llama.cpp's name ("Q4_K_M").
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Q8_0 => "Q8_0",
-            Self::Q4_0 => "Q4_0",
-            Self::Q4KM => "Q4_K_M",
-            Self::Q5KM => "Q5_K_M",
-            Self::Q6K => "Q6_K",
-        }
-    }
-
-    /// llama.cpp's `llama_ftype` number, written to `general.file_type`.
-    fn file_type(self) -> u32 {
-        match self {
-            Self::Q8_0 => 7,
-            Self::Q4_0 => 2,
-            Self::Q4KM => 15,
-            Self::Q5KM => 17,
-            Self::Q6K => 18,
-        }
-    }
-
-    /// The type of the tensor `name` (`[rows, cols]` in row-major order) in a model of
+    /// The type of the GGUF tensor `name` (`[rows, cols]` in row-major order) in a model of
     /// `n_layers` layers; `has_output` says whether the file has a separate `output.weight`.
+    /// The [`crate::quant::mix`] rules, by GGUF name; a row that fits no block type gets the
+    /// scheme's rule anyway (quantizing it then fails naming the tensor).
     pub fn tensor_type(
         self,
         name: &str,
@@ -72,61 +31,29 @@ impl QuantScheme {
         n_layers: usize,
         has_output: bool,
     ) -> GgmlType {
-        let base = match self {
-            Self::Q8_0 => GgmlType::Q8_0,
-            Self::Q4_0 => GgmlType::Q4_0,
-            Self::Q4KM => GgmlType::Q4K,
-            Self::Q5KM => GgmlType::Q5K,
-            Self::Q6K => GgmlType::Q6K,
-        };
-        let head = name == "output.weight" || (!has_output && name == "token_embd.weight");
-        let more_bits_layer = matches!(self, Self::Q4KM | Self::Q5KM)
-            && (name.ends_with(".attn_v.weight") || name.ends_with(".ffn_down.weight"))
-            && layer_of(name).is_some_and(|l| more_bits(l, n_layers));
-        let ty = if self != Self::Q8_0 && (head || more_bits_layer) {
-            GgmlType::Q6K
+        let layer = layer_of(name);
+        let role = if name == "output.weight" || (!has_output && name == "token_embd.weight") {
+            MixRole::Head
+        } else if name == "token_embd.weight" {
+            MixRole::Embedding
+        } else if let (true, Some(layer)) = (name.ends_with(".attn_v.weight"), layer) {
+            MixRole::AttnV { layer }
+        } else if let (true, Some(layer)) = (name.ends_with(".ffn_down.weight"), layer) {
+            MixRole::FfnDown { layer }
         } else {
-            base
+            MixRole::Projection
         };
-        if cols.is_multiple_of(256) {
-            return ty;
-        }
-        match ty {
-            GgmlType::Q4K => GgmlType::Q5_0,
-            GgmlType::Q5K => GgmlType::Q5_1,
-            GgmlType::Q6K => GgmlType::Q8_0,
-            other => other,
-        }
-    }
-}
-
-impl FromStr for QuantScheme {
-    type Err = Error;
-    /// Case-insensitive llama.cpp name; errors (INVALID_ARGUMENT) list the accepted names.
-    fn from_str(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|q| q.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                let names: Vec<_> = Self::ALL.iter().map(|q| q.name()).collect();
-                Error::invalid_argument(format!(
-                    "quantization scheme \"{s}\" is not one of {}",
-                    names.join(", ")
-                ))
-            })
+        // A row of no whole 32-block: the rule for a 256-multiple row, then the quantizer
+        // refuses it by name.
+        self.role_type(role, cols, n_layers)
+            .or_else(|| self.role_type(role, 256, n_layers))
+            .unwrap_or(GgmlType::Q8_0)
     }
 }
 
 /// The layer number of `blk.N.*`.
 fn layer_of(name: &str) -> Option<usize> {
     name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
-}
-
-/// llama.cpp's `use_more_bits`: the first and last eighth of the layers and every third layer
-/// between them.
-fn more_bits(layer: usize, n_layers: usize) -> bool {
-    let eighth = n_layers / 8;
-    layer < eighth || layer >= 7 * n_layers / 8 || (layer - eighth) % 3 == 2
 }
 
 /// What [`requantize_gguf`] wrote.
@@ -197,18 +124,6 @@ pub fn requantize_gguf(src: &Path, dst: &Path, scheme: QuantScheme) -> Result<Re
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scheme_names_parse_and_unknown_ones_are_refused() {
-        for q in QuantScheme::ALL {
-            assert_eq!(q.name().to_lowercase().parse::<QuantScheme>().unwrap(), q);
-        }
-        let e = "Q3_K_S".parse::<QuantScheme>().unwrap_err();
-        assert!(
-            e.to_string().contains("Q3_K_S") && e.to_string().contains("Q4_K_M"),
-            "{e}"
-        );
-    }
 
     #[test]
     fn tensor_types_follow_the_mix_rules() {
