@@ -107,8 +107,9 @@ enum lpx_weight_dtype
   // ggml Q8_0, quantized at load from a dense checkpoint (quantized checkpoints are kept as
   // stored).
   LPX_WEIGHT_DTYPE_Q8_0 = 2,
-  // ggml Q4_K (Q6_K head), quantized at load from a dense checkpoint (quantized checkpoints
-  // are kept as stored).
+  // llama.cpp's Q4_K_M mix (Q4_K, Q6_K head and some v/down projections, legacy fallbacks
+  // for widths that are not whole super-blocks), quantized at load from a dense checkpoint
+  // (quantized checkpoints are kept as stored).
   LPX_WEIGHT_DTYPE_Q4_K = 3,
 };
 #ifndef __cplusplus

@@ -105,15 +105,18 @@ fn smollm2_gguf_matches_transformers() {
 
 #[test]
 fn tiny_llama_quantized_at_load_stays_close() {
-    // Q8_0 weights (relative error ~2^-8) moved these logits by up to 4.7e-2 x std (measured);
-    // tokens must agree except after a step whose margin is below the 8e-2 x std tolerance.
-    // tiny-llama's 64 columns are not a 256-block, so q4_k falls back to Q8_0 (and the
-    // 176-column down_proj stays f32) under both dtypes.
+    // Against transformers on the f32 weights, so the bound is the weights' quantization error
+    // on this model (the exact checks against transformers on the same quantized file are in
+    // tests/quantized_models.rs). Q8_0 weights (relative error ~2^-8) moved these logits by up
+    // to 4.7e-2 x std (measured): tolerance 8e-2. Under q4_k tiny-llama's 64 columns are not a
+    // 256-block, so its matrices take llama.cpp's Q5_0 fallback (~2^-5; the head Q8_0, the
+    // 176-column down_proj stays f32): measured up to 0.53 x std, tolerance 0.8. Tokens must
+    // agree except after a step whose margin is below the tolerance.
     let Some(shared) = common::shared_dir() else {
         return;
     };
     let fx = shared.join("fixtures/tiny-llama");
-    for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
-        check(&fx.join("model"), &fx.join("reference.json"), format, 8e-2);
+    for (format, tol) in [(WeightFormat::Q8_0, 8e-2), (WeightFormat::Q4K, 0.8)] {
+        check(&fx.join("model"), &fx.join("reference.json"), format, tol);
     }
 }

@@ -16,8 +16,8 @@ type WeightDType uint32
 const (
 	WeightF32  WeightDType = C.LPX_WEIGHT_DTYPE_F32
 	WeightBF16 WeightDType = C.LPX_WEIGHT_DTYPE_BF16
-	// WeightQ8_0 and WeightQ4_K quantize a dense checkpoint at load (Q4_K with a Q6_K head);
-	// quantized checkpoints are kept as stored.
+	// WeightQ8_0 and WeightQ4_K quantize a dense checkpoint at load (llama.cpp's Q8_0 and
+	// Q4_K_M mixes); quantized checkpoints are kept as stored.
 	WeightQ8_0 WeightDType = C.LPX_WEIGHT_DTYPE_Q8_0
 	WeightQ4_K WeightDType = C.LPX_WEIGHT_DTYPE_Q4_K
 )
