@@ -299,23 +299,34 @@ macro_rules! row_kernels {
         ) {
             let nb = a.nb;
             let nsb = nb.div_ceil(SB_BLOCKS);
+            // Super-block `g` of both rows, prefetched ahead and held as the path holds them:
+            // `(sa, sb2, form, blocks)`.
+            let sbb = wa.bytes.len() / nsb.max(1);
+            // A macro rather than a closure, so that it is certainly inlined.
+            macro_rules! pair {
+                ($g:expr) => {{
+                    let g = $g;
+                    let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
+                    prefetch(wa.bytes, g * sbb);
+                    prefetch(wb.bytes, g * sbb);
+                    // Used inside the `unsafe` block below (features, whole rows).
+                    let (s, f) = unpack::<TY>(wa, g, k);
+                    let (sa, form) = $prep(s, f);
+                    let (s2, _) = unpack::<TY>(wb, g, k);
+                    let (sb2, _) = $prep(s2, f);
+                    (sa, sb2, form, k)
+                }};
+            }
             // SAFETY: the caller's contract (features, whole rows, `xt` present); registers
             // and bounded slices only.
             unsafe {
-                let sbb = wa.bytes.len() / nsb.max(1);
                 if let ([aa], [ab]) = (&mut *acc_a, &mut *acc_b) {
                     // A single activation row: the blocks are dotted as unpacked and reduced
                     // (cheaper than transposing two rows of weights for one row), the
                     // accumulators stay in registers.
                     let (mut ra, mut rb) = (*aa, *ab);
                     for g in 0..nsb {
-                        let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
-                        prefetch(wa.bytes, g * sbb);
-                        prefetch(wb.bytes, g * sbb);
-                        let (s, f) = unpack::<TY>(wa, g, k);
-                        let (sa, form) = $prep(s, f);
-                        let (s2, _) = unpack::<TY>(wb, g, k);
-                        let (sb2, _) = $prep(s2, f);
+                        let (sa, sb2, form, k) = pair!(g);
                         let xo = r0 * a.cols + g * SB_ELEMS;
                         let xs = &a.q[xo..xo + k * 32];
                         let mut va = [_mm256_setzero_si256(); SB_BLOCKS];
@@ -333,13 +344,7 @@ macro_rules! row_kernels {
                     return;
                 }
                 for g in 0..nsb {
-                    let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
-                    prefetch(wa.bytes, g * sbb);
-                    prefetch(wb.bytes, g * sbb);
-                    let (s, f) = unpack::<TY>(wa, g, k);
-                    let (sa, form) = $prep(s, f);
-                    let (s2, _) = unpack::<TY>(wb, g, k);
-                    let (sb2, _) = $prep(s2, f);
+                    let (sa, sb2, form, k) = pair!(g);
                     let (ta, tb) = (transpose8(sa.v), transpose8(sb2.v));
                     for (i, (aa, ab)) in acc_a.iter_mut().zip(acc_b.iter_mut()).enumerate() {
                         let t = r0 + i;

@@ -318,15 +318,24 @@ unsafe fn unit_sb(v: [__m256i; SB_BLOCKS], d: __m256) -> Sb {
     }
 }
 
+/// The values of `$n <= 8` blocks, block `$j` from `$e`; zeros past `$n`. A macro, not a
+/// function taking a closure: the closure would not inherit the callers' target features.
+macro_rules! per_block {
+    ($n:expr, |$j:ident| $e:expr) => {{
+        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
+        for ($j, vj) in v.iter_mut().enumerate().take($n) {
+            *vj = $e;
+        }
+        v
+    }};
+}
+
 /// `n <= 8` Q8_0 blocks (34 bytes each; the caller guarantees `b.len() >= 34 n`).
 #[inline(always)]
 pub(super) unsafe fn q8_0(b: &[u8], n: usize) -> Sb {
     // SAFETY: AVX2 and F16C (module docs); block `j < n` spans `b[34 j..34 j + 34]`.
     unsafe {
-        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
-        for (j, vj) in v.iter_mut().enumerate().take(n) {
-            *vj = load32(b, 34 * j + 2);
-        }
+        let v = per_block!(n, |j| load32(b, 34 * j + 2));
         unit_sb(v, block_d(b, 34, n))
     }
 }
@@ -350,10 +359,7 @@ unsafe fn nibbles32(b: &[u8], at: usize) -> __m256i {
 pub(super) unsafe fn q4_0(b: &[u8], n: usize) -> Sb {
     // SAFETY: AVX2 and F16C (module docs); block `j < n` spans `b[18 j..18 j + 18]`.
     unsafe {
-        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
-        for (j, vj) in v.iter_mut().enumerate().take(n) {
-            *vj = nibbles32(b, 18 * j + 2);
-        }
+        let v = per_block!(n, |j| nibbles32(b, 18 * j + 2));
         unit_sb(v, block_d(b, 18, n))
     }
 }
@@ -386,10 +392,9 @@ unsafe fn fifth_bits(b: &[u8], at: usize) -> __m256i {
 pub(super) unsafe fn q5_0(b: &[u8], n: usize) -> Sb {
     // SAFETY: AVX2 and F16C (module docs); block `j < n` spans `b[22 j..22 j + 22]`.
     unsafe {
-        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
-        for (j, vj) in v.iter_mut().enumerate().take(n) {
-            *vj = _mm256_or_si256(nibbles32(b, 22 * j + 6), fifth_bits(b, 22 * j + 2));
-        }
+        let v = per_block!(n, |j| {
+            _mm256_or_si256(nibbles32(b, 22 * j + 6), fifth_bits(b, 22 * j + 2))
+        });
         unit_sb(v, block_d(b, 22, n))
     }
 }
@@ -415,10 +420,9 @@ unsafe fn min_unit_sb(v: [__m256i; SB_BLOCKS], d: __m256, m: __m256) -> Sb {
 pub(super) unsafe fn q5_1(b: &[u8], n: usize) -> Sb {
     // SAFETY: AVX2 and F16C (module docs); block `j < n` spans `b[24 j..24 j + 24]`.
     unsafe {
-        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
-        for (j, vj) in v.iter_mut().enumerate().take(n) {
-            *vj = _mm256_or_si256(nibbles32(b, 24 * j + 8), fifth_bits(b, 24 * j + 4));
-        }
+        let v = per_block!(n, |j| {
+            _mm256_or_si256(nibbles32(b, 24 * j + 8), fifth_bits(b, 24 * j + 4))
+        });
         min_unit_sb(v, block_f16(b, 24, n, 0), block_f16(b, 24, n, 2))
     }
 }
@@ -428,10 +432,7 @@ pub(super) unsafe fn q5_1(b: &[u8], n: usize) -> Sb {
 pub(super) unsafe fn q4_1(b: &[u8], n: usize) -> Sb {
     // SAFETY: AVX2 and F16C (module docs); block `j < n` spans `b[20 j..20 j + 20]`.
     unsafe {
-        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
-        for (j, vj) in v.iter_mut().enumerate().take(n) {
-            *vj = nibbles32(b, 20 * j + 4);
-        }
+        let v = per_block!(n, |j| nibbles32(b, 20 * j + 4));
         min_unit_sb(v, block_f16(b, 20, n, 0), block_f16(b, 20, n, 2))
     }
 }
@@ -450,10 +451,7 @@ pub(super) unsafe fn iq4_nl(b: &[u8], n: usize) -> Sb {
     unsafe {
         let table = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
         let table = _mm256_set_m128i(table, table);
-        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
-        for (j, vj) in v.iter_mut().enumerate().take(n) {
-            *vj = _mm256_shuffle_epi8(table, nibbles32(b, 18 * j + 2));
-        }
+        let v = per_block!(n, |j| _mm256_shuffle_epi8(table, nibbles32(b, 18 * j + 2)));
         unit_sb(v, block_d(b, 18, n))
     }
 }
