@@ -87,6 +87,8 @@ pub struct Options {
     pub lora_batch: usize,
     /// Label of the model the adapter measurement runs on.
     pub lora_model: String,
+    /// Rank of the adapters of the multi-LoRA batch (at most 16, the engine's `max_lora_rank`).
+    pub lora_rank: usize,
     /// llama.cpp's `OMP_WAIT_POLICY`; None = auto: passive when the load average at a model's
     /// start exceeds `threads` (oversubscribed), llama.cpp's default otherwise.
     pub llama_wait: Option<WaitPolicy>,
@@ -201,6 +203,14 @@ fn llama_measure(
     }
 }
 
+/// A `kB` field of /proc/self/status (`VmRSS`, `VmHWM`) in bytes; `None` where unavailable.
+fn proc_status_bytes(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
 /// `(tensor bytes, count of tensors per type)` from the file's GGUF header.
 fn file_tensors(path: &Path) -> Result<(u64, BTreeMap<String, usize>), String> {
     let g = GgufFile::open(path).map_err(|e| e.to_string())?;
@@ -217,7 +227,7 @@ fn lora_batch(engine: &Engine, o: &Options) -> Result<Value, Box<dyn std::error:
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let result = (|| -> Result<Value, Box<dyn std::error::Error>> {
-        let names = write_adapters(engine, &dir, o.lora_batch)?;
+        let names = write_adapters(engine, &dir, o.lora_batch, o.lora_rank)?;
         engine.register_peft_source(&dir, None)?;
         engine.refresh()?;
         let distinct: Vec<Option<String>> = names.iter().cloned().map(Some).collect();
@@ -234,7 +244,7 @@ fn lora_batch(engine: &Engine, o: &Options) -> Result<Value, Box<dyn std::error:
         let (mb, md) = (median(&base), median(&dist));
         Ok(json!({
             "batch": o.lora_batch,
-            "adapter": {"rank": 8, "targets": "all 7"},
+            "adapter": {"rank": o.lora_rank, "targets": "all 7"},
             "all_base": {"median_tokens_per_s": mb, "samples_tokens_per_s": base},
             "distinct_adapters": {"median_tokens_per_s": md, "samples_tokens_per_s": dist},
             "ratio_distinct_over_base": ratio(md, mb),
@@ -303,12 +313,18 @@ pub fn run(
         match &engine {
             Ok(e) => {
                 let resident = e.stats().weight_bytes as f64;
+                // The process's resident memory with this engine loaded and warmed up (the
+                // engines of earlier models are dropped by then), and its peak so far.
+                let (rss, peak) = (proc_status_bytes("VmRSS"), proc_status_bytes("VmHWM"));
                 entry.insert(
                     "loraplex".into(),
                     json!({
                         "weight_dtype": o.weight_dtype,
                         "resident_weight_bytes": resident,
                         "resident_over_file_tensor_bytes": file_bytes.map(|f| resident / f),
+                        "process_rss_bytes": rss,
+                        "process_rss_over_file_tensor_bytes": rss.zip(file_bytes).map(|(r, f)| r / f),
+                        "process_peak_rss_bytes": peak,
                     }),
                 );
             }

@@ -18,7 +18,7 @@
 //!       [--sections weights,lora,compare] [--models LABEL|FILE,...] [--bench-dir models/bench]
 //!       [--big] [--rounds 2] [--batches 1,8,32] [--prefill 256,512] [--weight-dtype bf16]
 //!       [--llama-bin DIR] [--llama-omp-wait auto|default|passive|active]
-//!       [--lora-batch 8] [--lora-model smollm2-135m-bf16] [--compare-decode-tokens N]
+//!       [--lora-batch 8] [--lora-model smollm2-135m-bf16] [--lora-rank 8] [--compare-decode-tokens N]
 //! ```
 //! Threads default to the machine's cores (both engines get the same count). `--quick` also
 //! shrinks the compare section (batches 1,8; prefill 256; 16 decode tokens; three SmolLM2 files)
@@ -67,8 +67,8 @@ fn lora_section(
     cfg.max_lora_rank = 16;
     let engine = Engine::new(cfg)?;
     let shape = ModelShape::of(engine.model_config(), loraplex::tensor::DType::F32);
-    let spec = adapter_spec();
-    let names = write_adapters(&engine, &peft, n_adapters)?;
+    let spec = adapter_spec(8);
+    let names = write_adapters(&engine, &peft, n_adapters, 8)?;
     // Cold load (parse + validate + normalise) per format, best of 3.
     let a0 = synthesize("fmt", &shape, &spec, 7);
     let limits = AdapterLimits { max_lora_rank: 64 };
@@ -261,6 +261,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         prefill: vec![256, 512],
         weight_dtype: "bf16".into(),
         lora_batch: 8,
+        lora_rank: 8,
         lora_model: "smollm2-135m-bf16".into(),
         llama_wait: None,
     };
@@ -291,6 +292,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--weight-dtype" => opts.weight_dtype = val()?,
             "--lora-batch" => opts.lora_batch = val()?.parse()?,
             "--lora-model" => opts.lora_model = val()?,
+            "--lora-rank" => opts.lora_rank = val()?.parse()?,
             "--llama-omp-wait" => {
                 opts.llama_wait = match val()?.as_str() {
                     "auto" => None,

@@ -97,13 +97,14 @@ pub fn write_adapters(
     engine: &Engine,
     peft: &Path,
     n: usize,
+    rank: usize,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     use loraplex::adapters::export::{export, ExportFormat};
     use loraplex::adapters::synth::synthesize;
     use loraplex::adapters::ModelShape;
 
     let shape = ModelShape::of(engine.model_config(), loraplex::tensor::DType::F32);
-    let spec = adapter_spec();
+    let spec = adapter_spec(rank);
     let names: Vec<String> = (0..n).map(|i| format!("bench-{i:02}")).collect();
     for (i, name) in names.iter().enumerate() {
         export(
@@ -116,10 +117,11 @@ pub fn write_adapters(
     Ok(names)
 }
 
-/// The adapters every bench section uses: rank 8, all seven target modules, scale 2.
-pub fn adapter_spec() -> loraplex::adapters::synth::SynthSpec<'static> {
+/// The adapters the bench sections use: `rank` (8 unless `--lora-rank` says otherwise in the
+/// compare section), all seven target modules, scale 2.
+pub fn adapter_spec(rank: usize) -> loraplex::adapters::synth::SynthSpec<'static> {
     loraplex::adapters::synth::SynthSpec {
-        rank: 8,
+        rank,
         scale: 2.0,
         targets: &loraplex::backend::LoraTarget::ALL,
         shared_a: true,
