@@ -316,10 +316,9 @@ pub fn run(
                 // The process's resident memory with this engine loaded and warmed up (the
                 // engines of earlier models are dropped by then), and its peak so far.
                 let (rss, peak) = (proc_status_bytes("VmRSS"), proc_status_bytes("VmHWM"));
-                // The KV cache is workload memory (sized by `kv_cache_bytes`, 1 GiB when
-                // unset), not the model's: the RSS without it says what the weights cost.
+                // The planned KV cache (`kv_cache_bytes`, 1 GiB when unset); its pages count in
+                // the RSS only once KV blocks are written.
                 let kv = e.stats().kv_cache_bytes as f64;
-                let rss_no_kv = rss.map(|r| r - kv);
                 entry.insert(
                     "loraplex".into(),
                     json!({
@@ -329,9 +328,7 @@ pub fn run(
                         "process_rss_bytes": rss,
                         "process_rss_over_file_tensor_bytes": rss.zip(file_bytes).map(|(r, f)| r / f),
                         "process_peak_rss_bytes": peak,
-                        "kv_cache_bytes": kv,
-                        "process_rss_without_kv_cache_over_file_tensor_bytes":
-                            rss_no_kv.zip(file_bytes).map(|(r, f)| r / f),
+                        "kv_cache_planned_bytes": kv,
                     }),
                 );
             }

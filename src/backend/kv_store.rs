@@ -51,12 +51,17 @@ pub(crate) fn kv_layer_elems(geom: &KvGeometry) -> Result<usize> {
 
 impl KvStore {
     /// A zeroed cache; errors (INVALID_ARGUMENT) on a zero or overflowing geometry.
+    ///
+    /// Every layer is allocated zeroed on its own (not cloned from one zeroed layer, which
+    /// writes every page): the OS commits a page when a KV block first writes it, so the
+    /// process's resident memory grows with the tokens cached, not with the planned size.
     pub fn new(geom: KvGeometry) -> Result<Self> {
         let n = kv_layer_elems(&geom)?;
+        let zeroed = || (0..geom.num_layers).map(|_| vec![0.0; n]).collect();
         Ok(Self {
             geom,
-            k: vec![vec![0.0; n]; geom.num_layers],
-            v: vec![vec![0.0; n]; geom.num_layers],
+            k: zeroed(),
+            v: zeroed(),
         })
     }
 
