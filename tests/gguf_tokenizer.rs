@@ -33,10 +33,6 @@ fn open(name: &str) -> GgufFile {
     GgufFile::open(&fixture(name)).unwrap()
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    serde_json::from_value(v.clone()).unwrap()
-}
-
 /// Checks every case (encode with special tokens, decode with and without them); returns the
 /// number of cases.
 fn check_cases(tok: &Tokenizer, cases: &Value, label: &str) -> usize {
@@ -44,7 +40,7 @@ fn check_cases(tok: &Tokenizer, cases: &Value, label: &str) -> usize {
     assert!(cases.len() > 20, "{label}: too few cases");
     for c in cases {
         let text = c["text"].as_str().unwrap();
-        let want = ids(&c["ids"]);
+        let want = common::token_ids(&c["ids"]);
         let got = tok.encode(text, true).unwrap();
         assert_eq!(got, want, "{label}: encode {text:?}");
         assert_eq!(
@@ -77,7 +73,7 @@ fn sentencepiece_matches_reference() {
         assert_eq!(rendered, chat["rendered"].as_str().unwrap());
         assert!(rendered.starts_with("<s>[INST]"), "{rendered:?}");
         let got = tok.encode(&rendered, false).unwrap();
-        assert_eq!(got, ids(&chat["ids"]), "chat {rendered:?}");
+        assert_eq!(got, common::token_ids(&chat["ids"]), "chat {rendered:?}");
         assert_eq!(got[0], 1, "one BOS, from the template");
         assert_ne!(got[1], 1);
     }

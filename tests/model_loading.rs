@@ -9,7 +9,6 @@ use std::path::Path;
 
 use loraplex::config::EngineConfig;
 use loraplex::engine::{Engine, FinishReason, Prompt, Request};
-use loraplex::model::ModelFiles;
 use loraplex::sampling::SamplingParams;
 use loraplex::ErrorCode;
 use serde_json::{json, Value};
@@ -30,18 +29,6 @@ fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, Value>
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     edit(v.as_object_mut().unwrap());
     std::fs::write(&p, v.to_string()).unwrap();
-}
-
-/// The tensors of the tiny model in `dir`, sorted by name.
-fn tensors_of(dir: &Path) -> Vec<common::NamedTensor> {
-    let files = ModelFiles::load(dir).unwrap();
-    let mut v: Vec<common::NamedTensor> = files
-        .tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), t.shape.clone(), t.to_f32_vec()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 fn greedy(n: usize, ignore_eos: bool) -> SamplingParams {
@@ -67,7 +54,7 @@ fn an_unused_tensor_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join("m");
     common::write_tiny_model(&m, common::TinySpec::default());
-    let mut t = tensors_of(&m);
+    let mut t = common::tensors_of(&m);
     t.push((
         "model.layers.1.self_attn.q_proj.bias".into(),
         vec![32],
@@ -128,7 +115,7 @@ fn derivable_tensors_are_skipped_only_when_they_match() {
     let plain = dir.path().join("plain");
     common::write_tiny_model(&plain, spec);
     let want = last_logits(&Engine::new(engine_cfg(&plain)).unwrap());
-    let t = tensors_of(&plain);
+    let t = common::tensors_of(&plain);
     let embed = t
         .iter()
         .find(|x| x.0 == "model.embed_tokens.weight")

@@ -24,18 +24,9 @@ use loraplex::model::gguf::{GgmlType, GgufFile};
 use loraplex::model::ModelFiles;
 use loraplex::sampling::SamplingParams;
 use ndarray::Array2;
-use serde_json::Value;
 
 /// Logit tolerance as a fraction of the reference row's standard deviation (see module docs).
 const QUANT_TOL: f32 = 0.5;
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 #[test]
 fn smollm2_quantized_base_and_adapter_in_mixed_batches_match_peft() {
@@ -84,7 +75,7 @@ fn smollm2_quantized_base_and_adapter_in_mixed_batches_match_peft() {
             };
             let r = Request {
                 model: (variant != "__base__").then(|| variant.to_string()),
-                prompt: Prompt::Tokens(ids(&prompt["token_ids"])),
+                prompt: Prompt::Tokens(common::token_ids(&prompt["token_ids"])),
                 sampling: sp,
             };
             jobs.push((variant, p, engine.submit(r).unwrap()));
@@ -123,7 +114,7 @@ fn smollm2_quantized_base_and_adapter_in_mixed_batches_match_peft() {
             .iter()
             .map(|x| x.as_f64().unwrap() as f32)
             .collect();
-        let want_ids = ids(&res["new_token_ids"]);
+        let want_ids = common::token_ids(&res["new_token_ids"]);
         if let Err(m) =
             common::tokens_match(&o.token_ids, &want_ids, &margins, 2.0 * QUANT_TOL * std)
         {

@@ -54,14 +54,6 @@ fn sha256(path: &Path) -> String {
         .collect()
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array()
         .unwrap()
@@ -110,7 +102,7 @@ fn check_scheme(scheme: QuantScheme, r: &common::Smollm2Reference, dir: &Path) -
             let p = res["prompt"].as_u64().unwrap() as usize;
             let req = Request {
                 model: (variant != "__base__").then(|| variant.clone()),
-                prompt: Prompt::Tokens(ids(&prompts["prompts"][p]["token_ids"])),
+                prompt: Prompt::Tokens(common::token_ids(&prompts["prompts"][p]["token_ids"])),
                 sampling: SamplingParams {
                     max_tokens: 24,
                     temperature: 0.0,
@@ -144,9 +136,12 @@ fn check_scheme(scheme: QuantScheme, r: &common::Smollm2Reference, dir: &Path) -
             failures.push(format!("{label}: logits max|diff| {worst:.3e} > {tol:.3e}"));
         }
         let margins = floats(&res["step_top1_minus_top2"]);
-        if let Err(m) =
-            common::tokens_match(&out.token_ids, &ids(&res["new_token_ids"]), &margins, tol)
-        {
+        if let Err(m) = common::tokens_match(
+            &out.token_ids,
+            &common::token_ids(&res["new_token_ids"]),
+            &margins,
+            tol,
+        ) {
             failures.push(format!("{label}: {m}"));
         }
     }

@@ -14,14 +14,6 @@ use loraplex::sampling::SamplingParams;
 use ndarray::Array2;
 use serde_json::Value;
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn greedy() -> SamplingParams {
     SamplingParams {
         max_tokens: 24,
@@ -56,7 +48,7 @@ fn check_variants(e: &Engine, reference: &Path, rel_tol: f32) -> Vec<String> {
         for (p, prompt) in prompts.iter().enumerate() {
             let r = Request {
                 model: Some(name.clone()),
-                prompt: Prompt::Tokens(ids(&prompt["token_ids"])),
+                prompt: Prompt::Tokens(common::token_ids(&prompt["token_ids"])),
                 sampling: greedy(),
             };
             jobs.push((name.clone(), p, v.clone(), e.submit(r).unwrap()));
@@ -127,7 +119,7 @@ fn tiny_llama_hf_adapters_and_mixed_batch_match_peft() {
             let model = (adapter != "__base__").then(|| adapter.to_string());
             e.submit(Request {
                 model,
-                prompt: Prompt::Tokens(ids(&prompts[p]["token_ids"])),
+                prompt: Prompt::Tokens(common::token_ids(&prompts[p]["token_ids"])),
                 sampling: greedy(),
             })
             .unwrap()
@@ -144,9 +136,12 @@ fn tiny_llama_hf_adapters_and_mixed_batch_match_peft() {
             .iter()
             .map(|x| x.as_f64().unwrap() as f32)
             .collect();
-        if let Err(m) =
-            common::tokens_match(&o.token_ids, &ids(&r["new_token_ids"]), &margins, 1e-4)
-        {
+        if let Err(m) = common::tokens_match(
+            &o.token_ids,
+            &common::token_ids(&r["new_token_ids"]),
+            &margins,
+            1e-4,
+        ) {
             failures.push(format!("mixed row {} ({adapter}): {m}", r["row"]));
         }
     }

@@ -30,14 +30,6 @@ fn reference(dir: &Path, file: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap()
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn engine(model: &Path, adapters: Option<PathBuf>) -> Engine {
     engine_as(model, adapters, WeightFormat::F32)
 }
@@ -81,7 +73,7 @@ fn check_on(e: &Engine, model: &Path, dir: &Path, refj: &Value) -> Vec<String> {
         for (p, prompt) in prompts.iter().enumerate() {
             let r = Request {
                 model: (name != "__base__").then(|| name.clone()),
-                prompt: Prompt::Tokens(ids(&prompt["token_ids"])),
+                prompt: Prompt::Tokens(common::token_ids(&prompt["token_ids"])),
                 sampling: sampling.clone(),
             };
             jobs.push((name.clone(), p, v.clone(), e.submit(r).unwrap()));
@@ -120,7 +112,12 @@ fn check_both(name: &str) {
             .tokenizer
             .encode(p["text"].as_str().unwrap(), false)
             .unwrap();
-        assert_eq!(got, ids(&p["token_ids"]), "{name}: {}", p["text"]);
+        assert_eq!(
+            got,
+            common::token_ids(&p["token_ids"]),
+            "{name}: {}",
+            p["text"]
+        );
     }
     let mut failures = check(&dir.join("model"), &dir, &refj);
     if let Some(g) = refj["gguf"].as_str() {
@@ -130,7 +127,11 @@ fn check_both(name: &str) {
         for p in refj["prompts"].as_array().unwrap() {
             let text = p["text"].as_str().unwrap();
             let got = gguf.tokenizer.encode(text, false).unwrap();
-            assert_eq!(got, ids(&p["hf_tokenizer_ids"]), "{g}: {text}");
+            assert_eq!(
+                got,
+                common::token_ids(&p["hf_tokenizer_ids"]),
+                "{g}: {text}"
+            );
         }
         failures.extend(check(&dir.join(g), &dir, &refj));
     }
@@ -287,24 +288,12 @@ fn other_architectures_are_refused_naming_them() {
     );
 }
 
-/// The tensors of a fixture model as f32, sorted by name.
-fn tensors_of(dir: &Path) -> Vec<common::NamedTensor> {
-    let files = ModelFiles::load(dir).unwrap();
-    let mut v: Vec<common::NamedTensor> = files
-        .tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), t.shape.clone(), t.to_f32_vec()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 #[test]
 fn unused_or_missing_architecture_tensors_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     // Qwen3 has no biases: an o_proj bias is unused.
     let m = edited_copy("qwen3", tmp.path(), |_| {});
-    let mut t = tensors_of(&m);
+    let mut t = common::tensors_of(&m);
     t.push((
         "model.layers.1.self_attn.o_proj.bias".into(),
         vec![64],
@@ -328,7 +317,7 @@ fn unused_or_missing_architecture_tensors_are_named() {
     );
     // Qwen2 without one of its biases: missing, named.
     let m = edited_copy("qwen2", tmp.path(), |_| {});
-    let mut t = tensors_of(&m);
+    let mut t = common::tensors_of(&m);
     t.retain(|x| x.0 != "model.layers.0.self_attn.v_proj.bias");
     common::write_safetensors(&m.join("model.safetensors"), &t);
     expect_err(
@@ -357,7 +346,10 @@ fn quantized_weights_keep_every_family_close() {
                 ..SamplingParams::default()
             };
             let o = e
-                .generate(Request::new(Prompt::Tokens(ids(&prompt["token_ids"])), sp))
+                .generate(Request::new(
+                    Prompt::Tokens(common::token_ids(&prompt["token_ids"])),
+                    sp,
+                ))
                 .unwrap();
             let want = logits.row(p);
             let got = o.last_logits.unwrap();

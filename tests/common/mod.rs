@@ -303,6 +303,23 @@ pub fn write_tiny_model(dir: &Path, spec: TinySpec) {
 /// A tensor to write: name, shape, f32 values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
+/// The tensors of the model in `dir` as f32, sorted by name.
+pub fn tensors_of(dir: &Path) -> Vec<NamedTensor> {
+    let files = loraplex::model::ModelFiles::load(dir).unwrap();
+    let mut v: Vec<NamedTensor> = files
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape.clone(), t.to_f32_vec()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Token ids from a JSON array of numbers (the reference fixtures' `token_ids`).
+pub fn token_ids(v: &serde_json::Value) -> Vec<u32> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
 /// Writes f32 tensors to a safetensors file.
 pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) {
     let bytes: Vec<Vec<u8>> = tensors
