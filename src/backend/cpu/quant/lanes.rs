@@ -187,10 +187,12 @@ pub(super) fn prefetch(bytes: &[u8], at: usize) {
     }
 }
 
-/// Generates a path's row kernels, `row1::<TY>` (one weight row against a block of activation
-/// rows) and `row2::<TY>` (two weight rows of the same type against one activation load),
-/// both on the transposed layout (see [`transpose8`]), monomorphic per type code (`superblock::T_*`) and small, so that
-/// each keeps its super-block in registers. The path's functions:
+/// Generates a path's row kernels, monomorphic per type code (`superblock::T_*`) and small, so
+/// that each keeps its super-blocks in registers: `row2::<TY>` (two weight rows of one type
+/// against each activation load; transposed layout, or for a single activation row the blocks
+/// dotted as unpacked and reduced) and `row1::<TY>` (one weight row, transposed layout: the odd
+/// row left over, a row whose neighbour has another type, and the decoded types). The path's
+/// functions:
 /// - `$dot`: `fn(u: __m256i, x: __m256i, signed: bool) -> __m256i`, 8 lanes of exact partial
 ///   sums of one block dotted as unpacked (lanes 0-3 covering elements 0-15);
 /// - `$dot_t`: `unsafe fn(&[__m256i; 8], *const i8 /* 256 bytes */, signed) -> (__m256i,
@@ -250,21 +252,6 @@ macro_rules! row_kernels {
             // SAFETY: the caller's contract (features, whole rows); registers and bounded
             // slices only.
             unsafe {
-                if let [one] = acc {
-                    // A single row: the accumulator stays in a register.
-                    let mut r = *one;
-                    let sbb = w.bytes.len() / nsb.max(1);
-                    for g in 0..nsb {
-                        let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
-                        prefetch(w.bytes, g * sbb);
-                        let (s, f) = unpack::<TY>(w, g, k);
-                        let (sb, form) = $prep(s, f);
-                        let wt = transpose8(sb.v);
-                        r = _mm256_add_ps(r, block_t(&sb, form, &wt, a, xt, r0, g, k));
-                    }
-                    *one = r;
-                    return;
-                }
                 let sbb = w.bytes.len() / nsb.max(1);
                 for g in 0..nsb {
                     let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
