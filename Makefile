@@ -45,6 +45,10 @@ test-rust: model
 	$(CARGO) build --release --lib
 	mkdir -p target && $(CARGO) test --release --all-targets 2>&1 | tee target/test.log; exit $${PIPESTATUS[0]}
 	$(CARGO) test --release --doc
+	# The GGUF tokenizers against the vocabularies llama.cpp tests its own with (the pinned sdist's
+	# models/ggml-vocab-*, downloaded once, not built).
+	LLAMA_CPP_VOCABS="$$(bash scripts/llama-cpp.sh --source | tail -n 1)/models" \
+	  $(CARGO) test --release --test gguf_tokenizer -- --ignored
 
 # cargo fmt --check and clippy with every warning an error, over every target.
 lint:

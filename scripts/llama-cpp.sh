@@ -3,6 +3,8 @@
 # llama-cpp-python (its vendored `vendor/llama.cpp`), CPU only, Release, GGML_NATIVE=ON, no curl.
 #
 #   scripts/llama-cpp.sh            builds (once) and prints the bin dir on stdout's last line
+#   scripts/llama-cpp.sh --source   only downloads and extracts the source (once) and prints its
+#                                   dir (tests read its models/ggml-vocab-* tokenizer vocabularies)
 #
 # Pin: llama-cpp-python==0.3.36 (the newest on PyPI when this script was written). The build goes
 # to <repo>/.cache/llama.cpp/<version>/ (gitignored); a finished build (marked by a `.built` file
@@ -25,8 +27,14 @@ bin="$cache/build/bin"
 stamp="$cache/.built"
 
 log() { echo "llama-cpp: $*" >&2; }
+mode=build
+case "${1:-}" in
+    "") ;;
+    --source) mode=source ;;
+    *) log "error: unknown argument '$1' (usage: llama-cpp.sh [--source])"; exit 2 ;;
+esac
 
-if [[ -f "$stamp" ]]; then
+if [[ $mode == build && -f "$stamp" ]]; then
     ok=1
     for t in "${TOOLS[@]}"; do [[ -x "$bin/$t" ]] || ok=0; done
     if [[ $ok == 1 ]]; then
@@ -36,7 +44,9 @@ if [[ -f "$stamp" ]]; then
     fi
 fi
 
-for tool in python3 cc c++ make; do
+needed=(python3 cc c++ make)
+[[ $mode == source ]] && needed=(python3)
+for tool in "${needed[@]}"; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         log "error: '$tool' is required to build llama.cpp and is not on PATH"
         exit 1
@@ -49,7 +59,7 @@ fi
 
 mkdir -p "$cache"
 CMAKE="$(command -v cmake || true)"
-if [[ -z "$CMAKE" ]]; then
+if [[ $mode == build && -z "$CMAKE" ]]; then
     if [[ ! -x "$cache/cmake-venv/bin/cmake" ]]; then
         log "cmake not found; installing it with pip into $cache/cmake-venv"
         python3 -m venv "$cache/cmake-venv"
@@ -84,6 +94,10 @@ if [[ ! -f "$src/CMakeLists.txt" ]]; then
     fi
     rm -rf "$src"
     mv "$vendor" "$src"
+fi
+if [[ $mode == source ]]; then
+    echo "$src"
+    exit 0
 fi
 
 jobs="${LLAMA_CPP_JOBS:-$(nproc 2>/dev/null || echo 2)}"

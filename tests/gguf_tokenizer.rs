@@ -377,8 +377,9 @@ fn malformed_byte_level_metadata_is_refused_naming_the_key() {
 /// `.gguf.inp`/`.gguf.out` pair exists, where `.out` holds the ids the model's HuggingFace
 /// tokenizer gives each `.inp` text (separated by `__ggml_vocab_test__` lines). Vocabularies this
 /// builder refuses (UNSUPPORTED) are listed, not failed; every other one must match exactly.
-/// Run: `LLAMA_CPP_VOCABS=.../llama.cpp/models cargo test --release --test gguf_tokenizer --
-/// --ignored`.
+/// `make test` runs it on the pinned llama-cpp-python sdist's vocabularies
+/// (`scripts/llama-cpp.sh --source`); by hand: `LLAMA_CPP_VOCABS=.../llama.cpp/models cargo test
+/// --release --test gguf_tokenizer -- --ignored`.
 #[test]
 #[ignore = "needs LLAMA_CPP_VOCABS (llama.cpp's models/ directory, MBs of vocabularies)"]
 fn llama_cpp_vocabularies_match_their_reference_ids() {
