@@ -24,6 +24,7 @@ fn chat(model: Option<String>, question: &str) -> Request {
             temperature: 0.0,
             ..SamplingParams::default()
         },
+        ..Request::default()
     }
 }
 

@@ -155,6 +155,7 @@ fn run(args: Args) -> Result<(), String> {
                 model: model.clone(),
                 prompt: Prompt::Tokens(token_ids(&p["token_ids"])),
                 sampling: greedy(n_new),
+                ..Request::default()
             };
             match engine.submit(req) {
                 Ok(id) => ids.push(id),
@@ -203,6 +204,7 @@ fn run(args: Args) -> Result<(), String> {
                 model,
                 prompt: Prompt::Tokens(token_ids(&prompts[p]["token_ids"])),
                 sampling: greedy(n_new),
+                ..Request::default()
             };
             match engine.submit(req) {
                 Ok(id) => submitted.push((r["row"].clone(), Some(id), String::new())),

@@ -7,6 +7,8 @@
  * lpx_error_free) and writes its out-params only on success. Returned char* strings are freed
  * with lpx_string_free; returned const char* borrow from their owning object. Every lpx_engine_*
  * call may run concurrently from any thread, except lpx_engine_free.
+ *
+ * Versioned structs (lpx_engine_config, lpx_request): see the end of this file.
  */
 
 #ifndef LORAPLEX_H
@@ -120,6 +122,33 @@ typedef uint32_t lpx_weight_dtype;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// What shape the output must have (`lpx_request.response_format`).
+enum lpx_response_format_type
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // Free text (default).
+  LPX_RESPONSE_FORMAT_TYPE_TEXT = 0,
+  // Any JSON object (OpenAI `{"type": "json_object"}`).
+  LPX_RESPONSE_FORMAT_TYPE_JSON_OBJECT = 1,
+  // JSON valid against the JSON Schema in `response_format_value`.
+  LPX_RESPONSE_FORMAT_TYPE_JSON_SCHEMA = 2,
+  // Text matching the regular expression in `response_format_value` in full.
+  LPX_RESPONSE_FORMAT_TYPE_REGEX = 3,
+  // Exactly one of `response_format_choices`.
+  LPX_RESPONSE_FORMAT_TYPE_CHOICE = 4,
+  // Text of the Lark grammar in `response_format_value`.
+  LPX_RESPONSE_FORMAT_TYPE_GRAMMAR = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum lpx_response_format_type lpx_response_format_type;
+#else
+typedef uint32_t lpx_response_format_type;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // A running engine: one base model plus its adapters, a worker thread and a request table.
 // Opaque; created by `lpx_engine_create`, freed by `lpx_engine_free`. Every `lpx_engine_*`
 // function except `lpx_engine_free` may be called concurrently from any thread.
@@ -130,16 +159,18 @@ typedef struct lpx_engine lpx_engine;
 // any thread.
 typedef struct lpx_error lpx_error;
 
-// A delta of a request's result (text, token ids, log-probabilities, usage, finish reason).
-// Opaque, immutable, owned by the caller; free with `lpx_output_free`. Safe to read from any
-// thread.
+// A delta of one choice of a request's result (text, token ids, log-probabilities, usage,
+// finish reason, the prompt on the choice's first output when asked for). Opaque, immutable,
+// owned by the caller; free with `lpx_output_free`. Safe to read from any thread.
 typedef struct lpx_output lpx_output;
 
-// Engine configuration. Fill with `lpx_engine_config_init` (defaults), optionally
-// `lpx_engine_config_from_env`, then set fields. Strings are borrowed for the duration of
-// `lpx_engine_create` only. Zero in a numeric field means "the default" where noted.
+// Engine configuration, a versioned struct ("Versioned structs" at the end of loraplex.h).
+// Fill with `lpx_engine_config_init` (defaults), optionally `lpx_engine_config_from_env`, then
+// set fields. Strings are borrowed for the duration of `lpx_engine_create` only. Zero in a
+// numeric field means "the default" where noted.
 typedef struct {
-  // `sizeof(lpx_engine_config)` as compiled by the caller; set by `lpx_engine_config_init`.
+  // `sizeof(lpx_engine_config)` as compiled by the caller; set by `lpx_engine_config_init`
+  // (`lpx_engine_config_init_sized`).
   uint32_t struct_size;
   // Base model: a HuggingFace model directory or a `.gguf` file (required, UTF-8).
   const char *model;
@@ -187,11 +218,20 @@ typedef struct {
   const char *content;
 } lpx_message;
 
-// A generation request. Fill with `lpx_request_init`, then set exactly one of `prompt`,
-// `prompt_tokens` or `messages`. Everything is borrowed for the duration of
-// `lpx_engine_submit` only.
+// One token bias of `lpx_request.logit_bias`.
 typedef struct {
-  // `sizeof(lpx_request)` as compiled by the caller; set by `lpx_request_init`.
+  // Token id (inside the vocabulary).
+  uint32_t token;
+  // Added to the token's logit, in [-100, 100].
+  float bias;
+} lpx_logit_bias;
+
+// A generation request, a versioned struct ("Versioned structs" at the end of loraplex.h).
+// Fill with `lpx_request_init`, then set exactly one of `prompt`, `prompt_tokens` or
+// `messages`. Everything is borrowed for the duration of `lpx_engine_submit` only.
+typedef struct {
+  // `sizeof(lpx_request)` as compiled by the caller; set by `lpx_request_init`
+  // (`lpx_request_init_sized`).
   uint32_t struct_size;
   // The base model's served name or an adapter name; NULL or "" = base model.
   const char *model;
@@ -238,6 +278,37 @@ typedef struct {
   float presence_penalty;
   // OpenAI frequency penalty in [-2, 2].
   float frequency_penalty;
+  // Token biases (OpenAI `logit_bias`), or NULL: each bias in [-100, 100] is added to its
+  // token's logit before sampling (-100 in effect bans the token, 100 forces it); each token
+  // id at most once and inside the vocabulary.
+  const lpx_logit_bias *logit_bias;
+  // Number of `logit_bias` entries.
+  size_t logit_bias_len;
+  // The constraint's text for `response_format` `JSON_SCHEMA` (the schema as JSON text),
+  // `REGEX` (the regular expression the whole output must match) and `GRAMMAR` (a Lark
+  // grammar whose start rule is `start`); NULL for the other types (UTF-8).
+  const char *response_format_value;
+  // The strings of `response_format` `CHOICE` (the output is exactly one of them; UTF-8),
+  // NULL for the other types.
+  const char *const *response_format_choices;
+  // Number of `response_format_choices` (≥ 1 for `CHOICE`).
+  size_t response_format_choices_len;
+  // Choices to return (OpenAI `n`, 1..=64; default 1). The choices share the prompt (it is
+  // computed once) and each draws from its own random stream; outputs carry their choice's
+  // `lpx_output_index`.
+  uint32_t n;
+  // Choices to generate (OpenAI `best_of`, ≥ `n`, ≤ 64; 0 = `n`, the default): the `n` with
+  // the highest mean token log-probability are returned, after all have finished.
+  uint32_t best_of;
+  // One of `lpx_response_format_type` (default `LPX_RESPONSE_FORMAT_TYPE_TEXT`: free text).
+  // A constrained choice ends with `LPX_FINISH_REASON_STOP` when its constraint is complete.
+  uint32_t response_format;
+  // Alternatives per prompt token to return with the prompt tokens' log-probabilities
+  // (0..=20; `lpx_output_prompt_logprobs`); -1 = none (default).
+  int32_t prompt_logprobs;
+  // Each choice's first output carries the prompt (`lpx_output_prompt_text`,
+  // `lpx_output_prompt_token_ids`), as OpenAI's `echo`.
+  bool echo;
 } lpx_request;
 
 // One alternative token with its log-probability.
@@ -280,13 +351,39 @@ uint32_t lpx_abi_version(void);
 // Never fails; thread-safe.
 const char *lpx_version(void);
 
-// Writes the defaults into `*cfg` (including `struct_size = sizeof(lpx_engine_config)`).
-// `device` points to a library-owned "cpu"; other strings are NULL. NULL `cfg` is ignored.
+// Writes the defaults into the caller's `lpx_engine_config` of `size` bytes; pass
+// `sizeof *cfg`, as the header's `lpx_engine_config_init(cfg)` macro does. `device` points to
+// a library-owned "cpu" (never freed); other strings are NULL; the numbers are the engine's
+// defaults (`EngineConfig::new`).
+//
+// Only the fields of the layout `size` denotes are written, and `struct_size` is set to that
+// layout's size: a `size` this library knows (the current `sizeof(lpx_engine_config)` or an
+// older header's, e.g. 104 bytes on 64-bit platforms before `memory_budget_bytes` was
+// appended) → that layout; a larger `size` (a header newer than this library) → this
+// library's layout, the bytes after it untouched (the newer fields are then ignored).
+//
+// Errors: INVALID_ARGUMENT for a NULL `cfg`, or for a `size` that is no layout (smaller than
+// the first, or between two known ones; the message names it and the known sizes): then
+// nothing is written. With `sizeof *cfg` and a non-NULL `cfg` it never fails. The error is
+// owned by the caller (`lpx_error_free`). Thread-safe: writes `*cfg` only.
 //
 // # Safety
-// `cfg` must be NULL or point to writable memory of `sizeof(lpx_engine_config)` bytes as
-// declared by the header this library was built with (check `lpx_abi_version()`).
-// Thread-safe.
+// `cfg` must be NULL or point to `size` writable bytes.
+lpx_error *lpx_engine_config_init_sized(lpx_engine_config *cfg, size_t size);
+
+// Binary compatibility: initialises the `lpx_engine_config` layout that the last header
+// without the init macros declared (the fields up to `memory_budget_bytes`, `struct_size` =
+// its size, 112 bytes on 64-bit platforms): what every binary already built against a header
+// with this symbol expects, and writes nothing after it. (Binaries built before
+// `memory_budget_bytes` existed passed a 104-byte struct to this symbol; they must be rebuilt
+// against this header, whose macro passes the size.) Code compiled against this header does not call it: the
+// `lpx_engine_config_init(cfg)` macro (end of the header) calls
+// `lpx_engine_config_init_sized(cfg, sizeof *(cfg))`. `(lpx_engine_config_init)(cfg)` or the
+// function's address still reach this symbol, with this first-layout behaviour. NULL `cfg` is
+// ignored. Thread-safe.
+//
+// # Safety
+// `cfg` must be NULL or point to that layout's size of writable bytes.
 void lpx_engine_config_init(lpx_engine_config *cfg);
 
 // Applies environment overrides to `*cfg` (which must be initialised): `LPX_MODEL`,
@@ -376,39 +473,51 @@ lpx_error *lpx_engine_stats_json(lpx_engine *e, char **out);
 lpx_error *lpx_engine_metrics_text(lpx_engine *e, char **out);
 
 // Queues a request; its id (never 0) goes to `*id`. `*req` and everything it points to are
-// borrowed for this call only. Outputs are streamed: poll with `lpx_engine_poll`.
+// borrowed for this call only. Outputs are streamed: poll with `lpx_engine_poll` until
+// `lpx_output_is_done` (each output is one choice's delta; with `n` > 1 the choices
+// interleave, and with `best_of` > `n` they come after all have finished).
 //
 // Errors: INVALID_ARGUMENT (NULL, bad `struct_size`, not exactly one prompt kind, invalid
-// UTF-8, sampling values out of range, empty or over-long prompt — the message names the
-// field), NOT_FOUND (unknown model/adapter), CAPACITY (host adapter cache full of active
-// adapters), QUEUE_FULL, ENGINE_FAILED. On error `*id` is untouched. Thread-safe.
+// UTF-8, sampling values out of range, `n` / `best_of` out of range, a logit bias out of
+// range, twice or outside the vocabulary, an invalid or ill-formed response format (a schema,
+// regular expression or grammar that does not compile), empty or over-long prompt — the
+// message names the field), NOT_FOUND (unknown model/adapter), CAPACITY (host adapter cache
+// full of active adapters), QUEUE_FULL, ENGINE_FAILED. On error `*id` is untouched.
+// Thread-safe.
 //
 // # Safety
 // `e` NULL or live; `req` NULL or initialised; `id` NULL or writable.
 lpx_error *lpx_engine_submit(lpx_engine *e, const lpx_request *req, uint64_t *id);
 
 // Queues an OpenAI `/v1/completions` (`prompt`) or `/v1/chat/completions` (`messages`) body;
-// its id goes to `*id`. With `"stream": true` polls return deltas (`lpx_output_json` gives
-// chunks); otherwise polls return nothing until the single, complete final output.
+// its id goes to `*id`. With `"stream": true` polls return deltas, one choice each, until
+// `lpx_output_is_done` (`lpx_output_json` gives chunks); otherwise polls return nothing until
+// the single output that is done, whose `lpx_output_json` is the complete object with every
+// choice.
 //
-// Fields the engine does not honour are refused, not ignored: INVALID_ARGUMENT names every
-// unknown field (`tools`, `response_format`, `logit_bias`, `suffix`...); `user` and
-// `metadata` are accepted as harmless, and a few fields only at their do-nothing value (`n`
-// = 1, `store` = false, `tools` = []...; see `loraplex::openai::parse_openai`).
-// `"stream_options": {"include_usage": true}` is honoured (`lpx_output_usage_json`).
+// Honoured besides the sampling fields: `n`, `best_of`, `echo`, `logit_bias`,
+// `response_format` (`json_object`, `json_schema`), vLLM's `guided_json`, `guided_regex`,
+// `guided_choice`, `guided_grammar` and `return_tokens_as_token_ids`, and
+// `"stream_options": {"include_usage": true}` (`lpx_output_usage_json`). Fields the engine does
+// not honour are refused, not ignored: INVALID_ARGUMENT names every unknown field; `user` and
+// `metadata` are accepted as harmless, and a few fields only at their do-nothing value
+// (`tools` = [], `tool_choice` = "none", `suffix` = "", `store` = false...; see
+// `loraplex::openai::parse_openai`).
 //
 // Errors: as `lpx_engine_submit`, plus INVALID_ARGUMENT naming the JSON field at fault (a
-// negative `seed` among them) and UNSUPPORTED for `echo`, `best_of` > 1 or several prompts. On
-// error `*id` is untouched. Thread-safe.
+// negative `seed`, `n` = 0, a streamed `best_of` > `n`, an unknown `response_format` type, an
+// invalid schema...) and UNSUPPORTED for several prompts. On error `*id` is untouched.
+// Thread-safe.
 //
 // # Safety
 // `e` NULL or live; `openai_body` NULL or a NUL-terminated string; `id` NULL or writable.
 lpx_error *lpx_engine_submit_json(lpx_engine *e, const char *openai_body, uint64_t *id);
 
 // Waits up to `timeout_ms` (0 = don't block) for news about request `id`. On success `*out`
-// is a new output holding everything that arrived (merged), or NULL when nothing arrived in
-// time. The caller frees the output with `lpx_output_free`. After a terminal output (finish
-// reason set) the id is forgotten.
+// is a new output holding what arrived for one choice (its consecutive deltas merged; see
+// `lpx_output_index`), or NULL when nothing arrived in time. The caller frees the output with
+// `lpx_output_free`. After the request's last output (`lpx_output_is_done`) the id is
+// forgotten.
 //
 // Errors: INVALID_ARGUMENT (NULL `e`/`out`), NOT_FOUND (unknown, finished or never submitted
 // id). On error `*out` is untouched. Thread-safe; several threads may poll different ids.
@@ -460,21 +569,74 @@ void lpx_error_free(lpx_error *err);
 // `o` must be NULL or a live output. Thread-safe.
 uint64_t lpx_output_request_id(const lpx_output *o);
 
-// Why the request ended, or `LPX_FINISH_REASON_NONE` if more outputs will follow (also for
-// NULL). After a terminal output the engine forgets the id.
+// Why this output's choice ended, or `LPX_FINISH_REASON_NONE` if more outputs of it will
+// follow (also for NULL). The request is over when `lpx_output_is_done` says so (with one
+// choice, at the same output).
 //
 // # Safety
 // `o` must be NULL or a live output. Thread-safe.
 lpx_finish_reason lpx_output_finish_reason(const lpx_output *o);
 
-// True for the last output of a request (finish reason set); false for NULL.
+// True for the last output of this output's choice (finish reason set); false for NULL. With
+// `n` > 1 other choices may still follow: poll until `lpx_output_is_done`.
 //
 // # Safety
 // `o` must be NULL or a live output. Thread-safe.
 bool lpx_output_is_final(const lpx_output *o);
 
+// True for the request's last output: every choice has ended and the engine has forgotten the
+// id (polling it again is NOT_FOUND). False for NULL. A failed request ends with one output
+// whose finish reason is `LPX_FINISH_REASON_ERROR` and that is done.
+//
+// # Safety
+// `o` must be NULL or a live output. Thread-safe.
+bool lpx_output_is_done(const lpx_output *o);
+
+// The choice this output belongs to, `0..n` (0 for NULL). Outputs of different choices of an
+// `n` > 1 request interleave; each output holds one choice's delta. The single output of a
+// non-streamed `lpx_engine_submit_json` request describes choice 0 through the accessors, and
+// every choice through `lpx_output_json`.
+//
+// # Safety
+// `o` must be NULL or a live output. Thread-safe.
+uint32_t lpx_output_index(const lpx_output *o);
+
+// The prompt text, on each choice's first output when the request asked for `echo` or
+// `prompt_logprobs`: the request's own text for a text prompt, otherwise its tokens decoded
+// (special tokens included). UTF-8, NUL-terminated, borrowed from `o`; its length in bytes
+// goes to `*len` (when not NULL). NULL (length 0) when the output carries no prompt.
+//
+// # Safety
+// `o` must be NULL or a live output; `len` NULL or writable. Thread-safe.
+const char *lpx_output_prompt_text(const lpx_output *o, size_t *len);
+
+// The prompt token ids (with the prompt text, see `lpx_output_prompt_text`), borrowed from
+// `o`; their count goes to `*len` (when not NULL). NULL when the output carries no prompt.
+//
+// # Safety
+// `o` must be NULL or a live output; `len` NULL or writable. Thread-safe.
+const uint32_t *lpx_output_prompt_token_ids(const lpx_output *o, size_t *len);
+
+// Log-probabilities of the prompt tokens (when the request set `prompt_logprobs`): one entry
+// per prompt token after the first (`lpx_output_prompt_token_ids(o)[1..]`), each the token's
+// log-probability given the tokens before it and its `prompt_logprobs` most likely
+// alternatives. Borrowed from `o`; their count goes to `*len` (when not NULL). NULL when there
+// are none.
+//
+// # Safety
+// `o` must be NULL or a live output; `len` NULL or writable. Thread-safe.
+const lpx_token_logprob *lpx_output_prompt_logprobs(const lpx_output *o, size_t *len);
+
+// The sum of the natural-log probabilities of this output's choice's generated tokens so far
+// (whether or not log-probabilities were asked for); 0 for NULL.
+//
+// # Safety
+// `o` must be NULL or a live output. Thread-safe.
+double lpx_output_cumulative_logprob(const lpx_output *o);
+
 // The new text of this delta: UTF-8, NUL-terminated, borrowed from `o` (valid until
-// `lpx_output_free`). Concatenating every delta's text gives the whole completion. Generated
+// `lpx_output_free`). Concatenating the text of every delta of one choice
+// (`lpx_output_index`) gives that choice's completion (without the echoed prompt). Generated
 // text may contain a NUL byte; use `lpx_output_text_len` to get the full length. "" for NULL.
 //
 // # Safety
@@ -502,7 +664,10 @@ const uint32_t *lpx_output_token_ids(const lpx_output *o, size_t *len);
 // `o` must be NULL or a live output; `len` NULL or writable. Thread-safe.
 const lpx_token_logprob *lpx_output_logprobs(const lpx_output *o, size_t *len);
 
-// Token counts of the request so far (zeros for NULL).
+// Token counts so far of this output's choice: the prompt tokens and the choice's generated
+// tokens (zeros for NULL). A request's usage is the prompt tokens once plus every choice's
+// completion tokens (what `lpx_output_json` of a complete object and `lpx_output_usage_json`
+// report).
 //
 // # Safety
 // `o` must be NULL or a live output. Thread-safe.
@@ -518,11 +683,12 @@ const lpx_error *lpx_output_error(const lpx_output *o);
 
 // The OpenAI-shaped JSON of this output, written to `*out` (free with `lpx_string_free`):
 // for streamed requests (every `lpx_engine_submit` request, and `submit_json` bodies with
-// `"stream": true`) a `text_completion` / `chat.completion.chunk` chunk — one SSE `data:`
-// payload; for non-streamed `submit_json` requests the complete `text_completion` /
-// `chat.completion` object. Final outputs carry `usage` (with `stream_options.include_usage`
-// every chunk carries `"usage": null` instead, and `lpx_output_usage_json` gives the usage
-// chunk); failed ones an `error` object.
+// `"stream": true`) a `text_completion` / `chat.completion.chunk` chunk of this output's
+// choice — one SSE `data:` payload (chunks carry no `usage`, as OpenAI's: with
+// `stream_options.include_usage` they carry `"usage": null` and `lpx_output_usage_json` gives
+// the usage chunk); for non-streamed `submit_json` requests the complete `text_completion` /
+// `chat.completion` object with every choice and the request's `usage`. Failed requests carry
+// an `error` object.
 //
 // Errors: INVALID_ARGUMENT for NULL `o` or `out` (`*out` untouched). Thread-safe.
 //
@@ -532,8 +698,9 @@ lpx_error *lpx_output_json(const lpx_output *o, char **out);
 
 // The usage chunk OpenAI streams after the last content chunk when the body asked for
 // `"stream_options": {"include_usage": true}`: `choices` empty, `usage` set. Written to `*out`
-// (free with `lpx_string_free`) for the final output of such a request — send it as one more
-// SSE `data:` payload after `lpx_output_json`'s; `*out` = NULL for every other output.
+// (free with `lpx_string_free`) for the request's last output (`lpx_output_is_done`) of such a
+// request, with the usage of every choice — send it as one more SSE `data:` payload after
+// `lpx_output_json`'s; `*out` = NULL for every other output.
 //
 // Errors: INVALID_ARGUMENT for NULL `o` or `out` (`*out` untouched). Thread-safe.
 //
@@ -547,17 +714,62 @@ lpx_error *lpx_output_usage_json(const lpx_output *o, char **out);
 // `o` must be NULL or an output not freed before.
 void lpx_output_free(lpx_output *o);
 
-// Writes the defaults into `*req` (including `struct_size = sizeof(lpx_request)`): no prompt,
-// base model, max_tokens 16, temperature 1, top_p 1, no top_k/min_p, engine-chosen seed, no
-// stops, no log-probabilities (-1), penalties off. NULL `req` is ignored.
+// Writes the defaults into the caller's `lpx_request` of `size` bytes; pass `sizeof *req`,
+// as the header's `lpx_request_init(req)` macro does. The defaults: no prompt, base model,
+// max_tokens 16, temperature 1, top_p 1, no top_k/min_p, engine-chosen seed, no stops, no
+// log-probabilities (-1), penalties off, one choice (n 1, best_of 0), no logit biases, free
+// text (`LPX_RESPONSE_FORMAT_TYPE_TEXT`), no echo, no prompt log-probabilities (-1).
+//
+// Only the fields of the layout `size` denotes are written, and `struct_size` is set to that
+// layout's size: a `size` this library knows (the current `sizeof(lpx_request)` or an older
+// header's, e.g. 152 bytes on 64-bit platforms before `logit_bias`... were appended) → that
+// layout; a larger `size` (a header newer than this library) → this library's layout, the
+// bytes after it untouched (the newer fields are then ignored by `lpx_engine_submit`).
+//
+// Errors: INVALID_ARGUMENT for a NULL `req`, or for a `size` that is no layout (smaller than
+// the first, or between two known ones; the message names it and the known sizes): then
+// nothing is written. With `sizeof *req` and a non-NULL `req` it never fails. The error is
+// owned by the caller (`lpx_error_free`). Thread-safe: writes `*req` only.
 //
 // # Safety
-// `req` must be NULL or point to writable memory of `sizeof(lpx_request)` bytes as declared by
-// the header this library was built with. Thread-safe.
+// `req` must be NULL or point to `size` writable bytes.
+lpx_error *lpx_request_init_sized(lpx_request *req, size_t size);
+
+// Binary compatibility: initialises the FIRST `lpx_request` layout only (the fields up to
+// `frequency_penalty`, `struct_size` = its size, 152 bytes on 64-bit platforms), the layout
+// every binary built against a header older than the appended fields passed to this symbol,
+// and writes nothing after it. Code compiled against this header does not call it: the
+// `lpx_request_init(req)` macro (end of the header) calls `lpx_request_init_sized(req,
+// sizeof *(req))`. `(lpx_request_init)(req)` or the function's address still reach this
+// symbol, with this first-layout behaviour. NULL `req` is ignored. Thread-safe.
+//
+// # Safety
+// `req` must be NULL or point to the first layout's size of writable bytes.
 void lpx_request_init(lpx_request *req);
 
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus
+
+/*
+ * Versioned structs. lpx_engine_config and lpx_request start with uint32_t struct_size and only
+ * ever grow by appending fields; the library accepts every layout it knows (an older caller's
+ * missing fields get their defaults) and refuses any other struct_size.
+ *
+ * Initialise them with the two macros below. They pass the caller's sizeof to the _sized
+ * functions, which write the defaults of exactly that layout (never past it) and set
+ * struct_size, so code compiled against this header gets this header's fields and a binary
+ * never writes past its own struct. The macros return lpx_error* (NULL = success; with a
+ * non-NULL pointer they never fail, so ignoring the result is fine); their argument must be a
+ * typed pointer (sizeof *(p) is taken: a bare NULL does not compile).
+ *
+ * The functions of the same names, reached as (lpx_request_init)(req) and
+ * (lpx_engine_config_init)(cfg) or through their addresses, remain for binaries built against
+ * older headers: they initialise only the layout those headers declared (lpx_request: the
+ * first; lpx_engine_config: the one with memory_budget_bytes) and set struct_size to its size.
+ * Bindings that cannot expand C macros (cgo, Rust) call the _sized functions with the size.
+ */
+#define lpx_engine_config_init(cfg) lpx_engine_config_init_sized((cfg), sizeof *(cfg))
+#define lpx_request_init(req) lpx_request_init_sized((req), sizeof *(req))
 
 #endif  /* LORAPLEX_H */

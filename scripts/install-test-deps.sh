@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs besides Rust and Go: gcc, g++ and valgrind (C/C++ ABI checks),
-# curl and the official `openai` Python client (tests/e2e). Idempotent: does nothing when all
-# are present. As root it installs Debian packages with apt; otherwise it says what is missing.
+# curl, the official `openai` Python client and `jsonschema` (tests/e2e validates structured
+# outputs with it; pin below). Idempotent: does nothing when all are present. As root it
+# installs Debian packages with apt; otherwise it says what is missing.
 set -euo pipefail
 
 missing=()
@@ -27,6 +28,14 @@ if ! command -v curl >/dev/null 2>&1; then
     else
         echo "install-test-deps: curl not found; install it" >&2; exit 1
     fi
+fi
+JSONSCHEMA_PIN="jsonschema==4.26.0"
+if ! "$PY" -c 'import jsonschema' >/dev/null 2>&1; then
+    echo "install-test-deps: installing $JSONSCHEMA_PIN" >&2
+    "$PY" -m pip install --quiet "$JSONSCHEMA_PIN" 2>/dev/null \
+        || "$PY" -m pip install --quiet --break-system-packages "$JSONSCHEMA_PIN" \
+        || "$PY" -m pip install --quiet --user "$JSONSCHEMA_PIN"
+    "$PY" -c 'import jsonschema' || { echo "install-test-deps: could not install jsonschema" >&2; exit 1; }
 fi
 if ! "$PY" -c 'import openai' >/dev/null 2>&1; then
     echo "install-test-deps: installing the openai Python client" >&2

@@ -47,6 +47,10 @@ pub struct EngineConfig {
     pub max_gpu_loras: usize,
     /// Largest accepted LoRA rank (`NIM_MAX_LORA_RANK`).
     pub max_lora_rank: usize,
+    /// Keep full KV blocks by the tokens (and adapter generation) they hold and reuse them for
+    /// requests that start with the same tokens (`LPX_PREFIX_CACHING` = 1/0, true/false). Outputs
+    /// are the same bits with or without it. Default on.
+    pub prefix_caching: bool,
 }
 
 impl EngineConfig {
@@ -70,6 +74,7 @@ impl EngineConfig {
             max_cpu_loras: 16,
             max_gpu_loras: 8,
             max_lora_rank: 64,
+            prefix_caching: true,
         }
     }
 
@@ -109,7 +114,7 @@ impl EngineConfig {
     /// Applies environment overrides: `LPX_MODEL`, `LPX_SERVED_MODEL_NAME`, `LPX_DEVICE`,
     /// `LPX_THREADS`, `LPX_WEIGHT_DTYPE` (f32|bf16|q8_0|q4_k), `LPX_MAX_NUM_SEQS`, `LPX_MAX_BATCH_TOKENS`,
     /// `LPX_MAX_MODEL_LEN`, `LPX_KV_BLOCK_SIZE`, `LPX_KV_CACHE_BYTES`, `LPX_MEMORY_BUDGET_BYTES`,
-    /// `LPX_MAX_QUEUE`,
+    /// `LPX_MAX_QUEUE`, `LPX_PREFIX_CACHING`,
     /// `NIM_PEFT_SOURCE` (paths
     /// separated by ':'), `NIM_PEFT_REFRESH_INTERVAL` (seconds), `NIM_MAX_CPU_LORAS`,
     /// `NIM_MAX_GPU_LORAS`, `NIM_MAX_LORA_RANK`. A malformed value is an error naming the variable.
@@ -170,6 +175,17 @@ impl EngineConfig {
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from)
                 .collect();
+        }
+        if let Some(v) = get("LPX_PREFIX_CACHING").filter(|s| !s.trim().is_empty()) {
+            self.prefix_caching = match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "on" | "yes" => true,
+                "0" | "false" | "off" | "no" => false,
+                _ => {
+                    return Err(Error::invalid_argument(format!(
+                        "environment variable LPX_PREFIX_CACHING=\"{v}\" is not 1/0, true/false, on/off or yes/no"
+                    )))
+                }
+            };
         }
         if let Some(secs) = num("NIM_PEFT_REFRESH_INTERVAL")? {
             self.peft_refresh_interval = (secs > 0).then(|| Duration::from_secs(secs as u64));

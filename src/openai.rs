@@ -3,12 +3,19 @@
 //! `chat.completion`, `chat.completion.chunk`).
 //!
 //! Pure functions, no I/O; used by `lpx_engine_submit_json` / `lpx_output_json` and by servers.
+//!
+//! Rendering a request's result:
+//! * not streamed: [`completion_json`] over every choice's merged output (index order);
+//! * streamed: one [`chunk_json`] per output as they come (each chunk carries one choice; the
+//!   choices of an `n > 1` request interleave), positioned by a [`StreamTracker`], then with
+//!   `stream_options.include_usage` one [`usage_chunk_json`] after the request's last output
+//!   ([`Output::done`]).
 
 use serde_json::{json, Map, Value};
 
-use crate::engine::{FinishReason, Output, Prompt, Request};
+use crate::engine::{FinishReason, Output, Prompt, PromptOutput, Request, Usage, MAX_CHOICES};
 use crate::error::{Error, Result};
-use crate::sampling::SamplingParams;
+use crate::sampling::{ResponseFormat, SamplingParams};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
 /// Which endpoint a body is for (and which response shape to produce).
@@ -27,7 +34,7 @@ pub const CHAT_DEFAULT_MAX_TOKENS: usize = 1 << 20;
 /// A parsed OpenAI request body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpenAiRequest {
-    /// The engine request.
+    /// The engine request (with `n`, `best_of`, `echo`, `response_format`, `logit_bias`...).
     pub request: Request,
     /// Completion (`prompt`) or chat (`messages`).
     pub kind: ApiKind,
@@ -38,6 +45,9 @@ pub struct OpenAiRequest {
     /// `stream_options.include_usage`: a streamed response ends with a chunk holding `usage`
     /// and no choices ([`usage_chunk_json`]), and the other chunks carry `"usage": null`.
     pub include_usage: bool,
+    /// vLLM's `return_tokens_as_token_ids`: log-probability tokens are written `token_id:N`
+    /// instead of their text.
+    pub return_tokens_as_token_ids: bool,
 }
 
 /// Which endpoints take a field.
@@ -72,19 +82,24 @@ enum Policy {
 }
 
 /// Every request field loraplex accepts; any other field is refused with INVALID_ARGUMENT
-/// naming it (like vLLM's strict mode), so that a client asking for JSON mode, tools or logit
-/// biases is told instead of silently getting something else.
+/// naming it (like vLLM's strict mode), so that a client asking for tools or a suffix is told
+/// instead of silently getting something else.
+///
+/// Honoured besides the sampling fields: `n` (1..=64 choices), `best_of` (completions, ≥ `n`,
+/// ≤ 64, not streamed when > `n`), `echo` (completions; with `logprobs` the prompt tokens'
+/// log-probabilities too), `logit_bias` (token id → bias in [-100, 100]), `response_format`
+/// (`text`, `json_object`, `json_schema`) and vLLM's `guided_json`, `guided_regex`,
+/// `guided_choice`, `guided_grammar` (at most one constraint per request), and vLLM's
+/// `return_tokens_as_token_ids`.
 ///
 /// The harmless fields, accepted with any value, and why:
 /// * `user`: an end-user id for the provider's abuse monitoring; it never affects generation.
 /// * `metadata`: tags for stored completions; loraplex stores nothing and tags do not affect
 ///   generation.
 ///
-/// Fields accepted only at their do-nothing value: `n` = 1, `echo` = false and `best_of` ≤ 1
-/// (checked with their own messages), `suffix` = "", `store` = false (nothing is stored),
-/// `service_tier` = "auto" or "default" (there is one tier), `logit_bias` = {},
-/// `response_format` = {"type": "text"}, `tools` = [], `tool_choice` = "none",
-/// `functions` = [], `function_call` = "none".
+/// Fields accepted only at their do-nothing value: `suffix` = "", `store` = false (nothing is
+/// stored), `service_tier` = "auto" or "default" (there is one tier), `tools` = [],
+/// `tool_choice` = "none", `functions` = [], `function_call` = "none".
 const FIELDS: &[(&str, Endpoints, Policy)] = &[
     ("model", Endpoints::Both, Policy::Honoured),
     ("prompt", Endpoints::Completion, Policy::Honoured),
@@ -109,6 +124,17 @@ const FIELDS: &[(&str, Endpoints, Policy)] = &[
     ("n", Endpoints::Both, Policy::Honoured),
     ("echo", Endpoints::Completion, Policy::Honoured),
     ("best_of", Endpoints::Completion, Policy::Honoured),
+    ("logit_bias", Endpoints::Both, Policy::Honoured),
+    ("response_format", Endpoints::Both, Policy::Honoured),
+    ("guided_json", Endpoints::Both, Policy::Honoured),
+    ("guided_regex", Endpoints::Both, Policy::Honoured),
+    ("guided_choice", Endpoints::Both, Policy::Honoured),
+    ("guided_grammar", Endpoints::Both, Policy::Honoured),
+    (
+        "return_tokens_as_token_ids",
+        Endpoints::Both,
+        Policy::Honoured,
+    ),
     ("user", Endpoints::Both, Policy::Harmless),
     ("metadata", Endpoints::Both, Policy::Harmless),
     (
@@ -127,19 +153,6 @@ const FIELDS: &[(&str, Endpoints, Policy)] = &[
         Policy::DefaultOnly(
             |v| v == "auto" || v == "default",
             "\"auto\" or \"default\" (there is one tier)",
-        ),
-    ),
-    (
-        "logit_bias",
-        Endpoints::Both,
-        Policy::DefaultOnly(|v| v.as_object().is_some_and(Map::is_empty), "{}"),
-    ),
-    (
-        "response_format",
-        Endpoints::Both,
-        Policy::DefaultOnly(
-            |v| *v == json!({"type": "text"}),
-            "{\"type\": \"text\"} (no JSON mode or schemas)",
         ),
     ),
     (
@@ -197,6 +210,8 @@ fn check_fields(obj: &Map<String, Value>, kind: ApiKind) -> Result<()> {
     if unknown.is_empty() {
         return Ok(());
     }
+    // Sorted: the message does not depend on the body's key order.
+    unknown.sort();
     let endpoint = match kind {
         ApiKind::Completion => "/v1/completions",
         ApiKind::Chat => "/v1/chat/completions",
@@ -238,6 +253,215 @@ fn stream_include_usage(obj: &Map<String, Value>, stream: bool) -> Result<bool> 
     }
 }
 
+/// The value of `key` unless absent or `null`.
+fn present<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    o.get(key).filter(|v| !v.is_null())
+}
+
+/// A JSON Schema given as `field`: an object, or (vLLM's `guided_json`) a string holding one.
+fn schema_value(v: &Value, field: &str, string_ok: bool) -> Result<Value> {
+    match v {
+        Value::Object(_) => Ok(v.clone()),
+        Value::String(s) if string_ok => {
+            let parsed: Value = serde_json::from_str(s).map_err(|e| {
+                Error::invalid_argument(format!(
+                    "field \"{field}\" is a string but not JSON (a JSON Schema was expected): {e}"
+                ))
+            })?;
+            if !parsed.is_object() {
+                return Err(type_err(field, "a JSON Schema object", &parsed));
+            }
+            Ok(parsed)
+        }
+        x => Err(type_err(
+            field,
+            if string_ok {
+                "a JSON Schema (an object, or a string holding one)"
+            } else {
+                "a JSON Schema object"
+            },
+            x,
+        )),
+    }
+}
+
+/// Parses OpenAI's `response_format`: `{"type": "text"}`, `{"type": "json_object"}` or
+/// `{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}`.
+fn parse_response_format(v: &Value) -> Result<ResponseFormat> {
+    let o = v
+        .as_object()
+        .ok_or_else(|| type_err("response_format", "an object with a \"type\"", v))?;
+    let ty = match o.get("type") {
+        Some(Value::String(s)) => s.as_str(),
+        None | Some(Value::Null) => {
+            return Err(Error::invalid_argument(
+                "field \"response_format.type\" is missing (text, json_object or json_schema)",
+            ))
+        }
+        Some(x) => return Err(type_err("response_format.type", "a string", x)),
+    };
+    let keys: &[&str] = match ty {
+        "text" | "json_object" => &["type"],
+        "json_schema" => &["type", "json_schema"],
+        other => {
+            let other: String = other.chars().take(60).collect();
+            return Err(Error::invalid_argument(format!(
+                "field \"response_format.type\" = \"{other}\" is not supported (text, \
+                 json_object or json_schema)"
+            )));
+        }
+    };
+    if let Some(k) = o
+        .iter()
+        .find(|(k, v)| !v.is_null() && !keys.contains(&k.as_str()))
+        .map(|(k, _)| k)
+    {
+        return Err(Error::invalid_argument(format!(
+            "field \"response_format.{k}\" is not supported with type \"{ty}\""
+        )));
+    }
+    match ty {
+        "text" => Ok(ResponseFormat::Text),
+        "json_object" => Ok(ResponseFormat::JsonObject),
+        _ => {
+            let js = present(o, "json_schema").ok_or_else(|| {
+                Error::invalid_argument(
+                    "field \"response_format.json_schema\" is missing (type json_schema needs \
+                     {\"name\": ..., \"schema\": {...}})",
+                )
+            })?;
+            let js = js
+                .as_object()
+                .ok_or_else(|| type_err("response_format.json_schema", "an object", js))?;
+            for (k, v) in js.iter().filter(|(_, v)| !v.is_null()) {
+                let field = format!("response_format.json_schema.{k}");
+                match k.as_str() {
+                    "name" | "description" if !v.is_string() => {
+                        return Err(type_err(&field, "a string", v))
+                    }
+                    "strict" if !v.is_boolean() => return Err(type_err(&field, "a boolean", v)),
+                    "name" | "description" | "strict" | "schema" => {}
+                    _ => {
+                        return Err(Error::invalid_argument(format!(
+                            "field \"{field}\" is not supported (name, schema, strict, \
+                             description)"
+                        )))
+                    }
+                }
+            }
+            let schema = present(js, "schema").ok_or_else(|| {
+                Error::invalid_argument("field \"response_format.json_schema.schema\" is missing")
+            })?;
+            Ok(ResponseFormat::JsonSchema(schema_value(
+                schema,
+                "response_format.json_schema.schema",
+                false,
+            )?))
+        }
+    }
+}
+
+/// The output constraint of a body: `response_format` or one of vLLM's `guided_*` fields (at
+/// most one of them may constrain the output).
+fn output_constraint(obj: &Map<String, Value>) -> Result<ResponseFormat> {
+    let mut found: Vec<(&str, ResponseFormat)> = Vec::new();
+    if let Some(v) = present(obj, "response_format") {
+        let f = parse_response_format(v)?;
+        if !f.is_text() {
+            found.push(("response_format", f));
+        }
+    }
+    if let Some(v) = present(obj, "guided_json") {
+        found.push((
+            "guided_json",
+            ResponseFormat::JsonSchema(schema_value(v, "guided_json", true)?),
+        ));
+    }
+    if let Some(v) = present(obj, "guided_regex") {
+        let r = v
+            .as_str()
+            .ok_or_else(|| type_err("guided_regex", "a regular expression string", v))?;
+        if r.is_empty() {
+            return Err(Error::invalid_argument(
+                "field \"guided_regex\" must not be empty",
+            ));
+        }
+        found.push(("guided_regex", ResponseFormat::Regex(r.to_string())));
+    }
+    if let Some(v) = present(obj, "guided_choice") {
+        let a = v
+            .as_array()
+            .ok_or_else(|| type_err("guided_choice", "an array of strings", v))?;
+        if a.is_empty() {
+            return Err(Error::invalid_argument(
+                "field \"guided_choice\" must not be empty",
+            ));
+        }
+        let choices = a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| type_err(&format!("guided_choice[{i}]"), "a string", x))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        found.push(("guided_choice", ResponseFormat::Choice(choices)));
+    }
+    if let Some(v) = present(obj, "guided_grammar") {
+        let g = v
+            .as_str()
+            .ok_or_else(|| type_err("guided_grammar", "a Lark grammar string", v))?;
+        if g.trim().is_empty() {
+            return Err(Error::invalid_argument(
+                "field \"guided_grammar\" must not be empty",
+            ));
+        }
+        found.push(("guided_grammar", ResponseFormat::Grammar(g.to_string())));
+    }
+    if found.len() > 1 {
+        let names: Vec<String> = found.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        return Err(Error::invalid_argument(format!(
+            "fields {} each constrain the output: give at most one of response_format, \
+             guided_json, guided_regex, guided_choice and guided_grammar",
+            names.join(" and ")
+        )));
+    }
+    Ok(found.pop().map_or(ResponseFormat::Text, |(_, f)| f))
+}
+
+/// Parses `logit_bias`: an object mapping token ids (decimal strings) to biases (numbers; their
+/// range is checked by [`SamplingParams::validate`]). Sorted by token id.
+fn logit_bias(v: &Value) -> Result<Vec<(u32, f32)>> {
+    let o = v.as_object().ok_or_else(|| {
+        type_err(
+            "logit_bias",
+            "an object mapping token ids to biases in [-100, 100]",
+            v,
+        )
+    })?;
+    let mut out = Vec::with_capacity(o.len());
+    for (k, x) in o {
+        let key: String = k.chars().take(40).collect();
+        let id = k
+            .parse::<u32>()
+            .ok()
+            .filter(|_| k.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "field \"logit_bias\": key \"{key}\" is not a token id (a non-negative \
+                     integer written as a string)"
+                ))
+            })?;
+        let bias = x
+            .as_f64()
+            .ok_or_else(|| type_err(&format!("logit_bias.{key}"), "a number", x))?;
+        out.push((id, bias as f32));
+    }
+    out.sort_by_key(|&(id, _)| id);
+    Ok(out)
+}
+
 /// Parses an OpenAI `/v1/completions` or `/v1/chat/completions` body (the kind is chosen by the
 /// presence of `messages` or `prompt`; both at once is an error). `model` equal to
 /// `served_name` (or absent/empty) means the base model (`Request.model = None`).
@@ -246,10 +470,13 @@ fn stream_include_usage(obj: &Map<String, Value>, stream: bool) -> Result<bool> 
 /// ones, the harmless ones (`user`, `metadata`) and those accepted only at their do-nothing value.
 ///
 /// # Errors
-/// INVALID_ARGUMENT naming the field for malformed JSON, unknown or unhonoured fields, wrong
-/// types or values (`n` other than 1, a negative `seed`, `logprobs` out of range,
-/// `stream_options` without `stream`...); UNSUPPORTED for `echo`, `best_of` > 1, several prompts,
-/// or non-text content parts.
+/// INVALID_ARGUMENT naming the field for malformed JSON, unknown or unhonoured fields (`tools`,
+/// `suffix`...), wrong types or values (`n` outside 1..=64, `best_of` below `n` or streamed, a
+/// negative `seed`, `logprobs` out of range, a `logit_bias` key that is not a token id or a bias
+/// outside [-100, 100], an unknown `response_format` type, two output constraints at once,
+/// `stream_options` without `stream`...); UNSUPPORTED for several prompts or non-text content
+/// parts. Schemas, regular expressions and grammars are compiled (and refused when invalid) by
+/// the engine at submission.
 pub fn parse_openai(body: &str, served_name: &str) -> Result<OpenAiRequest> {
     let v: Value = serde_json::from_str(body)
         .map_err(|e| Error::invalid_argument(format!("request body is not valid JSON: {e}")))?;
@@ -275,6 +502,7 @@ pub fn parse_openai(body: &str, served_name: &str) -> Result<OpenAiRequest> {
         ApiKind::Completion => completion_prompt(obj.get("prompt").unwrap_or(&Value::Null))?,
         ApiKind::Chat => chat_messages(obj.get("messages").unwrap_or(&Value::Null))?,
     };
+    let stream = opt_bool(obj, "stream")?.unwrap_or(false);
     let mut s = SamplingParams::default();
     if kind == ApiKind::Chat {
         s.max_tokens = CHAT_DEFAULT_MAX_TOKENS;
@@ -290,21 +518,36 @@ pub fn parse_openai(body: &str, served_name: &str) -> Result<OpenAiRequest> {
     if let Some(n) = opt_uint(obj, max_key)? {
         s.max_tokens = n as usize;
     }
-    if let Some(n) = opt_uint(obj, "n")? {
-        if n != 1 {
+    let n = match opt_uint(obj, "n")? {
+        None => 1,
+        Some(n) if (1..=MAX_CHOICES as u64).contains(&n) => n as usize,
+        Some(n) => {
             return Err(Error::invalid_argument(format!(
-                "field \"n\" = {n} is not supported: only n = 1 is"
-            )));
+                "field \"n\" = {n}: must be in 1..={MAX_CHOICES}"
+            )))
         }
-    }
-    if let Some(n) = opt_uint(obj, "best_of")? {
-        if n > 1 {
-            return Err(Error::unsupported(format!("best_of = {n}: not supported")));
+    };
+    let best_of = match opt_uint(obj, "best_of")? {
+        None => None,
+        Some(b) if b > MAX_CHOICES as u64 => {
+            return Err(Error::invalid_argument(format!(
+                "field \"best_of\" = {b}: must be at most {MAX_CHOICES}"
+            )))
         }
-    }
-    if opt_bool(obj, "echo")? == Some(true) {
-        return Err(Error::unsupported("echo = true: not supported"));
-    }
+        Some(b) if (b as usize) < n => {
+            return Err(Error::invalid_argument(format!(
+                "field \"best_of\" = {b}: must be at least n ({n})"
+            )))
+        }
+        Some(b) if b as usize > n && stream => {
+            return Err(Error::invalid_argument(format!(
+                "field \"best_of\" = {b} > n = {n} cannot be streamed (the best choices are \
+                 known only when all have finished): drop \"stream\" or best_of"
+            )))
+        }
+        Some(b) => (b as usize > n).then_some(b as usize),
+    };
+    let echo = opt_bool(obj, "echo")?.unwrap_or(false);
     if let Some(x) = opt_f32(obj, "temperature")? {
         s.temperature = x;
     }
@@ -371,20 +614,34 @@ pub fn parse_openai(body: &str, served_name: &str) -> Result<OpenAiRequest> {
             }
         }
     };
-    // Every sampling range (logprobs <= MAX_LOGPROBS among them) is checked in one place.
+    // OpenAI's echo with logprobs returns the prompt tokens' log-probabilities too.
+    if echo {
+        s.prompt_logprobs = s.logprobs;
+    }
+    if let Some(v) = present(obj, "logit_bias") {
+        s.logit_bias = logit_bias(v)?;
+    }
+    // Every sampling range (logprobs <= MAX_LOGPROBS, logit_bias in [-100, 100]...) is checked
+    // in one place.
     s.validate()?;
-    let stream = opt_bool(obj, "stream")?.unwrap_or(false);
+    let response_format = output_constraint(obj)?;
     let include_usage = stream_include_usage(obj, stream)?;
+    let return_tokens_as_token_ids = opt_bool(obj, "return_tokens_as_token_ids")?.unwrap_or(false);
     Ok(OpenAiRequest {
         request: Request {
             model,
             prompt,
             sampling: s,
+            n,
+            best_of,
+            response_format,
+            echo,
         },
         kind,
         stream,
         model: model_name.unwrap_or(served_name).to_string(),
         include_usage,
+        return_tokens_as_token_ids,
     })
 }
 
@@ -572,42 +829,236 @@ fn finish_value(out: &Output) -> Value {
     }
 }
 
-fn completion_logprobs(out: &Output, tok: Option<&Tokenizer>) -> Value {
-    if out.logprobs.is_empty() {
+/// How a request was asked for: the shape of its response objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseShape {
+    /// Completion or chat objects.
+    pub kind: ApiKind,
+    /// The `model` the response names.
+    pub model: std::sync::Arc<str>,
+    /// The `created` timestamp (Unix seconds).
+    pub created: u64,
+    /// Streamed chunks (`stream: true`) or one complete object.
+    pub stream: bool,
+    /// `stream_options.include_usage` (only with `stream`): every chunk carries `"usage": null`
+    /// and [`usage_chunk_json`] gives the final usage chunk.
+    pub include_usage: bool,
+    /// `echo` (completions): each choice's text starts with the prompt text and, with
+    /// `logprobs`, its log-probabilities start with the prompt tokens'.
+    pub echo: bool,
+    /// Log-probabilities were asked for: every choice carries a `logprobs` object (`null`
+    /// otherwise).
+    pub logprobs: bool,
+    /// Log-probability tokens are written `token_id:N` (vLLM's `return_tokens_as_token_ids`).
+    pub tokens_as_ids: bool,
+}
+
+impl ResponseShape {
+    /// The shape a parsed body asks for.
+    pub fn of(r: &OpenAiRequest, created: u64) -> Self {
+        Self {
+            kind: r.kind,
+            model: r.model.as_str().into(),
+            created,
+            stream: r.stream,
+            include_usage: r.stream && r.include_usage,
+            echo: r.request.echo,
+            logprobs: r.request.sampling.logprobs.is_some(),
+            tokens_as_ids: r.return_tokens_as_token_ids,
+        }
+    }
+
+    /// The shape of a request submitted without an OpenAI body (`lpx_engine_submit`): streamed
+    /// chunks, chat chunks for a chat prompt and completion chunks otherwise, naming `model`.
+    pub fn streamed(req: &Request, model: &str, created: u64) -> Self {
+        Self {
+            kind: match req.prompt {
+                Prompt::Chat(_) => ApiKind::Chat,
+                _ => ApiKind::Completion,
+            },
+            model: model.into(),
+            created,
+            stream: true,
+            include_usage: false,
+            echo: req.echo,
+            logprobs: req.sampling.logprobs.is_some(),
+            tokens_as_ids: false,
+        }
+    }
+
+    fn object(&self, streamed: bool) -> (&'static str, &'static str) {
+        match (self.kind, streamed) {
+            (ApiKind::Completion, _) => ("cmpl", "text_completion"),
+            (ApiKind::Chat, false) => ("chatcmpl", "chat.completion"),
+            (ApiKind::Chat, true) => ("chatcmpl", "chat.completion.chunk"),
+        }
+    }
+
+    /// The fields every response object of request `id` starts with.
+    fn envelope(&self, id: u64, streamed: bool, choices: Vec<Value>) -> Value {
+        let (prefix, object) = self.object(streamed);
+        json!({
+            "id": format!("{prefix}-{id}"),
+            "object": object,
+            "created": self.created,
+            "model": &*self.model,
+            "choices": choices,
+        })
+    }
+
+    fn token(&self, tok: Option<&Tokenizer>, id: u32) -> String {
+        if self.tokens_as_ids {
+            format!("token_id:{id}")
+        } else {
+            token_text(tok, id)
+        }
+    }
+}
+
+/// Where a streamed output stands in its choice's stream (what its chunk needs besides the
+/// output): from [`StreamTracker::advance`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkPosition {
+    /// The choice's first chunk: a chat chunk announces the role (`"role": "assistant"`).
+    pub first: bool,
+    /// Characters of this choice's text streamed before this chunk: the completions
+    /// `logprobs.text_offset` continue from it.
+    pub text_offset: usize,
+}
+
+/// The progress of one choice in a [`StreamTracker`].
+#[derive(Debug, Clone, Copy, Default)]
+struct ChoiceProgress {
+    started: bool,
+    chars: usize,
+    completion_tokens: usize,
+}
+
+/// One streamed request's progress: which choices have started, how much text each has
+/// streamed and how many tokens each has generated. Feed it every output of the request in the
+/// order they come ([`StreamTracker::advance`]); [`StreamTracker::usage`] is the request's
+/// usage (for [`usage_chunk_json`]).
+#[derive(Debug, Clone, Default)]
+pub struct StreamTracker {
+    prompt_tokens: usize,
+    choices: Vec<ChoiceProgress>,
+}
+
+impl StreamTracker {
+    /// A request with nothing streamed yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `out`, the next output of its choice, and returns where its chunk stands.
+    pub fn advance(&mut self, out: &Output, shape: &ResponseShape) -> ChunkPosition {
+        let i = out.index.min(MAX_CHOICES);
+        if self.choices.len() <= i {
+            self.choices.resize(i + 1, ChoiceProgress::default());
+        }
+        let c = &mut self.choices[i];
+        let pos = ChunkPosition {
+            first: !c.started,
+            text_offset: c.chars,
+        };
+        c.started = true;
+        if shape.echo {
+            c.chars += out.prompt.as_ref().map_or(0, |p| p.text.chars().count());
+        }
+        c.chars += out.text.chars().count();
+        // Usage counts are cumulative per choice; a failure's output carries zeros.
+        c.completion_tokens = c.completion_tokens.max(out.usage.completion_tokens);
+        self.prompt_tokens = self.prompt_tokens.max(out.usage.prompt_tokens);
+        pos
+    }
+
+    /// The request's usage so far: the prompt tokens once, the completion tokens of every
+    /// choice summed.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.choices.iter().map(|c| c.completion_tokens).sum(),
+        }
+    }
+}
+
+/// The usage of a request from its choices' (merged or last) outputs: the prompt tokens once,
+/// the completion tokens of every choice summed.
+pub fn total_usage(outs: &[Output]) -> Usage {
+    Usage {
+        prompt_tokens: outs
+            .iter()
+            .map(|o| o.usage.prompt_tokens)
+            .max()
+            .unwrap_or(0),
+        completion_tokens: outs.iter().map(|o| o.usage.completion_tokens).sum(),
+    }
+}
+
+fn usage_value(u: Usage) -> Value {
+    let (p, c) = (u.prompt_tokens, u.completion_tokens);
+    json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
+}
+
+fn top_map(top: &[(u32, f32)], shape: &ResponseShape, tok: Option<&Tokenizer>) -> Value {
+    let mut m = Map::new();
+    for &(t, lp) in top {
+        m.insert(shape.token(tok, t), json!(lp));
+    }
+    Value::Object(m)
+}
+
+/// The legacy completions `logprobs` object: with `prompt` (echo) the prompt tokens first (the
+/// first one without a log-probability: `null`), then the generated tokens; `text_offset` counts
+/// characters from `offset`.
+fn completion_logprobs(
+    out: &Output,
+    prompt: Option<&PromptOutput>,
+    offset: usize,
+    shape: &ResponseShape,
+    tok: Option<&Tokenizer>,
+) -> Value {
+    if !shape.logprobs {
         return Value::Null;
     }
-    let tokens: Vec<String> = out
-        .logprobs
-        .iter()
-        .map(|l| token_text(tok, l.token))
-        .collect();
-    let lps: Vec<f32> = out.logprobs.iter().map(|l| l.logprob).collect();
-    let tops: Vec<Value> = out
-        .logprobs
-        .iter()
-        .map(|l| {
-            let mut m = Map::new();
-            for &(t, lp) in &l.top {
-                m.insert(token_text(tok, t), json!(lp));
+    let mut tokens = Vec::new();
+    let mut lps = Vec::new();
+    let mut tops = Vec::new();
+    if let Some(p) = prompt {
+        for (i, &id) in p.token_ids.iter().enumerate() {
+            tokens.push(shape.token(tok, id));
+            match i.checked_sub(1).and_then(|j| p.logprobs.get(j)) {
+                Some(l) => {
+                    lps.push(json!(l.logprob));
+                    tops.push(top_map(&l.top, shape, tok));
+                }
+                None => {
+                    lps.push(Value::Null);
+                    tops.push(Value::Null);
+                }
             }
-            Value::Object(m)
-        })
-        .collect();
+        }
+    }
+    for l in &out.logprobs {
+        tokens.push(shape.token(tok, l.token));
+        lps.push(json!(l.logprob));
+        tops.push(top_map(&l.top, shape, tok));
+    }
     let mut offsets = Vec::with_capacity(tokens.len());
-    let mut off = 0usize;
+    let mut off = offset;
     for t in &tokens {
         offsets.push(off);
-        off += t.len();
+        off += t.chars().count();
     }
     json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
 }
 
-fn chat_logprobs(out: &Output, tok: Option<&Tokenizer>) -> Value {
-    if out.logprobs.is_empty() {
+fn chat_logprobs(out: &Output, shape: &ResponseShape, tok: Option<&Tokenizer>) -> Value {
+    if !shape.logprobs {
         return Value::Null;
     }
     let entry = |t: u32, lp: f32| {
-        let s = token_text(tok, t);
+        let s = shape.token(tok, t);
         json!({"token": s, "logprob": lp, "bytes": s.as_bytes()})
     };
     let content: Vec<Value> = out
@@ -623,68 +1074,115 @@ fn chat_logprobs(out: &Output, tok: Option<&Tokenizer>) -> Value {
     json!({"content": content})
 }
 
-/// How a request was asked for: the shape of its response objects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseShape {
-    /// Completion or chat objects.
-    pub kind: ApiKind,
-    /// The `model` the response names.
-    pub model: std::sync::Arc<str>,
-    /// The `created` timestamp (Unix seconds).
-    pub created: u64,
-    /// Streamed chunks (`stream: true`) or one complete object.
-    pub stream: bool,
-    /// `stream_options.include_usage` (only with `stream`): every chunk carries `"usage": null`
-    /// and [`usage_chunk_json`] gives the final usage chunk.
-    pub include_usage: bool,
-}
-
-impl ResponseShape {
-    /// The shape a parsed body asks for.
-    pub fn of(r: &OpenAiRequest, created: u64) -> Self {
-        Self {
-            kind: r.kind,
-            model: r.model.as_str().into(),
-            created,
-            stream: r.stream,
-            include_usage: r.stream && r.include_usage,
+/// One choice of a response object: the complete choice (`streamed` false) or this delta's.
+fn choice_json(
+    out: &Output,
+    pos: ChunkPosition,
+    shape: &ResponseShape,
+    streamed: bool,
+    tok: Option<&Tokenizer>,
+) -> Value {
+    let echoed = if shape.echo {
+        out.prompt.as_ref()
+    } else {
+        None
+    };
+    match (shape.kind, streamed) {
+        (ApiKind::Completion, _) => {
+            let text = match echoed {
+                Some(p) => format!("{}{}", p.text, out.text),
+                None => out.text.clone(),
+            };
+            json!({
+                "index": out.index, "text": text,
+                "logprobs": completion_logprobs(out, echoed, pos.text_offset, shape, tok),
+                "finish_reason": finish_value(out),
+            })
+        }
+        (ApiKind::Chat, false) => json!({
+            "index": out.index, "message": {"role": "assistant", "content": out.text},
+            "logprobs": chat_logprobs(out, shape, tok), "finish_reason": finish_value(out),
+        }),
+        (ApiKind::Chat, true) => {
+            let mut delta = json!({"content": out.text});
+            if pos.first {
+                delta["role"] = json!("assistant");
+            }
+            json!({"index": out.index, "delta": delta, "logprobs": chat_logprobs(out, shape, tok),
+                   "finish_reason": finish_value(out)})
         }
     }
+}
 
-    fn object(&self) -> (&'static str, &'static str) {
-        match (self.kind, self.stream) {
-            (ApiKind::Completion, _) => ("cmpl", "text_completion"),
-            (ApiKind::Chat, false) => ("chatcmpl", "chat.completion"),
-            (ApiKind::Chat, true) => ("chatcmpl", "chat.completion.chunk"),
-        }
-    }
-
-    /// The fields every response object of request `id` starts with.
-    fn envelope(&self, id: u64, choices: Vec<Value>) -> Value {
-        let (prefix, object) = self.object();
-        json!({
-            "id": format!("{prefix}-{id}"),
-            "object": object,
-            "created": self.created,
-            "model": &*self.model,
-            "choices": choices,
-        })
+/// Adds `"error": {"code", "message"}` when one of `outs` failed.
+fn attach_error<'a>(v: &mut Value, outs: impl IntoIterator<Item = &'a Output>) {
+    let failed = outs
+        .into_iter()
+        .filter(|o| o.finish_reason == Some(FinishReason::Error))
+        .find_map(|o| o.error.as_ref());
+    if let Some(e) = failed {
+        v["error"] = json!({"code": e.code() as u32, "message": e.message()});
     }
 }
 
-fn usage_json(out: &Output) -> Value {
-    let p = out.usage.prompt_tokens;
-    let c = out.usage.completion_tokens;
-    json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
+/// The complete (non-streamed) `text_completion` / `chat.completion` object of a request from
+/// its choices' merged outputs, one per choice in index order (as
+/// [`crate::engine::Engine::wait_all`] returns them). `usage` counts the prompt once and the
+/// completion tokens of every choice; with `echo` each choice's text (and, with `logprobs`, its
+/// log-probabilities) starts with the prompt's. A failed request also carries `"error":
+/// {"code", "message"}`. `tokenizer` turns log-probability token ids into text (without it:
+/// `token_id:N`).
+pub fn completion_json(outs: &[Output], shape: &ResponseShape, tok: Option<&Tokenizer>) -> Value {
+    let id = outs.first().map_or(0, |o| o.id);
+    let choices = outs
+        .iter()
+        .map(|o| choice_json(o, ChunkPosition::default(), shape, false, tok))
+        .collect();
+    let mut v = shape.envelope(id, false, choices);
+    v["usage"] = usage_value(total_usage(outs));
+    attach_error(&mut v, outs);
+    v
 }
 
-/// Builds the OpenAI response object for `out`: with `stream` a chunk carrying this delta
-/// (`text_completion` or `chat.completion.chunk`), otherwise the complete object
-/// (`text_completion` or `chat.completion`) made of this output's content (pass the merged output
-/// of the whole request). `usage` is present on final outputs (always when not streaming); a
-/// failed request also carries `"error": {"code", "message"}`. `tokenizer` turns log-probability
-/// token ids into text (without it: `token_id:N`). Same as [`response_json`] without
-/// `include_usage`.
+/// One streamed chunk (`text_completion` / `chat.completion.chunk`) carrying `out`, a delta of
+/// choice `out.index`, at `pos` (from [`StreamTracker::advance`]): a chat chunk announces the
+/// role on the choice's first chunk; with `echo` the choice's first chunk starts with the
+/// prompt. Chunks carry no `usage` (OpenAI's rule: the usage comes in the separate
+/// [`usage_chunk_json`], and with `include_usage` every chunk says `"usage": null`). A failed
+/// request's chunk also carries `"error": {"code", "message"}`.
+pub fn chunk_json(
+    out: &Output,
+    pos: ChunkPosition,
+    shape: &ResponseShape,
+    tok: Option<&Tokenizer>,
+) -> Value {
+    let mut v = shape.envelope(out.id, true, vec![choice_json(out, pos, shape, true, tok)]);
+    if shape.include_usage {
+        v["usage"] = Value::Null;
+    }
+    attach_error(&mut v, [out]);
+    v
+}
+
+/// Builds the OpenAI response object for `out` in `shape`: with `shape.stream` the chunk of
+/// this delta ([`chunk_json`]; the role is announced when `out` holds every token of its choice
+/// so far), otherwise the complete object made of this one output ([`completion_json`]; pass
+/// the merged output of a one-choice request). For several choices use [`completion_json`] and
+/// [`chunk_json`] with a [`StreamTracker`].
+pub fn response_json(out: &Output, shape: &ResponseShape, tokenizer: Option<&Tokenizer>) -> Value {
+    if shape.stream {
+        let pos = ChunkPosition {
+            first: out.usage.completion_tokens == out.token_ids.len(),
+            text_offset: 0,
+        };
+        chunk_json(out, pos, shape, tokenizer)
+    } else {
+        completion_json(std::slice::from_ref(out), shape, tokenizer)
+    }
+}
+
+/// [`response_json`] for a shape given field by field (no `echo`, no `include_usage`;
+/// log-probabilities rendered when `out` has some).
 pub fn output_json(
     out: &Output,
     kind: ApiKind,
@@ -699,63 +1197,29 @@ pub fn output_json(
         created,
         stream,
         include_usage: false,
+        echo: false,
+        logprobs: !out.logprobs.is_empty(),
+        tokens_as_ids: false,
     };
     response_json(out, &shape, tokenizer)
 }
 
-/// Builds the OpenAI response object for `out` in `shape` (see [`output_json`]). With
-/// `shape.include_usage` every chunk carries `"usage": null` (the usage comes in the separate
-/// [`usage_chunk_json`]); otherwise a streamed final chunk carries `usage` (a loraplex extension
-/// that OpenAI clients ignore).
-pub fn response_json(out: &Output, shape: &ResponseShape, tokenizer: Option<&Tokenizer>) -> Value {
-    let choice = match (shape.kind, shape.stream) {
-        (ApiKind::Completion, _) => json!({
-            "index": 0, "text": out.text, "logprobs": completion_logprobs(out, tokenizer),
-            "finish_reason": finish_value(out),
-        }),
-        (ApiKind::Chat, false) => json!({
-            "index": 0, "message": {"role": "assistant", "content": out.text},
-            "logprobs": chat_logprobs(out, tokenizer), "finish_reason": finish_value(out),
-        }),
-        (ApiKind::Chat, true) => {
-            let mut delta = json!({"content": out.text});
-            // The first delta of a request (it holds every token so far) announces the role.
-            if out.usage.completion_tokens == out.token_ids.len() {
-                delta["role"] = json!("assistant");
-            }
-            json!({"index": 0, "delta": delta, "logprobs": chat_logprobs(out, tokenizer),
-                   "finish_reason": finish_value(out)})
-        }
-    };
-    let mut v = shape.envelope(out.id, vec![choice]);
-    if shape.stream && shape.include_usage {
-        v["usage"] = Value::Null;
-    } else if !shape.stream || out.is_final() {
-        v["usage"] = usage_json(out);
-    }
-    if out.finish_reason == Some(FinishReason::Error) {
-        if let Some(e) = &out.error {
-            v["error"] = json!({"code": e.code() as u32, "message": e.message()});
-        }
-    }
-    v
-}
-
 /// The chunk OpenAI streams last when `stream_options.include_usage` is set: empty `choices` and
-/// the request's `usage`. `Some` only for the final output of such a request.
-pub fn usage_chunk_json(out: &Output, shape: &ResponseShape) -> Option<Value> {
-    if !(shape.stream && shape.include_usage && out.is_final()) {
+/// the request's `usage` (`total`: every choice's, e.g. [`StreamTracker::usage`]). `Some` only
+/// for the request's last output ([`Output::done`]) of such a request.
+pub fn usage_chunk_json(out: &Output, total: Usage, shape: &ResponseShape) -> Option<Value> {
+    if !(shape.stream && shape.include_usage && out.done) {
         return None;
     }
-    let mut v = shape.envelope(out.id, Vec::new());
-    v["usage"] = usage_json(out);
+    let mut v = shape.envelope(out.id, true, Vec::new());
+    v["usage"] = usage_value(total);
     Some(v)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{TokenLogprob, Usage};
+    use crate::engine::TokenLogprob;
     use crate::ErrorCode;
 
     #[test]
@@ -842,13 +1306,18 @@ mod tests {
                 "temperature",
             ),
             (
-                r#"{"prompt":"a","n":2}"#,
+                r#"{"prompt":"a","n":0}"#,
                 ErrorCode::InvalidArgument,
-                "\"n\" = 2",
+                "\"n\" = 0",
             ),
             (
-                r#"{"prompt":"a","echo":true}"#,
-                ErrorCode::Unsupported,
+                r#"{"prompt":"a","n":65}"#,
+                ErrorCode::InvalidArgument,
+                "\"n\" = 65",
+            ),
+            (
+                r#"{"prompt":"a","echo":1}"#,
+                ErrorCode::InvalidArgument,
                 "echo",
             ),
             (
@@ -926,6 +1395,7 @@ mod tests {
         ];
         if final_ {
             o.finish_reason = Some(FinishReason::Length);
+            o.done = true;
         }
         o
     }
@@ -976,6 +1446,10 @@ mod tests {
         assert_eq!(v["choices"][0]["finish_reason"], "error");
         assert_eq!(v["error"]["code"], 5);
         assert_eq!(v["error"]["message"], "host cache full");
+        // A streamed chunk carries no usage (OpenAI sends it only in the include_usage chunk).
+        assert!(v.get("usage").is_none(), "{v}");
+        let v = output_json(&o, ApiKind::Completion, "m", 0, false, None);
+        assert_eq!(v["error"]["code"], 5);
         assert_eq!(v["usage"]["total_tokens"], 0);
     }
 
@@ -993,12 +1467,8 @@ mod tests {
                 "\"tool_choice\"",
             ),
             (
-                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
-                "\"response_format\"",
-            ),
-            (
-                r#"{"prompt":"a","logit_bias":{"50256":-100}}"#,
-                "\"logit_bias\"",
+                r#"{"messages":[{"role":"user","content":"x"}],"tool_choice":{"type":"function"}}"#,
+                "\"tool_choice\"",
             ),
             (r#"{"prompt":"a","suffix":"end"}"#, "\"suffix\""),
             (
@@ -1087,8 +1557,10 @@ mod tests {
             assert!(v["usage"].is_null(), "{v}");
             assert!(v.as_object().unwrap().contains_key("usage"), "{v}");
         }
-        assert_eq!(usage_chunk_json(&sample_output(false), &shape), None);
-        let u = usage_chunk_json(&sample_output(true), &shape).unwrap();
+        let early = sample_output(false);
+        assert_eq!(usage_chunk_json(&early, early.usage, &shape), None);
+        let last = sample_output(true);
+        let u = usage_chunk_json(&last, last.usage, &shape).unwrap();
         assert_eq!(u["object"], "chat.completion.chunk");
         assert_eq!(u["id"], "chatcmpl-7");
         assert_eq!(u["model"], "base");
@@ -1110,15 +1582,364 @@ mod tests {
         ] {
             let r = parse_openai(body, "base").unwrap();
             let shape = ResponseShape::of(&r, 5);
-            let u = usage_chunk_json(&sample_output(true), &shape);
+            let last = sample_output(true);
+            let u = usage_chunk_json(&last, last.usage, &shape);
             assert_eq!(u.is_some(), want, "{body}");
             if let Some(u) = u {
                 assert_eq!(u["object"], "text_completion");
                 assert_eq!(u["choices"], json!([]));
             }
-            // Without include_usage the final chunk keeps its usage.
-            let v = response_json(&sample_output(true), &shape, None);
-            assert_eq!(v["usage"].is_null(), want, "{body}: {v}");
+            // A streamed final chunk carries "usage": null with include_usage and no usage
+            // otherwise (as OpenAI); the complete object always has it.
+            let v = response_json(&last, &shape, None);
+            match (shape.stream, want) {
+                (true, true) => assert!(v["usage"].is_null() && v.get("usage").is_some(), "{v}"),
+                (true, false) => assert!(v.get("usage").is_none(), "{body}: {v}"),
+                (false, _) => assert_eq!(v["usage"]["total_tokens"], 5, "{v}"),
+            }
         }
+    }
+
+    fn constraint(body: &str) -> ResponseFormat {
+        parse_openai(body, "base").unwrap().request.response_format
+    }
+
+    fn refused(body: &str) -> String {
+        let e = parse_openai(body, "base").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{body}: {e}");
+        e.message().to_string()
+    }
+
+    #[test]
+    fn response_format_and_guided_fields_become_constraints() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        for body in [
+            json!({"messages": [{"role": "user", "content": "x"}], "response_format":
+                {"type": "json_schema", "json_schema": {"name": "thing", "schema": schema,
+                 "strict": true, "description": "d"}}}),
+            json!({"prompt": "x", "response_format": {"type": "json_schema",
+                "json_schema": {"schema": schema}}}),
+            json!({"prompt": "x", "guided_json": schema}),
+            json!({"prompt": "x", "guided_json": schema.to_string()}),
+            json!({"prompt": "x", "guided_json": schema, "response_format": {"type": "text"}}),
+        ] {
+            assert_eq!(
+                constraint(&body.to_string()),
+                ResponseFormat::JsonSchema(schema.clone()),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            constraint(
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#
+            ),
+            ResponseFormat::JsonObject
+        );
+        assert_eq!(
+            constraint(r#"{"prompt":"x","response_format":{"type":"text"}}"#),
+            ResponseFormat::Text
+        );
+        assert_eq!(constraint(r#"{"prompt":"x"}"#), ResponseFormat::Text);
+        assert_eq!(
+            constraint(r#"{"prompt":"x","guided_regex":"[0-9]{3}"}"#),
+            ResponseFormat::Regex("[0-9]{3}".into())
+        );
+        assert_eq!(
+            constraint(r#"{"prompt":"x","guided_choice":["yes","no"]}"#),
+            ResponseFormat::Choice(vec!["yes".into(), "no".into()])
+        );
+        assert_eq!(
+            constraint(r#"{"prompt":"x","guided_grammar":"start: \"a\"+"}"#),
+            ResponseFormat::Grammar("start: \"a\"+".into())
+        );
+    }
+
+    #[test]
+    fn bad_constraints_are_refused_naming_the_problem() {
+        let chat =
+            |rest: &str| format!(r#"{{"messages":[{{"role":"user","content":"x"}}],{rest}}}"#);
+        for (body, needles) in [
+            (
+                chat(r#""response_format":{"type":"nonsense"}"#),
+                &["response_format.type", "nonsense"][..],
+            ),
+            (chat(r#""response_format":{}"#), &["response_format.type"]),
+            (chat(r#""response_format":"json""#), &["response_format"]),
+            (
+                chat(r#""response_format":{"type":"json_schema"}"#),
+                &["response_format.json_schema"],
+            ),
+            (
+                chat(r#""response_format":{"type":"json_schema","json_schema":{"name":"n"}}"#),
+                &["response_format.json_schema.schema"],
+            ),
+            (
+                chat(r#""response_format":{"type":"json_schema","json_schema":{"schema":3}}"#),
+                &["response_format.json_schema.schema"],
+            ),
+            (
+                chat(
+                    r#""response_format":{"type":"json_schema","json_schema":{"schema":{},"x":1}}"#,
+                ),
+                &["response_format.json_schema.x"],
+            ),
+            (
+                chat(
+                    r#""response_format":{"type":"json_schema","json_schema":{"schema":{},"strict":"yes"}}"#,
+                ),
+                &["response_format.json_schema.strict"],
+            ),
+            (
+                chat(r#""response_format":{"type":"json_object","json_schema":{}}"#),
+                &["response_format.json_schema"],
+            ),
+            (chat(r#""guided_json":"{not json""#), &["guided_json"]),
+            (chat(r#""guided_json":[1]"#), &["guided_json"]),
+            (chat(r#""guided_regex":5"#), &["guided_regex"]),
+            (chat(r#""guided_regex":"""#), &["guided_regex"]),
+            (chat(r#""guided_choice":[]"#), &["guided_choice"]),
+            (chat(r#""guided_choice":["a",2]"#), &["guided_choice[1]"]),
+            (chat(r#""guided_grammar":" ""#), &["guided_grammar"]),
+            (
+                chat(r#""response_format":{"type":"json_object"},"guided_regex":"a""#),
+                &["\"response_format\" and \"guided_regex\""],
+            ),
+            (
+                chat(r#""guided_choice":["a"],"guided_json":{}"#),
+                &["\"guided_json\" and \"guided_choice\""],
+            ),
+            (
+                chat(r#""guided_decoding_backend":"xgrammar""#),
+                &["guided_decoding_backend"],
+            ),
+        ] {
+            let m = refused(&body);
+            for n in needles {
+                assert!(m.contains(n), "{body}: {m} lacks {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn n_best_of_echo_and_logit_bias() {
+        let r = parse_openai(r#"{"prompt":"a","n":3,"seed":1}"#, "b").unwrap();
+        assert_eq!((r.request.n, r.request.best_of), (3, None));
+        let r = parse_openai(
+            r#"{"messages":[{"role":"user","content":"x"}],"n":64}"#,
+            "b",
+        );
+        assert_eq!(r.unwrap().request.n, 64);
+        let r = parse_openai(r#"{"prompt":"a","best_of":3}"#, "b").unwrap();
+        assert_eq!((r.request.n, r.request.best_of), (1, Some(3)));
+        assert_eq!(r.request.num_sequences(), 3);
+        let r = parse_openai(r#"{"prompt":"a","n":2,"best_of":2,"stream":true}"#, "b").unwrap();
+        assert_eq!((r.request.n, r.request.best_of), (2, None));
+        for (body, needle) in [
+            (r#"{"prompt":"a","n":3,"best_of":2}"#, "\"best_of\" = 2"),
+            (r#"{"prompt":"a","best_of":65}"#, "\"best_of\" = 65"),
+            (r#"{"prompt":"a","best_of":0}"#, "\"best_of\" = 0"),
+            (r#"{"prompt":"a","best_of":3,"stream":true}"#, "streamed"),
+            (r#"{"prompt":"a","n":-1}"#, "\"n\""),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"best_of":2}"#,
+                "\"best_of\"",
+            ),
+            (
+                r#"{"prompt":"a","logit_bias":{"abc":1}}"#,
+                "key \"abc\" is not a token id",
+            ),
+            (r#"{"prompt":"a","logit_bias":{"-1":1}}"#, "key \"-1\""),
+            (r#"{"prompt":"a","logit_bias":{"+1":1}}"#, "key \"+1\""),
+            (r#"{"prompt":"a","logit_bias":{"5":"x"}}"#, "logit_bias.5"),
+            (r#"{"prompt":"a","logit_bias":{"5":101}}"#, "logit_bias[5]"),
+            (
+                r#"{"prompt":"a","logit_bias":{"5":-100.5}}"#,
+                "logit_bias[5]",
+            ),
+            (r#"{"prompt":"a","logit_bias":[1]}"#, "logit_bias"),
+            (
+                r#"{"prompt":"a","tools":[{"type":"function"}]}"#,
+                "\"tools\"",
+            ),
+            (r#"{"prompt":"a","suffix":"x"}"#, "\"suffix\""),
+        ] {
+            let m = refused(body);
+            assert!(m.contains(needle), "{body}: {m}");
+        }
+        let r = parse_openai(
+            r#"{"prompt":"a","logit_bias":{"7":100,"3":-100,"12":0.5}}"#,
+            "b",
+        )
+        .unwrap();
+        assert_eq!(
+            r.request.sampling.logit_bias,
+            vec![(3, -100.0), (7, 100.0), (12, 0.5)]
+        );
+        let r = parse_openai(r#"{"prompt":"a","echo":true,"logprobs":2}"#, "b").unwrap();
+        assert!(r.request.echo);
+        assert_eq!(r.request.sampling.prompt_logprobs, Some(2));
+        assert!(ResponseShape::of(&r, 0).echo);
+        let r = parse_openai(r#"{"prompt":"a","echo":true}"#, "b").unwrap();
+        assert!(r.request.echo);
+        assert_eq!(r.request.sampling.prompt_logprobs, None);
+        let r = parse_openai(r#"{"prompt":"a","return_tokens_as_token_ids":true}"#, "b").unwrap();
+        assert!(r.return_tokens_as_token_ids);
+        assert!(ResponseShape::of(&r, 0).tokens_as_ids);
+    }
+
+    /// A finished choice `index` of request 7 with `text` and two tokens.
+    fn choice(index: usize, text: &str, completion_tokens: usize) -> Output {
+        let mut o = sample_output(true);
+        o.index = index;
+        o.text = text.into();
+        o.usage.completion_tokens = completion_tokens;
+        o.done = false;
+        o
+    }
+
+    #[test]
+    fn several_choices_render_with_their_indices_and_summed_usage() {
+        for kind_body in [
+            r#"{"prompt":"p","n":3}"#,
+            r#"{"messages":[{"role":"user","content":"x"}],"n":3}"#,
+        ] {
+            let r = parse_openai(kind_body, "base").unwrap();
+            let shape = ResponseShape::of(&r, 1);
+            let mut outs = vec![choice(0, "a", 2), choice(1, "b", 4), choice(2, "c", 1)];
+            outs[2].done = true;
+            let v = completion_json(&outs, &shape, None);
+            assert_eq!(v["choices"].as_array().unwrap().len(), 3, "{v}");
+            for (i, want) in ["a", "b", "c"].iter().enumerate() {
+                let c = &v["choices"][i];
+                assert_eq!(c["index"], i, "{v}");
+                let text = if r.kind == ApiKind::Chat {
+                    &c["message"]["content"]
+                } else {
+                    &c["text"]
+                };
+                assert_eq!(text, want, "{v}");
+            }
+            assert_eq!(v["usage"]["prompt_tokens"], 3, "{v}");
+            assert_eq!(v["usage"]["completion_tokens"], 7, "{v}");
+            assert_eq!(v["usage"]["total_tokens"], 10, "{v}");
+            assert!(v["choices"][0]["logprobs"].is_null(), "{v}");
+        }
+    }
+
+    #[test]
+    fn streamed_choices_interleave_with_roles_and_one_usage_chunk() {
+        let body = r#"{"messages":[{"role":"user","content":"x"}],"n":2,"stream":true,
+                       "stream_options":{"include_usage":true}}"#;
+        let r = parse_openai(body, "base").unwrap();
+        let shape = ResponseShape::of(&r, 1);
+        let mut t = StreamTracker::new();
+        let delta = |index: usize, text: &str, tokens: usize, finish: bool, done: bool| {
+            let mut o = Output::new(
+                7,
+                Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: tokens,
+                },
+            );
+            o.index = index;
+            o.text = text.into();
+            o.token_ids = vec![1; text.len()];
+            o.finish_reason = finish.then_some(FinishReason::Stop);
+            o.done = done;
+            o
+        };
+        let seq = [
+            delta(0, "a", 1, false, false),
+            delta(1, "b", 1, false, false),
+            delta(0, "c", 2, true, false),
+            delta(1, "de", 3, true, true),
+        ];
+        let mut roles = Vec::new();
+        let mut usage_chunks = Vec::new();
+        for o in &seq {
+            let pos = t.advance(o, &shape);
+            let v = chunk_json(o, pos, &shape, None);
+            assert_eq!(v["object"], "chat.completion.chunk");
+            assert_eq!(v["choices"][0]["index"], o.index, "{v}");
+            assert!(v["usage"].is_null() && v.get("usage").is_some(), "{v}");
+            roles.push(v["choices"][0]["delta"]["role"] == "assistant");
+            if let Some(u) = usage_chunk_json(o, t.usage(), &shape) {
+                usage_chunks.push(u);
+            }
+        }
+        assert_eq!(roles, vec![true, true, false, false]);
+        assert_eq!(usage_chunks.len(), 1);
+        assert_eq!(usage_chunks[0]["usage"]["completion_tokens"], 5);
+        assert_eq!(usage_chunks[0]["usage"]["prompt_tokens"], 3);
+        assert_eq!(usage_chunks[0]["choices"], json!([]));
+    }
+
+    #[test]
+    fn echo_prepends_the_prompt_and_its_logprobs() {
+        let prompt = PromptOutput {
+            text: "Hi you".into(),
+            token_ids: vec![10, 11],
+            logprobs: vec![TokenLogprob {
+                token: 11,
+                logprob: -1.5,
+                top: vec![(12, -0.5), (11, -1.5)],
+            }],
+        };
+        let mut out = sample_output(true);
+        out.prompt = Some(prompt.clone());
+        // echo + logprobs, not streamed.
+        let r = parse_openai(r#"{"prompt":"Hi you","echo":true,"logprobs":2}"#, "b").unwrap();
+        let shape = ResponseShape::of(&r, 0);
+        let v = completion_json(std::slice::from_ref(&out), &shape, None);
+        let c = &v["choices"][0];
+        assert_eq!(c["text"], "Hi youhi", "{v}");
+        let lp = &c["logprobs"];
+        assert_eq!(
+            lp["tokens"],
+            json!(["token_id:10", "token_id:11", "token_id:104", "token_id:105"])
+        );
+        assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
+        assert_eq!(lp["token_logprobs"][1], -1.5);
+        assert_eq!(lp["top_logprobs"][1]["token_id:12"], -0.5);
+        assert_eq!(lp["token_logprobs"][3], -0.25);
+        assert_eq!(lp["text_offset"], json!([0, 11, 22, 34]));
+        // echo without logprobs: the text only.
+        let r = parse_openai(r#"{"prompt":"Hi you","echo":true}"#, "b").unwrap();
+        let shape = ResponseShape::of(&r, 0);
+        let v = completion_json(std::slice::from_ref(&out), &shape, None);
+        assert_eq!(v["choices"][0]["text"], "Hi youhi");
+        assert!(v["choices"][0]["logprobs"].is_null());
+        // Streamed: the prompt starts the first chunk; later offsets continue after it.
+        let r = parse_openai(
+            r#"{"prompt":"Hi you","echo":true,"logprobs":0,"stream":true}"#,
+            "b",
+        )
+        .unwrap();
+        let shape = ResponseShape::of(&r, 0);
+        let mut t = StreamTracker::new();
+        let mut first = sample_output(false);
+        first.prompt = Some(prompt);
+        let pos = t.advance(&first, &shape);
+        let v = chunk_json(&first, pos, &shape, None);
+        assert_eq!(v["choices"][0]["text"], "Hi youhi");
+        assert_eq!(v["choices"][0]["logprobs"]["tokens"][0], "token_id:10");
+        let mut next = sample_output(true);
+        next.text = "!".into();
+        let pos = t.advance(&next, &shape);
+        assert_eq!(pos.text_offset, "Hi youhi".len());
+        let v = chunk_json(&next, pos, &shape, None);
+        assert_eq!(v["choices"][0]["text"], "!");
+        assert_eq!(v["choices"][0]["logprobs"]["text_offset"][0], 8);
+        // Without echo a prompt carried by the output (prompt_logprobs) is not rendered.
+        let r = parse_openai(r#"{"prompt":"Hi you","logprobs":1}"#, "b").unwrap();
+        let v = completion_json(std::slice::from_ref(&out), &ResponseShape::of(&r, 0), None);
+        assert_eq!(v["choices"][0]["text"], "hi");
+        assert_eq!(
+            v["choices"][0]["logprobs"]["tokens"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
     }
 }

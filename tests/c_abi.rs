@@ -96,9 +96,32 @@ fn header_compiles_as_c99_and_cpp17() {
     let src = dir.path().join("h.c");
     std::fs::write(
         &src,
-        "#include \"loraplex.h\"\nint main(void) { lpx_engine_config c; lpx_request r; \
-         lpx_engine_config_init(&c); lpx_request_init(&r); \
-         return (int)(lpx_abi_version() != LPX_ABI_VERSION) + (int)(LPX_ERROR_CODE_CAPACITY != 5); }\n",
+        r#"#include "loraplex.h"
+/* The init macros call the _sized functions with the caller's sizeof; the functions of the
+   same names stay reachable (parenthesised, or by address) and write only the layout older
+   headers declared. */
+static void (*const req_init_v1)(lpx_request *) = lpx_request_init;
+static void (*const cfg_init_v1)(lpx_engine_config *) = &lpx_engine_config_init;
+int main(void) {
+    lpx_engine_config c;
+    lpx_request r;
+    lpx_error *e1 = lpx_engine_config_init(&c);
+    lpx_error *e2 = lpx_request_init(&r);
+    if (e1 != NULL || e2 != NULL) return 10;
+    if (c.struct_size != sizeof c) return 11;
+    if (r.struct_size != sizeof r) return 12;
+    if (r.n != 1 || r.prompt_logprobs != -1 || r.echo) return 13;
+    (lpx_request_init)(&r);
+    if (r.struct_size >= sizeof r) return 14;
+    req_init_v1(&r);
+    if (r.struct_size >= sizeof r) return 15;
+    (lpx_engine_config_init)(&c);
+    cfg_init_v1(&c);
+    /* lpx_engine_config has not grown since the init macros came: the legacy layout is today's. */
+    if (c.struct_size != sizeof c) return 16;
+    return (int)(lpx_abi_version() != LPX_ABI_VERSION) + (int)(LPX_ERROR_CODE_CAPACITY != 5);
+}
+"#,
     )
     .unwrap();
     let exe = dir.path().join("h");
@@ -405,4 +428,343 @@ int main(int argc, char **argv) {
     let in_flight =
         s["requests"]["running"].as_u64().unwrap() + s["requests"]["waiting"].as_u64().unwrap();
     assert!(in_flight >= 2, "{before}");
+}
+
+#[test]
+fn c_request_old_layout_and_new_fields() {
+    if !have("gcc") {
+        return;
+    }
+    let (dir, model) = tiny_model();
+    let src = dir.path().join("request_fields.c");
+    // An old caller (the lpx_request layout before n, logit_bias, response_format, echo and
+    // prompt_logprobs were appended, its own struct_size, tail padding garbage) and a new one
+    // setting every new field; the outputs are printed for the checks below.
+    std::fs::write(
+        &src,
+        r#"#include <stdio.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include "loraplex.h"
+typedef struct {
+    uint32_t struct_size;
+    const char *model;
+    const char *prompt;
+    const uint32_t *prompt_tokens;
+    size_t prompt_tokens_len;
+    const lpx_message *messages;
+    size_t messages_len;
+    uint32_t max_tokens;
+    float temperature;
+    float top_p;
+    uint32_t top_k;
+    float min_p;
+    uint64_t seed;
+    bool has_seed;
+    const char *const *stop;
+    size_t stop_len;
+    const uint32_t *stop_token_ids;
+    size_t stop_token_ids_len;
+    int32_t logprobs;
+    bool ignore_eos;
+    float repetition_penalty;
+    float presence_penalty;
+    float frequency_penalty;
+} lpx_request_v1;
+static int fail(lpx_error *err) {
+    fprintf(stderr, "error %d: %s\n", (int)lpx_error_code(err), lpx_error_message(err));
+    lpx_error_free(err);
+    return 1;
+}
+/* Polls id until done, printing one line per output. */
+static int drain(lpx_engine *e, uint64_t id, const char *tag) {
+    for (;;) {
+        lpx_output *o = NULL;
+        lpx_error *err = lpx_engine_poll(e, id, 1000, &o);
+        size_t n = 0, plen = 0, pn = 0, lpn = 0, i;
+        const uint32_t *ids;
+        const char *pt;
+        int done;
+        if (err != NULL) return fail(err);
+        if (o == NULL) continue;
+        ids = lpx_output_token_ids(o, &n);
+        pt = lpx_output_prompt_text(o, &plen);
+        lpx_output_prompt_token_ids(o, &pn);
+        lpx_output_prompt_logprobs(o, &lpn);
+        printf("%s index=%u final=%d done=%d finish=%d cum=%.3f prompt=%s prompt_ids=%zu prompt_lps=%zu tokens=",
+               tag, lpx_output_index(o), (int)lpx_output_is_final(o), (int)lpx_output_is_done(o),
+               (int)lpx_output_finish_reason(o), lpx_output_cumulative_logprob(o),
+               pt ? pt : "(none)", pn, lpn);
+        for (i = 0; i < n; i++) printf("%u,", ids[i]);
+        printf(" text=[%s]\n", lpx_output_text(o));
+        done = lpx_output_is_done(o);
+        lpx_output_free(o);
+        if (done) return 0;
+    }
+}
+int main(int argc, char **argv) {
+    lpx_engine_config cfg;
+    lpx_engine *e = NULL;
+    lpx_request_v1 v1;
+    lpx_request_v1 *v1p;
+    struct {
+        lpx_request_v1 r;
+        unsigned char tail[64];
+    } canaried;
+    size_t i;
+    lpx_request r;
+    lpx_logit_bias bias[1];
+    const char *choices[2];
+    uint64_t id;
+    lpx_error *err;
+    if (argc != 2) return 2;
+    if (sizeof(lpx_request_v1) != offsetof(lpx_request, logit_bias)) {
+        fprintf(stderr, "old layout %zu bytes, new fields start at %zu\n",
+                sizeof(lpx_request_v1), offsetof(lpx_request, logit_bias));
+        return 3;
+    }
+    if ((err = lpx_engine_config_init(&cfg)) != NULL) return fail(err);
+    if (cfg.struct_size != sizeof cfg) return 3;
+    cfg.model = argv[1];
+    cfg.threads = 1;
+    if ((err = lpx_engine_create(&cfg, &e)) != NULL) return fail(err);
+
+    memset(&v1, 0xAB, sizeof v1);
+    v1.struct_size = (uint32_t)sizeof v1;
+    v1.model = NULL;
+    v1.prompt = "hi";
+    v1.prompt_tokens = NULL;
+    v1.prompt_tokens_len = 0;
+    v1.messages = NULL;
+    v1.messages_len = 0;
+    v1.max_tokens = 3;
+    v1.temperature = 0.0f;
+    v1.top_p = 1.0f;
+    v1.top_k = 0;
+    v1.min_p = 0.0f;
+    v1.seed = 0;
+    v1.has_seed = false;
+    v1.stop = NULL;
+    v1.stop_len = 0;
+    v1.stop_token_ids = NULL;
+    v1.stop_token_ids_len = 0;
+    v1.logprobs = -1;
+    v1.ignore_eos = true;
+    v1.repetition_penalty = 1.0f;
+    v1.presence_penalty = 0.0f;
+    v1.frequency_penalty = 0.0f;
+    if ((err = lpx_engine_submit(e, (const lpx_request *)(const void *)&v1, &id)) != NULL) return fail(err);
+    if (drain(e, id, "v1")) return 1;
+
+    /* An old binary calling the exported lpx_request_init symbol on its own (first-layout)
+       struct: exactly sizeof(lpx_request_v1) bytes on the heap (valgrind reports any write past
+       them), then in front of a canary that must stay intact. */
+    v1p = (lpx_request_v1 *)malloc(sizeof *v1p);
+    if (v1p == NULL) return 2;
+    (lpx_request_init)((lpx_request *)(void *)v1p);
+    if (v1p->struct_size != sizeof *v1p) {
+        fprintf(stderr, "old init: struct_size %u, not %zu\n", v1p->struct_size, sizeof *v1p);
+        return 4;
+    }
+    memset(&canaried, 0xA5, sizeof canaried);
+    (lpx_request_init)((lpx_request *)(void *)&canaried.r);
+    for (i = 0; i < sizeof canaried.tail; i++)
+        if (canaried.tail[i] != 0xA5) {
+            fprintf(stderr, "old init wrote past the first layout at +%zu\n", i);
+            return 5;
+        }
+    if (canaried.r.struct_size != sizeof canaried.r || canaried.r.max_tokens != 16
+        || canaried.r.logprobs != -1 || canaried.r.repetition_penalty != 1.0f) return 6;
+    v1p->prompt = "hi";
+    v1p->max_tokens = 3;
+    v1p->temperature = 0.0f;
+    v1p->ignore_eos = true;
+    if ((err = lpx_engine_submit(e, (const lpx_request *)(const void *)v1p, &id)) != NULL) return fail(err);
+    free(v1p);
+    if (drain(e, id, "v1init")) return 1;
+
+    /* New code: the macro passes sizeof r, so every field of this header is initialised. */
+    memset(&r, 0xA5, sizeof r);
+    if ((err = lpx_request_init(&r)) != NULL) return fail(err);
+    if (r.struct_size != sizeof r || r.n != 1 || r.best_of != 0 || r.echo
+        || r.prompt_logprobs != -1 || r.logit_bias != NULL
+        || r.response_format != LPX_RESPONSE_FORMAT_TYPE_TEXT) {
+        fprintf(stderr, "macro init: struct_size %u (sizeof %zu)\n", r.struct_size, sizeof r);
+        return 7;
+    }
+    /* An unknown size writes nothing and names it. */
+    memset(&r, 0xA5, sizeof r);
+    err = lpx_request_init_sized(&r, sizeof *v1p + 8);
+    if (err == NULL || lpx_error_code(err) != LPX_ERROR_CODE_INVALID_ARGUMENT) return 8;
+    printf("unknown size: %s\n", lpx_error_message(err));
+    lpx_error_free(err);
+    for (i = 0; i < sizeof r; i++)
+        if (((const unsigned char *)&r)[i] != 0xA5) return 9;
+
+    lpx_request_init(&r);
+    r.prompt = "hi";
+    r.max_tokens = 3;
+    r.ignore_eos = true;
+    r.seed = 4;
+    r.has_seed = true;
+    r.n = 2;
+    r.best_of = 3;
+    bias[0].token = 65;
+    bias[0].bias = 100.0f;
+    r.logit_bias = bias;
+    r.logit_bias_len = 1;
+    r.echo = true;
+    r.prompt_logprobs = 1;
+    if ((err = lpx_engine_submit(e, &r, &id)) != NULL) return fail(err);
+    if (drain(e, id, "new")) return 1;
+
+    lpx_request_init(&r);
+    r.prompt = "hi";
+    r.max_tokens = 20;
+    r.temperature = 0.0f;
+    choices[0] = "yes";
+    choices[1] = "no";
+    r.response_format = LPX_RESPONSE_FORMAT_TYPE_CHOICE;
+    r.response_format_choices = choices;
+    r.response_format_choices_len = 2;
+    if ((err = lpx_engine_submit(e, &r, &id)) != NULL) return fail(err);
+    if (drain(e, id, "choice")) return 1;
+
+    lpx_request_init(&r);
+    r.prompt = "hi";
+    r.max_tokens = 60;
+    r.temperature = 0.0f;
+    r.response_format = LPX_RESPONSE_FORMAT_TYPE_JSON_SCHEMA;
+    r.response_format_value = "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":9}},\"required\":[\"a\"],\"additionalProperties\":false}";
+    if ((err = lpx_engine_submit(e, &r, &id)) != NULL) return fail(err);
+    if (drain(e, id, "schema")) return 1;
+    lpx_engine_free(e);
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.path().join("request_fields");
+    build("gcc", "-std=c99", &src, &exe, &[]);
+    let out = if have("valgrind") {
+        let out = run(Command::new("valgrind")
+            .args([
+                "--leak-check=full",
+                "--errors-for-leak-kinds=definite",
+                "--error-exitcode=1",
+            ])
+            .arg(&exe)
+            .arg(&model));
+        assert!(out.contains("ERROR SUMMARY: 0 errors"), "{out}");
+        out
+    } else {
+        run(Command::new(&exe).arg(&model))
+    };
+    let lines = |tag: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.starts_with(&format!("{tag} ")))
+            .map(str::to_string)
+            .collect()
+    };
+    // The old caller: one choice, three tokens, the last output done, no prompt.
+    let v1 = lines("v1");
+    assert!(!v1.is_empty(), "{out}");
+    assert!(
+        v1.iter()
+            .all(|l| l.contains("index=0 ") && l.contains("prompt=(none)")),
+        "{out}"
+    );
+    assert!(v1.last().unwrap().contains("done=1 finish=2"), "{out}");
+    let n: usize = v1
+        .iter()
+        .map(|l| {
+            l.split("tokens=")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .matches(',')
+                .count()
+        })
+        .sum();
+    assert_eq!(n, 3, "{out}");
+    // The old binary's struct initialised by the exported symbol: the same as the first.
+    let v1init = lines("v1init");
+    assert!(!v1init.is_empty(), "{out}");
+    assert!(v1init.last().unwrap().contains("done=1 finish=2"), "{out}");
+    let toks = |ls: &[String]| -> Vec<String> {
+        ls.iter()
+            .map(|l| {
+                l.split("tokens=")
+                    .nth(1)
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(toks(&v1init).concat(), toks(&v1).concat(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "unknown size: lpx_request_init_sized: size = {} is not a layout of lpx_request",
+            152 + 8
+        )) || !cfg!(target_pointer_width = "64"),
+        "{out}"
+    );
+    // The new one: two choices (best of three), token 65 forced, the prompt and its
+    // log-probabilities on each choice's first output, done only at the end.
+    let new = lines("new");
+    for i in 0..2 {
+        let mine: Vec<&String> = new
+            .iter()
+            .filter(|l| l.contains(&format!("index={i} ")))
+            .collect();
+        assert!(!mine.is_empty(), "choice {i}: {out}");
+        assert!(mine[0].contains("prompt=hi "), "{out}");
+        assert!(!mine[0].contains("prompt_lps=0"), "{out}");
+        let text: String = mine
+            .iter()
+            .map(|l| l.split("text=[").nth(1).unwrap().trim_end_matches(']'))
+            .collect();
+        assert_eq!(text, "AAA", "{out}");
+    }
+    assert!(new.iter().all(|l| !l.contains("index=2 ")), "{out}");
+    assert_eq!(
+        new.iter().filter(|l| l.contains("done=1")).count(),
+        1,
+        "{out}"
+    );
+    assert!(new.last().unwrap().contains("done=1"), "{out}");
+    // The choice constraint and the schema: finish STOP, the text as asked.
+    let text_of = |tag: &str| -> String {
+        lines(tag)
+            .iter()
+            .map(|l| {
+                l.split("text=[")
+                    .nth(1)
+                    .unwrap()
+                    .trim_end_matches(']')
+                    .to_string()
+            })
+            .collect()
+    };
+    assert!(["yes", "no"].contains(&text_of("choice").as_str()), "{out}");
+    assert!(
+        lines("choice").last().unwrap().contains("finish=1"),
+        "{out}"
+    );
+    let schema_text = text_of("schema");
+    let v: serde_json::Value = serde_json::from_str(&schema_text)
+        .unwrap_or_else(|e| panic!("schema output {schema_text:?} is not JSON: {e}\n{out}"));
+    let a = v["a"].as_i64().unwrap_or_else(|| panic!("{v}"));
+    assert!((0..=9).contains(&a), "{v}");
+    assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
+    assert!(
+        lines("schema").last().unwrap().contains("finish=1"),
+        "{out}"
+    );
 }

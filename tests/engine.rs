@@ -12,13 +12,7 @@ use loraplex::tokenizer::ChatMessage;
 use loraplex::ErrorCode;
 use serde_json::json;
 
-fn tiny_engine(dir: &std::path::Path, tweak: impl FnOnce(&mut EngineConfig)) -> Engine {
-    common::write_tiny_model(dir, common::TinySpec::default());
-    let mut cfg = EngineConfig::new(dir);
-    cfg.threads = 2;
-    tweak(&mut cfg);
-    Engine::new(cfg).unwrap()
-}
+use common::tiny_engine;
 
 fn greedy(n: usize) -> SamplingParams {
     SamplingParams {
@@ -286,6 +280,7 @@ fn cancel_and_bad_inputs_keep_the_engine_serving() {
         model: Some("nope".into()),
         prompt: Prompt::Tokens(vec![1]),
         sampling: greedy(2),
+        ..Request::default()
     };
     assert_eq!(engine.submit(r).unwrap_err().code(), ErrorCode::NotFound);
     // Length is capped by max_model_len.

@@ -66,6 +66,7 @@ fn req(model: Option<&str>, p: usize, n: usize) -> Request {
             return_last_logits: true,
             ..SamplingParams::default()
         },
+        ..Request::default()
     }
 }
 

@@ -77,6 +77,7 @@ fn smollm2_quantized_base_and_adapter_in_mixed_batches_match_peft() {
                 model: (variant != "__base__").then(|| variant.to_string()),
                 prompt: Prompt::Tokens(common::token_ids(&prompt["token_ids"])),
                 sampling: sp,
+                ..Request::default()
             };
             jobs.push((variant, p, engine.submit(r).unwrap()));
         }

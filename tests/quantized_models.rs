@@ -110,6 +110,7 @@ fn check_scheme(scheme: QuantScheme, r: &common::Smollm2Reference, dir: &Path) -
                     return_last_logits: true,
                     ..SamplingParams::default()
                 },
+                ..Request::default()
             };
             jobs.push((
                 format!("{} {variant} prompt {p}", scheme.name()),

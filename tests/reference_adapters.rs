@@ -50,6 +50,7 @@ fn check_variants(e: &Engine, reference: &Path, rel_tol: f32) -> Vec<String> {
                 model: Some(name.clone()),
                 prompt: Prompt::Tokens(common::token_ids(&prompt["token_ids"])),
                 sampling: greedy(),
+                ..Request::default()
             };
             jobs.push((name.clone(), p, v.clone(), e.submit(r).unwrap()));
         }
@@ -96,6 +97,7 @@ fn tiny_llama_hf_adapters_and_mixed_batch_match_peft() {
             model: Some(bad.into()),
             prompt: Prompt::Tokens(vec![1, 2, 3]),
             sampling: greedy(),
+            ..Request::default()
         };
         match e.submit(r).and_then(|id| e.wait(id)) {
             Ok(_) => failures.push(format!("{bad} was served")),
@@ -121,6 +123,7 @@ fn tiny_llama_hf_adapters_and_mixed_batch_match_peft() {
                 model,
                 prompt: Prompt::Tokens(common::token_ids(&prompts[p]["token_ids"])),
                 sampling: greedy(),
+                ..Request::default()
             })
             .unwrap()
         })

@@ -75,6 +75,7 @@ fn check_on(e: &Engine, model: &Path, dir: &Path, refj: &Value) -> Vec<String> {
                 model: (name != "__base__").then(|| name.clone()),
                 prompt: Prompt::Tokens(common::token_ids(&prompt["token_ids"])),
                 sampling: sampling.clone(),
+                ..Request::default()
             };
             jobs.push((name.clone(), p, v.clone(), e.submit(r).unwrap()));
         }

@@ -5,6 +5,7 @@
 // several threads at once, as the C API allows; destroy the Engine after they all returned.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <stdexcept>
@@ -47,7 +48,7 @@ inline std::string take(char *s) {
 class Config {
 public:
     explicit Config(std::string model) {
-        lpx_engine_config_init(&c_);
+        detail::check(lpx_engine_config_init_sized(&c_, sizeof c_));
         take_strings(c_);
         model_ = std::move(model);
     }
@@ -114,9 +115,11 @@ private:
 };
 
 /// Request builder: exactly one of prompt(), tokens() or message()s. Strings are copied.
+/// n() > 1 asks for several choices (outputs carry Output::index(); use Engine::generate_all or
+/// stream until Output::is_done()); response_format()/choice() constrain the output.
 class Request {
 public:
-    Request() { lpx_request_init(&r_); }
+    Request() { detail::check(lpx_request_init_sized(&r_, sizeof r_)); }
     Request &model(std::string v) { model_ = std::move(v); return *this; }
     Request &prompt(std::string v) { prompt_ = std::move(v); has_prompt_ = true; return *this; }
     Request &tokens(std::vector<uint32_t> v) { tokens_ = std::move(v); return *this; }
@@ -137,6 +140,32 @@ public:
     Request &repetition_penalty(float v) { r_.repetition_penalty = v; return *this; }
     Request &presence_penalty(float v) { r_.presence_penalty = v; return *this; }
     Request &frequency_penalty(float v) { r_.frequency_penalty = v; return *this; }
+    /// Choices to return (1..=64).
+    Request &n(uint32_t v) { r_.n = v; return *this; }
+    /// Choices to generate, the n best returned (>= n, <= 64; 0 = n).
+    Request &best_of(uint32_t v) { r_.best_of = v; return *this; }
+    /// Adds bias (in [-100, 100]) to token's logit (OpenAI logit_bias).
+    Request &logit_bias(uint32_t token, float bias) { biases_.push_back(lpx_logit_bias{token, bias}); return *this; }
+    /// Constrains the output: LPX_RESPONSE_FORMAT_TYPE_JSON_OBJECT (no value),
+    /// _JSON_SCHEMA (value: the schema as JSON text), _REGEX (a regular expression), _GRAMMAR
+    /// (a Lark grammar), or _TEXT (free text, the default). For _CHOICE use choice().
+    Request &response_format(lpx_response_format_type type, std::string value = std::string()) {
+        r_.response_format = static_cast<uint32_t>(type);
+        format_value_ = std::move(value);
+        choices_.clear();
+        return *this;
+    }
+    /// Adds one allowed output string (response format _CHOICE: the output is one of them).
+    Request &choice(std::string v) {
+        r_.response_format = static_cast<uint32_t>(LPX_RESPONSE_FORMAT_TYPE_CHOICE);
+        format_value_.clear();
+        choices_.push_back(std::move(v));
+        return *this;
+    }
+    /// Each choice's first output carries the prompt (Output::prompt_text(), prompt_token_ids()).
+    Request &echo(bool v) { r_.echo = v; return *this; }
+    /// Log-probabilities of the prompt tokens with n alternatives each (0..20; -1 = none).
+    Request &prompt_logprobs(int32_t n) { r_.prompt_logprobs = n; return *this; }
 
     /// Calls f(const lpx_request&) with a C view of this request (valid during the call).
     template <class F> auto with_c(F &&f) const {
@@ -155,6 +184,13 @@ public:
         r.stop_len = stops.size();
         r.stop_token_ids = stop_ids_.empty() ? nullptr : stop_ids_.data();
         r.stop_token_ids_len = stop_ids_.size();
+        r.logit_bias = biases_.empty() ? nullptr : biases_.data();
+        r.logit_bias_len = biases_.size();
+        r.response_format_value = format_value_.empty() ? nullptr : format_value_.c_str();
+        std::vector<const char *> choices;
+        for (auto &c : choices_) choices.push_back(c.c_str());
+        r.response_format_choices = choices.empty() ? nullptr : choices.data();
+        r.response_format_choices_len = choices.size();
         return f(r);
     }
 
@@ -166,9 +202,11 @@ private:
     std::vector<std::pair<std::string, std::string>> msgs_;
     std::vector<std::string> stops_;
     std::vector<uint32_t> stop_ids_;
+    std::vector<lpx_logit_bias> biases_;
+    std::string format_value_;
+    std::vector<std::string> choices_;
 };
 
-/// One streamed delta of a request (move-only owner of an lpx_output).
 /// A generated token's log-probability and its top alternatives (owning copy).
 struct TokenLogprob {
     uint32_t token;
@@ -176,6 +214,21 @@ struct TokenLogprob {
     std::vector<lpx_top_logprob> top;
 };
 
+namespace detail {
+inline std::vector<TokenLogprob> copy_logprobs(const lpx_token_logprob *p, size_t n) {
+    std::vector<TokenLogprob> out;
+    if (p == nullptr) return out;
+    out.reserve(n);
+    for (size_t i = 0; i < n; i++) {
+        TokenLogprob t{p[i].token, p[i].logprob, {}};
+        if (p[i].top != nullptr) t.top.assign(p[i].top, p[i].top + p[i].top_len);
+        out.push_back(std::move(t));
+    }
+    return out;
+}
+}  // namespace detail
+
+/// One streamed delta of one choice of a request (move-only owner of an lpx_output).
 class Output {
 public:
     explicit Output(lpx_output *o) noexcept : o_(o) {}
@@ -204,19 +257,39 @@ public:
     std::vector<TokenLogprob> logprobs() const {
         size_t n = 0;
         const lpx_token_logprob *p = lpx_output_logprobs(o_, &n);
-        std::vector<TokenLogprob> out;
-        if (p == nullptr) return out;
-        out.reserve(n);
-        for (size_t i = 0; i < n; i++) {
-            TokenLogprob t{p[i].token, p[i].logprob, {}};
-            if (p[i].top != nullptr) t.top.assign(p[i].top, p[i].top + p[i].top_len);
-            out.push_back(std::move(t));
-        }
-        return out;
+        return detail::copy_logprobs(p, n);
     }
     lpx_finish_reason finish_reason() const noexcept { return lpx_output_finish_reason(o_); }
+    /// This output's choice ended (finish_reason() set); other choices may follow.
     bool is_final() const noexcept { return lpx_output_is_final(o_); }
+    /// The request's last output: every choice ended; the engine forgot the id.
+    bool is_done() const noexcept { return lpx_output_is_done(o_); }
+    /// The choice (0..n) this delta belongs to.
+    uint32_t index() const noexcept { return lpx_output_index(o_); }
+    /// Token counts of this output's choice (prompt tokens and its generated tokens).
     lpx_usage usage() const noexcept { return lpx_output_usage(o_); }
+    /// Whether this output carries the prompt (each choice's first output, with echo or
+    /// prompt_logprobs).
+    bool has_prompt() const noexcept { return lpx_output_prompt_text(o_, nullptr) != nullptr; }
+    /// The prompt text ("" when this output carries no prompt).
+    std::string prompt_text() const {
+        size_t len = 0;
+        const char *p = lpx_output_prompt_text(o_, &len);
+        return p ? std::string(p, len) : std::string();
+    }
+    std::vector<uint32_t> prompt_token_ids() const {
+        size_t n = 0;
+        const uint32_t *p = lpx_output_prompt_token_ids(o_, &n);
+        return p ? std::vector<uint32_t>(p, p + n) : std::vector<uint32_t>{};
+    }
+    /// Log-probabilities of prompt_token_ids()[1..] (with prompt_logprobs; owning copies).
+    std::vector<TokenLogprob> prompt_logprobs() const {
+        size_t n = 0;
+        const lpx_token_logprob *p = lpx_output_prompt_logprobs(o_, &n);
+        return detail::copy_logprobs(p, n);
+    }
+    /// Sum of the log-probabilities of this choice's generated tokens so far.
+    double cumulative_logprob() const noexcept { return lpx_output_cumulative_logprob(o_); }
     /// Throws the request's failure as an Error (when finish_reason() is ERROR).
     void rethrow_if_failed() const {
         if (const lpx_error *e = lpx_output_error(o_)) throw Error(lpx_error_code(e), lpx_error_message(e));
@@ -228,7 +301,7 @@ public:
         return detail::take(s);
     }
     /// The usage chunk to stream after json() when the body asked for
-    /// stream_options.include_usage (final output only); "" otherwise.
+    /// stream_options.include_usage (the request's last output only, is_done()); "" otherwise.
     std::string usage_json() const {
         char *s = nullptr;
         detail::check(lpx_output_usage_json(o_, &s));
@@ -280,14 +353,65 @@ public:
         return Output(o);
     }
     void cancel(uint64_t id) { detail::check(lpx_engine_cancel(e_, id)); }
-    /// Streams `id` to the end, calling on_delta(const Output&) for every delta; returns usage.
+    /// Streams `id` to its last output (is_done()), calling on_delta(const Output&) for every
+    /// delta (of every choice); returns the request's usage (the prompt tokens once, every
+    /// choice's generated tokens summed). Throws the request's failure.
     template <class F> lpx_usage stream(uint64_t id, F &&on_delta) {
+        std::vector<uint64_t> completion;
+        uint64_t prompt = 0;
         for (;;) {
             Output o = poll(id, std::chrono::milliseconds(100));
             if (!o.get()) continue;
             on_delta(o);
-            if (o.is_final()) { o.rethrow_if_failed(); return o.usage(); }
+            lpx_usage u = o.usage();
+            if (completion.size() <= o.index()) completion.resize(o.index() + 1, 0);
+            completion[o.index()] = std::max(completion[o.index()], u.completion_tokens);
+            prompt = std::max(prompt, u.prompt_tokens);
+            if (o.is_done()) {
+                o.rethrow_if_failed();
+                lpx_usage total{prompt, 0};
+                for (uint64_t c : completion) total.completion_tokens += c;
+                return total;
+            }
         }
+    }
+
+    /// One choice of a finished request (generate_all).
+    struct Choice {
+        uint32_t index = 0;
+        std::string text;
+        std::vector<uint32_t> token_ids;
+        std::vector<TokenLogprob> logprobs;
+        lpx_finish_reason finish_reason = LPX_FINISH_REASON_NONE;
+        lpx_usage usage{};
+        double cumulative_logprob = 0;
+        std::string prompt_text;
+        std::vector<uint32_t> prompt_token_ids;
+        std::vector<TokenLogprob> prompt_logprobs;
+    };
+    /// Submits r and waits for every choice; returns them in index order. Throws the request's
+    /// failure.
+    std::vector<Choice> generate_all(const Request &r) {
+        uint64_t id = submit(r);
+        std::vector<Choice> out;
+        stream(id, [&](const Output &o) {
+            uint32_t i = o.index();
+            if (out.size() <= i) out.resize(i + 1);
+            Choice &c = out[i];
+            c.index = i;
+            c.text += o.text();
+            for (uint32_t t : o.token_ids()) c.token_ids.push_back(t);
+            for (auto &l : o.logprobs()) c.logprobs.push_back(std::move(l));
+            c.usage = o.usage();
+            c.cumulative_logprob = o.cumulative_logprob();
+            if (o.is_final()) c.finish_reason = o.finish_reason();
+            if (o.has_prompt()) {
+                c.prompt_text = o.prompt_text();
+                c.prompt_token_ids = o.prompt_token_ids();
+                c.prompt_logprobs = o.prompt_logprobs();
+            }
+        });
+        return out;
     }
     void register_peft_source(const std::string &dir, std::chrono::milliseconds refresh) {
         detail::check(lpx_engine_register_peft_source(e_, dir.c_str(), static_cast<uint32_t>(refresh.count())));

@@ -10,6 +10,8 @@
 #include "loraplex.hpp"
 
 #define CHECK(c) do { if (!(c)) { std::fprintf(stderr, "FAILED %s:%d: %s\n", __FILE__, __LINE__, #c); return 1; } } while (0)
+// For lambdas returning void: exits the process on failure.
+#define CHECK_VOID(c) do { if (!(c)) { std::fprintf(stderr, "FAILED %s:%d: %s\n", __FILE__, __LINE__, #c); std::exit(1); } } while (0)
 
 int main(int argc, char **argv) {
     if (argc < 3) { std::fprintf(stderr, "usage: test_loraplex MODEL PEFT_DIR\n"); return 2; }
@@ -121,10 +123,67 @@ int main(int argc, char **argv) {
         CHECK(usage.find("\"choices\":[]") != std::string::npos); checks++;
         CHECK(usage.find("\"completion_tokens\":3") != std::string::npos); checks++;
     }
-    try { moved.submit_json("{\"prompt\":\"hi\",\"response_format\":{\"type\":\"json_object\"}}"); CHECK(false); }
+    try { moved.submit_json("{\"prompt\":\"hi\",\"response_format\":{\"type\":\"yaml\"}}"); CHECK(false); }
     catch (const Error &e) {
         CHECK(e.code() == LPX_ERROR_CODE_INVALID_ARGUMENT && std::string(e.what()).find("response_format") != std::string::npos);
         checks++;
+    }
+    try { moved.submit(Request().prompt("hi").n(0)); CHECK(false); }
+    catch (const Error &e) {
+        CHECK(e.code() == LPX_ERROR_CODE_INVALID_ARGUMENT && std::string(e.what()).find("req->n") != std::string::npos);
+        checks++;
+    }
+    try { moved.submit(Request().prompt("hi").logit_bias(65, 101.0f)); CHECK(false); }
+    catch (const Error &e) {
+        CHECK(e.code() == LPX_ERROR_CODE_INVALID_ARGUMENT && std::string(e.what()).find("req->logit_bias[0].bias") != std::string::npos);
+        checks++;
+    }
+
+    // n = 3 choices: every index, each with its tokens; the same seed gives the same choices.
+    {
+        Request r = Request().prompt("hi").n(3).max_tokens(4).temperature(1.0f).seed(9).ignore_eos(true);
+        auto a3 = moved.generate_all(r), b3 = moved.generate_all(r);
+        CHECK(a3.size() == 3); checks++;
+        for (uint32_t i = 0; i < 3; i++) {
+            CHECK(a3[i].index == i && a3[i].token_ids.size() == 4 && a3[i].finish_reason == LPX_FINISH_REASON_LENGTH);
+            CHECK(a3[i].token_ids == b3[i].token_ids);
+        }
+        checks++;
+        // Stream: usage sums the choices.
+        uint64_t sid = moved.submit(r);
+        lpx_usage total = moved.stream(sid, [](const Output &) {});
+        CHECK(total.completion_tokens == 12); checks++;
+    }
+    // echo + prompt log-probabilities on each choice's first output.
+    {
+        auto c = moved.generate_all(Request().prompt("hey").n(2).max_tokens(2).temperature(0).echo(true).prompt_logprobs(3));
+        CHECK(c.size() == 2); checks++;
+        for (auto &ch : c) {
+            CHECK(ch.prompt_text == "hey" && ch.prompt_token_ids.size() >= 3);
+            CHECK(ch.prompt_logprobs.size() == ch.prompt_token_ids.size() - 1);
+            for (auto &l : ch.prompt_logprobs) CHECK(l.top.size() == 3 && l.logprob <= 0.0f);
+            CHECK(ch.cumulative_logprob < 0.0);
+        }
+        checks++;
+    }
+    // logit_bias forces a token; a choice constraint picks one of its strings.
+    {
+        auto f = moved.generate_all(Request().tokens({1, 2, 3}).max_tokens(5).temperature(0).logit_bias(65, 100.0f));
+        CHECK(f.size() == 1 && f[0].text == "AAAAA"); checks++;
+        auto y = moved.generate_all(Request().tokens({1, 2, 3}).max_tokens(20).temperature(0).choice("yes").choice("no"));
+        CHECK(y.size() == 1 && (y[0].text == "yes" || y[0].text == "no") && y[0].finish_reason == LPX_FINISH_REASON_STOP); checks++;
+        auto g = moved.generate_all(Request().tokens({1, 2, 3}).max_tokens(20).temperature(0)
+                                        .response_format(LPX_RESPONSE_FORMAT_TYPE_REGEX, "[a-c]{4}"));
+        CHECK(g.size() == 1 && g[0].text.size() == 4 && g[0].text.find_first_not_of("abc") == std::string::npos); checks++;
+    }
+    // A non-streamed JSON body with n = 2: one output, done, holding both choices.
+    {
+        uint64_t jid = moved.submit_json("{\"prompt\":\"hi\",\"n\":2,\"max_tokens\":2,\"ignore_eos\":true}");
+        int outputs = 0;
+        std::string js;
+        moved.stream(jid, [&](const Output &o) { outputs++; js = o.json(); CHECK_VOID(o.is_done()); });
+        CHECK(outputs == 1); checks++;
+        CHECK(js.find("\"index\":1") != std::string::npos && js.find("\"completion_tokens\":4") != std::string::npos); checks++;
     }
 
     // Logprobs are owning copies: they stay valid after the Output is gone.

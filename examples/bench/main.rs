@@ -6,6 +6,8 @@
 //!   (`copy bandwidth / weight bytes` steps per second).
 //! - `lora`: on `--model`: cold adapter load per format, slot upload, base vs one adapter vs
 //!   distinct adapters per batch, scaling with the number of distinct adapters.
+//! - `structured`: on `--model`, decode tokens/s of a batch of 8 with a JSON-schema constraint
+//!   vs without (interleaved rounds, medians, ratio). See structured.rs.
 //! - `compare`: loraplex vs llama.cpp (`llama-batched-bench` from scripts/llama-cpp.sh) on the
 //!   GGUF files of scripts/bench-models.sh: decode tokens/s at each `--batches` size and prefill
 //!   tokens/s of each `--prefill` length, interleaved rounds (loraplex then llama.cpp per metric),
@@ -15,7 +17,7 @@
 //!
 //! ```text
 //! bench [--model FILE] [--out bench-report.json] [--threads N] [--decode-tokens 64] [--quick]
-//!       [--sections weights,lora,compare] [--models LABEL|FILE,...] [--bench-dir models/bench]
+//!       [--sections weights,lora,structured,compare] [--models LABEL|FILE,...] [--bench-dir models/bench]
 //!       [--big] [--rounds 2] [--batches 1,8,32] [--prefill 256,512] [--weight-dtype bf16]
 //!       [--llama-bin DIR] [--llama-omp-wait auto|default|passive|active]
 //!       [--lora-batch 8] [--lora-model smollm2-135m-bf16] [--lora-rank 8] [--compare-decode-tokens N]
@@ -28,6 +30,7 @@ mod comparison;
 mod llama_cpp;
 mod measure;
 mod memory;
+mod structured;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -249,7 +252,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut model = String::from("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let mut out = String::from("bench-report.json");
     let (mut threads, mut n, mut quick, mut big) = (cores, 64usize, false, false);
-    let mut sections: Vec<String> = vec!["weights".into(), "lora".into(), "compare".into()];
+    let mut sections: Vec<String> = vec![
+        "weights".into(),
+        "lora".into(),
+        "structured".into(),
+        "compare".into(),
+    ];
     let mut wanted: Option<Vec<String>> = None;
     let mut bench_dir = PathBuf::from("models/bench");
     let mut llama_bin = default_llama_bin();
@@ -311,10 +319,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     for s in &sections {
-        if !["weights", "lora", "compare"].contains(&s.as_str()) {
-            return Err(
-                format!("--sections: unknown section \"{s}\" (weights, lora, compare)").into(),
-            );
+        if !["weights", "lora", "structured", "compare"].contains(&s.as_str()) {
+            return Err(format!(
+                "--sections: unknown section \"{s}\" (weights, lora, structured, compare)"
+            )
+            .into());
         }
     }
     if opts.rounds < 2 {
@@ -356,6 +365,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     if has("lora") {
         report["multi_lora"] = lora_section(&model, threads, n, quick)?;
+    }
+    if has("structured") {
+        report["structured"] = structured::run(&model, threads, n, opts.rounds)?;
     }
     if has("compare") {
         let all = comparison::default_models(&bench_dir, big);

@@ -54,17 +54,29 @@ pub fn decode_tps_models(
     models: &[Option<String>],
     n: usize,
 ) -> Result<f64, loraplex::Error> {
-    let batch = models.len();
-    let ids: Vec<_> = models
+    let requests = models
         .iter()
         .enumerate()
-        .map(|(i, m)| {
-            engine.submit(Request {
-                model: m.clone(),
-                prompt: Prompt::Tokens(prompt(16, i)),
-                sampling: params(n),
-            })
+        .map(|(i, m)| Request {
+            model: m.clone(),
+            prompt: Prompt::Tokens(prompt(16, i)),
+            sampling: params(n),
+            ..Request::default()
         })
+        .collect();
+    decode_tps_requests(engine, requests)
+}
+
+/// Decode throughput of `requests` submitted together: generated tokens per second measured from
+/// the moment every request has its first token until all have ended.
+pub fn decode_tps_requests(
+    engine: &Engine,
+    requests: Vec<Request>,
+) -> Result<f64, loraplex::Error> {
+    let batch = requests.len();
+    let ids: Vec<_> = requests
+        .into_iter()
+        .map(|r| engine.submit(r))
         .collect::<Result<_, _>>()?;
     let mut got = vec![0usize; batch];
     let mut done = vec![false; batch];

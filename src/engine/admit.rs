@@ -22,13 +22,20 @@ impl<B: Backend> Worker<B> {
             self.finish(id, FinishReason::Error, Some(err));
         }
         let mut gate = AdapterGate::new(waiting, FAIR_WAIT_STEPS);
+        // Choices waiting to share their leader's prompt KV blocks stay in line.
+        let held = self.waiting_for_prompt();
         let slots = &mut self.slots;
         let mut plan = self
             .sched
             .schedule(&mut self.seqs, &mut self.alloc, self.limits, |id| {
-                gate.admit(id, slots)
+                !held.contains(&id) && gate.admit(id, slots)
             });
         let admission = gate.settle(&plan, &mut self.slots);
+        if plan.prefix_queries > 0 {
+            let mut s = self.shared.stats.lock();
+            s.prefix_cache_queries += plan.prefix_queries;
+            s.prefix_cache_hits += plan.prefix_hits;
+        }
         // A failed upload fails every request of the step that shares the slot.
         let mut failed_uploads: HashMap<usize, Error> = HashMap::new();
         for g in admission.granted {

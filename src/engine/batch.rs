@@ -1,10 +1,10 @@
 //! The rows of one step (DESIGN.md 1.3 "build `StepInput` + `LoraBatch`"): every planned chunk's
-//! tokens, positions, KV slots and adapter slot, and which sequences sample after the step.
+//! tokens, positions, KV slots and adapter slot, and what each logits row is for: a sequence
+//! that samples after the step, or a prompt position whose log-probability was asked for.
 
 use std::collections::HashMap;
 
-use super::request::RequestId;
-use super::sequence::Sequence;
+use super::sequence::{SeqId, Sequence};
 use crate::backend::{AttnMeta, LoraBatch};
 use crate::error::{Error, Result};
 use crate::model::llama::StepInput;
@@ -20,9 +20,17 @@ pub(super) struct StepBatch<'a> {
     block_tables: Vec<&'a [u32]>,
     logit_rows: Vec<u32>,
     lora: LoraBatch,
-    /// Sequences whose chunk completes their known tokens: they sample one token from the
-    /// step's logits, in this order (one logits row each).
-    pub samplers: Vec<RequestId>,
+    /// What each logits row of the step is for, in row order.
+    pub uses: Vec<RowUse>,
+}
+
+/// What one logits row of a step is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RowUse {
+    /// The sequence's chunk completes its known tokens: it samples one token from this row.
+    Sample(SeqId),
+    /// The log-probability of prompt token `pos + 1` of the sequence (`prompt_logprobs`).
+    Prompt(SeqId, usize),
 }
 
 impl<'a> StepBatch<'a> {
@@ -31,7 +39,7 @@ impl<'a> StepBatch<'a> {
     /// refers to an unknown sequence, a position past its tokens or one without a KV slot.
     pub fn build(
         chunks: &[Chunk],
-        seqs: &'a HashMap<RequestId, Sequence>,
+        seqs: &'a HashMap<SeqId, Sequence>,
         block_size: usize,
     ) -> Result<Self> {
         let rows: usize = chunks.iter().map(|c| c.len).sum();
@@ -43,7 +51,7 @@ impl<'a> StepBatch<'a> {
             block_tables: Vec::with_capacity(chunks.len()),
             logit_rows: Vec::new(),
             lora: LoraBatch::default(),
-            samplers: Vec::new(),
+            uses: Vec::new(),
         };
         let any_adapter = chunks
             .iter()
@@ -66,10 +74,14 @@ impl<'a> StepBatch<'a> {
                 b.row_seq.push(k as u32);
                 b.row_pos.push(p as u32);
                 b.slot_mapping.push(slot);
+                if seq.wants_prompt_logprob(p) {
+                    b.logit_rows.push((b.tokens.len() - 1) as u32);
+                    b.uses.push(RowUse::Prompt(c.id, p));
+                }
             }
             if c.start + c.len == seq.sched.total_tokens {
                 b.logit_rows.push((b.tokens.len() - 1) as u32);
-                b.samplers.push(c.id);
+                b.uses.push(RowUse::Sample(c.id));
             }
             b.block_tables.push(seq.sched.table.blocks());
             if any_adapter {

@@ -8,11 +8,15 @@ mod adapters;
 mod admin;
 mod admit;
 mod batch;
+mod group;
 mod request;
 mod sequence;
 mod worker;
 
-pub use request::{FinishReason, Output, Prompt, Request, RequestId, TokenLogprob, Usage};
+pub use request::{
+    FinishReason, Output, Prompt, PromptOutput, Request, RequestId, TokenLogprob, Usage,
+    MAX_CHOICES,
+};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,11 +37,12 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::kv::BlockAllocator;
 use crate::model::llama::Llama;
 use crate::model::{ModelConfig, ModelFiles};
+use crate::sampling::{Constraint, ConstraintCompiler};
 use crate::sched::{Scheduler, StepLimits};
 use crate::tokenizer::Tokenizer;
 use adapters::LoaderMsg;
 use sequence::{Sequence, SequenceInit};
-use worker::{Command, Worker};
+use worker::{Command, Submission, Worker};
 
 /// Live counters published by the worker after every step.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,10 +72,27 @@ pub struct EngineStats {
     /// Most sequences in one step so far: requests in flight together shared a step when this
     /// reaches their number.
     pub max_step_seqs: usize,
+    /// Prompt positions whose KV blocks a choice (`n`/`best_of` > 1) shared with its request's
+    /// first choice instead of computing them.
+    pub prompt_tokens_shared: u64,
+    /// Tokens of sequences looked up in the prefix cache before admission (vLLM's
+    /// `prefix_cache_queries`).
+    pub prefix_cache_queries: u64,
+    /// Of those, tokens whose K/V came from the cache instead of being computed (vLLM's
+    /// `prefix_cache_hits`).
+    pub prefix_cache_hits: u64,
+    /// KV blocks the prefix cache holds (some also in use by running sequences).
+    pub prefix_cache_blocks: usize,
 }
 
 /// A request's output channel: the worker sends, pollers receive.
-type OutputChannel = (Sender<Output>, Receiver<Output>);
+/// One request's output queue: the worker sends deltas into `tx`; `poll` reads `rx` and keeps
+/// `stash`, a delta of another choice read while merging one choice's deltas.
+struct OutputChannel {
+    tx: Sender<Output>,
+    rx: Receiver<Output>,
+    stash: Mutex<Option<Output>>,
+}
 
 /// Per-adapter serving state published by the worker after every step.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -84,7 +106,7 @@ pub struct AdapterRuntime {
 }
 
 pub(crate) struct Shared {
-    outputs: Mutex<HashMap<RequestId, OutputChannel>>,
+    outputs: Mutex<HashMap<RequestId, Arc<OutputChannel>>>,
     /// Lock order: `registry` before `host` when both are held.
     pub(crate) registry: Mutex<PeftRegistry>,
     pub(crate) host: Mutex<HostCache>,
@@ -109,6 +131,8 @@ pub struct Engine {
     shared: Arc<Shared>,
     next_id: AtomicU64,
     seed_base: u64,
+    /// Compiles output constraints; built on the first constrained request.
+    constraints: Mutex<Option<Arc<ConstraintCompiler>>>,
     loader_tx: Sender<LoaderMsg>,
     worker: Mutex<Option<JoinHandle<()>>>,
     loader: Mutex<Option<JoinHandle<()>>>,
@@ -188,9 +212,17 @@ impl Engine {
             backend,
             model,
             kv,
-            alloc: BlockAllocator::new(num_blocks, bs)?,
+            alloc: {
+                let a = BlockAllocator::new(num_blocks, bs)?;
+                if cfg.prefix_caching {
+                    a.with_prefix_cache()
+                } else {
+                    a
+                }
+            },
             sched: Scheduler::new(),
             seqs: HashMap::new(),
+            groups: HashMap::new(),
             tokenizer: tokenizer.clone(),
             limits: StepLimits {
                 max_num_seqs: cfg.max_num_seqs,
@@ -237,6 +269,7 @@ impl Engine {
             shared,
             next_id: AtomicU64::new(1),
             seed_base,
+            constraints: Mutex::new(None),
             loader_tx,
             worker: Mutex::new(Some(handle)),
             loader: Mutex::new(Some(loader)),
@@ -296,6 +329,7 @@ impl Engine {
             return Err(e);
         }
         req.sampling.validate()?;
+        self.check_choices(&req)?;
         let adapter_name = match req.model.as_deref() {
             None | Some("") => None,
             Some(m) if m == self.served_name() => None,
@@ -322,7 +356,8 @@ impl Engine {
             )));
         }
         let in_flight = self.shared.active.load(Ordering::Acquire);
-        if in_flight >= self.cfg.max_queue {
+        let nseq = req.num_sequences();
+        if in_flight + nseq > self.cfg.max_queue.max(nseq) {
             return Err(Error::new(
                 ErrorCode::QueueFull,
                 format!(
@@ -331,6 +366,17 @@ impl Engine {
                 ),
             ));
         }
+        let constraints = self.compile_constraints(&req)?;
+        let prompt_out =
+            (req.echo || req.sampling.prompt_logprobs.is_some()).then(|| PromptOutput {
+                text: match &req.prompt {
+                    Prompt::Text(t) => t.clone(),
+                    _ => self.tokenizer.decode(&prompt, false).unwrap_or_default(),
+                },
+                token_ids: prompt.clone(),
+                logprobs: Vec::new(),
+            });
+        let nseq = req.num_sequences();
         let adapter = match &adapter_name {
             Some(name) => Some(adapters::acquire_adapter(
                 &self.shared,
@@ -339,27 +385,58 @@ impl Engine {
             )?),
             None => None,
         };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(k) = &adapter {
+            // One pin per sequence: each releases its own when it ends.
+            let mut host = self.shared.host.lock();
+            for _ in 1..nseq {
+                host.acquire(k)?;
+            }
+        }
+        let id = self.next_id.fetch_add(nseq as u64, Ordering::Relaxed);
         let (otx, orx) = crossbeam_channel::unbounded();
         let seed = self.seed_base ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let seq = Sequence::new(SequenceInit {
+        let mut seqs = Vec::with_capacity(nseq);
+        let mut constraints = constraints.into_iter();
+        for index in 0..nseq {
+            seqs.push(Sequence::new(SequenceInit {
+                id: id + index as u64,
+                request: id,
+                index,
+                prompt: prompt.clone(),
+                params: req.sampling.clone(),
+                seed_fallback: seed,
+                max_len: self.max_model_len,
+                eos_ids: self.model_cfg.eos_token_ids.clone(),
+                adapter: adapter.clone(),
+                prompt_out: prompt_out.clone(),
+                constraint: constraints.next(),
+            }));
+        }
+        // The other choices share the first one's prompt KV blocks once it computed them.
+        let waiting = (1..nseq as u64).map(|k| id + k).collect();
+        let group = group::ChoiceGroup::new(req.n, nseq, id, waiting, otx.clone());
+        self.shared.outputs.lock().insert(
             id,
-            prompt,
-            params: req.sampling,
-            seed_fallback: seed,
-            max_len: self.max_model_len,
-            eos_ids: self.model_cfg.eos_token_ids.clone(),
-            out: otx.clone(),
-            adapter: adapter.clone(),
-        });
-        self.shared.outputs.lock().insert(id, (otx, orx));
-        self.shared.active.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(Command::Submit(Box::new(seq))).is_err() {
+            Arc::new(OutputChannel {
+                tx: otx,
+                rx: orx,
+                stash: Mutex::new(None),
+            }),
+        );
+        self.shared.active.fetch_add(nseq, Ordering::AcqRel);
+        if self
+            .tx
+            .send(Command::Submit(Box::new(Submission { group, seqs })))
+            .is_err()
+        {
             self.shared.outputs.lock().remove(&id);
             if let Some(k) = &adapter {
-                self.shared.host.lock().release(k);
+                let mut host = self.shared.host.lock();
+                for _ in 0..nseq {
+                    host.release(k);
+                }
             }
-            self.shared.active.fetch_sub(1, Ordering::AcqRel);
+            self.shared.active.fetch_sub(nseq, Ordering::AcqRel);
             return Err(Error::new(
                 ErrorCode::EngineFailed,
                 "engine worker is not running",
@@ -368,14 +445,80 @@ impl Engine {
         Ok(id)
     }
 
-    /// Waits up to `timeout` for news about `id`: returns everything that arrived, merged into one
-    /// delta, or `None` on timeout (a zero timeout does not block). After the final output the id
-    /// is forgotten (polling it again is NOT_FOUND).
+    /// Checks `n`, `best_of` and the `logit_bias` token ids of `req`.
+    fn check_choices(&self, req: &Request) -> Result<()> {
+        if !(1..=MAX_CHOICES).contains(&req.n) {
+            return Err(Error::invalid_argument(format!(
+                "n = {}: must be in 1..={MAX_CHOICES}",
+                req.n
+            )));
+        }
+        if let Some(b) = req.best_of {
+            if b < req.n || b > MAX_CHOICES {
+                return Err(Error::invalid_argument(format!(
+                    "best_of = {b}: must be at least n ({}) and at most {MAX_CHOICES}",
+                    req.n
+                )));
+            }
+        }
+        let vocab = self.model_cfg.vocab_size;
+        if let Some(&(bad, _)) = req
+            .sampling
+            .logit_bias
+            .iter()
+            .find(|&&(t, _)| t as usize >= vocab)
+        {
+            return Err(Error::invalid_argument(format!(
+                "sampling parameter logit_bias: token id {bad} is outside the vocabulary (size {vocab})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// One compiled constraint per sequence of `req` (none for free text). The compiler is
+    /// built on the first constrained request.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT naming the problem for a format that does not compile.
+    fn compile_constraints(&self, req: &Request) -> Result<Vec<Constraint>> {
+        if req.response_format.is_text() {
+            return Ok(Vec::new());
+        }
+        let compiler = {
+            let mut slot = self.constraints.lock();
+            match &*slot {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Arc::new(ConstraintCompiler::new(
+                        &self.tokenizer,
+                        &self.model_cfg.eos_token_ids,
+                        self.model_cfg.vocab_size,
+                    )?);
+                    *slot = Some(c.clone());
+                    c
+                }
+            }
+        };
+        let mut out = Vec::with_capacity(req.num_sequences());
+        for _ in 0..req.num_sequences() {
+            if let Some(c) = compiler.compile(&req.response_format)? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits up to `timeout` for news about `id`: returns what arrived for one choice, merged
+    /// into one delta (consecutive deltas of the same [`Output::index`]; a delta of another
+    /// choice waits for the next poll), or `None` on timeout (a zero timeout does not block).
+    /// After the request's last output ([`Output::done`]) the id is forgotten (polling it again
+    /// is NOT_FOUND). Several threads may poll different ids; one id should be polled by one
+    /// thread at a time.
     pub fn poll(&self, id: RequestId, timeout: Duration) -> Result<Option<Output>> {
-        let rx = {
+        let ch = {
             let map = self.shared.outputs.lock();
             match map.get(&id) {
-                Some((_, rx)) => rx.clone(),
+                Some(ch) => ch.clone(),
                 None => {
                     return Err(Error::not_found(format!(
                         "request {id} is not known (finished, or never submitted)"
@@ -383,21 +526,26 @@ impl Engine {
                 }
             }
         };
-        let first = if timeout.is_zero() {
-            rx.try_recv().ok()
-        } else {
-            rx.recv_timeout(timeout).ok()
+        let stashed = ch.stash.lock().take();
+        let first = match stashed {
+            Some(o) => Some(o),
+            None if timeout.is_zero() => ch.rx.try_recv().ok(),
+            None => ch.rx.recv_timeout(timeout).ok(),
         };
         let Some(mut out) = first else {
             return Ok(None);
         };
         while !out.is_final() {
-            match rx.try_recv() {
-                Ok(more) => out.merge(more),
+            match ch.rx.try_recv() {
+                Ok(more) if more.index == out.index => out.merge(more),
+                Ok(other) => {
+                    *ch.stash.lock() = Some(other);
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        if out.is_final() {
+        if out.done {
             self.shared.outputs.lock().remove(&id);
         }
         Ok(Some(out))
@@ -413,32 +561,56 @@ impl Engine {
         Ok(())
     }
 
-    /// Submits and waits for the whole result (convenience for tests and examples).
+    /// Submits and waits for the whole result (convenience for tests and examples). For a
+    /// request with `n > 1` use [`Engine::generate_all`].
     pub fn generate(&self, req: Request) -> Result<Output> {
+        if req.n != 1 {
+            return Err(Error::invalid_argument(format!(
+                "generate returns one choice but the request asks for n = {}: use generate_all",
+                req.n
+            )));
+        }
         let id = self.submit(req)?;
         self.wait(id)
     }
 
-    /// Polls `id` until its final output and returns everything merged. A failed request returns
-    /// its error.
+    /// Submits and waits for every choice (see [`Engine::wait_all`]).
+    pub fn generate_all(&self, req: Request) -> Result<Vec<Output>> {
+        let id = self.submit(req)?;
+        self.wait_all(id)
+    }
+
+    /// Polls `id` until its last output and returns choice 0 merged (the only one of an `n = 1`
+    /// request). A failed request returns its error.
     pub fn wait(&self, id: RequestId) -> Result<Output> {
-        let mut acc: Option<Output> = None;
+        let mut all = self.wait_all(id)?;
+        if all.is_empty() {
+            return Ok(Output::new(id, Usage::default()));
+        }
+        Ok(all.swap_remove(0))
+    }
+
+    /// Polls `id` until its last output and returns every choice merged, in index order. A
+    /// failed request returns its error.
+    pub fn wait_all(&self, id: RequestId) -> Result<Vec<Output>> {
+        let mut acc: Vec<Output> = Vec::new();
         loop {
-            if let Some(o) = self.poll(id, Duration::from_millis(100))? {
-                match &mut acc {
-                    Some(a) => a.merge(o),
-                    None => acc = Some(o),
+            let Some(o) = self.poll(id, Duration::from_millis(100))? else {
+                continue;
+            };
+            let done = o.done;
+            if o.finish_reason == Some(FinishReason::Error) {
+                if let Some(e) = &o.error {
+                    return Err(e.clone());
                 }
-                if let Some(a) = &acc {
-                    if a.is_final() {
-                        if let Some(e) = &a.error {
-                            if a.finish_reason == Some(FinishReason::Error) {
-                                return Err(e.clone());
-                            }
-                        }
-                        return Ok(acc.unwrap_or_else(|| Output::new(id, Usage::default())));
-                    }
-                }
+            }
+            match acc.iter_mut().find(|a| a.index == o.index) {
+                Some(a) => a.merge(o),
+                None => acc.push(o),
+            }
+            if done {
+                acc.sort_by_key(|a| a.index);
+                return Ok(acc);
             }
         }
     }
@@ -461,11 +633,12 @@ impl Drop for Engine {
 fn fail_all(shared: &Shared, err: Error) {
     *shared.failed.lock() = Some(err.clone());
     let map = shared.outputs.lock();
-    for (&id, (tx, _)) in map.iter() {
+    for (&id, ch) in map.iter() {
         let mut o = Output::new(id, Usage::default());
+        o.done = true;
         o.finish_reason = Some(FinishReason::Error);
         o.error = Some(err.clone());
-        let _ = tx.send(o);
+        let _ = ch.tx.send(o);
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! The two structs are mapped in ONE place: [`to_rust`] and [`from_rust`]; the numeric fields,
 //! which have the same names on both sides, are listed once ([`numeric_fields`]).
-//! `lpx_engine_config_init` writes `from_rust(EngineConfig::new(""))` and
+//! `lpx_engine_config_init_sized` writes `from_rust(EngineConfig::new(""))` and
 //! `lpx_engine_config_from_env` writes `from_rust(to_rust(cfg) + environment)`, so the defaults,
 //! the environment and engine creation cannot disagree about a field.
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::guard::{ffi_guard, non_null, opt_str, read_versioned, Versioned};
+use super::guard::{ffi_guard, init_versioned, non_null, opt_str, read_versioned, Versioned};
 use super::types::{lpx_engine_config, lpx_weight_dtype};
 use crate::backend::WeightFormat;
 use crate::config::EngineConfig;
@@ -187,19 +187,59 @@ fn from_rust(
     Ok(c)
 }
 
-/// Writes the defaults into `*cfg` (including `struct_size = sizeof(lpx_engine_config)`).
-/// `device` points to a library-owned "cpu"; other strings are NULL. NULL `cfg` is ignored.
+/// Writes the defaults into the caller's `lpx_engine_config` of `size` bytes; pass
+/// `sizeof *cfg`, as the header's `lpx_engine_config_init(cfg)` macro does. `device` points to
+/// a library-owned "cpu" (never freed); other strings are NULL; the numbers are the engine's
+/// defaults (`EngineConfig::new`).
+///
+/// Only the fields of the layout `size` denotes are written, and `struct_size` is set to that
+/// layout's size: a `size` this library knows (the current `sizeof(lpx_engine_config)` or an
+/// older header's, e.g. 104 bytes on 64-bit platforms before `memory_budget_bytes` was
+/// appended) → that layout; a larger `size` (a header newer than this library) → this
+/// library's layout, the bytes after it untouched (the newer fields are then ignored).
+///
+/// Errors: INVALID_ARGUMENT for a NULL `cfg`, or for a `size` that is no layout (smaller than
+/// the first, or between two known ones; the message names it and the known sizes): then
+/// nothing is written. With `sizeof *cfg` and a non-NULL `cfg` it never fails. The error is
+/// owned by the caller (`lpx_error_free`). Thread-safe: writes `*cfg` only.
 ///
 /// # Safety
-/// `cfg` must be NULL or point to writable memory of `sizeof(lpx_engine_config)` bytes as
-/// declared by the header this library was built with (check `lpx_abi_version()`).
-/// Thread-safe.
+/// `cfg` must be NULL or point to `size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn lpx_engine_config_init_sized(
+    cfg: *mut lpx_engine_config,
+    size: usize,
+) -> *mut super::error::lpx_error {
+    ffi_guard!({
+        // SAFETY: `cfg` is NULL (refused) or has `size` writable bytes (our contract).
+        unsafe { init_versioned(cfg, size, "lpx_engine_config_init_sized", "cfg") }
+    })
+}
+
+/// Binary compatibility: initialises the `lpx_engine_config` layout that the last header
+/// without the init macros declared (the fields up to `memory_budget_bytes`, `struct_size` =
+/// its size, 112 bytes on 64-bit platforms): what every binary already built against a header
+/// with this symbol expects, and writes nothing after it. (Binaries built before
+/// `memory_budget_bytes` existed passed a 104-byte struct to this symbol; they must be rebuilt
+/// against this header, whose macro passes the size.) Code compiled against this header does not call it: the
+/// `lpx_engine_config_init(cfg)` macro (end of the header) calls
+/// `lpx_engine_config_init_sized(cfg, sizeof *(cfg))`. `(lpx_engine_config_init)(cfg)` or the
+/// function's address still reach this symbol, with this first-layout behaviour. NULL `cfg` is
+/// ignored. Thread-safe.
+///
+/// # Safety
+/// `cfg` must be NULL or point to that layout's size of writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn lpx_engine_config_init(cfg: *mut lpx_engine_config) {
     ffi_guard!({
         if !cfg.is_null() {
-            // SAFETY: non-NULL, writable, correctly sized per the contract.
-            unsafe { cfg.write_unaligned(lpx_engine_config::defaults()) };
+            let legacy = <lpx_engine_config as Versioned>::KNOWN_SIZES
+                .get(1)
+                .copied()
+                .unwrap_or(std::mem::size_of::<lpx_engine_config>());
+            // SAFETY: non-NULL, with `legacy` writable bytes per the contract; a known size is
+            // a layout, so this cannot fail.
+            let _ = unsafe { init_versioned(cfg, legacy, "lpx_engine_config_init", "cfg") };
         }
     } => ())
 }

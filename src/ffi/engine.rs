@@ -9,17 +9,19 @@ use parking_lot::Mutex;
 
 use super::error::lpx_error;
 use super::guard::{ffi_guard, non_null, read_versioned, req_str};
-use super::output::lpx_output;
+use super::output::{lpx_output, Render};
 use super::types::{lpx_engine_config, lpx_request};
-use crate::engine::{Engine, Output, Prompt, RequestId};
+use crate::engine::{Engine, Output, RequestId};
 use crate::error::{Error, Result};
-use crate::openai::{parse_openai, ApiKind, ResponseShape};
+use crate::openai::{parse_openai, ApiKind, ResponseShape, StreamTracker};
 
-/// Per-request state the C layer keeps: the response shape and, for non-streamed
-/// `submit_json` requests, the deltas merged so far.
+/// Per-request state the C layer keeps: the response shape, the stream's progress (each
+/// choice's first chunk, text offsets, the usage of every choice) and, for non-streamed
+/// `submit_json` requests, every choice's deltas merged so far (one entry per index).
 struct Pending {
     shape: ResponseShape,
-    merged: Option<Output>,
+    tracker: StreamTracker,
+    merged: Vec<Output>,
 }
 
 /// A running engine: one base model plus its adapters, a worker thread and a request table.
@@ -225,7 +227,8 @@ impl lpx_engine {
             id,
             Pending {
                 shape,
-                merged: None,
+                tracker: StreamTracker::new(),
+                merged: Vec::new(),
             },
         );
         Ok(id)
@@ -233,12 +236,17 @@ impl lpx_engine {
 }
 
 /// Queues a request; its id (never 0) goes to `*id`. `*req` and everything it points to are
-/// borrowed for this call only. Outputs are streamed: poll with `lpx_engine_poll`.
+/// borrowed for this call only. Outputs are streamed: poll with `lpx_engine_poll` until
+/// `lpx_output_is_done` (each output is one choice's delta; with `n` > 1 the choices
+/// interleave, and with `best_of` > `n` they come after all have finished).
 ///
 /// Errors: INVALID_ARGUMENT (NULL, bad `struct_size`, not exactly one prompt kind, invalid
-/// UTF-8, sampling values out of range, empty or over-long prompt — the message names the
-/// field), NOT_FOUND (unknown model/adapter), CAPACITY (host adapter cache full of active
-/// adapters), QUEUE_FULL, ENGINE_FAILED. On error `*id` is untouched. Thread-safe.
+/// UTF-8, sampling values out of range, `n` / `best_of` out of range, a logit bias out of
+/// range, twice or outside the vocabulary, an invalid or ill-formed response format (a schema,
+/// regular expression or grammar that does not compile), empty or over-long prompt — the
+/// message names the field), NOT_FOUND (unknown model/adapter), CAPACITY (host adapter cache
+/// full of active adapters), QUEUE_FULL, ENGINE_FAILED. On error `*id` is untouched.
+/// Thread-safe.
 ///
 /// # Safety
 /// `e` NULL or live; `req` NULL or initialised; `id` NULL or writable.
@@ -257,18 +265,8 @@ pub unsafe extern "C" fn lpx_engine_submit(
         let c = unsafe { read_versioned(req, "req") }?;
         // SAFETY: the request's pointers are valid per the contract.
         let r = unsafe { super::request::to_rust(&c) }?;
-        let kind = match r.prompt {
-            Prompt::Chat(_) => ApiKind::Chat,
-            _ => ApiKind::Completion,
-        };
         let model = r.model.clone().unwrap_or_else(|| e.engine.served_name());
-        let shape = ResponseShape {
-            kind,
-            model: model.into(),
-            created: now_secs(),
-            stream: true,
-            include_usage: false,
-        };
+        let shape = ResponseShape::streamed(&r, &model, now_secs());
         let rid = e.submit_with(r, shape)?;
         // SAFETY: non-NULL and writable per the contract.
         unsafe { id.write_unaligned(rid) };
@@ -277,18 +275,24 @@ pub unsafe extern "C" fn lpx_engine_submit(
 }
 
 /// Queues an OpenAI `/v1/completions` (`prompt`) or `/v1/chat/completions` (`messages`) body;
-/// its id goes to `*id`. With `"stream": true` polls return deltas (`lpx_output_json` gives
-/// chunks); otherwise polls return nothing until the single, complete final output.
+/// its id goes to `*id`. With `"stream": true` polls return deltas, one choice each, until
+/// `lpx_output_is_done` (`lpx_output_json` gives chunks); otherwise polls return nothing until
+/// the single output that is done, whose `lpx_output_json` is the complete object with every
+/// choice.
 ///
-/// Fields the engine does not honour are refused, not ignored: INVALID_ARGUMENT names every
-/// unknown field (`tools`, `response_format`, `logit_bias`, `suffix`...); `user` and
-/// `metadata` are accepted as harmless, and a few fields only at their do-nothing value (`n`
-/// = 1, `store` = false, `tools` = []...; see `loraplex::openai::parse_openai`).
-/// `"stream_options": {"include_usage": true}` is honoured (`lpx_output_usage_json`).
+/// Honoured besides the sampling fields: `n`, `best_of`, `echo`, `logit_bias`,
+/// `response_format` (`json_object`, `json_schema`), vLLM's `guided_json`, `guided_regex`,
+/// `guided_choice`, `guided_grammar` and `return_tokens_as_token_ids`, and
+/// `"stream_options": {"include_usage": true}` (`lpx_output_usage_json`). Fields the engine does
+/// not honour are refused, not ignored: INVALID_ARGUMENT names every unknown field; `user` and
+/// `metadata` are accepted as harmless, and a few fields only at their do-nothing value
+/// (`tools` = [], `tool_choice` = "none", `suffix` = "", `store` = false...; see
+/// `loraplex::openai::parse_openai`).
 ///
 /// Errors: as `lpx_engine_submit`, plus INVALID_ARGUMENT naming the JSON field at fault (a
-/// negative `seed` among them) and UNSUPPORTED for `echo`, `best_of` > 1 or several prompts. On
-/// error `*id` is untouched. Thread-safe.
+/// negative `seed`, `n` = 0, a streamed `best_of` > `n`, an unknown `response_format` type, an
+/// invalid schema...) and UNSUPPORTED for several prompts. On error `*id` is untouched.
+/// Thread-safe.
 ///
 /// # Safety
 /// `e` NULL or live; `openai_body` NULL or a NUL-terminated string; `id` NULL or writable.
@@ -314,9 +318,10 @@ pub unsafe extern "C" fn lpx_engine_submit_json(
 }
 
 /// Waits up to `timeout_ms` (0 = don't block) for news about request `id`. On success `*out`
-/// is a new output holding everything that arrived (merged), or NULL when nothing arrived in
-/// time. The caller frees the output with `lpx_output_free`. After a terminal output (finish
-/// reason set) the id is forgotten.
+/// is a new output holding what arrived for one choice (its consecutive deltas merged; see
+/// `lpx_output_index`), or NULL when nothing arrived in time. The caller frees the output with
+/// `lpx_output_free`. After the request's last output (`lpx_output_is_done`) the id is
+/// forgotten.
 ///
 /// Errors: INVALID_ARGUMENT (NULL `e`/`out`), NOT_FOUND (unknown, finished or never submitted
 /// id). On error `*out` is untouched. Thread-safe; several threads may poll different ids.
@@ -350,49 +355,77 @@ impl lpx_engine {
             let Some(o) = self.engine.poll(id, left)? else {
                 return Ok(None);
             };
+            let tokenizer = self.engine.tokenizer().clone();
             let mut pending = self.pending.lock();
-            let shape = match pending.get_mut(&id) {
-                Some(p) if !p.shape.stream => {
-                    match &mut p.merged {
-                        Some(m) => m.merge(o),
-                        None => p.merged = Some(o),
-                    }
-                    if !p.merged.as_ref().is_some_and(Output::is_final) {
-                        drop(pending);
-                        if left.is_zero() {
-                            return Ok(None);
-                        }
-                        continue;
-                    }
-                    let shape = p.shape.clone();
-                    let merged = p.merged.take();
-                    pending.remove(&id);
-                    let Some(m) = merged else {
-                        return Err(Error::internal("merged output vanished"));
-                    };
-                    return Ok(Some(lpx_output::new(
-                        m,
-                        shape,
-                        self.engine.tokenizer().clone(),
-                    )));
-                }
-                Some(p) => p.shape.clone(),
-                None => ResponseShape {
+            let Some(p) = pending.get_mut(&id) else {
+                // Not submitted through this table (cannot happen: submit inserts under the
+                // lock); render it as a plain completion chunk.
+                let shape = ResponseShape {
                     kind: ApiKind::Completion,
                     model: self.engine.served_name().into(),
                     created: now_secs(),
                     stream: true,
                     include_usage: false,
-                },
+                    echo: false,
+                    logprobs: !o.logprobs.is_empty(),
+                    tokens_as_ids: false,
+                };
+                let mut t = StreamTracker::new();
+                let pos = t.advance(&o, &shape);
+                let render = Render::Chunk {
+                    shape,
+                    pos,
+                    total: t.usage(),
+                };
+                return Ok(Some(lpx_output::new(o, render, tokenizer)));
             };
-            if o.is_final() {
-                pending.remove(&id);
+            if p.shape.stream {
+                let pos = p.tracker.advance(&o, &p.shape);
+                let render = Render::Chunk {
+                    shape: p.shape.clone(),
+                    pos,
+                    total: p.tracker.usage(),
+                };
+                if o.done {
+                    pending.remove(&id);
+                }
+                return Ok(Some(lpx_output::new(o, render, tokenizer)));
             }
-            return Ok(Some(lpx_output::new(
-                o,
-                shape,
-                self.engine.tokenizer().clone(),
-            )));
+            // Not streamed: merge per choice until the request is done.
+            let done = o.done;
+            match p.merged.iter_mut().find(|m| m.index == o.index) {
+                Some(m) => m.merge(o),
+                None => p.merged.push(o),
+            }
+            if !done {
+                continue;
+            }
+            let Some(mut p) = pending.remove(&id) else {
+                continue;
+            };
+            drop(pending);
+            p.merged.sort_by_key(|m| m.index);
+            // The accessors describe choice 0 (the only one of an n = 1 request) and report
+            // the request as done; the JSON holds every choice.
+            let mut first = p.merged[0].clone();
+            first.done = true;
+            if first.finish_reason.is_none() {
+                // A failure ends the request with an output of its own (possibly of another
+                // choice): the accessors report it.
+                if let Some(failed) = p
+                    .merged
+                    .iter()
+                    .find(|m| m.finish_reason == Some(crate::engine::FinishReason::Error))
+                {
+                    first.finish_reason = failed.finish_reason;
+                    first.error = failed.error.clone();
+                }
+            }
+            let render = Render::Complete {
+                shape: p.shape,
+                all: p.merged,
+            };
+            return Ok(Some(lpx_output::new(first, render, tokenizer)));
         }
     }
 }

@@ -112,6 +112,13 @@ pub(crate) trait Versioned: Sized + Copy {
     const KNOWN_SIZES: &'static [usize];
     /// The defaults (what `*_init` writes).
     fn defaults() -> Self;
+    /// How many leading bytes of a caller's struct of `struct_size` = `size` (one of
+    /// [`Versioned::KNOWN_SIZES`]) hold fields of that layout: less than `size` when the old
+    /// layout's tail padding is where the next layout's first appended field starts, so that
+    /// padding is never read as a field. Default: all of them.
+    fn field_bytes(size: usize) -> usize {
+        size
+    }
 }
 
 /// Reads a versioned struct from caller memory: checks `struct_size` against the known layouts
@@ -138,11 +145,62 @@ pub(crate) unsafe fn read_versioned<T: Versioned>(p: *const T, name: &str) -> Re
         )));
     }
     let mut out = T::defaults();
-    // SAFETY: `size` ≤ size_of::<T>() (every known size is), the caller's struct has `size`
-    // readable bytes, the regions do not overlap, and every field of T is plain data for
-    // which the caller's initialised bytes (written by *_init and the caller) are valid.
+    let bytes = T::field_bytes(size).min(size);
+    // SAFETY: `bytes` ≤ `size` ≤ size_of::<T>() (every known size is), the caller's struct has
+    // `size` readable bytes, the regions do not overlap, and every field of T in the first
+    // `bytes` bytes is plain data for which the caller's initialised bytes (written by *_init
+    // and the caller) are valid.
     unsafe {
-        std::ptr::copy_nonoverlapping(p as *const u8, &mut out as *mut T as *mut u8, size);
+        std::ptr::copy_nonoverlapping(p as *const u8, &mut out as *mut T as *mut u8, bytes);
     }
     Ok(out)
+}
+
+/// The layout `*_init_sized` writes for a caller's struct of `size` bytes: `size` itself when it
+/// is one of [`Versioned::KNOWN_SIZES`], the current layout for anything larger, `None` for an
+/// unknown size (smaller than the oldest layout or between two known ones).
+pub(crate) fn init_layout<T: Versioned>(size: usize) -> Option<usize> {
+    let cur = std::mem::size_of::<T>();
+    if size >= cur {
+        Some(cur)
+    } else if T::KNOWN_SIZES.contains(&size) {
+        Some(size)
+    } else {
+        None
+    }
+}
+
+/// What `*_init_sized(p, size)` does: writes the defaults of the layout a caller's struct of
+/// `size` bytes has ([`init_layout`]) — only that layout's fields
+/// ([`Versioned::field_bytes`]), `struct_size` set to the layout's size — and nothing else.
+/// NULL `p` or an unknown `size` → INVALID_ARGUMENT naming it, with nothing written.
+/// `func` and `arg` name the export and its pointer argument in messages.
+///
+/// # Safety
+/// `p` must be NULL or point to `size` writable bytes.
+pub(crate) unsafe fn init_versioned<T: Versioned>(
+    p: *mut T,
+    size: usize,
+    func: &str,
+    arg: &str,
+) -> Result<()> {
+    non_null(p, arg)?;
+    let layout = init_layout::<T>(size).ok_or_else(|| {
+        let known: Vec<String> = T::KNOWN_SIZES.iter().map(|s| s.to_string()).collect();
+        Error::invalid_argument(format!(
+            "{func}: size = {size} is not a layout of {} this library knows ({} bytes, or \
+             more from a newer header): nothing was written",
+            T::NAME,
+            known.join(" or "),
+        ))
+    })?;
+    let mut d = T::defaults();
+    // SAFETY: every versioned struct starts with its u32 `struct_size` field (offset 0, aligned
+    // within `d`); `layout` ≤ size_of::<T>() fits a u32.
+    unsafe { (&mut d as *mut T as *mut u32).write(layout as u32) };
+    let bytes = T::field_bytes(layout).min(layout);
+    // SAFETY: `bytes` ≤ `layout` ≤ `size` (init_layout) and ≤ size_of::<T>(); the caller's
+    // struct has `size` writable bytes (our contract) and does not overlap the local `d`.
+    unsafe { std::ptr::copy_nonoverlapping(&d as *const T as *const u8, p as *mut u8, bytes) };
+    Ok(())
 }

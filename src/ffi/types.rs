@@ -73,13 +73,15 @@ pub enum lpx_weight_dtype {
     Q4_K = 3,
 }
 
-/// Engine configuration. Fill with `lpx_engine_config_init` (defaults), optionally
-/// `lpx_engine_config_from_env`, then set fields. Strings are borrowed for the duration of
-/// `lpx_engine_create` only. Zero in a numeric field means "the default" where noted.
+/// Engine configuration, a versioned struct ("Versioned structs" at the end of loraplex.h).
+/// Fill with `lpx_engine_config_init` (defaults), optionally `lpx_engine_config_from_env`, then
+/// set fields. Strings are borrowed for the duration of `lpx_engine_create` only. Zero in a
+/// numeric field means "the default" where noted.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct lpx_engine_config {
-    /// `sizeof(lpx_engine_config)` as compiled by the caller; set by `lpx_engine_config_init`.
+    /// `sizeof(lpx_engine_config)` as compiled by the caller; set by `lpx_engine_config_init`
+    /// (`lpx_engine_config_init_sized`).
     pub struct_size: u32,
     /// Base model: a HuggingFace model directory or a `.gguf` file (required, UTF-8).
     pub model: *const c_char,
@@ -129,13 +131,14 @@ pub struct lpx_message {
     pub content: *const c_char,
 }
 
-/// A generation request. Fill with `lpx_request_init`, then set exactly one of `prompt`,
-/// `prompt_tokens` or `messages`. Everything is borrowed for the duration of
-/// `lpx_engine_submit` only.
+/// A generation request, a versioned struct ("Versioned structs" at the end of loraplex.h).
+/// Fill with `lpx_request_init`, then set exactly one of `prompt`, `prompt_tokens` or
+/// `messages`. Everything is borrowed for the duration of `lpx_engine_submit` only.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct lpx_request {
-    /// `sizeof(lpx_request)` as compiled by the caller; set by `lpx_request_init`.
+    /// `sizeof(lpx_request)` as compiled by the caller; set by `lpx_request_init`
+    /// (`lpx_request_init_sized`).
     pub struct_size: u32,
     /// The base model's served name or an adapter name; NULL or "" = base model.
     pub model: *const c_char,
@@ -182,6 +185,67 @@ pub struct lpx_request {
     pub presence_penalty: f32,
     /// OpenAI frequency penalty in [-2, 2].
     pub frequency_penalty: f32,
+    // ---- Appended in ABI 1 after `frequency_penalty`: callers built before pass the shorter
+    // `struct_size` and get the defaults below (one choice, no bias, free text, no echo).
+    /// Token biases (OpenAI `logit_bias`), or NULL: each bias in [-100, 100] is added to its
+    /// token's logit before sampling (-100 in effect bans the token, 100 forces it); each token
+    /// id at most once and inside the vocabulary.
+    pub logit_bias: *const lpx_logit_bias,
+    /// Number of `logit_bias` entries.
+    pub logit_bias_len: usize,
+    /// The constraint's text for `response_format` `JSON_SCHEMA` (the schema as JSON text),
+    /// `REGEX` (the regular expression the whole output must match) and `GRAMMAR` (a Lark
+    /// grammar whose start rule is `start`); NULL for the other types (UTF-8).
+    pub response_format_value: *const c_char,
+    /// The strings of `response_format` `CHOICE` (the output is exactly one of them; UTF-8),
+    /// NULL for the other types.
+    pub response_format_choices: *const *const c_char,
+    /// Number of `response_format_choices` (≥ 1 for `CHOICE`).
+    pub response_format_choices_len: usize,
+    /// Choices to return (OpenAI `n`, 1..=64; default 1). The choices share the prompt (it is
+    /// computed once) and each draws from its own random stream; outputs carry their choice's
+    /// `lpx_output_index`.
+    pub n: u32,
+    /// Choices to generate (OpenAI `best_of`, ≥ `n`, ≤ 64; 0 = `n`, the default): the `n` with
+    /// the highest mean token log-probability are returned, after all have finished.
+    pub best_of: u32,
+    /// One of `lpx_response_format_type` (default `LPX_RESPONSE_FORMAT_TYPE_TEXT`: free text).
+    /// A constrained choice ends with `LPX_FINISH_REASON_STOP` when its constraint is complete.
+    pub response_format: u32,
+    /// Alternatives per prompt token to return with the prompt tokens' log-probabilities
+    /// (0..=20; `lpx_output_prompt_logprobs`); -1 = none (default).
+    pub prompt_logprobs: i32,
+    /// Each choice's first output carries the prompt (`lpx_output_prompt_text`,
+    /// `lpx_output_prompt_token_ids`), as OpenAI's `echo`.
+    pub echo: bool,
+}
+
+/// One token bias of `lpx_request.logit_bias`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct lpx_logit_bias {
+    /// Token id (inside the vocabulary).
+    pub token: u32,
+    /// Added to the token's logit, in [-100, 100].
+    pub bias: f32,
+}
+
+/// What shape the output must have (`lpx_request.response_format`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum lpx_response_format_type {
+    /// Free text (default).
+    Text = 0,
+    /// Any JSON object (OpenAI `{"type": "json_object"}`).
+    JsonObject = 1,
+    /// JSON valid against the JSON Schema in `response_format_value`.
+    JsonSchema = 2,
+    /// Text matching the regular expression in `response_format_value` in full.
+    Regex = 3,
+    /// Exactly one of `response_format_choices`.
+    Choice = 4,
+    /// Text of the Lark grammar in `response_format_value`.
+    Grammar = 5,
 }
 
 /// Token counts of a request so far.

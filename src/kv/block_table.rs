@@ -1,7 +1,7 @@
 //! One sequence's list of KV-cache blocks.
 
 use super::allocator::BlockAllocator;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The blocks of one sequence, in position order, and how many token positions are filled.
 ///
@@ -67,6 +67,59 @@ impl BlockTable {
             }
         }
         true
+    }
+
+    /// A new table holding this table's first `tokens` positions, sharing their blocks (one
+    /// more holder each in `alloc`). `tokens` must be a whole number of blocks and at most
+    /// [`BlockTable::num_tokens`]: shared blocks are full, so nobody writes to them again.
+    ///
+    /// # Errors
+    /// `INTERNAL` if `tokens` is not a multiple of the block size, exceeds the filled positions,
+    /// or a block is not in use; nothing is shared then.
+    pub fn share_prefix(&self, tokens: usize, alloc: &mut BlockAllocator) -> Result<BlockTable> {
+        let bs = alloc.block_size();
+        if bs == 0 || !tokens.is_multiple_of(bs) || tokens > self.num_tokens {
+            return Err(Error::internal(format!(
+                "cannot share {tokens} positions of a table with {} filled (block size {bs})",
+                self.num_tokens
+            )));
+        }
+        let Some(blocks) = self.blocks.get(..tokens / bs) else {
+            return Err(Error::internal(format!(
+                "cannot share {tokens} positions of a table with {} blocks",
+                self.blocks.len()
+            )));
+        };
+        if let Some(&b) = blocks.iter().find(|&&b| alloc.holders(b) == 0) {
+            return Err(Error::internal(format!(
+                "KV block {b} shared but it is not in use"
+            )));
+        }
+        for &b in blocks {
+            alloc.share(b)?;
+        }
+        Ok(BlockTable {
+            blocks: blocks.to_vec(),
+            num_tokens: tokens,
+        })
+    }
+
+    /// Appends `block`, already holding the K/V of the next `block_size` positions (a prefix
+    /// cache hit; the caller passes its hold on the block to the table), and marks them filled.
+    ///
+    /// # Errors
+    /// `INTERNAL` unless every position of the table's blocks is filled.
+    pub fn push_full_block(&mut self, block: u32, block_size: usize) -> Result<()> {
+        if self.num_tokens != self.blocks.len() * block_size {
+            return Err(Error::internal(format!(
+                "a full block appended to a table of {} blocks with {} positions filled",
+                self.blocks.len(),
+                self.num_tokens
+            )));
+        }
+        self.blocks.push(block);
+        self.num_tokens += block_size;
+        Ok(())
     }
 
     /// Marks `n` more positions filled (after their K/V were written). Does not check capacity:

@@ -47,6 +47,15 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// Return the full logits row of the last prompt position (for conformance checks).
     pub return_last_logits: bool,
+    /// Added to the logits of these token ids before the penalties and the sampling (OpenAI
+    /// `logit_bias`): each bias in [-100, 100], each id at most once and inside the vocabulary
+    /// (checked at submission). -100 in effect bans a token, 100 in effect forces it.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Log-probabilities of the prompt tokens (vLLM `prompt_logprobs`, OpenAI `echo` with
+    /// `logprobs`): each prompt token after the first gets its log-probability given the tokens
+    /// before it and this many most likely alternatives (at most [`MAX_LOGPROBS`]), computed in
+    /// the prefill pass. `None` computes none.
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -66,6 +75,8 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             return_last_logits: false,
+            logit_bias: Vec::new(),
+            prompt_logprobs: None,
         }
     }
 }
@@ -77,7 +88,9 @@ impl SamplingParams {
     /// `INVALID_ARGUMENT` naming the first offending field and its value: `max_tokens` 0,
     /// `temperature` negative or not finite, `top_p` outside (0, 1], `min_p` outside [0, 1],
     /// `logprobs` above [`MAX_LOGPROBS`], `repetition_penalty` ≤ 0 or not finite,
-    /// `presence_penalty`/`frequency_penalty` outside [-2, 2], an empty `stop` string.
+    /// `presence_penalty`/`frequency_penalty` outside [-2, 2], an empty `stop` string,
+    /// `prompt_logprobs` above [`MAX_LOGPROBS`], a `logit_bias` outside [-100, 100] or a token id
+    /// biased twice. Token ids are checked against the vocabulary by the engine.
     pub fn validate(&self) -> Result<()> {
         if self.max_tokens == 0 {
             return Err(bad("max_tokens", "0", "must be at least 1"));
@@ -117,6 +130,28 @@ impl SamplingParams {
         ] {
             if !(-2.0..=2.0).contains(&value) {
                 return Err(bad(name, value, "must be in [-2, 2]"));
+            }
+        }
+        if let Some(n) = self.prompt_logprobs {
+            if n > MAX_LOGPROBS {
+                return Err(bad(
+                    "prompt_logprobs",
+                    n,
+                    &format!("must be at most {MAX_LOGPROBS}"),
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for &(id, b) in &self.logit_bias {
+            if !(b.is_finite() && (-100.0..=100.0).contains(&b)) {
+                return Err(bad(
+                    &format!("logit_bias[{id}]"),
+                    b,
+                    "must be in [-100, 100]",
+                ));
+            }
+            if !seen.insert(id) {
+                return Err(bad(&format!("logit_bias[{id}]"), b, "token id given twice"));
             }
         }
         if let Some(i) = self.stop.iter().position(String::is_empty) {

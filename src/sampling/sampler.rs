@@ -1,12 +1,14 @@
 //! Token selection for one request: penalties, greedy, temperature, top-k, top-p, min-p.
 //!
 //! Pipeline per step (see [`Sampler::sample`]):
-//! 1. copy the logits row, NaN → −∞;
+//! 1. copy the logits row, NaN → −∞, add the request's `logit_bias`;
 //! 2. [`apply_penalties`] over the tokens generated so far;
-//! 3. the reported log-probabilities are the log-softmax of these *penalised* logits, before
-//!    temperature, top-k, top-p and min-p (like OpenAI, which reports the model's distribution);
-//! 4. greedy (`temperature == 0` or `top_k == 1`): the argmax, ties → lowest id;
-//! 5. otherwise divide by the temperature, keep the `top_k` best (ties → lowest id), then the
+//! 3. the reported log-probabilities are the log-softmax of these *biased and penalised*
+//!    logits, before the output constraint's mask, temperature, top-k, top-p and min-p (like
+//!    OpenAI, which reports the model's distribution);
+//! 4. with an output constraint, every token outside its mask drops to −∞;
+//! 5. greedy (`temperature == 0` or `top_k == 1`): the argmax, ties → lowest id;
+//! 6. otherwise divide by the temperature, keep the `top_k` best (ties → lowest id), then the
 //!    smallest nucleus of probability ≥ `top_p` (at least one token), then drop tokens below
 //!    `min_p` × the best probability, and draw from the renormalised rest with exactly one
 //!    uniform number from the request's own ChaCha8 generator.
@@ -101,6 +103,31 @@ fn apply_penalties_with(
     }
 }
 
+/// The log-probability of `token` under the log-softmax of the raw `logits` row (NaN counts as
+/// −∞; no bias, penalty or mask), and the `top` most likely tokens (at most [`MAX_LOGPROBS`]) with
+/// theirs, most likely first, ties by lower id. The engine's prompt log-probabilities.
+pub fn prompt_logprob(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+    let work: Vec<f32> = logits
+        .iter()
+        .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x })
+        .collect();
+    let wmax = math::max(&work);
+    let lse = if wmax.is_finite() {
+        wmax + math::sum_exp(&work, wmax, 1.0).ln() as f32
+    } else {
+        wmax
+    };
+    let lp = work
+        .get(token as usize)
+        .map_or(f32::NEG_INFINITY, |&w| w - lse);
+    let mut cand = Vec::new();
+    let top = top.min(MAX_LOGPROBS);
+    if top > 0 {
+        top_n(&work, top, &mut cand);
+    }
+    (lp, cand.iter().map(|&(w, id)| (id, w - lse)).collect())
+}
+
 /// Sampling settings with invalid values clamped to the nearest valid behaviour.
 #[derive(Debug, Clone, Copy)]
 struct Settings {
@@ -111,6 +138,13 @@ struct Settings {
     min_p: f32,
     logprobs: usize,
     penalties: Penalties,
+}
+
+/// A token mask: bit `t % 32` of word `t / 32` set means token `t` may be chosen (the layout of
+/// [`crate::sampling::Constraint::mask`]). Tokens past the mask's end are not allowed.
+pub fn mask_allows(mask: &[u32], token: usize) -> bool {
+    mask.get(token / 32)
+        .is_some_and(|w| (w >> (token % 32)) & 1 == 1)
 }
 
 impl Settings {
@@ -154,6 +188,8 @@ impl Settings {
 pub struct Sampler {
     rng: ChaCha8Rng,
     settings: Settings,
+    /// `logit_bias` entries, in the request's order.
+    bias: Vec<(u32, f32)>,
     work: Vec<f32>,
     weights: Vec<f32>,
     cand: Vec<(f32, u32)>,
@@ -177,9 +213,23 @@ impl Sampler {
     /// at most 20, invalid penalties → off). `request_seed_fallback` seeds the generator when
     /// `params.seed` is `None`.
     pub fn new(params: &SamplingParams, request_seed_fallback: u64) -> Self {
+        Self::with_stream(params, request_seed_fallback, 0)
+    }
+
+    /// As [`Sampler::new`], drawing from stream `stream` of the seed's ChaCha8 generator (the
+    /// engine gives choice `i` of a request stream `i`; stream 0 is [`Sampler::new`]'s).
+    pub fn with_stream(params: &SamplingParams, request_seed_fallback: u64, stream: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(params.seed.unwrap_or(request_seed_fallback));
+        rng.set_stream(stream);
         Self {
-            rng: ChaCha8Rng::seed_from_u64(params.seed.unwrap_or(request_seed_fallback)),
+            rng,
             settings: Settings::from_params(params),
+            bias: params
+                .logit_bias
+                .iter()
+                .copied()
+                .filter(|(_, b)| b.is_finite())
+                .collect(),
             work: Vec::new(),
             weights: Vec::new(),
             cand: Vec::new(),
@@ -196,6 +246,18 @@ impl Sampler {
     /// engine never passes one). NaN logits count as −∞. If every logit is −∞ (or one is +∞)
     /// the argmax is returned and its log-probability may be NaN.
     pub fn sample(&mut self, logits: &[f32], generated: &[u32]) -> SampledToken {
+        self.sample_masked(logits, generated, None)
+    }
+
+    /// As [`Sampler::sample`], choosing only among the tokens `mask` allows (see [`mask_allows`];
+    /// `None` allows every token). The reported log-probabilities ignore the mask (step 3 of the
+    /// module docs). If the mask allows no token the argmax of the unmasked row is returned.
+    pub fn sample_masked(
+        &mut self,
+        logits: &[f32],
+        generated: &[u32],
+        mask: Option<&[u32]>,
+    ) -> SampledToken {
         if logits.is_empty() {
             return SampledToken {
                 token: 0,
@@ -209,6 +271,11 @@ impl Sampler {
                 .iter()
                 .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x }),
         );
+        for &(t, b) in &self.bias {
+            if let Some(w) = self.work.get_mut(t as usize) {
+                *w += b;
+            }
+        }
         apply_penalties_with(
             &mut self.work,
             generated,
@@ -216,17 +283,39 @@ impl Sampler {
             &mut self.scratch,
         );
         let wmax = math::max(&self.work);
+        let lse = if wmax.is_finite() {
+            wmax + math::sum_exp(&self.work, wmax, 1.0).ln() as f32
+        } else {
+            wmax
+        };
+        let top_logprobs = if self.settings.logprobs == 0 {
+            Vec::new()
+        } else {
+            top_n(&self.work, self.settings.logprobs, &mut self.cand);
+            self.cand.iter().map(|&(w, id)| (id, w - lse)).collect()
+        };
+        let mut wmax = wmax;
+        if let Some(mask) = mask {
+            let any = self
+                .work
+                .iter()
+                .enumerate()
+                .any(|(i, &w)| w > f32::NEG_INFINITY && mask_allows(mask, i));
+            if any {
+                for (i, w) in self.work.iter_mut().enumerate() {
+                    if !mask_allows(mask, i) {
+                        *w = f32::NEG_INFINITY;
+                    }
+                }
+                wmax = math::max(&self.work);
+            }
+        }
         let best = self
             .work
             .iter()
             .position(|&w| w == wmax)
             .and_then(|i| u32::try_from(i).ok())
             .unwrap_or(0);
-        let lse = if wmax.is_finite() {
-            wmax + math::sum_exp(&self.work, wmax, 1.0).ln() as f32
-        } else {
-            wmax
-        };
         let token = if self.settings.greedy {
             best
         } else {
@@ -238,23 +327,18 @@ impl Sampler {
                 best
             }
         };
+        // Masking leaves allowed tokens (the chosen one among them) unchanged, so this is the
+        // log-probability under the unmasked row.
         let logprob = self
             .work
             .get(token as usize)
             .map_or(f32::NEG_INFINITY, |&w| w - lse);
-        let top_logprobs = if self.settings.logprobs == 0 {
-            Vec::new()
-        } else {
-            top_n(&self.work, self.settings.logprobs, &mut self.cand);
-            self.cand.iter().map(|&(w, id)| (id, w - lse)).collect()
-        };
         SampledToken {
             token,
             logprob,
             top_logprobs,
         }
     }
-
     /// Temperature, top-k, top-p, min-p, then the inverse CDF at `u` in [0, 1). `wmax` is the
     /// finite maximum of `work`.
     fn sample_stochastic(&mut self, u: f64, wmax: f32) -> Option<u32> {

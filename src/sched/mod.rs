@@ -34,6 +34,14 @@ pub struct SchedSeq {
 pub trait Schedulable {
     /// The scheduling state.
     fn sched(&mut self) -> &mut SchedSeq;
+
+    /// Called when the sequence is about to be admitted with nothing computed and no blocks:
+    /// fills its table with prefix-cache blocks that already hold its first tokens (leaving at
+    /// least its last token to compute), sets `num_computed` to match and returns the number of
+    /// tokens reused. The default reuses nothing.
+    fn reuse_prefix(&mut self, _alloc: &mut BlockAllocator) -> usize {
+        0
+    }
 }
 
 /// Limits for one step.
@@ -65,6 +73,10 @@ pub struct StepPlan {
     pub preempted: Vec<u64>,
     /// Sequences that can never fit in the KV cache.
     pub unfittable: Vec<u64>,
+    /// Tokens of the sequences admitted this step, all looked up in the prefix cache.
+    pub prefix_queries: u64,
+    /// Of those, tokens reused from the prefix cache.
+    pub prefix_hits: u64,
 }
 
 /// FIFO admission + running set.
@@ -185,6 +197,11 @@ impl Scheduler {
                 held.push(id);
                 continue;
             }
+            let fresh = {
+                let s = seq.sched();
+                s.num_computed == 0 && s.table.blocks().is_empty()
+            };
+            let reused = if fresh { seq.reuse_prefix(alloc) } else { 0 };
             let s = seq.sched();
             let whole = s
                 .table
@@ -195,8 +212,13 @@ impl Scheduler {
                 continue;
             }
             // Admit only when the whole remaining prompt fits, so admission does not cause
-            // immediate preemption; FIFO: stop at the first that does not fit.
+            // immediate preemption; FIFO: stop at the first that does not fit. A sequence left
+            // waiting gives its prefix-cache blocks back (they stay cached): waiting sequences
+            // hold no blocks that running ones might need.
             if whole > alloc.num_free() {
+                if reused > 0 {
+                    release(s, alloc);
+                }
                 self.waiting.push_front(id);
                 break;
             }
@@ -204,8 +226,15 @@ impl Scheduler {
             let n = s.total_tokens.saturating_sub(start).min(budget);
             let extra = (start + n).saturating_sub(s.table.num_tokens());
             if n == 0 || !s.table.reserve(alloc, extra) {
+                if reused > 0 {
+                    release(s, alloc);
+                }
                 self.waiting.push_front(id);
                 break;
+            }
+            if fresh {
+                plan.prefix_queries += s.total_tokens as u64;
+                plan.prefix_hits += reused as u64;
             }
             plan.chunks.push(Chunk { id, start, len: n });
             budget -= n;

@@ -176,6 +176,19 @@ pub fn byte_tokenizer_json() -> serde_json::Value {
     })
 }
 
+/// An engine (2 threads) on the default tiny model written to `dir`, its config adjusted by
+/// `tweak`.
+pub fn tiny_engine(
+    dir: &Path,
+    tweak: impl FnOnce(&mut loraplex::config::EngineConfig),
+) -> loraplex::engine::Engine {
+    write_tiny_model(dir, TinySpec::default());
+    let mut cfg = loraplex::config::EngineConfig::new(dir);
+    cfg.threads = 2;
+    tweak(&mut cfg);
+    loraplex::engine::Engine::new(cfg).unwrap()
+}
+
 /// Writes a random tiny Llama (config.json, model.safetensors, tokenizer files) into `dir`.
 pub fn write_tiny_model(dir: &Path, spec: TinySpec) {
     std::fs::create_dir_all(dir).unwrap();

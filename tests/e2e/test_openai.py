@@ -2,18 +2,22 @@
 """End-to-end checks of examples/go/openai-server with the official `openai` Python client.
 
 Usage: test_openai.py --url http://127.0.0.1:PORT/v1 --base NAME --adapters A,B
-                      [--capacity-url http://127.0.0.1:PORT2/v1] [--counts FILE]
+                      [--capacity-url http://127.0.0.1:PORT2/v1] [--counts FILE] [--toy-model]
 
 --capacity-url is a second server whose host adapter cache holds one adapter; it is used for
-the 429 check. Prints one line per check and `N passed, M failed`; exits 1 on any failure.
+the 429 check. --toy-model (a random-weight model) skips the checks that need a trained model.
+Prints one line per check and `N passed, M failed`; exits 1 on any failure.
 """
 import argparse
 import json
+import math
+import re
 import sys
 import time
 import traceback
 import urllib.request
 
+import jsonschema
 import openai
 
 PASSED, FAILED = [], []
@@ -51,6 +55,221 @@ def expect_error(exc_type, status, fn, code=None):
     raise AssertionError(f"no {exc_type.__name__} raised")
 
 
+# A schema with a nested object, an array with maxItems, an enum, integers with bounds,
+# required and optional fields and strings with maxLength: every output of it is finite.
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "color": {"type": "string", "enum": ["red", "green", "blue"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3},
+        "address": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 24},
+                "zip": {"type": "integer", "minimum": 10000, "maximum": 99999},
+            },
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+        "nickname": {"type": "string", "maxLength": 12},
+    },
+    "required": ["name", "age", "color", "tags", "address"],
+    "additionalProperties": False,
+}
+
+
+def valid_json(text, schema=None):
+    v = json.loads(text)
+    if schema is not None:
+        jsonschema.validate(v, schema)
+    return v
+
+
+def structured_outputs(client, args, adapter, check, chat):
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    msgs = [{"role": "user", "content": "Describe a person living in Zürich as JSON."}]
+
+    for model in (args.base, adapter):
+        @check(f"json_schema on {model}: the content parses and validates, finish_reason stop")
+        def _():
+            r = client.chat.completions.create(model=model, messages=msgs, max_tokens=400,
+                                               temperature=0, response_format=fmt)
+            c = r.choices[0]
+            assert c.finish_reason == "stop", (c.finish_reason, c.message.content)
+            valid_json(c.message.content, PERSON)
+        _()
+
+        @check(f"json_schema on {model}, streamed (n = 2, sampled): every choice validates")
+        def _():
+            chunks = list(client.chat.completions.create(
+                model=model, messages=msgs, max_tokens=400, temperature=0.8, seed=5, n=2,
+                response_format=fmt, stream=True))
+            text, finish = {}, {}
+            for ch in chunks:
+                for c in ch.choices:
+                    text[c.index] = text.get(c.index, "") + (c.delta.content or "")
+                    if c.finish_reason:
+                        finish[c.index] = c.finish_reason
+            assert sorted(text) == [0, 1] and finish == {0: "stop", 1: "stop"}, (finish, text)
+            for t in text.values():
+                valid_json(t, PERSON)
+        _()
+
+    @check("json_schema on /v1/completions (response_format in the body)")
+    def _():
+        r = client.completions.create(model=args.base, prompt="A person as JSON: ", max_tokens=400,
+                                      temperature=0, extra_body={"response_format": fmt})
+        assert r.choices[0].finish_reason == "stop", r.choices[0]
+        valid_json(r.choices[0].text, PERSON)
+    _()
+
+    @check("guided_json (vLLM) on an adapter")
+    def _():
+        r = client.chat.completions.create(model=adapter, messages=msgs, max_tokens=400, temperature=0,
+                                           extra_body={"guided_json": PERSON})
+        assert r.choices[0].finish_reason == "stop", r.choices[0]
+        valid_json(r.choices[0].message.content, PERSON)
+    _()
+
+    if not args.toy_model:
+        @check("json_object mode: a JSON object, finish_reason stop")
+        def _():
+            r = client.chat.completions.create(
+                model=args.base, max_tokens=200, temperature=0, response_format={"type": "json_object"},
+                messages=[{"role": "user", "content":
+                           'Return a JSON object with the keys "name" and "age" for a person named Bob who is 30.'}])
+            c = r.choices[0]
+            assert c.finish_reason == "stop", (c.finish_reason, c.message.content)
+            assert isinstance(valid_json(c.message.content), dict), c.message.content
+        _()
+    else:
+        print("SKIP json_object mode (a random-weight model does not reliably close JSON objects)")
+
+    @check("guided_choice via extra_body (chat and completions)")
+    def _():
+        choices = ["sunny", "rainy", "cloudy"]
+        r = chat(args.base, extra_body={"guided_choice": choices})
+        assert r.choices[0].message.content in choices and r.choices[0].finish_reason == "stop", r.choices[0]
+        r = client.completions.create(model=adapter, prompt="Weather:", max_tokens=10, temperature=0,
+                                      extra_body={"guided_choice": choices})
+        assert r.choices[0].text in choices and r.choices[0].finish_reason == "stop", r.choices[0]
+    _()
+
+    @check("guided_regex via extra_body")
+    def _():
+        pattern = r"[0-9]{3}-[A-Z]{2}"
+        r = client.completions.create(model=args.base, prompt="Code:", max_tokens=20, temperature=0,
+                                      extra_body={"guided_regex": pattern})
+        assert re.fullmatch(pattern, r.choices[0].text), r.choices[0].text
+        assert r.choices[0].finish_reason == "stop", r.choices[0]
+    _()
+
+
+def several_choices(client, args, check):
+    msgs = [{"role": "user", "content": "Name a fruit."}]
+
+    @check("n = 3 on chat and completions: indices 0..2, seeded sampling reproducible, usage summed")
+    def _():
+        def run_chat():
+            return client.chat.completions.create(model=args.base, messages=msgs, max_tokens=8,
+                                                  temperature=0.9, seed=42, n=3)
+
+        def run_completion():
+            return client.completions.create(model=args.base, prompt="Once upon a time", max_tokens=8,
+                                             temperature=0.9, seed=42, n=3)
+        for run, text in [(run_chat, lambda c: c.message.content), (run_completion, lambda c: c.text)]:
+            r1, r2 = run(), run()
+            assert [c.index for c in r1.choices] == [0, 1, 2], r1.choices
+            assert [text(c) for c in r1.choices] == [text(c) for c in r2.choices], (r1, r2)
+            assert all(c.finish_reason in ("stop", "length") for c in r1.choices), r1.choices
+            assert r1.usage.completion_tokens >= 3 and r1.usage.completion_tokens <= 24, r1.usage
+    _()
+
+    @check("streamed n = 2: chunks interleaved, every index gets a finish_reason, one usage chunk")
+    def _():
+        chunks = list(client.completions.create(
+            model=args.base, prompt="Once upon a time", max_tokens=8, temperature=0.9, seed=1, n=2,
+            stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+        order = [c.choices[0].index for c in chunks if c.choices]
+        assert all(len(c.choices) == 1 for c in chunks[:-1]), chunks
+        assert set(order) == {0, 1}, order
+        # Interleaved: after the first switch of index, an earlier index comes back.
+        switches = sum(1 for x, y in zip(order, order[1:]) if x != y)
+        assert switches >= 2, f"chunks not interleaved: {order}"
+        finish = {c.choices[0].index: c.choices[0].finish_reason for c in chunks
+                  if c.choices and c.choices[0].finish_reason}
+        assert finish == {0: "length", 1: "length"}, finish
+        last = chunks[-1]
+        assert last.choices == [] and last.usage.completion_tokens == 16, last
+    _()
+
+    @check("best_of = 3, n = 1 on completions")
+    def _():
+        r = client.completions.create(model=args.base, prompt="Once upon a time", max_tokens=6,
+                                      temperature=0.9, seed=3, best_of=3, n=1)
+        assert len(r.choices) == 1 and r.choices[0].index == 0, r.choices
+        assert r.choices[0].finish_reason in ("stop", "length"), r.choices[0]
+    _()
+
+
+def biases_and_echo(client, args, check):
+    def token_ids(**kw):
+        r = client.completions.create(model=args.base, prompt="The capital of France is", max_tokens=6,
+                                      temperature=0, logprobs=0,
+                                      extra_body={"return_tokens_as_token_ids": True, "ignore_eos": True}, **kw)
+        toks = r.choices[0].logprobs.tokens
+        assert all(t.startswith("token_id:") for t in toks), toks
+        return [int(t.split(":")[1]) for t in toks]
+
+    @check("logit_bias: +100 forces a token (every generated token), -100 bans one")
+    def _():
+        greedy = token_ids()
+        assert len(greedy) == 6, greedy
+        forced = 1000 if greedy[0] != 1000 else 1001
+        assert token_ids(logit_bias={str(forced): 100}) == [forced] * 6
+        banned = greedy[0]
+        got = token_ids(logit_bias={str(banned): -100})
+        assert banned not in got, (banned, got)
+    _()
+
+    prompt = "The capital of France is"
+
+    @check("echo with logprobs: prompt tokens first, token_logprobs[0] None, the rest finite")
+    def _():
+        r = client.completions.create(model=args.base, prompt=prompt, max_tokens=4, temperature=0,
+                                      echo=True, logprobs=2)
+        c = r.choices[0]
+        assert c.text.startswith(prompt) and len(c.text) > len(prompt), c.text
+        lp = c.logprobs
+        n = r.usage.prompt_tokens + r.usage.completion_tokens
+        assert len(lp.tokens) == n == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset), lp
+        assert "".join(lp.tokens[:r.usage.prompt_tokens]).endswith(prompt), lp.tokens
+        assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None, lp
+        assert all(x is not None and math.isfinite(x) and x <= 0 for x in lp.token_logprobs[1:]), lp.token_logprobs
+        assert all(isinstance(t, dict) and len(t) >= 1 for t in lp.top_logprobs[1:]), lp.top_logprobs
+        for i in range(n - 1):
+            assert lp.text_offset[i + 1] - lp.text_offset[i] == len(lp.tokens[i]), (i, lp.text_offset, lp.tokens)
+    _()
+
+    @check("echo without logprobs: the text starts with the prompt")
+    def _():
+        r = client.completions.create(model=args.base, prompt=prompt, max_tokens=4, temperature=0, echo=True)
+        plain = client.completions.create(model=args.base, prompt=prompt, max_tokens=4, temperature=0)
+        assert r.choices[0].text == prompt + plain.choices[0].text, (r.choices[0].text, plain.choices[0].text)
+        assert r.choices[0].logprobs is None
+    _()
+
+    @check("echo streamed: the first chunk starts with the prompt")
+    def _():
+        chunks = list(client.completions.create(model=args.base, prompt=prompt, max_tokens=4, temperature=0,
+                                                echo=True, stream=True))
+        assert chunks[0].choices[0].text.startswith(prompt), chunks[0]
+        assert not any(c.choices[0].text.startswith(prompt) for c in chunks[1:]), chunks
+    _()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
@@ -58,6 +277,7 @@ def main():
     ap.add_argument("--adapters", required=True)
     ap.add_argument("--capacity-url")
     ap.add_argument("--counts")
+    ap.add_argument("--toy-model", action="store_true")
     args = ap.parse_args()
     a, b = args.adapters.split(",")
     client = openai.OpenAI(base_url=args.url, api_key="x", max_retries=0, timeout=60)
@@ -152,30 +372,31 @@ def main():
         expect_error(openai.BadRequestError, 400, lambda: chat(args.base, extra_body={"temperature": -1}))
     _()
 
-    @check("n = 2 -> 400 BadRequestError")
-    def _():
-        e = expect_error(openai.BadRequestError, 400, lambda: completion(args.base, n=2))
-        assert "n" in e.response.json()["error"]["message"]
-    _()
-
-    @check("JSON mode (response_format) -> 400 naming the field, not free text")
-    def _():
-        e = expect_error(openai.BadRequestError, 400,
-                         lambda: chat(args.base, response_format={"type": "json_object"}))
-        assert "response_format" in e.response.json()["error"]["message"], e.response.json()
-    _()
-
-    @check("tools, logit_bias, negative seed -> 400 naming each")
+    @check("tools, tool_choice, invalid schema, logit_bias out of range, n = 0, negative seed, "
+           "streamed best_of, unknown response_format -> 400 naming each")
     def _():
         tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        bad_schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}
         for field, call in [
             ("tools", lambda: chat(args.base, tools=[tool])),
-            ("logit_bias", lambda: completion(args.base, logit_bias={"1": 5})),
+            ("tool_choice", lambda: chat(args.base, tool_choice="auto")),
+            ("nonsense", lambda: chat(args.base, response_format=bad_schema)),
+            ("logit_bias", lambda: completion(args.base, logit_bias={"1": 150})),
+            ("logit_bias", lambda: completion(args.base, logit_bias={"one": 1})),
+            ('"n"', lambda: completion(args.base, n=0)),
             ("seed", lambda: completion(args.base, seed=-1)),
+            ("best_of", lambda: list(client.completions.create(
+                model=args.base, prompt="x", max_tokens=2, best_of=2, stream=True))),
+            ("response_format.type", lambda: chat(args.base, response_format={"type": "yaml"})),
+            ("guided_choice", lambda: chat(args.base, extra_body={"guided_regex": "a", "guided_choice": ["b"]})),
         ]:
             e = expect_error(openai.BadRequestError, 400, call)
             assert field in e.response.json()["error"]["message"], (field, e.response.json())
     _()
+
+    structured_outputs(client, args, a, check, chat)
+    several_choices(client, args, check)
+    biases_and_echo(client, args, check)
 
     @check("harmless fields (user, metadata) are accepted")
     def _():

@@ -6,6 +6,7 @@ package loraplex
 import "C"
 
 import (
+	"fmt"
 	"time"
 )
 
@@ -94,10 +95,21 @@ func configFromC(c *C.lpx_engine_config) Config {
 	}
 }
 
+// initConfig writes the library defaults into *c with lpx_engine_config_init_sized and this
+// package's sizeof(lpx_engine_config). cgo cannot expand the header's lpx_engine_config_init
+// macro: C.lpx_engine_config_init is the binary-compatibility symbol, which initialises only the
+// first (oldest) layout, so the fields appended since would be ignored.
+func initConfig(c *C.lpx_engine_config) error {
+	return takeError(C.lpx_engine_config_init_sized(c, C.sizeof_lpx_engine_config))
+}
+
 // DefaultConfig returns the library defaults (lpx_engine_config_init); Model is empty.
 func DefaultConfig() Config {
 	var c C.lpx_engine_config
-	C.lpx_engine_config_init(&c)
+	if err := initConfig(&c); err != nil {
+		// Unreachable: a non-NULL struct of this header's size always initialises.
+		panic(fmt.Sprintf("loraplex: %v", err))
+	}
 	return configFromC(&c)
 }
 
@@ -110,7 +122,9 @@ func DefaultConfig() Config {
 // override further. Errors: InvalidArgument naming a malformed variable.
 func ConfigFromEnv() (Config, error) {
 	var c C.lpx_engine_config
-	C.lpx_engine_config_init(&c)
+	if err := initConfig(&c); err != nil {
+		return Config{}, err
+	}
 	if err := takeError(C.lpx_engine_config_from_env(&c)); err != nil {
 		return Config{}, err
 	}
@@ -120,7 +134,9 @@ func ConfigFromEnv() (Config, error) {
 // toC fills *c (initialised with the defaults) with the non-zero fields of cfg; strings are
 // allocated in a.
 func (cfg *Config) toC(a *cArena, c *C.lpx_engine_config) error {
-	C.lpx_engine_config_init(c)
+	if err := initConfig(c); err != nil {
+		return err
+	}
 	var err error
 	if c.model, err = a.optStr("Config.Model", cfg.Model); err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -85,10 +86,12 @@ func (e *Engine) release() {
 	runtime.KeepAlive(e)
 }
 
-// Submit queues a request and returns its id (never 0); poll it with Poll or Stream. Outputs
-// are deltas and Output.JSON gives streaming chunks. Errors: InvalidArgument (the message names
-// the field), NotFound (unknown model/adapter), Capacity (host adapter cache full of active
-// adapters), QueueFull, EngineFailed, ErrClosed.
+// Submit queues a request and returns its id (never 0); poll it with Poll or Stream until the
+// output that IsDone. Outputs are deltas of one choice each (Output.Index; with N > 1 the
+// choices interleave) and Output.JSON gives streaming chunks. Errors: InvalidArgument (the
+// message names the field: a value out of range, a logit bias out of range or outside the
+// vocabulary, a response format that does not compile...), NotFound (unknown model/adapter),
+// Capacity (host adapter cache full of active adapters), QueueFull, EngineFailed, ErrClosed.
 func (e *Engine) Submit(req Request) (uint64, error) {
 	var a cArena
 	defer a.free()
@@ -109,10 +112,12 @@ func (e *Engine) Submit(req Request) (uint64, error) {
 }
 
 // SubmitJSON queues an OpenAI /v1/completions ("prompt") or /v1/chat/completions ("messages")
-// body and returns its id. With "stream": true polls return deltas whose JSON is a chunk;
-// otherwise polls return nothing until the single final output, whose JSON is the complete
-// object. Errors: as Submit, plus InvalidArgument naming the JSON field and Unsupported (echo,
-// best_of > 1, several prompts).
+// body and returns its id. With "stream": true polls return deltas (one choice each) whose
+// JSON is a chunk, until the output that IsDone; otherwise polls return nothing until the
+// single output that IsDone, whose JSON is the complete object with every choice. Errors: as
+// Submit, plus InvalidArgument naming the JSON field (unknown or unhonoured fields such as
+// tools, n out of range, an unknown response_format type...) and Unsupported (several
+// prompts).
 func (e *Engine) SubmitJSON(body []byte) (uint64, error) {
 	var a cArena
 	defer a.free()
@@ -133,9 +138,10 @@ func (e *Engine) SubmitJSON(body []byte) (uint64, error) {
 }
 
 // Poll waits up to timeout (0 = don't block; millisecond precision, at most ~49 days) for news
-// about request id. It returns everything that arrived merged into one Output (the caller
-// closes it), or nil, nil when nothing arrived in time. After a final output the id is
-// forgotten. Errors: NotFound (unknown, finished or never submitted id), ErrClosed.
+// about request id. It returns what arrived for one choice merged into one Output (the caller
+// closes it), or nil, nil when nothing arrived in time. After the request's last output
+// (Output.IsDone) the id is forgotten. Errors: NotFound (unknown, finished or never submitted
+// id), ErrClosed.
 func (e *Engine) Poll(id uint64, timeout time.Duration) (*Output, error) {
 	ms := timeout.Milliseconds()
 	if ms < 0 {
@@ -245,11 +251,11 @@ func (e *Engine) Refresh() error {
 // streamPoll is how long Stream blocks in one Poll, so it notices ctx within this time.
 const streamPoll = 50 * time.Millisecond
 
-// Stream polls request id until its final output, calling fn with each output (Stream closes
-// it after fn returns; fn must not keep it). When ctx is done or fn returns an error, Stream
-// cancels the request, drains it until its final output (so the engine forgets it) and returns
-// ctx.Err() or fn's error. It returns nil after the final output was handed to fn; a failed
-// request is not an error here (see Output.Err).
+// Stream polls request id until its last output (Output.IsDone), calling fn with each output
+// of every choice (Stream closes it after fn returns; fn must not keep it). When ctx is done or
+// fn returns an error, Stream cancels the request, drains it until its last output (so the
+// engine forgets it) and returns ctx.Err() or fn's error. It returns nil after the last output
+// was handed to fn; a failed request is not an error here (see Output.Err).
 func (e *Engine) Stream(ctx context.Context, id uint64, fn func(*Output) error) error {
 	var stopErr error
 	for {
@@ -271,11 +277,11 @@ func (e *Engine) Stream(ctx context.Context, id uint64, fn func(*Output) error) 
 		if out == nil {
 			continue
 		}
-		final := out.IsFinal()
+		done := out.IsDone()
 		if stopErr == nil {
 			if ferr := fn(out); ferr != nil {
 				stopErr = ferr
-				if !final {
+				if !done {
 					if cerr := e.Cancel(id); cerr != nil {
 						out.Close()
 						return cerr
@@ -284,39 +290,87 @@ func (e *Engine) Stream(ctx context.Context, id uint64, fn func(*Output) error) 
 			}
 		}
 		out.Close()
-		if final {
+		if done {
 			return stopErr
 		}
 	}
 }
 
-// Result is a whole completion collected by Generate.
+// Prompt is the prompt as a choice's first output carries it (Request.Echo or
+// Request.PromptLogprobs).
+type Prompt struct {
+	Text     string
+	TokenIDs []uint32
+	// Logprobs are the log-probabilities of TokenIDs[1:] (with Request.PromptLogprobs).
+	Logprobs []TokenLogprob
+}
+
+// Result is one whole choice collected by Generate or GenerateAll.
 type Result struct {
+	// Index is the choice (0..N).
+	Index        int
 	Text         string
 	TokenIDs     []uint32
 	Logprobs     []TokenLogprob
 	FinishReason FinishReason
-	Usage        Usage
+	// Usage counts the prompt tokens and this choice's generated tokens.
+	Usage Usage
+	// CumulativeLogprob is the sum of the log-probabilities of the generated tokens.
+	CumulativeLogprob float64
+	// Prompt is set when the request asked for Echo or PromptLogprobs.
+	Prompt *Prompt
 }
 
-// Generate submits req and collects its outputs until the final one. A request that failed in
-// the engine returns its *Error; ctx cancellation cancels the request and returns ctx.Err().
+// Generate submits req (one choice: N 0 or 1) and collects its outputs until the last one. A
+// request that failed in the engine returns its *Error; ctx cancellation cancels the request
+// and returns ctx.Err(). For N > 1 use GenerateAll.
 func (e *Engine) Generate(ctx context.Context, req Request) (*Result, error) {
+	if req.N > 1 {
+		return nil, &Error{Code: CodeInvalidArgument, Message: fmt.Sprintf(
+			"Generate returns one choice but Request.N = %d: use GenerateAll", req.N)}
+	}
+	all, err := e.GenerateAll(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if len(all) == 0 {
+		return &Result{}, nil
+	}
+	return all[0], nil
+}
+
+// GenerateAll submits req and collects every choice until the request's last output; the
+// results are in index order (N of them). A request that failed in the engine returns its
+// *Error; ctx cancellation cancels the request and returns ctx.Err().
+func (e *Engine) GenerateAll(ctx context.Context, req Request) ([]*Result, error) {
 	id, err := e.Submit(req)
 	if err != nil {
 		return nil, err
 	}
-	var res Result
-	var text strings.Builder
+	byIndex := map[int]*Result{}
+	texts := map[int]*strings.Builder{}
 	var failed error
 	err = e.Stream(ctx, id, func(o *Output) error {
-		text.WriteString(o.Text())
+		i := o.Index()
+		res := byIndex[i]
+		if res == nil {
+			res = &Result{Index: i}
+			byIndex[i] = res
+			texts[i] = &strings.Builder{}
+		}
+		texts[i].WriteString(o.Text())
 		res.TokenIDs = append(res.TokenIDs, o.TokenIDs()...)
 		res.Logprobs = append(res.Logprobs, o.Logprobs()...)
 		res.Usage = o.Usage()
+		res.CumulativeLogprob = o.CumulativeLogprob()
+		if o.HasPrompt() && res.Prompt == nil {
+			res.Prompt = &Prompt{Text: o.PromptText(), TokenIDs: o.PromptTokenIDs(), Logprobs: o.PromptLogprobs()}
+		}
 		if o.IsFinal() {
 			res.FinishReason = o.FinishReason()
-			failed = o.Err()
+			if ferr := o.Err(); ferr != nil {
+				failed = ferr
+			}
 		}
 		return nil
 	})
@@ -326,6 +380,11 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Result, error) {
 	if failed != nil {
 		return nil, failed
 	}
-	res.Text = text.String()
-	return &res, nil
+	out := make([]*Result, 0, len(byIndex))
+	for i, r := range byIndex {
+		r.Text = texts[i].String()
+		out = append(out, r)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Index < out[b].Index })
+	return out, nil
 }

@@ -223,8 +223,12 @@ func TestStreamDeltasAndChunks(t *testing.T) {
 			if o.FinishReason() != FinishLength || o.Err() != nil {
 				t.Fatalf("final: reason %v err %v", o.FinishReason(), o.Err())
 			}
-			if _, ok := chunk["usage"]; !ok {
-				t.Fatalf("final chunk has no usage: %s", js)
+			// OpenAI sends usage only in the include_usage chunk, never in content chunks.
+			if _, ok := chunk["usage"]; ok {
+				t.Fatalf("final chunk carries usage without include_usage: %s", js)
+			}
+			if !o.IsDone() || o.Index() != 0 {
+				t.Fatalf("final output of a one-choice request: done %v index %d", o.IsDone(), o.Index())
 			}
 		} else if o.FinishReason() != FinishNone {
 			t.Fatalf("non-final output with reason %v", o.FinishReason())
@@ -348,11 +352,13 @@ func TestErrorsAreTyped(t *testing.T) {
 		body string
 		want error
 	}{
-		{`{"prompt":"x","n":2}`, ErrInvalidArgument},
+		{`{"prompt":"x","n":0}`, ErrInvalidArgument},
+		{`{"prompt":"x","response_format":{"type":"yaml"}}`, ErrInvalidArgument},
+		{`{"prompt":"x","tools":[{"type":"function"}]}`, ErrInvalidArgument},
 		{`{"prompt":"x","temperature":-1}`, ErrInvalidArgument},
 		{`not json`, ErrInvalidArgument},
 		{`{"model":"nope","prompt":"x"}`, ErrNotFound},
-		{`{"prompt":"x","echo":true}`, ErrUnsupported},
+		{`{"prompt":["x","y"]}`, ErrUnsupported},
 	}
 	for _, c := range jsonCases {
 		if _, err := e.SubmitJSON([]byte(c.body)); !errors.Is(err, c.want) {

@@ -61,9 +61,9 @@ func ExampleEngine_Poll() {
 			continue // nothing new yet
 		}
 		fmt.Print(out.Text())
-		final := out.IsFinal()
+		done := out.IsDone() // the request's last output (with one choice: its final one)
 		out.Close()
-		if final {
+		if done {
 			break
 		}
 	}

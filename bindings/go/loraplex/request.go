@@ -8,6 +8,7 @@ import "C"
 import (
 	"fmt"
 	"math"
+	"sort"
 	"unsafe"
 )
 
@@ -15,6 +16,37 @@ import (
 type Message struct {
 	Role    string // "system", "user", "assistant", ...
 	Content string
+}
+
+// ResponseFormatType says what shape the output must have (lpx_response_format_type).
+type ResponseFormatType uint32
+
+// Response format types.
+const (
+	// FormatText is free text (the default).
+	FormatText ResponseFormatType = C.LPX_RESPONSE_FORMAT_TYPE_TEXT
+	// FormatJSONObject is any JSON object (OpenAI {"type": "json_object"}).
+	FormatJSONObject ResponseFormatType = C.LPX_RESPONSE_FORMAT_TYPE_JSON_OBJECT
+	// FormatJSONSchema is JSON valid against the schema in ResponseFormat.Value (JSON text).
+	FormatJSONSchema ResponseFormatType = C.LPX_RESPONSE_FORMAT_TYPE_JSON_SCHEMA
+	// FormatRegex is text matching the regular expression in ResponseFormat.Value in full.
+	FormatRegex ResponseFormatType = C.LPX_RESPONSE_FORMAT_TYPE_REGEX
+	// FormatChoice is exactly one of ResponseFormat.Choices.
+	FormatChoice ResponseFormatType = C.LPX_RESPONSE_FORMAT_TYPE_CHOICE
+	// FormatGrammar is text of the Lark grammar in ResponseFormat.Value (start rule "start").
+	FormatGrammar ResponseFormatType = C.LPX_RESPONSE_FORMAT_TYPE_GRAMMAR
+)
+
+// ResponseFormat constrains a request's output. The zero value is free text. A constrained
+// choice ends with FinishStop when its constraint is complete; an invalid schema, regular
+// expression or grammar is refused by Submit with InvalidArgument naming the problem.
+type ResponseFormat struct {
+	Type ResponseFormatType
+	// Value is the JSON Schema (as JSON text), the regular expression or the Lark grammar;
+	// empty for the other types.
+	Value string
+	// Choices are the allowed outputs of FormatChoice.
+	Choices []string
 }
 
 // Request is a generation request (lpx_request). Set exactly one of Prompt, PromptTokens or
@@ -56,6 +88,24 @@ type Request struct {
 	PresencePenalty float32
 	// FrequencyPenalty is the OpenAI frequency penalty in [-2, 2] (0 = off).
 	FrequencyPenalty float32
+	// N is the number of choices to return (1..64; 0 = 1). The choices share the prompt and
+	// each draws from its own random stream; outputs carry Output.Index. Use GenerateAll, or
+	// Stream, which runs until the request's last output (Output.IsDone).
+	N uint32
+	// BestOf is the number of choices to generate (>= N, <= 64; 0 = N): the N with the highest
+	// mean token log-probability are returned, after all have finished.
+	BestOf uint32
+	// LogitBias maps token ids to a bias in [-100, 100] added to their logits (OpenAI
+	// logit_bias; -100 in effect bans a token, 100 forces it).
+	LogitBias map[uint32]float32
+	// ResponseFormat constrains the output (JSON object, JSON schema, regex, choice, grammar).
+	ResponseFormat ResponseFormat
+	// Echo makes each choice's first output carry the prompt (Output.PromptText,
+	// Output.PromptTokenIDs), as OpenAI's echo.
+	Echo bool
+	// PromptLogprobs asks for the prompt tokens' log-probabilities with this many alternatives
+	// each (0..20; nil = none): Output.PromptLogprobs.
+	PromptLogprobs *int
 }
 
 // Float32 returns a pointer to v (for Request's optional fields).
@@ -69,7 +119,12 @@ func Int(v int) *int { return &v }
 
 // toC fills *c from r; every pointer it stores lives in a (C memory), as cgo requires.
 func (r *Request) toC(a *cArena, c *C.lpx_request) error {
-	C.lpx_request_init(c)
+	// The sized init with this package's sizeof(lpx_request): cgo cannot expand the header's
+	// lpx_request_init macro, and C.lpx_request_init is the binary-compatibility symbol, which
+	// initialises only the first (oldest) layout (n, echo, logit_bias... would be ignored).
+	if err := takeError(C.lpx_request_init_sized(c, C.sizeof_lpx_request)); err != nil {
+		return err
+	}
 	var err error
 	if c.model, err = a.optStr("Request.Model", r.Model); err != nil {
 		return err
@@ -139,5 +194,47 @@ func (r *Request) toC(a *cArena, c *C.lpx_request) error {
 	}
 	c.presence_penalty = C.float(r.PresencePenalty)
 	c.frequency_penalty = C.float(r.FrequencyPenalty)
+	if r.N != 0 {
+		c.n = C.uint32_t(r.N)
+	}
+	c.best_of = C.uint32_t(r.BestOf)
+	if n := len(r.LogitBias); n > 0 {
+		// Sorted by token id, so that errors name the same entry every time.
+		ids := make([]uint32, 0, n)
+		for id := range r.LogitBias {
+			ids = append(ids, id)
+		}
+		sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+		p := a.alloc(uintptr(n) * C.sizeof_lpx_logit_bias)
+		biases := unsafe.Slice((*C.lpx_logit_bias)(p), n)
+		for i, id := range ids {
+			biases[i].token = C.uint32_t(id)
+			biases[i].bias = C.float(r.LogitBias[id])
+		}
+		c.logit_bias = (*C.lpx_logit_bias)(p)
+		c.logit_bias_len = C.size_t(n)
+	}
+	c.response_format = C.uint32_t(r.ResponseFormat.Type)
+	if c.response_format_value, err = a.optStr("Request.ResponseFormat.Value", r.ResponseFormat.Value); err != nil {
+		return err
+	}
+	if n := len(r.ResponseFormat.Choices); n > 0 {
+		p := a.alloc(uintptr(n) * unsafe.Sizeof((*C.char)(nil)))
+		choices := unsafe.Slice((**C.char)(p), n)
+		for i, s := range r.ResponseFormat.Choices {
+			if choices[i], err = a.str(fmt.Sprintf("Request.ResponseFormat.Choices[%d]", i), s); err != nil {
+				return err
+			}
+		}
+		c.response_format_choices = (**C.char)(p)
+		c.response_format_choices_len = C.size_t(n)
+	}
+	c.echo = C.bool(r.Echo)
+	if r.PromptLogprobs != nil {
+		if *r.PromptLogprobs < math.MinInt32 || *r.PromptLogprobs > math.MaxInt32 {
+			return &Error{Code: CodeInvalidArgument, Message: fmt.Sprintf("Request.PromptLogprobs = %d is out of range", *r.PromptLogprobs)}
+		}
+		c.prompt_logprobs = C.int32_t(*r.PromptLogprobs)
+	}
 	return nil
 }

@@ -178,13 +178,14 @@ func (s *server) generate(chat bool) http.HandlerFunc {
 	}
 }
 
-// whole waits for the single final output of a non-streamed request and writes its object;
-// a request that failed in the engine gets the mapped error status.
+// whole waits for the single output of a non-streamed request (the one that IsDone: the
+// complete object with every choice) and writes its object; a request that failed in the
+// engine gets the mapped error status.
 func (s *server) whole(w http.ResponseWriter, r *http.Request, id uint64) {
 	var body []byte
 	var failed error
 	err := s.engine.Stream(r.Context(), id, func(o *loraplex.Output) error {
-		if !o.IsFinal() {
+		if !o.IsDone() {
 			return nil
 		}
 		if failed = o.Err(); failed != nil {
@@ -207,9 +208,10 @@ func (s *server) whole(w http.ResponseWriter, r *http.Request, id uint64) {
 	}
 }
 
-// streamSSE writes every output's chunk as a Server-Sent Event (and, when the body asked for
-// stream_options.include_usage, the usage chunk after the final one), then "data: [DONE]". A
-// write failure or disconnect cancels the request.
+// streamSSE writes every output's chunk as a Server-Sent Event until the request's last output
+// (the chunks of an n > 1 request carry one choice each, interleaved as they come; when the
+// body asked for stream_options.include_usage, the usage chunk of every choice follows the
+// last one), then "data: [DONE]". A write failure or disconnect cancels the request.
 func (s *server) streamSSE(w http.ResponseWriter, r *http.Request, id uint64) {
 	flusher, _ := w.(http.Flusher)
 	h := w.Header()
@@ -229,7 +231,7 @@ func (s *server) streamSSE(w http.ResponseWriter, r *http.Request, id uint64) {
 		if _, err := fmt.Fprintf(w, "data: %s\n\n", chunk); err != nil {
 			return err
 		}
-		// stream_options.include_usage: the usage chunk follows the final one.
+		// stream_options.include_usage: the usage chunk follows the request's last output.
 		usage, err := o.UsageJSON()
 		if err != nil {
 			return err

@@ -203,9 +203,15 @@ func postJSON(t *testing.T, url, body string) (int, string) {
 func TestHTTPUnhonouredFieldsAreRefused(t *testing.T) {
 	ts, _ := testServer(t)
 	cases := []struct{ path, body, field string }{
-		{"/v1/chat/completions", `{"messages":[{"role":"user","content":"Hi"}],"response_format":{"type":"json_object"}}`, "response_format"},
+		{"/v1/chat/completions", `{"messages":[{"role":"user","content":"Hi"}],"response_format":{"type":"yaml"}}`, "response_format"},
+		{"/v1/chat/completions", `{"messages":[{"role":"user","content":"Hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"nonsense"}}}}`, ""},
 		{"/v1/chat/completions", `{"messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}`, "tools"},
-		{"/v1/completions", `{"prompt":"Hi","logit_bias":{"1":5}}`, "logit_bias"},
+		{"/v1/chat/completions", `{"messages":[{"role":"user","content":"Hi"}],"tool_choice":"auto"}`, "tool_choice"},
+		{"/v1/completions", `{"prompt":"Hi","logit_bias":{"1":500}}`, "logit_bias"},
+		{"/v1/completions", `{"prompt":"Hi","logit_bias":{"one":5}}`, "logit_bias"},
+		{"/v1/completions", `{"prompt":"Hi","n":0}`, `"n"`},
+		{"/v1/completions", `{"prompt":"Hi","best_of":3,"stream":true}`, "best_of"},
+		{"/v1/completions", `{"prompt":"Hi","guided_regex":"a","guided_choice":["b"]}`, "guided_choice"},
 		{"/v1/completions", `{"prompt":"Hi","suffix":"end"}`, "suffix"},
 		{"/v1/completions", `{"prompt":"Hi","seed":-3}`, "seed"},
 		{"/v1/completions", `{"prompt":"Hi","stream":true,"stream_options":{"continuous_usage_stats":true}}`, "stream_options.continuous_usage_stats"},
@@ -262,17 +268,102 @@ func TestHTTPStreamIncludeUsage(t *testing.T) {
 		if gotUsageChunk != include {
 			t.Errorf("include_usage=%v: last chunk %s", include, events[len(events)-2])
 		}
+		// With include_usage every content chunk carries "usage": null; without it none
+		// carries usage at all (OpenAI sends usage only in the extra chunk).
+		content := events[:len(events)-1]
 		if include {
-			// Every content chunk carries "usage": null.
-			for _, ev := range events[:len(events)-2] {
-				var c map[string]any
-				if err := json.Unmarshal([]byte(ev), &c); err != nil {
-					t.Fatal(err)
-				}
-				if u, ok := c["usage"]; !ok || u != nil {
-					t.Errorf("content chunk %s: want \"usage\": null", ev)
-				}
+			content = events[:len(events)-2]
+		}
+		for _, ev := range content {
+			var c map[string]any
+			if err := json.Unmarshal([]byte(ev), &c); err != nil {
+				t.Fatal(err)
+			}
+			u, ok := c["usage"]
+			if include && (!ok || u != nil) {
+				t.Errorf("content chunk %s: want \"usage\": null", ev)
+			}
+			if !include && ok {
+				t.Errorf("content chunk %s carries usage without include_usage", ev)
 			}
 		}
+	}
+}
+
+// sseEvents posts body and returns the data payloads of the SSE stream (without [DONE]).
+func sseEvents(t *testing.T, url, body string) []string {
+	t.Helper()
+	status, text := postJSON(t, url, body)
+	if status != 200 {
+		t.Fatalf("%s: status %d: %s", body, status, text)
+	}
+	var events []string
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, "data: ") {
+			events = append(events, strings.TrimPrefix(line, "data: "))
+		}
+	}
+	if len(events) == 0 || events[len(events)-1] != "[DONE]" {
+		t.Fatalf("%s: events %q do not end with [DONE]", body, events)
+	}
+	return events[:len(events)-1]
+}
+
+func TestHTTPSeveralChoicesAndConstraints(t *testing.T) {
+	ts, _ := testServer(t)
+	// Not streamed: one object with every choice and the summed usage.
+	status, body := postJSON(t, ts.URL+"/v1/completions", `{"prompt":"Hi","n":3,"max_tokens":3,"ignore_eos":true,"seed":1}`)
+	var cmpl struct {
+		Choices []struct {
+			Index        int
+			FinishReason string `json:"finish_reason"`
+		}
+		Usage struct {
+			CompletionTokens int `json:"completion_tokens"`
+		}
+	}
+	if status != 200 || json.Unmarshal([]byte(body), &cmpl) != nil || len(cmpl.Choices) != 3 || cmpl.Usage.CompletionTokens != 9 {
+		t.Fatalf("n=3: status %d, body %s", status, body)
+	}
+	for i, c := range cmpl.Choices {
+		if c.Index != i || c.FinishReason != "length" {
+			t.Fatalf("n=3 choice %d: %s", i, body)
+		}
+	}
+	// Streamed: chunks of both choices, each choice finishing once, then the usage chunk.
+	events := sseEvents(t, ts.URL+"/v1/chat/completions", `{"messages":[{"role":"user","content":"Hi"}],"n":2,
+		"max_tokens":3,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}`)
+	finished := map[int]int{}
+	for _, ev := range events[:len(events)-1] {
+		var c struct {
+			Choices []struct {
+				Index        int
+				FinishReason *string `json:"finish_reason"`
+			}
+		}
+		if err := json.Unmarshal([]byte(ev), &c); err != nil || len(c.Choices) != 1 {
+			t.Fatalf("chunk %s: %v", ev, err)
+		}
+		if c.Choices[0].FinishReason != nil {
+			finished[c.Choices[0].Index]++
+		}
+	}
+	if finished[0] != 1 || finished[1] != 1 {
+		t.Fatalf("finish reasons per choice %v in %q", finished, events)
+	}
+	if !strings.Contains(events[len(events)-1], `"completion_tokens":6`) {
+		t.Fatalf("usage chunk %s", events[len(events)-1])
+	}
+	// A choice constraint: the text is one of the choices, finish_reason stop.
+	status, body = postJSON(t, ts.URL+"/v1/completions", `{"prompt":"Hi","max_tokens":20,"temperature":0,"guided_choice":["red","green"]}`)
+	var one struct {
+		Choices []struct {
+			Text         string
+			FinishReason string `json:"finish_reason"`
+		}
+	}
+	if status != 200 || json.Unmarshal([]byte(body), &one) != nil || len(one.Choices) != 1 ||
+		(one.Choices[0].Text != "red" && one.Choices[0].Text != "green") || one.Choices[0].FinishReason != "stop" {
+		t.Fatalf("guided_choice: status %d, body %s", status, body)
 	}
 }

@@ -1,0 +1,214 @@
+//! The prefix cache on a tiny random model: outputs with cache hits are the same bits as without
+//! the cache (alone and next to other traffic), the base model and each adapter generation have
+//! their own blocks, and cached blocks are evicted (never those of running sequences) when the KV
+//! cache needs room.
+
+mod common;
+
+use std::path::Path;
+
+use loraplex::adapters::export::{export, ExportFormat};
+use loraplex::config::EngineConfig;
+use loraplex::engine::{Engine, Output, Prompt, Request};
+use loraplex::sampling::SamplingParams;
+
+fn write_adapter(peft: &Path, name: &str, seed: u64) {
+    let shape = common::tiny_shape(common::TinySpec::default());
+    let a = common::random_adapter(&shape, [8; 7], seed, false, false);
+    let dir = peft.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    export(&a, &shape, ExportFormat::HfSafetensors, &dir).unwrap();
+}
+
+struct Pair {
+    _dir: tempfile::TempDir,
+    peft: std::path::PathBuf,
+    cached: Engine,
+    plain: Engine,
+}
+
+/// The same model and adapters served with and without the prefix cache.
+fn pair(tweak: impl Fn(&mut EngineConfig)) -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let peft = dir.path().join("loras");
+    common::write_tiny_model(&model, common::TinySpec::default());
+    write_adapter(&peft, "ad1", 3);
+    write_adapter(&peft, "ad2", 4);
+    let make = |caching: bool| {
+        let mut cfg = EngineConfig::new(&model);
+        cfg.threads = 2;
+        cfg.peft_source = vec![peft.clone()];
+        cfg.max_batch_tokens = 40;
+        cfg.prefix_caching = caching;
+        tweak(&mut cfg);
+        Engine::new(cfg).unwrap()
+    };
+    Pair {
+        cached: make(true),
+        plain: make(false),
+        peft,
+        _dir: dir,
+    }
+}
+
+/// A system prompt of `len` tokens followed by a `salt`-specific question of 7 tokens.
+fn prompt(len: usize, salt: u32) -> Vec<u32> {
+    let mut p: Vec<u32> = (0..len).map(|k| ((k * 37 + 5) % 256) as u32).collect();
+    p.extend((0..7).map(|k| (k * 13 + salt * 29) % 256));
+    p
+}
+
+fn req(model: Option<&str>, p: Vec<u32>) -> Request {
+    Request {
+        model: model.map(str::to_string),
+        prompt: Prompt::Tokens(p),
+        sampling: SamplingParams {
+            max_tokens: 12,
+            temperature: 0.7,
+            seed: Some(9),
+            ignore_eos: true,
+            logprobs: Some(2),
+            return_last_logits: true,
+            ..SamplingParams::default()
+        },
+        ..Request::default()
+    }
+}
+
+fn bits(o: &Output) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    (
+        o.token_ids.clone(),
+        o.logprobs.iter().map(|l| l.logprob.to_bits()).collect(),
+        o.last_logits
+            .as_ref()
+            .map(|v| v.iter().map(|x| x.to_bits()).collect())
+            .unwrap_or_default(),
+    )
+}
+
+/// Runs `r` on both engines; returns the prefix-cache hit tokens it got.
+fn same_bits(p: &Pair, r: Request) -> u64 {
+    let before = p.cached.stats().prefix_cache_hits;
+    let a = p.cached.generate(r.clone()).unwrap();
+    let b = p.plain.generate(r).unwrap();
+    assert_eq!(bits(&a), bits(&b), "a cache hit changed the output");
+    p.cached.stats().prefix_cache_hits - before
+}
+
+#[test]
+fn hits_give_the_same_bits_and_are_counted() {
+    let p = pair(|_| {});
+    let bs = p.cached.stats().kv_block_size;
+    let sys = 5 * bs + 3;
+    assert_eq!(same_bits(&p, req(None, prompt(sys, 1))), 0, "cold cache");
+    // Another question after the same system prompt reuses its 5 full blocks.
+    assert_eq!(same_bits(&p, req(None, prompt(sys, 2))), (5 * bs) as u64);
+    // The same prompt again reuses every full block before its last token.
+    let total = sys + 7;
+    let hit = same_bits(&p, req(None, prompt(sys, 1)));
+    assert_eq!(hit, ((total - 1) / bs * bs) as u64);
+    let st = p.cached.stats();
+    assert_eq!(st.prefix_cache_queries, 3 * total as u64);
+    assert!(st.prefix_cache_blocks > 0);
+    assert_eq!(
+        st.kv_blocks_free, st.kv_blocks_total,
+        "cached blocks count as free"
+    );
+    let off = p.plain.stats();
+    assert_eq!((off.prefix_cache_hits, off.prefix_cache_blocks), (0, 0));
+}
+
+#[test]
+fn the_base_and_each_adapter_generation_have_their_own_blocks() {
+    let p = pair(|_| {});
+    let bs = p.cached.stats().kv_block_size;
+    let sys = 4 * bs;
+    assert_eq!(same_bits(&p, req(Some("ad1"), prompt(sys, 1))), 0);
+    assert_eq!(
+        same_bits(&p, req(None, prompt(sys, 2))),
+        0,
+        "base must not hit ad1's blocks"
+    );
+    assert_eq!(
+        same_bits(&p, req(Some("ad2"), prompt(sys, 3))),
+        0,
+        "ad2 must not hit ad1's"
+    );
+    assert_eq!(
+        same_bits(&p, req(Some("ad1"), prompt(sys, 4))),
+        (4 * bs) as u64
+    );
+    // A refreshed adapter is a new generation: its old blocks never serve it.
+    write_adapter(&p.peft, "ad1", 77);
+    p.cached.refresh().unwrap();
+    p.plain.refresh().unwrap();
+    assert_eq!(
+        same_bits(&p, req(Some("ad1"), prompt(sys, 5))),
+        0,
+        "stale generation hit"
+    );
+    assert_eq!(
+        same_bits(&p, req(Some("ad1"), prompt(sys, 6))),
+        (4 * bs) as u64
+    );
+}
+
+#[test]
+fn hits_next_to_other_traffic_give_the_same_bits() {
+    let p = pair(|_| {});
+    let bs = p.cached.stats().kv_block_size;
+    let sys = 3 * bs + 5;
+    p.cached.generate(req(Some("ad2"), prompt(sys, 0))).unwrap();
+    let batch: Vec<Request> = (1..7)
+        .map(|k| {
+            let model = [None, Some("ad1"), Some("ad2")][k as usize % 3];
+            req(model, prompt(sys, k % 4))
+        })
+        .collect();
+    let run = |e: &Engine| -> Vec<Output> {
+        let ids: Vec<_> = batch.iter().map(|r| e.submit(r.clone()).unwrap()).collect();
+        ids.into_iter().map(|id| e.wait(id).unwrap()).collect()
+    };
+    let (a, b) = (run(&p.cached), run(&p.plain));
+    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(bits(x), bits(y), "request {k}");
+    }
+    assert!(p.cached.stats().prefix_cache_hits > 0);
+}
+
+#[test]
+fn cached_blocks_are_evicted_for_room_and_running_sequences_keep_theirs() {
+    // 12 blocks: a few prompts' worth; every new prompt evicts older cached blocks.
+    let spec = common::TinySpec::default();
+    let per_token = 2 * spec.layers * spec.kv_heads * spec.head_dim * 4;
+    let p = pair(|c| {
+        c.kv_block_size = 8;
+        c.kv_cache_bytes = per_token * 8 * 12;
+    });
+    for round in 0..3 {
+        for salt in 0..6u32 {
+            let sys = 24 + salt as usize * 8;
+            let mut pr = prompt(sys, salt);
+            pr[0] = 200 + salt; // distinct system prompts
+            same_bits(&p, req(None, pr));
+        }
+        let st = p.cached.stats();
+        assert!(
+            st.prefix_cache_blocks <= st.kv_blocks_total,
+            "round {round}"
+        );
+    }
+    // Concurrent requests under pressure (preemption and eviction at once) lose nothing.
+    let batch: Vec<Request> = (0..5).map(|k| req(None, prompt(30, k))).collect();
+    let run = |e: &Engine| -> Vec<Output> {
+        let ids: Vec<_> = batch.iter().map(|r| e.submit(r.clone()).unwrap()).collect();
+        ids.into_iter().map(|id| e.wait(id).unwrap()).collect()
+    };
+    let (a, b) = (run(&p.cached), run(&p.plain));
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(bits(x), bits(y));
+    }
+    let st = p.cached.stats();
+    assert_eq!(st.kv_blocks_free, st.kv_blocks_total, "no block leaked");
+}
