@@ -117,6 +117,23 @@ fn hits_give_the_same_bits_and_are_counted() {
     );
     let off = p.plain.stats();
     assert_eq!((off.prefix_cache_hits, off.prefix_cache_blocks), (0, 0));
+    // The same counts in /metrics (vLLM's counter names) and the stats JSON.
+    let metrics = p.cached.metrics_text();
+    let sample = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(sample("vllm:prefix_cache_hits_total"), st.prefix_cache_hits);
+    assert_eq!(
+        sample("vllm:prefix_cache_queries_total"),
+        st.prefix_cache_queries
+    );
+    assert!(metrics.contains("# TYPE vllm:prefix_cache_hits counter"));
+    let js = p.cached.stats_json();
+    assert_eq!(js["prefix_cache"]["hits"], st.prefix_cache_hits);
 }
 
 #[test]

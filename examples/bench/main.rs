@@ -8,6 +8,8 @@
 //!   distinct adapters per batch, scaling with the number of distinct adapters.
 //! - `structured`: on `--model`, decode tokens/s of a batch of 8 with a JSON-schema constraint
 //!   vs without (interleaved rounds, medians, ratio). See structured.rs.
+//! - `prefix`: on `--model`, 8 adapters x 4 requests sharing a 600-token system prompt: time to
+//!   first token and throughput with the prefix cache vs without. See prefix.rs.
 //! - `compare`: loraplex vs llama.cpp (`llama-batched-bench` from scripts/llama-cpp.sh) on the
 //!   GGUF files of scripts/bench-models.sh: decode tokens/s at each `--batches` size and prefill
 //!   tokens/s of each `--prefill` length, interleaved rounds (loraplex then llama.cpp per metric),
@@ -17,7 +19,7 @@
 //!
 //! ```text
 //! bench [--model FILE] [--out bench-report.json] [--threads N] [--decode-tokens 64] [--quick]
-//!       [--sections weights,lora,structured,compare] [--models LABEL|FILE,...] [--bench-dir models/bench]
+//!       [--sections weights,lora,structured,prefix,compare] [--models LABEL|FILE,...] [--bench-dir models/bench]
 //!       [--big] [--rounds 2] [--batches 1,8,32] [--prefill 256,512] [--weight-dtype bf16]
 //!       [--llama-bin DIR] [--llama-omp-wait auto|default|passive|active]
 //!       [--lora-batch 8] [--lora-model smollm2-135m-bf16] [--lora-rank 8] [--compare-decode-tokens N]
@@ -30,6 +32,7 @@ mod comparison;
 mod llama_cpp;
 mod measure;
 mod memory;
+mod prefix;
 mod structured;
 
 use std::path::{Path, PathBuf};
@@ -256,6 +259,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "weights".into(),
         "lora".into(),
         "structured".into(),
+        "prefix".into(),
         "compare".into(),
     ];
     let mut wanted: Option<Vec<String>> = None;
@@ -319,9 +323,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     for s in &sections {
-        if !["weights", "lora", "structured", "compare"].contains(&s.as_str()) {
+        if !["weights", "lora", "structured", "prefix", "compare"].contains(&s.as_str()) {
             return Err(format!(
-                "--sections: unknown section \"{s}\" (weights, lora, structured, compare)"
+                "--sections: unknown section \"{s}\" (weights, lora, structured, prefix, compare)"
             )
             .into());
         }
@@ -368,6 +372,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     if has("structured") {
         report["structured"] = structured::run(&model, threads, n, opts.rounds)?;
+    }
+    if has("prefix") {
+        report["prefix_cache"] = prefix::run(&model, threads, opts.rounds)?;
     }
     if has("compare") {
         let all = comparison::default_models(&bench_dir, big);

@@ -208,6 +208,14 @@ impl Engine {
                 // What bounds max_model_len (configured, max_position_embeddings, default_cap).
                 "max_model_len_bound": self.max_model_len_bound,
             },
+            // Prompt tokens looked up / reused (vLLM's prefix_cache_queries / _hits), blocks held.
+            "prefix_cache": {
+                "enabled": self.config().prefix_caching,
+                "queries": s.prefix_cache_queries,
+                "hits": s.prefix_cache_hits,
+                "blocks": s.prefix_cache_blocks,
+                "choice_shared_tokens": s.prompt_tokens_shared,
+            },
             "host_cache": {"entries": host.len(), "capacity": host.capacity()},
             "peft_sources": registry.sources().iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "last_scan": report_json(registry.last_report()),
@@ -271,6 +279,28 @@ impl Engine {
             "Engine steps run.",
             s.steps.to_string(),
         );
+        gauge(
+            "loraplex:prefix_cache_blocks",
+            "KV blocks held by the prefix cache.",
+            s.prefix_cache_blocks.to_string(),
+        );
+        // vLLM's prefix-cache counters (tokens), exposed as `<name>_total` like its Counters.
+        for (metric, help, value) in [
+            (
+                "vllm:prefix_cache_queries",
+                "Prefix cache queries, in terms of number of queried tokens.",
+                s.prefix_cache_queries,
+            ),
+            (
+                "vllm:prefix_cache_hits",
+                "Prefix cache hits, in terms of number of cached tokens.",
+                s.prefix_cache_hits,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {metric} {help}\n# TYPE {metric} counter\n{metric}_total{{model_name=\"{name}\"}} {value}\n"
+            ));
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
