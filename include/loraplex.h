@@ -208,6 +208,10 @@ typedef struct {
   // kv_cache_bytes = 0 the KV cache gets what is left (LPX_MEMORY_BUDGET_BYTES). Added in
   // ABI 1 after max_lora_rank: callers built before it pass the shorter struct_size.
   uint64_t memory_budget_bytes;
+  // Reuse the KV blocks of earlier requests whose tokens (and adapter generation) start the
+  // same way (LPX_PREFIX_CACHING; outputs are the same bits either way). Default true; callers
+  // built before this field get the default.
+  bool prefix_caching;
 } lpx_engine_config;
 
 // One chat message for `lpx_request.messages`.
@@ -389,7 +393,7 @@ void lpx_engine_config_init(lpx_engine_config *cfg);
 // Applies environment overrides to `*cfg` (which must be initialised): `LPX_MODEL`,
 // `LPX_SERVED_MODEL_NAME`, `LPX_DEVICE`, `LPX_THREADS`, `LPX_WEIGHT_DTYPE` (f32|bf16|q8_0|q4_k),
 // `LPX_MAX_NUM_SEQS`, `LPX_MAX_BATCH_TOKENS`, `LPX_MAX_MODEL_LEN`, `LPX_KV_BLOCK_SIZE`,
-// `LPX_KV_CACHE_BYTES`, `LPX_MEMORY_BUDGET_BYTES`, `LPX_MAX_QUEUE`, `NIM_PEFT_SOURCE` (':'-separated),
+// `LPX_KV_CACHE_BYTES`, `LPX_MEMORY_BUDGET_BYTES`, `LPX_MAX_QUEUE`, `LPX_PREFIX_CACHING`, `NIM_PEFT_SOURCE` (':'-separated),
 // `NIM_PEFT_REFRESH_INTERVAL` (seconds), `NIM_MAX_CPU_LORAS`, `NIM_MAX_GPU_LORAS`,
 // `NIM_MAX_LORA_RANK` (the same variables and parsing as `EngineConfig::apply_env`). Unset
 // variables leave fields as they are. String fields taken from the environment point to

@@ -117,8 +117,8 @@ int main(void) {
     if (r.struct_size >= sizeof r) return 15;
     (lpx_engine_config_init)(&c);
     cfg_init_v1(&c);
-    /* lpx_engine_config has not grown since the init macros came: the legacy layout is today's. */
-    if (c.struct_size != sizeof c) return 16;
+    /* The legacy symbol writes the layout before prefix_caching. */
+    if (c.struct_size >= sizeof c) return 16;
     return (int)(lpx_abi_version() != LPX_ABI_VERSION) + (int)(LPX_ERROR_CODE_CAPACITY != 5);
 }
 "#,
@@ -264,6 +264,7 @@ fn c_sets_every_config_field_and_reads_it_back_through_stats() {
         ("max_gpu_loras", "3", 3.into()),
         ("max_lora_rank", "32", 32.into()),
         ("memory_budget_bytes", "1073741824", 1_073_741_824u64.into()),
+        ("prefix_caching", "false", false.into()),
     ];
     let mut names: Vec<String> = table.iter().map(|(n, _, _)| n.to_string()).collect();
     let mut fields = header_config_fields();

@@ -871,15 +871,18 @@ fn config_init_symbol_writes_the_last_unversioned_layout_and_the_sized_one_the_g
     init_config(&mut full);
     assert_eq!(full.struct_size as usize, cur);
     assert_eq!(full.memory_budget_bytes, 0);
-    // The symbol: the layout of the last header without the init macros (today's, with
-    // memory_budget_bytes), nothing after it.
+    // The symbol: the layout of the last header without the init macros (up to
+    // memory_budget_bytes), nothing after it; prefix_caching is not written.
+    let legacy = std::mem::offset_of!(lpx_engine_config, prefix_caching);
+    assert!(legacy < cur);
     let mut buf = canary_buffer(cur + 64);
     let p0 = buf.as_mut_ptr() as *mut lpx_engine_config;
     unsafe { lpx_engine_config_init(p0) };
-    assert_eq!(bytes_of(&buf)[..4], (cur as u32).to_ne_bytes());
-    assert!(bytes_of(&buf)[cur..].iter().all(|&b| b == CANARY));
-    let got = unsafe { prefix_over(full, p0, cur) };
+    assert_eq!(bytes_of(&buf)[..4], (legacy as u32).to_ne_bytes());
+    assert!(bytes_of(&buf)[legacy..].iter().all(|&b| b == CANARY));
+    let got = unsafe { prefix_over(full, p0, legacy) };
     assert_eq!(got.memory_budget_bytes, 0);
+    assert!(full.prefix_caching, "on by default");
     // The first layout (before memory_budget_bytes) through the sized function.
     let mut buf = canary_buffer(cur + 64);
     let p = buf.as_mut_ptr() as *mut lpx_engine_config;

@@ -84,6 +84,8 @@ public:
     Config &max_lora_rank(uint32_t v) { c_.max_lora_rank = v; return *this; }
     /// Total bytes for weights, adapter caches, activations and KV cache (0 = no budget).
     Config &memory_budget_bytes(uint64_t v) { c_.memory_budget_bytes = v; return *this; }
+    /// Reuse KV blocks of earlier requests with the same leading tokens (default true).
+    Config &prefix_caching(bool v) { c_.prefix_caching = v; return *this; }
 
     /// The C struct, pointing into this object's strings (valid while it lives, unmodified).
     lpx_engine_config c_config() const {

@@ -65,6 +65,27 @@ fn round(
     ))
 }
 
+/// Time to first token (ms) of one request alone on `engine`: the 600-token system prompt of
+/// `salt` and a question of `question`, under the adapter `name`.
+fn single_ttft(
+    engine: &Engine,
+    name: &str,
+    salt: usize,
+    question: usize,
+) -> Result<f64, loraplex::Error> {
+    let mut tokens = prompt(SYSTEM, salt);
+    tokens.extend(prompt(QUESTION, question));
+    let t0 = Instant::now();
+    let id = engine.submit(Request {
+        model: Some(name.to_string()),
+        prompt: Prompt::Tokens(tokens),
+        sampling: params(1),
+        ..Request::default()
+    })?;
+    engine.wait(id)?;
+    Ok(t0.elapsed().as_secs_f64() * 1e3)
+}
+
 /// Runs the section on `model` with `rounds` interleaved rounds.
 pub fn run(
     model: &str,
@@ -97,6 +118,19 @@ pub fn run(
         without.push(round(&plain, &names, 2 * r)?);
         with.push(round(&cached, &names, 2 * r + 1)?);
     }
+    // One request alone: a miss (a system prompt never seen) then a hit (the same system prompt,
+    // another question), interleaved.
+    let (mut miss, mut hit) = (Vec::new(), Vec::new());
+    for r in 0..rounds.max(1) {
+        let salt = 70_000 + r;
+        miss.push(single_ttft(&cached, &names[r % ADAPTERS], salt, 1)?);
+        hit.push(single_ttft(&cached, &names[r % ADAPTERS], salt, 2)?);
+    }
+    let (miss_ms, hit_ms) = (median(&miss).unwrap_or(0.0), median(&hit).unwrap_or(0.0));
+    eprintln!(
+        "prefix: one request alone, TTFT {miss_ms:.1} ms on a miss vs {hit_ms:.1} ms on a hit of the {SYSTEM}-token prefix ({:.1}x lower)",
+        miss_ms / hit_ms.max(1e-9)
+    );
     let med = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
         median(&v.iter().map(f).collect::<Vec<_>>()).unwrap_or(0.0)
     };
@@ -116,6 +150,9 @@ pub fn run(
         "without_cache": {"median_ttft_ms": ttft_off, "median_generated_tok_s": tps_off,
                            "rounds_ttft_ms_tok_s_req_s": without},
         "ttft_speedup": ttft_off / ttft_on.max(1e-9),
+        "single_request": {"miss_ttft_ms": miss, "hit_ttft_ms": hit,
+                           "median_miss_ttft_ms": miss_ms, "median_hit_ttft_ms": hit_ms,
+                           "miss_over_hit": miss_ms / hit_ms.max(1e-9), "target": 5.0},
         "throughput_speedup": tps_on / tps_off.max(1e-9),
         "cache_hit_tokens": st.prefix_cache_hits,
         "cache_query_tokens": st.prefix_cache_queries,

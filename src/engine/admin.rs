@@ -49,6 +49,7 @@ fn config_json(c: &EngineConfig) -> Value {
         "max_gpu_loras": c.max_gpu_loras,
         "max_lora_rank": c.max_lora_rank,
         "memory_budget_bytes": c.memory_budget_bytes,
+        "prefix_caching": c.prefix_caching,
     })
 }
 

@@ -44,6 +44,9 @@ impl Versioned for lpx_engine_config {
     const KNOWN_SIZES: &'static [usize] = &[
         // Before memory_budget_bytes was appended.
         std::mem::offset_of!(lpx_engine_config, memory_budget_bytes),
+        // Before prefix_caching was appended (the layout of the last header without the init
+        // macros: what the legacy `lpx_engine_config_init` symbol writes).
+        std::mem::offset_of!(lpx_engine_config, prefix_caching),
         std::mem::size_of::<lpx_engine_config>(),
     ];
     fn defaults() -> Self {
@@ -73,8 +76,8 @@ fn intern(s: &str, field: &str) -> Result<*const c_char> {
 
 /// A config with `struct_size` set and every other field 0 / NULL.
 fn zeroed() -> lpx_engine_config {
-    // SAFETY: every field of lpx_engine_config is an integer or a raw pointer, for which
-    // all-zero bytes are a valid value (0, NULL).
+    // SAFETY: every field of lpx_engine_config is an integer, a bool or a raw pointer, for
+    // which all-zero bytes are a valid value (0, false, NULL).
     let mut c: lpx_engine_config = unsafe { std::mem::zeroed() };
     c.struct_size = std::mem::size_of::<lpx_engine_config>() as u32;
     c
@@ -136,6 +139,7 @@ pub(crate) unsafe fn to_rust(c: &lpx_engine_config) -> Result<EngineConfig> {
         .collect();
     r.peft_refresh_interval =
         (c.peft_refresh_interval_ms > 0).then(|| Duration::from_millis(c.peft_refresh_interval_ms));
+    r.prefix_caching = c.prefix_caching;
     Ok(r)
 }
 
@@ -184,6 +188,7 @@ fn from_rust(
         )*};
     }
     numeric_fields!(copy_out!(c, r));
+    c.prefix_caching = r.prefix_caching;
     Ok(c)
 }
 
@@ -247,7 +252,7 @@ pub unsafe extern "C" fn lpx_engine_config_init(cfg: *mut lpx_engine_config) {
 /// Applies environment overrides to `*cfg` (which must be initialised): `LPX_MODEL`,
 /// `LPX_SERVED_MODEL_NAME`, `LPX_DEVICE`, `LPX_THREADS`, `LPX_WEIGHT_DTYPE` (f32|bf16|q8_0|q4_k),
 /// `LPX_MAX_NUM_SEQS`, `LPX_MAX_BATCH_TOKENS`, `LPX_MAX_MODEL_LEN`, `LPX_KV_BLOCK_SIZE`,
-/// `LPX_KV_CACHE_BYTES`, `LPX_MEMORY_BUDGET_BYTES`, `LPX_MAX_QUEUE`, `NIM_PEFT_SOURCE` (':'-separated),
+/// `LPX_KV_CACHE_BYTES`, `LPX_MEMORY_BUDGET_BYTES`, `LPX_MAX_QUEUE`, `LPX_PREFIX_CACHING`, `NIM_PEFT_SOURCE` (':'-separated),
 /// `NIM_PEFT_REFRESH_INTERVAL` (seconds), `NIM_MAX_CPU_LORAS`, `NIM_MAX_GPU_LORAS`,
 /// `NIM_MAX_LORA_RANK` (the same variables and parsing as `EngineConfig::apply_env`). Unset
 /// variables leave fields as they are. String fields taken from the environment point to

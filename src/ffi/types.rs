@@ -119,6 +119,10 @@ pub struct lpx_engine_config {
     /// kv_cache_bytes = 0 the KV cache gets what is left (LPX_MEMORY_BUDGET_BYTES). Added in
     /// ABI 1 after max_lora_rank: callers built before it pass the shorter struct_size.
     pub memory_budget_bytes: u64,
+    /// Reuse the KV blocks of earlier requests whose tokens (and adapter generation) start the
+    /// same way (LPX_PREFIX_CACHING; outputs are the same bits either way). Default true; callers
+    /// built before this field get the default.
+    pub prefix_caching: bool,
 }
 
 /// One chat message for `lpx_request.messages`.

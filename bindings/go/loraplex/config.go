@@ -63,6 +63,10 @@ type Config struct {
 	// (0 = no budget); with KVCacheBytes 0 the KV cache gets what is left
 	// (LPX_MEMORY_BUDGET_BYTES).
 	MemoryBudgetBytes uint64
+	// DisablePrefixCaching turns off the prefix cache, which reuses the KV blocks of earlier
+	// requests whose tokens (and adapter generation) start the same way (LPX_PREFIX_CACHING=0;
+	// outputs are the same either way). The zero value keeps the default: on.
+	DisablePrefixCaching bool
 }
 
 func goStr(p *C.char) string {
@@ -75,23 +79,24 @@ func goStr(p *C.char) string {
 // configFromC copies a C config into Go (the C strings are borrowed, not freed).
 func configFromC(c *C.lpx_engine_config) Config {
 	return Config{
-		Model:               goStr(c.model),
-		ServedModelName:     goStr(c.served_model_name),
-		Device:              goStr(c.device),
-		Threads:             uint32(c.threads),
-		WeightDType:         WeightDType(c.weight_dtype),
-		MaxNumSeqs:          uint32(c.max_num_seqs),
-		MaxBatchTokens:      uint32(c.max_batch_tokens),
-		MaxModelLen:         uint32(c.max_model_len),
-		KVBlockSize:         uint32(c.kv_block_size),
-		KVCacheBytes:        uint64(c.kv_cache_bytes),
-		MaxQueue:            uint32(c.max_queue),
-		PeftSource:          goStr(c.peft_source),
-		PeftRefreshInterval: time.Duration(c.peft_refresh_interval_ms) * time.Millisecond,
-		MaxCPULoras:         uint32(c.max_cpu_loras),
-		MaxGPULoras:         uint32(c.max_gpu_loras),
-		MaxLoraRank:         uint32(c.max_lora_rank),
-		MemoryBudgetBytes:   uint64(c.memory_budget_bytes),
+		Model:                goStr(c.model),
+		ServedModelName:      goStr(c.served_model_name),
+		Device:               goStr(c.device),
+		Threads:              uint32(c.threads),
+		WeightDType:          WeightDType(c.weight_dtype),
+		MaxNumSeqs:           uint32(c.max_num_seqs),
+		MaxBatchTokens:       uint32(c.max_batch_tokens),
+		MaxModelLen:          uint32(c.max_model_len),
+		KVBlockSize:          uint32(c.kv_block_size),
+		KVCacheBytes:         uint64(c.kv_cache_bytes),
+		MaxQueue:             uint32(c.max_queue),
+		PeftSource:           goStr(c.peft_source),
+		PeftRefreshInterval:  time.Duration(c.peft_refresh_interval_ms) * time.Millisecond,
+		MaxCPULoras:          uint32(c.max_cpu_loras),
+		MaxGPULoras:          uint32(c.max_gpu_loras),
+		MaxLoraRank:          uint32(c.max_lora_rank),
+		MemoryBudgetBytes:    uint64(c.memory_budget_bytes),
+		DisablePrefixCaching: !bool(c.prefix_caching),
 	}
 }
 
@@ -116,7 +121,7 @@ func DefaultConfig() Config {
 // ConfigFromEnv returns the defaults with the environment overrides applied
 // (lpx_engine_config_from_env: LPX_MODEL, LPX_SERVED_MODEL_NAME, LPX_DEVICE, LPX_THREADS,
 // LPX_WEIGHT_DTYPE, LPX_MAX_NUM_SEQS, LPX_MAX_BATCH_TOKENS, LPX_MAX_MODEL_LEN,
-// LPX_KV_BLOCK_SIZE, LPX_KV_CACHE_BYTES, LPX_MEMORY_BUDGET_BYTES, LPX_MAX_QUEUE,
+// LPX_KV_BLOCK_SIZE, LPX_KV_CACHE_BYTES, LPX_MEMORY_BUDGET_BYTES, LPX_MAX_QUEUE, LPX_PREFIX_CACHING,
 // NIM_PEFT_SOURCE, NIM_PEFT_REFRESH_INTERVAL,
 // NIM_MAX_CPU_LORAS, NIM_MAX_GPU_LORAS, NIM_MAX_LORA_RANK). Set fields on the result to
 // override further. Errors: InvalidArgument naming a malformed variable.
@@ -174,6 +179,9 @@ func (cfg *Config) toC(a *cArena, c *C.lpx_engine_config) error {
 	}
 	setU64(&c.kv_cache_bytes, cfg.KVCacheBytes)
 	setU64(&c.memory_budget_bytes, cfg.MemoryBudgetBytes)
+	if cfg.DisablePrefixCaching {
+		c.prefix_caching = false
+	}
 	if cfg.PeftRefreshInterval < 0 {
 		return &Error{Code: CodeInvalidArgument, Message: "Config.PeftRefreshInterval is negative"}
 	}

@@ -54,7 +54,7 @@ func TestConfigEveryFieldReadsBackThroughStats(t *testing.T) {
 		WeightDType: WeightBF16, MaxNumSeqs: 5, MaxBatchTokens: 40, MaxModelLen: 100,
 		KVBlockSize: 8, KVCacheBytes: 1 << 20, MaxQueue: 77, PeftSource: peft,
 		PeftRefreshInterval: time.Minute, MaxCPULoras: 5, MaxGPULoras: 3, MaxLoraRank: 32,
-		MemoryBudgetBytes: 1 << 30,
+		MemoryBudgetBytes: 1 << 30, DisablePrefixCaching: true,
 	}
 	v := reflect.ValueOf(cfg)
 	for i := 0; i < v.NumField(); i++ {
@@ -83,7 +83,7 @@ func TestConfigEveryFieldReadsBackThroughStats(t *testing.T) {
 		"max_model_len": 100.0, "kv_block_size": 8.0, "kv_cache_bytes": float64(1 << 20),
 		"max_queue": 77.0, "peft_source": []any{peft}, "peft_refresh_interval_ms": 60000.0,
 		"max_cpu_loras": 5.0, "max_gpu_loras": 3.0, "max_lora_rank": 32.0,
-		"memory_budget_bytes": float64(1 << 30),
+		"memory_budget_bytes": float64(1 << 30), "prefix_caching": false,
 	}
 	if !reflect.DeepEqual(stats.Config, want) {
 		t.Fatalf("stats config\n got %v\nwant %v", stats.Config, want)
