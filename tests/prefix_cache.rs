@@ -229,3 +229,32 @@ fn cached_blocks_are_evicted_for_room_and_running_sequences_keep_theirs() {
     let st = p.cached.stats();
     assert_eq!(st.kv_blocks_free, st.kv_blocks_total, "no block leaked");
 }
+
+#[test]
+fn prompt_logprobs_are_computed_even_when_the_prefix_is_cached() {
+    let p = pair(|_| {});
+    let bs = p.cached.stats().kv_block_size;
+    let pr = prompt(3 * bs + 2, 1);
+    let with_lp = |r: Request| Request {
+        sampling: SamplingParams {
+            prompt_logprobs: Some(2),
+            ..r.sampling
+        },
+        echo: true,
+        ..r
+    };
+    p.cached.generate(req(None, pr.clone())).unwrap();
+    let before = p.cached.stats().prefix_cache_hits;
+    let a = p.cached.generate(with_lp(req(None, pr.clone()))).unwrap();
+    let b = p.plain.generate(with_lp(req(None, pr.clone()))).unwrap();
+    assert_eq!(
+        p.cached.stats().prefix_cache_hits,
+        before,
+        "no reuse without the prompt rows"
+    );
+    let (pa, pb) = (a.prompt.unwrap(), b.prompt.unwrap());
+    assert_eq!(pa.logprobs.len(), pr.len() - 1);
+    assert_eq!(pa.logprobs, pb.logprobs);
+    // Its blocks are cached all the same: the next plain request reuses them.
+    assert!(same_bits(&p, req(None, pr)) > 0);
+}

@@ -60,7 +60,9 @@ impl Schedulable for Sequence {
     /// Takes the prefix-cache blocks named like this sequence's first blocks, up to (not
     /// including) the block of its last known token.
     fn reuse_prefix(&mut self, alloc: &mut BlockAllocator) -> usize {
-        if !alloc.caches_prefixes() {
+        // Prompt log-probabilities come from the prefill's own rows: a sequence still missing
+        // some computes its whole prompt.
+        if !alloc.caches_prefixes() || self.prompt_logprobs.iter().any(Option::is_none) {
             return 0;
         }
         let bs = alloc.block_size();
