@@ -57,6 +57,10 @@ impl Schedulable for Sequence {
         &mut self.sched
     }
 
+    fn tenant(&self) -> Option<&str> {
+        self.adapter.as_ref().map(|(name, _)| name.as_str())
+    }
+
     /// Takes the prefix-cache blocks named like this sequence's first blocks, up to (not
     /// including) the block of its last known token.
     fn reuse_prefix(&mut self, alloc: &mut BlockAllocator) -> usize {

@@ -1,7 +1,8 @@
 //! Continuous-batching scheduler (pure logic: no backend, no I/O).
 //!
 //! Each step it picks token chunks from running sequences (decode rows and the rest of unfinished
-//! prefills, oldest first) and then admits waiting sequences in FIFO order, within
+//! prefills, oldest first) and then admits waiting sequences in fair order (tenants, i.e.
+//! adapters and the base model, take turns, the least served first; FIFO within a tenant), within
 //! `max_num_seqs` sequences and `max_batch_tokens` tokens, reserving paged-KV blocks for every
 //! chunk. When blocks run out it preempts the newest running sequence (its blocks are freed and
 //! it is recomputed later from its tokens), never the one being served; a sequence that cannot fit
@@ -41,6 +42,12 @@ pub trait Schedulable {
     /// tokens reused. The default reuses nothing.
     fn reuse_prefix(&mut self, _alloc: &mut BlockAllocator) -> usize {
         0
+    }
+
+    /// Who the sequence is served for, for fair admission: its adapter's name, or `None` for
+    /// the base model. The default is `None` (one tenant: plain FIFO).
+    fn tenant(&self) -> Option<&str> {
+        None
     }
 }
 
@@ -184,7 +191,8 @@ impl Scheduler {
             budget -= n;
             i += 1;
         }
-        // 2. Admit waiting sequences in FIFO order.
+        // 2. Admit waiting sequences in fair order (see `fair_order`).
+        self.waiting = fair_order(&self.waiting, &self.running, seqs);
         let mut held = Vec::new();
         while budget > 0 && self.running.len() < limits.max_num_seqs {
             let Some(id) = self.waiting.pop_front() else {
@@ -261,6 +269,50 @@ impl Scheduler {
         self.waiting.push_front(id);
         plan.preempted.push(id);
     }
+}
+
+/// The admission order of `waiting`: tenants (adapters, and the base model) take turns, one
+/// sequence each per round, those with the fewest `running` sequences first (ties: the one
+/// waiting longest), each tenant's own sequences in queue order. A tenant that floods the queue
+/// therefore delays another tenant's request by at most one admission per tenant with fewer
+/// running sequences, instead of by its whole backlog. With one tenant this is the queue order.
+fn fair_order<S: Schedulable>(
+    waiting: &VecDeque<u64>,
+    running: &[u64],
+    seqs: &HashMap<u64, S>,
+) -> VecDeque<u64> {
+    let tenant = |id: &u64| seqs.get(id).and_then(|s| s.tenant());
+    // (running count, queue) per tenant, in order of first appearance in the queue.
+    let mut queues: Vec<(usize, VecDeque<u64>)> = Vec::new();
+    let mut index: HashMap<Option<&str>, usize> = HashMap::new();
+    for id in waiting {
+        let k = *index.entry(tenant(id)).or_insert_with(|| {
+            queues.push((0, VecDeque::new()));
+            queues.len() - 1
+        });
+        if let Some((_, q)) = queues.get_mut(k) {
+            q.push_back(*id);
+        }
+    }
+    if queues.len() <= 1 {
+        return waiting.clone();
+    }
+    for id in running {
+        if let Some((n, _)) = index.get(&tenant(id)).and_then(|&k| queues.get_mut(k)) {
+            *n += 1;
+        }
+    }
+    // Stable: equal running counts keep the order of first appearance (longest waiting first).
+    queues.sort_by_key(|(n, _)| *n);
+    let mut out = VecDeque::with_capacity(waiting.len());
+    while out.len() < waiting.len() {
+        for (_, q) in queues.iter_mut() {
+            if let Some(id) = q.pop_front() {
+                out.push_back(id);
+            }
+        }
+    }
+    out
 }
 
 /// Frees a sequence's blocks and marks everything for recompute.
