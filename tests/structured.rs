@@ -113,16 +113,30 @@ fn constrained_and_free_rows_of_different_adapters_share_a_batch() {
     let alone: Vec<Output> = (0..formats.len())
         .map(|k| engine.generate(make(k)).unwrap())
         .collect();
-    let ids: Vec<_> = (0..formats.len())
-        .map(|k| engine.submit(make(k)).unwrap())
-        .collect();
-    let together: Vec<Output> = ids.into_iter().map(|id| engine.wait(id).unwrap()).collect();
+    // All at once: every run must give the alone results; how many rows share a step depends
+    // on how fast the submissions arrive (the tiny model is quick), so run until a step held at
+    // least 4 of them (the first run, unless the machine is very loaded).
+    for attempt in 0..8 {
+        let ids: Vec<_> = (0..formats.len())
+            .map(|k| engine.submit(make(k)).unwrap())
+            .collect();
+        let together: Vec<Output> = ids.into_iter().map(|id| engine.wait(id).unwrap()).collect();
+        for (k, (a, t)) in alone.iter().zip(&together).enumerate() {
+            assert_eq!(
+                key(a),
+                key(t),
+                "request {k} depends on its batch (run {attempt})"
+            );
+        }
+        if engine.stats().max_step_seqs >= 4 {
+            break;
+        }
+    }
     assert!(
         engine.stats().max_step_seqs >= 4,
-        "the requests shared steps"
+        "the requests never shared steps"
     );
-    for (k, (a, t)) in alone.iter().zip(&together).enumerate() {
-        assert_eq!(key(a), key(t), "request {k} depends on its batch");
+    for (k, a) in alone.iter().enumerate() {
         let format = &formats[k].1;
         // A random model writes JSON object keys of any length: json_object may run out of
         // tokens; the bounded formats always complete.
