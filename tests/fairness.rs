@@ -48,8 +48,19 @@ fn a_flooding_adapter_delays_others_by_a_bounded_number_of_steps() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     let peft = dir.path().join("loras");
-    common::write_tiny_model(&model, common::TinySpec::default());
-    let shape = common::tiny_shape(common::TinySpec::default());
+    // Wider than the default tiny model, so a step takes long enough (a fraction of a
+    // millisecond) that the steps the worker runs while this thread is descheduled stay few.
+    let spec = common::TinySpec {
+        hidden: 256,
+        inter: 512,
+        layers: 4,
+        heads: 8,
+        kv_heads: 4,
+        head_dim: 32,
+        ..common::TinySpec::default()
+    };
+    common::write_tiny_model(&model, spec);
+    let shape = common::tiny_shape(spec);
     for (name, seed) in [("flood", 3), ("trickle", 4)] {
         let a = common::random_adapter(&shape, [8; 7], seed, false, false);
         export(&a, &shape, ExportFormat::HfSafetensors, &peft.join(name)).unwrap();

@@ -176,6 +176,22 @@ pub fn byte_tokenizer_json() -> serde_json::Value {
     })
 }
 
+/// The engine's stats once it is idle: nothing running or waiting and every KV block free
+/// (the worker publishes its stats after a step, so right after a request's last output they
+/// may still show it). Gives up after 5 s and returns the last stats, so that a leak fails the
+/// caller's assertion instead of hanging.
+pub fn idle_stats(engine: &loraplex::engine::Engine) -> loraplex::engine::EngineStats {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let s = engine.stats();
+        let idle = s.running == 0 && s.waiting == 0 && s.kv_blocks_free == s.kv_blocks_total;
+        if idle || std::time::Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// An engine (2 threads) on the default tiny model written to `dir`, its config adjusted by
 /// `tweak`.
 pub fn tiny_engine(
