@@ -1045,3 +1045,24 @@ fn sentencepiece_byte_fallback_tokenizer() {
         |text| assert!(re.is_match(text), "{text:?}"),
     );
 }
+
+#[test]
+fn a_forked_constraint_continues_independently_from_the_same_state() {
+    let Some(fx) = smollm2() else { return };
+    let choices: Vec<String> = ["yes", "no way"].iter().map(|s| s.to_string()).collect();
+    let format = ResponseFormat::Choice(choices);
+    let mut a = fx.compile(&format);
+    write_text(fx, &mut a, "n", true);
+    let mut b = a.fork();
+    a.compute_mask().unwrap();
+    b.compute_mask().unwrap();
+    assert_eq!(a.mask(), b.mask(), "the fork starts in the same state");
+    // `a` finishes "no way"; `b`, untouched by that, still allows the same continuation.
+    write_text(fx, &mut a, "o way", true);
+    assert!(a.is_finished());
+    assert!(!b.is_finished());
+    write_text(fx, &mut b, "o", true);
+    b.compute_mask().unwrap();
+    assert!(!b.is_finished(), "\"no\" alone is no choice here");
+    assert!(fx.eos.iter().all(|&e| !b.is_allowed(e)));
+}

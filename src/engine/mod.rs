@@ -499,12 +499,13 @@ impl Engine {
                 }
             }
         };
+        // Compiled once; the other choices start from copies.
+        let Some(first) = compiler.compile(&req.response_format)? else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::with_capacity(req.num_sequences());
-        for _ in 0..req.num_sequences() {
-            if let Some(c) = compiler.compile(&req.response_format)? {
-                out.push(c);
-            }
-        }
+        out.extend((1..req.num_sequences()).map(|_| first.fork()));
+        out.push(first);
         Ok(out)
     }
 

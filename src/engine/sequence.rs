@@ -36,6 +36,8 @@ pub(crate) struct Sequence {
     pub prompt_out: Option<PromptOutput>,
     /// Prompt log-probabilities by position (`[p]` = token `p + 1`), while they are computed.
     pub prompt_logprobs: Vec<Option<TokenLogprob>>,
+    /// Entries of `prompt_logprobs` still `None`.
+    prompt_logprobs_missing: usize,
     /// The output constraint, if the request has one. Taken out by the worker while it
     /// computes the mask next to the forward pass.
     pub constraint: Option<Constraint>,
@@ -66,7 +68,7 @@ impl Schedulable for Sequence {
     fn reuse_prefix(&mut self, alloc: &mut BlockAllocator) -> usize {
         // Prompt log-probabilities come from the prefill's own rows: a sequence still missing
         // some computes its whole prompt.
-        if !alloc.caches_prefixes() || self.prompt_logprobs.iter().any(Option::is_none) {
+        if !alloc.caches_prefixes() || self.prompt_logprobs_missing > 0 {
             return 0;
         }
         let bs = alloc.block_size();
@@ -151,6 +153,7 @@ impl Sequence {
             stop,
             logits_sent: false,
             prompt_out,
+            prompt_logprobs_missing: prompt_logprobs.len(),
             prompt_logprobs,
             constraint,
             cumulative_logprob: 0.0,
@@ -204,9 +207,12 @@ impl Sequence {
     /// the prompt of the first output.
     pub fn set_prompt_logprob(&mut self, p: usize, lp: TokenLogprob) {
         if let Some(slot) = self.prompt_logprobs.get_mut(p) {
+            if slot.is_none() {
+                self.prompt_logprobs_missing -= 1;
+            }
             *slot = Some(lp);
         }
-        if self.prompt_logprobs.iter().all(Option::is_some) {
+        if self.prompt_logprobs_missing == 0 && !self.prompt_logprobs.is_empty() {
             if let Some(out) = &mut self.prompt_out {
                 if out.logprobs.is_empty() {
                     out.logprobs = self.prompt_logprobs.iter().flatten().cloned().collect();

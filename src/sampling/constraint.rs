@@ -387,6 +387,20 @@ impl fmt::Debug for Constraint {
 }
 
 impl Constraint {
+    /// An independent copy in the same state (parser and lexer caches cloned): the constraint
+    /// of another choice of the same request, without compiling the format again.
+    pub fn fork(&self) -> Constraint {
+        Constraint {
+            shared: self.shared.clone(),
+            matcher: self.matcher.deep_clone(),
+            kind: self.kind,
+            mask: self.mask.clone(),
+            mask_fresh: self.mask_fresh,
+            finished: self.finished,
+            committed: self.committed,
+        }
+    }
+
     /// The format kind this constraint enforces ("json_schema", "regex", ...).
     pub fn kind(&self) -> &'static str {
         self.kind

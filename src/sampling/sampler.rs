@@ -111,21 +111,35 @@ pub fn prompt_logprob(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32,
         .iter()
         .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x })
         .collect();
-    let wmax = math::max(&work);
-    let lse = if wmax.is_finite() {
-        wmax + math::sum_exp(&work, wmax, 1.0).ln() as f32
-    } else {
-        wmax
-    };
+    let lse = log_sum_exp(&work);
     let lp = work
         .get(token as usize)
         .map_or(f32::NEG_INFINITY, |&w| w - lse);
     let mut cand = Vec::new();
-    let top = top.min(MAX_LOGPROBS);
-    if top > 0 {
-        top_n(&work, top, &mut cand);
+    (
+        lp,
+        top_logprobs(&work, top.min(MAX_LOGPROBS), lse, &mut cand),
+    )
+}
+
+/// log Σ exp(w) of a row without NaN (its maximum when that is not finite).
+fn log_sum_exp(work: &[f32]) -> f32 {
+    let wmax = math::max(work);
+    if wmax.is_finite() {
+        wmax + math::sum_exp(work, wmax, 1.0).ln() as f32
+    } else {
+        wmax
     }
-    (lp, cand.iter().map(|&(w, id)| (id, w - lse)).collect())
+}
+
+/// The `n` most likely tokens of `work` with their log-probabilities (`w - lse`), most likely
+/// first, ties by lower id; `cand` is scratch.
+fn top_logprobs(work: &[f32], n: usize, lse: f32, cand: &mut Vec<(f32, u32)>) -> Vec<(u32, f32)> {
+    if n == 0 {
+        return Vec::new();
+    }
+    top_n(work, n, cand);
+    cand.iter().map(|&(w, id)| (id, w - lse)).collect()
 }
 
 /// Sampling settings with invalid values clamped to the nearest valid behaviour.
@@ -282,19 +296,9 @@ impl Sampler {
             self.settings.penalties,
             &mut self.scratch,
         );
-        let wmax = math::max(&self.work);
-        let lse = if wmax.is_finite() {
-            wmax + math::sum_exp(&self.work, wmax, 1.0).ln() as f32
-        } else {
-            wmax
-        };
-        let top_logprobs = if self.settings.logprobs == 0 {
-            Vec::new()
-        } else {
-            top_n(&self.work, self.settings.logprobs, &mut self.cand);
-            self.cand.iter().map(|&(w, id)| (id, w - lse)).collect()
-        };
-        let mut wmax = wmax;
+        let lse = log_sum_exp(&self.work);
+        let top_logprobs = top_logprobs(&self.work, self.settings.logprobs, lse, &mut self.cand);
+        let mut wmax = math::max(&self.work);
         if let Some(mask) = mask {
             let any = self
                 .work

@@ -192,7 +192,9 @@ impl Scheduler {
             i += 1;
         }
         // 2. Admit waiting sequences in fair order (see `fair_order`).
-        self.waiting = fair_order(&self.waiting, &self.running, seqs);
+        if let Some(order) = fair_order(&self.waiting, &self.running, seqs) {
+            self.waiting = order;
+        }
         let mut held = Vec::new();
         while budget > 0 && self.running.len() < limits.max_num_seqs {
             let Some(id) = self.waiting.pop_front() else {
@@ -275,13 +277,19 @@ impl Scheduler {
 /// sequence each per round, those with the fewest `running` sequences first (ties: the one
 /// waiting longest), each tenant's own sequences in queue order. A tenant that floods the queue
 /// therefore delays another tenant's request by at most one admission per tenant with fewer
-/// running sequences, instead of by its whole backlog. With one tenant this is the queue order.
+/// running sequences, instead of by its whole backlog. `None` with one tenant (or none): the
+/// queue order stands.
 fn fair_order<S: Schedulable>(
     waiting: &VecDeque<u64>,
     running: &[u64],
     seqs: &HashMap<u64, S>,
-) -> VecDeque<u64> {
+) -> Option<VecDeque<u64>> {
     let tenant = |id: &u64| seqs.get(id).and_then(|s| s.tenant());
+    // The common case, one tenant waiting, costs one pass and no allocation.
+    let first = waiting.front().and_then(tenant);
+    if waiting.iter().all(|id| tenant(id) == first) {
+        return None;
+    }
     // (running count, queue) per tenant, in order of first appearance in the queue.
     let mut queues: Vec<(usize, VecDeque<u64>)> = Vec::new();
     let mut index: HashMap<Option<&str>, usize> = HashMap::new();
@@ -293,9 +301,6 @@ fn fair_order<S: Schedulable>(
         if let Some((_, q)) = queues.get_mut(k) {
             q.push_back(*id);
         }
-    }
-    if queues.len() <= 1 {
-        return waiting.clone();
     }
     for id in running {
         if let Some((n, _)) = index.get(&tenant(id)).and_then(|&k| queues.get_mut(k)) {
@@ -312,7 +317,7 @@ fn fair_order<S: Schedulable>(
             }
         }
     }
-    out
+    Some(out)
 }
 
 /// Frees a sequence's blocks and marks everything for recompute.
