@@ -212,6 +212,16 @@ typedef struct {
   // same way (LPX_PREFIX_CACHING; outputs are the same bits either way). Default true; callers
   // built before this field get the default.
   bool prefix_caching;
+  // Admission weights by tenant, "name=weight,..." (an adapter's name or the served base
+  // model name; weight >= 1, absent = 1): while both wait, a tenant of weight w is admitted w
+  // times as often as one of weight 1 (LPX_ADAPTER_WEIGHTS). NULL or "" = all 1.
+  const char *adapter_weights;
+  // Most sequences of one adapter running at once; further ones wait while other tenants run
+  // (LPX_MAX_RUNNING_PER_ADAPTER). 0 = no cap.
+  uint32_t max_running_per_adapter;
+  // Running caps by tenant, "name=cap,..." overriding max_running_per_adapter (0 = no cap;
+  // LPX_ADAPTER_MAX_RUNNING). NULL or "" = none.
+  const char *adapter_max_running;
 } lpx_engine_config;
 
 // One chat message for `lpx_request.messages`.
@@ -559,6 +569,22 @@ lpx_error_code_t lpx_error_code(const lpx_error *err);
 // # Safety
 // `err` must be NULL or a live error from this library. Thread-safe.
 const char *lpx_error_message(const lpx_error *err);
+
+// For a request refused under load (QUEUE_FULL, CAPACITY): the suggested wait before retrying,
+// in milliseconds (at least 1000), estimated from the engine's recent completion rate and how
+// far over the limit the request was. 0 for other errors and for a NULL `err`.
+//
+// # Safety
+// `err` must be NULL or a live error from this library. Thread-safe.
+uint64_t lpx_error_retry_after_ms(const lpx_error *err);
+
+// For a request refused under load: the name of the configuration limit that was hit
+// ("max_queue", "max_cpu_loras"), borrowed from `err` (valid until it is freed). NULL for other
+// errors and for a NULL `err`.
+//
+// # Safety
+// `err` must be NULL or a live error from this library. Thread-safe.
+const char *lpx_error_limit(const lpx_error *err);
 
 // Frees an error returned by a loraplex call. NULL is fine. Never free an error borrowed from
 // an output (`lpx_output_error`).

@@ -1,6 +1,7 @@
 //! Engine configuration ([`EngineConfig`]) with defaults, validation and environment overrides
 //! (`LPX_*` and NVIDIA NIM's `NIM_*` names).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -51,6 +52,16 @@ pub struct EngineConfig {
     /// requests that start with the same tokens (`LPX_PREFIX_CACHING` = 1/0, true/false). Outputs
     /// are the same bits with or without it. Default on.
     pub prefix_caching: bool,
+    /// Admission weights by tenant: an adapter's name or the served base model name, weight >= 1
+    /// (absent: 1). While both wait, a tenant of weight w is admitted w times as often as one of
+    /// weight 1 (`LPX_ADAPTER_WEIGHTS="a=3,b=2"`).
+    pub adapter_weights: BTreeMap<String, u32>,
+    /// Most sequences of one adapter running at once (0 = no cap); further ones wait while other
+    /// tenants run (`LPX_MAX_RUNNING_PER_ADAPTER`).
+    pub max_running_per_adapter: usize,
+    /// Running caps by tenant (adapter name or the served base model name), overriding
+    /// `max_running_per_adapter`; 0 = no cap (`LPX_ADAPTER_MAX_RUNNING="a=2,b=0"`).
+    pub adapter_max_running: BTreeMap<String, usize>,
 }
 
 impl EngineConfig {
@@ -75,6 +86,9 @@ impl EngineConfig {
             max_gpu_loras: 8,
             max_lora_rank: 64,
             prefix_caching: true,
+            adapter_weights: BTreeMap::new(),
+            max_running_per_adapter: 0,
+            adapter_max_running: BTreeMap::new(),
         }
     }
 
@@ -100,6 +114,11 @@ impl EngineConfig {
             return Err(Error::invalid_argument(format!(
                 "engine config: max_gpu_loras ({}) must not exceed max_cpu_loras ({})",
                 self.max_gpu_loras, self.max_cpu_loras
+            )));
+        }
+        if let Some((name, _)) = self.adapter_weights.iter().find(|(_, &w)| w == 0) {
+            return Err(Error::invalid_argument(format!(
+                "engine config: adapter_weights: weight of \"{name}\" must be >= 1 (got 0)"
             )));
         }
         if self.device != "cpu" && !self.device.starts_with("cuda") {
@@ -151,7 +170,11 @@ impl EngineConfig {
                 ))
             })?;
         }
-        let fields: [(&str, &mut usize); 11] = [
+        let fields: [(&str, &mut usize); 12] = [
+            (
+                "LPX_MAX_RUNNING_PER_ADAPTER",
+                &mut self.max_running_per_adapter,
+            ),
             ("LPX_MEMORY_BUDGET_BYTES", &mut self.memory_budget_bytes),
             ("LPX_KV_BLOCK_SIZE", &mut self.kv_block_size),
             ("LPX_THREADS", &mut self.threads),
@@ -187,6 +210,14 @@ impl EngineConfig {
                 }
             };
         }
+        if let Some(v) = get("LPX_ADAPTER_WEIGHTS").filter(|s| !s.trim().is_empty()) {
+            self.adapter_weights =
+                parse_tenant_map(&v, "environment variable LPX_ADAPTER_WEIGHTS")?;
+        }
+        if let Some(v) = get("LPX_ADAPTER_MAX_RUNNING").filter(|s| !s.trim().is_empty()) {
+            self.adapter_max_running =
+                parse_tenant_map(&v, "environment variable LPX_ADAPTER_MAX_RUNNING")?;
+        }
         if let Some(secs) = num("NIM_PEFT_REFRESH_INTERVAL")? {
             self.peft_refresh_interval = (secs > 0).then(|| Duration::from_secs(secs as u64));
         }
@@ -202,6 +233,40 @@ impl EngineConfig {
         stem.map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "base".into())
     }
+}
+
+/// Parses `"name=value,name=value"` (spaces around items allowed; empty = none) into a map;
+/// `what` names the source in errors (a malformed item, a repeated name, a bad number).
+pub fn parse_tenant_map<V: std::str::FromStr>(s: &str, what: &str) -> Result<BTreeMap<String, V>> {
+    let mut out = BTreeMap::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, value) = item
+            .rsplit_once('=')
+            .map(|(n, v)| (n.trim(), v.trim()))
+            .filter(|(n, _)| !n.is_empty())
+            .ok_or_else(|| {
+                Error::invalid_argument(format!("{what}: \"{item}\" is not name=value"))
+            })?;
+        let v = value.parse::<V>().map_err(|_| {
+            Error::invalid_argument(format!(
+                "{what}: value \"{value}\" of \"{name}\" is not a non-negative integer"
+            ))
+        })?;
+        if out.insert(name.to_string(), v).is_some() {
+            return Err(Error::invalid_argument(format!(
+                "{what}: \"{name}\" is given twice"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Formats a map as [`parse_tenant_map`] reads it.
+pub fn format_tenant_map<V: std::fmt::Display>(m: &BTreeMap<String, V>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -228,6 +293,9 @@ mod tests {
             ("NIM_MAX_CPU_LORAS", "13"),
             ("NIM_MAX_GPU_LORAS", "4"),
             ("NIM_MAX_LORA_RANK", "14"),
+            ("LPX_ADAPTER_WEIGHTS", " a=3, served=2 "),
+            ("LPX_MAX_RUNNING_PER_ADAPTER", "15"),
+            ("LPX_ADAPTER_MAX_RUNNING", "b=0,c=1"),
         ]
         .into_iter()
         .collect();
@@ -251,7 +319,30 @@ mod tests {
         want.max_cpu_loras = 13;
         want.max_gpu_loras = 4;
         want.max_lora_rank = 14;
+        want.adapter_weights = [("a".into(), 3), ("served".into(), 2)].into();
+        want.max_running_per_adapter = 15;
+        want.adapter_max_running = [("b".into(), 0), ("c".into(), 1)].into();
         assert_eq!(c, want);
+        assert_eq!(format_tenant_map(&want.adapter_weights), "a=3,served=2");
+        for (bad, needle) in [
+            ("a=3,a=4", "\"a\" is given twice"),
+            ("a", "\"a\" is not name=value"),
+            ("=3", "\"=3\" is not name=value"),
+            ("a=-1", "value \"-1\" of \"a\""),
+        ] {
+            let e = EngineConfig::new("")
+                .apply_vars(|k| (k == "LPX_ADAPTER_WEIGHTS").then(|| bad.to_string()))
+                .unwrap_err();
+            assert!(e.message().contains("LPX_ADAPTER_WEIGHTS"), "{e}");
+            assert!(e.message().contains(needle), "{bad}: {e}");
+        }
+        let mut zero = EngineConfig::new("m");
+        zero.adapter_weights.insert("a".into(), 0);
+        let e = zero.validate().unwrap_err();
+        assert!(
+            e.message().contains("adapter_weights") && e.message().contains("\"a\""),
+            "{e}"
+        );
 
         let e = EngineConfig::new("")
             .apply_vars(|k| (k == "LPX_KV_BLOCK_SIZE").then(|| "big".to_string()))

@@ -38,12 +38,24 @@ pub enum ErrorCode {
     Internal = 13,
 }
 
-/// The loraplex error: a code plus a message that names what is at fault.
+/// The loraplex error: a code plus a message that names what is at fault, and for a refusal
+/// under load (QUEUE_FULL, CAPACITY) the limit that was hit and when to retry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
     code: ErrorCode,
     message: String,
+    retry: Option<Retry>,
+}
+
+/// Which limit refused a request, and an estimate of when it will have room again (from the
+/// engine's recent completion rate and the queue ahead; see `Engine::submit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// The configuration limit that was hit (`"max_queue"`, `"max_cpu_loras"`, ...).
+    pub limit: &'static str,
+    /// Suggested wait before retrying (at least one second).
+    pub after: std::time::Duration,
 }
 
 /// `Result` with [`Error`].
@@ -55,7 +67,19 @@ impl Error {
         Self {
             code,
             message: message.into(),
+            retry: None,
         }
+    }
+    /// The same error marked as a refusal under load: `retry` names the limit and the wait.
+    pub fn with_retry(self, retry: Retry) -> Self {
+        Self {
+            retry: Some(retry),
+            ..self
+        }
+    }
+    /// For a refusal under load: the limit hit and the suggested wait.
+    pub fn retry(&self) -> Option<Retry> {
+        self.retry
     }
     /// The stable code.
     pub fn code(&self) -> ErrorCode {
@@ -96,8 +120,8 @@ impl Error {
     /// The same error with `prefix: ` put before its message (keeps the code).
     pub fn context(self, prefix: impl std::fmt::Display) -> Self {
         Self {
-            code: self.code,
             message: format!("{prefix}: {}", self.message),
+            ..self
         }
     }
 }

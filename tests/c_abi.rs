@@ -265,6 +265,9 @@ fn c_sets_every_config_field_and_reads_it_back_through_stats() {
         ("max_lora_rank", "32", 32.into()),
         ("memory_budget_bytes", "1073741824", 1_073_741_824u64.into()),
         ("prefix_caching", "false", false.into()),
+        ("adapter_weights", "\"a=3,b=2\"", "a=3,b=2".into()),
+        ("max_running_per_adapter", "4", 4.into()),
+        ("adapter_max_running", "\"b=1\"", "b=1".into()),
     ];
     let mut names: Vec<String> = table.iter().map(|(n, _, _)| n.to_string()).collect();
     let mut fields = header_config_fields();

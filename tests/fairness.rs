@@ -101,3 +101,134 @@ fn a_flooding_adapter_delays_others_by_a_bounded_number_of_steps() {
         engine.cancel(id).unwrap();
     }
 }
+
+/// A tiny model with adapters `names` written to `dir`; returns (model dir, PEFT source).
+fn model_with_adapters(
+    dir: &std::path::Path,
+    names: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let model = dir.join("model");
+    let peft = dir.join("loras");
+    let spec = common::TinySpec::default();
+    common::write_tiny_model(&model, spec);
+    let shape = common::tiny_shape(spec);
+    for (k, name) in names.iter().enumerate() {
+        let a = common::random_adapter(&shape, [4; 7], 10 + k as u64, false, false);
+        export(&a, &shape, ExportFormat::HfSafetensors, &peft.join(name)).unwrap();
+    }
+    (model, peft)
+}
+
+/// The most sequences that shared a step while `reqs` ran together on an engine configured by
+/// `tweak` (with room for 4 sequences a step).
+fn max_step_seqs(reqs: &[Option<&str>], tweak: impl Fn(&mut EngineConfig)) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, peft) = model_with_adapters(dir.path(), &["a", "b"]);
+    let mut cfg = EngineConfig::new(&model);
+    cfg.threads = 2;
+    cfg.peft_source = vec![peft];
+    cfg.max_num_seqs = 4;
+    tweak(&mut cfg);
+    let engine = Engine::new(cfg).unwrap();
+    for name in ["a", "b"] {
+        engine.generate(req(Some(name), 0, 1)).unwrap();
+    }
+    let ids: Vec<_> = reqs
+        .iter()
+        .enumerate()
+        .map(|(k, m)| engine.submit(req(*m, k as u32, 300)).unwrap())
+        .collect();
+    for id in ids {
+        let out = engine.wait(id).unwrap();
+        assert_eq!(out.token_ids.len(), 300, "every request completes");
+    }
+    common::idle_stats(&engine).max_step_seqs
+}
+
+#[test]
+fn a_running_cap_limits_an_adapters_share_of_the_batch() {
+    let flood = [Some("a"); 4];
+    assert_eq!(
+        max_step_seqs(&flood, |_| {}),
+        4,
+        "uncapped, the 4 share steps"
+    );
+    assert_eq!(
+        max_step_seqs(&flood, |c| c.max_running_per_adapter = 1),
+        1,
+        "capped at 1, they run one at a time"
+    );
+    // Per-adapter caps override the default; other tenants still fill the batch.
+    let mixed = [Some("a"), Some("a"), Some("a"), Some("b"), Some("b"), None];
+    assert_eq!(
+        max_step_seqs(&mixed, |c| {
+            c.max_running_per_adapter = 1;
+            c.adapter_max_running.insert("b".into(), 2);
+        }),
+        4,
+        "a 1 + b 2 + base 1"
+    );
+    // The served base model name caps the base model; 0 lifts a cap.
+    let base = [None, None, None, Some("a")];
+    assert_eq!(
+        max_step_seqs(&base, |c| {
+            c.served_model_name = Some("m".into());
+            c.adapter_max_running.insert("m".into(), 1);
+        }),
+        2
+    );
+    assert_eq!(
+        max_step_seqs(&flood, |c| {
+            c.max_running_per_adapter = 1;
+            c.adapter_max_running.insert("a".into(), 0);
+        }),
+        4
+    );
+}
+
+#[test]
+fn refusals_under_load_name_the_limit_and_estimate_the_wait() {
+    use loraplex::ErrorCode;
+    let dir = tempfile::tempdir().unwrap();
+    let (model, peft) = model_with_adapters(dir.path(), &["a", "b"]);
+    let mut cfg = EngineConfig::new(&model);
+    cfg.threads = 2;
+    cfg.peft_source = vec![peft];
+    cfg.max_queue = 2;
+    cfg.max_cpu_loras = 1;
+    cfg.max_gpu_loras = 1;
+    let engine = Engine::new(cfg).unwrap();
+    // Some completions first, so the wait is estimated from a measured rate.
+    for k in 0..4 {
+        engine.generate(req(None, k, 2)).unwrap();
+    }
+    let long: Vec<_> = (0..2)
+        .map(|k| engine.submit(req(Some("a"), 50 + k, 300)).unwrap())
+        .collect();
+    let e = engine.submit(req(None, 60, 4)).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::QueueFull);
+    let r = e
+        .retry()
+        .expect("a queue-full refusal carries a retry estimate");
+    assert_eq!(r.limit, "max_queue");
+    assert!(e.message().contains("max_queue (2)"), "{e}");
+    assert!(
+        r.after >= Duration::from_secs(1) && r.after <= Duration::from_secs(600),
+        "{:?}",
+        r.after
+    );
+    for id in long {
+        engine.cancel(id).unwrap();
+        let _ = engine.wait(id);
+    }
+    // The host cache holds one adapter, pinned by a running request: b is refused.
+    let held = engine.submit(req(Some("a"), 70, 300)).unwrap();
+    let e = engine.submit(req(Some("b"), 71, 4)).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Capacity);
+    assert_eq!(e.retry().map(|r| r.limit), Some("max_cpu_loras"));
+    assert!(e.message().contains("max_cpu_loras (1)"), "{e}");
+    engine.cancel(held).unwrap();
+    // Other errors carry none.
+    let e = engine.submit(req(Some("absent"), 72, 4)).unwrap_err();
+    assert_eq!(e.retry(), None);
+}

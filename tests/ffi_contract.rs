@@ -501,13 +501,39 @@ fn queue_full_names_the_in_flight_count_and_the_limit() {
     for _ in 0..3 {
         ok(unsafe { lpx_engine_submit(t.engine, &request(&toks, 100_000), &mut id) });
     }
-    let (c, m) = take_err(unsafe { lpx_engine_submit(t.engine, &request(&toks, 4), &mut id) });
+    let e = unsafe { lpx_engine_submit(t.engine, &request(&toks, 4), &mut id) };
+    assert!(!e.is_null());
+    // The limit and the wait are read before the error is freed.
+    let (limit, after_ms) = unsafe {
+        let l = lpx_error_limit(e);
+        assert!(!l.is_null(), "a queue-full error names its limit");
+        (
+            CStr::from_ptr(l).to_str().unwrap().to_string(),
+            lpx_error_retry_after_ms(e),
+        )
+    };
+    let (c, m) = take_err(e);
     assert_eq!(c, 6, "{m}");
+    assert_eq!(limit, "max_queue");
+    assert!((1000..=600_000).contains(&after_ms), "{after_ms}");
     // The three long requests are still in flight (each takes hundreds of steps).
     assert!(
-        m.contains("3 requests in flight") && m.contains("max_queue 3"),
+        m.contains("limit max_queue (3) reached: 3 sequences in flight"),
         "{m}"
     );
+    // Other errors, and NULL, carry neither.
+    let (limit, after_ms) = unsafe {
+        (
+            lpx_error_limit(std::ptr::null()),
+            lpx_error_retry_after_ms(std::ptr::null()),
+        )
+    };
+    assert!(limit.is_null() && after_ms == 0);
+    let bad = unsafe { lpx_engine_submit(t.engine, std::ptr::null(), &mut id) };
+    unsafe {
+        assert!(lpx_error_limit(bad).is_null() && lpx_error_retry_after_ms(bad) == 0);
+        lpx_error_free(bad);
+    }
 }
 
 /// Parses one Prometheus sample line `name{l="v",...} value` (text exposition format 0.0.4):

@@ -221,7 +221,7 @@ fn capacity_is_refused_exactly_when_active_adapters_exceed_max_cpu_loras() {
     let err = e.submit(req(Some(names[2]), 3, 3)).unwrap_err();
     assert_eq!(err.code(), ErrorCode::Capacity);
     assert!(
-        err.message().contains("max_cpu_loras is 2"),
+        err.message().contains("limit max_cpu_loras (2)"),
         "{}",
         err.message()
     );

@@ -18,20 +18,33 @@
 namespace loraplex {
 
 /// A loraplex failure: the message names what is at fault; code() is an LPX_ERROR_CODE_* value.
+/// A request refused under load (QUEUE_FULL, CAPACITY) also names the limit hit (limit(), e.g.
+/// "max_queue") and a suggested wait (retry_after_ms(), at least 1000); otherwise "" and 0.
 class Error : public std::runtime_error {
 public:
-    Error(lpx_error_code_t code, const std::string &msg) : std::runtime_error(msg), code_(code) {}
+    Error(lpx_error_code_t code, const std::string &msg, std::string limit = "",
+          uint64_t retry_after_ms = 0)
+        : std::runtime_error(msg), code_(code), limit_(std::move(limit)),
+          retry_after_ms_(retry_after_ms) {}
+    /// Copies a C error (owned or borrowed); does not free it.
+    explicit Error(const lpx_error *e)
+        : Error(lpx_error_code(e), lpx_error_message(e),
+                lpx_error_limit(e) ? lpx_error_limit(e) : "", lpx_error_retry_after_ms(e)) {}
     lpx_error_code_t code() const noexcept { return code_; }
+    const std::string &limit() const noexcept { return limit_; }
+    uint64_t retry_after_ms() const noexcept { return retry_after_ms_; }
 
 private:
     lpx_error_code_t code_;
+    std::string limit_;
+    uint64_t retry_after_ms_;
 };
 
 namespace detail {
 /// Converts and frees a C error; does nothing for NULL.
 inline void check(lpx_error *e) {
     if (e == nullptr) return;
-    Error err(lpx_error_code(e), lpx_error_message(e));
+    Error err(e);
     lpx_error_free(e);
     throw err;
 }
@@ -86,6 +99,12 @@ public:
     Config &memory_budget_bytes(uint64_t v) { c_.memory_budget_bytes = v; return *this; }
     /// Reuse KV blocks of earlier requests with the same leading tokens (default true).
     Config &prefix_caching(bool v) { c_.prefix_caching = v; return *this; }
+    /// Admission weights by tenant, "name=weight,..." (adapter or served base model name).
+    Config &adapter_weights(std::string v) { weights_ = std::move(v); return *this; }
+    /// Most sequences of one adapter running at once (0 = no cap).
+    Config &max_running_per_adapter(uint32_t v) { c_.max_running_per_adapter = v; return *this; }
+    /// Running caps by tenant, "name=cap,..." overriding max_running_per_adapter.
+    Config &adapter_max_running(std::string v) { caps_ = std::move(v); return *this; }
 
     /// The C struct, pointing into this object's strings (valid while it lives, unmodified).
     lpx_engine_config c_config() const {
@@ -94,6 +113,8 @@ public:
         c.served_model_name = opt(served_);
         c.device = opt(device_);
         c.peft_source = opt(peft_);
+        c.adapter_weights = opt(weights_);
+        c.adapter_max_running = opt(caps_);
         return c;
     }
 
@@ -103,17 +124,21 @@ private:
     void take_strings(const lpx_engine_config &c) {
         auto str = [](const char *p) { return std::string(p ? p : ""); };
         std::string model = str(c.model), served = str(c.served_model_name),
-                    device = str(c.device), peft = str(c.peft_source);
+                    device = str(c.device), peft = str(c.peft_source),
+                    weights = str(c.adapter_weights), caps = str(c.adapter_max_running);
         c_ = c;
         c_.model = c_.served_model_name = c_.device = c_.peft_source = nullptr;
+        c_.adapter_weights = c_.adapter_max_running = nullptr;
         model_ = std::move(model);
         served_ = std::move(served);
         device_ = std::move(device);
         peft_ = std::move(peft);
+        weights_ = std::move(weights);
+        caps_ = std::move(caps);
     }
 
     lpx_engine_config c_{};
-    std::string model_, served_, device_, peft_;
+    std::string model_, served_, device_, peft_, weights_, caps_;
 };
 
 /// Request builder: exactly one of prompt(), tokens() or message()s. Strings are copied.
@@ -294,7 +319,7 @@ public:
     double cumulative_logprob() const noexcept { return lpx_output_cumulative_logprob(o_); }
     /// Throws the request's failure as an Error (when finish_reason() is ERROR).
     void rethrow_if_failed() const {
-        if (const lpx_error *e = lpx_output_error(o_)) throw Error(lpx_error_code(e), lpx_error_message(e));
+        if (const lpx_error *e = lpx_output_error(o_)) throw Error(e);
     }
     /// OpenAI-shaped chunk or final object.
     std::string json() const {

@@ -29,6 +29,7 @@
 //! unless those flags are given.
 
 mod comparison;
+mod fairness;
 mod llama_cpp;
 mod measure;
 mod memory;
@@ -260,6 +261,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "lora".into(),
         "structured".into(),
         "prefix".into(),
+        "fairness".into(),
         "compare".into(),
     ];
     let mut wanted: Option<Vec<String>> = None;
@@ -323,9 +325,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     for s in &sections {
-        if !["weights", "lora", "structured", "prefix", "compare"].contains(&s.as_str()) {
+        if ![
+            "weights",
+            "lora",
+            "structured",
+            "prefix",
+            "fairness",
+            "compare",
+        ]
+        .contains(&s.as_str())
+        {
             return Err(format!(
-                "--sections: unknown section \"{s}\" (weights, lora, structured, prefix, compare)"
+                "--sections: unknown section \"{s}\" (weights, lora, structured, prefix, fairness, compare)"
             )
             .into());
         }
@@ -375,6 +386,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     if has("prefix") {
         report["prefix_cache"] = prefix::run(&model, threads, opts.rounds)?;
+    }
+    if has("fairness") {
+        report["fairness"] = fairness::run(&model, threads, opts.rounds)?;
     }
     if has("compare") {
         let all = comparison::default_models(&bench_dir, big);

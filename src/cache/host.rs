@@ -123,7 +123,7 @@ impl HostCache {
                     return Err(Error::new(
                         ErrorCode::Capacity,
                         format!(
-                            "adapter \"{}\" cannot be loaded: {} adapters are in use by active requests ({}) and max_cpu_loras is {}; retry when one finishes",
+                            "adapter \"{}\" cannot be loaded: {} adapters are in use by active requests ({}) and limit max_cpu_loras ({}) reached; retry when one finishes",
                             key.0,
                             active.len(),
                             active.join(", "),
@@ -143,6 +143,17 @@ impl HostCache {
             },
         );
         Ok(Acquired::MustLoad { evicted })
+    }
+
+    /// The fewest pins any pinned entry holds (how many sequences must end before some adapter
+    /// can leave a full cache); 0 when nothing is pinned.
+    pub fn fewest_pins(&self) -> usize {
+        self.entries
+            .values()
+            .map(|e| e.pins)
+            .filter(|&p| p > 0)
+            .min()
+            .unwrap_or(0)
     }
 
     /// Unpins `key` once (a request using it ended). A failed entry with no pins is dropped.
@@ -240,7 +251,7 @@ mod tests {
         let err = c.acquire(&key("d")).unwrap_err();
         assert_eq!(err.code(), ErrorCode::Capacity);
         assert!(
-            err.message().contains("max_cpu_loras is 2"),
+            err.message().contains("limit max_cpu_loras (2)"),
             "{}",
             err.message()
         );

@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::worker::Command;
 use super::Shared;
 use crate::adapters::{load_adapter, AdapterLimits, ModelShape};
-use crate::cache::{Acquired, AdapterKey, LoadState};
+use crate::cache::{Acquired, AdapterKey, HostCache, LoadState};
 use crate::error::{Error, Result};
 
 /// A load for the loader thread.
@@ -52,7 +52,10 @@ pub(crate) fn acquire_adapter(
     };
     let key: AdapterKey = (info.name.clone(), info.generation);
     let mut host = shared.host.lock();
-    match host.acquire(&key)? {
+    let acquired = host
+        .acquire(&key)
+        .map_err(|e| capacity_retry(shared, &host, e))?;
+    match acquired {
         Acquired::MustLoad { .. } => {
             drop(host);
             if loader
@@ -78,6 +81,22 @@ pub(crate) fn acquire_adapter(
         }
     }
     Ok(key)
+}
+
+/// Marks a CAPACITY refusal of the host cache with its limit and the estimated wait until the
+/// least-used pinned adapter is free (its sequences completing at the recent rate).
+pub(crate) fn capacity_retry(shared: &Shared, host: &HostCache, e: Error) -> Error {
+    if e.code() != crate::ErrorCode::Capacity {
+        return e;
+    }
+    let after = shared
+        .drain
+        .lock()
+        .retry_after(host.fewest_pins(), Instant::now());
+    e.with_retry(crate::error::Retry {
+        limit: "max_cpu_loras",
+        after,
+    })
 }
 
 /// The loader thread's loop: loads adapters and rescans sources on the refresh interval.

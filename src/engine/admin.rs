@@ -50,6 +50,9 @@ fn config_json(c: &EngineConfig) -> Value {
         "max_lora_rank": c.max_lora_rank,
         "memory_budget_bytes": c.memory_budget_bytes,
         "prefix_caching": c.prefix_caching,
+        "adapter_weights": crate::config::format_tenant_map(&c.adapter_weights),
+        "max_running_per_adapter": c.max_running_per_adapter,
+        "adapter_max_running": crate::config::format_tenant_map(&c.adapter_max_running),
     })
 }
 

@@ -8,6 +8,7 @@ mod adapters;
 mod admin;
 mod admit;
 mod batch;
+mod drain;
 mod group;
 mod request;
 mod sequence;
@@ -38,7 +39,7 @@ use crate::kv::BlockAllocator;
 use crate::model::llama::Llama;
 use crate::model::{ModelConfig, ModelFiles};
 use crate::sampling::{Constraint, ConstraintCompiler};
-use crate::sched::{Scheduler, StepLimits};
+use crate::sched::{Scheduler, StepLimits, TenantPolicy};
 use crate::tokenizer::Tokenizer;
 use adapters::LoaderMsg;
 use sequence::{Sequence, SequenceInit};
@@ -115,6 +116,8 @@ pub(crate) struct Shared {
     pub(crate) active: AtomicUsize,
     pub(crate) steps: AtomicU64,
     pub(crate) stats: Mutex<EngineStats>,
+    /// Recent completions, for the `Retry-After` of refusals under load.
+    pub(crate) drain: Mutex<drain::DrainRate>,
     failed: Mutex<Option<Error>>,
     /// The backend's kernel paths ([`Backend::kernel_path`]), for stats.
     pub(crate) kernels: String,
@@ -191,6 +194,7 @@ impl Engine {
             active: AtomicUsize::new(0),
             steps: AtomicU64::new(0),
             stats: Mutex::new(stats),
+            drain: Mutex::new(drain::DrainRate::default()),
             failed: Mutex::new(None),
             registry: Mutex::new(registry),
             host: Mutex::new(HostCache::new(cfg.max_cpu_loras)),
@@ -220,7 +224,7 @@ impl Engine {
                     a
                 }
             },
-            sched: Scheduler::new(),
+            sched: Scheduler::with_policy(tenant_policy(&cfg)),
             seqs: HashMap::new(),
             groups: HashMap::new(),
             tokenizer: tokenizer.clone(),
@@ -358,13 +362,24 @@ impl Engine {
         let in_flight = self.shared.active.load(Ordering::Acquire);
         let nseq = req.num_sequences();
         if in_flight + nseq > self.cfg.max_queue.max(nseq) {
+            let excess = in_flight + nseq - self.cfg.max_queue.max(nseq);
+            let after = self
+                .shared
+                .drain
+                .lock()
+                .retry_after(excess, std::time::Instant::now());
             return Err(Error::new(
                 ErrorCode::QueueFull,
                 format!(
-                    "{in_flight} requests in flight: the queue is full (max_queue {})",
-                    self.cfg.max_queue
+                    "limit max_queue ({}) reached: {in_flight} sequences in flight and this request adds {nseq}; retry in {} s",
+                    self.cfg.max_queue,
+                    after.as_secs()
                 ),
-            ));
+            )
+            .with_retry(crate::error::Retry {
+                limit: "max_queue",
+                after,
+            }));
         }
         let constraints = self.compile_constraints(&req)?;
         let prompt_out =
@@ -389,7 +404,8 @@ impl Engine {
             // One pin per sequence: each releases its own when it ends.
             let mut host = self.shared.host.lock();
             for _ in 1..nseq {
-                host.acquire(k)?;
+                host.acquire(k)
+                    .map_err(|e| adapters::capacity_retry(&self.shared, &host, e))?;
             }
         }
         let id = self.next_id.fetch_add(nseq as u64, Ordering::Relaxed);
@@ -651,4 +667,29 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
     } else {
         "unknown panic".into()
     }
+}
+
+/// The scheduler's tenant policy from the config: entries naming the served base model apply to
+/// the base model, the others to adapters of that name.
+fn tenant_policy(cfg: &EngineConfig) -> TenantPolicy {
+    let base = cfg.served_name();
+    let mut p = TenantPolicy {
+        max_running_per_adapter: cfg.max_running_per_adapter,
+        ..TenantPolicy::default()
+    };
+    for (name, &w) in &cfg.adapter_weights {
+        if *name == base {
+            p.base_weight = w;
+        } else {
+            p.weights.insert(name.clone(), w);
+        }
+    }
+    for (name, &c) in &cfg.adapter_max_running {
+        if *name == base {
+            p.base_cap = c;
+        } else {
+            p.caps.insert(name.clone(), c);
+        }
+    }
+    p
 }

@@ -157,6 +157,7 @@ impl<B: Backend> Worker<B> {
             self.shared
                 .active
                 .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            self.shared.drain.lock().record(std::time::Instant::now());
         }
         self.emit(last);
     }
@@ -180,6 +181,9 @@ impl<B: Backend> Worker<B> {
         if chunks.is_empty() {
             return Ok(());
         }
+        // Published before the step emits outputs: a client that reads the stats after an
+        // output sees the queue as this step left it, not as it was before the first step.
+        self.publish_stats();
         // The constraints of the sequences that sample this step leave their sequences while
         // their masks are computed on another thread during the forward pass.
         let mut constrained: Vec<Masking> = Vec::new();

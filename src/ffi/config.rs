@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use super::guard::{ffi_guard, init_versioned, non_null, opt_str, read_versioned, Versioned};
 use super::types::{lpx_engine_config, lpx_weight_dtype};
 use crate::backend::WeightFormat;
-use crate::config::EngineConfig;
+use crate::config::{format_tenant_map, parse_tenant_map, EngineConfig};
 use crate::error::{Error, Result};
 
 /// Calls `$m!` with every numeric field shared by `lpx_engine_config` and [`EngineConfig`]
@@ -34,7 +34,8 @@ macro_rules! numeric_fields {
             max_cpu_loras: u32,
             max_gpu_loras: u32,
             max_lora_rank: u32,
-            memory_budget_bytes: u64
+            memory_budget_bytes: u64,
+            max_running_per_adapter: u32
         )
     };
 }
@@ -47,6 +48,9 @@ impl Versioned for lpx_engine_config {
         // Before prefix_caching was appended (the layout of the last header without the init
         // macros: what the legacy `lpx_engine_config_init` symbol writes).
         std::mem::offset_of!(lpx_engine_config, prefix_caching),
+        // Before the tenant policy (adapter_weights, max_running_per_adapter,
+        // adapter_max_running) was appended.
+        std::mem::offset_of!(lpx_engine_config, adapter_weights),
         std::mem::size_of::<lpx_engine_config>(),
     ];
     fn defaults() -> Self {
@@ -140,6 +144,14 @@ pub(crate) unsafe fn to_rust(c: &lpx_engine_config) -> Result<EngineConfig> {
     r.peft_refresh_interval =
         (c.peft_refresh_interval_ms > 0).then(|| Duration::from_millis(c.peft_refresh_interval_ms));
     r.prefix_caching = c.prefix_caching;
+    // SAFETY: as above, for `c.adapter_weights`.
+    if let Some(w) = unsafe { opt_str(c.adapter_weights, "cfg->adapter_weights") }? {
+        r.adapter_weights = parse_tenant_map(w, "cfg->adapter_weights")?;
+    }
+    // SAFETY: as above, for `c.adapter_max_running`.
+    if let Some(m) = unsafe { opt_str(c.adapter_max_running, "cfg->adapter_max_running") }? {
+        r.adapter_max_running = parse_tenant_map(m, "cfg->adapter_max_running")?;
+    }
     Ok(r)
 }
 
@@ -189,6 +201,11 @@ fn from_rust(
     }
     numeric_fields!(copy_out!(c, r));
     c.prefix_caching = r.prefix_caching;
+    c.adapter_weights = opt_text(&format_tenant_map(&r.adapter_weights), "adapter_weights")?;
+    c.adapter_max_running = opt_text(
+        &format_tenant_map(&r.adapter_max_running),
+        "adapter_max_running",
+    )?;
     Ok(c)
 }
 

@@ -12,6 +12,8 @@ use crate::error::{Error, ErrorCode};
 pub struct lpx_error {
     pub(crate) code: ErrorCode,
     pub(crate) message: CString,
+    /// For a refusal under load: the limit's name and the suggested wait in milliseconds.
+    pub(crate) retry: Option<(CString, u64)>,
 }
 
 impl lpx_error {
@@ -24,6 +26,12 @@ impl lpx_error {
         Self {
             code: e.code(),
             message: CString::new(bytes).unwrap_or_default(),
+            retry: e.retry().map(|r| {
+                (
+                    CString::new(r.limit).unwrap_or_default(),
+                    u64::try_from(r.after.as_millis()).unwrap_or(u64::MAX),
+                )
+            }),
         }
     }
 }
@@ -109,6 +117,36 @@ pub unsafe extern "C" fn lpx_error_message(err: *const lpx_error) -> *const c_ch
             None => c"argument err is NULL".as_ptr(),
         }
     } => c"panic inside loraplex".as_ptr())
+}
+
+/// For a request refused under load (QUEUE_FULL, CAPACITY): the suggested wait before retrying,
+/// in milliseconds (at least 1000), estimated from the engine's recent completion rate and how
+/// far over the limit the request was. 0 for other errors and for a NULL `err`.
+///
+/// # Safety
+/// `err` must be NULL or a live error from this library. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn lpx_error_retry_after_ms(err: *const lpx_error) -> u64 {
+    ffi_guard!({
+        // SAFETY: NULL or a live error per the contract.
+        unsafe { err.as_ref() }.and_then(|e| e.retry.as_ref()).map_or(0, |r| r.1)
+    } => 0)
+}
+
+/// For a request refused under load: the name of the configuration limit that was hit
+/// ("max_queue", "max_cpu_loras"), borrowed from `err` (valid until it is freed). NULL for other
+/// errors and for a NULL `err`.
+///
+/// # Safety
+/// `err` must be NULL or a live error from this library. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn lpx_error_limit(err: *const lpx_error) -> *const c_char {
+    ffi_guard!({
+        // SAFETY: NULL or a live error per the contract.
+        unsafe { err.as_ref() }
+            .and_then(|e| e.retry.as_ref())
+            .map_or(std::ptr::null(), |r| r.0.as_ptr())
+    } => std::ptr::null())
 }
 
 /// Frees an error returned by a loraplex call. NULL is fine. Never free an error borrowed from

@@ -50,7 +50,10 @@ pub use engine::{
     lpx_engine_models_json, lpx_engine_poll, lpx_engine_refresh, lpx_engine_register_peft_source,
     lpx_engine_stats_json, lpx_engine_submit, lpx_engine_submit_json, lpx_string_free,
 };
-pub use error::{lpx_error, lpx_error_code, lpx_error_free, lpx_error_message};
+pub use error::{
+    lpx_error, lpx_error_code, lpx_error_free, lpx_error_limit, lpx_error_message,
+    lpx_error_retry_after_ms,
+};
 pub use output::{
     lpx_output, lpx_output_cumulative_logprob, lpx_output_error, lpx_output_finish_reason,
     lpx_output_free, lpx_output_index, lpx_output_is_done, lpx_output_is_final, lpx_output_json,

@@ -123,6 +123,16 @@ pub struct lpx_engine_config {
     /// same way (LPX_PREFIX_CACHING; outputs are the same bits either way). Default true; callers
     /// built before this field get the default.
     pub prefix_caching: bool,
+    /// Admission weights by tenant, "name=weight,..." (an adapter's name or the served base
+    /// model name; weight >= 1, absent = 1): while both wait, a tenant of weight w is admitted w
+    /// times as often as one of weight 1 (LPX_ADAPTER_WEIGHTS). NULL or "" = all 1.
+    pub adapter_weights: *const c_char,
+    /// Most sequences of one adapter running at once; further ones wait while other tenants run
+    /// (LPX_MAX_RUNNING_PER_ADAPTER). 0 = no cap.
+    pub max_running_per_adapter: u32,
+    /// Running caps by tenant, "name=cap,..." overriding max_running_per_adapter (0 = no cap;
+    /// LPX_ADAPTER_MAX_RUNNING). NULL or "" = none.
+    pub adapter_max_running: *const c_char,
 }
 
 /// One chat message for `lpx_request.messages`.

@@ -13,10 +13,13 @@
 //! [`Scheduler::schedule`].
 
 pub mod admission;
+pub mod tenant;
 
 pub use admission::{AdapterAdmission, AdapterGate, SlotGrant, WaitingAdapter, FAIR_WAIT_STEPS};
+pub use tenant::TenantPolicy;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use crate::kv::{BlockAllocator, BlockTable};
 
@@ -86,17 +89,25 @@ pub struct StepPlan {
     pub prefix_hits: u64,
 }
 
-/// FIFO admission + running set.
+/// Fair admission + running set.
 #[derive(Debug, Default)]
 pub struct Scheduler {
     waiting: VecDeque<u64>,
     running: Vec<u64>,
+    policy: TenantPolicy,
 }
 
 impl Scheduler {
-    /// An empty scheduler.
+    /// An empty scheduler with the default policy (equal weights, no caps).
     pub fn new() -> Self {
         Self::default()
+    }
+    /// An empty scheduler admitting by `policy`'s weights and caps.
+    pub fn with_policy(policy: TenantPolicy) -> Self {
+        Self {
+            policy,
+            ..Self::default()
+        }
     }
     /// Queues a new sequence at the back.
     pub fn add(&mut self, id: u64) {
@@ -191,10 +202,20 @@ impl Scheduler {
             budget -= n;
             i += 1;
         }
-        // 2. Admit waiting sequences in fair order (see `fair_order`).
-        if let Some(order) = fair_order(&self.waiting, &self.running, seqs) {
+        // 2. Admit waiting sequences in fair order (see `fair_order`), skipping tenants at
+        // their running cap (they keep their place).
+        if let Some(order) = fair_order(&self.waiting, &self.running, seqs, &self.policy) {
             self.waiting = order;
         }
+        let mut per_tenant: Option<HashMap<Option<String>, usize>> =
+            self.policy.has_caps().then(|| {
+                let mut m = HashMap::new();
+                for id in &self.running {
+                    let t = seqs.get(id).and_then(|s| s.tenant()).map(str::to_owned);
+                    *m.entry(t).or_insert(0) += 1;
+                }
+                m
+            });
         let mut held = Vec::new();
         while budget > 0 && self.running.len() < limits.max_num_seqs {
             let Some(id) = self.waiting.pop_front() else {
@@ -203,6 +224,18 @@ impl Scheduler {
             let Some(seq) = seqs.get_mut(&id) else {
                 continue;
             };
+            let capped = per_tenant.as_mut().and_then(|m| {
+                let t = seq.tenant();
+                let cap = self.policy.cap(t)?;
+                let n = m.entry(t.map(str::to_owned)).or_insert(0);
+                Some((n, cap))
+            });
+            if let Some((n, cap)) = capped {
+                if *n >= cap {
+                    held.push(id);
+                    continue;
+                }
+            }
             if !can_admit(id) {
                 held.push(id);
                 continue;
@@ -249,6 +282,10 @@ impl Scheduler {
             plan.chunks.push(Chunk { id, start, len: n });
             budget -= n;
             self.running.push(id);
+            if let Some(m) = per_tenant.as_mut() {
+                let t = seqs.get(&id).and_then(|s| s.tenant()).map(str::to_owned);
+                *m.entry(t).or_insert(0) += 1;
+            }
         }
         for id in held.into_iter().rev() {
             self.waiting.push_front(id);
@@ -273,16 +310,20 @@ impl Scheduler {
     }
 }
 
-/// The admission order of `waiting`: tenants (adapters, and the base model) take turns, one
-/// sequence each per round, those with the fewest `running` sequences first (ties: the one
-/// waiting longest), each tenant's own sequences in queue order. A tenant that floods the queue
-/// therefore delays another tenant's request by at most one admission per tenant with fewer
-/// running sequences, instead of by its whole backlog. `None` with one tenant (or none): the
-/// queue order stands.
+/// The admission order of `waiting`, weighted fair among tenants (adapters, and the base model):
+/// each next place goes to the tenant with the smallest `(running + placed + 1) / weight`, where
+/// `running` counts its running sequences and `placed` its sequences already given a place
+/// (ties: the tenant that appears first in the queue, i.e. waiting longest); each tenant's own
+/// sequences stay in queue order. With equal weights tenants take turns, the least served
+/// first, so a tenant that floods the queue delays another tenant's request by at most one
+/// admission per tenant with fewer running sequences, instead of by its whole backlog; a tenant
+/// of weight w gets w places per place of a weight-1 tenant. `None` with one tenant (or none):
+/// the queue order stands.
 fn fair_order<S: Schedulable>(
     waiting: &VecDeque<u64>,
     running: &[u64],
     seqs: &HashMap<u64, S>,
+    policy: &TenantPolicy,
 ) -> Option<VecDeque<u64>> {
     let tenant = |id: &u64| seqs.get(id).and_then(|s| s.tenant());
     // The common case, one tenant waiting, costs one pass and no allocation.
@@ -290,34 +331,74 @@ fn fair_order<S: Schedulable>(
     if waiting.iter().all(|id| tenant(id) == first) {
         return None;
     }
-    // (running count, queue) per tenant, in order of first appearance in the queue.
-    let mut queues: Vec<(usize, VecDeque<u64>)> = Vec::new();
+    // Per tenant, in order of first appearance in the queue: its queue, running count, weight.
+    let mut queues: Vec<(VecDeque<u64>, u64, u64)> = Vec::new();
     let mut index: HashMap<Option<&str>, usize> = HashMap::new();
     for id in waiting {
-        let k = *index.entry(tenant(id)).or_insert_with(|| {
-            queues.push((0, VecDeque::new()));
+        let t = tenant(id);
+        let k = *index.entry(t).or_insert_with(|| {
+            queues.push((VecDeque::new(), 0, policy.weight(t)));
             queues.len() - 1
         });
-        if let Some((_, q)) = queues.get_mut(k) {
+        if let Some((q, _, _)) = queues.get_mut(k) {
             q.push_back(*id);
         }
     }
     for id in running {
-        if let Some((n, _)) = index.get(&tenant(id)).and_then(|&k| queues.get_mut(k)) {
+        if let Some((_, n, _)) = index.get(&tenant(id)).and_then(|&k| queues.get_mut(k)) {
             *n += 1;
         }
     }
-    // Stable: equal running counts keep the order of first appearance (longest waiting first).
-    queues.sort_by_key(|(n, _)| *n);
+    let mut heap: BinaryHeap<Reverse<Turn>> = queues
+        .iter()
+        .enumerate()
+        .map(|(k, (_, n, w))| {
+            Reverse(Turn {
+                next: n + 1,
+                weight: *w,
+                tenant: k,
+            })
+        })
+        .collect();
     let mut out = VecDeque::with_capacity(waiting.len());
-    while out.len() < waiting.len() {
-        for (_, q) in queues.iter_mut() {
-            if let Some(id) = q.pop_front() {
-                out.push_back(id);
+    while let Some(Reverse(turn)) = heap.pop() {
+        let Some((q, _, _)) = queues.get_mut(turn.tenant) else {
+            continue;
+        };
+        if let Some(id) = q.pop_front() {
+            out.push_back(id);
+            if !q.is_empty() {
+                heap.push(Reverse(Turn {
+                    next: turn.next + 1,
+                    ..turn
+                }));
             }
         }
     }
     Some(out)
+}
+
+/// A tenant's next turn in [`fair_order`]: ordered by `next / weight` (compared exactly, by
+/// cross-multiplication), then by the tenant's first appearance in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Turn {
+    next: u64,
+    weight: u64,
+    tenant: usize,
+}
+
+impl Ord for Turn {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let a = u128::from(self.next) * u128::from(other.weight);
+        let b = u128::from(other.next) * u128::from(self.weight);
+        a.cmp(&b).then(self.tenant.cmp(&other.tenant))
+    }
+}
+
+impl PartialOrd for Turn {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// Frees a sequence's blocks and marks everything for recompute.

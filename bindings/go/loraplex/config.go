@@ -7,6 +7,9 @@ import "C"
 
 import (
 	"fmt"
+	"sort"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -67,6 +70,47 @@ type Config struct {
 	// requests whose tokens (and adapter generation) start the same way (LPX_PREFIX_CACHING=0;
 	// outputs are the same either way). The zero value keeps the default: on.
 	DisablePrefixCaching bool
+	// AdapterWeights are admission weights by tenant (an adapter's name or the served base
+	// model name; weight >= 1, absent = 1): while both wait, a tenant of weight w is admitted w
+	// times as often as one of weight 1 (LPX_ADAPTER_WEIGHTS).
+	AdapterWeights map[string]uint32
+	// MaxRunningPerAdapter caps the sequences of one adapter running at once (0 = no cap;
+	// LPX_MAX_RUNNING_PER_ADAPTER).
+	MaxRunningPerAdapter uint32
+	// AdapterMaxRunning are running caps by tenant overriding MaxRunningPerAdapter (0 = no
+	// cap; LPX_ADAPTER_MAX_RUNNING).
+	AdapterMaxRunning map[string]uint32
+}
+
+// tenantMap formats m as the C ABI's "name=value,..." (sorted by name).
+func tenantMap(m map[string]uint32) string {
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	parts := make([]string, len(names))
+	for i, k := range names {
+		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
+	}
+	return strings.Join(parts, ",")
+}
+
+// parseTenantMap reads the C ABI's "name=value,..." (written by the library, so well formed);
+// nil for "".
+func parseTenantMap(s string) map[string]uint32 {
+	if s == "" {
+		return nil
+	}
+	m := map[string]uint32{}
+	for _, item := range strings.Split(s, ",") {
+		if i := strings.LastIndexByte(item, '='); i > 0 {
+			if v, err := strconv.ParseUint(item[i+1:], 10, 32); err == nil {
+				m[item[:i]] = uint32(v)
+			}
+		}
+	}
+	return m
 }
 
 func goStr(p *C.char) string {
@@ -97,6 +141,9 @@ func configFromC(c *C.lpx_engine_config) Config {
 		MaxLoraRank:          uint32(c.max_lora_rank),
 		MemoryBudgetBytes:    uint64(c.memory_budget_bytes),
 		DisablePrefixCaching: !bool(c.prefix_caching),
+		AdapterWeights:       parseTenantMap(goStr(c.adapter_weights)),
+		MaxRunningPerAdapter: uint32(c.max_running_per_adapter),
+		AdapterMaxRunning:    parseTenantMap(goStr(c.adapter_max_running)),
 	}
 }
 
@@ -122,6 +169,7 @@ func DefaultConfig() Config {
 // (lpx_engine_config_from_env: LPX_MODEL, LPX_SERVED_MODEL_NAME, LPX_DEVICE, LPX_THREADS,
 // LPX_WEIGHT_DTYPE, LPX_MAX_NUM_SEQS, LPX_MAX_BATCH_TOKENS, LPX_MAX_MODEL_LEN,
 // LPX_KV_BLOCK_SIZE, LPX_KV_CACHE_BYTES, LPX_MEMORY_BUDGET_BYTES, LPX_MAX_QUEUE, LPX_PREFIX_CACHING,
+// LPX_ADAPTER_WEIGHTS, LPX_MAX_RUNNING_PER_ADAPTER, LPX_ADAPTER_MAX_RUNNING,
 // NIM_PEFT_SOURCE, NIM_PEFT_REFRESH_INTERVAL,
 // NIM_MAX_CPU_LORAS, NIM_MAX_GPU_LORAS, NIM_MAX_LORA_RANK). Set fields on the result to
 // override further. Errors: InvalidArgument naming a malformed variable.
@@ -157,6 +205,16 @@ func (cfg *Config) toC(a *cArena, c *C.lpx_engine_config) error {
 	if c.peft_source, err = a.optStr("Config.PeftSource", cfg.PeftSource); err != nil {
 		return err
 	}
+	if len(cfg.AdapterWeights) > 0 {
+		if c.adapter_weights, err = a.str("Config.AdapterWeights", tenantMap(cfg.AdapterWeights)); err != nil {
+			return err
+		}
+	}
+	if len(cfg.AdapterMaxRunning) > 0 {
+		if c.adapter_max_running, err = a.str("Config.AdapterMaxRunning", tenantMap(cfg.AdapterMaxRunning)); err != nil {
+			return err
+		}
+	}
 	setU32 := func(dst *C.uint32_t, v uint32) {
 		if v != 0 {
 			*dst = C.uint32_t(v)
@@ -172,6 +230,7 @@ func (cfg *Config) toC(a *cArena, c *C.lpx_engine_config) error {
 	setU32(&c.max_cpu_loras, cfg.MaxCPULoras)
 	setU32(&c.max_gpu_loras, cfg.MaxGPULoras)
 	setU32(&c.max_lora_rank, cfg.MaxLoraRank)
+	setU32(&c.max_running_per_adapter, cfg.MaxRunningPerAdapter)
 	setU64 := func(dst *C.uint64_t, v uint64) {
 		if v != 0 {
 			*dst = C.uint64_t(v)

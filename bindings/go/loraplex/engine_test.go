@@ -55,6 +55,8 @@ func TestConfigEveryFieldReadsBackThroughStats(t *testing.T) {
 		KVBlockSize: 8, KVCacheBytes: 1 << 20, MaxQueue: 77, PeftSource: peft,
 		PeftRefreshInterval: time.Minute, MaxCPULoras: 5, MaxGPULoras: 3, MaxLoraRank: 32,
 		MemoryBudgetBytes: 1 << 30, DisablePrefixCaching: true,
+		AdapterWeights: map[string]uint32{"b": 2, "a": 3}, MaxRunningPerAdapter: 4,
+		AdapterMaxRunning: map[string]uint32{"b": 1},
 	}
 	v := reflect.ValueOf(cfg)
 	for i := 0; i < v.NumField(); i++ {
@@ -84,6 +86,7 @@ func TestConfigEveryFieldReadsBackThroughStats(t *testing.T) {
 		"max_queue": 77.0, "peft_source": []any{peft}, "peft_refresh_interval_ms": 60000.0,
 		"max_cpu_loras": 5.0, "max_gpu_loras": 3.0, "max_lora_rank": 32.0,
 		"memory_budget_bytes": float64(1 << 30), "prefix_caching": false,
+		"adapter_weights": "a=3,b=2", "max_running_per_adapter": 4.0, "adapter_max_running": "b=1",
 	}
 	if !reflect.DeepEqual(stats.Config, want) {
 		t.Fatalf("stats config\n got %v\nwant %v", stats.Config, want)

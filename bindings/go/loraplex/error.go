@@ -8,6 +8,7 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Code is a stable loraplex error code (lpx_error_code); the numbers never change.
@@ -57,9 +58,15 @@ func (c Code) String() string {
 
 // Error is an error reported by the loraplex library: a stable code and a message that names
 // what is at fault. errors.Is(err, ErrNotFound) (and the other sentinels) matches on the code.
+//
+// A request refused under load (CodeQueueFull, CodeCapacity) also names the configuration limit
+// that was hit ("max_queue", "max_cpu_loras") and a suggested wait estimated from the engine's
+// recent completion rate; other errors leave both zero.
 type Error struct {
-	Code    Code
-	Message string
+	Code       Code
+	Message    string
+	Limit      string
+	RetryAfter time.Duration
 }
 
 // Error formats the error as "loraplex: CODE: message".
@@ -111,10 +118,15 @@ func CodeOf(err error) Code {
 
 // readError copies a (borrowed or owned) C error into a Go *Error; it does not free it.
 func readError(err *C.lpx_error) *Error {
-	return &Error{
-		Code:    Code(C.lpx_error_code(err)),
-		Message: C.GoString(C.lpx_error_message(err)),
+	e := &Error{
+		Code:       Code(C.lpx_error_code(err)),
+		Message:    C.GoString(C.lpx_error_message(err)),
+		RetryAfter: time.Duration(C.lpx_error_retry_after_ms(err)) * time.Millisecond,
 	}
+	if l := C.lpx_error_limit(err); l != nil {
+		e.Limit = C.GoString(l)
+	}
+	return e
 }
 
 // takeError converts an owned C error into a Go error and frees it; nil for NULL (success).

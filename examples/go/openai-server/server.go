@@ -8,6 +8,7 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -81,16 +82,21 @@ func statusOf(err error) (int, string, string) {
 	return http.StatusInternalServerError, "server_error", name
 }
 
-// writeEngineError writes err with its mapped status (429 adds Retry-After: 1).
+// writeEngineError writes err with its mapped status. A 429 carries Retry-After: the engine's
+// estimate in whole seconds (rounded up, at least 1), and its message names the limit hit.
 func writeEngineError(w http.ResponseWriter, err error) {
 	status, typ, code := statusOf(err)
-	if status == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", "1")
-	}
 	msg := err.Error()
 	var le *loraplex.Error
 	if errors.As(err, &le) {
 		msg = le.Message
+	}
+	if status == http.StatusTooManyRequests {
+		secs := 1
+		if le != nil && le.RetryAfter > 0 {
+			secs = int((le.RetryAfter + time.Second - 1) / time.Second)
+		}
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
 	}
 	writeError(w, status, typ, code, msg)
 }

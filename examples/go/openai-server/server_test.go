@@ -54,6 +54,24 @@ func TestStatusMapping(t *testing.T) {
 	}
 }
 
+// A 429's Retry-After is the engine's estimate rounded up to whole seconds (1 without one).
+func TestRetryAfterFromEngine(t *testing.T) {
+	cases := []struct {
+		after time.Duration
+		want  string
+	}{{0, "1"}, {time.Second, "1"}, {2500 * time.Millisecond, "3"}, {42 * time.Second, "42"}}
+	for _, c := range cases {
+		rec := httptest.NewRecorder()
+		writeEngineError(rec, &loraplex.Error{Code: loraplex.CodeQueueFull, Message: "limit max_queue (8) reached", Limit: "max_queue", RetryAfter: c.after})
+		if got := rec.Header().Get("Retry-After"); got != c.want {
+			t.Errorf("RetryAfter %v: header %q, want %q", c.after, got, c.want)
+		}
+		if !strings.Contains(rec.Body.String(), "max_queue") {
+			t.Errorf("body %s does not name the limit", rec.Body)
+		}
+	}
+}
+
 func TestCheckBody(t *testing.T) {
 	cases := []struct {
 		body   string
