@@ -524,9 +524,7 @@ fn lora(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
             for &(rows, slots) in &LORA_CASES {
                 let x = rand(&mut rng, rows * inp);
                 let mut y = vec![0f32; rows * out];
-                let batch = LoraBatch {
-                    token_slot: (0..rows).map(|r| (r % slots) as i32).collect(),
-                };
+                let batch = LoraBatch::from_slots((0..rows).map(|r| (r % slots) as i32).collect());
                 let args = LoraArgs {
                     batch: &batch,
                     stack: &stack,
@@ -585,9 +583,7 @@ fn lora(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
             for &(rows, slots) in &LORA_CASES {
                 let x = rand(&mut rng, rows * 1536);
                 let mut y = vec![0f32; rows * 3072];
-                let batch = LoraBatch {
-                    token_slot: (0..rows).map(|r| (r % slots) as i32).collect(),
-                };
+                let batch = LoraBatch::from_slots((0..rows).map(|r| (r % slots) as i32).collect());
                 let (bw, bc) = time_cpu(min, || {
                     for (_, _, w) in &base {
                         be.matmul(&x, rows, w, &mut y);

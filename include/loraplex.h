@@ -240,6 +240,14 @@ typedef struct {
   float bias;
 } lpx_logit_bias;
 
+// One adapter of `lpx_request.adapters`.
+typedef struct {
+  // Adapter name (UTF-8, required).
+  const char *name;
+  // Its scale in the mixture (finite; on top of the adapter's own alpha / r).
+  float scale;
+} lpx_adapter_mix;
+
 // A generation request, a versioned struct ("Versioned structs" at the end of loraplex.h).
 // Fill with `lpx_request_init`, then set exactly one of `prompt`, `prompt_tokens` or
 // `messages`. Everything is borrowed for the duration of `lpx_engine_submit` only.
@@ -323,6 +331,13 @@ typedef struct {
   // Each choice's first output carries the prompt (`lpx_output_prompt_text`,
   // `lpx_output_prompt_token_ids`), as OpenAI's `echo`.
   bool echo;
+  // An adapter mixture: the request runs on `W + Σ scaleᵢ·Bᵢ·Aᵢ` over these adapters (1..=4
+  // distinct names, at most max_gpu_loras), in the same batch as every other request; `model`
+  // must then be NULL, "" or the base model's name. NULL / 0 = none (`model` says the
+  // adapter). Callers built before this field get none.
+  const lpx_adapter_mix *adapters;
+  // Entries of `adapters`.
+  size_t adapters_len;
 } lpx_request;
 
 // One alternative token with its log-probability.

@@ -13,7 +13,9 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::engine::{FinishReason, Output, Prompt, PromptOutput, Request, Usage, MAX_CHOICES};
+use crate::engine::{
+    AdapterMix, FinishReason, Output, Prompt, PromptOutput, Request, Usage, MAX_CHOICES,
+};
 use crate::error::{Error, Result};
 use crate::sampling::{ResponseFormat, SamplingParams};
 use crate::tokenizer::{ChatMessage, Tokenizer};
@@ -89,8 +91,9 @@ enum Policy {
 /// ≤ 64, not streamed when > `n`), `echo` (completions; with `logprobs` the prompt tokens'
 /// log-probabilities too), `logit_bias` (token id → bias in [-100, 100]), `response_format`
 /// (`text`, `json_object`, `json_schema`) and vLLM's `guided_json`, `guided_regex`,
-/// `guided_choice`, `guided_grammar` (at most one constraint per request), and vLLM's
-/// `return_tokens_as_token_ids`.
+/// `guided_choice`, `guided_grammar` (at most one constraint per request), vLLM's
+/// `return_tokens_as_token_ids`, and loraplex's `adapters` (an adapter mixture,
+/// `[{"name": "a", "scale": 0.7}, {"name": "b", "scale": 0.3}]`, run on the base `model`).
 ///
 /// The harmless fields, accepted with any value, and why:
 /// * `user`: an end-user id for the provider's abuse monitoring; it never affects generation.
@@ -125,6 +128,7 @@ const FIELDS: &[(&str, Endpoints, Policy)] = &[
     ("echo", Endpoints::Completion, Policy::Honoured),
     ("best_of", Endpoints::Completion, Policy::Honoured),
     ("logit_bias", Endpoints::Both, Policy::Honoured),
+    ("adapters", Endpoints::Both, Policy::Honoured),
     ("response_format", Endpoints::Both, Policy::Honoured),
     ("guided_json", Endpoints::Both, Policy::Honoured),
     ("guided_regex", Endpoints::Both, Policy::Honoured),
@@ -462,6 +466,44 @@ fn logit_bias(v: &Value) -> Result<Vec<(u32, f32)>> {
     Ok(out)
 }
 
+/// The `adapters` extension: `[{"name": "a", "scale": 0.7}, ...]` (`scale` defaults to 1; no
+/// other keys). The engine checks the names, their number and the scales' values.
+fn adapter_mix(v: &Value) -> Result<Vec<AdapterMix>> {
+    let what = "an array of {\"name\": string, \"scale\": number} objects";
+    let items = v.as_array().ok_or_else(|| type_err("adapters", what, v))?;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("adapters[{i}]");
+        let o = item
+            .as_object()
+            .ok_or_else(|| type_err(&field, what, item))?;
+        if let Some(k) = o.keys().find(|k| *k != "name" && *k != "scale") {
+            let k: String = k.chars().take(40).collect();
+            return Err(Error::invalid_argument(format!(
+                "field \"{field}\": unknown key \"{k}\" (an entry has \"name\" and \"scale\")"
+            )));
+        }
+        let name = match o.get("name") {
+            Some(Value::String(n)) => n.clone(),
+            Some(x) => return Err(type_err(&format!("{field}.name"), "a string", x)),
+            None => {
+                return Err(Error::invalid_argument(format!(
+                    "field \"{field}\": \"name\" is missing"
+                )))
+            }
+        };
+        let scale = match o.get("scale") {
+            None | Some(Value::Null) => 1.0,
+            Some(x) => x
+                .as_f64()
+                .ok_or_else(|| type_err(&format!("{field}.scale"), "a number", x))?
+                as f32,
+        };
+        out.push(AdapterMix { name, scale });
+    }
+    Ok(out)
+}
+
 /// Parses an OpenAI `/v1/completions` or `/v1/chat/completions` body (the kind is chosen by the
 /// presence of `messages` or `prompt`; both at once is an error). `model` equal to
 /// `served_name` (or absent/empty) means the base model (`Request.model = None`).
@@ -627,6 +669,10 @@ pub fn parse_openai(body: &str, served_name: &str) -> Result<OpenAiRequest> {
     let response_format = output_constraint(obj)?;
     let include_usage = stream_include_usage(obj, stream)?;
     let return_tokens_as_token_ids = opt_bool(obj, "return_tokens_as_token_ids")?.unwrap_or(false);
+    let adapters = match present(obj, "adapters") {
+        Some(v) => adapter_mix(v)?,
+        None => Vec::new(),
+    };
     Ok(OpenAiRequest {
         request: Request {
             model,
@@ -636,6 +682,7 @@ pub fn parse_openai(body: &str, served_name: &str) -> Result<OpenAiRequest> {
             best_of,
             response_format,
             echo,
+            adapters,
         },
         kind,
         stream,

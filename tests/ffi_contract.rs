@@ -847,6 +847,7 @@ fn the_exported_request_init_symbol_writes_only_the_first_layout() {
 fn request_init_sized_writes_the_layout_it_is_given() {
     let cur = std::mem::size_of::<lpx_request>();
     let (v1, v1_end) = v1_request_size();
+    let before_mix = std::mem::offset_of!(lpx_request, adapters);
     // The full size: the full defaults (and nothing after the struct).
     let mut buf = canary_buffer(cur + 64);
     let p = buf.as_mut_ptr() as *mut lpx_request;
@@ -876,19 +877,24 @@ fn request_init_sized_writes_the_layout_it_is_given() {
     let b = unsafe { prefix_over(r, sym.as_ptr() as *const lpx_request, v1_end) };
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
     // Unknown sizes: INVALID_ARGUMENT naming the size, and not one byte written.
-    for bad in [0, 3, 4, 100, v1 - 8, v1 + 8, cur - 8] {
+    for bad in [0, 3, 4, 100, v1 - 8, v1 + 8, before_mix + 8, cur - 8] {
         let mut buf = canary_buffer(cur + 64);
         let (c, m) =
             take_err(unsafe { lpx_request_init_sized(buf.as_mut_ptr() as *mut lpx_request, bad) });
         assert_eq!(c, INVALID, "{m}");
         assert!(
             m.contains(&format!("size = {bad} is not a layout of lpx_request"))
-                && m.contains(&format!("{v1} or {cur} bytes"))
+                && m.contains(&format!("{v1} or {before_mix} or {cur} bytes"))
                 && m.contains("nothing was written"),
             "{m}"
         );
         assert!(bytes_of(&buf).iter().all(|&b| b == CANARY), "size {bad}");
     }
+    // The layout before the adapter mixture was appended: written up to it, the rest untouched.
+    let mut buf = canary_buffer(cur + 64);
+    ok(unsafe { lpx_request_init_sized(buf.as_mut_ptr() as *mut lpx_request, before_mix) });
+    assert_eq!(bytes_of(&buf)[..4], (before_mix as u32).to_ne_bytes());
+    assert!(bytes_of(&buf)[before_mix..].iter().all(|&b| b == CANARY));
 }
 
 #[test]

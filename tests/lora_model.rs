@@ -20,7 +20,7 @@ use loraplex::adapters::{load_adapter, AdapterLimits, ModelShape};
 use loraplex::backend::cpu::CpuBackend;
 use loraplex::backend::reference::ReferenceBackend;
 use loraplex::backend::{
-    AttnMeta, Backend, KvGeometry, LoraBatch, LoraStackGeometry, LoraTarget, LoraWeights,
+    AttnMeta, Backend, KvGeometry, LoraBatch, LoraLane, LoraStackGeometry, LoraTarget, LoraWeights,
     WeightFormat,
 };
 use loraplex::model::llama::{Llama, StepInput};
@@ -132,13 +132,14 @@ fn merge(tensors: &mut TensorMap, ad: &Adapter) {
 }
 
 /// One chunk of a step: sequence `seq` (its block table is `seq`'s contiguous blocks),
-/// positions `start..end` of `tokens`, adapter slot `slot` (-1 = base).
+/// positions `start..end` of `tokens`, adapters `mix` as (slot, mixture scale) (empty = base;
+/// one entry at scale 1 = one adapter).
 struct Chunk<'a> {
     seq: usize,
     tokens: &'a [u32],
     start: usize,
     end: usize,
-    slot: i32,
+    mix: &'a [(i32, f32)],
 }
 
 /// Runs one step; returns the logits of every row.
@@ -149,23 +150,34 @@ fn step<B: Backend>(
     stack: Option<&B::LoraStack>,
     chunks: &[Chunk<'_>],
 ) -> Vec<Vec<f32>> {
-    let tables: Vec<Vec<u32>> = (0..8)
+    let tables: Vec<Vec<u32>> = (0..10)
         .map(|s| ((s * BLOCKS_PER_SEQ) as u32..((s + 1) * BLOCKS_PER_SEQ) as u32).collect())
         .collect();
-    let (mut tokens, mut row_seq, mut row_pos, mut slots, mut lora) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut tokens, mut row_seq, mut row_pos, mut slots) = (vec![], vec![], vec![], vec![]);
+    let lanes = chunks.iter().map(|c| c.mix.len()).max().unwrap_or(0).max(1);
+    let mut lane: Vec<(Vec<i32>, Vec<f32>)> = vec![(vec![], vec![]); lanes];
     for c in chunks {
         for p in c.start..c.end {
             tokens.push(c.tokens[p]);
             row_seq.push(c.seq as u32);
             row_pos.push(p as u32);
             slots.push(tables[c.seq][p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32);
-            lora.push(c.slot);
+            for (k, (ls, lw)) in lane.iter_mut().enumerate() {
+                let (slot, scale) = c.mix.get(k).copied().unwrap_or((-1, 1.0));
+                ls.push(slot);
+                lw.push(scale);
+            }
         }
     }
     let refs: Vec<&[u32]> = tables.iter().map(|t| t.as_slice()).collect();
     let logit_rows: Vec<u32> = (0..tokens.len() as u32).collect();
-    let batch = LoraBatch { token_slot: lora };
+    let mut lane = lane.into_iter();
+    let (token_slot, token_scale) = lane.next().unwrap_or_default();
+    let batch = LoraBatch {
+        token_slot,
+        token_scale,
+        mix: lane.map(|(slot, scale)| LoraLane { slot, scale }).collect(),
+    };
     let input = StepInput {
         tokens: &tokens,
         meta: AttnMeta {
@@ -185,7 +197,7 @@ fn step<B: Backend>(
 fn kv_geom(cfg: &ModelConfig) -> KvGeometry {
     KvGeometry {
         num_layers: cfg.num_layers,
-        num_blocks: 8 * BLOCKS_PER_SEQ,
+        num_blocks: 10 * BLOCKS_PER_SEQ,
         block_size: BLOCK,
         num_kv_heads: cfg.num_kv_heads,
         head_dim: cfg.head_dim,
@@ -237,18 +249,18 @@ fn adapter_equals_merged<B: Backend>(be: &B, files: &ModelFiles, ad: &Adapter) -
     let mut bounds = vec![(0usize, 20usize)];
     bounds.extend((20..23).map(|p| (p, p + 1)));
     for (start, end) in bounds {
-        let c = |slot| {
+        let c = |mix| {
             [Chunk {
                 seq: 1,
                 tokens: &toks,
                 start,
                 end,
-                slot,
+                mix,
             }]
         };
-        let got = step(be, &model, &mut kv_a, Some(&stack), &c(2));
-        let want = step(be, &merged, &mut kv_m, None, &c(-1));
-        let base = step(be, &model, &mut kv_b, Some(&stack), &c(-1));
+        let got = step(be, &model, &mut kv_a, Some(&stack), &c(&[(2, 1.0)]));
+        let want = step(be, &merged, &mut kv_m, None, &c(&[]));
+        let base = step(be, &model, &mut kv_b, Some(&stack), &c(&[]));
         for ((g, w), b) in got.iter().zip(&want).zip(&base) {
             let d = max_rel_diff(g, w);
             assert!(
@@ -283,6 +295,140 @@ fn adapter_matches_merged_weights() {
     }
 }
 
+/// Logits of one backend's run in [`mixture_matches_merged_weights`]: the mixture, the merged
+/// model and the mixture's first adapter alone.
+struct MixRun {
+    name: String,
+    got: Vec<Vec<f32>>,
+    want: Vec<Vec<f32>>,
+    single: Vec<Vec<f32>>,
+}
+
+/// The adapters of one test sequence, its tokens and where its prefill splits.
+type TestSeq<'a> = (&'a [(i32, f32)], Vec<u32>, usize);
+
+/// A mixture `W + Σ wᵢ·sᵢ·Bᵢ·Aᵢ` (three adapters of different ranks and targets in slots 0, 3
+/// and 1, one weight negative) equals the model with all three merged, on every backend.
+#[test]
+fn mixture_matches_merged_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tiny_files(dir.path());
+    let cfg = files.config.clone();
+    let ads = [
+        random_adapter(&cfg, 11, false, |_, _| Some(8)),
+        random_adapter(&cfg, 12, false, |l, t| match (l + t.index()) % 3 {
+            0 => Some(4),
+            1 => Some(16),
+            _ => None,
+        }),
+        random_adapter(&cfg, 13, false, |_, t| (t.index() % 2 == 0).then_some(2)),
+    ];
+    let mix = [(0, 0.7f32), (3, -0.45), (1, 1.3)];
+    let weighted = |ad: &Adapter, w: f32| -> Adapter {
+        ad.iter()
+            .map(|m| {
+                std::array::from_fn(|t| {
+                    m[t].as_ref()
+                        .map(|(r, a, b, s)| (*r, a.clone(), b.clone(), s * w))
+                })
+            })
+            .collect()
+    };
+    let mut merged_t = files.tensors.clone();
+    for (ad, &(_, w)) in ads.iter().zip(&mix) {
+        merge(&mut merged_t, &weighted(ad, w));
+    }
+    let toks: Vec<u32> = (0..21u32).map(|i| (i * 41 + 9) % 259).collect();
+    let check = |be: &dyn Fn() -> MixRun| {
+        let MixRun {
+            name,
+            got,
+            want,
+            single,
+        } = be();
+        for (g, w) in got.iter().zip(&want) {
+            let d = max_rel_diff(g, w);
+            assert!(d <= MERGED_TOL, "{name}: mixture vs merged {d:.2e} x std");
+        }
+        // The other adapters matter: the first alone is far from the mixture.
+        assert!(max_rel_diff(&single[0], &want[0]) > 1e-2, "{name}");
+    };
+    fn run<B: Backend>(
+        be: &B,
+        files: &ModelFiles,
+        merged_t: &TensorMap,
+        ads: &[Adapter],
+        mix: &[(i32, f32)],
+        toks: &[u32],
+    ) -> MixRun {
+        let cfg = &files.config;
+        let model = Llama::load(be, cfg, &mut files.tensors.clone(), WeightFormat::F32).unwrap();
+        let merged = Llama::load(be, cfg, &mut merged_t.clone(), WeightFormat::F32).unwrap();
+        let mut stack = be.alloc_lora_stack(arena_geom(cfg, 16)).unwrap();
+        for (ad, &(slot, _)) in ads.iter().zip(mix) {
+            be.lora_load_slot(&mut stack, slot as usize, &view(ad))
+                .unwrap();
+        }
+        let c = |mix| {
+            [Chunk {
+                seq: 2,
+                tokens: toks,
+                start: 0,
+                end: toks.len(),
+                mix,
+            }]
+        };
+        let got = step(
+            be,
+            &model,
+            &mut be.alloc_kv(kv_geom(cfg)).unwrap(),
+            Some(&stack),
+            &c(mix),
+        );
+        let want = step(
+            be,
+            &merged,
+            &mut be.alloc_kv(kv_geom(cfg)).unwrap(),
+            None,
+            &c(&[]),
+        );
+        let single = step(
+            be,
+            &model,
+            &mut be.alloc_kv(kv_geom(cfg)).unwrap(),
+            Some(&stack),
+            &c(&mix[..1]),
+        );
+        MixRun {
+            name: be.name().to_string(),
+            got,
+            want,
+            single,
+        }
+    }
+    check(&|| run(&ReferenceBackend, &files, &merged_t, &ads, &mix, &toks));
+    check(&|| {
+        run(
+            &CpuBackend::new(pool(2)),
+            &files,
+            &merged_t,
+            &ads,
+            &mix,
+            &toks,
+        )
+    });
+    check(&|| {
+        run(
+            &CpuBackend::portable(pool(1)),
+            &files,
+            &merged_t,
+            &ads,
+            &mix,
+            &toks,
+        )
+    });
+}
+
 #[test]
 fn mixed_batch_rows_equal_rows_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -300,30 +446,45 @@ fn mixed_batch_rows_equal_rows_alone() {
         let mut stack = be.alloc_lora_stack(arena_geom(&cfg, 16)).unwrap();
         be.lora_load_slot(&mut stack, 0, &view(&a1)).unwrap();
         be.lora_load_slot(&mut stack, 3, &view(&a2)).unwrap();
-        // Six sequences: (slot, prompt length); step 1 prefills all but the last 1..3 tokens,
-        // step 2 mixes decode rows (1 token) with prefill chunks (several).
-        let seqs: Vec<(i32, Vec<u32>, usize)> = [
-            (-1, 9, 8),
-            (0, 12, 11),
-            (3, 7, 4),
-            (0, 5, 4),
-            (-1, 14, 13),
-            (3, 10, 9),
+        // Nine sequences: (adapters, prompt length); step 1 prefills all but the last 1..3
+        // tokens, step 2 mixes decode rows (1 token) with prefill chunks (several). Mixtures of
+        // the same slots at other scales and in the other order sit next to single adapters.
+        let mixes: [&[(i32, f32)]; 9] = [
+            &[],
+            &[(0, 1.0)],
+            &[(3, 1.0)],
+            &[(0, 1.0)],
+            &[],
+            &[(3, 1.0)],
+            &[(0, 0.7), (3, 0.3)],
+            &[(3, -0.5), (0, 1.25)],
+            &[(0, 0.7)],
+        ];
+        let seqs: Vec<TestSeq<'_>> = [
+            (9, 8),
+            (12, 11),
+            (7, 4),
+            (5, 4),
+            (14, 13),
+            (10, 9),
+            (11, 10),
+            (6, 3),
+            (8, 7),
         ]
         .iter()
         .enumerate()
-        .map(|(s, &(slot, len, split))| {
+        .map(|(s, &(len, split))| {
             let toks = (0..len as u32)
                 .map(|i| (i * 31 + 7 * s as u32 + 3) % 259)
                 .collect();
-            (slot, toks, split)
+            (mixes[s], toks, split)
         })
         .collect();
         let chunks = |phase: usize, only: Option<usize>| -> Vec<Chunk<'_>> {
             seqs.iter()
                 .enumerate()
                 .filter(|(s, _)| only.is_none_or(|o| o == *s))
-                .map(|(s, (slot, toks, split))| {
+                .map(|(s, (mix, toks, split))| {
                     let (start, end) = if phase == 0 {
                         (0, *split)
                     } else {
@@ -334,7 +495,7 @@ fn mixed_batch_rows_equal_rows_alone() {
                         tokens: toks,
                         start,
                         end,
-                        slot: *slot,
+                        mix,
                     }
                 })
                 .collect()
@@ -378,18 +539,18 @@ fn zero_b_adapter_is_bitwise_base() {
     let mut stack = be.alloc_lora_stack(arena_geom(&cfg, 8)).unwrap();
     be.lora_load_slot(&mut stack, 1, &view(&zero)).unwrap();
     let toks: Vec<u32> = (0..17u32).map(|i| (i * 13 + 1) % 259).collect();
-    let run = |slot: i32| {
+    let run = |mix: &[(i32, f32)]| {
         let mut kv = be.alloc_kv(kv_geom(&cfg)).unwrap();
         let c = [Chunk {
             seq: 0,
             tokens: &toks,
             start: 0,
             end: toks.len(),
-            slot,
+            mix,
         }];
         step(&be, &model, &mut kv, Some(&stack), &c)
     };
-    let (with, base) = (run(1), run(-1));
+    let (with, base) = (run(&[(1, 1.0)]), run(&[]));
     assert!(!base.is_empty() && with.len() == base.len());
     for (w, b) in with.iter().zip(&base) {
         assert!(!b.is_empty() && w.len() == b.len());
@@ -454,9 +615,7 @@ fn smollm2_hf_adapter_matches_peft() {
         let tables = [table.as_slice()];
         let row_seq = vec![0u32; ids.len()];
         let row_pos: Vec<u32> = (0..ids.len() as u32).collect();
-        let batch = LoraBatch {
-            token_slot: vec![1; ids.len()],
-        };
+        let batch = LoraBatch::from_slots(vec![1; ids.len()]);
         let last = [ids.len() as u32 - 1];
         let input = StepInput {
             tokens: &ids,

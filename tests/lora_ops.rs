@@ -11,8 +11,8 @@ use std::sync::Arc;
 use loraplex::backend::cpu::CpuBackend;
 use loraplex::backend::reference::ReferenceBackend;
 use loraplex::backend::{
-    Backend, LoraArgs, LoraBatch, LoraSlotData, LoraStackGeometry, LoraTarget, LoraWeights, View,
-    ViewMut,
+    Backend, LoraArgs, LoraBatch, LoraLane, LoraSlotData, LoraStackGeometry, LoraTarget,
+    LoraWeights, View, ViewMut,
 };
 use loraplex::error::ErrorCode;
 use rand::{Rng, SeedableRng};
@@ -233,26 +233,66 @@ fn compare_with_reference(geom: LoraStackGeometry, cpu: &CpuBackend, label: &str
         let token_slot: Vec<i32> = (0..rows.saturating_sub(2).max(1))
             .map(|_| rng.gen_range(-1..5))
             .collect();
-        let batch = LoraBatch { token_slot };
-        for layer in 0..geom.num_layers {
-            for t in LoraTarget::ALL {
-                let (xs, _, ys, _) = layout(&geom, t);
-                let x = rand_vec(&mut rng, rows * xs);
-                let y0 = rand_vec(&mut rng, rows * ys);
-                let want = apply(&r, &rs, (&x, &y0, rows), &batch, layer, t, &geom);
-                let got = apply(cpu, &cs, (&x, &y0, rows), &batch, layer, t, &geom);
-                let xa: Vec<f32> = x.iter().map(|v| v.abs()).collect();
-                let ya: Vec<f32> = y0.iter().map(|v| v.abs()).collect();
-                let mag = apply(&r, &abs_stack, (&xa, &ya, rows), &batch, layer, t, &geom);
-                let (inp, _) = geom.dims[t.index()];
-                check_close(
-                    &got,
-                    &want,
-                    &mag,
-                    inp,
-                    geom.max_rank,
-                    &format!("{label} rows {rows} layer {layer} {t:?}"),
-                );
+        let plain = LoraBatch::from_slots(token_slot.clone());
+        // Mixtures: every row's first adapter at a scale, plus up to two more lanes (a slot or
+        // none per row), scales of both signs.
+        let mut scales =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.5f32..1.5)).collect() };
+        let token_scale = scales(token_slot.len());
+        let mixed = LoraBatch {
+            token_slot: token_slot.clone(),
+            token_scale,
+            mix: (0..2)
+                .map(|_| LoraLane {
+                    slot: (0..rows)
+                        .map(|k| [(k % 5) as i32 - 1, 2, 0][k % 3])
+                        .collect(),
+                    scale: scales(rows),
+                })
+                .collect(),
+        };
+        let abs_scales = |b: &LoraBatch| LoraBatch {
+            token_slot: b.token_slot.clone(),
+            token_scale: b.token_scale.iter().map(|v| v.abs()).collect(),
+            mix: b
+                .mix
+                .iter()
+                .map(|l| LoraLane {
+                    slot: l.slot.clone(),
+                    scale: l.scale.iter().map(|v| v.abs()).collect(),
+                })
+                .collect(),
+        };
+        for (kind, batch) in [("one adapter", &plain), ("mixture", &mixed)] {
+            let mag_batch = abs_scales(batch);
+            for layer in 0..geom.num_layers {
+                for t in LoraTarget::ALL {
+                    let (xs, _, ys, _) = layout(&geom, t);
+                    let x = rand_vec(&mut rng, rows * xs);
+                    let y0 = rand_vec(&mut rng, rows * ys);
+                    let want = apply(&r, &rs, (&x, &y0, rows), batch, layer, t, &geom);
+                    let got = apply(cpu, &cs, (&x, &y0, rows), batch, layer, t, &geom);
+                    let xa: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+                    let ya: Vec<f32> = y0.iter().map(|v| v.abs()).collect();
+                    let mag = apply(
+                        &r,
+                        &abs_stack,
+                        (&xa, &ya, rows),
+                        &mag_batch,
+                        layer,
+                        t,
+                        &geom,
+                    );
+                    let (inp, _) = geom.dims[t.index()];
+                    check_close(
+                        &got,
+                        &want,
+                        &mag,
+                        inp,
+                        geom.max_rank,
+                        &format!("{label} {kind} rows {rows} layer {layer} {t:?}"),
+                    );
+                }
             }
         }
     }
@@ -299,9 +339,7 @@ fn batch_invariance(geom: LoraStackGeometry, simd: bool) {
                 &b1,
                 &s1,
                 (&xrow, &yrow, 1),
-                &LoraBatch {
-                    token_slot: vec![probe_slot],
-                },
+                &LoraBatch::from_slots(vec![probe_slot]),
                 1,
                 t,
                 &geom,
@@ -314,7 +352,7 @@ fn batch_invariance(geom: LoraStackGeometry, simd: bool) {
                 y[pos * ys..(pos + 1) * ys].copy_from_slice(&yrow);
                 let mut token_slot: Vec<i32> = (0..rows).map(|_| rng.gen_range(-1..3)).collect();
                 token_slot[pos] = probe_slot;
-                let batch = LoraBatch { token_slot };
+                let batch = LoraBatch::from_slots(token_slot);
                 for (be, st) in [(&b1, &s1), (&b2, &s2)] {
                     let got = apply(be, st, (&x, &y, rows), &batch, 1, t, &geom);
                     let row = &got[pos * ys..(pos + 1) * ys];
@@ -350,9 +388,7 @@ fn base_rows_untouched() {
     let st = fill(&be, &geom, 4);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let rows = 6;
-    let batch = LoraBatch {
-        token_slot: vec![-1, 3, 4, -7],
-    };
+    let batch = LoraBatch::from_slots(vec![-1, 3, 4, -7]);
     for t in LoraTarget::ALL {
         let (xs, _, ys, _) = layout(&geom, t);
         let x = rand_vec(&mut rng, rows * xs);
@@ -363,9 +399,7 @@ fn base_rows_untouched() {
     let (xs, _, ys, _) = layout(&geom, LoraTarget::Q);
     let x = rand_vec(&mut rng, xs);
     let y0 = rand_vec(&mut rng, ys);
-    let b = LoraBatch {
-        token_slot: vec![0],
-    };
+    let b = LoraBatch::from_slots(vec![0]);
     assert_eq!(
         apply(&be, &st, (&x, &y0, 1), &b, 99, LoraTarget::Q, &geom),
         y0
@@ -382,9 +416,7 @@ fn load_errors<B: Backend<Buf = Vec<f32>>>(be: &B) {
     let (xs, _, ys, _) = layout(&geom, LoraTarget::Up);
     let x = rand_vec(&mut rng, 2 * xs);
     let y0 = rand_vec(&mut rng, 2 * ys);
-    let batch = LoraBatch {
-        token_slot: vec![1, 1],
-    };
+    let batch = LoraBatch::from_slots(vec![1, 1]);
     let before = apply(be, &st, (&x, &y0, 2), &batch, 2, LoraTarget::Up, &geom);
     assert_ne!(before, y0);
 
@@ -448,9 +480,7 @@ fn short_buffers_skip_rows() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let t = LoraTarget::Down;
     let (inp, out) = geom.dims[t.index()];
-    let batch = LoraBatch {
-        token_slot: vec![0, 1, 2, 0, 1, 2],
-    };
+    let batch = LoraBatch::from_slots(vec![0, 1, 2, 0, 1, 2]);
     // x holds 4 rows, y 5 (the 5th partial): rows 4.. are skipped.
     let x = rand_vec(&mut rng, 4 * inp);
     let y0 = rand_vec(&mut rng, 4 * out + out / 2);

@@ -193,6 +193,12 @@ public:
     Request &echo(bool v) { r_.echo = v; return *this; }
     /// Log-probabilities of the prompt tokens with n alternatives each (0..20; -1 = none).
     Request &prompt_logprobs(int32_t n) { r_.prompt_logprobs = n; return *this; }
+    /// Adds an adapter to the request's mixture (W + Σ scaleᵢ·Bᵢ·Aᵢ over 1..4 adapters; model()
+    /// must then be unset or the base model's name).
+    Request &adapter(std::string name, float scale = 1.0f) {
+        mix_.emplace_back(std::move(name), scale);
+        return *this;
+    }
 
     /// Calls f(const lpx_request&) with a C view of this request (valid during the call).
     template <class F> auto with_c(F &&f) const {
@@ -218,6 +224,10 @@ public:
         for (auto &c : choices_) choices.push_back(c.c_str());
         r.response_format_choices = choices.empty() ? nullptr : choices.data();
         r.response_format_choices_len = choices.size();
+        std::vector<lpx_adapter_mix> mix;
+        for (auto &m : mix_) mix.push_back(lpx_adapter_mix{m.first.c_str(), m.second});
+        r.adapters = mix.empty() ? nullptr : mix.data();
+        r.adapters_len = mix.size();
         return f(r);
     }
 
@@ -232,6 +242,7 @@ private:
     std::vector<lpx_logit_bias> biases_;
     std::string format_value_;
     std::vector<std::string> choices_;
+    std::vector<std::pair<std::string, float>> mix_;
 };
 
 /// A generated token's log-probability and its top alternatives (owning copy).

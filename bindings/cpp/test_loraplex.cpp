@@ -1,6 +1,7 @@
 // Tests of loraplex.hpp: test_loraplex MODEL PEFT_DIR (PEFT_DIR: an existing directory).
 // Exits non-zero on the first failed check.
 #include <cassert>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -131,6 +132,17 @@ int main(int argc, char **argv) {
     try { moved.submit(Request().prompt("hi").n(0)); CHECK(false); }
     catch (const Error &e) {
         CHECK(e.code() == LPX_ERROR_CODE_INVALID_ARGUMENT && std::string(e.what()).find("req->n") != std::string::npos);
+        checks++;
+    }
+    // A mixture of an unknown adapter: NOT_FOUND naming it (the mixture reached the engine).
+    try { moved.submit(Request().prompt("hi").adapter("no-such-adapter", 0.5f)); CHECK(false); }
+    catch (const Error &e) {
+        CHECK(e.code() == LPX_ERROR_CODE_NOT_FOUND && std::string(e.what()).find("no-such-adapter") != std::string::npos);
+        checks++;
+    }
+    try { moved.submit(Request().prompt("hi").adapter("x", std::nanf(""))); CHECK(false); }
+    catch (const Error &e) {
+        CHECK(e.code() == LPX_ERROR_CODE_INVALID_ARGUMENT && std::string(e.what()).find("adapters[0].scale") != std::string::npos);
         checks++;
     }
     try { moved.submit(Request().prompt("hi").logit_bias(65, 101.0f)); CHECK(false); }

@@ -6,18 +6,64 @@
 
 pub use crate::lora_target::LoraTarget;
 
-/// Which device-cache slot each token row of a step uses; `-1` is the base model.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The most adapters one row mixes (`W + Σ sᵢ·Bᵢ·Aᵢ` over up to this many slots).
+pub const MAX_MIX: usize = 4;
+
+/// Which device-cache slot(s) each token row of a step uses.
+///
+/// `token_slot` is every row's first (usually only) adapter, `-1` for the base model; a row that
+/// mixes adapters (a request naming several, each with a scale) lists its further adapters in
+/// `mix` lanes: lane `k` holds every row's `(k+2)`-th adapter (`-1` where a row has fewer). Each
+/// lane's contribution is scaled per row by its `*_scale` vector (empty: 1.0 for every row) on
+/// top of the adapter's own `alpha / r` scale, and lanes are applied in order, so a row's
+/// result depends only on its own adapters and scales.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoraBatch {
-    /// One entry per token row of the step.
+    /// First adapter slot of each token row (`-1`: none).
     pub token_slot: Vec<i32>,
+    /// Mixture scale of `token_slot`'s adapter per row; empty = 1.0 everywhere.
+    pub token_scale: Vec<f32>,
+    /// Further adapters of mixing rows (at most [`MAX_MIX`] - 1 lanes).
+    pub mix: Vec<LoraLane>,
+}
+
+/// One lane of adapters: a slot per row (`-1`: none) and its scale (empty = 1.0).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoraLane {
+    /// Slot per row.
+    pub slot: Vec<i32>,
+    /// Scale per row; empty = 1.0.
+    pub scale: Vec<f32>,
 }
 
 impl LoraBatch {
+    /// A batch whose rows use one adapter each at scale 1 (`-1`: base model).
+    pub fn from_slots(token_slot: Vec<i32>) -> Self {
+        Self {
+            token_slot,
+            ..Self::default()
+        }
+    }
+
     /// True when no row uses an adapter.
     pub fn is_empty(&self) -> bool {
-        self.token_slot.iter().all(|&s| s < 0)
+        self.lanes().all(|(slots, _)| slots.iter().all(|&s| s < 0))
     }
+
+    /// Every lane as `(slots, scales)`: `token_slot` first, then the `mix` lanes, in the order
+    /// backends apply them.
+    pub fn lanes(&self) -> impl Iterator<Item = (&[i32], &[f32])> {
+        std::iter::once((self.token_slot.as_slice(), self.token_scale.as_slice())).chain(
+            self.mix
+                .iter()
+                .map(|l| (l.slot.as_slice(), l.scale.as_slice())),
+        )
+    }
+}
+
+/// The mixture scale of row `t` in a lane's `scales` (empty or short: 1.0).
+pub fn lane_scale(scales: &[f32], t: usize) -> f32 {
+    scales.get(t).copied().unwrap_or(1.0)
 }
 
 /// Shape of a device adapter arena: `num_slots` slots, each able to hold one adapter of rank up

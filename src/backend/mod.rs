@@ -23,7 +23,10 @@ pub mod select;
 pub mod view;
 
 pub use kv_store::KvStore;
-pub use lora::{LoraBatch, LoraSlotData, LoraStackGeometry, LoraTarget, LoraWeights};
+pub use lora::{
+    lane_scale, LoraBatch, LoraLane, LoraSlotData, LoraStackGeometry, LoraTarget, LoraWeights,
+    MAX_MIX,
+};
 pub use op_args::{AttentionArgs, KvWriteArgs, LoraArgs, RopeArgs};
 pub use select::{select, DeviceBackend};
 pub use view::{View, ViewMut};
@@ -248,11 +251,13 @@ pub trait Backend: Send {
     /// Bytes reserved by the arena.
     fn lora_stack_bytes(&self, stack: &Self::LoraStack) -> usize;
     /// Mixed-batch LoRA for one target of one layer (DESIGN.md 1.4). With `(in, out)` the dims
-    /// of `a.target` and `s = a.batch.token_slot`:
+    /// of `a.target`, for each lane `(s, m)` of `a.batch.lanes()` in order (the first adapter of
+    /// every row, then the further adapters of mixing rows):
     /// `for t in 0..x.rows { if s[t] < 0 or slot s[t] has no module for (a.layer, a.target)
     /// { continue } h[k] = sum_i A[s[t]][k, i] * x[t, i] for k < r;
-    /// y[t, o] += scale[s[t]] * sum_k B[s[t]][o, k] * h[k] }`, where `x[t, i]` / `y[t, o]` are
-    /// columns of row t of the views. Rows beyond `token_slot.len()` use the base model; rows
+    /// y[t, o] += (scale[s[t]] * m[t]) * sum_k B[s[t]][o, k] * h[k] }` (`m[t]` = 1 where the
+    /// lane has no scales), where `x[t, i]` / `y[t, o]` are
+    /// columns of row t of the views. Rows beyond a lane's length use no adapter in it; rows
     /// whose x or y columns fall outside the buffers are skipped; nothing is written when
     /// `x.rows != y.rows` or a view's columns exceed its stride (`col + in > stride`,
     /// `col + out > stride`: rows would overlap). A row's result must not depend on the other

@@ -525,29 +525,32 @@ impl Backend for ReferenceBackend {
         if x.rows != y.rows || overlap(x.col, inp, x.stride) || overlap(y.col, out, y.stride) {
             return;
         }
-        for t in 0..x.rows {
-            let Some(&s) = a.batch.token_slot.get(t) else {
-                continue;
-            };
-            if s < 0 {
-                continue;
-            }
-            let Some(m) = a.stack.module(s as usize, a.layer, a.target) else {
-                continue;
-            };
-            let (Some(xr), Some(yr)) = (x.row(t, inp), y.row_mut(t, out)) else {
-                continue;
-            };
-            let h: Vec<f64> = (0..m.rank)
-                .map(|k| {
-                    (0..inp)
-                        .map(|i| m.a[k * inp + i] as f64 * xr[i] as f64)
-                        .sum()
-                })
-                .collect();
-            for o in 0..out {
-                let d: f64 = (0..m.rank).map(|k| m.b[o * m.rank + k] as f64 * h[k]).sum();
-                yr[o] += (m.scale as f64 * d) as f32;
+        for (slots, scales) in a.batch.lanes() {
+            for t in 0..x.rows {
+                let Some(&s) = slots.get(t) else {
+                    continue;
+                };
+                if s < 0 {
+                    continue;
+                }
+                let Some(m) = a.stack.module(s as usize, a.layer, a.target) else {
+                    continue;
+                };
+                let (Some(xr), Some(yr)) = (x.row(t, inp), y.row_mut(t, out)) else {
+                    continue;
+                };
+                let h: Vec<f64> = (0..m.rank)
+                    .map(|k| {
+                        (0..inp)
+                            .map(|i| m.a[k * inp + i] as f64 * xr[i] as f64)
+                            .sum()
+                    })
+                    .collect();
+                let scale = m.scale as f64 * super::lane_scale(scales, t) as f64;
+                for o in 0..out {
+                    let d: f64 = (0..m.rank).map(|k| m.b[o * m.rank + k] as f64 * h[k]).sum();
+                    yr[o] += (scale * d) as f32;
+                }
             }
         }
     }

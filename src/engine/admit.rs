@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use super::request::{FinishReason, RequestId};
 use super::worker::Worker;
 use crate::backend::Backend;
-use crate::cache::LoadState;
+use crate::cache::{AdapterKey, LoadState};
 use crate::error::{Error, Result};
 use crate::sched::{AdapterGate, Chunk, WaitingAdapter, FAIR_WAIT_STEPS};
 
@@ -36,9 +36,18 @@ impl<B: Backend> Worker<B> {
             s.prefix_cache_queries += plan.prefix_queries;
             s.prefix_cache_hits += plan.prefix_hits;
         }
-        // A failed upload fails every request of the step that shares the slot.
+        // A failed upload fails every request of the step that shares the slot. A mixture's
+        // grants come in the order of its adapters; once one fails, the request has ended and
+        // its later grants are given back.
         let mut failed_uploads: HashMap<usize, Error> = HashMap::new();
         for g in admission.granted {
+            if !self.seqs.contains_key(&g.id) {
+                self.slots.release(g.slot);
+                if g.upload {
+                    self.slots.evict(g.slot);
+                }
+                continue;
+            }
             if let Some(err) = failed_uploads.get(&g.slot) {
                 let err = err.clone();
                 self.slots.release(g.slot);
@@ -46,7 +55,7 @@ impl<B: Backend> Worker<B> {
                 continue;
             }
             if g.upload {
-                if let Err(e) = self.upload(g.id, g.slot) {
+                if let Err(e) = self.upload(&g.key, g.slot) {
                     self.slots.release(g.slot);
                     self.slots.evict(g.slot);
                     failed_uploads.insert(g.slot, e.clone());
@@ -55,12 +64,12 @@ impl<B: Backend> Worker<B> {
                 }
             }
             if let Some(seq) = self.seqs.get_mut(&g.id) {
-                seq.slot = Some(g.slot);
+                seq.slots.push(g.slot);
             }
         }
         for id in &plan.preempted {
             if let Some(seq) = self.seqs.get_mut(id) {
-                if let Some(slot) = seq.slot.take() {
+                for slot in seq.slots.drain(..) {
                     self.slots.release(slot);
                 }
             }
@@ -102,28 +111,35 @@ impl<B: Backend> Worker<B> {
             let Some(seq) = self.seqs.get(&id) else {
                 continue;
             };
-            let Some(key) = &seq.adapter else { continue };
-            let ready = match host.get(key).map(|e| &e.state) {
-                Some(LoadState::Ready(_)) => true,
-                Some(LoadState::Loading) => false,
-                Some(LoadState::Failed(e)) => {
-                    failed.push((id, e.clone()));
-                    continue;
-                }
-                None => {
-                    failed.push((
-                        id,
-                        Error::internal(format!(
+            if seq.adapters.is_empty() {
+                continue;
+            }
+            let mut ready = true;
+            let mut error = None;
+            for a in &seq.adapters {
+                match host.get(&a.key).map(|e| &e.state) {
+                    Some(LoadState::Ready(_)) => {}
+                    Some(LoadState::Loading) => ready = false,
+                    Some(LoadState::Failed(e)) => {
+                        error = Some(e.clone());
+                        break;
+                    }
+                    None => {
+                        error = Some(Error::internal(format!(
                             "adapter {} left the host cache while pinned",
-                            key.0
-                        )),
-                    ));
-                    continue;
+                            a.key.0
+                        )));
+                        break;
+                    }
                 }
-            };
+            }
+            if let Some(e) = error {
+                failed.push((id, e));
+                continue;
+            }
             waiting.push(WaitingAdapter {
                 id,
-                key: key.clone(),
+                keys: seq.adapters.iter().map(|a| a.key.clone()).collect(),
                 ready,
                 held_steps: seq.held_steps,
             });
@@ -131,14 +147,9 @@ impl<B: Backend> Worker<B> {
         (waiting, failed)
     }
 
-    /// Uploads the adapter of request `id` into device slot `slot`.
-    fn upload(&mut self, id: RequestId, slot: usize) -> Result<()> {
-        let key = self
-            .seqs
-            .get(&id)
-            .and_then(|s| s.adapter.clone())
-            .ok_or_else(|| Error::internal("no adapter"))?;
-        let adapter = match self.shared.host.lock().get(&key).map(|e| e.state.clone()) {
+    /// Uploads adapter `key` (loaded in the host cache) into device slot `slot`.
+    fn upload(&mut self, key: &AdapterKey, slot: usize) -> Result<()> {
+        let adapter = match self.shared.host.lock().get(key).map(|e| e.state.clone()) {
             Some(LoadState::Ready(a)) => a,
             _ => return Err(Error::internal(format!("adapter {} is not loaded", key.0))),
         };

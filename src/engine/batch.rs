@@ -53,12 +53,16 @@ impl<'a> StepBatch<'a> {
             lora: LoraBatch::default(),
             uses: Vec::new(),
         };
-        let any_adapter = chunks
+        // Lanes needed: the most adapters any sequence of the step mixes (0: all base).
+        let lanes = chunks
             .iter()
-            .any(|c| seqs.get(&c.id).is_some_and(|s| s.slot.is_some()));
-        if any_adapter {
-            b.lora.token_slot.reserve(rows);
-        }
+            .filter_map(|c| seqs.get(&c.id).map(|s| s.slots.len()))
+            .max()
+            .unwrap_or(0);
+        let mixing = chunks.iter().any(|c| {
+            seqs.get(&c.id)
+                .is_some_and(|s| s.adapters.iter().any(|a| a.scale != 1.0))
+        });
         for (k, c) in chunks.iter().enumerate() {
             let seq = seqs
                 .get(&c.id)
@@ -84,12 +88,32 @@ impl<'a> StepBatch<'a> {
                 b.uses.push(RowUse::Sample(c.id));
             }
             b.block_tables.push(seq.sched.table.blocks());
-            if any_adapter {
-                let slot = seq.slot.map(|s| s as i32).unwrap_or(-1);
-                b.lora.token_slot.extend(std::iter::repeat_n(slot, c.len));
+            if lanes > 0 {
+                b.push_lora(seq, c.len, lanes, mixing);
             }
         }
         Ok(b)
+    }
+
+    /// Appends `len` rows of `seq` to the step's adapter lanes (`lanes` of them; per-row scales
+    /// only when some row of the step mixes at a scale other than 1).
+    fn push_lora(&mut self, seq: &Sequence, len: usize, lanes: usize, mixing: bool) {
+        let b = &mut self.lora;
+        if b.mix.len() + 1 < lanes {
+            b.mix.resize_with(lanes - 1, Default::default);
+        }
+        for k in 0..lanes {
+            let slot = seq.slots.get(k).map_or(-1, |&s| s as i32);
+            let scale = seq.adapters.get(k).map_or(1.0, |a| a.scale);
+            let (slots, scales) = match k.checked_sub(1).and_then(|j| b.mix.get_mut(j)) {
+                Some(lane) => (&mut lane.slot, &mut lane.scale),
+                None => (&mut b.token_slot, &mut b.token_scale),
+            };
+            slots.extend(std::iter::repeat_n(slot, len));
+            if mixing {
+                scales.extend(std::iter::repeat_n(scale, len));
+            }
+        }
     }
 
     /// Token rows in the step.

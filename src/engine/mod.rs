@@ -15,8 +15,8 @@ mod sequence;
 mod worker;
 
 pub use request::{
-    FinishReason, Output, Prompt, PromptOutput, Request, RequestId, TokenLogprob, Usage,
-    MAX_CHOICES,
+    AdapterMix, FinishReason, Output, Prompt, PromptOutput, Request, RequestId, TokenLogprob,
+    Usage, MAX_CHOICES,
 };
 
 use std::collections::HashMap;
@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 
 use crate::adapters::source::PeftRegistry;
 use crate::adapters::{AdapterLimits, ModelShape};
-use crate::backend::Backend;
+use crate::backend::{Backend, MAX_MIX};
 use crate::cache::plan::{ModelLen, ModelLenBound, Sizing};
 use crate::cache::{DeviceSlots, HostCache, MemoryPlan};
 use crate::config::EngineConfig;
@@ -42,7 +42,7 @@ use crate::sampling::{Constraint, ConstraintCompiler};
 use crate::sched::{Scheduler, StepLimits, TenantPolicy};
 use crate::tokenizer::Tokenizer;
 use adapters::LoaderMsg;
-use sequence::{Sequence, SequenceInit};
+use sequence::{AdapterUse, Sequence, SequenceInit};
 use worker::{Command, Submission, Worker};
 
 /// Live counters published by the worker after every step.
@@ -334,11 +334,7 @@ impl Engine {
         }
         req.sampling.validate()?;
         self.check_choices(&req)?;
-        let adapter_name = match req.model.as_deref() {
-            None | Some("") => None,
-            Some(m) if m == self.served_name() => None,
-            Some(m) => Some(m.to_string()),
-        };
+        let mix = self.adapter_mix(&req)?;
         let prompt = self.prompt_tokens(&req.prompt)?;
         if prompt.is_empty() {
             return Err(Error::invalid_argument("prompt: must not be empty"));
@@ -392,22 +388,7 @@ impl Engine {
                 logprobs: Vec::new(),
             });
         let nseq = req.num_sequences();
-        let adapter = match &adapter_name {
-            Some(name) => Some(adapters::acquire_adapter(
-                &self.shared,
-                &self.loader_tx,
-                name,
-            )?),
-            None => None,
-        };
-        if let Some(k) = &adapter {
-            // One pin per sequence: each releases its own when it ends.
-            let mut host = self.shared.host.lock();
-            for _ in 1..nseq {
-                host.acquire(k)
-                    .map_err(|e| adapters::capacity_retry(&self.shared, &host, e))?;
-            }
-        }
+        let adapters = self.pin_adapters(&mix, nseq)?;
         let id = self.next_id.fetch_add(nseq as u64, Ordering::Relaxed);
         let (otx, orx) = crossbeam_channel::unbounded();
         let seed = self.seed_base ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -423,7 +404,7 @@ impl Engine {
                 seed_fallback: seed,
                 max_len: self.max_model_len,
                 eos_ids: self.model_cfg.eos_token_ids.clone(),
-                adapter: adapter.clone(),
+                adapters: adapters.clone(),
                 prompt_out: prompt_out.clone(),
                 constraint: constraints.next(),
             }));
@@ -446,12 +427,7 @@ impl Engine {
             .is_err()
         {
             self.shared.outputs.lock().remove(&id);
-            if let Some(k) = &adapter {
-                let mut host = self.shared.host.lock();
-                for _ in 0..nseq {
-                    host.release(k);
-                }
-            }
+            self.unpin_adapters(&adapters, nseq);
             self.shared.active.fetch_sub(nseq, Ordering::AcqRel);
             return Err(Error::new(
                 ErrorCode::EngineFailed,
@@ -459,6 +435,104 @@ impl Engine {
             ));
         }
         Ok(id)
+    }
+
+    /// The adapters `req` runs with, as (name, scale): its `adapters` mixture, else the adapter
+    /// its `model` names at scale 1, else none. Errors (INVALID_ARGUMENT, naming the field): a
+    /// mixture next to a `model` that names an adapter, more than [`MAX_MIX`] adapters or more
+    /// than the engine's device slots, repeated or empty names, non-finite scales.
+    fn adapter_mix(&self, req: &Request) -> Result<Vec<(String, f32)>> {
+        let model = match req.model.as_deref() {
+            None | Some("") => None,
+            Some(m) if m == self.served_name() => None,
+            Some(m) => Some(m),
+        };
+        if req.adapters.is_empty() {
+            return Ok(model.map(|m| (m.to_string(), 1.0)).into_iter().collect());
+        }
+        if let Some(m) = model {
+            return Err(Error::invalid_argument(format!(
+                "adapters: a mixture runs on the base model, but model names \"{m}\"; set model to \"{}\" or leave it empty",
+                self.served_name()
+            )));
+        }
+        let limit = MAX_MIX.min(self.cfg.max_gpu_loras);
+        if req.adapters.len() > limit {
+            return Err(Error::invalid_argument(format!(
+                "adapters: {} adapters, but a request mixes at most {limit} (the smaller of {MAX_MIX} and max_gpu_loras {})",
+                req.adapters.len(),
+                self.cfg.max_gpu_loras
+            )));
+        }
+        let mut out: Vec<(String, f32)> = Vec::with_capacity(req.adapters.len());
+        for (i, a) in req.adapters.iter().enumerate() {
+            if a.name.is_empty() || a.name == self.served_name() {
+                return Err(Error::invalid_argument(format!(
+                    "adapters[{i}].name: \"{}\" is not an adapter name",
+                    a.name
+                )));
+            }
+            if !a.scale.is_finite() {
+                return Err(Error::invalid_argument(format!(
+                    "adapters[{i}].scale: {} is not a finite number",
+                    a.scale
+                )));
+            }
+            if out.iter().any(|(n, _)| *n == a.name) {
+                return Err(Error::invalid_argument(format!(
+                    "adapters[{i}].name: \"{}\" is listed twice",
+                    a.name
+                )));
+            }
+            out.push((a.name.clone(), a.scale));
+        }
+        Ok(out)
+    }
+
+    /// Pins each adapter of `mix` once per sequence (`nseq`) in the host cache, starting loads
+    /// as needed; on an error nothing stays pinned.
+    fn pin_adapters(&self, mix: &[(String, f32)], nseq: usize) -> Result<Vec<AdapterUse>> {
+        let mut pinned: Vec<AdapterUse> = Vec::with_capacity(mix.len());
+        for (name, scale) in mix {
+            match adapters::acquire_adapter(&self.shared, &self.loader_tx, name) {
+                Ok(key) => pinned.push(AdapterUse { key, scale: *scale }),
+                Err(e) => {
+                    self.unpin_adapters(&pinned, 1);
+                    return Err(e);
+                }
+            }
+        }
+        let mut host = self.shared.host.lock();
+        for extra in 1..nseq {
+            for (k, a) in pinned.iter().enumerate() {
+                if let Err(e) = host.acquire(&a.key) {
+                    // Unpin this round's adapters before `k`, and every earlier round.
+                    for b in &pinned[..k] {
+                        host.release(&b.key);
+                    }
+                    for _ in 0..extra {
+                        for b in &pinned {
+                            host.release(&b.key);
+                        }
+                    }
+                    return Err(adapters::capacity_retry(&self.shared, &host, e));
+                }
+            }
+        }
+        Ok(pinned)
+    }
+
+    /// Releases `nseq` pins of each of `adapters`.
+    fn unpin_adapters(&self, adapters: &[AdapterUse], nseq: usize) {
+        if adapters.is_empty() {
+            return;
+        }
+        let mut host = self.shared.host.lock();
+        for _ in 0..nseq {
+            for a in adapters {
+                host.release(&a.key);
+            }
+        }
     }
 
     /// Checks `n`, `best_of` and the `logit_bias` token ids of `req`.

@@ -27,6 +27,15 @@ impl Default for Prompt {
 /// The most choices (`n`, `best_of`) one request may ask for.
 pub const MAX_CHOICES: usize = 64;
 
+/// One adapter of a mixture ([`Request::adapters`]): its name and the weight of its delta.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterMix {
+    /// An adapter name of the PEFT sources.
+    pub name: String,
+    /// Its scale sᵢ in `W + Σ sᵢ·Bᵢ·Aᵢ` (on top of the adapter's own `alpha / r`); finite.
+    pub scale: f32,
+}
+
 /// A generation request.
 ///
 /// Build one with [`Request::new`] or a struct literal ending in `..Request::default()`.
@@ -52,6 +61,11 @@ pub struct Request {
     pub response_format: ResponseFormat,
     /// Each choice's first output carries the prompt ([`Output::prompt`]), as OpenAI's `echo`.
     pub echo: bool,
+    /// An adapter mixture: the request runs on `W + Σ sᵢ·Bᵢ·Aᵢ` over these adapters (1 to
+    /// [`crate::backend::MAX_MIX`], distinct names, each within the engine's device slots), in
+    /// the same mixed batch as every other request. Empty (the default): `model` alone says the
+    /// adapter. With a mixture, `model` must be empty or the base model's name.
+    pub adapters: Vec<AdapterMix>,
 }
 
 impl Default for Request {
@@ -64,6 +78,7 @@ impl Default for Request {
             best_of: None,
             response_format: ResponseFormat::Text,
             echo: false,
+            adapters: Vec::new(),
         }
     }
 }

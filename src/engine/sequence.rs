@@ -13,6 +13,14 @@ use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 /// the request's id; the other choices have ids of their own, never given to a request.
 pub(crate) type SeqId = u64;
 
+/// One adapter a sequence runs with: its generation (pinned in the host cache until the
+/// sequence ends) and its mixture scale (1 for a request that names one adapter by `model`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct AdapterUse {
+    pub key: AdapterKey,
+    pub scale: f32,
+}
+
 /// One choice being served. Owned by the worker thread.
 pub(crate) struct Sequence {
     pub id: SeqId,
@@ -46,10 +54,10 @@ pub(crate) struct Sequence {
     pub block_hashes: Vec<BlockHash>,
     /// Leading blocks of the table known to be in the prefix cache (inserted or hit).
     pub blocks_cached: usize,
-    /// The adapter generation this request uses (pinned in the host cache until it ends).
-    pub adapter: Option<AdapterKey>,
-    /// Device slot while running with an adapter.
-    pub slot: Option<usize>,
+    /// The adapters this request runs with (none: the base model; several: a mixture).
+    pub adapters: Vec<AdapterUse>,
+    /// Device slots of `adapters`, in the same order, while running (empty while waiting).
+    pub slots: Vec<usize>,
     /// Steps in which this waiting request was refused a device slot (fairness).
     pub held_steps: u32,
 }
@@ -59,8 +67,9 @@ impl Schedulable for Sequence {
         &mut self.sched
     }
 
+    /// The first adapter's name: a mixture is served for the tenant of its first adapter.
     fn tenant(&self) -> Option<&str> {
-        self.adapter.as_ref().map(|(name, _)| name.as_str())
+        self.adapters.first().map(|a| a.key.0.as_str())
     }
 
     /// Takes the prefix-cache blocks named like this sequence's first blocks, up to (not
@@ -105,8 +114,8 @@ pub(crate) struct SequenceInit {
     pub max_len: usize,
     /// Token ids that end generation (unless `params.ignore_eos`).
     pub eos_ids: Vec<u32>,
-    /// The pinned host-cache entry of the request's adapter, if any.
-    pub adapter: Option<AdapterKey>,
+    /// The request's adapters (each pinned in the host cache for this sequence).
+    pub adapters: Vec<AdapterUse>,
     /// The prompt to send with the first output (echo / prompt log-probabilities).
     pub prompt_out: Option<PromptOutput>,
     pub constraint: Option<Constraint>,
@@ -123,7 +132,7 @@ impl Sequence {
             seed_fallback,
             max_len,
             eos_ids,
-            adapter,
+            adapters,
             prompt_out,
             constraint,
         } = init;
@@ -159,8 +168,8 @@ impl Sequence {
             cumulative_logprob: 0.0,
             block_hashes: Vec::new(),
             blocks_cached: 0,
-            adapter,
-            slot: None,
+            adapters,
+            slots: Vec::new(),
             held_steps: 0,
         }
     }
@@ -174,17 +183,21 @@ impl Sequence {
 
     /// Names the full blocks of the first `upto` tokens that have no name yet (see
     /// [`crate::kv::prefix`]): block `j` covers tokens `j*block_size..(j+1)*block_size` computed
-    /// by the base model or this sequence's adapter generation.
+    /// by the base model or this sequence's adapter generations and mixture scales.
     pub fn name_blocks(&mut self, upto: usize, block_size: usize) {
         if block_size == 0 {
             return;
         }
-        let owner = self.adapter.as_ref().map(|(n, g)| (n.as_str(), *g));
+        let owner: Vec<(&str, u64, f32)> = self
+            .adapters
+            .iter()
+            .map(|a| (a.key.0.as_str(), a.key.1, a.scale))
+            .collect();
         let full = upto.min(self.tokens.len()) / block_size;
         while self.block_hashes.len() < full {
             let j = self.block_hashes.len();
             let toks = &self.tokens[j * block_size..(j + 1) * block_size];
-            let h = block_hash(self.block_hashes.last(), owner, toks);
+            let h = block_hash(self.block_hashes.last(), &owner, toks);
             self.block_hashes.push(h);
         }
     }

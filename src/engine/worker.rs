@@ -145,11 +145,14 @@ impl<B: Backend> Worker<B> {
     fn retire(&mut self, id: SeqId, last: Output) {
         self.sched.remove(id);
         if let Some(mut seq) = self.seqs.remove(&id) {
-            if let Some(slot) = seq.slot.take() {
+            for slot in seq.slots.drain(..) {
                 self.slots.release(slot);
             }
-            if let Some(key) = &seq.adapter {
-                self.shared.host.lock().release(key);
+            if !seq.adapters.is_empty() {
+                let mut host = self.shared.host.lock();
+                for a in &seq.adapters {
+                    host.release(&a.key);
+                }
             }
             // A release error is an allocator invariant violation; the blocks are lost, the
             // request still ends.
@@ -394,13 +397,13 @@ impl<B: Backend> Worker<B> {
     fn publish_stats(&self) {
         let mut rt: HashMap<String, AdapterRuntime> = HashMap::new();
         for id in self.sched.running_ids() {
-            if let Some(k) = self.seqs.get(&id).and_then(|s| s.adapter.as_ref()) {
-                rt.entry(k.0.clone()).or_default().running += 1;
+            for a in self.seqs.get(&id).map_or(&[][..], |s| &s.adapters) {
+                rt.entry(a.key.0.clone()).or_default().running += 1;
             }
         }
         for id in self.sched.waiting_ids() {
-            if let Some(k) = self.seqs.get(&id).and_then(|s| s.adapter.as_ref()) {
-                rt.entry(k.0.clone()).or_default().queued += 1;
+            for a in self.seqs.get(&id).map_or(&[][..], |s| &s.adapters) {
+                rt.entry(a.key.0.clone()).or_default().queued += 1;
             }
         }
         for (slot, key, _) in self.slots.occupied() {

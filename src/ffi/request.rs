@@ -3,8 +3,10 @@
 use std::ffi::c_char;
 
 use super::guard::{ffi_guard, init_versioned, opt_str, req_str, slice, Versioned};
-use super::types::{lpx_logit_bias, lpx_message, lpx_request, lpx_response_format_type};
-use crate::engine::{Prompt, Request, MAX_CHOICES};
+use super::types::{
+    lpx_adapter_mix, lpx_logit_bias, lpx_message, lpx_request, lpx_response_format_type,
+};
+use crate::engine::{AdapterMix, Prompt, Request, MAX_CHOICES};
 use crate::error::{Error, Result};
 use crate::sampling::{ResponseFormat, SamplingParams, MAX_LOGPROBS};
 use crate::tokenizer::ChatMessage;
@@ -19,7 +21,12 @@ const V1_SIZE: usize = V1_END.next_multiple_of(std::mem::align_of::<lpx_request>
 
 impl Versioned for lpx_request {
     const NAME: &'static str = "lpx_request";
-    const KNOWN_SIZES: &'static [usize] = &[V1_SIZE, std::mem::size_of::<lpx_request>()];
+    const KNOWN_SIZES: &'static [usize] = &[
+        V1_SIZE,
+        // Before the adapter mixture (`adapters`, `adapters_len`) was appended.
+        std::mem::offset_of!(lpx_request, adapters),
+        std::mem::size_of::<lpx_request>(),
+    ];
     fn field_bytes(size: usize) -> usize {
         if size == V1_SIZE {
             V1_END
@@ -63,6 +70,8 @@ impl Versioned for lpx_request {
             response_format: lpx_response_format_type::Text as u32,
             prompt_logprobs: -1,
             echo: false,
+            adapters: std::ptr::null(),
+            adapters_len: 0,
         }
     }
 }
@@ -103,6 +112,27 @@ unsafe fn logit_bias(r: &lpx_request) -> Result<Vec<(u32, f32)>> {
         out.push((e.token, e.bias));
     }
     Ok(out)
+}
+
+/// Reads the adapter mixture (the engine checks names, count and scales).
+///
+/// # Safety
+/// `r.adapters` must be NULL or valid for `r.adapters_len` entries whose names are NULL or
+/// NUL-terminated strings, for the call.
+unsafe fn adapter_mix(r: &lpx_request) -> Result<Vec<AdapterMix>> {
+    // SAFETY: forwarded contract.
+    let m: &[lpx_adapter_mix] = unsafe { slice(r.adapters, r.adapters_len, "req->adapters") }?;
+    m.iter()
+        .enumerate()
+        .map(|(i, e)| {
+            // SAFETY: forwarded contract.
+            let name = unsafe { req_str(e.name, &format!("req->adapters[{i}].name")) }?;
+            Ok(AdapterMix {
+                name: name.to_string(),
+                scale: e.scale,
+            })
+        })
+        .collect()
 }
 
 /// Converts the response format fields; a value or choices the type does not take are refused
@@ -301,6 +331,8 @@ pub(crate) unsafe fn to_rust(r: &lpx_request) -> Result<Request> {
     let logit_bias = unsafe { logit_bias(r) }?;
     // SAFETY: the response format's strings are valid for the call (our contract).
     let response_format = unsafe { response_format(r) }?;
+    // SAFETY: `r.adapters` is NULL or valid for `r.adapters_len` entries (our contract).
+    let adapters = unsafe { adapter_mix(r) }?;
     let sampling = SamplingParams {
         max_tokens: r.max_tokens as usize,
         temperature: r.temperature,
@@ -327,6 +359,7 @@ pub(crate) unsafe fn to_rust(r: &lpx_request) -> Result<Request> {
         best_of,
         response_format,
         echo: r.echo,
+        adapters,
     })
 }
 

@@ -232,6 +232,23 @@ pub struct lpx_request {
     /// Each choice's first output carries the prompt (`lpx_output_prompt_text`,
     /// `lpx_output_prompt_token_ids`), as OpenAI's `echo`.
     pub echo: bool,
+    /// An adapter mixture: the request runs on `W + Σ scaleᵢ·Bᵢ·Aᵢ` over these adapters (1..=4
+    /// distinct names, at most max_gpu_loras), in the same batch as every other request; `model`
+    /// must then be NULL, "" or the base model's name. NULL / 0 = none (`model` says the
+    /// adapter). Callers built before this field get none.
+    pub adapters: *const lpx_adapter_mix,
+    /// Entries of `adapters`.
+    pub adapters_len: usize,
+}
+
+/// One adapter of `lpx_request.adapters`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lpx_adapter_mix {
+    /// Adapter name (UTF-8, required).
+    pub name: *const c_char,
+    /// Its scale in the mixture (finite; on top of the adapter's own alpha / r).
+    pub scale: f32,
 }
 
 /// One token bias of `lpx_request.logit_bias`.

@@ -15,8 +15,10 @@ use sha2::{Digest, Sha256};
 /// The name of one full KV block: see the module docs.
 pub type BlockHash = [u8; 32];
 
-/// Who computed a block's K/V: `None` for the base model, or an adapter's name and generation.
-pub type KvOwner<'a> = Option<(&'a str, u64)>;
+/// Who computed a block's K/V: empty for the base model, else every adapter the sequence runs
+/// with, in order, as (name, generation, mixture scale) (one entry at scale 1 for a request
+/// naming one adapter).
+pub type KvOwner<'a> = &'a [(&'a str, u64, f32)];
 
 /// The name of a block holding `tokens` after the block named `parent` (`None` for the first
 /// block), computed by `owner`.
@@ -29,14 +31,12 @@ pub fn block_hash(parent: Option<&BlockHash>, owner: KvOwner<'_>, tokens: &[u32]
         }
         None => h.update([0u8]),
     }
-    match owner {
-        None => h.update([0u8]),
-        Some((name, generation)) => {
-            h.update([1u8]);
-            h.update((name.len() as u64).to_le_bytes());
-            h.update(name.as_bytes());
-            h.update(generation.to_le_bytes());
-        }
+    h.update((owner.len() as u64).to_le_bytes());
+    for (name, generation, scale) in owner {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(generation.to_le_bytes());
+        h.update(scale.to_bits().to_le_bytes());
     }
     h.update((tokens.len() as u64).to_le_bytes());
     for t in tokens {
@@ -120,20 +120,36 @@ mod tests {
 
     #[test]
     fn names_depend_on_the_whole_prefix_and_the_owner() {
-        let a = block_hash(None, None, &[1, 2, 3]);
-        assert_eq!(a, block_hash(None, None, &[1, 2, 3]));
-        assert_ne!(a, block_hash(None, None, &[1, 2, 4]));
-        assert_ne!(a, block_hash(None, Some(("x", 1)), &[1, 2, 3]));
+        let a = block_hash(None, &[], &[1, 2, 3]);
+        assert_eq!(a, block_hash(None, &[], &[1, 2, 3]));
+        assert_ne!(a, block_hash(None, &[], &[1, 2, 4]));
+        assert_ne!(a, block_hash(None, &[("x", 1, 1.0)], &[1, 2, 3]));
+        // A mixture differs from its parts, by scale and by order.
+        let mix = block_hash(None, &[("x", 1, 0.5), ("y", 1, 0.5)], &[1, 2, 3]);
+        assert_ne!(mix, block_hash(None, &[("x", 1, 0.5)], &[1, 2, 3]));
         assert_ne!(
-            block_hash(None, Some(("x", 1)), &[1, 2, 3]),
-            block_hash(None, Some(("x", 2)), &[1, 2, 3])
+            mix,
+            block_hash(None, &[("x", 1, 0.5), ("y", 1, 0.25)], &[1, 2, 3])
         );
-        let b = block_hash(Some(&a), None, &[4]);
+        assert_ne!(
+            mix,
+            block_hash(None, &[("y", 1, 0.5), ("x", 1, 0.5)], &[1, 2, 3])
+        );
+        // Names cannot run into each other.
+        assert_ne!(
+            block_hash(None, &[("ab", 1, 1.0), ("c", 1, 1.0)], &[1]),
+            block_hash(None, &[("a", 1, 1.0), ("bc", 1, 1.0)], &[1])
+        );
+        assert_ne!(
+            block_hash(None, &[("x", 1, 1.0)], &[1, 2, 3]),
+            block_hash(None, &[("x", 2, 1.0)], &[1, 2, 3])
+        );
+        let b = block_hash(Some(&a), &[], &[4]);
         assert_ne!(
             b,
-            block_hash(Some(&block_hash(None, None, &[9, 2, 3])), None, &[4])
+            block_hash(Some(&block_hash(None, &[], &[9, 2, 3])), &[], &[4])
         );
-        assert_ne!(b, block_hash(None, None, &[4]));
+        assert_ne!(b, block_hash(None, &[], &[4]));
     }
 
     #[test]

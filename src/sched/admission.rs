@@ -29,22 +29,24 @@ pub const FAIR_WAIT_STEPS: u32 = 32;
 pub struct WaitingAdapter {
     /// Request id.
     pub id: u64,
-    /// The adapter generation it uses.
-    pub key: AdapterKey,
-    /// True once the adapter is loaded in the host cache; a request whose adapter still loads
-    /// waits without counting as refused.
+    /// The adapter generations it uses (several for a mixture; each needs a device slot).
+    pub keys: Vec<AdapterKey>,
+    /// True once all its adapters are loaded in the host cache; a request whose adapter still
+    /// loads waits without counting as refused.
     pub ready: bool,
     /// Steps this request has been refused a device slot so far.
     pub held_steps: u32,
 }
 
 /// A device slot given to a request admitted this step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotGrant {
     /// Request id.
     pub id: u64,
     /// Device slot.
     pub slot: usize,
+    /// The adapter the slot is for.
+    pub key: AdapterKey,
     /// The slot does not hold the adapter's weights yet: the caller uploads them before the step
     /// runs (and, if that fails, releases and evicts the slot).
     pub upload: bool,
@@ -53,7 +55,8 @@ pub struct SlotGrant {
 /// What one step's admission decided about adapter requests (see [`AdapterGate::settle`]).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct AdapterAdmission {
-    /// Slots of the admitted adapter requests, in admission order.
+    /// Slots of the admitted adapter requests, in admission order (a mixture's in the order of
+    /// its adapters).
     pub granted: Vec<SlotGrant>,
     /// Requests refused a device slot this step (their `held_steps` goes up by one).
     pub refused: Vec<u64>,
@@ -62,17 +65,17 @@ pub struct AdapterAdmission {
 /// The adapter-admission policy of one step. See the module docs.
 #[derive(Debug)]
 pub struct AdapterGate {
-    /// `id -> (key, ready)` of every waiting adapter request.
-    waiting: HashMap<u64, (AdapterKey, bool)>,
-    barrier: Option<AdapterKey>,
+    /// `id -> (keys, ready)` of every waiting adapter request.
+    waiting: HashMap<u64, (Vec<AdapterKey>, bool)>,
+    barrier: Option<Vec<AdapterKey>>,
     acquired: Vec<SlotGrant>,
     refused: Vec<u64>,
 }
 
 impl AdapterGate {
     /// The gate for one step. `waiting` lists every waiting request that uses an adapter, in queue
-    /// order (base requests are absent). The barrier is the adapter of the first of them refused a
-    /// device slot for at least `fair_wait_steps` steps (the engine uses [`FAIR_WAIT_STEPS`]).
+    /// order (base requests are absent). The barrier is the adapters of the first of them refused
+    /// a device slot for at least `fair_wait_steps` steps (the engine uses [`FAIR_WAIT_STEPS`]).
     pub fn new(waiting: impl IntoIterator<Item = WaitingAdapter>, fair_wait_steps: u32) -> Self {
         let mut gate = Self {
             waiting: HashMap::new(),
@@ -82,40 +85,55 @@ impl AdapterGate {
         };
         for w in waiting {
             if gate.barrier.is_none() && w.held_steps >= fair_wait_steps {
-                gate.barrier = Some(w.key.clone());
+                gate.barrier = Some(w.keys.clone());
             }
-            gate.waiting.insert(w.id, (w.key, w.ready));
+            gate.waiting.insert(w.id, (w.keys, w.ready));
         }
         gate
     }
 
-    /// The adapter every slot drains to this step, if a barrier stands.
-    pub fn barrier(&self) -> Option<&AdapterKey> {
-        self.barrier.as_ref()
+    /// The adapters every slot drains to this step, if a barrier stands.
+    pub fn barrier(&self) -> Option<&[AdapterKey]> {
+        self.barrier.as_deref()
     }
 
     /// May waiting request `id` be admitted this step? Base requests (not given to
-    /// [`AdapterGate::new`]) always may. An adapter request may when its adapter is loaded, no
-    /// barrier of another adapter stands, and a device slot is acquired for it from `slots` (the
-    /// slot counts as used from now on, so later requests of this step never take it). Refused a
-    /// slot, it is recorded as refused.
+    /// [`AdapterGate::new`]) always may. An adapter request may when its adapters are loaded, no
+    /// barrier stands that lacks one of them, and a device slot is acquired for each of them
+    /// from `slots` (all or none: the slots count as used from now on, so later requests of this
+    /// step never take them). Refused a slot, it is recorded as refused and holds none.
     pub fn admit(&mut self, id: u64, slots: &mut DeviceSlots) -> bool {
-        let Some((key, ready)) = self.waiting.get(&id) else {
+        let Some((keys, ready)) = self.waiting.get(&id) else {
             return true;
         };
-        if !ready || self.barrier.as_ref().is_some_and(|b| b != key) {
+        let outside = |b: &Vec<AdapterKey>| keys.iter().any(|k| !b.contains(k));
+        if !ready || self.barrier.as_ref().is_some_and(outside) {
             return false;
         }
-        match slots.acquire(key) {
-            Some((slot, upload)) => {
-                self.acquired.push(SlotGrant { id, slot, upload });
-                true
-            }
-            None => {
-                self.refused.push(id);
-                false
+        let mut got: Vec<SlotGrant> = Vec::with_capacity(keys.len());
+        for key in keys {
+            match slots.acquire(key) {
+                Some((slot, upload)) => got.push(SlotGrant {
+                    id,
+                    slot,
+                    key: key.clone(),
+                    upload,
+                }),
+                None => {
+                    // All or none: a slot assigned for an upload never received the weights.
+                    for g in got {
+                        slots.release(g.slot);
+                        if g.upload {
+                            slots.evict(g.slot);
+                        }
+                    }
+                    self.refused.push(id);
+                    return false;
+                }
             }
         }
+        self.acquired.extend(got);
+        true
     }
 
     /// Reconciles the slots acquired in [`AdapterGate::admit`] with the scheduler's `plan`. A slot
@@ -159,7 +177,7 @@ mod tests {
     fn waiting(id: u64, name: &str, held_steps: u32) -> WaitingAdapter {
         WaitingAdapter {
             id,
-            key: key(name),
+            keys: vec![key(name)],
             ready: true,
             held_steps,
         }
@@ -206,7 +224,7 @@ mod tests {
             ],
             32,
         );
-        assert_eq!(gate.barrier(), Some(&key("c")));
+        assert_eq!(gate.barrier(), Some(&[key("c")][..]));
         let gate = AdapterGate::new([waiting(1, "b", 31), waiting(2, "c", 0)], 32);
         assert_eq!(gate.barrier(), None);
     }
@@ -256,6 +274,7 @@ mod tests {
             vec![SlotGrant {
                 id: 2,
                 slot: 0,
+                key: key("busy"),
                 upload: false
             }]
         );
@@ -287,16 +306,19 @@ mod tests {
                 SlotGrant {
                     id: 1,
                     slot: 1,
+                    key: key("b"),
                     upload: false
                 },
                 SlotGrant {
                     id: 2,
                     slot: 2,
+                    key: key("d"),
                     upload: true
                 },
                 SlotGrant {
                     id: 3,
                     slot: 0,
+                    key: key("e"),
                     upload: true
                 },
             ]
@@ -340,12 +362,60 @@ mod tests {
             vec![SlotGrant {
                 id: 2,
                 slot: 0,
+                key: key("a"),
                 upload: true
             }],
             "request 2 would run on a slot that never received its adapter"
         );
         assert_eq!(slots.lookup(&key("a")), Some(0));
         assert_eq!(slots.in_use(), 1);
+    }
+
+    #[test]
+    fn a_mixture_takes_all_its_slots_or_none() {
+        let mut slots = DeviceSlots::new(3);
+        // "busy" runs in one slot; a mixture of three adapters cannot get three slots.
+        let (busy, _) = slots.acquire(&key("busy")).unwrap();
+        let mix = WaitingAdapter {
+            id: 1,
+            keys: vec![key("a"), key("b"), key("c")],
+            ready: true,
+            held_steps: 0,
+        };
+        let mut gate = AdapterGate::new([mix.clone()], 32);
+        assert!(!gate.admit(1, &mut slots));
+        // Nothing held, nothing looks resident.
+        assert_eq!(slots.in_use(), 1);
+        assert!(["a", "b", "c"]
+            .iter()
+            .all(|n| slots.lookup(&key(n)).is_none()));
+        let adm = gate.settle(&plan_of(&[]), &mut slots);
+        assert_eq!(adm.refused, vec![1]);
+        // Once "busy" ends, it gets all three, in its order, each to be uploaded.
+        slots.release(busy);
+        let mut gate = AdapterGate::new([mix], 32);
+        assert!(gate.admit(1, &mut slots));
+        let adm = gate.settle(&plan_of(&[1]), &mut slots);
+        let keys: Vec<&AdapterKey> = adm.granted.iter().map(|g| &g.key).collect();
+        assert_eq!(keys, [&key("a"), &key("b"), &key("c")]);
+        assert!(adm.granted.iter().all(|g| g.upload && g.id == 1));
+        // A barrier of the mixture lets through requests that use only its adapters.
+        let gate = AdapterGate::new(
+            [
+                WaitingAdapter {
+                    id: 2,
+                    keys: vec![key("a"), key("b")],
+                    ready: true,
+                    held_steps: 40,
+                },
+                waiting(3, "b", 0),
+                waiting(4, "d", 0),
+            ],
+            32,
+        );
+        let mut gate = gate;
+        assert!(gate.admit(3, &mut slots), "b is inside the barrier");
+        assert!(!gate.admit(4, &mut slots), "d is outside the barrier");
     }
 
     /// A request in the simulation below.
@@ -405,7 +475,7 @@ mod tests {
             let mut gate = AdapterGate::new(
                 sched.waiting_ids().map(|id| WaitingAdapter {
                     id,
-                    key: seqs[&id].adapter.clone(),
+                    keys: vec![seqs[&id].adapter.clone()],
                     ready: true,
                     held_steps: seqs[&id].held_steps,
                 }),

@@ -130,6 +130,13 @@ if grep -q '^data: {.*"chat.completion.chunk"' "$WORK/body" && [ "$(tail -n 2 "$
 else
     ko "SSE chunks end with data: [DONE]: $(head -c 400 "$WORK/body")"
 fi
+A1=${ADAPTERS%%,*}
+A2=${ADAPTERS##*,}
+expect "adapter mixture" 200 "$URL/v1/completions" -H 'Content-Type: application/json' \
+    -d "{\"model\":\"$BASE\",\"prompt\":\"Hello\",\"max_tokens\":4,\"temperature\":0,\"adapters\":[{\"name\":\"$A1\",\"scale\":0.7},{\"name\":\"$A2\",\"scale\":0.3}]}"
+expect "adapter mixture with an adapter model -> 400" 400 "$URL/v1/completions" \
+    -d "{\"model\":\"$A1\",\"prompt\":\"x\",\"adapters\":[{\"name\":\"$A2\"}]}"
+grep -q 'a mixture runs on the base model' "$WORK/body" && ok "mixture 400 names the field" || ko "mixture 400: $(cat "$WORK/body")"
 expect "unknown model -> 404" 404 "$URL/v1/completions" -d '{"model":"nope","prompt":"x"}'
 grep -q '"code":"model_not_found"' "$WORK/body" && ok "404 body is an OpenAI error" || ko "404 body: $(cat "$WORK/body")"
 expect "invalid JSON -> 400" 400 "$URL/v1/chat/completions" -d '{"messages":'

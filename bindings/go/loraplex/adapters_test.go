@@ -8,6 +8,8 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -117,6 +119,45 @@ func TestAdaptersServeRegisterAndRefresh(t *testing.T) {
 	}
 	if _, err := e.Generate(context.Background(), Request{Model: "b", Prompt: "x", MaxTokens: 2}); err != nil {
 		t.Fatalf("adapter b: %v", err)
+	}
+}
+
+// A one-adapter mixture at scale 1 is the adapter itself; a mixture of two differs from both
+// parts; a mixture next to a model naming an adapter is refused naming the field.
+func TestAdapterMixture(t *testing.T) {
+	e, src, peft := adapterEngine(t, nil)
+	copyAdapter(t, peft, "hf-rslora-r4", src, "b")
+	if err := e.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	req := Request{Prompt: "Hello there", MaxTokens: 3, Temperature: Float32(0), Logprobs: Int(0), IgnoreEOS: true}
+	gen := func(r Request) *Result {
+		t.Helper()
+		out, err := e.Generate(context.Background(), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	plain := req
+	plain.Model = "a"
+	one := req
+	one.Adapters = []AdapterMix{{Name: "a", Scale: 1}}
+	x, y := gen(plain), gen(one)
+	if !reflect.DeepEqual(x.TokenIDs, y.TokenIDs) || x.Logprobs[0].Logprob != y.Logprobs[0].Logprob {
+		t.Fatalf("mixture {a: 1} differs from model a: %+v vs %+v", x.Logprobs, y.Logprobs)
+	}
+	two := req
+	two.Adapters = []AdapterMix{{Name: "a", Scale: 0.5}, {Name: "b", Scale: 2}}
+	z := gen(two)
+	if z.Logprobs[0].Logprob == x.Logprobs[0].Logprob {
+		t.Fatalf("the mixture equals adapter a alone: %+v", z.Logprobs[0])
+	}
+	bad := two
+	bad.Model = "a"
+	_, err := e.Submit(bad)
+	if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "adapters") {
+		t.Fatalf("mixture with model a: got %v, want INVALID_ARGUMENT naming adapters", err)
 	}
 }
 

@@ -106,6 +106,17 @@ type Request struct {
 	// PromptLogprobs asks for the prompt tokens' log-probabilities with this many alternatives
 	// each (0..20; nil = none): Output.PromptLogprobs.
 	PromptLogprobs *int
+	// Adapters is an adapter mixture: the request runs on W + Σ scaleᵢ·Bᵢ·Aᵢ over these
+	// adapters (1..4 distinct names, at most Config.MaxGPULoras), in the same batch as every
+	// other request; Model must then be "" or the base model's name.
+	Adapters []AdapterMix
+}
+
+// AdapterMix is one adapter of Request.Adapters: its name and its scale in the mixture (on
+// top of the adapter's own alpha / r).
+type AdapterMix struct {
+	Name  string
+	Scale float32
 }
 
 // Float32 returns a pointer to v (for Request's optional fields).
@@ -213,6 +224,18 @@ func (r *Request) toC(a *cArena, c *C.lpx_request) error {
 		}
 		c.logit_bias = (*C.lpx_logit_bias)(p)
 		c.logit_bias_len = C.size_t(n)
+	}
+	if n := len(r.Adapters); n > 0 {
+		p := a.alloc(uintptr(n) * C.sizeof_lpx_adapter_mix)
+		mix := unsafe.Slice((*C.lpx_adapter_mix)(p), n)
+		for i, m := range r.Adapters {
+			if mix[i].name, err = a.str(fmt.Sprintf("Request.Adapters[%d].Name", i), m.Name); err != nil {
+				return err
+			}
+			mix[i].scale = C.float(m.Scale)
+		}
+		c.adapters = (*C.lpx_adapter_mix)(p)
+		c.adapters_len = C.size_t(n)
 	}
 	c.response_format = C.uint32_t(r.ResponseFormat.Type)
 	if c.response_format_value, err = a.optStr("Request.ResponseFormat.Value", r.ResponseFormat.Value); err != nil {

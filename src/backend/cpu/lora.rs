@@ -9,6 +9,10 @@
 //! column ranges of the output, so each slot's `Bᵀ` columns are read once per segment and stay
 //! in L1 while every row of the segment uses them.
 //!
+//! Mixtures: each lane of the [`crate::backend::LoraBatch`] (every row's first adapter, then the
+//! further adapters of mixing rows) is one such pass, in order; a row's mixture scale folds into
+//! its module scale, and segments split where the slot or that scale changes.
+//!
 //! Parallelism (on the backend's pool): shrink over active rows, expand over (segment, column
 //! range) tasks; small calls run serially.
 //!
@@ -22,7 +26,7 @@
 use rayon::prelude::*;
 
 use super::CpuBackend;
-use crate::backend::lora::{LoraSlotData, LoraStackGeometry, LoraWeights};
+use crate::backend::lora::{lane_scale, LoraSlotData, LoraStackGeometry, LoraWeights};
 use crate::backend::lora_arena::{ArenaModule, HostLoraArena};
 use crate::backend::{LoraArgs, View, ViewMut};
 use crate::error::Result;
@@ -113,9 +117,7 @@ pub(crate) fn lora_apply(
     y: ViewMut<'_, [f32]>,
     args: &LoraArgs<'_, CpuLoraArena>,
 ) {
-    let stack = &args.stack.inner;
-    let (layer, target) = (args.layer, args.target);
-    let (inp, out) = stack.geometry().dims[target.index()];
+    let (inp, out) = args.stack.inner.geometry().dims[args.target.index()];
     let within =
         |col: usize, w: usize, stride: usize| matches!(col.checked_add(w), Some(e) if e <= stride);
     if inp == 0
@@ -127,6 +129,55 @@ pub(crate) fn lora_apply(
         return;
     }
     let rows = x.rows;
+    let xs = Rows {
+        buf: x.buf,
+        stride: x.stride,
+        col: x.col,
+    };
+    let (y_stride, y_col, y) = (y.stride, y.col, y.buf);
+    for (slots, scales) in args.batch.lanes() {
+        apply_lane(
+            be,
+            args,
+            &xs,
+            RowsMut {
+                buf: &mut *y,
+                stride: y_stride,
+                col: y_col,
+            },
+            rows,
+            (slots, scales),
+        );
+    }
+}
+
+/// Row-major rows of a buffer: row `t` starts at `t * stride + col`.
+struct Rows<'a> {
+    buf: &'a [f32],
+    stride: usize,
+    col: usize,
+}
+
+/// [`Rows`], writable.
+struct RowsMut<'a> {
+    buf: &'a mut [f32],
+    stride: usize,
+    col: usize,
+}
+
+/// One lane of [`lora_apply`]: `y[t] += (scale · m[t]) · B·(A·x[t])` for the rows whose lane
+/// slot has a module.
+fn apply_lane(
+    be: &CpuBackend,
+    args: &LoraArgs<'_, CpuLoraArena>,
+    x: &Rows<'_>,
+    y: RowsMut<'_>,
+    rows: usize,
+    (slots, scales): (&[i32], &[f32]),
+) {
+    let stack = &args.stack.inner;
+    let (layer, target) = (args.layer, args.target);
+    let (inp, out) = stack.geometry().dims[target.index()];
     let (x_stride, x_col) = (x.stride, x.col);
     let (y_stride, y_col) = (y.stride, y.col);
     let (x, y) = (x.buf, y.buf);
@@ -137,19 +188,26 @@ pub(crate) fn lora_apply(
             && matches!(ys.and_then(|v| v.checked_add(out)), Some(e) if e <= y.len())
     };
     let mut active: Vec<Active<'_>> = Vec::new();
-    for (t, &s) in args.batch.token_slot.iter().enumerate().take(rows) {
+    for (t, &s) in slots.iter().enumerate().take(rows) {
         if s < 0 || !in_bounds(t) {
             continue;
         }
         if let Some(m) = stack.module(s as usize, layer, target) {
-            active.push(Active { t, slot: s, m });
+            // The mixture scale folds into the module's: one fused multiply-add per output, as
+            // for an unmixed row (a mixture scale of 1 leaves the product, and the row, as is).
+            let scale = m.scale * lane_scale(scales, t);
+            active.push(Active {
+                t,
+                slot: s,
+                m: ArenaModule { scale, ..m },
+            });
         }
     }
     if active.is_empty() {
         return;
     }
-    // Segments: rows of one slot are contiguous (stable, so rows stay in order within a slot).
-    active.sort_by_key(|a| a.slot);
+    // Segments: rows of one slot and scale are contiguous (stable, so rows stay in order).
+    active.sort_by_key(|a| (a.slot, a.m.scale.to_bits()));
     let rmax = active.iter().map(|a| a.m.rank).max().unwrap_or(0);
     let hs = rmax.div_ceil(8) * 8;
     if hs == 0 {
@@ -181,8 +239,11 @@ pub(crate) fn lora_apply(
     // Expand tasks: (segment, column range) with the matching slices of y.
     let mut seg_bounds = Vec::new();
     let mut start = 0;
+    let same = |a: &Active<'_>, b: &Active<'_>| {
+        a.slot == b.slot && a.m.scale.to_bits() == b.m.scale.to_bits()
+    };
     for i in 1..=active.len() {
-        if i == active.len() || active[i].slot != active[start].slot {
+        if i == active.len() || !same(&active[i], &active[start]) {
             seg_bounds.push((start, i));
             start = i;
         }
