@@ -349,6 +349,13 @@ fn bad_input_names_the_field() {
         r#"{"max_gpu_loras": 4, "max_cpu_loras": 3}"#,
         "max_gpu_loras (4) must not exceed max_cpu_loras (3)",
     );
+    let mut huge = cfg.clone();
+    huge.kv_block_size = 1 << 25;
+    expect_invalid(
+        &huge,
+        "",
+        "kv_block_size 33554432 exceeds the planner's limit",
+    );
     let mut bad = cfg.clone();
     bad.device = "tpu".into();
     expect_invalid(&bad, "", "device \"tpu\"");

@@ -113,9 +113,9 @@ impl Workload {
     }
 
     /// `cfg` with this workload's values in place of its own: the config an engine serving the
-    /// workload is built with. Errors (INVALID_ARGUMENT naming the field): a count of 0 (except
-    /// `max_model_len` and `memory_budget_bytes`, where 0 keeps its config meaning) or over
-    /// [`KNOB_LIMIT`].
+    /// workload is built with. Errors (INVALID_ARGUMENT naming the field): a workload count of 0
+    /// (except `max_model_len` and `memory_budget_bytes`, where 0 keeps its config meaning); a
+    /// knob or `kv_block_size` of the result over [`KNOB_LIMIT`].
     pub fn apply(&self, cfg: &EngineConfig) -> Result<EngineConfig> {
         let mut c = cfg.clone();
         let fields: [(&str, Option<usize>, &mut usize, bool); 7] = [
@@ -166,12 +166,20 @@ impl Workload {
                 }
                 *slot = v;
             }
-            if name != "memory_budget_bytes" && *slot > KNOB_LIMIT {
-                return Err(Error::invalid_argument(format!(
-                    "workload: {name} {} exceeds the planner's limit {KNOB_LIMIT}",
-                    *slot
-                )));
-            }
+        }
+        let limited = [
+            ("max_lora_rank", c.max_lora_rank),
+            ("max_gpu_loras", c.max_gpu_loras),
+            ("max_cpu_loras", c.max_cpu_loras),
+            ("max_num_seqs", c.max_num_seqs),
+            ("max_model_len", c.max_model_len),
+            ("max_batch_tokens", c.max_batch_tokens),
+            ("kv_block_size", c.kv_block_size),
+        ];
+        if let Some((name, v)) = limited.into_iter().find(|&(_, v)| v > KNOB_LIMIT) {
+            return Err(Error::invalid_argument(format!(
+                "plan: {name} {v} exceeds the planner's limit {KNOB_LIMIT}"
+            )));
         }
         Ok(c)
     }
