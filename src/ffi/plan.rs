@@ -4,7 +4,7 @@ use std::ffi::c_char;
 
 use super::engine::owned_c_string;
 use super::error::lpx_error;
-use super::guard::{ffi_guard, non_null, opt_str, read_versioned};
+use super::guard::{ffi_guard, non_null, opt_str};
 use super::types::lpx_engine_config;
 use crate::cache::capacity::{plan_capacity, Workload};
 use crate::error::Error;
@@ -49,13 +49,8 @@ pub unsafe extern "C" fn lpx_engine_plan_json(
     ffi_guard!({
         non_null(cfg, "cfg")?;
         non_null(out_json, "out_json")?;
-        // SAFETY: non-NULL, initialised per the contract.
-        let c = unsafe { read_versioned(cfg, "cfg") }?;
-        // SAFETY: string fields valid per the contract.
-        let rc = unsafe { super::config::to_rust(&c) }?;
-        if rc.model.as_os_str().is_empty() {
-            return Err(Error::invalid_argument("cfg->model is NULL or empty"));
-        }
+        // SAFETY: forwarded contract.
+        let rc = unsafe { super::config::read_config(cfg) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let text = unsafe { opt_str(workload_json, "workload_json") }?.unwrap_or("");
         let plan = plan_capacity(&rc, &Workload::from_json(text)?)?;
