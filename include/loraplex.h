@@ -759,6 +759,39 @@ lpx_error *lpx_output_usage_json(const lpx_output *o, char **out);
 // `o` must be NULL or an output not freed before.
 void lpx_output_free(lpx_output *o);
 
+// Plans a workload for the engine `*cfg` would create, without loading weights (the model's
+// `config.json` or GGUF header is read; nothing is allocated for the plan), and writes the plan
+// as JSON to `*out_json` (free with `lpx_string_free`). `*cfg`, its strings and
+// `workload_json` are borrowed for this call only.
+//
+// `workload_json`: NULL, "" or a JSON object with any of the keys `max_lora_rank`,
+// `max_gpu_loras`, `max_cpu_loras`, `max_num_seqs`, `max_model_len` (context tokens per
+// sequence), `max_batch_tokens`, `memory_budget_bytes`, each a non-negative integer or null;
+// an absent or null key takes the value of `*cfg` (same names and units as its fields).
+//
+// The JSON: `workload` (the settings planned for, context resolved), `fits` (the engine
+// starts within `memory_budget_bytes` and its KV cache holds `max_num_seqs` sequences of
+// `max_model_len` tokens), `reason` (why not, naming the part; null when it fits), `memory`
+// (the bytes per part the engine would allocate, the same object as `stats_json`'s `memory`;
+// null when it would not start), `total_bytes`, `required` / `required_bytes` (the parts with a
+// KV cache of exactly the workload's blocks: the smallest budget that fits), `kv` (block size
+// and bytes, blocks and tokens held vs needed) and `largest` (for each knob above except the
+// budget, `{"value": n|null, "bound": ...}`: the largest value that fits with the others held,
+// and what stops it: "memory_budget", "kv_cache", "max_position_embeddings", "max_cpu_loras",
+// "unbounded" or "does_not_fit").
+//
+// A workload that does not fit is not an error (`fits` is false). Errors (`*out_json`
+// untouched): INVALID_ARGUMENT for NULL `cfg`/`out_json`, a bad `struct_size`, invalid UTF-8,
+// malformed workload JSON, unknown keys or bad values (the message names the key or field),
+// `max_model_len` over the model's `max_position_embeddings`; IO / INVALID_MODEL /
+// UNSUPPORTED for the model file (naming it); UNSUPPORTED for a device not compiled in.
+// Thread-safe; needs no engine.
+//
+// # Safety
+// `cfg` must be NULL or an initialised config; `workload_json` NULL or a NUL-terminated
+// string; `out_json` NULL or writable.
+lpx_error *lpx_engine_plan_json(const lpx_engine_config *cfg, const char *workload_json, char **out_json);
+
 // Writes the defaults into the caller's `lpx_request` of `size` bytes; pass `sizeof *req`,
 // as the header's `lpx_request_init(req)` macro does. The defaults: no prompt, base model,
 // max_tokens 16, temperature 1, top_p 1, no top_k/min_p, engine-chosen seed, no stops, no

@@ -31,7 +31,7 @@ pub struct EngineConfig {
     pub max_model_len: usize,
     /// Token positions per KV block.
     pub kv_block_size: usize,
-    /// Bytes for the KV cache (0 = enough for `max_num_seqs` sequences of `max_model_len`, capped at 2 GiB).
+    /// Bytes for the KV cache (0 = enough for `max_num_seqs` sequences of `max_model_len`, capped at 1 GiB).
     pub kv_cache_bytes: usize,
     /// Most requests waiting or running before submit answers QUEUE_FULL.
     pub max_queue: usize,

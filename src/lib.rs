@@ -24,6 +24,7 @@ pub mod sched;
 pub mod tensor;
 pub mod tokenizer;
 
+pub use cache::capacity::{plan_capacity, CapacityPlan, Workload};
 pub use error::{Error, ErrorCode, Result};
 
 /// The README's code blocks, compiled as doc tests so that its Rust example stays correct.

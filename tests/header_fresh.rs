@@ -28,6 +28,7 @@ fn header_declares_the_contract_surface() {
         "lpx_engine_register_peft_source(",
         "lpx_engine_refresh(",
         "lpx_engine_models_json(",
+        "lpx_engine_plan_json(",
         "lpx_engine_stats_json(",
         "lpx_engine_metrics_text(",
         "lpx_request_init(",

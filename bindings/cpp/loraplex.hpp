@@ -464,4 +464,15 @@ private:
     lpx_engine *e_ = nullptr;
 };
 
+/// The capacity plan (lpx_engine_plan_json) for the engine `cfg` would create and a workload
+/// JSON object (keys max_lora_rank, max_gpu_loras, max_cpu_loras, max_num_seqs, max_model_len,
+/// max_batch_tokens, memory_budget_bytes; "" = the config's values), without loading weights.
+/// Returns the plan JSON; throws Error (INVALID_ARGUMENT naming the key) for a bad workload.
+inline std::string plan_json(const Config &cfg, const std::string &workload_json = "") {
+    lpx_engine_config c = cfg.c_config();
+    char *s = nullptr;
+    detail::check(lpx_engine_plan_json(&c, workload_json.c_str(), &s));
+    return detail::take(s);
+}
+
 }  // namespace loraplex

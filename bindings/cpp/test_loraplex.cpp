@@ -229,6 +229,25 @@ int main(int argc, char **argv) {
     for (auto &t : ts) t.join();
     for (int v : ok) CHECK(v == 10);
     checks++;
+    // The capacity plan's memory is what an engine with the workload's values allocates.
+    {
+        auto memory_of = [](const std::string &js) {
+            size_t at = js.find("\"memory\":{");
+            return at == std::string::npos ? std::string() : js.substr(at, js.find('}', at) - at + 1);
+        };
+        Config pc = Config(argv[1]).threads(1).max_cpu_loras(3).max_gpu_loras(2).max_lora_rank(8);
+        std::string plan = plan_json(pc, R"({"max_num_seqs": 2, "max_model_len": 64})");
+        CHECK(plan.find("\"fits\":true") != std::string::npos); checks++;
+        Engine pe(pc.max_num_seqs(2).max_model_len(64));
+        CHECK(!memory_of(plan).empty() && memory_of(plan) == memory_of(pe.stats_json())); checks++;
+        CHECK(plan_json(pc).find("\"max_num_seqs\":2") != std::string::npos); checks++;
+        bool threw = false;
+        try { plan_json(pc, R"({"max_num_seqs": "x"})"); } catch (const Error &err) {
+            threw = err.code() == LPX_ERROR_CODE_INVALID_ARGUMENT &&
+                    std::string(err.what()).find("max_num_seqs") != std::string::npos;
+        }
+        CHECK(threw); checks++;
+    }
     std::printf("%d passed, 0 failed\n", checks);
     return 0;
 }

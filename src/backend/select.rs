@@ -18,6 +18,7 @@ use super::{
     LoraStackGeometry, RopeArgs, View, ViewMut, WeightFormat,
 };
 use crate::error::{Error, Result};
+use crate::quant::GgmlType;
 use crate::tensor::HostTensor;
 
 /// A parsed `device` string.
@@ -69,10 +70,45 @@ pub fn select(device: &str, threads: usize) -> Result<DeviceBackend> {
                 .map_err(|e| Error::internal(format!("device \"cpu\": thread pool: {e}")))?;
             Ok(DeviceBackend::Cpu(CpuBackend::new(Arc::new(pool))))
         }
-        Device::Cuda(_) => Err(Error::unsupported(format!(
-            "device \"{device}\": this build of loraplex has only the cpu backend (no CUDA backend is compiled in)"
-        ))),
+        Device::Cuda(_) => Err(no_cuda(device)),
     }
+}
+
+/// The layout of one part of a (fused) weight matrix as the model loader hands it to the
+/// backend: `[rows, cols]`, kept in ggml blocks of `quant` or dense (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightPartLayout {
+    /// Rows (the part's `out`).
+    pub rows: usize,
+    /// Columns (`in`, shared by the parts of a fused weight).
+    pub cols: usize,
+    /// The ggml block type the part is kept in, or `None` for a dense part.
+    pub quant: Option<GgmlType>,
+}
+
+/// The bytes the backend for `device` reports ([`Backend::weight_bytes`]) for a weight packed
+/// from parts with these layouts in `format`, computed from the layouts alone: what the engine
+/// measures after loading, known before (the capacity planner). Pure; no backend is created.
+///
+/// Errors: INVALID_ARGUMENT for a bad device string and for parts the backend would refuse
+/// (naming the part); UNSUPPORTED for `cuda:N` in this build and for a quantized type without
+/// kernels.
+pub fn packed_weight_bytes(
+    device: &str,
+    parts: &[WeightPartLayout],
+    format: WeightFormat,
+) -> Result<usize> {
+    match Device::parse(device)? {
+        Device::Cpu => super::cpu::packed_bytes(parts, format),
+        Device::Cuda(_) => Err(no_cuda(device)),
+    }
+}
+
+/// The error for a `cuda:N` device in a build without CUDA.
+fn no_cuda(device: &str) -> Error {
+    Error::unsupported(format!(
+        "device \"{device}\": this build of loraplex has only the cpu backend (no CUDA backend is compiled in)"
+    ))
 }
 
 /// Where the thread that drives a backend's steps runs (see [`DeviceBackend::driver`]).

@@ -108,7 +108,7 @@ impl MemoryPlan {
     ///
     /// KV cache: `cfg.kv_cache_bytes` when set; otherwise, with `cfg.memory_budget_bytes`, what
     /// the other parts leave of the budget; otherwise enough for `max_num_seqs` sequences of
-    /// `len` tokens, capped at [`DEFAULT_KV_CACHE_CAP_BYTES`]. It is rounded down to whole
+    /// `len` tokens each in whole blocks, capped at [`DEFAULT_KV_CACHE_CAP_BYTES`]. It is rounded down to whole
     /// blocks of `kv_block_size` tokens.
     ///
     /// Errors (INVALID_ARGUMENT): a budget the parts exceed (the message lists every part), a KV
@@ -162,9 +162,10 @@ impl MemoryPlan {
         } else if budget > 0 {
             budget.saturating_sub(plan.total())
         } else {
+            // Each sequence holds whole blocks.
             len.tokens
-                .saturating_mul(cfg.max_num_seqs)
                 .div_ceil(cfg.kv_block_size.max(1))
+                .saturating_mul(cfg.max_num_seqs)
                 .saturating_mul(block_bytes)
                 .min(DEFAULT_KV_CACHE_CAP_BYTES)
         };
@@ -304,10 +305,11 @@ mod tests {
     fn default_kv_holds_max_num_seqs_full_sequences() {
         let m = model(None);
         let s = MemoryPlan::size(&cfg(), &m, len(100), 1000).unwrap();
-        // 4 sequences × 100 tokens = 400 tokens = 25 blocks of 16.
-        assert_eq!(s.kv.num_blocks, 25);
+        // 4 sequences × 100 tokens, each in 7 whole blocks of 16 (400 tokens would fit in 25
+        // blocks, but not as 4 sequences).
+        assert_eq!(s.kv.num_blocks, 28);
         assert_eq!(s.kv.block_size, 16);
-        assert_eq!(s.plan.kv_cache_bytes, 25 * BLOCK);
+        assert_eq!(s.plan.kv_cache_bytes, 28 * BLOCK);
         assert_eq!(s.plan.kv_cache_bytes, s.kv.bytes());
         assert_eq!(s.plan.weights_bytes, 1000);
         // The default is capped.

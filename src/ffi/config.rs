@@ -97,6 +97,24 @@ fn dtype_of(w: WeightFormat) -> lpx_weight_dtype {
     }
 }
 
+/// Reads the caller's `*cfg` (NULL and `struct_size` checked) into the Rust config, which must
+/// name a model: what `lpx_engine_create` and `lpx_engine_plan_json` start from. Errors
+/// (INVALID_ARGUMENT) name the field.
+///
+/// # Safety
+/// `cfg` must be NULL or an initialised config whose strings are NULL or NUL-terminated.
+pub(crate) unsafe fn read_config(cfg: *const lpx_engine_config) -> Result<EngineConfig> {
+    non_null(cfg, "cfg")?;
+    // SAFETY: non-NULL, initialised per the contract.
+    let c = unsafe { read_versioned(cfg, "cfg") }?;
+    // SAFETY: string fields valid per the contract.
+    let rc = unsafe { to_rust(&c) }?;
+    if rc.model.as_os_str().is_empty() {
+        return Err(Error::invalid_argument("cfg->model is NULL or empty"));
+    }
+    Ok(rc)
+}
+
 /// Converts a C config to the Rust one; errors name the field.
 ///
 /// # Safety

@@ -12,7 +12,7 @@ use super::guard::{ffi_guard, non_null, read_versioned, req_str};
 use super::output::{lpx_output, Render};
 use super::types::{lpx_engine_config, lpx_request};
 use crate::engine::{Engine, Output, RequestId};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::openai::{parse_openai, ApiKind, ResponseShape, StreamTracker};
 
 /// Per-request state the C layer keeps: the response shape, the stream's progress (each
@@ -77,13 +77,8 @@ pub unsafe extern "C" fn lpx_engine_create(
     ffi_guard!({
         non_null(cfg, "cfg")?;
         non_null(out, "out")?;
-        // SAFETY: non-NULL, initialised per the contract.
-        let c = unsafe { read_versioned(cfg, "cfg") }?;
-        // SAFETY: string fields valid per the contract.
-        let rc = unsafe { super::config::to_rust(&c) }?;
-        if rc.model.as_os_str().is_empty() {
-            return Err(Error::invalid_argument("cfg->model is NULL or empty"));
-        }
+        // SAFETY: forwarded contract.
+        let rc = unsafe { super::config::read_config(cfg) }?;
         let engine = Engine::new(rc)?;
         let boxed = Box::new(lpx_engine {
             engine,

@@ -35,6 +35,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod output;
+pub mod plan;
 pub mod request;
 pub mod types;
 
@@ -61,6 +62,7 @@ pub use output::{
     lpx_output_prompt_token_ids, lpx_output_request_id, lpx_output_text, lpx_output_text_len,
     lpx_output_token_ids, lpx_output_usage, lpx_output_usage_json,
 };
+pub use plan::lpx_engine_plan_json;
 pub use request::{lpx_request_init, lpx_request_init_sized};
 pub use types::*;
 

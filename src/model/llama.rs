@@ -8,8 +8,9 @@
 use parking_lot::Mutex;
 
 use super::layout::account_tensors;
+use super::packed_weights::{PackedWeights, WeightPart};
 use super::qkv_extras::QkvExtras;
-use super::weight_quant::{self, MixRole};
+use super::weight_quant;
 use super::{ModelConfig, TensorMap};
 use crate::backend::{
     AttentionArgs, AttnMeta, Backend, KvWriteArgs, LoraArgs, LoraBatch, LoraTarget, RopeArgs, View,
@@ -103,10 +104,10 @@ impl<B: Backend> Llama<B> {
         // Takes the named tensors (each with its role in the quantization mix), quantizes them
         // when the format asks, packs them as one (fused) weight and counts its bytes.
         let n_layers = cfg.num_layers;
-        let mut pack = |t: &mut TensorMap, names: &[(&str, MixRole)]| -> Result<B::Weight> {
+        let mut pack = |t: &mut TensorMap, names: &[WeightPart]| -> Result<B::Weight> {
             let parts = names
                 .iter()
-                .map(|&(n, role)| take(t, n).map(|h| (n.to_string(), h, role)))
+                .map(|p| take(t, &p.name).map(|h| (p.name.clone(), h, p.role)))
                 .collect::<Result<Vec<_>>>()?;
             let (parts, fmt) = weight_quant::prepare(parts, n_layers, format)?;
             let w = match parts.as_slice() {
@@ -116,44 +117,17 @@ impl<B: Backend> Llama<B> {
             weight_bytes += backend.weight_bytes(&w);
             Ok(w)
         };
-        let tied = cfg.tie_word_embeddings;
-        // A tied embedding is also the head.
-        let embed_role = if tied {
-            MixRole::Head
-        } else {
-            MixRole::Embedding
-        };
-        let embed = pack(t, &[("model.embed_tokens.weight", embed_role)])?;
-        let lm_head = if tied {
-            None
-        } else {
-            Some(pack(t, &[("lm_head.weight", MixRole::Head)])?)
-        };
+        let spec = PackedWeights::of(&cfg);
+        let embed = pack(t, &spec.embed)?;
+        let lm_head = spec.lm_head.as_deref().map(|h| pack(t, h)).transpose()?;
         let norm = backend.upload(&take(t, "model.norm.weight")?.into_f32_vec())?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
-        for l in 0..cfg.num_layers {
+        for (l, lw) in spec.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
-            let names = |suffixes: &[&str]| -> Vec<String> {
-                suffixes.iter().map(|s| format!("{p}.{s}.weight")).collect()
-            };
-            let mut proj = |parts: &[(&str, MixRole)]| {
-                let n = names(&parts.iter().map(|p| p.0).collect::<Vec<_>>());
-                let named: Vec<(&str, MixRole)> = n
-                    .iter()
-                    .map(String::as_str)
-                    .zip(parts.iter().map(|p| p.1))
-                    .collect();
-                pack(t, &named)
-            };
-            let other = MixRole::Projection;
-            let qkv = proj(&[
-                ("self_attn.q_proj", other),
-                ("self_attn.k_proj", other),
-                ("self_attn.v_proj", MixRole::AttnV { layer: l }),
-            ])?;
-            let o = proj(&[("self_attn.o_proj", other)])?;
-            let gate_up = proj(&[("mlp.gate_proj", other), ("mlp.up_proj", other)])?;
-            let down = proj(&[("mlp.down_proj", MixRole::FfnDown { layer: l })])?;
+            let qkv = pack(t, &lw.qkv)?;
+            let o = pack(t, &lw.o)?;
+            let gate_up = pack(t, &lw.gate_up)?;
+            let down = pack(t, &lw.down)?;
             let attn_norm =
                 backend.upload(&take(t, &format!("{p}.input_layernorm.weight"))?.into_f32_vec())?;
             let mlp_norm = backend.upload(

@@ -4,8 +4,10 @@
 pub mod arch;
 pub mod config;
 pub mod gguf;
+pub mod header;
 pub mod layout;
 pub mod llama;
+pub mod packed_weights;
 mod qkv_extras;
 pub mod weight_quant;
 pub mod weights;

@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 pub use crate::quant::mix::MixRole;
 use crate::quant::mix::QuantScheme;
 use crate::quant::quantize::quantize;
+use crate::quant::GgmlType;
 use crate::tensor::HostTensor;
 
 /// The mix a quantized `format` stands for, or `None` under the dense formats.
@@ -34,14 +35,48 @@ pub fn scheme(format: WeightFormat) -> Option<QuantScheme> {
     }
 }
 
+/// What [`prepare`] does to one weight, decided from its parts' layouts alone (shared with the
+/// capacity planner, which has no tensor data): for each part `(cols, kept type, role)` (kept
+/// type `None` for a dense part) the type it is packed in (`None`: dense), and the format the
+/// weight is packed in.
+///
+/// Under a quantized `format` every dense part gets the type its role has in the format's mix
+/// (`None` when its own width fits no block, which `prepare` refuses) and kept parts keep
+/// theirs; when the first part's width fits no block type for some role, every part is kept as
+/// it is and the weight is packed as [`WeightFormat::F32`]. Under the dense formats the parts
+/// and format are kept.
+pub fn packed_types(
+    parts: &[(usize, Option<GgmlType>, MixRole)],
+    n_layers: usize,
+    format: WeightFormat,
+) -> (Vec<Option<GgmlType>>, WeightFormat) {
+    let kept = || parts.iter().map(|p| p.1).collect();
+    let Some(scheme) = scheme(format) else {
+        return (kept(), format);
+    };
+    let cols = parts.first().map_or(0, |p| p.0);
+    // The parts of a fused weight share their width, so they fit (or not) together.
+    if parts
+        .iter()
+        .any(|&(_, _, role)| scheme.role_type(role, cols, n_layers).is_none())
+    {
+        return (kept(), WeightFormat::F32);
+    }
+    let types = parts
+        .iter()
+        .map(|&(c, ty, role)| ty.or_else(|| scheme.role_type(role, c, n_layers)))
+        .collect();
+    (types, format)
+}
+
 /// Readies the host tensors of one backend weight (several parts for a fused weight, each
 /// named for errors and with its [`MixRole`]) of a model of `n_layers` layers under `format`,
 /// returning them with the format to pack them in.
 ///
 /// Under a quantized format every dense 2-D part is quantized to the type its role gets in the
-/// format's mix (see the module docs); already-quantized parts are kept. When the columns fit
-/// no block type, all parts are returned as they are with [`WeightFormat::F32`]. Under the
-/// dense formats the parts and format are returned unchanged.
+/// format's mix (see the module docs and [`packed_types`]); already-quantized parts are kept.
+/// When the columns fit no block type, all parts are returned as they are with
+/// [`WeightFormat::F32`]. Under the dense formats the parts and format are returned unchanged.
 ///
 /// Errors: INVALID_MODEL naming the tensor when a dense part is not 2-D or holds a non-finite
 /// value.
@@ -50,25 +85,20 @@ pub fn prepare(
     n_layers: usize,
     format: WeightFormat,
 ) -> Result<(Vec<HostTensor>, WeightFormat)> {
-    let Some(scheme) = scheme(format) else {
-        return Ok((parts.into_iter().map(|(_, t, _)| t).collect(), format));
-    };
-    let cols = parts
-        .first()
-        .and_then(|(_, t, _)| t.shape.get(1).copied())
-        .unwrap_or(0);
-    // The parts of a fused weight share their width, so they fit (or not) together.
-    if parts
+    let layouts: Vec<_> = parts
         .iter()
-        .any(|(_, _, role)| scheme.role_type(*role, cols, n_layers).is_none())
-    {
-        return Ok((
-            parts.into_iter().map(|(_, t, _)| t).collect(),
-            WeightFormat::F32,
-        ));
+        .map(|(_, t, role)| {
+            let cols = t.shape.get(1).copied().unwrap_or(0);
+            (cols, t.quant().map(|q| q.ty()), *role)
+        })
+        .collect();
+    let (types, fmt) = packed_types(&layouts, n_layers, format);
+    if !fmt.is_quantized() {
+        return Ok((parts.into_iter().map(|(_, t, _)| t).collect(), fmt));
     }
+    let cols = layouts.first().map_or(0, |l| l.0);
     let mut out = Vec::with_capacity(parts.len());
-    for (name, t, role) in parts {
+    for ((name, t, _), ty) in parts.into_iter().zip(types) {
         if t.quant().is_some() {
             out.push(t);
             continue;
@@ -79,7 +109,7 @@ pub fn prepare(
                 t.shape
             )));
         };
-        let Some(ty) = scheme.role_type(role, c, n_layers) else {
+        let Some(ty) = ty else {
             return Err(Error::invalid_model(format!(
                 "tensor \"{name}\" has {c} columns, not the {cols} of the other parts of its weight"
             )));
@@ -92,13 +122,12 @@ pub fn prepare(
         })?;
         out.push(HostTensor::quantized(q));
     }
-    Ok((out, format))
+    Ok((out, fmt))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::GgmlType;
 
     fn dense(rows: usize, cols: usize) -> (String, HostTensor) {
         let v = (0..rows * cols).map(|i| (i as f32 * 0.37).sin()).collect();

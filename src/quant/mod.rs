@@ -86,7 +86,7 @@ impl QuantData {
     /// Bytes of one row.
     pub fn row_bytes(&self) -> usize {
         // Exact: checked in `new`.
-        (self.cols / self.ty.block_size() as usize) * self.ty.type_size() as usize
+        self.ty.row_bytes(self.cols)
     }
     /// All blocks, row after row.
     #[inline]

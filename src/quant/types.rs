@@ -109,6 +109,13 @@ impl GgmlType {
     pub fn type_size(self) -> u64 {
         self.row().4
     }
+    /// Bytes of one row of `cols` elements (`cols` a whole number of blocks; saturating), the
+    /// one formula for a row's size ([`super::QuantData::row_bytes`], the capacity planner).
+    pub fn row_bytes(self, cols: usize) -> usize {
+        let block = usize::try_from(self.block_size()).unwrap_or(usize::MAX);
+        let size = usize::try_from(self.type_size()).unwrap_or(usize::MAX);
+        (cols / block.max(1)).saturating_mul(size)
+    }
     /// Whether [`super::dequant::dequantize`] can expand this type to f32.
     pub fn is_dequantizable(self) -> bool {
         matches!(

@@ -119,6 +119,14 @@ expect "GET /v1/models" 200 "$URL/v1/models"
 grep -q "\"$BASE\"" "$WORK/body" && ok "/v1/models lists $BASE" || ko "/v1/models lists $BASE: $(cat "$WORK/body")"
 expect "GET /metrics" 200 "$URL/metrics"
 grep -q '^# TYPE ' "$WORK/body" && ok "/metrics is Prometheus text" || ko "/metrics is Prometheus text"
+expect "GET /v1/loraplex/plan" 200 "$URL/v1/loraplex/plan?max_num_seqs=2"
+grep -q '"fits":true' "$WORK/body" && grep -q '"max_num_seqs":2' "$WORK/body" && ok "plan fits 2 sequences" \
+    || ko "plan fits 2 sequences: $(head -c 300 "$WORK/body")"
+expect "GET /v1/loraplex/plan?max_num_seqs=x" 400 "$URL/v1/loraplex/plan?max_num_seqs=x"
+"$WORK/openai-server" -plan -model "$MODEL" "${EXTRA[@]}" -memory-budget-bytes 1000 >"$WORK/plan.json" 2>&1
+rc=$?
+[ "$rc" = 3 ] && grep -q '"fits": false' "$WORK/plan.json" && ok "-plan exits 3 when the workload does not fit" \
+    || ko "-plan exits 3 when the workload does not fit (exit $rc: $(head -c 300 "$WORK/plan.json"))"
 expect "POST /v1/completions" 200 "$URL/v1/completions" -H 'Content-Type: application/json' \
     -d "{\"model\":\"$BASE\",\"prompt\":\"Hello\",\"max_tokens\":4,\"temperature\":0}"
 grep -q '"object":"text_completion"' "$WORK/body" && ok "completion object" || ko "completion object: $(cat "$WORK/body")"

@@ -6,6 +6,11 @@
 //	POST /v1/completions       OpenAI completions ("stream": true gives Server-Sent Events)
 //	POST /v1/chat/completions  OpenAI chat completions (idem)
 //	GET  /metrics              Prometheus text
+//	GET  /v1/loraplex/plan     the capacity plan of this configuration (workload keys as query
+//	                           parameters: max_num_seqs, max_model_len, max_lora_rank, ...)
+//
+// -plan prints the capacity plan of the configuration (flags and environment) as JSON without
+// loading weights, and exits: 0 when the workload fits, 3 when it does not.
 //
 // Configuration comes from the environment (LPX_MODEL, NIM_PEFT_SOURCE, NIM_MAX_CPU_LORAS, ...;
 // see loraplex.ConfigFromEnv) and flags, which win. Errors are OpenAI-style bodies with
@@ -49,8 +54,14 @@ func main() {
 	maxGPU := flag.Uint("max-gpu-loras", uint(cfg.MaxGPULoras), "device adapter slots, at most max-cpu-loras (env NIM_MAX_GPU_LORAS)")
 	maxLen := flag.Uint("max-model-len", uint(cfg.MaxModelLen), "longest prompt + completion in tokens, 0 = the model's (env LPX_MAX_MODEL_LEN)")
 	threads := flag.Uint("threads", uint(cfg.Threads), "compute threads, 0 = all cores (env LPX_THREADS)")
+	maxRank := flag.Uint("max-lora-rank", uint(cfg.MaxLoraRank), "largest adapter rank, 0 = the default (env NIM_MAX_LORA_RANK)")
+	maxSeqs := flag.Uint("max-num-seqs", uint(cfg.MaxNumSeqs), "most sequences at once, 0 = the default (env LPX_MAX_NUM_SEQS)")
+	maxBatch := flag.Uint("max-batch-tokens", uint(cfg.MaxBatchTokens), "most tokens per step, 0 = the default (env LPX_MAX_BATCH_TOKENS)")
+	flag.Uint64Var(&cfg.MemoryBudgetBytes, "memory-budget-bytes", cfg.MemoryBudgetBytes, "memory budget, 0 = none (env LPX_MEMORY_BUDGET_BYTES)")
+	plan := flag.Bool("plan", false, "print the capacity plan of this configuration as JSON and exit (0: fits, 3: does not)")
 	listen := flag.String("listen", envOr("LPX_LISTEN", "127.0.0.1:8000"), "listen address (env LPX_LISTEN)")
 	flag.Parse()
+	cfg.MaxLoraRank, cfg.MaxNumSeqs, cfg.MaxBatchTokens = uint32(*maxRank), uint32(*maxSeqs), uint32(*maxBatch)
 	cfg.PeftRefreshInterval = *refresh
 	cfg.MaxCPULoras, cfg.MaxGPULoras = uint32(*maxCPU), uint32(*maxGPU)
 	if cfg.MaxGPULoras > cfg.MaxCPULoras {
@@ -61,6 +72,17 @@ func main() {
 		log.Fatal("openai-server: no model: pass -model or set LPX_MODEL")
 	}
 
+	if *plan {
+		fits, err := printPlan(cfg, os.Stdout)
+		if err != nil {
+			log.Fatalf("openai-server: planning %s: %v", cfg.Model, err)
+		}
+		if !fits {
+			os.Exit(3)
+		}
+		return
+	}
+
 	engine, err := loraplex.NewEngine(cfg)
 	if err != nil {
 		log.Fatalf("openai-server: loading %s: %v", cfg.Model, err)
@@ -69,7 +91,7 @@ func main() {
 
 	srv := &http.Server{
 		Addr:              *listen,
-		Handler:           newServer(engine).routes(),
+		Handler:           withPlan(newServer(engine).routes(), cfg),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	stop := make(chan os.Signal, 1)

@@ -99,9 +99,21 @@ func TestCheckBody(t *testing.T) {
 	}
 }
 
-// testServer serves the shared tiny-llama fixture ($LPX_TEST_MODEL, $LORAPLEX_SHARED or
-// <repo>/../shared); when absent the test fails under CI (CI=true or 1) and is skipped elsewhere.
+// testServer serves the shared tiny-llama fixture (see testModelPath).
 func testServer(t *testing.T) (*httptest.Server, *loraplex.Engine) {
+	model := testModelPath(t)
+	e, err := loraplex.NewEngine(loraplex.Config{Model: model, ServedModelName: "base", Threads: 2, MaxModelLen: 2048})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(newServer(e).routes())
+	t.Cleanup(func() { ts.Close(); e.Close() })
+	return ts, e
+}
+
+// testModelPath is the shared tiny-llama fixture ($LPX_TEST_MODEL, $LORAPLEX_SHARED or
+// <repo>/../shared); when absent the test fails under CI (CI=true or 1) and is skipped elsewhere.
+func testModelPath(t *testing.T) string {
 	model := os.Getenv("LPX_TEST_MODEL")
 	if model == "" {
 		shared := os.Getenv("LORAPLEX_SHARED")
@@ -117,13 +129,7 @@ func testServer(t *testing.T) (*httptest.Server, *loraplex.Engine) {
 		}
 		t.Skipf("skipping: test model %s is absent: %v", model, err)
 	}
-	e, err := loraplex.NewEngine(loraplex.Config{Model: model, ServedModelName: "base", Threads: 2, MaxModelLen: 2048})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := httptest.NewServer(newServer(e).routes())
-	t.Cleanup(func() { ts.Close(); e.Close() })
-	return ts, e
+	return model
 }
 
 func TestHTTPStreamAndDisconnect(t *testing.T) {

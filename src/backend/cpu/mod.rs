@@ -27,6 +27,7 @@ use rayon::ThreadPool;
 
 pub use lora::CpuLoraArena;
 pub use quant::QuantKernel;
+pub(crate) use weight::packed_bytes;
 pub use weight::CpuWeight;
 
 use super::{

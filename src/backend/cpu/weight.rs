@@ -2,10 +2,13 @@
 //! read ([`QuantStack`]).
 
 use crate::backend::quant_stack::QuantStack;
-use crate::backend::reference::quant_block::{decode_row, dequant_row, has_min, BlockParams};
+use crate::backend::reference::quant_block::{
+    decode_row, dequant_row, has_min, is_kernel_type, BlockParams,
+};
 use crate::backend::reference::{check_quantized_parts, fused_shape};
+use crate::backend::select::WeightPartLayout;
 use crate::backend::WeightFormat;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::{HostTensor, TensorData};
 
 /// Rows per panel of the packed layout (the matmul microkernels' weight tile).
@@ -66,12 +69,12 @@ impl CpuWeight {
     /// is a multiple of 4, as in every Llama projection) are not counted.
     /// A quantized weight reports the bytes of its blocks (the file's tensor bytes).
     pub fn bytes(&self) -> usize {
-        let elem = match &self.data {
-            WData::F32(_) => 4,
-            WData::BF16(_) => 2,
+        let format = match &self.data {
+            WData::F32(_) => WeightFormat::F32,
+            WData::BF16(_) => WeightFormat::BF16,
             WData::Quant(q) => return q.bytes(),
         };
-        self.out.saturating_mul(self.kp).saturating_mul(elem)
+        dense_bytes(self.out, self.kp, format)
     }
 
     /// Row `r` widened to f32 into `dst[..in]`; false if `r` or `dst` is out of range.
@@ -121,6 +124,64 @@ fn quant_row_into(q: &QuantStack, r: usize, dst: &mut [f32]) -> bool {
     true
 }
 
+/// Columns of a dense packed row: `inp` zero-padded to whole [`CHUNK`]s.
+fn padded_cols(inp: usize) -> usize {
+    inp.div_ceil(CHUNK) * CHUNK
+}
+
+/// Bytes [`CpuWeight::bytes`] reports for a dense weight of `out` rows of `kp` padded columns
+/// packed in `format` (f32 values unless bf16; saturating).
+fn dense_bytes(out: usize, kp: usize, format: WeightFormat) -> usize {
+    let elem = if format == WeightFormat::BF16 { 2 } else { 4 };
+    out.saturating_mul(kp).saturating_mul(elem)
+}
+
+/// The bytes [`CpuWeight::bytes`] would report for [`pack`] of parts with these layouts in
+/// `format`, computed from shapes and types alone (no data; for the capacity planner). Same
+/// rules as `pack`: all parts in ggml blocks of kernel types are kept as they are; otherwise
+/// everything is packed dense in `format`.
+///
+/// Errors, as `pack` gives them: INVALID_ARGUMENT for no parts or parts of different widths, a
+/// dense part under a quantized format; UNSUPPORTED for a quantized part of a type without
+/// kernels.
+pub(crate) fn packed_bytes(parts: &[WeightPartLayout], format: WeightFormat) -> Result<usize> {
+    let first = parts
+        .first()
+        .ok_or_else(|| Error::invalid_argument("fused weight needs at least one part"))?;
+    let mut out = 0usize;
+    let mut quant_bytes = 0usize;
+    let mut dense = None;
+    for (k, p) in parts.iter().enumerate() {
+        if p.cols != first.cols {
+            return Err(Error::invalid_argument(format!(
+                "fused weight part {k} has in = {}, part 0 has in = {}",
+                p.cols, first.cols
+            )));
+        }
+        out = out.saturating_add(p.rows);
+        match p.quant {
+            Some(ty) if !is_kernel_type(ty) => {
+                return Err(Error::unsupported(format!(
+                    "weight part {k} has type {ty} which the quantized kernels do not support"
+                )))
+            }
+            Some(ty) => {
+                quant_bytes =
+                    quant_bytes.saturating_add(p.rows.saturating_mul(ty.row_bytes(p.cols)))
+            }
+            None => dense = dense.or(Some(k)),
+        }
+    }
+    match dense {
+        None => Ok(quant_bytes),
+        Some(k) if format.is_quantized() => Err(Error::invalid_argument(format!(
+            "weight format {} needs quantized tensors, but part {k} is dense",
+            format.name()
+        ))),
+        Some(_) => Ok(dense_bytes(out, padded_cols(first.cols), format)),
+    }
+}
+
 /// Index of element `(o, i)` (`i % 8 == 0` for the start of a chunk) in the packed layout of a
 /// weight with `kp` padded columns.
 #[inline(always)]
@@ -164,7 +225,7 @@ pub(crate) fn pack(parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWei
             data: WData::Quant(q),
         });
     }
-    let kp = inp.div_ceil(CHUNK) * CHUNK;
+    let kp = padded_cols(inp);
     let n = out
         .checked_next_multiple_of(PANEL)
         .and_then(|o| o.checked_mul(kp))

@@ -23,6 +23,7 @@ pub use permute::{permute_qk, unpermute_qk, unpermute_rows};
 pub use reader::{GgufFile, MetaValue, TensorInfo};
 pub use writer::GgufWriter;
 
+use super::header::TensorLayout;
 use super::{Architecture, ModelConfig, ModelFiles, RopeScaling, TensorMap};
 use crate::backend::reference::quant_block::is_kernel_type;
 use crate::error::{Error, Result};
@@ -51,58 +52,7 @@ pub fn load_gguf(path: &Path) -> Result<ModelFiles> {
 
 fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
     let config = model_config(g)?;
-    let arch = config.architecture.gguf_name();
-    super::layout::check_layer_count(&config, g.tensors.len(), &format!("{arch}.block_count"))?;
-    // Map and check every tensor before reading any data.
-    let mut plan = Vec::with_capacity(g.tensors.len());
-    for info in &g.tensors {
-        if info.name == ROPE_FREQS {
-            // Read by model_config into the config's RoPE scaling.
-            continue;
-        }
-        let hf = hf_name(&info.name).ok_or_else(|| {
-            // Same rule and code as model::layout::account_tensors: an unused tensor is
-            // INVALID_MODEL naming it.
-            Error::invalid_model(format!(
-                "tensor \"{}\" not used by a {} model (loraplex refuses a checkpoint it would apply only in part: extra tensors are not supported)",
-                info.name, config.architecture
-            ))
-        })?;
-        if !loadable(info) {
-            return Err(Error::unsupported(format!(
-                "tensor \"{}\" has type {} which is not supported ({} are)",
-                info.name,
-                info.ggml_type,
-                crate::quant::dequant::supported_names()
-            )));
-        }
-        plan.push((info, hf));
-    }
-    let mut expected: std::collections::HashMap<String, Vec<usize>> =
-        super::layout::expected_tensors(&config)
-            .into_iter()
-            .collect();
-    for (info, hf) in &plan {
-        let Some(shape) = expected.remove(hf) else {
-            return Err(Error::invalid_model(format!(
-                "tensor \"{}\" ({hf}) is not used by a {}-layer {} model",
-                info.name, config.num_layers, config.architecture
-            )));
-        };
-        if info.shape() != shape {
-            return Err(Error::invalid_model(format!(
-                "tensor \"{}\" ({hf}) has shape {:?}, expected {shape:?} for this config",
-                info.name,
-                info.shape()
-            )));
-        }
-    }
-    if let Some(hf) = expected.keys().min() {
-        return Err(Error::invalid_model(format!(
-            "missing tensor \"{}\" ({hf})",
-            gguf_name(hf)
-        )));
-    }
+    let plan = checked_tensors(g, &config)?;
     let mut tensors = TensorMap::with_capacity(plan.len());
     for (info, hf) in plan {
         let name_err = |e: Error| e.context(format!("tensor \"{}\"", info.name));
@@ -121,7 +71,7 @@ fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
         };
         let tensor = match shape.as_slice() {
             // Block-quantized matrices stay in their blocks; q/k rows move as whole rows.
-            [rows, cols] if is_kernel_type(info.ggml_type) => {
+            [rows, cols] if kept_quantized(info) => {
                 let mut q = QuantData::new(info.ggml_type, *rows, *cols, bytes).map_err(|e| {
                     Error::invalid_model(e.message()).context(format!("tensor \"{}\"", info.name))
                 })?;
@@ -148,6 +98,94 @@ fn load_parsed(g: &GgufFile) -> Result<ModelFiles> {
         tensors,
         tokenizer,
     })
+}
+
+/// The model's config and, for every tensor the model uses, its HF name, HF shape and the ggml
+/// type it is kept in (`None`: expanded to f32), read from the header of the GGUF file at `path`
+/// alone (no tensor data; for the capacity planner). The same checks as [`load_gguf`] run on the
+/// header, with the same errors.
+pub fn read_layout(path: &Path) -> Result<(ModelConfig, Vec<TensorLayout>)> {
+    let inner = || -> Result<_> {
+        let g = GgufFile::open(path)?;
+        let config = model_config(&g)?;
+        let layouts = checked_tensors(&g, &config)?
+            .into_iter()
+            .map(|(info, hf)| TensorLayout {
+                name: hf,
+                shape: info.shape(),
+                quant: kept_quantized(info).then_some(info.ggml_type),
+            })
+            .collect();
+        Ok((config, layouts))
+    };
+    inner().map_err(|e| e.context(path.display()))
+}
+
+/// Whether the loader keeps a tensor in its ggml blocks: a 2-D matrix of a type the quantized
+/// kernels compute on. Every other tensor is expanded to f32.
+fn kept_quantized(info: &TensorInfo) -> bool {
+    info.dims.len() == 2 && is_kernel_type(info.ggml_type)
+}
+
+/// Maps every tensor of `g` to its HF name and checks it against the model of `config` (used,
+/// loadable, the expected shape; none missing) before any data is read.
+fn checked_tensors<'g>(
+    g: &'g GgufFile,
+    config: &ModelConfig,
+) -> Result<Vec<(&'g TensorInfo, String)>> {
+    let arch = config.architecture.gguf_name();
+    super::layout::check_layer_count(config, g.tensors.len(), &format!("{arch}.block_count"))?;
+    // Map and check every tensor before reading any data.
+    let mut plan = Vec::with_capacity(g.tensors.len());
+    for info in &g.tensors {
+        if info.name == ROPE_FREQS {
+            // Read by model_config into the config's RoPE scaling.
+            continue;
+        }
+        let hf = hf_name(&info.name).ok_or_else(|| {
+            // Same rule and code as model::layout::account_tensors: an unused tensor is
+            // INVALID_MODEL naming it.
+            Error::invalid_model(format!(
+                "tensor \"{}\" not used by a {} model (loraplex refuses a checkpoint it would apply only in part: extra tensors are not supported)",
+                info.name, config.architecture
+            ))
+        })?;
+        if !loadable(info) {
+            return Err(Error::unsupported(format!(
+                "tensor \"{}\" has type {} which is not supported ({} are)",
+                info.name,
+                info.ggml_type,
+                crate::quant::dequant::supported_names()
+            )));
+        }
+        plan.push((info, hf));
+    }
+    let mut expected: std::collections::HashMap<String, Vec<usize>> =
+        super::layout::expected_tensors(config)
+            .into_iter()
+            .collect();
+    for (info, hf) in &plan {
+        let Some(shape) = expected.remove(hf) else {
+            return Err(Error::invalid_model(format!(
+                "tensor \"{}\" ({hf}) is not used by a {}-layer {} model",
+                info.name, config.num_layers, config.architecture
+            )));
+        };
+        if info.shape() != shape {
+            return Err(Error::invalid_model(format!(
+                "tensor \"{}\" ({hf}) has shape {:?}, expected {shape:?} for this config",
+                info.name,
+                info.shape()
+            )));
+        }
+    }
+    if let Some(hf) = expected.keys().min() {
+        return Err(Error::invalid_model(format!(
+            "missing tensor \"{}\" ({hf})",
+            gguf_name(hf)
+        )));
+    }
+    Ok(plan)
 }
 
 /// Whether a tensor can be loaded: dense types always; a 2-D matrix of a type the quantized
