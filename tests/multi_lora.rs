@@ -408,17 +408,22 @@ fn runtime_registration_metrics_and_periodic_refresh() {
         }
     }
     assert!(seen, "periodic refresh did not pick up the new adapter");
-    let id = e.submit(req(Some("two"), 0, 200)).unwrap();
+    // Long enough that it still runs when its first output arrives (the stats behind the
+    // metrics are published before a step emits outputs).
+    let id = e.submit(req(Some("two"), 0, 400)).unwrap();
     let mut saw_running = false;
-    for _ in 0..200 {
-        let m = e.metrics_text();
-        if m.contains("running_lora_adapters=\"two\"") {
-            saw_running = true;
+    loop {
+        let o = e.poll(id, Duration::from_millis(100)).unwrap();
+        if o.as_ref().is_some_and(|o| !o.token_ids.is_empty()) {
+            saw_running = e.metrics_text().contains("running_lora_adapters=\"two\"");
+        }
+        if o.is_some_and(|o| o.done) || saw_running {
             break;
         }
-        std::thread::sleep(Duration::from_millis(2));
     }
-    e.wait(id).unwrap();
+    e.cancel(id).unwrap();
+    let _ = e.wait(id);
+    common::idle_stats(&e);
     assert!(saw_running, "metrics never showed the running adapter");
     let m = e.metrics_text();
     assert!(m.contains("vllm:lora_requests_info{max_lora=\"8\""), "{m}");

@@ -1,25 +1,33 @@
 //! The device adapter cache's bookkeeping (DESIGN.md 1.1): `max_gpu_loras` slots of the backend's
 //! adapter arena, LRU among slots no running sequence uses. Pure logic; the worker uploads
-//! weights into a slot when [`DeviceSlots::acquire`] says the slot is new.
+//! weights into a slot when [`DeviceSlots::acquire`] says the slot is new, and ahead of
+//! admission into slots [`DeviceSlots::prefetch`] frees up.
+//!
+//! Slots are keyed by `K`: the engine uses the adapter's content hash, so adapters whose files
+//! hash the same share one slot whatever their names (tests use [`AdapterKey`]).
 
 use super::host::AdapterKey;
 
+/// The engine's device-slot key: an adapter's content hash (`NormalizedAdapter::generation`), so
+/// adapters with the same files share a slot.
+pub type DeviceKey = String;
+
 #[derive(Debug, Clone)]
-struct Slot {
-    key: AdapterKey,
+struct Slot<K> {
+    key: K,
     users: usize,
     last_used: u64,
 }
 
 /// See the module docs. Owned by the worker thread.
 #[derive(Debug)]
-pub struct DeviceSlots {
-    slots: Vec<Option<Slot>>,
+pub struct DeviceSlots<K = AdapterKey> {
+    slots: Vec<Option<Slot<K>>>,
     clock: u64,
     uploads: u64,
 }
 
-impl DeviceSlots {
+impl<K: Clone + Eq> DeviceSlots<K> {
     /// `n` empty slots.
     pub fn new(n: usize) -> Self {
         Self {
@@ -37,7 +45,7 @@ impl DeviceSlots {
         false
     }
     /// The slot holding `key`, if resident.
-    pub fn lookup(&self, key: &AdapterKey) -> Option<usize> {
+    pub fn lookup(&self, key: &K) -> Option<usize> {
         self.slots
             .iter()
             .position(|s| s.as_ref().is_some_and(|s| &s.key == key))
@@ -51,7 +59,7 @@ impl DeviceSlots {
         self.slots.iter().flatten().filter(|s| s.users > 0).count()
     }
     /// `(slot, key, users)` of every occupied slot.
-    pub fn occupied(&self) -> impl Iterator<Item = (usize, &AdapterKey, usize)> {
+    pub fn occupied(&self) -> impl Iterator<Item = (usize, &K, usize)> {
         self.slots
             .iter()
             .enumerate()
@@ -61,7 +69,7 @@ impl DeviceSlots {
     /// Gives a running sequence of `key` a slot: the resident one, else an empty one, else the
     /// least recently used slot that no running sequence uses. Returns `(slot, needs_upload)`, or
     /// None when every slot is in use (the sequence waits).
-    pub fn acquire(&mut self, key: &AdapterKey) -> Option<(usize, bool)> {
+    pub fn acquire(&mut self, key: &K) -> Option<(usize, bool)> {
         self.clock += 1;
         if let Some(i) = self.lookup(key) {
             if let Some(s) = self.slots[i].as_mut() {
@@ -70,18 +78,7 @@ impl DeviceSlots {
             }
             return Some((i, false));
         }
-        let target = self.slots.iter().position(Option::is_none).or_else(|| {
-            self.slots
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| {
-                    s.as_ref()
-                        .filter(|s| s.users == 0)
-                        .map(|s| (s.last_used, i))
-                })
-                .min()
-                .map(|(_, i)| i)
-        })?;
+        let target = self.free_slot(|_| true)?;
         self.slots[target] = Some(Slot {
             key: key.clone(),
             users: 1,
@@ -89,6 +86,43 @@ impl DeviceSlots {
         });
         self.uploads += 1;
         Some((target, true))
+    }
+
+    /// An empty slot, else the least recently used slot no running sequence uses whose key
+    /// `may_evict` allows.
+    fn free_slot(&self, may_evict: impl Fn(&K) -> bool) -> Option<usize> {
+        self.slots.iter().position(Option::is_none).or_else(|| {
+            self.slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    s.as_ref()
+                        .filter(|s| s.users == 0 && may_evict(&s.key))
+                        .map(|s| (s.last_used, i))
+                })
+                .min()
+                .map(|(_, i)| i)
+        })
+    }
+
+    /// Makes room for `key` ahead of admission (no user yet): returns the slot to upload it
+    /// into, an empty one or the least recently used idle one whose key is not in `keep` (the
+    /// adapters that requests ahead in line need); `None` when `key` is already resident or no
+    /// such slot exists. The slot counts as resident from now on: the caller uploads into it
+    /// and, if that fails, evicts it.
+    pub fn prefetch(&mut self, key: &K, keep: &[K]) -> Option<usize> {
+        if self.lookup(key).is_some() {
+            return None;
+        }
+        let target = self.free_slot(|k| !keep.contains(k))?;
+        self.clock += 1;
+        self.slots[target] = Some(Slot {
+            key: key.clone(),
+            users: 0,
+            last_used: self.clock,
+        });
+        self.uploads += 1;
+        Some(target)
     }
 
     /// A sequence using `slot` left the running set.
@@ -185,6 +219,25 @@ mod tests {
         d.release(sa);
         d.release(sa);
         assert_eq!(d.acquire(&key("d")), Some((sa, true)));
+    }
+
+    #[test]
+    fn prefetch_takes_free_slots_only_and_spares_what_is_kept() {
+        let mut d = DeviceSlots::new(3);
+        let (sa, _) = d.acquire(&key("a")).unwrap(); // running
+        touch(&mut d, "b"); // idle, older
+        touch(&mut d, "c"); // idle, newer
+                            // b is the LRU idle slot, but kept for a request ahead in line: c's slot is taken.
+        let s = d.prefetch(&key("p"), &[key("b")]).unwrap();
+        assert_eq!(d.lookup(&key("p")), Some(s));
+        assert_eq!(d.lookup(&key("c")), None);
+        assert!(d.lookup(&key("b")).is_some() && d.lookup(&key("a")) == Some(sa));
+        // Resident already: nothing to do. Everything else running or kept: no room.
+        assert_eq!(d.prefetch(&key("p"), &[]), None);
+        assert_eq!(d.prefetch(&key("q"), &[key("b"), key("p")]), None);
+        // The prefetched adapter's request then finds it resident.
+        assert_eq!(d.acquire(&key("p")), Some((s, false)));
+        assert_eq!(d.uploads(), 4);
     }
 
     #[test]

@@ -170,13 +170,16 @@ impl HostCache {
         }
     }
 
-    /// Records the outcome of a load started by `acquire`.
+    /// Records the outcome of a load started by `acquire`. A loaded adapter whose content hash
+    /// (`NormalizedAdapter::generation`) equals that of an adapter already in the cache shares
+    /// its copy (whatever the names): the new one is dropped.
     pub fn complete(
         &mut self,
         key: &AdapterKey,
         result: Result<Arc<NormalizedAdapter>, Error>,
         took: Duration,
     ) {
+        let result = result.map(|a| self.shared_copy(&a).unwrap_or(a));
         if let Some(e) = self.entries.get_mut(key) {
             e.state = match result {
                 Ok(a) => LoadState::Ready(a),
@@ -187,6 +190,30 @@ impl HostCache {
                 self.entries.remove(key);
             }
         }
+    }
+
+    /// The copy already cached of an adapter with `a`'s content hash, if any.
+    fn shared_copy(&self, a: &NormalizedAdapter) -> Option<Arc<NormalizedAdapter>> {
+        self.entries.values().find_map(|e| match &e.state {
+            LoadState::Ready(x) if x.generation == a.generation => Some(x.clone()),
+            _ => None,
+        })
+    }
+
+    /// Distinct adapter copies held (entries sharing content count once) and their bytes.
+    pub fn distinct_copies(&self) -> (usize, usize) {
+        let mut seen: Vec<*const NormalizedAdapter> = Vec::new();
+        let mut bytes = 0;
+        for e in self.entries.values() {
+            if let LoadState::Ready(a) = &e.state {
+                let p = Arc::as_ptr(a);
+                if !seen.contains(&p) {
+                    seen.push(p);
+                    bytes += a.bytes();
+                }
+            }
+        }
+        (seen.len(), bytes)
     }
 
     /// Drops unpinned entries of generations other than `keep` for adapter `name` (after a

@@ -7,6 +7,6 @@ pub mod host;
 pub mod plan;
 
 pub use capacity::{plan_capacity, CapacityPlan, Workload};
-pub use device::{slot_data, DeviceSlots};
+pub use device::{slot_data, DeviceKey, DeviceSlots};
 pub use host::{Acquired, AdapterKey, HostCache, HostEntry, LoadState};
 pub use plan::MemoryPlan;

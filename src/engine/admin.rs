@@ -176,6 +176,7 @@ impl Engine {
                 "error": match entry.map(|e| &e.state) { Some(LoadState::Failed(e)) => Some(e.message().to_string()), _ => None },
             }));
         }
+        let (copies, copy_bytes) = host.distinct_copies();
         let kv_usage = if s.kv_blocks_total == 0 {
             0.0
         } else {
@@ -220,7 +221,23 @@ impl Engine {
                 "blocks": s.prefix_cache_blocks,
                 "choice_shared_tokens": s.prompt_tokens_shared,
             },
-            "host_cache": {"entries": host.len(), "capacity": host.capacity()},
+            "host_cache": {
+                "entries": host.len(),
+                "capacity": host.capacity(),
+                // Entries whose files hash the same share one copy.
+                "distinct_copies": copies,
+                "bytes": copy_bytes,
+            },
+            "device_cache": {
+                "slots": self.config().max_gpu_loras,
+                "uploads": s.device_uploads,
+                "prefetches": s.adapter_prefetches,
+                "admissions": s.adapter_admissions,
+                "admissions_resident": s.adapter_admissions_resident,
+                "resident_rate": if s.adapter_admissions == 0 { None } else {
+                    Some(s.adapter_admissions_resident as f64 / s.adapter_admissions as f64)
+                },
+            },
             "peft_sources": registry.sources().iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "last_scan": report_json(registry.last_report()),
             "adapters": adapters,
@@ -299,6 +316,21 @@ impl Engine {
                 "vllm:prefix_cache_hits",
                 "Prefix cache hits, in terms of number of cached tokens.",
                 s.prefix_cache_hits,
+            ),
+            (
+                "loraplex:adapter_admissions",
+                "Adapter requests admitted.",
+                s.adapter_admissions,
+            ),
+            (
+                "loraplex:adapter_admissions_resident",
+                "Adapter requests admitted whose adapters were already resident on the device.",
+                s.adapter_admissions_resident,
+            ),
+            (
+                "loraplex:adapter_prefetches",
+                "Adapters uploaded to the device ahead of their request's admission.",
+                s.adapter_prefetches,
             ),
         ] {
             out.push_str(&format!(

@@ -4,20 +4,26 @@
 //! that became resident and ends the requests that cannot run.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::request::{FinishReason, RequestId};
 use super::worker::Worker;
+use crate::adapters::NormalizedAdapter;
 use crate::backend::Backend;
-use crate::cache::{AdapterKey, LoadState};
+use crate::cache::{DeviceKey, LoadState};
 use crate::error::{Error, Result};
-use crate::sched::{AdapterGate, Chunk, WaitingAdapter, FAIR_WAIT_STEPS};
+use crate::sched::{AdapterGate, Chunk, SlotGrant, WaitingAdapter, FAIR_WAIT_STEPS};
 
 impl<B: Backend> Worker<B> {
     /// Plans the step and makes its adapters resident. Ends (with an error output) the requests
     /// whose adapter failed to load or to upload and those that can never fit in the KV cache.
     /// Returns the chunks to compute, in row order; empty when nothing can run this step.
     pub(super) fn admit(&mut self) -> Vec<Chunk> {
-        let (waiting, failed) = self.waiting_adapters();
+        let Waiting {
+            gate: waiting,
+            failed,
+            loaded,
+        } = self.waiting_adapters();
         for (id, err) in failed {
             self.finish(id, FinishReason::Error, Some(err));
         }
@@ -36,6 +42,7 @@ impl<B: Backend> Worker<B> {
             s.prefix_cache_queries += plan.prefix_queries;
             s.prefix_cache_hits += plan.prefix_hits;
         }
+        self.count_resident(&admission.granted);
         // A failed upload fails every request of the step that shares the slot. A mixture's
         // grants come in the order of its adapters; once one fails, the request has ended and
         // its later grants are given back.
@@ -55,7 +62,7 @@ impl<B: Backend> Worker<B> {
                 continue;
             }
             if g.upload {
-                if let Err(e) = self.upload(&g.key, g.slot) {
+                if let Err(e) = self.upload(loaded.get(&g.key), g.slot) {
                     self.slots.release(g.slot);
                     self.slots.evict(g.slot);
                     failed_uploads.insert(g.slot, e.clone());
@@ -101,11 +108,11 @@ impl<B: Backend> Worker<B> {
         plan.chunks
     }
 
-    /// The gate's view of every waiting adapter request (queue order), and the requests whose
-    /// adapter load failed, with the error.
-    fn waiting_adapters(&self) -> (Vec<WaitingAdapter>, Vec<(RequestId, Error)>) {
-        let mut waiting = Vec::new();
-        let mut failed = Vec::new();
+    /// The gate's view of every waiting adapter request (queue order, device keys = content
+    /// hashes), the requests whose adapter load failed, with the error, and the loaded adapters
+    /// by content hash.
+    fn waiting_adapters(&self) -> Waiting {
+        let mut w = Waiting::default();
         let host = self.shared.host.lock();
         for id in self.sched.waiting_ids() {
             let Some(seq) = self.seqs.get(&id) else {
@@ -114,11 +121,17 @@ impl<B: Backend> Worker<B> {
             if seq.adapters.is_empty() {
                 continue;
             }
+            let mut keys = Vec::with_capacity(seq.adapters.len());
             let mut ready = true;
             let mut error = None;
             for a in &seq.adapters {
                 match host.get(&a.key).map(|e| &e.state) {
-                    Some(LoadState::Ready(_)) => {}
+                    Some(LoadState::Ready(ad)) => {
+                        keys.push(ad.generation.clone());
+                        w.loaded
+                            .entry(ad.generation.clone())
+                            .or_insert_with(|| (a.key.0.clone(), ad.clone()));
+                    }
                     Some(LoadState::Loading) => ready = false,
                     Some(LoadState::Failed(e)) => {
                         error = Some(e.clone());
@@ -134,28 +147,86 @@ impl<B: Backend> Worker<B> {
                 }
             }
             if let Some(e) = error {
-                failed.push((id, e));
+                w.failed.push((id, e));
                 continue;
             }
-            waiting.push(WaitingAdapter {
+            w.gate.push(WaitingAdapter {
                 id,
-                keys: seq.adapters.iter().map(|a| a.key.clone()).collect(),
+                keys,
                 ready,
                 held_steps: seq.held_steps,
             });
         }
-        (waiting, failed)
+        w
     }
 
-    /// Uploads adapter `key` (loaded in the host cache) into device slot `slot`.
-    fn upload(&mut self, key: &AdapterKey, slot: usize) -> Result<()> {
-        let adapter = match self.shared.host.lock().get(key).map(|e| e.state.clone()) {
-            Some(LoadState::Ready(a)) => a,
-            _ => return Err(Error::internal(format!("adapter {} is not loaded", key.0))),
-        };
-        let layers = crate::cache::slot_data(&adapter);
+    /// Counts the adapter requests admitted this step, and those that found every adapter
+    /// already resident on the device (loaded earlier or prefetched).
+    fn count_resident(&self, granted: &[SlotGrant<DeviceKey>]) {
+        let mut by_id: HashMap<RequestId, bool> = HashMap::new();
+        for g in granted {
+            *by_id.entry(g.id).or_insert(true) &= !g.upload;
+        }
+        if by_id.is_empty() {
+            return;
+        }
+        let mut s = self.shared.stats.lock();
+        s.adapter_admissions += by_id.len() as u64;
+        s.adapter_admissions_resident += by_id.values().filter(|&&r| r).count() as u64;
+    }
+
+    /// Uploads `adapter` (name, weights) into device slot `slot`.
+    fn upload(
+        &mut self,
+        adapter: Option<&(String, Arc<NormalizedAdapter>)>,
+        slot: usize,
+    ) -> Result<()> {
+        let (name, adapter) =
+            adapter.ok_or_else(|| Error::internal("uploading an adapter that is not loaded"))?;
+        let layers = crate::cache::slot_data(adapter);
         self.backend
             .lora_load_slot(&mut self.lora_stack, slot, &layers)
-            .map_err(|e| e.context(format!("adapter \"{}\"", key.0)))
+            .map_err(|e| e.context(format!("adapter \"{name}\"")))
     }
+
+    /// Uploads the adapters that waiting requests will need into device slots free now
+    /// (empty, or idle and not needed by a request ahead in line), at most [`PREFETCH_PER_STEP`]
+    /// per call, in admission order, so that the step admitting them finds them resident. Called
+    /// between steps; a failed upload leaves the slot empty (the request's own admission will
+    /// retry and report it).
+    pub(super) fn prefetch(&mut self) {
+        let w = self.waiting_adapters();
+        let mut keep: Vec<DeviceKey> = Vec::new();
+        let mut done = 0;
+        for req in w.gate.iter().filter(|r| r.ready) {
+            for key in &req.keys {
+                if done < PREFETCH_PER_STEP {
+                    if let Some(slot) = self.slots.prefetch(key, &keep) {
+                        done += 1;
+                        if self.upload(w.loaded.get(key), slot).is_err() {
+                            self.slots.evict(slot);
+                        } else {
+                            self.shared.stats.lock().adapter_prefetches += 1;
+                        }
+                    }
+                }
+                keep.push(key.clone());
+            }
+            if done >= PREFETCH_PER_STEP {
+                break;
+            }
+        }
+    }
+}
+
+/// Device uploads [`Worker::prefetch`] does between two steps at most.
+const PREFETCH_PER_STEP: usize = 1;
+
+/// What [`Worker::waiting_adapters`] found.
+#[derive(Default)]
+struct Waiting {
+    gate: Vec<WaitingAdapter<DeviceKey>>,
+    failed: Vec<(RequestId, Error)>,
+    /// Loaded adapters by content hash: a name using it and its weights.
+    loaded: HashMap<DeviceKey, (String, Arc<NormalizedAdapter>)>,
 }

@@ -84,6 +84,16 @@ pub struct EngineStats {
     pub prefix_cache_hits: u64,
     /// KV blocks the prefix cache holds (some also in use by running sequences).
     pub prefix_cache_blocks: usize,
+    /// Adapter requests admitted (a mixture counts once).
+    pub adapter_admissions: u64,
+    /// Of those, the ones that found every adapter already resident in a device slot (used
+    /// before, or prefetched while they waited) instead of uploading at admission.
+    pub adapter_admissions_resident: u64,
+    /// Adapters uploaded to a device slot ahead of their request's admission.
+    pub adapter_prefetches: u64,
+    /// Uploads into device slots so far (admission and prefetch; adapters with the same
+    /// content share a slot, so they upload once).
+    pub device_uploads: u64,
 }
 
 /// A request's output channel: the worker sends, pollers receive.

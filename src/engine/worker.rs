@@ -15,7 +15,7 @@ use super::request::{FinishReason, Output, RequestId, TokenLogprob};
 use super::sequence::{SeqId, Sequence};
 use super::{AdapterRuntime, Shared};
 use crate::backend::Backend;
-use crate::cache::DeviceSlots;
+use crate::cache::{DeviceKey, DeviceSlots, LoadState};
 use crate::error::{Error, Result};
 use crate::kv::BlockAllocator;
 use crate::model::llama::Llama;
@@ -57,7 +57,7 @@ pub(crate) struct Worker<B: Backend> {
     pub rx: Receiver<Command>,
     pub shared: Arc<Shared>,
     pub lora_stack: B::LoraStack,
-    pub slots: DeviceSlots,
+    pub slots: DeviceSlots<DeviceKey>,
 }
 
 impl<B: Backend> Worker<B> {
@@ -83,6 +83,7 @@ impl<B: Backend> Worker<B> {
             }
             if !self.sched.is_idle() {
                 self.step()?;
+                self.prefetch();
             }
             self.publish_stats();
         }
@@ -406,8 +407,20 @@ impl<B: Backend> Worker<B> {
                 rt.entry(a.key.0.clone()).or_default().queued += 1;
             }
         }
-        for (slot, key, _) in self.slots.occupied() {
-            rt.entry(key.0.clone()).or_default().device_slot = Some(slot);
+        // Slots hold content hashes: every cached adapter with that content shows the slot.
+        let slot_of: HashMap<&DeviceKey, usize> = self
+            .slots
+            .occupied()
+            .map(|(slot, key, _)| (key, slot))
+            .collect();
+        if !slot_of.is_empty() {
+            for ((name, _), e) in self.shared.host.lock().iter() {
+                if let LoadState::Ready(a) = &e.state {
+                    if let Some(&slot) = slot_of.get(&a.generation) {
+                        rt.entry(name.clone()).or_default().device_slot = Some(slot);
+                    }
+                }
+            }
         }
         *self.shared.adapter_runtime.lock() = rt;
         let mut s = self.shared.stats.lock();
@@ -416,5 +429,6 @@ impl<B: Backend> Worker<B> {
         s.kv_blocks_free = self.alloc.num_free();
         s.kv_blocks_total = self.alloc.num_total();
         s.prefix_cache_blocks = self.alloc.num_cached();
+        s.device_uploads = self.slots.uploads();
     }
 }

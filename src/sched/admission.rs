@@ -26,11 +26,12 @@ pub const FAIR_WAIT_STEPS: u32 = 32;
 
 /// A waiting request that uses an adapter, as the gate sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WaitingAdapter {
+pub struct WaitingAdapter<K = AdapterKey> {
     /// Request id.
     pub id: u64,
-    /// The adapter generations it uses (several for a mixture; each needs a device slot).
-    pub keys: Vec<AdapterKey>,
+    /// The device keys of the adapters it uses (several for a mixture; each needs a device
+    /// slot; the engine keys slots by content hash).
+    pub keys: Vec<K>,
     /// True once all its adapters are loaded in the host cache; a request whose adapter still
     /// loads waits without counting as refused.
     pub ready: bool,
@@ -40,43 +41,52 @@ pub struct WaitingAdapter {
 
 /// A device slot given to a request admitted this step.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotGrant {
+pub struct SlotGrant<K = AdapterKey> {
     /// Request id.
     pub id: u64,
     /// Device slot.
     pub slot: usize,
     /// The adapter the slot is for.
-    pub key: AdapterKey,
+    pub key: K,
     /// The slot does not hold the adapter's weights yet: the caller uploads them before the step
     /// runs (and, if that fails, releases and evicts the slot).
     pub upload: bool,
 }
 
 /// What one step's admission decided about adapter requests (see [`AdapterGate::settle`]).
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct AdapterAdmission {
+#[derive(Debug, PartialEq, Eq)]
+pub struct AdapterAdmission<K = AdapterKey> {
     /// Slots of the admitted adapter requests, in admission order (a mixture's in the order of
     /// its adapters).
-    pub granted: Vec<SlotGrant>,
+    pub granted: Vec<SlotGrant<K>>,
     /// Requests refused a device slot this step (their `held_steps` goes up by one).
     pub refused: Vec<u64>,
 }
 
 /// The adapter-admission policy of one step. See the module docs.
 #[derive(Debug)]
-pub struct AdapterGate {
+pub struct AdapterGate<K = AdapterKey> {
     /// `id -> (keys, ready)` of every waiting adapter request.
-    waiting: HashMap<u64, (Vec<AdapterKey>, bool)>,
-    barrier: Option<Vec<AdapterKey>>,
-    acquired: Vec<SlotGrant>,
+    waiting: HashMap<u64, (Vec<K>, bool)>,
+    barrier: Option<Vec<K>>,
+    acquired: Vec<SlotGrant<K>>,
     refused: Vec<u64>,
 }
 
-impl AdapterGate {
+impl<K> Default for AdapterAdmission<K> {
+    fn default() -> Self {
+        Self {
+            granted: Vec::new(),
+            refused: Vec::new(),
+        }
+    }
+}
+
+impl<K: Clone + Eq> AdapterGate<K> {
     /// The gate for one step. `waiting` lists every waiting request that uses an adapter, in queue
     /// order (base requests are absent). The barrier is the adapters of the first of them refused
     /// a device slot for at least `fair_wait_steps` steps (the engine uses [`FAIR_WAIT_STEPS`]).
-    pub fn new(waiting: impl IntoIterator<Item = WaitingAdapter>, fair_wait_steps: u32) -> Self {
+    pub fn new(waiting: impl IntoIterator<Item = WaitingAdapter<K>>, fair_wait_steps: u32) -> Self {
         let mut gate = Self {
             waiting: HashMap::new(),
             barrier: None,
@@ -93,7 +103,7 @@ impl AdapterGate {
     }
 
     /// The adapters every slot drains to this step, if a barrier stands.
-    pub fn barrier(&self) -> Option<&[AdapterKey]> {
+    pub fn barrier(&self) -> Option<&[K]> {
         self.barrier.as_deref()
     }
 
@@ -102,15 +112,15 @@ impl AdapterGate {
     /// barrier stands that lacks one of them, and a device slot is acquired for each of them
     /// from `slots` (all or none: the slots count as used from now on, so later requests of this
     /// step never take them). Refused a slot, it is recorded as refused and holds none.
-    pub fn admit(&mut self, id: u64, slots: &mut DeviceSlots) -> bool {
+    pub fn admit(&mut self, id: u64, slots: &mut DeviceSlots<K>) -> bool {
         let Some((keys, ready)) = self.waiting.get(&id) else {
             return true;
         };
-        let outside = |b: &Vec<AdapterKey>| keys.iter().any(|k| !b.contains(k));
+        let outside = |b: &Vec<K>| keys.iter().any(|k| !b.contains(k));
         if !ready || self.barrier.as_ref().is_some_and(outside) {
             return false;
         }
-        let mut got: Vec<SlotGrant> = Vec::with_capacity(keys.len());
+        let mut got: Vec<SlotGrant<K>> = Vec::with_capacity(keys.len());
         for key in keys {
             match slots.acquire(key) {
                 Some((slot, upload)) => got.push(SlotGrant {
@@ -141,9 +151,9 @@ impl AdapterGate {
     /// back; if the adapter was to be uploaded into it, the upload passes to an admitted request
     /// of the same slot, or, when there is none, the slot is forgotten (it never received the
     /// weights, so it must not look resident).
-    pub fn settle(self, plan: &StepPlan, slots: &mut DeviceSlots) -> AdapterAdmission {
+    pub fn settle(self, plan: &StepPlan, slots: &mut DeviceSlots<K>) -> AdapterAdmission<K> {
         let admitted: HashSet<u64> = plan.chunks.iter().map(|c| c.id).collect();
-        let (mut granted, dropped): (Vec<SlotGrant>, Vec<SlotGrant>) = self
+        let (mut granted, dropped): (Vec<SlotGrant<K>>, Vec<SlotGrant<K>>) = self
             .acquired
             .into_iter()
             .partition(|g| admitted.contains(&g.id));
