@@ -1,6 +1,7 @@
 //! The prefix cache on a tiny random model: outputs with cache hits are the same bits as without
 //! the cache (alone and next to other traffic), the base model and each adapter generation have
-//! their own blocks, and cached blocks are evicted (never those of running sequences) when the KV
+//! their own blocks (a touched adapter with the same bytes keeps its generation and blocks), and
+//! cached blocks are evicted (never those of running sequences) when the KV
 //! cache needs room.
 
 mod common;
@@ -257,4 +258,55 @@ fn prompt_logprobs_are_computed_even_when_the_prefix_is_cached() {
     assert_eq!(pa.logprobs, pb.logprobs);
     // Its blocks are cached all the same: the next plain request reuses them.
     assert!(same_bits(&p, req(None, pr)) > 0);
+}
+
+#[test]
+fn a_touched_adapter_keeps_its_blocks_and_new_bytes_do_not() {
+    let p = pair(|_| {});
+    let bs = p.cached.stats().kv_block_size;
+    let r = || req(Some("ad1"), prompt(4 * bs, 1));
+    let generation = || {
+        let js = p.cached.stats_json();
+        let a = js["adapters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == "ad1")
+            .cloned();
+        let a = a.unwrap();
+        (a["generation"].as_u64().unwrap(), a["content_hash"].clone())
+    };
+    let first = bits(&p.plain.generate(r()).unwrap());
+    assert_eq!(same_bits(&p, r()), 0, "cold cache");
+    let g0 = generation();
+    assert!(g0.1.is_string(), "not loaded: {g0:?}");
+
+    // A touch and an atomic replace with the same bytes: the same generation, its blocks hit.
+    let dir = p.peft.join("ad1");
+    common::touch_files(&dir, 2_000_000);
+    common::replace_with_same_bytes(&dir, "adapter_model.safetensors");
+    let report = p.cached.refresh().unwrap();
+    assert_eq!(report["changed"], serde_json::json!([]), "{report}");
+    p.plain.refresh().unwrap();
+    assert_eq!(generation(), g0);
+    assert_eq!(
+        same_bits(&p, r()),
+        (4 * bs) as u64,
+        "touched adapter lost its blocks"
+    );
+    assert_eq!(bits(&p.plain.generate(r()).unwrap()), first);
+
+    // New bytes: a new generation with the new weights, the old blocks never hit.
+    write_adapter(&p.peft, "ad1", 77);
+    let report = p.cached.refresh().unwrap();
+    assert_eq!(report["changed"], serde_json::json!(["ad1"]), "{report}");
+    p.plain.refresh().unwrap();
+    assert_eq!(same_bits(&p, r()), 0, "stale generation hit");
+    assert_ne!(
+        bits(&p.plain.generate(r()).unwrap()),
+        first,
+        "old weights served"
+    );
+    let g1 = generation();
+    assert!(g1.0 > g0.0 && g1.1 != g0.1, "{g0:?} -> {g1:?}");
 }

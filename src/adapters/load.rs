@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::adapters::hf::{parse_hf, HfWeights};
 use crate::adapters::nemo::parse_nemo;
 use crate::adapters::normalize::{AdapterFormat, ModelShape, NormalizedAdapter};
+use crate::adapters::snapshot::read_snapshot;
 use crate::adapters::trtllm::{
     parse_trtllm, CONFIG_STEM as TRT_CONFIG, WEIGHTS_STEM as TRT_WEIGHTS,
 };
@@ -221,8 +222,9 @@ pub fn detect_format(dir: &Path) -> Result<AdapterFormat> {
 
 /// Loads, normalises and validates the adapter in `dir`, named `name`.
 ///
-/// Every file the format uses is read through [`read_adapter_file`] (symlink and size checks) and
-/// hashed into `generation` ([`generation_of`]); the format's `parse_*` function
+/// Every file the format uses is read through [`read_adapter_file`] (symlink and size checks) as
+/// one consistent snapshot ([`read_snapshot`]: a file changed while being read is read again,
+/// never parsed torn) and hashed into `generation` ([`generation_of`]); the format's `parse_*` function
 /// ([`parse_hf`], [`parse_nemo`], [`parse_trtllm`]) works on those bytes only. This is the one
 /// way an adapter is read from disk. The result is checked with
 /// [`validate`] against `shape` and `limits`; an adapter is either returned fully usable or
@@ -233,21 +235,18 @@ pub fn load_adapter(
     shape: &ModelShape,
     limits: &AdapterLimits,
 ) -> Result<NormalizedAdapter> {
-    let (format, files) = detect_files(dir).map_err(|e| e.context(format!("adapter '{name}'")))?;
-    let mut contents = Vec::with_capacity(files.len());
-    for f in &files {
-        let bytes =
-            read_adapter_file(dir, f).map_err(|e| e.context(format!("adapter '{name}'")))?;
-        contents.push((f.as_str(), bytes));
-    }
-    let generation = {
-        let refs: Vec<(&str, &[u8])> = contents.iter().map(|(n, b)| (*n, b.as_slice())).collect();
-        generation_of(&refs)
-    };
+    let snapshot = read_snapshot(dir, name)?;
+    let generation = snapshot.content_hash();
+    let format = snapshot.format;
+    let contents: Vec<(&str, &[u8])> = snapshot
+        .files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
     let mut adapter = match format {
         AdapterFormat::HfSafetensors | AdapterFormat::HfBin => {
             let (cfg, w) = match contents.as_slice() {
-                [(_, c), (_, w)] => (c.as_slice(), w.as_slice()),
+                [(_, c), (_, w)] => (*c, *w),
                 _ => {
                     return Err(Error::internal(
                         "HF adapter file list is not [config, weights]",
@@ -277,14 +276,8 @@ pub fn load_adapter(
                     "TensorRT-LLM adapter file list is not [config, weights]",
                 ));
             };
-            parse_trtllm(
-                dir,
-                name,
-                shape,
-                (*cfg, cfg_bytes.as_slice()),
-                (*weights, w_bytes.as_slice()),
-            )
-            .map_err(|e| e.context(format!("adapter '{name}'")))?
+            parse_trtllm(dir, name, shape, (*cfg, *cfg_bytes), (*weights, *w_bytes))
+                .map_err(|e| e.context(format!("adapter '{name}'")))?
         }
     };
     validate(&adapter, shape, limits)?;

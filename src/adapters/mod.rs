@@ -14,6 +14,7 @@ pub mod nemo;
 pub mod nemo_keys;
 pub mod npy;
 pub mod safetensors_check;
+pub mod snapshot;
 pub mod source;
 pub mod synth;
 pub mod trtllm;

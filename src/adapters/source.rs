@@ -1,17 +1,28 @@
 //! PEFT sources (DESIGN.md 1.1): directories whose immediate sub-directories are adapters.
 //! Discovery reads only directory listings and file metadata (format detection + a fingerprint of
-//! names, sizes and modification times); a rescan adds new adapters, gives changed ones a new
-//! generation and drops removed ones. Two sources offering the same name: the first wins and the
-//! conflict is reported.
+//! the files' [`DirStamp`]: names, sizes, times, inodes); a rescan adds new adapters, drops removed
+//! ones, and decides "changed" by content: an adapter whose fingerprint changed is read (as one
+//! [`read_snapshot`]) and its content hash compared with the one of its current generation; only
+//! different content gets a new generation. Two sources offering the same name: the first wins and
+//! the conflict is reported.
+//!
+//! Content hashes are recorded lazily: a new adapter's files are not read at discovery (a source
+//! may hold hundreds of adapters of hundreds of MB each, and the scan runs under the engine's
+//! registry lock), so [`AdapterInfo::content_hash`] is learnt from the engine's loaded copy
+//! ([`Served::Content`], passed to [`PeftRegistry::scan_with`]) or from a scan's own read. A
+//! fingerprint change of a generation whose content is not known (never loaded, or being
+//! loaded, or refused) is a change. Left open: files rewritten between two scans, loaded, evicted
+//! and restored to the recorded bytes before the next scan keep the generation although a load
+//! in between served other bytes under it (as any rewrite between scans already does until the
+//! next scan).
 //!
 //! Threading: not synchronised; the engine keeps it behind a mutex.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
 
-use super::load::detect_files;
+use super::snapshot::{read_snapshot, DirStamp};
 use super::AdapterFormat;
 use crate::error::{Error, Result};
 
@@ -24,10 +35,26 @@ pub struct AdapterInfo {
     pub dir: PathBuf,
     /// Detected format.
     pub format: AdapterFormat,
-    /// Hash of the adapter files' names, sizes and modification times.
+    /// Hash of the adapter files' metadata ([`fingerprint`]).
     pub fingerprint: u64,
-    /// Generation number: bumped whenever the fingerprint changes.
+    /// Generation number: bumped whenever the files' content changes (a metadata-only change,
+    /// such as `touch` or a copy of the same bytes, keeps it).
     pub generation: u64,
+    /// The content hash of this generation (`load::generation_of`, the `generation` string of
+    /// the loaded adapter) once known; `None` until the engine has loaded it or a scan has read
+    /// it (see the module docs).
+    pub content_hash: Option<String>,
+}
+
+/// What the engine holds of one adapter generation, as told to [`PeftRegistry::scan_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Served {
+    /// Nothing (never loaded, or evicted).
+    Nothing,
+    /// A load in flight or refused: what it read is not known.
+    Pending,
+    /// Loaded, with this content hash.
+    Content(String),
 }
 
 /// What a scan changed.
@@ -35,7 +62,7 @@ pub struct AdapterInfo {
 pub struct ScanReport {
     /// New adapters.
     pub added: Vec<String>,
-    /// Adapters whose files changed (new generation).
+    /// Adapters whose files' content changed (new generation).
     pub changed: Vec<String>,
     /// Adapters gone.
     pub removed: Vec<String>,
@@ -105,8 +132,18 @@ impl PeftRegistry {
         &self.last
     }
 
-    /// Rescans every source.
+    /// Rescans every source, knowing of no loaded adapter ([`Self::scan_with`]).
     pub fn scan(&mut self) -> ScanReport {
+        self.scan_with(&|_, _| Served::Nothing)
+    }
+
+    /// Rescans every source. `served(name, generation)` says what the caller holds of an adapter
+    /// generation. An adapter whose fingerprint or directory changed is read as a snapshot when
+    /// the content of its generation is known (the loaded copy's hash, which must agree with the
+    /// recorded one, else the recorded one when nothing is loaded): the same content keeps the
+    /// generation (only the fingerprint is updated); different content, unknown content, a
+    /// pending load, or a failed read gives a new generation, reported in `changed`.
+    pub fn scan_with(&mut self, served: &dyn Fn(&str, u64) -> Served) -> ScanReport {
         let mut report = ScanReport::default();
         let mut seen = BTreeMap::<String, (PathBuf, AdapterFormat, u64)>::new();
         let mut conflicts = BTreeSet::new();
@@ -157,14 +194,40 @@ impl PeftRegistry {
         }
         for (name, (dir, format, fp)) in seen {
             match self.adapters.get_mut(&name) {
-                Some(a) if a.fingerprint == fp && a.dir == dir => {}
+                Some(a) if a.fingerprint == fp && a.dir == dir => {
+                    if a.content_hash.is_none() {
+                        if let Served::Content(h) = served(&name, a.generation) {
+                            a.content_hash = Some(h);
+                        }
+                    }
+                }
                 Some(a) => {
+                    let known = match (served(&name, a.generation), &a.content_hash) {
+                        (Served::Content(h), Some(r)) if &h != r => None,
+                        (Served::Content(h), _) => Some(h),
+                        (Served::Pending, _) => None,
+                        (Served::Nothing, r) => r.clone(),
+                    };
+                    // The snapshot's own stamp becomes the fingerprint: it is what was hashed.
+                    let now = known.as_ref().and_then(|_| {
+                        read_snapshot(&dir, &name)
+                            .ok()
+                            .map(|snap| (snap.content_hash(), snap.stamp))
+                    });
                     a.dir = dir;
                     a.format = format;
                     a.fingerprint = fp;
-                    a.generation = self.next_generation;
-                    self.next_generation += 1;
-                    report.changed.push(name);
+                    if let Some((_, stamp)) = &now {
+                        a.format = stamp.format;
+                        a.fingerprint = hash_stamp(stamp);
+                    }
+                    let now = now.map(|(hash, _)| hash);
+                    if now.is_none() || now != known {
+                        a.generation = self.next_generation;
+                        self.next_generation += 1;
+                        report.changed.push(name);
+                    }
+                    a.content_hash = now;
                 }
                 None => {
                     let generation = self.next_generation;
@@ -177,6 +240,7 @@ impl PeftRegistry {
                             format,
                             fingerprint: fp,
                             generation,
+                            content_hash: None,
                         },
                     );
                     report.added.push(name);
@@ -188,22 +252,15 @@ impl PeftRegistry {
     }
 }
 
-/// Detects the format and hashes file names, sizes and modification times (no file contents).
+/// Detects the format and hashes the files' metadata ([`DirStamp`]: names, sizes, modification
+/// and status-change times, inodes; no file contents).
 pub fn fingerprint(dir: &Path) -> Result<(AdapterFormat, u64)> {
-    let (format, files) = detect_files(dir)?;
+    let stamp = DirStamp::of(dir)?;
+    Ok((stamp.format, hash_stamp(&stamp)))
+}
+
+fn hash_stamp(stamp: &DirStamp) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for f in &files {
-        let p = dir.join(f);
-        let m = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?;
-        f.hash(&mut h);
-        m.len().hash(&mut h);
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        mtime.hash(&mut h);
-    }
-    Ok((format, h.finish()))
+    stamp.files.hash(&mut h);
+    h.finish()
 }

@@ -133,11 +133,22 @@ pub(crate) fn loader_loop(
     }
 }
 
-/// Rescans every source and drops unpinned host entries of changed or removed adapters.
+/// Rescans every source and drops unpinned host entries of changed or removed adapters. The scan
+/// is told what the host cache holds of each generation, so that an adapter whose files were
+/// touched but whose content is that of its loaded copy keeps its generation (and its cached
+/// prefix blocks).
 pub(crate) fn rescan(shared: &Shared) -> crate::adapters::source::ScanReport {
+    use crate::adapters::source::Served;
     // Lock order everywhere: registry, then host cache.
     let mut reg = shared.registry.lock();
-    let report = reg.scan();
+    let report = reg.scan_with(&|name, generation| {
+        let host = shared.host.lock();
+        match host.get(&(name.to_string(), generation)).map(|e| &e.state) {
+            Some(LoadState::Ready(a)) => Served::Content(a.generation.clone()),
+            Some(LoadState::Loading | LoadState::Failed(_)) => Served::Pending,
+            None => Served::Nothing,
+        }
+    });
     if !report.changed.is_empty() || !report.removed.is_empty() {
         let mut host = shared.host.lock();
         for n in report.changed.iter().chain(&report.removed) {

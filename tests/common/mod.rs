@@ -533,3 +533,24 @@ pub fn expect_err<T>(
     }
     msg
 }
+
+/// Sets the modification time of every file in `dir` to `secs` after the epoch (a metadata-only
+/// change, like `touch -d`).
+pub fn touch_files(dir: &Path, secs: u64) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(e.unwrap().path())
+            .unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+            .unwrap();
+    }
+}
+
+/// Replaces `dir/file` by a renamed copy of its own bytes: a new inode, the same content.
+pub fn replace_with_same_bytes(dir: &Path, file: &str) {
+    let bytes = std::fs::read(dir.join(file)).unwrap();
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, &bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}
