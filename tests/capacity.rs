@@ -61,6 +61,10 @@ fn check_against_engine(cfg: &EngineConfig, w: &Workload) -> loraplex::CapacityP
     assert_eq!(plan.kv.blocks, engine.stats().kv_blocks_total);
     assert_eq!(plan.workload.max_model_len, engine.max_model_len());
     assert_eq!(plan.total_bytes, plan.memory.map(|m| m.total()));
+    assert_eq!(
+        plan.total_bytes.map(|t| t as u64),
+        stats["memory_total_bytes"].as_u64()
+    );
     plan
 }
 

@@ -197,6 +197,8 @@ impl Engine {
                 "max_seqs": s.max_step_seqs,
             },
             "memory": plan,
+            // The same breakdown `plan_capacity` gives for this config (its `memory`).
+            "memory_total_bytes": plan.total(),
             "kv_cache": {
                 "block_size": s.kv_block_size,
                 "blocks_total": s.kv_blocks_total,
