@@ -127,3 +127,27 @@ fn unknown_or_disagreeing_content_counts_as_a_change() {
     // were changing): not trusted.
     assert!(step(&mut reg, 40, Served::Content("0".repeat(64))));
 }
+
+/// Files rewritten, loaded, then restored to the recorded bytes before the next scan: the
+/// generation served the rewritten bytes, so the restore is a change.
+#[test]
+fn a_load_between_scans_is_remembered() {
+    let (_d, peft, dir, hash, mut reg) = fixture();
+    let r = reg.scan_with(&|_, _| Served::Content(hash.clone()));
+    assert!(r.changed.is_empty());
+    let g = reg.get("ad").unwrap().generation;
+    // Other bytes are loaded under generation g (the loader reports it), then evicted.
+    let saved = peft.join("saved");
+    std::fs::rename(&dir, &saved).unwrap();
+    write_adapter(&peft, "ad", 2);
+    reg.note_loaded("ad", g, &loaded_hash(&dir));
+    // An older generation's report is ignored.
+    reg.note_loaded("ad", g - 1, &hash);
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::rename(&saved, &dir).unwrap();
+    common::touch_files(&dir, 50);
+    let r = reg.scan_with(&|_, _| Served::Nothing);
+    assert_eq!(r.changed, vec!["ad".to_string()], "{r:?}");
+    assert!(reg.get("ad").unwrap().generation > g);
+    assert_eq!(reg.get("ad").unwrap().content_hash.as_deref(), Some(&*hash));
+}

@@ -11,10 +11,10 @@
 //! registry lock), so [`AdapterInfo::content_hash`] is learnt from the engine's loaded copy
 //! ([`Served::Content`], passed to [`PeftRegistry::scan_with`]) or from a scan's own read. A
 //! fingerprint change of a generation whose content is not known (never loaded, or being
-//! loaded, or refused) is a change. Left open: files rewritten between two scans, loaded, evicted
-//! and restored to the recorded bytes before the next scan keep the generation although a load
-//! in between served other bytes under it (as any rewrite between scans already does until the
-//! next scan).
+//! loaded, or refused) is a change. The engine also reports every completed load
+//! ([`PeftRegistry::note_loaded`]), so files rewritten between two scans, loaded, evicted and
+//! restored to the earlier bytes before the next scan count as changed: the generation served
+//! the rewritten bytes in between.
 //!
 //! Threading: not synchronised; the engine keeps it behind a mutex.
 
@@ -127,6 +127,17 @@ impl PeftRegistry {
     pub fn adapters(&self) -> impl Iterator<Item = &AdapterInfo> {
         self.adapters.values()
     }
+    /// Records that generation `generation` of adapter `name` was loaded with content hash
+    /// `hash` (what requests of that generation were served): the next scan that sees its files
+    /// change compares with this hash. Ignored for another (older) generation or an unknown name.
+    pub fn note_loaded(&mut self, name: &str, generation: u64, hash: &str) {
+        if let Some(a) = self.adapters.get_mut(name) {
+            if a.generation == generation {
+                a.content_hash = Some(hash.to_string());
+            }
+        }
+    }
+
     /// The last scan's report.
     pub fn last_report(&self) -> &ScanReport {
         &self.last

@@ -117,6 +117,13 @@ pub(crate) fn loader_loop(
             Ok(LoaderMsg::Load(job)) => {
                 let t0 = Instant::now();
                 let result = load_adapter(&job.dir, &job.key.0, &shape, &limits).map(Arc::new);
+                if let Ok(a) = &result {
+                    // Not nested in the host lock: the lock order is registry, then host.
+                    shared
+                        .registry
+                        .lock()
+                        .note_loaded(&job.key.0, job.key.1, &a.generation);
+                }
                 shared.host.lock().complete(&job.key, result, t0.elapsed());
                 let _ = worker.send(Command::AdaptersChanged);
             }
