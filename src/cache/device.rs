@@ -54,6 +54,12 @@ impl<K: Clone + Eq> DeviceSlots<K> {
     pub fn uploads(&self) -> u64 {
         self.uploads
     }
+    /// True when some slot is empty or used by no running sequence (room for a prefetch).
+    pub fn has_idle(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.as_ref().is_none_or(|s| s.users == 0))
+    }
     /// Distinct adapters with running sequences.
     pub fn in_use(&self) -> usize {
         self.slots.iter().flatten().filter(|s| s.users > 0).count()
@@ -212,6 +218,7 @@ mod tests {
         assert_ne!(sc, sa, "took the slot of a running adapter");
         assert_eq!(d.lookup(&key("a")), Some(sa));
         // Both slots in use: a fourth adapter waits; a running one still shares its slot.
+        assert!(!d.has_idle());
         assert_eq!(d.acquire(&key("d")), None);
         assert_eq!(d.acquire(&key("a")), Some((sa, false)));
         assert_eq!(d.in_use(), 2);
@@ -232,6 +239,7 @@ mod tests {
         assert_eq!(d.lookup(&key("p")), Some(s));
         assert_eq!(d.lookup(&key("c")), None);
         assert!(d.lookup(&key("b")).is_some() && d.lookup(&key("a")) == Some(sa));
+        assert!(d.has_idle());
         // Resident already: nothing to do. Everything else running or kept: no room.
         assert_eq!(d.prefetch(&key("p"), &[]), None);
         assert_eq!(d.prefetch(&key("q"), &[key("b"), key("p")]), None);

@@ -195,6 +195,9 @@ impl<B: Backend> Worker<B> {
     /// between steps; a failed upload leaves the slot empty (the request's own admission will
     /// retry and report it).
     pub(super) fn prefetch(&mut self) {
+        if self.sched.num_waiting() == 0 || !self.slots.has_idle() {
+            return;
+        }
         let w = self.waiting_adapters();
         let mut keep: Vec<DeviceKey> = Vec::new();
         let mut done = 0;
