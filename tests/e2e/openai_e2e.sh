@@ -163,6 +163,38 @@ else
 fi
 
 for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null || ko "a server process died (see logs)"; done
+
+echo "== SIGTERM drains"
+expect "GET /v1/health/live" 200 "$URL/v1/health/live"
+expect "GET /v1/health/ready" 200 "$URL/v1/health/ready"
+DRAIN_PORT=$(free_port)
+start_server drain "$DRAIN_PORT" -drain-timeout 60s
+DRAIN_PID=${PIDS[-1]}
+wait_health "$DRAIN_PORT" drain
+DURL="http://127.0.0.1:$DRAIN_PORT"
+curl -sN --max-time 120 "$DURL/v1/completions" -H 'Content-Type: application/json' \
+    -d "{\"model\":\"$BASE\",\"prompt\":\"Hello\",\"max_tokens\":400,\"ignore_eos\":true,\"stream\":true}" \
+    >"$WORK/drain-stream" &
+CURL_PID=$!
+for _ in $(seq 1 300); do grep -q '^data: {' "$WORK/drain-stream" 2>/dev/null && break; sleep 0.01; done
+kill -TERM "$DRAIN_PID"
+sleep 0.2
+if kill -0 "$DRAIN_PID" 2>/dev/null; then
+    expect "ready while draining -> 503" 503 "$DURL/v1/health/ready"
+    expect "new request while draining -> 503" 503 "$DURL/v1/completions" -d "{\"prompt\":\"x\",\"max_tokens\":2}"
+    grep -qi '^retry-after:' "$WORK/headers" && ok "503 has Retry-After" || ko "503 has Retry-After"
+else
+    ko "the server exited before its request in flight finished"
+fi
+wait "$CURL_PID"
+[ "$(grep -v '^$' "$WORK/drain-stream" | tail -n 1)" = "data: [DONE]" ] \
+    && grep -q '"finish_reason":"length"' "$WORK/drain-stream" \
+    && ok "the request in flight finished during the drain" || ko "in-flight request during the drain: $(tail -c 300 "$WORK/drain-stream")"
+wait "$DRAIN_PID"
+DRAIN_RC=$?
+[ "$DRAIN_RC" = 0 ] && ok "drained server exits 0" || ko "drained server exit status $DRAIN_RC"
+unset 'PIDS[-1]'
+
 if [ "$FAIL" -gt 0 ]; then
     echo "--- server logs"; tail -n 20 "$WORK"/*.log
 fi

@@ -2,6 +2,8 @@
 // the Go standard library:
 //
 //	GET  /health               200 {"status":"ok"} once the model is loaded
+//	GET  /v1/health/live       200 while the process serves (NIM's liveness probe)
+//	GET  /v1/health/ready      200 once the model is loaded and until a drain starts, then 503
 //	GET  /v1/models            the base model and every adapter
 //	POST /v1/completions       OpenAI completions ("stream": true gives Server-Sent Events)
 //	POST /v1/chat/completions  OpenAI chat completions (idem)
@@ -14,13 +16,16 @@
 //
 // Configuration comes from the environment (LPX_MODEL, NIM_PEFT_SOURCE, NIM_MAX_CPU_LORAS, ...;
 // see loraplex.ConfigFromEnv) and flags, which win. Errors are OpenAI-style bodies with
-// statuses: CAPACITY / QUEUE_FULL → 429 with Retry-After: 1, NOT_FOUND → 404, invalid or
-// unsupported requests → 400, anything else → 500. A client that disconnects cancels its
-// request.
+// statuses: CAPACITY / QUEUE_FULL → 429 naming the limit, with the engine's Retry-After estimate,
+// NOT_FOUND → 404, invalid or unsupported requests → 400, anything else → 500. A client that
+// disconnects cancels its request.
+//
+// SIGTERM or SIGINT drains: readiness turns 503 and new generation requests get 503 with
+// Retry-After: 1, requests in flight finish (at most -drain-timeout, env LPX_DRAIN_TIMEOUT in
+// seconds), then the server exits (status 0 when everything in flight finished).
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -60,6 +65,11 @@ func main() {
 	flag.Uint64Var(&cfg.MemoryBudgetBytes, "memory-budget-bytes", cfg.MemoryBudgetBytes, "memory budget, 0 = none (env LPX_MEMORY_BUDGET_BYTES)")
 	plan := flag.Bool("plan", false, "print the capacity plan of this configuration as JSON and exit (0: fits, 3: does not)")
 	listen := flag.String("listen", envOr("LPX_LISTEN", "127.0.0.1:8000"), "listen address (env LPX_LISTEN)")
+	drainDefault, err := time.ParseDuration(envOr("LPX_DRAIN_TIMEOUT", "30") + "s")
+	if err != nil {
+		log.Fatalf("openai-server: LPX_DRAIN_TIMEOUT=%q is not a number of seconds", os.Getenv("LPX_DRAIN_TIMEOUT"))
+	}
+	drainTimeout := flag.Duration("drain-timeout", drainDefault, "on SIGTERM, how long requests in flight may take to finish (env LPX_DRAIN_TIMEOUT, seconds)")
 	flag.Parse()
 	cfg.MaxLoraRank, cfg.MaxNumSeqs, cfg.MaxBatchTokens = uint32(*maxRank), uint32(*maxSeqs), uint32(*maxBatch)
 	cfg.PeftRefreshInterval = *refresh
@@ -89,18 +99,19 @@ func main() {
 	}
 	defer engine.Close()
 
+	s := newServer(engine)
 	srv := &http.Server{
 		Addr:              *listen,
-		Handler:           withPlan(newServer(engine).routes(), cfg),
+		Handler:           withPlan(s.routes(), cfg),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
+	drained := make(chan bool, 1)
 	go func() {
-		<-stop
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
+		sig := <-stop
+		log.Printf("openai-server: %v: draining (at most %v)", sig, *drainTimeout)
+		drained <- shutdown(s, srv, *drainTimeout)
 	}()
 	log.Printf("openai-server: loraplex %s serving %s on http://%s", loraplex.Version(), cfg.Model, *listen)
 	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -108,4 +119,10 @@ func main() {
 		engine.Close()
 		os.Exit(1)
 	}
+	if !<-drained {
+		log.Printf("openai-server: drain timed out with requests in flight; exiting")
+		engine.Close()
+		os.Exit(1)
+	}
+	log.Printf("openai-server: drained")
 }

@@ -23,7 +23,8 @@ const pollEvery = 50 * time.Millisecond
 
 // server holds the engine; its handlers may run concurrently (the engine is thread-safe).
 type server struct {
-	engine *loraplex.Engine
+	engine  *loraplex.Engine
+	replica replica
 }
 
 func newServer(e *loraplex.Engine) *server { return &server{engine: e} }
@@ -31,6 +32,8 @@ func newServer(e *loraplex.Engine) *server { return &server{engine: e} }
 func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/health", method(http.MethodGet, s.health))
+	mux.HandleFunc("/v1/health/live", method(http.MethodGet, s.live))
+	mux.HandleFunc("/v1/health/ready", method(http.MethodGet, s.ready))
 	mux.HandleFunc("/v1/models", method(http.MethodGet, s.models))
 	mux.HandleFunc("/metrics", method(http.MethodGet, s.metrics))
 	mux.HandleFunc("/v1/completions", method(http.MethodPost, s.generate(false)))
@@ -161,6 +164,11 @@ func checkBody(body []byte, chat bool) (stream bool, err error) {
 // generate serves /v1/completions (chat false) and /v1/chat/completions (chat true).
 func (s *server) generate(chat bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		done := s.replica.admit(w)
+		if done == nil {
+			return
+		}
+		defer done()
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 		if err != nil {
 			writeError(w, http.StatusBadRequest, "invalid_request_error", "invalid_argument", fmt.Sprintf("reading the body: %v", err))
