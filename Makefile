@@ -101,7 +101,7 @@ FORCE:
 # Go binding (bindings/go/loraplex), Go OpenAI server (examples/go/openai-server) and its
 # end-to-end test (tests/e2e). Go is installed by scripts/install-go.sh when missing.
 GO ?= go
-.PHONY: go-test e2e
+.PHONY: go-test e2e router-test
 
 go-test:
 	bash scripts/install-go.sh
@@ -111,3 +111,7 @@ go-test:
 
 e2e:
 	bash tests/e2e/openai_e2e.sh
+
+# Three replicas behind vllm-router (PyPI): correctness and adapter residency per routing policy.
+router-test:
+	bash tests/e2e/router_e2e.sh

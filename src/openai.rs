@@ -102,7 +102,9 @@ enum Policy {
 ///
 /// Fields accepted only at their do-nothing value: `suffix` = "", `store` = false (nothing is
 /// stored), `service_tier` = "auto" or "default" (there is one tier), `tools` = [],
-/// `tool_choice` = "none", `functions` = [], `function_call` = "none".
+/// `tool_choice` = "none", `functions` = [], `function_call` = "none", and the fields routers
+/// add for vLLM / SGLang replicas: `skip_special_tokens` = true, `no_stop_trim` = false,
+/// `return_hidden_states` = false.
 const FIELDS: &[(&str, Endpoints, Policy)] = &[
     ("model", Endpoints::Both, Policy::Honoured),
     ("prompt", Endpoints::Completion, Policy::Honoured),
@@ -150,6 +152,26 @@ const FIELDS: &[(&str, Endpoints, Policy)] = &[
         "store",
         Endpoints::Both,
         Policy::DefaultOnly(|v| v == false, "false (loraplex stores nothing)"),
+    ),
+    // Fields routers in front of vLLM / SGLang replicas (vllm-router, sglang-router) add to every
+    // request at their defaults, which are what loraplex does.
+    (
+        "skip_special_tokens",
+        Endpoints::Both,
+        Policy::DefaultOnly(
+            |v| v == true,
+            "true (output text never holds special tokens)",
+        ),
+    ),
+    (
+        "no_stop_trim",
+        Endpoints::Both,
+        Policy::DefaultOnly(|v| v == false, "false (stop strings are trimmed)"),
+    ),
+    (
+        "return_hidden_states",
+        Endpoints::Both,
+        Policy::DefaultOnly(|v| v == false, "false"),
     ),
     (
         "service_tier",
@@ -1528,6 +1550,15 @@ mod tests {
             ),
             (r#"{"prompt":"a","store":true}"#, "\"store\""),
             (
+                r#"{"prompt":"a","skip_special_tokens":false}"#,
+                "\"skip_special_tokens\"",
+            ),
+            (r#"{"prompt":"a","no_stop_trim":true}"#, "\"no_stop_trim\""),
+            (
+                r#"{"prompt":"a","return_hidden_states":true}"#,
+                "\"return_hidden_states\"",
+            ),
+            (
                 r#"{"prompt":"a","service_tier":"priority"}"#,
                 "\"service_tier\"",
             ),
@@ -1581,6 +1612,8 @@ mod tests {
             r#"{"prompt":"a","tools":null,"logit_bias":null,"suffix":null,"stream_options":null}"#,
             r#"{"messages":[{"role":"user","content":"x"}],"logprobs":false,"top_logprobs":0}"#,
             r#"{"prompt":"a","top_k":-1,"seed":18446744073709551615}"#,
+            // What vllm-router / sglang-router add to every request.
+            r#"{"prompt":"a","skip_special_tokens":true,"no_stop_trim":false,"return_hidden_states":false}"#,
         ] {
             let r = parse_openai(body, "base");
             assert!(r.is_ok(), "{body}: {r:?}");
