@@ -5,9 +5,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use loraplex::adapters::export::{export, ExportFormat};
 use loraplex::config::EngineConfig;
 use loraplex::engine::{Engine, EngineStats, Output, Prompt, Request};
 use loraplex::sampling::SamplingParams;
@@ -37,20 +36,6 @@ fn same_bits(x: &Output, y: &Output) -> bool {
     x.token_ids == y.token_ids && lp(x) == lp(y)
 }
 
-/// A tiny model and the adapters `names` (seeds 30, 31, ...) under `dir`; returns (model, peft).
-fn write(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
-    let model = dir.join("model");
-    let peft = dir.join("loras");
-    let spec = common::TinySpec::default();
-    common::write_tiny_model(&model, spec);
-    let shape = common::tiny_shape(spec);
-    for (k, name) in names.iter().enumerate() {
-        let a = common::random_adapter(&shape, [4; 7], 30 + k as u64, false, false);
-        export(&a, &shape, ExportFormat::HfSafetensors, &peft.join(name)).unwrap();
-    }
-    (model, peft)
-}
-
 fn engine(model: &Path, peft: &Path, tweak: impl Fn(&mut EngineConfig)) -> Engine {
     let mut cfg = EngineConfig::new(model);
     cfg.threads = 2;
@@ -71,7 +56,7 @@ fn counts(s: &EngineStats) -> [u64; 4] {
 #[test]
 fn a_waiting_requests_adapter_is_uploaded_before_its_admission() {
     let dir = tempfile::tempdir().unwrap();
-    let (model, peft) = write(dir.path(), &["a", "b", "c"]);
+    let (model, peft) = common::tiny_model_with_adapters(dir.path(), &["a", "b", "c"], 30);
     let e = engine(&model, &peft, |c| {
         c.max_num_seqs = 1;
         c.max_gpu_loras = 2;
@@ -118,7 +103,7 @@ fn a_waiting_requests_adapter_is_uploaded_before_its_admission() {
 #[test]
 fn adapters_with_the_same_files_share_one_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let (model, peft) = write(dir.path(), &["a", "b"]);
+    let (model, peft) = common::tiny_model_with_adapters(dir.path(), &["a", "b"], 30);
     // "a-copy" holds the same bytes as "a" under another name.
     let copy = peft.join("a-copy");
     std::fs::create_dir_all(&copy).unwrap();

@@ -102,28 +102,11 @@ fn a_flooding_adapter_delays_others_by_a_bounded_number_of_steps() {
     }
 }
 
-/// A tiny model with adapters `names` written to `dir`; returns (model dir, PEFT source).
-fn model_with_adapters(
-    dir: &std::path::Path,
-    names: &[&str],
-) -> (std::path::PathBuf, std::path::PathBuf) {
-    let model = dir.join("model");
-    let peft = dir.join("loras");
-    let spec = common::TinySpec::default();
-    common::write_tiny_model(&model, spec);
-    let shape = common::tiny_shape(spec);
-    for (k, name) in names.iter().enumerate() {
-        let a = common::random_adapter(&shape, [4; 7], 10 + k as u64, false, false);
-        export(&a, &shape, ExportFormat::HfSafetensors, &peft.join(name)).unwrap();
-    }
-    (model, peft)
-}
-
 /// The most sequences that shared a step while `reqs` ran together on an engine configured by
 /// `tweak` (with room for 4 sequences a step).
 fn max_step_seqs(reqs: &[Option<&str>], tweak: impl Fn(&mut EngineConfig)) -> usize {
     let dir = tempfile::tempdir().unwrap();
-    let (model, peft) = model_with_adapters(dir.path(), &["a", "b"]);
+    let (model, peft) = common::tiny_model_with_adapters(dir.path(), &["a", "b"], 10);
     let mut cfg = EngineConfig::new(&model);
     cfg.threads = 2;
     cfg.peft_source = vec![peft];
@@ -190,7 +173,7 @@ fn a_running_cap_limits_an_adapters_share_of_the_batch() {
 fn refusals_under_load_name_the_limit_and_estimate_the_wait() {
     use loraplex::ErrorCode;
     let dir = tempfile::tempdir().unwrap();
-    let (model, peft) = model_with_adapters(dir.path(), &["a", "b"]);
+    let (model, peft) = common::tiny_model_with_adapters(dir.path(), &["a", "b"], 10);
     let mut cfg = EngineConfig::new(&model);
     cfg.threads = 2;
     cfg.peft_source = vec![peft];

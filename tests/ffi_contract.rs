@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::c_errors::{ok, take_err};
+
 use std::ffi::{c_char, CStr, CString};
 use std::ptr::{null, null_mut};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,25 +19,6 @@ fn sentinel_ptr<T>() -> *mut T {
 }
 
 /// Takes an error: returns (code, message) and frees it. Panics on success.
-fn take_err(e: *mut lpx_error) -> (u32, String) {
-    assert!(!e.is_null(), "expected an error");
-    unsafe {
-        let code = lpx_error_code(e) as u32;
-        let msg = CStr::from_ptr(lpx_error_message(e))
-            .to_str()
-            .unwrap()
-            .to_string();
-        lpx_error_free(e);
-        (code, msg)
-    }
-}
-
-fn ok(e: *mut lpx_error) {
-    if !e.is_null() {
-        let (c, m) = take_err(e);
-        panic!("unexpected error {c}: {m}");
-    }
-}
 
 const INVALID: u32 = 1;
 

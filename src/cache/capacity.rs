@@ -16,7 +16,6 @@ use serde_json::Value;
 
 use super::plan::{ModelLen, ModelLenBound, Sizing};
 use super::MemoryPlan;
-use crate::backend::KvGeometry;
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::model::header::ModelHeader;
@@ -323,15 +322,8 @@ pub fn plan_capacity(cfg: &EngineConfig, workload: &Workload) -> Result<Capacity
         .map_err(|e| e.context(planned.model.display()))?;
     let model = &header.config;
     let len = ModelLen::resolve(planned.max_model_len, model)?;
-    let block_bytes = KvGeometry {
-        num_layers: model.num_layers,
-        num_blocks: 1,
-        block_size: planned.kv_block_size,
-        num_kv_heads: model.num_kv_heads,
-        head_dim: model.head_dim,
-    }
-    .bytes();
-    let blocks_needed = blocks_needed(&planned, len.tokens);
+    let block_bytes = MemoryPlan::one_kv_block(&planned, model).bytes();
+    let blocks_needed = MemoryPlan::blocks_for_sequences(&planned, len.tokens);
     let required = MemoryPlan::size(
         &EngineConfig {
             memory_budget_bytes: 0,
@@ -387,12 +379,6 @@ pub fn plan_capacity(cfg: &EngineConfig, workload: &Workload) -> Result<Capacity
     })
 }
 
-/// `max_num_seqs` sequences of `len` tokens, each in whole blocks.
-fn blocks_needed(cfg: &EngineConfig, len: usize) -> usize {
-    len.div_ceil(cfg.kv_block_size.max(1))
-        .saturating_mul(cfg.max_num_seqs)
-}
-
 /// Why a config does not fit: what bounds it and the message.
 type Misfit = (KnobBound, String);
 
@@ -406,7 +392,7 @@ fn assess(
         .map_err(|e| (KnobBound::MaxPositionEmbeddings, e.message().to_string()))?;
     let s = MemoryPlan::size(cfg, model, len, weights)
         .map_err(|e| (KnobBound::MemoryBudget, e.message().to_string()))?;
-    let needed = blocks_needed(cfg, len.tokens);
+    let needed = MemoryPlan::blocks_for_sequences(cfg, len.tokens);
     if s.kv.num_blocks < needed {
         return Err((
             KnobBound::KvCache,

@@ -156,6 +156,14 @@ impl HostCache {
             .unwrap_or(0)
     }
 
+    /// Pins an existing entry `n` more times (a request's further sequences); absent keys are
+    /// ignored (an entry just acquired is always present: pinned entries are never dropped).
+    pub fn add_pins(&mut self, key: &AdapterKey, n: usize) {
+        if let Some(e) = self.entries.get_mut(key) {
+            e.pins += n;
+        }
+    }
+
     /// Unpins `key` once (a request using it ended). A failed entry with no pins is dropped.
     pub fn release(&mut self, key: &AdapterKey) {
         let drop_it = match self.entries.get_mut(key) {

@@ -148,13 +148,7 @@ impl MemoryPlan {
             ),
             kv_cache_bytes: 0,
         };
-        let block = KvGeometry {
-            num_layers: model.num_layers,
-            num_blocks: 1,
-            block_size: cfg.kv_block_size,
-            num_kv_heads: model.num_kv_heads,
-            head_dim: model.head_dim,
-        };
+        let block = Self::one_kv_block(cfg, model);
         let block_bytes = block.bytes();
         let budget = cfg.memory_budget_bytes;
         let kv_bytes = if cfg.kv_cache_bytes > 0 {
@@ -162,10 +156,7 @@ impl MemoryPlan {
         } else if budget > 0 {
             budget.saturating_sub(plan.total())
         } else {
-            // Each sequence holds whole blocks.
-            len.tokens
-                .div_ceil(cfg.kv_block_size.max(1))
-                .saturating_mul(cfg.max_num_seqs)
+            Self::blocks_for_sequences(cfg, len.tokens)
                 .saturating_mul(block_bytes)
                 .min(DEFAULT_KV_CACHE_CAP_BYTES)
         };
@@ -194,6 +185,24 @@ impl MemoryPlan {
             )));
         }
         Ok(Sizing { plan, kv, lora })
+    }
+
+    /// The KV geometry of one block of `cfg.kv_block_size` tokens of `model`.
+    pub fn one_kv_block(cfg: &EngineConfig, model: &ModelConfig) -> KvGeometry {
+        KvGeometry {
+            num_layers: model.num_layers,
+            num_blocks: 1,
+            block_size: cfg.kv_block_size,
+            num_kv_heads: model.num_kv_heads,
+            head_dim: model.head_dim,
+        }
+    }
+
+    /// KV blocks that hold `cfg.max_num_seqs` sequences of `len` tokens at once, each in whole
+    /// blocks (the default KV cache's size, and what the capacity planner requires).
+    pub fn blocks_for_sequences(cfg: &EngineConfig, len: usize) -> usize {
+        len.div_ceil(cfg.kv_block_size.max(1))
+            .saturating_mul(cfg.max_num_seqs)
     }
 
     /// f32 elements of one adapter at `rank` on every target of every layer.

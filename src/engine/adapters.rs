@@ -29,13 +29,15 @@ pub(crate) enum LoaderMsg {
     Shutdown,
 }
 
-/// Resolves `name` to its current generation and pins it in the host cache, starting a load when
-/// needed. NOT_FOUND for unknown names, CAPACITY when the host cache is full of active adapters,
-/// INVALID_ADAPTER (immediately) when this generation is known to be refused.
+/// Resolves `name` to its current generation and pins it `pins` times (one per sequence of the
+/// request, at least one) in the host cache, starting a load when needed. NOT_FOUND for unknown
+/// names, CAPACITY when the host cache is full of active adapters, INVALID_ADAPTER (immediately)
+/// when this generation is known to be refused; on an error nothing stays pinned.
 pub(crate) fn acquire_adapter(
     shared: &Shared,
     loader: &Sender<LoaderMsg>,
     name: &str,
+    pins: usize,
 ) -> Result<AdapterKey> {
     let info = {
         let reg = shared.registry.lock();
@@ -55,6 +57,12 @@ pub(crate) fn acquire_adapter(
     let acquired = host
         .acquire(&key)
         .map_err(|e| capacity_retry(shared, &host, e))?;
+    host.add_pins(&key, pins.saturating_sub(1));
+    let unpin = |host: &mut HostCache| {
+        for _ in 0..pins.max(1) {
+            host.release(&key);
+        }
+    };
     match acquired {
         Acquired::MustLoad { .. } => {
             drop(host);
@@ -65,7 +73,7 @@ pub(crate) fn acquire_adapter(
                 }))
                 .is_err()
             {
-                shared.host.lock().release(&key);
+                unpin(&mut shared.host.lock());
                 return Err(Error::new(
                     crate::ErrorCode::EngineFailed,
                     "adapter loader is not running",
@@ -75,7 +83,7 @@ pub(crate) fn acquire_adapter(
         Acquired::Cached => {
             if let Some(LoadState::Failed(e)) = host.get(&key).map(|e| &e.state) {
                 let e = e.clone();
-                host.release(&key);
+                unpin(&mut host);
                 return Err(e);
             }
         }

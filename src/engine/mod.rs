@@ -504,28 +504,11 @@ impl Engine {
     fn pin_adapters(&self, mix: &[(String, f32)], nseq: usize) -> Result<Vec<AdapterUse>> {
         let mut pinned: Vec<AdapterUse> = Vec::with_capacity(mix.len());
         for (name, scale) in mix {
-            match adapters::acquire_adapter(&self.shared, &self.loader_tx, name) {
+            match adapters::acquire_adapter(&self.shared, &self.loader_tx, name, nseq) {
                 Ok(key) => pinned.push(AdapterUse { key, scale: *scale }),
                 Err(e) => {
-                    self.unpin_adapters(&pinned, 1);
+                    self.unpin_adapters(&pinned, nseq);
                     return Err(e);
-                }
-            }
-        }
-        let mut host = self.shared.host.lock();
-        for extra in 1..nseq {
-            for (k, a) in pinned.iter().enumerate() {
-                if let Err(e) = host.acquire(&a.key) {
-                    // Unpin this round's adapters before `k`, and every earlier round.
-                    for b in &pinned[..k] {
-                        host.release(&b.key);
-                    }
-                    for _ in 0..extra {
-                        for b in &pinned {
-                            host.release(&b.key);
-                        }
-                    }
-                    return Err(adapters::capacity_retry(&self.shared, &host, e));
                 }
             }
         }

@@ -188,12 +188,16 @@ impl Sequence {
         if block_size == 0 {
             return;
         }
+        let full = upto.min(self.tokens.len()) / block_size;
+        if self.block_hashes.len() >= full {
+            // Called for every running sequence each step; most steps fill no block.
+            return;
+        }
         let owner: Vec<(&str, u64, f32)> = self
             .adapters
             .iter()
             .map(|a| (a.key.0.as_str(), a.key.1, a.scale))
             .collect();
-        let full = upto.min(self.tokens.len()) / block_size;
         while self.block_hashes.len() < full {
             let j = self.block_hashes.len();
             let toks = &self.tokens[j * block_size..(j + 1) * block_size];

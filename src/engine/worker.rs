@@ -181,13 +181,17 @@ impl<B: Backend> Worker<B> {
     /// constraints' masks are computed next to it), then prompt log-probabilities, prompt
     /// sharing between choices, and sampling.
     fn step(&mut self) -> Result<()> {
+        let queue = (self.sched.num_running(), self.sched.num_waiting());
         let chunks = self.admit();
         if chunks.is_empty() {
             return Ok(());
         }
-        // Published before the step emits outputs: a client that reads the stats after an
-        // output sees the queue as this step left it, not as it was before the first step.
-        self.publish_stats();
+        // When admission changed the queue, it is published before the step emits outputs: a
+        // client that reads the stats after an output sees the queue as this step left it, not
+        // as it was before (steps that only continue running sequences skip it).
+        if queue != (self.sched.num_running(), self.sched.num_waiting()) {
+            self.publish_stats();
+        }
         // The constraints of the sequences that sample this step leave their sequences while
         // their masks are computed on another thread during the forward pass.
         let mut constrained: Vec<Masking> = Vec::new();

@@ -2,6 +2,8 @@
 //! reference comparisons.
 #![allow(dead_code)]
 
+pub mod c_errors;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -444,6 +446,19 @@ pub fn export_tiny_adapter(dir: &Path, seed: u64) {
         dir,
     )
     .unwrap();
+}
+
+/// The default tiny model in `dir/model` and, under the PEFT source `dir/loras`, one adapter
+/// per name ([`export_tiny_adapter`], seeds `first_seed`, `first_seed + 1`, ...); returns
+/// (model dir, PEFT source).
+pub fn tiny_model_with_adapters(dir: &Path, names: &[&str], first_seed: u64) -> (PathBuf, PathBuf) {
+    let model = dir.join("model");
+    let peft = dir.join("loras");
+    write_tiny_model(&model, TinySpec::default());
+    for (k, name) in names.iter().enumerate() {
+        export_tiny_adapter(&peft.join(name), first_seed + k as u64);
+    }
+    (model, peft)
 }
 
 /// A random adapter: `ranks[t]` per target (0 = not adapted; the adapted ones share one rank,
