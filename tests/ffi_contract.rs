@@ -18,8 +18,6 @@ fn sentinel_ptr<T>() -> *mut T {
     0x1234usize as *mut T
 }
 
-/// Takes an error: returns (code, message) and frees it. Panics on success.
-
 const INVALID: u32 = 1;
 
 /// The current layout's defaults, as C compiled against the header gets them (its
