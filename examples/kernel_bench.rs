@@ -8,7 +8,7 @@
 //! `--quant` instead times the quantized matmul per type, kernel path and row count.
 //! `--step` instead times whole decode steps over 30 distinct layers (weights from DRAM).
 //!
-//! For each weight shape (in -> out), format (F32, BF16), thread count (1, 2) and row count
+//! For each weight shape (in -> out), format (F32, BF16; `bf16f`: BF16 on the AVX2/FMA f32 kernels), thread count (1, 2) and row count
 //! (1, 8, 32, 256) it prints the time per call, the weight traffic in GB/s (weight bytes / time,
 //! i.e. the bandwidth needed to stream the weight once per call) and GFLOP/s (2·rows·in·out /
 //! time) and GFLOP per CPU-second (summed over threads; robust to other load). It also prints the memory copy bandwidth of a 256 MB buffer and the estimated time of
@@ -394,7 +394,13 @@ fn main() {
     }
     let rows_list = [1usize, 8, 32, 256];
     // step[format][threads][rows] = seconds of all weight matmuls in one decode step
-    let mut step = [[[0f64; 4]; 2]; 2];
+    let mut step = [[[0f64; 4]; 2]; 3];
+    // bf16 on the default path (AVX-512 BF16 where present) and on the AVX2/FMA f32 kernels.
+    let formats = [
+        ("f32", WeightFormat::F32, None),
+        ("bf16", WeightFormat::BF16, None),
+        ("bf16f", WeightFormat::BF16, Some(false)),
+    ];
     println!(
         "{:<8} {:>5} {:>6} {:>4} {:>3} {:>4} {:>8} {:>7} {:>7} {:>8}",
         "shape", "in", "out", "fmt", "thr", "rows", "ms/call", "GB/s", "GFLOP/s", "GF/cpu-s"
@@ -407,12 +413,15 @@ fn main() {
             .map(|_| rng.gen_range(-0.1f32..0.1))
             .collect();
         let t = HostTensor::f32(vec![out, inp], data);
-        for (fi, format) in [WeightFormat::F32, WeightFormat::BF16]
-            .into_iter()
-            .enumerate()
-        {
+        for (fi, &(fname, format, bf16dot)) in formats.iter().enumerate() {
             for (pi, pool) in pools.iter().enumerate() {
-                let be = CpuBackend::new(pool.clone());
+                let be = match bf16dot {
+                    None => CpuBackend::new(pool.clone()),
+                    Some(on) => match CpuBackend::with_bf16_dot(pool.clone(), on) {
+                        Ok(be) => be,
+                        Err(_) => continue,
+                    },
+                };
                 let w = be.weight(&t, format).expect("weight");
                 let wbytes = be.weight_bytes(&w) as f64;
                 for (ri, &rows) in rows_list.iter().enumerate() {
@@ -426,7 +435,7 @@ fn main() {
                         name,
                         inp,
                         out,
-                        if fi == 0 { "f32" } else { "bf16" },
+                        fname,
                         pool.current_num_threads(),
                         rows,
                         secs * 1e3,
@@ -443,7 +452,7 @@ fn main() {
         }
     }
     println!("\nall weight matmuls of one SmolLM2-135M decode step (30 layers + lm head):");
-    for (fi, fname) in ["f32", "bf16"].iter().enumerate() {
+    for (fi, (fname, _, _)) in formats.iter().enumerate() {
         for (pi, thr) in [1, 2].iter().enumerate() {
             let cells: Vec<String> = rows_list
                 .iter()

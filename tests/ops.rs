@@ -119,10 +119,76 @@ const MATMUL_SHAPES: &[(usize, usize, &[usize])] = &[
     (1536, 63, &[1, 8, 33]),
 ];
 
+/// Every SIMD kernel path this CPU runs (bf16 weights: the AVX2/FMA f32 kernels on rounded
+/// activations, and the AVX-512 BF16 `vdpbf16ps` kernels where present), with `threads` threads.
+fn simd_paths(threads: usize) -> Vec<(&'static str, CpuBackend)> {
+    let mut v = Vec::new();
+    if let Ok(be) = CpuBackend::with_bf16_dot(pool(threads), false) {
+        v.push(("cpu avx2-fma", be));
+    }
+    match CpuBackend::with_bf16_dot(pool(threads), true) {
+        Ok(be) => v.push(("cpu avx512-bf16", be)),
+        Err(e) => eprintln!("skipping the avx512-bf16 path: {e}"),
+    }
+    v
+}
+
 #[test]
 fn matmul_simd_matches_reference() {
-    let be = cpu(2);
-    check_matmul(&be, "cpu", MATMUL_SHAPES);
+    for (label, be) in simd_paths(2) {
+        check_matmul(&be, label, MATMUL_SHAPES);
+    }
+}
+
+/// The AVX-512 BF16 path is bit for bit the order its kernel documents: per weight row, 4 lanes
+/// each adding the pair `(k + 2i + 1, k + 2i)` of every 8-column step (odd element first, each
+/// bf16 × bf16 product exact in f32), then `(l0 + l2) + (l1 + l3)`.
+#[test]
+fn matmul_bf16_dot_follows_its_documented_order() {
+    let Ok(be) = CpuBackend::with_bf16_dot(pool(2), true) else {
+        eprintln!("skipping: no AVX-512 BF16 on this CPU");
+        return;
+    };
+    let bf = |v: f32| half::bf16::from_f32(v).to_f32();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for &(inp, out, rows) in &[
+        (64usize, 8usize, 5usize),
+        (7, 5, 3),
+        (576, 63, 17),
+        (1000, 9, 33),
+    ] {
+        let t = tensor(&mut rng, out, inp);
+        let w = be.weight(&t, WeightFormat::BF16).unwrap();
+        let x = rand_vec(&mut rng, rows * inp);
+        let mut y = vec![0f32; rows * out];
+        be.matmul(&x, rows, &w, &mut y);
+        let wd = t.to_f32_vec();
+        for r in 0..rows {
+            for o in 0..out {
+                let at = |i: usize| {
+                    if i < inp {
+                        bf(x[r * inp + i]) * bf(wd[o * inp + i])
+                    } else {
+                        0.0
+                    }
+                };
+                let mut lanes = [0f32; 4];
+                for k in (0..inp.div_ceil(8) * 8).step_by(8) {
+                    for (i, l) in lanes.iter_mut().enumerate() {
+                        *l += at(k + 2 * i + 1);
+                        *l += at(k + 2 * i);
+                    }
+                }
+                let want = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
+                assert_eq!(
+                    y[r * out + o].to_bits(),
+                    want.to_bits(),
+                    "in={inp} row {r} out {o}: {} vs {want}",
+                    y[r * out + o]
+                );
+            }
+        }
+    }
 }
 
 #[test]
@@ -193,7 +259,9 @@ fn bf16_host_tensor_packs_exactly() {
 #[test]
 fn matmul_row_is_independent_of_batch() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    for be in [cpu(2), CpuBackend::portable(pool(2))] {
+    let mut paths: Vec<CpuBackend> = simd_paths(2).into_iter().map(|(_, be)| be).collect();
+    paths.push(CpuBackend::portable(pool(2)));
+    for be in paths {
         for &(inp, out) in &[(576usize, 1536usize), (7, 63), (1000, 5)] {
             let t = tensor(&mut rng, out, inp);
             for format in FORMATS {
@@ -234,16 +302,27 @@ fn matmul_is_independent_of_thread_count() {
     for format in FORMATS {
         for rows in [1usize, 8, 33, 257] {
             let x = rand_vec(&mut rng, rows * inp);
-            let mut results = Vec::new();
-            for threads in [1usize, 2, 3] {
-                let be = cpu(threads);
-                let w = be.weight(&t, format).unwrap();
-                let mut y = vec![0f32; rows * out];
-                be.matmul(&x, rows, &w, &mut y);
-                results.push(y);
+            for path in 0..simd_paths(1).len() {
+                let mut results = Vec::new();
+                for threads in [1usize, 2, 3] {
+                    let (label, be) = simd_paths(threads).swap_remove(path);
+                    let w = be.weight(&t, format).unwrap();
+                    let mut y = vec![0f32; rows * out];
+                    be.matmul(&x, rows, &w, &mut y);
+                    results.push((label, y));
+                }
+                let label = results[0].0;
+                assert_bits_eq(
+                    &format!("{label} 1 vs 2 threads"),
+                    &results[0].1,
+                    &results[1].1,
+                );
+                assert_bits_eq(
+                    &format!("{label} 1 vs 3 threads"),
+                    &results[0].1,
+                    &results[2].1,
+                );
             }
-            assert_bits_eq("1 vs 2 threads", &results[0], &results[1]);
-            assert_bits_eq("1 vs 3 threads", &results[0], &results[2]);
         }
     }
 }
@@ -759,7 +838,17 @@ fn simd_kernels_are_used_when_the_cpu_has_them() {
     {
         let has = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
         assert_eq!(cpu(1).simd_enabled(), has);
+        let bf16 =
+            has && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16");
+        assert_eq!(cpu(1).bf16_dot_enabled(), bf16);
+        assert_eq!(CpuBackend::with_bf16_dot(pool(1), true).is_ok(), bf16);
+        assert!(cpu(1).kernel_path().contains(if bf16 {
+            "bf16=avx512-bf16"
+        } else {
+            "bf16=avx2-fma"
+        }));
     }
+    assert!(!CpuBackend::portable(pool(1)).bf16_dot_enabled());
     assert!(!CpuBackend::portable(pool(1)).simd_enabled());
     assert_eq!(cpu(3).threads(), 3);
 }

@@ -3,7 +3,9 @@
 //! [`ReferenceBackend`] implements each op as the literal loop of its doc comment, accumulating
 //! sums (matmul, attention, rms_norm) in f64. It is slow and obviously correct; tests compare the
 //! fast backends against it. Weights stored as [`WeightFormat::BF16`] are rounded to bf16 (round to
-//! nearest even) and widened back, so the reference sees exactly the values a bf16 kernel sees.
+//! nearest even) and widened back, so the reference sees exactly the values a bf16 kernel sees;
+//! their matmul also rounds the activations to bf16 (as the `vdpbf16ps` kernels and llama.cpp's
+//! BF16 path do), so it sums exact bf16 × bf16 products.
 //!
 //! Weights kept in ggml blocks are computed on as blocks: [`quant_block`] decodes them and
 //! [`quant_dot`] defines the quantized matmul (8-bit activations per 32-element block, exact
@@ -285,11 +287,17 @@ impl Backend for ReferenceBackend {
             }
             return quant_dot::matmul(q.segments(), &a, rows, y);
         }
+        // A bf16 weight multiplies bf16-rounded activations (every product exact in f32).
+        let bf16 = w.format == WeightFormat::BF16;
+        let xr: Vec<f32> = x[..rows * inp]
+            .iter()
+            .map(|&v| if bf16 { round_bf16(v) } else { v })
+            .collect();
         for t in 0..rows {
             for o in 0..out {
                 let mut s = 0f64;
                 for i in 0..inp {
-                    s += x[t * inp + i] as f64 * w.data[o * inp + i] as f64;
+                    s += xr[t * inp + i] as f64 * w.data[o * inp + i] as f64;
                 }
                 y[t * out + o] = s as f32;
             }

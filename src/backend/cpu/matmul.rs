@@ -9,6 +9,9 @@
 
 use rayon::prelude::*;
 
+use super::bf16act;
+#[cfg(target_arch = "x86_64")]
+use super::bf16dot;
 #[cfg(target_arch = "x86_64")]
 use super::simd::{self, Panels};
 use super::weight::{bf16_bits_to_f32, packed_index, CpuWeight, WData, CHUNK, PANEL};
@@ -79,9 +82,33 @@ fn wide() -> bool {
 }
 
 /// Computes weight rows `o0 .. o0 + yt.len() / rows` into `yt`.
-fn run_block(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, o0: usize, yt: &mut [f32]) {
+fn run_block(be: &CpuBackend, x: Acts<'_>, rows: usize, w: &CpuWeight, o0: usize, yt: &mut [f32]) {
     let n = yt.len() / rows;
     let kp = w.kp;
+    let x = match x {
+        Acts::F32(x) => x,
+        #[cfg(target_arch = "x86_64")]
+        Acts::Bf16(x) => {
+            let WData::BF16(d) = &w.data else {
+                return yt.iter_mut().for_each(|v| *v = f32::NAN);
+            };
+            let p = bf16dot::Bf16Panels {
+                x,
+                rows,
+                kp,
+                w: d,
+                o0,
+                n,
+                rb: row_block(kp / 2),
+            };
+            // SAFETY: activations are bf16 bits only when `be.bf16dot` is set, which requires
+            // AVX-512F and AVX-512 BF16 detected at runtime (`CpuBackend`); `block` checks its
+            // slice bounds itself.
+            return unsafe { bf16dot::block(&p, yt) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Acts::Bf16(_) => return yt.iter_mut().for_each(|v| *v = f32::NAN),
+    };
     #[cfg(target_arch = "x86_64")]
     if be.simd {
         let rb = row_block(kp);
@@ -132,16 +159,27 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: 
     }
     let mut scratch = be.scratch.lock();
     let scratch = &mut *scratch;
-    // Activations padded to kp columns (only when `in` is not a multiple of 8).
-    let xs: &[f32] = if kp == inp {
-        &x[..rows * inp]
-    } else {
-        scratch.xpad.clear();
-        scratch.xpad.resize(rows * kp, 0.0);
-        for (dst, src) in scratch.xpad.chunks_exact_mut(kp).zip(x.chunks_exact(inp)) {
-            dst[..inp].copy_from_slice(src);
+    let x = &x[..rows * inp];
+    // Activations padded to kp columns (only when `in` is not a multiple of 8); for a bf16
+    // weight rounded to bf16 (see `bf16act.rs`), as bits for the `vdpbf16ps` kernels.
+    let xs: Acts<'_> = match &w.data {
+        WData::BF16(_) if be.bf16dot => {
+            bf16act::to_bits(x, rows, inp, kp, &mut scratch.xbits);
+            Acts::Bf16(&scratch.xbits)
         }
-        &scratch.xpad
+        WData::BF16(_) => {
+            bf16act::to_rounded_f32(x, rows, inp, kp, &mut scratch.xpad);
+            Acts::F32(&scratch.xpad)
+        }
+        _ if kp == inp => Acts::F32(x),
+        _ => {
+            scratch.xpad.clear();
+            scratch.xpad.resize(rows * kp, 0.0);
+            for (dst, src) in scratch.xpad.chunks_exact_mut(kp).zip(x.chunks_exact(inp)) {
+                dst[..inp].copy_from_slice(src);
+            }
+            Acts::F32(&scratch.xpad)
+        }
     };
     // With one row, [out, rows] is already y's layout.
     if rows == 1 {
@@ -171,8 +209,15 @@ pub(super) fn transpose(yt: &[f32], rows: usize, out: usize, y: &mut [f32]) {
     }
 }
 
+/// Activations `[rows, kp]` for the kernels: f32, or bf16 bits for the `vdpbf16ps` kernels.
+#[derive(Debug, Clone, Copy)]
+enum Acts<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
 /// Fills `yt` (`[out, rows]`) serially or across the pool.
-fn compute(be: &CpuBackend, xs: &[f32], rows: usize, w: &CpuWeight, yt: &mut [f32]) {
+fn compute(be: &CpuBackend, xs: Acts<'_>, rows: usize, w: &CpuWeight, yt: &mut [f32]) {
     let (out, kp) = (w.out, w.kp);
     let wbytes = match w.data {
         WData::F32(_) => 4,

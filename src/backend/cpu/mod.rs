@@ -11,6 +11,9 @@
 //! [`crate::backend::reference`].
 
 mod attention;
+mod bf16act;
+#[cfg(target_arch = "x86_64")]
+mod bf16dot;
 mod elementwise;
 mod lora;
 mod matmul;
@@ -49,12 +52,17 @@ struct Scratch {
     qacts: crate::backend::reference::quant_dot::QActs,
     /// The quantized activations in the transposed super-block layout (`quant::xt`).
     qxt: Vec<i8>,
+    /// Activations as bf16 bits for the `vdpbf16ps` kernels of bf16 weights.
+    xbits: Vec<u16>,
 }
 
 /// The CPU backend. Cheap to construct; holds the engine's thread pool and scratch buffers.
 pub struct CpuBackend {
     pool: Arc<ThreadPool>,
     simd: bool,
+    /// bf16 weights' matmuls use the AVX-512 BF16 `vdpbf16ps` kernels (else the f32 kernels on
+    /// bf16-rounded activations: the same products, summed in another order).
+    bf16dot: bool,
     qkernel: QuantKernel,
     scratch: Mutex<Scratch>,
 }
@@ -64,8 +72,21 @@ impl std::fmt::Debug for CpuBackend {
         f.debug_struct("CpuBackend")
             .field("threads", &self.pool.current_num_threads())
             .field("simd", &self.simd)
+            .field("bf16dot", &self.bf16dot)
             .field("quant_kernel", &self.qkernel)
             .finish()
+    }
+}
+
+/// True when the AVX-512 BF16 kernels can run on this CPU (with the AVX2/FMA ones around them).
+fn detect_bf16dot() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        detect_simd() && bf16dot::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -94,6 +115,7 @@ impl CpuBackend {
         Self {
             pool,
             simd: detect_simd(),
+            bf16dot: detect_bf16dot(),
             qkernel: QuantKernel::detect(),
             scratch: Mutex::new(Scratch::default()),
         }
@@ -103,9 +125,39 @@ impl CpuBackend {
     pub fn portable(pool: Arc<ThreadPool>) -> Self {
         Self {
             simd: false,
+            bf16dot: false,
             qkernel: QuantKernel::Portable,
             ..Self::new(pool)
         }
+    }
+
+    /// A backend whose bf16 weights use the AVX-512 BF16 kernels (`on`) or the AVX2/FMA f32
+    /// kernels on bf16-rounded activations (`!on`); otherwise as [`CpuBackend::new`]. For tests
+    /// and comparisons. Errors (UNSUPPORTED) when `on` and this CPU lacks AVX-512 BF16, or `!on`
+    /// and it lacks AVX2/FMA (use [`CpuBackend::portable`] then).
+    pub fn with_bf16_dot(pool: Arc<ThreadPool>, on: bool) -> Result<Self> {
+        let (ok, what) = if on {
+            (
+                detect_bf16dot(),
+                "\"avx512-bf16\" needs AVX-512F and AVX-512 BF16",
+            )
+        } else {
+            (detect_simd(), "\"avx2-fma\" needs AVX2 and FMA")
+        };
+        if !ok {
+            return Err(Error::unsupported(format!(
+                "bf16 kernel path {what}, which this CPU lacks"
+            )));
+        }
+        Ok(Self {
+            bf16dot: on,
+            ..Self::new(pool)
+        })
+    }
+
+    /// Whether bf16 weights use the AVX-512 BF16 (`vdpbf16ps`) kernels.
+    pub fn bf16_dot_enabled(&self) -> bool {
+        self.bf16dot
     }
 
     /// A backend whose quantized matmul uses `kernel` (dense kernels as [`CpuBackend::new`]);
@@ -129,10 +181,12 @@ impl CpuBackend {
         self.qkernel
     }
 
-    /// The kernel paths in use, e.g. `"dense=avx2-fma quant=avx512-vnni"` (for stats).
+    /// The kernel paths in use, e.g. `"dense=avx2-fma bf16=avx512-bf16 quant=avx512-vnni"` (for
+    /// stats).
     pub fn kernel_path(&self) -> String {
         let dense = if self.simd { "avx2-fma" } else { "portable" };
-        format!("dense={dense} quant={}", self.qkernel.name())
+        let bf16 = if self.bf16dot { "avx512-bf16" } else { dense };
+        format!("dense={dense} bf16={bf16} quant={}", self.qkernel.name())
     }
 
     /// Whether the AVX2/FMA kernels are in use.

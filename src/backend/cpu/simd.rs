@@ -57,11 +57,12 @@ unsafe fn load_bf16(p: *const u16) -> __m256 {
 
 /// One call of the blocked kernels: `yt[j * rows + t] = dot(x[t], w[o0 + j])` for `j < n`,
 /// `t < rows`, with activation rows processed in blocks of `rb`. `x` is `[rows, kp]`, `w` packed
-/// panels (see `weight.rs`) of `kp` columns.
+/// panels (see `weight.rs`) of `kp` columns. Activations are f32 (`A`), or bf16 bits for the
+/// `vdpbf16ps` kernels (`bf16dot.rs`).
 #[derive(Debug)]
-pub(crate) struct Panels<'a, T> {
+pub(crate) struct Panels<'a, T, A = f32> {
     /// Activations `[rows, kp]`.
-    pub x: &'a [f32],
+    pub x: &'a [A],
     /// Activation rows.
     pub rows: usize,
     /// Padded columns (a multiple of 8).
@@ -76,9 +77,31 @@ pub(crate) struct Panels<'a, T> {
     pub rb: usize,
 }
 
+/// Whether a blocked kernel call may run: `kp % 8 == 0`, `o0` starts a panel, `rows` activation
+/// rows of `kp` fit in `x_len` values and the whole panels of weight rows `o0 .. o0 + n` in
+/// `w_len`.
+pub(crate) fn panels_fit(
+    x_len: usize,
+    rows: usize,
+    kp: usize,
+    w_len: usize,
+    o0: usize,
+    n: usize,
+) -> bool {
+    kp.is_multiple_of(8)
+        && o0.is_multiple_of(NW)
+        && matches!(rows.checked_mul(kp), Some(l) if l <= x_len)
+        && matches!(
+            o0.checked_add(n)
+                .and_then(|e| e.checked_next_multiple_of(NW))
+                .and_then(|e| e.checked_mul(kp)),
+            Some(l) if l <= w_len
+        )
+}
+
 /// Writes a finished tile into `yt` (viewed as `[n, rows]`), skipping anything out of range.
 #[inline(always)]
-fn store<const W: usize, const X: usize>(
+pub(crate) fn store<const W: usize, const X: usize>(
     yt: &mut [f32],
     rows: usize,
     j: usize,
@@ -111,16 +134,7 @@ macro_rules! block_body {
     ($p:ident, $yt:ident, $mxmax:expr, $pick:expr, [$($sz:literal),*]) => {{
         let Panels { x, rows, kp, w, o0, n, rb } = *$p;
         let yt = $yt;
-        let ok = kp % 8 == 0
-            && o0 % NW == 0
-            && matches!(rows.checked_mul(kp), Some(l) if l <= x.len())
-            && matches!(
-                o0.checked_add(n)
-                    .and_then(|e| e.checked_next_multiple_of(NW))
-                    .and_then(|e| e.checked_mul(kp)),
-                Some(l) if l <= w.len()
-            );
-        if !ok || rb == 0 {
+        if !panels_fit(x.len(), rows, kp, w.len(), o0, n) || rb == 0 {
             return;
         }
         let mut r0 = 0;
@@ -170,17 +184,23 @@ macro_rules! block_body {
     }};
 }
 
-/// Tile rows for `m` remaining rows with up to 6 per tile: balanced tiles (8 -> 4 + 4,
+/// Tile rows for `m` remaining rows with up to `max` per tile: balanced tiles (`max` 6: 8 -> 4 + 4,
 /// 11 -> 6 + 5) so that no small tail tile runs at low efficiency.
 #[inline(always)]
-fn wide_tile_rows(m: usize) -> usize {
-    if m <= MX_WIDE {
+pub(crate) fn balanced_tile_rows(m: usize, max: usize) -> usize {
+    if m <= max {
         m
-    } else if m <= 2 * MX_WIDE {
+    } else if m <= 2 * max {
         m.div_ceil(2)
     } else {
-        MX_WIDE
+        max
     }
+}
+
+/// [`balanced_tile_rows`] for the AVX-512VL f32 tiles.
+#[inline(always)]
+fn wide_tile_rows(m: usize) -> usize {
+    balanced_tile_rows(m, MX_WIDE)
 }
 
 macro_rules! weight_kernels {
