@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Offline check of the cluster packaging (`make manifests`, part of `make test`): deploy/k8s
 # against the Kubernetes OpenAPI schemas (strict) and deploy/schema (Inference Extension kinds),
-# cross-checked with the server's sources and deploy/Dockerfile, then a self-test proving that
-# broken copies are rejected. Needs no cluster, no Docker daemon and no network once the venv
-# exists; see scripts/check_manifests.py for the list of checks.
+# cross-checked with the server's sources and deploy/Dockerfile, the capacity plan of the
+# ConfigMap's configuration, then a self-test proving that broken copies are rejected. Needs no
+# cluster, no Docker daemon and no network once the venv exists; see scripts/check_manifests.py
+# for the list of checks.
 #
 # Pins (installed into .cache/manifests-venv on first run, from PyPI):
 #   kubernetes-validate==1.37.0 (ships the Kubernetes 1.25-1.37 JSON schemas), jsonschema==4.26.0,
@@ -39,4 +40,25 @@ if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$PINS" ]; then
     "$VENV/bin/pip" install --quiet $PINS || { rm -rf "$VENV"; skip_or_fail "cannot install $PINS"; }
     echo "$PINS" >"$VENV/.pins"
 fi
-exec "$VENV/bin/python" scripts/check_manifests.py --self-test
+
+# The capacity plan of the ConfigMap's configuration (`openai-server -plan` on the model under
+# models/, `make model`) needs the server built against target/release/libloraplex.so: `make
+# test` has built the library by now; elsewhere the step is skipped when it is missing.
+PLAN=()
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/loraplex-manifests.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+is_ci() { case "${CI:-}" in 1|true|TRUE|True) return 0 ;; esac; return 1; }
+if [ ! -f target/release/libloraplex.so ] && is_ci; then
+    ${CARGO:-cargo} build --release --lib || { echo "check-manifests: cargo build failed" >&2; exit 1; }
+fi
+command -v go >/dev/null 2>&1 || ! is_ci || bash scripts/install-go.sh >&2 || exit 1
+if [ -f target/release/libloraplex.so ] && command -v go >/dev/null 2>&1; then
+    (cd examples/go/openai-server && go build -o "$WORK/openai-server" .) \
+        || { echo "check-manifests: go build of the server failed" >&2; exit 1; }
+    PLAN=(--plan-server "$WORK/openai-server")
+elif is_ci; then
+    echo "check-manifests: no libloraplex.so or no go (CI=true: failing)" >&2; exit 1
+else
+    echo "check-manifests: skipping the capacity plan: build the library (cargo build --release --lib) and install Go" >&2
+fi
+"$VENV/bin/python" scripts/check_manifests.py --self-test "${PLAN[@]}"

@@ -22,7 +22,11 @@ package), jsonschema 4.26.0, PyYAML 6.0.3.
    and PEFT paths lie on read-only mounts of shared (ReadOnlyMany / ReadWriteMany) volumes.
 4. Dockerfile: numeric non-root USER, COPY sources that exist in the build context, `cd` targets
    that exist, ENV names the server reads, pinned base images.
-5. Self-test (--self-test): deliberately broken copies of the manifests (made in memory) must
+5. Capacity (--plan-server BIN --model-dir DIR): the server's `-plan` run with the environment
+   a replica gets (ConfigMap, env, LPX_THREADS from the CPU limit; the model path mapped from its
+   mount onto DIR) must say the configuration fits its memory budget, which must fit the memory
+   limit.
+6. Self-test (--self-test): deliberately broken copies of the manifests (made in memory) must
    each be rejected with the expected complaint, so the check above cannot pass vacuously.
 
 Prints one line per finding and ends with "manifests: N passed, M failed". Exit 0 when clean.
@@ -32,8 +36,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import re
+import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -132,6 +140,7 @@ class Doc:
 class Report:
     errors: list[str] = field(default_factory=list)
     passed: int = 0
+    notes: list[str] = field(default_factory=list)  # what was measured, printed for a clean run
 
     def check(self, ok: bool, message: str) -> bool:
         if ok:
@@ -351,6 +360,44 @@ def _probe_port(port, ports: dict[str, int]) -> int | None:
     return ports.get(port) if isinstance(port, str) else port
 
 
+QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T|m)?$")
+UNITS = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+         "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity(q) -> float | None:
+    """A Kubernetes resource quantity ("4Gi", "500m", 2) as a number; None when unparsable."""
+    m = QUANTITY.match(str(q))
+    return float(m.group(1)) * UNITS[m.group(2)] if m else None
+
+
+@dataclass
+class Planner:
+    """Runs `BIN -plan` with a replica's environment; results memoised by environment."""
+
+    server: str
+    model_dir: Path
+    runs: dict[tuple, tuple[bool, str]] = field(default_factory=dict)
+
+    def plan(self, env: dict[str, str]) -> tuple[bool, str]:
+        key = tuple(sorted(env.items()))
+        if key not in self.runs:
+            with tempfile.TemporaryDirectory() as peft:
+                # Only the replica's variables (and how to find the binary's libraries).
+                run_env = {k: os.environ[k] for k in ("PATH", "LD_LIBRARY_PATH") if k in os.environ}
+                run_env.update(env, NIM_PEFT_SOURCE=peft)
+                r = subprocess.run([self.server, "-plan"], env=run_env, capture_output=True, text=True, timeout=120)
+            if r.returncode not in (0, 3):
+                self.runs[key] = (False, f"-plan failed (exit {r.returncode}): {r.stderr.strip()[-300:]}")
+            else:
+                p = json.loads(r.stdout)
+                need, budget = p.get("required_bytes"), p["workload"].get("memory_budget_bytes")
+                self.runs[key] = (p["fits"] and r.returncode == 0,
+                                  f"fits={p['fits']} ({p.get('reason') or 'ok'}); needs {need} of "
+                                  f"budget {budget} bytes")
+        return self.runs[key]
+
+
 def _prestop_sleep(lifecycle: dict) -> int | None:
     pre = (lifecycle or {}).get("preStop") or {}
     if "sleep" in pre:
@@ -361,7 +408,8 @@ def _prestop_sleep(lifecycle: dict) -> int | None:
     return None
 
 
-def cross_check(kdir: str, docs: list[Doc], facts: ServerFacts, dfacts: DockerFacts, rep: Report) -> None:
+def cross_check(kdir: str, docs: list[Doc], facts: ServerFacts, dfacts: DockerFacts, rep: Report,
+                planner: Planner | None) -> None:
     where = f"{kdir}/kustomization.yaml"
     by_kind: dict[str, list[Doc]] = {}
     for d in docs:
@@ -401,11 +449,23 @@ def cross_check(kdir: str, docs: list[Doc], facts: ServerFacts, dfacts: DockerFa
                 rep.check(k in facts.env_names, f"{cm.where()}: {k} is read by neither the server "
                                                 "nor the library (src/config.rs, examples/go/openai-server)")
                 env[k] = v
+    limits = (c.get("resources") or {}).get("limits") or {}
     for e in c.get("env") or []:
         rep.check(e["name"] in facts.env_names, f"{dep.where()}: env {e['name']} is read by neither "
                                                 "the server nor the library")
-        env[e["name"]] = e.get("value", "")
+        field_ref = (e.get("valueFrom") or {}).get("resourceFieldRef") or {}
+        if field_ref.get("resource") == "limits.cpu":  # what the kubelet puts there: whole cores
+            cpus = quantity(limits.get("cpu"))
+            env[e["name"]] = str(math.ceil(cpus / quantity(field_ref.get("divisor", 1)))) if cpus else ""
+        else:
+            env[e["name"]] = e.get("value", "")
     merged = {**dfacts.env, **env}
+
+    budget, mem = merged.get("LPX_MEMORY_BUDGET_BYTES", ""), quantity(limits.get("memory"))
+    rep.check(mem is not None, f"{dep.where()}: the container needs a memory limit")
+    rep.check(budget.isdigit() and int(budget) > 0 and mem is not None and int(budget) <= mem,
+              f"{dep.where()}: LPX_MEMORY_BUDGET_BYTES={budget!r} must be set and within the "
+              f"memory limit {limits.get('memory')}")
 
     listen = merged.get("LPX_LISTEN", "")
     lport = listen.rpartition(":")[2]
@@ -481,6 +541,23 @@ def cross_check(kdir: str, docs: list[Doc], facts: ServerFacts, dfacts: DockerFa
         on_shared_mount("LPX_MODEL", model)
     for src in filter(None, merged.get("NIM_PEFT_SOURCE", "").split(":")):
         on_shared_mount("NIM_PEFT_SOURCE", src)
+    if planner is not None and model.startswith("/"):
+        model_mount = max((m["mountPath"] for m in c.get("volumeMounts") or []
+                           if model.startswith(m["mountPath"].rstrip("/") + "/")), key=len, default="/")
+        local = planner.model_dir / os.path.relpath(model, model_mount)
+        ci = os.environ.get("CI", "") in ("1", "true", "TRUE", "True")
+        if not local.exists() and not ci:
+            note = f"capacity plan skipped: {local} is missing (make model)"
+            if note not in rep.notes:
+                rep.notes.append(note)
+        elif rep.check(local.exists(), f"{dep.where()}: LPX_MODEL={model}: {local} is missing for "
+                                       "the capacity plan (make model)"):
+            plan_env = {k: v for k, v in merged.items() if k.startswith(("LPX_", "NIM_")) and v}
+            fits, what = planner.plan({**plan_env, "LPX_MODEL": str(local)})
+            rep.check(fits, f"{dep.where()}: the capacity plan of this configuration does not fit: {what}")
+            note = f"capacity plan ({dep.where()}, model {local.name}): {what}"
+            if fits and note not in rep.notes:
+                rep.notes.append(note)
 
     # Services and InferencePools select these pods on this port.
     for svc in by_kind.get("Service", []):
@@ -517,7 +594,7 @@ def cross_check(kdir: str, docs: list[Doc], facts: ServerFacts, dfacts: DockerFa
 # ---------------------------------------------------------------- driver
 
 
-def check(tree: dict[str, str], facts: ServerFacts) -> Report:
+def check(tree: dict[str, str], facts: ServerFacts, planner: Planner | None = None) -> Report:
     rep = Report()
     registry, schemas = ie_schemas()
     docs: list[Doc] = []
@@ -541,7 +618,7 @@ def check(tree: dict[str, str], facts: ServerFacts) -> Report:
     if rep.errors:
         return rep  # cross-checks assume schema-valid documents
     for kdir, ds in kustomize_sets(tree, docs, rep).items():
-        cross_check(kdir, [d for d in ds if d.kind != "Kustomization"], facts, dfacts, rep)
+        cross_check(kdir, [d for d in ds if d.kind != "Kustomization"], facts, dfacts, rep, planner)
     return rep
 
 
@@ -585,19 +662,26 @@ MUTATIONS = [
      'accessModes: ["ReadWriteMany"]', 'accessModes: ["ReadWriteOnce"]', "ReadWriteMany"),
     ("manifest listed by no kustomization", "deploy/k8s/base/kustomization.yaml",
      "  - disruption.yaml\n", "", "not listed"),
+    ("memory budget above the memory limit", "deploy/k8s/base/configmap.yaml",
+     'LPX_MEMORY_BUDGET_BYTES: "3221225472"', 'LPX_MEMORY_BUDGET_BYTES: "5368709120"', "memory limit"),
+]
+# Only with --plan-server: a configuration whose capacity plan does not fit its budget.
+PLAN_MUTATIONS = [
+    ("workload that does not fit the memory budget", "deploy/k8s/base/configmap.yaml",
+     'LPX_MAX_NUM_SEQS: "16"', 'LPX_MAX_NUM_SEQS: "64"', "fits=False"),
 ]
 
 
-def self_test(tree: dict[str, str], facts: ServerFacts) -> int:
+def self_test(tree: dict[str, str], facts: ServerFacts, planner: Planner | None, mutations: list) -> int:
     failures = 0
-    for what, path, old, new, expect in MUTATIONS:
+    for what, path, old, new, expect in mutations:
         if tree[path].count(old) < 1:
             print(f"SELF-TEST FAIL {what}: {old!r} not in {path} (mutation did not apply)")
             failures += 1
             continue
         broken = dict(tree)
         broken[path] = tree[path].replace(old, new, 1)
-        errs = check(broken, facts).errors
+        errs = check(broken, facts, planner).errors
         hit = next((e for e in errs if expect in e), None)
         if hit is None:
             print(f"SELF-TEST FAIL {what}: not rejected as expected ({len(errs)} errors: {errs[:3]})")
@@ -610,10 +694,16 @@ def self_test(tree: dict[str, str], facts: ServerFacts) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--self-test", action="store_true", help="also check that broken copies are rejected")
+    ap.add_argument("--plan-server", help="an openai-server binary: run its -plan on each configuration")
+    ap.add_argument("--model-dir", default=str(ROOT / "models"),
+                    help="local directory standing for the model volume's mount (default: models/)")
     args = ap.parse_args()
     facts = server_facts()
     tree = load_tree()
-    rep = check(tree, facts)
+    planner = Planner(args.plan_server, Path(args.model_dir)) if args.plan_server else None
+    rep = check(tree, facts, planner)
+    for n in rep.notes:
+        print(n)
     for e in rep.errors:
         print(f"ERROR {e}")
     ndocs = sum(1 for p in tree if p.endswith(".yaml"))
@@ -622,9 +712,11 @@ def main() -> int:
           f"routes {sorted(facts.routes)}; {len(facts.env_names)} configuration names)")
     passed, failed = (1 if not rep.errors else 0), (1 if rep.errors else 0)
     if args.self_test:
-        bad = self_test(tree, facts)
-        print(f"self-test: {len(MUTATIONS) - bad} of {len(MUTATIONS)} broken copies rejected")
-        passed += len(MUTATIONS) - bad
+        # The plan's own broken copy only where the plan ran (it is skipped without the model).
+        mutations = MUTATIONS + (PLAN_MUTATIONS if planner and planner.runs else [])
+        bad = self_test(tree, facts, planner, mutations)
+        print(f"self-test: {len(mutations) - bad} of {len(mutations)} broken copies rejected")
+        passed += len(mutations) - bad
         failed += bad
     print(f"manifests: {passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
