@@ -12,7 +12,7 @@
 # Under CI=true a missing Python or a failed install is a failure; elsewhere it skips, saying so.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 PY=${PYTHON:-python3}
 PINS="kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.3"
 VENV=.cache/manifests-venv

@@ -194,7 +194,7 @@ def validate_schema(d: Doc, rep: Report, registry: Registry, schemas: dict) -> N
 # ---------------------------------------------------------------- kustomizations
 
 
-def kustomize_sets(tree: dict[str, str], docs: list[Doc], rep: Report) -> dict[str, list[Doc]]:
+def kustomize_sets(docs: list[Doc], rep: Report) -> dict[str, list[Doc]]:
     """Resolves every kustomization; returns {top-level kustomization dir: its documents}."""
     by_file: dict[str, list[Doc]] = {}
     for d in docs:
@@ -617,7 +617,7 @@ def check(tree: dict[str, str], facts: ServerFacts, planner: Planner | None = No
     dfacts = check_dockerfile(tree, facts, rep)
     if rep.errors:
         return rep  # cross-checks assume schema-valid documents
-    for kdir, ds in kustomize_sets(tree, docs, rep).items():
+    for kdir, ds in kustomize_sets(docs, rep).items():
         cross_check(kdir, [d for d in ds if d.kind != "Kustomization"], facts, dfacts, rep, planner)
     return rep
 
