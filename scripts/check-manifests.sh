@@ -6,7 +6,7 @@
 # cluster, no Docker daemon and no network once the venv exists; see scripts/check_manifests.py
 # for the list of checks.
 #
-# Pins (installed into .cache/manifests-venv on first run, from PyPI):
+# Pins (installed into .cache/manifests-venv by scripts/make-venv.sh, from PyPI):
 #   kubernetes-validate==1.37.0 (ships the Kubernetes 1.25-1.37 JSON schemas), jsonschema==4.26.0,
 #   PyYAML==6.0.3.
 # Under CI=true a missing Python or a failed install is a failure; elsewhere it skips, saying so.
@@ -26,20 +26,8 @@ skip_or_fail() {
 }
 
 command -v "$PY" >/dev/null 2>&1 || skip_or_fail "$PY not found"
-if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$PINS" ]; then
-    rm -rf "$VENV"
-    if ! "$PY" -m venv "$VENV" 2>/dev/null; then
-        # Debian's python3 lacks ensurepip until python3-venv is installed.
-        if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-        fi
-        rm -rf "$VENV"
-        "$PY" -m venv "$VENV" || skip_or_fail "cannot create a virtual environment ($PY -m venv)"
-    fi
-    # shellcheck disable=SC2086
-    "$VENV/bin/pip" install --quiet $PINS || { rm -rf "$VENV"; skip_or_fail "cannot install $PINS"; }
-    echo "$PINS" >"$VENV/.pins"
-fi
+# shellcheck disable=SC2086
+bash scripts/make-venv.sh "$VENV" $PINS || skip_or_fail "cannot install $PINS into $VENV"
 
 # The capacity plan of the ConfigMap's configuration (`openai-server -plan` on the model under
 # models/, `make model`) needs the server built against target/release/libloraplex.so: `make

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strconv"
 	"sync"
@@ -15,9 +16,25 @@ import (
 // Safe for concurrent use.
 type replica struct {
 	draining atomic.Bool
-	// inflight counts generation requests being served.
+	// inflight counts generation requests being served (active: the same count, readable).
 	inflight sync.WaitGroup
-	mu       sync.Mutex
+	active   atomic.Int64
+	// refused counts generation requests answered 503 because of the drain.
+	refused atomic.Int64
+	mu      sync.Mutex
+}
+
+// drainReport is what a drain did: whether every request in flight finished within the timeout,
+// how many were in flight when it started, and how many new ones it refused meanwhile.
+type drainReport struct {
+	finished bool
+	inFlight int64
+	refused  int64
+}
+
+func (d drainReport) String() string {
+	return fmt.Sprintf("%d requests in flight at the signal, %d new requests refused with 503",
+		d.inFlight, d.refused)
 }
 
 // retryAfterDraining is the Retry-After of a 503 while draining: the router should send the
@@ -32,18 +49,27 @@ func (rp *replica) admit(w http.ResponseWriter) (done func()) {
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfterDraining))
 		writeError(w, http.StatusServiceUnavailable, "server_error", "draining",
 			"this replica is draining (shutting down): retry on another replica")
+		rp.refused.Add(1)
 		return nil
 	}
 	rp.inflight.Add(1)
-	return rp.inflight.Done
+	rp.active.Add(1)
+	return func() {
+		rp.active.Add(-1)
+		rp.inflight.Done()
+	}
 }
 
 // drain stops taking generation requests and waits until those in flight finish or timeout
-// elapses; reports whether they all finished.
-func (rp *replica) drain(timeout time.Duration) bool {
+// elapses; reports whether they all finished, how many there were and how many it refused.
+func (rp *replica) drain(timeout time.Duration) drainReport {
 	rp.mu.Lock()
 	rp.draining.Store(true)
+	inFlight := rp.active.Load()
 	rp.mu.Unlock()
+	report := func(finished bool) drainReport {
+		return drainReport{finished: finished, inFlight: inFlight, refused: rp.refused.Load()}
+	}
 	done := make(chan struct{})
 	go func() {
 		rp.inflight.Wait()
@@ -51,9 +77,9 @@ func (rp *replica) drain(timeout time.Duration) bool {
 	}()
 	select {
 	case <-done:
-		return true
+		return report(true)
 	case <-time.After(timeout):
-		return false
+		return report(false)
 	}
 }
 
@@ -81,10 +107,12 @@ func (s *server) ready(w http.ResponseWriter, r *http.Request) {
 
 // shutdown drains s (up to drainTimeout for requests in flight), then closes srv's listeners and
 // idle connections (waiting at most a further second for handlers that are still writing).
-func shutdown(s *server, srv *http.Server, drainTimeout time.Duration) (drained bool) {
-	drained = s.replica.drain(drainTimeout)
+func shutdown(s *server, srv *http.Server, drainTimeout time.Duration) drainReport {
+	report := s.replica.drain(drainTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	srv.Shutdown(ctx)
-	return drained
+	// Requests refused during the final shutdown count too.
+	report.refused = s.replica.refused.Load()
+	return report
 }

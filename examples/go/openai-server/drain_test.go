@@ -48,7 +48,7 @@ func TestDrainFinishesRequestsInFlightAndRefusesNewOnes(t *testing.T) {
 	if !lines.Scan() || !strings.HasPrefix(lines.Text(), "data: {") {
 		t.Fatalf("first chunk: %q", lines.Text())
 	}
-	drained := make(chan bool, 1)
+	drained := make(chan drainReport, 1)
 	start := time.Now()
 	go func() { drained <- s.replica.drain(time.Minute) }()
 	for !s.replica.draining.Load() {
@@ -85,9 +85,9 @@ func TestDrainFinishesRequestsInFlightAndRefusesNewOnes(t *testing.T) {
 		t.Fatalf("in-flight stream ended with %q after %q", last, before)
 	}
 	select {
-	case ok := <-drained:
-		if !ok {
-			t.Fatal("drain reported a timeout")
+	case report := <-drained:
+		if !report.finished || report.inFlight != 1 || report.refused != 1 {
+			t.Fatalf("drain report: finished %v, %v", report.finished, report)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("drain did not return after the request finished")
@@ -103,14 +103,17 @@ func TestDrainTimesOut(t *testing.T) {
 	if done == nil {
 		t.Fatal("refused before draining")
 	}
-	if rp.drain(20 * time.Millisecond) {
-		t.Fatal("drain reported success with a request in flight")
+	if r := rp.drain(20 * time.Millisecond); r.finished || r.inFlight != 1 {
+		t.Fatalf("drain with a request in flight: finished %v, %v", r.finished, r)
 	}
 	done()
-	if !rp.drain(time.Second) {
-		t.Fatal("drain did not see the request finish")
+	if r := rp.drain(time.Second); !r.finished || r.inFlight != 0 {
+		t.Fatalf("drain after the request finished: finished %v, %v", r.finished, r)
 	}
 	if rp.admit(httptest.NewRecorder()) != nil {
 		t.Fatal("admitted while draining")
+	}
+	if r := rp.drain(time.Second); r.refused != 1 {
+		t.Fatalf("refusals not counted: %v", r)
 	}
 }

@@ -107,7 +107,7 @@ func main() {
 	}
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
-	drained := make(chan bool, 1)
+	drained := make(chan drainReport, 1)
 	go func() {
 		sig := <-stop
 		log.Printf("openai-server: %v: draining (at most %v)", sig, *drainTimeout)
@@ -119,10 +119,11 @@ func main() {
 		engine.Close()
 		os.Exit(1)
 	}
-	if !<-drained {
-		log.Printf("openai-server: drain timed out with requests in flight; exiting")
+	report := <-drained
+	if !report.finished {
+		log.Printf("openai-server: drain timed out with requests in flight (%v); exiting", report)
 		engine.Close()
 		os.Exit(1)
 	}
-	log.Printf("openai-server: drained")
+	log.Printf("openai-server: drained: %v", report)
 }
