@@ -36,7 +36,7 @@ demo-rust: model samples
 # checks and valgrind on the C quickstart) and the README doc test, the Go binding (go test,
 # go test -race) and the OpenAI-server end-to-end test. Under CI=true a missing fixture, model
 # or tool fails its test instead of skipping it.
-test: lint model test-deps test-rust go-test e2e router-test
+test: lint model test-deps test-rust go-test e2e router-test manifests
 
 test-deps:
 	bash scripts/install-test-deps.sh
@@ -116,3 +116,9 @@ e2e:
 # SIGKILL failover and SIGTERM drain under load. Bounded: 15 minutes at most.
 router-test:
 	timeout 900 bash tests/e2e/router_e2e.sh
+
+# deploy/ (Dockerfile, Kubernetes and Inference Extension manifests) checked offline: strict
+# Kubernetes schemas, deploy/schema, cross-checks against the server's sources, and a self-test.
+.PHONY: manifests
+manifests:
+	bash scripts/check-manifests.sh
