@@ -292,6 +292,12 @@ impl Engine {
             "KV-cache usage (1 = full).",
             format!("{usage:.6}"),
         );
+        // vLLM's newer name, the default of the Inference Extension's endpoint picker from v1.3.
+        gauge(
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage (1 = full).",
+            format!("{usage:.6}"),
+        );
         gauge(
             "loraplex:kv_cache_usage_perc",
             "KV-cache usage (1 = full).",

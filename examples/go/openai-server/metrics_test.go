@@ -144,6 +144,7 @@ func TestMetricsMeetTheModelServerProtocol(t *testing.T) {
 	want("vllm:num_requests_running", map[string]string{"model_name": "base"}, one)
 	want("vllm:num_requests_waiting", map[string]string{"model_name": "base"}, one)
 	want("vllm:gpu_cache_usage_perc", nil, func(v float64) bool { return v > 0 && v <= 1 })
+	want("vllm:kv_cache_usage_perc", nil, func(v float64) bool { return v > 0 && v <= 1 })
 	want("vllm:lora_requests_info", map[string]string{"max_lora": "2"}, func(v float64) bool { return v > 0 })
 	want("loraplex:adapter_device_resident", map[string]string{"adapter": "hf-all-r8"}, one)
 	e.Cancel(running)
