@@ -393,6 +393,16 @@ fn main() {
         return;
     }
     let rows_list = [1usize, 8, 32, 256];
+    for pool in &pools {
+        use loraplex::backend::cpu::peak::{peak_gflops, PeakPath};
+        let show = |p: Option<f64>| p.map_or("n/a".to_string(), |g| format!("{g:.0}"));
+        println!(
+            "peak GFLOP/s with {} thr (calibration loops): f32 fma {}, bf16 dot {}",
+            pool.current_num_threads(),
+            show(peak_gflops(pool, PeakPath::F32Fma, 5)),
+            show(peak_gflops(pool, PeakPath::Bf16Dot, 5))
+        );
+    }
     // step[format][threads][rows] = seconds of all weight matmuls in one decode step
     let mut step = [[[0f64; 4]; 2]; 3];
     // bf16 on the default path (AVX-512 BF16 where present) and on the AVX2/FMA f32 kernels.

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use loraplex::backend::cpu::peak::{peak_gflops, PeakPath};
 use loraplex::config::EngineConfig;
 use loraplex::engine::{Engine, Prompt, Request};
 use loraplex::model::gguf::GgufFile;
@@ -211,14 +212,34 @@ fn proc_status_bytes(field: &str) -> Option<f64> {
     Some(kb * 1024.0)
 }
 
-/// `(tensor bytes, count of tensors per type)` from the file's GGUF header.
-fn file_tensors(path: &Path) -> Result<(u64, BTreeMap<String, usize>), String> {
+/// What the bench reads from a file's GGUF header.
+struct FileTensors {
+    /// Bytes of tensor data.
+    bytes: u64,
+    /// Count of tensors per type.
+    types: BTreeMap<String, usize>,
+    /// Matmul FLOPs per prompt token in the layers: 2 per element of every 2-D `blk.*` tensor
+    /// (the head runs for one token of a prompt, the embedding is a lookup).
+    layer_flops_per_token: f64,
+}
+
+fn file_tensors(path: &Path) -> Result<FileTensors, String> {
     let g = GgufFile::open(path).map_err(|e| e.to_string())?;
     let mut types = BTreeMap::new();
     for t in &g.tensors {
         *types.entry(t.ggml_type.name().to_string()).or_insert(0) += 1;
     }
-    Ok((g.tensors.iter().map(|t| t.n_bytes).sum(), types))
+    let layer_flops_per_token = g
+        .tensors
+        .iter()
+        .filter(|t| t.name.starts_with("blk.") && t.dims.len() == 2)
+        .map(|t| 2.0 * t.n_elements as f64)
+        .sum();
+    Ok(FileTensors {
+        bytes: g.tensors.iter().map(|t| t.n_bytes).sum(),
+        types,
+        layer_flops_per_token,
+    })
 }
 
 /// Distinct adapters in one batch vs the same batch all on the base model, interleaved rounds.
@@ -298,10 +319,14 @@ pub fn run(
             continue;
         }
         let file_bytes = match file_tensors(&m.path) {
-            Ok((bytes, types)) => {
-                entry.insert("file_tensor_bytes".into(), json!(bytes));
-                entry.insert("file_tensor_types".into(), json!(types));
-                Some(bytes as f64)
+            Ok(f) => {
+                entry.insert("file_tensor_bytes".into(), json!(f.bytes));
+                entry.insert("file_tensor_types".into(), json!(f.types));
+                entry.insert(
+                    "layer_matmul_flops_per_prompt_token".into(),
+                    json!(f.layer_flops_per_token),
+                );
+                Some(f.bytes as f64)
             }
             Err(e) => {
                 entry.insert("file_tensor_bytes_error".into(), json!(e));
@@ -399,8 +424,10 @@ pub fn run(
         lora = json!({"model": o.lora_model, "error": "model not in this run or loraplex could not load it"});
     }
     let peak = bw_samples.iter().copied().fold(0.0, f64::max);
+    let compute = compute_peaks(o.threads);
     for entry in &mut out {
         add_floors(entry, peak);
+        add_compute(entry, &compute, o);
     }
     let load = load_average();
     json!({
@@ -421,11 +448,60 @@ pub fn run(
         "decode_tokens_per_sequence": o.decode_tokens,
         "decode_prompt_tokens": 16,
         "memory_read_bandwidth_gb_s": peak,
+        "compute_peak_gflops": compute,
         "memory_read_bandwidth_samples_gb_s": bw_samples,
         "models": out,
         "summary": summary,
         "multi_lora_distinct_vs_base": lora,
     })
+}
+
+/// The machine's peak GFLOP/s per dense kernel path with `threads` threads (calibration loops of
+/// `loraplex::backend::cpu::peak`, best of 5 runs), and the path bf16 weights use.
+fn compute_peaks(threads: usize) -> Value {
+    let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+        Ok(p) => p,
+        Err(e) => return json!({"error": e.to_string()}),
+    };
+    let bf16 = peak_gflops(&pool, PeakPath::Bf16Dot, 5);
+    json!({
+        "threads": threads,
+        "f32_fma_256": peak_gflops(&pool, PeakPath::F32Fma, 5),
+        "bf16_dot_512": bf16,
+        "bf16_weights_path": if bf16.is_some() { "bf16_dot_512" } else { "f32_fma_256" },
+    })
+}
+
+/// For a dense model (F32/F16/BF16 tensors) run with bf16 weights (`--weight-dtype bf16`), adds
+/// each prefill metric's achieved layer-matmul GFLOP/s (tokens/s x FLOPs per token: a lower bound
+/// on the matmuls' own rate, since the prefill time also holds attention and the other ops) and
+/// its share of the peak of the path in use.
+fn add_compute(entry: &mut Value, compute: &Value, o: &Options) {
+    let all_bf16 = o.weight_dtype == "bf16"
+        && entry["file_tensor_types"].as_object().is_some_and(|t| {
+            t.keys()
+                .all(|k| ["BF16", "F16", "F32"].contains(&k.as_str()))
+        });
+    let flops = entry["layer_matmul_flops_per_prompt_token"].as_f64();
+    let path = compute["bf16_weights_path"].as_str().unwrap_or("");
+    let peak = compute[path].as_f64();
+    let (Some(flops), Some(peak), true) = (flops, peak, all_bf16) else {
+        return;
+    };
+    for &n in &o.prefill {
+        let Some(row) = entry
+            .get_mut("metrics")
+            .and_then(|m| m.get_mut(format!("prefill_{n}")))
+        else {
+            continue;
+        };
+        let gflops = row["loraplex"]["median_tokens_per_s"]
+            .as_f64()
+            .map(|t| t * flops / 1e9);
+        row["loraplex_layer_matmul_gflops"] = json!(gflops);
+        row["loraplex_layer_matmul_over_peak"] = json!(gflops.map(|g| g / peak));
+        row["peak_path"] = json!(path);
+    }
 }
 
 /// Adds the batch-1 memory floors to a model's entry: `bw` (GB/s) over the file's tensor bytes

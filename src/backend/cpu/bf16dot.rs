@@ -43,51 +43,81 @@ fn reduce(acc: __m512) -> [f32; NW] {
     [lanes[0], lanes[4], lanes[8], lanes[12]]
 }
 
-/// Dot products of `X` bf16 activation rows at `x` (row stride `kp`) with the 4 rows of the packed
-/// panel at `w`, over `kp` columns; with `pf`, prefetches one cache line per k-step at
-/// `pf + 32 k / 8` (a hint: never faults, never changes a result).
+/// Dot products of `X` bf16 activation rows at `x` (row stride `kp`) with the 4 rows of each of
+/// the `P` consecutive packed panels at `w`, over `kp` columns; with `pf`, prefetches one cache
+/// line per panel and k-step at the same offsets from `pf` (a hint: never faults, never changes
+/// a result). Every (row, panel) accumulator takes the same instruction sequence whatever `P` and
+/// `X` are.
 ///
 /// # Safety
-/// `x + i*kp .. + kp` for `i < X` and `w .. w + NW*kp` must be readable; `kp % 8 == 0`.
+/// `x + i*kp .. + kp` for `i < X` and `w .. w + P*NW*kp` must be readable; `kp % 8 == 0`.
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[inline]
-unsafe fn tile<const X: usize>(
+unsafe fn tile<const P: usize, const X: usize>(
     x: *const u16,
     w: *const u16,
     kp: usize,
     pf: Option<*const u16>,
-) -> [[f32; X]; NW] {
-    let mut acc = [_mm512_setzero_ps(); X];
+) -> [[[f32; X]; NW]; P] {
+    let mut acc = [[_mm512_setzero_ps(); X]; P];
+    let panel = NW * kp;
     let mut k = 0;
     while k < kp {
         let off = k * NW;
-        if let Some(pf) = pf {
-            _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(off) as *const i8);
+        let mut wv = [_mm512_setzero_ps(); P];
+        for (p, v) in wv.iter_mut().enumerate() {
+            if let Some(pf) = pf {
+                _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(p * panel + off) as *const i8);
+            }
+            // SAFETY: panel p < P holds NW * kp values from w + p * panel and off + 32 <= NW * kp
+            // (k + 8 <= kp); the load is unaligned.
+            *v = unsafe { _mm512_castsi512_ps(_mm512_loadu_si512(w.add(p * panel + off).cast())) };
         }
-        // SAFETY: the panel holds NW * kp values and off + 32 <= NW * kp (k + 8 <= kp); the
-        // load is unaligned and both vector types are 512 bits of plain data.
-        let wv: __m512bh = unsafe { std::mem::transmute(_mm512_loadu_si512(w.add(off).cast())) };
-        for (i, a) in acc.iter_mut().enumerate() {
+        // `i` picks both the activation row and its accumulator in every panel.
+        #[allow(clippy::needless_range_loop)]
+        for i in 0..X {
             // SAFETY: row i < X of x has kp readable values and k + 8 <= kp.
             let xs = unsafe { _mm_loadu_si128(x.add(i * kp + k).cast()) };
             // SAFETY: __m512i and __m512bh are both 512 bits of plain data.
             let xv: __m512bh = unsafe { std::mem::transmute(_mm512_broadcast_i32x4(xs)) };
-            *a = _mm512_dpbf16_ps(*a, wv, xv);
+            for p in 0..P {
+                // SAFETY: as above (__m512 and __m512bh are 512 bits of plain data).
+                let wb: __m512bh = unsafe { std::mem::transmute(wv[p]) };
+                acc[p][i] = _mm512_dpbf16_ps(acc[p][i], wb, xv);
+            }
         }
         k += 8;
     }
-    let mut r = [[0f32; X]; NW];
-    for (i, a) in acc.iter().enumerate() {
-        let s = reduce(*a);
-        for (j, v) in s.iter().enumerate() {
-            r[j][i] = *v;
+    let mut r = [[[0f32; X]; NW]; P];
+    for (rp, ap) in r.iter_mut().zip(acc.iter()) {
+        for (i, a) in ap.iter().enumerate() {
+            for (j, v) in reduce(*a).iter().enumerate() {
+                rp[j][i] = *v;
+            }
         }
     }
     r
 }
 
+/// Runs the `(P, X)` tile for `mx` rows (`X` one of the listed sizes) and stores it at weight
+/// row `j`, activation row `t` of `yt`.
+macro_rules! run_tile {
+    ($p:literal, $mx:expr, $a:ident, [$($x:literal),*]) => {{
+        let (yt, rows, j, t, xp, wp, kp, pf) = $a;
+        match $mx {
+            $($x => {
+                let r = tile::<$p, $x>(xp, wp, kp, pf);
+                for (q, rq) in r.into_iter().enumerate() {
+                    store::<NW, $x>(yt, rows, j + q * NW, t, rq);
+                }
+            })*
+            _ => {}
+        }
+    }};
+}
+
 /// `yt[j * rows + t] = dot(x[t], w[o0 + j])` for `j < n`, `t < rows`: activation rows in blocks
-/// of `rb`, weight panels streaming past each block, tiles of up to [`MXB`] rows.
+/// of `rb`, pairs of weight panels streaming past each block, tiles of up to [`MXB`] rows.
 ///
 /// # Safety
 /// AVX-512F and AVX-512 BF16 must be available. Also `kp % 8 == 0`, `o0 % NW == 0`,
@@ -107,18 +137,23 @@ pub(crate) unsafe fn block(p: &Bf16Panels<'_>, yt: &mut [f32]) {
     if !panels_fit(x.len(), rows, kp, w.len(), o0, n) || rb == 0 {
         return;
     }
+    // Whole panels: padding rows are zero and their results fall outside `yt` (`store`).
+    let np = n.next_multiple_of(NW);
     let mut r0 = 0;
     while r0 < rows {
         let r1 = (r0 + rb).min(rows);
         let mut j = 0;
-        while j < n {
-            // SAFETY: o0 + j is a multiple of NW below o0 + n, so its whole panel (NW * kp
-            // values from (o0 + j) * kp) is in bounds.
+        while j < np {
+            let pair = j + 2 * NW <= np;
+            let step = if pair { 2 * NW } else { NW };
+            // SAFETY: o0 + j is a multiple of NW and o0 + j + step <= o0 + np, so the `step / NW`
+            // panels from (o0 + j) * kp are in bounds (checked by `panels_fit`).
             let wp = unsafe { w.as_ptr().add((o0 + j) * kp) };
-            // With several tiles per panel, the first pass prefetches the panel 3 ahead, so that
-            // DRAM streams it while the later passes compute from cache.
-            let pnext = o0 + j + 3 * NW;
-            let pf = (r1 - r0 > MXB && pnext < o0 + n).then(|| w.as_ptr().wrapping_add(pnext * kp));
+            // With several tiles per panel pair, the first pass prefetches the panels 3 steps
+            // ahead, so that DRAM streams them while the later passes compute from cache.
+            let pnext = o0 + j + 3 * step;
+            let pf = (r1 - r0 > MXB && pnext + step <= o0 + np)
+                .then(|| w.as_ptr().wrapping_add(pnext * kp));
             let mut t = r0;
             let mut first = true;
             while t < r1 {
@@ -127,28 +162,20 @@ pub(crate) unsafe fn block(p: &Bf16Panels<'_>, yt: &mut [f32]) {
                 first = false;
                 // SAFETY: t + mx <= rows, so rows t .. t+mx of x are in bounds.
                 let xp = unsafe { x.as_ptr().add(t * kp) };
-                // SAFETY: each arm reads mx rows of x from xp and one whole panel at wp (bounds
-                // and kp % 8 == 0 checked above); the target features are enabled here.
+                // SAFETY: each arm reads mx rows of x from xp and `step / NW` whole panels at wp
+                // (bounds and kp % 8 == 0 checked above); the target features are enabled here.
                 unsafe {
-                    match mx {
-                        12 => store::<NW, 12>(yt, rows, j, t, tile::<12>(xp, wp, kp, pft)),
-                        11 => store::<NW, 11>(yt, rows, j, t, tile::<11>(xp, wp, kp, pft)),
-                        10 => store::<NW, 10>(yt, rows, j, t, tile::<10>(xp, wp, kp, pft)),
-                        9 => store::<NW, 9>(yt, rows, j, t, tile::<9>(xp, wp, kp, pft)),
-                        8 => store::<NW, 8>(yt, rows, j, t, tile::<8>(xp, wp, kp, pft)),
-                        7 => store::<NW, 7>(yt, rows, j, t, tile::<7>(xp, wp, kp, pft)),
-                        6 => store::<NW, 6>(yt, rows, j, t, tile::<6>(xp, wp, kp, pft)),
-                        5 => store::<NW, 5>(yt, rows, j, t, tile::<5>(xp, wp, kp, pft)),
-                        4 => store::<NW, 4>(yt, rows, j, t, tile::<4>(xp, wp, kp, pft)),
-                        3 => store::<NW, 3>(yt, rows, j, t, tile::<3>(xp, wp, kp, pft)),
-                        2 => store::<NW, 2>(yt, rows, j, t, tile::<2>(xp, wp, kp, pft)),
-                        1 => store::<NW, 1>(yt, rows, j, t, tile::<1>(xp, wp, kp, pft)),
-                        _ => {}
+                    if pair {
+                        let a = (&mut *yt, rows, j, t, xp, wp, kp, pft);
+                        run_tile!(2, mx, a, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]);
+                    } else {
+                        let a = (&mut *yt, rows, j, t, xp, wp, kp, pft);
+                        run_tile!(1, mx, a, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]);
                     }
                 }
                 t += mx;
             }
-            j += NW;
+            j += step;
         }
         r0 = r1;
     }

@@ -17,6 +17,7 @@ mod bf16dot;
 mod elementwise;
 mod lora;
 mod matmul;
+pub mod peak;
 mod qkv;
 pub mod quant;
 #[cfg(target_arch = "x86_64")]
