@@ -17,8 +17,9 @@ pub fn params(max_tokens: usize) -> SamplingParams {
     }
 }
 
-/// A deterministic `len`-token prompt; a different `salt` gives different tokens (no prefix
-/// shared between salts).
+/// A deterministic `len`-token prompt; salts that differ modulo 20,000 give different first
+/// tokens (no prefix shared between them), while one salt's prompts of different lengths are
+/// prefixes of each other (a longer one hits the prefix cache of a shorter one).
 pub fn prompt(len: usize, salt: usize) -> Vec<u32> {
     (0..len)
         .map(|k| (100 + (k * 7919 + salt * 104_729) % 20_000) as u32)
