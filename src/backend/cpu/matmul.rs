@@ -189,20 +189,69 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: 
     scratch.yt.resize(rows * out, 0.0);
     let yt = &mut scratch.yt[..rows * out];
     compute(be, xs, rows, w, yt);
-    transpose(yt, rows, out, y);
+    transpose(be.simd, yt, rows, out, y);
 }
 
-/// `y[t * out + o] = yt[o * rows + t]`, in 32 x 32 blocks to stay within L1.
-pub(super) fn transpose(yt: &[f32], rows: usize, out: usize, y: &mut [f32]) {
+/// `y[t * out + o] = yt[o * rows + t]`: whole 8 x 8 blocks in registers when `simd` (AVX2),
+/// the rest in 32 x 32 blocks to stay within L1.
+pub(super) fn transpose(simd: bool, yt: &[f32], rows: usize, out: usize, y: &mut [f32]) {
     const B: usize = 32;
+    // Rows and columns below these were done by the vector blocks.
+    let (mut rd, mut od) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only set when AVX2 and FMA were detected at runtime; the function
+        // checks its slice lengths itself.
+        unsafe { simd::transpose_blocks(yt, rows, out, y) };
+        (rd, od) = (rows / 8 * 8, out / 8 * 8);
+    }
+    let _ = simd;
     for o0 in (0..out).step_by(B) {
         let o1 = (o0 + B).min(out);
         for t0 in (0..rows).step_by(B) {
             let t1 = (t0 + B).min(rows);
             for t in t0..t1 {
-                let dst = &mut y[t * out + o0..t * out + o1];
+                // Columns left to do on this row: all, or those past the vector blocks.
+                let from = if t < rd { o0.max(od) } else { o0 };
+                if from >= o1 {
+                    continue;
+                }
+                let dst = &mut y[t * out + from..t * out + o1];
                 for (k, d) in dst.iter_mut().enumerate() {
-                    *d = yt[(o0 + k) * rows + t];
+                    *d = yt[(from + k) * rows + t];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The vector blocks and the scalar edges together are the plain transpose, for shapes with
+    /// and without whole blocks.
+    #[test]
+    fn transpose_matches_the_definition() {
+        for (rows, out) in [
+            (1, 1),
+            (8, 8),
+            (9, 17),
+            (16, 24),
+            (33, 7),
+            (7, 33),
+            (64, 130),
+        ] {
+            let yt: Vec<f32> = (0..rows * out).map(|i| i as f32).collect();
+            #[cfg(target_arch = "x86_64")]
+            let paths = [false, std::arch::is_x86_feature_detected!("avx2")];
+            #[cfg(not(target_arch = "x86_64"))]
+            let paths = [false];
+            for simd in paths {
+                let mut y = vec![f32::NAN; rows * out];
+                super::transpose(simd, &yt, rows, out, &mut y);
+                for t in 0..rows {
+                    for o in 0..out {
+                        assert_eq!(y[t * out + o], yt[o * rows + t], "{rows}x{out} simd {simd}");
+                    }
                 }
             }
         }

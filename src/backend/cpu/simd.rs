@@ -320,3 +320,61 @@ pub(crate) fn dot_mul_add(a: &[f32], b: &[f32]) -> f32 {
     }
     s
 }
+
+/// Transposes 8 rows of 8 f32 in registers: `v[i][j]` becomes `v[j][i]`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn transpose8(v: &mut [__m256; 8]) {
+    let t0 = _mm256_unpacklo_ps(v[0], v[1]);
+    let t1 = _mm256_unpackhi_ps(v[0], v[1]);
+    let t2 = _mm256_unpacklo_ps(v[2], v[3]);
+    let t3 = _mm256_unpackhi_ps(v[2], v[3]);
+    let t4 = _mm256_unpacklo_ps(v[4], v[5]);
+    let t5 = _mm256_unpackhi_ps(v[4], v[5]);
+    let t6 = _mm256_unpacklo_ps(v[6], v[7]);
+    let t7 = _mm256_unpackhi_ps(v[6], v[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    v[0] = _mm256_permute2f128_ps::<0x20>(s0, s4);
+    v[1] = _mm256_permute2f128_ps::<0x20>(s1, s5);
+    v[2] = _mm256_permute2f128_ps::<0x20>(s2, s6);
+    v[3] = _mm256_permute2f128_ps::<0x20>(s3, s7);
+    v[4] = _mm256_permute2f128_ps::<0x31>(s0, s4);
+    v[5] = _mm256_permute2f128_ps::<0x31>(s1, s5);
+    v[6] = _mm256_permute2f128_ps::<0x31>(s2, s6);
+    v[7] = _mm256_permute2f128_ps::<0x31>(s3, s7);
+}
+
+/// `y[t * out + o] = yt[o * rows + t]` for `t < rows / 8 * 8`, `o < out / 8 * 8` (whole 8 x 8
+/// blocks, transposed in registers); the caller does the edges. Writes nothing when a slice is
+/// shorter than `rows * out`.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn transpose_blocks(yt: &[f32], rows: usize, out: usize, y: &mut [f32]) {
+    let Some(len) = rows.checked_mul(out) else {
+        return;
+    };
+    if yt.len() < len || y.len() < len {
+        return;
+    }
+    for o0 in (0..out / 8 * 8).step_by(8) {
+        for t0 in (0..rows / 8 * 8).step_by(8) {
+            let mut v = [_mm256_setzero_ps(); 8];
+            for (i, vi) in v.iter_mut().enumerate() {
+                // SAFETY: (o0 + i) * rows + t0 + 8 <= out * rows <= yt.len() (o0 + i < out,
+                // t0 + 8 <= rows); loadu is unaligned.
+                *vi = unsafe { _mm256_loadu_ps(yt.as_ptr().add((o0 + i) * rows + t0)) };
+            }
+            transpose8(&mut v);
+            for (i, vi) in v.iter().enumerate() {
+                // SAFETY: (t0 + i) * out + o0 + 8 <= rows * out <= y.len(); storeu is unaligned.
+                unsafe { _mm256_storeu_ps(y.as_mut_ptr().add((t0 + i) * out + o0), *vi) };
+            }
+        }
+    }
+}

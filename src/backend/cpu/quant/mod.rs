@@ -270,5 +270,5 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &QuantStack, y:
     scratch.yt.resize(rows * out, 0.0);
     let yt = &mut scratch.yt[..rows * out];
     run(yt);
-    super::matmul::transpose(yt, rows, out, y);
+    super::matmul::transpose(be.simd, yt, rows, out, y);
 }
