@@ -51,9 +51,44 @@ pub(crate) fn rms_norm(x: &[f32], w: &[f32], rows: usize, dim: usize, eps: f32, 
     }
 }
 
-/// See [`crate::backend::Backend::rope`]. `cos`/`sin` are computed once per (row, frequency)
-/// and applied to every head of the row.
-pub(crate) fn rope(x: ViewMut<'_, [f32]>, a: &RopeArgs<'_>) {
+/// The cos/sin of every (row position, frequency) of the last [`rope`] call, reused while the
+/// positions and frequencies stay the same (every layer of a step): the same values, computed
+/// once per step instead of once per layer.
+#[derive(Debug, Default)]
+pub(crate) struct RopeTable {
+    pos: Vec<u32>,
+    freq: Vec<f32>,
+    /// `cos[t * half + i]` of `pos[t] * freq[i]`, likewise `sin`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    /// The table for `row_pos` and `inv_freq`, recomputed only when either changed.
+    fn get(&mut self, row_pos: &[u32], inv_freq: &[f32]) -> (&[f32], &[f32]) {
+        if self.pos != row_pos || self.freq != inv_freq {
+            let half = inv_freq.len();
+            self.pos = row_pos.to_vec();
+            self.freq = inv_freq.to_vec();
+            self.cos.resize(row_pos.len() * half, 0.0);
+            self.sin.resize(row_pos.len() * half, 0.0);
+            for (t, &pos) in row_pos.iter().enumerate() {
+                let cs = self.cos[t * half..(t + 1) * half].iter_mut();
+                let sn = self.sin[t * half..(t + 1) * half].iter_mut();
+                for ((c, s), &f) in cs.zip(sn).zip(inv_freq) {
+                    let ang = pos as f32 * f;
+                    (*s, *c) = ang.sin_cos();
+                }
+            }
+        }
+        (&self.cos, &self.sin)
+    }
+}
+
+/// See [`crate::backend::Backend::rope`]. `cos`/`sin` come from `table` (computed once per
+/// (position, frequency) while the step's positions stay the same) and are applied to every head
+/// of the row.
+pub(crate) fn rope(x: ViewMut<'_, [f32]>, a: &RopeArgs<'_>, table: &mut RopeTable) {
     let (rows, stride, col0) = (x.rows, x.stride, x.col);
     let x = x.buf;
     if !rope_ok(&View::new(&*x, rows, stride, col0), a) {
@@ -63,17 +98,16 @@ pub(crate) fn rope(x: ViewMut<'_, [f32]>, a: &RopeArgs<'_>) {
     if half == 0 || stride == 0 {
         return;
     }
-    let mut cos = vec![0f32; half];
-    let mut sin = vec![0f32; half];
-    for (row, &pos) in x.chunks_exact_mut(stride).zip(a.row_pos).take(rows) {
-        for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(a.inv_freq) {
-            let ang = pos as f32 * f;
-            (*s, *c) = ang.sin_cos();
-        }
+    let (cos, sin) = table.get(&a.row_pos[..rows], &a.inv_freq[..half]);
+    for (t, row) in x.chunks_exact_mut(stride).take(rows).enumerate() {
+        let (cos, sin) = (
+            &cos[t * half..(t + 1) * half],
+            &sin[t * half..(t + 1) * half],
+        );
         let heads = &mut row[col0..col0 + a.n_heads * head_dim];
         for head in heads.chunks_exact_mut(head_dim) {
             let (lo, hi) = head.split_at_mut(half);
-            for (((x1, x2), &c), &s) in lo.iter_mut().zip(hi.iter_mut()).zip(&cos).zip(&sin) {
+            for (((x1, x2), &c), &s) in lo.iter_mut().zip(hi.iter_mut()).zip(cos).zip(sin) {
                 let (a, b) = (*x1, *x2);
                 *x1 = a * c - b * s;
                 *x2 = b * c + a * s;

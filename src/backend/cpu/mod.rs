@@ -55,6 +55,8 @@ struct Scratch {
     qxt: Vec<i8>,
     /// Activations as bf16 bits for the `vdpbf16ps` kernels of bf16 weights.
     xbits: Vec<u16>,
+    /// RoPE's cos/sin for the step's positions (shared by its layers).
+    rope: elementwise::RopeTable,
 }
 
 /// The CPU backend. Cheap to construct; holds the engine's thread pool and scratch buffers.
@@ -276,7 +278,7 @@ impl Backend for CpuBackend {
     }
 
     fn rope(&self, x: ViewMut<'_, Vec<f32>>, a: &RopeArgs<'_>) {
-        elementwise::rope(x.slice(), a);
+        elementwise::rope(x.slice(), a, &mut self.scratch.lock().rope);
     }
 
     fn silu_mul(&self, gate_up: &Vec<f32>, rows: usize, inter: usize, out: &mut Vec<f32>) {
