@@ -24,11 +24,12 @@ fn row_block(kp: usize) -> usize {
     (rb / 3 * 3).max(3)
 }
 
-/// Weight rows per parallel task: ~4 tasks per thread, fewer rows per task when many activation
-/// rows are re-read against it (so the task's weights stay in L2), a multiple of [`PANEL`] (the
-/// kernels work on whole packed panels).
+/// Weight rows per parallel task: ~4 tasks per thread (~8 with more than 16 activation rows, where
+/// a task is long and the last one to finish leaves the other threads idle), fewer rows per task
+/// when many activation rows are re-read against it (so the task's weights stay in L2), a
+/// multiple of [`PANEL`] (the kernels work on whole packed panels).
 fn task_rows(out: usize, rows: usize, kp: usize, wbytes: usize, threads: usize) -> usize {
-    let mut cw = out.div_ceil(threads.max(1) * 4);
+    let mut cw = out.div_ceil(threads.max(1) * if rows > 16 { 8 } else { 4 });
     if rows > 16 {
         cw = cw.min((384 * 1024) / (kp * wbytes).max(1));
     }
