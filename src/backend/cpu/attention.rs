@@ -89,6 +89,30 @@ unsafe fn unit_avx2(
     unsafe { unit::<true>(d, q_row, g, seq, scores, out) }
 }
 
+/// The scores of 8 keys (`(position index, K)`) for every query head of `q` (`hd` each):
+/// `scores[qi * n + p] = dot(q_qi, k) * scale`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scores8(
+    q: &[f32],
+    hd: usize,
+    n: usize,
+    scale: f32,
+    batch: &[(usize, &[f32]); 8],
+    scores: &mut [f32],
+) {
+    let keys = batch.map(|(_, k)| k);
+    for (qi, qh) in q.chunks_exact(hd).enumerate() {
+        let r = super::simd::dot8_mul_add(qh, keys);
+        for (&(p, _), v) in batch.iter().zip(r) {
+            scores[qi * n + p] = v * scale;
+        }
+    }
+}
+
 /// One (row, KV head) unit: `out` is the `group * hd` outputs of the group's query heads; the
 /// row attends to positions `lo..=pos` of the sequence with block table `table` (`seq`), `lo`
 /// from the call's window.
@@ -112,29 +136,40 @@ unsafe fn unit<const SIMD: bool>(
     scores.resize(group * n, 0.0);
     let koff = g * hd;
     let q = &q_row[g * group * hd..(g + 1) * group * hd];
+    // On the SIMD path keys wait in `batch` until 8 are there, then go through `dot8_mul_add`
+    // (the same bits as one `dot_mul_add` per key, with the 8 chains interleaved).
+    let mut batch: [(usize, &[f32]); 8] = [(0, &[]); 8];
+    let mut nb = 0;
     for (p0, s0, cnt) in block_runs(table, pos + 1, d.bs) {
         for off in lo.saturating_sub(p0).min(cnt)..cnt {
             let (p, slot) = (p0 + off - lo, s0 + off);
             let k = kc.get(slot * d.kv_dim + koff..slot * d.kv_dim + koff + hd);
-            for (qi, qh) in q.chunks_exact(hd).enumerate() {
-                scores[qi * n + p] = match k {
-                    Some(k) => {
-                        #[cfg(target_arch = "x86_64")]
-                        if SIMD {
-                            // SAFETY: the caller guarantees AVX2/FMA when SIMD is set, which is
-                            // all `dot_mul_add` requires (it bounds-checks its slices).
-                            unsafe { super::simd::dot_mul_add(qh, k) * d.scale }
-                        } else {
-                            dot(qh, k) * d.scale
-                        }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        {
-                            dot(qh, k) * d.scale
-                        }
+            match k {
+                None => (0..group).for_each(|qi| scores[qi * n + p] = f32::NAN),
+                #[cfg(target_arch = "x86_64")]
+                Some(k) if SIMD => {
+                    batch[nb] = (p, k);
+                    nb += 1;
+                    if nb == 8 {
+                        // SAFETY: the caller guarantees AVX2/FMA when SIMD is set.
+                        unsafe { scores8(q, hd, n, d.scale, &batch, scores) };
+                        nb = 0;
                     }
-                    None => f32::NAN,
-                };
+                }
+                Some(k) => {
+                    for (qi, qh) in q.chunks_exact(hd).enumerate() {
+                        scores[qi * n + p] = dot(qh, k) * d.scale;
+                    }
+                }
             }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    for &(p, k) in &batch[..nb] {
+        for (qi, qh) in q.chunks_exact(hd).enumerate() {
+            // SAFETY: keys are batched only when SIMD is set, which the caller guarantees means
+            // AVX2/FMA (all `dot_mul_add` requires; it bounds-checks its slices).
+            scores[qi * n + p] = unsafe { super::simd::dot_mul_add(qh, k) } * d.scale;
         }
     }
     let mut inv_z = [0f32; 64];

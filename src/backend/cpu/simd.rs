@@ -378,3 +378,82 @@ pub(crate) fn transpose_blocks(yt: &[f32], rows: usize, out: usize, y: &mut [f32
         }
     }
 }
+
+/// `[dot_mul_add(a, b[j]) for j in 0..8]`, bit for bit, with the 8 dot products' chains
+/// interleaved (independent accumulators instead of one dependent chain) and their horizontal
+/// sums done together: after an 8 x 8 transpose, lane `l` of every accumulator sits in one
+/// vector, so [`hsum`]'s `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))` is computed for all 8 at once
+/// in the same order. Falls back to 8 calls when the slices' lengths differ from `a`'s.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn dot8_mul_add(a: &[f32], b: [&[f32]; 8]) -> [f32; 8] {
+    let n = a.len();
+    if b.iter().any(|bj| bj.len() != n) {
+        return b.map(|bj| dot_mul_add(a, bj));
+    }
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut k = 0;
+    while k + 8 <= n {
+        // SAFETY: k + 8 <= n = a.len() = b[j].len(); loadu is unaligned.
+        let x = unsafe { _mm256_loadu_ps(a.as_ptr().add(k)) };
+        for (aj, bj) in acc.iter_mut().zip(b.iter()) {
+            // SAFETY: as above.
+            let y = unsafe { _mm256_loadu_ps(bj.as_ptr().add(k)) };
+            *aj = _mm256_add_ps(*aj, _mm256_mul_ps(x, y));
+        }
+        k += 8;
+    }
+    transpose8(&mut acc);
+    let s = _mm256_add_ps(
+        _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6])),
+        _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7])),
+    );
+    let mut r = [0f32; 8];
+    // SAFETY: `r` holds 8 f32, one 256-bit store.
+    unsafe { _mm256_storeu_ps(r.as_mut_ptr(), s) };
+    for (rj, bj) in r.iter_mut().zip(b.iter()) {
+        for (x, y) in a[k..n].iter().zip(&bj[k..n]) {
+            *rj += x * y;
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// `dot8_mul_add` is `dot_mul_add` per key bit for bit: whole chunks, tails, and keys of
+    /// other lengths (the fallback).
+    #[test]
+    fn dot8_is_dot_mul_add_bit_for_bit() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for n in [0usize, 3, 8, 13, 64, 80, 128] {
+            let v = |rng: &mut rand_chacha::ChaCha8Rng, n: usize| -> Vec<f32> {
+                (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect()
+            };
+            let a = v(&mut rng, n);
+            let mut keys: Vec<Vec<f32>> = (0..8).map(|_| v(&mut rng, n)).collect();
+            for mismatched in [false, true] {
+                if mismatched {
+                    keys[5] = v(&mut rng, n + 1);
+                }
+                let b: [&[f32]; 8] = std::array::from_fn(|j| keys[j].as_slice());
+                // SAFETY: AVX2 and FMA were detected above.
+                let got = unsafe { dot8_mul_add(&a, b) };
+                for j in 0..8 {
+                    // SAFETY: as above.
+                    let want = unsafe { dot_mul_add(&a, b[j]) };
+                    assert_eq!(
+                        got[j].to_bits(),
+                        want.to_bits(),
+                        "n={n} key {j} mismatched {mismatched}"
+                    );
+                }
+            }
+        }
+    }
+}
