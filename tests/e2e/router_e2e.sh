@@ -132,9 +132,13 @@ under_fault() {
     local sig=$1
     replicas
     local rport; rport=$(free_port)
+    # The router's retries must outlast the time its health check takes to drop a replica that
+    # is gone or draining (consistent hashing retries on the same replica until then): 8 retries
+    # backing off to 1 s span ~4.5 s against a 1 s check. With 4 retries over 0.75 s, 1 run in 6
+    # lost a request to a replica that had drained and closed its port.
     "$VENV/bin/vllm-router" --host 127.0.0.1 --port "$rport" --policy consistent_hash \
         --prometheus-host 127.0.0.1 --prometheus-port "$(free_port)" \
-        --retry-max-retries 4 --retry-initial-backoff-ms 50 --retry-max-backoff-ms 500 \
+        --retry-max-retries 8 --retry-initial-backoff-ms 100 --retry-max-backoff-ms 1000 \
         --health-check-endpoint /v1/health/ready --health-check-interval-secs 1 \
         --health-failure-threshold 1 \
         --worker-urls "${REPLICAS[@]}" >"$WORK/router-$sig.log" 2>&1 &
