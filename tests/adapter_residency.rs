@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use loraplex::config::EngineConfig;
-use loraplex::engine::{Engine, EngineStats, Output, Prompt, Request};
+use loraplex::engine::{Engine, EngineStats, Prompt, Request};
 use loraplex::sampling::SamplingParams;
 
 fn req(model: &str, salt: u32, max_tokens: usize) -> Request {
@@ -24,16 +24,6 @@ fn req(model: &str, salt: u32, max_tokens: usize) -> Request {
         },
         ..Request::default()
     }
-}
-
-fn same_bits(x: &Output, y: &Output) -> bool {
-    let lp = |o: &Output| {
-        o.logprobs
-            .iter()
-            .map(|l| l.logprob.to_bits())
-            .collect::<Vec<_>>()
-    };
-    x.token_ids == y.token_ids && lp(x) == lp(y)
 }
 
 fn engine(model: &Path, peft: &Path, tweak: impl Fn(&mut EngineConfig)) -> Engine {
@@ -97,7 +87,10 @@ fn a_waiting_requests_adapter_is_uploaded_before_its_admission() {
     );
     // The prefetched weights are the right ones: the same bits as on a fresh engine.
     let fresh = engine(&model, &peft, |_| {});
-    assert!(same_bits(&got, &fresh.generate(req("b", 2, 6)).unwrap()));
+    assert!(common::same_output_bits(
+        &got,
+        &fresh.generate(req("b", 2, 6)).unwrap()
+    ));
 }
 
 #[test]
@@ -114,7 +107,7 @@ fn adapters_with_the_same_files_share_one_copy() {
     let e = engine(&model, &peft, |c| c.max_gpu_loras = 2);
     let a = e.generate(req("a", 3, 8)).unwrap();
     let a_copy = e.generate(req("a-copy", 3, 8)).unwrap();
-    assert!(same_bits(&a, &a_copy));
+    assert!(common::same_output_bits(&a, &a_copy));
     let s = common::idle_stats(&e);
     assert_eq!(s.device_uploads, 1, "the copy was uploaded again");
     let j = e.stats_json();
@@ -136,7 +129,7 @@ fn adapters_with_the_same_files_share_one_copy() {
     );
     // Another adapter still takes its own slot and copy.
     let b = e.generate(req("b", 3, 8)).unwrap();
-    assert!(!same_bits(&a, &b));
+    assert!(!common::same_output_bits(&a, &b));
     assert_eq!(common::idle_stats(&e).device_uploads, 2);
     assert_eq!(e.stats_json()["host_cache"]["distinct_copies"], 2);
     // A mixture of the two names uses the one slot twice: the delta doubles, like scale 2.

@@ -120,21 +120,6 @@ fn req(model: Option<&str>, mix: &[(&str, f32)], salt: u32, max_tokens: usize) -
     }
 }
 
-fn same_bits(x: &Output, y: &Output) -> bool {
-    let lp = |o: &Output| {
-        o.logprobs
-            .iter()
-            .map(|l| l.logprob.to_bits())
-            .collect::<Vec<_>>()
-    };
-    let logits = |o: &Output| {
-        o.last_logits
-            .as_ref()
-            .map(|l| l.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
-    };
-    x.token_ids == y.token_ids && lp(x) == lp(y) && logits(x) == logits(y)
-}
-
 #[test]
 fn a_mixture_is_the_merged_delta() {
     let s = setup(|_| {});
@@ -161,7 +146,7 @@ fn one_adapter_at_scale_one_is_the_adapter_and_mixture_rows_are_batch_invariant(
     let plain = e.generate(req(Some("a"), &[], 1, 12)).unwrap();
     let mixed = e.generate(req(None, &[("a", 1.0)], 1, 12)).unwrap();
     assert!(
-        same_bits(&plain, &mixed),
+        common::same_output_bits(&plain, &mixed),
         "a 1-adapter mixture at scale 1 differs from the adapter"
     );
     // The base model's served name may stand next to a mixture.
@@ -169,7 +154,7 @@ fn one_adapter_at_scale_one_is_the_adapter_and_mixture_rows_are_batch_invariant(
     let named = e
         .generate(req(Some(&served), &[("a", 1.0)], 1, 12))
         .unwrap();
-    assert!(same_bits(&plain, &named));
+    assert!(common::same_output_bits(&plain, &named));
     // A batch of base, single adapters and mixtures (shared adapters, other scales and orders):
     // each row is the same bits as the request alone.
     let batch: Vec<Request> = vec![
@@ -189,7 +174,7 @@ fn one_adapter_at_scale_one_is_the_adapter_and_mixture_rows_are_batch_invariant(
     for (k, id) in ids.into_iter().enumerate() {
         let out = e.wait(id).unwrap();
         assert!(
-            same_bits(&out, &alone[k]),
+            common::same_output_bits(&out, &alone[k]),
             "request {k} differs in the batch"
         );
     }
@@ -223,7 +208,7 @@ fn the_prefix_cache_keeps_mixtures_apart() {
         .generate(req(None, &[("a", W_A), ("b", W_B)], 9, 2))
         .unwrap();
     assert!(hits(e) > h0, "the same mixture missed");
-    assert!(same_bits(&first, &again));
+    assert!(common::same_output_bits(&first, &again));
 }
 
 #[test]

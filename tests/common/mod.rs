@@ -569,3 +569,20 @@ pub fn replace_with_same_bytes(dir: &Path, file: &str) {
     std::fs::write(&tmp, &bytes).unwrap();
     std::fs::rename(&tmp, dir.join(file)).unwrap();
 }
+
+/// Whether two outputs are bit for bit the same: token ids, log-probabilities and (when requested)
+/// the last position's logits.
+pub fn same_output_bits(x: &loraplex::engine::Output, y: &loraplex::engine::Output) -> bool {
+    let lp = |o: &loraplex::engine::Output| {
+        o.logprobs
+            .iter()
+            .map(|l| l.logprob.to_bits())
+            .collect::<Vec<_>>()
+    };
+    let logits = |o: &loraplex::engine::Output| {
+        o.last_logits
+            .as_ref()
+            .map(|l| l.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+    };
+    x.token_ids == y.token_ids && lp(x) == lp(y) && logits(x) == logits(y)
+}

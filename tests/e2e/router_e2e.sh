@@ -75,18 +75,27 @@ stop_all() {
     PIDS=()
 }
 
+# router LOG POLICY [ARGS...]: starts vllm-router over REPLICAS with POLICY (and ARGS), logging
+# to $WORK/router-LOG.log; sets ROUTER to its URL once it answers.
+router() {
+    local log=$1 policy=$2 rport
+    shift 2
+    rport=$(free_port)
+    "$VENV/bin/vllm-router" --host 127.0.0.1 --port "$rport" --policy "$policy" \
+        --prometheus-host 127.0.0.1 --prometheus-port "$(free_port)" "$@" \
+        --worker-urls "${REPLICAS[@]}" >"$WORK/router-$log.log" 2>&1 &
+    PIDS+=($!)
+    ROUTER="http://127.0.0.1:$rport"
+    wait_http "$ROUTER/health"
+}
+
 FAIL=0
 # run POLICY: replicas + router, the client's checks, then residency.
 run() {
     local policy=$1
     replicas
-    local rport; rport=$(free_port)
-    "$VENV/bin/vllm-router" --host 127.0.0.1 --port "$rport" --policy "$policy" \
-        --prometheus-host 127.0.0.1 --prometheus-port "$(free_port)" \
-        --worker-urls "${REPLICAS[@]}" >"$WORK/router-$policy.log" 2>&1 &
-    PIDS+=($!)
-    wait_http "http://127.0.0.1:$rport/health"
-    "$VENV/bin/python" - "$policy" "http://127.0.0.1:$rport/v1" "$REFERENCE/v1" "${NAMES[@]}" <<'PYEOF' || FAIL=$((FAIL + 1))
+    router "$policy" "$policy"
+    "$VENV/bin/python" - "$policy" "$ROUTER/v1" "$REFERENCE/v1" "${NAMES[@]}" <<'PYEOF' || FAIL=$((FAIL + 1))
 import sys
 import openai
 policy, router, direct, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
@@ -131,22 +140,17 @@ PYEOF
 under_fault() {
     local sig=$1
     replicas
-    local rport; rport=$(free_port)
     # The router's retries must outlast the time its health check takes to drop a replica that
     # is gone or draining (consistent hashing retries on the same replica until then): 8 retries
     # backing off to 1 s span ~4.5 s against a 1 s check. With 4 retries over 0.75 s, 1 run in 6
     # lost a request to a replica that had drained and closed its port.
-    "$VENV/bin/vllm-router" --host 127.0.0.1 --port "$rport" --policy consistent_hash \
-        --prometheus-host 127.0.0.1 --prometheus-port "$(free_port)" \
+    router "$sig" consistent_hash \
         --retry-max-retries 8 --retry-initial-backoff-ms 100 --retry-max-backoff-ms 1000 \
         --health-check-endpoint /v1/health/ready --health-check-interval-secs 1 \
-        --health-failure-threshold 1 \
-        --worker-urls "${REPLICAS[@]}" >"$WORK/router-$sig.log" 2>&1 &
-    PIDS+=($!)
-    wait_http "http://127.0.0.1:$rport/health"
+        --health-failure-threshold 1
     local victims=()
     for i in 0 1 2; do victims+=("${REPLICAS[$i]}=${PIDS[$i]}"); done
-    "$VENV/bin/python" - "$sig" "http://127.0.0.1:$rport/v1" "$REFERENCE/v1" "${victims[*]}" \
+    "$VENV/bin/python" - "$sig" "$ROUTER/v1" "$REFERENCE/v1" "${victims[*]}" \
         "$WORK" "${NAMES[@]}" <<'PYEOF' || FAIL=$((FAIL + 1))
 import concurrent.futures as cf
 import os, re, signal, sys, threading, time, urllib.request

@@ -28,20 +28,12 @@ impl PeakPath {
         }
     }
 
-    /// Whether this CPU has the path's instructions (detected at runtime).
+    /// Whether this CPU has the path's instructions (detected at runtime, as the backend's
+    /// kernel selection does).
     pub fn available(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            match self {
-                Self::F32Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-                Self::Bf16Dot => {
-                    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
-                }
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
+        match self {
+            Self::F32Fma => super::detect_simd(),
+            Self::Bf16Dot => super::detect_bf16dot(),
         }
     }
 }
