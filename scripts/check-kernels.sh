@@ -2,8 +2,10 @@
 # check-kernels.sh: compiles every kernels/*.cu to PTX for compute_80 and compute_90 (as build.rs
 # does for the `cuda` feature) and assembles each PTX with ptxas for sm_80 and sm_90, failing on
 # any compiler warning or error and on any register spill (a kernel that spills is too slow to
-# keep). Prints one line per kernel and architecture: registers, shared memory, spills. No GPU
-# needed; the compiler comes from scripts/install-cuda-tools.sh (or LPX_NVCC).
+# keep), then checks that the kernels the PTX exports have exactly the parameters kernels/README.md
+# gives (scripts/kernel_signatures.py: the contract backend/cuda launches by). Prints one line per
+# kernel and architecture: registers, shared memory, spills. No GPU needed; the compiler comes from
+# scripts/install-cuda-tools.sh (or LPX_NVCC).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 nvcc=${LPX_NVCC:-$(bash "$root/scripts/install-cuda-tools.sh" | tail -n 1)}
@@ -37,5 +39,6 @@ for f in "${files[@]}"; do
         ' "$tmp/info" || fail=1
     done
 done
+python3 "$root/scripts/kernel_signatures.py" "$root/kernels/README.md" "$tmp"/*.80.ptx || fail=1
 [ $fail -eq 0 ] && echo "check-kernels: ${#files[@]} files, every kernel compiled for sm_80 and sm_90 without warnings or spills"
 exit $fail
