@@ -9,9 +9,10 @@
 //                  the next k-tile prefetched into registers while the current one is multiplied.
 //   lpx_gemv_bf16  rows <= 8 (decode). grid (ceil(out/64)), block 128: each warp owns 16 outputs
 //                  (the mma's A operand, yᵀ = w · xᵀ) and the <= 8 rows as the n = 8 B operand.
-//                  w is streamed with coalesced 16-byte loads, 128 k (4 KiB per warp) in flight,
-//                  through a per-warp shared-memory slab (ldmatrix gives the A fragments); x is
-//                  read from global (L1/L2 resident) straight into B fragments.
+//                  w is streamed with coalesced 16-byte cp.async copies into a per-warp ring of
+//                  5 stages of 16 outputs x 64 k (up to 10 KiB per warp in flight, static smem
+//                  45 KiB per block; ldmatrix gives the A fragments); x is read from global
+//                  (L1/L2 resident, one stage ahead) straight into B fragments.
 //   lpx_gemm_f32   SIMT, f32 weights. grid (ceil(out/64), ceil(rows/64)), block 256 (16 x 16,
 //                  either as blockDim (16,16) or (256): only the flat thread index is used),
 //                  4 x 4 outputs per thread, k-tiles of 16 double-buffered in shared memory.
@@ -292,48 +293,76 @@ extern "C" __global__ void __launch_bounds__(128)
 // lpx_gemv_bf16
 // ---------------------------------------------------------------------------------------------
 
-#define GV_S 8                  // k-steps of 16 per batch: 128 k, 4 KiB of w per warp in flight
+#define GV_S 4                 // k-steps of 16 per stage: 64 k, 2 KiB of w per warp
 #define GV_BK (GV_S * 16)
-// Row pitch of a warp's w slab in bf16: 136 = 272 bytes (16-byte aligned, 272/4 = 68 ≡ 4 mod 32:
-// the 8 row addresses of an ldmatrix phase hit distinct banks).
+#define GV_NST 5               // stages in a warp's ring: up to 5 x 2 KiB of w in flight per warp
+// Row pitch of a stage in bf16: 72 = 144 bytes (16-byte aligned rows; the 8 row addresses of an
+// ldmatrix phase land on banks 4r..4r+3: conflict-free). 4 warps x 5 stages x 16 x 72 x 2 bytes
+// = 45 KiB of static shared memory.
 #define GV_LD (GV_BK + 8)
 
-struct GemvStage {
-    uint4 w[GV_S];       // 16 rows x 128 k bf16 of the warp's outputs, 8 bf16 per entry
-    float2 x[GV_S][2];   // B fragment sources: x[g][k0+2tig..+1], x[g][k0+8+2tig..+1] per k-step
+// 16 bytes global -> shared, asynchronously; `valid == false` writes 16 zero bytes and reads
+// nothing (src-size 0; `g` must still be a valid address).
+static __device__ __forceinline__ void cp_async16(void* s, const void* g, bool valid) {
+    const int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :
+                 : "r"(smem_addr(s)), "l"(g), "r"(n)
+                 : "memory");
+}
+
+static __device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Waits until at most GV_NST - 1 of this thread's committed groups are still pending.
+static __device__ __forceinline__ void cp_async_wait_ring() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(GV_NST - 1) : "memory");
+}
+
+// Fills one stage: w rows ob .. ob+15, columns kb .. kb+63 (zeros past `out` / `in`). Chunk
+// c = j*32 + lane is row c/8, columns (c%8)*8 .. +8: one instruction covers 4 rows x 128 bytes.
+// VEC: cp.async (in flight until the ring's wait); otherwise bounds-checked scalar loads stored
+// synchronously.
+template <bool VEC>
+static __device__ __forceinline__ void gemv_issue(bf16 (*stage)[GV_LD], const bf16* __restrict__ w,
+                                                  int out, int in, int ob, int kb) {
+    const int lane = threadIdx.x & 31;
+    const unsigned short* wu = reinterpret_cast<const unsigned short*>(w);
+#pragma unroll
+    for (int j = 0; j < GV_BK * 16 / 8 / 32; ++j) {
+        const int c = j * 32 + lane;
+        const int row = c >> 3;
+        const int col = (c & 7) * 8;
+        const int o = ob + row;
+        const int k = kb + col;
+        if (VEC) {
+            // in % 8 == 0 and k % 8 == 0: the eight columns are all in or all out.
+            const bool valid = o < out && k < in;
+            cp_async16(&stage[row][col], valid ? w + ((long long)o * in + k) : w, valid);
+        } else {
+            uint32_t e[8];
+            const long long base = (long long)o * in + k;
+#pragma unroll
+            for (int q = 0; q < 8; ++q)
+                e[q] = (o < out && k + q < in) ? (uint32_t)__ldg(wu + base + q) : 0u;
+            *reinterpret_cast<uint4*>(&stage[row][col]) =
+                make_uint4(e[0] | (e[1] << 16), e[2] | (e[3] << 16), e[4] | (e[5] << 16),
+                           e[6] | (e[7] << 16));
+        }
+    }
+}
+
+// B fragment sources of one stage: lane (g, tig) holds row g, columns k0+2tig+{0,1} and
+// k0+8+2tig+{0,1} of each k-step (zeros for rows >= nrows and columns >= in).
+struct GemvX {
+    float2 v[GV_S][2];
 };
 
 template <bool VEC>
-static __device__ __forceinline__ void gemv_load(GemvStage& st, const float* __restrict__ x,
-                                                 const bf16* __restrict__ w, int nrows, int out,
-                                                 int in, int ob, int kb) {
+static __device__ __forceinline__ void gemv_load_x(GemvX& xf, const float* __restrict__ x,
+                                                   int nrows, int in, int kb) {
     const int lane = threadIdx.x & 31;
-    const unsigned short* wu = reinterpret_cast<const unsigned short*>(w);
-    // w: chunk c = j*32 + lane of the 16 x 128 slab: row c/16, columns (c%16)*8 .. +8, so one
-    // load instruction reads two rows x 256 contiguous bytes.
-#pragma unroll
-    for (int j = 0; j < GV_S; ++j) {
-        const int c = j * 32 + lane;
-        const int o = ob + (c >> 4);
-        const int k = kb + (c & 15) * 8;
-        uint4 v = make_uint4(0u, 0u, 0u, 0u);
-        if (o < out) {
-            const long long base = (long long)o * in + k;
-            if (VEC) {
-                if (k < in) v = __ldg(reinterpret_cast<const uint4*>(w + base));
-            } else {
-                uint32_t e[8];
-#pragma unroll
-                for (int q = 0; q < 8; ++q) e[q] = (k + q < in) ? (uint32_t)__ldg(wu + base + q) : 0u;
-                v.x = e[0] | (e[1] << 16);
-                v.y = e[2] | (e[3] << 16);
-                v.z = e[4] | (e[5] << 16);
-                v.w = e[6] | (e[7] << 16);
-            }
-        }
-        st.w[j] = v;
-    }
-    // x: lane (g, tig) holds row g, columns k0+2tig+{0,1} and k0+8+2tig+{0,1} of each k-step.
     const int g = lane >> 2;
     const int tig = lane & 3;
     const float* xr = x + (long long)g * in;
@@ -345,56 +374,63 @@ static __device__ __forceinline__ void gemv_load(GemvStage& st, const float* __r
             float2 v = make_float2(0.f, 0.f);
             if (g < nrows) {
                 if (VEC) {
-                    // in even (a multiple of 8) and k even: both columns in or both out.
+                    // in a multiple of 8 and k even: both columns in or both out.
                     if (k < in) v = __ldg(reinterpret_cast<const float2*>(xr + k));
                 } else {
                     if (k < in) v.x = __ldg(xr + k);
                     if (k + 1 < in) v.y = __ldg(xr + k + 1);
                 }
             }
-            st.x[s][hf] = v;
+            xf.v[s][hf] = v;
         }
     }
 }
 
+// One warp: outputs ob .. ob+15 for rows 0 .. nrows-1, w streamed through a ring of GV_NST
+// stages (cp.async groups: one committed per stage slot, empty ones included, so that group
+// b is stage b and waiting for "at most GV_NST-1 pending" at iteration b means stage b landed).
 template <bool VEC>
 static __device__ __forceinline__ void gemv_warp(const float* __restrict__ x,
                                                  const bf16* __restrict__ w,
                                                  float* __restrict__ y, int nrows, int out,
-                                                 int in, int ob, bf16 (*slab)[GV_LD]) {
+                                                 int in, int ob, bf16 (*ring)[16][GV_LD]) {
     const int lane = threadIdx.x & 31;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     const int nb = (in + GV_BK - 1) / GV_BK;
-    // A fragment addressing into the slab (rows = outputs, columns = k), as in lpx_gemm_bf16.
+    // A fragment addressing into a stage (rows = outputs, columns = k), as in lpx_gemm_bf16.
     const int a_row = lane & 15;
     const int a_col = (lane >> 4) * 8;
 
-    GemvStage st;
-    if (nb > 0) gemv_load<VEC>(st, x, w, nrows, out, in, ob, 0);
-    for (int b = 0; b < nb; ++b) {
-        __syncwarp();  // every lane's ldmatrix of the previous batch is done
 #pragma unroll
-        for (int j = 0; j < GV_S; ++j) {
-            const int c = j * 32 + lane;
-            *reinterpret_cast<uint4*>(&slab[c >> 4][(c & 15) * 8]) = st.w[j];
-        }
+    for (int s = 0; s < GV_NST; ++s) {
+        if (s < nb) gemv_issue<VEC>(ring[s], w, out, in, ob, s * GV_BK);
+        cp_async_commit();
+    }
+    GemvX xf;
+    if (nb > 0) gemv_load_x<VEC>(xf, x, nrows, in, 0);
+    for (int b = 0; b < nb; ++b) {
+        cp_async_wait_ring();  // this lane's part of stage b has landed
+        __syncwarp();          // ... and every other lane's part is visible
         uint32_t xb[GV_S][2];
 #pragma unroll
         for (int s = 0; s < GV_S; ++s) {
-            xb[s][0] = pack_bf16x2(st.x[s][0].x, st.x[s][0].y);
-            xb[s][1] = pack_bf16x2(st.x[s][1].x, st.x[s][1].y);
+            xb[s][0] = pack_bf16x2(xf.v[s][0].x, xf.v[s][0].y);
+            xb[s][1] = pack_bf16x2(xf.v[s][1].x, xf.v[s][1].y);
         }
-        __syncwarp();  // the slab is written before any lane reads it
-        if (b + 1 < nb) gemv_load<VEC>(st, x, w, nrows, out, in, ob, (b + 1) * GV_BK);
+        if (b + 1 < nb) gemv_load_x<VEC>(xf, x, nrows, in, (b + 1) * GV_BK);
+        bf16 (*stage)[GV_LD] = ring[b % GV_NST];
 #pragma unroll
         for (int s = 0; s < GV_S; ++s) {
             // Warp-uniform: k-steps entirely past `in` are not issued (same as lpx_gemm_bf16).
             if (b * GV_BK + s * 16 < in) {
                 uint32_t a[4];
-                ldmatrix_x4(a, &slab[a_row][s * 16 + a_col]);
+                ldmatrix_x4(a, &stage[a_row][s * 16 + a_col]);
                 mma_bf16_16816(acc, a, xb[s][0], xb[s][1]);
             }
         }
+        __syncwarp();  // every lane has read this stage before it is refilled
+        if (b + GV_NST < nb) gemv_issue<VEC>(stage, w, out, in, ob, (b + GV_NST) * GV_BK);
+        cp_async_commit();
     }
 
     // D[m = output][n = row]: c0 (output g, row 2tig), c1 (g, 2tig+1), c2 (g+8, 2tig),
@@ -412,7 +448,7 @@ static __device__ __forceinline__ void gemv_warp(const float* __restrict__ x,
 extern "C" __global__ void __launch_bounds__(128)
     lpx_gemv_bf16(const float* __restrict__ x, const bf16* __restrict__ w, float* __restrict__ y,
                   int rows, int out, int in) {
-    __shared__ __align__(16) bf16 slab[4][16][GV_LD];
+    __shared__ __align__(16) bf16 ring[4][GV_NST][16][GV_LD];
     const int warp = threadIdx.x >> 5;
     const int ob = blockIdx.x * 64 + warp * 16;
     // No block-level barrier below: a warp with nothing to do may leave.
@@ -421,9 +457,9 @@ extern "C" __global__ void __launch_bounds__(128)
     const bool vec = (in % 8 == 0) && ((reinterpret_cast<uintptr_t>(x) & 15) == 0) &&
                      ((reinterpret_cast<uintptr_t>(w) & 15) == 0);
     if (vec)
-        gemv_warp<true>(x, w, y, nrows, out, in, ob, slab[warp]);
+        gemv_warp<true>(x, w, y, nrows, out, in, ob, ring[warp]);
     else
-        gemv_warp<false>(x, w, y, nrows, out, in, ob, slab[warp]);
+        gemv_warp<false>(x, w, y, nrows, out, in, ob, ring[warp]);
 }
 
 // ---------------------------------------------------------------------------------------------
