@@ -31,7 +31,10 @@
 // only runs k < max_rank (the grid) and expand sums k < min(rank, max_rank).
 //
 // Status: compile-checked (nvcc 13.0 --ptx for compute_80/compute_90, ptxas -v for sm_80/sm_90,
-// no spills); in the session that wrote it, never run on a GPU.
+// no spills); in the session that wrote it, never run on a GPU. Its indexing was checked on the
+// CPU only, by a throwaway host emulation (one fiber per thread, shuffles and barriers
+// modelled) bitwise against a host replay of the orders above; that harness is not in the
+// repository.
 
 #define LORA_CHUNK 8
 
