@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# emu-kernels.sh: runs every CUDA kernel of kernels/*.cu on the CPU, in the host emulation of
+# kernels/emu/ (one fiber per GPU thread; barriers, shuffles, ldmatrix, mma and cp.async
+# modelled; see kernels/emu/shim.h), against the host references of kernels/emu/test_<file>.cpp.
+# No GPU and no CUDA toolkit needed: g++ and python3 only (a fresh Debian with `g++` and
+# `python3` installed runs it). Each kernel file is rewritten by kernels/emu/xform.py (which fails
+# on any inline asm it cannot replace), compiled with g++ -O1 -g and linked with its test; the
+# tests run twice, plainly and under AddressSanitizer (out-of-bounds global reads and writes;
+# EMU_ASAN=0 skips that build). A kernel file without a test is a failure. Prints one line per
+# kernel file and build; exits non-zero on any failure. Usage: scripts/emu-kernels.sh [STEM...]
+# (e.g. `norm attention`; default: every kernels/*.cu).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+emu=$root/kernels/emu
+cxx=${CXX:-g++}
+command -v "$cxx" >/dev/null || { echo "emu-kernels: $cxx not found (apt-get install g++)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "emu-kernels: python3 not found" >&2; exit 1; }
+jobs=$(nproc 2>/dev/null || echo 2)
+
+if [ $# -gt 0 ]; then
+    stems=("$@")
+else
+    stems=()
+    for f in "$root"/kernels/*.cu; do stems+=("$(basename "$f" .cu)"); done
+fi
+[ ${#stems[@]} -gt 0 ] || { echo "emu-kernels: no kernels/*.cu" >&2; exit 1; }
+fail=0
+for s in "${stems[@]}"; do
+    [ -f "$root/kernels/$s.cu" ] || { echo "FAIL emu $s: no kernels/$s.cu" >&2; fail=1; }
+    [ -f "$emu/test_$s.cpp" ] || { echo "FAIL emu $s: kernels/$s.cu has no test (kernels/emu/test_$s.cpp)" >&2; fail=1; }
+done
+for t in "$emu"/test_*.cpp; do
+    s=$(basename "$t" .cpp); s=${s#test_}
+    [ -f "$root/kernels/$s.cu" ] || { echo "FAIL emu: $t tests a missing kernels/$s.cu" >&2; fail=1; }
+done
+[ $fail -eq 0 ] || exit 1
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+modes=(plain)
+[ "${EMU_ASAN:-1}" = 0 ] || modes+=(asan)
+base=(-std=gnu++17 -O1 -g -ffp-contract=off -fno-strict-aliasing -Wall -Wno-unknown-pragmas -I"$emu")
+
+for s in "${stems[@]}"; do
+    python3 "$emu/xform.py" "$root/kernels/$s.cu" "$tmp/${s}_emu.cpp" || { echo "FAIL emu $s: xform.py" >&2; exit 1; }
+done
+
+# Build (in parallel): emu.o, <stem>_emu.o, test_<stem>.o, linked per stem and mode.
+build_one() {  # mode stem
+    local mode=$1 s=$2 d=$tmp/$1 extra=()
+    [ "$mode" = asan ] && extra=(-fsanitize=address -fno-omit-frame-pointer)
+    if [ "$s" = _emu ]; then
+        "$cxx" "${base[@]}" "${extra[@]}" -c "$emu/emu.cpp" -o "$d/emu.o"
+    else
+        "$cxx" "${base[@]}" "${extra[@]}" -c "$tmp/${s}_emu.cpp" -o "$d/${s}_emu.o" &&
+            "$cxx" "${base[@]}" "${extra[@]}" -c "$emu/test_$s.cpp" -o "$d/test_$s.o"
+    fi
+}
+export -f build_one
+export tmp cxx emu
+export base_flags="${base[*]}"
+for m in "${modes[@]}"; do mkdir -p "$tmp/$m"; done
+list=()
+for m in "${modes[@]}"; do
+    list+=("$m _emu")
+    for s in "${stems[@]}"; do list+=("$m $s"); done
+done
+t0=$(date +%s)
+if ! printf '%s\n' "${list[@]}" | xargs -P "$jobs" -L 1 bash -c 'base=($base_flags); build_one "$@"' _ 2>"$tmp/build.log"; then
+    cat "$tmp/build.log" >&2
+    echo "FAIL emu: build" >&2
+    exit 1
+fi
+for m in "${modes[@]}"; do
+    extra=()
+    [ "$m" = asan ] && extra=(-fsanitize=address)
+    for s in "${stems[@]}"; do
+        "$cxx" "${extra[@]}" "$tmp/$m/emu.o" "$tmp/$m/${s}_emu.o" "$tmp/$m/test_$s.o" -lm -o "$tmp/$m/test_$s"
+    done
+done
+echo "emu-kernels: built ${#stems[@]} kernel files (${modes[*]}) in $(( $(date +%s) - t0 )) s"
+
+# Run: one summary line per kernel file and mode; the whole output of a failing test.
+export ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0:abort_on_error=0
+for m in "${modes[@]}"; do
+    for s in "${stems[@]}"; do
+        if "$tmp/$m/test_$s" >"$tmp/$m/$s.out" 2>&1; then
+            echo "[$m] $(tail -n 1 "$tmp/$m/$s.out")"
+        else
+            cat "$tmp/$m/$s.out"
+            echo "[$m] FAIL emu $s (exit status above)"
+            fail=1
+        fi
+    done
+done
+echo "emu-kernels: $([ $fail -eq 0 ] && echo ok || echo FAILED), $(( $(date +%s) - t0 )) s"
+exit $fail
