@@ -8,10 +8,12 @@
 # tests run twice, plainly and under AddressSanitizer (out-of-bounds global reads and writes;
 # EMU_ASAN=0 skips that build). A kernel file without a test is a failure. Prints one line per
 # kernel file and build; exits non-zero on any failure. Usage: scripts/emu-kernels.sh [STEM...]
-# (e.g. `norm attention`; default: every kernels/*.cu).
+# (e.g. `norm attention`; default: every kernels/*.cu). EMU_KERNELS=DIR takes the .cu files from
+# DIR instead of kernels/ (kernels/emu/mutate.py runs the tests on broken copies that way).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 emu=$root/kernels/emu
+kdir=${EMU_KERNELS:-$root/kernels}
 cxx=${CXX:-g++}
 command -v "$cxx" >/dev/null || { echo "emu-kernels: $cxx not found (apt-get install g++)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "emu-kernels: python3 not found" >&2; exit 1; }
@@ -21,17 +23,17 @@ if [ $# -gt 0 ]; then
     stems=("$@")
 else
     stems=()
-    for f in "$root"/kernels/*.cu; do stems+=("$(basename "$f" .cu)"); done
+    for f in "$kdir"/*.cu; do stems+=("$(basename "$f" .cu)"); done
 fi
 [ ${#stems[@]} -gt 0 ] || { echo "emu-kernels: no kernels/*.cu" >&2; exit 1; }
 fail=0
 for s in "${stems[@]}"; do
-    [ -f "$root/kernels/$s.cu" ] || { echo "FAIL emu $s: no kernels/$s.cu" >&2; fail=1; }
+    [ -f "$kdir/$s.cu" ] || { echo "FAIL emu $s: no $kdir/$s.cu" >&2; fail=1; }
     [ -f "$emu/test_$s.cpp" ] || { echo "FAIL emu $s: kernels/$s.cu has no test (kernels/emu/test_$s.cpp)" >&2; fail=1; }
 done
 for t in "$emu"/test_*.cpp; do
     s=$(basename "$t" .cpp); s=${s#test_}
-    [ -f "$root/kernels/$s.cu" ] || { echo "FAIL emu: $t tests a missing kernels/$s.cu" >&2; fail=1; }
+    [ -f "$kdir/$s.cu" ] || { echo "FAIL emu: $t tests a missing $kdir/$s.cu" >&2; fail=1; }
 done
 [ $fail -eq 0 ] || exit 1
 
@@ -42,7 +44,7 @@ modes=(plain)
 base=(-std=gnu++17 -O1 -g -ffp-contract=off -fno-strict-aliasing -Wall -Wno-unknown-pragmas -I"$emu")
 
 for s in "${stems[@]}"; do
-    python3 "$emu/xform.py" "$root/kernels/$s.cu" "$tmp/${s}_emu.cpp" || { echo "FAIL emu $s: xform.py" >&2; exit 1; }
+    python3 "$emu/xform.py" "$kdir/$s.cu" "$tmp/${s}_emu.cpp" || { echo "FAIL emu $s: xform.py" >&2; exit 1; }
 done
 
 # Build (in parallel): emu.o, <stem>_emu.o, test_<stem>.o, linked per stem and mode.
@@ -80,15 +82,22 @@ for m in "${modes[@]}"; do
 done
 echo "emu-kernels: built ${#stems[@]} kernel files (${modes[*]}) in $(( $(date +%s) - t0 )) s"
 
-# Run: one summary line per kernel file and mode; the whole output of a failing test.
+# Run (in parallel), then one summary line per kernel file and mode; the whole output of a
+# failing test.
 export ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0:abort_on_error=0
+run_one() {  # mode stem
+    "$tmp/$1/test_$2" >"$tmp/$1/$2.out" 2>&1 && echo 0 >"$tmp/$1/$2.rc" || echo $? >"$tmp/$1/$2.rc"
+}
+export -f run_one
+for m in "${modes[@]}"; do for s in "${stems[@]}"; do echo "$m $s"; done; done |
+    xargs -P "$jobs" -L 1 bash -c 'run_one "$@"' _
 for m in "${modes[@]}"; do
     for s in "${stems[@]}"; do
-        if "$tmp/$m/test_$s" >"$tmp/$m/$s.out" 2>&1; then
+        if [ "$(cat "$tmp/$m/$s.rc")" = 0 ]; then
             echo "[$m] $(tail -n 1 "$tmp/$m/$s.out")"
         else
             cat "$tmp/$m/$s.out"
-            echo "[$m] FAIL emu $s (exit status above)"
+            echo "[$m] FAIL emu $s (exit status $(cat "$tmp/$m/$s.rc"))"
             fail=1
         fi
     done
