@@ -194,9 +194,10 @@ static void test_main(int hd, int off, int window) {
     add_row(m, 3, 35);   // PAD among its blocks
     add_row(m, 4, 39);   // block id 24 >= num_blocks (block 0: before lo when window is 20)
     add_row(m, 3, 10);   // only block 0 used: fine
+    add_row(m, 1, PAD);  // the largest position: far past max_blocks
     char what[64];
     snprintf(what, sizeof what, "gqa off %d", off);
-    check_attention(what, c, m, 4, window, 1.f, 4);
+    check_attention(what, c, m, 4, window, 1.f, 5);
 }
 
 // One sequence, one KV head: head_dim / load-path coverage with a few rows.
