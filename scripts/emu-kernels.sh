@@ -5,7 +5,7 @@
 # No GPU and no CUDA toolkit needed: g++ and python3 only (a fresh Debian with `g++` and
 # `python3` installed runs it). Each kernel file is rewritten by kernels/emu/xform.py (which fails
 # on any inline asm it cannot replace), compiled with g++ -O1 -g and linked with its test; the
-# tests run twice, plainly and under AddressSanitizer (out-of-bounds global reads and writes;
+# tests (and kernels/emu/selftest.cpp, the emulator's own primitives) run twice, plainly and under AddressSanitizer (out-of-bounds global reads and writes;
 # EMU_ASAN=0 skips that build). A kernel file without a test is a failure. Prints one line per
 # kernel file and build; exits non-zero on any failure. Usage: scripts/emu-kernels.sh [STEM...]
 # (e.g. `norm attention`; default: every kernels/*.cu). EMU_KERNELS=DIR takes the .cu files from
@@ -53,6 +53,8 @@ build_one() {  # mode stem
     [ "$mode" = asan ] && extra=(-fsanitize=address -fno-omit-frame-pointer)
     if [ "$s" = _emu ]; then
         "$cxx" "${base[@]}" "${extra[@]}" -c "$emu/emu.cpp" -o "$d/emu.o"
+    elif [ "$s" = selftest ]; then
+        "$cxx" "${base[@]}" "${extra[@]}" -c "$emu/selftest.cpp" -o "$d/test_selftest.o"
     else
         "$cxx" "${base[@]}" "${extra[@]}" -c "$tmp/${s}_emu.cpp" -o "$d/${s}_emu.o" &&
             "$cxx" "${base[@]}" "${extra[@]}" -c "$emu/test_$s.cpp" -o "$d/test_$s.o"
@@ -64,7 +66,7 @@ export base_flags="${base[*]}"
 for m in "${modes[@]}"; do mkdir -p "$tmp/$m"; done
 list=()
 for m in "${modes[@]}"; do
-    list+=("$m _emu")
+    list+=("$m _emu" "$m selftest")
     for s in "${stems[@]}"; do list+=("$m $s"); done
 done
 t0=$(date +%s)
@@ -76,6 +78,7 @@ fi
 for m in "${modes[@]}"; do
     extra=()
     [ "$m" = asan ] && extra=(-fsanitize=address)
+    "$cxx" "${extra[@]}" "$tmp/$m/emu.o" "$tmp/$m/test_selftest.o" -lm -o "$tmp/$m/test_selftest"
     for s in "${stems[@]}"; do
         "$cxx" "${extra[@]}" "$tmp/$m/emu.o" "$tmp/$m/${s}_emu.o" "$tmp/$m/test_$s.o" -lm -o "$tmp/$m/test_$s"
     done
@@ -89,10 +92,11 @@ run_one() {  # mode stem
     "$tmp/$1/test_$2" >"$tmp/$1/$2.out" 2>&1 && echo 0 >"$tmp/$1/$2.rc" || echo $? >"$tmp/$1/$2.rc"
 }
 export -f run_one
-for m in "${modes[@]}"; do for s in "${stems[@]}"; do echo "$m $s"; done; done |
+runs=(selftest "${stems[@]}")
+for m in "${modes[@]}"; do for s in "${runs[@]}"; do echo "$m $s"; done; done |
     xargs -P "$jobs" -L 1 bash -c 'run_one "$@"' _
 for m in "${modes[@]}"; do
-    for s in "${stems[@]}"; do
+    for s in "${runs[@]}"; do
         if [ "$(cat "$tmp/$m/$s.rc")" = 0 ]; then
             echo "[$m] $(tail -n 1 "$tmp/$m/$s.out")"
         else

@@ -160,7 +160,7 @@ static inline void emu_syncwarp(int site, unsigned mask = 0xffffffffu) {
 #define __syncwarp(...) emu_syncwarp(__LINE__, ##__VA_ARGS__)
 
 // Collective kinds (negative barrier sites, distinct from source lines).
-enum { EMU_SHFL = 1, EMU_LDMATRIX = 2, EMU_MMA = 3 };
+enum { EMU_SHFL = 1, EMU_LDMATRIX = 2, EMU_MMA = 3, EMU_VOTE = 4 };
 
 // Entry of a warp collective: all 32 lanes must be live (full mask), every lane deposits.
 static inline WarpXchg& emu_coll_enter(unsigned mask, int kind) {
@@ -210,6 +210,23 @@ template <class T> static inline T __shfl_sync(unsigned m, T v, int src, int w =
 template <class T> static inline T __shfl_xor_sync(unsigned m, T v, int x, int w = 32) { return emu_shfl(m, v, x, w, 1); }
 template <class T> static inline T __shfl_down_sync(unsigned m, T v, unsigned d, int w = 32) { return emu_shfl(m, v, (int)d, w, 2); }
 template <class T> static inline T __shfl_up_sync(unsigned m, T v, unsigned d, int w = 32) { return emu_shfl(m, v, (int)d, w, 3); }
+
+// Warp votes (full mask): __ballot_sync bit l = lane l's predicate; __any_sync / __all_sync.
+static inline unsigned __ballot_sync(unsigned mask, int pred) {
+    WarpXchg& d = emu_coll_enter(mask, EMU_VOTE);
+    const int l = emu_cur->lane;
+    d.val[l] = pred != 0;
+    emu_wait(emu_warp_bar[emu_cur->warp], -EMU_VOTE, "vote");
+    unsigned r = 0;
+    for (int i = 0; i < 32; ++i) {
+        emu_coll_check(d, i);
+        r |= (unsigned)d.val[i] << i;
+    }
+    emu_wait(emu_warp_bar[emu_cur->warp], -EMU_VOTE, "vote");
+    return r;
+}
+static inline int __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0; }
+static inline int __all_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) == 0xffffffffu; }
 
 // ldmatrix.sync.aligned.m8n8.x4.shared.b16: matrix i's 8 rows are addressed by lanes 8i..8i+7;
 // register i of lane l receives row l/4, b16 columns 2(l%4), 2(l%4)+1 of matrix i.

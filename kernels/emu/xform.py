@@ -47,7 +47,6 @@ def replace_helper(path, src, name, body):
     m = re.search(r"__device__[^;{}()]*\b%s\s*\(" % re.escape(name), code)
     if not m:
         return src
-    code = strip_comments(src)
     j = code.index("{", m.end())
     # matching brace
     depth = 0
@@ -90,6 +89,9 @@ def main():
         pieces.append(src[last : m.end()])
         pieces.append(" emu_shared_poison(&%s, sizeof(%s));" % (m.group(1), m.group(1)))
         last = m.end()
+    m = re.search(r"extern\s+__shared__|__shared__[^;]*\[\s*\]", code)
+    if m:
+        fail(path, src, m.start(), "dynamic shared memory (extern __shared__ x[]) is not emulated")
     n_all = len(re.findall(r"__shared__", code))
     if n_all != n_found:
         pos = [m.start() for m in re.finditer(r"__shared__", code) if not decl.match(code, m.start())][0]
