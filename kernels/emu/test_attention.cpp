@@ -120,6 +120,10 @@ static Meta make_meta(const Cache& c, std::vector<int> lens, int max_blocks) {
     return m;
 }
 
+// When set, q[row 0, head 0, d 0] is NaN: that head's outputs are NaN (as the reference's), the
+// other heads and rows unaffected.
+static bool inject_nan = false;
+
 // Runs the rows of `m` (q random at stride n_heads*hd + 5, column 3), checks them against the
 // reference and each row alone against the batch.
 static void check_attention(const char* what, const Cache& c, const Meta& m, int n_heads, int window, float qscale,
@@ -128,6 +132,7 @@ static void check_attention(const char* what, const Cache& c, const Meta& m, int
     const int q_stride = qd + 5, q_col = 3;
     Buf<float> q((size_t)rows * q_stride), out((size_t)rows * qd);
     for (size_t i = 0; i < q.n; ++i) q[i] = rnd() * qscale;
+    if (inject_nan) q[q_col] = CANON_NAN;
     Buf<unsigned> seq(rows), pos(rows), tables(m.tables.size());
     std::copy(m.row_seq.begin(), m.row_seq.end(), seq.p);
     std::copy(m.row_pos.begin(), m.row_pos.end(), pos.p);
@@ -279,6 +284,10 @@ int main() {
     test_hd(128, 0, 1, 16, {100}, 1, 1.f);       // window 1: the row itself
     test_hd(128, 0, 1, 16, {20}, 64, 1.f);       // window > pos
     test_hd(96, 0, 2, 32, {95, 10}, 0, 12.f);    // large scores, 3 chunks: rescaling
+    test_hd(64, 0, 2, 16, {130, 64}, 0, 300.f);  // huge scores: alpha underflows to 0
+    inject_nan = true;
+    test_hd(64, 0, 2, 16, {40, 3}, 0, 1.f);     // a NaN in q: NaN head
+    inject_nan = false;
     test_hd(2, 0, 1, 4, {0, 33, 70}, 0, 4.f);    // smallest head, 4-byte path
     test_hd(6, 1, 2, 4, {13, 2}, 0, 1.f);        // 2-byte path
     test_hd(34, 0, 1, 8, {40}, 0, 1.f);          // head_dim % 8 != 0: 4-byte path
