@@ -58,8 +58,16 @@
 // loads of chunk c+1 are issued into registers before chunk c is computed (software pipeline),
 // so a decode row's chunk loop is not one global round trip per chunk.
 //
+// Contract notes: (1) grid.y = rows, so one launch handles at most 65535 rows (CUDA's grid.y
+// limit); the host must split larger steps. (2) window <= 0 means no window; Backend's
+// `Some(0)` (counts as 1) must be passed as 1. (3) Only lpx_attention's own per-(row, head)
+// order is fixed; a split-context decode kernel (more blocks for one long sequence) would need
+// its own name in kernels/README.md.
+//
 // Status: compile-checked (nvcc 13.0 --ptx for compute_80/compute_90, ptxas -v for sm_80/sm_90:
-// no spills) but, in the session that wrote it, never run on a GPU.
+// no spills) and tested against double-precision loops of the op spec in a CPU emulation of the
+// CUDA thread model (one std::thread per CUDA thread, std::barrier for __syncthreads and warp
+// shuffles, ThreadSanitizer-clean), but, in the session that wrote it, never run on a GPU.
 
 #include <cuda_bf16.h>
 #include <stdint.h>
