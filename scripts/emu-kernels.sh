@@ -8,7 +8,8 @@
 # tests (and kernels/emu/selftest.cpp, the emulator's own primitives) run twice, plainly and under AddressSanitizer (out-of-bounds global reads and writes;
 # EMU_ASAN=0 skips that build). A kernel file without a test is a failure. Prints one line per
 # kernel file and build; exits non-zero on any failure. Usage: scripts/emu-kernels.sh [STEM...]
-# (e.g. `norm attention`; default: every kernels/*.cu). EMU_KERNELS=DIR takes the .cu files from
+# (e.g. `norm attention`; default: every kernels/*.cu). A test running past EMU_TIMEOUT seconds
+# (default 600: a kernel spinning without reaching a barrier) fails with status 124. EMU_KERNELS=DIR takes the .cu files from
 # DIR instead of kernels/ (kernels/emu/mutate.py runs the tests on broken copies that way).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -89,7 +90,7 @@ echo "emu-kernels: built ${#stems[@]} kernel files (${modes[*]}) in $(( $(date +
 # failing test.
 export ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0:abort_on_error=0
 run_one() {  # mode stem
-    "$tmp/$1/test_$2" >"$tmp/$1/$2.out" 2>&1 && echo 0 >"$tmp/$1/$2.rc" || echo $? >"$tmp/$1/$2.rc"
+    timeout "${EMU_TIMEOUT:-600}" "$tmp/$1/test_$2" >"$tmp/$1/$2.out" 2>&1 && echo 0 >"$tmp/$1/$2.rc" || echo $? >"$tmp/$1/$2.rc"
 }
 export -f run_one
 runs=(selftest "${stems[@]}")
