@@ -82,7 +82,9 @@ def main():
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         out = r.stdout
         by = [m for m in ("plain", "asan") if re.search(r"\[%s\] FAIL" % m, out)]
-        first = next((l for l in out.splitlines() if l.startswith(("FAIL", "EMU FATAL", "=="))), "")
+        first = next((l for l in out.splitlines()
+                      if l.startswith(("FAIL", "EMU FATAL")) or "ERROR: AddressSanitizer" in l
+                      or "Segmentation" in l), "")
         if r.returncode != 0:
             print("CAUGHT  %-14s %-48s by %s: %s" % (f, what, "+".join(by) or "build", first[:110]))
         else:

@@ -271,7 +271,41 @@ static void test_kv_write(int num_slots, int kv_dim, std::vector<unsigned> slots
     CHECK(diff == 0, "kv_write: %d differ alone vs in the batch", diff);
 }
 
+// Arguments the host validates, violated anyway: every output NaN, nothing read out of bounds
+// (head_dim odd or > 256, n_heads not a multiple of n_kv_heads, n_kv_heads 0, block_size 0).
+static void test_bad_args() {
+    struct Case { int n_heads, n_kv_heads, head_dim, block_size; };
+    const Case cases[] = {{2, 1, 33, 16}, {1, 1, 258, 16}, {3, 2, 64, 16}, {2, 0, 64, 16}, {2, 1, 64, 0}};
+    for (const Case& k : cases) {
+        Cache c(2, 16, 1, 64, 0);  // 2 blocks of 16 slots, kv_dim 64
+        Meta m = make_meta(c, {20}, 2);
+        add_row(m, 0, 19);
+        add_row(m, 0, 0);
+        const int rows = 2, qd = k.n_heads * k.head_dim;
+        Buf<float> q((size_t)rows * qd), out((size_t)rows * qd);
+        for (size_t i = 0; i < q.n; ++i) q[i] = rnd();
+        poison(out);
+        Buf<unsigned> seq(rows), pos(rows), tables(m.tables.size());
+        std::copy(m.row_seq.begin(), m.row_seq.end(), seq.p);
+        std::copy(m.row_pos.begin(), m.row_pos.end(), pos.p);
+        std::copy(m.tables.begin(), m.tables.end(), tables.p);
+        dim3 g, b;
+        g.x = k.n_heads;
+        g.y = rows;
+        b.x = 128;
+        emu_launch(g, b, [&] {
+            lpx_attention(q.p, qd, 0, rows, k.n_heads, k.n_kv_heads, k.head_dim, c.k.p, c.v.p, c.num_blocks,
+                          k.block_size, seq.p, pos.p, tables.p, m.max_blocks, m.n_seqs, 0, 0.125f, out.p);
+        });
+        int bad = 0;
+        for (size_t i = 0; i < out.n; ++i) bad += bits(out[i]) != 0x7fc00000u;
+        CHECK(bad == 0, "attention bad args (heads %d/%d hd %d bs %d): %d outputs not NaN", k.n_heads, k.n_kv_heads,
+              k.head_dim, k.block_size, bad);
+    }
+}
+
 int main() {
+    test_bad_args();
     test_kv_write(1, 1, {0});
     test_kv_write(10, 64, {3, 0, 9, 10, PAD, 7});
     test_kv_write(5, 300, {4, 1, 2});

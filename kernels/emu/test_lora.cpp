@@ -130,7 +130,32 @@ static void test_lora(int rows, int in_dim, int out_dim, int max_rank, int x_str
     if (0) printf("lora rows %d in %d out %d max_rank %d segs %d: bad_h %d bad_y %d untouched %d maxrel %.2g\n", rows, in_dim, out_dim, max_rank, n_seg, bad_h, bad_y, untouched_bad, maxerr);
 }
 
+// A segment rank above max_rank (a host bug the kernel still bounds): h keeps to its row
+// (k < max_rank), expand sums k < max_rank of B rows of stride rank; nothing read or written out
+// of bounds (ASan), rows in no segment untouched.
+static void test_rank_over_max() {
+    const int rows = 3, in_dim = 20, out_dim = 10, max_rank = 2, rank = 5;
+    std::vector<float> arena((size_t)rank * (in_dim + out_dim));
+    for (auto& v : arena) v = rnd();
+    std::vector<float> x((size_t)rows * in_dim), h((size_t)rows * max_rank, -99.f), y((size_t)rows * out_dim, 0.f),
+        rs(rows, 1.f);
+    for (auto& v : x) v = rnd();
+    lora(x.data(), in_dim, 0, in_dim, arena.data(), {0, 2}, {2, 0}, {0}, {(long long)rank * in_dim}, {rank}, {1.f},
+         rs.data(), h.data(), max_rank, y.data(), out_dim, 0, out_dim);
+    int bad = 0;
+    for (int t : {0, 2})
+        for (int k = 0; k < max_rank; ++k) {
+            double d = 0;
+            for (int i = 0; i < in_dim; ++i) d += (double)arena[(size_t)k * in_dim + i] * x[(size_t)t * in_dim + i];
+            bad += !close(h[(size_t)t * max_rank + k], d, 1e-5, 1e-6);
+        }
+    for (int k = 0; k < max_rank; ++k) bad += h[max_rank + k] != -99.f;
+    for (int o = 0; o < out_dim; ++o) bad += y[out_dim + o] != 0.f;
+    CHECK(bad == 0, "lora rank %d > max_rank %d: %d wrong", rank, max_rank, bad);
+}
+
 int main() {
+    test_rank_over_max();
     test_lora(12, 40, 20, 8, 50, 3, 30, 5, {{0, 2, 4}, {1, 3, 5, 6, 7, 8, 9, 10}}, {8, 4});
     test_lora(30, 300, 600, 16, 300, 0, 600, 0,
               {{3}, {0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17}, {20, 29, 21, 22, 23, 24, 25, 26, 27}},
