@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # emu-kernels.sh: runs every CUDA kernel of kernels/*.cu on the CPU, in the host emulation of
 # kernels/emu/ (one fiber per GPU thread; barriers, shuffles, ldmatrix, mma and cp.async
-# modelled; see kernels/emu/shim.h), against the host references of kernels/emu/test_<file>.cpp.
-# No GPU and no CUDA toolkit needed: g++ and python3 only (a fresh Debian with `g++` and
-# `python3` installed runs it). Each kernel file is rewritten by kernels/emu/xform.py (which fails
-# on any inline asm it cannot replace), compiled with g++ -O1 -g and linked with its test; the
-# tests (and kernels/emu/selftest.cpp, the emulator's own primitives) run twice, plainly and under AddressSanitizer (out-of-bounds global reads and writes;
-# EMU_ASAN=0 skips that build). A kernel file without a test is a failure. Prints one line per
-# kernel file and build; exits non-zero on any failure. Usage: scripts/emu-kernels.sh [STEM...]
-# (e.g. `norm attention`; default: every kernels/*.cu). A test running past EMU_TIMEOUT seconds
-# (default 600: a kernel spinning without reaching a barrier) fails with status 124. EMU_KERNELS=DIR takes the .cu files from
-# DIR instead of kernels/ (kernels/emu/mutate.py runs the tests on broken copies that way).
+# modelled; see kernels/emu/README.md), against the host references of
+# kernels/emu/test_<file>.cpp. No GPU and no CUDA toolkit needed: g++ and python3 only (a fresh
+# Debian with `g++` and `python3` installed runs it). Each kernel file is rewritten by
+# kernels/emu/xform.py (which fails on any inline asm it cannot replace), compiled with g++ -O1 -g
+# and linked with its test. The tests (and kernels/emu/selftest.cpp, the emulator's own
+# primitives) run twice: plainly, and under AddressSanitizer + UBSan's alignment check
+# (out-of-bounds reads and writes, misaligned vector accesses; EMU_ASAN=0 skips that build).
+# A kernel file without a test is a failure. Prints one line per kernel file and build; exits
+# non-zero on any failure.
+#
+# Usage: scripts/emu-kernels.sh [STEM...]  (e.g. `norm attention`; default: every kernels/*.cu)
+#   EMU_KERNELS=DIR  take the .cu files from DIR instead of kernels/ (kernels/emu/mutate.py runs
+#                    the tests on broken copies that way)
+#   EMU_TIMEOUT=S    a test running past S seconds (default 600: a kernel spinning without
+#                    reaching a barrier) fails with status 124
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 emu=$root/kernels/emu
@@ -51,7 +56,7 @@ done
 # Build (in parallel): emu.o, <stem>_emu.o, test_<stem>.o, linked per stem and mode.
 build_one() {  # mode stem
     local mode=$1 s=$2 d=$tmp/$1 extra=()
-    [ "$mode" = asan ] && extra=(-fsanitize=address -fno-omit-frame-pointer)
+    [ "$mode" = asan ] && extra=(-fsanitize=address,alignment -fno-sanitize-recover=alignment -fno-omit-frame-pointer)
     if [ "$s" = _emu ]; then
         "$cxx" "${base[@]}" "${extra[@]}" -c "$emu/emu.cpp" -o "$d/emu.o"
     elif [ "$s" = selftest ]; then
@@ -78,7 +83,7 @@ if ! printf '%s\n' "${list[@]}" | xargs -P "$jobs" -L 1 bash -c 'base=($base_fla
 fi
 for m in "${modes[@]}"; do
     extra=()
-    [ "$m" = asan ] && extra=(-fsanitize=address)
+    [ "$m" = asan ] && extra=(-fsanitize=address,alignment)
     "$cxx" "${extra[@]}" "$tmp/$m/emu.o" "$tmp/$m/test_selftest.o" -lm -o "$tmp/$m/test_selftest"
     for s in "${stems[@]}"; do
         "$cxx" "${extra[@]}" "$tmp/$m/emu.o" "$tmp/$m/${s}_emu.o" "$tmp/$m/test_$s.o" -lm -o "$tmp/$m/test_$s"

@@ -59,7 +59,12 @@ static inline float4 make_float4(float a, float b, float c, float d) { return {a
 static inline float2 make_float2(float a, float b) { return {a, b}; }
 static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
 static inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
-template <class T> static inline T __ldg(const T* p) { return *p; }
+// Misaligned vector loads fault on the GPU: checked here for every __ldg (and, in the ASan build,
+// for every typed access by -fsanitize=alignment; the vector types carry CUDA's alignments).
+template <class T> static inline T __ldg(const T* p) {
+    if ((uintptr_t)p % alignof(T) != 0) emu_fatal("__ldg: %p misaligned for a %zu-byte type", (const void*)p, alignof(T));
+    return *p;
+}
 
 // ---- scalar intrinsics ----
 static inline float __fadd_rn(float a, float b) { return a + b; }
