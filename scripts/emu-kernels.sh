@@ -6,8 +6,9 @@
 # Debian with `g++` and `python3` installed runs it). Each kernel file is rewritten by
 # kernels/emu/xform.py (which fails on any inline asm it cannot replace), compiled with g++ -O1 -g
 # and linked with its test. The tests (and kernels/emu/selftest.cpp, the emulator's own
-# primitives) run twice: plainly, and under AddressSanitizer + UBSan's alignment check
-# (out-of-bounds reads and writes, misaligned vector accesses; EMU_ASAN=0 skips that build).
+# primitives) run twice: plainly, and under AddressSanitizer + UndefinedBehaviorSanitizer
+# (out-of-bounds reads and writes, misaligned vector accesses, signed overflow in index
+# arithmetic, bad shifts: each fatal; EMU_ASAN=0 skips that build).
 # A kernel file without a test is a failure. Prints one line per kernel file and build; exits
 # non-zero on any failure.
 #
@@ -56,7 +57,7 @@ done
 # Build (in parallel): emu.o, <stem>_emu.o, test_<stem>.o, linked per stem and mode.
 build_one() {  # mode stem
     local mode=$1 s=$2 d=$tmp/$1 extra=()
-    [ "$mode" = asan ] && extra=(-fsanitize=address,alignment -fno-sanitize-recover=alignment -fno-omit-frame-pointer)
+    [ "$mode" = asan ] && extra=(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
     if [ "$s" = _emu ]; then
         "$cxx" "${base[@]}" "${extra[@]}" -c "$emu/emu.cpp" -o "$d/emu.o"
     elif [ "$s" = selftest ]; then
@@ -83,7 +84,7 @@ if ! printf '%s\n' "${list[@]}" | xargs -P "$jobs" -L 1 bash -c 'base=($base_fla
 fi
 for m in "${modes[@]}"; do
     extra=()
-    [ "$m" = asan ] && extra=(-fsanitize=address,alignment)
+    [ "$m" = asan ] && extra=(-fsanitize=address,undefined)
     "$cxx" "${extra[@]}" "$tmp/$m/emu.o" "$tmp/$m/test_selftest.o" -lm -o "$tmp/$m/test_selftest"
     for s in "${stems[@]}"; do
         "$cxx" "${extra[@]}" "$tmp/$m/emu.o" "$tmp/$m/${s}_emu.o" "$tmp/$m/test_$s.o" -lm -o "$tmp/$m/test_$s"
