@@ -8,7 +8,9 @@
 # and linked with its test. The tests (and kernels/emu/selftest.cpp, the emulator's own
 # primitives) run twice: plainly, and under AddressSanitizer + UndefinedBehaviorSanitizer
 # (out-of-bounds reads and writes, misaligned vector accesses, signed overflow in index
-# arithmetic, bad shifts: each fatal; EMU_ASAN=0 skips that build).
+# arithmetic, bad shifts: each fatal; EMU_ASAN=0 skips that build). The plain build resumes a
+# block's threads from thread 0 up, the sanitizer build from the last thread down (a missing
+# barrier shows whichever side of it runs first).
 # A kernel file without a test is a failure. Prints one line per kernel file and build; exits
 # non-zero on any failure.
 #
@@ -95,8 +97,10 @@ echo "emu-kernels: built ${#stems[@]} kernel files (${modes[*]}) in $(( $(date +
 # Run (in parallel), then one summary line per kernel file and mode; the whole output of a
 # failing test.
 export ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0:abort_on_error=0
-run_one() {  # mode stem
-    timeout "${EMU_TIMEOUT:-600}" "$tmp/$1/test_$2" >"$tmp/$1/$2.out" 2>&1 && echo 0 >"$tmp/$1/$2.rc" || echo $? >"$tmp/$1/$2.rc"
+run_one() {  # mode stem (the sanitizer build also resumes threads in reverse order)
+    local order=forward
+    [ "$1" = asan ] && order=reverse
+    EMU_ORDER=$order timeout "${EMU_TIMEOUT:-600}" "$tmp/$1/test_$2" >"$tmp/$1/$2.out" 2>&1 && echo 0 >"$tmp/$1/$2.rc" || echo $? >"$tmp/$1/$2.rc"
 }
 export -f run_one
 runs=(selftest "${stems[@]}")

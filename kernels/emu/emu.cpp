@@ -1,6 +1,8 @@
 // emu.cpp: the scheduler of the host CUDA emulation (see shim.h for the model). emu_launch runs
 // the blocks of a grid one after the other in blockIdx order (x fastest); inside a block every
-// thread is a ucontext fiber, resumed round-robin until it waits at a barrier or exits. A pass
+// thread is a ucontext fiber, resumed until it waits at a barrier or exits, warp by warp: one
+// warp runs as far as it can before the next (warp 0 and lane 0 first, or the last warp and lane
+// first under EMU_ORDER=reverse). A pass
 // over the block's live fibers in which no barrier saw an arrival and no fiber exited is a
 // deadlock (reported, never hung). Under AddressSanitizer the fiber switches are announced
 // (__sanitizer_start/finish_switch_fiber) so that ASan keeps checking the fiber stacks.
@@ -23,6 +25,10 @@ WarpXchg emu_xchg[32];
 dim3 blockIdx, blockDim, gridDim;
 
 static std::function<void()>* emu_body;
+// EMU_ORDER=reverse resumes the warps (and lanes) of a block from the last to the first: with
+// both orders, a missing barrier between a writer and a reader in different warps shows whichever
+// of the two comes first.
+static const bool emu_reverse = getenv("EMU_ORDER") && strcmp(getenv("EMU_ORDER"), "reverse") == 0;
 static unsigned long emu_progress;
 static unsigned long emu_block_serial;
 static const void* emu_sched_stack;  // ASan: the scheduler's stack, as seen from a fiber
@@ -188,21 +194,36 @@ void emu_launch(dim3 grid, dim3 block, std::function<void()> body) {
                     f.ctx.uc_link = &emu_sched;
                     makecontext(&f.ctx, fiber_main, 0);
                 }
+                // Warp by warp (warp 0 first, or the last first under EMU_ORDER=reverse): each
+                // warp runs as far as it can (through its own warp barriers and collectives)
+                // before the next one starts, so one warp gets ahead of the others up to the
+                // next block barrier.
+                const unsigned long nwarps = (n + 31) / 32;
                 for (;;) {
                     bool alive = false;
                     const unsigned long before = emu_progress;
-                    for (unsigned long i = 0; i < n; ++i) {
-                        if (fs[i].done) continue;
-                        alive = true;
-                        emu_cur = &fs[i];
+                    for (unsigned long wj = 0; wj < nwarps; ++wj) {
+                        const unsigned long w = emu_reverse ? nwarps - 1 - wj : wj;
+                        const unsigned long l0 = 32 * w, l1 = min<unsigned long>(n, l0 + 32);
+                        for (;;) {
+                            const unsigned long wbefore = emu_progress;
+                            bool any = false;
+                            for (unsigned long j = l0; j < l1; ++j) {
+                                const unsigned long i = emu_reverse ? l1 - 1 - (j - l0) : j;
+                                if (fs[i].done) continue;
+                                any = alive = true;
+                                emu_cur = &fs[i];
 #if EMU_ASAN
-                        void* fake = nullptr;
-                        __sanitizer_start_switch_fiber(&fake, fs[i].stack.data(), fs[i].stack.size());
+                                void* fake = nullptr;
+                                __sanitizer_start_switch_fiber(&fake, fs[i].stack.data(), fs[i].stack.size());
 #endif
-                        swapcontext(&emu_sched, &fs[i].ctx);
+                                swapcontext(&emu_sched, &fs[i].ctx);
 #if EMU_ASAN
-                        __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+                                __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
+                            }
+                            if (!any || emu_progress == wbefore) break;
+                        }
                     }
                     if (!alive) break;
                     if (emu_progress == before) {

@@ -19,6 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # (kernel file, exact original text, mutated text, what it breaks)
 MUTATIONS = [
+    ("norm.cu", "        red[warp] = v;\n    }\n    __syncthreads();", "        red[warp] = v;\n    }",
+     "missing barrier before warp 0 reads the warp sums"),
     ("norm.cu", "const float* xr = x + (long long)t * dim;",
      "const float* xr = x + (long long)t * (dim - 1);", "rms_norm row offset"),
     ("norm.cu", "float w = lane < nwarps ? red[lane] : 0.0f;",
@@ -58,6 +60,8 @@ MUTATIONS = [
     ("matmul.cu", "    sx[c + 3][r] = xv.w;", "    sx[c + 2][r] = xv.w;", "gemm_f32 x tile column"),
     ("lora.cu", "const int t = seg_rows[c + (r < nr ? r : 0)];\n            xoff[r]",
      "const int t = seg_rows[c + r];\n            xoff[r]", "shrink reads seg_rows past a short chunk"),
+    ("lora.cu", "        __syncthreads();  // part[] is rewritten by the next chunk\n", "",
+     "missing barrier before part[] is rewritten (caught only with the reverse warp order)"),
     ("lora.cu", "for (int kk = 0; kk < kn; ++kk) {", "for (int kk = 1; kk < kn; ++kk) {",
      "expand skips k = 0"),
 ]
