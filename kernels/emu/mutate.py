@@ -61,7 +61,7 @@ MUTATIONS = [
     ("lora.cu", "const int t = seg_rows[c + (r < nr ? r : 0)];\n            xoff[r]",
      "const int t = seg_rows[c + r];\n            xoff[r]", "shrink reads seg_rows past a short chunk"),
     ("lora.cu", "        __syncthreads();  // part[] is rewritten by the next chunk\n", "",
-     "missing barrier before part[] is rewritten (caught only with the reverse warp order)"),
+     "missing barrier before part[] is rewritten"),
     ("lora.cu", "for (int kk = 0; kk < kn; ++kk) {", "for (int kk = 1; kk < kn; ++kk) {",
      "expand skips k = 0"),
 ]
