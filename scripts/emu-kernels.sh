@@ -52,6 +52,15 @@ modes=(plain)
 [ "${EMU_ASAN:-1}" = 0 ] || modes+=(asan)
 base=(-std=gnu++17 -O1 -g -ffp-contract=off -fno-strict-aliasing -Wall -Wno-unknown-pragmas -I"$emu")
 
+# xform.py must refuse what it cannot emulate (unknown inline asm, dynamic shared memory).
+printf '__device__ void f() {\n    asm volatile("trap;");\n}\n' >"$tmp/asm.cu"
+printf '__global__ void k() {\n    extern __shared__ float d[];\n}\n' >"$tmp/dyn.cu"
+for f in asm dyn; do
+    if python3 "$emu/xform.py" "$tmp/$f.cu" "$tmp/$f.cpp" 2>/dev/null; then
+        echo "FAIL emu: xform.py accepted $f.cu (it must refuse it)" >&2
+        exit 1
+    fi
+done
 for s in "${stems[@]}"; do
     python3 "$emu/xform.py" "$kdir/$s.cu" "$tmp/${s}_emu.cpp" || { echo "FAIL emu $s: xform.py" >&2; exit 1; }
 done
