@@ -36,7 +36,7 @@ demo-rust: model samples
 # checks and valgrind on the C quickstart) and the README doc test, the Go binding (go test,
 # go test -race) and the OpenAI-server end-to-end test. Under CI=true a missing fixture, model
 # or tool fails its test instead of skipping it.
-test: lint model test-deps test-rust go-test e2e router-test manifests
+test: lint model test-deps test-rust go-test e2e router-test manifests cuda-check
 
 test-deps:
 	bash scripts/install-test-deps.sh
@@ -122,3 +122,14 @@ router-test:
 .PHONY: manifests
 manifests:
 	bash scripts/check-manifests.sh
+
+# The CUDA backend without a GPU: every kernels/*.cu compiled to PTX for compute_80/90 and
+# assembled for sm_80/90 (no warnings, no register spills, parameters as kernels/README.md), every
+# kernel run on the CPU against references under the host emulation (kernels/emu, g++ plain and
+# ASan+UBSan), and the crate linted and built with --features cuda (nvcc from PyPI wheels,
+# scripts/install-cuda-tools.sh). Last in `make test`: its release build replaces
+# target/release/libloraplex.so with the cuda-enabled one (the CPU path is the same code).
+.PHONY: cuda-check
+cuda-check:
+	bash scripts/check-kernels.sh
+	bash scripts/emu-kernels.sh

@@ -15,10 +15,9 @@
 // accurate expf (no --use_fast_math), as the contract writes it. Element offsets are
 // (long long) (grid-stride indices too), so buffers of more than 2^31 elements work.
 //
-// Status: compile-checked (nvcc 13.0 --ptx for compute_80/compute_90, ptxas -v for sm_80/sm_90:
-// no spills) and tested against double-precision loops of the op spec in a CPU emulation of the
-// CUDA thread model (one std::thread per CUDA thread, std::barrier for __syncthreads and warp
-// shuffles, ThreadSanitizer-clean), but, in the session that wrote it, never run on a GPU.
+// Status: compile-checked in `make test` (scripts/check-kernels.sh: PTX for compute_80/90,
+// ptxas for sm_80/90, no warnings or spills) and run on the CPU against references under the
+// host emulation of kernels/emu (scripts/emu-kernels.sh); not yet run on a GPU.
 
 extern "C" __global__ void __launch_bounds__(256) lpx_silu_mul(const float* __restrict__ gu,
                                                                float* __restrict__ out, int rows,

@@ -64,10 +64,9 @@
 // order is fixed; a split-context decode kernel (more blocks for one long sequence) would need
 // its own name in kernels/README.md.
 //
-// Status: compile-checked (nvcc 13.0 --ptx for compute_80/compute_90, ptxas -v for sm_80/sm_90:
-// no spills) and tested against double-precision loops of the op spec in a CPU emulation of the
-// CUDA thread model (one std::thread per CUDA thread, std::barrier for __syncthreads and warp
-// shuffles, ThreadSanitizer-clean), but, in the session that wrote it, never run on a GPU.
+// Status: compile-checked in `make test` (scripts/check-kernels.sh: PTX for compute_80/90,
+// ptxas for sm_80/90, no warnings or spills) and run on the CPU against references under the
+// host emulation of kernels/emu (scripts/emu-kernels.sh); not yet run on a GPU.
 
 #include <cuda_bf16.h>
 #include <stdint.h>

@@ -30,11 +30,9 @@
 // offsets inside the arena), but a rank above max_rank never indexes past a row of h: shrink
 // only runs k < max_rank (the grid) and expand sums k < min(rank, max_rank).
 //
-// Status: compile-checked (nvcc 13.0 --ptx for compute_80/compute_90, ptxas -v for sm_80/sm_90,
-// no spills); in the session that wrote it, never run on a GPU. Its indexing was checked on the
-// CPU only, by a throwaway host emulation (one fiber per thread, shuffles and barriers
-// modelled) bitwise against a host replay of the orders above; that harness is not in the
-// repository.
+// Status: compile-checked in `make test` (scripts/check-kernels.sh: PTX for compute_80/90,
+// ptxas for sm_80/90, no warnings or spills) and run on the CPU against references under the
+// host emulation of kernels/emu (scripts/emu-kernels.sh); not yet run on a GPU.
 
 #define LORA_CHUNK 8
 

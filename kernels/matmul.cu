@@ -37,12 +37,9 @@
 // rows > 8 passed to lpx_gemv_bf16 (a host bug) computes only the first 8 rows (never out of
 // bounds).
 //
-// Status: compile-checked (nvcc 13.0 --ptx for compute_80/compute_90, ptxas -v for sm_80/sm_90,
-// no spills); in the session that wrote it, never run on a GPU. Its indexing was checked on the
-// CPU only, by a throwaway host emulation (one fiber per thread; ldmatrix, mma and cp.async
-// modelled from the PTX ISA fragment layouts) against an f64 reference, gemm vs gemv bitwise,
-// sub-batches bitwise and gemm_f32 bitwise against a host fmaf chain; that harness is not in
-// the repository and proves nothing about the real tensor-core rounding.
+// Status: compile-checked in `make test` (scripts/check-kernels.sh: PTX for compute_80/90,
+// ptxas for sm_80/90, no warnings or spills) and run on the CPU against references under the
+// host emulation of kernels/emu (scripts/emu-kernels.sh); not yet run on a GPU.
 
 #include <cuda_bf16.h>
 #include <stdint.h>

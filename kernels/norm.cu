@@ -19,10 +19,9 @@
 // Offsets: row t's data starts at (long long)t * stride (or * dim), so buffers of more than
 // 2^31 elements are addressed correctly.
 //
-// Status: compile-checked (nvcc 13.0 --ptx for compute_80/compute_90, ptxas -v for sm_80/sm_90:
-// no spills) and tested against double-precision loops of the op spec in a CPU emulation of the
-// CUDA thread model (one std::thread per CUDA thread, std::barrier for __syncthreads and warp
-// shuffles, ThreadSanitizer-clean), but, in the session that wrote it, never run on a GPU.
+// Status: compile-checked in `make test` (scripts/check-kernels.sh: PTX for compute_80/90,
+// ptxas for sm_80/90, no warnings or spills) and run on the CPU against references under the
+// host emulation of kernels/emu (scripts/emu-kernels.sh); not yet run on a GPU.
 
 // The sum of v over the block (every thread passes its partial); the result is valid in every
 // thread. blockDim.x must be a multiple of 32 and at most 1024. `red` holds 32 floats.

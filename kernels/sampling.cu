@@ -7,10 +7,9 @@
 // Launch geometry (fixed by the contract): grid (ceil(dim/256), n), block 256, one element per
 // thread. No reductions (a copy), so batch invariant. Offsets are (long long).
 //
-// Status: compile-checked (nvcc 13.0 --ptx for compute_80/compute_90, ptxas -v for sm_80/sm_90:
-// no spills) and tested against double-precision loops of the op spec in a CPU emulation of the
-// CUDA thread model (one std::thread per CUDA thread, std::barrier for __syncthreads and warp
-// shuffles, ThreadSanitizer-clean), but, in the session that wrote it, never run on a GPU.
+// Status: compile-checked in `make test` (scripts/check-kernels.sh: PTX for compute_80/90,
+// ptxas for sm_80/90, no warnings or spills) and run on the CPU against references under the
+// host emulation of kernels/emu (scripts/emu-kernels.sh); not yet run on a GPU.
 
 extern "C" __global__ void __launch_bounds__(256) lpx_gather_rows(const float* __restrict__ x,
                                                                   int dim,
