@@ -852,9 +852,9 @@ fn lora_tol(
                 *mo += (sc * m).abs() as f64 * bh;
             }
         }
-        for o in 0..out {
+        for (o, mo) in mag.iter().enumerate() {
             let i = t * ys + yc + o;
-            let m = y0[i].abs() as f64 + mag[o];
+            let m = y0[i].abs() as f64 + mo;
             let n = (inp / 8 + rank_sum + 8) as f64;
             tol[i] = (TOL_ULPS * f32::EPSILON as f64 * n * m) as f32 + 1e-30;
         }
