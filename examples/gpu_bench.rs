@@ -10,8 +10,9 @@
 //!   upload on any stream ordering), minus the same apply + download alone; best of `--reps`.
 //! - `decode`: generated tokens/s at each `--batches` size with 0 (all base), 1 (every row the
 //!   same adapter) and `--distinct` distinct adapters (row i uses adapter i mod distinct),
-//!   `--decode-tokens` tokens per request, measured from the moment every request has its first
-//!   token (examples/bench/measure.rs).
+//!   measured as a difference that cancels prefill and start-up: the batch (fresh prompts of 16
+//!   tokens) generating `4 + --decode-tokens` tokens minus the same batch generating 4, i.e.
+//!   `batch · decode_tokens / (t_long − t_short)`; best of `--reps` pairs.
 //! - `prefill`: tokens/s of one `--prefill`-token prompt (one output token), best of `--reps`,
 //!   each rep a prompt with a different first token (no prefix-cache hit).
 //! - `weight_bytes`, `kv_cache_bytes` and the engine's kernel path from its stats.
@@ -22,10 +23,12 @@
 //!           [--weight-dtype bf16] [--kv-cache-gib 8] [--reps 3] [--threads 0]
 //! ```
 //! Progress goes to stderr; the JSON is also printed to stdout.
-
-#[allow(dead_code)]
-#[path = "bench/measure.rs"]
-mod measure;
+//!
+//! `--requests FILE` runs requests instead of the bench: FILE's `"requests"` (each
+//! `{"model": adapter name or null, "prompt": [token ids], "max_tokens": n}`, as
+//! scripts/gpu/hf_reference.py writes them) are submitted together (one mixed batch), greedy with
+//! EOS ignored, and `--out` gets `{"rows": [{"token_ids", "last_logits"}]}` in their order
+//! (compared with HF PEFT by `hf_reference.py compare`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -37,6 +40,7 @@ use loraplex::backend::{
 use loraplex::config::EngineConfig;
 use loraplex::engine::{Engine, Prompt, Request};
 use loraplex::model::ModelConfig;
+use loraplex::sampling::SamplingParams;
 use serde_json::{json, Value};
 
 struct Opts {
@@ -52,6 +56,7 @@ struct Opts {
     kv_cache_gib: f64,
     reps: usize,
     threads: usize,
+    requests: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Opts, Box<dyn std::error::Error>> {
@@ -68,6 +73,7 @@ fn parse_args() -> Result<Opts, Box<dyn std::error::Error>> {
         kv_cache_gib: 8.0,
         reps: 3,
         threads: 0,
+        requests: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -94,6 +100,7 @@ fn parse_args() -> Result<Opts, Box<dyn std::error::Error>> {
             "--kv-cache-gib" => o.kv_cache_gib = val()?.parse()?,
             "--reps" => o.reps = val()?.parse::<usize>()?.max(1),
             "--threads" => o.threads = val()?.parse()?,
+            "--requests" => o.requests = Some(val()?.into()),
             _ => return Err(format!("unknown flag {flag} (see the doc comment)").into()),
         }
     }
@@ -187,13 +194,124 @@ fn upload_ms(
     )
 }
 
+/// Greedy sampling of exactly `max_tokens` tokens (EOS ignored).
+fn params(max_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_tokens,
+        temperature: 0.0,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    }
+}
+
+/// Seconds for `b` requests (row i on adapter `i mod k`, base when `k` is 0) of 16-token prompts
+/// (salted by `salt`) generating `n` tokens each, submitted together, until all are done.
+fn batch_seconds(
+    engine: &Engine,
+    names: &[String],
+    b: usize,
+    k: usize,
+    n: usize,
+    salt: usize,
+) -> loraplex::Result<f64> {
+    let vocab = engine.model_config().vocab_size;
+    let t = Instant::now();
+    let ids: Vec<_> = (0..b)
+        .map(|i| {
+            engine.submit(Request {
+                model: (k > 0).then(|| names[i % k].clone()),
+                prompt: Prompt::Tokens(prompt(16, salt + i, vocab)),
+                sampling: params(n),
+                ..Request::default()
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    for id in ids {
+        engine.wait(id)?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
 /// A `len`-token prompt over `vocab` (ids from 3 up, away from the special tokens); `salt`
 /// changes the first token.
 fn prompt(len: usize, salt: usize, vocab: usize) -> Vec<u32> {
     let span = vocab.saturating_sub(3).max(1);
     (0..len)
-        .map(|k| (3 + (k * 7919 + salt * 104_729) % span) as u32)
+        .map(|k| (3 + (k * 7919 + salt * 104_729 + k * salt * 613) % span) as u32)
         .collect()
+}
+
+/// The engine configuration shared by the bench and `--requests`.
+fn engine_config(o: &Opts, adapters: usize, max_batch: usize) -> EngineConfig {
+    let mut cfg = EngineConfig::new(&o.model);
+    cfg.device = o.device.clone();
+    cfg.threads = o.threads;
+    cfg.weight_format = o.weight_format;
+    cfg.peft_source = vec![o.adapters.clone()];
+    cfg.max_gpu_loras = adapters.max(o.distinct).max(1);
+    cfg.max_cpu_loras = cfg.max_gpu_loras;
+    cfg.max_lora_rank = 64;
+    cfg.max_num_seqs = max_batch.max(1);
+    cfg.max_batch_tokens = o.prefill.max(max_batch).max(512);
+    cfg.max_model_len = o.prefill + o.decode_tokens + 64;
+    cfg.kv_cache_bytes = (o.kv_cache_gib * (1u64 << 30) as f64) as usize;
+    cfg
+}
+
+/// `--requests`: see the module docs.
+fn run_requests(
+    o: &Opts,
+    file: &std::path::Path,
+    names: &[String],
+) -> Result<Value, Box<dyn std::error::Error>> {
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(file)?)?;
+    let reqs = doc["requests"]
+        .as_array()
+        .ok_or_else(|| format!("{}: no \"requests\" array", file.display()))?;
+    let mut cfg = engine_config(o, names.len(), reqs.len());
+    let longest = reqs
+        .iter()
+        .map(|r| {
+            r["prompt"].as_array().map_or(0, |p| p.len())
+                + r["max_tokens"].as_u64().unwrap_or(0) as usize
+        })
+        .max()
+        .unwrap_or(0);
+    cfg.max_model_len = cfg.max_model_len.max(longest + 16);
+    let engine = Engine::new(cfg)?;
+    let mut ids = Vec::new();
+    for (i, r) in reqs.iter().enumerate() {
+        let prompt: Vec<u32> = r["prompt"]
+            .as_array()
+            .ok_or_else(|| format!("request {i}: no prompt"))?
+            .iter()
+            .map(|t| t.as_u64().map(|t| t as u32))
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("request {i}: prompt ids must be integers"))?;
+        let mut sp = params(r["max_tokens"].as_u64().unwrap_or(16) as usize);
+        sp.return_last_logits = true;
+        ids.push(engine.submit(Request {
+            model: r["model"].as_str().map(String::from),
+            prompt: Prompt::Tokens(prompt),
+            sampling: sp,
+            ..Request::default()
+        })?);
+    }
+    let mut rows = Vec::new();
+    for id in ids {
+        let out = engine.wait(id)?;
+        rows.push(json!({"token_ids": out.token_ids, "last_logits": out.last_logits}));
+    }
+    eprintln!(
+        "[requests] {} rows on {} (max step {} sequences)",
+        rows.len(),
+        o.device,
+        engine.stats().max_step_seqs
+    );
+    let n = rows.len();
+    let report = json!({"device": o.device, "weight_dtype": o.weight_format.name(), "rows": rows});
+    std::fs::write(&o.out, serde_json::to_string(&report)?)?;
+    Ok(json!({"rows": n}))
 }
 
 fn run() -> Result<Value, Box<dyn std::error::Error>> {
@@ -201,21 +319,13 @@ fn run() -> Result<Value, Box<dyn std::error::Error>> {
     let mcfg = ModelConfig::from_hf_dir(&o.model)?;
     let shape = ModelShape::of(&mcfg, loraplex::tensor::DType::F32);
     let names = adapter_names(&o.adapters)?;
+    if let Some(file) = &o.requests {
+        return run_requests(&o, file, &names);
+    }
     let upload = upload_ms(&o, &shape, &names[0])?;
 
     let max_batch = o.batches.iter().copied().max().unwrap_or(1);
-    let mut cfg = EngineConfig::new(&o.model);
-    cfg.device = o.device.clone();
-    cfg.threads = o.threads;
-    cfg.weight_format = o.weight_format;
-    cfg.peft_source = vec![o.adapters.clone()];
-    cfg.max_gpu_loras = names.len().max(o.distinct);
-    cfg.max_cpu_loras = cfg.max_gpu_loras;
-    cfg.max_lora_rank = 64;
-    cfg.max_num_seqs = max_batch.max(1);
-    cfg.max_batch_tokens = o.prefill.max(max_batch).max(512);
-    cfg.max_model_len = o.prefill + o.decode_tokens + 64;
-    cfg.kv_cache_bytes = (o.kv_cache_gib * (1u64 << 30) as f64) as usize;
+    let cfg = engine_config(&o, names.len(), max_batch);
     let t = Instant::now();
     let engine = Engine::new(cfg)?;
     let load_s = t.elapsed().as_secs_f64();
@@ -238,7 +348,7 @@ fn run() -> Result<Value, Box<dyn std::error::Error>> {
             engine.submit(Request {
                 model: Some(n.clone()),
                 prompt: Prompt::Tokens(prompt(8, i, vocab)),
-                sampling: measure::params(1),
+                sampling: params(1),
                 ..Request::default()
             })
         })
@@ -251,15 +361,13 @@ fn run() -> Result<Value, Box<dyn std::error::Error>> {
         let mut row = serde_json::Map::new();
         row.insert("batch".into(), json!(b));
         for (label, k) in [("base", 0usize), ("one_adapter", 1), ("distinct", distinct)] {
-            let requests = (0..b)
-                .map(|i| Request {
-                    model: (k > 0).then(|| names[i % k].clone()),
-                    prompt: Prompt::Tokens(prompt(16, 1000 + i, vocab)),
-                    sampling: measure::params(o.decode_tokens),
-                    ..Request::default()
-                })
-                .collect();
-            let tps = measure::decode_tps_requests(&engine, requests)?;
+            let mut tps = 0f64;
+            for r in 0..o.reps {
+                let salt = 10_000 * (r + 1) + 1000 * k;
+                let short = batch_seconds(&engine, &names, b, k, 4, salt)?;
+                let long = batch_seconds(&engine, &names, b, k, 4 + o.decode_tokens, salt + 500)?;
+                tps = tps.max((b * o.decode_tokens) as f64 / (long - short).max(1e-9));
+            }
             eprintln!("[decode] batch {b} {label} ({k} adapters): {tps:.1} tok/s");
             row.insert(format!("{label}_tok_s"), json!(tps));
         }
@@ -271,7 +379,7 @@ fn run() -> Result<Value, Box<dyn std::error::Error>> {
         let t = Instant::now();
         engine.generate(Request::new(
             Prompt::Tokens(prompt(o.prefill, 5000 + r, vocab)),
-            measure::params(1),
+            params(1),
         ))?;
         prefill = prefill.max(o.prefill as f64 / t.elapsed().as_secs_f64().max(1e-9));
     }
