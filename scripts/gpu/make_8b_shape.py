@@ -67,7 +67,7 @@ def shape(args):
     if args.small:
         return dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-    return dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+    return dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=args.layers,
                 num_attention_heads=32, num_key_value_heads=8, head_dim=128)
 
 
@@ -79,6 +79,8 @@ def main():
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
+    p.add_argument("--layers", type=int, default=32,
+                   help="decoder layers of the 8B shape (fewer only to fit a time limit)")
     p.add_argument("--small", action="store_true", help="tiny shape, for a CPU check")
     args = p.parse_args()
 
