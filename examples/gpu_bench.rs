@@ -12,7 +12,8 @@
 //!   same adapter) and `--distinct` distinct adapters (row i uses adapter i mod distinct),
 //!   measured as a difference that cancels prefill and start-up: the batch (fresh prompts of 16
 //!   tokens) generating `4 + --decode-tokens` tokens minus the same batch generating 4, i.e.
-//!   `batch · decode_tokens / (t_long − t_short)`; best of `--reps` pairs.
+//!   `batch · decode_tokens / (t_long − t_short)`; best of `--reps` pairs (null when no pair
+//!   has a positive difference).
 //! - `prefill`: tokens/s of one `--prefill`-token prompt (one output token), best of `--reps`,
 //!   each rep a prompt with a different first token (no prefix-cache hit).
 //! - `weight_bytes`, `kv_cache_bytes` and the engine's kernel path from its stats.
@@ -361,14 +362,19 @@ fn run() -> Result<Value, Box<dyn std::error::Error>> {
         let mut row = serde_json::Map::new();
         row.insert("batch".into(), json!(b));
         for (label, k) in [("base", 0usize), ("one_adapter", 1), ("distinct", distinct)] {
-            let mut tps = 0f64;
+            // A pair whose difference is not positive (timing noise swamped the decode steps:
+            // only on tiny models) measures nothing; none such gives null.
+            let mut tps: Option<f64> = None;
             for r in 0..o.reps {
                 let salt = 10_000 * (r + 1) + 1000 * k;
                 let short = batch_seconds(&engine, &names, b, k, 4, salt)?;
                 let long = batch_seconds(&engine, &names, b, k, 4 + o.decode_tokens, salt + 500)?;
-                tps = tps.max((b * o.decode_tokens) as f64 / (long - short).max(1e-9));
+                if long > short {
+                    let v = (b * o.decode_tokens) as f64 / (long - short);
+                    tps = Some(tps.map_or(v, |t| t.max(v)));
+                }
             }
-            eprintln!("[decode] batch {b} {label} ({k} adapters): {tps:.1} tok/s");
+            eprintln!("[decode] batch {b} {label} ({k} adapters): {tps:?} tok/s");
             row.insert(format!("{label}_tok_s"), json!(tps));
         }
         row.insert("distinct_adapters".into(), json!(distinct.min(b)));

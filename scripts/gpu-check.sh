@@ -179,7 +179,7 @@ def decode_at(b):
 b1 = decode_at(1)
 wb = (bench or {}).get("weight_bytes")
 v = None
-if b1 and wb and copy_bps:
+if b1 and b1.get("base_tok_s") and wb and copy_bps:
     floor_tok_s = copy_bps / wb
     v = b1["base_tok_s"] / floor_tok_s
 ratios["batch1_decode_over_hbm_floor"] = ratio("", v, 0.7, ">=")
@@ -198,7 +198,7 @@ if big:
 v = None
 peft = (hfb or {}).get("peft") or {}
 at = decode_at(peft.get("batch"))
-if at and peft.get("distinct_tok_s"):
+if at and at.get("distinct_tok_s") and peft.get("distinct_tok_s"):
     v = at["distinct_tok_s"] / peft["distinct_tok_s"]
 ratios["loraplex_over_hf_peft_32x32"] = ratio("", v, 10.0, ">=")
 if peft:
