@@ -21,15 +21,16 @@
 //! ```text
 //! gpu_bench --model DIR --adapters DIR [--device cuda:0] [--out gpu-bench.json]
 //!           [--batches 1,32,128] [--distinct 64] [--decode-tokens 64] [--prefill 2048]
-//!           [--weight-dtype bf16] [--kv-cache-gib 8] [--reps 3] [--threads 0]
+//!           [--weight-dtype bf16] [--kv-cache-gib 8] [--reps 3] [--threads 0] [--max-rank 16]
 //! ```
 //! Progress goes to stderr; the JSON is also printed to stdout.
 //!
 //! `--requests FILE` runs requests instead of the bench: FILE's `"requests"` (each
 //! `{"model": adapter name or null, "prompt": [token ids], "max_tokens": n}`, as
 //! scripts/gpu/hf_reference.py writes them) are submitted together (one mixed batch), greedy with
-//! EOS ignored, and `--out` gets `{"rows": [{"token_ids", "last_logits"}]}` in their order
-//! (compared with HF PEFT by `hf_reference.py compare`).
+//! EOS ignored, and `--out` gets `{"rows": [{"token_ids", "last_logits"}], "max_step_seqs"}` in
+//! their order (compared with HF PEFT by `hf_reference.py compare`; `max_step_seqs` says how many
+//! of the requests shared a step).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -58,6 +59,7 @@ struct Opts {
     reps: usize,
     threads: usize,
     requests: Option<PathBuf>,
+    max_rank: usize,
 }
 
 fn parse_args() -> Result<Opts, Box<dyn std::error::Error>> {
@@ -75,6 +77,7 @@ fn parse_args() -> Result<Opts, Box<dyn std::error::Error>> {
         reps: 3,
         threads: 0,
         requests: None,
+        max_rank: 16,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -102,6 +105,7 @@ fn parse_args() -> Result<Opts, Box<dyn std::error::Error>> {
             "--reps" => o.reps = val()?.parse::<usize>()?.max(1),
             "--threads" => o.threads = val()?.parse()?,
             "--requests" => o.requests = Some(val()?.into()),
+            "--max-rank" => o.max_rank = val()?.parse()?,
             _ => return Err(format!("unknown flag {flag} (see the doc comment)").into()),
         }
     }
@@ -243,15 +247,17 @@ fn prompt(len: usize, salt: usize, vocab: usize) -> Vec<u32> {
 }
 
 /// The engine configuration shared by the bench and `--requests`.
-fn engine_config(o: &Opts, adapters: usize, max_batch: usize) -> EngineConfig {
+/// `slots` device adapter slots at rank `--max-rank` (each slot reserves every module at that
+/// rank: keep both as small as the run needs).
+fn engine_config(o: &Opts, slots: usize, max_batch: usize) -> EngineConfig {
     let mut cfg = EngineConfig::new(&o.model);
     cfg.device = o.device.clone();
     cfg.threads = o.threads;
     cfg.weight_format = o.weight_format;
     cfg.peft_source = vec![o.adapters.clone()];
-    cfg.max_gpu_loras = adapters.max(o.distinct).max(1);
+    cfg.max_gpu_loras = slots.max(1);
     cfg.max_cpu_loras = cfg.max_gpu_loras;
-    cfg.max_lora_rank = 64;
+    cfg.max_lora_rank = o.max_rank;
     cfg.max_num_seqs = max_batch.max(1);
     cfg.max_batch_tokens = o.prefill.max(max_batch).max(512);
     cfg.max_model_len = o.prefill + o.decode_tokens + 64;
@@ -260,16 +266,14 @@ fn engine_config(o: &Opts, adapters: usize, max_batch: usize) -> EngineConfig {
 }
 
 /// `--requests`: see the module docs.
-fn run_requests(
-    o: &Opts,
-    file: &std::path::Path,
-    names: &[String],
-) -> Result<Value, Box<dyn std::error::Error>> {
+fn run_requests(o: &Opts, file: &std::path::Path) -> Result<Value, Box<dyn std::error::Error>> {
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(file)?)?;
     let reqs = doc["requests"]
         .as_array()
         .ok_or_else(|| format!("{}: no \"requests\" array", file.display()))?;
-    let mut cfg = engine_config(o, names.len(), reqs.len());
+    let distinct: std::collections::HashSet<&str> =
+        reqs.iter().filter_map(|r| r["model"].as_str()).collect();
+    let mut cfg = engine_config(o, distinct.len(), reqs.len());
     let longest = reqs
         .iter()
         .map(|r| {
@@ -310,7 +314,8 @@ fn run_requests(
         engine.stats().max_step_seqs
     );
     let n = rows.len();
-    let report = json!({"device": o.device, "weight_dtype": o.weight_format.name(), "rows": rows});
+    let report = json!({"device": o.device, "weight_dtype": o.weight_format.name(),
+                        "max_step_seqs": engine.stats().max_step_seqs, "rows": rows});
     std::fs::write(&o.out, serde_json::to_string(&report)?)?;
     Ok(json!({"rows": n}))
 }
@@ -321,12 +326,12 @@ fn run() -> Result<Value, Box<dyn std::error::Error>> {
     let shape = ModelShape::of(&mcfg, loraplex::tensor::DType::F32);
     let names = adapter_names(&o.adapters)?;
     if let Some(file) = &o.requests {
-        return run_requests(&o, file, &names);
+        return run_requests(&o, file);
     }
     let upload = upload_ms(&o, &shape, &names[0])?;
 
     let max_batch = o.batches.iter().copied().max().unwrap_or(1);
-    let cfg = engine_config(&o, names.len(), max_batch);
+    let cfg = engine_config(&o, o.distinct.min(names.len()), max_batch);
     let t = Instant::now();
     let engine = Engine::new(cfg)?;
     let load_s = t.elapsed().as_secs_f64();
