@@ -134,6 +134,7 @@ def compare(args):
         per_row.append({"row": i, "adapter": want["adapter"], "max_diff_over_std": d,
                         "tokens_ok": tok_ok})
     report = {"ok": not failures, "tol_x_std": args.tol, "rows": per_row,
+              "loraplex_max_step_seqs": lpx.get("max_step_seqs"),
               "worst_max_diff_over_std": max((r["max_diff_over_std"] for r in per_row),
                                              default=None),
               "failures": failures}
