@@ -153,8 +153,9 @@ fn device_matches_cpu_on_tiny_models() {
         .collect();
     let mut adapters: Vec<Option<String>> = vec![None];
     adapters.extend(names.iter().map(|n| Some(n.to_string())));
-    let cpu = engine(&model, &[peft.clone()], "cpu");
-    let gpu = engine(&model, &[peft], &device);
+    let peft = [peft];
+    let cpu = engine(&model, &peft, "cpu");
+    let gpu = engine(&model, &peft, &device);
     let mut failures = compare("generated", &cpu, &gpu, &adapters, &prompts);
     drop((cpu, gpu));
 
