@@ -20,11 +20,12 @@
 
 mod common;
 
+use common::lora::{random_adapter, view, OwnedAdapter, OwnedModule};
 use loraplex::backend::reference::ReferenceBackend;
 use loraplex::backend::{
     select, AttentionArgs, AttnMeta, Backend, DeviceBackend, KvGeometry, KvWriteArgs, LoraArgs,
-    LoraBatch, LoraLane, LoraSlotData, LoraStackGeometry, LoraTarget, LoraWeights, RopeArgs, View,
-    ViewMut, WeightFormat,
+    LoraBatch, LoraLane, LoraSlotData, LoraStackGeometry, LoraTarget, RopeArgs, View, ViewMut,
+    WeightFormat,
 };
 use loraplex::error::ErrorCode;
 use loraplex::tensor::HostTensor;
@@ -692,43 +693,6 @@ fn attention_bad_metadata_gives_nan_rows() {
 
 // ---------------------------------------------------------------------------------------------
 // LoRA
-
-type OwnedModule = (usize, Vec<f32>, Vec<f32>, f32);
-type OwnedAdapter = Vec<[Option<OwnedModule>; 7]>;
-
-fn random_adapter(
-    geom: &LoraStackGeometry,
-    rng: &mut ChaCha8Rng,
-    rank_of: impl Fn(usize, LoraTarget) -> Option<usize>,
-) -> OwnedAdapter {
-    (0..geom.num_layers)
-        .map(|l| {
-            std::array::from_fn(|ti| {
-                let t = LoraTarget::ALL[ti];
-                let r = rank_of(l, t)?;
-                let (i, o) = geom.dims[ti];
-                let a = (0..r * i).map(|_| rng.gen_range(-0.5f32..0.5)).collect();
-                let b = (0..o * r).map(|_| rng.gen_range(-0.5f32..0.5)).collect();
-                Some((r, a, b, rng.gen_range(0.25f32..2.0)))
-            })
-        })
-        .collect()
-}
-
-fn view(a: &OwnedAdapter) -> Vec<[Option<LoraWeights<'_>>; 7]> {
-    a.iter()
-        .map(|mods| {
-            std::array::from_fn(|ti| {
-                mods[ti].as_ref().map(|(r, a, b, s)| LoraWeights {
-                    rank: *r,
-                    a,
-                    b,
-                    scale: *s,
-                })
-            })
-        })
-        .collect()
-}
 
 /// Odd dims (nothing a multiple of 8) and Llama-like ones (q 512, kv 128, inter 1376).
 fn geoms(num_slots: usize, max_rank: usize) -> [LoraStackGeometry; 2] {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod c_errors;
+pub mod lora;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
