@@ -21,7 +21,6 @@ python runs it (torch 2.11 / transformers 5.17 there); elsewhere make the enviro
 """
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -113,25 +112,16 @@ def main():
         return 0
 
     import transformers
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from peft_models import load_peft
     report["transformers"] = transformers.__version__
     t0 = time.time()
-    model = AutoModelForCausalLM.from_pretrained(args.model)
-    model = model.to(device=dev, dtype=torch.bfloat16).eval()
-    names = sorted(d for d in os.listdir(args.adapters)
-                   if os.path.isfile(os.path.join(args.adapters, d, "adapter_config.json")))
-    names = names[: args.distinct]
-    if len(names) < args.distinct:
-        print(f"hf_bench: only {len(names)} adapters under {args.adapters}", file=sys.stderr)
+    try:
+        pm, names = load_peft(args.model, args.adapters, args.distinct, dev, torch.bfloat16)
+    except ValueError as e:
+        print(f"hf_bench: {e}", file=sys.stderr)
         return 2
-    pm = PeftModel.from_pretrained(model, os.path.join(args.adapters, names[0]),
-                                   adapter_name=names[0])
-    for n in names[1:]:
-        pm.load_adapter(os.path.join(args.adapters, n), adapter_name=n)
-    pm = pm.to(device=dev, dtype=torch.bfloat16).eval()
     report["load_s"] = time.time() - t0
-    vocab = model.config.vocab_size
+    vocab = pm.config.vocab_size
     base = decode_tps(torch, pm, args.batch, ["__base__"], args.decode_tokens, vocab, dev)
     print(f"[hf_bench] batch {args.batch} base: {base} tok/s", file=sys.stderr)
     mixed = decode_tps(torch, pm, args.batch, names, args.decode_tokens, vocab, dev)

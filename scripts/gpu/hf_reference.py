@@ -38,26 +38,16 @@ def prompts(n, vocab, seed):
 
 def run(args):
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from peft_models import load_peft
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
-    model = AutoModelForCausalLM.from_pretrained(args.model)
-    model = model.to(device=device, dtype=torch.float32).eval()
-    import os
-    names = sorted(d for d in os.listdir(args.adapters)
-                   if os.path.isfile(os.path.join(args.adapters, d, "adapter_config.json")))
-    names = names[: args.rows]
-    if len(names) < args.rows:
-        print(f"hf_reference: only {len(names)} adapters under {args.adapters}", file=sys.stderr)
+    try:
+        pm, names = load_peft(args.model, args.adapters, args.rows, device, torch.float32)
+    except ValueError as e:
+        print(f"hf_reference: {e}", file=sys.stderr)
         return 2
-    pm = PeftModel.from_pretrained(model, os.path.join(args.adapters, names[0]),
-                                   adapter_name=names[0])
-    for n in names[1:]:
-        pm.load_adapter(os.path.join(args.adapters, n), adapter_name=n)
-    pm = pm.to(device=device, dtype=torch.float32).eval()
-    vocab = model.config.vocab_size
+    vocab = pm.config.vocab_size
     row_adapters = ["__base__"] + names
     ps = prompts(len(row_adapters), vocab, args.seed)
     rows = []
