@@ -91,7 +91,7 @@ cp scripts/gpu-check.sh "$stage/scripts/"
 cp scripts/gpu/*.py "$stage/scripts/gpu/"
 
 python3 - "$stage" "$FEATURES" <<'EOF'
-import json, os, subprocess, sys
+import json, os, re, subprocess, sys
 stage, features = sys.argv[1], sys.argv[2]
 def rev():
     try:
@@ -99,15 +99,30 @@ def rev():
                               text=True, check=True).stdout.strip()
     except Exception:
         return None
+def glibc_needed():
+    """The newest GLIBC_x.y symbol version the binaries need (the GPU machine's glibc must be it
+    or newer), or None without objdump."""
+    best = None
+    for d in ("bin", "lib"):
+        for f in os.listdir(os.path.join(stage, d)):
+            try:
+                out = subprocess.run(["objdump", "-T", os.path.join(stage, d, f)],
+                                     capture_output=True, text=True, check=True).stdout
+            except Exception:
+                return None
+            for v in re.findall(r"GLIBC_(\d+(?:\.\d+)*)", out):
+                t = tuple(int(x) for x in v.split("."))
+                best = max(best or t, t)
+    return ".".join(map(str, best)) if best else None
 files = {}
 for d, _, fs in os.walk(stage):
     for f in fs:
         p = os.path.join(d, f)
         files[os.path.relpath(p, stage)] = os.path.getsize(p)
 json.dump({"git": rev(), "features": features.split(",") if features else [],
-           "cuda": "cuda" in features.split(","), "tests": sorted(
+           "cuda_feature": "cuda" in features.split(","), "binaries": sorted(
                os.listdir(os.path.join(stage, "bin"))),
-           "bytes": sum(files.values()), "files": len(files)},
+           "glibc_needed": glibc_needed(), "bytes": sum(files.values()), "files": len(files)},
           open(os.path.join(stage, "manifest.json"), "w"), indent=1)
 EOF
 

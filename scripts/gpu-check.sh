@@ -10,8 +10,8 @@
 # Phases, in order, each bounded by `timeout` (its own limit, and never past the overall
 # --budget seconds, default 540 = 9 minutes; a phase left with under 5 s is recorded as
 # skipped):
-#   env        nvidia-smi, python package versions, libloraplex.so loads (ctypes)
 #   unpack     the bundle into WORK/bundle
+#   env        nvidia-smi, nvcc, glibc, python package versions, libloraplex.so loads (ctypes)
 #   ops        bin/device_ops with LORAPLEX_TEST_DEVICE=DEVICE (every Backend op vs reference)
 #   engine-*   bin/{device_engine,reference_models,reference_adapters,lora_model,engine} on
 #              DEVICE: tiny-llama vs transformers/PEFT (every adapter variant and format, the
@@ -267,6 +267,11 @@ try:
     env["nvcc"] = q.stdout.strip().splitlines()[-1] if q.stdout else q.stderr.strip()
 except Exception as e:
     env["nvcc"] = f"error: {e}"
+try:
+    import platform
+    env["glibc"] = "-".join(platform.libc_ver())
+except Exception as e:
+    env["glibc"] = f"error: {e}"
 for m in ("torch", "transformers", "peft", "safetensors", "numpy"):
     try:
         env[m] = __import__(m).__version__
