@@ -14,7 +14,7 @@
 //!   bf16 (round to nearest even: the device's conversion) and both see the same cache; the
 //!   difference is the softmax's f32 arithmetic: `2e-6 · sqrt(head_dim) · (1 + ctx/1024)`.
 //! - lora: `TOL_ULPS · eps · (in/8 + r + 8) · mag`, `mag` the sum of absolute terms (as
-//!   tests/lora_ops.rs).
+//!   tests/lora_ops.rs; ×2 on a CUDA device, whose shrink sums in a tree of partial sums).
 //! - norms, rope, silu: a few f32 ulps of the value (`1e-6 · (1 + |v|)`, ×4 on a device with its
 //!   own transcendental functions); add, add_bias, gather, embedding: exact.
 
