@@ -133,3 +133,10 @@ manifests:
 cuda-check:
 	bash scripts/check-kernels.sh
 	bash scripts/emu-kernels.sh
+
+# The bundle scripts/gpu-check.sh runs on a GPU machine (test binaries, gpu_bench and
+# libloraplex.so built with --features cuda, stripped, plus the tiny-llama fixtures):
+# gpu-bundle/loraplex-gpu-bundle.tar.xz, at most 64 MiB. See scripts/gpu-bundle.sh.
+.PHONY: gpu-bundle
+gpu-bundle:
+	bash scripts/gpu-bundle.sh

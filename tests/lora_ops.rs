@@ -6,13 +6,16 @@
 //! For an output the bound is `TOL_ULPS · f32::EPSILON · (in/8 + r + 8) · mag`, where
 //! `mag = |y0| + |s| · Σ_k |B[o,k]| · Σ_i |A[k,i] x_i|` is the sum of absolute terms.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::lora::{random_adapter, view, OwnedAdapter};
 use loraplex::backend::cpu::CpuBackend;
 use loraplex::backend::reference::ReferenceBackend;
 use loraplex::backend::{
-    Backend, LoraArgs, LoraBatch, LoraLane, LoraSlotData, LoraStackGeometry, LoraTarget,
-    LoraWeights, View, ViewMut,
+    Backend, LoraArgs, LoraBatch, LoraLane, LoraSlotData, LoraStackGeometry, LoraTarget, View,
+    ViewMut,
 };
 use loraplex::error::ErrorCode;
 use rand::{Rng, SeedableRng};
@@ -27,46 +30,6 @@ fn pool(n: usize) -> Arc<rayon::ThreadPool> {
             .build()
             .unwrap(),
     )
-}
-
-/// An owned module: (rank, A [r, in], B [out, r], scale).
-type OwnedModule = (usize, Vec<f32>, Vec<f32>, f32);
-/// An owned adapter: `[layer][target]`.
-type OwnedAdapter = Vec<[Option<OwnedModule>; 7]>;
-
-/// A random adapter: `rank_of(layer, target)` gives the rank (None = module absent).
-fn random_adapter(
-    geom: &LoraStackGeometry,
-    rng: &mut ChaCha8Rng,
-    rank_of: impl Fn(usize, LoraTarget) -> Option<usize>,
-) -> OwnedAdapter {
-    (0..geom.num_layers)
-        .map(|l| {
-            std::array::from_fn(|ti| {
-                let t = LoraTarget::ALL[ti];
-                let r = rank_of(l, t)?;
-                let (i, o) = geom.dims[ti];
-                let a = (0..r * i).map(|_| rng.gen_range(-0.5f32..0.5)).collect();
-                let b = (0..o * r).map(|_| rng.gen_range(-0.5f32..0.5)).collect();
-                Some((r, a, b, rng.gen_range(0.25f32..2.0)))
-            })
-        })
-        .collect()
-}
-
-fn view(a: &OwnedAdapter) -> Vec<[Option<LoraWeights<'_>>; 7]> {
-    a.iter()
-        .map(|mods| {
-            std::array::from_fn(|ti| {
-                mods[ti].as_ref().map(|(r, a, b, s)| LoraWeights {
-                    rank: *r,
-                    a,
-                    b,
-                    scale: *s,
-                })
-            })
-        })
-        .collect()
 }
 
 fn load<B: Backend>(be: &B, stack: &mut B::LoraStack, slot: usize, a: &OwnedAdapter) {

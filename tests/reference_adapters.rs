@@ -2,7 +2,9 @@
 //! variant (HF safetensors/.bin, rsLoRA, rank/alpha patterns, rank 64) and every NeMo/TRT-LLM
 //! format fixture, plus SmolLM2 with hf-qv-r16-bin, must reproduce PEFT's last-position logits
 //! within 3e-4 x std and its greedy tokens; the reference mixed batch (8 rows over base and all
-//! adapters) runs concurrently and must equal PEFT's rows.
+//! adapters) runs concurrently and must equal PEFT's rows. The engine runs on
+//! `LORAPLEX_TEST_DEVICE` (default cpu; on cuda the bf16-KV bound applies, see
+//! `common::device_rel_tol`).
 
 mod common;
 
@@ -27,6 +29,7 @@ fn greedy() -> SamplingParams {
 fn engine(model: &Path, peft: &[PathBuf]) -> Engine {
     let mut cfg = EngineConfig::new(model);
     cfg.threads = 2;
+    cfg.device = common::test_device();
     cfg.peft_source = peft.to_vec();
     cfg.max_lora_rank = 64;
     cfg.max_gpu_loras = 8;
@@ -37,6 +40,7 @@ fn engine(model: &Path, peft: &[PathBuf]) -> Engine {
 /// Runs every variant of `reference` except the base (all prompts of all variants submitted at
 /// once, so adapters share batches) and compares. Returns failures.
 fn check_variants(e: &Engine, reference: &Path, rel_tol: f32) -> Vec<String> {
+    let rel_tol = common::device_rel_tol(rel_tol);
     let refj: Value = serde_json::from_str(&std::fs::read_to_string(reference).unwrap()).unwrap();
     let prompts = refj["prompts"].as_array().unwrap();
     let variants = refj["variants"].as_object().unwrap();
@@ -143,7 +147,7 @@ fn tiny_llama_hf_adapters_and_mixed_batch_match_peft() {
             &o.token_ids,
             &common::token_ids(&r["new_token_ids"]),
             &margins,
-            1e-4,
+            common::device_rel_tol(1e-4),
         ) {
             failures.push(format!("mixed row {} ({adapter}): {m}", r["row"]));
         }

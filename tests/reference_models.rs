@@ -4,6 +4,8 @@
 //! reference margin is below that tolerance); SmolLM2-135M-Instruct (GGUF, computed on its
 //! Q4_1/Q8_0 blocks) within the activation-quantization bound of tests/quant_model.rs.
 //! Weights stored in bf16 or quantized at load (q8_0, q4_k) get looser, measured tolerances.
+//! The engine runs on `LORAPLEX_TEST_DEVICE` (default cpu; on cuda the bf16-KV bound applies,
+//! see `common::device_rel_tol`).
 
 mod common;
 
@@ -28,7 +30,9 @@ fn check(model: &Path, reference: &Path, format: WeightFormat, rel_tol: f32) {
     .unwrap();
     let mut cfg = EngineConfig::new(model);
     cfg.threads = 2;
+    cfg.device = common::test_device();
     cfg.weight_format = format;
+    let rel_tol = common::device_rel_tol(rel_tol);
     let engine = Engine::new(cfg).unwrap();
     let prompts = refj["prompts"].as_array().unwrap();
     let results = refj["variants"]["__base__"]["results"].as_array().unwrap();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod c_errors;
+pub mod lora;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,39 @@ pub fn shared_dir() -> Option<PathBuf> {
             "{} (fixtures and references) is absent; set LORAPLEX_SHARED",
             p.join("reference").display()
         ))
+    }
+}
+
+/// The device the device-generic conformance tests run on: env `LORAPLEX_TEST_DEVICE`
+/// (`"cpu"` when unset or empty), a `loraplex::backend::select` device string (`"cuda:0"` on a GPU
+/// machine, see scripts/gpu-check.sh).
+pub fn test_device() -> String {
+    std::env::var("LORAPLEX_TEST_DEVICE")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "cpu".into())
+}
+
+/// True when [`test_device`] is a CUDA device, whose backend keeps the KV cache (and weights of
+/// format BF16) in bf16.
+pub fn device_is_cuda() -> bool {
+    test_device().starts_with("cuda")
+}
+
+/// The logits tolerance (in units of the row's std) where the device stores activations in bf16:
+/// a CUDA backend keeps K and V in bf16, so every attention input carries a relative rounding
+/// error of up to 2^-9 per element. Through the layers of the tiny models that moves the logits
+/// by a few bf16 ulps of their spread; `BF16_REL_TOL` = 5 · 2^-8 ≈ 2e-2 × std is that bound (a
+/// wrong kernel moves logits by ~1 × std, so it still fails by orders of magnitude).
+pub const BF16_REL_TOL: f32 = 5.0 / 256.0;
+
+/// The tolerance for a logits comparison on [`test_device`]: `cpu_tol` unchanged on the CPU,
+/// at least [`BF16_REL_TOL`] on a CUDA device (bf16 KV cache).
+pub fn device_rel_tol(cpu_tol: f32) -> f32 {
+    if device_is_cuda() {
+        cpu_tol.max(BF16_REL_TOL)
+    } else {
+        cpu_tol
     }
 }
 
@@ -194,8 +228,8 @@ pub fn idle_stats(engine: &loraplex::engine::Engine) -> loraplex::engine::Engine
     }
 }
 
-/// An engine (2 threads) on the default tiny model written to `dir`, its config adjusted by
-/// `tweak`.
+/// An engine (2 threads, on [`test_device`]) on the default tiny model written to `dir`, its
+/// config adjusted by `tweak`.
 pub fn tiny_engine(
     dir: &Path,
     tweak: impl FnOnce(&mut loraplex::config::EngineConfig),
@@ -203,6 +237,7 @@ pub fn tiny_engine(
     write_tiny_model(dir, TinySpec::default());
     let mut cfg = loraplex::config::EngineConfig::new(dir);
     cfg.threads = 2;
+    cfg.device = test_device();
     tweak(&mut cfg);
     loraplex::engine::Engine::new(cfg).unwrap()
 }
