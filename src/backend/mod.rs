@@ -13,6 +13,8 @@
 //! pool internally. Backends know nothing of requests or adapter names.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod kv_store;
 pub mod lora;
 pub mod lora_arena;
