@@ -35,6 +35,7 @@ macro_rules! kernels {
         }
 
         /// The exported names of every kernel the backend launches.
+        #[cfg(test)]
         pub(crate) const KERNEL_NAMES: &[&str] = &[$($name),*];
 
         impl Kernels {
@@ -81,8 +82,8 @@ pub(crate) struct Device {
     pub stream: Arc<CudaStream>,
     /// The stream adapter uploads run on.
     pub copy_stream: Arc<CudaStream>,
-    /// Every kernel.
-    pub kernels: Kernels,
+    /// Every kernel (boxed: seventeen handles).
+    pub kernels: Box<Kernels>,
 }
 
 /// A driver error as a DEVICE error naming the device and what was being done.
@@ -198,7 +199,7 @@ impl Device {
             ctx,
             stream,
             copy_stream,
-            kernels,
+            kernels: Box::new(kernels),
         })
     }
 

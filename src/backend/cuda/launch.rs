@@ -5,6 +5,9 @@ use super::buffer::CudaBuf;
 use crate::backend::view::layout_fits;
 use crate::backend::{View, ViewMut};
 
+/// A grid or block: `(x, y, z)`.
+pub(crate) type Dim3 = (u32, u32, u32);
+
 /// The largest grid `y` / `z` dimension.
 const MAX_GRID_YZ: usize = 65535;
 
@@ -25,7 +28,7 @@ pub(crate) fn long(v: usize) -> Option<i64> {
 
 /// A grid, when every dimension is within the device limits (`x < 2^31`, `y, z <= 65535`) and
 /// none is zero.
-pub(crate) fn grid(x: usize, y: usize, z: usize) -> Option<(u32, u32, u32)> {
+pub(crate) fn grid(x: usize, y: usize, z: usize) -> Option<Dim3> {
     let ok = (1..=i32::MAX as usize).contains(&x)
         && (1..=MAX_GRID_YZ).contains(&y)
         && (1..=MAX_GRID_YZ).contains(&z);
@@ -33,7 +36,7 @@ pub(crate) fn grid(x: usize, y: usize, z: usize) -> Option<(u32, u32, u32)> {
 }
 
 /// The grid of the grid-stride kernels (`lpx_add`, `lpx_fill_f32`): `min(ceil(n/256), 65535)`.
-pub(crate) fn stride_grid(n: usize) -> Option<(u32, u32, u32)> {
+pub(crate) fn stride_grid(n: usize) -> Option<Dim3> {
     grid(ceil(n, 256).clamp(1, MAX_GRID_YZ), 1, 1)
 }
 

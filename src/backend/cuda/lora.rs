@@ -45,7 +45,7 @@ impl CudaBackend {
             return;
         };
         let mut guard = self.scratch.lock();
-        let Scratch { meta, lora_h } = &mut *guard;
+        let Scratch { meta, lora_h } = &mut **guard;
         for (slots, scales) in a.batch.lanes() {
             let seg = build_segments(
                 slots,

@@ -310,7 +310,7 @@ mod tests {
         assert_eq!(module_offset(&g, 0, 1, 0), per_layer);
         assert_eq!(
             module_offset(&g, 2, 1, 3),
-            2 * g.slot_elems() + per_layer + 52 * 4
+            2 * g.slot_elems() + per_layer + (16 + 10 + 10) * 4
         );
     }
 

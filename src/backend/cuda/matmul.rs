@@ -4,7 +4,7 @@
 
 use cudarc::driver::PushKernelArg;
 
-use super::launch::{ceil, grid, int};
+use super::launch::{ceil, grid, int, Dim3};
 use super::weight::WeightData;
 use super::{CudaBackend, CudaBuf, CudaWeight};
 use crate::backend::reference::matmul_shapes_ok;
@@ -13,11 +13,7 @@ use crate::backend::reference::matmul_shapes_ok;
 pub(crate) const GEMV_MAX_ROWS: usize = 8;
 
 /// The kernel `matmul` launches for `rows` rows of a weight of this kind, its grid and block.
-pub(crate) fn plan(
-    bf16: bool,
-    rows: usize,
-    out: usize,
-) -> (&'static str, Option<(u32, u32, u32)>, (u32, u32, u32)) {
+pub(crate) fn plan(bf16: bool, rows: usize, out: usize) -> (&'static str, Option<Dim3>, Dim3) {
     if !bf16 {
         (
             "gemm_f32",

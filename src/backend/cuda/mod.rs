@@ -60,7 +60,7 @@ pub struct CudaBackend {
     dev: Device,
     /// `"cuda:N"`.
     label: String,
-    scratch: Mutex<Scratch>,
+    scratch: Mutex<Box<Scratch>>,
     /// The first failed launch or driver call of an op (sticky).
     fault: Mutex<Option<Error>>,
 }
@@ -74,7 +74,7 @@ impl CudaBackend {
         Ok(Self {
             label: format!("cuda:{ordinal}"),
             dev,
-            scratch: Mutex::new(Scratch::default()),
+            scratch: Mutex::new(Box::default()),
             fault: Mutex::new(None),
         })
     }
@@ -352,7 +352,11 @@ mod tests {
     /// missing, never a panic. On a machine where device 0 opens, the backend names itself.
     #[test]
     fn open_without_a_driver_is_a_device_error_naming_what_is_missing() {
-        match CudaBackend::open(0) {
+        let opened = CudaBackend::open(0);
+        if let Err(e) = &opened {
+            eprintln!("cuda:0 does not open here: {}", e.message());
+        }
+        match opened {
             Ok(b) => assert_eq!(b.name(), "cuda:0"),
             Err(e) => {
                 assert_eq!(e.code(), ErrorCode::Device, "{}", e.message());
