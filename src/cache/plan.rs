@@ -112,6 +112,19 @@ impl DeviceMemory {
         kv_elem_bytes: F32_BYTES,
         free_bytes: None,
     };
+
+    /// The device named by `device` as the capacity planner sees it without opening it: a
+    /// `cuda:N` device keeps a bf16 KV cache (its free memory is unknown, so the planner's
+    /// automatic KV cache is the host default); anything else is [`DeviceMemory::HOST`].
+    pub fn planned(device: &str) -> Self {
+        match crate::backend::select::Device::parse(device) {
+            Ok(crate::backend::select::Device::Cuda(_)) => Self {
+                kv_elem_bytes: 2,
+                free_bytes: None,
+            },
+            _ => Self::HOST,
+        }
+    }
 }
 
 /// How the engine is sized: the plan and the geometries it allocates from.
@@ -571,5 +584,7 @@ mod tests {
         c2.kv_cache_bytes = 5 * block2 + 7;
         let s = MemoryPlan::size_on(&c2, &m, len(100), 5000, dev).unwrap();
         assert_eq!(s.kv.num_blocks, 5);
+        assert_eq!(DeviceMemory::planned("cpu"), DeviceMemory::HOST);
+        assert_eq!(DeviceMemory::planned("cuda:1").kv_elem_bytes, 2);
     }
 }
