@@ -15,7 +15,9 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaStream, DriverError};
+use cudarc::driver::{
+    result, sys, CudaContext, CudaFunction, CudaStream, DriverError, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
@@ -192,7 +194,7 @@ impl Device {
                     ))
                 })
         })?;
-        Ok(Self {
+        let opened = Self {
             ordinal,
             name,
             cc,
@@ -200,7 +202,41 @@ impl Device {
             stream,
             copy_stream,
             kernels: Box::new(kernels),
-        })
+        };
+        opened.smoke_test(dev)?;
+        Ok(opened)
+    }
+
+    /// Runs one kernel (`lpx_fill_f32` writing NaN into one value) and reads the value back:
+    /// the JIT-compiled kernels run and every driver entry point the ops use (allocation,
+    /// launch, copies, synchronization) resolves while opening is still guarded against a
+    /// panic.
+    fn smoke_test(&self, dev: &str) -> Result<()> {
+        let err = |e| driver_err(dev, "kernel smoke test", e);
+        let mut buf = self.stream.alloc_zeros::<f32>(1).map_err(err)?;
+        let (n, v) = (1i64, f32::NAN);
+        let mut b = self.stream.launch_builder(&self.kernels.fill_f32);
+        b.arg(&mut buf).arg(&n).arg(&v);
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: lpx_fill_f32(float* p, long long n, float v) with n = 1 over a 1-element
+        // allocation; block 256, grid 1 (kernels/README.md).
+        unsafe { b.launch(cfg) }.map_err(err)?;
+        let mut out = [0f32];
+        self.stream.memcpy_dtoh(&buf, &mut out).map_err(err)?;
+        let ev = self.stream.record_event(None).map_err(err)?;
+        self.copy_stream.wait(&ev).map_err(err)?;
+        self.stream.synchronize().map_err(err)?;
+        if !out[0].is_nan() {
+            return Err(Error::device(format!(
+                "device \"{dev}\": kernel smoke test: lpx_fill_f32 wrote {} instead of NaN",
+                out[0]
+            )));
+        }
+        Ok(())
     }
 
     /// `"sm_90"`: the architecture of the PTX loaded (sm_90 or sm_80), JIT-compiled for the
