@@ -135,7 +135,15 @@ impl Device {
                 version % 1000 / 10
             )));
         }
-        result::init().map_err(|e| driver_err(dev, "cuInit", e))?;
+        result::init().map_err(|e| {
+            if e.0 == sys::cudaError_enum::CUDA_ERROR_NO_DEVICE {
+                Error::device(format!(
+                    "device \"{dev}\" not found: the driver sees no CUDA device"
+                ))
+            } else {
+                driver_err(dev, "cuInit", e)
+            }
+        })?;
         let count =
             result::device::get_count().map_err(|e| driver_err(dev, "cuDeviceGetCount", e))?;
         if i64::from(ordinal) >= i64::from(count) {
