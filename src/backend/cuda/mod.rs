@@ -149,7 +149,7 @@ impl CudaBackend {
             return self.fail(
                 op,
                 Error::device(format!(
-                    "{}: launch grid over the device limits",
+                    "{}: launch grid over the device limits (more than 65535 rows in one step: lower max_batch_tokens)",
                     self.label
                 )),
             );
