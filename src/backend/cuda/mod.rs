@@ -24,8 +24,8 @@ mod launch;
 mod lora;
 mod lora_arena;
 mod matmul;
-pub mod sgmv;
-pub mod step_meta;
+mod sgmv;
+mod step_meta;
 mod weight;
 
 use cudarc::driver::{CudaSlice, DriverError, LaunchArgs, LaunchConfig};

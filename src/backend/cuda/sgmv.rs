@@ -53,11 +53,6 @@ impl Segments {
     pub fn is_empty(&self) -> bool {
         self.rank.is_empty()
     }
-
-    /// The largest rank of any segment (0 when empty).
-    pub fn max_rank(&self) -> usize {
-        self.rank.iter().map(|&r| r as usize).max().unwrap_or(0)
-    }
 }
 
 /// Groups the first `rows` rows of a lane by slot, in ascending slot order. A row is left out
@@ -122,7 +117,7 @@ mod tests {
         assert_eq!(s.b_off, vec![100, 1100, 2100]);
         assert_eq!(s.scale, vec![0.0, 0.5, 1.0]);
         assert_eq!(s.slot, vec![0, 1, 2]);
-        assert_eq!((s.len(), s.max_rank()), (3, 3));
+        assert_eq!(s.len(), 3);
     }
 
     #[test]
@@ -141,6 +136,5 @@ mod tests {
         let s = build_segments(&[-1, -1], 2, |s| Some(m(s)), |_| true);
         assert!(s.is_empty());
         assert!(s.start.is_empty() && s.rows.is_empty());
-        assert_eq!(s.max_rank(), 0);
     }
 }
