@@ -109,6 +109,10 @@ impl Error {
     pub fn unsupported(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unsupported, message)
     }
+    /// `DEVICE`: the accelerator or its driver failed or is missing (the message names which).
+    pub fn device(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Device, message)
+    }
     /// `INTERNAL`.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)

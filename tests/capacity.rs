@@ -374,6 +374,17 @@ fn bad_input_names_the_field() {
     assert!(e.message().contains("/nonexistent/model.gguf"), "{e}");
     let mut cuda = cfg.clone();
     cuda.device = "cuda:0".into();
-    let e = plan_capacity(&cuda, &Workload::default()).unwrap_err();
-    assert_eq!(e.code(), ErrorCode::Unsupported, "{e}");
+    #[cfg(not(feature = "cuda"))]
+    {
+        let e = plan_capacity(&cuda, &Workload::default()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Unsupported, "{e}");
+    }
+    // With the CUDA backend compiled in, a dense model plans on cuda:N with a bf16 KV cache
+    // (half the bytes per block of the cpu plan).
+    #[cfg(feature = "cuda")]
+    {
+        let on_gpu = plan_capacity(&cuda, &Workload::default()).unwrap();
+        let on_cpu = plan_capacity(&cfg, &Workload::default()).unwrap();
+        assert_eq!(on_gpu.kv.block_bytes * 2, on_cpu.kv.block_bytes);
+    }
 }

@@ -339,7 +339,15 @@ fn bad_models_give_named_errors() {
     assert!(e.message().contains("max_num_seqs"), "{}", e.message());
     let mut c = EngineConfig::new(&m);
     c.device = "cuda:0".into();
+    #[cfg(not(feature = "cuda"))]
     assert_eq!(Engine::new(c).err().unwrap().code(), ErrorCode::Unsupported);
+    // With the CUDA backend compiled in: a DEVICE error where no driver or device is found
+    // (this test does not need a GPU; where one is, the engine may start).
+    #[cfg(feature = "cuda")]
+    if let Err(e) = Engine::new(c) {
+        assert_eq!(e.code(), ErrorCode::Device, "{}", e.message());
+        assert!(e.message().contains("cuda:0"), "{}", e.message());
+    }
 }
 
 #[test]

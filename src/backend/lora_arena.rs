@@ -75,46 +75,7 @@ impl HostLoraArena {
 
     /// Stores an adapter in `slot`; validated completely before anything is written.
     pub fn load_slot(&mut self, slot: usize, layers: &LoraSlotData<'_>) -> Result<()> {
-        let g = self.geom;
-        if slot >= g.num_slots {
-            return Err(Error::internal(format!(
-                "adapter slot {slot} out of range ({} slots)",
-                g.num_slots
-            )));
-        }
-        if layers.len() != g.num_layers {
-            return Err(Error::invalid_adapter(format!(
-                "adapter has {} layers, the model has {}",
-                layers.len(),
-                g.num_layers
-            )));
-        }
-        for (l, mods) in layers.iter().enumerate() {
-            for t in LoraTarget::ALL {
-                let Some(m) = &mods[t.index()] else { continue };
-                let (i, o) = g.dims[t.index()];
-                if m.rank == 0 || m.rank > g.max_rank {
-                    return Err(Error::invalid_adapter(format!(
-                        "layer {l} {}: rank {} is outside 1..={}",
-                        t.hf_name(),
-                        m.rank,
-                        g.max_rank
-                    )));
-                }
-                if m.a.len() != m.rank * i || m.b.len() != o * m.rank {
-                    return Err(Error::invalid_adapter(format!(
-                        "layer {l} {}: A has {} values and B {} (expected {}x{} and {}x{})",
-                        t.hf_name(),
-                        m.a.len(),
-                        m.b.len(),
-                        m.rank,
-                        i,
-                        o,
-                        m.rank
-                    )));
-                }
-            }
-        }
+        validate_slot(&self.geom, slot, layers)?;
         self.clear_slot(slot);
         let mut off = slot * self.slot_elems;
         for (l, mods) in layers.iter().enumerate() {
@@ -167,4 +128,56 @@ impl HostLoraArena {
             b: self.data.get(e.b_off..e.b_off + o * e.rank)?,
         })
     }
+}
+
+/// Checks an adapter for `slot` of an arena of geometry `g` (what
+/// [`super::Backend::lora_load_slot`] refuses): INTERNAL for a slot out of range,
+/// INVALID_ADAPTER for a layer count other than the geometry's, a rank outside `1..=max_rank`
+/// or an A/B length that does not match the rank and the target's dims (naming the layer and
+/// target). Shared by the host and device arenas.
+pub(crate) fn validate_slot(
+    g: &LoraStackGeometry,
+    slot: usize,
+    layers: &LoraSlotData<'_>,
+) -> Result<()> {
+    if slot >= g.num_slots {
+        return Err(Error::internal(format!(
+            "adapter slot {slot} out of range ({} slots)",
+            g.num_slots
+        )));
+    }
+    if layers.len() != g.num_layers {
+        return Err(Error::invalid_adapter(format!(
+            "adapter has {} layers, the model has {}",
+            layers.len(),
+            g.num_layers
+        )));
+    }
+    for (l, mods) in layers.iter().enumerate() {
+        for t in LoraTarget::ALL {
+            let Some(m) = &mods[t.index()] else { continue };
+            let (i, o) = g.dims[t.index()];
+            if m.rank == 0 || m.rank > g.max_rank {
+                return Err(Error::invalid_adapter(format!(
+                    "layer {l} {}: rank {} is outside 1..={}",
+                    t.hf_name(),
+                    m.rank,
+                    g.max_rank
+                )));
+            }
+            if m.a.len() != m.rank * i || m.b.len() != o * m.rank {
+                return Err(Error::invalid_adapter(format!(
+                    "layer {l} {}: A has {} values and B {} (expected {}x{} and {}x{})",
+                    t.hf_name(),
+                    m.a.len(),
+                    m.b.len(),
+                    m.rank,
+                    i,
+                    o,
+                    m.rank
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -13,6 +13,8 @@
 //! pool internally. Backends know nothing of requests or adapter names.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod kv_store;
 pub mod lora;
 pub mod lora_arena;
@@ -107,9 +109,14 @@ impl KvGeometry {
     pub fn layer_elems(&self) -> usize {
         self.num_blocks * self.block_size * self.num_kv_heads * self.head_dim
     }
-    /// Total bytes of K and V for all layers.
+    /// Total bytes of K and V for all layers (f32, as the host backends keep them).
     pub fn bytes(&self) -> usize {
-        2 * self.num_layers * self.layer_elems() * 4
+        self.bytes_at(4)
+    }
+    /// Total bytes of K and V for all layers at `elem_bytes` per value (2 for the CUDA
+    /// backend's bf16 cache).
+    pub fn bytes_at(&self, elem_bytes: usize) -> usize {
+        2 * self.num_layers * self.layer_elems() * elem_bytes
     }
 }
 

@@ -44,7 +44,13 @@ pub struct ViewMut<'a, B: ?Sized> {
 
 /// True when `rows` rows of `stride` elements fit in `len` and `col + width <= stride`
 /// (checked arithmetic: an overflowing layout does not fit).
-fn layout_fits(len: usize, rows: usize, stride: usize, col: usize, width: usize) -> bool {
+pub(crate) fn layout_fits(
+    len: usize,
+    rows: usize,
+    stride: usize,
+    col: usize,
+    width: usize,
+) -> bool {
     matches!(col.checked_add(width), Some(e) if e <= stride)
         && matches!(rows.checked_mul(stride), Some(n) if n <= len)
 }

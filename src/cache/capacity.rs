@@ -14,7 +14,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::plan::{ModelLen, ModelLenBound, Sizing};
+use super::plan::{DeviceMemory, ModelLen, ModelLenBound, Sizing};
 use super::MemoryPlan;
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
@@ -322,9 +322,10 @@ pub fn plan_capacity(cfg: &EngineConfig, workload: &Workload) -> Result<Capacity
         .map_err(|e| e.context(planned.model.display()))?;
     let model = &header.config;
     let len = ModelLen::resolve(planned.max_model_len, model)?;
-    let block_bytes = MemoryPlan::one_kv_block(&planned, model).bytes();
+    let dev = DeviceMemory::planned(&planned.device);
+    let block_bytes = MemoryPlan::one_kv_block(&planned, model).bytes_at(dev.kv_elem_bytes);
     let blocks_needed = MemoryPlan::blocks_for_sequences(&planned, len.tokens);
-    let required = MemoryPlan::size(
+    let required = MemoryPlan::size_on(
         &EngineConfig {
             memory_budget_bytes: 0,
             kv_cache_bytes: blocks_needed.max(1).saturating_mul(block_bytes),
@@ -333,9 +334,10 @@ pub fn plan_capacity(cfg: &EngineConfig, workload: &Workload) -> Result<Capacity
         model,
         len,
         weights,
+        dev,
     )?
     .plan;
-    let sized = MemoryPlan::size(&planned, model, len, weights);
+    let sized = MemoryPlan::size_on(&planned, model, len, weights, dev);
     let blocks = sized.as_ref().map_or(0, |s| s.kv.num_blocks);
     let reason = assess(&planned, model, weights).err().map(|(_, why)| why);
     let memory = sized.ok().map(|s| s.plan);
@@ -390,7 +392,7 @@ fn assess(
 ) -> std::result::Result<Sizing, Misfit> {
     let len = ModelLen::resolve(cfg.max_model_len, model)
         .map_err(|e| (KnobBound::MaxPositionEmbeddings, e.message().to_string()))?;
-    let s = MemoryPlan::size(cfg, model, len, weights)
+    let s = MemoryPlan::size_on(cfg, model, len, weights, DeviceMemory::planned(&cfg.device))
         .map_err(|e| (KnobBound::MemoryBudget, e.message().to_string()))?;
     let needed = MemoryPlan::blocks_for_sequences(cfg, len.tokens);
     if s.kv.num_blocks < needed {

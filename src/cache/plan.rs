@@ -91,12 +91,49 @@ impl ModelLen {
     }
 }
 
+/// The least device memory kept free for what the plan does not count (the driver's and the
+/// kernels' own allocations, fragmentation) when the KV cache is sized from free memory.
+pub const DEVICE_MARGIN_MIN_BYTES: usize = 512 << 20;
+
+/// What the memory plan needs to know of the device the engine runs on
+/// ([`crate::backend::DeviceBackend::device_memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Bytes of one cached K or V value: 4 (f32, host backends) or 2 (bf16, CUDA).
+    pub kv_elem_bytes: usize,
+    /// For a device with its own memory: its free bytes after the weights were loaded (the
+    /// automatic KV cache is sized from it); `None` for host memory.
+    pub free_bytes: Option<usize>,
+}
+
+impl DeviceMemory {
+    /// The host backends: an f32 KV cache in host memory.
+    pub const HOST: Self = Self {
+        kv_elem_bytes: F32_BYTES,
+        free_bytes: None,
+    };
+
+    /// The device named by `device` as the capacity planner sees it without opening it: a
+    /// `cuda:N` device keeps a bf16 KV cache (its free memory is unknown, so the planner's
+    /// automatic KV cache is the host default); anything else is [`DeviceMemory::HOST`].
+    pub fn planned(device: &str) -> Self {
+        match crate::backend::select::Device::parse(device) {
+            Ok(crate::backend::select::Device::Cuda(_)) => Self {
+                kv_elem_bytes: 2,
+                free_bytes: None,
+            },
+            _ => Self::HOST,
+        }
+    }
+}
+
 /// How the engine is sized: the plan and the geometries it allocates from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sizing {
     /// Bytes per component.
     pub plan: MemoryPlan,
-    /// The KV cache to allocate (`plan.kv_cache_bytes == kv.bytes()`).
+    /// The KV cache to allocate (`plan.kv_cache_bytes == kv.bytes_at(kv_elem_bytes)`, `bytes()`
+    /// on the host backends).
     pub kv: KvGeometry,
     /// The device adapter arena to allocate (`max_gpu_loras` slots at `max_lora_rank`).
     pub lora: LoraStackGeometry,
@@ -118,6 +155,23 @@ impl MemoryPlan {
         model: &ModelConfig,
         len: ModelLen,
         weights_bytes: usize,
+    ) -> Result<Sizing> {
+        Self::size_on(cfg, model, len, weights_bytes, DeviceMemory::HOST)
+    }
+
+    /// [`MemoryPlan::size`] for an engine on a device described by `dev`: the KV cache is
+    /// planned at `dev.kv_elem_bytes` per value, and for a device with its own memory
+    /// (`dev.free_bytes`) the automatic KV cache (no `kv_cache_bytes`, no budget) is what the
+    /// free memory leaves after the device adapter arena, the activations and a margin
+    /// (the larger of [`DEVICE_MARGIN_MIN_BYTES`] and 5% of the free memory), capped at what
+    /// `max_num_seqs` sequences of `len` tokens can use. Errors as [`MemoryPlan::size`], and
+    /// DEVICE when the free memory does not leave one KV block (naming every part).
+    pub fn size_on(
+        cfg: &EngineConfig,
+        model: &ModelConfig,
+        len: ModelLen,
+        weights_bytes: usize,
+        dev: DeviceMemory,
     ) -> Result<Sizing> {
         let shape = ModelShape::of(model, crate::tensor::DType::F32);
         let lora = LoraStackGeometry {
@@ -149,12 +203,15 @@ impl MemoryPlan {
             kv_cache_bytes: 0,
         };
         let block = Self::one_kv_block(cfg, model);
-        let block_bytes = block.bytes();
+        let block_bytes = block.bytes_at(dev.kv_elem_bytes);
         let budget = cfg.memory_budget_bytes;
         let kv_bytes = if cfg.kv_cache_bytes > 0 {
             cfg.kv_cache_bytes
         } else if budget > 0 {
             budget.saturating_sub(plan.total())
+        } else if let Some(free) = dev.free_bytes {
+            let wanted = Self::blocks_for_sequences(cfg, len.tokens).saturating_mul(block_bytes);
+            Self::device_kv_bytes(free, &plan, block_bytes)?.min(wanted)
         } else {
             Self::blocks_for_sequences(cfg, len.tokens)
                 .saturating_mul(block_bytes)
@@ -165,7 +222,7 @@ impl MemoryPlan {
             num_blocks,
             ..block
         };
-        plan.kv_cache_bytes = kv.bytes();
+        plan.kv_cache_bytes = kv.bytes_at(dev.kv_elem_bytes);
         if budget > 0 && (num_blocks == 0 || plan.total() > budget) {
             return Err(Error::invalid_argument(format!(
                 "memory_budget_bytes {budget} is too small: weights {} + host adapter cache {} + \
@@ -185,6 +242,27 @@ impl MemoryPlan {
             )));
         }
         Ok(Sizing { plan, kv, lora })
+    }
+
+    /// The KV bytes `free` device bytes leave after the device adapter arena, the activations
+    /// and the margin (see [`MemoryPlan::size_on`]); DEVICE error when under one block.
+    fn device_kv_bytes(free: usize, plan: &MemoryPlan, block_bytes: usize) -> Result<usize> {
+        let margin = DEVICE_MARGIN_MIN_BYTES.max(free / 20);
+        let others = plan
+            .device_adapter_cache_bytes
+            .saturating_add(plan.activations_bytes)
+            .saturating_add(margin);
+        let kv = free.saturating_sub(others);
+        if kv < block_bytes {
+            return Err(Error::device(format!(
+                "the device has {free} bytes free after the weights: the device adapter cache \
+                 {} + activations {} + margin {margin} leave {kv} bytes for the KV cache, less \
+                 than one block of {block_bytes} (lower max_gpu_loras, max_lora_rank or \
+                 max_batch_tokens, or set kv_cache_bytes)",
+                plan.device_adapter_cache_bytes, plan.activations_bytes
+            )));
+        }
+        Ok(kv)
     }
 
     /// The KV geometry of one block of `cfg.kv_block_size` tokens of `model`.
@@ -460,5 +538,53 @@ mod tests {
             "{}",
             e.message()
         );
+    }
+
+    #[test]
+    fn a_device_plans_a_bf16_kv_cache_from_its_free_memory() {
+        let (m, c) = (model(None), cfg());
+        let host = MemoryPlan::size(&c, &m, len(100), 5000).unwrap();
+        assert_eq!(
+            MemoryPlan::size_on(&c, &m, len(100), 5000, DeviceMemory::HOST).unwrap(),
+            host
+        );
+        let block2 = MemoryPlan::one_kv_block(&c, &m).bytes_at(2);
+        let others = host.plan.device_adapter_cache_bytes + host.plan.activations_bytes;
+        // Little free memory: the KV cache is what the arena, activations and margin leave.
+        let free = others + DEVICE_MARGIN_MIN_BYTES + 3 * block2 + 1;
+        let dev = DeviceMemory {
+            kv_elem_bytes: 2,
+            free_bytes: Some(free),
+        };
+        let s = MemoryPlan::size_on(&c, &m, len(100), 5000, dev).unwrap();
+        assert_eq!(s.kv.num_blocks, 3);
+        assert_eq!(s.plan.kv_cache_bytes, 3 * block2);
+        assert_eq!(s.plan.kv_cache_bytes, s.kv.bytes_at(2));
+        // Plenty: capped at what max_num_seqs full sequences use, in bf16.
+        let big = DeviceMemory {
+            free_bytes: Some(1 << 40),
+            ..dev
+        };
+        let s = MemoryPlan::size_on(&c, &m, len(100), 5000, big).unwrap();
+        assert_eq!(s.kv.num_blocks, MemoryPlan::blocks_for_sequences(&c, 100));
+        // Too little: a DEVICE error naming the parts.
+        let tiny = DeviceMemory {
+            free_bytes: Some(others),
+            ..dev
+        };
+        let e = MemoryPlan::size_on(&c, &m, len(100), 5000, tiny).unwrap_err();
+        assert_eq!(e.code(), crate::error::ErrorCode::Device);
+        assert!(
+            e.message().contains("device adapter cache"),
+            "{}",
+            e.message()
+        );
+        // An explicit kv_cache_bytes is planned in bf16 blocks.
+        let mut c2 = c.clone();
+        c2.kv_cache_bytes = 5 * block2 + 7;
+        let s = MemoryPlan::size_on(&c2, &m, len(100), 5000, dev).unwrap();
+        assert_eq!(s.kv.num_blocks, 5);
+        assert_eq!(DeviceMemory::planned("cpu"), DeviceMemory::HOST);
+        assert_eq!(DeviceMemory::planned("cuda:1").kv_elem_bytes, 2);
     }
 }

@@ -158,7 +158,7 @@ impl Engine {
     /// model's `max_position_embeddings`, and a memory budget the parts
     /// exceed), IO / INVALID_MODEL / UNSUPPORTED for the model (every checkpoint tensor must be
     /// used, see [`crate::model::layout::account_tensors`]), UNSUPPORTED for `cuda:N` devices in a
-    /// build without CUDA.
+    /// build without CUDA, DEVICE for a CUDA device that cannot be opened or lacks the memory.
     pub fn new(cfg: EngineConfig) -> Result<Self> {
         cfg.validate()?;
         let backend = crate::backend::select(&cfg.device, cfg.threads)?;
@@ -180,7 +180,13 @@ impl Engine {
             plan,
             kv: geom,
             lora: lora_geom,
-        } = MemoryPlan::size(&cfg, &model_cfg, model_len, model.weight_bytes())?;
+        } = MemoryPlan::size_on(
+            &cfg,
+            &model_cfg,
+            model_len,
+            model.weight_bytes(),
+            backend.device_memory()?,
+        )?;
         let shape = ModelShape::of(&model_cfg, crate::tensor::DType::F32);
         let lora_stack = backend.alloc_lora_stack(lora_geom)?;
         let kv = backend.alloc_kv(geom)?;

@@ -111,9 +111,13 @@ impl<B: Backend> Llama<B> {
                 .collect::<Result<Vec<_>>>()?;
             let (parts, fmt) = weight_quant::prepare(parts, n_layers, format)?;
             let w = match parts.as_slice() {
-                [one] => backend.weight(one, fmt)?,
-                many => backend.fused_weight(&many.iter().collect::<Vec<_>>(), fmt)?,
-            };
+                [one] => backend.weight(one, fmt),
+                many => backend.fused_weight(&many.iter().collect::<Vec<_>>(), fmt),
+            }
+            .map_err(|e| {
+                let names: Vec<&str> = names.iter().map(|p| p.name.as_str()).collect();
+                e.context(names.join(" + "))
+            })?;
             weight_bytes += backend.weight_bytes(&w);
             Ok(w)
         };

@@ -1,0 +1,349 @@
+//! The device adapter arena: `num_slots` slots of f32 device memory, each reserving every layer
+//! and target at `max_rank` (DESIGN.md 1.1 "device cache"; kernels/README.md, lora.cu).
+//!
+//! Layout (slot-major, then layer, then target in [`LoraTarget::index`] order): module
+//! `(slot, layer, target)` starts at [`module_offset`], `(in + out) * max_rank` elements
+//! reserved for it; an adapter of rank `r` stores A `[r, in]` there and B `[out, r]` right
+//! after A (row stride `r`), so a module's bytes are rank-exact and contiguous.
+//!
+//! Uploads are asynchronous: [`CudaLoraArena::load_slot`] packs the adapter into pinned host
+//! staging memory and copies it on the arena's own copy stream, which first waits for the work
+//! already queued on the compute stream (a step may still read the slot's previous adapter);
+//! an event recorded after the copy is waited on by the compute stream before the next
+//! `lora_apply` that reads the slot, so the copy overlaps every step that does not use it. The
+//! staging memory is reused only after the previous copy from it completed.
+
+use std::sync::Arc;
+
+use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, DriverError, PinnedHostSlice};
+use parking_lot::Mutex;
+
+use super::device::driver_err;
+use super::sgmv::SegModule;
+use crate::backend::lora_arena::validate_slot;
+use crate::backend::{LoraSlotData, LoraStackGeometry, LoraTarget};
+use crate::error::{Error, Result};
+
+/// Rank and scale of a stored module (its offsets follow from the geometry).
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    rank: usize,
+    scale: f32,
+}
+
+/// f32 elements from the start of a slot to module `(layer, target)` (see the module docs).
+pub fn module_offset_in_slot(g: &LoraStackGeometry, layer: usize, target: usize) -> usize {
+    let reserve = |(i, o): (usize, usize)| (i + o) * g.max_rank;
+    let per_layer: usize = g.dims.iter().copied().map(reserve).sum();
+    layer * per_layer + g.dims[..target].iter().copied().map(reserve).sum::<usize>()
+}
+
+/// f32 elements from the start of the arena to module `(slot, layer, target)`.
+pub fn module_offset(g: &LoraStackGeometry, slot: usize, layer: usize, target: usize) -> usize {
+    slot * g.slot_elems() + module_offset_in_slot(g, layer, target)
+}
+
+/// The ranges of a slot (offset from the slot's start, length) an adapter's modules occupy,
+/// in order, adjacent ranges merged: what one upload copies.
+pub fn upload_runs(g: &LoraStackGeometry, layers: &LoraSlotData<'_>) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (l, mods) in layers.iter().enumerate() {
+        for t in LoraTarget::ALL {
+            let Some(m) = &mods[t.index()] else { continue };
+            let off = module_offset_in_slot(g, l, t.index());
+            let len = m.a.len() + m.b.len();
+            match runs.last_mut() {
+                Some((s, n)) if *s + *n == off => *n += len,
+                _ => runs.push((off, len)),
+            }
+        }
+    }
+    runs
+}
+
+/// The CUDA backend's adapter arena (see the module docs). Owned by the engine's worker; ops
+/// take it by shared reference, so the per-slot upload events sit behind a mutex.
+#[derive(Debug)]
+pub struct CudaLoraArena {
+    geom: LoraStackGeometry,
+    device: String,
+    data: CudaSlice<f32>,
+    /// `[slot][layer][target]`.
+    modules: Vec<Option<Stored>>,
+    staging: PinnedHostSlice<f32>,
+    /// Recorded on the copy stream after the last copy out of `staging`.
+    staging_free: Option<CudaEvent>,
+    /// Per slot: recorded after its last upload, until the compute stream waited on it.
+    ready: Mutex<Vec<Option<CudaEvent>>>,
+    compute: Arc<CudaStream>,
+    copy: Arc<CudaStream>,
+}
+
+impl Drop for CudaLoraArena {
+    fn drop(&mut self) {
+        // Copies out of the staging memory must end before it is freed.
+        let _ = self.copy.synchronize();
+    }
+}
+
+fn no_timing() -> Option<sys::CUevent_flags> {
+    Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+}
+
+impl CudaLoraArena {
+    /// Reserves every slot at `max_rank` (zeroed device memory) and one slot of pinned host
+    /// staging. Errors: INVALID_ARGUMENT for an empty or overflowing geometry, DEVICE when the
+    /// memory cannot be allocated.
+    pub(crate) fn new(
+        compute: &Arc<CudaStream>,
+        copy: &Arc<CudaStream>,
+        device: &str,
+        geom: LoraStackGeometry,
+    ) -> Result<Self> {
+        if geom.num_slots == 0 || geom.max_rank == 0 || geom.num_layers == 0 {
+            return Err(Error::invalid_argument(format!(
+                "adapter arena: slots ({}), max rank ({}) and layers ({}) must be > 0",
+                geom.num_slots, geom.max_rank, geom.num_layers
+            )));
+        }
+        let slot_elems = geom.slot_elems();
+        let total = slot_elems
+            .checked_mul(geom.num_slots)
+            .filter(|n| n.checked_mul(4).is_some())
+            .ok_or_else(|| Error::invalid_argument("adapter arena size overflows"))?;
+        let err = |what: &str| {
+            let what = what.to_string();
+            move |e: DriverError| driver_err(device, &what, e)
+        };
+        let data = compute
+            .alloc_zeros::<f32>(total)
+            .map_err(err(&format!("adapter arena ({} bytes)", total * 4)))?;
+        // SAFETY: the staging memory is zeroed through its raw pointer right below, before any
+        // slice of it is formed.
+        let mut staging = unsafe { compute.context().alloc_pinned::<f32>(slot_elems) }
+            .map_err(err("pinned adapter staging"))?;
+        let ptr = staging
+            .as_mut_ptr()
+            .map_err(err("pinned adapter staging"))?;
+        // SAFETY: `ptr` points to `slot_elems` f32 of pinned host memory owned by `staging`,
+        // which no copy uses yet; all-zero bytes are a valid f32.
+        unsafe { std::ptr::write_bytes(ptr, 0, slot_elems) };
+        Ok(Self {
+            geom,
+            device: device.to_string(),
+            data,
+            modules: vec![None; geom.num_slots * geom.num_layers * 7],
+            staging,
+            staging_free: None,
+            ready: Mutex::new((0..geom.num_slots).map(|_| None).collect()),
+            compute: compute.clone(),
+            copy: copy.clone(),
+        })
+    }
+
+    /// The geometry.
+    pub fn geometry(&self) -> LoraStackGeometry {
+        self.geom
+    }
+
+    /// Bytes of device memory reserved.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+
+    /// The arena's device memory.
+    pub(crate) fn data(&self) -> &CudaSlice<f32> {
+        &self.data
+    }
+
+    fn idx(&self, slot: usize, layer: usize, target: usize) -> usize {
+        (slot * self.geom.num_layers + layer) * 7 + target
+    }
+
+    /// Stores an adapter in `slot` (see the module docs); validated completely before anything
+    /// is written. Errors as [`crate::backend::Backend::lora_load_slot`], DEVICE for a failed
+    /// copy.
+    pub(crate) fn load_slot(&mut self, slot: usize, layers: &LoraSlotData<'_>) -> Result<()> {
+        validate_slot(&self.geom, slot, layers)?;
+        let g = self.geom;
+        let dev = self.device.clone();
+        let dev = dev.as_str();
+        let err = |what: &'static str| move |e: DriverError| driver_err(dev, what, e);
+        if let Some(ev) = self.staging_free.take() {
+            ev.synchronize().map_err(err("adapter staging wait"))?;
+        }
+        let staging = self
+            .staging
+            .as_mut_slice()
+            .map_err(err("adapter staging"))?;
+        for (l, mods) in layers.iter().enumerate() {
+            for t in LoraTarget::ALL {
+                let Some(m) = &mods[t.index()] else { continue };
+                let off = module_offset_in_slot(&g, l, t.index());
+                staging[off..off + m.a.len()].copy_from_slice(m.a);
+                staging[off + m.a.len()..off + m.a.len() + m.b.len()].copy_from_slice(m.b);
+            }
+        }
+        self.clear_slot(slot);
+        let queued = self
+            .compute
+            .record_event(no_timing())
+            .map_err(err("adapter upload ordering"))?;
+        self.copy
+            .wait(&queued)
+            .map_err(err("adapter upload ordering"))?;
+        let base = slot * g.slot_elems();
+        let staging = self.staging.as_slice().map_err(err("adapter staging"))?;
+        for (off, len) in upload_runs(&g, layers) {
+            let src = &staging[off..off + len];
+            let mut dst = self
+                .data
+                .try_slice_mut(base + off..base + off + len)
+                .ok_or_else(|| {
+                    Error::internal(format!("adapter slot {slot}: run outside the arena"))
+                })?;
+            self.copy
+                .memcpy_htod(src, &mut dst)
+                .map_err(err("adapter upload"))?;
+        }
+        let done = self
+            .copy
+            .record_event(no_timing())
+            .map_err(err("adapter upload"))?;
+        self.staging_free = Some(
+            self.copy
+                .record_event(no_timing())
+                .map_err(err("adapter upload"))?,
+        );
+        self.ready.lock()[slot] = Some(done);
+        for (l, mods) in layers.iter().enumerate() {
+            for t in LoraTarget::ALL {
+                if let Some(m) = &mods[t.index()] {
+                    let k = self.idx(slot, l, t.index());
+                    self.modules[k] = Some(Stored {
+                        rank: m.rank,
+                        scale: m.scale,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties `slot` (out-of-range slots are ignored).
+    pub(crate) fn clear_slot(&mut self, slot: usize) {
+        if slot >= self.geom.num_slots {
+            return;
+        }
+        let start = self.idx(slot, 0, 0);
+        let n = self.geom.num_layers * 7;
+        for m in &mut self.modules[start..start + n] {
+            *m = None;
+        }
+    }
+
+    /// The module stored for `(slot, layer, target)` as the SGMV kernels see it, if any.
+    pub(crate) fn module(
+        &self,
+        slot: usize,
+        layer: usize,
+        target: LoraTarget,
+    ) -> Option<SegModule> {
+        if slot >= self.geom.num_slots || layer >= self.geom.num_layers {
+            return None;
+        }
+        let m = self
+            .modules
+            .get(self.idx(slot, layer, target.index()))
+            .copied()
+            .flatten()?;
+        let a_off = module_offset(&self.geom, slot, layer, target.index());
+        Some(SegModule {
+            rank: m.rank,
+            scale: m.scale,
+            a_off,
+            b_off: a_off + m.rank * self.geom.dims[target.index()].0,
+        })
+    }
+
+    /// Makes the compute stream wait for the uploads of `slots` still pending (each waited on
+    /// once).
+    pub(crate) fn wait_ready(
+        &self,
+        slots: impl Iterator<Item = usize>,
+    ) -> std::result::Result<(), DriverError> {
+        let mut ready = self.ready.lock();
+        for s in slots {
+            if let Some(ev) = ready.get_mut(s).and_then(Option::take) {
+                self.compute.wait(&ev)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LoraWeights;
+
+    fn geom() -> LoraStackGeometry {
+        LoraStackGeometry {
+            num_slots: 3,
+            max_rank: 4,
+            num_layers: 2,
+            dims: [(8, 8), (8, 2), (8, 2), (8, 8), (8, 16), (8, 16), (16, 8)],
+        }
+    }
+
+    #[test]
+    fn modules_are_slot_major_then_layer_then_target_at_max_rank() {
+        let g = geom();
+        let per_layer = (16 + 10 + 10 + 16 + 24 + 24 + 24) * 4;
+        assert_eq!(g.slot_elems(), 2 * per_layer);
+        assert_eq!(module_offset(&g, 0, 0, 0), 0);
+        assert_eq!(module_offset(&g, 0, 0, 1), 16 * 4);
+        assert_eq!(
+            module_offset(&g, 0, 0, 6),
+            (16 + 10 + 10 + 16 + 24 + 24) * 4
+        );
+        assert_eq!(module_offset(&g, 0, 1, 0), per_layer);
+        assert_eq!(
+            module_offset(&g, 2, 1, 3),
+            2 * g.slot_elems() + per_layer + (16 + 10 + 10) * 4
+        );
+    }
+
+    #[test]
+    fn runs_are_rank_exact_and_merge_only_full_rank_neighbours() {
+        let g = geom();
+        let (a8, b8) = (vec![0.0; 4 * 8], vec![0.0; 8 * 4]);
+        let (a2, b2) = (vec![0.0; 2 * 8], vec![0.0; 2 * 2]);
+        let w = |rank, a: &'static [f32], b: &'static [f32]| {
+            Some(LoraWeights {
+                rank,
+                a,
+                b,
+                scale: 1.0,
+            })
+        };
+        let (a8, b8, a2, b2): (
+            &'static [f32],
+            &'static [f32],
+            &'static [f32],
+            &'static [f32],
+        ) = (a8.leak(), b8.leak(), a2.leak(), b2.leak());
+        // Layer 0: q at full rank 4 then k at rank 2 (adjacent: merged); layer 1: q only.
+        let mut layers = vec![[None; 7]; 2];
+        layers[0][0] = w(4, a8, b8);
+        layers[0][1] = w(2, a2, b2);
+        layers[1][0] = w(4, a8, b8);
+        let runs = upload_runs(&g, &layers);
+        let l1 = module_offset_in_slot(&g, 1, 0);
+        assert_eq!(runs, vec![(0, 64 + 20), (l1, 64)]);
+        // k at rank 2 leaves a gap before v: v starts a new run.
+        layers[0][2] = w(2, a2, b2);
+        let runs = upload_runs(&g, &layers);
+        assert_eq!(runs[1], (module_offset_in_slot(&g, 0, 2), 20));
+    }
+}
