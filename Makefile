@@ -133,6 +133,9 @@ manifests:
 cuda-check:
 	bash scripts/check-kernels.sh
 	bash scripts/emu-kernels.sh
+	$(CARGO) clippy --release --all-targets --features cuda -- -D warnings
+	$(CARGO) build --release --lib --features cuda
+	$(CARGO) test --release --features cuda --lib backend::cuda
 
 # The bundle scripts/gpu-check.sh runs on a GPU machine (test binaries, gpu_bench and
 # libloraplex.so built with --features cuda, stripped, plus the tiny-llama fixtures):
