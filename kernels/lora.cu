@@ -1,0 +1,144 @@
+// lora.cu: the LoRA delta of the `cuda` backend as Punica/S-LoRA-style segmented gather matmuls
+// (SGMV), f32: for the rows of each segment g (rows of one lane sharing one adapter module),
+//   shrink:  h[t, k] = Σ_i A[k, i] · x[t, i]                       (k < rank_g)
+//   expand:  y[t, o] += (seg_scale[g] · row_scale[t]) · Σ_k B[o, k] · h[t, k]
+// with A = arena[seg_a_off[g] ..] as [rank, in_dim] and B = arena[seg_b_off[g] ..] as
+// [out_dim, rank] (row stride rank). Contract: kernels/README.md, section lora.cu (names,
+// parameters and launch geometry fixed there).
+//
+//   lpx_lora_shrink  grid (n_seg, max_rank), block 128, static smem 128 B. Block (g, k) returns
+//                    when k >= rank_g; otherwise it walks the segment's rows in chunks of 8 and
+//                    reads A[k, ·] once per chunk for all of them.
+//   lpx_lora_expand  grid (n_seg, ceil(out_dim/256)), block 256: thread o of block (g, ·) owns
+//                    output o for every row of segment g (chunks of 8 rows, B[o, ·] read once
+//                    per chunk).
+//
+// Fixed reduction orders (batch invariance, README "Batch invariance"): whatever the chunk a row
+// falls in and however many rows its segment has,
+//   shrink: thread j (0..127) computes p_j = fmaf chain over i = j, j+128, j+256, ... < in_dim in
+//           increasing order from 0.0f; warp w reduces its 32 partials with __shfl_down_sync at
+//           offsets 16, 8, 4, 2, 1 (lane 0's value: the same tree every time), and
+//           h = (s_0 + s_1) + (s_2 + s_3) over the 4 warp sums. The order depends only on in_dim.
+//   expand: acc = fmaf chain over k = 0 .. rank-1 in order from 0.0f, then
+//           y = y + ((seg_scale · row_scale) · acc), each operation rounded separately
+//           (__fmul_rn / __fadd_rn: no contraction into an fma). The order depends only on rank.
+// A row's h and y therefore depend only on its own x, h, y and its segment's module and scales.
+// Segments cover disjoint rows (a row is in at most one segment of a lane), so no two blocks
+// write the same h or y element; no atomics.
+//
+// Robustness: metadata is trusted as the host builds it (seg_rows inside the step's rows,
+// offsets inside the arena), but a rank above max_rank never indexes past a row of h: shrink
+// only runs k < max_rank (the grid) and expand sums k < min(rank, max_rank).
+//
+// Status: compile-checked (nvcc 13.0 --ptx for compute_80/compute_90, ptxas -v for sm_80/sm_90,
+// no spills); in the session that wrote it, never run on a GPU. Its indexing was checked on the
+// CPU only, by a throwaway host emulation (one fiber per thread, shuffles and barriers
+// modelled) bitwise against a host replay of the orders above; that harness is not in the
+// repository.
+
+#define LORA_CHUNK 8
+
+extern "C" __global__ void __launch_bounds__(128)
+    lpx_lora_shrink(const float* __restrict__ x, int x_stride, int x_col, int in_dim,
+                    const float* __restrict__ arena, const int* __restrict__ seg_start,
+                    const int* __restrict__ seg_rows, const long long* __restrict__ seg_a_off,
+                    const int* __restrict__ seg_rank, int n_seg, float* __restrict__ h,
+                    int max_rank) {
+    const int g = blockIdx.x;
+    const int k = blockIdx.y;
+    if (g >= n_seg || k >= max_rank) return;  // block-uniform
+    const int rank = seg_rank[g];
+    if (k >= rank) return;  // block-uniform
+
+    __shared__ float part[4][LORA_CHUNK];
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const float* a = arena + seg_a_off[g] + (long long)k * in_dim;
+    const int beg = seg_start[g];
+    const int end = seg_start[g + 1];
+
+    for (int c = beg; c < end; c += LORA_CHUNK) {
+        const int nr = min(LORA_CHUNK, end - c);
+        // Missing rows of a short chunk alias the chunk's first row: computed, never stored.
+        long long xoff[LORA_CHUNK];
+#pragma unroll
+        for (int r = 0; r < LORA_CHUNK; ++r) {
+            const int t = seg_rows[c + (r < nr ? r : 0)];
+            xoff[r] = (long long)t * x_stride + x_col;
+        }
+        float acc[LORA_CHUNK];
+#pragma unroll
+        for (int r = 0; r < LORA_CHUNK; ++r) acc[r] = 0.0f;
+#pragma unroll 2
+        for (int i = tid; i < in_dim; i += 128) {
+            const float av = __ldg(a + i);
+#pragma unroll
+            for (int r = 0; r < LORA_CHUNK; ++r) acc[r] = fmaf(av, __ldg(x + xoff[r] + i), acc[r]);
+        }
+#pragma unroll
+        for (int r = 0; r < LORA_CHUNK; ++r) {
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1)
+                acc[r] = __fadd_rn(acc[r], __shfl_down_sync(0xffffffffu, acc[r], off));
+        }
+        if (lane == 0) {
+#pragma unroll
+            for (int r = 0; r < LORA_CHUNK; ++r) part[warp][r] = acc[r];
+        }
+        __syncthreads();
+        if (tid < nr) {
+            const int t = seg_rows[c + tid];
+            const float s = __fadd_rn(__fadd_rn(part[0][tid], part[1][tid]),
+                                      __fadd_rn(part[2][tid], part[3][tid]));
+            h[(long long)t * max_rank + k] = s;
+        }
+        __syncthreads();  // part[] is rewritten by the next chunk
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    lpx_lora_expand(const float* __restrict__ h, int max_rank, const float* __restrict__ arena,
+                    const int* __restrict__ seg_start, const int* __restrict__ seg_rows,
+                    const long long* __restrict__ seg_b_off, const int* __restrict__ seg_rank,
+                    const float* __restrict__ seg_scale, const float* __restrict__ row_scale,
+                    float* __restrict__ y, int y_stride, int y_col, int out_dim, int n_seg) {
+    const int g = blockIdx.x;
+    const int o = blockIdx.y * 256 + threadIdx.x;
+    // No barrier in this kernel: threads past out_dim may leave.
+    if (g >= n_seg || o >= out_dim) return;
+    const int rank = seg_rank[g] > 0 ? seg_rank[g] : 0;
+    const int kn = rank < max_rank ? rank : max_rank;
+    const float* b = arena + seg_b_off[g] + (long long)o * rank;
+    const float sg = seg_scale[g];
+    const int beg = seg_start[g];
+    const int end = seg_start[g + 1];
+
+    for (int c = beg; c < end; c += LORA_CHUNK) {
+        const int nr = min(LORA_CHUNK, end - c);
+        // Missing rows of a short chunk alias the chunk's first row: computed, never stored.
+        long long hoff[LORA_CHUNK];
+#pragma unroll
+        for (int r = 0; r < LORA_CHUNK; ++r) {
+            const int t = seg_rows[c + (r < nr ? r : 0)];
+            hoff[r] = (long long)t * max_rank;
+        }
+        float acc[LORA_CHUNK];
+#pragma unroll
+        for (int r = 0; r < LORA_CHUNK; ++r) acc[r] = 0.0f;
+        for (int kk = 0; kk < kn; ++kk) {
+            const float bv = __ldg(b + kk);
+#pragma unroll
+            for (int r = 0; r < LORA_CHUNK; ++r) acc[r] = fmaf(bv, __ldg(h + hoff[r] + kk), acc[r]);
+        }
+#pragma unroll
+        for (int r = 0; r < LORA_CHUNK; ++r) {
+            if (r < nr) {
+                const int t = seg_rows[c + r];
+                float* yp = y + (long long)t * y_stride + y_col + o;
+                const float s = __fmul_rn(sg, row_scale[t]);
+                *yp = __fadd_rn(*yp, __fmul_rn(s, acc[r]));
+            }
+        }
+    }
+}
