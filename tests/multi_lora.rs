@@ -314,28 +314,16 @@ fn refresh_adds_changes_and_deletes_while_requests_are_in_flight() {
     write_adapter(&f.peft, "change", ALL7, 32, ExportFormat::HfSafetensors);
     write_adapter(&f.peft, "gone", ALL7, 33, ExportFormat::HfSafetensors);
     let e = engine(&f, |_| {});
-    let before_change = e.generate(req(Some("change"), 1, 300)).unwrap();
-    let before_gone = e.generate(req(Some("gone"), 2, 300)).unwrap();
+    let before_change = e.generate(req(Some("change"), 1, 480)).unwrap();
+    let before_gone = e.generate(req(Some("gone"), 2, 480)).unwrap();
     assert_eq!(
         e.submit(req(Some("new"), 0, 2)).unwrap_err().code(),
         ErrorCode::NotFound
     );
 
-    // Requests in flight on the old generation / the deleted adapter.
-    let in_change = e.submit(req(Some("change"), 1, 300)).unwrap();
-    let in_gone = e.submit(req(Some("gone"), 2, 300)).unwrap();
-    // Wait until both are generating (their adapter is loaded and pinned), still far from done.
-    for _ in 0..500 {
-        if e.stats().running == 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert_eq!(
-        e.stats().running,
-        2,
-        "both requests should be in flight during the refresh"
-    );
+    // The directory changes first (the engine sees none of them before the refresh), so that
+    // the refresh follows as soon as both requests run: a 480-token request on the tiny model
+    // can finish in less time than writing the adapters takes.
     std::fs::remove_dir_all(f.peft.join("change")).unwrap();
     write_adapter(&f.peft, "change", ALL7, 99, ExportFormat::HfSafetensors);
     std::fs::remove_dir_all(f.peft.join("gone")).unwrap();
@@ -351,6 +339,21 @@ fn refresh_adds_changes_and_deletes_while_requests_are_in_flight() {
     // A directory still being written (no weights yet) is not picked up.
     std::fs::create_dir_all(f.peft.join("half")).unwrap();
     std::fs::write(f.peft.join("half/adapter_config.json"), b"{\"r\": 8").unwrap();
+    // Requests in flight on the old generation / the deleted adapter.
+    let in_change = e.submit(req(Some("change"), 1, 480)).unwrap();
+    let in_gone = e.submit(req(Some("gone"), 2, 480)).unwrap();
+    // Wait until both are generating (their adapter is loaded and pinned), still far from done.
+    for _ in 0..500 {
+        if e.stats().running == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        e.stats().running,
+        2,
+        "both requests should be in flight during the refresh"
+    );
     let report = e.refresh().unwrap();
     let st = e.stats();
     assert!(
@@ -367,7 +370,7 @@ fn refresh_adds_changes_and_deletes_while_requests_are_in_flight() {
     let o = e.wait(in_gone).unwrap();
     assert_eq!(o.token_ids, before_gone.token_ids);
     // New requests see the new state.
-    let after = e.generate(req(Some("change"), 1, 300)).unwrap();
+    let after = e.generate(req(Some("change"), 1, 480)).unwrap();
     assert_ne!(
         after.last_logits, before_change.last_logits,
         "changed adapter still served from the old generation"
