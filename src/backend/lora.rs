@@ -81,6 +81,23 @@ pub struct LoraStackGeometry {
 }
 
 impl LoraStackGeometry {
+    /// f32 elements of the whole arena (every slot at `max_rank`), for a backend reserving it.
+    /// Errors (INVALID_ARGUMENT) when the geometry is empty (no slots, rank or layers) or its
+    /// bytes overflow.
+    pub fn arena_elems(&self) -> crate::error::Result<usize> {
+        use crate::error::Error;
+        if self.num_slots == 0 || self.max_rank == 0 || self.num_layers == 0 {
+            return Err(Error::invalid_argument(format!(
+                "adapter arena: slots ({}), max rank ({}) and layers ({}) must be > 0",
+                self.num_slots, self.max_rank, self.num_layers
+            )));
+        }
+        self.slot_elems()
+            .checked_mul(self.num_slots)
+            .filter(|n| n.checked_mul(4).is_some())
+            .ok_or_else(|| Error::invalid_argument("adapter arena size overflows"))
+    }
+
     /// f32 elements one slot reserves at `max_rank` (all layers, all targets).
     pub fn slot_elems(&self) -> usize {
         self.num_layers

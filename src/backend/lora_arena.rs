@@ -41,16 +41,8 @@ pub struct HostLoraArena {
 impl HostLoraArena {
     /// Reserves every slot at `max_rank`. Errors when the geometry is empty or overflows.
     pub fn new(geom: LoraStackGeometry) -> Result<Self> {
-        if geom.num_slots == 0 || geom.max_rank == 0 || geom.num_layers == 0 {
-            return Err(Error::invalid_argument(format!(
-                "adapter arena: slots ({}), max rank ({}) and layers ({}) must be > 0",
-                geom.num_slots, geom.max_rank, geom.num_layers
-            )));
-        }
+        let total = geom.arena_elems()?;
         let slot_elems = geom.slot_elems();
-        let total = slot_elems
-            .checked_mul(geom.num_slots)
-            .ok_or_else(|| Error::invalid_argument("adapter arena size overflows"))?;
         Ok(Self {
             geom,
             slot_elems,

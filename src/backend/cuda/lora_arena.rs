@@ -100,17 +100,8 @@ impl CudaLoraArena {
         device: &str,
         geom: LoraStackGeometry,
     ) -> Result<Self> {
-        if geom.num_slots == 0 || geom.max_rank == 0 || geom.num_layers == 0 {
-            return Err(Error::invalid_argument(format!(
-                "adapter arena: slots ({}), max rank ({}) and layers ({}) must be > 0",
-                geom.num_slots, geom.max_rank, geom.num_layers
-            )));
-        }
+        let total = geom.arena_elems()?;
         let slot_elems = geom.slot_elems();
-        let total = slot_elems
-            .checked_mul(geom.num_slots)
-            .filter(|n| n.checked_mul(4).is_some())
-            .ok_or_else(|| Error::invalid_argument("adapter arena size overflows"))?;
         let err = |what: &str| {
             let what = what.to_string();
             move |e: DriverError| driver_err(device, &what, e)
