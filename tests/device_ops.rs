@@ -21,6 +21,7 @@
 mod common;
 
 use common::lora::{random_adapter, view, OwnedAdapter, OwnedModule};
+use common::paged::{paged_step, slot as paged_slot, PagedStep};
 use loraplex::backend::reference::ReferenceBackend;
 use loraplex::backend::{
     select, AttentionArgs, AttnMeta, Backend, DeviceBackend, KvGeometry, KvWriteArgs, LoraArgs,
@@ -29,7 +30,6 @@ use loraplex::backend::{
 };
 use loraplex::error::ErrorCode;
 use loraplex::tensor::HostTensor;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -459,43 +459,16 @@ fn scenario(
     lens: &[usize],
 ) -> Scenario {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let need: usize = lens.iter().map(|l| l.div_ceil(bs)).sum();
-    let num_blocks = need + 5;
-    let geom = KvGeometry {
-        num_layers: 2,
-        num_blocks,
-        block_size: bs,
-        num_kv_heads: nkv,
-        head_dim: hd,
-    };
-    let mut ids: Vec<u32> = (0..num_blocks as u32).collect();
-    ids.shuffle(&mut rng);
-    let mut tables = Vec::new();
-    let mut next = 0;
-    for l in lens {
-        let nb = l.div_ceil(bs);
-        tables.push(ids[next..next + nb].to_vec());
-        next += nb;
-    }
-    let slot = |s: usize, p: usize| tables[s][p / bs] * bs as u32 + (p % bs) as u32;
+    let PagedStep {
+        geom,
+        tables,
+        row_seq,
+        row_pos,
+        slots,
+    } = paged_step(&mut rng, nkv, hd, bs, lens);
+    let num_blocks = geom.num_blocks;
+    let slot = |s: usize, p: usize| paged_slot(&tables, bs, s, p);
     let stride = (n_heads + 2 * nkv) * hd + 3;
-    let (mut row_seq, mut row_pos) = (Vec::new(), Vec::new());
-    for (s, &l) in lens.iter().enumerate() {
-        let first = match s {
-            0 => 0,
-            1 => l - 1,
-            _ => l - l.min(7),
-        };
-        for p in first..l {
-            row_seq.push(s as u32);
-            row_pos.push(p as u32);
-        }
-    }
-    let slots = row_seq
-        .iter()
-        .zip(&row_pos)
-        .map(|(&s, &p)| slot(s as usize, p as usize))
-        .collect();
     let mut kv_slots: Vec<u32> = (0..lens.len())
         .flat_map(|s| (0..lens[s]).map(move |p| (s, p)))
         .map(|(s, p)| slot(s, p))

@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+mod common;
+
+use common::paged::{paged_step, slot, PagedStep};
 use loraplex::backend::cpu::CpuBackend;
 use loraplex::backend::reference::ReferenceBackend;
 use loraplex::backend::{
@@ -10,7 +13,6 @@ use loraplex::backend::{
     WeightFormat,
 };
 use loraplex::tensor::{HostTensor, TensorData};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -501,10 +503,6 @@ struct Scenario {
     qkv: Vec<f32>,
 }
 
-fn slot(tables: &[Vec<u32>], bs: usize, seq: usize, p: usize) -> u32 {
-    tables[seq][p / bs] * bs as u32 + (p % bs) as u32
-}
-
 fn scenario(
     seed: u64,
     n_heads: usize,
@@ -514,44 +512,14 @@ fn scenario(
     lens: &[usize],
 ) -> Scenario {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let need: usize = lens.iter().map(|l| l.div_ceil(bs)).sum();
-    let num_blocks = need + 5;
-    let geom = KvGeometry {
-        num_layers: 2,
-        num_blocks,
-        block_size: bs,
-        num_kv_heads: nkv,
-        head_dim: hd,
-    };
-    let mut ids: Vec<u32> = (0..num_blocks as u32).collect();
-    ids.shuffle(&mut rng);
-    let mut tables = Vec::new();
-    let mut next = 0;
-    for l in lens {
-        let nb = l.div_ceil(bs);
-        tables.push(ids[next..next + nb].to_vec());
-        next += nb;
-    }
+    let PagedStep {
+        geom,
+        tables,
+        row_seq,
+        row_pos,
+        slots,
+    } = paged_step(&mut rng, nkv, hd, bs, lens);
     let stride = (n_heads + 2 * nkv) * hd + 3;
-    // Step rows: seq 0 full prefill; seq 1 a decode row at its last position; other seqs a
-    // prefill chunk of their last min(len, 7) positions. Rows are interleaved by sequence order.
-    let (mut row_seq, mut row_pos) = (Vec::new(), Vec::new());
-    for (s, &l) in lens.iter().enumerate() {
-        let first = match s {
-            0 => 0,
-            1 => l - 1,
-            _ => l - l.min(7),
-        };
-        for p in first..l {
-            row_seq.push(s as u32);
-            row_pos.push(p as u32);
-        }
-    }
-    let slots = row_seq
-        .iter()
-        .zip(&row_pos)
-        .map(|(&s, &p)| slot(&tables, bs, s as usize, p as usize))
-        .collect();
     let qkv = rand_vec(&mut rng, row_seq.len() * stride);
     Scenario {
         geom,

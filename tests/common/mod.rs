@@ -4,6 +4,7 @@
 
 pub mod c_errors;
 pub mod lora;
+pub mod paged;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
