@@ -8,6 +8,9 @@
 //!   adapter into a one-slot arena of the device), timed until the device has it: the upload,
 //!   then a one-row `lora_apply` reading the slot and a download of its row (which waits for the
 //!   upload on any stream ordering), minus the same apply + download alone; best of `--reps`.
+//!   It includes the host staging (on a CUDA device: the f32 → bf16 conversion into pinned
+//!   memory); `adapter_bytes` is the adapter in f32, `arena_bytes` what the device slot holds
+//!   (bf16 on a CUDA device, half of it).
 //! - `decode`: generated tokens/s at each `--batches` size with 0 (all base), 1 (every row the
 //!   same adapter) and `--distinct` distinct adapters (row i uses adapter i mod distinct),
 //!   measured as a difference that cancels prefill and start-up: the batch (fresh prompts of 16
@@ -187,14 +190,16 @@ fn upload_ms(
         alone = alone.min(t.elapsed().as_secs_f64());
     }
     let bytes = adapter.bytes();
+    let arena_bytes = be.lora_stack_bytes(&stack);
     let ms = ((with - alone).max(0.0)) * 1e3;
     eprintln!(
-        "[upload] {first}: rank {rank}, {bytes} bytes: {ms:.3} ms (upload+fence {:.3} ms, fence {:.3} ms)",
+        "[upload] {first}: rank {rank}, {bytes} bytes ({arena_bytes} on the device): {ms:.3} ms (upload+fence {:.3} ms, fence {:.3} ms)",
         with * 1e3,
         alone * 1e3
     );
     Ok(
-        json!({"adapter": first, "rank": rank, "adapter_bytes": bytes, "upload_ms": ms,
+        json!({"adapter": first, "rank": rank, "adapter_bytes": bytes, "arena_bytes": arena_bytes,
+              "upload_ms": ms,
               "upload_and_fence_ms": with * 1e3, "fence_ms": alone * 1e3}),
     )
 }

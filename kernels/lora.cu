@@ -1,17 +1,21 @@
 // lora.cu: the LoRA delta of the `cuda` backend as Punica/S-LoRA-style segmented gather matmuls
-// (SGMV), f32: for the rows of each segment g (rows of one lane sharing one adapter module),
+// (SGMV): for the rows of each segment g (rows of one lane sharing one adapter module),
 //   shrink:  h[t, k] = Σ_i A[k, i] · x[t, i]                       (k < rank_g)
 //   expand:  y[t, o] += (seg_scale[g] · row_scale[t]) · Σ_k B[o, k] · h[t, k]
 // with A = arena[seg_a_off[g] ..] as [rank, in_dim] and B = arena[seg_b_off[g] ..] as
-// [out_dim, rank] (row stride rank). Contract: kernels/README.md, section lora.cu (names,
-// parameters and launch geometry fixed there).
+// [out_dim, rank] (row stride rank). The arena holds bf16 (half the bytes to upload and read);
+// each weight is widened exactly to f32 (__bfloat162float) and all the math is f32 (x, h, y are
+// f32). Contract: kernels/README.md, section lora.cu (names, parameters and launch geometry
+// fixed there).
 //
 //   lpx_lora_shrink  grid (n_seg, max_rank), block 128, static smem 128 B. Block (g, k) returns
 //                    when k >= rank_g; otherwise it walks the segment's rows in chunks of 8 and
-//                    reads A[k, ·] once per chunk for all of them.
+//                    reads A[k, ·] once per chunk for all of them (thread j reads elements j,
+//                    j+128, ...: one 2-byte load each, a warp's loads contiguous).
 //   lpx_lora_expand  grid (n_seg, ceil(out_dim/256)), block 256: thread o of block (g, ·) owns
 //                    output o for every row of segment g (chunks of 8 rows, B[o, ·] read once
-//                    per chunk).
+//                    per chunk: 16-byte loads of 8 weights when rank % 8 == 0 and the row is
+//                    16-byte aligned, else one weight at a time; the same values either way).
 //
 // Fixed reduction orders (batch invariance, README "Batch invariance"): whatever the chunk a row
 // falls in and however many rows its segment has,
@@ -21,7 +25,8 @@
 //           h = (s_0 + s_1) + (s_2 + s_3) over the 4 warp sums. The order depends only on in_dim.
 //   expand: acc = fmaf chain over k = 0 .. rank-1 in order from 0.0f, then
 //           y = y + ((seg_scale · row_scale) · acc), each operation rounded separately
-//           (__fmul_rn / __fadd_rn: no contraction into an fma). The order depends only on rank.
+//           (__fmul_rn / __fadd_rn: no contraction into an fma). The order depends only on rank
+//           (not on which load path read B).
 // A row's h and y therefore depend only on its own x, h, y and its segment's module and scales.
 // Segments cover disjoint rows (a row is in at most one segment of a lane), so no two blocks
 // write the same h or y element; no atomics.
@@ -34,11 +39,16 @@
 // ptxas for sm_80/90, no warnings or spills) and run on the CPU against references under the
 // host emulation of kernels/emu (scripts/emu-kernels.sh); not yet run on a GPU.
 
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
 #define LORA_CHUNK 8
 
 extern "C" __global__ void __launch_bounds__(128)
     lpx_lora_shrink(const float* __restrict__ x, int x_stride, int x_col, int in_dim,
-                    const float* __restrict__ arena, const int* __restrict__ seg_start,
+                    const bf16* __restrict__ arena, const int* __restrict__ seg_start,
                     const int* __restrict__ seg_rows, const long long* __restrict__ seg_a_off,
                     const int* __restrict__ seg_rank, int n_seg, float* __restrict__ h,
                     int max_rank) {
@@ -52,7 +62,8 @@ extern "C" __global__ void __launch_bounds__(128)
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
-    const float* a = arena + seg_a_off[g] + (long long)k * in_dim;
+    const unsigned short* a =
+        reinterpret_cast<const unsigned short*>(arena + seg_a_off[g] + (long long)k * in_dim);
     const int beg = seg_start[g];
     const int end = seg_start[g + 1];
 
@@ -70,7 +81,7 @@ extern "C" __global__ void __launch_bounds__(128)
         for (int r = 0; r < LORA_CHUNK; ++r) acc[r] = 0.0f;
 #pragma unroll 2
         for (int i = tid; i < in_dim; i += 128) {
-            const float av = __ldg(a + i);
+            const float av = __bfloat162float(__ushort_as_bfloat16(__ldg(a + i)));
 #pragma unroll
             for (int r = 0; r < LORA_CHUNK; ++r) acc[r] = fmaf(av, __ldg(x + xoff[r] + i), acc[r]);
         }
@@ -96,7 +107,7 @@ extern "C" __global__ void __launch_bounds__(128)
 }
 
 extern "C" __global__ void __launch_bounds__(256)
-    lpx_lora_expand(const float* __restrict__ h, int max_rank, const float* __restrict__ arena,
+    lpx_lora_expand(const float* __restrict__ h, int max_rank, const bf16* __restrict__ arena,
                     const int* __restrict__ seg_start, const int* __restrict__ seg_rows,
                     const long long* __restrict__ seg_b_off, const int* __restrict__ seg_rank,
                     const float* __restrict__ seg_scale, const float* __restrict__ row_scale,
@@ -107,7 +118,11 @@ extern "C" __global__ void __launch_bounds__(256)
     if (g >= n_seg || o >= out_dim) return;
     const int rank = seg_rank[g] > 0 ? seg_rank[g] : 0;
     const int kn = rank < max_rank ? rank : max_rank;
-    const float* b = arena + seg_b_off[g] + (long long)o * rank;
+    const unsigned short* b =
+        reinterpret_cast<const unsigned short*>(arena + seg_b_off[g] + (long long)o * rank);
+    // 16-byte loads only when every one is aligned: a row of rank % 8 == 0 weights that starts
+    // on 16 bytes (then the next rows do too).
+    const bool vec = (rank & 7) == 0 && (reinterpret_cast<uintptr_t>(b) & 15) == 0;
     const float sg = seg_scale[g];
     const int beg = seg_start[g];
     const int end = seg_start[g + 1];
@@ -124,8 +139,23 @@ extern "C" __global__ void __launch_bounds__(256)
         float acc[LORA_CHUNK];
 #pragma unroll
         for (int r = 0; r < LORA_CHUNK; ++r) acc[r] = 0.0f;
-        for (int kk = 0; kk < kn; ++kk) {
-            const float bv = __ldg(b + kk);
+        int kk = 0;
+        if (vec) {
+            for (; kk + 8 <= kn; kk += 8) {
+                const uint4 v = __ldg(reinterpret_cast<const uint4*>(b + kk));
+                const unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                for (int q = 0; q < 8; ++q) {
+                    const unsigned short u = (unsigned short)(w[q >> 1] >> (16 * (q & 1)));
+                    const float bv = __bfloat162float(__ushort_as_bfloat16(u));
+#pragma unroll
+                    for (int r = 0; r < LORA_CHUNK; ++r)
+                        acc[r] = fmaf(bv, __ldg(h + hoff[r] + kk + q), acc[r]);
+                }
+            }
+        }
+        for (; kk < kn; ++kk) {
+            const float bv = __bfloat162float(__ushort_as_bfloat16(__ldg(b + kk)));
 #pragma unroll
             for (int r = 0; r < LORA_CHUNK; ++r) acc[r] = fmaf(bv, __ldg(h + hoff[r] + kk), acc[r]);
         }

@@ -14,7 +14,10 @@
 //!   bf16 (round to nearest even: the device's conversion) and both see the same cache; the
 //!   difference is the softmax's f32 arithmetic: `2e-6 · sqrt(head_dim) · (1 + ctx/1024)`.
 //! - lora: `TOL_ULPS · eps · (in/8 + r + 8) · mag`, `mag` the sum of absolute terms (as
-//!   tests/lora_ops.rs; ×2 on a CUDA device, whose shrink sums in a tree of partial sums).
+//!   tests/lora_ops.rs; ×2 on a CUDA device, whose shrink sums in a tree of partial sums). A
+//!   CUDA device holds A and B in bf16 (its adapter arena), so there the reference is given the
+//!   adapters rounded to bf16 (round to nearest even: the upload's conversion) and the
+//!   difference left is the f32 arithmetic.
 //! - norms, rope, silu: a few f32 ulps of the value (`1e-6 · (1 + |v|)`, ×4 on a device with its
 //!   own transcendental functions); add, add_bias, gather, embedding: exact.
 
@@ -698,6 +701,20 @@ fn adapters(geom: &LoraStackGeometry, seed: u64) -> Vec<OwnedAdapter> {
     ]
 }
 
+/// `ad` with A and B rounded to bf16: what a CUDA device's adapter arena holds.
+fn bf16_adapter(ad: &OwnedAdapter) -> OwnedAdapter {
+    let round = |v: &[f32]| v.iter().map(|&x| bf16(x)).collect::<Vec<_>>();
+    ad.iter()
+        .map(|mods| {
+            std::array::from_fn(|ti| {
+                mods[ti]
+                    .as_ref()
+                    .map(|(r, a, b, s)| (*r, round(a), round(b), *s))
+            })
+        })
+        .collect()
+}
+
 fn fill<B: Backend>(be: &B, geom: &LoraStackGeometry, ads: &[OwnedAdapter]) -> B::LoraStack {
     let mut stack = be.alloc_lora_stack(*geom).unwrap();
     for (slot, ad) in [0usize, 1, 2, 3, 5].into_iter().zip(ads) {
@@ -834,7 +851,13 @@ fn lora_apply_matches_reference() {
     let slack = if cuda(&be) { 2.0 } else { 1.0 };
     for (gi, geom) in geoms(6, 64).iter().enumerate() {
         let ads = adapters(geom, 10 + gi as u64);
-        let (sd, sr) = (fill(&be, geom, &ads), fill(&r, geom, &ads));
+        // The adapters as the device holds them (see the module docs).
+        let held: Vec<OwnedAdapter> = if cuda(&be) {
+            ads.iter().map(bf16_adapter).collect()
+        } else {
+            ads.clone()
+        };
+        let (sd, sr) = (fill(&be, geom, &ads), fill(&r, geom, &held));
         let mut rng = ChaCha8Rng::seed_from_u64(20 + gi as u64);
         for rows in [1usize, 3, 8, 9, 37] {
             let batch = lora_batch(&mut rng, rows);
@@ -846,7 +869,7 @@ fn lora_apply_matches_reference() {
                     let got = lora_run(&be, &sd, &batch, layer, target, &x, &y0, lay);
                     let want = lora_run(&r, &sr, &batch, layer, target, &x, &y0, lay);
                     let dims = geom.dims[target.index()];
-                    let tol = lora_tol(&ads, &batch, layer, target, &x, &y0, lay, dims);
+                    let tol = lora_tol(&held, &batch, layer, target, &x, &y0, lay, dims);
                     let what = format!("lora geom {gi} rows {rows} layer {layer} {target:?}");
                     assert_close(&what, &got, &want, |i| slack * tol[i]);
                 }

@@ -62,8 +62,17 @@ MUTATIONS = [
      "const int t = seg_rows[c + r];\n            xoff[r]", "shrink reads seg_rows past a short chunk"),
     ("lora.cu", "        __syncthreads();  // part[] is rewritten by the next chunk\n", "",
      "missing barrier before part[] is rewritten"),
-    ("lora.cu", "for (int kk = 0; kk < kn; ++kk) {", "for (int kk = 1; kk < kn; ++kk) {",
+    ("lora.cu", "        int kk = 0;\n        if (vec) {", "        int kk = 1;\n        if (vec) {",
      "expand skips k = 0"),
+    ("lora.cu", "(unsigned short)(w[q >> 1] >> (16 * (q & 1)));",
+     "(unsigned short)(w[q >> 1] >> (16 * ((q & 1) ^ 1)));",
+     "expand's 16-byte B loads swap the two weights of a word"),
+    ("lora.cu", "const bool vec = (rank & 7) == 0 && (reinterpret_cast<uintptr_t>(b) & 15) == 0;",
+     "const bool vec = (rank & 7) == 0;", "expand's 16-byte B loads without the alignment check"),
+    ("lora.cu", "arena + seg_b_off[g] + (long long)o * rank);", "arena + seg_b_off[g] + (long long)o * kn);",
+     "expand's B row stride is the summed rank, not the stored rank"),
+    ("lora.cu", "__bfloat162float(__ushort_as_bfloat16(__ldg(a + i)))",
+     "__bfloat162float(__ushort_as_bfloat16(__ldg(a + i) & 0xff80))", "shrink drops A's low mantissa bits"),
 ]
 
 

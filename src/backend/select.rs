@@ -170,9 +170,9 @@ impl DeviceBackend {
         }
     }
 
-    /// What the memory plan needs to know of the device: the CPU keeps the KV cache in f32 in
-    /// host memory ([`DeviceMemory::HOST`]); a CUDA device keeps it in bf16 and reports its
-    /// free memory (`cuMemGetInfo`, asked now: after the weights were loaded). Errors: DEVICE
+    /// What the memory plan needs to know of the device: the CPU keeps the KV cache and the
+    /// adapter slots in f32 in host memory ([`DeviceMemory::HOST`]); a CUDA device keeps both
+    /// in bf16 and reports its free memory (`cuMemGetInfo`, asked now: after the weights were loaded). Errors: DEVICE
     /// when the driver cannot tell.
     pub fn device_memory(&self) -> Result<DeviceMemory> {
         match self {
@@ -180,6 +180,7 @@ impl DeviceBackend {
             #[cfg(feature = "cuda")]
             DeviceBackend::Cuda(b) => Ok(DeviceMemory {
                 kv_elem_bytes: super::cuda::KV_ELEM_BYTES,
+                lora_elem_bytes: super::cuda::LORA_ELEM_BYTES,
                 free_bytes: Some(b.mem_info()?.0),
             }),
         }
@@ -736,6 +737,7 @@ mod tests {
                 assert!(matches!(b, DeviceBackend::Cuda(_)));
                 assert_eq!(b.name(), "cuda:0");
                 assert_eq!(b.device_memory().unwrap().kv_elem_bytes, 2);
+                assert_eq!(b.device_memory().unwrap().lora_elem_bytes, 2);
             }
             Err(e) => {
                 assert_eq!(e.code(), ErrorCode::Device, "{}", e.message());

@@ -101,6 +101,9 @@ pub const DEVICE_MARGIN_MIN_BYTES: usize = 512 << 20;
 pub struct DeviceMemory {
     /// Bytes of one cached K or V value: 4 (f32, host backends) or 2 (bf16, CUDA).
     pub kv_elem_bytes: usize,
+    /// Bytes of one adapter weight in the device adapter arena: 4 (f32, host backends) or 2
+    /// (bf16, CUDA). The host adapter cache is f32 everywhere.
+    pub lora_elem_bytes: usize,
     /// For a device with its own memory: its free bytes after the weights were loaded (the
     /// automatic KV cache is sized from it); `None` for host memory.
     pub free_bytes: Option<usize>,
@@ -110,16 +113,19 @@ impl DeviceMemory {
     /// The host backends: an f32 KV cache in host memory.
     pub const HOST: Self = Self {
         kv_elem_bytes: F32_BYTES,
+        lora_elem_bytes: F32_BYTES,
         free_bytes: None,
     };
 
     /// The device named by `device` as the capacity planner sees it without opening it: a
-    /// `cuda:N` device keeps a bf16 KV cache (its free memory is unknown, so the planner's
-    /// automatic KV cache is the host default); anything else is [`DeviceMemory::HOST`].
+    /// `cuda:N` device keeps a bf16 KV cache and bf16 adapter slots (its free memory is
+    /// unknown, so the planner's automatic KV cache is the host default); anything else is
+    /// [`DeviceMemory::HOST`].
     pub fn planned(device: &str) -> Self {
         match crate::backend::select::Device::parse(device) {
             Ok(crate::backend::select::Device::Cuda(_)) => Self {
                 kv_elem_bytes: 2,
+                lora_elem_bytes: 2,
                 free_bytes: None,
             },
             _ => Self::HOST,
@@ -160,7 +166,8 @@ impl MemoryPlan {
     }
 
     /// [`MemoryPlan::size`] for an engine on a device described by `dev`: the KV cache is
-    /// planned at `dev.kv_elem_bytes` per value, and for a device with its own memory
+    /// planned at `dev.kv_elem_bytes` per value, the device adapter arena at
+    /// `dev.lora_elem_bytes` per weight (the host adapter cache at 4), and for a device with its own memory
     /// (`dev.free_bytes`) the automatic KV cache (no `kv_cache_bytes`, no budget) is what the
     /// free memory leaves after the device adapter arena, the activations and a margin
     /// (the larger of [`DEVICE_MARGIN_MIN_BYTES`] and 5% of the free memory), capped at what
@@ -181,16 +188,17 @@ impl MemoryPlan {
             dims: shape.lora_dims(),
         };
         let overflow = |what: &str| Error::invalid_argument(format!("{what} overflows"));
-        let slot_bytes = lora
-            .slot_elems()
-            .checked_mul(F32_BYTES)
-            .ok_or_else(|| overflow("adapter slot size"))?;
+        let slot_bytes = |elem_bytes: usize| {
+            lora.slot_elems()
+                .checked_mul(elem_bytes)
+                .ok_or_else(|| overflow("adapter slot size"))
+        };
         let mut plan = MemoryPlan {
             weights_bytes,
-            host_adapter_cache_bytes: slot_bytes
+            host_adapter_cache_bytes: slot_bytes(F32_BYTES)?
                 .checked_mul(cfg.max_cpu_loras)
                 .ok_or_else(|| overflow("host adapter cache size"))?,
-            device_adapter_cache_bytes: slot_bytes
+            device_adapter_cache_bytes: slot_bytes(dev.lora_elem_bytes)?
                 .checked_mul(cfg.max_gpu_loras)
                 .ok_or_else(|| overflow("device adapter cache size"))?,
             activations_bytes: Self::step_activation_bytes(
@@ -549,14 +557,22 @@ mod tests {
             host
         );
         let block2 = MemoryPlan::one_kv_block(&c, &m).bytes_at(2);
-        let others = host.plan.device_adapter_cache_bytes + host.plan.activations_bytes;
+        // The device's adapter slots are bf16: half the host backends' f32 bytes.
+        let arena2 = host.plan.device_adapter_cache_bytes / 2;
+        let others = arena2 + host.plan.activations_bytes;
         // Little free memory: the KV cache is what the arena, activations and margin leave.
         let free = others + DEVICE_MARGIN_MIN_BYTES + 3 * block2 + 1;
         let dev = DeviceMemory {
             kv_elem_bytes: 2,
+            lora_elem_bytes: 2,
             free_bytes: Some(free),
         };
         let s = MemoryPlan::size_on(&c, &m, len(100), 5000, dev).unwrap();
+        assert_eq!(s.plan.device_adapter_cache_bytes, arena2);
+        assert_eq!(
+            s.plan.host_adapter_cache_bytes,
+            host.plan.host_adapter_cache_bytes
+        );
         assert_eq!(s.kv.num_blocks, 3);
         assert_eq!(s.plan.kv_cache_bytes, 3 * block2);
         assert_eq!(s.plan.kv_cache_bytes, s.kv.bytes_at(2));
@@ -586,5 +602,6 @@ mod tests {
         assert_eq!(s.kv.num_blocks, 5);
         assert_eq!(DeviceMemory::planned("cpu"), DeviceMemory::HOST);
         assert_eq!(DeviceMemory::planned("cuda:1").kv_elem_bytes, 2);
+        assert_eq!(DeviceMemory::planned("cuda:1").lora_elem_bytes, 2);
     }
 }

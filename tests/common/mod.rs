@@ -63,7 +63,8 @@ pub fn device_is_cuda() -> bool {
 
 /// The logits tolerance (in units of the row's std) where the device stores activations in bf16:
 /// a CUDA backend keeps K and V in bf16, so every attention input carries a relative rounding
-/// error of up to 2^-9 per element. Through the layers of the tiny models that moves the logits
+/// error of up to 2^-9 per element (its adapter slots hold A and B in bf16 too: the same bound on
+/// each LoRA weight). Through the layers of the tiny models that moves the logits
 /// by a few bf16 ulps of their spread; `BF16_REL_TOL` = 5 · 2^-8 ≈ 2e-2 × std is that bound (a
 /// wrong kernel moves logits by ~1 × std, so it still fails by orders of magnitude).
 pub const BF16_REL_TOL: f32 = 5.0 / 256.0;

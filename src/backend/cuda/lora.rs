@@ -1,7 +1,8 @@
 //! `lora_apply` as SGMV (kernels/README.md, lora.cu): for each lane of the batch, the rows are
 //! grouped by adapter slot ([`super::sgmv`]), `lpx_lora_shrink` computes `h = A·x` for every
-//! segment at its own rank and `lpx_lora_expand` adds `(scale · row scale) · B·h` to y. The
-//! compute stream first waits for any pending upload of the slots a lane reads.
+//! segment at its own rank and `lpx_lora_expand` adds `(scale · row scale) · B·h` to y (A and B
+//! read as bf16 from the arena and widened to f32; x, h, y and the sums in f32). The compute
+//! stream first waits for any pending upload of the slots a lane reads.
 
 use cudarc::driver::PushKernelArg;
 
@@ -109,7 +110,8 @@ impl CudaBackend {
             // SAFETY: lpx_lora_shrink(x, x_stride, x_col, in_dim, arena, seg_start, seg_rows,
             // seg_a_off, seg_rank, n_seg, h, max_rank): every segment row's x columns lie
             // inside x (build_segments' row check), each A [rank, in] lies inside the arena at
-            // its offset (module_offset: rank <= max_rank reserved), h holds rows*max_rank;
+            // its offset (module_offset: rank <= max_rank reserved; the arena is the bf16
+            // `CudaSlice<u16>` the kernel's `const bf16*` expects), h holds rows*max_rank;
             // grid (n_seg, max_rank), block 128.
             unsafe {
                 self.run(

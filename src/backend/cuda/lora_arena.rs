@@ -1,13 +1,20 @@
-//! The device adapter arena: `num_slots` slots of f32 device memory, each reserving every layer
+//! The device adapter arena: `num_slots` slots of bf16 device memory, each reserving every layer
 //! and target at `max_rank` (DESIGN.md 1.1 "device cache"; kernels/README.md, lora.cu).
 //!
-//! Layout (slot-major, then layer, then target in [`LoraTarget::index`] order): module
+//! Precision: the adapters arrive in f32 (the host cache and the CPU arena keep f32); the arena
+//! holds each weight rounded to bf16 (round to nearest even, NaN and ±inf kept, [`stage_bf16`]),
+//! which halves the bytes each upload moves over PCIe and each step reads; the kernels widen
+//! every weight exactly to f32 and compute in f32.
+//!
+//! Layout (slot-major, then layer, then target in [`LoraTarget::index`] order; offsets and
+//! lengths in elements, [`LORA_ELEM_BYTES`] bytes each): module
 //! `(slot, layer, target)` starts at [`module_offset`], `(in + out) * max_rank` elements
 //! reserved for it; an adapter of rank `r` stores A `[r, in]` there and B `[out, r]` right
 //! after A (row stride `r`), so a module's bytes are rank-exact and contiguous.
 //!
 //! Uploads are asynchronous: [`CudaLoraArena::load_slot`] packs the adapter into pinned host
-//! staging memory and copies it on the arena's own copy stream, which first waits for the work
+//! staging memory (converting it to bf16 on the way) and copies it on the arena's own copy
+//! stream, which first waits for the work
 //! already queued on the compute stream (a step may still read the slot's previous adapter);
 //! an event recorded after the copy is waited on by the compute stream before the next
 //! `lora_apply` that reads the slot, so the copy overlaps every step that does not use it. The
@@ -24,6 +31,18 @@ use crate::backend::lora_arena::validate_slot;
 use crate::backend::{LoraSlotData, LoraStackGeometry, LoraTarget};
 use crate::error::{Error, Result};
 
+/// Bytes of one arena element: a bf16 weight (its bits, as `u16`).
+pub const LORA_ELEM_BYTES: usize = 2;
+
+/// Writes `src` rounded to bf16 (round to nearest even; NaN stays a NaN, ±inf and values past
+/// the largest bf16 become ±inf) into `dst` as bf16 bits, element by element. The two slices
+/// have the same length (the caller slices them so; a shorter side ends the copy).
+pub fn stage_bf16(dst: &mut [u16], src: &[f32]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = half::bf16::from_f32(v).to_bits();
+    }
+}
+
 /// Rank and scale of a stored module (its offsets follow from the geometry).
 #[derive(Debug, Clone, Copy)]
 struct Stored {
@@ -31,14 +50,21 @@ struct Stored {
     scale: f32,
 }
 
-/// f32 elements from the start of a slot to module `(layer, target)` (see the module docs).
+/// Bytes of device memory an arena of geometry `g` reserves (every slot at `max_rank`,
+/// [`LORA_ELEM_BYTES`] per element). Errors as [`LoraStackGeometry::arena_elems`].
+pub fn arena_bytes(g: &LoraStackGeometry) -> Result<usize> {
+    // arena_elems checked that 4 bytes per element do not overflow, so 2 do not either.
+    Ok(g.arena_elems()? * LORA_ELEM_BYTES)
+}
+
+/// Elements from the start of a slot to module `(layer, target)` (see the module docs).
 pub fn module_offset_in_slot(g: &LoraStackGeometry, layer: usize, target: usize) -> usize {
     let reserve = |(i, o): (usize, usize)| (i + o) * g.max_rank;
     let per_layer: usize = g.dims.iter().copied().map(reserve).sum();
     layer * per_layer + g.dims[..target].iter().copied().map(reserve).sum::<usize>()
 }
 
-/// f32 elements from the start of the arena to module `(slot, layer, target)`.
+/// Elements from the start of the arena to module `(slot, layer, target)`.
 pub fn module_offset(g: &LoraStackGeometry, slot: usize, layer: usize, target: usize) -> usize {
     slot * g.slot_elems() + module_offset_in_slot(g, layer, target)
 }
@@ -61,16 +87,20 @@ pub fn upload_runs(g: &LoraStackGeometry, layers: &LoraSlotData<'_>) -> Vec<(usi
     runs
 }
 
-/// The CUDA backend's adapter arena (see the module docs). Owned by the engine's worker; ops
-/// take it by shared reference, so the per-slot upload events sit behind a mutex.
+/// The CUDA backend's adapter arena (see the module docs): the device memory (bf16 bits), one
+/// slot of pinned host staging (bf16 bits) and the per-slot upload events. Owned by the engine's
+/// worker (`Send`, used from one thread at a time for loads); ops take it by shared reference,
+/// so the per-slot upload events sit behind a mutex.
 #[derive(Debug)]
 pub struct CudaLoraArena {
     geom: LoraStackGeometry,
     device: String,
-    data: CudaSlice<f32>,
+    /// bf16 bits.
+    data: CudaSlice<u16>,
     /// `[slot][layer][target]`.
     modules: Vec<Option<Stored>>,
-    staging: PinnedHostSlice<f32>,
+    /// One slot of bf16 bits, filled by [`stage_bf16`].
+    staging: PinnedHostSlice<u16>,
     /// Recorded on the copy stream after the last copy out of `staging`.
     staging_free: Option<CudaEvent>,
     /// Per slot: recorded after its last upload, until the compute stream waited on it.
@@ -91,8 +121,8 @@ fn no_timing() -> Option<sys::CUevent_flags> {
 }
 
 impl CudaLoraArena {
-    /// Reserves every slot at `max_rank` (zeroed device memory) and one slot of pinned host
-    /// staging. Errors: INVALID_ARGUMENT for an empty or overflowing geometry, DEVICE when the
+    /// Reserves every slot at `max_rank` (zeroed bf16 device memory, [`LORA_ELEM_BYTES`] per
+    /// element) and one slot of pinned host staging. Errors: INVALID_ARGUMENT for an empty or overflowing geometry, DEVICE when the
     /// memory cannot be allocated.
     pub(crate) fn new(
         compute: &Arc<CudaStream>,
@@ -101,23 +131,24 @@ impl CudaLoraArena {
         geom: LoraStackGeometry,
     ) -> Result<Self> {
         let total = geom.arena_elems()?;
+        let total_bytes = arena_bytes(&geom)?;
         let slot_elems = geom.slot_elems();
         let err = |what: &str| {
             let what = what.to_string();
             move |e: DriverError| driver_err(device, &what, e)
         };
         let data = compute
-            .alloc_zeros::<f32>(total)
-            .map_err(err(&format!("adapter arena ({} bytes)", total * 4)))?;
+            .alloc_zeros::<u16>(total)
+            .map_err(err(&format!("adapter arena ({total_bytes} bytes)")))?;
         // SAFETY: the staging memory is zeroed through its raw pointer right below, before any
         // slice of it is formed.
-        let mut staging = unsafe { compute.context().alloc_pinned::<f32>(slot_elems) }
+        let mut staging = unsafe { compute.context().alloc_pinned::<u16>(slot_elems) }
             .map_err(err("pinned adapter staging"))?;
         let ptr = staging
             .as_mut_ptr()
             .map_err(err("pinned adapter staging"))?;
-        // SAFETY: `ptr` points to `slot_elems` f32 of pinned host memory owned by `staging`,
-        // which no copy uses yet; all-zero bytes are a valid f32.
+        // SAFETY: `ptr` points to `slot_elems` u16 of pinned host memory owned by `staging`,
+        // which no copy uses yet; all-zero bytes are a valid u16 (bf16 +0.0).
         unsafe { std::ptr::write_bytes(ptr, 0, slot_elems) };
         Ok(Self {
             geom,
@@ -137,13 +168,13 @@ impl CudaLoraArena {
         self.geom
     }
 
-    /// Bytes of device memory reserved.
+    /// Bytes of device memory reserved ([`LORA_ELEM_BYTES`] per element).
     pub fn bytes(&self) -> usize {
-        self.data.len() * 4
+        self.data.len() * LORA_ELEM_BYTES
     }
 
-    /// The arena's device memory.
-    pub(crate) fn data(&self) -> &CudaSlice<f32> {
+    /// The arena's device memory (bf16 bits).
+    pub(crate) fn data(&self) -> &CudaSlice<u16> {
         &self.data
     }
 
@@ -151,7 +182,9 @@ impl CudaLoraArena {
         (slot * self.geom.num_layers + layer) * 7 + target
     }
 
-    /// Stores an adapter in `slot` (see the module docs); validated completely before anything
+    /// Stores an adapter in `slot` (see the module docs): waits for the previous copy out of
+    /// the staging memory, converts the adapter's f32 weights to bf16 into it ([`stage_bf16`])
+    /// and queues the copy; returns before the copy ends. Validated completely before anything
     /// is written. Errors as [`crate::backend::Backend::lora_load_slot`], DEVICE for a failed
     /// copy.
     pub(crate) fn load_slot(&mut self, slot: usize, layers: &LoraSlotData<'_>) -> Result<()> {
@@ -171,8 +204,11 @@ impl CudaLoraArena {
             for t in LoraTarget::ALL {
                 let Some(m) = &mods[t.index()] else { continue };
                 let off = module_offset_in_slot(&g, l, t.index());
-                staging[off..off + m.a.len()].copy_from_slice(m.a);
-                staging[off + m.a.len()..off + m.a.len() + m.b.len()].copy_from_slice(m.b);
+                stage_bf16(&mut staging[off..off + m.a.len()], m.a);
+                stage_bf16(
+                    &mut staging[off + m.a.len()..off + m.a.len() + m.b.len()],
+                    m.b,
+                );
             }
         }
         self.clear_slot(slot);
@@ -285,6 +321,95 @@ mod tests {
             num_layers: 2,
             dims: [(8, 8), (8, 2), (8, 2), (8, 8), (8, 16), (8, 16), (16, 8)],
         }
+    }
+
+    /// The bf16 nearest to `v` by value (ties to the even bits), chosen by comparing the two
+    /// candidates around `v` in f64: an oracle written without bit tricks. Finite `v` whose
+    /// rounding stays finite only.
+    fn nearest_bf16(v: f32) -> u16 {
+        let bits = v.to_bits();
+        let lo = (bits >> 16) as u16; // truncated toward zero
+        let hi = lo + 1; // next bf16 away from zero
+        let val = |b: u16| f64::from(f32::from_bits(u32::from(b) << 16));
+        let (dl, dh) = (
+            (f64::from(v) - val(lo)).abs(),
+            (val(hi) - f64::from(v)).abs(),
+        );
+        if bits & 0xffff == 0 || dl < dh || (dl == dh && lo.is_multiple_of(2)) {
+            lo
+        } else {
+            hi
+        }
+    }
+
+    #[test]
+    fn staging_rounds_to_nearest_even_and_keeps_nan_and_inf() {
+        let cases: [(u32, u16); 12] = [
+            (0x3f80_0000, 0x3f80), // 1.0: exact
+            (0x3f80_8000, 0x3f80), // 1 + 2^-8: tie, down to even
+            (0x3f81_8000, 0x3f82), // tie, up to even
+            (0x3f80_8001, 0x3f81), // just above the tie
+            (0x3f81_7fff, 0x3f81), // just below the tie
+            (0xbf81_8000, 0xbf82), // negative tie
+            (0x8000_0000, 0x8000), // -0.0
+            (0x0001_8000, 0x0002), // subnormal tie, up to even
+            (0x7f7f_ffff, 0x7f80), // f32::MAX rounds past the largest bf16: inf
+            (0x7f80_0000, 0x7f80), // inf
+            (0xff80_0000, 0xff80), // -inf
+            (0x7f7f_7fff, 0x7f7f), // below the tie to inf: the largest bf16
+        ];
+        let src: Vec<f32> = cases.iter().map(|&(b, _)| f32::from_bits(b)).collect();
+        let mut dst = vec![0u16; src.len()];
+        stage_bf16(&mut dst, &src);
+        for (&(b, want), got) in cases.iter().zip(&dst) {
+            assert_eq!(*got, want, "{b:#010x}: {got:#06x}, want {want:#06x}");
+        }
+        // Every NaN stays a NaN, including one whose payload is only in the dropped low bits
+        // (truncation would turn it into inf).
+        let nans = [
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001),
+            f32::from_bits(0xffc0_1234),
+        ];
+        let mut out = [0u16; 4];
+        stage_bf16(&mut out, &nans);
+        for (v, b) in nans.iter().zip(out) {
+            let w = f32::from_bits(u32::from(b) << 16);
+            assert!(w.is_nan(), "{:#010x} -> {b:#06x}", v.to_bits());
+            assert_eq!(
+                b >> 15,
+                (v.to_bits() >> 31) as u16,
+                "sign of {:#010x}",
+                v.to_bits()
+            );
+        }
+        // Random finite values of every exponent against the f64 oracle.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let src: Vec<f32> = (0..20000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                f32::from_bits(x as u32 & 0xff7f_ffff) // exponent below 255: finite
+            })
+            .filter(|v| v.abs() < f32::from_bits(0x7f7f_8000))
+            .collect();
+        let mut dst = vec![0u16; src.len()];
+        stage_bf16(&mut dst, &src);
+        for (v, got) in src.iter().zip(&dst) {
+            assert_eq!(*got, nearest_bf16(*v), "{:#010x}", v.to_bits());
+        }
+    }
+
+    #[test]
+    fn the_arena_takes_two_bytes_per_element() {
+        let g = geom();
+        assert_eq!(LORA_ELEM_BYTES, 2);
+        assert_eq!(arena_bytes(&g).unwrap(), 3 * g.slot_elems() * 2);
+        assert_eq!(arena_bytes(&g).unwrap() * 2, g.arena_elems().unwrap() * 4);
+        let empty = LoraStackGeometry { num_slots: 0, ..g };
+        assert!(arena_bytes(&empty).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! links without CUDA and a machine without a driver gets a DEVICE error from
 //! [`CudaBackend::open`].
 //!
-//! Buffers, weights (bf16 or f32), the KV cache (bf16) and the adapter arena (f32) live in
+//! Buffers, weights (bf16 or f32), the KV cache (bf16) and the adapter arena (bf16) live in
 //! device memory. Every op validates its shapes on the host exactly like the CPU backend (NaN
 //! output via `lpx_fill_f32`, or nothing written) and then queues its kernels on the compute
 //! stream; nothing waits for the device except [`Backend::download`] (and an adapter upload
@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 
 pub use buffer::CudaBuf;
 pub use kv_cache::{CudaKvCache, KV_ELEM_BYTES};
-pub use lora_arena::CudaLoraArena;
+pub use lora_arena::{CudaLoraArena, LORA_ELEM_BYTES};
 pub(crate) use weight::packed_bytes;
 pub use weight::CudaWeight;
 

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 /// One stored module as the kernels see it: rank, the adapter's scale (`alpha / r`) and the
-/// arena offsets (f32 elements) of its A `[rank, in]` and B `[out, rank]`.
+/// arena offsets (elements: bf16 weights) of its A `[rank, in]` and B `[out, rank]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SegModule {
     /// Rank.
