@@ -167,12 +167,13 @@ impl MemoryPlan {
 
     /// [`MemoryPlan::size`] for an engine on a device described by `dev`: the KV cache is
     /// planned at `dev.kv_elem_bytes` per value, the device adapter arena at
-    /// `dev.lora_elem_bytes` per weight (the host adapter cache at 4), and for a device with its own memory
-    /// (`dev.free_bytes`) the automatic KV cache (no `kv_cache_bytes`, no budget) is what the
-    /// free memory leaves after the device adapter arena, the activations and a margin
-    /// (the larger of [`DEVICE_MARGIN_MIN_BYTES`] and 5% of the free memory), capped at what
-    /// `max_num_seqs` sequences of `len` tokens can use. Errors as [`MemoryPlan::size`], and
-    /// DEVICE when the free memory does not leave one KV block (naming every part).
+    /// `dev.lora_elem_bytes` per weight (the host adapter cache at 4), and for a device with
+    /// its own memory (`dev.free_bytes`) the automatic KV cache (no `kv_cache_bytes`, no
+    /// budget) is what the free memory leaves after the device adapter arena, the activations
+    /// and a margin (the larger of [`DEVICE_MARGIN_MIN_BYTES`] and 5% of the free memory),
+    /// capped at what `max_num_seqs` sequences of `len` tokens can use. Errors as
+    /// [`MemoryPlan::size`], and DEVICE when the free memory does not leave one KV block
+    /// (naming every part).
     pub fn size_on(
         cfg: &EngineConfig,
         model: &ModelConfig,

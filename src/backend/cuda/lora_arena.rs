@@ -14,11 +14,11 @@
 //!
 //! Uploads are asynchronous: [`CudaLoraArena::load_slot`] packs the adapter into pinned host
 //! staging memory (converting it to bf16 on the way) and copies it on the arena's own copy
-//! stream, which first waits for the work
-//! already queued on the compute stream (a step may still read the slot's previous adapter);
-//! an event recorded after the copy is waited on by the compute stream before the next
-//! `lora_apply` that reads the slot, so the copy overlaps every step that does not use it. The
-//! staging memory is reused only after the previous copy from it completed.
+//! stream, which first waits for the work already queued on the compute stream (a step may
+//! still read the slot's previous adapter); an event recorded after the copy is waited on by
+//! the compute stream before the next `lora_apply` that reads the slot, so the copy overlaps
+//! every step that does not use it. The staging memory is reused only after the previous copy
+//! from it completed.
 
 use std::sync::Arc;
 
@@ -89,8 +89,8 @@ pub fn upload_runs(g: &LoraStackGeometry, layers: &LoraSlotData<'_>) -> Vec<(usi
 
 /// The CUDA backend's adapter arena (see the module docs): the device memory (bf16 bits), one
 /// slot of pinned host staging (bf16 bits) and the per-slot upload events. Owned by the engine's
-/// worker (`Send`, used from one thread at a time for loads); ops take it by shared reference,
-/// so the per-slot upload events sit behind a mutex.
+/// worker, which loads slots one at a time (`&mut self`); ops take it by shared reference, so
+/// the per-slot upload events sit behind a mutex.
 #[derive(Debug)]
 pub struct CudaLoraArena {
     geom: LoraStackGeometry,
@@ -122,8 +122,8 @@ fn no_timing() -> Option<sys::CUevent_flags> {
 
 impl CudaLoraArena {
     /// Reserves every slot at `max_rank` (zeroed bf16 device memory, [`LORA_ELEM_BYTES`] per
-    /// element) and one slot of pinned host staging. Errors: INVALID_ARGUMENT for an empty or overflowing geometry, DEVICE when the
-    /// memory cannot be allocated.
+    /// element) and one slot of pinned host staging (bf16 bits). Errors: INVALID_ARGUMENT for
+    /// an empty or overflowing geometry, DEVICE when the memory cannot be allocated.
     pub(crate) fn new(
         compute: &Arc<CudaStream>,
         copy: &Arc<CudaStream>,
