@@ -83,6 +83,23 @@ static __device__ __forceinline__ void mma_bf16_16816(float c[4], const uint32_t
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Four consecutive f32 of a row, p = &row[k], columns >= in read as zero. VEC: one 16-byte load
+// (the caller guarantees alignment and that the four columns are all in or all out, e.g. in % 4
+// == 0 with k % 4 == 0); otherwise bounds-checked scalar loads.
+template <bool VEC>
+static __device__ __forceinline__ float4 load_f32x4(const float* __restrict__ p, int k, int in) {
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (VEC) {
+        if (k < in) v = __ldg(reinterpret_cast<const float4*>(p));
+    } else {
+        if (k < in) v.x = __ldg(p);
+        if (k + 1 < in) v.y = __ldg(p + 1);
+        if (k + 2 < in) v.z = __ldg(p + 2);
+        if (k + 3 < in) v.w = __ldg(p + 3);
+    }
+    return v;
+}
+
 // ---------------------------------------------------------------------------------------------
 // lpx_gemm_bf16
 // ---------------------------------------------------------------------------------------------
@@ -113,20 +130,9 @@ static __device__ __forceinline__ void gemm_bf16_load(GemmStage& st, const float
         const int c = (idx & 15) * 4;
         const int t = t0 + r;
         const int k = k0 + c;
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (t < rows) {
-            const float* p = x + (long long)t * in + k;
-            if (VEC) {
-                // in % 8 == 0 and k % 4 == 0: the four columns are all in or all out.
-                if (k < in) v = __ldg(reinterpret_cast<const float4*>(p));
-            } else {
-                if (k < in) v.x = __ldg(p);
-                if (k + 1 < in) v.y = __ldg(p + 1);
-                if (k + 2 < in) v.z = __ldg(p + 2);
-                if (k + 3 < in) v.w = __ldg(p + 3);
-            }
-        }
-        st.x[i] = v;
+        // VEC: in % 8 == 0 and k % 4 == 0, so the four columns are all in or all out.
+        st.x[i] = t < rows ? load_f32x4<VEC>(x + (long long)t * in + k, k, in)
+                           : make_float4(0.f, 0.f, 0.f, 0.f);
     }
     const unsigned short* wu = reinterpret_cast<const unsigned short*>(w);
 #pragma unroll
@@ -480,32 +486,11 @@ static __device__ __forceinline__ void gemm_f32_load(float4& xv, float4& wv,
     const int r = tid >> 2;        // 0..63
     const int c = (tid & 3) * 4;   // 0, 4, 8, 12
     const int k = k0 + c;
-    xv = make_float4(0.f, 0.f, 0.f, 0.f);
-    wv = make_float4(0.f, 0.f, 0.f, 0.f);
     const int t = t0 + r;
     const int o = o0 + r;
-    if (t < rows) {
-        const float* p = x + (long long)t * in + k;
-        if (VEC) {
-            if (k < in) xv = __ldg(reinterpret_cast<const float4*>(p));
-        } else {
-            if (k < in) xv.x = __ldg(p);
-            if (k + 1 < in) xv.y = __ldg(p + 1);
-            if (k + 2 < in) xv.z = __ldg(p + 2);
-            if (k + 3 < in) xv.w = __ldg(p + 3);
-        }
-    }
-    if (o < out) {
-        const float* p = w + (long long)o * in + k;
-        if (VEC) {
-            if (k < in) wv = __ldg(reinterpret_cast<const float4*>(p));
-        } else {
-            if (k < in) wv.x = __ldg(p);
-            if (k + 1 < in) wv.y = __ldg(p + 1);
-            if (k + 2 < in) wv.z = __ldg(p + 2);
-            if (k + 3 < in) wv.w = __ldg(p + 3);
-        }
-    }
+    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+    xv = t < rows ? load_f32x4<VEC>(x + (long long)t * in + k, k, in) : zero;
+    wv = o < out ? load_f32x4<VEC>(w + (long long)o * in + k, k, in) : zero;
 }
 
 static __device__ __forceinline__ void gemm_f32_store(const float4& xv, const float4& wv,

@@ -51,6 +51,18 @@ __device__ __forceinline__ float block_sum_fixed(float v, float* red) {
     return red[32];
 }
 
+// 1/sqrt(mean(v[j]^2) + eps) over the n values of v: each thread an fmaf chain over its strided
+// j in order, then block_sum_fixed; the same order for every row. `red` holds 33 floats.
+__device__ __forceinline__ float rms_scale(const float* v, int n, float eps, float* red) {
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const float a = v[j];
+        ss = fmaf(a, a, ss);
+    }
+    ss = block_sum_fixed(ss, red);
+    return 1.0f / sqrtf(ss / (float)n + eps);
+}
+
 extern "C" __global__ void __launch_bounds__(256) lpx_rms_norm(const float* __restrict__ x,
                                                                const float* __restrict__ w,
                                                                float* __restrict__ out, int rows,
@@ -62,13 +74,7 @@ extern "C" __global__ void __launch_bounds__(256) lpx_rms_norm(const float* __re
     }
     const float* xr = x + (long long)t * dim;
     float* orow = out + (long long)t * dim;
-    float ss = 0.0f;
-    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
-        const float v = xr[j];
-        ss = fmaf(v, v, ss);
-    }
-    ss = block_sum_fixed(ss, red);
-    const float r = 1.0f / sqrtf(ss / (float)dim + eps);
+    const float r = rms_scale(xr, dim, eps, red);
     for (int j = threadIdx.x; j < dim; j += blockDim.x) {
         orow[j] = (xr[j] * r) * w[j];
     }
@@ -87,13 +93,7 @@ extern "C" __global__ void __launch_bounds__(128) lpx_head_rms_norm(float* __res
         return;
     }
     float* v = x + (long long)t * stride + col + (long long)h * head_dim;
-    float ss = 0.0f;
-    for (int j = threadIdx.x; j < head_dim; j += blockDim.x) {
-        const float a = v[j];
-        ss = fmaf(a, a, ss);
-    }
-    ss = block_sum_fixed(ss, red);
-    const float r = 1.0f / sqrtf(ss / (float)head_dim + eps);
+    const float r = rms_scale(v, head_dim, eps, red);
     // Each element is read and written by the same thread, after the block-wide sum (which
     // ends in a __syncthreads), so the in-place update never races with a read.
     for (int j = threadIdx.x; j < head_dim; j += blockDim.x) {
