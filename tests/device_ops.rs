@@ -23,8 +23,9 @@
 
 mod common;
 
-use common::lora::{random_adapter, view, OwnedAdapter, OwnedModule};
+use common::lora::{model_layout as layout, random_adapter, view, OwnedAdapter, OwnedModule};
 use common::paged::{paged_step, slot as paged_slot, PagedStep};
+use common::values::{assert_bits_eq, assert_close, rand_vec};
 use loraplex::backend::reference::ReferenceBackend;
 use loraplex::backend::{
     select, AttentionArgs, AttnMeta, Backend, DeviceBackend, KvGeometry, KvWriteArgs, LoraArgs,
@@ -63,10 +64,6 @@ fn bf16(v: f32) -> f32 {
     half::bf16::from_f32(v).to_f32()
 }
 
-fn rand_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
-}
-
 fn up<B: Backend>(be: &B, v: &[f32]) -> B::Buf {
     be.upload(v).unwrap()
 }
@@ -75,28 +72,6 @@ fn down<B: Backend>(be: &B, b: &B::Buf, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; n];
     be.download(b, &mut out).unwrap();
     out
-}
-
-/// Asserts `|a - b| <= tol(i)` elementwise (a NaN on either side fails).
-fn assert_close(what: &str, a: &[f32], b: &[f32], tol: impl Fn(usize) -> f32) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    for i in 0..a.len() {
-        let d = (a[i] - b[i]).abs();
-        assert!(
-            d <= tol(i),
-            "{what}: index {i}: {} vs reference {} (diff {d:e}, tol {:e})",
-            a[i],
-            b[i],
-            tol(i)
-        );
-    }
-}
-
-fn assert_bits_eq(what: &str, a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
-        panic!("{what}: index {i}: {} vs {}", a[i], b[i]);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -746,21 +721,6 @@ fn lora_batch(rng: &mut ChaCha8Rng, rows: usize) -> LoraBatch {
         token_slot,
         token_scale,
         mix: vec![lane(rng, true), lane(rng, false)],
-    }
-}
-
-/// `(x_stride, x_col, y_stride, y_col)` as the model lays out fused rows (a padded x for Q).
-fn layout(geom: &LoraStackGeometry, t: LoraTarget) -> (usize, usize, usize, usize) {
-    let (q, kv) = (geom.dims[0].1, geom.dims[1].1);
-    let inter = geom.dims[4].1;
-    let (inp, out) = geom.dims[t.index()];
-    match t {
-        LoraTarget::Q => (inp + 3, 2, q + 2 * kv, 0),
-        LoraTarget::K => (inp, 0, q + 2 * kv, q),
-        LoraTarget::V => (inp, 0, q + 2 * kv, q + kv),
-        LoraTarget::Gate => (inp, 0, 2 * inter, 0),
-        LoraTarget::Up => (inp, 0, 2 * inter, inter),
-        _ => (inp, 0, out, 0),
     }
 }
 

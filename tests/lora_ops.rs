@@ -10,7 +10,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::lora::{random_adapter, view, OwnedAdapter};
+use common::lora::{model_layout as layout, random_adapter, view, OwnedAdapter};
+use common::values::rand_vec;
 use loraplex::backend::cpu::CpuBackend;
 use loraplex::backend::reference::ReferenceBackend;
 use loraplex::backend::{
@@ -60,22 +61,6 @@ fn odd_geom(num_slots: usize, max_rank: usize) -> LoraStackGeometry {
     }
 }
 
-/// Column offsets and strides as the model uses them: x `[rows, x_stride]` read at `x_col`,
-/// y `[rows, y_stride]` written at `y_col` (fused qkv / gate_up layouts, plus a padded x).
-fn layout(geom: &LoraStackGeometry, t: LoraTarget) -> (usize, usize, usize, usize) {
-    let (q, kv) = (geom.dims[0].1, geom.dims[1].1);
-    let inter = geom.dims[4].1;
-    let (inp, out) = geom.dims[t.index()];
-    match t {
-        LoraTarget::Q => (inp + 3, 2, q + 2 * kv, 0),
-        LoraTarget::K => (inp, 0, q + 2 * kv, q),
-        LoraTarget::V => (inp, 0, q + 2 * kv, q + kv),
-        LoraTarget::Gate => (inp, 0, 2 * inter, 0),
-        LoraTarget::Up => (inp, 0, 2 * inter, inter),
-        _ => (inp, 0, out, 0),
-    }
-}
-
 /// Mixed-rank arena contents: slot 0 rank 8 everywhere, slot 1 ranks 4/16/64 and absent
 /// modules, slot 2 rank 1/3 (odd), slot 3 loaded then cleared, slot 4 never loaded.
 fn fill<B: Backend>(be: &B, geom: &LoraStackGeometry, seed: u64) -> B::LoraStack {
@@ -98,10 +83,6 @@ fn fill<B: Backend>(be: &B, geom: &LoraStackGeometry, seed: u64) -> B::LoraStack
     load(be, &mut stack, 3, &a3);
     be.lora_clear_slot(&mut stack, 3);
     stack
-}
-
-fn rand_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.gen_range(-1f32..1.0)).collect()
 }
 
 /// One `lora_apply` call: `rows` rows of `x` into a copy of `y0`, at the model's layout for

@@ -6,6 +6,7 @@ use std::sync::Arc;
 mod common;
 
 use common::paged::{paged_step, slot, PagedStep};
+use common::values::{assert_bits_eq, assert_close, rand_vec};
 use loraplex::backend::cpu::CpuBackend;
 use loraplex::backend::reference::ReferenceBackend;
 use loraplex::backend::{
@@ -31,40 +32,8 @@ fn cpu(n: usize) -> CpuBackend {
     CpuBackend::new(pool(n))
 }
 
-fn rand_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
-}
-
 fn tensor(rng: &mut ChaCha8Rng, out: usize, inp: usize) -> HostTensor {
     HostTensor::f32(vec![out, inp], rand_vec(rng, out * inp))
-}
-
-/// Asserts `|a - b| <= tol[i]` elementwise (and that neither is NaN).
-fn assert_close(what: &str, a: &[f32], b: &[f32], tol: impl Fn(usize) -> f32) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    for i in 0..a.len() {
-        let d = (a[i] - b[i]).abs();
-        assert!(
-            d <= tol(i),
-            "{what}: index {i}: {} vs {} (diff {d}, tol {})",
-            a[i],
-            b[i],
-            tol(i)
-        );
-    }
-}
-
-fn assert_bits_eq(what: &str, a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    for i in 0..a.len() {
-        assert_eq!(
-            a[i].to_bits(),
-            b[i].to_bits(),
-            "{what}: index {i}: {} vs {}",
-            a[i],
-            b[i]
-        );
-    }
 }
 
 /// f32-accumulation bound for y[t, o]: 1e-6 * sqrt(in) * sum_i |x_i w_i| (+ denormal slack).

@@ -47,3 +47,20 @@ pub fn view(a: &OwnedAdapter) -> Vec<[Option<LoraWeights<'_>>; 7]> {
         })
         .collect()
 }
+
+/// `(x_stride, x_col, y_stride, y_col)` of target `t` as the model lays out its rows: x read
+/// from a `[rows, x_stride]` buffer at `x_col`, y written into the fused qkv / gate_up rows at
+/// `y_col` (Q's x is padded and offset, to exercise strided views).
+pub fn model_layout(geom: &LoraStackGeometry, t: LoraTarget) -> (usize, usize, usize, usize) {
+    let (q, kv) = (geom.dims[0].1, geom.dims[1].1);
+    let inter = geom.dims[4].1;
+    let (inp, out) = geom.dims[t.index()];
+    match t {
+        LoraTarget::Q => (inp + 3, 2, q + 2 * kv, 0),
+        LoraTarget::K => (inp, 0, q + 2 * kv, q),
+        LoraTarget::V => (inp, 0, q + 2 * kv, q + kv),
+        LoraTarget::Gate => (inp, 0, 2 * inter, 0),
+        LoraTarget::Up => (inp, 0, 2 * inter, inter),
+        _ => (inp, 0, out, 0),
+    }
+}

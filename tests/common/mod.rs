@@ -5,6 +5,7 @@
 pub mod c_errors;
 pub mod lora;
 pub mod paged;
+pub mod values;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
