@@ -189,10 +189,14 @@ def one_job(job):
     try:
         if stream:
             text = ""
-            for c in via.completions.create(model=name, prompt=prompt, max_tokens=48,
+            answer = via.completions.create(model=name, prompt=prompt, max_tokens=48,
                                             temperature=0, stream=True, extra_headers=hdr,
-                                            extra_body=long):
-                got_data = True
+                                            extra_body=long)
+            # create() returns once the response's status and headers have arrived: from then
+            # on the router has committed this answer to the replica and cannot retry it, even
+            # if no token had been sent yet when the replica died.
+            got_data = True
+            for c in answer:
                 text += c.choices[0].text or ""
         else:
             text = via.completions.create(model=name, prompt=prompt, max_tokens=48,
@@ -210,7 +214,8 @@ def one_job(job):
 with cf.ThreadPoolExecutor(6) as pool:
     results = list(pool.map(one_job, jobs))
 errors = [(i, s, g, e) for i, s, g, e in results if e]
-# A streamed answer that had started on the killed replica cannot be retried by a router.
+# A streamed answer whose response had started on the killed replica cannot be retried by a
+# router.
 lost = [r for r in errors if not (sig == "KILL" and r[1] and r[2] and not r[3].startswith("answer"))]
 for i, s, g, e in errors:
     print(f"  {sig} request {i} ({'stream' if s else 'plain'}{', under way' if g else ''}): {e}")
