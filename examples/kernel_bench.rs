@@ -603,25 +603,30 @@ fn lora(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
                 let x = rand(&mut rng, rows * 1536);
                 let mut y = vec![0f32; rows * 3072];
                 let batch = LoraBatch::from_slots((0..rows).map(|r| (r % slots) as i32).collect());
+                // Inside the pool, as the engine's worker runs its steps (`Driver::run`).
                 let (bw, bc) = time_cpu(min, || {
-                    for (_, _, w) in &base {
-                        be.matmul(&x, rows, w, &mut y);
-                    }
+                    pool.install(|| {
+                        for (_, _, w) in &base {
+                            be.matmul(&x, rows, w, &mut y);
+                        }
+                    })
                 });
                 let (lw, lc) = time_cpu(min, || {
-                    for l in 0..layers {
-                        for t in LoraTarget::ALL {
-                            let (inp, out) = LORA_DIMS[t.index()];
-                            let args = LoraArgs {
-                                batch: &batch,
-                                stack: &stack,
-                                layer: l,
-                                target: t,
-                            };
-                            let xv = View::new(&x, rows, inp, 0);
-                            be.lora_apply(xv, ViewMut::new(&mut y, rows, out, 0), &args);
+                    pool.install(|| {
+                        for l in 0..layers {
+                            for t in LoraTarget::ALL {
+                                let (inp, out) = LORA_DIMS[t.index()];
+                                let args = LoraArgs {
+                                    batch: &batch,
+                                    stack: &stack,
+                                    layer: l,
+                                    target: t,
+                                };
+                                let xv = View::new(&x, rows, inp, 0);
+                                be.lora_apply(xv, ViewMut::new(&mut y, rows, out, 0), &args);
+                            }
                         }
-                    }
+                    })
                 });
                 let lf = 2.0
                     * (rows * rank * layers) as f64

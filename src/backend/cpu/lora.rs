@@ -98,8 +98,25 @@ impl CpuLoraArena {
 
 /// Output columns per parallel expand task at least (a multiple of 8).
 const MIN_COLS: usize = 64;
-/// Below this many multiply-adds a call runs on the calling thread.
-const PAR_MIN_FMAS: usize = 1 << 20;
+/// Below this much work (see [`work`]) a call runs on the calling thread.
+const PAR_MIN_WORK: usize = 1 << 18;
+/// What reading one adapter weight (4 bytes, streamed from memory) costs, in multiply-adds:
+/// about 15 GB/s per core against about 20 multiply-adds per ns.
+const WEIGHT_READ_FMAS: usize = 4;
+
+/// The work of one lane's call, in multiply-adds: each active row's shrink and expand, plus
+/// streaming each distinct module's `A` and `Bᵀ` once (`active` is sorted by slot). With many
+/// distinct adapters the call is bound by that stream, not by its arithmetic.
+fn work(active: &[Active<'_>], inp: usize, out: usize) -> usize {
+    let fmas: usize = active.iter().map(|a| a.m.rank * (inp + out)).sum();
+    let weights: usize = active
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| *i == 0 || active[i - 1].slot != a.slot)
+        .map(|(_, a)| a.m.rank * (inp + out))
+        .sum();
+    fmas.saturating_add(weights.saturating_mul(WEIGHT_READ_FMAS))
+}
 
 /// One active row: its position in the call and its module (`b` holds `Bᵀ [r, out]`).
 struct Active<'a> {
@@ -213,9 +230,8 @@ fn apply_lane(
     if hs == 0 {
         return;
     }
-    let fmas: usize = active.iter().map(|a| a.m.rank * (inp + out)).sum();
     let threads = be.pool.current_num_threads();
-    let parallel = threads > 1 && fmas >= PAR_MIN_FMAS;
+    let parallel = threads > 1 && work(&active, inp, out) >= PAR_MIN_WORK;
 
     // Shrink: H[a, k] = A[k] · x[t_a] for k < r_a; zero for r_a <= k < hs.
     let mut hbuf = vec![0f32; active.len() * hs];
