@@ -40,7 +40,8 @@ use std::time::Instant;
 
 use loraplex::adapters::{load_adapter, AdapterLimits, ModelShape};
 use loraplex::backend::{
-    Backend, LoraArgs, LoraBatch, LoraStackGeometry, LoraTarget, View, ViewMut, WeightFormat,
+    Backend, LoraArgs, LoraBatch, LoraPrecision, LoraStackGeometry, LoraTarget, View, ViewMut,
+    WeightFormat,
 };
 use loraplex::config::EngineConfig;
 use loraplex::engine::{Engine, Prompt, Request};
@@ -153,6 +154,7 @@ fn upload_ms(
         max_rank: rank,
         num_layers: shape.num_layers,
         dims: shape.lora_dims(),
+        precision: LoraPrecision::Bf16,
     };
     let mut stack = be.alloc_lora_stack(geom)?;
     let layers = loraplex::cache::slot_data(&adapter);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use loraplex::backend::cpu::CpuBackend;
 use loraplex::backend::{
-    AttentionArgs, AttnMeta, Backend, KvGeometry, KvWriteArgs, LoraArgs, LoraBatch,
+    AttentionArgs, AttnMeta, Backend, KvGeometry, KvWriteArgs, LoraArgs, LoraBatch, LoraPrecision,
     LoraStackGeometry, LoraTarget, LoraWeights, RopeArgs, View, ViewMut, WeightFormat,
 };
 use loraplex::tensor::HostTensor;
@@ -529,6 +529,7 @@ fn lora(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
             max_rank: rank,
             num_layers: layers,
             dims: LORA_DIMS,
+            precision: LoraPrecision::F32,
         };
         let mut stack = be.alloc_lora_stack(geom).expect("arena");
         fill_arena(&be, &mut stack, &geom, rank, &mut rng);
@@ -588,12 +589,16 @@ fn lora(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
             (inp, out, be.weight(&t, WeightFormat::F32).expect("weight"))
         })
         .collect();
-    for rank in [8usize, 16] {
+    for (rank, precision) in [8usize, 16]
+        .into_iter()
+        .flat_map(|r| [(r, LoraPrecision::F32), (r, LoraPrecision::Bf16)])
+    {
         let geom = LoraStackGeometry {
             num_slots: 32,
             max_rank: rank,
             num_layers: layers,
             dims: LORA_DIMS,
+            precision,
         };
         for pool in pools {
             let be = CpuBackend::new(pool.clone());
@@ -632,7 +637,7 @@ fn lora(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
                     * (rows * rank * layers) as f64
                     * LORA_DIMS.iter().map(|(i, o)| i + o).sum::<usize>() as f64;
                 println!(
-                    "decode step lora r{rank} {} thr rows {rows:>2} slots {slots:>2}: lora {:.2} ms ({:.2} cpu-ms, {:.1} GF/cpu-s) vs base matmuls {:.2} ms ({:.2} cpu-ms): +{:.1}% cpu",
+                    "decode step lora r{rank} {precision:?} {} thr rows {rows:>2} slots {slots:>2}: lora {:.2} ms ({:.2} cpu-ms, {:.1} GF/cpu-s) vs base matmuls {:.2} ms ({:.2} cpu-ms): +{:.1}% cpu",
                     pool.current_num_threads(),
                     lw * 1e3,
                     lc * 1e3,

@@ -29,8 +29,8 @@ use common::values::{assert_bits_eq, assert_close, rand_vec};
 use loraplex::backend::reference::ReferenceBackend;
 use loraplex::backend::{
     select, AttentionArgs, AttnMeta, Backend, DeviceBackend, KvGeometry, KvWriteArgs, LoraArgs,
-    LoraBatch, LoraLane, LoraSlotData, LoraStackGeometry, LoraTarget, RopeArgs, View, ViewMut,
-    WeightFormat,
+    LoraBatch, LoraLane, LoraPrecision, LoraSlotData, LoraStackGeometry, LoraTarget, RopeArgs,
+    View, ViewMut, WeightFormat,
 };
 use loraplex::error::ErrorCode;
 use loraplex::tensor::HostTensor;
@@ -652,6 +652,7 @@ fn geoms(num_slots: usize, max_rank: usize) -> [LoraStackGeometry; 2] {
         max_rank,
         num_layers: layers,
         dims: [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)],
+        precision: LoraPrecision::F32,
     };
     [g(37, 27, 9, 61, 3), g(512, 512, 128, 1376, 2)]
 }

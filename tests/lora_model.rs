@@ -21,8 +21,8 @@ use loraplex::adapters::{load_adapter, AdapterLimits, ModelShape};
 use loraplex::backend::cpu::CpuBackend;
 use loraplex::backend::reference::ReferenceBackend;
 use loraplex::backend::{
-    AttnMeta, Backend, KvGeometry, LoraBatch, LoraLane, LoraStackGeometry, LoraTarget, LoraWeights,
-    WeightFormat,
+    AttnMeta, Backend, KvGeometry, LoraBatch, LoraLane, LoraPrecision, LoraStackGeometry,
+    LoraTarget, LoraWeights, WeightFormat,
 };
 use loraplex::model::llama::{Llama, StepInput};
 use loraplex::model::{ModelConfig, ModelFiles, TensorMap};
@@ -228,6 +228,7 @@ fn arena_geom(cfg: &ModelConfig, max_rank: usize) -> LoraStackGeometry {
         max_rank,
         num_layers: cfg.num_layers,
         dims: dims(cfg),
+        precision: LoraPrecision::F32,
     }
 }
 
@@ -623,6 +624,7 @@ fn smollm2_hf_adapter_matches_peft() {
             max_rank: 64,
             num_layers: cfg.num_layers,
             dims: dims(&cfg),
+            precision: LoraPrecision::F32,
         })
         .unwrap();
     be.lora_load_slot(&mut stack, 1, &data).unwrap();

@@ -1,6 +1,7 @@
 //! `lora_apply` and the adapter arena: CpuBackend (SIMD and portable kernels) against the scalar
 //! ReferenceBackend on random data, bitwise batch and thread-count invariance, and the
-//! `lora_load_slot` / `lora_clear_slot` contract.
+//! `lora_load_slot` / `lora_clear_slot` contract, for f32 and bf16 arenas (a bf16 arena is the
+//! f32 arena of the bf16-rounded adapter, bit for bit).
 //!
 //! Tolerance: the reference accumulates in f64; the CPU backend in f32 with 8-lane partial sums.
 //! For an output the bound is `TOL_ULPS · f32::EPSILON · (in/8 + r + 8) · mag`, where
@@ -15,8 +16,8 @@ use common::values::rand_vec;
 use loraplex::backend::cpu::CpuBackend;
 use loraplex::backend::reference::ReferenceBackend;
 use loraplex::backend::{
-    Backend, LoraArgs, LoraBatch, LoraLane, LoraSlotData, LoraStackGeometry, LoraTarget, View,
-    ViewMut,
+    Backend, LoraArgs, LoraBatch, LoraLane, LoraPrecision, LoraSlotData, LoraStackGeometry,
+    LoraTarget, View, ViewMut,
 };
 use loraplex::error::ErrorCode;
 use rand::{Rng, SeedableRng};
@@ -47,6 +48,7 @@ fn smol_geom(num_slots: usize, max_rank: usize) -> LoraStackGeometry {
         max_rank,
         num_layers: 2,
         dims: [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)],
+        precision: LoraPrecision::F32,
     }
 }
 
@@ -58,6 +60,15 @@ fn odd_geom(num_slots: usize, max_rank: usize) -> LoraStackGeometry {
         max_rank,
         num_layers: 3,
         dims: [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)],
+        precision: LoraPrecision::F32,
+    }
+}
+
+/// `g` storing bf16 weights.
+fn bf16(g: LoraStackGeometry) -> LoraStackGeometry {
+    LoraStackGeometry {
+        precision: LoraPrecision::Bf16,
+        ..g
     }
 }
 
@@ -245,16 +256,83 @@ fn compare_with_reference(geom: LoraStackGeometry, cpu: &CpuBackend, label: &str
 #[test]
 fn cpu_matches_reference_smollm2_dims() {
     for be in [CpuBackend::new(pool(2)), CpuBackend::portable(pool(2))] {
-        let label = format!("smol simd={}", be.simd_enabled());
-        compare_with_reference(smol_geom(5, 64), &be, &label);
+        for g in [smol_geom(5, 64), bf16(smol_geom(5, 64))] {
+            let label = format!("smol simd={} {:?}", be.simd_enabled(), g.precision);
+            compare_with_reference(g, &be, &label);
+        }
     }
 }
 
 #[test]
 fn cpu_matches_reference_odd_dims() {
     for be in [CpuBackend::new(pool(1)), CpuBackend::portable(pool(2))] {
-        let label = format!("odd simd={}", be.simd_enabled());
-        compare_with_reference(odd_geom(5, 64), &be, &label);
+        for g in [odd_geom(5, 64), bf16(odd_geom(5, 64))] {
+            let label = format!("odd simd={} {:?}", be.simd_enabled(), g.precision);
+            compare_with_reference(g, &be, &label);
+        }
+    }
+}
+
+/// A bf16 arena computes exactly what an f32 arena holding the adapter rounded to bf16 (nearest
+/// even, as `half` rounds) computes: the same f32 arithmetic on the stored values, on every
+/// kernel path, and the reference agrees. Odd dims and ranks reach every masked tail.
+#[test]
+fn bf16_arena_is_the_f32_arena_of_the_rounded_adapter() {
+    let round = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect()
+    };
+    for geom in [odd_geom(2, 16), smol_geom(2, 16)] {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        let adapter = random_adapter(&geom, &mut rng, |l, t| Some(1 + (l + 3 * t.index()) % 16));
+        let rounded: Vec<_> = adapter
+            .iter()
+            .map(|mods| {
+                mods.clone()
+                    .map(|m| m.map(|(r, a, b, s)| (r, round(&a), round(&b), s)))
+            })
+            .collect();
+        let check = |label: &str, got: Vec<f32>, want: Vec<f32>| {
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{label}: a bf16 arena differs from the f32 arena of the rounded adapter"
+            );
+        };
+        let cpus = [CpuBackend::new(pool(2)), CpuBackend::portable(pool(1))];
+        for t in LoraTarget::ALL {
+            let (xs, _, ys, _) = layout(&geom, t);
+            let rows = 9;
+            let x = rand_vec(&mut rng, rows * xs);
+            let y0 = rand_vec(&mut rng, rows * ys);
+            let batch = LoraBatch::from_slots((0..rows).map(|k| (k % 3) as i32 - 1).collect());
+            for be in &cpus {
+                let mut sb = be.alloc_lora_stack(bf16(geom)).unwrap();
+                let mut sf = be.alloc_lora_stack(geom).unwrap();
+                load(be, &mut sb, 0, &adapter);
+                load(be, &mut sb, 1, &adapter);
+                load(be, &mut sf, 0, &rounded);
+                load(be, &mut sf, 1, &rounded);
+                let got = apply(be, &sb, (&x, &y0, rows), &batch, 1, t, &geom);
+                let want = apply(be, &sf, (&x, &y0, rows), &batch, 1, t, &geom);
+                check(&format!("simd={} {t:?}", be.simd_enabled()), got, want);
+            }
+            let r = ReferenceBackend;
+            let mut sb = r.alloc_lora_stack(bf16(geom)).unwrap();
+            let mut sf = r.alloc_lora_stack(geom).unwrap();
+            load(&r, &mut sb, 0, &adapter);
+            load(&r, &mut sf, 0, &rounded);
+            let got = apply(&r, &sb, (&x, &y0, rows), &batch, 1, t, &geom);
+            let want = apply(&r, &sf, (&x, &y0, rows), &batch, 1, t, &geom);
+            check(&format!("reference {t:?}"), got, want);
+            assert_eq!(
+                r.lora_stack_bytes(&sb) * 2,
+                r.lora_stack_bytes(&sf),
+                "a bf16 arena reserves 2 bytes per weight"
+            );
+        }
     }
 }
 
@@ -296,17 +374,29 @@ fn batch_invariance(geom: LoraStackGeometry, simd: bool) {
                 y[pos * ys..(pos + 1) * ys].copy_from_slice(&yrow);
                 let mut token_slot: Vec<i32> = (0..rows).map(|_| rng.gen_range(-1..3)).collect();
                 token_slot[pos] = probe_slot;
-                let batch = LoraBatch::from_slots(token_slot);
-                for (be, st) in [(&b1, &s1), (&b2, &s2)] {
-                    let got = apply(be, st, (&x, &y, rows), &batch, 1, t, &geom);
-                    let row = &got[pos * ys..(pos + 1) * ys];
-                    assert!(
-                        row.iter()
-                            .zip(&alone)
-                            .all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{t:?} slot {probe_slot}: row {pos} of {rows} ({} threads) differs from the row alone",
-                        be.threads()
-                    );
+                // Per-row scales split the rows into many segments (one per slot and scale),
+                // which takes the one-task-per-segment path; the probe keeps scale 1.
+                let mut token_scale: Vec<f32> =
+                    (0..rows).map(|_| rng.gen_range(0.5f32..1.5)).collect();
+                token_scale[pos] = 1.0;
+                let plain = LoraBatch::from_slots(token_slot.clone());
+                let scaled = LoraBatch {
+                    token_slot,
+                    token_scale,
+                    mix: Vec::new(),
+                };
+                for (batch, kind) in [(&plain, "one scale"), (&scaled, "per-row scales")] {
+                    for (be, st) in [(&b1, &s1), (&b2, &s2)] {
+                        let got = apply(be, st, (&x, &y, rows), batch, 1, t, &geom);
+                        let row = &got[pos * ys..(pos + 1) * ys];
+                        assert!(
+                            row.iter()
+                                .zip(&alone)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{t:?} slot {probe_slot} ({kind}): row {pos} of {rows} ({} threads) differs from the row alone",
+                            be.threads()
+                        );
+                    }
                 }
             }
         }
@@ -317,6 +407,8 @@ fn batch_invariance(geom: LoraStackGeometry, simd: bool) {
 fn batch_and_thread_invariance_simd() {
     batch_invariance(smol_geom(5, 64), true);
     batch_invariance(odd_geom(5, 64), true);
+    batch_invariance(bf16(smol_geom(5, 64)), true);
+    batch_invariance(bf16(odd_geom(5, 64)), true);
 }
 
 #[test]

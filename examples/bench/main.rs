@@ -58,7 +58,7 @@ fn lora_section(
     use loraplex::adapters::export::{export, ExportFormat};
     use loraplex::adapters::synth::synthesize;
     use loraplex::adapters::{load_adapter, AdapterLimits, ModelShape};
-    use loraplex::backend::{Backend, LoraStackGeometry};
+    use loraplex::backend::{Backend, LoraPrecision, LoraStackGeometry};
 
     let dir = std::path::Path::new("target/bench-adapters");
     let _ = std::fs::remove_dir_all(dir);
@@ -112,6 +112,7 @@ fn lora_section(
         max_rank: 16,
         num_layers: shape.num_layers,
         dims: shape.lora_dims(),
+        precision: LoraPrecision::F32,
     })?;
     let layers = loraplex::cache::slot_data(&a0);
     let mut upload = f64::MAX;

@@ -78,10 +78,35 @@ pub struct LoraStackGeometry {
     pub num_layers: usize,
     /// `(in, out)` of each target, indexed by [`LoraTarget::index`].
     pub dims: [(usize, usize); 7],
+    /// How the slots store adapter weights.
+    pub precision: LoraPrecision,
+}
+
+/// How an adapter arena stores the weights of its slots (the host adapter cache keeps f32
+/// whatever this says). The LoRA math is the same for both: the stored values, read as f32,
+/// times f32 activations with f32 sums; bf16 halves the bytes a step streams per adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoraPrecision {
+    /// f32, as the adapter was loaded.
+    #[default]
+    F32,
+    /// bf16, each weight rounded to nearest even from its f32 when the slot is filled: chosen
+    /// when the base weights are bf16 (the same precision scheme), and on CUDA devices.
+    Bf16,
+}
+
+impl LoraPrecision {
+    /// Bytes of one stored weight.
+    pub fn elem_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::Bf16 => 2,
+        }
+    }
 }
 
 impl LoraStackGeometry {
-    /// f32 elements of the whole arena (every slot at `max_rank`), for a backend reserving it.
+    /// Weights of the whole arena (every slot at `max_rank`), for a backend reserving it.
     /// Errors (INVALID_ARGUMENT) when the geometry is empty (no slots, rank or layers) or its
     /// bytes overflow.
     pub fn arena_elems(&self) -> crate::error::Result<usize> {
@@ -98,7 +123,7 @@ impl LoraStackGeometry {
             .ok_or_else(|| Error::invalid_argument("adapter arena size overflows"))
     }
 
-    /// f32 elements one slot reserves at `max_rank` (all layers, all targets).
+    /// Weights one slot reserves at `max_rank` (all layers, all targets).
     pub fn slot_elems(&self) -> usize {
         self.num_layers
             * self

@@ -2,9 +2,12 @@
 //!
 //! `num_slots` slots, each a contiguous region reserved for rank `max_rank` in every layer and
 //! target; an adapter is packed at its real rank from the start of its slot's region (A `[r, in]`
-//! then B `[out, r]` per module), so the bytes used are rank-exact.
+//! then B `[out, r]` per module), so the bytes used are rank-exact. Weights are stored in the
+//! geometry's [`LoraPrecision`] (bf16: rounded to nearest even when the slot is filled).
 
-use super::lora::{LoraSlotData, LoraStackGeometry, LoraTarget};
+use half::bf16;
+
+use super::lora::{LoraPrecision, LoraSlotData, LoraStackGeometry, LoraTarget};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy)]
@@ -15,6 +18,47 @@ struct ModuleEntry {
     b_off: usize,
 }
 
+/// A stored module's weights in the arena's precision, borrowed from the arena.
+#[derive(Debug, Clone, Copy)]
+pub enum ArenaWeights<'a> {
+    /// f32 weights.
+    F32(&'a [f32]),
+    /// bf16 weights.
+    Bf16(&'a [bf16]),
+}
+
+impl ArenaWeights<'_> {
+    /// Number of weights.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::F32(v) => v.len(),
+            Self::Bf16(v) => v.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every weight as f32 (exact for bf16).
+    pub fn to_vec(&self) -> Vec<f32> {
+        match self {
+            Self::F32(v) => v.to_vec(),
+            Self::Bf16(v) => v.iter().map(|w| w.to_f32()).collect(),
+        }
+    }
+
+    /// Weight `i` as f32 (exact for bf16), `None` past the end.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<f32> {
+        match self {
+            Self::F32(v) => v.get(i).copied(),
+            Self::Bf16(v) => v.get(i).map(|w| w.to_f32()),
+        }
+    }
+}
+
 /// One stored module, borrowed from the arena.
 #[derive(Debug, Clone, Copy)]
 pub struct ArenaModule<'a> {
@@ -23,9 +67,37 @@ pub struct ArenaModule<'a> {
     /// Scale.
     pub scale: f32,
     /// `A [rank, in]`.
-    pub a: &'a [f32],
+    pub a: ArenaWeights<'a>,
     /// `B [out, rank]`.
-    pub b: &'a [f32],
+    pub b: ArenaWeights<'a>,
+}
+
+/// The arena's storage, in its precision.
+#[derive(Debug)]
+enum Store {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+}
+
+impl Store {
+    /// `src` written at `off` (bf16: rounded to nearest even); the caller checked the range.
+    fn write(&mut self, off: usize, src: &[f32]) {
+        match self {
+            Self::F32(v) => v[off..off + src.len()].copy_from_slice(src),
+            Self::Bf16(v) => v[off..off + src.len()]
+                .iter_mut()
+                .zip(src)
+                .for_each(|(d, &x)| *d = bf16::from_f32(x)),
+        }
+    }
+
+    /// Weights `range`, `None` when out of range.
+    fn get(&self, range: std::ops::Range<usize>) -> Option<ArenaWeights<'_>> {
+        match self {
+            Self::F32(v) => v.get(range).map(ArenaWeights::F32),
+            Self::Bf16(v) => v.get(range).map(ArenaWeights::Bf16),
+        }
+    }
 }
 
 /// See the module docs. Not shared between threads (owned by the worker's backend state).
@@ -33,7 +105,7 @@ pub struct ArenaModule<'a> {
 pub struct HostLoraArena {
     geom: LoraStackGeometry,
     slot_elems: usize,
-    data: Vec<f32>,
+    data: Store,
     /// `[slot][layer][target]`.
     modules: Vec<Option<ModuleEntry>>,
 }
@@ -46,7 +118,10 @@ impl HostLoraArena {
         Ok(Self {
             geom,
             slot_elems,
-            data: vec![0.0; total],
+            data: match geom.precision {
+                LoraPrecision::F32 => Store::F32(vec![0.0; total]),
+                LoraPrecision::Bf16 => Store::Bf16(vec![bf16::ZERO; total]),
+            },
             modules: vec![None; geom.num_slots * geom.num_layers * 7],
         })
     }
@@ -58,7 +133,7 @@ impl HostLoraArena {
 
     /// Bytes reserved.
     pub fn bytes(&self) -> usize {
-        self.data.len() * 4
+        self.slot_elems * self.geom.num_slots * self.geom.precision.elem_bytes()
     }
 
     fn idx(&self, slot: usize, layer: usize, target: LoraTarget) -> usize {
@@ -74,9 +149,9 @@ impl HostLoraArena {
             for t in LoraTarget::ALL {
                 let Some(m) = &mods[t.index()] else { continue };
                 let a_off = off;
-                self.data[a_off..a_off + m.a.len()].copy_from_slice(m.a);
+                self.data.write(a_off, m.a);
                 let b_off = a_off + m.a.len();
-                self.data[b_off..b_off + m.b.len()].copy_from_slice(m.b);
+                self.data.write(b_off, m.b);
                 off = b_off + m.b.len();
                 let k = self.idx(slot, l, t);
                 self.modules[k] = Some(ModuleEntry {

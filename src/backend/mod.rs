@@ -26,8 +26,8 @@ pub mod view;
 
 pub use kv_store::KvStore;
 pub use lora::{
-    lane_scale, LoraBatch, LoraLane, LoraSlotData, LoraStackGeometry, LoraTarget, LoraWeights,
-    MAX_MIX,
+    lane_scale, LoraBatch, LoraLane, LoraPrecision, LoraSlotData, LoraStackGeometry, LoraTarget,
+    LoraWeights, MAX_MIX,
 };
 pub use op_args::{AttentionArgs, KvWriteArgs, LoraArgs, RopeArgs};
 pub use select::{select, DeviceBackend};

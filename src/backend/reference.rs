@@ -547,16 +547,18 @@ impl Backend for ReferenceBackend {
                 let (Some(xr), Some(yr)) = (x.row(t, inp), y.row_mut(t, out)) else {
                     continue;
                 };
+                // The stored weights as f32 (bf16 arenas: exactly the rounded values).
+                let (ma, mb) = (m.a.to_vec(), m.b.to_vec());
                 let h: Vec<f64> = (0..m.rank)
                     .map(|k| {
                         (0..inp)
-                            .map(|i| m.a[k * inp + i] as f64 * xr[i] as f64)
+                            .map(|i| ma[k * inp + i] as f64 * xr[i] as f64)
                             .sum()
                     })
                     .collect();
                 let scale = m.scale as f64 * super::lane_scale(scales, t) as f64;
                 for o in 0..out {
-                    let d: f64 = (0..m.rank).map(|k| m.b[o * m.rank + k] as f64 * h[k]).sum();
+                    let d: f64 = (0..m.rank).map(|k| mb[o * m.rank + k] as f64 * h[k]).sum();
                     yr[o] += (scale * d) as f32;
                 }
             }

@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use crate::adapters::ModelShape;
-use crate::backend::{KvGeometry, LoraStackGeometry};
+use crate::backend::{KvGeometry, LoraPrecision, LoraStackGeometry, WeightFormat};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
@@ -101,8 +101,9 @@ pub const DEVICE_MARGIN_MIN_BYTES: usize = 512 << 20;
 pub struct DeviceMemory {
     /// Bytes of one cached K or V value: 4 (f32, host backends) or 2 (bf16, CUDA).
     pub kv_elem_bytes: usize,
-    /// Bytes of one adapter weight in the device adapter arena: 4 (f32, host backends) or 2
-    /// (bf16, CUDA). The host adapter cache is f32 everywhere.
+    /// Bytes of one adapter weight in the device adapter arena whatever the base weights: 4
+    /// (host backends, which follow the base weights: see [`MemoryPlan::lora_precision`]) or
+    /// 2 (bf16, CUDA). The host adapter cache is f32 everywhere.
     pub lora_elem_bytes: usize,
     /// For a device with its own memory: its free bytes after the weights were loaded (the
     /// automatic KV cache is sized from it); `None` for host memory.
@@ -165,9 +166,21 @@ impl MemoryPlan {
         Self::size_on(cfg, model, len, weights_bytes, DeviceMemory::HOST)
     }
 
+    /// How the device adapter arena stores adapter weights: bf16 on a device that keeps them
+    /// in bf16 (`dev.lora_elem_bytes == 2`) and when the base weights are bf16
+    /// (`cfg.weight_format`), so that LoRA streams the same precision as the base; f32
+    /// otherwise (f32 and quantized bases).
+    pub fn lora_precision(cfg: &EngineConfig, dev: DeviceMemory) -> LoraPrecision {
+        if dev.lora_elem_bytes == 2 || cfg.weight_format == WeightFormat::BF16 {
+            LoraPrecision::Bf16
+        } else {
+            LoraPrecision::F32
+        }
+    }
+
     /// [`MemoryPlan::size`] for an engine on a device described by `dev`: the KV cache is
-    /// planned at `dev.kv_elem_bytes` per value, the device adapter arena at
-    /// `dev.lora_elem_bytes` per weight (the host adapter cache at 4), and for a device with
+    /// planned at `dev.kv_elem_bytes` per value, the device adapter arena at the bytes of its
+    /// [`MemoryPlan::lora_precision`] per weight (the host adapter cache at 4), and for a device with
     /// its own memory (`dev.free_bytes`) the automatic KV cache (no `kv_cache_bytes`, no
     /// budget) is what the free memory leaves after the device adapter arena, the activations
     /// and a margin (the larger of [`DEVICE_MARGIN_MIN_BYTES`] and 5% of the free memory),
@@ -187,6 +200,7 @@ impl MemoryPlan {
             max_rank: cfg.max_lora_rank,
             num_layers: model.num_layers,
             dims: shape.lora_dims(),
+            precision: Self::lora_precision(cfg, dev),
         };
         let overflow = |what: &str| Error::invalid_argument(format!("{what} overflows"));
         let slot_bytes = |elem_bytes: usize| {
@@ -199,7 +213,7 @@ impl MemoryPlan {
             host_adapter_cache_bytes: slot_bytes(F32_BYTES)?
                 .checked_mul(cfg.max_cpu_loras)
                 .ok_or_else(|| overflow("host adapter cache size"))?,
-            device_adapter_cache_bytes: slot_bytes(dev.lora_elem_bytes)?
+            device_adapter_cache_bytes: slot_bytes(lora.precision.elem_bytes())?
                 .checked_mul(cfg.max_gpu_loras)
                 .ok_or_else(|| overflow("device adapter cache size"))?,
             activations_bytes: Self::step_activation_bytes(
@@ -299,6 +313,7 @@ impl MemoryPlan {
             max_rank: rank,
             num_layers: shape.num_layers,
             dims: shape.lora_dims(),
+            precision: LoraPrecision::F32,
         }
         .slot_elems()
     }

@@ -1,7 +1,9 @@
 //! Mixed-batch LoRA (`lora_apply`, DESIGN.md 1.4) in SGMV style (Punica / S-LoRA).
 //!
 //! Storage: [`CpuLoraArena`] keeps each module's `A` as `[r, in]` and `B` transposed, `Bᵀ
-//! [r, out]`, so the expand vectorizes over output columns without horizontal sums.
+//! [r, out]`, so the expand vectorizes over output columns without horizontal sums, in the
+//! geometry's precision (f32, or bf16 widened exactly to f32 as it is loaded: the arithmetic is
+//! the same f32 arithmetic on the stored values, with half the bytes to stream).
 //!
 //! The step's rows that use an adapter module are sorted by slot into segments. For each active
 //! row the shrink `h = A · x` (`[r]`) is computed into a scratch `H` (one row per active row,
@@ -13,8 +15,11 @@
 //! further adapters of mixing rows) is one such pass, in order; a row's mixture scale folds into
 //! its module scale, and segments split where the slot or that scale changes.
 //!
-//! Parallelism (on the backend's pool): shrink over active rows, expand over (segment, column
-//! range) tasks; small calls run serially.
+//! Parallelism (on the backend's pool), for calls whose work (arithmetic plus the adapter
+//! weights streamed, see [`work`]) is large: with many segments (distinct adapters), one task
+//! per run of segments shrinks and expands each segment's rows, asking for the next segment's
+//! weights while one computes; with few, the shrink over active rows and then the expand over
+//! (segment, column range) tasks. Small calls run serially.
 //!
 //! Batch invariance: every `h[k]` is computed by one fixed instruction sequence that depends only
 //! on the module's dims and rank (8-lane accumulators over aligned 8-chunks, a masked final
@@ -27,7 +32,7 @@ use rayon::prelude::*;
 
 use super::CpuBackend;
 use crate::backend::lora::{lane_scale, LoraSlotData, LoraStackGeometry, LoraWeights};
-use crate::backend::lora_arena::{ArenaModule, HostLoraArena};
+use crate::backend::lora_arena::{ArenaModule, ArenaWeights, HostLoraArena};
 use crate::backend::{LoraArgs, View, ViewMut};
 use crate::error::Result;
 
@@ -233,12 +238,98 @@ fn apply_lane(
     let threads = be.pool.current_num_threads();
     let parallel = threads > 1 && work(&active, inp, out) >= PAR_MIN_WORK;
 
-    // Shrink: H[a, k] = A[k] · x[t_a] for k < r_a; zero for r_a <= k < hs.
+    // Segments: runs of rows with one slot and scale (`active` is sorted).
+    let mut seg_bounds = Vec::new();
+    let mut start = 0;
+    let same = |a: &Active<'_>, b: &Active<'_>| {
+        a.slot == b.slot && a.m.scale.to_bits() == b.m.scale.to_bits()
+    };
+    for i in 1..=active.len() {
+        if i == active.len() || !same(&active[i], &active[start]) {
+            seg_bounds.push((start, i));
+            start = i;
+        }
+    }
+    // Row slices of y (only active rows are taken).
+    let mut yrows: Vec<Option<&mut [f32]>> = y
+        .chunks_mut(y_stride)
+        .take(rows)
+        .map(|r| r.get_mut(y_col..y_col + out))
+        .collect();
     let mut hbuf = vec![0f32; active.len() * hs];
+    // H[a, k] = A[k] · x[t_a] for k < r_a; zero for r_a <= k < hs.
     let shrink_one = |(a, h): (&Active<'_>, &mut [f32])| {
         let xs = a.t * x_stride + x_col;
         shrink(be.simd, &x[xs..xs + inp], a.m.a, a.m.rank, h);
     };
+
+    if parallel && seg_bounds.len() >= 2 * threads {
+        // Many segments (distinct adapters): one task per segment shrinks and expands its own
+        // rows over all columns, so each adapter's A and Bᵀ are streamed by one thread in one
+        // parallel region (two regions per call cost more in waiting than they split).
+        struct Seg<'y, 'h, 'a> {
+            rows: &'a [Active<'a>],
+            h: &'h mut [f32],
+            ys: Vec<Option<&'y mut [f32]>>,
+        }
+        let mut segs: Vec<Seg<'_, '_, '_>> = Vec::with_capacity(seg_bounds.len());
+        let mut rest = &mut hbuf[..];
+        for &(s0, s1) in &seg_bounds {
+            let (h, tail) = rest.split_at_mut((s1 - s0) * hs);
+            rest = tail;
+            let ys = active[s0..s1]
+                .iter()
+                .map(|a| yrows.get_mut(a.t).and_then(|r| r.take()))
+                .collect();
+            segs.push(Seg {
+                rows: &active[s0..s1],
+                h,
+                ys,
+            });
+        }
+        let fetch = |seg: &Seg<'_, '_, '_>| {
+            if let Some(a) = seg.rows.first() {
+                prefetch(a.m.a);
+                prefetch(a.m.b);
+            }
+        };
+        let run = |seg: &mut Seg<'_, '_, '_>| {
+            seg.rows
+                .iter()
+                .zip(seg.h.chunks_mut(hs))
+                .for_each(shrink_one);
+            let (mut hs_in, mut ys_in) = (Vec::new(), Vec::new());
+            for (h, y) in seg.h.chunks(hs).zip(seg.ys.iter_mut()) {
+                if let Some(y) = y.as_deref_mut() {
+                    hs_in.push(h);
+                    ys_in.push(y);
+                }
+            }
+            if let Some(a) = seg.rows.first() {
+                expand(be.simd, &a.m, out, 0, &hs_in, &mut ys_in);
+            }
+        };
+        // Runs of segments per task; each segment's weights are asked for while the one
+        // before it computes.
+        let per_task = segs.len().div_ceil(threads * 4).max(1);
+        be.pool.install(|| {
+            segs.par_chunks_mut(per_task).for_each(|run_of| {
+                if let Some(first) = run_of.first() {
+                    fetch(first);
+                }
+                for i in 0..run_of.len() {
+                    if let Some(next) = run_of.get(i + 1) {
+                        fetch(next);
+                    }
+                    run(&mut run_of[i]);
+                }
+            })
+        });
+        return;
+    }
+
+    // Few segments: the shrink over active rows, then the expand over (segment, column range)
+    // tasks, each its own parallel region when the call is large.
     if parallel {
         let min_len = active.len().div_ceil(threads * 4).max(1);
         be.pool.install(|| {
@@ -251,19 +342,6 @@ fn apply_lane(
     } else {
         active.iter().zip(hbuf.chunks_mut(hs)).for_each(shrink_one);
     }
-
-    // Expand tasks: (segment, column range) with the matching slices of y.
-    let mut seg_bounds = Vec::new();
-    let mut start = 0;
-    let same = |a: &Active<'_>, b: &Active<'_>| {
-        a.slot == b.slot && a.m.scale.to_bits() == b.m.scale.to_bits()
-    };
-    for i in 1..=active.len() {
-        if i == active.len() || !same(&active[i], &active[start]) {
-            seg_bounds.push((start, i));
-            start = i;
-        }
-    }
     let cw = if parallel {
         let parts = (threads * 4).div_ceil(seg_bounds.len()).max(1);
         (out.div_ceil(parts).div_ceil(8) * 8).max(MIN_COLS)
@@ -271,12 +349,6 @@ fn apply_lane(
         out.div_ceil(8) * 8
     };
     let nchunks = out.div_ceil(cw);
-    // Row slices of y (only active rows are taken).
-    let mut yrows: Vec<Option<&mut [f32]>> = y
-        .chunks_mut(y_stride)
-        .take(rows)
-        .map(|r| r.get_mut(y_col..y_col + out))
-        .collect();
     struct Task<'y, 'h, 'a> {
         m: ArenaModule<'a>,
         col0: usize,
@@ -317,8 +389,92 @@ fn apply_lane(
     }
 }
 
+/// Asks the cache for every line of `w`: a module's weights about to be read once, from
+/// memory when many adapters share the step, so that their misses overlap instead of arriving
+/// one short stream at a time (A is read 8 rows at a time, rows of `in` values). A hint only.
+fn prefetch(w: ArenaWeights<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let (p, bytes) = match w {
+            ArenaWeights::F32(v) => (v.as_ptr() as *const i8, std::mem::size_of_val(v)),
+            ArenaWeights::Bf16(v) => (v.as_ptr() as *const i8, std::mem::size_of_val(v)),
+        };
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: `prefetcht1` never faults and reads no memory architecturally (the
+            // addresses are inside `w` anyway); SSE is part of x86_64's baseline.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(off)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = w;
+}
+
+/// A stored weight type the kernels read: f32, or bf16 (widened exactly).
+trait Weight: Copy + Into<f32> {
+    /// Lanes `0..n` (`1 <= n <= 8`) from `p`, the others zero.
+    ///
+    /// # Safety
+    /// AVX2 must be available (inlined into the kernels, which check it); `p .. p + n` readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load(p: *const Self, n: usize) -> std::arch::x86_64::__m256;
+}
+
+impl Weight for f32 {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load(p: *const f32, n: usize) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2 (the contract); 8 readable values when n == 8, else maskload touches
+        // lanes `< n` only.
+        unsafe {
+            if n >= 8 {
+                _mm256_loadu_ps(p)
+            } else {
+                _mm256_maskload_ps(p, kernels::mask(n))
+            }
+        }
+    }
+}
+
+impl Weight for half::bf16 {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load(p: *const half::bf16, n: usize) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2 (the contract); 16 readable bytes when n == 8, else the `n` readable
+        // values are copied to a zeroed local first. bf16 is f32's upper half: zero-extend to
+        // 32 bits and shift left 16.
+        unsafe {
+            let v = if n >= 8 {
+                _mm_loadu_si128(p as *const __m128i)
+            } else {
+                let mut tail = [0u16; 8];
+                std::ptr::copy_nonoverlapping(p as *const u16, tail.as_mut_ptr(), n.min(8));
+                _mm_loadu_si128(tail.as_ptr() as *const __m128i)
+            };
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(v)))
+        }
+    }
+}
+
+/// `$f` applied to the weights of `$w` ([`ArenaWeights`]) as a slice of their stored type.
+macro_rules! with_weights {
+    ($w:expr, |$v:ident| $f:expr) => {
+        match $w {
+            ArenaWeights::F32($v) => $f,
+            ArenaWeights::Bf16($v) => $f,
+        }
+    };
+}
+
 /// `h[k] = A[k] · x` for `k < rank`; `h[rank..]` is zeroed. `x.len()` is the module's `in`.
-fn shrink(simd: bool, x: &[f32], a: &[f32], rank: usize, h: &mut [f32]) {
+fn shrink(simd: bool, x: &[f32], a: ArenaWeights<'_>, rank: usize, h: &mut [f32]) {
+    with_weights!(a, |a| shrink_in(simd, x, a, rank, h))
+}
+
+/// [`shrink`] on weights of one stored type.
+fn shrink_in<W: Weight>(simd: bool, x: &[f32], a: &[W], rank: usize, h: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: `simd` is only true when AVX2 and FMA were detected at runtime
@@ -333,7 +489,7 @@ fn shrink(simd: bool, x: &[f32], a: &[f32], rank: usize, h: &mut [f32]) {
         let Some(row) = a.get(k * inp..(k + 1) * inp) else {
             return;
         };
-        *hk = row.iter().zip(x).fold(0f32, |s, (w, v)| s + w * v);
+        *hk = row.iter().zip(x).fold(0f32, |s, (&w, v)| s + w.into() * v);
     }
 }
 
@@ -347,25 +503,41 @@ fn expand(
     hs: &[&[f32]],
     ys: &mut [&mut [f32]],
 ) {
+    with_weights!(m.b, |bt| expand_in(
+        simd, bt, m.rank, m.scale, out, col0, hs, ys
+    ))
+}
+
+/// [`expand`] on `Bᵀ` of one stored type.
+#[allow(clippy::too_many_arguments)]
+fn expand_in<W: Weight>(
+    simd: bool,
+    bt: &[W],
+    r: usize,
+    scale: f32,
+    out: usize,
+    col0: usize,
+    hs: &[&[f32]],
+    ys: &mut [&mut [f32]],
+) {
     #[cfg(target_arch = "x86_64")]
     if simd {
-        // SAFETY: as in `shrink`; the kernel bounds-checks its slices.
-        unsafe { kernels::expand(m.b, m.rank, out, m.scale, col0, hs, ys) };
+        // SAFETY: as in `shrink_in`; the kernel bounds-checks its slices.
+        unsafe { kernels::expand(bt, r, out, scale, col0, hs, ys) };
         return;
     }
     let _ = simd;
-    let r = m.rank;
     for (h, y) in hs.iter().zip(ys.iter_mut()) {
         for (j, yv) in y.iter_mut().enumerate() {
             let o = col0 + j;
             let mut d = 0f32;
             for k in 0..r {
-                let (Some(&hk), Some(&b)) = (h.get(k), m.b.get(k * out + o)) else {
+                let (Some(&hk), Some(&b)) = (h.get(k), bt.get(k * out + o)) else {
                     return;
                 };
-                d += hk * b;
+                d += hk * b.into();
             }
-            *yv += m.scale * d;
+            *yv += scale * d;
         }
     }
 }
@@ -375,13 +547,15 @@ fn expand(
 mod kernels {
     use std::arch::x86_64::*;
 
+    use super::Weight;
+
     /// `-1` lanes followed by `0` lanes: loading 8 lanes at `8 - n` gives a mask of the first `n`.
     static MASK: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
 
     /// A mask selecting the first `n` (1..=8) lanes.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn mask(n: usize) -> __m256i {
+    pub(super) fn mask(n: usize) -> __m256i {
         let off = 8 - n.clamp(1, 8);
         // SAFETY: off <= 7, so MASK[off..off + 8] is in bounds; loadu is unaligned.
         unsafe { _mm256_loadu_si256(MASK.as_ptr().add(off) as *const __m256i) }
@@ -409,26 +583,30 @@ mod kernels {
     /// `x..x+inp` and `a + j*inp .. + inp` for `j < K` must be readable.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn shrink_group<const K: usize>(x: *const f32, a: *const f32, inp: usize) -> __m256 {
+    unsafe fn shrink_group<const K: usize, W: Weight>(
+        x: *const f32,
+        a: *const W,
+        inp: usize,
+    ) -> __m256 {
         let mut acc = [_mm256_setzero_ps(); 8];
         let mut i = 0;
         while i + 8 <= inp {
             // SAFETY: i + 8 <= inp; see the function's contract.
             let xv = unsafe { _mm256_loadu_ps(x.add(i)) };
             for (j, aj) in acc.iter_mut().enumerate().take(K) {
-                // SAFETY: row j < K of the group has inp readable values, i + 8 <= inp.
-                let av = unsafe { _mm256_loadu_ps(a.add(j * inp + i)) };
+                // SAFETY: row j < K of the group has inp readable values, i + 8 <= inp; AVX2.
+                let av = unsafe { W::load(a.add(j * inp + i), 8) };
                 *aj = _mm256_fmadd_ps(av, xv, *aj);
             }
             i += 8;
         }
         if i < inp {
-            let m = mask(inp - i);
-            // SAFETY: maskload only touches the lanes selected by `m`, all below inp.
-            let xv = unsafe { _mm256_maskload_ps(x.add(i), m) };
+            let n = inp - i;
+            // SAFETY: maskload only touches the lanes selected by the mask, all below inp.
+            let xv = unsafe { _mm256_maskload_ps(x.add(i), mask(n)) };
             for (j, aj) in acc.iter_mut().enumerate().take(K) {
-                // SAFETY: as above, for row j < K.
-                let av = unsafe { _mm256_maskload_ps(a.add(j * inp + i), m) };
+                // SAFETY: as above, for row j < K: the `n` values left are readable.
+                let av = unsafe { W::load(a.add(j * inp + i), n) };
                 *aj = _mm256_fmadd_ps(av, xv, *aj);
             }
         }
@@ -441,7 +619,7 @@ mod kernels {
     /// AVX2 and FMA must be available. Slice sizes are checked (nothing is written if
     /// `a.len() < rank * x.len()` or `h.len() < rank.div_ceil(8) * 8`).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn shrink(x: &[f32], a: &[f32], rank: usize, h: &mut [f32]) {
+    pub(super) unsafe fn shrink<W: Weight>(x: &[f32], a: &[W], rank: usize, h: &mut [f32]) {
         let inp = x.len();
         let groups = rank.div_ceil(8);
         if a.len() < rank * inp || h.len() < groups * 8 {
@@ -457,14 +635,14 @@ mod kernels {
             // the inp values of x; AVX2/FMA are available (this function's contract).
             let v = unsafe {
                 match rank - k0 {
-                    1 => shrink_group::<1>(xp, ap, inp),
-                    2 => shrink_group::<2>(xp, ap, inp),
-                    3 => shrink_group::<3>(xp, ap, inp),
-                    4 => shrink_group::<4>(xp, ap, inp),
-                    5 => shrink_group::<5>(xp, ap, inp),
-                    6 => shrink_group::<6>(xp, ap, inp),
-                    7 => shrink_group::<7>(xp, ap, inp),
-                    _ => shrink_group::<8>(xp, ap, inp),
+                    1 => shrink_group::<1, W>(xp, ap, inp),
+                    2 => shrink_group::<2, W>(xp, ap, inp),
+                    3 => shrink_group::<3, W>(xp, ap, inp),
+                    4 => shrink_group::<4, W>(xp, ap, inp),
+                    5 => shrink_group::<5, W>(xp, ap, inp),
+                    6 => shrink_group::<6, W>(xp, ap, inp),
+                    7 => shrink_group::<7, W>(xp, ap, inp),
+                    _ => shrink_group::<8, W>(xp, ap, inp),
                 }
             };
             // SAFETY: k0 + 8 <= groups * 8 <= h.len().
@@ -480,8 +658,8 @@ mod kernels {
     /// `h .. h + r` readable.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn expand_cols<const V: usize>(
-        bt: *const f32,
+    unsafe fn expand_cols<const V: usize, W: Weight>(
+        bt: *const W,
         out: usize,
         r: usize,
         h: *const f32,
@@ -494,7 +672,7 @@ mod kernels {
             let hk = unsafe { _mm256_broadcast_ss(&*h.add(k)) };
             for (v, a) in acc.iter_mut().enumerate() {
                 // SAFETY: see the contract.
-                let b = unsafe { _mm256_loadu_ps(bt.add(k * out + v * 8)) };
+                let b = unsafe { W::load(bt.add(k * out + v * 8), 8) };
                 *a = _mm256_fmadd_ps(hk, b, *a);
             }
         }
@@ -515,8 +693,8 @@ mod kernels {
     /// AVX2 and FMA must be available. Slice sizes are checked: rows whose `h` is shorter than
     /// `r`, or whose columns exceed `out` or `bt`, are skipped.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn expand(
-        bt: &[f32],
+    pub(super) unsafe fn expand<W: Weight>(
+        bt: &[W],
         r: usize,
         out: usize,
         scale: f32,
@@ -553,13 +731,13 @@ mod kernels {
                 unsafe {
                     let (b, yp) = (bt0.add(j0), y.as_mut_ptr().add(j0));
                     match w {
-                        32 => expand_cols::<4>(b, out, r, h.as_ptr(), sv, yp),
-                        8 => expand_cols::<1>(b, out, r, h.as_ptr(), sv, yp),
+                        32 => expand_cols::<4, W>(b, out, r, h.as_ptr(), sv, yp),
+                        8 => expand_cols::<1, W>(b, out, r, h.as_ptr(), sv, yp),
                         _ => {
                             for c in 0..w {
                                 let mut acc = 0f32;
                                 for (k, &hk) in h.iter().enumerate().take(r) {
-                                    acc = hk.mul_add(*b.add(k * out + c), acc);
+                                    acc = hk.mul_add((*b.add(k * out + c)).into(), acc);
                                 }
                                 *yp.add(c) = scale.mul_add(acc, *yp.add(c));
                             }

@@ -339,7 +339,7 @@ impl CudaLoraArena {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::LoraWeights;
+    use crate::backend::{LoraPrecision, LoraWeights};
 
     fn geom() -> LoraStackGeometry {
         LoraStackGeometry {
@@ -347,6 +347,7 @@ mod tests {
             max_rank: 4,
             num_layers: 2,
             dims: [(8, 8), (8, 2), (8, 2), (8, 8), (8, 16), (8, 16), (16, 8)],
+            precision: LoraPrecision::Bf16,
         }
     }
 
