@@ -265,6 +265,57 @@ fn matmul_row_is_independent_of_batch() {
     }
 }
 
+/// `run_step` (pool threads polling for work through a step) changes nothing in the results,
+/// whether the step runs on a thread of the pool (as the engine's worker) or outside it, on 1-3
+/// threads; a panic inside the step propagates instead of leaving the pollers running, and the
+/// pool still works afterwards.
+#[test]
+fn run_step_keeps_results_and_propagates_panics() {
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let (inp, out, rows) = (576, 960, 8);
+    let t = tensor(&mut rng, out, inp);
+    let x = rand_vec(&mut rng, rows * inp);
+    for threads in [1usize, 2, 3] {
+        let be = cpu(threads);
+        let w = be.weight(&t, WeightFormat::BF16).unwrap();
+        let plain = {
+            let mut y = vec![0f32; rows * out];
+            be.matmul(&x, rows, &w, &mut y);
+            y
+        };
+        let step = || {
+            be.run_step(|| {
+                let mut y = vec![0f32; rows * out];
+                for _ in 0..3 {
+                    be.matmul(&x, rows, &w, &mut y);
+                }
+                y
+            })
+        };
+        assert_bits_eq(
+            &format!("{threads} threads, outside the pool"),
+            &plain,
+            &step(),
+        );
+        let inside = be.pool().install(step);
+        assert_bits_eq(
+            &format!("{threads} threads, inside the pool"),
+            &plain,
+            &inside,
+        );
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            be.pool()
+                .install(|| be.run_step(|| panic!("a failing step")))
+        }));
+        assert!(panicked.is_err(), "the step's panic reaches the caller");
+        assert_bits_eq(
+            &format!("{threads} threads, after a panic"),
+            &plain,
+            &step(),
+        );
+    }
+}
+
 #[test]
 fn matmul_is_independent_of_thread_count() {
     let mut rng = ChaCha8Rng::seed_from_u64(4);

@@ -154,6 +154,17 @@ pub trait Backend: Send {
     fn kernel_path(&self) -> String {
         self.name()
     }
+    /// Runs `f`, one step's forward pass (its ops), on the calling thread, with the backend's
+    /// compute resources ready for the ops it calls until `f` returns. The CPU backend keeps
+    /// its other pool threads polling for work through the step (as llama.cpp's threads spin
+    /// through a graph) instead of letting them fall asleep between ops; the default runs `f`.
+    /// Results are the same either way.
+    fn run_step<R>(&self, f: impl FnOnce() -> R) -> R
+    where
+        Self: Sized,
+    {
+        f()
+    }
     /// A zeroed buffer of `len` f32.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     /// A buffer holding a copy of `data`.

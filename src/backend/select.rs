@@ -312,6 +312,14 @@ impl Backend for DeviceBackend {
         }
     }
 
+    fn run_step<R>(&self, f: impl FnOnce() -> R) -> R {
+        match self {
+            Self::Cpu(b) => b.run_step(f),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(b) => b.run_step(f),
+        }
+    }
+
     fn kernel_path(&self) -> String {
         match self {
             Self::Cpu(b) => Backend::kernel_path(b),

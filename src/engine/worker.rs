@@ -245,7 +245,7 @@ impl<B: Backend> Worker<B> {
                     }
                 });
             }
-            model.forward(backend, kv, Some(lora), &batch.input())
+            backend.run_step(|| model.forward(backend, kv, Some(lora), &batch.input()))
         })?;
         let rows = batch.rows();
         let uses = batch.uses;

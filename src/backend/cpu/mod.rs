@@ -217,6 +217,41 @@ impl Backend for CpuBackend {
         format!("cpu {}", CpuBackend::kernel_path(self))
     }
 
+    /// Every pool thread other than the caller's runs a poller until `f` returns: it takes
+    /// the ops' parallel work as soon as it is queued (`rayon::yield_now`) and otherwise yields
+    /// the core to the OS, so no op waits for a sleeping thread to wake. The caller's own
+    /// thread (when it belongs to the pool, as the engine's worker does) gets no poller: a
+    /// poller it picked up while waiting inside an op would hold it until the step ends.
+    fn run_step<R>(&self, f: impl FnOnce() -> R) -> R {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        if self.pool.current_num_threads() < 2 {
+            return f();
+        }
+        /// Stops the pollers when the step ends, unwinding included (the scope waits for them).
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let active = AtomicBool::new(true);
+        let caller = self.pool.current_thread_index();
+        self.pool.in_place_scope(|scope| {
+            scope.spawn_broadcast(|_, ctx| {
+                if Some(ctx.index()) == caller {
+                    return;
+                }
+                while active.load(Ordering::Acquire) {
+                    if !matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
+                        std::thread::yield_now();
+                    }
+                }
+            });
+            let _stop = Stop(&active);
+            f()
+        })
+    }
+
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; len])
     }
