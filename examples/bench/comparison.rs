@@ -90,8 +90,9 @@ pub struct Options {
     pub lora_model: String,
     /// Rank of the adapters of the multi-LoRA batch (at most 16, the engine's `max_lora_rank`).
     pub lora_rank: usize,
-    /// llama.cpp's `OMP_WAIT_POLICY`; None = auto: passive when the load average at a model's
-    /// start exceeds `threads` (oversubscribed), llama.cpp's default otherwise.
+    /// llama.cpp's `OMP_WAIT_POLICY`; None = auto: passive when, at a model's start, other
+    /// runnable tasks leave fewer free cores than `threads` (oversubscribed, see
+    /// [`other_runnable`]), llama.cpp's default otherwise.
     pub llama_wait: Option<WaitPolicy>,
 }
 
@@ -303,10 +304,15 @@ pub fn run(
         entry.insert("label".into(), json!(m.label));
         let load = load_average();
         entry.insert("load_average_1m_at_start".into(), json!(load));
-        let wait = o.llama_wait.unwrap_or(match load {
-            Some(l) if l > o.threads as f64 => WaitPolicy::Passive,
-            _ => WaitPolicy::Default,
-        });
+        let others = other_runnable();
+        entry.insert("other_runnable_tasks_at_start".into(), json!(others));
+        let wait = o
+            .llama_wait
+            .unwrap_or(if oversubscribed(others, o.threads) {
+                WaitPolicy::Passive
+            } else {
+                WaitPolicy::Default
+            });
         entry.insert("llama_cpp_omp_wait_policy".into(), json!(wait.name()));
         entry.insert("file".into(), json!(m.path.display().to_string()));
         entry.insert("provenance".into(), json!(m.provenance));
@@ -433,15 +439,19 @@ pub fn run(
         add_compute(entry, &compute, o);
     }
     let load = load_average();
+    let others = other_runnable();
     json!({
         "load_average_1m_at_end": load,
-        "oversubscribed": load.map(|l| l > o.threads as f64),
+        "other_runnable_tasks_at_end": others,
+        "oversubscribed": oversubscribed(others, o.threads),
         "note": "ratio = loraplex median / llama.cpp median, both measured in this run, interleaved. \
-            When the machine's load average exceeds the thread count (oversubscribed), llama.cpp's \
-            spinning OpenMP barriers lose whole scheduler slices and its decode collapses 5-15x, so \
-            by default (auto) a model whose run starts oversubscribed runs llama.cpp with \
-            OMP_WAIT_POLICY=passive (its best setting under load; llama_cpp_omp_wait_policy says \
-            which). Ratios from a run that is not oversubscribed compare the engines best",
+            When other runnable tasks leave fewer free cores than the thread count (oversubscribed), \
+            llama.cpp's spinning OpenMP barriers lose whole scheduler slices and its decode \
+            collapses 5-15x, so by default (auto) a model whose run starts oversubscribed runs \
+            llama.cpp with OMP_WAIT_POLICY=passive (its best setting under load; \
+            llama_cpp_omp_wait_policy says which). The 1-minute load average is reported but not \
+            used: it still counts this bench's own measurements of the minute before. Ratios from \
+            a run that is not oversubscribed compare the engines best",
         "llama_cpp": match &llama {
             Ok(l) => json!({"source": "llama-cpp-python sdist vendor/llama.cpp (scripts/llama-cpp.sh)", "bin": l.bin().display().to_string(), "tool": "llama-batched-bench"}),
             Err(e) => json!({"error": e}),
@@ -527,6 +537,31 @@ fn add_floors(entry: &mut Value, bw: f64) {
     row["loraplex_over_memory_floor"] = over(&row["loraplex"]["median_tokens_per_s"], floor);
     row["llama_cpp_over_memory_floor"] = over(&row["llama_cpp"]["median_tokens_per_s"], floor);
     row["loraplex_over_own_memory_floor"] = over(&row["loraplex"]["median_tokens_per_s"], own);
+}
+
+/// Tasks other than this bench runnable right now (Linux `/proc/loadavg`'s running count, less
+/// the reader): the median of 9 samples 50 ms apart, taken while the bench itself is idle
+/// between measurements. None elsewhere.
+pub fn other_runnable() -> Option<usize> {
+    let mut samples: Vec<usize> = (0..9)
+        .filter_map(|i| {
+            if i > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+            let running = text.split_whitespace().nth(3)?.split('/').next()?;
+            running.parse::<usize>().ok().map(|n| n.saturating_sub(1))
+        })
+        .collect();
+    samples.sort_unstable();
+    samples.get(samples.len() / 2).copied()
+}
+
+/// Whether `threads` compute threads and `others` runnable tasks need more cores than the
+/// machine has (unknown counts: not oversubscribed).
+pub fn oversubscribed(others: Option<usize>, threads: usize) -> bool {
+    let cores = std::thread::available_parallelism().map_or(threads, |n| n.get());
+    others.is_some_and(|n| n + threads > cores)
 }
 
 /// The 1-minute load average (Linux `/proc/loadavg`; None elsewhere).
