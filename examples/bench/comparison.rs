@@ -84,8 +84,9 @@ pub struct Options {
     pub prefill: Vec<usize>,
     /// loraplex's weight storage (`LPX_WEIGHT_DTYPE` value).
     pub weight_dtype: String,
-    /// Batch size of the distinct-adapters vs all-base measurement (0 = skip it).
-    pub lora_batch: usize,
+    /// Batch sizes of the distinct-adapters vs all-base measurement, one result each (sizes of
+    /// 0 are ignored; none = skip it).
+    pub lora_batch: Vec<usize>,
     /// Label of the model the adapter measurement runs on.
     pub lora_model: String,
     /// Rank of the adapters of the multi-LoRA batch (at most 16, the engine's `max_lora_rank`).
@@ -170,8 +171,8 @@ fn engine_for(path: &Path, o: &Options) -> Result<Engine, String> {
         .copied()
         .max()
         .unwrap_or(1)
-        .max(o.lora_batch);
-    cfg.max_gpu_loras = o.lora_batch.max(1);
+        .max(max_lora_batch(o));
+    cfg.max_gpu_loras = max_lora_batch(o).max(1);
     cfg.max_cpu_loras = cfg.max_gpu_loras;
     cfg.max_lora_rank = 16;
     cfg.apply_vars(|k| (k == "LPX_WEIGHT_DTYPE").then(|| o.weight_dtype.clone()))
@@ -246,34 +247,45 @@ fn file_tensors(path: &Path) -> Result<FileTensors, String> {
     })
 }
 
-/// Distinct adapters in one batch vs the same batch all on the base model, interleaved rounds.
+/// The largest batch of the distinct-adapters measurement (0 when there is none).
+fn max_lora_batch(o: &Options) -> usize {
+    o.lora_batch.iter().copied().max().unwrap_or(0)
+}
+
+/// Distinct adapters in one batch vs the same batch all on the base model, interleaved rounds,
+/// for each batch size of `o.lora_batch` (the adapters are written and loaded once).
 fn lora_batch(engine: &Engine, o: &Options) -> Result<Value, Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("loraplex-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let result = (|| -> Result<Value, Box<dyn std::error::Error>> {
-        let names = write_adapters(engine, &dir, o.lora_batch, o.lora_rank)?;
+        let names = write_adapters(engine, &dir, max_lora_batch(o), o.lora_rank)?;
         engine.register_peft_source(&dir, None)?;
         engine.refresh()?;
-        let distinct: Vec<Option<String>> = names.iter().cloned().map(Some).collect();
-        decode_tps_models(engine, &distinct, 2)?; // cold-load every adapter
-        let (mut base, mut dist) = (Vec::new(), Vec::new());
-        for r in 0..o.rounds {
-            base.push(decode_tps(engine, o.lora_batch, o.decode_tokens)?);
-            dist.push(decode_tps_models(engine, &distinct, o.decode_tokens)?);
-            eprintln!(
-                "[compare] round {r}: batch {} all base {:.1} tok/s, {} distinct adapters {:.1} tok/s",
-                o.lora_batch, base[r], o.lora_batch, dist[r]
-            );
+        let all: Vec<Option<String>> = names.iter().cloned().map(Some).collect();
+        decode_tps_models(engine, &all, 2)?; // cold-load every adapter
+        let mut results = Vec::new();
+        for &n in o.lora_batch.iter().filter(|&&n| n > 0) {
+            let distinct = &all[..n.min(all.len())];
+            let (mut base, mut dist) = (Vec::new(), Vec::new());
+            for r in 0..o.rounds {
+                base.push(decode_tps(engine, n, o.decode_tokens)?);
+                dist.push(decode_tps_models(engine, distinct, o.decode_tokens)?);
+                eprintln!(
+                    "[compare] round {r}: batch {n} all base {:.1} tok/s, {n} distinct adapters {:.1} tok/s",
+                    base[r], dist[r]
+                );
+            }
+            let (mb, md) = (median(&base), median(&dist));
+            results.push(json!({
+                "batch": n,
+                "adapter": {"rank": o.lora_rank, "targets": "all 7"},
+                "all_base": {"median_tokens_per_s": mb, "samples_tokens_per_s": base},
+                "distinct_adapters": {"median_tokens_per_s": md, "samples_tokens_per_s": dist},
+                "ratio_distinct_over_base": ratio(md, mb),
+            }));
         }
-        let (mb, md) = (median(&base), median(&dist));
-        Ok(json!({
-            "batch": o.lora_batch,
-            "adapter": {"rank": o.lora_rank, "targets": "all 7"},
-            "all_base": {"median_tokens_per_s": mb, "samples_tokens_per_s": base},
-            "distinct_adapters": {"median_tokens_per_s": md, "samples_tokens_per_s": dist},
-            "ratio_distinct_over_base": ratio(md, mb),
-        }))
+        Ok(Value::Array(results))
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -420,16 +432,16 @@ pub fn run(
         }
         entry.insert("metrics".into(), Value::Object(table));
         if let Ok(e) = &engine {
-            if o.lora_batch > 0 && m.label == o.lora_model {
+            if max_lora_batch(o) > 0 && m.label == o.lora_model {
                 lora = match lora_batch(e, o) {
-                    Ok(v) => json!({"model": m.label, "result": v}),
+                    Ok(v) => json!({"model": m.label, "results": v}),
                     Err(err) => json!({"model": m.label, "error": err.to_string()}),
                 };
             }
         }
         out.push(Value::Object(entry));
     }
-    if o.lora_batch > 0 && lora.is_null() {
+    if max_lora_batch(o) > 0 && lora.is_null() {
         lora = json!({"model": o.lora_model, "error": "model not in this run or loraplex could not load it"});
     }
     let peak = bw_samples.iter().copied().fold(0.0, f64::max);

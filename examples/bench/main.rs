@@ -14,7 +14,8 @@
 //!   GGUF files of scripts/bench-models.sh: decode tokens/s at each `--batches` size and prefill
 //!   tokens/s of each `--prefill` length, interleaved rounds (loraplex then llama.cpp per metric),
 //!   medians and ratios; the memory floor from the measured read bandwidth and the file's tensor
-//!   bytes; resident weight bytes vs file tensor bytes; distinct adapters vs all-base at batch 8.
+//!   bytes; resident weight bytes vs file tensor bytes; distinct adapters vs all-base at batches 8
+//!   and 32 (`--lora-batch`).
 //!   See comparison.rs.
 //!
 //! ```text
@@ -22,7 +23,7 @@
 //!       [--sections weights,lora,structured,prefix,compare] [--models LABEL|FILE,...] [--bench-dir models/bench]
 //!       [--big] [--rounds 2] [--batches 1,8,32] [--prefill 256,512] [--weight-dtype bf16]
 //!       [--llama-bin DIR] [--llama-omp-wait auto|default|passive|active]
-//!       [--lora-batch 8] [--lora-model smollm2-135m-bf16] [--lora-rank 8] [--compare-decode-tokens N]
+//!       [--lora-batch 8,32] [--lora-model smollm2-135m-bf16] [--lora-rank 8] [--compare-decode-tokens N]
 //! ```
 //! Threads default to the machine's cores (both engines get the same count). `--quick` also
 //! shrinks the compare section (batches 1,8; prefill 256; 16 decode tokens; three SmolLM2 files)
@@ -275,7 +276,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         batches: vec![1, 8, 32],
         prefill: vec![256, 512],
         weight_dtype: "bf16".into(),
-        lora_batch: 8,
+        lora_batch: vec![8, 32],
         lora_rank: 8,
         lora_model: "smollm2-135m-bf16".into(),
         llama_wait: None,
@@ -305,7 +306,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--batches" => opts.batches = list(&a, Some(val()?))?,
             "--prefill" => opts.prefill = list(&a, Some(val()?))?,
             "--weight-dtype" => opts.weight_dtype = val()?,
-            "--lora-batch" => opts.lora_batch = val()?.parse()?,
+            "--lora-batch" => opts.lora_batch = list(&a, Some(val()?))?,
             "--lora-model" => opts.lora_model = val()?,
             "--lora-rank" => opts.lora_rank = val()?.parse()?,
             "--llama-omp-wait" => {
