@@ -273,11 +273,11 @@ impl Backend for CpuBackend {
     }
 
     fn weight(&self, t: &HostTensor, format: WeightFormat) -> Result<CpuWeight> {
-        weight::pack(&[t], format)
+        weight::pack(&[t], format, self.qkernel)
     }
 
     fn fused_weight(&self, parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWeight> {
-        weight::pack(parts, format)
+        weight::pack(parts, format, self.qkernel)
     }
 
     fn weight_bytes(&self, w: &CpuWeight) -> usize {

@@ -206,6 +206,93 @@ pub(super) unsafe fn q4_k(b: &[u8]) -> Sb {
     }
 }
 
+/// Byte `j < 4` of every 32-bit lane of `v`, zero-extended.
+#[inline(always)]
+unsafe fn lane_byte(v: __m256i, j: usize) -> __m256i {
+    // SAFETY: AVX2 (module docs); registers only.
+    unsafe {
+        let shifted = _mm256_srl_epi32(v, _mm_cvtsi32_si128(8 * j as i32));
+        _mm256_and_si256(shifted, _mm256_set1_epi32(0xFF))
+    }
+}
+
+/// The low 16 bits of each 32-bit lane of `v` as f16, converted to f32.
+#[inline(always)]
+unsafe fn lanes_f16_lo(v: __m256i) -> __m256 {
+    // SAFETY: AVX2 and F16C (module docs); registers only.
+    unsafe {
+        let lo = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF));
+        // [l0..l3 as u16, 0 x4 | l4..l7, 0 x4] (the values fit: no saturation), then the two
+        // low quadwords together.
+        let p = _mm256_packus_epi32(lo, _mm256_setzero_si256());
+        let p = _mm256_permute4x64_epi64::<0b1000>(p);
+        _mm256_cvtph_ps(_mm256_castsi256_si128(p))
+    }
+}
+
+/// The parameters of super-block `b` (1152 bytes) of an interleaved group of 8 Q4_K rows
+/// (`QuantStack::interleave`: word `w` of row `q` at `32 w + 4 q`), lane `q` for row `q`:
+/// `d`, `-dmin`, and for each block `j` of the super-block its scale and min. The same
+/// numbers as [`k4_params`] gives each row.
+#[inline(always)]
+pub(super) unsafe fn q4_k_group_params(b: &[u8]) -> (__m256, __m256, [__m256i; 8], [__m256i; 8]) {
+    // SAFETY: AVX2 and F16C (module docs); `b` is 1152 bytes, the loads read its first 128.
+    unsafe {
+        let (w0, u0, u1, u2) = (load32(b, 0), load32(b, 32), load32(b, 64), load32(b, 96));
+        let d = lanes_f16_lo(w0);
+        let dmin = lanes_f16_lo(_mm256_srli_epi32::<16>(w0));
+        let dm = _mm256_xor_ps(dmin, _mm256_set1_ps(-0.0));
+        let (low6, low4, low2) = (
+            _mm256_set1_epi32(0x3f3f_3f3f),
+            _mm256_set1_epi32(0x0f0f_0f0f),
+            _mm256_set1_epi32(0x0303_0303),
+        );
+        // As `k4_params`, lane-wise: blocks 0-3 in the low word, 4-7 in the high one (a
+        // nibble plus the top 2 bits of the low word's bytes as bits 4-5).
+        let (top0, top1) = (
+            _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<6>(u0), low2)),
+            _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<6>(u1), low2)),
+        );
+        let sc = [
+            _mm256_and_si256(u0, low6),
+            _mm256_or_si256(_mm256_and_si256(u2, low4), top0),
+        ];
+        let mn = [
+            _mm256_and_si256(u1, low6),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32::<4>(u2), low4), top1),
+        ];
+        let mut isc = [_mm256_setzero_si256(); SB_BLOCKS];
+        let mut imin = [_mm256_setzero_si256(); SB_BLOCKS];
+        for j in 0..SB_BLOCKS {
+            isc[j] = lane_byte(sc[j / 4], j % 4);
+            imin[j] = lane_byte(mn[j / 4], j % 4);
+        }
+        (d, dm, isc, imin)
+    }
+}
+
+/// The parameters of super-block `b` (1680 bytes) of an interleaved group of 8 Q6_K rows
+/// (`QuantStack::interleave`: word `w < 52` of row `q` at `32 w + 4 q`, its `d` at
+/// `1664 + 2 q`), lane `q` for row `q`: `d`, and for each block `j` its two half scales
+/// (signed bytes `2j`, `2j + 1` of the 16 at word 48). The numbers [`q6_k`] gives each row.
+#[inline(always)]
+pub(super) unsafe fn q6_k_group_params(b: &[u8]) -> (__m256, [[__m256i; 2]; 8]) {
+    // SAFETY: AVX2 and F16C (module docs); `b` is 1680 bytes, the loads read inside it.
+    unsafe {
+        let d = _mm256_cvtph_ps(load16(b, 1664));
+        let mut isc = [[_mm256_setzero_si256(); 2]; SB_BLOCKS];
+        for (j, s) in isc.iter_mut().enumerate() {
+            let w = load32(b, 32 * (48 + j / 2));
+            for (h, sh) in s.iter_mut().enumerate() {
+                // Byte `(2j + h) % 4` of each lane, sign-extended.
+                let up = _mm_cvtsi32_si128((24 - 8 * ((2 * j + h) % 4)) as i32);
+                *sh = _mm256_srai_epi32::<24>(_mm256_sll_epi32(w, up));
+            }
+        }
+        (d, isc)
+    }
+}
+
 /// One Q5_K block (176 bytes): as Q4_K plus bit `j` of `qh[l]` as bit 4 of element `l` of
 /// block `j`.
 #[inline(always)]
