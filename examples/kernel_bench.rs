@@ -162,8 +162,10 @@ fn quant(pools: &[Arc<rayon::ThreadPool>], quick: bool, only: Option<&str>, rows
                 let be = CpuBackend::with_quant_kernel(pool.clone(), *kernel).expect("kernel");
                 let w = be.weight(&t, WeightFormat::F32).expect("weight");
                 let bytes = be.weight_bytes(&w);
-                let all = [1usize, 8, 32, 256];
-                for &rows in rows_only.as_ref().map_or(&all[..], std::slice::from_ref) {
+                for rows in [1usize, 8, 32, 256] {
+                    if rows_only.is_some_and(|r| r != rows) {
+                        continue;
+                    }
                     if *kernel == QuantKernel::Portable && rows > 8 {
                         continue;
                     }

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use loraplex::backend::cpu::{CpuBackend, QuantKernel};
-use loraplex::backend::quant_stack::QuantStack;
 use loraplex::backend::reference::quant_block::{decode_row, dequant_row, has_min, BlockParams};
 use loraplex::backend::reference::quant_dot::error_bound;
 use loraplex::backend::reference::ReferenceBackend;
@@ -274,90 +273,6 @@ fn fused_weight_stacks_segments_of_different_types() {
         let mut yc = vec![0f32; rows * OUT];
         be.matmul(&x, rows, &wc, &mut yc);
         assert_bits(&format!("mixed fused {}", k.name()), &yc, &yr);
-    }
-}
-
-#[test]
-fn interleaved_layout_is_a_permutation_that_gives_back_every_row() {
-    let mut rng = ChaCha8Rng::seed_from_u64(11);
-    // Q4_K (2 groups and 5 rows as read, then 1 group), Q6_K (1 group and a row as read;
-    // 210-byte super-blocks: 52 words and 2 bytes), Q8_0 (8 blocks a super-block; as read).
-    let parts = [
-        HostTensor::quantized(random_quant(&mut rng, GgmlType::Q4K, 21, 512)),
-        HostTensor::quantized(random_quant(&mut rng, GgmlType::Q6K, 9, 512)),
-        HostTensor::quantized(random_quant(&mut rng, GgmlType::Q4K, 8, 512)),
-        HostTensor::quantized(random_quant(&mut rng, GgmlType::Q8_0, 10, 512)),
-    ];
-    let refs: Vec<&HostTensor> = parts.iter().collect();
-    let plain = QuantStack::from_parts(&refs).unwrap().unwrap();
-    let sb = |ty| match ty {
-        GgmlType::Q4K => Some(144),
-        GgmlType::Q6K => Some(210),
-        GgmlType::Q8_0 => Some(272 * 3),
-        _ => None,
-    };
-    let grouped = plain.clone().interleave(sb);
-    assert_eq!(grouped.bytes(), plain.bytes());
-    assert_ne!(grouped, plain, "the Q4_K and Q6_K segments are permuted");
-    let mut buf = Vec::new();
-    for r in 0..plain.rows() {
-        let want = plain.row(r).unwrap();
-        assert_eq!(grouped.row_to(r, &mut buf), Some(want), "row {r}");
-        let in_group = matches!(r, 0..=15 | 21..=28 | 30..=37);
-        assert_eq!(grouped.row(r).is_none(), in_group, "row {r} as stored");
-        let starts = matches!(r, 0 | 8 | 21 | 30);
-        assert_eq!(grouped.group(r).is_some(), starts, "group at row {r}");
-    }
-    // Word `w` of row `q` of a group's super-block `g` at `(8 w + q) * 4`.
-    let (ty, g, sbb) = grouped.group(8).unwrap();
-    assert_eq!((ty, sbb, g.len()), (GgmlType::Q4K, 144, 8 * 288));
-    let row11 = plain.row(11).unwrap().1;
-    assert_eq!(
-        &g[8 * 144 + (8 * 5 + 3) * 4..][..4],
-        &row11[144 + 20..144 + 24]
-    );
-    // Q6_K: the 2 bytes after the 52 words (its `d`) at `8 * 208 + 2 q`.
-    let (ty, g, sbb) = grouped.group(21).unwrap();
-    assert_eq!((ty, sbb), (GgmlType::Q6K, 210));
-    let row26 = plain.row(26).unwrap().1;
-    assert_eq!(
-        &g[210 * 8 + 8 * 208 + 2 * 5..][..2],
-        &row26[210 + 208..210 + 210]
-    );
-    assert_eq!(grouped.row_to(plain.rows(), &mut buf), None);
-}
-
-#[test]
-fn interleaved_groups_split_across_tasks_match_the_twin() {
-    let r = ReferenceBackend;
-    let mut rng = ChaCha8Rng::seed_from_u64(12);
-    let cols = 512;
-    // The second Q4_K segment's group starts at row 33: tasks of whole 8-row multiples cut it,
-    // so the rows of the cut group are gathered and computed one by one.
-    let parts = [
-        HostTensor::quantized(random_quant(&mut rng, GgmlType::Q4K, 21, cols)),
-        HostTensor::quantized(random_quant(&mut rng, GgmlType::Q6K, 12, cols)),
-        HostTensor::quantized(random_quant(&mut rng, GgmlType::Q4K, 9, cols)),
-    ];
-    let refs: Vec<&HostTensor> = parts.iter().collect();
-    const OUT: usize = 42;
-    let wr = r.fused_weight(&refs, WeightFormat::F32).unwrap();
-    for rows in [1, 2, 16, 40] {
-        let x = rand_x(&mut rng, rows * cols);
-        let mut yr = vec![0f32; rows * OUT];
-        r.matmul(&x, rows, &wr, &mut yr);
-        for threads in [1, 2, 3] {
-            for (k, be) in backends(threads) {
-                let wc = be.fused_weight(&refs, WeightFormat::F32).unwrap();
-                let mut yc = vec![0f32; rows * OUT];
-                be.matmul(&x, rows, &wc, &mut yc);
-                assert_bits(
-                    &format!("{} rows {rows} threads {threads}", k.name()),
-                    &yc,
-                    &yr,
-                );
-            }
-        }
     }
 }
 

@@ -273,11 +273,11 @@ impl Backend for CpuBackend {
     }
 
     fn weight(&self, t: &HostTensor, format: WeightFormat) -> Result<CpuWeight> {
-        weight::pack(&[t], format, self.qkernel)
+        weight::pack(&[t], format)
     }
 
     fn fused_weight(&self, parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWeight> {
-        weight::pack(parts, format, self.qkernel)
+        weight::pack(parts, format)
     }
 
     fn weight_bytes(&self, w: &CpuWeight) -> usize {

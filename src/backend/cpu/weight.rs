@@ -1,7 +1,6 @@
 //! Packed weight matrices of the CPU backend: dense f32/bf16 panels, or ggml blocks kept as
 //! read ([`QuantStack`]).
 
-use super::QuantKernel;
 use crate::backend::quant_stack::QuantStack;
 use crate::backend::reference::quant_block::{
     decode_row, dequant_row, has_min, is_kernel_type, BlockParams,
@@ -112,8 +111,7 @@ impl CpuWeight {
 
 /// Row `r` of `q` dequantized into `dst[..cols]` exactly as ggml's `dequantize_row_*`.
 fn quant_row_into(q: &QuantStack, r: usize, dst: &mut [f32]) -> bool {
-    let mut buf = Vec::new();
-    let Some((ty, bytes)) = q.row_to(r, &mut buf) else {
+    let Some((ty, bytes)) = q.row(r) else {
         return false;
     };
     let cols = q.cols();
@@ -215,21 +213,16 @@ fn scatter_row<T: Copy>(d: &mut [T], r: usize, kp: usize, src: &[T]) {
 /// Packs `parts` (each `[out_i, in]`) stacked along `out` in `format`.
 ///
 /// When every part is kept in ggml blocks of a kernel type, the blocks are stored as they are
-/// (whatever `format`), the segments of types `kernel` computes in interleaved groups of rows
-/// permuted into that layout ([`QuantStack::interleave`]). When dense and quantized parts are mixed, the quantized ones are
+/// (whatever `format`). When dense and quantized parts are mixed, the quantized ones are
 /// dequantized (exactly, as ggml does) and everything is packed dense in `format`.
-pub(crate) fn pack(
-    parts: &[&HostTensor],
-    format: WeightFormat,
-    kernel: QuantKernel,
-) -> Result<CpuWeight> {
+pub(crate) fn pack(parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWeight> {
     let (out, inp) = fused_shape(parts)?;
     if let Some(q) = QuantStack::from_parts(parts)? {
         return Ok(CpuWeight {
             out,
             inp,
             kp: inp,
-            data: WData::Quant(q.interleave(|ty| kernel.group_sb(ty))),
+            data: WData::Quant(q),
         });
     }
     let kp = padded_cols(inp);
@@ -256,7 +249,7 @@ pub(crate) fn pack(
             // Reached only when some part is dense (all-quantized parts are kept in their
             // blocks above), which a quantized format refuses.
             check_quantized_parts(parts, format)?;
-            return pack(parts, WeightFormat::F32, kernel);
+            return pack(parts, WeightFormat::F32);
         }
         WeightFormat::BF16 => {
             let mut d = vec![0u16; n];

@@ -16,13 +16,12 @@ pub(super) fn task_portable(t: &Task<'_>, dec: &mut Decoded, yt: &mut [f32]) {
         yt.iter_mut().for_each(|v| *v = f32::NAN);
         return;
     }
-    let mut buf = Vec::new();
     let mut r0 = 0;
     while r0 < rows {
         let r1 = (r0 + rb).min(rows);
         for j in 0..n {
             let yrow = &mut yt[j * rows..(j + 1) * rows];
-            let min = match w.row_to(o0 + j, &mut buf) {
+            let min = match w.row(o0 + j) {
                 Some((ty, bytes)) => {
                     decode_row(ty, bytes, &mut dec.q, &mut dec.p).then(|| has_min(ty))
                 }

@@ -42,29 +42,6 @@ fn dot_avxvnni(u: __m256i, x: __m256i, _signed: bool) -> __m256i {
     _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, x)
 }
 
-/// AVX2 accumulating dot: `acc` plus each 32-bit lane's four `u8 × i8` products (unsigned
-/// values at most 63, so the `i16` pair sums do not saturate).
-#[target_feature(enable = "avx2")]
-#[inline]
-fn dpa_avx2(acc: __m256i, u: __m256i, x: __m256i) -> __m256i {
-    let p16 = _mm256_maddubs_epi16(u, x);
-    _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
-}
-
-/// AVX-512 VNNI accumulating dot.
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-#[inline]
-fn dpa_avx512vnni(acc: __m256i, u: __m256i, x: __m256i) -> __m256i {
-    _mm256_dpbusd_epi32(acc, u, x)
-}
-
-/// AVX-VNNI accumulating dot.
-#[target_feature(enable = "avx2,avxvnni")]
-#[inline]
-fn dpa_avxvnni(acc: __m256i, u: __m256i, x: __m256i) -> __m256i {
-    _mm256_dpbusd_avx_epi32(acc, u, x)
-}
-
 /// AVX2 transposed super-block dot: the per-half sums (see `lanes::transpose8`).
 ///
 /// # Safety
@@ -236,14 +213,7 @@ unsafe fn dot_t_avxvnni(w: &[__m256i; 8], x: *const i8, _signed: bool) -> (__m25
 /// The AVX2 row kernels.
 mod avx2_rows {
     use super::*;
-    row_kernels!(
-        "avx2,f16c",
-        dot_avx2,
-        dot_t_avx2,
-        dot_t2_avx2,
-        prep_avx2,
-        dpa_avx2
-    );
+    row_kernels!("avx2,f16c", dot_avx2, dot_t_avx2, dot_t2_avx2, prep_avx2);
 }
 
 /// The AVX-VNNI row kernels.
@@ -254,8 +224,7 @@ mod avxvnni_rows {
         dot_avxvnni,
         dot_t_avxvnni,
         dot_t2_avxvnni,
-        prep_vnni,
-        dpa_avxvnni
+        prep_vnni
     );
 }
 
@@ -267,8 +236,7 @@ mod avx512vnni_rows {
         dot_avx512vnni,
         dot_t_avx512vnni,
         dot_t2_avx512vnni,
-        prep_vnni,
-        dpa_avx512vnni
+        prep_vnni
     );
 }
 

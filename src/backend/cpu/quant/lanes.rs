@@ -9,15 +9,6 @@
 //! which is the twin's accumulation (`reference::quant_dot`, step 4). The final lane sum is
 //! the twin's tree ([`reduce_acc`]).
 //!
-//! Weights the backend stores in interleaved groups of 8 rows (Q4_K, Q6_K:
-//! `QuantStack::interleave`, see `QuantKernel::group_sb`) take another kernel at small batches
-//! (up to [`GROUP_MAX_ROWS`] activation rows): one lane per weight row instead of per block, the
-//! 8 rows' words read as one sequential stream, each 4-byte step dotted with the broadcast
-//! activation bytes, the twin's combine run on the 8 rows of one block at once and added into
-//! that block's accumulator (`b % 8`), whose lanes are transposed back to rows at the end: per
-//! output the twin's operations in its order, with no transposes or horizontal sums per block.
-//! Larger batches run the row kernels on the group's rows restored by [`ungroup`].
-//!
 //! Paths differ only in how they take the exact integer dot products; the path modules in
 //! `dot_x86.rs` instantiate [`row_kernels`] and [`lanes_task`] with theirs.
 //!
@@ -178,42 +169,6 @@ pub(super) unsafe fn acts8(a: &QActs, t: usize, g: usize, n: usize) -> (__m256, 
     }
 }
 
-/// The 8 rows of an interleaved group (`grp`: super-blocks of `8 sbb` bytes, see
-/// `QuantStack::interleave`) as stored before, row after row, into `out` (`8` rows of whole
-/// super-blocks): the layout's inverse, 8 words of the 8 rows at a time by [`transpose8`].
-#[inline(always)]
-pub(super) unsafe fn ungroup(grp: &[u8], sbb: usize, out: &mut [u8]) {
-    let rb = out.len() / 8;
-    let (words, tail) = (sbb / 4, sbb % 4);
-    for (g, src) in grp.chunks_exact(8 * sbb).enumerate().take(rb / sbb.max(1)) {
-        let mut w = 0;
-        while w + 8 <= words {
-            // SAFETY: AVX2 (module docs); the loads read `src[32 w .. 32 w + 256]` (inside:
-            // `w + 8 <= words`), the stores `out[q rb + g sbb + 4 w ..][..32]` (inside the row's
-            // super-block: `4 w + 32 <= sbb`).
-            unsafe {
-                let mut v = [_mm256_setzero_si256(); 8];
-                for (i, v) in v.iter_mut().enumerate() {
-                    *v = _mm256_loadu_si256(src[32 * (w + i)..][..32].as_ptr() as *const __m256i);
-                }
-                for (q, t) in transpose8(v).into_iter().enumerate() {
-                    let at = q * rb + g * sbb + 4 * w;
-                    _mm256_storeu_si256(out[at..at + 32].as_mut_ptr() as *mut __m256i, t);
-                }
-            }
-            w += 8;
-        }
-        for q in 0..8 {
-            let row = &mut out[q * rb + g * sbb..][..sbb];
-            for w in w..words {
-                row[4 * w..4 * w + 4].copy_from_slice(&src[(8 * w + q) * 4..][..4]);
-            }
-            let t0 = 8 * 4 * words + q * tail;
-            row[4 * words..].copy_from_slice(&src[t0..t0 + tail]);
-        }
-    }
-}
-
 /// Bytes ahead of the super-block being unpacked that [`prefetch`] asks for.
 pub(super) const PREFETCH_AHEAD: usize = 4096;
 
@@ -243,184 +198,13 @@ pub(super) fn prefetch(bytes: &[u8], at: usize) {
 /// - `$dot_t`: `unsafe fn(&[__m256i; 8], *const i8 /* 256 bytes */, signed) -> (__m256i,
 ///   __m256i)`, the per-half sums of a transposed super-block (see [`transpose8`]);
 /// - `$dot_t2`: the same for two weight rows against one activation load;
-/// - `$prep`: `unsafe fn(Sb, Form) -> (Sb, Form)`, how it holds signed values (needs AVX2);
-/// - `$dpa`: `fn(acc: __m256i, u: __m256i, x: __m256i) -> __m256i`, `acc` plus the exact sums
-///   of the four `u8 × i8` products of each 32-bit lane (unsigned `u` at most 63).
-///
-/// And `group_q4k`, `group_q6k`: an interleaved group of 8 rows of the type
-/// ([`QuantStack::interleave`]) against activation rows, one lane per weight row.
-///
-/// [`QuantStack::interleave`]: crate::backend::quant_stack::QuantStack::interleave
+/// - `$prep`: `unsafe fn(Sb, Form) -> (Sb, Form)`, how it holds signed values (needs AVX2).
 macro_rules! row_kernels {
-    ($feat:literal, $dot:ident, $dot_t:ident, $dot_t2:ident, $prep:ident, $dpa:ident) => {
+    ($feat:literal, $dot:ident, $dot_t:ident, $dot_t2:ident, $prep:ident) => {
         use crate::backend::cpu::quant::lanes::{acts8, combine, prefetch, reduce8, transpose8};
-        use crate::backend::cpu::quant::superblock::{q4_k_group_params, FORM_K4};
-        use crate::backend::cpu::quant::superblock::{q6_k_group_params, FORM_Q6K};
         use crate::backend::cpu::quant::superblock::{unpack, Form, RowRef, Sb};
         use crate::backend::cpu::quant::superblock::{SB_BLOCKS, SB_ELEMS};
         use crate::backend::reference::quant_dot::QActs;
-
-        /// An interleaved group of 8 Q4_K rows (`grp`: `nb / 8` super-blocks of 1152 bytes)
-        /// against activation rows `r0 .. r0 + acc.len() / 8` of `a`: `acc[8 t + j]`, lane
-        /// `q`, accumulates the blocks `b ≡ j (mod 8)` of weight row `q` with activation row
-        /// `r0 + t` (the twin's lane `b % 8` of that output). Block `j` of a super-block is the
-        /// low (`j` even) or high nibbles of the words of its 64-element pair; each 4-byte
-        /// step of a row's block dots the broadcast 4 activation bytes, and the twin's combine
-        /// runs on the 8 rows at once (lane-wise the twin's operations: `P = isc * (dot0 +
-        /// dot1)` and `M = imin * (s0 + s1)` are the twin's exact integers for Q4_K's equal
-        /// halves).
-        ///
-        /// # Safety
-        /// The CPU must have the path's features; `a.nb` is a multiple of 8, `grp` holds
-        /// `a.nb / 8 * 1152` bytes and `a` the activation rows.
-        #[target_feature(enable = $feat)]
-        #[inline(never)]
-        pub(super) unsafe fn group_q4k(grp: &[u8], a: &QActs, r0: usize, acc: &mut [__m256]) {
-            const SBB: usize = 8 * 144;
-            let (nb, cols) = (a.nb, a.cols);
-            let m = acc.len() / 8;
-            // SAFETY: the caller's contract (features, sizes); the slices below are bounds
-            // checked, the loads read inside them.
-            unsafe {
-                let zero = _mm256_setzero_si256();
-                for (g, sb) in grp.chunks_exact(SBB).enumerate().take(nb / 8) {
-                    for p in 0..SBB / 192 {
-                        prefetch(grp, g * SBB + 192 * p);
-                    }
-                    let (d, dm, isc, imin) = q4_k_group_params(sb);
-                    for k in 0..4 {
-                        let mut lo = [zero; 8];
-                        let mut hi = [zero; 8];
-                        let nib = _mm256_set1_epi8(0x0F);
-                        for i in 0..8 {
-                            let at = 128 + 256 * k + 32 * i;
-                            let v = _mm256_loadu_si256(sb[at..at + 32].as_ptr() as *const __m256i);
-                            lo[i] = _mm256_and_si256(v, nib);
-                            hi[i] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib);
-                        }
-                        for (t, acc) in acc.chunks_exact_mut(8).enumerate().take(m) {
-                            let row = r0 + t;
-                            // Blocks `8g + 2k` and the next of activation row `row`.
-                            let b0 = row * nb + 8 * g + 2 * k;
-                            let xo = row * cols + (8 * g + 2 * k) * 32;
-                            let xs = &a.q[xo..xo + 64];
-                            let (mut pl, mut ph) = (zero, zero);
-                            for i in 0..8 {
-                                let xl = (xs.as_ptr().add(4 * i) as *const i32).read_unaligned();
-                                let xh =
-                                    (xs.as_ptr().add(32 + 4 * i) as *const i32).read_unaligned();
-                                pl = $dpa(pl, lo[i], _mm256_set1_epi32(xl));
-                                ph = $dpa(ph, hi[i], _mm256_set1_epi32(xh));
-                            }
-                            for (h, p) in [pl, ph].into_iter().enumerate() {
-                                let (j, bi) = (2 * k + h, b0 + h);
-                                let sbp = Sb {
-                                    v: [zero; 8],
-                                    d,
-                                    dm,
-                                    isc: [isc[j], isc[j]],
-                                    imin: [imin[j], imin[j]],
-                                };
-                                let c = combine(
-                                    &sbp,
-                                    FORM_K4,
-                                    (p, zero),
-                                    _mm256_set1_ps(a.d[bi]),
-                                    _mm256_set1_epi32(a.s0[bi]),
-                                    _mm256_set1_epi32(a.s1[bi]),
-                                );
-                                acc[j] = _mm256_add_ps(acc[j], c);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-
-        /// As [`group_q4k`] for 8 Q6_K rows (`grp`: `nb / 8` super-blocks of 1680 bytes):
-        /// block `4n + c` of a super-block takes, at step `i`, the low (`c < 2`) or high
-        /// nibbles of `ql` word `16n + 8(c & 1) + i` with bits `2c, 2c+1` of `qh` word
-        /// `32 + 8n + i` as bits 4-5 (`u = q + 32`, as [`super::superblock`]'s Q6_K); steps
-        /// 0-3 and 4-7 are the two halves with their own scales.
-        ///
-        /// # Safety
-        /// As [`group_q4k`], with `grp` holding `a.nb / 8 * 1680` bytes.
-        #[target_feature(enable = $feat)]
-        #[inline(never)]
-        pub(super) unsafe fn group_q6k(grp: &[u8], a: &QActs, r0: usize, acc: &mut [__m256]) {
-            const SBB: usize = 8 * 210;
-            let (nb, cols) = (a.nb, a.cols);
-            let m = acc.len() / 8;
-            // SAFETY: the caller's contract (features, sizes); the slices below are bounds
-            // checked, the loads read inside them.
-            unsafe {
-                let zero = _mm256_setzero_si256();
-                let (nib, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
-                // Word `w` of the 8 rows (a macro, so it is certainly inlined).
-                macro_rules! ld {
-                    ($sb:expr, $w:expr) => {{
-                        let w = $w;
-                        _mm256_loadu_si256($sb[32 * w..32 * w + 32].as_ptr() as *const __m256i)
-                    }};
-                }
-                for (g, sb) in grp.chunks_exact(SBB).enumerate().take(nb / 8) {
-                    for p in 0..SBB.div_ceil(192) {
-                        prefetch(grp, g * SBB + 192 * p);
-                    }
-                    let (d, isc) = q6_k_group_params(sb);
-                    for j in 0..SB_BLOCKS {
-                        let (n, c) = (j / 4, j % 4);
-                        let mut v = [zero; 8];
-                        for (i, v) in v.iter_mut().enumerate() {
-                            let ql = ld!(sb, 16 * n + 8 * (c & 1) + i);
-                            let qh = ld!(sb, 32 + 8 * n + i);
-                            let lo = if c < 2 {
-                                _mm256_and_si256(ql, nib)
-                            } else {
-                                _mm256_and_si256(_mm256_srli_epi16::<4>(ql), nib)
-                            };
-                            let hb = match c {
-                                0 => _mm256_slli_epi16::<4>(qh),
-                                1 => _mm256_slli_epi16::<2>(qh),
-                                2 => qh,
-                                _ => _mm256_srli_epi16::<2>(qh),
-                            };
-                            *v = _mm256_or_si256(lo, _mm256_and_si256(hb, two));
-                        }
-                        let sbp = Sb {
-                            v: [zero; 8],
-                            d,
-                            dm: _mm256_setzero_ps(),
-                            isc: isc[j],
-                            imin: [zero, zero],
-                        };
-                        for (t, acc) in acc.chunks_exact_mut(8).enumerate().take(m) {
-                            let row = r0 + t;
-                            let bi = row * nb + 8 * g + j;
-                            let xo = row * cols + (8 * g + j) * 32;
-                            let xs = &a.q[xo..xo + 32];
-                            let (mut h0, mut h1) = (zero, zero);
-                            for i in 0..4 {
-                                let x0 = (xs.as_ptr().add(4 * i) as *const i32).read_unaligned();
-                                let x1 =
-                                    (xs.as_ptr().add(16 + 4 * i) as *const i32).read_unaligned();
-                                h0 = $dpa(h0, v[i], _mm256_set1_epi32(x0));
-                                h1 = $dpa(h1, v[4 + i], _mm256_set1_epi32(x1));
-                            }
-                            let c = combine(
-                                &sbp,
-                                FORM_Q6K,
-                                (h0, h1),
-                                _mm256_set1_ps(a.d[bi]),
-                                _mm256_set1_epi32(a.s0[bi]),
-                                _mm256_set1_epi32(a.s1[bi]),
-                            );
-                            acc[j] = _mm256_add_ps(acc[j], c);
-                        }
-                    }
-                }
-            }
-        }
 
         /// Super-block `g` (`k` blocks; `wt` its transposed values) against activation row
         /// `t` in the transposed layout `xt`.
@@ -570,12 +354,9 @@ pub(super) use row_kernels;
 /// unpacker are taken two at a time, so each activation load feeds both.
 macro_rules! lanes_task {
     ($t:ident, $dec:ident, $yt:ident, $rows:ident) => {{
-        use super::lanes::GROUP_MAX_ROWS;
-        use super::lanes::{reduce_acc, transpose8};
+        use super::lanes::reduce_acc;
         use super::superblock::*;
-        use crate::backend::quant_stack::{QuantStack, GROUP_ROWS};
         use crate::backend::reference::quant_block::{decode_row, has_min};
-        use crate::quant::GgmlType;
         let Task {
             w,
             a,
@@ -592,11 +373,9 @@ macro_rules! lanes_task {
         }
         let m = rb.min(rows);
         let mut acc = vec![_mm256_setzero_ps(); 2 * m];
-        // Interleaved groups: 8 accumulators per activation row; rows of a group gathered.
-        let mut gacc = vec![_mm256_setzero_ps(); 8 * m];
-        let (mut gbuf, mut gbuf2) = (Vec::new(), Vec::new());
-        // Rows of `w` (`row_to`) are whole blocks of `cols` elements (QuantStack's invariant,
-        // and `fits` checked `w.cols() == cols`; the unpackers' slices are bounds-checked).
+        // Row `o` of `w`: whole blocks of `cols` elements (QuantStack's invariant, and
+        // `fits` checked `w.cols() == cols`; the unpackers' slices are bounds-checked).
+        let row = |o: usize| w.row(o);
         let dform = Form {
             signed: true,
             off_shift: None,
@@ -604,107 +383,26 @@ macro_rules! lanes_task {
             equal_halves: false,
             unit: false,
         };
-        /// A row as stored (a function, so each call has its own lifetime).
-        fn plain(bytes: &[u8], dform: Form) -> RowRef<'_> {
-            RowRef {
-                bytes,
-                dq: &[],
-                dp: &[],
-                dform,
-            }
-        }
-        // The interleaved group being computed through the row kernels (its first row, type,
-        // row bytes), its rows as stored in `ug`.
-        let mut ug_at: Option<(usize, GgmlType, usize)>;
-        let mut ug = Vec::new();
-        /// Row `o`: from the group in `ug` when it holds it, else as stored (gathered into
-        /// `buf` when in a group).
-        fn lookup<'b>(
-            w: &'b QuantStack,
-            o: usize,
-            ug_at: Option<(usize, GgmlType, usize)>,
-            ug: &'b [u8],
-            buf: &'b mut Vec<u8>,
-        ) -> Option<(GgmlType, &'b [u8])> {
-            match ug_at {
-                Some((o0, ty, rb)) if (o0..o0 + GROUP_ROWS).contains(&o) => {
-                    Some((ty, ug.get((o - o0) * rb..(o - o0 + 1) * rb)?))
-                }
-                _ => w.row_to(o, buf),
-            }
-        }
+        let plain = |bytes| RowRef {
+            bytes,
+            dq: &[],
+            dp: &[],
+            dform,
+        };
         let mut r0 = 0;
         while r0 < rows {
             let r1 = (r0 + rb).min(rows);
             let mut j = 0;
-            ug_at = None;
             while j < n {
-                let grouped = if j + GROUP_ROWS <= n {
-                    w.group(o0 + j)
-                } else {
-                    None
-                };
-                if let Some((ty, gb, sbb)) = grouped.filter(|_| r1 - r0 > GROUP_MAX_ROWS) {
-                    // Many activation rows: the row kernels on the group's rows as stored.
-                    let rbytes = gb.len() / GROUP_ROWS;
-                    ug.resize(gb.len(), 0);
-                    // SAFETY: AVX2 (the path function's features); slices bounds-checked.
-                    unsafe { super::lanes::ungroup(gb, sbb, &mut ug) };
-                    ug_at = Some((o0 + j, ty, rbytes));
-                }
-                if r1 - r0 <= GROUP_MAX_ROWS {
-                    if let Some((ty, gb, _)) = grouped {
-                        let nsb = a.nb / SB_BLOCKS;
-                        let code = type_code(ty);
-                        let sbb = match code {
-                            T_Q4K => 144,
-                            T_Q6K => 210,
-                            _ => 0,
-                        };
-                        if sbb > 0 && a.nb % SB_BLOCKS == 0 && gb.len() >= nsb * GROUP_ROWS * sbb {
-                            let gacc = &mut gacc[..8 * (r1 - r0)];
-                            gacc.iter_mut().for_each(|v| *v = _mm256_setzero_ps());
-                            // SAFETY: the path function's target features are the row
-                            // kernels'; `nb` is a multiple of 8 and `gb` holds its
-                            // super-blocks (checked above); `fits` checked the activations.
-                            unsafe {
-                                if code == T_Q4K {
-                                    $rows::group_q4k(gb, a, r0, gacc)
-                                } else {
-                                    $rows::group_q6k(gb, a, r0, gacc)
-                                }
-                            };
-                            for (t, lanes) in (r0..r1).zip(gacc.chunks_exact(8)) {
-                                // SAFETY: AVX2 (as above); registers only.
-                                unsafe {
-                                    let mut v = [_mm256_setzero_si256(); 8];
-                                    for (v, l) in v.iter_mut().zip(lanes) {
-                                        *v = _mm256_castps_si256(*l);
-                                    }
-                                    for (q, r) in transpose8(v).into_iter().enumerate() {
-                                        $yt[(j + q) * rows + t] =
-                                            reduce_acc(_mm256_castsi256_ps(r));
-                                    }
-                                }
-                            }
-                            j += GROUP_ROWS;
-                            continue;
-                        }
-                    }
-                }
                 acc.iter_mut().for_each(|v| *v = _mm256_setzero_ps());
                 let (acc_a, acc_b) = acc.split_at_mut(m);
                 let (acc_a, acc_b) = (&mut acc_a[..r1 - r0], &mut acc_b[..r1 - r0]);
-                let ra = lookup(w, o0 + j, ug_at, &ug, &mut gbuf);
-                let rb2 = if j + 1 < n {
-                    lookup(w, o0 + j + 1, ug_at, &ug, &mut gbuf2)
-                } else {
-                    None
-                };
+                let ra = row(o0 + j);
+                let rb2 = if j + 1 < n { row(o0 + j + 1) } else { None };
                 if let (Some((ty, ba)), Some((tb, bb))) = (ra, rb2) {
                     let code = type_code(ty);
                     if ty == tb && code != T_DECODED {
-                        let (wa, wb) = (plain(ba, dform), plain(bb, dform));
+                        let (wa, wb) = (plain(ba), plain(bb));
                         // SAFETY: the path function's target features are the row kernels'
                         // (checked at runtime by its caller); whole rows (checked above);
                         // `fits` checked the activations and `xt`.
@@ -746,7 +444,7 @@ macro_rules! lanes_task {
                                 },
                             })
                         } else {
-                            Some(plain(bytes, dform))
+                            Some(plain(bytes))
                         };
                         if let Some(wr) = wr {
                             // SAFETY: as above (for `T_DECODED`, `decode_row` filled the
@@ -785,8 +483,3 @@ macro_rules! lanes_task {
     }};
 }
 pub(super) use lanes_task;
-
-/// Activation rows up to which an interleaved group runs its group kernel (one pass over the
-/// weights, activations broadcast); more rows run the row kernels on the group's rows as
-/// stored ([`ungroup`]), which are faster per row once the unpacked weights are reused enough.
-pub(super) const GROUP_MAX_ROWS: usize = 4;

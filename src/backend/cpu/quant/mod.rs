@@ -13,13 +13,10 @@
 //! accumulation lane-wise (the same IEEE operations in the same order). The integer dot
 //! products, exact on every path, are the only thing the paths compute differently.
 //!
-//! Q4_K and Q6_K weights are stored in interleaved groups of 8 rows on the vector paths
-//! ([`QuantKernel::group_sb`]), which small batches compute 8 rows at a time (`lanes.rs`).
-//!
-//! Work split: weight rows are cut into tasks across the pool (distinct rows per task, whole
-//! groups of 8); a task unpacks each super-block of its weight rows (two rows of a type at a
-//! time) once per block of activation rows (sized to stay in L2) and dots it against every
-//! activation row of the block, writing `yt` (`[out, rows]`), transposed into `y` at the end.
+//! Work split: weight rows are cut into tasks across the pool (distinct rows per task); a task
+//! unpacks each super-block of its weight rows (two rows of a type at a time) once per block of
+//! activation rows (sized to stay in L2) and dots it against every activation row of the
+//! block, writing `yt` (`[out, rows]`), transposed into `y` at the end.
 
 mod dot;
 #[cfg(target_arch = "x86_64")]
@@ -32,11 +29,10 @@ mod superblock;
 use rayon::prelude::*;
 
 use super::CpuBackend;
-use crate::backend::quant_stack::{QuantStack, GROUP_ROWS};
+use crate::backend::quant_stack::QuantStack;
 use crate::backend::reference::quant_block::{BlockParams, QBLOCK};
 use crate::backend::reference::quant_dot::QActs;
 use crate::backend::reference::{fill_nan, matmul_shapes_ok};
-use crate::quant::GgmlType;
 
 /// How the integer dot products of the quantized matmul are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,19 +85,6 @@ impl QuantKernel {
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
-        }
-    }
-
-    /// The super-block bytes of the row-interleaved layout
-    /// ([`QuantStack::interleave`]) in which this path computes weights of type `ty` (8 rows
-    /// at once from one sequential stream, the activations broadcast: the fast path of small
-    /// batches), or `None` when it reads `ty` as stored.
-    pub fn group_sb(self, ty: GgmlType) -> Option<usize> {
-        match (self, ty) {
-            (Self::Portable, _) => None,
-            (_, GgmlType::Q4K) => Some(144),
-            (_, GgmlType::Q6K) => Some(210),
-            _ => None,
         }
     }
 
@@ -271,8 +254,8 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &QuantStack, y:
         if threads <= 1 || work < (1 << 18) {
             run_task(kernel, &task(0), yt);
         } else {
-            // ~4 tasks per thread over distinct weight rows, whole interleaved groups each.
-            let cw = out.div_ceil(threads * 4).next_multiple_of(GROUP_ROWS);
+            // ~4 tasks per thread over distinct weight rows.
+            let cw = out.div_ceil(threads * 4).max(1);
             be.pool.install(|| {
                 yt.par_chunks_mut(cw * rows)
                     .enumerate()
