@@ -12,6 +12,12 @@
 # compiler and make; cmake (pin: cmake==4.4.5) is installed with pip into the cache dir when it is
 # not on PATH.
 # Tools built: llama-bench, llama-batched-bench, llama-quantize.
+# AMX: on a CPU with AMX, GGML_NATIVE compiles ggml's AMX matmul, whose worker threads crash
+# with SIGILL at their first tile instruction in this version (tile permission requested on the
+# main thread only and a tile config the compiler drops: upstream PR ggml-org/llama.cpp#26954),
+# so there the build passes -mno-amx-tile -mno-amx-int8 -mno-amx-bf16 and llama.cpp runs its
+# AVX-512 kernels (VNNI, BF16, repacked K-quants). The `.built` file records the flags; a build
+# with other flags is redone.
 # Env: LLAMA_CPP_JOBS (parallel compile jobs, default: nproc); LLAMA_CPP_SDIST (a local copy of
 # the pinned sdist, skips the download).
 set -euo pipefail
@@ -34,7 +40,14 @@ case "${1:-}" in
     *) log "error: unknown argument '$1' (usage: llama-cpp.sh [--source])"; exit 2 ;;
 esac
 
-if [[ $mode == build && -f "$stamp" ]]; then
+# See the header (AMX).
+extra_flags=""
+if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
+    extra_flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
+stamp_text="$(printf '%s\n' "${TOOLS[@]}"; echo "flags: ${extra_flags:-none}")"
+
+if [[ $mode == build && -f "$stamp" && "$(cat "$stamp")" == "$stamp_text" ]]; then
     ok=1
     for t in "${TOOLS[@]}"; do [[ -x "$bin/$t" ]] || ok=0; done
     if [[ $ok == 1 ]]; then
@@ -101,8 +114,9 @@ if [[ $mode == source ]]; then
 fi
 
 jobs="${LLAMA_CPP_JOBS:-$(nproc 2>/dev/null || echo 2)}"
-log "configuring (Release, CPU only, GGML_NATIVE=ON, no curl)"
+log "configuring (Release, CPU only, GGML_NATIVE=ON, no curl, extra flags: ${extra_flags:-none})"
 "$CMAKE" -S "$src" -B "$cache/build" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_C_FLAGS="$extra_flags" -DCMAKE_CXX_FLAGS="$extra_flags" \
     -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_OPENCL=OFF \
     -DGGML_BLAS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON -DBUILD_SHARED_LIBS=OFF >&2
@@ -115,6 +129,6 @@ for t in "${TOOLS[@]}"; do
         exit 1
     fi
 done
-printf '%s\n' "${TOOLS[@]}" >"$stamp"
+printf '%s\n' "$stamp_text" >"$stamp"
 log "built ${TOOLS[*]} in $bin"
 echo "$bin"
