@@ -560,8 +560,8 @@ pub fn other_runnable() -> Option<usize> {
             if i > 0 {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-            let running = text.split_whitespace().nth(3)?.split('/').next()?;
+            let field = loadavg_field(3)?;
+            let running = field.split('/').next()?;
             running.parse::<usize>().ok().map(|n| n.saturating_sub(1))
         })
         .collect();
@@ -578,12 +578,13 @@ pub fn oversubscribed(others: Option<usize>, threads: usize) -> bool {
 
 /// The 1-minute load average (Linux `/proc/loadavg`; None elsewhere).
 pub fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    loadavg_field(0)?.parse().ok()
+}
+
+/// Whitespace-separated field `i` of Linux `/proc/loadavg` (None elsewhere).
+fn loadavg_field(i: usize) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().nth(i).map(str::to_owned)
 }
 
 fn show<T>(s: &Series, engine: &Result<T, String>) -> String {
