@@ -52,6 +52,21 @@ fn lib_dir() -> PathBuf {
     dir
 }
 
+/// valgrind checking for definite leaks and memory errors (exit status 1 on either), with fair
+/// scheduling: valgrind runs one thread at a time, and with its default lock a thread that
+/// spins or yields waiting for another (the pool's idle threads between ops) can keep taking
+/// the lock back, which made the same check take 2 minutes in one run and over 20 in another.
+fn valgrind() -> Command {
+    let mut c = Command::new("valgrind");
+    c.args([
+        "--fair-sched=yes",
+        "--leak-check=full",
+        "--errors-for-leak-kinds=definite",
+        "--error-exitcode=1",
+    ]);
+    c
+}
+
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     let text = format!(
@@ -159,12 +174,7 @@ fn quickstart_runs_and_is_valgrind_clean() {
     if !have("valgrind") {
         return;
     }
-    let out = run(Command::new("valgrind")
-        .args([
-            "--leak-check=full",
-            "--errors-for-leak-kinds=definite",
-            "--error-exitcode=1",
-        ])
+    let out = run(valgrind()
         .arg(&exe)
         .arg(&model)
         .arg(&peft)
@@ -413,14 +423,7 @@ int main(int argc, char **argv) {
     .unwrap();
     let exe = dir.path().join("free_in_flight");
     build("gcc", "-std=c99", &src, &exe, &[]);
-    let out = run(Command::new("valgrind")
-        .args([
-            "--leak-check=full",
-            "--errors-for-leak-kinds=definite",
-            "--error-exitcode=1",
-        ])
-        .arg(&exe)
-        .arg(&model));
+    let out = run(valgrind().arg(&exe).arg(&model));
     assert!(out.contains("ERROR SUMMARY: 0 errors"), "{out}");
     assert!(out.contains("after free: request 1 had"), "{out}");
     // The requests were in flight when the engine was freed.
@@ -652,14 +655,7 @@ int main(int argc, char **argv) {
     let exe = dir.path().join("request_fields");
     build("gcc", "-std=c99", &src, &exe, &[]);
     let out = if have("valgrind") {
-        let out = run(Command::new("valgrind")
-            .args([
-                "--leak-check=full",
-                "--errors-for-leak-kinds=definite",
-                "--error-exitcode=1",
-            ])
-            .arg(&exe)
-            .arg(&model));
+        let out = run(valgrind().arg(&exe).arg(&model));
         assert!(out.contains("ERROR SUMMARY: 0 errors"), "{out}");
         out
     } else {
