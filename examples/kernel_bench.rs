@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loraplex::backend::cpu::CpuBackend;
+use loraplex::backend::cpu::{Bf16Kernel, CpuBackend};
 use loraplex::backend::{
     AttentionArgs, AttnMeta, Backend, KvGeometry, KvWriteArgs, LoraArgs, LoraBatch, LoraPrecision,
     LoraStackGeometry, LoraTarget, LoraWeights, RopeArgs, View, ViewMut, WeightFormat,
@@ -397,19 +397,22 @@ fn main() {
         use loraplex::backend::cpu::peak::{peak_gflops, PeakPath};
         let show = |p: Option<f64>| p.map_or("n/a".to_string(), |g| format!("{g:.0}"));
         println!(
-            "peak GFLOP/s with {} thr (calibration loops): f32 fma {}, bf16 dot {}",
+            "peak GFLOP/s with {} thr (calibration loops): f32 fma {}, bf16 dot {}, amx bf16 {}",
             pool.current_num_threads(),
             show(peak_gflops(pool, PeakPath::F32Fma, 5)),
-            show(peak_gflops(pool, PeakPath::Bf16Dot, 5))
+            show(peak_gflops(pool, PeakPath::Bf16Dot, 5)),
+            show(peak_gflops(pool, PeakPath::AmxBf16, 5))
         );
     }
     // step[format][threads][rows] = seconds of all weight matmuls in one decode step
-    let mut step = [[[0f64; 4]; 2]; 3];
-    // bf16 on the default path (AVX-512 BF16 where present) and on the AVX2/FMA f32 kernels.
+    let mut step = [[[0f64; 4]; 2]; 4];
+    // bf16 on the default path (AMX or AVX-512 BF16 where present), on the AVX-512 BF16
+    // kernels and on the AVX2/FMA f32 kernels (paths this CPU lacks are skipped).
     let formats = [
         ("f32", WeightFormat::F32, None),
         ("bf16", WeightFormat::BF16, None),
-        ("bf16f", WeightFormat::BF16, Some(false)),
+        ("bf16v", WeightFormat::BF16, Some(Bf16Kernel::Avx512Bf16)),
+        ("bf16f", WeightFormat::BF16, Some(Bf16Kernel::F32)),
     ];
     println!(
         "{:<8} {:>5} {:>6} {:>4} {:>3} {:>4} {:>8} {:>7} {:>7} {:>8}",
@@ -423,11 +426,11 @@ fn main() {
             .map(|_| rng.gen_range(-0.1f32..0.1))
             .collect();
         let t = HostTensor::f32(vec![out, inp], data);
-        for (fi, &(fname, format, bf16dot)) in formats.iter().enumerate() {
+        for (fi, &(fname, format, bf16_kernel)) in formats.iter().enumerate() {
             for (pi, pool) in pools.iter().enumerate() {
-                let be = match bf16dot {
+                let be = match bf16_kernel {
                     None => CpuBackend::new(pool.clone()),
-                    Some(on) => match CpuBackend::with_bf16_dot(pool.clone(), on) {
+                    Some(k) => match CpuBackend::with_bf16_kernel(pool.clone(), k) {
                         Ok(be) => be,
                         Err(_) => continue,
                     },

@@ -7,7 +7,7 @@ mod common;
 
 use common::paged::{paged_step, slot, PagedStep};
 use common::values::{assert_bits_eq, assert_close, rand_vec};
-use loraplex::backend::cpu::CpuBackend;
+use loraplex::backend::cpu::{Bf16Kernel, CpuBackend};
 use loraplex::backend::reference::ReferenceBackend;
 use loraplex::backend::{
     AttentionArgs, AttnMeta, Backend, KvGeometry, KvStore, KvWriteArgs, RopeArgs, View, ViewMut,
@@ -91,15 +91,19 @@ const MATMUL_SHAPES: &[(usize, usize, &[usize])] = &[
 ];
 
 /// Every SIMD kernel path this CPU runs (bf16 weights: the AVX2/FMA f32 kernels on rounded
-/// activations, and the AVX-512 BF16 `vdpbf16ps` kernels where present), with `threads` threads.
+/// activations, the AVX-512 BF16 `vdpbf16ps` kernels and the AMX tiles where present), with
+/// `threads` threads.
 fn simd_paths(threads: usize) -> Vec<(&'static str, CpuBackend)> {
     let mut v = Vec::new();
-    if let Ok(be) = CpuBackend::with_bf16_dot(pool(threads), false) {
-        v.push(("cpu avx2-fma", be));
-    }
-    match CpuBackend::with_bf16_dot(pool(threads), true) {
-        Ok(be) => v.push(("cpu avx512-bf16", be)),
-        Err(e) => eprintln!("skipping the avx512-bf16 path: {e}"),
+    for (label, k) in [
+        ("cpu avx2-fma", Bf16Kernel::F32),
+        ("cpu avx512-bf16", Bf16Kernel::Avx512Bf16),
+        ("cpu amx-bf16", Bf16Kernel::Amx),
+    ] {
+        match CpuBackend::with_bf16_kernel(pool(threads), k) {
+            Ok(be) => v.push((label, be)),
+            Err(e) => eprintln!("skipping the {label} path: {e}"),
+        }
     }
     v
 }
@@ -116,7 +120,7 @@ fn matmul_simd_matches_reference() {
 /// bf16 × bf16 product exact in f32), then `(l0 + l2) + (l1 + l3)`.
 #[test]
 fn matmul_bf16_dot_follows_its_documented_order() {
-    let Ok(be) = CpuBackend::with_bf16_dot(pool(2), true) else {
+    let Ok(be) = CpuBackend::with_bf16_kernel(pool(2), Bf16Kernel::Avx512Bf16) else {
         eprintln!("skipping: no AVX-512 BF16 on this CPU");
         return;
     };
@@ -221,9 +225,15 @@ fn bf16_host_tensor_packs_exactly() {
     );
     be.matmul(&x, 2, &be.weight(&t_f, WeightFormat::BF16).unwrap(), &mut b);
     assert_bits_eq("bf16 from bf16 vs from f32", &a, &b);
+    // 9 columns padded to the layout's chunk: 8-column chunks, or 32 for AMX tiles.
+    let kp = if be.bf16_kernel() == Bf16Kernel::Amx {
+        32
+    } else {
+        16
+    };
     assert_eq!(
         be.weight_bytes(&be.weight(&t_bf, WeightFormat::BF16).unwrap()),
-        6 * 16 * 2
+        6 * kp * 2
     );
 }
 
@@ -260,6 +270,39 @@ fn matmul_row_is_independent_of_batch() {
                     let what = format!("{format:?} in={inp} rows {start}..+{rows}");
                     assert_bits_eq(&what, &y, &full[start * out..(start + rows) * out]);
                 }
+            }
+        }
+    }
+}
+
+/// A bf16 weight packed by one path (AMX tiles or 4-row panels) still computes correctly on a
+/// backend whose kernels read the other arrangement (they fall back to the portable loop over
+/// the weight's own layout), and its rows read back exactly.
+#[test]
+fn bf16_weights_work_on_every_path_whoever_packed_them() {
+    let mut rng = ChaCha8Rng::seed_from_u64(15);
+    let r = ReferenceBackend;
+    let mut paths: Vec<(&str, CpuBackend)> = simd_paths(2);
+    paths.push(("portable", CpuBackend::portable(pool(2))));
+    for &(inp, out, rows) in &[(7usize, 63usize, 3usize), (576, 40, 17), (1000, 5, 33)] {
+        let t = tensor(&mut rng, out, inp);
+        let wr = r.weight(&t, WeightFormat::BF16).unwrap();
+        let x = rand_vec(&mut rng, rows * inp);
+        let mut yr = vec![0f32; rows * out];
+        r.matmul(&x, rows, &wr, &mut yr);
+        let tol = matmul_tol(&x, &wr.data, rows, out, inp);
+        for (packer, pb) in &paths {
+            let w = pb.weight(&t, WeightFormat::BF16).unwrap();
+            let ids: Vec<u32> = (0..out as u32).collect();
+            let (mut a, mut b) = (vec![0f32; out * inp], vec![0f32; out * inp]);
+            for (runner, rb) in &paths {
+                let mut y = vec![0f32; rows * out];
+                rb.matmul(&x, rows, &w, &mut y);
+                let what = format!("packed by {packer}, run on {runner}: in={inp} out={out}");
+                assert_close(&what, &y, &yr, |i| tol[i]);
+                rb.embedding_gather(&w, &ids, &mut a);
+                r.embedding_gather(&wr, &ids, &mut b);
+                assert_bits_eq(&what, &a, &b);
             }
         }
     }
@@ -828,15 +871,34 @@ fn simd_kernels_are_used_when_the_cpu_has_them() {
         assert_eq!(cpu(1).simd_enabled(), has);
         let bf16 =
             has && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16");
-        assert_eq!(cpu(1).bf16_dot_enabled(), bf16);
-        assert_eq!(CpuBackend::with_bf16_dot(pool(1), true).is_ok(), bf16);
-        assert!(cpu(1).kernel_path().contains(if bf16 {
-            "bf16=avx512-bf16"
+        let amx = Bf16Kernel::Amx.available();
+        let want = if amx {
+            Bf16Kernel::Amx
+        } else if bf16 {
+            Bf16Kernel::Avx512Bf16
         } else {
-            "bf16=avx2-fma"
-        }));
+            Bf16Kernel::F32
+        };
+        assert_eq!(cpu(1).bf16_kernel(), want);
+        assert_eq!(
+            CpuBackend::with_bf16_kernel(pool(1), Bf16Kernel::Avx512Bf16).is_ok(),
+            bf16
+        );
+        assert_eq!(
+            CpuBackend::with_bf16_kernel(pool(1), Bf16Kernel::Amx).is_ok(),
+            amx
+        );
+        let path = cpu(1).kernel_path();
+        assert!(
+            path.contains(match want {
+                Bf16Kernel::Amx => "bf16=amx-bf16",
+                Bf16Kernel::Avx512Bf16 => "bf16=avx512-bf16",
+                Bf16Kernel::F32 => "bf16=avx2-fma",
+            }),
+            "{path}"
+        );
     }
-    assert!(!CpuBackend::portable(pool(1)).bf16_dot_enabled());
+    assert_eq!(CpuBackend::portable(pool(1)).bf16_kernel(), Bf16Kernel::F32);
     assert!(!CpuBackend::portable(pool(1)).simd_enabled());
     assert_eq!(cpu(3).threads(), 3);
 }

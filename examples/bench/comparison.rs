@@ -489,11 +489,20 @@ fn compute_peaks(threads: usize) -> Value {
         Err(e) => return json!({"error": e.to_string()}),
     };
     let bf16 = peak_gflops(&pool, PeakPath::Bf16Dot, 5);
+    let amx = peak_gflops(&pool, PeakPath::AmxBf16, 5);
+    let path = if amx.is_some() {
+        "amx_bf16"
+    } else if bf16.is_some() {
+        "bf16_dot_512"
+    } else {
+        "f32_fma_256"
+    };
     json!({
         "threads": threads,
         "f32_fma_256": peak_gflops(&pool, PeakPath::F32Fma, 5),
         "bf16_dot_512": bf16,
-        "bf16_weights_path": if bf16.is_some() { "bf16_dot_512" } else { "f32_fma_256" },
+        "amx_bf16": amx,
+        "bf16_weights_path": path,
     })
 }
 

@@ -9,13 +9,15 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::amx;
 use super::bf16act;
 #[cfg(target_arch = "x86_64")]
 use super::bf16dot;
 #[cfg(target_arch = "x86_64")]
 use super::simd::{self, Panels};
-use super::weight::{bf16_bits_to_f32, packed_index, CpuWeight, WData, CHUNK, PANEL};
-use super::CpuBackend;
+use super::weight::{bf16_bits_to_f32, CpuWeight, Layout, WData, CHUNK};
+use super::{Bf16Kernel, CpuBackend};
 use crate::backend::reference::matmul_shapes_ok;
 
 /// Activation-row block size: the block of `x` (`rb * kp` f32) should stay in L2 (~128 KiB).
@@ -27,23 +29,38 @@ fn row_block(kp: usize) -> usize {
 /// Weight rows per parallel task: ~4 tasks per thread (~8 with more than 16 activation rows, where
 /// a task is long and the last one to finish leaves the other threads idle), fewer rows per task
 /// when many activation rows are re-read against it (so the task's weights stay in L2), a
-/// multiple of [`PANEL`] (the kernels work on whole packed panels).
-fn task_rows(out: usize, rows: usize, kp: usize, wbytes: usize, threads: usize) -> usize {
+/// multiple of `panel` (the kernels work on whole packed panels).
+fn task_rows(
+    out: usize,
+    rows: usize,
+    kp: usize,
+    wbytes: usize,
+    threads: usize,
+    panel: usize,
+) -> usize {
     let mut cw = out.div_ceil(threads.max(1) * if rows > 16 { 8 } else { 4 });
     if rows > 16 {
         cw = cw.min((384 * 1024) / (kp * wbytes).max(1));
     }
-    cw.div_ceil(PANEL).max(1) * PANEL
+    cw.div_ceil(panel).max(1) * panel
 }
 
-/// Portable 8-lane dot product of `x` with packed weight row `o` (its 8-column chunks read in
-/// increasing `k`), with the same lane structure as the SIMD kernel (separate multiply and add
-/// instead of FMA).
+/// Portable 8-lane dot product of `x` with row `o` of a weight packed in `layout` (its 8-column
+/// runs read in increasing `k`), with the same lane structure as the SIMD kernel (separate
+/// multiply and add instead of FMA).
 #[inline]
-fn dot_portable<T: Copy>(x: &[f32], w: &[T], o: usize, kp: usize, widen: impl Fn(T) -> f32) -> f32 {
+fn dot_portable<T: Copy>(
+    x: &[f32],
+    w: &[T],
+    layout: Layout,
+    o: usize,
+    kp: usize,
+    widen: impl Fn(T) -> f32,
+) -> f32 {
     let mut acc = [0f32; 8];
     for (c, xc) in x.chunks_exact(CHUNK).enumerate() {
-        let start = packed_index(o, c * CHUNK, kp);
+        // Every layout's chunk is a whole number of 8-column runs.
+        let start = layout.index(o, c * CHUNK, kp);
         let Some(wc) = w.get(start..start + CHUNK) else {
             return f32::NAN;
         };
@@ -67,8 +84,8 @@ fn block_portable(x: &[f32], rows: usize, kp: usize, w: &CpuWeight, o0: usize, y
         for (t, y) in yrow.iter_mut().enumerate() {
             let xr = x.get(t * kp..(t + 1) * kp).unwrap_or(&[]);
             *y = match &w.data {
-                WData::F32(d) => dot_portable(xr, d, o0 + j, kp, |v| v),
-                WData::BF16(d) => dot_portable(xr, d, o0 + j, kp, bf16_bits_to_f32),
+                WData::F32(d) => dot_portable(xr, d, w.layout, o0 + j, kp, |v| v),
+                WData::BF16(d) => dot_portable(xr, d, w.layout, o0 + j, kp, bf16_bits_to_f32),
                 WData::Quant(_) => f32::NAN,
             };
         }
@@ -107,9 +124,31 @@ fn run_block(be: &CpuBackend, x: Acts<'_>, rows: usize, w: &CpuWeight, o0: usize
             // slice bounds itself.
             return unsafe { bf16dot::block(&p, yt) };
         }
+        #[cfg(target_arch = "x86_64")]
+        Acts::AmxTiles(x) => {
+            let WData::BF16(d) = &w.data else {
+                return yt.iter_mut().for_each(|v| *v = f32::NAN);
+            };
+            let call = amx::AmxCall {
+                x,
+                rows,
+                kp,
+                w: d,
+                o0,
+                n,
+            };
+            // SAFETY: activations are AMX tiles only when `be.bf16` is `Bf16Kernel::Amx`, which
+            // the backend selects only when `amx::available()` (CPU features and the OS's
+            // grant); `block` checks its slice bounds itself.
+            return unsafe { amx::block(&call, yt) };
+        }
         #[cfg(not(target_arch = "x86_64"))]
-        Acts::Bf16(_) => return yt.iter_mut().for_each(|v| *v = f32::NAN),
+        Acts::Bf16(_) | Acts::AmxTiles(_) => return yt.iter_mut().for_each(|v| *v = f32::NAN),
     };
+    if w.layout != Layout::Panels {
+        // A weight packed for another backend's path (the vector kernels read 4-row panels).
+        return block_portable(x, rows, kp, w, o0, yt);
+    }
     #[cfg(target_arch = "x86_64")]
     if be.simd {
         let rb = row_block(kp);
@@ -161,10 +200,19 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: 
     let mut scratch = be.scratch.lock();
     let scratch = &mut *scratch;
     let x = &x[..rows * inp];
-    // Activations padded to kp columns (only when `in` is not a multiple of 8); for a bf16
-    // weight rounded to bf16 (see `bf16act.rs`), as bits for the `vdpbf16ps` kernels.
+    // Activations padded to kp columns (only when `in` is not a multiple of the layout's
+    // chunk); for a bf16 weight rounded to bf16 (see `bf16act.rs`), as bits for the `vdpbf16ps`
+    // kernels or as AMX tiles.
     let xs: Acts<'_> = match &w.data {
-        WData::BF16(_) if be.bf16dot => {
+        #[cfg(target_arch = "x86_64")]
+        WData::BF16(_) if be.bf16 == Bf16Kernel::Amx && w.layout == Layout::AmxTiles => {
+            bf16act::to_bits(x, rows, inp, kp, &mut scratch.xbits);
+            if !amx::pack_acts(&scratch.xbits, rows, kp, &mut scratch.xtiles) {
+                return y.iter_mut().for_each(|v| *v = f32::NAN);
+            }
+            Acts::AmxTiles(&scratch.xtiles)
+        }
+        WData::BF16(_) if be.bf16 == Bf16Kernel::Avx512Bf16 && w.layout == Layout::Panels => {
             bf16act::to_bits(x, rows, inp, kp, &mut scratch.xbits);
             Acts::Bf16(&scratch.xbits)
         }
@@ -259,11 +307,13 @@ mod tests {
     }
 }
 
-/// Activations `[rows, kp]` for the kernels: f32, or bf16 bits for the `vdpbf16ps` kernels.
+/// Activations `[rows, kp]` for the kernels: f32, bf16 bits for the `vdpbf16ps` kernels, or
+/// bf16 bits rewritten as AMX B tiles (`amx::pack_acts`).
 #[derive(Debug, Clone, Copy)]
 enum Acts<'a> {
     F32(&'a [f32]),
     Bf16(&'a [u16]),
+    AmxTiles(&'a [u16]),
 }
 
 /// Fills `yt` (`[out, rows]`) serially or across the pool.
@@ -278,7 +328,12 @@ fn compute(be: &CpuBackend, xs: Acts<'_>, rows: usize, w: &CpuWeight, yt: &mut [
     if threads <= 1 || flops < (1 << 18) {
         run_block(be, xs, rows, w, 0, yt);
     } else {
-        let cw = task_rows(out, rows, kp, wbytes, threads);
+        // The AMX kernel takes weight tiles two at a time.
+        let panel = match w.layout {
+            Layout::Panels => w.layout.panel(),
+            Layout::AmxTiles => 2 * w.layout.panel(),
+        };
+        let cw = task_rows(out, rows, kp, wbytes, threads, panel);
         be.pool.install(|| {
             yt.par_chunks_mut(cw * rows)
                 .enumerate()

@@ -10,6 +10,8 @@
 //! `kv_write` rows whose slot is outside the cache) instead of panicking, exactly like
 //! [`crate::backend::reference`].
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod attention;
 mod bf16act;
 #[cfg(target_arch = "x86_64")]
@@ -31,7 +33,6 @@ use rayon::ThreadPool;
 
 pub use lora::CpuLoraArena;
 pub use quant::QuantKernel;
-pub(crate) use weight::packed_bytes;
 pub use weight::CpuWeight;
 
 use super::{
@@ -55,6 +56,8 @@ struct Scratch {
     qxt: Vec<i8>,
     /// Activations as bf16 bits for the `vdpbf16ps` kernels of bf16 weights.
     xbits: Vec<u16>,
+    /// The bf16 bits rewritten as AMX B tiles (`amx::pack_acts`).
+    xtiles: Vec<u16>,
     /// RoPE's cos/sin for the step's positions (shared by its layers).
     rope: elementwise::RopeTable,
 }
@@ -63,9 +66,7 @@ struct Scratch {
 pub struct CpuBackend {
     pool: Arc<ThreadPool>,
     simd: bool,
-    /// bf16 weights' matmuls use the AVX-512 BF16 `vdpbf16ps` kernels (else the f32 kernels on
-    /// bf16-rounded activations: the same products, summed in another order).
-    bf16dot: bool,
+    bf16: Bf16Kernel,
     qkernel: QuantKernel,
     scratch: Mutex<Scratch>,
 }
@@ -75,10 +76,77 @@ impl std::fmt::Debug for CpuBackend {
         f.debug_struct("CpuBackend")
             .field("threads", &self.pool.current_num_threads())
             .field("simd", &self.simd)
-            .field("bf16dot", &self.bf16dot)
+            .field("bf16", &self.bf16)
             .field("quant_kernel", &self.qkernel)
             .finish()
     }
+}
+
+/// How bf16 weights' matmuls are computed. Every path multiplies bf16-rounded activations by the
+/// bf16 weights (each product exact in f32) and accumulates in f32; they differ in summation
+/// order only, and each keeps a row's result independent of the rest of the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// The f32 kernels (AVX2/FMA, or portable without them) on bf16-rounded activations.
+    F32,
+    /// AVX-512 BF16 `vdpbf16ps` kernels (`bf16dot.rs`).
+    Avx512Bf16,
+    /// AMX tiles (`tdpbf16ps`, `amx.rs`), where the CPU has AMX-BF16 and the OS grants the tile
+    /// state; its weights are stored in 16 × 32 tiles instead of the 4-row panels.
+    Amx,
+}
+
+impl Bf16Kernel {
+    /// Every path, slowest first.
+    pub const ALL: [Bf16Kernel; 3] = [Self::F32, Self::Avx512Bf16, Self::Amx];
+
+    /// The fastest path this CPU runs.
+    pub fn detect() -> Self {
+        *Self::ALL
+            .iter()
+            .rev()
+            .find(|k| k.available())
+            .unwrap_or(&Self::F32)
+    }
+
+    /// Whether this CPU (and OS, for AMX) runs the path (detected at runtime).
+    pub fn available(self) -> bool {
+        match self {
+            Self::F32 => true,
+            Self::Avx512Bf16 => detect_bf16dot(),
+            #[cfg(target_arch = "x86_64")]
+            Self::Amx => amx::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Self::Amx => false,
+        }
+    }
+
+    /// The arrangement of bf16 weights the path reads.
+    fn layout(self) -> weight::Layout {
+        if self == Self::Amx {
+            weight::Layout::AmxTiles
+        } else {
+            weight::Layout::Panels
+        }
+    }
+
+    /// Short name ("f32", "avx512-bf16", "amx-bf16").
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Avx512Bf16 => "avx512-bf16",
+            Self::Amx => "amx-bf16",
+        }
+    }
+}
+
+/// The bytes a weight of these parts takes on the backend [`CpuBackend::new`] builds (see
+/// `weight::packed_bytes`; for the capacity planner).
+pub(crate) fn packed_bytes(
+    parts: &[super::select::WeightPartLayout],
+    format: WeightFormat,
+) -> Result<usize> {
+    weight::packed_bytes(parts, format, Bf16Kernel::detect().layout())
 }
 
 /// True when the AVX-512 BF16 kernels can run on this CPU (with the AVX2/FMA ones around them).
@@ -118,7 +186,7 @@ impl CpuBackend {
         Self {
             pool,
             simd: detect_simd(),
-            bf16dot: detect_bf16dot(),
+            bf16: Bf16Kernel::detect(),
             qkernel: QuantKernel::detect(),
             scratch: Mutex::new(Scratch::default()),
         }
@@ -128,39 +196,42 @@ impl CpuBackend {
     pub fn portable(pool: Arc<ThreadPool>) -> Self {
         Self {
             simd: false,
-            bf16dot: false,
+            bf16: Bf16Kernel::F32,
             qkernel: QuantKernel::Portable,
             ..Self::new(pool)
         }
     }
 
-    /// A backend whose bf16 weights use the AVX-512 BF16 kernels (`on`) or the AVX2/FMA f32
-    /// kernels on bf16-rounded activations (`!on`); otherwise as [`CpuBackend::new`]. For tests
-    /// and comparisons. Errors (UNSUPPORTED) when `on` and this CPU lacks AVX-512 BF16, or `!on`
-    /// and it lacks AVX2/FMA (use [`CpuBackend::portable`] then).
-    pub fn with_bf16_dot(pool: Arc<ThreadPool>, on: bool) -> Result<Self> {
-        let (ok, what) = if on {
-            (
-                detect_bf16dot(),
-                "\"avx512-bf16\" needs AVX-512F and AVX-512 BF16",
-            )
-        } else {
-            (detect_simd(), "\"avx2-fma\" needs AVX2 and FMA")
+    /// A backend whose bf16 weights use `kernel` (otherwise as [`CpuBackend::new`]); for tests
+    /// and comparisons. Errors (UNSUPPORTED, naming the path) when this CPU lacks the path's
+    /// instructions, or [`Bf16Kernel::F32`] is asked for without AVX2/FMA (use
+    /// [`CpuBackend::portable`] then).
+    pub fn with_bf16_kernel(pool: Arc<ThreadPool>, kernel: Bf16Kernel) -> Result<Self> {
+        let ok = match kernel {
+            Bf16Kernel::F32 => detect_simd(),
+            k => k.available(),
         };
         if !ok {
             return Err(Error::unsupported(format!(
-                "bf16 kernel path {what}, which this CPU lacks"
+                "bf16 kernel path \"{}\" needs instructions this CPU (or OS) lacks",
+                kernel.name()
             )));
         }
         Ok(Self {
-            bf16dot: on,
+            bf16: kernel,
             ..Self::new(pool)
         })
     }
 
-    /// Whether bf16 weights use the AVX-512 BF16 (`vdpbf16ps`) kernels.
-    pub fn bf16_dot_enabled(&self) -> bool {
-        self.bf16dot
+    /// How bf16 weights' matmuls are computed.
+    pub fn bf16_kernel(&self) -> Bf16Kernel {
+        self.bf16
+    }
+
+    /// The arrangement of bf16 weights this backend packs: AMX tiles for the AMX path, 4-row
+    /// panels otherwise.
+    fn bf16_layout(&self) -> weight::Layout {
+        self.bf16.layout()
     }
 
     /// A backend whose quantized matmul uses `kernel` (dense kernels as [`CpuBackend::new`]);
@@ -188,7 +259,10 @@ impl CpuBackend {
     /// stats).
     pub fn kernel_path(&self) -> String {
         let dense = if self.simd { "avx2-fma" } else { "portable" };
-        let bf16 = if self.bf16dot { "avx512-bf16" } else { dense };
+        let bf16 = match self.bf16 {
+            Bf16Kernel::F32 => dense,
+            k => k.name(),
+        };
         format!("dense={dense} bf16={bf16} quant={}", self.qkernel.name())
     }
 
@@ -273,11 +347,11 @@ impl Backend for CpuBackend {
     }
 
     fn weight(&self, t: &HostTensor, format: WeightFormat) -> Result<CpuWeight> {
-        weight::pack(&[t], format)
+        weight::pack(&[t], format, self.bf16_layout())
     }
 
     fn fused_weight(&self, parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWeight> {
-        weight::pack(parts, format)
+        weight::pack(parts, format, self.bf16_layout())
     }
 
     fn weight_bytes(&self, w: &CpuWeight) -> usize {

@@ -17,6 +17,8 @@ pub enum PeakPath {
     F32Fma,
     /// 512-bit `vdpbf16ps` (32 bf16 multiply-adds), the AVX-512 BF16 kernels.
     Bf16Dot,
+    /// AMX `tdpbf16ps` (16 × 16 × 32 bf16 multiply-adds on tiles), the AMX kernels.
+    AmxBf16,
 }
 
 impl PeakPath {
@@ -25,6 +27,16 @@ impl PeakPath {
         match self {
             Self::F32Fma => 8,
             Self::Bf16Dot => 32,
+            Self::AmxBf16 => 16 * 16 * 32,
+        }
+    }
+
+    /// Loop iterations per timed run (12 instructions each): a run takes about 10-50 ms.
+    fn iters(self) -> u64 {
+        match self {
+            Self::F32Fma | Self::Bf16Dot => ITERS,
+            // An AMX instruction does 256 times the work of a `vdpbf16ps` in about 16 cycles.
+            Self::AmxBf16 => ITERS >> 4,
         }
     }
 
@@ -34,11 +46,12 @@ impl PeakPath {
         match self {
             Self::F32Fma => super::detect_simd(),
             Self::Bf16Dot => super::detect_bf16dot(),
+            Self::AmxBf16 => super::Bf16Kernel::Amx.available(),
         }
     }
 }
 
-/// Loop iterations per timed run (12 instructions each).
+/// Loop iterations per timed run of the vector paths (12 instructions each).
 const ITERS: u64 = 1 << 21;
 
 /// Runs `ITERS` x 12 FMAs; returns a value that depends on every accumulator.
@@ -99,6 +112,7 @@ fn one_run(path: PeakPath, seed: f32) -> Option<f32> {
             match path {
                 PeakPath::F32Fma => fma_loop(seed),
                 PeakPath::Bf16Dot => dpbf16_loop(seed),
+                PeakPath::AmxBf16 => super::amx::peak_loop(PeakPath::AmxBf16.iters()) + seed,
             }
         })
     }
@@ -117,7 +131,7 @@ pub fn peak_gflops(pool: &ThreadPool, path: PeakPath, runs: usize) -> Option<f64
         return None;
     }
     let threads = pool.current_num_threads() as u64;
-    let flops = (threads * ITERS * 12 * path.macs() * 2) as f64;
+    let flops = (threads * path.iters() * 12 * path.macs() * 2) as f64;
     let mut best = 0f64;
     for r in 0..runs.max(1) {
         let start = std::time::Instant::now();
@@ -143,7 +157,7 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        for path in [PeakPath::F32Fma, PeakPath::Bf16Dot] {
+        for path in [PeakPath::F32Fma, PeakPath::Bf16Dot, PeakPath::AmxBf16] {
             let p = peak_gflops(&pool, path, 1);
             assert_eq!(p.is_some(), path.available(), "{path:?}");
             if let Some(g) = p {

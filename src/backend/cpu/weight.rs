@@ -16,12 +16,54 @@ pub(crate) const PANEL: usize = 4;
 /// Columns per chunk of the packed layout (one AVX2 vector of f32).
 pub(crate) const CHUNK: usize = 8;
 
-/// Packed element storage in panels of [`PANEL`] rows: rows are zero-padded from `in` to `kp`
-/// columns and from `out` to a multiple of `PANEL`; panel `p` holds rows `PANEL*p ..` with
-/// their 8-column chunks interleaved, so element `(o, i)` is at
-/// [`packed_index`]`(o, i, kp)`. A tile of `PANEL` rows is then read as one sequential stream,
-/// which the hardware prefetcher follows (about 1.7x the DRAM bandwidth of `PANEL` separate
-/// row streams on the reference machine).
+/// How a dense weight's elements are arranged: panels of [`Layout::panel`] rows whose
+/// [`Layout::chunk`]-column chunks are interleaved. Rows are zero-padded from `in` to `kp`
+/// columns (a multiple of the chunk) and from `out` to a multiple of the panel; panel `p` holds
+/// rows `panel*p ..`, chunk by chunk, so element `(o, i)` is at [`Layout::index`]`(o, i, kp)`.
+/// A tile of a panel's rows is then read as one sequential stream, which the hardware
+/// prefetcher follows (about 1.7x the DRAM bandwidth of separate row streams on the reference
+/// machine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// 4-row panels of 8-column chunks ([`PANEL`], [`CHUNK`]): the AVX2/FMA and AVX-512 BF16
+    /// kernels' weight tile.
+    Panels,
+    /// 16-row panels of 32-column chunks: each chunk of a panel is one AMX tile (16 rows of 64
+    /// bytes of bf16), for the AMX kernels (`amx.rs`).
+    AmxTiles,
+}
+
+impl Layout {
+    /// Rows per panel.
+    pub(crate) const fn panel(self) -> usize {
+        match self {
+            Self::Panels => PANEL,
+            Self::AmxTiles => 16,
+        }
+    }
+
+    /// Columns per chunk.
+    pub(crate) const fn chunk(self) -> usize {
+        match self {
+            Self::Panels => CHUNK,
+            Self::AmxTiles => 32,
+        }
+    }
+
+    /// Index of element `(o, i)` in the packed storage of a weight with `kp` padded columns.
+    #[inline(always)]
+    pub(crate) const fn index(self, o: usize, i: usize, kp: usize) -> usize {
+        let (p, c) = (self.panel(), self.chunk());
+        (o / p) * p * kp + (i / c) * p * c + (o % p) * c + i % c
+    }
+
+    /// Columns of a packed row: `inp` zero-padded to whole chunks.
+    pub(crate) const fn padded_cols(self, inp: usize) -> usize {
+        inp.div_ceil(self.chunk()) * self.chunk()
+    }
+}
+
+/// Packed element storage in the weight's [`Layout`].
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum WData {
     /// f32 values.
@@ -33,14 +75,16 @@ pub(crate) enum WData {
     Quant(QuantStack),
 }
 
-/// A weight matrix `[out, in]` packed for the CPU kernels: panels of 4 rows with interleaved
-/// 8-column chunks (see `WData`), zero-padded, in f32 or bf16; or ggml blocks (`kp == in`).
+/// A weight matrix `[out, in]` packed for the CPU kernels: panels with interleaved column
+/// chunks (see [`Layout`]), zero-padded, in f32 or bf16; or ggml blocks (`kp == in`).
 /// Immutable once built; shareable across threads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CpuWeight {
     pub(crate) out: usize,
     pub(crate) inp: usize,
     pub(crate) kp: usize,
+    /// The arrangement of dense data (meaningless for ggml blocks).
+    pub(crate) layout: Layout,
     pub(crate) data: WData,
 }
 
@@ -65,8 +109,8 @@ impl CpuWeight {
         }
     }
     /// Bytes of the packed rows: `out * kp * element size`, the column padding of each row
-    /// included. The up to 3 all-zero rows that complete the last 4-row panel (none when `out`
-    /// is a multiple of 4, as in every Llama projection) are not counted.
+    /// included. The all-zero rows that complete the last panel (none when `out` is a multiple
+    /// of the panel, as in every Llama projection) are not counted.
     /// A quantized weight reports the bytes of its blocks (the file's tensor bytes).
     pub fn bytes(&self) -> usize {
         let format = match &self.data {
@@ -88,8 +132,9 @@ impl CpuWeight {
         if let WData::Quant(q) = &self.data {
             return quant_row_into(q, r, dst);
         }
-        for (c, d) in dst.chunks_mut(CHUNK).enumerate() {
-            let start = packed_index(r, c * CHUNK, self.kp);
+        let chunk = self.layout.chunk();
+        for (c, d) in dst.chunks_mut(chunk).enumerate() {
+            let start = self.layout.index(r, c * chunk, self.kp);
             let ok = match &self.data {
                 WData::F32(v) => v
                     .get(start..start + d.len())
@@ -124,11 +169,6 @@ fn quant_row_into(q: &QuantStack, r: usize, dst: &mut [f32]) -> bool {
     true
 }
 
-/// Columns of a dense packed row: `inp` zero-padded to whole [`CHUNK`]s.
-fn padded_cols(inp: usize) -> usize {
-    inp.div_ceil(CHUNK) * CHUNK
-}
-
 /// Bytes [`CpuWeight::bytes`] reports for a dense weight of `out` rows of `kp` padded columns
 /// packed in `format` (f32 values unless bf16; saturating).
 fn dense_bytes(out: usize, kp: usize, format: WeightFormat) -> usize {
@@ -139,12 +179,17 @@ fn dense_bytes(out: usize, kp: usize, format: WeightFormat) -> usize {
 /// The bytes [`CpuWeight::bytes`] would report for [`pack`] of parts with these layouts in
 /// `format`, computed from shapes and types alone (no data; for the capacity planner). Same
 /// rules as `pack`: all parts in ggml blocks of kernel types are kept as they are; otherwise
-/// everything is packed dense in `format`.
+/// everything is packed dense in `format`, bf16 in `bf16_layout` (the one the backend that will
+/// load the weights packs: [`super::CpuBackend::new`] detects it).
 ///
 /// Errors, as `pack` gives them: INVALID_ARGUMENT for no parts or parts of different widths, a
 /// dense part under a quantized format; UNSUPPORTED for a quantized part of a type without
 /// kernels.
-pub(crate) fn packed_bytes(parts: &[WeightPartLayout], format: WeightFormat) -> Result<usize> {
+pub(crate) fn packed_bytes(
+    parts: &[WeightPartLayout],
+    format: WeightFormat,
+    bf16_layout: Layout,
+) -> Result<usize> {
     let first = parts
         .first()
         .ok_or_else(|| Error::invalid_argument("fused weight needs at least one part"))?;
@@ -178,15 +223,15 @@ pub(crate) fn packed_bytes(parts: &[WeightPartLayout], format: WeightFormat) -> 
             "weight format {} needs quantized tensors, but part {k} is dense",
             format.name()
         ))),
-        Some(_) => Ok(dense_bytes(out, padded_cols(first.cols), format)),
+        Some(_) => {
+            let layout = if format == WeightFormat::BF16 {
+                bf16_layout
+            } else {
+                Layout::Panels
+            };
+            Ok(dense_bytes(out, layout.padded_cols(first.cols), format))
+        }
     }
-}
-
-/// Index of element `(o, i)` (`i % 8 == 0` for the start of a chunk) in the packed layout of a
-/// weight with `kp` padded columns.
-#[inline(always)]
-pub(crate) fn packed_index(o: usize, i: usize, kp: usize) -> usize {
-    (o / PANEL) * PANEL * kp + (i / CHUNK) * PANEL * CHUNK + (o % PANEL) * CHUNK + i % CHUNK
 }
 
 /// Widens raw bf16 bits to f32.
@@ -200,34 +245,47 @@ fn f32_to_bf16_bits(v: f32) -> u16 {
     half::bf16::from_f32(v).to_bits()
 }
 
-/// Writes row `r` (`src`, `in` values) into the packed storage `d`; `d` was sized for it.
-fn scatter_row<T: Copy>(d: &mut [T], r: usize, kp: usize, src: &[T]) {
-    for (c, chunk) in src.chunks(CHUNK).enumerate() {
-        let start = packed_index(r, c * CHUNK, kp);
+/// Writes row `r` (`src`, `in` values) into the packed storage `d` in `layout`; `d` was sized
+/// for it.
+fn scatter_row<T: Copy>(d: &mut [T], layout: Layout, r: usize, kp: usize, src: &[T]) {
+    let width = layout.chunk();
+    for (c, chunk) in src.chunks(width).enumerate() {
+        let start = layout.index(r, c * width, kp);
         if let Some(dst) = d.get_mut(start..start + chunk.len()) {
             dst.copy_from_slice(chunk);
         }
     }
 }
 
-/// Packs `parts` (each `[out_i, in]`) stacked along `out` in `format`.
+/// Packs `parts` (each `[out_i, in]`) stacked along `out` in `format`; bf16 weights in
+/// `bf16_layout` (f32 ones always in [`Layout::Panels`]).
 ///
 /// When every part is kept in ggml blocks of a kernel type, the blocks are stored as they are
 /// (whatever `format`). When dense and quantized parts are mixed, the quantized ones are
 /// dequantized (exactly, as ggml does) and everything is packed dense in `format`.
-pub(crate) fn pack(parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWeight> {
+pub(crate) fn pack(
+    parts: &[&HostTensor],
+    format: WeightFormat,
+    bf16_layout: Layout,
+) -> Result<CpuWeight> {
     let (out, inp) = fused_shape(parts)?;
     if let Some(q) = QuantStack::from_parts(parts)? {
         return Ok(CpuWeight {
             out,
             inp,
             kp: inp,
+            layout: Layout::Panels,
             data: WData::Quant(q),
         });
     }
-    let kp = padded_cols(inp);
+    let layout = if format == WeightFormat::BF16 {
+        bf16_layout
+    } else {
+        Layout::Panels
+    };
+    let kp = layout.padded_cols(inp);
     let n = out
-        .checked_next_multiple_of(PANEL)
+        .checked_next_multiple_of(layout.panel())
         .and_then(|o| o.checked_mul(kp))
         .ok_or_else(|| {
             crate::error::Error::invalid_argument(format!("weight [{out}, {inp}] overflows"))
@@ -239,7 +297,7 @@ pub(crate) fn pack(parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWei
             for p in parts {
                 let vals = p.to_f32_vec();
                 for src in vals.chunks_exact(inp) {
-                    scatter_row(&mut d, r, kp, src);
+                    scatter_row(&mut d, layout, r, kp, src);
                     r += 1;
                 }
             }
@@ -249,7 +307,7 @@ pub(crate) fn pack(parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWei
             // Reached only when some part is dense (all-quantized parts are kept in their
             // blocks above), which a quantized format refuses.
             check_quantized_parts(parts, format)?;
-            return pack(parts, WeightFormat::F32);
+            return pack(parts, WeightFormat::F32, bf16_layout);
         }
         WeightFormat::BF16 => {
             let mut d = vec![0u16; n];
@@ -260,12 +318,18 @@ pub(crate) fn pack(parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWei
                     _ => p.to_f32_vec().into_iter().map(f32_to_bf16_bits).collect(),
                 };
                 for src in bits.chunks_exact(inp) {
-                    scatter_row(&mut d, r, kp, src);
+                    scatter_row(&mut d, layout, r, kp, src);
                     r += 1;
                 }
             }
             WData::BF16(d)
         }
     };
-    Ok(CpuWeight { out, inp, kp, data })
+    Ok(CpuWeight {
+        out,
+        inp,
+        kp,
+        layout,
+        data,
+    })
 }

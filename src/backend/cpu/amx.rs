@@ -1,0 +1,359 @@
+//! bf16 × bf16 matmul on AMX tiles (`tdpbf16ps`) for bf16 weights, on x86_64 CPUs with
+//! AMX-TILE and AMX-BF16 whose OS grants the process the tile state (Linux
+//! `arch_prctl(ARCH_REQ_XCOMP_PERM)`; [`available`] asks once and is false when refused).
+//!
+//! The weight is the A operand: its [`Layout::AmxTiles`](super::weight::Layout) storage is a
+//! sequence of 1 KiB tiles (16 weight rows × 32 columns, row-major), one per panel and 32-column
+//! chunk, loaded as they lie. The activations, rounded to bf16 as for every bf16 weight, are
+//! the B operand, rewritten once per call in the pair-interleaved ("VNNI") tile form
+//! ([`pack_acts`]): per 16 activation rows and 32 columns a 1 KiB tile whose row `p` holds, for
+//! each of the 16 activation rows, columns `2p` and `2p + 1`. A C tile then holds
+//! `[16 weight rows, 16 activation rows]`, the orientation of the driver's `yt` (`[out, rows]`).
+//!
+//! Each output element is `tdpbf16ps` applied to its weight row and activation row, one
+//! instruction per 32-column chunk in increasing `k`, from a zeroed accumulator; products of two
+//! bf16 values are exact, and the instruction's internal summation (not documented bit for bit;
+//! it flushes denormal inputs and outputs to zero) depends only on the two rows. So a row's
+//! result is the same whatever else is in the call, whichever tile slot it lands in, and on
+//! every thread; it differs from the other bf16 paths' sums in the last bits (tested against
+//! the reference within its tolerance).
+//!
+//! Register use: C tiles `tmm0..tmm3` (weight-tile pair × activation-tile pair), A tiles
+//! `tmm4`, `tmm5`, B tiles `tmm6`, `tmm7`; every tile is 16 rows × 64 bytes.
+
+use std::arch::asm;
+use std::sync::OnceLock;
+
+/// Rows of every tile.
+const TR: usize = 16;
+/// bf16 columns of a chunk (one 64-byte tile row of the weight).
+pub(crate) const TK: usize = 32;
+/// bf16 values per tile (1 KiB).
+const TILE: usize = TR * TK;
+/// Bytes between tile rows, as the loads and stores use them.
+const STRIDE: usize = 64;
+
+/// Whether the AMX kernels can run: the CPU has AMX-TILE and AMX-BF16 (CPUID leaf 7) and the
+/// OS granted this process the tile data state. Asked once per process; the grant, once given,
+/// holds for every thread.
+pub(crate) fn available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| cpu_has_amx_bf16() && request_tile_state())
+}
+
+/// CPUID leaf 7, sub-leaf 0: EDX bit 22 (AMX-BF16) and bit 24 (AMX-TILE).
+fn cpu_has_amx_bf16() -> bool {
+    if std::arch::x86_64::__cpuid(0).eax < 7 {
+        return false;
+    }
+    let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+    edx & (1 << 22) != 0 && edx & (1 << 24) != 0
+}
+
+/// Asks Linux for the AMX tile data state (`XFEATURE_XTILEDATA`, 18) for this process; without
+/// the grant the first tile instruction faults.
+#[cfg(target_os = "linux")]
+fn request_tile_state() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with ARCH_REQ_XCOMP_PERM takes two integers and touches no memory of
+    // ours; it returns 0 or -1 (EINVAL/ENOMEM/EPERM when the kernel or CPU refuses).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
+    r == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_state() -> bool {
+    false
+}
+
+/// Values [`pack_acts`] writes for `rows` activation rows of `kp` columns.
+pub(crate) fn packed_acts_len(rows: usize, kp: usize) -> usize {
+    rows.div_ceil(TR) * TR * kp
+}
+
+/// Rewrites bf16 activation bits `x` (`[rows, kp]`, `kp % 32 == 0`) in the B-tile form: tile
+/// `(m, c)` (activation rows `16m ..`, columns `32c ..`) at `(m * kp / 32 + c) * 512`, its row
+/// `p` holding `x[16m + j][32c + 2p + e]` at `32p + 2j + e`; rows past `rows` are zero. Returns
+/// false (writing nothing) when `x` is shorter than `rows * kp` or `kp % 32 != 0`.
+pub(crate) fn pack_acts(x: &[u16], rows: usize, kp: usize, out: &mut Vec<u16>) -> bool {
+    if !kp.is_multiple_of(TK) || rows.checked_mul(kp).is_none_or(|n| n > x.len()) {
+        return false;
+    }
+    let chunks = kp / TK;
+    out.clear();
+    out.resize(packed_acts_len(rows, kp), 0);
+    for (r, row) in x.chunks_exact(kp).take(rows).enumerate() {
+        let (m, j) = (r / TR, r % TR);
+        for (c, src) in row.chunks_exact(TK).enumerate() {
+            let tile = &mut out[(m * chunks + c) * TILE..][..TILE];
+            for (p, pair) in src.chunks_exact(2).enumerate() {
+                tile[TK * p + 2 * j..][..2].copy_from_slice(pair);
+            }
+        }
+    }
+    true
+}
+
+/// One call: `yt[j * rows + t] = dot(x[t], w[o0 + j])` for `j < n`, `t < rows`, with `x` the
+/// activations in [`pack_acts`]'s form and `w` the weight in the AMX tile layout (`kp`
+/// columns).
+#[derive(Debug)]
+pub(crate) struct AmxCall<'a> {
+    pub x: &'a [u16],
+    pub rows: usize,
+    pub kp: usize,
+    pub w: &'a [u16],
+    /// First weight row (a multiple of 16).
+    pub o0: usize,
+    pub n: usize,
+}
+
+impl AmxCall<'_> {
+    /// Whether the call's reads stay inside `x` and `w` and its writes inside `yt`.
+    fn fits(&self, yt: &[f32]) -> bool {
+        let tiles_w = (self.o0 + self.n).div_ceil(TR);
+        self.kp.is_multiple_of(TK)
+            && self.o0.is_multiple_of(TR)
+            && tiles_w
+                .checked_mul(TR * self.kp)
+                .is_some_and(|l| l <= self.w.len())
+            && packed_acts_len(self.rows, self.kp) <= self.x.len()
+            && self.n.checked_mul(self.rows).is_some_and(|l| l <= yt.len())
+    }
+}
+
+/// The tile configuration: palette 1, the 8 tiles of 16 rows × 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    fn all_16x64() -> Self {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        for t in 0..8 {
+            c[16 + 2 * t] = STRIDE as u8;
+            c[48 + t] = TR as u8;
+        }
+        Self(c)
+    }
+}
+
+/// A C tile as stored: `[16 weight rows][16 activation rows]`.
+#[repr(C, align(64))]
+struct CTile([[f32; TR]; TR]);
+
+/// Runs `call` into `yt` (`[n, rows]`); fills `yt` with NaN when the call does not fit its
+/// slices.
+///
+/// # Safety
+/// [`available`] must have returned true (the CPU has AMX-TILE/AMX-BF16 and the OS granted the
+/// tile state).
+pub(crate) unsafe fn block(call: &AmxCall<'_>, yt: &mut [f32]) {
+    if !call.fits(yt) {
+        return yt.iter_mut().for_each(|v| *v = f32::NAN);
+    }
+    let chunks = call.kp / TK;
+    let (wt, xt) = (call.n.div_ceil(TR), call.rows.div_ceil(TR));
+    let cfg = TileConfig::all_16x64();
+    // SAFETY: AMX is available (the caller's contract); the configuration is 64 readable bytes.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
+    let w_tile = |t: usize, c: usize| (call.o0 / TR + t) * call.kp * TR + c * TILE;
+    let x_tile = |m: usize, c: usize| (m * chunks + c) * TILE;
+    let mut ct = CTile([[0.0; TR]; TR]);
+    for a in (0..wt).step_by(2) {
+        let two_w = a + 1 < wt;
+        for b in (0..xt).step_by(2) {
+            let two_x = b + 1 < xt;
+            // SAFETY: AMX configured above; registers only.
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                )
+            };
+            for c in 0..chunks {
+                // Tile starts: `fits` bounds every tile of weight rows `< o0 + n` rounded up
+                // to 16 and of activation rows `< rows` rounded up to 16, each TILE values.
+                let a0 = call.w[w_tile(a, c)..].as_ptr();
+                let b0 = call.x[x_tile(b, c)..].as_ptr();
+                let a1 = if two_w {
+                    call.w[w_tile(a + 1, c)..].as_ptr()
+                } else {
+                    a0
+                };
+                let b1 = if two_x {
+                    call.x[x_tile(b + 1, c)..].as_ptr()
+                } else {
+                    b0
+                };
+                // SAFETY: each pointer starts a whole 1 KiB tile inside its slice (above), read
+                // as 16 rows of STRIDE bytes; the C tiles stay in registers.
+                unsafe { step(a0, a1, b0, b1, two_w, two_x) };
+            }
+            // C tile `tmm{2 * i + j}`: weight tile `a + i`, activation tile `b + j`.
+            for i in 0..1 + two_w as usize {
+                for j in 0..1 + two_x as usize {
+                    // SAFETY: AMX configured above; `ct` is 16 rows of STRIDE bytes.
+                    unsafe { store(2 * i + j, &mut ct) };
+                    copy_out(&ct, yt, call, (a + i) * TR, (b + j) * TR);
+                }
+            }
+        }
+    }
+    // SAFETY: releases the tile state configured above (registers only).
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// One chunk of the 2 × 2 tile block (fewer when `two_w` / `two_x` are false: the missing
+/// operand's loads and products are skipped).
+///
+/// # Safety
+/// AMX configured ([`TileConfig::all_16x64`]); each pointer starts 1 KiB of readable memory.
+#[inline(always)]
+unsafe fn step(
+    a0: *const u16,
+    a1: *const u16,
+    b0: *const u16,
+    b1: *const u16,
+    two_w: bool,
+    two_x: bool,
+) {
+    // SAFETY: the caller's contract; each load reads 16 rows of STRIDE bytes from its pointer.
+    unsafe {
+        match (two_w, two_x) {
+            (true, true) => asm!(
+                "tileloadd tmm4, [{a0} + {s}]",
+                "tileloadd tmm6, [{b0} + {s}]",
+                "tileloadd tmm5, [{a1} + {s}]",
+                "tileloadd tmm7, [{b1} + {s}]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                s = in(reg) STRIDE,
+                options(nostack, readonly)
+            ),
+            (true, false) => asm!(
+                "tileloadd tmm4, [{a0} + {s}]",
+                "tileloadd tmm6, [{b0} + {s}]",
+                "tileloadd tmm5, [{a1} + {s}]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0,
+                s = in(reg) STRIDE,
+                options(nostack, readonly)
+            ),
+            (false, true) => asm!(
+                "tileloadd tmm4, [{a0} + {s}]",
+                "tileloadd tmm6, [{b0} + {s}]",
+                "tileloadd tmm7, [{b1} + {s}]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                a0 = in(reg) a0, b0 = in(reg) b0, b1 = in(reg) b1,
+                s = in(reg) STRIDE,
+                options(nostack, readonly)
+            ),
+            (false, false) => asm!(
+                "tileloadd tmm4, [{a0} + {s}]",
+                "tileloadd tmm6, [{b0} + {s}]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                a0 = in(reg) a0, b0 = in(reg) b0,
+                s = in(reg) STRIDE,
+                options(nostack, readonly)
+            ),
+        }
+    }
+}
+
+/// Stores C tile `tmm{t}` (`t < 4`) into `ct`.
+///
+/// # Safety
+/// AMX configured; `t < 4`.
+#[inline(always)]
+unsafe fn store(t: usize, ct: &mut CTile) {
+    let p = ct.0.as_mut_ptr();
+    // SAFETY: `ct` holds 16 rows of STRIDE bytes (the caller's contract covers AMX).
+    unsafe {
+        match t {
+            0 => {
+                asm!("tilestored [{p} + {s}], tmm0", p = in(reg) p, s = in(reg) STRIDE, options(nostack))
+            }
+            1 => {
+                asm!("tilestored [{p} + {s}], tmm1", p = in(reg) p, s = in(reg) STRIDE, options(nostack))
+            }
+            2 => {
+                asm!("tilestored [{p} + {s}], tmm2", p = in(reg) p, s = in(reg) STRIDE, options(nostack))
+            }
+            _ => {
+                asm!("tilestored [{p} + {s}], tmm3", p = in(reg) p, s = in(reg) STRIDE, options(nostack))
+            }
+        }
+    }
+}
+
+/// Copies the valid part of a C tile (weight rows `j0 ..`, activation rows `t0 ..`) into `yt`.
+fn copy_out(ct: &CTile, yt: &mut [f32], call: &AmxCall<'_>, j0: usize, t0: usize) {
+    let (jn, tn) = (TR.min(call.n - j0), TR.min(call.rows - t0));
+    for (j, row) in ct.0.iter().enumerate().take(jn) {
+        let at = (j0 + j) * call.rows + t0;
+        yt[at..at + tn].copy_from_slice(&row[..tn]);
+    }
+}
+
+/// The calibration loop of the AMX peak (`peak.rs`): `iters` × 12 `tdpbf16ps` on registers (four
+/// independent accumulators, so the instruction's latency is hidden), each 16 × 16 × 32
+/// multiply-adds. Returns the sum of one accumulator tile (depends on every step).
+///
+/// # Safety
+/// [`available`] must have returned true.
+pub(crate) unsafe fn peak_loop(iters: u64) -> f32 {
+    let cfg = TileConfig::all_16x64();
+    let ones = [0x3f80u16; TILE];
+    let mut ct = CTile([[0.0; TR]; TR]);
+    // SAFETY: AMX available (the caller's contract); `cfg` is 64 bytes, `ones` one 1 KiB tile
+    // read as 16 rows of STRIDE bytes, `ct` one tile written the same way.
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "tileloadd tmm4, [{p} + {s}]",
+            "tileloadd tmm6, [{p} + {s}]",
+            p = in(reg) ones.as_ptr(), s = in(reg) STRIDE,
+            options(nostack, readonly)
+        );
+        for _ in 0..iters {
+            asm!(
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm6",
+                "tdpbf16ps tmm2, tmm4, tmm6",
+                "tdpbf16ps tmm3, tmm4, tmm6",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm6",
+                "tdpbf16ps tmm2, tmm4, tmm6",
+                "tdpbf16ps tmm3, tmm4, tmm6",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm6",
+                "tdpbf16ps tmm2, tmm4, tmm6",
+                "tdpbf16ps tmm3, tmm4, tmm6",
+                options(nostack, nomem)
+            );
+        }
+        store(0, &mut ct);
+        asm!("tilerelease", options(nostack, nomem));
+    }
+    ct.0.iter().flatten().sum()
+}
