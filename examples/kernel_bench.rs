@@ -197,6 +197,7 @@ fn attention(pools: &[Arc<rayon::ThreadPool>]) {
     for (label, nseq, ctx, prefill) in [
         ("decode 32 x ctx 1024", 32usize, 1024usize, false),
         ("prefill 256", 1, 256, true),
+        ("prefill 2048", 1, 2048, true),
     ] {
         let blocks_per = ctx.div_ceil(bs);
         let geom = KvGeometry {
@@ -235,8 +236,16 @@ fn attention(pools: &[Arc<rayon::ThreadPool>]) {
             .iter()
             .map(|&p| (p as usize + 1) * 2 * nkv * hd * 4)
             .sum();
-        for pool in pools {
-            let be = CpuBackend::new(pool.clone());
+        // This CPU's kernels, and those of a CPU without AVX-512 where they differ.
+        let sets = pools.iter().flat_map(|pool| {
+            let mut v = vec![("", CpuBackend::new(pool.clone()))];
+            if let Ok(be) = CpuBackend::avx2_only(pool.clone()) {
+                v.push((" avx2-only", be));
+            }
+            v
+        });
+        for (set, be) in sets {
+            let pool = be.pool().clone();
             let mut cache = be.alloc_kv(geom).expect("kv");
             let fill: Vec<f32> = (0..geom.num_blocks * bs * stride)
                 .map(|_| rng.gen_range(-1f32..1.0))
@@ -263,7 +272,7 @@ fn attention(pools: &[Arc<rayon::ThreadPool>]) {
             });
             let best = best_of(|| be.attention_paged(args, &mut out), 3);
             println!(
-                "attention {label}, {} thr: {:.3} ms/layer (best of 5: {:.3} ms; KV read {:.1} GB/s; {:.3} cpu-ms)",
+                "attention {label}{set}, {} thr: {:.3} ms/layer (best of 5: {:.3} ms; KV read {:.1} GB/s; {:.3} cpu-ms)",
                 pool.current_num_threads(),
                 secs * 1e3,
                 best * 1e3,

@@ -91,10 +91,14 @@ const MATMUL_SHAPES: &[(usize, usize, &[usize])] = &[
 ];
 
 /// Every SIMD kernel path this CPU runs (bf16 weights: the AVX2/FMA f32 kernels on rounded
-/// activations, the AVX-512 BF16 `vdpbf16ps` kernels and the AMX tiles where present), with
-/// `threads` threads.
+/// activations, the AVX-512 BF16 `vdpbf16ps` kernels and the AMX tiles where present; and the
+/// kernel set of a CPU without AVX-512), with `threads` threads.
 fn simd_paths(threads: usize) -> Vec<(&'static str, CpuBackend)> {
     let mut v = Vec::new();
+    match CpuBackend::avx2_only(pool(threads)) {
+        Ok(be) => v.push(("cpu avx2-only", be)),
+        Err(e) => eprintln!("skipping the avx2-only kernel set: {e}"),
+    }
     for (label, k) in [
         ("cpu avx2-fma", Bf16Kernel::F32),
         ("cpu avx512-bf16", Bf16Kernel::Avx512Bf16),
@@ -925,6 +929,10 @@ fn windowed_attention_matches_reference_and_is_batch_invariant() {
             });
             let p = run_attention_window(&CpuBackend::portable(pool(1)), &sc, &cc, 0..rows, w);
             assert_bits_eq(&format!("portable case {ci} window {window}"), &p, &a);
+            if let Ok(be) = CpuBackend::avx2_only(pool(2)) {
+                let p = run_attention_window(&be, &sc, &cc, 0..rows, w);
+                assert_bits_eq(&format!("avx2-only case {ci} window {window}"), &p, &a);
+            }
             let three = run_attention_window(&cpu(3), &sc, &cc, 0..rows, w);
             assert_bits_eq(&format!("3 threads case {ci} window {window}"), &three, &a);
             for t in (0..rows).step_by(5) {

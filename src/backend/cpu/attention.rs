@@ -1,11 +1,14 @@
 //! Causal grouped-query attention over the paged KV cache (two-pass softmax), optionally limited
 //! to a sliding window of the most recent positions.
 //!
-//! Work is split into units of (row, KV head): a unit computes every query head that shares the
-//! KV head, so each K/V vector is loaded once per group. Units run in parallel on the pool. A
-//! unit's result depends only on its own row's query, metadata and the cache, computed in a fixed
-//! order, so a row's output is bitwise independent of the other rows in the call and of
-//! threading.
+//! Work is split into units of (rows, KV head): a unit computes every query head that shares the
+//! KV head for a run of up to [`ROW_BLOCK`] consecutive rows of one sequence (a prompt's rows in
+//! prefill; one row in decode), so each K/V vector is loaded once per group and row block
+//! instead of once per row (long prompts were bound by re-reading K/V from memory). Units run in
+//! parallel on the pool. Each row's scores, softmax and weighted sum of V are computed exactly
+//! as for that row alone, in a fixed order (keys in position order; a key's score is the same
+//! bits whether it is dotted in a batch of 8 or alone), so a row's output is bitwise independent
+//! of the other rows in the call, of how rows are blocked and of threading.
 
 use rayon::prelude::*;
 
@@ -58,7 +61,6 @@ struct Call<'a> {
     hd: usize,
     kv_dim: usize,
     group: usize,
-    nkv: usize,
     bs: usize,
     scale: f32,
     /// Sliding window (None = every position).
@@ -69,24 +71,32 @@ struct Call<'a> {
     vc: &'a [f32],
 }
 
-/// One (row, KV head) unit compiled for AVX2/FMA. The body has no reductions across lanes and
-/// Rust never contracts `a * b + c` into an FMA, so this gives the same bits as [`unit`].
+/// One unit compiled for AVX2/FMA. The body has no reductions across lanes and Rust never
+/// contracts `a * b + c` into an FMA, so this gives the same bits as [`unit`] without SIMD.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn unit_avx2(
-    d: &Call<'_>,
-    q_row: &[f32],
-    g: usize,
-    seq: (&[u32], usize),
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
+unsafe fn unit_avx2(u: &Unit<'_, '_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     // SAFETY: this function is only entered on CPUs with AVX2 and FMA (its own contract), which
     // is what `unit::<true>` requires.
-    unsafe { unit::<true>(d, q_row, g, seq, scores, out) }
+    unsafe { unit::<true>(u, scores, out) }
+}
+
+/// [`unit_avx2`] compiled with AVX-512F as well, so the element-wise loops (the softmax's
+/// exponentials, the weighted sum of V) run on 16 lanes. Element-wise operations give the same
+/// bits at any vector width, and the dot products are the same AVX2 code, so this gives the same
+/// bits as [`unit`].
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f")]
+unsafe fn unit_avx512(u: &Unit<'_, '_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+    // SAFETY: this function is only entered on CPUs with AVX2, FMA and AVX-512F (its own
+    // contract), which covers what `unit::<true>` requires.
+    unsafe { unit::<true>(u, scores, out) }
 }
 
 /// The scores of 8 keys (`(position index, K)`) for every query head of `q` (`hd` each):
@@ -113,92 +123,162 @@ unsafe fn scores8(
     }
 }
 
-/// One (row, KV head) unit: `out` is the `group * hd` outputs of the group's query heads; the
-/// row attends to positions `lo..=pos` of the sequence with block table `table` (`seq`), `lo`
-/// from the call's window.
+/// Query rows per unit at most: the rows share each K/V load, and their scores (`group` × the
+/// positions each row sees) stay in L2 for the weighted sum of V.
+const ROW_BLOCK: usize = 16;
+
+/// A query row of a unit: its query (every head), its position, and the first position its
+/// window lets it see.
+#[derive(Debug, Clone, Copy)]
+struct QRow<'a> {
+    q: &'a [f32],
+    pos: usize,
+    lo: usize,
+}
+
+impl<'a> QRow<'a> {
+    /// The query heads of KV head `g`'s group (`gh` values each group).
+    fn group_q(&self, g: usize, gh: usize) -> &'a [f32] {
+        &self.q[g * gh..(g + 1) * gh]
+    }
+
+    /// Positions the row attends to.
+    fn n(&self) -> usize {
+        self.pos + 1 - self.lo
+    }
+
+    /// Whether the row attends to position `p`.
+    fn sees(&self, p: usize) -> bool {
+        (self.lo..=self.pos).contains(&p)
+    }
+}
+
+/// One unit of work: up to [`ROW_BLOCK`] rows of one sequence (block table `table`) × KV head
+/// `g`.
+struct Unit<'c, 'a> {
+    d: &'c Call<'a>,
+    rows: &'c [QRow<'a>],
+    table: &'a [u32],
+    g: usize,
+}
+
+/// Computes a unit: `out` is `rows × group × hd` (each row's outputs of the group's query heads).
+/// Row `r` attends to positions `lo..=pos` of the sequence; its scores sit at `offs[r]` in
+/// `scores` (`group` runs of `n` values), computed key by key in position order.
 ///
 /// # Safety
 /// With `SIMD = true` the CPU must support AVX2 and FMA.
 #[inline(always)]
-unsafe fn unit<const SIMD: bool>(
-    d: &Call<'_>,
-    q_row: &[f32],
-    g: usize,
-    (table, pos): (&[u32], usize),
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
+unsafe fn unit<const SIMD: bool>(u: &Unit<'_, '_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+    let (d, rows, g) = (u.d, u.rows, u.g);
     let (kc, vc) = (d.kc, d.vc);
-    let lo = window_start(pos, d.window);
-    let n = pos + 1 - lo;
     let (hd, group) = (d.hd, d.group);
+    let gh = group * hd;
+    let mut offs = [0usize; ROW_BLOCK];
+    let mut total = 0;
+    for (o, row) in offs.iter_mut().zip(rows) {
+        *o = total;
+        total += group * row.n();
+    }
     scores.clear();
-    scores.resize(group * n, 0.0);
+    scores.resize(total, 0.0);
+    let lo = rows.iter().map(|r| r.lo).min().unwrap_or(0);
+    let end = rows.iter().map(|r| r.pos + 1).max().unwrap_or(0);
     let koff = g * hd;
-    let q = &q_row[g * group * hd..(g + 1) * group * hd];
+    // The scores of row `r` for key `(p, k)`, one dot product per query head.
+    let score1 = |scores: &mut [f32], r: usize, p: usize, k: Option<&[f32]>| {
+        let row = &rows[r];
+        let n = row.n();
+        let s = &mut scores[offs[r]..offs[r] + group * n];
+        for (qi, qh) in row.group_q(g, gh).chunks_exact(hd).enumerate() {
+            s[qi * n + p - row.lo] = match k {
+                None => f32::NAN,
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the caller guarantees AVX2/FMA when SIMD is set (all `dot_mul_add`
+                // requires; it bounds-checks its slices).
+                Some(k) if SIMD => (unsafe { super::simd::dot_mul_add(qh, k) }) * d.scale,
+                Some(k) => dot(qh, k) * d.scale,
+            };
+        }
+    };
     // On the SIMD path keys wait in `batch` until 8 are there, then go through `dot8_mul_add`
-    // (the same bits as one `dot_mul_add` per key, with the 8 chains interleaved).
+    // for every row that sees all 8 (the same bits as one `dot_mul_add` per key, with the 8
+    // chains interleaved), one at a time for the others.
     let mut batch: [(usize, &[f32]); 8] = [(0, &[]); 8];
     let mut nb = 0;
-    for (p0, s0, cnt) in block_runs(table, pos + 1, d.bs) {
+    for (p0, s0, cnt) in block_runs(u.table, end, d.bs) {
         for off in lo.saturating_sub(p0).min(cnt)..cnt {
-            let (p, slot) = (p0 + off - lo, s0 + off);
+            let (p, slot) = (p0 + off, s0 + off);
             let k = kc.get(slot * d.kv_dim + koff..slot * d.kv_dim + koff + hd);
-            match k {
-                None => (0..group).for_each(|qi| scores[qi * n + p] = f32::NAN),
-                #[cfg(target_arch = "x86_64")]
-                Some(k) if SIMD => {
-                    batch[nb] = (p, k);
-                    nb += 1;
-                    if nb == 8 {
-                        // SAFETY: the caller guarantees AVX2/FMA when SIMD is set.
-                        unsafe { scores8(q, hd, n, d.scale, &batch, scores) };
-                        nb = 0;
+            #[cfg(target_arch = "x86_64")]
+            if let (Some(k), true) = (k, SIMD) {
+                batch[nb] = (p, k);
+                nb += 1;
+                if nb == 8 {
+                    nb = 0;
+                    for (r, row) in rows.iter().enumerate() {
+                        if row.sees(batch[0].0) && row.sees(batch[7].0) {
+                            let rel = batch.map(|(p, k)| (p - row.lo, k));
+                            let n = row.n();
+                            let s = &mut scores[offs[r]..offs[r] + group * n];
+                            // SAFETY: the caller guarantees AVX2/FMA when SIMD is set.
+                            unsafe { scores8(row.group_q(g, gh), hd, n, d.scale, &rel, s) };
+                        } else {
+                            for &(p, k) in &batch {
+                                if row.sees(p) {
+                                    score1(scores, r, p, Some(k));
+                                }
+                            }
+                        }
                     }
                 }
-                Some(k) => {
-                    for (qi, qh) in q.chunks_exact(hd).enumerate() {
-                        scores[qi * n + p] = dot(qh, k) * d.scale;
-                    }
+                continue;
+            }
+            for (r, row) in rows.iter().enumerate() {
+                if row.sees(p) {
+                    score1(scores, r, p, k);
                 }
             }
         }
     }
-    #[cfg(target_arch = "x86_64")]
     for &(p, k) in &batch[..nb] {
-        for (qi, qh) in q.chunks_exact(hd).enumerate() {
-            // SAFETY: keys are batched only when SIMD is set, which the caller guarantees means
-            // AVX2/FMA (all `dot_mul_add` requires; it bounds-checks its slices).
-            scores[qi * n + p] = unsafe { super::simd::dot_mul_add(qh, k) } * d.scale;
+        for (r, row) in rows.iter().enumerate() {
+            if row.sees(p) {
+                score1(scores, r, p, Some(k));
+            }
         }
     }
-    let mut inv_z = [0f32; 64];
-    let mut inv_z_vec;
-    let inv_z: &mut [f32] = if group <= 64 {
-        &mut inv_z[..group]
-    } else {
-        inv_z_vec = vec![0f32; group];
-        &mut inv_z_vec
-    };
-    for (s, iz) in scores.chunks_exact_mut(n).zip(inv_z.iter_mut()) {
-        let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        for v in s.iter_mut() {
-            *v = exp_neg(*v - m);
+    let mut inv_z = vec![0f32; rows.len() * group];
+    for (r, row) in rows.iter().enumerate() {
+        let n = row.n();
+        let s = &mut scores[offs[r]..offs[r] + group * n];
+        for (s, iz) in s.chunks_exact_mut(n).zip(&mut inv_z[r * group..]) {
+            let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for v in s.iter_mut() {
+                *v = exp_neg(*v - m);
+            }
+            let z: f32 = s.iter().sum();
+            *iz = 1.0 / z;
         }
-        let z: f32 = s.iter().sum();
-        *iz = 1.0 / z;
     }
     out.fill(0.0);
-    for (p0, s0, cnt) in block_runs(table, pos + 1, d.bs) {
+    for (p0, s0, cnt) in block_runs(u.table, end, d.bs) {
         for off in lo.saturating_sub(p0).min(cnt)..cnt {
-            let (p, slot) = (p0 + off - lo, s0 + off);
+            let (p, slot) = (p0 + off, s0 + off);
             let Some(v) = vc.get(slot * d.kv_dim + koff..slot * d.kv_dim + koff + hd) else {
                 continue;
             };
-            for (qi, o) in out.chunks_exact_mut(hd).enumerate() {
-                let wgt = scores[qi * n + p];
-                for (o, &vv) in o.iter_mut().zip(v) {
-                    *o += wgt * vv;
+            for (r, row) in rows.iter().enumerate() {
+                if !row.sees(p) {
+                    continue;
+                }
+                let n = row.n();
+                let s = &scores[offs[r]..offs[r] + group * n];
+                for (qi, o) in out[r * gh..(r + 1) * gh].chunks_exact_mut(hd).enumerate() {
+                    let wgt = s[qi * n + p - row.lo];
+                    for (o, &vv) in o.iter_mut().zip(v) {
+                        *o += wgt * vv;
+                    }
                 }
             }
         }
@@ -232,29 +312,73 @@ pub(crate) fn attention_paged(
         hd,
         kv_dim: nkv * hd,
         group,
-        nkv,
         bs: geom.block_size,
         scale: 1.0 / (hd as f32).sqrt(),
         window: a.window,
         kc,
         vc,
     };
-    let out = &mut out[..rows * n_heads * hd];
-    let run = |c: usize, chunk: &mut [f32], scores: &mut Vec<f32>| {
-        let (t, g) = (c / d.nkv, c % d.nkv);
-        match (attn_row(meta, t, &geom), q.row(t, n_heads * d.hd)) {
-            (Some(seq), Some(q_row)) => {
-                #[cfg(target_arch = "x86_64")]
-                if be.simd {
-                    // SAFETY: `be.simd` is only set when AVX2 and FMA were detected at runtime.
-                    unsafe { unit_avx2(&d, q_row, g, seq, scores, chunk) };
-                    return;
-                }
-                // SAFETY: SIMD = false needs no CPU features.
-                unsafe { unit::<false>(&d, q_row, g, seq, scores, chunk) };
+    let q_dim = n_heads * hd;
+    let out = &mut out[..rows * q_dim];
+    let threads = be.pool.current_num_threads();
+    // Row blocks: runs of consecutive rows of one sequence with valid metadata, small enough
+    // that every thread gets several units; a row with invalid metadata is a block alone.
+    let rb = (rows * nkv / (threads * 4)).clamp(1, ROW_BLOCK);
+    let mut blocks: Vec<(usize, usize)> = Vec::new();
+    let mut t = 0;
+    while t < rows {
+        let ok = |t: usize| attn_row(meta, t, &geom).is_some() && q.row(t, q_dim).is_some();
+        let mut t1 = t + 1;
+        if ok(t) {
+            while t1 < rows && t1 - t < rb && meta.row_seq.get(t1) == meta.row_seq.get(t) && ok(t1)
+            {
+                t1 += 1;
             }
-            _ => chunk.iter_mut().for_each(|v| *v = f32::NAN),
         }
+        blocks.push((t, t1));
+        t = t1;
+    }
+    #[cfg(target_arch = "x86_64")]
+    let wide = be.wide;
+    let gh = group * hd;
+    // Unit `c`: row block `c / nkv`, KV head `c % nkv`; its output is `rows × gh` values.
+    let run = |c: usize, scores: &mut Vec<f32>| -> Vec<f32> {
+        let ((t0, t1), g) = (blocks[c / nkv], c % nkv);
+        let mut res = vec![f32::NAN; (t1 - t0) * gh];
+        let mut qrows = Vec::with_capacity(t1 - t0);
+        let mut table: &[u32] = &[];
+        for t in t0..t1 {
+            let (Some((tb, pos)), Some(q_row)) = (attn_row(meta, t, &geom), q.row(t, q_dim)) else {
+                return res;
+            };
+            table = tb;
+            qrows.push(QRow {
+                q: q_row,
+                pos,
+                lo: window_start(pos, d.window),
+            });
+        }
+        let u = Unit {
+            d: &d,
+            rows: &qrows,
+            table,
+            g,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if be.simd {
+            if wide {
+                // SAFETY: `be.simd` is only set when AVX2 and FMA were detected at runtime, and
+                // `be.wide` when AVX-512F/VL were as well.
+                unsafe { unit_avx512(&u, scores, &mut res) };
+            } else {
+                // SAFETY: `be.simd` is only set when AVX2 and FMA were detected at runtime.
+                unsafe { unit_avx2(&u, scores, &mut res) };
+            }
+            return res;
+        }
+        // SAFETY: SIMD = false needs no CPU features.
+        unsafe { unit::<false>(&u, scores, &mut res) };
+        res
     };
     let work: usize = meta
         .row_pos
@@ -262,18 +386,25 @@ pub(crate) fn attention_paged(
         .take(rows)
         .map(|&p| p as usize + 1)
         .sum::<usize>()
-        .saturating_mul(n_heads * hd);
-    if be.pool.current_num_threads() <= 1 || work < (1 << 16) {
+        .saturating_mul(q_dim);
+    let units = blocks.len() * nkv;
+    let results: Vec<Vec<f32>> = if threads <= 1 || work < (1 << 16) {
         let mut scores = Vec::new();
-        for (c, chunk) in out.chunks_exact_mut(group * hd).enumerate() {
-            run(c, chunk, &mut scores);
-        }
+        (0..units).map(|c| run(c, &mut scores)).collect()
     } else {
         be.pool.install(|| {
-            out.par_chunks_exact_mut(group * hd)
-                .enumerate()
+            (0..units)
+                .into_par_iter()
                 .with_max_len(1)
-                .for_each_init(Vec::new, |scores, (c, chunk)| run(c, chunk, scores));
-        });
+                .map_init(Vec::new, |scores, c| run(c, scores))
+                .collect()
+        })
+    };
+    for (c, res) in results.iter().enumerate() {
+        let ((t0, _), g) = (blocks[c / nkv], c % nkv);
+        for (r, src) in res.chunks_exact(gh).enumerate() {
+            let at = (t0 + r) * q_dim + g * gh;
+            out[at..at + gh].copy_from_slice(src);
+        }
     }
 }

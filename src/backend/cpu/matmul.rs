@@ -92,13 +92,6 @@ fn block_portable(x: &[f32], rows: usize, kp: usize, w: &CpuWeight, o0: usize, y
     }
 }
 
-/// Whether the AVX-512VL kernels (32 vector registers, larger tiles) can run (cached by std).
-#[cfg(target_arch = "x86_64")]
-fn wide() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-}
-
 /// Computes weight rows `o0 .. o0 + yt.len() / rows` into `yt`.
 fn run_block(be: &CpuBackend, x: Acts<'_>, rows: usize, w: &CpuWeight, o0: usize, yt: &mut [f32]) {
     let n = yt.len() / rows;
@@ -166,10 +159,10 @@ fn run_block(be: &CpuBackend, x: Acts<'_>, rows: usize, w: &CpuWeight, o0: usize
             };
         }
         // SAFETY: `be.simd` is only true when AVX2 and FMA were detected at runtime
-        // (`CpuBackend::new`), and `block_wide` runs only when `wide()` detected AVX-512F/VL;
+        // (`CpuBackend::new`), and `block_wide` runs only when `be.wide` (AVX-512F/VL detected);
         // the kernels check their slice bounds themselves.
         unsafe {
-            match (&w.data, wide()) {
+            match (&w.data, be.wide) {
                 (WData::F32(d), true) => simd::f32w::block_wide(&panels!(d), yt),
                 (WData::BF16(d), true) => simd::bf16w::block_wide(&panels!(d), yt),
                 (WData::F32(d), false) => simd::f32w::block(&panels!(d), yt),

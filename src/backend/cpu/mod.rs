@@ -66,6 +66,9 @@ struct Scratch {
 pub struct CpuBackend {
     pool: Arc<ThreadPool>,
     simd: bool,
+    /// The AVX-512F/VL variants of the AVX2 kernels (f32 matmul tiles of 32 registers,
+    /// attention's element-wise loops on 16 lanes); requires `simd`.
+    wide: bool,
     bf16: Bf16Kernel,
     qkernel: QuantKernel,
     scratch: Mutex<Scratch>,
@@ -76,6 +79,7 @@ impl std::fmt::Debug for CpuBackend {
         f.debug_struct("CpuBackend")
             .field("threads", &self.pool.current_num_threads())
             .field("simd", &self.simd)
+            .field("wide", &self.wide)
             .field("bf16", &self.bf16)
             .field("quant_kernel", &self.qkernel)
             .finish()
@@ -161,6 +165,18 @@ fn detect_bf16dot() -> bool {
     }
 }
 
+/// True when the AVX-512F/VL variants of the AVX2/FMA kernels can run on this CPU.
+fn detect_wide() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        detect_simd() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// True when the AVX2/FMA kernels can run on this CPU.
 fn detect_simd() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -186,6 +202,7 @@ impl CpuBackend {
         Self {
             pool,
             simd: detect_simd(),
+            wide: detect_wide(),
             bf16: Bf16Kernel::detect(),
             qkernel: QuantKernel::detect(),
             scratch: Mutex::new(Scratch::default()),
@@ -196,10 +213,33 @@ impl CpuBackend {
     pub fn portable(pool: Arc<ThreadPool>) -> Self {
         Self {
             simd: false,
+            wide: false,
             bf16: Bf16Kernel::F32,
             qkernel: QuantKernel::Portable,
             ..Self::new(pool)
         }
+    }
+
+    /// A backend running the kernels of a CPU with AVX2/FMA but no AVX-512 (f32 matmul on 256-bit
+    /// tiles, attention on 8 lanes, bf16 weights on the f32 kernels, quantized weights on the
+    /// AVX2 path), whatever this CPU has beyond; for tests and comparisons. Errors (UNSUPPORTED)
+    /// without AVX2/FMA.
+    pub fn avx2_only(pool: Arc<ThreadPool>) -> Result<Self> {
+        if !detect_simd() {
+            return Err(Error::unsupported(
+                "the avx2 kernel set needs AVX2 and FMA, which this CPU lacks",
+            ));
+        }
+        Ok(Self {
+            wide: false,
+            bf16: Bf16Kernel::F32,
+            qkernel: if QuantKernel::Avx2.available() {
+                QuantKernel::Avx2
+            } else {
+                QuantKernel::Portable
+            },
+            ..Self::new(pool)
+        })
     }
 
     /// A backend whose bf16 weights use `kernel` (otherwise as [`CpuBackend::new`]); for tests
