@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use loraplex::backend::cpu::peak::{peak_gflops, PeakPath};
+use loraplex::backend::cpu::Bf16Kernel;
 use loraplex::config::EngineConfig;
 use loraplex::engine::{Engine, Prompt, Request};
 use loraplex::model::gguf::GgufFile;
@@ -488,20 +489,17 @@ fn compute_peaks(threads: usize) -> Value {
         Ok(p) => p,
         Err(e) => return json!({"error": e.to_string()}),
     };
-    let bf16 = peak_gflops(&pool, PeakPath::Bf16Dot, 5);
-    let amx = peak_gflops(&pool, PeakPath::AmxBf16, 5);
-    let path = if amx.is_some() {
-        "amx_bf16"
-    } else if bf16.is_some() {
-        "bf16_dot_512"
-    } else {
-        "f32_fma_256"
+    // The path the backend picks for bf16 weights on this machine.
+    let path = match Bf16Kernel::detect() {
+        Bf16Kernel::Amx => "amx_bf16",
+        Bf16Kernel::Avx512Bf16 => "bf16_dot_512",
+        Bf16Kernel::F32 => "f32_fma_256",
     };
     json!({
         "threads": threads,
         "f32_fma_256": peak_gflops(&pool, PeakPath::F32Fma, 5),
-        "bf16_dot_512": bf16,
-        "amx_bf16": amx,
+        "bf16_dot_512": peak_gflops(&pool, PeakPath::Bf16Dot, 5),
+        "amx_bf16": peak_gflops(&pool, PeakPath::AmxBf16, 5),
         "bf16_weights_path": path,
     })
 }

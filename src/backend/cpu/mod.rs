@@ -268,12 +268,6 @@ impl CpuBackend {
         self.bf16
     }
 
-    /// The arrangement of bf16 weights this backend packs: AMX tiles for the AMX path, 4-row
-    /// panels otherwise.
-    fn bf16_layout(&self) -> weight::Layout {
-        self.bf16.layout()
-    }
-
     /// A backend whose quantized matmul uses `kernel` (dense kernels as [`CpuBackend::new`]);
     /// for tests and comparisons. Errors (UNSUPPORTED, naming the path) when this CPU lacks
     /// the path's instructions.
@@ -387,11 +381,11 @@ impl Backend for CpuBackend {
     }
 
     fn weight(&self, t: &HostTensor, format: WeightFormat) -> Result<CpuWeight> {
-        weight::pack(&[t], format, self.bf16_layout())
+        weight::pack(&[t], format, self.bf16.layout())
     }
 
     fn fused_weight(&self, parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWeight> {
-        weight::pack(parts, format, self.bf16_layout())
+        weight::pack(parts, format, self.bf16.layout())
     }
 
     fn weight_bytes(&self, w: &CpuWeight) -> usize {
