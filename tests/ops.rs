@@ -687,6 +687,9 @@ const ATTN_CASES: &[(usize, usize, usize, usize, &[usize])] = &[
     (4, 2, 16, 16, &[16, 100, 5]),
     (4, 2, 16, 1, &[3, 30]),
     (4, 4, 8, 4, &[13, 2, 1]),
+    // Two 64-dimension slots per head; a head size that is a multiple of 16 but not of 64.
+    (8, 2, 128, 16, &[37, 2]),
+    (4, 2, 80, 8, &[21, 35]),
 ];
 
 #[test]

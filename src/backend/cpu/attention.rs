@@ -4,41 +4,35 @@
 //! Work is split into units of (rows, KV head): a unit computes every query head that shares the
 //! KV head for a run of up to [`ROW_BLOCK`] consecutive rows of one sequence (a prompt's rows in
 //! prefill; one row in decode), so each K/V vector is loaded once per group and row block
-//! instead of once per row (long prompts were bound by re-reading K/V from memory). Units run in
-//! parallel on the pool. Each row's scores, softmax and weighted sum of V are computed exactly
-//! as for that row alone, in a fixed order (keys in position order; a key's score is the same
-//! bits whether it is dotted in a batch of 8 or alone), so a row's output is bitwise independent
-//! of the other rows in the call, of how rows are blocked and of threading.
+//! instead of once per row. Units run in parallel on the pool.
+//!
+//! Keys are taken [`TILE`] positions at a time: the tile's K vectors are transposed into a
+//! `[head_dim][TILE]` block, so the scores of one query head against the tile's keys are one
+//! vector of `TILE` lanes, each lane a chain of fused multiply-adds over the head dimensions in
+//! order (no horizontal sums). The weighted sum of V keeps each output element's chain of fused
+//! multiply-adds over the keys in position order in registers.
+//!
+//! Precision, fixed for every path (portable, AVX2, AVX-512): a score is
+//! `fma(q[hd-1], k[hd-1], ... fma(q[0], k[0], 0)) * scale`; the softmax subtracts the row's
+//! maximum, takes [`exp_neg`], and sums the exponentials in 16 lanes (lane `i % 16` for the
+//! `i`-th position the row sees) reduced by [`sum_lanes`]; an output element is
+//! `fma(e_p, v_p, ...)` over the positions `p` in order, times `1 / sum`. Every operation is
+//! element-wise, so a row's output is bitwise independent of the other rows in the call, of how
+//! rows are blocked, of threading and of the vector width.
 
 use rayon::prelude::*;
 
 use super::{CpuBackend, CpuKvCache};
-use crate::backend::kv_store::{attn_row, attn_shapes, block_runs};
+use crate::backend::kv_store::{attn_row, attn_shapes};
 use crate::backend::reference::window_start;
 use crate::backend::AttentionArgs;
 
-/// 8-lane dot product with a fixed summation order.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
+/// Keys per tile, and lanes of the softmax sum.
+const TILE: usize = 16;
 
 /// `e^x` for the softmax (`x <= 0`): Cephes-style range reduction and degree-6 polynomial in
 /// plain f32 arithmetic (relative error ~2e-7), written so the compiler vectorises it. Inputs
-/// below -87.3 are clamped (result ~1e-38); NaN propagates.
+/// below -87.3 are clamped (result ~1e-38); NaN propagates. Vectorises completely.
 #[inline(always)]
 fn exp_neg(x: f32) -> f32 {
     let x = if x < -87.3 { -87.3 } else { x };
@@ -53,7 +47,143 @@ fn exp_neg(x: f32) -> f32 {
         * z
         + r
         + 1.0;
-    y * f32::from_bits(((fx as i32 + 127) as u32) << 23)
+    // 2^fx without a float-to-int conversion (which does not vectorise): fx + 127 is an
+    // integer in 1..=127, so adding it to 2^23 puts it in the low mantissa bits, and shifting
+    // those into the exponent field gives 2^fx exactly. NaN shifts to 0 and y is NaN then.
+    y * f32::from_bits((fx + (8_388_608.0 + 127.0)).to_bits() << 23)
+}
+
+/// The sum of `s` in [`TILE`] lanes (value `i` into lane `i % TILE`, each lane in order), the
+/// lanes then added pairwise: `(l0 + l8) + ...` halving until one is left.
+#[inline(always)]
+fn sum_lanes(s: &[f32]) -> f32 {
+    let mut acc = [0f32; TILE];
+    let chunks = s.chunks_exact(TILE);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rest) {
+        *a += v;
+    }
+    let mut w = TILE / 2;
+    while w > 0 {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+        w /= 2;
+    }
+    acc[0]
+}
+
+/// The largest non-NaN value of `s` (`-inf` when there is none).
+#[inline(always)]
+fn max_lanes(s: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; TILE];
+    let chunks = s.chunks_exact(TILE);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.max(v);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rest) {
+        *a = a.max(v);
+    }
+    acc.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Scores of `N` query vectors against one transposed key tile: lane `j` of result `c` is
+/// `fma` over `d` in order of `qt[d][c] * kt[d][j]` (`qt` holds the queries transposed). The
+/// `N` chains are independent, so they overlap in the pipeline.
+#[inline(always)]
+fn tile_dots<const N: usize>(qt: &[[f32; N]], kt: &[[f32; TILE]]) -> [[f32; TILE]; N] {
+    let mut acc = [[0f32; TILE]; N];
+    for (q, k) in qt.iter().zip(kt) {
+        for c in 0..N {
+            for j in 0..TILE {
+                acc[c][j] = q[c].mul_add(k[j], acc[c][j]);
+            }
+        }
+    }
+    acc
+}
+
+/// Dimensions of V one accumulator slot covers (4 vectors of [`TILE`] lanes).
+const PIECE: usize = 64;
+
+/// A register slot of the weighted sum of V: dimensions `d0..d0 + PIECE` of one query head of
+/// one row, accumulated at `out[o..o + PIECE]`; the row's exponential for position `p` sits at
+/// `scores[eb + p]` (wrapping), and the row sees `lo <= p <= pos`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    o: usize,
+    eb: usize,
+    d0: usize,
+    lo: usize,
+    pos: usize,
+}
+
+/// Adds one key tile (positions `p0..p0 + TILE`, V vectors `vt`, empty where absent) to `N`
+/// slots: for each position in order, each slot that sees it does
+/// `acc[x] = fma(e, v[d0 + x], acc[x])`. The slots share each V load; their accumulators live
+/// in registers for the tile and in `out` between tiles.
+///
+/// # Safety
+/// `P` names instructions the CPU must support (see [`load_tile`]).
+#[inline(always)]
+unsafe fn pv_tile<const N: usize, const P: u8>(
+    out: &mut [f32],
+    scores: &[f32],
+    slots: &[Slot; N],
+    p0: usize,
+    vt: &[&[f32]; TILE],
+) {
+    let a: [usize; N] = std::array::from_fn(|c| slots[c].lo.clamp(p0, p0 + TILE) - p0);
+    let b: [usize; N] = std::array::from_fn(|c| (slots[c].pos + 1).clamp(p0, p0 + TILE) - p0);
+    let eb: [usize; N] = std::array::from_fn(|c| slots[c].eb.wrapping_add(p0));
+    let o: [usize; N] = std::array::from_fn(|c| slots[c].o);
+    let d0: [usize; N] = std::array::from_fn(|c| slots[c].d0);
+    #[cfg(target_arch = "x86_64")]
+    if P == AVX512 {
+        // SAFETY: P == AVX512 means the CPU supports AVX2, FMA and AVX-512F (this function's
+        // contract); the kernel checks its slices.
+        unsafe { super::simd::pv_tile_avx512::<N>(out, o, scores, eb, d0, a, b, vt) };
+        return;
+    }
+    let mut acc = [[0f32; PIECE]; N];
+    for c in 0..N {
+        if let Some(src) = out.get(o[c]..).and_then(|x| x.first_chunk::<PIECE>()) {
+            acc[c] = *src;
+        }
+    }
+    let ja = a.iter().copied().min().unwrap_or(0);
+    let jb = b.iter().copied().max().unwrap_or(0);
+    for (j, &v) in vt.iter().enumerate().take(jb).skip(ja) {
+        for c in 0..N {
+            if j < a[c] || j >= b[c] {
+                continue;
+            }
+            let e = scores.get(eb[c].wrapping_add(j)).copied();
+            let vv = v.get(d0[c]..).and_then(|v| v.first_chunk::<PIECE>());
+            let (Some(e), Some(vv)) = (e, vv) else {
+                continue;
+            };
+            for x in 0..PIECE {
+                acc[c][x] = e.mul_add(vv[x], acc[c][x]);
+            }
+        }
+    }
+    for c in 0..N {
+        if let Some(dst) = out
+            .get_mut(o[c]..)
+            .and_then(|x| x.first_chunk_mut::<PIECE>())
+        {
+            *dst = acc[c];
+        }
+    }
 }
 
 /// Shapes and the layer's K/V, shared by all units of one call.
@@ -71,56 +201,47 @@ struct Call<'a> {
     vc: &'a [f32],
 }
 
-/// One unit compiled for AVX2/FMA. The body has no reductions across lanes and Rust never
-/// contracts `a * b + c` into an FMA, so this gives the same bits as [`unit`] without SIMD.
+/// Per-thread buffers, reused from unit to unit.
+#[derive(Default)]
+struct Scratch {
+    /// Each row's scores, then exponentials: `group` runs of the row's positions.
+    scores: Vec<f32>,
+    /// The current key tile, transposed.
+    kt: Vec<[f32; TILE]>,
+    /// The unit's queries (every row and head of the group, in order), transposed in chunks of
+    /// up to 8 pairs.
+    qt: Vec<f32>,
+}
+
+/// Instruction set a unit is compiled for: the vector width of its loops and which register
+/// transpose builds the key tiles (neither changes a result bit).
+const PORTABLE: u8 = 0;
+/// AVX2 and FMA.
+const AVX2: u8 = 1;
+/// AVX2, FMA and AVX-512F.
+const AVX512: u8 = 2;
+
+/// One unit compiled for AVX2/FMA (8-lane vectors, fused multiply-adds). The same bits as the
+/// portable build: every operation is element-wise and `mul_add` is fused on both.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn unit_avx2(u: &Unit<'_, '_>, scores: &mut Vec<f32>, out: &mut [f32]) {
-    // SAFETY: this function is only entered on CPUs with AVX2 and FMA (its own contract), which
-    // is what `unit::<true>` requires.
-    unsafe { unit::<true>(u, scores, out) }
+unsafe fn unit_avx2(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32]) {
+    // SAFETY: this function's contract (AVX2 and FMA) is what `unit::<AVX2>` needs.
+    unsafe { unit::<AVX2>(u, sc, out) }
 }
 
-/// [`unit_avx2`] compiled with AVX-512F as well, so the element-wise loops (the softmax's
-/// exponentials, the weighted sum of V) run on 16 lanes. Element-wise operations give the same
-/// bits at any vector width, and the dot products are the same AVX2 code, so this gives the same
-/// bits as [`unit`].
+/// [`unit_avx2`] compiled with AVX-512F as well (16-lane vectors): the same bits.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avx512f")]
-unsafe fn unit_avx512(u: &Unit<'_, '_>, scores: &mut Vec<f32>, out: &mut [f32]) {
-    // SAFETY: this function is only entered on CPUs with AVX2, FMA and AVX-512F (its own
-    // contract), which covers what `unit::<true>` requires.
-    unsafe { unit::<true>(u, scores, out) }
-}
-
-/// The scores of 8 keys (`(position index, K)`) for every query head of `q` (`hd` each):
-/// `scores[qi * n + p] = dot(q_qi, k) * scale`.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn scores8(
-    q: &[f32],
-    hd: usize,
-    n: usize,
-    scale: f32,
-    batch: &[(usize, &[f32]); 8],
-    scores: &mut [f32],
-) {
-    let keys = batch.map(|(_, k)| k);
-    for (qi, qh) in q.chunks_exact(hd).enumerate() {
-        let r = super::simd::dot8_mul_add(qh, keys);
-        for (&(p, _), v) in batch.iter().zip(r) {
-            scores[qi * n + p] = v * scale;
-        }
-    }
+unsafe fn unit_avx512(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32]) {
+    // SAFETY: this function's contract (AVX2, FMA, AVX-512F) is what `unit::<AVX512>` needs.
+    unsafe { unit::<AVX512>(u, sc, out) }
 }
 
 /// Query rows per unit at most: the rows share each K/V load, and their scores (`group` × the
@@ -137,19 +258,15 @@ struct QRow<'a> {
 }
 
 impl<'a> QRow<'a> {
-    /// The query heads of KV head `g`'s group (`gh` values each group).
-    fn group_q(&self, g: usize, gh: usize) -> &'a [f32] {
-        &self.q[g * gh..(g + 1) * gh]
+    /// Query head `qi` of KV head `g`'s group (`hd` values; empty when out of range).
+    fn head(&self, g: usize, group: usize, qi: usize, hd: usize) -> &'a [f32] {
+        let at = (g * group + qi) * hd;
+        self.q.get(at..at + hd).unwrap_or(&[])
     }
 
     /// Positions the row attends to.
     fn n(&self) -> usize {
         self.pos + 1 - self.lo
-    }
-
-    /// Whether the row attends to position `p`.
-    fn sees(&self, p: usize) -> bool {
-        (self.lo..=self.pos).contains(&p)
     }
 }
 
@@ -162,129 +279,240 @@ struct Unit<'c, 'a> {
     g: usize,
 }
 
-/// Computes a unit: `out` is `rows × group × hd` (each row's outputs of the group's query heads).
-/// Row `r` attends to positions `lo..=pos` of the sequence; its scores sit at `offs[r]` in
-/// `scores` (`group` runs of `n` values), computed key by key in position order.
+impl Unit<'_, '_> {
+    /// The K or V vectors (`cache`: the layer's K or V) of this unit's KV head at positions
+    /// `p0..p0 + TILE`: `None` past `end` or outside the cache.
+    fn tile<'k>(&self, cache: &'k [f32], p0: usize, end: usize) -> [Option<&'k [f32]>; TILE] {
+        let d = self.d;
+        std::array::from_fn(|j| {
+            let p = p0 + j;
+            if p >= end {
+                return None;
+            }
+            let slot = *self.table.get(p / d.bs)? as usize * d.bs + p % d.bs;
+            let at = slot * d.kv_dim + self.g * d.hd;
+            cache.get(at..at + d.hd)
+        })
+    }
+}
+
+/// Fills `kt` (`hd` rows) with the K vectors of positions `p0..p0 + TILE` transposed
+/// (`kt[d][j]` = element `d` of position `p0 + j`): NaN for a position outside the cache, zero
+/// past `end`.
 ///
 /// # Safety
-/// With `SIMD = true` the CPU must support AVX2 and FMA.
+/// `P` names instructions the CPU must support ([`AVX2`]: AVX2 and FMA; [`AVX512`]: AVX-512F
+/// as well).
 #[inline(always)]
-unsafe fn unit<const SIMD: bool>(u: &Unit<'_, '_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+unsafe fn load_tile<const P: u8>(u: &Unit<'_, '_>, p0: usize, end: usize, kt: &mut [[f32; TILE]]) {
+    let hd = u.d.hd;
+    let rows = u.tile(u.d.kc, p0, end);
+    let full = rows.iter().all(Option::is_some);
+    let mut d0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    if full && P != PORTABLE {
+        let rs: [&[f32]; TILE] = rows.map(|r| r.unwrap_or(&[]));
+        while d0 + TILE <= hd {
+            if P == AVX512 {
+                // SAFETY: P == AVX512 means the CPU supports AVX2, FMA and AVX-512F (this
+                // function's contract); the transpose checks its slices.
+                unsafe { super::simd::transpose16_avx512(&rs, d0, &mut kt[d0..]) };
+            } else {
+                // SAFETY: P == AVX2 means the CPU supports AVX2 and FMA.
+                unsafe { super::simd::transpose16_avx2(&rs, d0, &mut kt[d0..]) };
+            }
+            d0 += TILE;
+        }
+    }
+    for (j, r) in rows.iter().enumerate() {
+        let fill = if p0 + j >= end { 0.0 } else { f32::NAN };
+        match r {
+            Some(k) => {
+                for (row, &x) in kt[d0..].iter_mut().zip(&k[d0..]) {
+                    row[j] = x;
+                }
+            }
+            None => kt[d0..].iter_mut().for_each(|row| row[j] = fill),
+        }
+    }
+}
+
+/// Computes a unit: `out` is `rows × group × hd` (each row's outputs of the group's query heads).
+/// Row `r` attends to positions `lo..=pos` of the sequence; its scores sit at `offs[r]` in
+/// `scores` (`group` runs of `n` values).
+///
+/// # Safety
+/// `P` names instructions the CPU must support (see [`load_tile`]).
+#[inline(always)]
+unsafe fn unit<const P: u8>(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32]) {
     let (d, rows, g) = (u.d, u.rows, u.g);
-    let (kc, vc) = (d.kc, d.vc);
     let (hd, group) = (d.hd, d.group);
-    let gh = group * hd;
     let mut offs = [0usize; ROW_BLOCK];
     let mut total = 0;
     for (o, row) in offs.iter_mut().zip(rows) {
         *o = total;
         total += group * row.n();
     }
+    let Scratch { scores, kt, qt } = sc;
     scores.clear();
     scores.resize(total, 0.0);
+    kt.resize(hd, [0.0; TILE]);
     let lo = rows.iter().map(|r| r.lo).min().unwrap_or(0);
     let end = rows.iter().map(|r| r.pos + 1).max().unwrap_or(0);
-    let koff = g * hd;
-    // The scores of row `r` for key `(p, k)`, one dot product per query head.
-    let score1 = |scores: &mut [f32], r: usize, p: usize, k: Option<&[f32]>| {
-        let row = &rows[r];
-        let n = row.n();
-        let s = &mut scores[offs[r]..offs[r] + group * n];
-        for (qi, qh) in row.group_q(g, gh).chunks_exact(hd).enumerate() {
-            s[qi * n + p - row.lo] = match k {
-                None => f32::NAN,
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the caller guarantees AVX2/FMA when SIMD is set (all `dot_mul_add`
-                // requires; it bounds-checks its slices).
-                Some(k) if SIMD => (unsafe { super::simd::dot_mul_add(qh, k) }) * d.scale,
-                Some(k) => dot(qh, k) * d.scale,
-            };
-        }
+    // The unit's (row, head) queries, transposed in chunks of 8 (the last 4, 2, 1): chunk `k0`
+    // (its first pair) of `n` pairs at `qt[k0 * hd..]`, element `(d, c)` at `d * n + c`.
+    let npairs = rows.len() * group;
+    let chunks = || {
+        let mut k0 = 0;
+        std::iter::from_fn(move || {
+            let n = [8, 4, 2, 1].into_iter().find(|&k| k <= npairs - k0)?;
+            k0 += n;
+            Some((k0 - n, n))
+        })
     };
-    // On the SIMD path keys wait in `batch` until 8 are there, then go through `dot8_mul_add`
-    // for every row that sees all 8 (the same bits as one `dot_mul_add` per key, with the 8
-    // chains interleaved), one at a time for the others.
-    let mut batch: [(usize, &[f32]); 8] = [(0, &[]); 8];
-    let mut nb = 0;
-    for (p0, s0, cnt) in block_runs(u.table, end, d.bs) {
-        for off in lo.saturating_sub(p0).min(cnt)..cnt {
-            let (p, slot) = (p0 + off, s0 + off);
-            let k = kc.get(slot * d.kv_dim + koff..slot * d.kv_dim + koff + hd);
-            #[cfg(target_arch = "x86_64")]
-            if let (Some(k), true) = (k, SIMD) {
-                batch[nb] = (p, k);
-                nb += 1;
-                if nb == 8 {
-                    nb = 0;
-                    for (r, row) in rows.iter().enumerate() {
-                        if row.sees(batch[0].0) && row.sees(batch[7].0) {
-                            let rel = batch.map(|(p, k)| (p - row.lo, k));
-                            let n = row.n();
-                            let s = &mut scores[offs[r]..offs[r] + group * n];
-                            // SAFETY: the caller guarantees AVX2/FMA when SIMD is set.
-                            unsafe { scores8(row.group_q(g, gh), hd, n, d.scale, &rel, s) };
-                        } else {
-                            for &(p, k) in &batch {
-                                if row.sees(p) {
-                                    score1(scores, r, p, Some(k));
-                                }
-                            }
-                        }
-                    }
-                }
-                continue;
-            }
-            for (r, row) in rows.iter().enumerate() {
-                if row.sees(p) {
-                    score1(scores, r, p, k);
-                }
+    qt.clear();
+    qt.resize(npairs * hd, f32::NAN);
+    for (k0, n) in chunks() {
+        for c in 0..n {
+            let k = k0 + c;
+            let q = rows[k / group].head(g, group, k % group, hd);
+            for (dd, &x) in q.iter().enumerate() {
+                qt[k0 * hd + dd * n + c] = x;
             }
         }
     }
-    for &(p, k) in &batch[..nb] {
-        for (r, row) in rows.iter().enumerate() {
-            if row.sees(p) {
-                score1(scores, r, p, Some(k));
+    // Scores, one key tile at a time, for every (row, head) (those that see none of the tile
+    // are computed and dropped: only around the diagonal).
+    for p0 in (lo / TILE * TILE..end).step_by(TILE) {
+        // SAFETY: as this function's contract.
+        unsafe { load_tile::<P>(u, p0, end, kt) };
+        let mut put = |k: usize, acc: &[f32; TILE]| {
+            let (r, qi) = (k / group, k % group);
+            let row = &rows[r];
+            let n = row.n();
+            let base = offs[r] + qi * n;
+            if p0 >= row.lo && p0 + TILE <= row.pos + 1 {
+                let at = base + p0 - row.lo;
+                for (s, &a) in scores[at..at + TILE].iter_mut().zip(acc) {
+                    *s = a * d.scale;
+                }
+                return;
+            }
+            for (j, &a) in acc.iter().enumerate() {
+                let p = p0 + j;
+                if (row.lo..=row.pos).contains(&p) {
+                    scores[base + p - row.lo] = a * d.scale;
+                }
+            }
+        };
+        for (k0, n) in chunks() {
+            let qc = &qt[k0 * hd..(k0 + n) * hd];
+            macro_rules! dots {
+                ($n:literal) => {{
+                    let qc = qc.as_chunks::<$n>().0;
+                    #[cfg(target_arch = "x86_64")]
+                    let acc = if P == AVX512 {
+                        // SAFETY: P == AVX512 means the CPU supports AVX2, FMA and AVX-512F.
+                        unsafe { super::simd::tile_dots_avx512::<$n>(qc, kt) }
+                    } else {
+                        tile_dots::<$n>(qc, kt)
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let acc = tile_dots::<$n>(qc, kt);
+                    acc.iter().enumerate().for_each(|(c, a)| put(k0 + c, a));
+                }};
+            }
+            match n {
+                8 => dots!(8),
+                4 => dots!(4),
+                2 => dots!(2),
+                _ => dots!(1),
             }
         }
     }
-    let mut inv_z = vec![0f32; rows.len() * group];
+    // Softmax numerators and each (row, head)'s 1 / sum.
+    let mut inv = [0f32; 64];
+    let mut inv_heap = Vec::new();
+    let inv: &mut [f32] = if npairs <= inv.len() {
+        &mut inv[..npairs]
+    } else {
+        inv_heap.resize(npairs, 0.0);
+        &mut inv_heap
+    };
     for (r, row) in rows.iter().enumerate() {
         let n = row.n();
         let s = &mut scores[offs[r]..offs[r] + group * n];
-        for (s, iz) in s.chunks_exact_mut(n).zip(&mut inv_z[r * group..]) {
-            let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for (s, iz) in s.chunks_exact_mut(n).zip(&mut inv[r * group..]) {
+            let m = max_lanes(s);
             for v in s.iter_mut() {
                 *v = exp_neg(*v - m);
             }
-            let z: f32 = s.iter().sum();
-            *iz = 1.0 / z;
+            *iz = 1.0 / sum_lanes(s);
         }
     }
+    // Weighted sums of V, a key tile at a time: slots of PIECE dimensions of one (row, head),
+    // up to 4 at a time, share each V load.
     out.fill(0.0);
-    for (p0, s0, cnt) in block_runs(u.table, end, d.bs) {
-        for off in lo.saturating_sub(p0).min(cnt)..cnt {
-            let (p, slot) = (p0 + off, s0 + off);
-            let Some(v) = vc.get(slot * d.kv_dim + koff..slot * d.kv_dim + koff + hd) else {
-                continue;
-            };
-            for (r, row) in rows.iter().enumerate() {
-                if !row.sees(p) {
-                    continue;
-                }
-                let n = row.n();
-                let s = &scores[offs[r]..offs[r] + group * n];
-                for (qi, o) in out[r * gh..(r + 1) * gh].chunks_exact_mut(hd).enumerate() {
-                    let wgt = s[qi * n + p - row.lo];
-                    for (o, &vv) in o.iter_mut().zip(v) {
-                        *o += wgt * vv;
+    let pieces = hd.div_ceil(PIECE);
+    let nslots = npairs * pieces;
+    let slot = |k: usize| {
+        let (pair, c) = (k / pieces, k % pieces);
+        let (r, qi) = (pair / group, pair % group);
+        let row = &rows[r];
+        Slot {
+            o: pair * hd + c * PIECE,
+            eb: (offs[r] + qi * row.n()).wrapping_sub(row.lo),
+            d0: c * PIECE,
+            lo: row.lo,
+            pos: row.pos,
+        }
+    };
+    for p0 in (lo / TILE * TILE..end).step_by(TILE) {
+        let vt = u.tile(d.vc, p0, end).map(|v| v.unwrap_or(&[]));
+        if hd % PIECE != 0 {
+            // Any head size: the same operations, accumulators in memory.
+            for (j, v) in vt.iter().enumerate() {
+                let p = p0 + j;
+                for (r, row) in rows.iter().enumerate() {
+                    if !(row.lo..=row.pos).contains(&p) || v.is_empty() {
+                        continue;
+                    }
+                    let n = row.n();
+                    for qi in 0..group {
+                        let e = scores[offs[r] + qi * n + p - row.lo];
+                        let o = &mut out[(r * group + qi) * hd..(r * group + qi + 1) * hd];
+                        for (a, &x) in o.iter_mut().zip(*v) {
+                            *a = e.mul_add(x, *a);
+                        }
                     }
                 }
             }
+            continue;
+        }
+        let mut k0 = 0;
+        while k0 < nslots {
+            let take = [4, 3, 2, 1]
+                .into_iter()
+                .find(|&k| k <= nslots - k0)
+                .unwrap_or(1);
+            macro_rules! pass {
+                ($n:literal) => {{
+                    let sl: [Slot; $n] = std::array::from_fn(|c| slot(k0 + c));
+                    // SAFETY: as this function's contract.
+                    unsafe { pv_tile::<$n, P>(out, scores, &sl, p0, &vt) };
+                }};
+            }
+            match take {
+                4 => pass!(4),
+                3 => pass!(3),
+                2 => pass!(2),
+                _ => pass!(1),
+            }
+            k0 += take;
         }
     }
-    for (o, &iz) in out.chunks_exact_mut(hd).zip(inv_z.iter()) {
-        o.iter_mut().for_each(|v| *v *= iz);
+    for (o, &z) in out.chunks_exact_mut(hd).zip(inv.iter()) {
+        o.iter_mut().for_each(|v| *v *= z);
     }
 }
 
@@ -342,7 +570,7 @@ pub(crate) fn attention_paged(
     let wide = be.wide;
     let gh = group * hd;
     // Unit `c`: row block `c / nkv`, KV head `c % nkv`; its output is `rows × gh` values.
-    let run = |c: usize, scores: &mut Vec<f32>| -> Vec<f32> {
+    let run = |c: usize, sc: &mut Scratch| -> Vec<f32> {
         let ((t0, t1), g) = (blocks[c / nkv], c % nkv);
         let mut res = vec![f32::NAN; (t1 - t0) * gh];
         let mut qrows = Vec::with_capacity(t1 - t0);
@@ -369,15 +597,15 @@ pub(crate) fn attention_paged(
             if wide {
                 // SAFETY: `be.simd` is only set when AVX2 and FMA were detected at runtime, and
                 // `be.wide` when AVX-512F/VL were as well.
-                unsafe { unit_avx512(&u, scores, &mut res) };
+                unsafe { unit_avx512(&u, sc, &mut res) };
             } else {
                 // SAFETY: `be.simd` is only set when AVX2 and FMA were detected at runtime.
-                unsafe { unit_avx2(&u, scores, &mut res) };
+                unsafe { unit_avx2(&u, sc, &mut res) };
             }
             return res;
         }
-        // SAFETY: SIMD = false needs no CPU features.
-        unsafe { unit::<false>(&u, scores, &mut res) };
+        // SAFETY: the portable build needs no CPU features.
+        unsafe { unit::<PORTABLE>(&u, sc, &mut res) };
         res
     };
     let work: usize = meta
@@ -389,14 +617,14 @@ pub(crate) fn attention_paged(
         .saturating_mul(q_dim);
     let units = blocks.len() * nkv;
     let results: Vec<Vec<f32>> = if threads <= 1 || work < (1 << 16) {
-        let mut scores = Vec::new();
-        (0..units).map(|c| run(c, &mut scores)).collect()
+        let mut sc = Scratch::default();
+        (0..units).map(|c| run(c, &mut sc)).collect()
     } else {
         be.pool.install(|| {
             (0..units)
                 .into_par_iter()
                 .with_max_len(1)
-                .map_init(Vec::new, |scores, c| run(c, scores))
+                .map_init(Scratch::default, |sc, c| run(c, sc))
                 .collect()
         })
     };

@@ -294,33 +294,6 @@ macro_rules! weight_kernels {
 weight_kernels!(f32w, f32, load_f32, true);
 weight_kernels!(bf16w, u16, load_bf16, false);
 
-/// `a · b` over `min(a.len(), b.len())`: 8 lanes accumulate `acc + a*b` (multiply then add, no
-/// FMA) over chunks of 8, then [`hsum`], then the scalar tail in order. Bitwise equal to the
-/// portable `attention::dot`, whose lane and summation order it mirrors.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-pub(crate) fn dot_mul_add(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let mut acc = _mm256_setzero_ps();
-    let mut k = 0;
-    while k + 8 <= n {
-        // SAFETY: k + 8 <= n, and both slices hold at least n values; loadu is unaligned.
-        let (x, y) = unsafe {
-            (
-                _mm256_loadu_ps(a.as_ptr().add(k)),
-                _mm256_loadu_ps(b.as_ptr().add(k)),
-            )
-        };
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
-        k += 8;
-    }
-    let mut s = hsum(acc);
-    for (x, y) in a[k..n].iter().zip(&b[k..n]) {
-        s += x * y;
-    }
-    s
-}
-
 /// Transposes 8 rows of 8 f32 in registers: `v[i][j]` becomes `v[j][i]`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -379,43 +352,160 @@ pub(crate) fn transpose_blocks(yt: &[f32], rows: usize, out: usize, y: &mut [f32
     }
 }
 
-/// `[dot_mul_add(a, b[j]) for j in 0..8]`, bit for bit, with the 8 dot products' chains
-/// interleaved (independent accumulators instead of one dependent chain) and their horizontal
-/// sums done together: after an 8 x 8 transpose, lane `l` of every accumulator sits in one
-/// vector, so [`hsum`]'s `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))` is computed for all 8 at once
-/// in the same order. Falls back to 8 calls when the slices' lengths differ from `a`'s.
+/// Rows `rows[j][d0..d0 + 16]` (`j < 16`) transposed into `kt[d - d0][j]` for `d` in
+/// `d0..d0 + 16`, through 8 x 8 register transposes. Writes nothing when a row is shorter than
+/// `d0 + 16` or `kt` holds fewer than 16 rows.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) fn dot8_mul_add(a: &[f32], b: [&[f32]; 8]) -> [f32; 8] {
-    let n = a.len();
-    if b.iter().any(|bj| bj.len() != n) {
-        return b.map(|bj| dot_mul_add(a, bj));
+pub(crate) fn transpose16_avx2(rows: &[&[f32]; 16], d0: usize, kt: &mut [[f32; 16]]) {
+    if kt.len() < 16 || rows.iter().any(|r| r.len() < d0 + 16) {
+        return;
     }
-    let mut acc = [_mm256_setzero_ps(); 8];
-    let mut k = 0;
-    while k + 8 <= n {
-        // SAFETY: k + 8 <= n = a.len() = b[j].len(); loadu is unaligned.
-        let x = unsafe { _mm256_loadu_ps(a.as_ptr().add(k)) };
-        for (aj, bj) in acc.iter_mut().zip(b.iter()) {
-            // SAFETY: as above.
-            let y = unsafe { _mm256_loadu_ps(bj.as_ptr().add(k)) };
-            *aj = _mm256_add_ps(*aj, _mm256_mul_ps(x, y));
+    for (rb, cb) in [(0, 0), (0, 8), (8, 0), (8, 8)] {
+        let mut v = [_mm256_setzero_ps(); 8];
+        for (i, vi) in v.iter_mut().enumerate() {
+            // SAFETY: rows[rb + i] holds at least d0 + 16 >= d0 + cb + 8 values (checked above);
+            // loadu is unaligned.
+            *vi = unsafe { _mm256_loadu_ps(rows[rb + i].as_ptr().add(d0 + cb)) };
         }
-        k += 8;
-    }
-    transpose8(&mut acc);
-    let s = _mm256_add_ps(
-        _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6])),
-        _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7])),
-    );
-    let mut r = [0f32; 8];
-    // SAFETY: `r` holds 8 f32, one 256-bit store.
-    unsafe { _mm256_storeu_ps(r.as_mut_ptr(), s) };
-    for (rj, bj) in r.iter_mut().zip(b.iter()) {
-        for (x, y) in a[k..n].iter().zip(&bj[k..n]) {
-            *rj += x * y;
+        transpose8(&mut v);
+        for (i, vi) in v.iter().enumerate() {
+            // SAFETY: kt[cb + i] is a [f32; 16] (cb + i < 16 <= kt.len()), and rb + 8 <= 16;
+            // storeu is unaligned.
+            unsafe { _mm256_storeu_ps(kt[cb + i].as_mut_ptr().add(rb), *vi) };
         }
     }
-    r
+}
+
+/// [`transpose16_avx2`] as one 16 x 16 register transpose on AVX-512 (64 shuffles): the same
+/// result.
+#[target_feature(enable = "avx2,fma,avx512f")]
+pub(crate) fn transpose16_avx512(rows: &[&[f32]; 16], d0: usize, kt: &mut [[f32; 16]]) {
+    if kt.len() < 16 || rows.iter().any(|r| r.len() < d0 + 16) {
+        return;
+    }
+    let mut r = [_mm512_setzero_ps(); 16];
+    for (ri, row) in r.iter_mut().zip(rows) {
+        // SAFETY: row holds at least d0 + 16 values (checked above); loadu is unaligned.
+        *ri = unsafe { _mm512_loadu_ps(row.as_ptr().add(d0)) };
+    }
+    // t[2i], t[2i+1]: rows 2i and 2i+1 interleaved, per 128-bit lane k columns (4k, 4k+1) and
+    // (4k+2, 4k+3).
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // u[4i + c], lane k: column 4k + c of rows 4i..4i + 4.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for i in 0..4 {
+        let (a, b) = (_mm512_castps_pd(t[4 * i]), _mm512_castps_pd(t[4 * i + 2]));
+        let (c, d) = (
+            _mm512_castps_pd(t[4 * i + 1]),
+            _mm512_castps_pd(t[4 * i + 3]),
+        );
+        u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    // Lanes of the four row groups brought together: column 4k + c is lane k of u[c],
+    // u[4 + c], u[8 + c], u[12 + c].
+    let mut out = [_mm512_setzero_ps(); 16];
+    for c in 0..4 {
+        let v0 = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+        let w0 = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
+        let v1 = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+        let w1 = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
+        out[c] = _mm512_shuffle_f32x4::<0x88>(v0, v1);
+        out[8 + c] = _mm512_shuffle_f32x4::<0xDD>(v0, v1);
+        out[4 + c] = _mm512_shuffle_f32x4::<0x88>(w0, w1);
+        out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(w0, w1);
+    }
+    for (k, o) in kt.iter_mut().zip(out) {
+        // SAFETY: k is a [f32; 16], one 512-bit unaligned store.
+        unsafe { _mm512_storeu_ps(k.as_mut_ptr(), o) };
+    }
+}
+
+/// AVX-512 twin of the attention's `tile_dots`: lane `j` of result `c` is `fma` over `d` in
+/// order of `qt[d][c] * kt[d][j]`, the same fused operations in the same order, so the same
+/// bits (written with intrinsics: the compiler vectorised the portable loop across `c` with
+/// gathers).
+#[target_feature(enable = "avx2,fma,avx512f")]
+pub(crate) fn tile_dots_avx512<const N: usize>(
+    qt: &[[f32; N]],
+    kt: &[[f32; 16]],
+) -> [[f32; 16]; N] {
+    let mut acc = [_mm512_setzero_ps(); N];
+    for (q, k) in qt.iter().zip(kt) {
+        // SAFETY: k is a [f32; 16], one 512-bit unaligned load.
+        let kv = unsafe { _mm512_loadu_ps(k.as_ptr()) };
+        for (a, &x) in acc.iter_mut().zip(q) {
+            *a = _mm512_fmadd_ps(_mm512_set1_ps(x), kv, *a);
+        }
+    }
+    let mut out = [[0f32; 16]; N];
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: o is a [f32; 16], one 512-bit unaligned store.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+    }
+    out
+}
+
+/// AVX-512 twin of the attention's weighted sum of V over one key tile for `N` slots of 64
+/// dimensions: `acc[c] = fma(e[c][j], v_j[d0[c]..d0[c] + 64], acc[c])` for `j` in
+/// `a[c]..b[c]` in order, `e[c][j]` being `scores[eb[c] + j]`, with `acc[c]` read from and
+/// written back to `out[o[c]..o[c] + 64]`. A slot whose scores, V or output fall outside the
+/// slices skips that position (or is left alone).
+#[target_feature(enable = "avx2,fma,avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pv_tile_avx512<const N: usize>(
+    out: &mut [f32],
+    o: [usize; N],
+    scores: &[f32],
+    eb: [usize; N],
+    d0: [usize; N],
+    a: [usize; N],
+    b: [usize; N],
+    vt: &[&[f32]; 16],
+) {
+    let mut acc = [[_mm512_setzero_ps(); 4]; N];
+    for c in 0..N {
+        if let Some(src) = out.get(o[c]..).and_then(|x| x.first_chunk::<64>()) {
+            for (x, v) in acc[c].iter_mut().enumerate() {
+                // SAFETY: src holds 64 f32, x * 16 + 16 <= 64; loadu is unaligned.
+                *v = unsafe { _mm512_loadu_ps(src.as_ptr().add(x * 16)) };
+            }
+        }
+    }
+    let ja = a.iter().copied().min().unwrap_or(0);
+    let jb = b.iter().copied().max().unwrap_or(0).min(16);
+    for (j, &v) in vt.iter().enumerate().take(jb).skip(ja) {
+        for c in 0..N {
+            if j < a[c] || j >= b[c] {
+                continue;
+            }
+            let e = scores.get(eb[c].wrapping_add(j)).copied();
+            let vv = v.get(d0[c]..).and_then(|v| v.first_chunk::<64>());
+            let (Some(e), Some(vv)) = (e, vv) else {
+                continue;
+            };
+            let e = _mm512_set1_ps(e);
+            for (x, ac) in acc[c].iter_mut().enumerate() {
+                // SAFETY: vv holds 64 f32, x * 16 + 16 <= 64; loadu is unaligned.
+                let w = unsafe { _mm512_loadu_ps(vv.as_ptr().add(x * 16)) };
+                *ac = _mm512_fmadd_ps(e, w, *ac);
+            }
+        }
+    }
+    for c in 0..N {
+        if let Some(dst) = out.get_mut(o[c]..).and_then(|x| x.first_chunk_mut::<64>()) {
+            for (x, v) in acc[c].iter().enumerate() {
+                // SAFETY: dst holds 64 f32, x * 16 + 16 <= 64; storeu is unaligned.
+                unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add(x * 16), *v) };
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -423,36 +513,35 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// `dot8_mul_add` is `dot_mul_add` per key bit for bit: whole chunks, tails, and keys of
-    /// other lengths (the fallback).
+    /// Both 16 x 16 transposes put `rows[j][d0 + i]` at `kt[i][j]`.
     #[test]
-    fn dot8_is_dot_mul_add_bit_for_bit() {
+    fn transposes_of_16_rows() {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
             return;
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        for n in [0usize, 3, 8, 13, 64, 80, 128] {
-            let v = |rng: &mut rand_chacha::ChaCha8Rng, n: usize| -> Vec<f32> {
-                (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect()
-            };
-            let a = v(&mut rng, n);
-            let mut keys: Vec<Vec<f32>> = (0..8).map(|_| v(&mut rng, n)).collect();
-            for mismatched in [false, true] {
-                if mismatched {
-                    keys[5] = v(&mut rng, n + 1);
-                }
-                let b: [&[f32]; 8] = std::array::from_fn(|j| keys[j].as_slice());
-                // SAFETY: AVX2 and FMA were detected above.
-                let got = unsafe { dot8_mul_add(&a, b) };
-                for j in 0..8 {
-                    // SAFETY: as above.
-                    let want = unsafe { dot_mul_add(&a, b[j]) };
+        let data: Vec<Vec<f32>> = (0..16)
+            .map(|_| (0..40).map(|_| rng.gen_range(-3.0f32..3.0)).collect())
+            .collect();
+        let rows: [&[f32]; 16] = std::array::from_fn(|j| data[j].as_slice());
+        for d0 in [0usize, 7, 24] {
+            let mut kt = vec![[0f32; 16]; 16];
+            // SAFETY: AVX2 and FMA were detected above.
+            unsafe { transpose16_avx2(&rows, d0, &mut kt) };
+            for (i, k) in kt.iter().enumerate() {
+                for (j, v) in k.iter().enumerate() {
                     assert_eq!(
-                        got[j].to_bits(),
-                        want.to_bits(),
-                        "n={n} key {j} mismatched {mismatched}"
+                        v.to_bits(),
+                        rows[j][d0 + i].to_bits(),
+                        "avx2 d0={d0} {i} {j}"
                     );
                 }
+            }
+            if is_x86_feature_detected!("avx512f") {
+                let mut kt2 = vec![[0f32; 16]; 16];
+                // SAFETY: AVX2, FMA and AVX-512F were detected.
+                unsafe { transpose16_avx512(&rows, d0, &mut kt2) };
+                assert_eq!(kt, kt2, "avx512 d0={d0}");
             }
         }
     }
