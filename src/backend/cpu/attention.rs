@@ -114,6 +114,10 @@ fn tile_dots<const N: usize>(qt: &[[f32; N]], kt: &[[f32; TILE]]) -> [[f32; TILE
 /// Dimensions of V one accumulator slot covers (4 vectors of [`TILE`] lanes).
 const PIECE: usize = 64;
 
+/// Positions per pass of the weighted sum of V: each pass loads and stores its slots'
+/// accumulators once, and the span's V vectors (`SPAN * hd` values) stay in L1/L2 across passes.
+const SPAN: usize = 128;
+
 /// A register slot of the weighted sum of V: dimensions `d0..d0 + PIECE` of one query head of
 /// one row, accumulated at `out[o..o + PIECE]`; the row's exponential for position `p` sits at
 /// `scores[eb + p]` (wrapping), and the row sees `lo <= p <= pos`.
@@ -126,10 +130,12 @@ struct Slot {
     pos: usize,
 }
 
-/// Adds one key tile (positions `p0..p0 + TILE`, V vectors `vt`, empty where absent) to `N`
-/// slots: for each position in order, each slot that sees it does
-/// `acc[x] = fma(e, v[d0 + x], acc[x])`. The slots share each V load; their accumulators live
-/// in registers for the tile and in `out` between tiles.
+/// Adds one span of positions (`p0..p0 + vt.len()`, V vectors `vt`; `v_ok`: every one of them
+/// holds `hd` values) to `N` slots: for each position in order, each slot that sees it does
+/// `acc[x] = fma(e, v[d0 + x], acc[x])`. Accumulators live in registers for the tile and in
+/// `out` between tiles; on AVX-512 the slots share each V load (the portable loop goes slot by
+/// slot, which also suits AVX2's 16 registers). A tile that does not fit its slices
+/// ([`PvSpan::fits`]) is left alone.
 ///
 /// # Safety
 /// `P` names instructions the CPU must support (see [`load_tile`]).
@@ -139,50 +145,77 @@ unsafe fn pv_tile<const N: usize, const P: u8>(
     scores: &[f32],
     slots: &[Slot; N],
     p0: usize,
-    vt: &[&[f32]; TILE],
+    vt: &[&[f32]],
+    v_ok: bool,
 ) {
-    let a: [usize; N] = std::array::from_fn(|c| slots[c].lo.clamp(p0, p0 + TILE) - p0);
-    let b: [usize; N] = std::array::from_fn(|c| (slots[c].pos + 1).clamp(p0, p0 + TILE) - p0);
-    let eb: [usize; N] = std::array::from_fn(|c| slots[c].eb.wrapping_add(p0));
-    let o: [usize; N] = std::array::from_fn(|c| slots[c].o);
-    let d0: [usize; N] = std::array::from_fn(|c| slots[c].d0);
+    let w = vt.len();
+    let sp = PvSpan::<N> {
+        a: std::array::from_fn(|c| slots[c].lo.clamp(p0, p0 + w) - p0),
+        b: std::array::from_fn(|c| (slots[c].pos + 1).clamp(p0, p0 + w) - p0),
+        eb: std::array::from_fn(|c| slots[c].eb.wrapping_add(p0)),
+        o: std::array::from_fn(|c| slots[c].o),
+        d0: std::array::from_fn(|c| slots[c].d0),
+        vt,
+        v_ok,
+    };
     #[cfg(target_arch = "x86_64")]
     if P == AVX512 {
         // SAFETY: P == AVX512 means the CPU supports AVX2, FMA and AVX-512F (this function's
         // contract); the kernel checks its slices.
-        unsafe { super::simd::pv_tile_avx512::<N>(out, o, scores, eb, d0, a, b, vt) };
+        unsafe { super::simd::pv_tile_avx512::<N>(out, scores, &sp) };
         return;
     }
+    if !sp.fits(out, scores) {
+        return;
+    }
+    let PvSpan {
+        o, eb, d0, a, b, ..
+    } = sp;
     let mut acc = [[0f32; PIECE]; N];
     for c in 0..N {
-        if let Some(src) = out.get(o[c]..).and_then(|x| x.first_chunk::<PIECE>()) {
-            acc[c] = *src;
-        }
-    }
-    let ja = a.iter().copied().min().unwrap_or(0);
-    let jb = b.iter().copied().max().unwrap_or(0);
-    for (j, &v) in vt.iter().enumerate().take(jb).skip(ja) {
-        for c in 0..N {
-            if j < a[c] || j >= b[c] {
-                continue;
-            }
-            let e = scores.get(eb[c].wrapping_add(j)).copied();
-            let vv = v.get(d0[c]..).and_then(|v| v.first_chunk::<PIECE>());
-            let (Some(e), Some(vv)) = (e, vv) else {
-                continue;
-            };
+        acc[c].copy_from_slice(&out[o[c]..o[c] + PIECE]);
+        for (k, v) in vt[a[c]..b[c]].iter().enumerate() {
+            let e = scores[eb[c].wrapping_add(a[c] + k)];
+            let vv = &v[d0[c]..d0[c] + PIECE];
             for x in 0..PIECE {
                 acc[c][x] = e.mul_add(vv[x], acc[c][x]);
             }
         }
+        out[o[c]..o[c] + PIECE].copy_from_slice(&acc[c]);
     }
-    for c in 0..N {
-        if let Some(dst) = out
-            .get_mut(o[c]..)
-            .and_then(|x| x.first_chunk_mut::<PIECE>())
-        {
-            *dst = acc[c];
-        }
+}
+
+/// One span of a [`pv_tile`] call for `N` slots, relative to the span's first position: slot
+/// `c` accumulates at `out[o[c]..o[c] + PIECE]` dimensions `d0[c]..d0[c] + PIECE` of V over the
+/// span's positions `a[c]..b[c]`, its exponential for position `j` at `scores[eb[c] + j]`
+/// (wrapping); `vt` holds the span's V vectors, all `hd` long when `v_ok`.
+pub(super) struct PvSpan<'v, const N: usize> {
+    pub o: [usize; N],
+    pub eb: [usize; N],
+    pub d0: [usize; N],
+    pub a: [usize; N],
+    pub b: [usize; N],
+    pub vt: &'v [&'v [f32]],
+    pub v_ok: bool,
+}
+
+impl<const N: usize> PvSpan<'_, N> {
+    /// Whether every slot lies inside the slices: `v_ok`, `d0[c] + PIECE <= hd`,
+    /// `a[c] <= b[c] <= vt.len()`, the scores of `a[c]..b[c]` exist and `out` holds
+    /// `o[c] + PIECE` values. A span that does not fit is left alone on every path.
+    #[inline(always)]
+    pub(super) fn fits(&self, out: &[f32], scores: &[f32]) -> bool {
+        let hd = self.vt.first().map_or(0, |v| v.len());
+        self.v_ok
+            && (0..N).all(|c| {
+                let (a, b) = (self.a[c], self.b[c]);
+                let (lo, hi) = (self.eb[c].wrapping_add(a), self.eb[c].wrapping_add(b));
+                let e_ok = a == b || (lo <= hi && hi <= scores.len());
+                e_ok && a <= b
+                    && b <= self.vt.len()
+                    && self.d0[c] + PIECE <= hd
+                    && self.o[c] + PIECE <= out.len()
+            })
     }
 }
 
@@ -281,8 +314,13 @@ struct Unit<'c, 'a> {
 
 impl Unit<'_, '_> {
     /// The K or V vectors (`cache`: the layer's K or V) of this unit's KV head at positions
-    /// `p0..p0 + TILE`: `None` past `end` or outside the cache.
-    fn tile<'k>(&self, cache: &'k [f32], p0: usize, end: usize) -> [Option<&'k [f32]>; TILE] {
+    /// `p0..p0 + W`: `None` past `end` or outside the cache.
+    fn tile<'k, const W: usize>(
+        &self,
+        cache: &'k [f32],
+        p0: usize,
+        end: usize,
+    ) -> [Option<&'k [f32]>; W] {
         let d = self.d;
         std::array::from_fn(|j| {
             let p = p0 + j;
@@ -306,7 +344,7 @@ impl Unit<'_, '_> {
 #[inline(always)]
 unsafe fn load_tile<const P: u8>(u: &Unit<'_, '_>, p0: usize, end: usize, kt: &mut [[f32; TILE]]) {
     let hd = u.d.hd;
-    let rows = u.tile(u.d.kc, p0, end);
+    let rows = u.tile::<TILE>(u.d.kc, p0, end);
     let full = rows.iter().all(Option::is_some);
     let mut d0 = 0;
     #[cfg(target_arch = "x86_64")]
@@ -333,6 +371,29 @@ unsafe fn load_tile<const P: u8>(u: &Unit<'_, '_>, p0: usize, end: usize, kt: &m
                 }
             }
             None => kt[d0..].iter_mut().for_each(|row| row[j] = fill),
+        }
+    }
+}
+
+/// Stores a tile's scores (positions `p0..p0 + TILE`, times `scale`) for the positions `row`
+/// sees into `s`, the row's scores of one head (index = position - `row.lo`).
+#[inline(always)]
+fn put_scores(row: &QRow<'_>, s: &mut [f32], p0: usize, acc: &[f32; TILE], scale: f32) {
+    if p0 >= row.lo && p0 + TILE <= row.pos + 1 {
+        let at = p0 - row.lo;
+        if let Some(s) = s.get_mut(at..at + TILE) {
+            for (s, &a) in s.iter_mut().zip(acc) {
+                *s = a * scale;
+            }
+        }
+        return;
+    }
+    for (j, &a) in acc.iter().enumerate() {
+        let p = p0 + j;
+        if (row.lo..=row.pos).contains(&p) {
+            if let Some(s) = s.get_mut(p - row.lo) {
+                *s = a * scale;
+            }
         }
     }
 }
@@ -389,21 +450,8 @@ unsafe fn unit<const P: u8>(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32])
         let mut put = |k: usize, acc: &[f32; TILE]| {
             let (r, qi) = (k / group, k % group);
             let row = &rows[r];
-            let n = row.n();
-            let base = offs[r] + qi * n;
-            if p0 >= row.lo && p0 + TILE <= row.pos + 1 {
-                let at = base + p0 - row.lo;
-                for (s, &a) in scores[at..at + TILE].iter_mut().zip(acc) {
-                    *s = a * d.scale;
-                }
-                return;
-            }
-            for (j, &a) in acc.iter().enumerate() {
-                let p = p0 + j;
-                if (row.lo..=row.pos).contains(&p) {
-                    scores[base + p - row.lo] = a * d.scale;
-                }
-            }
+            let base = offs[r] + qi * row.n();
+            put_scores(row, &mut scores[base..base + row.n()], p0, acc, d.scale);
         };
         for (k0, n) in chunks() {
             let qc = &qt[k0 * hd..(k0 + n) * hd];
@@ -467,8 +515,10 @@ unsafe fn unit<const P: u8>(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32])
             pos: row.pos,
         }
     };
-    for p0 in (lo / TILE * TILE..end).step_by(TILE) {
-        let vt = u.tile(d.vc, p0, end).map(|v| v.unwrap_or(&[]));
+    for p0 in (lo / TILE * TILE..end).step_by(SPAN) {
+        let vt = u.tile::<SPAN>(d.vc, p0, end).map(|v| v.unwrap_or(&[]));
+        let vt = &vt[..SPAN.min(end - p0)];
+        let v_ok = vt.iter().all(|v| v.len() == hd);
         if hd % PIECE != 0 {
             // Any head size: the same operations, accumulators in memory.
             for (j, v) in vt.iter().enumerate() {
@@ -499,7 +549,7 @@ unsafe fn unit<const P: u8>(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32])
                 ($n:literal) => {{
                     let sl: [Slot; $n] = std::array::from_fn(|c| slot(k0 + c));
                     // SAFETY: as this function's contract.
-                    unsafe { pv_tile::<$n, P>(out, scores, &sl, p0, &vt) };
+                    unsafe { pv_tile::<$n, P>(out, scores, &sl, p0, vt, v_ok) };
                 }};
             }
             match take {

@@ -452,58 +452,111 @@ pub(crate) fn tile_dots_avx512<const N: usize>(
     out
 }
 
-/// AVX-512 twin of the attention's weighted sum of V over one key tile for `N` slots of 64
-/// dimensions: `acc[c] = fma(e[c][j], v_j[d0[c]..d0[c] + 64], acc[c])` for `j` in
-/// `a[c]..b[c]` in order, `e[c][j]` being `scores[eb[c] + j]`, with `acc[c]` read from and
-/// written back to `out[o[c]..o[c] + 64]`. A slot whose scores, V or output fall outside the
-/// slices skips that position (or is left alone).
+/// `acc[c] = fma(e_c(j), v_j[d0[c]..d0[c] + 64], acc[c])` for `j` in `ja..jb` in order and
+/// every slot `c`, with `e_c(j) = *e[c].add(j)` and `v_j = vt[j]`, all slots sharing each V load.
+///
+/// # Safety
+/// AVX-512F must be available; for every `c` and `j` in `ja..jb`, `e[c].wrapping_add(j)` must
+/// be readable and `vt[j]` must hold at least `d0[c] + 64` values.
 #[target_feature(enable = "avx2,fma,avx512f")]
-#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn pv_joint<const N: usize>(
+    acc: &mut [[__m512; 4]; N],
+    e: [*const f32; N],
+    d0: [usize; N],
+    ja: usize,
+    jb: usize,
+    vt: &[&[f32]],
+) {
+    // A local copy, so the accumulators stay in registers (not stored back every position).
+    let mut r = *acc;
+    let jb = jb.min(vt.len());
+    let ja = ja.min(jb);
+    if d0.iter().all(|&d| d == d0[0]) {
+        // Every slot reads the same dimensions (one head's 64 per slot): load V once.
+        for (k, v) in vt[ja..jb].iter().enumerate() {
+            let j = ja + k;
+            // SAFETY: the caller guarantees v holds d0[0] + 64 values; loadu is unaligned.
+            let w: [__m512; 4] =
+                std::array::from_fn(|x| unsafe { _mm512_loadu_ps(v.as_ptr().add(d0[0] + x * 16)) });
+            for c in 0..N {
+                // SAFETY: the caller guarantees e[c].wrapping_add(j) is readable.
+                let ec = _mm512_set1_ps(unsafe { *e[c].wrapping_add(j) });
+                for (a, w) in r[c].iter_mut().zip(w) {
+                    *a = _mm512_fmadd_ps(ec, w, *a);
+                }
+            }
+        }
+        *acc = r;
+        return;
+    }
+    for (k, v) in vt[ja..jb].iter().enumerate() {
+        let j = ja + k;
+        for c in 0..N {
+            // SAFETY: the caller guarantees e[c].wrapping_add(j) is readable.
+            let ec = _mm512_set1_ps(unsafe { *e[c].wrapping_add(j) });
+            for (x, a) in r[c].iter_mut().enumerate() {
+                // SAFETY: the caller guarantees v holds d0[c] + 64 values; loadu is unaligned.
+                let w = unsafe { _mm512_loadu_ps(v.as_ptr().add(d0[c] + x * 16)) };
+                *a = _mm512_fmadd_ps(ec, w, *a);
+            }
+        }
+    }
+    *acc = r;
+}
+
+/// AVX-512 twin of the attention's weighted sum of V over one span of positions for `N` slots
+/// of 64 dimensions (see [`super::attention::PvSpan`]): `acc[c] = fma(e[c][j],
+/// v_j[d0[c]..d0[c] + 64], acc[c])` for `j` in `a[c]..b[c]` in order, with `acc[c]` read from
+/// and written back to `out[o[c]..o[c] + 64]` (positions before the slots' common range one
+/// slot at a time, the common range for all slots together, then the rest one slot at a time:
+/// each slot's positions stay in order, so the same bits as the portable loop). Writes nothing
+/// when the span does not fit its slices.
+#[target_feature(enable = "avx2,fma,avx512f")]
 pub(crate) fn pv_tile_avx512<const N: usize>(
     out: &mut [f32],
-    o: [usize; N],
     scores: &[f32],
-    eb: [usize; N],
-    d0: [usize; N],
-    a: [usize; N],
-    b: [usize; N],
-    vt: &[&[f32]; 16],
+    sp: &super::attention::PvSpan<'_, N>,
 ) {
+    if !sp.fits(out, scores) {
+        return;
+    }
+    let (o, eb, d0, a, b, vt) = (sp.o, sp.eb, sp.d0, sp.a, sp.b, sp.vt);
+    let e: [*const f32; N] = std::array::from_fn(|c| scores.as_ptr().wrapping_add(eb[c]));
     let mut acc = [[_mm512_setzero_ps(); 4]; N];
     for c in 0..N {
-        if let Some(src) = out.get(o[c]..).and_then(|x| x.first_chunk::<64>()) {
-            for (x, v) in acc[c].iter_mut().enumerate() {
-                // SAFETY: src holds 64 f32, x * 16 + 16 <= 64; loadu is unaligned.
-                *v = unsafe { _mm512_loadu_ps(src.as_ptr().add(x * 16)) };
-            }
+        for (x, v) in acc[c].iter_mut().enumerate() {
+            // SAFETY: out holds o[c] + 64 values (checked above); loadu is unaligned.
+            *v = unsafe { _mm512_loadu_ps(out.as_ptr().add(o[c] + x * 16)) };
         }
     }
-    let ja = a.iter().copied().min().unwrap_or(0);
-    let jb = b.iter().copied().max().unwrap_or(0).min(16);
-    for (j, &v) in vt.iter().enumerate().take(jb).skip(ja) {
+    let ja = a.iter().copied().max().unwrap_or(0);
+    let jb = b.iter().copied().min().unwrap_or(0);
+    let one = |acc: &mut [__m512; 4], c: usize, from: usize, to: usize| {
+        let mut one = [*acc];
+        // SAFETY: for j in a[c]..b[c] (which from..to lies in), eb[c] + j (wrapping) indexes
+        // scores and vt[j] holds d0[c] + 64 values (fits above).
+        unsafe { pv_joint::<1>(&mut one, [e[c]], [d0[c]], from, to, vt) };
+        *acc = one[0];
+    };
+    if ja < jb {
         for c in 0..N {
-            if j < a[c] || j >= b[c] {
-                continue;
-            }
-            let e = scores.get(eb[c].wrapping_add(j)).copied();
-            let vv = v.get(d0[c]..).and_then(|v| v.first_chunk::<64>());
-            let (Some(e), Some(vv)) = (e, vv) else {
-                continue;
-            };
-            let e = _mm512_set1_ps(e);
-            for (x, ac) in acc[c].iter_mut().enumerate() {
-                // SAFETY: vv holds 64 f32, x * 16 + 16 <= 64; loadu is unaligned.
-                let w = unsafe { _mm512_loadu_ps(vv.as_ptr().add(x * 16)) };
-                *ac = _mm512_fmadd_ps(e, w, *ac);
-            }
+            one(&mut acc[c], c, a[c], ja);
+        }
+        // SAFETY: ja..jb lies in every slot's a[c]..b[c] (checked above).
+        unsafe { pv_joint::<N>(&mut acc, e, d0, ja, jb, vt) };
+        for c in 0..N {
+            one(&mut acc[c], c, jb, b[c]);
+        }
+    } else {
+        for c in 0..N {
+            one(&mut acc[c], c, a[c], b[c]);
         }
     }
     for c in 0..N {
-        if let Some(dst) = out.get_mut(o[c]..).and_then(|x| x.first_chunk_mut::<64>()) {
-            for (x, v) in acc[c].iter().enumerate() {
-                // SAFETY: dst holds 64 f32, x * 16 + 16 <= 64; storeu is unaligned.
-                unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add(x * 16), *v) };
-            }
+        for (x, v) in acc[c].iter().enumerate() {
+            // SAFETY: out holds o[c] + 64 values (checked above); storeu is unaligned.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(o[c] + x * 16), *v) };
         }
     }
 }
