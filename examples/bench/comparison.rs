@@ -165,7 +165,8 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 fn engine_for(path: &Path, o: &Options) -> Result<Engine, String> {
     let mut cfg = EngineConfig::new(path);
     cfg.threads = o.threads;
-    cfg.max_batch_tokens = o.prefill.iter().copied().max().unwrap_or(512).max(512);
+    // max_batch_tokens stays at its default (512; llama.cpp's micro-batch is 512 too): longer
+    // prompts are prefilled in chunks of 512, as a user's engine does.
     cfg.max_num_seqs = o
         .batches
         .iter()

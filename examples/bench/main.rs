@@ -274,7 +274,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         rounds: 2,
         decode_tokens: 0,
         batches: vec![1, 8, 32],
-        prefill: vec![256, 512],
+        prefill: vec![256, 512, 2048],
         weight_dtype: "bf16".into(),
         lora_batch: vec![8, 32],
         lora_rank: 8,
