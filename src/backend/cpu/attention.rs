@@ -277,9 +277,11 @@ unsafe fn unit_avx512(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32]) {
     unsafe { unit::<AVX512>(u, sc, out) }
 }
 
-/// Query rows per unit at most: the rows share each K/V load, and their scores (`group` × the
-/// positions each row sees) stay in L2 for the weighted sum of V.
-const ROW_BLOCK: usize = 16;
+/// Query rows per unit at most: the rows share each K tile's transpose and each V span, and
+/// their scores (`group` × the positions each row sees: 1.5 MB for 32 rows × 3 heads × 4,096
+/// positions) mostly stay in L2 for the weighted sum of V. 32 measured 15–20 % faster than 16
+/// on 2,048-token prompts, 64 no faster again.
+const ROW_BLOCK: usize = 32;
 
 /// A query row of a unit: its query (every head), its position, and the first position its
 /// window lets it see.
