@@ -121,7 +121,7 @@ const SPAN: usize = 128;
 /// A register slot of the weighted sum of V: dimensions `d0..d0 + PIECE` of one query head of
 /// one row, accumulated at `out[o..o + PIECE]`; the row's exponential for position `p` sits at
 /// `scores[eb + p]` (wrapping), and the row sees `lo <= p <= pos`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Slot {
     o: usize,
     eb: usize,
@@ -132,9 +132,9 @@ struct Slot {
 
 /// Adds one span of positions (`p0..p0 + vt.len()`, V vectors `vt`; `v_ok`: every one of them
 /// holds `hd` values) to `N` slots: for each position in order, each slot that sees it does
-/// `acc[x] = fma(e, v[d0 + x], acc[x])`. Accumulators live in registers for the tile and in
-/// `out` between tiles; on AVX-512 the slots share each V load (the portable loop goes slot by
-/// slot, which also suits AVX2's 16 registers). A tile that does not fit its slices
+/// `acc[x] = fma(e, v[d0 + x], acc[x])`. Accumulators live in registers for the span and in
+/// `out` between spans; on AVX-512 the slots share each V load (the portable loop goes slot by
+/// slot, which also suits AVX2's 16 registers). A span that does not fit its slices
 /// ([`PvSpan::fits`]) is left alone.
 ///
 /// # Safety
@@ -244,6 +244,8 @@ struct Scratch {
     /// The unit's queries (every row and head of the group, in order), transposed in chunks of
     /// up to 8 pairs.
     qt: Vec<f32>,
+    /// Each (row, query head)'s 1 / softmax sum.
+    inv: Vec<f32>,
 }
 
 /// Instruction set a unit is compiled for: the vector width of its loops and which register
@@ -416,7 +418,12 @@ unsafe fn unit<const P: u8>(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32])
         *o = total;
         total += group * row.n();
     }
-    let Scratch { scores, kt, qt } = sc;
+    let Scratch {
+        scores,
+        kt,
+        qt,
+        inv,
+    } = sc;
     scores.clear();
     scores.resize(total, 0.0);
     kt.resize(hd, [0.0; TILE]);
@@ -481,14 +488,8 @@ unsafe fn unit<const P: u8>(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32])
         }
     }
     // Softmax numerators and each (row, head)'s 1 / sum.
-    let mut inv = [0f32; 64];
-    let mut inv_heap = Vec::new();
-    let inv: &mut [f32] = if npairs <= inv.len() {
-        &mut inv[..npairs]
-    } else {
-        inv_heap.resize(npairs, 0.0);
-        &mut inv_heap
-    };
+    inv.clear();
+    inv.resize(npairs, 0.0);
     for (r, row) in rows.iter().enumerate() {
         let n = row.n();
         let s = &mut scores[offs[r]..offs[r] + group * n];
@@ -500,10 +501,10 @@ unsafe fn unit<const P: u8>(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32])
             *iz = 1.0 / sum_lanes(s);
         }
     }
-    // Weighted sums of V, a key tile at a time: slots of PIECE dimensions of one (row, head),
-    // up to 4 at a time, share each V load.
+    // Weighted sums of V, a span of SPAN positions at a time: slots of PIECE dimensions of one
+    // (row, head), up to 4 at a time, share each V load.
     out.fill(0.0);
-    let pieces = hd.div_ceil(PIECE);
+    let pieces = hd / PIECE;
     let nslots = npairs * pieces;
     let slot = |k: usize| {
         let (pair, c) = (k / pieces, k % pieces);
