@@ -162,7 +162,7 @@ fn quant(pools: &[Arc<rayon::ThreadPool>], quick: bool, only: Option<&str>, rows
                 let be = CpuBackend::with_quant_kernel(pool.clone(), *kernel).expect("kernel");
                 let w = be.weight(&t, WeightFormat::F32).expect("weight");
                 let bytes = be.weight_bytes(&w);
-                for rows in [1usize, 8, 32, 256] {
+                for rows in [1usize, 8, 16, 32, 256] {
                     if rows_only.is_some_and(|r| r != rows) {
                         continue;
                     }

@@ -139,7 +139,8 @@ fn every_type_and_path_matches_the_twin_bitwise() {
             let t = HostTensor::quantized(random_quant(&mut rng, ty, out, cols));
             let wr = r.weight(&t, WeightFormat::F32).unwrap();
             assert_eq!(r.weight_bytes(&wr), t.quant().unwrap().bytes().len());
-            for rows in [1, 3, 5, 9] {
+            // 37 rows: the AMX int8 path's tiles (two whole groups of 16 and a partial one).
+            for rows in [1, 3, 5, 9, 37] {
                 let x = rand_x(&mut rng, rows * cols);
                 let mut yr = vec![0f32; rows * out];
                 r.matmul(&x, rows, &wr, &mut yr);
@@ -235,44 +236,47 @@ fn fused_weight_stacks_segments_of_different_types() {
     let r = ReferenceBackend;
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let cols = 512;
-    // Segments of a Q4_K_M file's types (Q4_K has mins, Q6_K not) whose boundaries (20, 32)
-    // fall inside the vector kernels' 8-row groups, and a partial last group (41 rows).
+    // Segments of a Q4_K_M file's types (Q4_K has mins, Q6_K not) whose boundaries (20, 37)
+    // fall inside the vector kernels' 8-row groups and the AMX path's 16-row panels (a panel
+    // of Q4_K rows 0-15, rows 16-19 on the VNNI kernels, a panel of Q6_K rows 20-35, the rest
+    // on the VNNI kernels), and a partial last group (46 rows).
     let parts = [
         HostTensor::quantized(random_quant(&mut rng, GgmlType::Q4K, 20, cols)),
-        HostTensor::quantized(random_quant(&mut rng, GgmlType::Q6K, 12, cols)),
+        HostTensor::quantized(random_quant(&mut rng, GgmlType::Q6K, 17, cols)),
         HostTensor::quantized(random_quant(&mut rng, GgmlType::Q4K, 9, cols)),
     ];
     let refs: Vec<&HostTensor> = parts.iter().collect();
     let bytes: usize = parts.iter().map(|p| p.quant().unwrap().bytes().len()).sum();
-    const OUT: usize = 41;
-    let rows = 6;
-    let x = rand_x(&mut rng, rows * cols);
-    let wr = r.fused_weight(&refs, WeightFormat::F32).unwrap();
-    let mut yr = vec![0f32; rows * OUT];
-    r.matmul(&x, rows, &wr, &mut yr);
-    // Each part alone gives the same columns.
-    let mut col = 0;
-    for p in &parts {
-        let n = p.shape[0];
-        let w = r.weight(p, WeightFormat::F32).unwrap();
-        let mut y = vec![0f32; rows * n];
-        r.matmul(&x, rows, &w, &mut y);
-        for t in 0..rows {
-            assert_bits(
-                "part",
-                &y[t * n..(t + 1) * n],
-                &yr[t * OUT + col..t * OUT + col + n],
-            );
+    const OUT: usize = 46;
+    for rows in [6, 29] {
+        let x = rand_x(&mut rng, rows * cols);
+        let wr = r.fused_weight(&refs, WeightFormat::F32).unwrap();
+        let mut yr = vec![0f32; rows * OUT];
+        r.matmul(&x, rows, &wr, &mut yr);
+        // Each part alone gives the same columns.
+        let mut col = 0;
+        for p in &parts {
+            let n = p.shape[0];
+            let w = r.weight(p, WeightFormat::F32).unwrap();
+            let mut y = vec![0f32; rows * n];
+            r.matmul(&x, rows, &w, &mut y);
+            for t in 0..rows {
+                assert_bits(
+                    "part",
+                    &y[t * n..(t + 1) * n],
+                    &yr[t * OUT + col..t * OUT + col + n],
+                );
+            }
+            col += n;
         }
-        col += n;
-    }
-    for (k, be) in backends(2) {
-        let wc = be.fused_weight(&refs, WeightFormat::BF16).unwrap();
-        assert_eq!(be.weight_dims(&wc), (OUT, cols));
-        assert_eq!(be.weight_bytes(&wc), bytes);
-        let mut yc = vec![0f32; rows * OUT];
-        be.matmul(&x, rows, &wc, &mut yc);
-        assert_bits(&format!("mixed fused {}", k.name()), &yc, &yr);
+        for (k, be) in backends(2) {
+            let wc = be.fused_weight(&refs, WeightFormat::BF16).unwrap();
+            assert_eq!(be.weight_dims(&wc), (OUT, cols));
+            assert_eq!(be.weight_bytes(&wc), bytes);
+            let mut yc = vec![0f32; rows * OUT];
+            be.matmul(&x, rows, &wc, &mut yc);
+            assert_bits(&format!("mixed fused {} rows={rows}", k.name()), &yc, &yr);
+        }
     }
 }
 

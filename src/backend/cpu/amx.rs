@@ -41,13 +41,26 @@ pub(crate) fn available() -> bool {
     *OK.get_or_init(|| cpu_has_amx_bf16() && request_tile_state())
 }
 
+/// Whether the AMX int8 kernel (`quant/amx_int8.rs`) can run: the CPU has AMX-TILE and
+/// AMX-INT8 and the OS granted the tile data state (asked once, as for [`available`]).
+pub(crate) fn available_int8() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| cpu_has(1 << 25) && request_tile_state())
+}
+
 /// CPUID leaf 7, sub-leaf 0: EDX bit 22 (AMX-BF16) and bit 24 (AMX-TILE).
 fn cpu_has_amx_bf16() -> bool {
+    cpu_has(1 << 22)
+}
+
+/// Whether CPUID leaf 7, sub-leaf 0 reports AMX-TILE (EDX bit 24) and the EDX bits of `bits`.
+fn cpu_has(bits: u32) -> bool {
     if std::arch::x86_64::__cpuid(0).eax < 7 {
         return false;
     }
     let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
-    edx & (1 << 22) != 0 && edx & (1 << 24) != 0
+    let want = bits | (1 << 24);
+    edx & want == want
 }
 
 /// Asks Linux for the AMX tile data state (`XFEATURE_XTILEDATA`, 18) for this process; without

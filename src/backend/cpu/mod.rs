@@ -54,6 +54,8 @@ struct Scratch {
     qacts: crate::backend::reference::quant_dot::QActs,
     /// The quantized activations in the transposed super-block layout (`quant::xt`).
     qxt: Vec<i8>,
+    /// The quantized activations in the AMX int8 tile form.
+    qtiles: quant::TileActs,
     /// Activations as bf16 bits for the `vdpbf16ps` kernels of bf16 weights.
     xbits: Vec<u16>,
     /// The bf16 bits rewritten as AMX B tiles (`amx::pack_acts`).

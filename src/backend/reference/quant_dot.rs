@@ -60,16 +60,8 @@ impl QActs {
     /// per element for the rounding.
     #[inline(always)]
     pub fn quantize(&mut self, x: &[f32], rows: usize, cols: usize) -> bool {
-        let nb = cols / QBLOCK;
-        let fits = cols.is_multiple_of(QBLOCK)
-            && matches!(rows.checked_mul(cols), Some(n) if n <= x.len());
+        let fits = self.resize_for(x.len(), rows, cols);
         let rows = if fits { rows } else { 0 };
-        self.cols = cols;
-        self.nb = nb;
-        self.q.resize(rows * cols, 0);
-        self.d.resize(rows * nb, 0.0);
-        self.s0.resize(rows * nb, 0);
-        self.s1.resize(rows * nb, 0);
         for ((((xb, qb), d), s0), s1) in x[..rows * cols]
             .chunks_exact(QBLOCK)
             .zip(self.q.chunks_exact_mut(QBLOCK))
@@ -80,6 +72,25 @@ impl QActs {
             let (dd, [a, b]) = quantize_block(xb, qb);
             (*d, *s0, *s1) = (dd, a, b);
         }
+        fits
+    }
+}
+
+impl QActs {
+    /// Sizes the buffers for `rows` rows of `cols` values quantized from `x_len` inputs, or
+    /// for zero rows when they do not fit (`cols % 32 != 0` or `rows * cols > x_len`);
+    /// returns whether they fit. The values are left for the caller to write.
+    pub fn resize_for(&mut self, x_len: usize, rows: usize, cols: usize) -> bool {
+        let nb = cols / QBLOCK;
+        let fits =
+            cols.is_multiple_of(QBLOCK) && matches!(rows.checked_mul(cols), Some(n) if n <= x_len);
+        let rows = if fits { rows } else { 0 };
+        self.cols = cols;
+        self.nb = nb;
+        self.q.resize(rows * cols, 0);
+        self.d.resize(rows * nb, 0.0);
+        self.s0.resize(rows * nb, 0);
+        self.s1.resize(rows * nb, 0);
         fits
     }
 }

@@ -111,7 +111,7 @@ unsafe fn prep_avx2(sb: Sb, form: Form) -> (Sb, Form) {
 /// # Safety
 /// The CPU must have AVX2 (inlined into the path functions, which check it).
 #[inline(always)]
-unsafe fn prep_vnni(mut sb: Sb, form: Form) -> (Sb, Form) {
+pub(super) unsafe fn prep_vnni(mut sb: Sb, form: Form) -> (Sb, Form) {
     if !form.signed {
         return (sb, form);
     }
