@@ -42,6 +42,9 @@ const SHAPE_8B: &str = "random weights of Llama-3-8B's shape: hidden 4096, 32 la
      heads, intermediate 14336; SmolLM2's vocabulary and tokenizer; llama-quantize Q4_K_M of a \
      BF16 file; throughput only";
 
+/// Label of the 8B-shape model (`--big`).
+pub const MODEL_8B: &str = "llama-3-8b-shape-q4_k_m";
+
 /// The files scripts/bench-models.sh writes into `dir`, in report order (`big` adds the 8B one).
 pub fn default_models(dir: &Path, big: bool) -> Vec<BenchModel> {
     let mut v: Vec<(String, String)> = vec![
@@ -60,7 +63,7 @@ pub fn default_models(dir: &Path, big: bool) -> Vec<BenchModel> {
         format!("{SHAPE_1B}; llama-quantize Q4_K_M of the BF16 file"),
     ));
     if big {
-        v.push(("llama-3-8b-shape-q4_k_m".into(), SHAPE_8B.into()));
+        v.push((MODEL_8B.into(), SHAPE_8B.into()));
     }
     v.into_iter()
         .map(|(label, provenance)| BenchModel {
@@ -85,17 +88,23 @@ pub struct Options {
     pub prefill: Vec<usize>,
     /// loraplex's weight storage (`LPX_WEIGHT_DTYPE` value).
     pub weight_dtype: String,
-    /// Batch sizes of the distinct-adapters vs all-base measurement, one result each (sizes of
-    /// 0 are ignored; none = skip it).
-    pub lora_batch: Vec<usize>,
-    /// Label of the model the adapter measurement runs on.
-    pub lora_model: String,
-    /// Rank of the adapters of the multi-LoRA batch (at most 16, the engine's `max_lora_rank`).
-    pub lora_rank: usize,
+    /// The distinct-adapters vs all-base measurements (none = skip them).
+    pub lora_runs: Vec<LoraRun>,
     /// llama.cpp's `OMP_WAIT_POLICY`; None = auto: passive when, at a model's start, other
     /// runnable tasks leave fewer free cores than `threads` (oversubscribed, see
     /// [`other_runnable`]), llama.cpp's default otherwise.
     pub llama_wait: Option<WaitPolicy>,
+}
+
+/// One distinct-adapters vs all-base measurement.
+#[derive(Debug, Clone)]
+pub struct LoraRun {
+    /// Label of the model it runs on.
+    pub model: String,
+    /// Batch sizes, one result each (sizes of 0 are ignored).
+    pub batches: Vec<usize>,
+    /// Rank of the adapters (at most 16, the engine's `max_lora_rank`).
+    pub rank: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -162,7 +171,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-fn engine_for(path: &Path, o: &Options) -> Result<Engine, String> {
+fn engine_for(path: &Path, label: &str, o: &Options) -> Result<Engine, String> {
     let mut cfg = EngineConfig::new(path);
     cfg.threads = o.threads;
     // max_batch_tokens stays at its default (512; llama.cpp's micro-batch is 512 too): longer
@@ -173,8 +182,10 @@ fn engine_for(path: &Path, o: &Options) -> Result<Engine, String> {
         .copied()
         .max()
         .unwrap_or(1)
-        .max(max_lora_batch(o));
-    cfg.max_gpu_loras = max_lora_batch(o).max(1);
+        .max(max_lora_batch(o, label));
+    // Adapter slots for this model's adapter measurements only (the reserved arena counts in
+    // the process's RSS once written).
+    cfg.max_gpu_loras = max_lora_batch(o, label).max(1);
     cfg.max_cpu_loras = cfg.max_gpu_loras;
     cfg.max_lora_rank = 16;
     cfg.apply_vars(|k| (k == "LPX_WEIGHT_DTYPE").then(|| o.weight_dtype.clone()))
@@ -249,42 +260,77 @@ fn file_tensors(path: &Path) -> Result<FileTensors, String> {
     })
 }
 
-/// The largest batch of the distinct-adapters measurement (0 when there is none).
-fn max_lora_batch(o: &Options) -> usize {
-    o.lora_batch.iter().copied().max().unwrap_or(0)
+/// The largest batch of the distinct-adapters measurements on the model `label` (0 when it has
+/// none).
+fn max_lora_batch(o: &Options, label: &str) -> usize {
+    o.lora_runs
+        .iter()
+        .filter(|r| r.model == label)
+        .flat_map(|r| r.batches.iter().copied())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Distinct adapters in one batch vs the same batch all on the base model, interleaved rounds,
-/// for each batch size of `o.lora_batch` (the adapters are written and loaded once).
-fn lora_batch(engine: &Engine, o: &Options) -> Result<Value, Box<dyn std::error::Error>> {
+/// for each batch size of `run` (the adapters are written and loaded once). Each result also
+/// gives the adapter bytes one decode step streams (every distinct adapter's weights once, in
+/// the arena's precision) and the ratio that streaming them at `bw` GB/s on top of the all-base
+/// step would leave: a bound for a step that is otherwise memory-bound.
+fn lora_batch(
+    engine: &Engine,
+    o: &Options,
+    run: &LoraRun,
+    bw: f64,
+) -> Result<Value, Box<dyn std::error::Error>> {
+    use loraplex::adapters::ModelShape;
+    use loraplex::cache::plan::DeviceMemory;
+    use loraplex::cache::MemoryPlan;
     let dir = std::env::temp_dir().join(format!("loraplex-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
+    let most = run.batches.iter().copied().max().unwrap_or(0);
+    let elem = MemoryPlan::lora_precision(engine.config(), DeviceMemory::HOST).elem_bytes();
+    let shape = ModelShape::of(engine.model_config(), loraplex::tensor::DType::F32);
+    let per_adapter: usize = shape.num_layers
+        * shape
+            .lora_dims()
+            .iter()
+            .map(|(i, o)| run.rank * (i + o) * elem)
+            .sum::<usize>();
     let result = (|| -> Result<Value, Box<dyn std::error::Error>> {
-        let names = write_adapters(engine, &dir, max_lora_batch(o), o.lora_rank)?;
+        let names = write_adapters(engine, &dir, most, run.rank)?;
         engine.register_peft_source(&dir, None)?;
         engine.refresh()?;
         let all: Vec<Option<String>> = names.iter().cloned().map(Some).collect();
         decode_tps_models(engine, &all, 2)?; // cold-load every adapter
         let mut results = Vec::new();
-        for &n in o.lora_batch.iter().filter(|&&n| n > 0) {
+        for &n in run.batches.iter().filter(|&&n| n > 0) {
             let distinct = &all[..n.min(all.len())];
             let (mut base, mut dist) = (Vec::new(), Vec::new());
             for r in 0..o.rounds {
                 base.push(decode_tps(engine, n, o.decode_tokens)?);
                 dist.push(decode_tps_models(engine, distinct, o.decode_tokens)?);
                 eprintln!(
-                    "[compare] round {r}: batch {n} all base {:.1} tok/s, {n} distinct adapters {:.1} tok/s",
-                    base[r], dist[r]
+                    "[compare] {} round {r}: batch {n} all base {:.1} tok/s, {n} distinct adapters {:.1} tok/s",
+                    run.model, base[r], dist[r]
                 );
             }
             let (mb, md) = (median(&base), median(&dist));
+            let bytes = per_adapter * distinct.len();
+            // Seconds per all-base step, and what streaming the adapters adds at `bw`.
+            let bound = mb.filter(|&b| b > 0.0 && bw > 0.0).map(|b| {
+                let step = n as f64 / b;
+                step / (step + bytes as f64 / (bw * 1e9))
+            });
             results.push(json!({
                 "batch": n,
-                "adapter": {"rank": o.lora_rank, "targets": "all 7"},
+                "adapter": {"rank": run.rank, "targets": "all 7", "bytes_each": per_adapter,
+                            "weight_bytes": elem},
                 "all_base": {"median_tokens_per_s": mb, "samples_tokens_per_s": base},
                 "distinct_adapters": {"median_tokens_per_s": md, "samples_tokens_per_s": dist},
                 "ratio_distinct_over_base": ratio(md, mb),
+                "adapter_bytes_per_step": bytes,
+                "ratio_bound_streaming_adapters_at_read_bandwidth": bound,
             }));
         }
         Ok(Value::Array(results))
@@ -310,7 +356,7 @@ pub fn run(
         .collect();
     let mut out = Vec::new();
     let mut summary = Vec::new();
-    let mut lora = Value::Null;
+    let mut lora: Vec<Value> = Vec::new();
     let mut bw_samples = vec![read_bw];
     for m in models {
         eprintln!("[compare] {} ({})", m.label, m.path.display());
@@ -357,7 +403,7 @@ pub fn run(
             }
         };
         bw_samples.push(crate::memory::read_bandwidth_gbs(o.threads, 8));
-        let engine = engine_for(&m.path, o);
+        let engine = engine_for(&m.path, &m.label, o);
         match &engine {
             Ok(e) => {
                 let resident = e.stats().weight_bytes as f64;
@@ -434,17 +480,21 @@ pub fn run(
         }
         entry.insert("metrics".into(), Value::Object(table));
         if let Ok(e) = &engine {
-            if max_lora_batch(o) > 0 && m.label == o.lora_model {
-                lora = match lora_batch(e, o) {
+            let bw = bw_samples.iter().copied().fold(0.0, f64::max);
+            for run in o.lora_runs.iter().filter(|r| r.model == m.label) {
+                lora.push(match lora_batch(e, o, run, bw) {
                     Ok(v) => json!({"model": m.label, "results": v}),
                     Err(err) => json!({"model": m.label, "error": err.to_string()}),
-                };
+                });
             }
         }
         out.push(Value::Object(entry));
     }
-    if max_lora_batch(o) > 0 && lora.is_null() {
-        lora = json!({"model": o.lora_model, "error": "model not in this run or loraplex could not load it"});
+    for run in &o.lora_runs {
+        if !lora.iter().any(|v| v["model"] == json!(run.model)) {
+            lora.push(json!({"model": run.model,
+                "error": "model not in this run or loraplex could not load it"}));
+        }
     }
     let peak = bw_samples.iter().copied().fold(0.0, f64::max);
     let compute = compute_peaks(o.threads);

@@ -15,7 +15,8 @@
 //!   tokens/s of each `--prefill` length, interleaved rounds (loraplex then llama.cpp per metric),
 //!   medians and ratios; the memory floor from the measured read bandwidth and the file's tensor
 //!   bytes; resident weight bytes vs file tensor bytes; distinct adapters vs all-base at batches 8
-//!   and 32 (`--lora-batch`).
+//!   and 32 (`--lora-batch`) on SmolLM2 BF16 and Q4_K_M (`--lora-model`), with `--big` also 8
+//!   distinct rank-16 adapters at batch 8 on the 8B shape.
 //!   See comparison.rs.
 //!
 //! ```text
@@ -23,7 +24,7 @@
 //!       [--sections weights,lora,structured,prefix,compare] [--models LABEL|FILE,...] [--bench-dir models/bench]
 //!       [--big] [--rounds 2] [--batches 1,8,32] [--prefill 256,512] [--weight-dtype bf16]
 //!       [--llama-bin DIR] [--llama-omp-wait auto|default|passive|active]
-//!       [--lora-batch 8,32] [--lora-model smollm2-135m-bf16] [--lora-rank 8] [--compare-decode-tokens N]
+//!       [--lora-batch 8,32] [--lora-model smollm2-135m-bf16,smollm2-135m-q4_k_m] [--lora-rank 8] [--compare-decode-tokens N]
 //! ```
 //! Threads default to the machine's cores (both engines get the same count). `--quick` also
 //! shrinks the compare section (batches 1,8; prefill 256; 16 decode tokens; three SmolLM2 files)
@@ -276,12 +277,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         batches: vec![1, 8, 32],
         prefill: vec![256, 512, 2048],
         weight_dtype: "bf16".into(),
-        lora_batch: vec![8, 32],
-        lora_rank: 8,
-        lora_model: "smollm2-135m-bf16".into(),
+        lora_runs: Vec::new(),
         llama_wait: None,
     };
     let mut compare_tokens: Option<usize> = None;
+    // The distinct-adapters measurements: on these models (SmolLM2 in bf16 and Q4_K_M unless
+    // given), at these batch sizes, with adapters of this rank.
+    let (mut lora_batch, mut lora_rank) = (vec![8usize, 32], 8usize);
+    let mut lora_models: Option<Vec<String>> = None;
     let mut given: Vec<&'static str> = Vec::new();
     while let Some(a) = args.next() {
         for f in ["--batches", "--prefill"] {
@@ -306,9 +309,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--batches" => opts.batches = list(&a, Some(val()?))?,
             "--prefill" => opts.prefill = list(&a, Some(val()?))?,
             "--weight-dtype" => opts.weight_dtype = val()?,
-            "--lora-batch" => opts.lora_batch = list(&a, Some(val()?))?,
-            "--lora-model" => opts.lora_model = val()?,
-            "--lora-rank" => opts.lora_rank = val()?.parse()?,
+            "--lora-batch" => lora_batch = list(&a, Some(val()?))?,
+            "--lora-model" => lora_models = Some(list(&a, Some(val()?))?),
+            "--lora-rank" => lora_rank = val()?.parse()?,
             "--llama-omp-wait" => {
                 opts.llama_wait = match val()?.as_str() {
                     "auto" => None,
@@ -348,6 +351,25 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     opts.threads = threads;
     opts.decode_tokens = compare_tokens.unwrap_or(n);
+    let given_models = lora_models.is_some();
+    let lora_models = lora_models
+        .unwrap_or_else(|| vec!["smollm2-135m-bf16".into(), "smollm2-135m-q4_k_m".into()]);
+    opts.lora_runs = lora_models
+        .into_iter()
+        .map(|model| comparison::LoraRun {
+            model,
+            batches: lora_batch.clone(),
+            rank: lora_rank,
+        })
+        .collect();
+    if big && !given_models {
+        // The 8B shape: 8 distinct rank-16 adapters in one batch (issue 9's serving case).
+        opts.lora_runs.push(comparison::LoraRun {
+            model: comparison::MODEL_8B.into(),
+            batches: vec![8],
+            rank: 16,
+        });
+    }
     if quick {
         // A quick look: fewer metrics and models unless they were given explicitly.
         if !given.contains(&"--batches") {

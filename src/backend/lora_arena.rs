@@ -120,7 +120,12 @@ impl HostLoraArena {
             slot_elems,
             data: match geom.precision {
                 LoraPrecision::F32 => Store::F32(vec![0.0; total]),
-                LoraPrecision::Bf16 => Store::Bf16(vec![bf16::ZERO; total]),
+                // Zeroed pages from the allocator (as `vec![0.0; n]` gets for f32): memory the
+                // process only touches once a slot is filled, not `max_gpu_loras` slots up
+                // front (`vec![bf16::ZERO; n]` would write every element).
+                LoraPrecision::Bf16 => {
+                    Store::Bf16(bytemuck::allocation::cast_vec(vec![0u16; total]))
+                }
             },
             modules: vec![None; geom.num_slots * geom.num_layers * 7],
         })
