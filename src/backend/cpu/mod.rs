@@ -73,7 +73,8 @@ pub struct CpuBackend {
     wide: bool,
     bf16: Bf16Kernel,
     qkernel: QuantKernel,
-    scratch: Mutex<Scratch>,
+    /// Boxed: the buffers' vectors would make the backend (and `DeviceBackend`) large.
+    scratch: Mutex<Box<Scratch>>,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -207,7 +208,7 @@ impl CpuBackend {
             wide: detect_wide(),
             bf16: Bf16Kernel::detect(),
             qkernel: QuantKernel::detect(),
-            scratch: Mutex::new(Scratch::default()),
+            scratch: Mutex::new(Box::default()),
         }
     }
 

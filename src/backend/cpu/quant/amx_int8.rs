@@ -25,6 +25,7 @@
 //! - Q6_K (a scale per half): two products per block, `A` = the halves' 16 rows × 16 bytes
 //!   (`tmm2`, `tmm3`, read with a 32-byte stride), `B` = 4 rows × 64 bytes each (`tmm4`,
 //!   `tmm5`), `C` in `tmm0`/`tmm1` (even blocks) or `tmm6`/`tmm7` (odd).
+//!
 //! The products of block `b + 1` are issued before block `b`'s combine, so the tile unit runs
 //! while the vector units combine.
 //!
