@@ -142,19 +142,46 @@ impl AmxCall<'_> {
     }
 }
 
-/// The tile configuration: palette 1, the 8 tiles of 16 rows × 64 bytes.
+/// A tile configuration (`ldtilecfg`'s 64 bytes): palette 1 and each tile's shape. Shared by
+/// the bf16 kernel here and the int8 kernel of the quantized matmul.
 #[repr(C, align(64))]
-struct TileConfig([u8; 64]);
+pub(crate) struct TileConfig([u8; 64]);
 
 impl TileConfig {
-    fn all_16x64() -> Self {
+    /// Tile `t` (`tmm{t}`) shaped `shapes[t]` = (rows, bytes per row); (0, 0) leaves it
+    /// unconfigured.
+    pub(crate) fn new(shapes: [(u8, u8); 8]) -> Self {
         let mut c = [0u8; 64];
         c[0] = 1;
-        for t in 0..8 {
-            c[16 + 2 * t] = STRIDE as u8;
-            c[48 + t] = TR as u8;
+        for (t, (rows, colsb)) in shapes.into_iter().enumerate() {
+            c[16 + 2 * t] = colsb;
+            c[48 + t] = rows;
         }
         Self(c)
+    }
+
+    /// The bf16 kernel's configuration: the 8 tiles of 16 rows × 64 bytes.
+    fn all_16x64() -> Self {
+        Self::new([(TR as u8, STRIDE as u8); 8])
+    }
+
+    /// Loads the configuration into this thread's tile state.
+    ///
+    /// # Safety
+    /// AMX-TILE available with the OS's grant of the tile state ([`available`] or
+    /// [`available_int8`] returned true).
+    pub(crate) unsafe fn load(&self) {
+        // SAFETY: the caller's contract; the configuration is 64 readable bytes.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) self.0.as_ptr(), options(nostack, readonly)) };
+    }
+
+    /// Releases this thread's tile state (`tilerelease`).
+    ///
+    /// # Safety
+    /// As [`TileConfig::load`].
+    pub(crate) unsafe fn release() {
+        // SAFETY: the caller's contract; registers only.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 }
 
@@ -174,9 +201,8 @@ pub(crate) unsafe fn block(call: &AmxCall<'_>, yt: &mut [f32]) {
     }
     let chunks = call.kp / TK;
     let (wt, xt) = (call.n.div_ceil(TR), call.rows.div_ceil(TR));
-    let cfg = TileConfig::all_16x64();
-    // SAFETY: AMX is available (the caller's contract); the configuration is 64 readable bytes.
-    unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
+    // SAFETY: AMX is available (the caller's contract).
+    unsafe { TileConfig::all_16x64().load() };
     let w_tile = |t: usize, c: usize| (call.o0 / TR + t) * call.kp * TR + c * TILE;
     let x_tile = |m: usize, c: usize| (m * chunks + c) * TILE;
     let mut ct = CTile([[0.0; TR]; TR]);
@@ -223,8 +249,8 @@ pub(crate) unsafe fn block(call: &AmxCall<'_>, yt: &mut [f32]) {
             }
         }
     }
-    // SAFETY: releases the tile state configured above (registers only).
-    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    // SAFETY: releases the tile state configured above.
+    unsafe { TileConfig::release() };
 }
 
 /// One chunk of the 2 × 2 tile block (fewer when `two_w` / `two_x` are false: the missing
@@ -331,13 +357,12 @@ fn copy_out(ct: &CTile, yt: &mut [f32], call: &AmxCall<'_>, j0: usize, t0: usize
 /// # Safety
 /// [`available`] must have returned true.
 pub(crate) unsafe fn peak_loop(iters: u64) -> f32 {
-    let cfg = TileConfig::all_16x64();
     let ones = [0x3f80u16; TILE];
     let mut ct = CTile([[0.0; TR]; TR]);
-    // SAFETY: AMX available (the caller's contract); `cfg` is 64 bytes, `ones` one 1 KiB tile
-    // read as 16 rows of STRIDE bytes, `ct` one tile written the same way.
+    // SAFETY: AMX available (the caller's contract); `ones` one 1 KiB tile read as 16 rows of
+    // STRIDE bytes, `ct` one tile written the same way.
     unsafe {
-        asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+        TileConfig::all_16x64().load();
         asm!(
             "tilezero tmm0",
             "tilezero tmm1",
@@ -366,7 +391,7 @@ pub(crate) unsafe fn peak_loop(iters: u64) -> f32 {
             );
         }
         store(0, &mut ct);
-        asm!("tilerelease", options(nostack, nomem));
+        TileConfig::release();
     }
     ct.0.iter().flatten().sum()
 }

@@ -35,6 +35,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
+use super::super::amx::TileConfig;
 use super::dot_x86::{prep_vnni, task_avx512vnni};
 use super::superblock::*;
 use super::{Decoded, Task};
@@ -134,52 +135,31 @@ impl Panel {
 
 /// A tile configuration of the module docs: `halves` (types with a scale per 16-element
 /// half) or whole blocks.
-#[repr(C, align(64))]
-struct TileConfig([u8; 64]);
-
-impl TileConfig {
-    fn new(halves: bool) -> Self {
-        let mut c = [0u8; 64];
-        c[0] = 1;
-        // (rows, bytes per row) of tmm0..tmm7.
-        let shapes: [(u8, u8); 8] = if halves {
-            [
-                (16, 64),
-                (16, 64),
-                (16, 16),
-                (16, 16),
-                (4, 64),
-                (4, 64),
-                (16, 64),
-                (16, 64),
-            ]
-        } else {
-            [
-                (16, 64),
-                (16, 64),
-                (16, 32),
-                (0, 0),
-                (8, 64),
-                (0, 0),
-                (0, 0),
-                (0, 0),
-            ]
-        };
-        for (t, (rows, colsb)) in shapes.into_iter().enumerate() {
-            c[16 + 2 * t] = colsb;
-            c[48 + t] = rows;
-        }
-        Self(c)
-    }
-
-    /// Loads the configuration.
-    ///
-    /// # Safety
-    /// AMX-TILE available with the OS's grant of the tile state.
-    unsafe fn load(&self) {
-        // SAFETY: the caller's contract; the configuration is 64 readable bytes.
-        unsafe { asm!("ldtilecfg [{}]", in(reg) self.0.as_ptr(), options(nostack, readonly)) };
-    }
+fn tile_config(halves: bool) -> TileConfig {
+    // (rows, bytes per row) of tmm0..tmm7.
+    TileConfig::new(if halves {
+        [
+            (16, 64),
+            (16, 64),
+            (16, 16),
+            (16, 16),
+            (4, 64),
+            (4, 64),
+            (16, 64),
+            (16, 64),
+        ]
+    } else {
+        [
+            (16, 64),
+            (16, 64),
+            (16, 32),
+            (0, 0),
+            (8, 64),
+            (0, 0),
+            (0, 0),
+            (0, 0),
+        ]
+    })
 }
 
 /// Two C tiles as stored: `[16 weight rows][16 activation rows]` each.
@@ -200,7 +180,7 @@ pub(super) unsafe fn task_amx(t: &Task<'_>, acts: &TileActs, dec: &mut Decoded, 
         yt.iter_mut().for_each(|v| *v = f32::NAN);
         return;
     }
-    let (halves, whole) = (TileConfig::new(true), TileConfig::new(false));
+    let (halves, whole) = (tile_config(true), tile_config(false));
     // The configuration loaded (none yet).
     let mut loaded: Option<bool> = None;
     let mut panel = Panel::new(nb);
@@ -275,8 +255,8 @@ pub(super) unsafe fn task_amx(t: &Task<'_>, acts: &TileActs, dec: &mut Decoded, 
     }
     vnni(pend, n, dec, yt);
     if loaded.is_some() {
-        // SAFETY: releases the tile state configured above (registers only).
-        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        // SAFETY: releases the tile state configured above.
+        unsafe { TileConfig::release() };
     }
 }
 
