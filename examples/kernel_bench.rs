@@ -1,11 +1,13 @@
 //! Times the CPU backend's matmul at SmolLM2-135M shapes and compares with memory bandwidth.
 //!
-//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head] [--step] [--attn] [--quant [--only TYPE] [--rows N]] [--lora] [--elementwise]`
+//! `cargo run --release --example kernel_bench [-- --quick] [--only qkv|o|gate_up|down|lm_head] [--step] [--attn] [--quant [--only TYPE] [--rows N]] [--lora] [--lora-step] [--elementwise]`
 //!
 //! `--elementwise` instead times rms_norm, rope, silu_mul and add at SmolLM2 shapes.
 //! `--attn` instead times SmolLM2-shaped paged attention (decode and prefill).
 //! `--lora` instead times mixed-batch `lora_apply` against the base matmuls.
+//! `--lora-step` instead times 30 layers of bf16 base matmuls with and without distinct adapters.
 //! `--quant` instead times the quantized matmul per type, kernel path and row count.
+//!   It honours `QB_IN`, `QB_OUT` (weight shape) and `QB_KERNEL` (one path by name).
 //! `--step` instead times whole decode steps over 30 distinct layers (weights from DRAM).
 //!
 //! For each weight shape (in -> out), format (F32, BF16; `bf16f`: BF16 on the AVX2/FMA f32 kernels), thread count (1, 2) and row count
@@ -157,7 +159,12 @@ fn quant(pools: &[Arc<rayon::ThreadPool>], quick: bool, only: Option<&str>, rows
             continue;
         }
         let t = HostTensor::quantized(quantize(ty, out, inp, &data).expect("quantize"));
-        for kernel in QuantKernel::ALL.iter().rev().filter(|k| k.available()) {
+        let only_kernel = std::env::var("QB_KERNEL").ok();
+        for kernel in QuantKernel::ALL
+            .iter()
+            .rev()
+            .filter(|k| k.available() && only_kernel.as_deref().is_none_or(|n| n == k.name()))
+        {
             for pool in pools {
                 let be = CpuBackend::with_quant_kernel(pool.clone(), *kernel).expect("kernel");
                 let w = be.weight(&t, WeightFormat::F32).expect("weight");
@@ -383,6 +390,10 @@ fn main() {
         .collect();
     if args.iter().any(|a| a == "--attn") {
         attention(&pools);
+        return;
+    }
+    if args.iter().any(|a| a == "--lora-step") {
+        lora_step(&pools[1]);
         return;
     }
     if args.iter().any(|a| a == "--lora") {
@@ -660,6 +671,118 @@ fn lora(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
                 );
             }
         }
+    }
+}
+
+/// Times 30 SmolLM2 layers' base matmuls (bf16 weights, the format's fastest path) alone and
+/// followed by every module's LoRA (32 rank-8 bf16 adapters in the arena, a distinct one per
+/// row), interleaved, 7 rounds, medians: the LoRA's cost in a step of distinct adapters.
+/// `LO_LORA_ONLY=1` instead runs only the LoRA calls, 100 steps per case (for a profiler).
+fn lora_step(pool: &Arc<rayon::ThreadPool>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let layers = 30;
+    let be = CpuBackend::new(pool.clone());
+    // (weight in, out, the LoRA targets that follow it, their column offsets in y)
+    let shapes: [(usize, usize, &[LoraTarget], &[usize]); 4] = [
+        (
+            576,
+            960,
+            &[LoraTarget::Q, LoraTarget::K, LoraTarget::V],
+            &[0, 576, 768],
+        ),
+        (576, 576, &[LoraTarget::O], &[0]),
+        (576, 3072, &[LoraTarget::Gate, LoraTarget::Up], &[0, 1536]),
+        (1536, 576, &[LoraTarget::Down], &[0]),
+    ];
+    let weights: Vec<Vec<_>> = (0..layers)
+        .map(|_| {
+            shapes
+                .iter()
+                .map(|&(inp, out, _, _)| {
+                    let data = (0..inp * out)
+                        .map(|_| rng.gen_range(-0.1f32..0.1))
+                        .collect();
+                    let t = HostTensor::f32(vec![out, inp], data);
+                    be.weight(&t, WeightFormat::BF16).expect("weight")
+                })
+                .collect()
+        })
+        .collect();
+    let rank = 8;
+    let lora_only = std::env::var("LO_LORA_ONLY").is_ok();
+    let geom = LoraStackGeometry {
+        num_slots: 32,
+        max_rank: rank,
+        num_layers: layers,
+        dims: LORA_DIMS,
+        precision: LoraPrecision::Bf16,
+    };
+    let mut stack = be.alloc_lora_stack(geom).expect("arena");
+    fill_arena(&be, &mut stack, &geom, rank, &mut rng);
+    for rows in [8usize, 32] {
+        // The activations of each input width.
+        let xs: std::collections::HashMap<usize, Vec<f32>> = [576usize, 1536]
+            .into_iter()
+            .map(|inp| {
+                (
+                    inp,
+                    (0..rows * inp).map(|_| rng.gen_range(-1f32..1.0)).collect(),
+                )
+            })
+            .collect();
+        let mut y = vec![0f32; rows * 3072];
+        let batch = LoraBatch::from_slots((0..rows).map(|r| r as i32).collect());
+        let mut step = |base: bool, lora: bool| {
+            let t0 = Instant::now();
+            pool.install(|| {
+                for (l, ws) in weights.iter().enumerate() {
+                    for (w, &(inp, out, targets, cols)) in ws.iter().zip(&shapes) {
+                        if base {
+                            be.matmul(&xs[&inp], rows, w, &mut y);
+                        }
+                        if !lora {
+                            continue;
+                        }
+                        for (&target, &c) in targets.iter().zip(cols) {
+                            let args = LoraArgs {
+                                batch: &batch,
+                                stack: &stack,
+                                layer: l,
+                                target,
+                            };
+                            let xv = View::new(&xs[&inp], rows, inp, 0);
+                            be.lora_apply(xv, ViewMut::new(&mut y, rows, out, c), &args);
+                        }
+                    }
+                }
+            });
+            t0.elapsed().as_secs_f64()
+        };
+        if lora_only {
+            let t0 = Instant::now();
+            for _ in 0..100 {
+                step(false, true);
+            }
+            let ms = t0.elapsed().as_secs_f64() * 10.0;
+            println!("rows {rows}: LoRA only {ms:.2} ms per step");
+            continue;
+        }
+        let (mut tb, mut tl) = (vec![], vec![]);
+        for _ in 0..7 {
+            tb.push(step(true, false));
+            tl.push(step(true, true));
+        }
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (b, l) = (med(&mut tb), med(&mut tl));
+        println!(
+            "rows {rows:>2}, {rows:>2} distinct adapters: base {:.2} ms, base + LoRA {:.2} ms (ratio {:.3})",
+            b * 1e3,
+            l * 1e3,
+            b / l
+        );
     }
 }
 

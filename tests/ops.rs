@@ -690,6 +690,10 @@ const ATTN_CASES: &[(usize, usize, usize, usize, &[usize])] = &[
     // Two 64-dimension slots per head; a head size that is a multiple of 16 but not of 64.
     (8, 2, 128, 16, &[37, 2]),
     (4, 2, 80, 8, &[21, 35]),
+    // Several key blocks (128 positions): the running softmax's rescales, windows that start
+    // inside a block.
+    (9, 3, 64, 16, &[300, 1, 140]),
+    (4, 2, 80, 8, &[270, 3]),
 ];
 
 #[test]
@@ -923,7 +927,7 @@ fn windowed_attention_matches_reference_and_is_batch_invariant() {
         let rows = sc.row_seq.len();
         let q_dim = nh * hd;
         let full = run_attention(&be, &sc, &cc, 0..rows);
-        for window in [1usize, 3, bs, bs + 1, 17, 1000] {
+        for window in [1usize, 3, bs, bs + 1, 17, 150, 1000] {
             let w = Some(window);
             let a = run_attention_window(&be, &sc, &cc, 0..rows, w);
             let b = run_attention_window(&r, &sc, &rc, 0..rows, w);

@@ -1,24 +1,30 @@
-//! Causal grouped-query attention over the paged KV cache (two-pass softmax), optionally limited
-//! to a sliding window of the most recent positions.
+//! Causal grouped-query attention over the paged KV cache, blocked over keys with an online
+//! (running) softmax, flash-attention style: no row's whole score vector is ever stored, only
+//! one block of [`SPAN`] positions at a time. Optionally limited to a sliding window of the
+//! most recent positions.
 //!
 //! Work is split into units of (rows, KV head): a unit computes every query head that shares the
 //! KV head for a run of up to [`ROW_BLOCK`] consecutive rows of one sequence (a prompt's rows in
 //! prefill; one row in decode), so each K/V vector is loaded once per group and row block
 //! instead of once per row. Units run in parallel on the pool.
 //!
-//! Keys are taken [`TILE`] positions at a time: the tile's K vectors are transposed into a
+//! Keys are taken in blocks of [`SPAN`] positions aligned to multiples of `SPAN`, and within a
+//! block [`TILE`] positions at a time: the tile's K vectors are transposed into a
 //! `[head_dim][TILE]` block, so the scores of one query head against the tile's keys are one
 //! vector of `TILE` lanes, each lane a chain of fused multiply-adds over the head dimensions in
 //! order (no horizontal sums). The weighted sum of V keeps each output element's chain of fused
-//! multiply-adds over the keys in position order in registers.
+//! multiply-adds over the block's keys in position order in registers.
 //!
 //! Precision, fixed for every path (portable, AVX2, AVX-512): a score is
-//! `fma(q[hd-1], k[hd-1], ... fma(q[0], k[0], 0)) * scale`; the softmax subtracts the row's
-//! maximum, takes [`exp_neg`], and sums the exponentials in 16 lanes (lane `i % 16` for the
-//! `i`-th position the row sees) reduced by [`sum_lanes`]; an output element is
-//! `fma(e_p, v_p, ...)` over the positions `p` in order, times `1 / sum`. Every operation is
-//! element-wise, so a row's output is bitwise independent of the other rows in the call, of how
-//! rows are blocked, of threading and of the vector width.
+//! `fma(q[hd-1], k[hd-1], ... fma(q[0], k[0], 0)) * scale`. Per (row, head), for each block the
+//! row sees (in position order): `m' = max(m, the block's largest score)` (NaN ignored, `m`
+//! starting at `-inf`), `α = exp_neg(m - m')` (0 for the first block), the sum's 16 lanes
+//! (position `p` in lane `p % 16`) and the output accumulators are multiplied by `α`, each
+//! score becomes `e_p = exp_neg(s_p - m')` ([`exp_neg`]) and is added into its lane, and an
+//! output element is `fma(e_p, v_p, acc)` over the block's positions in order; at the end the
+//! output is multiplied by `1 / sum`, the lanes reduced by [`reduce_lanes`]. Every operation is
+//! element-wise and the blocks are fixed by position, so a row's output is bitwise independent
+//! of the other rows in the call, of how rows are blocked, of threading and of the vector width.
 
 use rayon::prelude::*;
 
@@ -53,21 +59,10 @@ fn exp_neg(x: f32) -> f32 {
     y * f32::from_bits((fx + (8_388_608.0 + 127.0)).to_bits() << 23)
 }
 
-/// The sum of `s` in [`TILE`] lanes (value `i` into lane `i % TILE`, each lane in order), the
-/// lanes then added pairwise: `(l0 + l8) + ...` halving until one is left.
+/// The final sum of a softmax's [`TILE`] lanes: added pairwise, `(l0 + l8) + ...` halving
+/// until one is left.
 #[inline(always)]
-fn sum_lanes(s: &[f32]) -> f32 {
-    let mut acc = [0f32; TILE];
-    let chunks = s.chunks_exact(TILE);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
-        }
-    }
-    for (a, &v) in acc.iter_mut().zip(rest) {
-        *a += v;
-    }
+fn reduce_lanes(mut acc: [f32; TILE]) -> f32 {
     let mut w = TILE / 2;
     while w > 0 {
         for l in 0..w {
@@ -76,6 +71,24 @@ fn sum_lanes(s: &[f32]) -> f32 {
         w /= 2;
     }
     acc[0]
+}
+
+/// One (row, query head)'s running softmax: the largest score so far (`-inf` before any) and
+/// the sum of the exponentials so far in [`TILE`] lanes (position `p` in lane `p % TILE`), both
+/// relative to that maximum.
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    m: f32,
+    lanes: [f32; TILE],
+}
+
+impl Default for Running {
+    fn default() -> Self {
+        Self {
+            m: f32::NEG_INFINITY,
+            lanes: [0.0; TILE],
+        }
+    }
 }
 
 /// The largest non-NaN value of `s` (`-inf` when there is none).
@@ -114,8 +127,10 @@ fn tile_dots<const N: usize>(qt: &[[f32; N]], kt: &[[f32; TILE]]) -> [[f32; TILE
 /// Dimensions of V one accumulator slot covers (4 vectors of [`TILE`] lanes).
 const PIECE: usize = 64;
 
-/// Positions per pass of the weighted sum of V: each pass loads and stores its slots'
-/// accumulators once, and the span's V vectors (`SPAN * hd` values) stay in L1/L2 across passes.
+/// Positions per key block (a multiple of [`TILE`]): the block's scores of a unit's pairs
+/// (`SPAN` values each, 48 KB for 32 rows × 3 heads) stay in L1/L2 from the dot products to the
+/// weighted sum of V, whose passes load and store their slots' accumulators once per block while
+/// the block's V vectors (`SPAN * hd` values) stay in L1/L2 across passes.
 const SPAN: usize = 128;
 
 /// A register slot of the weighted sum of V: dimensions `d0..d0 + PIECE` of one query head of
@@ -237,15 +252,16 @@ struct Call<'a> {
 /// Per-thread buffers, reused from unit to unit.
 #[derive(Default)]
 struct Scratch {
-    /// Each row's scores, then exponentials: `group` runs of the row's positions.
+    /// The current block's scores, then exponentials, of every (row, query head): [`SPAN`]
+    /// values each.
     scores: Vec<f32>,
     /// The current key tile, transposed.
     kt: Vec<[f32; TILE]>,
     /// The unit's queries (every row and head of the group, in order), transposed in chunks of
     /// up to 8 pairs.
     qt: Vec<f32>,
-    /// Each (row, query head)'s 1 / softmax sum.
-    inv: Vec<f32>,
+    /// Each (row, query head)'s running softmax.
+    run: Vec<Running>,
 }
 
 /// Instruction set a unit is compiled for: the vector width of its loops and which register
@@ -279,10 +295,9 @@ unsafe fn unit_avx512(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32]) {
     unsafe { unit::<AVX512>(u, sc, out) }
 }
 
-/// Query rows per unit at most: the rows share each K tile's transpose and each V span, and
-/// their scores (`group` × the positions each row sees: 1.5 MB for 32 rows × 3 heads × 4,096
-/// positions) mostly stay in L2 for the weighted sum of V. 32 measured 15–20 % faster than 16
-/// on 2,048-token prompts, 64 no faster again.
+/// Query rows per unit at most: the rows share each K tile's transpose and each V block. 32
+/// measured 15–20 % faster than 16 on 2,048-token prompts (with the scores of whole rows
+/// then), 64 no faster again.
 const ROW_BLOCK: usize = 32;
 
 /// A query row of a unit: its query (every head), its position, and the first position its
@@ -299,11 +314,6 @@ impl<'a> QRow<'a> {
     fn head(&self, g: usize, group: usize, qi: usize, hd: usize) -> &'a [f32] {
         let at = (g * group + qi) * hd;
         self.q.get(at..at + hd).unwrap_or(&[])
-    }
-
-    /// Positions the row attends to.
-    fn n(&self) -> usize {
-        self.pos + 1 - self.lo
     }
 }
 
@@ -380,11 +390,12 @@ unsafe fn load_tile<const P: u8>(u: &Unit<'_, '_>, p0: usize, end: usize, kt: &m
 }
 
 /// Stores a tile's scores (positions `p0..p0 + TILE`, times `scale`) for the positions `row`
-/// sees into `s`, the row's scores of one head (index = position - `row.lo`).
+/// sees into `s`, the row's scores of one head in the block starting at `b0` (index =
+/// position - `b0`).
 #[inline(always)]
-fn put_scores(row: &QRow<'_>, s: &mut [f32], p0: usize, acc: &[f32; TILE], scale: f32) {
+fn put_scores(row: &QRow<'_>, s: &mut [f32], b0: usize, p0: usize, acc: &[f32; TILE], scale: f32) {
     if p0 >= row.lo && p0 + TILE <= row.pos + 1 {
-        let at = p0 - row.lo;
+        let at = p0 - b0;
         if let Some(s) = s.get_mut(at..at + TILE) {
             for (s, &a) in s.iter_mut().zip(acc) {
                 *s = a * scale;
@@ -395,7 +406,7 @@ fn put_scores(row: &QRow<'_>, s: &mut [f32], p0: usize, acc: &[f32; TILE], scale
     for (j, &a) in acc.iter().enumerate() {
         let p = p0 + j;
         if (row.lo..=row.pos).contains(&p) {
-            if let Some(s) = s.get_mut(p - row.lo) {
+            if let Some(s) = s.get_mut(p - b0) {
                 *s = a * scale;
             }
         }
@@ -403,8 +414,10 @@ fn put_scores(row: &QRow<'_>, s: &mut [f32], p0: usize, acc: &[f32; TILE], scale
 }
 
 /// Computes a unit: `out` is `rows × group × hd` (each row's outputs of the group's query heads).
-/// Row `r` attends to positions `lo..=pos` of the sequence; its scores sit at `offs[r]` in
-/// `scores` (`group` runs of `n` values).
+/// Row `r` attends to positions `lo..=pos` of the sequence. Keys are taken in blocks of
+/// [`SPAN`] positions aligned to multiples of `SPAN` (the same blocks for a row whatever unit it
+/// is in): each block's scores, the running softmax's update, then the block's weighted sum of V
+/// (see the module docs).
 ///
 /// # Safety
 /// `P` names instructions the CPU must support (see [`load_tile`]).
@@ -412,20 +425,12 @@ fn put_scores(row: &QRow<'_>, s: &mut [f32], p0: usize, acc: &[f32; TILE], scale
 unsafe fn unit<const P: u8>(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32]) {
     let (d, rows, g) = (u.d, u.rows, u.g);
     let (hd, group) = (d.hd, d.group);
-    let mut offs = [0usize; ROW_BLOCK];
-    let mut total = 0;
-    for (o, row) in offs.iter_mut().zip(rows) {
-        *o = total;
-        total += group * row.n();
-    }
     let Scratch {
         scores,
         kt,
         qt,
-        inv,
+        run,
     } = sc;
-    scores.clear();
-    scores.resize(total, 0.0);
     kt.resize(hd, [0.0; TILE]);
     let lo = rows.iter().map(|r| r.lo).min().unwrap_or(0);
     let end = rows.iter().map(|r| r.pos + 1).max().unwrap_or(0);
@@ -451,108 +456,137 @@ unsafe fn unit<const P: u8>(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32])
             }
         }
     }
-    // Scores, one key tile at a time, for every (row, head) (those that see none of the tile
-    // are computed and dropped: only around the diagonal).
-    for p0 in (lo / TILE * TILE..end).step_by(TILE) {
-        // SAFETY: as this function's contract.
-        unsafe { load_tile::<P>(u, p0, end, kt) };
-        let mut put = |k: usize, acc: &[f32; TILE]| {
-            let (r, qi) = (k / group, k % group);
-            let row = &rows[r];
-            let base = offs[r] + qi * row.n();
-            put_scores(row, &mut scores[base..base + row.n()], p0, acc, d.scale);
-        };
-        for (k0, n) in chunks() {
-            let qc = &qt[k0 * hd..(k0 + n) * hd];
-            macro_rules! dots {
-                ($n:literal) => {{
-                    let qc = qc.as_chunks::<$n>().0;
-                    #[cfg(target_arch = "x86_64")]
-                    let acc = if P == AVX512 {
-                        // SAFETY: P == AVX512 means the CPU supports AVX2, FMA and AVX-512F.
-                        unsafe { super::simd::tile_dots_avx512::<$n>(qc, kt) }
-                    } else {
-                        tile_dots::<$n>(qc, kt)
-                    };
-                    #[cfg(not(target_arch = "x86_64"))]
-                    let acc = tile_dots::<$n>(qc, kt);
-                    acc.iter().enumerate().for_each(|(c, a)| put(k0 + c, a));
-                }};
-            }
-            match n {
-                8 => dots!(8),
-                4 => dots!(4),
-                2 => dots!(2),
-                _ => dots!(1),
-            }
-        }
-    }
-    // Softmax numerators and each (row, head)'s 1 / sum.
-    inv.clear();
-    inv.resize(npairs, 0.0);
-    for (r, row) in rows.iter().enumerate() {
-        let n = row.n();
-        let s = &mut scores[offs[r]..offs[r] + group * n];
-        for (s, iz) in s.chunks_exact_mut(n).zip(&mut inv[r * group..]) {
-            let m = max_lanes(s);
-            for v in s.iter_mut() {
-                *v = exp_neg(*v - m);
-            }
-            *iz = 1.0 / sum_lanes(s);
-        }
-    }
-    // Weighted sums of V, a span of SPAN positions at a time: slots of PIECE dimensions of one
-    // (row, head), up to 4 at a time, share each V load.
+    // Pair `k` = (row k / group, query head k % group): its block's scores, then
+    // exponentials, at `scores[k * SPAN..]` (index = position - block start).
+    scores.clear();
+    scores.resize(npairs * SPAN, 0.0);
+    run.clear();
+    run.resize(npairs, Running::default());
     out.fill(0.0);
     let pieces = hd / PIECE;
     let nslots = npairs * pieces;
-    let slot = |k: usize| {
-        let (pair, c) = (k / pieces, k % pieces);
-        let (r, qi) = (pair / group, pair % group);
-        let row = &rows[r];
-        Slot {
-            o: pair * hd + c * PIECE,
-            eb: (offs[r] + qi * row.n()).wrapping_sub(row.lo),
-            d0: c * PIECE,
-            lo: row.lo,
-            pos: row.pos,
+    for b0 in (lo / SPAN * SPAN..end).step_by(SPAN) {
+        let b1 = (b0 + SPAN).min(end);
+        // Scores of the block, one key tile at a time, for every pair (those that see none
+        // of the tile are computed and dropped: only around the diagonal).
+        for p0 in (b0.max(lo / TILE * TILE)..b1).step_by(TILE) {
+            // SAFETY: as this function's contract.
+            unsafe { load_tile::<P>(u, p0, end, kt) };
+            let mut put = |k: usize, acc: &[f32; TILE]| {
+                let row = &rows[k / group];
+                put_scores(
+                    row,
+                    &mut scores[k * SPAN..(k + 1) * SPAN],
+                    b0,
+                    p0,
+                    acc,
+                    d.scale,
+                );
+            };
+            for (k0, n) in chunks() {
+                let qc = &qt[k0 * hd..(k0 + n) * hd];
+                macro_rules! dots {
+                    ($n:literal) => {{
+                        let qc = qc.as_chunks::<$n>().0;
+                        #[cfg(target_arch = "x86_64")]
+                        let acc = if P == AVX512 {
+                            // SAFETY: P == AVX512 means the CPU supports AVX2, FMA and
+                            // AVX-512F.
+                            unsafe { super::simd::tile_dots_avx512::<$n>(qc, kt) }
+                        } else {
+                            tile_dots::<$n>(qc, kt)
+                        };
+                        #[cfg(not(target_arch = "x86_64"))]
+                        let acc = tile_dots::<$n>(qc, kt);
+                        acc.iter().enumerate().for_each(|(c, a)| put(k0 + c, a));
+                    }};
+                }
+                match n {
+                    8 => dots!(8),
+                    4 => dots!(4),
+                    2 => dots!(2),
+                    _ => dots!(1),
+                }
+            }
         }
-    };
-    for p0 in (lo / TILE * TILE..end).step_by(SPAN) {
-        let vt = u.tile::<SPAN>(d.vc, p0, end).map(|v| v.unwrap_or(&[]));
-        let vt = &vt[..SPAN.min(end - p0)];
+        // The running softmax of every pair that sees part of the block: the new maximum,
+        // the rescale of what was accumulated, the block's exponentials (zero where the row
+        // sees nothing) added into the sum's lanes.
+        for (k, st) in run.iter_mut().enumerate() {
+            let row = &rows[k / group];
+            let (a, b) = (row.lo.max(b0), (row.pos + 1).min(b1));
+            if a >= b {
+                continue;
+            }
+            let s = &mut scores[k * SPAN..(k + 1) * SPAN];
+            let m = st.m.max(max_lanes(&s[a - b0..b - b0]));
+            let alpha = if st.m == f32::NEG_INFINITY {
+                0.0
+            } else {
+                exp_neg(st.m - m)
+            };
+            st.m = m;
+            for v in s[a - b0..b - b0].iter_mut() {
+                *v = exp_neg(*v - m);
+            }
+            s[..a - b0].fill(0.0);
+            s[b - b0..].fill(0.0);
+            for l in st.lanes.iter_mut() {
+                *l *= alpha;
+            }
+            for c in s.chunks_exact(TILE) {
+                for (l, &v) in st.lanes.iter_mut().zip(c) {
+                    *l += v;
+                }
+            }
+            for v in out[k * hd..(k + 1) * hd].iter_mut() {
+                *v *= alpha;
+            }
+        }
+        // The block's weighted sum of V: slots of PIECE dimensions of one pair, up to 4 at a
+        // time, share each V load.
+        let vt = u.tile::<SPAN>(d.vc, b0, end).map(|v| v.unwrap_or(&[]));
+        let vt = &vt[..b1 - b0];
         let v_ok = vt.iter().all(|v| v.len() == hd);
         if hd % PIECE != 0 {
             // Any head size: the same operations, accumulators in memory.
             for (j, v) in vt.iter().enumerate() {
-                let p = p0 + j;
-                for (r, row) in rows.iter().enumerate() {
+                let p = b0 + j;
+                for k in 0..npairs {
+                    let row = &rows[k / group];
                     if !(row.lo..=row.pos).contains(&p) || v.is_empty() {
                         continue;
                     }
-                    let n = row.n();
-                    for qi in 0..group {
-                        let e = scores[offs[r] + qi * n + p - row.lo];
-                        let o = &mut out[(r * group + qi) * hd..(r * group + qi + 1) * hd];
-                        for (a, &x) in o.iter_mut().zip(*v) {
-                            *a = e.mul_add(x, *a);
-                        }
+                    let e = scores[k * SPAN + j];
+                    for (a, &x) in out[k * hd..(k + 1) * hd].iter_mut().zip(*v) {
+                        *a = e.mul_add(x, *a);
                     }
                 }
             }
             continue;
         }
-        let mut k0 = 0;
-        while k0 < nslots {
+        let slot = |i: usize| {
+            let (k, c) = (i / pieces, i % pieces);
+            let row = &rows[k / group];
+            Slot {
+                o: k * hd + c * PIECE,
+                eb: (k * SPAN).wrapping_sub(b0),
+                d0: c * PIECE,
+                lo: row.lo,
+                pos: row.pos,
+            }
+        };
+        let mut i0 = 0;
+        while i0 < nslots {
             let take = [4, 3, 2, 1]
                 .into_iter()
-                .find(|&k| k <= nslots - k0)
+                .find(|&k| k <= nslots - i0)
                 .unwrap_or(1);
             macro_rules! pass {
                 ($n:literal) => {{
-                    let sl: [Slot; $n] = std::array::from_fn(|c| slot(k0 + c));
+                    let sl: [Slot; $n] = std::array::from_fn(|c| slot(i0 + c));
                     // SAFETY: as this function's contract.
-                    unsafe { pv_tile::<$n, P>(out, scores, &sl, p0, vt, v_ok) };
+                    unsafe { pv_tile::<$n, P>(out, scores, &sl, b0, vt, v_ok) };
                 }};
             }
             match take {
@@ -561,10 +595,11 @@ unsafe fn unit<const P: u8>(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32])
                 2 => pass!(2),
                 _ => pass!(1),
             }
-            k0 += take;
+            i0 += take;
         }
     }
-    for (o, &z) in out.chunks_exact_mut(hd).zip(inv.iter()) {
+    for (o, st) in out.chunks_exact_mut(hd).zip(run.iter()) {
+        let z = 1.0 / reduce_lanes(st.lanes);
         o.iter_mut().for_each(|v| *v *= z);
     }
 }
