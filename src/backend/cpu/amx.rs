@@ -93,23 +93,39 @@ pub(crate) fn packed_acts_len(rows: usize, kp: usize) -> usize {
 
 /// Rewrites bf16 activation bits `x` (`[rows, kp]`, `kp % 32 == 0`) in the B-tile form: tile
 /// `(m, c)` (activation rows `16m ..`, columns `32c ..`) at `(m * kp / 32 + c) * 512`, its row
-/// `p` holding `x[16m + j][32c + 2p + e]` at `32p + 2j + e`; rows past `rows` are zero. Returns
-/// false (writing nothing) when `x` is shorter than `rows * kp` or `kp % 32 != 0`.
-pub(crate) fn pack_acts(x: &[u16], rows: usize, kp: usize, out: &mut Vec<u16>) -> bool {
+/// `p` holding `x[16m + j][32c + 2p + e]` at `32p + 2j + e`; rows past `rows` are zero. Groups of
+/// 16 rows are rewritten across `pool` when the call is large. Returns false (writing nothing)
+/// when `x` is shorter than `rows * kp` or `kp % 32 != 0`.
+pub(crate) fn pack_acts(
+    pool: &rayon::ThreadPool,
+    x: &[u16],
+    rows: usize,
+    kp: usize,
+    out: &mut Vec<u16>,
+) -> bool {
+    use rayon::prelude::*;
     if !kp.is_multiple_of(TK) || rows.checked_mul(kp).is_none_or(|n| n > x.len()) {
         return false;
     }
     let chunks = kp / TK;
     out.clear();
     out.resize(packed_acts_len(rows, kp), 0);
-    for (r, row) in x.chunks_exact(kp).take(rows).enumerate() {
-        let (m, j) = (r / TR, r % TR);
-        for (c, src) in row.chunks_exact(TK).enumerate() {
-            let tile = &mut out[(m * chunks + c) * TILE..][..TILE];
-            for (p, pair) in src.chunks_exact(2).enumerate() {
-                tile[TK * p + 2 * j..][..2].copy_from_slice(pair);
+    // Group `m`: activation rows `16m ..`, its `chunks` tiles contiguous in `dst`.
+    let pack = |(m, dst): (usize, &mut [u16])| {
+        for (j, row) in x.chunks_exact(kp).skip(m * TR).take(TR).enumerate() {
+            for (c, src) in row.chunks_exact(TK).enumerate() {
+                let tile = &mut dst[c * TILE..][..TILE];
+                for (p, pair) in src.chunks_exact(2).enumerate() {
+                    tile[TK * p + 2 * j..][..2].copy_from_slice(pair);
+                }
             }
         }
+    };
+    let group = (chunks * TILE).max(1);
+    if pool.current_num_threads() > 1 && rows > TR && rows * kp >= 1 << 16 {
+        pool.install(|| out.par_chunks_mut(group).enumerate().for_each(pack));
+    } else {
+        out.chunks_mut(group).enumerate().for_each(pack);
     }
     true
 }

@@ -92,46 +92,71 @@ fn avx2() -> bool {
 type SimdRow<T> = Option<unsafe fn(&[f32], &mut [T])>;
 
 /// `out = x` (`rows` rows of `inp`) converted per value by `scalar`, or per row by `simd` (the
-/// same results), rows padded to `kp` with `T::default()`.
-fn convert<T: Copy + Default>(
+/// same results), rows padded to `kp` with `T::default()`; in bands of rows across `pool` when
+/// the call is large.
+fn convert<T: Copy + Default + Send>(
+    pool: &rayon::ThreadPool,
     x: &[f32],
     (rows, inp, kp): (usize, usize, usize),
     out: &mut Vec<T>,
     scalar: fn(f32) -> T,
     simd: SimdRow<T>,
 ) {
+    use rayon::prelude::*;
+    /// Rows per band.
+    const BAND: usize = 16;
     out.clear();
     out.resize(rows * kp, T::default());
-    for (src, dst) in x
-        .chunks_exact(inp.max(1))
-        .zip(out.chunks_exact_mut(kp.max(1)))
-    {
-        let dst = &mut dst[..inp];
-        match simd {
-            // SAFETY: `simd` is offered only when AVX2 was detected (see `SimdRow`).
-            Some(f) => unsafe { f(src, dst) },
-            None => src.iter().zip(dst).for_each(|(a, b)| *b = scalar(*a)),
+    let (inp, kp) = (inp.max(1), kp.max(1));
+    let band = |(src, dst): (&[f32], &mut [T])| {
+        for (src, dst) in src.chunks_exact(inp).zip(dst.chunks_exact_mut(kp)) {
+            let dst = &mut dst[..inp];
+            match simd {
+                // SAFETY: `simd` is offered only when AVX2 was detected (see `SimdRow`).
+                Some(f) => unsafe { f(src, dst) },
+                None => src.iter().zip(dst).for_each(|(a, b)| *b = scalar(*a)),
+            }
         }
+    };
+    if pool.current_num_threads() > 1 && rows > BAND && rows * inp >= 1 << 16 {
+        pool.install(|| {
+            x.par_chunks(BAND * inp)
+                .zip(out.par_chunks_mut(BAND * kp))
+                .for_each(band)
+        });
+    } else {
+        band((x, out));
     }
 }
 
-/// `out = x` (`rows` rows of `inp`) as bf16 bits, rows padded to `kp` with zeros.
-pub(crate) fn to_bits(x: &[f32], rows: usize, inp: usize, kp: usize, out: &mut Vec<u16>) {
+/// `out = x` (`rows` rows of `inp`) as bf16 bits, rows padded to `kp` with zeros (across `pool`
+/// when large).
+pub(crate) fn to_bits(
+    pool: &rayon::ThreadPool,
+    x: &[f32],
+    (rows, inp, kp): (usize, usize, usize),
+    out: &mut Vec<u16>,
+) {
     #[cfg(target_arch = "x86_64")]
     let simd: SimdRow<u16> = avx2().then_some(row_bits_avx2);
     #[cfg(not(target_arch = "x86_64"))]
     let simd = None;
-    convert(x, (rows, inp, kp), out, bits, simd);
+    convert(pool, x, (rows, inp, kp), out, bits, simd);
 }
 
 /// `out = x` (`rows` rows of `inp`) rounded to bf16 and widened back to f32, rows padded to `kp`
-/// with zeros.
-pub(crate) fn to_rounded_f32(x: &[f32], rows: usize, inp: usize, kp: usize, out: &mut Vec<f32>) {
+/// with zeros (across `pool` when large).
+pub(crate) fn to_rounded_f32(
+    pool: &rayon::ThreadPool,
+    x: &[f32],
+    (rows, inp, kp): (usize, usize, usize),
+    out: &mut Vec<f32>,
+) {
     #[cfg(target_arch = "x86_64")]
     let simd: SimdRow<f32> = avx2().then_some(row_f32_avx2);
     #[cfg(not(target_arch = "x86_64"))]
     let simd = None;
-    convert(x, (rows, inp, kp), out, rounded, simd);
+    convert(pool, x, (rows, inp, kp), out, rounded, simd);
 }
 
 #[cfg(test)]
@@ -158,13 +183,24 @@ mod tests {
             f32::from_bits(0x3f81_8000), // a tie to even (up)
             f32::from_bits(0x7f7f_ffff), // rounds to infinity
         ]);
-        for inp in [1usize, 7, 8, 13, 64] {
+        // Large enough that two threads split the rows into bands.
+        let vals = vals.repeat(20);
+        let pools = [1, 2].map(|n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .expect("pool")
+        });
+        for (pool, inp) in pools
+            .iter()
+            .flat_map(|p| [1usize, 7, 8, 13, 64].map(|i| (p, i)))
+        {
             let rows = vals.len() / inp;
             let x = &vals[..rows * inp];
             let kp = inp.div_ceil(8) * 8;
             let (mut b, mut f) = (Vec::new(), Vec::new());
-            to_bits(x, rows, inp, kp, &mut b);
-            to_rounded_f32(x, rows, inp, kp, &mut f);
+            to_bits(pool, x, (rows, inp, kp), &mut b);
+            to_rounded_f32(pool, x, (rows, inp, kp), &mut f);
             for t in 0..rows {
                 for i in 0..kp {
                     let want = if i < inp {

@@ -199,18 +199,18 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: 
     let xs: Acts<'_> = match &w.data {
         #[cfg(target_arch = "x86_64")]
         WData::BF16(_) if be.bf16 == Bf16Kernel::Amx && w.layout == Layout::AmxTiles => {
-            bf16act::to_bits(x, rows, inp, kp, &mut scratch.xbits);
-            if !amx::pack_acts(&scratch.xbits, rows, kp, &mut scratch.xtiles) {
+            bf16act::to_bits(&be.pool, x, (rows, inp, kp), &mut scratch.xbits);
+            if !amx::pack_acts(&be.pool, &scratch.xbits, rows, kp, &mut scratch.xtiles) {
                 return y.iter_mut().for_each(|v| *v = f32::NAN);
             }
             Acts::AmxTiles(&scratch.xtiles)
         }
         WData::BF16(_) if be.bf16 == Bf16Kernel::Avx512Bf16 && w.layout == Layout::Panels => {
-            bf16act::to_bits(x, rows, inp, kp, &mut scratch.xbits);
+            bf16act::to_bits(&be.pool, x, (rows, inp, kp), &mut scratch.xbits);
             Acts::Bf16(&scratch.xbits)
         }
         WData::BF16(_) => {
-            bf16act::to_rounded_f32(x, rows, inp, kp, &mut scratch.xpad);
+            bf16act::to_rounded_f32(&be.pool, x, (rows, inp, kp), &mut scratch.xpad);
             Acts::F32(&scratch.xpad)
         }
         _ if kp == inp => Acts::F32(x),
@@ -231,37 +231,55 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: 
     scratch.yt.resize(rows * out, 0.0);
     let yt = &mut scratch.yt[..rows * out];
     compute(be, xs, rows, w, yt);
-    transpose(be.simd, yt, rows, out, y);
+    transpose(be, yt, rows, out, y);
 }
 
-/// `y[t * out + o] = yt[o * rows + t]`: whole 8 x 8 blocks in registers when `simd` (AVX2),
-/// the rest in 32 x 32 blocks to stay within L1.
-pub(super) fn transpose(simd: bool, yt: &[f32], rows: usize, out: usize, y: &mut [f32]) {
+/// Rows per band of [`transpose`] (a multiple of 8).
+const BAND: usize = 32;
+
+/// `y[t * out + o] = yt[o * rows + t]`, in bands of [`BAND`] rows across the pool when the
+/// output is large (the transpose would otherwise run on one thread while the others wait).
+pub(super) fn transpose(be: &CpuBackend, yt: &[f32], rows: usize, out: usize, y: &mut [f32]) {
+    let Some(y) = rows.checked_mul(out).and_then(|n| y.get_mut(..n)) else {
+        return;
+    };
+    if be.pool.current_num_threads() > 1 && rows > BAND && y.len() >= 1 << 16 {
+        be.pool.install(|| {
+            y.par_chunks_mut(BAND * out)
+                .enumerate()
+                .for_each(|(b, yb)| transpose_band(be.simd, yt, rows, out, b * BAND, yb));
+        });
+    } else {
+        transpose_band(be.simd, yt, rows, out, 0, y);
+    }
+}
+
+/// Rows `t0 .. t0 + yb.len() / out` of `y = transpose(yt)` into `yb`: whole 8 x 8 blocks in
+/// registers when `simd` (AVX2), the rest in 32 x 32 blocks to stay within L1.
+fn transpose_band(simd: bool, yt: &[f32], rows: usize, out: usize, t0: usize, yb: &mut [f32]) {
     const B: usize = 32;
-    // Rows and columns below these were done by the vector blocks.
+    let n = (yb.len() / out.max(1)).min(rows.saturating_sub(t0));
+    // Band rows and columns below these were done by the vector blocks.
     let (mut rd, mut od) = (0, 0);
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: `simd` is only set when AVX2 and FMA were detected at runtime; the function
         // checks its slice lengths itself.
-        unsafe { simd::transpose_blocks(yt, rows, out, y) };
-        (rd, od) = (rows / 8 * 8, out / 8 * 8);
+        unsafe { simd::transpose_blocks(yt, rows, out, t0, &mut yb[..n * out]) };
+        (rd, od) = (n / 8 * 8, out / 8 * 8);
     }
     let _ = simd;
     for o0 in (0..out).step_by(B) {
         let o1 = (o0 + B).min(out);
-        for t0 in (0..rows).step_by(B) {
-            let t1 = (t0 + B).min(rows);
-            for t in t0..t1 {
-                // Columns left to do on this row: all, or those past the vector blocks.
-                let from = if t < rd { o0.max(od) } else { o0 };
-                if from >= o1 {
-                    continue;
-                }
-                let dst = &mut y[t * out + from..t * out + o1];
-                for (k, d) in dst.iter_mut().enumerate() {
-                    *d = yt[(from + k) * rows + t];
-                }
+        for t in 0..n {
+            // Columns left to do on this row: all, or those past the vector blocks.
+            let from = if t < rd { o0.max(od) } else { o0 };
+            if from >= o1 {
+                continue;
+            }
+            let dst = &mut yb[t * out + from..t * out + o1];
+            for (k, d) in dst.iter_mut().enumerate() {
+                *d = yt[(from + k) * rows + t0 + t];
             }
         }
     }
@@ -281,6 +299,8 @@ mod tests {
             (33, 7),
             (7, 33),
             (64, 130),
+            (70, 19),
+            (41, 64),
         ] {
             let yt: Vec<f32> = (0..rows * out).map(|i| i as f32).collect();
             #[cfg(target_arch = "x86_64")]
@@ -288,11 +308,17 @@ mod tests {
             #[cfg(not(target_arch = "x86_64"))]
             let paths = [false];
             for simd in paths {
-                let mut y = vec![f32::NAN; rows * out];
-                super::transpose(simd, &yt, rows, out, &mut y);
-                for t in 0..rows {
-                    for o in 0..out {
-                        assert_eq!(y[t * out + o], yt[o * rows + t], "{rows}x{out} simd {simd}");
+                // The whole output at once, and in bands of 8 and 32 rows (the last shorter).
+                for band in [rows, 8, super::BAND] {
+                    let mut y = vec![f32::NAN; rows * out];
+                    for (b, yb) in y.chunks_mut(band * out).enumerate() {
+                        super::transpose_band(simd, &yt, rows, out, b * band, yb);
+                    }
+                    for t in 0..rows {
+                        for o in 0..out {
+                            let (got, want) = (y[t * out + o], yt[o * rows + t]);
+                            assert_eq!(got, want, "{rows}x{out} simd {simd} band {band}");
+                        }
                     }
                 }
             }

@@ -324,29 +324,31 @@ fn transpose8(v: &mut [__m256; 8]) {
     v[7] = _mm256_permute2f128_ps::<0x31>(s3, s7);
 }
 
-/// `y[t * out + o] = yt[o * rows + t]` for `t < rows / 8 * 8`, `o < out / 8 * 8` (whole 8 x 8
-/// blocks, transposed in registers); the caller does the edges. Writes nothing when a slice is
-/// shorter than `rows * out`.
+/// Rows `t0 .. t0 + n` of `y = transpose(yt)` (`yt`: `[out, rows]`) into `yb` (`n = yb.len() /
+/// out` rows of `out`): `yb[(t - t0) * out + o] = yt[o * rows + t]` for `t - t0 < n / 8 * 8`,
+/// `o < out / 8 * 8` (whole 8 x 8 blocks, transposed in registers); the caller does the edges.
+/// Writes nothing when `yt` is shorter than `rows * out` or the band passes `rows`.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) fn transpose_blocks(yt: &[f32], rows: usize, out: usize, y: &mut [f32]) {
+pub(crate) fn transpose_blocks(yt: &[f32], rows: usize, out: usize, t0: usize, yb: &mut [f32]) {
+    let n = yb.len() / out.max(1);
     let Some(len) = rows.checked_mul(out) else {
         return;
     };
-    if yt.len() < len || y.len() < len {
+    if yt.len() < len || t0.checked_add(n).is_none_or(|e| e > rows) {
         return;
     }
     for o0 in (0..out / 8 * 8).step_by(8) {
-        for t0 in (0..rows / 8 * 8).step_by(8) {
+        for t in (0..n / 8 * 8).step_by(8) {
             let mut v = [_mm256_setzero_ps(); 8];
             for (i, vi) in v.iter_mut().enumerate() {
-                // SAFETY: (o0 + i) * rows + t0 + 8 <= out * rows <= yt.len() (o0 + i < out,
-                // t0 + 8 <= rows); loadu is unaligned.
-                *vi = unsafe { _mm256_loadu_ps(yt.as_ptr().add((o0 + i) * rows + t0)) };
+                // SAFETY: (o0 + i) * rows + t0 + t + 8 <= out * rows <= yt.len() (o0 + i < out,
+                // t0 + t + 8 <= t0 + n <= rows); loadu is unaligned.
+                *vi = unsafe { _mm256_loadu_ps(yt.as_ptr().add((o0 + i) * rows + t0 + t)) };
             }
             transpose8(&mut v);
             for (i, vi) in v.iter().enumerate() {
-                // SAFETY: (t0 + i) * out + o0 + 8 <= rows * out <= y.len(); storeu is unaligned.
-                unsafe { _mm256_storeu_ps(y.as_mut_ptr().add((t0 + i) * out + o0), *vi) };
+                // SAFETY: (t + i) * out + o0 + 8 <= n * out <= yb.len(); storeu is unaligned.
+                unsafe { _mm256_storeu_ps(yb.as_mut_ptr().add((t + i) * out + o0), *vi) };
             }
         }
     }

@@ -424,7 +424,7 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &QuantStack, y:
     scratch.yt.resize(rows * out, 0.0);
     let yt = &mut scratch.yt[..rows * out];
     run(yt);
-    super::matmul::transpose(be.simd, yt, rows, out, y);
+    super::matmul::transpose(be, yt, rows, out, y);
 }
 
 #[cfg(test)]
