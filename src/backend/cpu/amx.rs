@@ -251,6 +251,19 @@ pub(crate) unsafe fn block(call: &AmxCall<'_>, yt: &mut [f32]) {
                 } else {
                     b0
                 };
+                // The tiles of a later chunk into L1: the activations are re-read for every
+                // weight pair and the weight pair's tiles do not stay in L1 between activation
+                // pairs, so both come from L2, and a tile load waits for all its lines.
+                if c + PREFETCH < chunks {
+                    prefetch_tile(call.x[x_tile(b, c + PREFETCH)..].as_ptr());
+                    prefetch_tile(call.w[w_tile(a, c + PREFETCH)..].as_ptr());
+                    if two_x {
+                        prefetch_tile(call.x[x_tile(b + 1, c + PREFETCH)..].as_ptr());
+                    }
+                    if two_w {
+                        prefetch_tile(call.w[w_tile(a + 1, c + PREFETCH)..].as_ptr());
+                    }
+                }
                 // SAFETY: each pointer starts a whole 1 KiB tile inside its slice (above), read
                 // as 16 rows of STRIDE bytes; the C tiles stay in registers.
                 unsafe { step(a0, a1, b0, b1, two_w, two_x) };
@@ -267,6 +280,22 @@ pub(crate) unsafe fn block(call: &AmxCall<'_>, yt: &mut [f32]) {
     }
     // SAFETY: releases the tile state configured above.
     unsafe { TileConfig::release() };
+}
+
+/// Chunks ahead of the one being multiplied whose tiles [`block`] asks L1 for (measured: 2 to
+/// 20 % more throughput at 32 to 512 rows, kernel_bench and the bench's prefill).
+const PREFETCH: usize = 2;
+
+/// Asks L1 for the 16 rows (cache lines) of the tile at `p`. A hint: it reads nothing and
+/// cannot fault.
+#[inline(always)]
+fn prefetch_tile(p: *const u16) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for r in 0..TR {
+        // SAFETY: `prefetcht0` never faults and reads no memory architecturally; SSE is part
+        // of x86_64's baseline.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(r * STRIDE)) };
+    }
 }
 
 /// One chunk of the 2 × 2 tile block (fewer when `two_w` / `two_x` are false: the missing
