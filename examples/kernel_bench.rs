@@ -423,6 +423,10 @@ fn main() {
             show(peak_gflops(pool, PeakPath::Bf16Dot, 5)),
             show(peak_gflops(pool, PeakPath::AmxBf16, 5))
         );
+        println!(
+            "  the AMX kernel's step with its tile loads (L1): {}",
+            show(peak_gflops(pool, PeakPath::AmxBf16Step, 5))
+        );
     }
     // step[format][threads][rows] = seconds of all weight matmuls in one decode step
     let mut step = [[[0f64; 4]; 2]; 4];

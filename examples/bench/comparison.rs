@@ -551,6 +551,7 @@ fn compute_peaks(threads: usize) -> Value {
         "f32_fma_256": peak_gflops(&pool, PeakPath::F32Fma, 5),
         "bf16_dot_512": peak_gflops(&pool, PeakPath::Bf16Dot, 5),
         "amx_bf16": peak_gflops(&pool, PeakPath::AmxBf16, 5),
+        "amx_bf16_step_with_tile_loads": peak_gflops(&pool, PeakPath::AmxBf16Step, 5),
         "bf16_weights_path": path,
     })
 }
@@ -584,6 +585,11 @@ fn add_compute(entry: &mut Value, compute: &Value, o: &Options) {
         row["loraplex_layer_matmul_gflops"] = json!(gflops);
         row["loraplex_layer_matmul_over_peak"] = json!(gflops.map(|g| g / peak));
         row["peak_path"] = json!(path);
+        if let Some(step) = compute["amx_bf16_step_with_tile_loads"].as_f64() {
+            if path == "amx_bf16" {
+                row["loraplex_layer_matmul_over_amx_step_peak"] = json!(gflops.map(|g| g / step));
+            }
+        }
     }
 }
 

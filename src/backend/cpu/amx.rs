@@ -395,17 +395,20 @@ fn copy_out(ct: &CTile, yt: &mut [f32], call: &AmxCall<'_>, j0: usize, t0: usize
     }
 }
 
-/// The calibration loop of the AMX peak (`peak.rs`): `iters` × 12 `tdpbf16ps` on registers (four
-/// independent accumulators, so the instruction's latency is hidden), each 16 × 16 × 32
-/// multiply-adds. Returns the sum of one accumulator tile (depends on every step).
+/// The calibration loops of `peak.rs`: `iters` × 12 `tdpbf16ps` (four independent
+/// accumulators, so the instruction's latency is hidden), each 16 × 16 × 32 multiply-adds; with
+/// `loads`, as 3 × the kernel's 2 × 2 [`step`] (its four operand tiles loaded with `tileloadd`
+/// before each four products, from 4 KiB that stay in L1), without, on operand tiles loaded
+/// once. Returns the sum of one accumulator tile (depends on every step).
 ///
 /// # Safety
 /// [`available`] must have returned true.
-pub(crate) unsafe fn peak_loop(iters: u64) -> f32 {
-    let ones = [0x3f80u16; TILE];
+pub(crate) unsafe fn peak_loop(iters: u64, loads: bool) -> f32 {
+    let ones = vec![0x3f80u16; 4 * TILE];
+    let p = ones.as_ptr();
     let mut ct = CTile([[0.0; TR]; TR]);
-    // SAFETY: AMX available (the caller's contract); `ones` one 1 KiB tile read as 16 rows of
-    // STRIDE bytes, `ct` one tile written the same way.
+    // SAFETY: AMX available (the caller's contract); `ones` holds four 1 KiB tiles, each read as
+    // 16 rows of STRIDE bytes; `ct` one tile written the same way.
     unsafe {
         TileConfig::all_16x64().load();
         asm!(
@@ -415,10 +418,17 @@ pub(crate) unsafe fn peak_loop(iters: u64) -> f32 {
             "tilezero tmm3",
             "tileloadd tmm4, [{p} + {s}]",
             "tileloadd tmm6, [{p} + {s}]",
-            p = in(reg) ones.as_ptr(), s = in(reg) STRIDE,
+            p = in(reg) p, s = in(reg) STRIDE,
             options(nostack, readonly)
         );
+        let (a0, a1, b0, b1) = (p, p.add(TILE), p.add(2 * TILE), p.add(3 * TILE));
         for _ in 0..iters {
+            if loads {
+                step(a0, a1, b0, b1, true, true);
+                step(a0, a1, b0, b1, true, true);
+                step(a0, a1, b0, b1, true, true);
+                continue;
+            }
             asm!(
                 "tdpbf16ps tmm0, tmm4, tmm6",
                 "tdpbf16ps tmm1, tmm4, tmm6",

@@ -3,7 +3,9 @@
 //!
 //! Each thread of the pool runs a loop of independent multiply-add instructions on registers
 //! (12 accumulators, enough to hide the instruction latency) with no memory traffic: the rate
-//! the cores sustain for that instruction, an upper bound no matmul exceeds.
+//! the cores sustain for that instruction, an upper bound no matmul exceeds. One path,
+//! [`PeakPath::AmxBf16Step`], times a kernel's inner step instead (tile loads from L1 included):
+//! the ceiling of that loop where loading its operands costs more than the products.
 
 use rayon::ThreadPool;
 
@@ -19,6 +21,11 @@ pub enum PeakPath {
     Bf16Dot,
     /// AMX `tdpbf16ps` (16 × 16 × 32 bf16 multiply-adds on tiles), the AMX kernels.
     AmxBf16,
+    /// The AMX kernel's 2 × 2 step (`amx.rs`): four operand tiles loaded with `tileloadd` from
+    /// L1-resident memory, then their four `tdpbf16ps`. The ceiling of that kernel's loop on
+    /// this machine (its operands cannot stay in tile registers), below [`PeakPath::AmxBf16`]
+    /// where tile loads are slower than the products.
+    AmxBf16Step,
 }
 
 impl PeakPath {
@@ -27,7 +34,7 @@ impl PeakPath {
         match self {
             Self::F32Fma => 8,
             Self::Bf16Dot => 32,
-            Self::AmxBf16 => 16 * 16 * 32,
+            Self::AmxBf16 | Self::AmxBf16Step => 16 * 16 * 32,
         }
     }
 
@@ -36,7 +43,7 @@ impl PeakPath {
         match self {
             Self::F32Fma | Self::Bf16Dot => ITERS,
             // An AMX instruction does 256 times the work of a `vdpbf16ps` in about 16 cycles.
-            Self::AmxBf16 => ITERS >> 4,
+            Self::AmxBf16 | Self::AmxBf16Step => ITERS >> 4,
         }
     }
 
@@ -46,7 +53,7 @@ impl PeakPath {
         match self {
             Self::F32Fma => super::detect_simd(),
             Self::Bf16Dot => super::detect_bf16dot(),
-            Self::AmxBf16 => super::Bf16Kernel::Amx.available(),
+            Self::AmxBf16 | Self::AmxBf16Step => super::Bf16Kernel::Amx.available(),
         }
     }
 }
@@ -112,7 +119,8 @@ fn one_run(path: PeakPath, seed: f32) -> Option<f32> {
             match path {
                 PeakPath::F32Fma => fma_loop(seed),
                 PeakPath::Bf16Dot => dpbf16_loop(seed),
-                PeakPath::AmxBf16 => super::amx::peak_loop(PeakPath::AmxBf16.iters()) + seed,
+                PeakPath::AmxBf16 => super::amx::peak_loop(path.iters(), false) + seed,
+                PeakPath::AmxBf16Step => super::amx::peak_loop(path.iters(), true) + seed,
             }
         })
     }
@@ -157,7 +165,12 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        for path in [PeakPath::F32Fma, PeakPath::Bf16Dot, PeakPath::AmxBf16] {
+        for path in [
+            PeakPath::F32Fma,
+            PeakPath::Bf16Dot,
+            PeakPath::AmxBf16,
+            PeakPath::AmxBf16Step,
+        ] {
             let p = peak_gflops(&pool, path, 1);
             assert_eq!(p.is_some(), path.available(), "{path:?}");
             if let Some(g) = p {
