@@ -551,15 +551,7 @@ fn lora(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
     );
     for rank in [8usize, 16] {
         let layers = 1;
-        let geom = LoraStackGeometry {
-            num_slots: 32,
-            max_rank: rank,
-            num_layers: layers,
-            dims: LORA_DIMS,
-            precision: LoraPrecision::F32,
-        };
-        let mut stack = be.alloc_lora_stack(geom).expect("arena");
-        fill_arena(&be, &mut stack, &geom, rank, &mut rng);
+        let stack = filled_arena(&be, layers, rank, LoraPrecision::F32, &mut rng);
         for t in LoraTarget::ALL {
             let (inp, out) = LORA_DIMS[t.index()];
             let w = be
@@ -620,17 +612,9 @@ fn lora(pools: &[Arc<rayon::ThreadPool>], quick: bool) {
         .into_iter()
         .flat_map(|r| [(r, LoraPrecision::F32), (r, LoraPrecision::Bf16)])
     {
-        let geom = LoraStackGeometry {
-            num_slots: 32,
-            max_rank: rank,
-            num_layers: layers,
-            dims: LORA_DIMS,
-            precision,
-        };
         for pool in pools {
             let be = CpuBackend::new(pool.clone());
-            let mut stack = be.alloc_lora_stack(geom).expect("arena");
-            fill_arena(&be, &mut stack, &geom, rank, &mut rng);
+            let stack = filled_arena(&be, layers, rank, precision, &mut rng);
             for &(rows, slots) in &LORA_CASES {
                 let x = rand(&mut rng, rows * 1536);
                 let mut y = vec![0f32; rows * 3072];
@@ -714,15 +698,7 @@ fn lora_step(pool: &Arc<rayon::ThreadPool>) {
         .collect();
     let rank = 8;
     let lora_only = std::env::var("LO_LORA_ONLY").is_ok();
-    let geom = LoraStackGeometry {
-        num_slots: 32,
-        max_rank: rank,
-        num_layers: layers,
-        dims: LORA_DIMS,
-        precision: LoraPrecision::Bf16,
-    };
-    let mut stack = be.alloc_lora_stack(geom).expect("arena");
-    fill_arena(&be, &mut stack, &geom, rank, &mut rng);
+    let stack = filled_arena(&be, layers, rank, LoraPrecision::Bf16, &mut rng);
     for rows in [8usize, 32] {
         // The activations of each input width.
         let xs: std::collections::HashMap<usize, Vec<f32>> = [576usize, 1536]
@@ -790,14 +766,23 @@ fn lora_step(pool: &Arc<rayon::ThreadPool>) {
     }
 }
 
-/// Loads 32 random adapters of rank `rank` (all 7 modules of every layer) into the arena.
-fn fill_arena(
+/// An arena of 32 slots for `layers` SmolLM2 layers in `precision`, every slot holding a random
+/// adapter of rank `rank` on all 7 modules of every layer.
+fn filled_arena(
     be: &CpuBackend,
-    stack: &mut <CpuBackend as Backend>::LoraStack,
-    geom: &LoraStackGeometry,
+    layers: usize,
     rank: usize,
+    precision: LoraPrecision,
     rng: &mut ChaCha8Rng,
-) {
+) -> <CpuBackend as Backend>::LoraStack {
+    let geom = LoraStackGeometry {
+        num_slots: 32,
+        max_rank: rank,
+        num_layers: layers,
+        dims: LORA_DIMS,
+        precision,
+    };
+    let mut stack = be.alloc_lora_stack(geom).expect("arena");
     for slot in 0..geom.num_slots {
         let owned: Vec<Vec<(Vec<f32>, Vec<f32>)>> = (0..geom.num_layers)
             .map(|_| {
@@ -824,6 +809,8 @@ fn fill_arena(
                 })
             })
             .collect();
-        be.lora_load_slot(stack, slot, &data).expect("load adapter");
+        be.lora_load_slot(&mut stack, slot, &data)
+            .expect("load adapter");
     }
+    stack
 }
