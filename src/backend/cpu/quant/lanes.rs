@@ -44,10 +44,31 @@ pub(super) unsafe fn reduce8(v: [__m256i; 8]) -> (__m256i, __m256i) {
     }
 }
 
+/// Folds an equal-halves form's integer block scales into its float scales, once per
+/// super-block: `d · isc[0]` and `dm · imin[0]` are exact in `f32` (an f16 times an integer of
+/// at most 8 bits), so [`combine`] can then multiply the integer sums by them directly and
+/// round once, as the twin's `d · (isc · P)` does (`isc · P` is below 2^24 for every
+/// equal-halves type, so the twin's conversion is exact too): the same bits, two `vpmulld`
+/// fewer per block and activation row. Unit forms already have `isc == imin == 1`.
+#[inline(always)]
+pub(super) unsafe fn prescale(mut sb: Sb, form: Form) -> Sb {
+    if form.equal_halves && !form.unit {
+        // SAFETY: AVX2 (module docs); registers only.
+        unsafe {
+            sb.d = _mm256_mul_ps(sb.d, _mm256_cvtepi32_ps(sb.isc[0]));
+            if form.min {
+                sb.dm = _mm256_mul_ps(sb.dm, _mm256_cvtepi32_ps(sb.imin[0]));
+            }
+        }
+    }
+    sb
+}
+
 /// The twin's `combine` on 8 blocks (lane `j` = block `j`): `h` the per-half dot products of
 /// the super-block's values (in `form`) with the activations, `dx`, `s0`, `s1` the activation
-/// blocks' scales and half sums. The same IEEE operations in the same order as the twin; the
-/// integer forms chosen by `form` give the twin's exact `P` and `M`.
+/// blocks' scales and half sums. For equal-halves forms `sb` must have been through
+/// [`prescale`]. The same IEEE operations in the same order as the twin; the integer forms
+/// chosen by `form` give the twin's exact `P` and `M`.
 #[inline(always)]
 pub(super) unsafe fn combine(
     sb: &Sb,
@@ -59,33 +80,39 @@ pub(super) unsafe fn combine(
 ) -> __m256 {
     // SAFETY: AVX2 (module docs); registers only.
     unsafe {
-        let (mut h0, mut h1) = h;
-        if let Some(k) = form.off_shift {
-            // Σ (q + 2^k) x = Σ q x + 2^k Σ x.
-            let k = _mm_cvtsi32_si128(k);
-            h0 = _mm256_sub_epi32(h0, _mm256_sll_epi32(s0, k));
-            h1 = _mm256_sub_epi32(h1, _mm256_sll_epi32(s1, k));
-        }
-        let p = if form.unit {
-            _mm256_add_epi32(h0, h1)
-        } else if form.equal_halves {
-            _mm256_mullo_epi32(sb.isc[0], _mm256_add_epi32(h0, h1))
+        let (h0, h1) = h;
+        let (p, m) = if form.equal_halves {
+            // One scale per block, carried by `d` and `dm` (`prescale`): the block sums.
+            let s = _mm256_add_epi32(s0, s1);
+            let mut p = _mm256_add_epi32(h0, h1);
+            if let Some(k) = form.off_shift {
+                // Σ (q + 2^k) x = Σ q x + 2^k Σ x.
+                p = _mm256_sub_epi32(p, _mm256_sll_epi32(s, _mm_cvtsi32_si128(k)));
+            }
+            (p, s)
         } else {
-            _mm256_add_epi32(
+            let (mut h0, mut h1) = (h0, h1);
+            if let Some(k) = form.off_shift {
+                let k = _mm_cvtsi32_si128(k);
+                h0 = _mm256_sub_epi32(h0, _mm256_sll_epi32(s0, k));
+                h1 = _mm256_sub_epi32(h1, _mm256_sll_epi32(s1, k));
+            }
+            let p = _mm256_add_epi32(
                 _mm256_mullo_epi32(sb.isc[0], h0),
                 _mm256_mullo_epi32(sb.isc[1], h1),
-            )
-        };
-        let mut t = _mm256_mul_ps(sb.d, _mm256_cvtepi32_ps(p));
-        if form.min {
-            let m = if form.equal_halves {
-                _mm256_mullo_epi32(sb.imin[0], _mm256_add_epi32(s0, s1))
-            } else {
+            );
+            let m = if form.min {
                 _mm256_add_epi32(
                     _mm256_mullo_epi32(sb.imin[0], s0),
                     _mm256_mullo_epi32(sb.imin[1], s1),
                 )
+            } else {
+                _mm256_setzero_si256()
             };
+            (p, m)
+        };
+        let mut t = _mm256_mul_ps(sb.d, _mm256_cvtepi32_ps(p));
+        if form.min {
             t = _mm256_add_ps(t, _mm256_mul_ps(sb.dm, _mm256_cvtepi32_ps(m)));
         }
         _mm256_mul_ps(dx, t)
@@ -201,7 +228,9 @@ pub(super) fn prefetch(bytes: &[u8], at: usize) {
 /// - `$prep`: `unsafe fn(Sb, Form) -> (Sb, Form)`, how it holds signed values (needs AVX2).
 macro_rules! row_kernels {
     ($feat:literal, $dot:ident, $dot_t:ident, $dot_t2:ident, $prep:ident) => {
-        use crate::backend::cpu::quant::lanes::{acts8, combine, prefetch, reduce8, transpose8};
+        use crate::backend::cpu::quant::lanes::{
+            acts8, combine, prefetch, prescale, reduce8, transpose8,
+        };
         use crate::backend::cpu::quant::superblock::{unpack, Form, RowRef, Sb};
         use crate::backend::cpu::quant::superblock::{SB_BLOCKS, SB_ELEMS};
         use crate::backend::reference::quant_dot::QActs;
@@ -258,6 +287,7 @@ macro_rules! row_kernels {
                     prefetch(w.bytes, g * sbb);
                     let (s, f) = unpack::<TY>(w, g, k);
                     let (sb, form) = $prep(s, f);
+                    let sb = prescale(sb, form);
                     let wt = transpose8(sb.v);
                     for (i, acc) in acc.iter_mut().enumerate() {
                         let c = block_t(&sb, form, &wt, a, xt, r0 + i, g, k);
@@ -301,6 +331,7 @@ macro_rules! row_kernels {
                     let (sa, form) = $prep(s, f);
                     let (s2, _) = unpack::<TY>(wb, g, k);
                     let (sb2, _) = $prep(s2, f);
+                    let (sa, sb2) = (prescale(sa, form), prescale(sb2, form));
                     (sa, sb2, form, k)
                 }};
             }
