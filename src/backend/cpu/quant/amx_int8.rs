@@ -172,7 +172,7 @@ struct CTiles([[[i32; TR]; TR]; 2]);
 /// # Safety
 /// The CPU must have the AVX-512 VNNI path's features (AVX2, F16C, AVX-512F/VL/VNNI) and
 /// `amx::available_int8()` must have returned true.
-#[target_feature(enable = "avx2,f16c,avx512f,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
 pub(super) unsafe fn task_amx(t: &Task<'_>, acts: &TileActs, dec: &mut Decoded, yt: &mut [f32]) {
     let (w, rows, nb) = (t.w, t.rows, t.a.nb);
     let n = yt.len() / rows.max(1);
@@ -277,7 +277,7 @@ fn panel_code(t: &Task<'_>, j: usize, n: usize) -> Option<u8> {
 ///
 /// # Safety
 /// The features of [`task_amx`]; every row is a whole row of `nb` blocks of the type.
-#[target_feature(enable = "avx2,f16c,avx512f,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
 #[inline(never)]
 unsafe fn unpack_panel<const TY: u8>(rows: &[&[u8]; TR], nb: usize, p: &mut Panel) -> Form {
     let nbp = p.nbp;
@@ -295,7 +295,7 @@ unsafe fn unpack_panel<const TY: u8>(rows: &[&[u8]; TR], nb: usize, p: &mut Pane
             // stores write 32 bytes at `a[(8g + jb) * 512 + 32 r..]` (`8g + jb < nbp`) and 8
             // values at `r * nbp + 8g` (`8g + 8 <= nbp`) of buffers sized by `Panel::new`.
             unsafe {
-                let (s, f) = unpack::<TY>(row, g, k);
+                let (s, f) = unpack::<TY, true>(row, g, k);
                 let (sb, f) = prep_vnni(s, f);
                 form = f;
                 for jb in 0..k {
@@ -324,7 +324,7 @@ unsafe fn unpack_panel<const TY: u8>(rows: &[&[u8]; TR], nb: usize, p: &mut Pane
 /// # Safety
 /// The features of [`task_amx`], tiles configured by it; `acts` holds group `g`, `p` the
 /// panel's `acts.nb` blocks.
-#[target_feature(enable = "avx2,f16c,avx512f,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
 #[inline(never)]
 unsafe fn group<const MIN: bool, const UNIT: bool, const EQ: bool>(
     p: &Panel,

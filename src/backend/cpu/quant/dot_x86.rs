@@ -213,7 +213,14 @@ unsafe fn dot_t_avxvnni(w: &[__m256i; 8], x: *const i8, _signed: bool) -> (__m25
 /// The AVX2 row kernels.
 mod avx2_rows {
     use super::*;
-    row_kernels!("avx2,f16c", dot_avx2, dot_t_avx2, dot_t2_avx2, prep_avx2);
+    row_kernels!(
+        "avx2,f16c",
+        false,
+        dot_avx2,
+        dot_t_avx2,
+        dot_t2_avx2,
+        prep_avx2
+    );
 }
 
 /// The AVX-VNNI row kernels.
@@ -221,6 +228,7 @@ mod avxvnni_rows {
     use super::*;
     row_kernels!(
         "avx2,f16c,avxvnni",
+        false,
         dot_avxvnni,
         dot_t_avxvnni,
         dot_t2_avxvnni,
@@ -232,7 +240,8 @@ mod avxvnni_rows {
 mod avx512vnni_rows {
     use super::*;
     row_kernels!(
-        "avx2,f16c,avx512f,avx512vl,avx512vnni",
+        "avx2,f16c,avx512f,avx512vl,avx512bw,avx512vnni",
+        true,
         dot_avx512vnni,
         dot_t_avx512vnni,
         dot_t2_avx512vnni,
@@ -261,8 +270,8 @@ pub(super) unsafe fn task_avxvnni(t: &Task<'_>, dec: &mut Decoded, yt: &mut [f32
 /// The AVX-512 VNNI path of a task.
 ///
 /// # Safety
-/// The CPU must have AVX2, F16C, AVX-512F, AVX-512VL and AVX-512 VNNI.
-#[target_feature(enable = "avx2,f16c,avx512f,avx512vl,avx512vnni")]
+/// The CPU must have AVX2, F16C, AVX-512F, AVX-512VL, AVX-512BW and AVX-512 VNNI.
+#[target_feature(enable = "avx2,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
 pub(super) unsafe fn task_avx512vnni(t: &Task<'_>, dec: &mut Decoded, yt: &mut [f32]) {
     lanes_task!(t, dec, yt, avx512vnni_rows)
 }

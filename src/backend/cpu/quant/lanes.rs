@@ -225,9 +225,10 @@ pub(super) fn prefetch(bytes: &[u8], at: usize) {
 /// - `$dot_t`: `unsafe fn(&[__m256i; 8], *const i8 /* 256 bytes */, signed) -> (__m256i,
 ///   __m256i)`, the per-half sums of a transposed super-block (see [`transpose8`]);
 /// - `$dot_t2`: the same for two weight rows against one activation load;
-/// - `$prep`: `unsafe fn(Sb, Form) -> (Sb, Form)`, how it holds signed values (needs AVX2).
+/// - `$prep`: `unsafe fn(Sb, Form) -> (Sb, Form)`, how it holds signed values (needs AVX2);
+/// - `$bw`: whether `$feat` includes AVX-512BW and AVX-512VL (see `superblock::unpack`).
 macro_rules! row_kernels {
-    ($feat:literal, $dot:ident, $dot_t:ident, $dot_t2:ident, $prep:ident) => {
+    ($feat:literal, $bw:literal, $dot:ident, $dot_t:ident, $dot_t2:ident, $prep:ident) => {
         use crate::backend::cpu::quant::lanes::{
             acts8, combine, prefetch, prescale, reduce8, transpose8,
         };
@@ -285,7 +286,7 @@ macro_rules! row_kernels {
                 for g in 0..nsb {
                     let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
                     prefetch(w.bytes, g * sbb);
-                    let (s, f) = unpack::<TY>(w, g, k);
+                    let (s, f) = unpack::<TY, $bw>(w, g, k);
                     let (sb, form) = $prep(s, f);
                     let sb = prescale(sb, form);
                     let wt = transpose8(sb.v);
@@ -327,9 +328,9 @@ macro_rules! row_kernels {
                     prefetch(wa.bytes, g * sbb);
                     prefetch(wb.bytes, g * sbb);
                     // Used inside the `unsafe` block below (features, whole rows).
-                    let (s, f) = unpack::<TY>(wa, g, k);
+                    let (s, f) = unpack::<TY, $bw>(wa, g, k);
                     let (sa, form) = $prep(s, f);
-                    let (s2, _) = unpack::<TY>(wb, g, k);
+                    let (s2, _) = unpack::<TY, $bw>(wb, g, k);
                     let (sb2, _) = $prep(s2, f);
                     let (sa, sb2) = (prescale(sa, form), prescale(sb2, form));
                     (sa, sb2, form, k)

@@ -107,6 +107,7 @@ impl QuantKernel {
                     && std::arch::is_x86_feature_detected!("f16c")
                     && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
             }
             #[cfg(target_arch = "x86_64")]
@@ -349,7 +350,7 @@ fn run_task(kernel: QuantKernel, t: &Task<'_>, tiles: Option<&TileActs>, yt: &mu
         QuantKernel::AvxVnni => unsafe { dot_x86::task_avxvnni(t, &mut dec, yt) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the backend only selects this path when `available()` detected AVX2 and
-        // AVX-512F/VL/VNNI.
+        // AVX-512F/VL/BW/VNNI.
         QuantKernel::Avx512Vnni => unsafe { dot_x86::task_avx512vnni(t, &mut dec, yt) },
         _ => {
             let _ = tiles;

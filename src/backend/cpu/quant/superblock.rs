@@ -341,16 +341,16 @@ pub(super) unsafe fn q8_0(b: &[u8], n: usize) -> Sb {
 }
 
 /// The 32 nibbles of a Q4_0 / IQ4_NL block at `b[at..at + 16]` as bytes: low nibbles are
-/// elements 0-15, high nibbles 16-31.
+/// elements 0-15, high nibbles 16-31. The 16 bytes are loaded into both halves at once and
+/// the high half shifted by 4 (a 32-bit shift: what crosses into a byte from its neighbour is
+/// masked off), so no lane insert is needed.
 #[inline(always)]
 unsafe fn nibbles32(b: &[u8], at: usize) -> __m256i {
     // SAFETY: AVX2 (module docs); the caller guarantees `at + 16 <= b.len()`.
     unsafe {
-        let q = load16(b, at);
-        let m = _mm_set1_epi8(0x0F);
-        let lo = _mm_and_si128(q, m);
-        let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m);
-        _mm256_set_m128i(hi, lo)
+        let q = _mm256_broadcastsi128_si256(load16(b, at));
+        let q = _mm256_srlv_epi32(q, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+        _mm256_and_si256(q, _mm256_set1_epi8(0x0F))
     }
 }
 
@@ -387,14 +387,33 @@ unsafe fn fifth_bits(b: &[u8], at: usize) -> __m256i {
     }
 }
 
+/// [`nibbles32`] with the fifth bits of [`fifth_bits`] added, in the form of the paths with
+/// AVX-512BW (`BW`): the 32 bits of `qh` go straight into a mask register and a masked byte
+/// add sets bit 4 where they are set (two instructions instead of a shuffle, a compare and
+/// three logic operations). The same bytes either way.
+#[inline(always)]
+unsafe fn nibbles32_fifth<const BW: bool>(b: &[u8], at: usize, qh_at: usize) -> __m256i {
+    // SAFETY: AVX2 (module docs), and AVX-512BW/VL when `BW` (the paths instantiating it
+    // with `BW` have those features); the caller guarantees `at + 16 <= b.len()` and
+    // `qh_at + 4 <= b.len()`.
+    unsafe {
+        let nib = nibbles32(b, at);
+        if BW {
+            let qh = u32::from_le_bytes([b[qh_at], b[qh_at + 1], b[qh_at + 2], b[qh_at + 3]]);
+            _mm256_mask_add_epi8(nib, _cvtu32_mask32(qh), nib, _mm256_set1_epi8(0x10))
+        } else {
+            _mm256_or_si256(nib, fifth_bits(b, qh_at))
+        }
+    }
+}
+
 /// `n <= 8` Q5_0 blocks (22 bytes each; `b.len() >= 22 n`) as `u = q + 16`.
 #[inline(always)]
-pub(super) unsafe fn q5_0(b: &[u8], n: usize) -> Sb {
-    // SAFETY: AVX2 and F16C (module docs); block `j < n` spans `b[22 j..22 j + 22]`.
+pub(super) unsafe fn q5_0<const BW: bool>(b: &[u8], n: usize) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs; AVX-512BW/VL when `BW`); block `j < n` spans
+    // `b[22 j..22 j + 22]`.
     unsafe {
-        let v = per_block!(n, |j| {
-            _mm256_or_si256(nibbles32(b, 22 * j + 6), fifth_bits(b, 22 * j + 2))
-        });
+        let v = per_block!(n, |j| nibbles32_fifth::<BW>(b, 22 * j + 6, 22 * j + 2));
         unit_sb(v, block_d(b, 22, n))
     }
 }
@@ -417,12 +436,11 @@ unsafe fn min_unit_sb(v: [__m256i; SB_BLOCKS], d: __m256, m: __m256) -> Sb {
 
 /// `n <= 8` Q5_1 blocks (24 bytes each; `b.len() >= 24 n`).
 #[inline(always)]
-pub(super) unsafe fn q5_1(b: &[u8], n: usize) -> Sb {
-    // SAFETY: AVX2 and F16C (module docs); block `j < n` spans `b[24 j..24 j + 24]`.
+pub(super) unsafe fn q5_1<const BW: bool>(b: &[u8], n: usize) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs; AVX-512BW/VL when `BW`); block `j < n` spans
+    // `b[24 j..24 j + 24]`.
     unsafe {
-        let v = per_block!(n, |j| {
-            _mm256_or_si256(nibbles32(b, 24 * j + 8), fifth_bits(b, 24 * j + 4))
-        });
+        let v = per_block!(n, |j| nibbles32_fifth::<BW>(b, 24 * j + 8, 24 * j + 4));
         min_unit_sb(v, block_f16(b, 24, n, 0), block_f16(b, 24, n, 2))
     }
 }
@@ -533,9 +551,14 @@ pub(super) struct RowRef<'a> {
     pub dform: Form,
 }
 
-/// Super-block `g` (of `k <= 8` blocks) of row `r` of type code `TY`, and its form.
+/// Super-block `g` (of `k <= 8` blocks) of row `r` of type code `TY`, and its form. `BW`:
+/// the calling path has AVX-512BW and AVX-512VL (some unpackers then use mask registers).
 #[inline(always)]
-pub(super) unsafe fn unpack<const TY: u8>(r: RowRef<'_>, g: usize, k: usize) -> (Sb, Form) {
+pub(super) unsafe fn unpack<const TY: u8, const BW: bool>(
+    r: RowRef<'_>,
+    g: usize,
+    k: usize,
+) -> (Sb, Form) {
     let b = r.bytes;
     // SAFETY: AVX2 and F16C (module docs); each unpacker gets whole blocks of its type
     // (bounds-checked slices of a row of `cols` elements, `k` blocks past `8 g`).
@@ -547,8 +570,8 @@ pub(super) unsafe fn unpack<const TY: u8>(r: RowRef<'_>, g: usize, k: usize) -> 
             T_Q8_0 => (q8_0(&b[g * 272..][..k * 34], k), FORM_SIGNED_UNIT),
             T_Q4_0 => (q4_0(&b[g * 144..][..k * 18], k), FORM_Q4_0),
             T_IQ4NL => (iq4_nl(&b[g * 144..][..k * 18], k), FORM_SIGNED_UNIT),
-            T_Q5_0 => (q5_0(&b[g * 176..][..k * 22], k), FORM_Q5_0),
-            T_Q5_1 => (q5_1(&b[g * 192..][..k * 24], k), FORM_MIN_UNIT),
+            T_Q5_0 => (q5_0::<BW>(&b[g * 176..][..k * 22], k), FORM_Q5_0),
+            T_Q5_1 => (q5_1::<BW>(&b[g * 192..][..k * 24], k), FORM_MIN_UNIT),
             T_Q4_1 => (q4_1(&b[g * 160..][..k * 20], k), FORM_MIN_UNIT),
             _ => (
                 from_decoded(&r.dq[g * SB_ELEMS..], &r.dp[g * SB_BLOCKS..], k),
