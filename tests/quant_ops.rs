@@ -81,11 +81,14 @@ fn random_quant(rng: &mut ChaCha8Rng, ty: GgmlType, rows: usize, cols: usize) ->
     QuantData::new(ty, rows, cols, bytes).unwrap()
 }
 
-fn cols_for(ty: GgmlType) -> [usize; 2] {
+/// Row lengths to test `ty` at: one super-block and several; for 32-element types a partial
+/// super-block alone (7 blocks), whole ones followed by a partial one (15 blocks), and whole
+/// ones only (the kernels unpack whole super-blocks and the last partial one differently).
+fn cols_for(ty: GgmlType) -> Vec<usize> {
     if ty.block_size() == 256 {
-        [256, 768]
+        vec![256, 768]
     } else {
-        [224, 768]
+        vec![224, 480, 768]
     }
 }
 

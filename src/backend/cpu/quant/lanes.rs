@@ -236,6 +236,21 @@ macro_rules! row_kernels {
         use crate::backend::cpu::quant::superblock::{SB_BLOCKS, SB_ELEMS};
         use crate::backend::reference::quant_dot::QActs;
 
+        /// Super-block `g` of row `w`: [`unpack`] with a constant block count for whole
+        /// super-blocks (all but possibly the last), so that its per-block loops unroll
+        /// without bounds tests.
+        #[inline(always)]
+        unsafe fn unpack_k<const TY: u8>(w: RowRef<'_>, g: usize, k: usize) -> (Sb, Form) {
+            // SAFETY: the caller's contract (as `unpack`'s).
+            unsafe {
+                if k == SB_BLOCKS {
+                    unpack::<TY, $bw>(w, g, SB_BLOCKS)
+                } else {
+                    unpack::<TY, $bw>(w, g, k)
+                }
+            }
+        }
+
         /// Super-block `g` (`k` blocks; `wt` its transposed values) against activation row
         /// `t` in the transposed layout `xt`.
         #[inline(always)]
@@ -286,7 +301,7 @@ macro_rules! row_kernels {
                 for g in 0..nsb {
                     let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
                     prefetch(w.bytes, g * sbb);
-                    let (s, f) = unpack::<TY, $bw>(w, g, k);
+                    let (s, f) = unpack_k::<TY>(w, g, k);
                     let (sb, form) = $prep(s, f);
                     let sb = prescale(sb, form);
                     let wt = transpose8(sb.v);
@@ -322,9 +337,8 @@ macro_rules! row_kernels {
             let sbb = wa.bytes.len() / nsb.max(1);
             // A macro rather than a closure, so that it is certainly inlined.
             macro_rules! pair {
-                ($g:expr) => {{
-                    let g = $g;
-                    let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
+                ($g:expr, $k:expr) => {{
+                    let (g, k) = ($g, $k);
                     prefetch(wa.bytes, g * sbb);
                     prefetch(wb.bytes, g * sbb);
                     // Used inside the `unsafe` block below (features, whole rows).
@@ -333,7 +347,7 @@ macro_rules! row_kernels {
                     let (s2, _) = unpack::<TY, $bw>(wb, g, k);
                     let (sb2, _) = $prep(s2, f);
                     let (sa, sb2) = (prescale(sa, form), prescale(sb2, form));
-                    (sa, sb2, form, k)
+                    (sa, sb2, form)
                 }};
             }
             // SAFETY: the caller's contract (features, whole rows, `xt` present); registers
@@ -344,26 +358,42 @@ macro_rules! row_kernels {
                     // (cheaper than transposing two rows of weights for one row), the
                     // accumulators stay in registers.
                     let (mut ra, mut rb) = (*aa, *ab);
+                    // Super-block `g` of `k` blocks; expanded with a constant `k` for whole
+                    // super-blocks, so that the per-block loops unroll without tests.
+                    macro_rules! single {
+                        ($g:expr, $k:expr) => {{
+                            let (g, k) = ($g, $k);
+                            let (sa, sb2, form) = pair!(g, k);
+                            let xo = r0 * a.cols + g * SB_ELEMS;
+                            let xs = &a.q[xo..xo + k * 32];
+                            let mut va = [_mm256_setzero_si256(); SB_BLOCKS];
+                            let mut vb = [_mm256_setzero_si256(); SB_BLOCKS];
+                            for jb in 0..k {
+                                let x =
+                                    _mm256_loadu_si256(xs.as_ptr().add(jb * 32) as *const __m256i);
+                                va[jb] = $dot(sa.v[jb], x, form.signed);
+                                vb[jb] = $dot(sb2.v[jb], x, form.signed);
+                            }
+                            let (dx, s0, s1) = acts8(a, r0, g, k);
+                            ra = _mm256_add_ps(ra, combine(&sa, form, reduce8(va), dx, s0, s1));
+                            rb = _mm256_add_ps(rb, combine(&sb2, form, reduce8(vb), dx, s0, s1));
+                        }};
+                    }
                     for g in 0..nsb {
-                        let (sa, sb2, form, k) = pair!(g);
-                        let xo = r0 * a.cols + g * SB_ELEMS;
-                        let xs = &a.q[xo..xo + k * 32];
-                        let mut va = [_mm256_setzero_si256(); SB_BLOCKS];
-                        let mut vb = [_mm256_setzero_si256(); SB_BLOCKS];
-                        for jb in 0..k {
-                            let x = _mm256_loadu_si256(xs.as_ptr().add(jb * 32) as *const __m256i);
-                            va[jb] = $dot(sa.v[jb], x, form.signed);
-                            vb[jb] = $dot(sb2.v[jb], x, form.signed);
+                        match (nb - g * SB_BLOCKS).min(SB_BLOCKS) {
+                            SB_BLOCKS => single!(g, SB_BLOCKS),
+                            k => single!(g, k),
                         }
-                        let (dx, s0, s1) = acts8(a, r0, g, k);
-                        ra = _mm256_add_ps(ra, combine(&sa, form, reduce8(va), dx, s0, s1));
-                        rb = _mm256_add_ps(rb, combine(&sb2, form, reduce8(vb), dx, s0, s1));
                     }
                     (*aa, *ab) = (ra, rb);
                     return;
                 }
                 for g in 0..nsb {
-                    let (sa, sb2, form, k) = pair!(g);
+                    let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
+                    let (sa, sb2, form) = match k {
+                        SB_BLOCKS => pair!(g, SB_BLOCKS),
+                        k => pair!(g, k),
+                    };
                     let (ta, tb) = (transpose8(sa.v), transpose8(sb2.v));
                     for (i, (aa, ab)) in acc_a.iter_mut().zip(acc_b.iter_mut()).enumerate() {
                         let t = r0 + i;
