@@ -37,6 +37,7 @@ use std::arch::x86_64::*;
 
 use super::super::amx::TileConfig;
 use super::dot_x86::{prep_vnni, task_avx512vnni};
+use super::lanes::prescale;
 use super::superblock::*;
 use super::{Decoded, Task};
 use crate::backend::reference::quant_block::QBLOCK;
@@ -238,15 +239,12 @@ pub(super) unsafe fn task_amx(t: &Task<'_>, acts: &TileActs, dec: &mut Decoded, 
             // SAFETY: tiles configured above; `acts.holds` covers group `g`'s blocks, the
             // panel holds `nb` blocks of 16 rows; this function's features.
             unsafe {
-                match (form.min, form.unit, form.equal_halves) {
-                    (false, true, _) => group::<false, true, true>(&panel, form, acts, g, out),
-                    (true, true, _) => group::<true, true, true>(&panel, form, acts, g, out),
-                    (false, false, true) => group::<false, false, true>(&panel, form, acts, g, out),
-                    (true, false, true) => group::<true, false, true>(&panel, form, acts, g, out),
-                    (false, false, false) => {
-                        group::<false, false, false>(&panel, form, acts, g, out)
-                    }
-                    (true, false, false) => group::<true, false, false>(&panel, form, acts, g, out),
+                // Unit forms have equal halves (one scale of 1 per block).
+                match (form.min, form.unit || form.equal_halves) {
+                    (false, true) => group::<false, true>(&panel, form, acts, g, out),
+                    (true, true) => group::<true, true>(&panel, form, acts, g, out),
+                    (false, false) => group::<false, false>(&panel, form, acts, g, out),
+                    (true, false) => group::<true, false>(&panel, form, acts, g, out),
                 }
             }
         }
@@ -297,6 +295,9 @@ unsafe fn unpack_panel<const TY: u8>(rows: &[&[u8]; TR], nb: usize, p: &mut Pane
             unsafe {
                 let (s, f) = unpack::<TY, true>(row, g, k);
                 let (sb, f) = prep_vnni(s, f);
+                // Equal-halves forms carry their integer scales in `d` and `dm` (see
+                // `prescale`): `group` then skips the two multiplications.
+                let sb = prescale(sb, f);
                 form = f;
                 for jb in 0..k {
                     let at = (g * SB_BLOCKS + jb) * TR * QBLOCK + r * QBLOCK;
@@ -318,15 +319,16 @@ unsafe fn unpack_panel<const TY: u8>(rows: &[&[u8]; TR], nb: usize, p: &mut Pane
 }
 
 /// Activation group `g` (rows `16 g ..`) against the panel: writes `out[r * rows + 16 g + n]`
-/// for the group's rows present (`out` is the panel's `[16, rows]` part of `yt`). `MIN`,
-/// `UNIT`, `EQ` are `form`'s flags (see [`Form`]).
+/// for the group's rows present (`out` is the panel's `[16, rows]` part of `yt`). `MIN` is
+/// `form.min`; `EQ`: one scale per block (equal halves or unit scales), carried by the panel's
+/// `d` and `dm` (see `prescale`).
 ///
 /// # Safety
 /// The features of [`task_amx`], tiles configured by it; `acts` holds group `g`, `p` the
 /// panel's `acts.nb` blocks.
 #[target_feature(enable = "avx2,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
 #[inline(never)]
-unsafe fn group<const MIN: bool, const UNIT: bool, const EQ: bool>(
+unsafe fn group<const MIN: bool, const EQ: bool>(
     p: &Panel,
     form: Form,
     acts: &TileActs,
@@ -444,12 +446,8 @@ unsafe fn group<const MIN: bool, const UNIT: bool, const EQ: bool>(
                     if form.off_shift.is_some() {
                         h = _mm512_sub_epi32(h, o01);
                     }
-                    let h = _mm512_cvtepi32_ps(h);
-                    if UNIT {
-                        h
-                    } else {
-                        _mm512_mul_ps(_mm512_set1_ps(p.isc[0][pa]), h)
-                    }
+                    // `d` carries the block's scale (`prescale`, in `unpack_panel`).
+                    _mm512_cvtepi32_ps(h)
                 } else {
                     let mut h0 = _mm512_loadu_si512(c.0[0][r].as_ptr() as *const __m512i);
                     let mut h1 = _mm512_loadu_si512(c.0[1][r].as_ptr() as *const __m512i);
@@ -465,7 +463,8 @@ unsafe fn group<const MIN: bool, const UNIT: bool, const EQ: bool>(
                 let mut tv = _mm512_mul_ps(_mm512_set1_ps(p.d[pa]), pf);
                 if MIN {
                     let mf = if EQ {
-                        _mm512_mul_ps(_mm512_set1_ps(p.imin[0][pa]), s01f)
+                        // `dm` carries the block's min scale (`prescale`).
+                        s01f
                     } else {
                         _mm512_add_ps(
                             _mm512_mul_ps(_mm512_set1_ps(p.imin[0][pa]), s0f),
