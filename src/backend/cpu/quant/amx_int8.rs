@@ -171,7 +171,7 @@ struct CTiles([[[i32; TR]; TR]; 2]);
 /// NaN when the task does not fit its buffers.
 ///
 /// # Safety
-/// The CPU must have the AVX-512 VNNI path's features (AVX2, F16C, AVX-512F/VL/VNNI) and
+/// The CPU must have the AVX-512 VNNI path's features (AVX2, F16C, AVX-512F/VL/BW/VNNI) and
 /// `amx::available_int8()` must have returned true.
 #[target_feature(enable = "avx2,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
 pub(super) unsafe fn task_amx(t: &Task<'_>, acts: &TileActs, dec: &mut Decoded, yt: &mut [f32]) {

@@ -67,7 +67,8 @@ pub(super) unsafe fn prescale(mut sb: Sb, form: Form) -> Sb {
 /// The twin's `combine` on 8 blocks (lane `j` = block `j`): `h` the per-half dot products of
 /// the super-block's values (in `form`) with the activations, `dx`, `s0`, `s1` the activation
 /// blocks' scales and half sums. For equal-halves forms `sb` must have been through
-/// [`prescale`]. The same IEEE operations in the same order as the twin; the integer forms
+/// [`prescale`]. The twin's bits: its IEEE operations in its order (for equal-halves forms the
+/// products with the prescaled scales, which round to the same values); the integer forms
 /// chosen by `form` give the twin's exact `P` and `M`.
 #[inline(always)]
 pub(super) unsafe fn combine(

@@ -54,7 +54,8 @@ pub enum QuantKernel {
     Avx2,
     /// AVX-VNNI: VEX `vpdpbusd` (x86_64 with AVX2, F16C and AVX-VNNI).
     AvxVnni,
-    /// AVX-512 VNNI: EVEX `vpdpbusd` on 256-bit vectors (x86_64 with AVX2, F16C, AVX-512F/VL/VNNI).
+    /// AVX-512 VNNI: EVEX `vpdpbusd` on 256-bit vectors, mask registers in some unpackers (x86_64
+    /// with AVX2, F16C, AVX-512F/VL/BW/VNNI).
     Avx512Vnni,
     /// AMX int8: `tdpbusd` on tiles for panels of 16 weight rows when a call has at least
     /// [`AMX_MIN_ROWS`] activation rows, the AVX-512 VNNI kernels otherwise (x86_64 with the
