@@ -309,9 +309,11 @@ fn apply_lane(
                 expand(be.simd, &a.m, out, 0, &hs_in, &mut ys_in);
             }
         };
-        // Runs of segments per task; each segment's weights are asked for while the one
-        // before it computes.
-        let per_task = segs.len().div_ceil(threads * 4).max(1);
+        // Runs of segments per task, about two tasks per thread: each segment's weights are
+        // asked for while the one before it computes, which a run of one segment cannot do
+        // (four tasks per thread gave 8 adapters on 2 threads runs of one); the second task
+        // per thread leaves some room for balance.
+        let per_task = segs.len().div_ceil(threads * 2).max(1);
         be.pool.install(|| {
             segs.par_chunks_mut(per_task).for_each(|run_of| {
                 if let Some(first) = run_of.first() {
