@@ -115,7 +115,8 @@ struct Panel {
     a: Vec<u8>,
     d: Vec<f32>,
     dm: Vec<f32>,
-    /// The integer scales and mins as f32 (exact: they are below 2^8).
+    /// The integer scales and mins as f32 (exact: they are below 2^8), for the forms with a
+    /// scale per half; equal-halves forms carry theirs in `d` and `dm` (`prescale`).
     isc: [Vec<f32>; 2],
     imin: [Vec<f32>; 2],
 }
@@ -239,8 +240,7 @@ pub(super) unsafe fn task_amx(t: &Task<'_>, acts: &TileActs, dec: &mut Decoded, 
             // SAFETY: tiles configured above; `acts.holds` covers group `g`'s blocks, the
             // panel holds `nb` blocks of 16 rows; this function's features.
             unsafe {
-                // Unit forms have equal halves (one scale of 1 per block).
-                match (form.min, form.unit || form.equal_halves) {
+                match (form.min, form.equal_halves) {
                     (false, true) => group::<false, true>(&panel, form, acts, g, out),
                     (true, true) => group::<true, true>(&panel, form, acts, g, out),
                     (false, false) => group::<false, false>(&panel, form, acts, g, out),
@@ -306,7 +306,8 @@ unsafe fn unpack_panel<const TY: u8>(rows: &[&[u8]; TR], nb: usize, p: &mut Pane
                 let at = r * nbp + g * SB_BLOCKS;
                 _mm256_storeu_ps(p.d[at..at + 8].as_mut_ptr(), sb.d);
                 _mm256_storeu_ps(p.dm[at..at + 8].as_mut_ptr(), sb.dm);
-                for h in 0..2 {
+                // Only the scale-per-half forms read the integer scales (`group`).
+                for h in (0..2).filter(|_| !f.equal_halves) {
                     let dst = p.isc[h][at..at + 8].as_mut_ptr();
                     _mm256_storeu_ps(dst, _mm256_cvtepi32_ps(sb.isc[h]));
                     let dst = p.imin[h][at..at + 8].as_mut_ptr();

@@ -343,9 +343,9 @@ macro_rules! row_kernels {
                     prefetch(wa.bytes, g * sbb);
                     prefetch(wb.bytes, g * sbb);
                     // Used inside the `unsafe` block below (features, whole rows).
-                    let (s, f) = unpack::<TY, $bw>(wa, g, k);
+                    let (s, f) = unpack_k::<TY>(wa, g, k);
                     let (sa, form) = $prep(s, f);
-                    let (s2, _) = unpack::<TY, $bw>(wb, g, k);
+                    let (s2, _) = unpack_k::<TY>(wb, g, k);
                     let (sb2, _) = $prep(s2, f);
                     let (sa, sb2) = (prescale(sa, form), prescale(sb2, form));
                     (sa, sb2, form)
@@ -391,10 +391,7 @@ macro_rules! row_kernels {
                 }
                 for g in 0..nsb {
                     let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
-                    let (sa, sb2, form) = match k {
-                        SB_BLOCKS => pair!(g, SB_BLOCKS),
-                        k => pair!(g, k),
-                    };
+                    let (sa, sb2, form) = pair!(g, k);
                     let (ta, tb) = (transpose8(sa.v), transpose8(sb2.v));
                     for (i, (aa, ab)) in acc_a.iter_mut().zip(acc_b.iter_mut()).enumerate() {
                         let t = r0 + i;
