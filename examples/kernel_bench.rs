@@ -412,7 +412,21 @@ fn main() {
         quant(&pools, quick, only.as_deref(), rows);
         return;
     }
-    let rows_list = [1usize, 8, 32, 256];
+    // `KB_ROWS=256,512` replaces the row counts, `KB_FMT=bf16` keeps one weight format and
+    // `KB_SHAPE=2048,16384` adds a shape (`custom`), for A/B runs of one kernel.
+    let env_list = |k: &str| -> Option<Vec<usize>> {
+        let v = std::env::var(k).ok()?;
+        v.split(',').map(|x| x.trim().parse().ok()).collect()
+    };
+    let mut rows_list = vec![1usize, 8, 32, 256];
+    if let Some(r) = env_list("KB_ROWS") {
+        rows_list = r;
+    }
+    let fmt_only = std::env::var("KB_FMT").ok();
+    let mut shapes = SHAPES.to_vec();
+    if let Some([i, o]) = env_list("KB_SHAPE").as_deref() {
+        shapes.insert(0, ("custom", *i, *o, 1));
+    }
     for pool in &pools {
         use loraplex::backend::cpu::peak::{peak_gflops, PeakPath};
         let show = |p: Option<f64>| p.map_or("n/a".to_string(), |g| format!("{g:.0}"));
@@ -429,7 +443,7 @@ fn main() {
         );
     }
     // step[format][threads][rows] = seconds of all weight matmuls in one decode step
-    let mut step = [[[0f64; 4]; 2]; 4];
+    let mut step = vec![[vec![0f64; rows_list.len()], vec![0f64; rows_list.len()]]; 4];
     // bf16 on the default path (AMX or AVX-512 BF16 where present), on the AVX-512 BF16
     // kernels and on the AVX2/FMA f32 kernels (paths this CPU lacks are skipped).
     let formats = [
@@ -442,7 +456,7 @@ fn main() {
         "{:<8} {:>5} {:>6} {:>4} {:>3} {:>4} {:>8} {:>7} {:>7} {:>8}",
         "shape", "in", "out", "fmt", "thr", "rows", "ms/call", "GB/s", "GFLOP/s", "GF/cpu-s"
     );
-    for &(name, inp, out, uses) in SHAPES {
+    for &(name, inp, out, uses) in &shapes {
         if only.as_deref().is_some_and(|o| o != name) {
             continue;
         }
@@ -451,6 +465,9 @@ fn main() {
             .collect();
         let t = HostTensor::f32(vec![out, inp], data);
         for (fi, &(fname, format, bf16_kernel)) in formats.iter().enumerate() {
+            if fmt_only.as_deref().is_some_and(|f| f != fname) {
+                continue;
+            }
             for (pi, pool) in pools.iter().enumerate() {
                 let be = match bf16_kernel {
                     None => CpuBackend::new(pool.clone()),

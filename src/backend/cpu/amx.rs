@@ -8,7 +8,9 @@
 //! the B operand, rewritten once per call in the pair-interleaved ("VNNI") tile form
 //! ([`pack_acts`]): per 16 activation rows and 32 columns a 1 KiB tile whose row `p` holds, for
 //! each of the 16 activation rows, columns `2p` and `2p + 1`. A C tile then holds
-//! `[16 weight rows, 16 activation rows]`, the orientation of the driver's `yt` (`[out, rows]`).
+//! `[16 weight rows, 16 activation rows]`; it is stored to L1, transposed in registers and
+//! written into the output's rows (`[rows, out]`), so the driver needs no `[out, rows]` scratch
+//! and no transpose pass. Threads split the weight rows and write their own columns.
 //!
 //! Each output element is `tdpbf16ps` applied to its weight row and activation row, one
 //! instruction per 32-column chunk in increasing `k`, from a zeroed accumulator; products of two
@@ -38,7 +40,10 @@ const STRIDE: usize = 64;
 /// holds for every thread.
 pub(crate) fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| cpu_has_amx_bf16() && request_tile_state())
+    // AVX-512F (on every CPU with AMX) for [`block_rows`]' register transpose.
+    *OK.get_or_init(|| {
+        cpu_has_amx_bf16() && std::arch::is_x86_feature_detected!("avx512f") && request_tile_state()
+    })
 }
 
 /// Whether the AMX int8 kernel (`quant/amx_int8.rs`) can run: the CPU has AMX-TILE and
@@ -130,10 +135,10 @@ pub(crate) fn pack_acts(
     true
 }
 
-/// One call: `yt[j * rows + t] = dot(x[t], w[o0 + j])` for `j < n`, `t < rows`, with `x` the
+/// One call: `y[t][o0 + j] = dot(x[t], w[o0 + j])` for `j < n`, `t < rows`, with `x` the
 /// activations in [`pack_acts`]'s form and `w` the weight in the AMX tile layout (`kp`
 /// columns).
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct AmxCall<'a> {
     pub x: &'a [u16],
     pub rows: usize,
@@ -145,8 +150,8 @@ pub(crate) struct AmxCall<'a> {
 }
 
 impl AmxCall<'_> {
-    /// Whether the call's reads stay inside `x` and `w` and its writes inside `yt`.
-    fn fits(&self, yt: &[f32]) -> bool {
+    /// Whether the call's reads stay inside `x` and `w`.
+    fn reads_fit(&self) -> bool {
         let tiles_w = (self.o0 + self.n).div_ceil(TR);
         self.kp.is_multiple_of(TK)
             && self.o0.is_multiple_of(TR)
@@ -154,7 +159,6 @@ impl AmxCall<'_> {
                 .checked_mul(TR * self.kp)
                 .is_some_and(|l| l <= self.w.len())
             && packed_acts_len(self.rows, self.kp) <= self.x.len()
-            && self.n.checked_mul(self.rows).is_some_and(|l| l <= yt.len())
     }
 }
 
@@ -205,16 +209,126 @@ impl TileConfig {
 #[repr(C, align(64))]
 struct CTile([[f32; TR]; TR]);
 
-/// Runs `call` into `yt` (`[n, rows]`); fills `yt` with NaN when the call does not fit its
-/// slices.
+/// Runs `call` into the rows of `y` (`y[t * ldo + o0 + j]` for `t < rows`, `j < n`; the other
+/// columns of each row are left alone), each C tile transposed in registers on its way out, so
+/// the caller needs no `[n, rows]` scratch and no transpose. Fills `y` with NaN when the call
+/// does not fit its slices or `o0 + n > ldo`.
 ///
 /// # Safety
-/// [`available`] must have returned true (the CPU has AMX-TILE/AMX-BF16 and the OS granted the
-/// tile state).
-pub(crate) unsafe fn block(call: &AmxCall<'_>, yt: &mut [f32]) {
-    if !call.fits(yt) {
-        return yt.iter_mut().for_each(|v| *v = f32::NAN);
+/// As [`block_rows`].
+pub(crate) unsafe fn block_rows(call: &AmxCall<'_>, y: &mut [f32], ldo: usize) {
+    let rows_out = RowsOut {
+        ptr: y.as_mut_ptr(),
+        len: y.len(),
+        ldo,
+    };
+    if !rows_out.fits(call) {
+        return y.iter_mut().for_each(|v| *v = f32::NAN);
     }
+    // SAFETY: the caller's contract; `rows_out` is `y`, borrowed exclusively for this call.
+    unsafe { tiles_into(call, rows_out) };
+}
+
+/// [`block_rows`] for every weight row of `w` (`out` rows), split across `pool` into ranges of
+/// `cw` rows (a multiple of 32: whole weight tile pairs) that each task writes straight into its
+/// columns of `y` (`[rows, out]`), so that the threads stream distinct weights and the output
+/// needs no transpose. Fills `y` with NaN when the call does not fit its slices.
+///
+/// # Safety
+/// As [`block_rows`].
+pub(crate) unsafe fn par_block_rows(
+    pool: &rayon::ThreadPool,
+    call: &AmxCall<'_>,
+    cw: usize,
+    y: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let (out, rows) = (call.n, call.rows);
+    let rows_out = RowsOut {
+        ptr: y.as_mut_ptr(),
+        len: y.len(),
+        ldo: out,
+    };
+    let whole = AmxCall { o0: 0, ..*call };
+    if call.o0 != 0 || !cw.is_multiple_of(2 * TR) || !rows_out.fits(&whole) {
+        return y.iter_mut().for_each(|v| *v = f32::NAN);
+    }
+    pool.install(|| {
+        (0..out.div_ceil(cw.max(1))).into_par_iter().for_each(|i| {
+            let o0 = i * cw;
+            let part = AmxCall {
+                o0,
+                n: cw.min(out - o0),
+                rows,
+                ..*call
+            };
+            // SAFETY: the caller's contract; `rows_out` is `y`, borrowed exclusively for this
+            // call, and each task writes only its own columns `o0 .. o0 + n` (disjoint ranges)
+            // of each row; `part` lies inside `whole`, which fits.
+            unsafe { tiles_into(&part, rows_out) };
+        });
+    });
+}
+
+/// A `[rows, ldo]` f32 output seen through its pointer, so that the tasks of one call can each
+/// write their own columns of every row at once (never the same element).
+#[derive(Debug, Clone, Copy)]
+struct RowsOut {
+    ptr: *mut f32,
+    len: usize,
+    ldo: usize,
+}
+
+// SAFETY: a `RowsOut` is made from a `&mut [f32]` that outlives every task given it, and the
+// tasks sharing one write disjoint columns ([`par_block_rows`]).
+unsafe impl Send for RowsOut {}
+// SAFETY: as `Send`; the tasks only write through the pointer, each its own elements.
+unsafe impl Sync for RowsOut {}
+
+impl RowsOut {
+    /// Whether `call`'s reads fit its slices and its results (rows `< rows`, columns
+    /// `o0 .. o0 + n`) lie inside the output.
+    fn fits(&self, call: &AmxCall<'_>) -> bool {
+        call.reads_fit()
+            && call.o0 + call.n <= self.ldo
+            && call
+                .rows
+                .checked_mul(self.ldo)
+                .is_some_and(|l| l <= self.len)
+    }
+}
+
+/// [`tiles`] writing each C tile, transposed in registers, into `y`'s rows.
+///
+/// # Safety
+/// As [`block_rows`]; `y.fits(call)`, `y` valid for writes and no other thread touching the elements
+/// of `call`'s columns.
+unsafe fn tiles_into(call: &AmxCall<'_>, y: RowsOut) {
+    let mut tt = [[0f32; TR]; TR];
+    let out = |ct: &CTile, j0: usize, t0: usize| {
+        let rs: [&[f32]; TR] = std::array::from_fn(|j| &ct.0[j][..]);
+        // SAFETY: `available` (the caller's contract) requires AVX-512F, and every AVX-512F CPU
+        // has AVX2 and FMA; the transpose checks its slices.
+        unsafe { super::simd::transpose16_avx512(&rs, 0, &mut tt) };
+        let (jn, tn) = (TR.min(call.n - j0), TR.min(call.rows - t0));
+        for (t, row) in tt.iter().enumerate().take(tn) {
+            let at = (t0 + t) * y.ldo + call.o0 + j0;
+            // SAFETY: `at + jn <= rows * ldo <= len` (`y.fits(call)`: `t0 + t < rows`,
+            // `o0 + j0 + jn <= o0 + n <= ldo`); these elements are this call's alone.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), y.ptr.add(at), jn) };
+        }
+    };
+    // SAFETY: the caller's contract; the reads fit (`y.fits(call)`).
+    unsafe { tiles(call, out) };
+}
+
+/// The tile loop of a call whose reads fit: every C tile (`[16 weight rows][16 activation
+/// rows]`, weight rows `j0 ..` relative to `o0`, activation rows `t0 ..`) handed to `out`.
+///
+/// # Safety
+/// As [`block_rows`], and [`AmxCall::reads_fit`].
+#[inline(always)]
+unsafe fn tiles(call: &AmxCall<'_>, mut out: impl FnMut(&CTile, usize, usize)) {
     let chunks = call.kp / TK;
     let (wt, xt) = (call.n.div_ceil(TR), call.rows.div_ceil(TR));
     // SAFETY: AMX is available (the caller's contract).
@@ -273,7 +387,7 @@ pub(crate) unsafe fn block(call: &AmxCall<'_>, yt: &mut [f32]) {
                 for j in 0..1 + two_x as usize {
                     // SAFETY: AMX configured above; `ct` is 16 rows of STRIDE bytes.
                     unsafe { store(2 * i + j, &mut ct) };
-                    copy_out(&ct, yt, call, (a + i) * TR, (b + j) * TR);
+                    out(&ct, (a + i) * TR, (b + j) * TR);
                 }
             }
         }
@@ -383,15 +497,6 @@ unsafe fn store(t: usize, ct: &mut CTile) {
                 asm!("tilestored [{p} + {s}], tmm3", p = in(reg) p, s = in(reg) STRIDE, options(nostack))
             }
         }
-    }
-}
-
-/// Copies the valid part of a C tile (weight rows `j0 ..`, activation rows `t0 ..`) into `yt`.
-fn copy_out(ct: &CTile, yt: &mut [f32], call: &AmxCall<'_>, j0: usize, t0: usize) {
-    let (jn, tn) = (TR.min(call.n - j0), TR.min(call.rows - t0));
-    for (j, row) in ct.0.iter().enumerate().take(jn) {
-        let at = (j0 + j) * call.rows + t0;
-        yt[at..at + tn].copy_from_slice(&row[..tn]);
     }
 }
 

@@ -117,26 +117,8 @@ fn run_block(be: &CpuBackend, x: Acts<'_>, rows: usize, w: &CpuWeight, o0: usize
             // slice bounds itself.
             return unsafe { bf16dot::block(&p, yt) };
         }
-        #[cfg(target_arch = "x86_64")]
-        Acts::AmxTiles(x) => {
-            let WData::BF16(d) = &w.data else {
-                return yt.iter_mut().for_each(|v| *v = f32::NAN);
-            };
-            let call = amx::AmxCall {
-                x,
-                rows,
-                kp,
-                w: d,
-                o0,
-                n,
-            };
-            // SAFETY: activations are AMX tiles only when `be.bf16` is `Bf16Kernel::Amx`, which
-            // the backend selects only when `amx::available()` (CPU features and the OS's
-            // grant); `block` checks its slice bounds itself.
-            return unsafe { amx::block(&call, yt) };
-        }
         #[cfg(not(target_arch = "x86_64"))]
-        Acts::Bf16(_) | Acts::AmxTiles(_) => return yt.iter_mut().for_each(|v| *v = f32::NAN),
+        Acts::Bf16(_) => return yt.iter_mut().for_each(|v| *v = f32::NAN),
     };
     if w.layout != Layout::Panels {
         // A weight packed for another backend's path (the vector kernels read 4-row panels).
@@ -195,15 +177,15 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: 
     let x = &x[..rows * inp];
     // Activations padded to kp columns (only when `in` is not a multiple of the layout's
     // chunk); for a bf16 weight rounded to bf16 (see `bf16act.rs`), as bits for the `vdpbf16ps`
-    // kernels or as AMX tiles.
+    // kernels or as AMX tiles (whose kernel writes `y` itself).
     let xs: Acts<'_> = match &w.data {
         #[cfg(target_arch = "x86_64")]
-        WData::BF16(_) if be.bf16 == Bf16Kernel::Amx && w.layout == Layout::AmxTiles => {
+        WData::BF16(d) if be.bf16 == Bf16Kernel::Amx && w.layout == Layout::AmxTiles => {
             bf16act::to_bits(&be.pool, x, (rows, inp, kp), &mut scratch.xbits);
             if !amx::pack_acts(&be.pool, &scratch.xbits, rows, kp, &mut scratch.xtiles) {
                 return y.iter_mut().for_each(|v| *v = f32::NAN);
             }
-            Acts::AmxTiles(&scratch.xtiles)
+            return amx_rows(be, &scratch.xtiles, rows, w, d, &mut y[..rows * out]);
         }
         WData::BF16(_) if be.bf16 == Bf16Kernel::Avx512Bf16 && w.layout == Layout::Panels => {
             bf16act::to_bits(&be.pool, x, (rows, inp, kp), &mut scratch.xbits);
@@ -232,6 +214,33 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: 
     let yt = &mut scratch.yt[..rows * out];
     compute(be, xs, rows, w, yt);
     transpose(be, yt, rows, out, y);
+}
+
+/// The AMX kernel writes `y`'s rows directly ([`amx::block_rows`]: no
+/// `[out, rows]` scratch and no transpose), serially or split by weight rows across the pool
+/// as [`compute`] splits them. `x` holds the activations in `amx::pack_acts`' form, `d` the
+/// weight's bf16 tiles.
+#[cfg(target_arch = "x86_64")]
+fn amx_rows(be: &CpuBackend, x: &[u16], rows: usize, w: &CpuWeight, d: &[u16], y: &mut [f32]) {
+    let (out, kp) = (w.out, w.kp);
+    let threads = be.pool.current_num_threads();
+    let call = amx::AmxCall {
+        x,
+        rows,
+        kp,
+        w: d,
+        o0: 0,
+        n: out,
+    };
+    if threads <= 1 || rows.saturating_mul(out).saturating_mul(kp) < (1 << 18) {
+        // SAFETY: activations are AMX tiles only when `be.bf16` is `Bf16Kernel::Amx`, which the
+        // backend selects only when `amx::available()`; the kernel checks its slices.
+        unsafe { amx::block_rows(&call, y, out) };
+    } else {
+        let cw = task_rows(out, rows, kp, 2, threads, 2 * w.layout.panel());
+        // SAFETY: as above.
+        unsafe { amx::par_block_rows(&be.pool, &call, cw, y) };
+    }
 }
 
 /// Rows per band of [`transpose`] (a multiple of 8).
@@ -326,13 +335,12 @@ mod tests {
     }
 }
 
-/// Activations `[rows, kp]` for the kernels: f32, bf16 bits for the `vdpbf16ps` kernels, or
-/// bf16 bits rewritten as AMX B tiles (`amx::pack_acts`).
+/// Activations `[rows, kp]` for the `[out, rows]` kernels: f32, or bf16 bits for the
+/// `vdpbf16ps` kernels (the AMX kernel takes its own form, see [`amx_rows`]).
 #[derive(Debug, Clone, Copy)]
 enum Acts<'a> {
     F32(&'a [f32]),
     Bf16(&'a [u16]),
-    AmxTiles(&'a [u16]),
 }
 
 /// Fills `yt` (`[out, rows]`) serially or across the pool.
@@ -347,12 +355,7 @@ fn compute(be: &CpuBackend, xs: Acts<'_>, rows: usize, w: &CpuWeight, yt: &mut [
     if threads <= 1 || flops < (1 << 18) {
         run_block(be, xs, rows, w, 0, yt);
     } else {
-        // The AMX kernel takes weight tiles two at a time.
-        let panel = match w.layout {
-            Layout::Panels => w.layout.panel(),
-            Layout::AmxTiles => 2 * w.layout.panel(),
-        };
-        let cw = task_rows(out, rows, kp, wbytes, threads, panel);
+        let cw = task_rows(out, rows, kp, wbytes, threads, w.layout.panel());
         be.pool.install(|| {
             yt.par_chunks_mut(cw * rows)
                 .enumerate()
