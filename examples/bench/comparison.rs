@@ -559,7 +559,8 @@ fn compute_peaks(threads: usize) -> Value {
 /// For a dense model (F32/F16/BF16 tensors) run with bf16 weights (`--weight-dtype bf16`), adds
 /// each prefill metric's achieved layer-matmul GFLOP/s (tokens/s x FLOPs per token: a lower bound
 /// on the matmuls' own rate, since the prefill time also holds attention and the other ops) and
-/// its share of the peak of the path in use.
+/// its share of the peak of the path in use; and the matmuls' own rate against the peak measured
+/// beside it (`prefill_matmuls_alone`, see `prefill_matmuls.rs`).
 fn add_compute(entry: &mut Value, compute: &Value, o: &Options) {
     let all_bf16 = o.weight_dtype == "bf16"
         && entry["file_tensor_types"].as_object().is_some_and(|t| {
@@ -572,6 +573,19 @@ fn add_compute(entry: &mut Value, compute: &Value, o: &Options) {
     let (Some(flops), Some(peak), true) = (flops, peak, all_bf16) else {
         return;
     };
+    if let Some(shapes) = entry["file"]
+        .as_str()
+        .and_then(|f| crate::prefill_matmuls::layer_shapes(Path::new(f)))
+    {
+        let alone =
+            crate::prefill_matmuls::measure(&shapes, &o.prefill, o.threads, o.rounds.max(3));
+        eprintln!(
+            "[compare] {} prefill matmuls alone: {}",
+            entry["label"].as_str().unwrap_or("?"),
+            alone["by_prefill"]
+        );
+        entry["prefill_matmuls_alone"] = alone;
+    }
     for &n in &o.prefill {
         let Some(row) = entry
             .get_mut("metrics")

@@ -35,6 +35,7 @@ mod fairness;
 mod llama_cpp;
 mod measure;
 mod memory;
+mod prefill_matmuls;
 mod prefix;
 mod structured;
 
