@@ -22,7 +22,7 @@
 //! ```text
 //! bench [--model FILE] [--out bench-report.json] [--threads N] [--decode-tokens 64] [--quick]
 //!       [--sections weights,lora,structured,prefix,compare] [--models LABEL|FILE,...] [--bench-dir models/bench]
-//!       [--big] [--rounds 2] [--batches 1,8,32] [--prefill 256,512] [--weight-dtype bf16]
+//!       [--big] [--rounds 2] [--batches 1,8,32,64] [--prefill 256,512] [--weight-dtype bf16]
 //!       [--llama-bin DIR] [--llama-omp-wait auto|default|passive|active]
 //!       [--lora-batch 8,32] [--lora-model smollm2-135m-bf16,smollm2-135m-q4_k_m] [--lora-rank 8] [--compare-decode-tokens N]
 //! ```
@@ -275,7 +275,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         threads: 0,
         rounds: 2,
         decode_tokens: 0,
-        batches: vec![1, 8, 32],
+        batches: vec![1, 8, 32, 64],
         prefill: vec![256, 512, 2048],
         weight_dtype: "bf16".into(),
         lora_runs: Vec::new(),
