@@ -2,15 +2,15 @@
 //! AMX-TILE and AMX-BF16 whose OS grants the process the tile state (Linux
 //! `arch_prctl(ARCH_REQ_XCOMP_PERM)`; [`available`] asks once and is false when refused).
 //!
-//! The weight is the A operand: its [`Layout::AmxTiles`](super::weight::Layout) storage is a
-//! sequence of 1 KiB tiles (16 weight rows × 32 columns, row-major), one per panel and 32-column
-//! chunk, loaded as they lie. The activations, rounded to bf16 as for every bf16 weight, are
-//! the B operand, rewritten once per call in the pair-interleaved ("VNNI") tile form
-//! ([`pack_acts`]): per 16 activation rows and 32 columns a 1 KiB tile whose row `p` holds, for
-//! each of the 16 activation rows, columns `2p` and `2p + 1`. A C tile then holds
-//! `[16 weight rows, 16 activation rows]`; it is stored to L1, transposed in registers and
-//! written into the output's rows (`[rows, out]`), so the driver needs no `[out, rows]` scratch
-//! and no transpose pass. Threads split the weight rows and write their own columns.
+//! The activations are the A operand: bf16 bits (rounded as for every bf16 weight) in their
+//! own row-major `[rows, kp]` layout, rows padded with zeros to a multiple of 16, each A tile
+//! (16 activation rows × 32 columns) loaded in place with the rows' stride. The weight is the
+//! B operand: its [`Layout::AmxTiles`](super::weight::Layout) storage is a sequence of 1 KiB
+//! tiles in the pair-interleaved ("VNNI") form, one per 16 weight rows and 32-column chunk, row
+//! `p` holding, for each of the 16 weight rows, columns `2p` and `2p + 1`; loaded as they lie.
+//! A C tile then holds `[16 activation rows, 16 weight rows]`, a block of the output `y`
+//! (`[rows, out]`): a whole tile is stored straight into `y`'s rows, a partial one (at the
+//! edges) through L1. Threads split the weight rows and write their own columns.
 //!
 //! Each output element is `tdpbf16ps` applied to its weight row and activation row, one
 //! instruction per 32-column chunk in increasing `k`, from a zeroed accumulator; products of two
@@ -20,7 +20,7 @@
 //! every thread; it differs from the other bf16 paths' sums in the last bits (tested against
 //! the reference within its tolerance).
 //!
-//! Register use: C tiles `tmm0..tmm3` (weight-tile pair × activation-tile pair), A tiles
+//! Register use: C tiles `tmm0..tmm3` (activation-tile pair × weight-tile pair), A tiles
 //! `tmm4`, `tmm5`, B tiles `tmm6`, `tmm7`; every tile is 16 rows × 64 bytes.
 
 use std::arch::asm;
@@ -40,10 +40,7 @@ const STRIDE: usize = 64;
 /// holds for every thread.
 pub(crate) fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
-    // AVX-512F (on every CPU with AMX) for [`block_rows`]' register transpose.
-    *OK.get_or_init(|| {
-        cpu_has_amx_bf16() && std::arch::is_x86_feature_detected!("avx512f") && request_tile_state()
-    })
+    *OK.get_or_init(|| cpu_has_amx_bf16() && request_tile_state())
 }
 
 /// Whether the AMX int8 kernel (`quant/amx_int8.rs`) can run: the CPU has AMX-TILE and
@@ -91,56 +88,28 @@ fn request_tile_state() -> bool {
     false
 }
 
-/// Values [`pack_acts`] writes for `rows` activation rows of `kp` columns.
-pub(crate) fn packed_acts_len(rows: usize, kp: usize) -> usize {
-    rows.div_ceil(TR) * TR * kp
+/// Values of the activations of a call of `rows` rows `ldx` apart: the rows padded with zeros to
+/// a multiple of 16 (whole A tiles).
+pub(crate) fn padded_acts_len(rows: usize, ldx: usize) -> usize {
+    rows.div_ceil(TR) * TR * ldx
 }
 
-/// Rewrites bf16 activation bits `x` (`[rows, kp]`, `kp % 32 == 0`) in the B-tile form: tile
-/// `(m, c)` (activation rows `16m ..`, columns `32c ..`) at `(m * kp / 32 + c) * 512`, its row
-/// `p` holding `x[16m + j][32c + 2p + e]` at `32p + 2j + e`; rows past `rows` are zero. Groups of
-/// 16 rows are rewritten across `pool` when the call is large. Returns false (writing nothing)
-/// when `x` is shorter than `rows * kp` or `kp % 32 != 0`.
-pub(crate) fn pack_acts(
-    pool: &rayon::ThreadPool,
-    x: &[u16],
-    rows: usize,
-    kp: usize,
-    out: &mut Vec<u16>,
-) -> bool {
-    use rayon::prelude::*;
-    if !kp.is_multiple_of(TK) || rows.checked_mul(kp).is_none_or(|n| n > x.len()) {
-        return false;
-    }
-    let chunks = kp / TK;
-    out.clear();
-    out.resize(packed_acts_len(rows, kp), 0);
-    // Group `m`: activation rows `16m ..`, its `chunks` tiles contiguous in `dst`.
-    let pack = |(m, dst): (usize, &mut [u16])| {
-        for (j, row) in x.chunks_exact(kp).skip(m * TR).take(TR).enumerate() {
-            for (c, src) in row.chunks_exact(TK).enumerate() {
-                let tile = &mut dst[c * TILE..][..TILE];
-                for (p, pair) in src.chunks_exact(2).enumerate() {
-                    tile[TK * p + 2 * j..][..2].copy_from_slice(pair);
-                }
-            }
-        }
-    };
-    let group = (chunks * TILE).max(1);
-    if pool.current_num_threads() > 1 && rows > TR && rows * kp >= 1 << 16 {
-        pool.install(|| out.par_chunks_mut(group).enumerate().for_each(pack));
-    } else {
-        out.chunks_mut(group).enumerate().for_each(pack);
-    }
-    true
+/// The activations' row stride (values) for `kp` columns: one cache line more than `kp`, so
+/// that the 16 rows of an A tile do not fall in a few L1 sets when a row is a multiple of 1 or
+/// 4 KiB (measured: with 2048-column rows 4 KiB apart, the 1B-shape bf16 prefill of 512 tokens
+/// ran about 20 % slower).
+pub(crate) fn act_stride(kp: usize) -> usize {
+    kp + TK
 }
 
 /// One call: `y[t][o0 + j] = dot(x[t], w[o0 + j])` for `j < n`, `t < rows`, with `x` the
-/// activations in [`pack_acts`]'s form and `w` the weight in the AMX tile layout (`kp`
-/// columns).
+/// activations' bf16 bits (row `t` at `x[t * ldx..][..kp]`, rows padded to
+/// [`padded_acts_len`]) and `w` the weight in the AMX tile layout (`kp` columns).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AmxCall<'a> {
     pub x: &'a [u16],
+    /// Values between activation rows ([`act_stride`]).
+    pub ldx: usize,
     pub rows: usize,
     pub kp: usize,
     pub w: &'a [u16],
@@ -158,7 +127,8 @@ impl AmxCall<'_> {
             && tiles_w
                 .checked_mul(TR * self.kp)
                 .is_some_and(|l| l <= self.w.len())
-            && packed_acts_len(self.rows, self.kp) <= self.x.len()
+            && self.ldx >= self.kp
+            && padded_acts_len(self.rows, self.ldx) <= self.x.len()
     }
 }
 
@@ -210,9 +180,8 @@ impl TileConfig {
 struct CTile([[f32; TR]; TR]);
 
 /// Runs `call` into the rows of `y` (`y[t * ldo + o0 + j]` for `t < rows`, `j < n`; the other
-/// columns of each row are left alone), each C tile transposed in registers on its way out, so
-/// the caller needs no `[n, rows]` scratch and no transpose. Fills `y` with NaN when the call
-/// does not fit its slices or `o0 + n > ldo`.
+/// columns of each row are left alone). Fills `y` with NaN when the call does not fit its slices
+/// or `o0 + n > ldo`.
 ///
 /// # Safety
 /// As [`block_rows`].
@@ -231,8 +200,7 @@ pub(crate) unsafe fn block_rows(call: &AmxCall<'_>, y: &mut [f32], ldo: usize) {
 
 /// [`block_rows`] for every weight row of `w` (`out` rows), split across `pool` into ranges of
 /// `cw` rows (a multiple of 32: whole weight tile pairs) that each task writes straight into its
-/// columns of `y` (`[rows, out]`), so that the threads stream distinct weights and the output
-/// needs no transpose. Fills `y` with NaN when the call does not fit its slices.
+/// columns of `y` (`[rows, out]`), so that the threads stream distinct weights. Fills `y` with NaN when the call does not fit its slices.
 ///
 /// # Safety
 /// As [`block_rows`].
@@ -298,43 +266,21 @@ impl RowsOut {
     }
 }
 
-/// [`tiles`] writing each C tile, transposed in registers, into `y`'s rows.
+/// The tile loop of a call: every C tile (activation rows `t0 ..`, weight rows `o0 + j0 ..`)
+/// computed and written into `y`'s rows.
 ///
 /// # Safety
-/// As [`block_rows`]; `y.fits(call)`, `y` valid for writes and no other thread touching the elements
-/// of `call`'s columns.
+/// As [`block_rows`]; `y.fits(call)`, `y` valid for writes and no other thread touching the
+/// elements of `call`'s columns.
 unsafe fn tiles_into(call: &AmxCall<'_>, y: RowsOut) {
-    let mut tt = [[0f32; TR]; TR];
-    let out = |ct: &CTile, j0: usize, t0: usize| {
-        let rs: [&[f32]; TR] = std::array::from_fn(|j| &ct.0[j][..]);
-        // SAFETY: `available` (the caller's contract) requires AVX-512F, and every AVX-512F CPU
-        // has AVX2 and FMA; the transpose checks its slices.
-        unsafe { super::simd::transpose16_avx512(&rs, 0, &mut tt) };
-        let (jn, tn) = (TR.min(call.n - j0), TR.min(call.rows - t0));
-        for (t, row) in tt.iter().enumerate().take(tn) {
-            let at = (t0 + t) * y.ldo + call.o0 + j0;
-            // SAFETY: `at + jn <= rows * ldo <= len` (`y.fits(call)`: `t0 + t < rows`,
-            // `o0 + j0 + jn <= o0 + n <= ldo`); these elements are this call's alone.
-            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), y.ptr.add(at), jn) };
-        }
-    };
-    // SAFETY: the caller's contract; the reads fit (`y.fits(call)`).
-    unsafe { tiles(call, out) };
-}
-
-/// The tile loop of a call whose reads fit: every C tile (`[16 weight rows][16 activation
-/// rows]`, weight rows `j0 ..` relative to `o0`, activation rows `t0 ..`) handed to `out`.
-///
-/// # Safety
-/// As [`block_rows`], and [`AmxCall::reads_fit`].
-#[inline(always)]
-unsafe fn tiles(call: &AmxCall<'_>, mut out: impl FnMut(&CTile, usize, usize)) {
     let chunks = call.kp / TK;
     let (wt, xt) = (call.n.div_ceil(TR), call.rows.div_ceil(TR));
+    // Bytes between an A tile's rows: one activation row.
+    let sx = call.ldx * 2;
     // SAFETY: AMX is available (the caller's contract).
     unsafe { TileConfig::all_16x64().load() };
     let w_tile = |t: usize, c: usize| (call.o0 / TR + t) * call.kp * TR + c * TILE;
-    let x_tile = |m: usize, c: usize| (m * chunks + c) * TILE;
+    let x_tile = |m: usize, c: usize| m * TR * call.ldx + c * TK;
     let mut ct = CTile([[0.0; TR]; TR]);
     for a in (0..wt).step_by(2) {
         let two_w = a + 1 < wt;
@@ -351,17 +297,18 @@ unsafe fn tiles(call: &AmxCall<'_>, mut out: impl FnMut(&CTile, usize, usize)) {
                 )
             };
             for c in 0..chunks {
-                // Tile starts: `fits` bounds every tile of weight rows `< o0 + n` rounded up
-                // to 16 and of activation rows `< rows` rounded up to 16, each TILE values.
-                let a0 = call.w[w_tile(a, c)..].as_ptr();
-                let b0 = call.x[x_tile(b, c)..].as_ptr();
-                let a1 = if two_w {
-                    call.w[w_tile(a + 1, c)..].as_ptr()
+                // Tile starts: `reads_fit` bounds every weight tile of rows `< o0 + n` rounded
+                // up to 16 (TILE values each) and every activation row `< rows` rounded up to
+                // 16 (`ldx` values each; an A tile reads 32 of the first kp from 16 rows).
+                let a0 = call.x[x_tile(b, c)..].as_ptr();
+                let b0 = call.w[w_tile(a, c)..].as_ptr();
+                let a1 = if two_x {
+                    call.x[x_tile(b + 1, c)..].as_ptr()
                 } else {
                     a0
                 };
-                let b1 = if two_x {
-                    call.x[x_tile(b + 1, c)..].as_ptr()
+                let b1 = if two_w {
+                    call.w[w_tile(a + 1, c)..].as_ptr()
                 } else {
                     b0
                 };
@@ -369,25 +316,45 @@ unsafe fn tiles(call: &AmxCall<'_>, mut out: impl FnMut(&CTile, usize, usize)) {
                 // weight pair and the weight pair's tiles do not stay in L1 between activation
                 // pairs, so both come from L2, and a tile load waits for all its lines.
                 if c + PREFETCH < chunks {
-                    prefetch_tile(call.x[x_tile(b, c + PREFETCH)..].as_ptr());
-                    prefetch_tile(call.w[w_tile(a, c + PREFETCH)..].as_ptr());
+                    prefetch_tile(call.x[x_tile(b, c + PREFETCH)..].as_ptr(), sx);
+                    prefetch_tile(call.w[w_tile(a, c + PREFETCH)..].as_ptr(), STRIDE);
                     if two_x {
-                        prefetch_tile(call.x[x_tile(b + 1, c + PREFETCH)..].as_ptr());
+                        prefetch_tile(call.x[x_tile(b + 1, c + PREFETCH)..].as_ptr(), sx);
                     }
                     if two_w {
-                        prefetch_tile(call.w[w_tile(a + 1, c + PREFETCH)..].as_ptr());
+                        prefetch_tile(call.w[w_tile(a + 1, c + PREFETCH)..].as_ptr(), STRIDE);
                     }
                 }
-                // SAFETY: each pointer starts a whole 1 KiB tile inside its slice (above), read
-                // as 16 rows of STRIDE bytes; the C tiles stay in registers.
-                unsafe { step(a0, a1, b0, b1, two_w, two_x) };
+                // SAFETY: the A pointers start 16 rows of 64 bytes `sx` apart inside `x`, the
+                // B pointers whole 1 KiB tiles inside `w` (above); the C tiles stay in
+                // registers.
+                unsafe { step(a0, a1, b0, b1, two_x, two_w, sx) };
             }
-            // C tile `tmm{2 * i + j}`: weight tile `a + i`, activation tile `b + j`.
-            for i in 0..1 + two_w as usize {
-                for j in 0..1 + two_x as usize {
+            // C tile `tmm{2 * i + j}`: activation tile `b + i`, weight tile `a + j`.
+            for i in 0..1 + two_x as usize {
+                for j in 0..1 + two_w as usize {
+                    let (t0, j0) = ((b + i) * TR, (a + j) * TR);
+                    let (tn, jn) = (TR.min(call.rows - t0), TR.min(call.n - j0));
+                    let at = t0 * y.ldo + call.o0 + j0;
+                    if tn == TR && jn == TR {
+                        // SAFETY: the tile's 16 rows of 16 values, `ldo` apart from `at`, lie
+                        // inside `y` (`y.fits(call)`: `t0 + 16 <= rows`, `o0 + j0 + 16 <= o0 +
+                        // n <= ldo`) and are this call's alone; AMX configured above.
+                        unsafe { store(2 * i + j, y.ptr.add(at), y.ldo * 4) };
+                        continue;
+                    }
                     // SAFETY: AMX configured above; `ct` is 16 rows of STRIDE bytes.
-                    unsafe { store(2 * i + j, &mut ct) };
-                    out(&ct, (a + i) * TR, (b + j) * TR);
+                    unsafe { store(2 * i + j, ct.0.as_mut_ptr().cast(), STRIDE) };
+                    for (t, row) in ct.0.iter().enumerate().take(tn) {
+                        // SAFETY: as above, for the `tn` rows and `jn` columns that exist.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                row.as_ptr(),
+                                y.ptr.add(at + t * y.ldo),
+                                jn,
+                            )
+                        };
+                    }
                 }
             }
         }
@@ -396,105 +363,107 @@ unsafe fn tiles(call: &AmxCall<'_>, mut out: impl FnMut(&CTile, usize, usize)) {
     unsafe { TileConfig::release() };
 }
 
-/// Chunks ahead of the one being multiplied whose tiles [`block`] asks L1 for (measured: 2 to
+/// Chunks ahead of the one being multiplied whose tiles [`tiles_into`] asks L1 for (measured: 2 to
 /// 20 % more throughput at 32 to 512 rows, kernel_bench and the bench's prefill).
 const PREFETCH: usize = 2;
 
-/// Asks L1 for the 16 rows (cache lines) of the tile at `p`. A hint: it reads nothing and
-/// cannot fault.
+/// Asks L1 for the 16 rows (cache lines) of the tile at `p`, `stride` bytes apart. A hint: it
+/// reads nothing and cannot fault.
 #[inline(always)]
-fn prefetch_tile(p: *const u16) {
+fn prefetch_tile(p: *const u16, stride: usize) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     for r in 0..TR {
         // SAFETY: `prefetcht0` never faults and reads no memory architecturally; SSE is part
         // of x86_64's baseline.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(r * STRIDE)) };
+        unsafe { _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(r * stride)) };
     }
 }
 
-/// One chunk of the 2 × 2 tile block (fewer when `two_w` / `two_x` are false: the missing
-/// operand's loads and products are skipped).
+/// One chunk of the 2 × 2 tile block (fewer when `two_a` / `two_b` are false: the missing
+/// operand's loads and products are skipped): A tiles at `a0`, `a1` (16 rows of 64 bytes, `sa`
+/// bytes apart), B tiles at `b0`, `b1` (1 KiB each), `tmm{2i + j}` += A `i` × B `j`.
 ///
 /// # Safety
-/// AMX configured ([`TileConfig::all_16x64`]); each pointer starts 1 KiB of readable memory.
+/// AMX configured ([`TileConfig::all_16x64`]); each pointer starts 16 readable rows of 64
+/// bytes, `sa` (A) or 64 (B) bytes apart.
 #[inline(always)]
 unsafe fn step(
     a0: *const u16,
     a1: *const u16,
     b0: *const u16,
     b1: *const u16,
-    two_w: bool,
-    two_x: bool,
+    two_a: bool,
+    two_b: bool,
+    sa: usize,
 ) {
-    // SAFETY: the caller's contract; each load reads 16 rows of STRIDE bytes from its pointer.
+    // SAFETY: the caller's contract; each load reads 16 rows of 64 bytes from its pointer.
     unsafe {
-        match (two_w, two_x) {
+        match (two_a, two_b) {
             (true, true) => asm!(
-                "tileloadd tmm4, [{a0} + {s}]",
+                "tileloadd tmm4, [{a0} + {sa}]",
                 "tileloadd tmm6, [{b0} + {s}]",
-                "tileloadd tmm5, [{a1} + {s}]",
+                "tileloadd tmm5, [{a1} + {sa}]",
                 "tileloadd tmm7, [{b1} + {s}]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
                 "tdpbf16ps tmm1, tmm4, tmm7",
                 "tdpbf16ps tmm2, tmm5, tmm6",
                 "tdpbf16ps tmm3, tmm5, tmm7",
                 a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
-                s = in(reg) STRIDE,
+                sa = in(reg) sa, s = in(reg) STRIDE,
                 options(nostack, readonly)
             ),
             (true, false) => asm!(
-                "tileloadd tmm4, [{a0} + {s}]",
+                "tileloadd tmm4, [{a0} + {sa}]",
                 "tileloadd tmm6, [{b0} + {s}]",
-                "tileloadd tmm5, [{a1} + {s}]",
+                "tileloadd tmm5, [{a1} + {sa}]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
                 "tdpbf16ps tmm2, tmm5, tmm6",
                 a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0,
-                s = in(reg) STRIDE,
+                sa = in(reg) sa, s = in(reg) STRIDE,
                 options(nostack, readonly)
             ),
             (false, true) => asm!(
-                "tileloadd tmm4, [{a0} + {s}]",
+                "tileloadd tmm4, [{a0} + {sa}]",
                 "tileloadd tmm6, [{b0} + {s}]",
                 "tileloadd tmm7, [{b1} + {s}]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
                 "tdpbf16ps tmm1, tmm4, tmm7",
                 a0 = in(reg) a0, b0 = in(reg) b0, b1 = in(reg) b1,
-                s = in(reg) STRIDE,
+                sa = in(reg) sa, s = in(reg) STRIDE,
                 options(nostack, readonly)
             ),
             (false, false) => asm!(
-                "tileloadd tmm4, [{a0} + {s}]",
+                "tileloadd tmm4, [{a0} + {sa}]",
                 "tileloadd tmm6, [{b0} + {s}]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
                 a0 = in(reg) a0, b0 = in(reg) b0,
-                s = in(reg) STRIDE,
+                sa = in(reg) sa, s = in(reg) STRIDE,
                 options(nostack, readonly)
             ),
         }
     }
 }
 
-/// Stores C tile `tmm{t}` (`t < 4`) into `ct`.
+/// Stores C tile `tmm{t}` (`t < 4`): 16 rows of 16 f32 from `p`, `stride` bytes apart.
 ///
 /// # Safety
-/// AMX configured; `t < 4`.
+/// AMX configured; `t < 4`; the 16 rows of 64 bytes writable.
 #[inline(always)]
-unsafe fn store(t: usize, ct: &mut CTile) {
-    let p = ct.0.as_mut_ptr();
-    // SAFETY: `ct` holds 16 rows of STRIDE bytes (the caller's contract covers AMX).
+unsafe fn store(t: usize, p: *mut f32, stride: usize) {
+    // SAFETY: the caller's contract.
     unsafe {
         match t {
             0 => {
-                asm!("tilestored [{p} + {s}], tmm0", p = in(reg) p, s = in(reg) STRIDE, options(nostack))
+                asm!("tilestored [{p} + {s}], tmm0", p = in(reg) p, s = in(reg) stride, options(nostack))
             }
             1 => {
-                asm!("tilestored [{p} + {s}], tmm1", p = in(reg) p, s = in(reg) STRIDE, options(nostack))
+                asm!("tilestored [{p} + {s}], tmm1", p = in(reg) p, s = in(reg) stride, options(nostack))
             }
             2 => {
-                asm!("tilestored [{p} + {s}], tmm2", p = in(reg) p, s = in(reg) STRIDE, options(nostack))
+                asm!("tilestored [{p} + {s}], tmm2", p = in(reg) p, s = in(reg) stride, options(nostack))
             }
             _ => {
-                asm!("tilestored [{p} + {s}], tmm3", p = in(reg) p, s = in(reg) STRIDE, options(nostack))
+                asm!("tilestored [{p} + {s}], tmm3", p = in(reg) p, s = in(reg) stride, options(nostack))
             }
         }
     }
@@ -529,9 +498,9 @@ pub(crate) unsafe fn peak_loop(iters: u64, loads: bool) -> f32 {
         let (a0, a1, b0, b1) = (p, p.add(TILE), p.add(2 * TILE), p.add(3 * TILE));
         for _ in 0..iters {
             if loads {
-                step(a0, a1, b0, b1, true, true);
-                step(a0, a1, b0, b1, true, true);
-                step(a0, a1, b0, b1, true, true);
+                step(a0, a1, b0, b1, true, true, STRIDE);
+                step(a0, a1, b0, b1, true, true, STRIDE);
+                step(a0, a1, b0, b1, true, true, STRIDE);
                 continue;
             }
             asm!(
@@ -550,7 +519,7 @@ pub(crate) unsafe fn peak_loop(iters: u64, loads: bool) -> f32 {
                 options(nostack, nomem)
             );
         }
-        store(0, &mut ct);
+        store(0, ct.0.as_mut_ptr().cast(), STRIDE);
         TileConfig::release();
     }
     ct.0.iter().flatten().sum()

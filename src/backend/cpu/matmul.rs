@@ -59,13 +59,16 @@ fn dot_portable<T: Copy>(
 ) -> f32 {
     let mut acc = [0f32; 8];
     for (c, xc) in x.chunks_exact(CHUNK).enumerate() {
-        // Every layout's chunk is a whole number of 8-column runs.
-        let start = layout.index(o, c * CHUNK, kp);
-        let Some(wc) = w.get(start..start + CHUNK) else {
-            return f32::NAN;
-        };
-        for l in 0..8 {
-            acc[l] += xc[l] * widen(wc[l]);
+        // Every layout's chunk is a whole number of runs (of 8 or 2 columns).
+        let run = layout.run();
+        for (r, xr) in xc.chunks_exact(run).enumerate() {
+            let start = layout.index(o, c * CHUNK + r * run, kp);
+            let Some(wr) = w.get(start..start + run) else {
+                return f32::NAN;
+            };
+            for (l, (&xv, &wv)) in xr.iter().zip(wr).enumerate() {
+                acc[r * run + l] += xv * widen(wv);
+            }
         }
     }
     let s4 = [
@@ -181,11 +184,11 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: 
     let xs: Acts<'_> = match &w.data {
         #[cfg(target_arch = "x86_64")]
         WData::BF16(d) if be.bf16 == Bf16Kernel::Amx && w.layout == Layout::AmxTiles => {
-            bf16act::to_bits(&be.pool, x, (rows, inp, kp), &mut scratch.xbits);
-            if !amx::pack_acts(&be.pool, &scratch.xbits, rows, kp, &mut scratch.xtiles) {
-                return y.iter_mut().for_each(|v| *v = f32::NAN);
-            }
-            return amx_rows(be, &scratch.xtiles, rows, w, d, &mut y[..rows * out]);
+            // Rows `amx::act_stride` apart, then padded with zeros to whole A tiles.
+            let ldx = amx::act_stride(kp);
+            bf16act::to_bits(&be.pool, x, (rows, inp, ldx), &mut scratch.xbits);
+            scratch.xbits.resize(amx::padded_acts_len(rows, ldx), 0);
+            return amx_rows(be, &scratch.xbits, rows, w, d, &mut y[..rows * out]);
         }
         WData::BF16(_) if be.bf16 == Bf16Kernel::Avx512Bf16 && w.layout == Layout::Panels => {
             bf16act::to_bits(&be.pool, x, (rows, inp, kp), &mut scratch.xbits);
@@ -218,14 +221,15 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: 
 
 /// The AMX kernel writes `y`'s rows directly ([`amx::block_rows`]: no
 /// `[out, rows]` scratch and no transpose), serially or split by weight rows across the pool
-/// as [`compute`] splits them. `x` holds the activations in `amx::pack_acts`' form, `d` the
-/// weight's bf16 tiles.
+/// as [`compute`] splits them. `x` holds the activations' bf16 bits (rows `amx::act_stride`
+/// apart, padded to a multiple of 16), `d` the weight's bf16 tiles.
 #[cfg(target_arch = "x86_64")]
 fn amx_rows(be: &CpuBackend, x: &[u16], rows: usize, w: &CpuWeight, d: &[u16], y: &mut [f32]) {
     let (out, kp) = (w.out, w.kp);
     let threads = be.pool.current_num_threads();
     let call = amx::AmxCall {
         x,
+        ldx: amx::act_stride(kp),
         rows,
         kp,
         w: d,

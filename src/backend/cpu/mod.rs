@@ -58,8 +58,6 @@ struct Scratch {
     qtiles: quant::TileActs,
     /// Activations as bf16 bits for the `vdpbf16ps` kernels of bf16 weights.
     xbits: Vec<u16>,
-    /// The bf16 bits rewritten as AMX B tiles (`amx::pack_acts`).
-    xtiles: Vec<u16>,
     /// RoPE's cos/sin for the step's positions (shared by its layers).
     rope: elementwise::RopeTable,
 }

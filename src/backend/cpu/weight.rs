@@ -28,8 +28,9 @@ pub(crate) enum Layout {
     /// 4-row panels of 8-column chunks ([`PANEL`], [`CHUNK`]): the AVX2/FMA and AVX-512 BF16
     /// kernels' weight tile.
     Panels,
-    /// 16-row panels of 32-column chunks: each chunk of a panel is one AMX tile (16 rows of 64
-    /// bytes of bf16), for the AMX kernels (`amx.rs`).
+    /// 16-row panels of 32-column chunks: each chunk of a panel is one AMX B tile (1 KiB of
+    /// bf16) in the pair-interleaved form, its row `p` holding columns `2p` and `2p + 1` of each
+    /// of the 16 rows in turn, for the AMX kernel (`amx.rs`).
     AmxTiles,
 }
 
@@ -50,11 +51,25 @@ impl Layout {
         }
     }
 
+    /// Columns of a row that lie next to each other in the packed storage: a chunk's row, or a
+    /// pair in the AMX tiles.
+    pub(crate) const fn run(self) -> usize {
+        match self {
+            Self::Panels => CHUNK,
+            Self::AmxTiles => 2,
+        }
+    }
+
     /// Index of element `(o, i)` in the packed storage of a weight with `kp` padded columns.
     #[inline(always)]
     pub(crate) const fn index(self, o: usize, i: usize, kp: usize) -> usize {
         let (p, c) = (self.panel(), self.chunk());
-        (o / p) * p * kp + (i / c) * p * c + (o % p) * c + i % c
+        let within = match self {
+            Self::Panels => (o % p) * c + i % c,
+            // Row `(i % c) / 2` of the tile, pair `o % p` of that row, element `i % 2`.
+            Self::AmxTiles => (i % c) / 2 * 2 * p + (o % p) * 2 + i % 2,
+        };
+        (o / p) * p * kp + (i / c) * p * c + within
     }
 
     /// Columns of a packed row: `inp` zero-padded to whole chunks.
@@ -132,9 +147,9 @@ impl CpuWeight {
         if let WData::Quant(q) = &self.data {
             return quant_row_into(q, r, dst);
         }
-        let chunk = self.layout.chunk();
-        for (c, d) in dst.chunks_mut(chunk).enumerate() {
-            let start = self.layout.index(r, c * chunk, self.kp);
+        let run = self.layout.run();
+        for (c, d) in dst.chunks_mut(run).enumerate() {
+            let start = self.layout.index(r, c * run, self.kp);
             let ok = match &self.data {
                 WData::F32(v) => v
                     .get(start..start + d.len())
@@ -248,7 +263,7 @@ fn f32_to_bf16_bits(v: f32) -> u16 {
 /// Writes row `r` (`src`, `in` values) into the packed storage `d` in `layout`; `d` was sized
 /// for it.
 fn scatter_row<T: Copy>(d: &mut [T], layout: Layout, r: usize, kp: usize, src: &[T]) {
-    let width = layout.chunk();
+    let width = layout.run();
     for (c, chunk) in src.chunks(width).enumerate() {
         let start = layout.index(r, c * width, kp);
         if let Some(dst) = d.get_mut(start..start + chunk.len()) {
