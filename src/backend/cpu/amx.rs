@@ -200,7 +200,8 @@ pub(crate) unsafe fn block_rows(call: &AmxCall<'_>, y: &mut [f32], ldo: usize) {
 
 /// [`block_rows`] for every weight row of `w` (`out` rows), split across `pool` into ranges of
 /// `cw` rows (a multiple of 32: whole weight tile pairs) that each task writes straight into its
-/// columns of `y` (`[rows, out]`), so that the threads stream distinct weights. Fills `y` with NaN when the call does not fit its slices.
+/// columns of `y` (`[rows, out]`), so that the threads stream distinct weights. Fills `y` with
+/// NaN when the call does not fit its slices.
 ///
 /// # Safety
 /// As [`block_rows`].
@@ -363,8 +364,8 @@ unsafe fn tiles_into(call: &AmxCall<'_>, y: RowsOut) {
     unsafe { TileConfig::release() };
 }
 
-/// Chunks ahead of the one being multiplied whose tiles [`tiles_into`] asks L1 for (measured: 2 to
-/// 20 % more throughput at 32 to 512 rows, kernel_bench and the bench's prefill).
+/// Chunks ahead of the one being multiplied whose tiles [`tiles_into`] asks L1 for (measured: 2
+/// to 20 % more throughput at 32 to 512 rows, kernel_bench and the bench's prefill).
 const PREFETCH: usize = 2;
 
 /// Asks L1 for the 16 rows (cache lines) of the tile at `p`, `stride` bytes apart. A hint: it

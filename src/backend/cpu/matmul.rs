@@ -3,7 +3,8 @@
 //!
 //! The result is computed into a scratch `yt` laid out `[out, rows]` (so each thread owns a
 //! contiguous range of weight rows and reads each weight exactly once per call) and transposed
-//! into `y`. Batch invariance: every kernel computes each output element with a fixed
+//! into `y`; the AMX kernel instead writes its tiles straight into each thread's columns of `y`
+//! (`amx.rs`). Batch invariance: every kernel computes each output element with a fixed
 //! instruction sequence (see `simd.rs`), so row `t` of `y` is bitwise the same whatever the
 //! number of rows, the tiling or the thread count.
 
@@ -58,9 +59,9 @@ fn dot_portable<T: Copy>(
     widen: impl Fn(T) -> f32,
 ) -> f32 {
     let mut acc = [0f32; 8];
+    // Every layout's chunk is a whole number of runs (of 8 or 2 columns).
+    let run = layout.run();
     for (c, xc) in x.chunks_exact(CHUNK).enumerate() {
-        // Every layout's chunk is a whole number of runs (of 8 or 2 columns).
-        let run = layout.run();
         for (r, xr) in xc.chunks_exact(run).enumerate() {
             let start = layout.index(o, c * CHUNK + r * run, kp);
             let Some(wr) = w.get(start..start + run) else {
@@ -180,7 +181,7 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: 
     let x = &x[..rows * inp];
     // Activations padded to kp columns (only when `in` is not a multiple of the layout's
     // chunk); for a bf16 weight rounded to bf16 (see `bf16act.rs`), as bits for the `vdpbf16ps`
-    // kernels or as AMX tiles (whose kernel writes `y` itself).
+    // kernels, or as bits in rows padded for the AMX kernel (which writes `y` itself).
     let xs: Acts<'_> = match &w.data {
         #[cfg(target_arch = "x86_64")]
         WData::BF16(d) if be.bf16 == Bf16Kernel::Amx && w.layout == Layout::AmxTiles => {
@@ -219,9 +220,9 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: 
     transpose(be, yt, rows, out, y);
 }
 
-/// The AMX kernel writes `y`'s rows directly ([`amx::block_rows`]: no
-/// `[out, rows]` scratch and no transpose), serially or split by weight rows across the pool
-/// as [`compute`] splits them. `x` holds the activations' bf16 bits (rows `amx::act_stride`
+/// The AMX kernel writes `y`'s rows directly ([`amx::block_rows`]: no `[out, rows]` scratch
+/// and no transpose), serially or split by weight rows across the pool as [`compute`] splits
+/// them. `x` holds the activations' bf16 bits (rows `amx::act_stride`
 /// apart, padded to a multiple of 16), `d` the weight's bf16 tiles.
 #[cfg(target_arch = "x86_64")]
 fn amx_rows(be: &CpuBackend, x: &[u16], rows: usize, w: &CpuWeight, d: &[u16], y: &mut [f32]) {
@@ -237,8 +238,8 @@ fn amx_rows(be: &CpuBackend, x: &[u16], rows: usize, w: &CpuWeight, d: &[u16], y
         n: out,
     };
     if threads <= 1 || rows.saturating_mul(out).saturating_mul(kp) < (1 << 18) {
-        // SAFETY: activations are AMX tiles only when `be.bf16` is `Bf16Kernel::Amx`, which the
-        // backend selects only when `amx::available()`; the kernel checks its slices.
+        // SAFETY: `matmul` calls this only when `be.bf16` is `Bf16Kernel::Amx`, which the backend
+        // selects only when `amx::available()`; the kernel checks its slices.
         unsafe { amx::block_rows(&call, y, out) };
     } else {
         let cw = task_rows(out, rows, kp, 2, threads, 2 * w.layout.panel());
