@@ -21,6 +21,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
+use crate::comparison::median;
+
 /// One weight matmul of a layer: a name and `(in, out)`.
 type Shape = (&'static str, usize, usize);
 
@@ -59,16 +61,6 @@ fn peak_paths() -> (&'static str, PeakPath, Option<PeakPath>) {
     }
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.retain(|x| x.is_finite());
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(v[n / 2]),
-        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
-}
-
 /// Seconds per call of `f`: the median of calls repeated for at least `min` (after one warm-up
 /// call, at least three).
 fn seconds_per_call(min: Duration, mut f: impl FnMut()) -> f64 {
@@ -80,7 +72,7 @@ fn seconds_per_call(min: Duration, mut f: impl FnMut()) -> f64 {
         f();
         times.push(t.elapsed().as_secs_f64());
     }
-    median(times).unwrap_or(f64::NAN)
+    median(&times).unwrap_or(f64::NAN)
 }
 
 /// For each prefill length in `rows`: the layer's matmuls (`shapes`) timed on a backend of
@@ -141,9 +133,9 @@ pub fn measure(shapes: &[Shape], rows: &[usize], threads: usize, rounds: usize) 
         per_rows.insert(
             format!("prefill_{n}"),
             json!({
-                "gflops": median(achieved.clone()),
-                "over_peak": median(over_peak),
-                "over_amx_step_peak": median(over_step),
+                "gflops": median(&achieved),
+                "over_peak": median(&over_peak),
+                "over_amx_step_peak": median(&over_step),
                 "rounds_gflops": achieved,
             }),
         );

@@ -103,13 +103,11 @@ pub(crate) fn act_stride(kp: usize) -> usize {
 }
 
 /// One call: `y[t][o0 + j] = dot(x[t], w[o0 + j])` for `j < n`, `t < rows`, with `x` the
-/// activations' bf16 bits (row `t` at `x[t * ldx..][..kp]`, rows padded to
+/// activations' bf16 bits (row `t` at `x[t * act_stride(kp)..][..kp]`, rows padded to
 /// [`padded_acts_len`]) and `w` the weight in the AMX tile layout (`kp` columns).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AmxCall<'a> {
     pub x: &'a [u16],
-    /// Values between activation rows ([`act_stride`]).
-    pub ldx: usize,
     pub rows: usize,
     pub kp: usize,
     pub w: &'a [u16],
@@ -127,8 +125,7 @@ impl AmxCall<'_> {
             && tiles_w
                 .checked_mul(TR * self.kp)
                 .is_some_and(|l| l <= self.w.len())
-            && self.ldx >= self.kp
-            && padded_acts_len(self.rows, self.ldx) <= self.x.len()
+            && padded_acts_len(self.rows, act_stride(self.kp)) <= self.x.len()
     }
 }
 
@@ -212,14 +209,13 @@ pub(crate) unsafe fn par_block_rows(
     y: &mut [f32],
 ) {
     use rayon::prelude::*;
-    let (out, rows) = (call.n, call.rows);
+    let out = call.n;
     let rows_out = RowsOut {
         ptr: y.as_mut_ptr(),
         len: y.len(),
         ldo: out,
     };
-    let whole = AmxCall { o0: 0, ..*call };
-    if call.o0 != 0 || !cw.is_multiple_of(2 * TR) || !rows_out.fits(&whole) {
+    if call.o0 != 0 || !cw.is_multiple_of(2 * TR) || !rows_out.fits(call) {
         return y.iter_mut().for_each(|v| *v = f32::NAN);
     }
     pool.install(|| {
@@ -228,12 +224,11 @@ pub(crate) unsafe fn par_block_rows(
             let part = AmxCall {
                 o0,
                 n: cw.min(out - o0),
-                rows,
                 ..*call
             };
             // SAFETY: the caller's contract; `rows_out` is `y`, borrowed exclusively for this
             // call, and each task writes only its own columns `o0 .. o0 + n` (disjoint ranges)
-            // of each row; `part` lies inside `whole`, which fits.
+            // of each row; `part` lies inside `call` (whose `o0` is 0), which fits.
             unsafe { tiles_into(&part, rows_out) };
         });
     });
@@ -277,11 +272,12 @@ unsafe fn tiles_into(call: &AmxCall<'_>, y: RowsOut) {
     let chunks = call.kp / TK;
     let (wt, xt) = (call.n.div_ceil(TR), call.rows.div_ceil(TR));
     // Bytes between an A tile's rows: one activation row.
-    let sx = call.ldx * 2;
+    let ldx = act_stride(call.kp);
+    let sx = ldx * 2;
     // SAFETY: AMX is available (the caller's contract).
     unsafe { TileConfig::all_16x64().load() };
     let w_tile = |t: usize, c: usize| (call.o0 / TR + t) * call.kp * TR + c * TILE;
-    let x_tile = |m: usize, c: usize| m * TR * call.ldx + c * TK;
+    let x_tile = |m: usize, c: usize| m * TR * ldx + c * TK;
     let mut ct = CTile([[0.0; TR]; TR]);
     for a in (0..wt).step_by(2) {
         let two_w = a + 1 < wt;

@@ -230,14 +230,13 @@ fn amx_rows(be: &CpuBackend, x: &[u16], rows: usize, w: &CpuWeight, d: &[u16], y
     let threads = be.pool.current_num_threads();
     let call = amx::AmxCall {
         x,
-        ldx: amx::act_stride(kp),
         rows,
         kp,
         w: d,
         o0: 0,
         n: out,
     };
-    if threads <= 1 || rows.saturating_mul(out).saturating_mul(kp) < (1 << 18) {
+    if serial(threads, rows.saturating_mul(out).saturating_mul(kp)) {
         // SAFETY: `matmul` calls this only when `be.bf16` is `Bf16Kernel::Amx`, which the backend
         // selects only when `amx::available()`; the kernel checks its slices.
         unsafe { amx::block_rows(&call, y, out) };
@@ -246,6 +245,12 @@ fn amx_rows(be: &CpuBackend, x: &[u16], rows: usize, w: &CpuWeight, d: &[u16], y
         // SAFETY: as above.
         unsafe { amx::par_block_rows(&be.pool, &call, cw, y) };
     }
+}
+
+/// Whether a matmul of `work` multiply-adds runs on the calling thread alone: one thread, or
+/// too little work to pay for splitting it.
+pub(super) fn serial(threads: usize, work: usize) -> bool {
+    threads <= 1 || work < (1 << 18)
 }
 
 /// Rows per band of [`transpose`] (a multiple of 8).
@@ -357,7 +362,7 @@ fn compute(be: &CpuBackend, xs: Acts<'_>, rows: usize, w: &CpuWeight, yt: &mut [
     };
     let threads = be.pool.current_num_threads();
     let flops = rows.saturating_mul(out).saturating_mul(kp);
-    if threads <= 1 || flops < (1 << 18) {
+    if serial(threads, flops) {
         run_block(be, xs, rows, w, 0, yt);
     } else {
         let cw = task_rows(out, rows, kp, wbytes, threads, w.layout.panel());

@@ -404,7 +404,7 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &QuantStack, y:
     let threads = be.pool.current_num_threads();
     let work = rows.saturating_mul(out).saturating_mul(inp);
     let run = |yt: &mut [f32]| {
-        if threads <= 1 || work < (1 << 18) {
+        if super::matmul::serial(threads, work) {
             run_task(kernel, &task(0), tiles, yt);
         } else {
             // ~4 tasks per thread over distinct weight rows (whole tile panels on AMX).
