@@ -20,12 +20,8 @@ use super::{Decoded, Task};
 #[target_feature(enable = "avx2")]
 #[inline]
 fn dot_avx2(u: __m256i, x: __m256i, signed: bool) -> __m256i {
-    let p16 = if signed {
-        _mm256_maddubs_epi16(_mm256_abs_epi8(u), _mm256_sign_epi8(x, u))
-    } else {
-        _mm256_maddubs_epi16(u, x)
-    };
-    _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+    // SAFETY: AVX2 (enabled here); registers only.
+    unsafe { _mm256_madd_epi16(pairs_avx2(u, x, signed), _mm256_set1_epi16(1)) }
 }
 
 /// AVX-512 VNNI dot of one block as unpacked (unsigned values).
@@ -42,27 +38,89 @@ fn dot_avxvnni(u: __m256i, x: __m256i, _signed: bool) -> __m256i {
     _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, x)
 }
 
+/// AVX2 product pairs of one four-byte step: `vpmaddubsw` of the values with the
+/// activations, `i16` pair sums (|w| with w's sign moved onto the activation when signed).
+///
+/// # Safety
+/// The CPU must have AVX2 (inlined into the path functions, which check it).
+#[inline(always)]
+unsafe fn pairs_avx2(w: __m256i, x: __m256i, signed: bool) -> __m256i {
+    // SAFETY: AVX2 (the caller's contract); registers only.
+    unsafe {
+        if signed {
+            _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w))
+        } else {
+            _mm256_maddubs_epi16(w, x)
+        }
+    }
+}
+
+/// One half's `i32` lane sums from its 4 steps' pairs `p`: added in `i16` in runs of `run`
+/// (1, 2 or 4; exact where [`Form::i16_sums`] allows the run), each run widened by one
+/// `vpmaddwd`, so the lanes are the exact integer sums whatever the run length.
+///
+/// # Safety
+/// The CPU must have AVX2 (inlined into the path functions, which check it).
+#[inline(always)]
+unsafe fn half_avx2(p: [__m256i; 4], run: usize) -> __m256i {
+    // SAFETY: AVX2 (the caller's contract); registers only.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let w = |v: __m256i| _mm256_madd_epi16(v, ones);
+        match run {
+            4 => w(_mm256_add_epi16(
+                _mm256_add_epi16(p[0], p[1]),
+                _mm256_add_epi16(p[2], p[3]),
+            )),
+            2 => _mm256_add_epi32(
+                w(_mm256_add_epi16(p[0], p[1])),
+                w(_mm256_add_epi16(p[2], p[3])),
+            ),
+            _ => _mm256_add_epi32(
+                _mm256_add_epi32(w(p[0]), w(p[1])),
+                _mm256_add_epi32(w(p[2]), w(p[3])),
+            ),
+        }
+    }
+}
+
+/// AVX2 per-half sums of one weight row's transposed super-block, values in `form`, against
+/// the 8 activation steps `x` (see `lanes::transpose8`).
+///
+/// # Safety
+/// The CPU must have AVX2 (inlined into the path functions, which check it).
+#[inline(always)]
+unsafe fn halves_avx2(w: &[__m256i; 8], x: &[__m256i; 8], form: Form) -> (__m256i, __m256i) {
+    // SAFETY: AVX2 (the caller's contract); registers only.
+    unsafe {
+        let p = |i: usize| pairs_avx2(w[i], x[i], form.signed);
+        (
+            half_avx2([p(0), p(1), p(2), p(3)], form.i16_sums),
+            half_avx2([p(4), p(5), p(6), p(7)], form.i16_sums),
+        )
+    }
+}
+
+/// The 8 activation steps of a transposed super-block at `x`.
+///
+/// # Safety
+/// The CPU must have AVX2; `x` must point to 256 readable bytes.
+#[inline(always)]
+unsafe fn steps_avx2(x: *const i8) -> [__m256i; 8] {
+    // SAFETY: `x` points to 256 readable bytes (the caller's contract); loadu has no
+    // alignment requirement.
+    std::array::from_fn(|i| unsafe { _mm256_loadu_si256(x.add(32 * i) as *const __m256i) })
+}
+
 /// AVX2 transposed super-block dot: the per-half sums (see `lanes::transpose8`).
 ///
 /// # Safety
 /// `x` must point to 256 readable bytes.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn dot_t_avx2(w: &[__m256i; 8], x: *const i8, signed: bool) -> (__m256i, __m256i) {
-    let ones = _mm256_set1_epi16(1);
-    let mut h = [_mm256_setzero_si256(); 2];
-    for (i, wi) in w.iter().enumerate() {
-        // SAFETY: `x` points to 256 readable bytes (the caller's contract); loadu has no
-        // alignment requirement.
-        let xi = unsafe { _mm256_loadu_si256(x.add(32 * i) as *const __m256i) };
-        let p16 = if signed {
-            _mm256_maddubs_epi16(_mm256_abs_epi8(*wi), _mm256_sign_epi8(xi, *wi))
-        } else {
-            _mm256_maddubs_epi16(*wi, xi)
-        };
-        h[i / 4] = _mm256_add_epi32(h[i / 4], _mm256_madd_epi16(p16, ones));
-    }
-    (h[0], h[1])
+unsafe fn dot_t_avx2(w: &[__m256i; 8], x: *const i8, form: Form) -> (__m256i, __m256i) {
+    // SAFETY: AVX2 (enabled here); `x` as the caller guarantees.
+    unsafe { halves_avx2(w, &steps_avx2(x), form) }
 }
 
 /// AVX2 transposed super-block dot of two weight rows against one activation load.
@@ -75,26 +133,13 @@ unsafe fn dot_t2_avx2(
     wa: &[__m256i; 8],
     wb: &[__m256i; 8],
     x: *const i8,
-    signed: bool,
+    form: Form,
 ) -> ((__m256i, __m256i), (__m256i, __m256i)) {
-    let ones = _mm256_set1_epi16(1);
-    let (mut ha, mut hb) = ([_mm256_setzero_si256(); 2], [_mm256_setzero_si256(); 2]);
-    for i in 0..8 {
-        // SAFETY: `x` points to 256 readable bytes (the caller's contract); loadu has no
-        // alignment requirement.
-        let xi = unsafe { _mm256_loadu_si256(x.add(32 * i) as *const __m256i) };
-        let dot = |w: __m256i| {
-            let p16 = if signed {
-                _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(xi, w))
-            } else {
-                _mm256_maddubs_epi16(w, xi)
-            };
-            _mm256_madd_epi16(p16, ones)
-        };
-        ha[i / 4] = _mm256_add_epi32(ha[i / 4], dot(wa[i]));
-        hb[i / 4] = _mm256_add_epi32(hb[i / 4], dot(wb[i]));
+    // SAFETY: AVX2 (enabled here); `x` as the caller guarantees.
+    unsafe {
+        let xs = steps_avx2(x);
+        (halves_avx2(wa, &xs, form), halves_avx2(wb, &xs, form))
     }
-    ((ha[0], ha[1]), (hb[0], hb[1]))
 }
 
 /// AVX2 keeps signed values as they are.
@@ -125,6 +170,7 @@ pub(super) unsafe fn prep_vnni(mut sb: Sb, form: Form) -> (Sb, Form) {
     let form = Form {
         signed: false,
         off_shift: Some(7),
+        i16_sums: 1,
         ..form
     };
     (sb, form)
@@ -170,7 +216,7 @@ unsafe fn dot_t2_avx512vnni(
     wa: &[__m256i; 8],
     wb: &[__m256i; 8],
     x: *const i8,
-    _signed: bool,
+    _form: Form,
 ) -> ((__m256i, __m256i), (__m256i, __m256i)) {
     vnni_dot_t2!(wa, wb, x, _mm256_dpbusd_epi32)
 }
@@ -185,7 +231,7 @@ unsafe fn dot_t2_avxvnni(
     wa: &[__m256i; 8],
     wb: &[__m256i; 8],
     x: *const i8,
-    _signed: bool,
+    _form: Form,
 ) -> ((__m256i, __m256i), (__m256i, __m256i)) {
     vnni_dot_t2!(wa, wb, x, _mm256_dpbusd_avx_epi32)
 }
@@ -196,7 +242,7 @@ unsafe fn dot_t2_avxvnni(
 /// `x` must point to 256 readable bytes.
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn dot_t_avx512vnni(w: &[__m256i; 8], x: *const i8, _signed: bool) -> (__m256i, __m256i) {
+unsafe fn dot_t_avx512vnni(w: &[__m256i; 8], x: *const i8, _form: Form) -> (__m256i, __m256i) {
     vnni_dot_t!(w, x, _mm256_dpbusd_epi32)
 }
 
@@ -206,7 +252,7 @@ unsafe fn dot_t_avx512vnni(w: &[__m256i; 8], x: *const i8, _signed: bool) -> (__
 /// `x` must point to 256 readable bytes.
 #[target_feature(enable = "avx2,avxvnni")]
 #[inline]
-unsafe fn dot_t_avxvnni(w: &[__m256i; 8], x: *const i8, _signed: bool) -> (__m256i, __m256i) {
+unsafe fn dot_t_avxvnni(w: &[__m256i; 8], x: *const i8, _form: Form) -> (__m256i, __m256i) {
     vnni_dot_t!(w, x, _mm256_dpbusd_avx_epi32)
 }
 

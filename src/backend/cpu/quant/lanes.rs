@@ -223,8 +223,9 @@ pub(super) fn prefetch(bytes: &[u8], at: usize) {
 /// functions:
 /// - `$dot`: `fn(u: __m256i, x: __m256i, signed: bool) -> __m256i`, 8 lanes of exact partial
 ///   sums of one block dotted as unpacked (lanes 0-3 covering elements 0-15);
-/// - `$dot_t`: `unsafe fn(&[__m256i; 8], *const i8 /* 256 bytes */, signed) -> (__m256i,
-///   __m256i)`, the per-half sums of a transposed super-block (see [`transpose8`]);
+/// - `$dot_t`: `unsafe fn(&[__m256i; 8], *const i8 /* 256 bytes */, Form) -> (__m256i,
+///   __m256i)`, the per-half sums of a transposed super-block (see [`transpose8`]) whose
+///   values are held in `form`;
 /// - `$dot_t2`: the same for two weight rows against one activation load;
 /// - `$prep`: `unsafe fn(Sb, Form) -> (Sb, Form)`, how it holds signed values (needs AVX2);
 /// - `$bw`: whether `$feat` includes AVX-512BW and AVX-512VL (see `superblock::unpack`).
@@ -271,7 +272,7 @@ macro_rules! row_kernels {
             // SAFETY: the row kernel's target features (checked by the caller of the path
             // function); `xs` holds the 256 bytes `$dot_t` reads.
             unsafe {
-                let h = $dot_t(wt, xs.as_ptr(), form.signed);
+                let h = $dot_t(wt, xs.as_ptr(), form);
                 let (dx, s0, s1) = acts8(a, t, g, k);
                 combine(sb, form, h, dx, s0, s1)
             }
@@ -397,7 +398,7 @@ macro_rules! row_kernels {
                         let t = r0 + i;
                         let xo = (t * nsb + g) * SB_ELEMS;
                         let xs = &xt[xo..xo + SB_ELEMS];
-                        let (ha, hb) = $dot_t2(&ta, &tb, xs.as_ptr(), form.signed);
+                        let (ha, hb) = $dot_t2(&ta, &tb, xs.as_ptr(), form);
                         let (dx, s0, s1) = acts8(a, t, g, k);
                         *aa = _mm256_add_ps(*aa, combine(&sa, form, ha, dx, s0, s1));
                         *ab = _mm256_add_ps(*ab, combine(&sb2, form, hb, dx, s0, s1));
@@ -442,6 +443,7 @@ macro_rules! lanes_task {
             min: false,
             equal_halves: false,
             unit: false,
+            i16_sums: 1,
         };
         let plain = |bytes| RowRef {
             bytes,

@@ -38,6 +38,11 @@ pub(super) struct Form {
     pub equal_halves: bool,
     /// `isc == 1` in every block.
     pub unit: bool,
+    /// How many `vpmaddubsw` results (each an `i16` pair sum of value times activation,
+    /// `|x| <= 127`) an `i16` lane can add up exactly: `32767 / (2 · 127 · max |value|)`,
+    /// capped at 4 (a half's steps). 4 for values up to 31, 2 up to 63, 1 for signed `i8`
+    /// values (up to 128). The AVX2 path sums that many in `i16` before widening.
+    pub i16_sums: usize,
 }
 
 /// One super-block (see the module docs). Lanes past the blocks present are zero.
@@ -62,6 +67,7 @@ pub(super) const FORM_K4: Form = Form {
     min: true,
     equal_halves: true,
     unit: false,
+    i16_sums: 4,
 };
 /// Q6_K: `u = q + 32`, a scale per half.
 pub(super) const FORM_Q6K: Form = Form {
@@ -70,6 +76,7 @@ pub(super) const FORM_Q6K: Form = Form {
     min: false,
     equal_halves: false,
     unit: false,
+    i16_sums: 2,
 };
 /// Q4_0: `u = q + 8`, unit scales.
 pub(super) const FORM_Q4_0: Form = Form {
@@ -78,6 +85,7 @@ pub(super) const FORM_Q4_0: Form = Form {
     min: false,
     equal_halves: true,
     unit: true,
+    i16_sums: 4,
 };
 /// Q5_0: `u = q + 16`, unit scales.
 pub(super) const FORM_Q5_0: Form = Form {
@@ -86,6 +94,7 @@ pub(super) const FORM_Q5_0: Form = Form {
     min: false,
     equal_halves: true,
     unit: true,
+    i16_sums: 4,
 };
 /// Q4_1 / Q5_1: unsigned values, unit scales and mins.
 pub(super) const FORM_MIN_UNIT: Form = Form {
@@ -94,6 +103,7 @@ pub(super) const FORM_MIN_UNIT: Form = Form {
     min: true,
     equal_halves: true,
     unit: true,
+    i16_sums: 4,
 };
 /// Q8_0 / IQ4_NL: signed values, unit scales.
 pub(super) const FORM_SIGNED_UNIT: Form = Form {
@@ -102,6 +112,7 @@ pub(super) const FORM_SIGNED_UNIT: Form = Form {
     min: false,
     equal_halves: true,
     unit: true,
+    i16_sums: 1,
 };
 
 /// The f16 at `b[at..at + 2]` as f32 (F16C; the caller guarantees `at + 2 <= b.len()`).
