@@ -3,7 +3,9 @@
 //!
 //! - AVX2: `vpmaddubsw` then `vpmaddwd`. Unsigned values (at most 63) times the signed
 //!   activations pair-sum to at most 2·63·127 in `i16`; signed values use |w| with the
-//!   activation carrying w's sign (at most 2·128·127 = 32512): nothing saturates.
+//!   activation carrying w's sign (at most 2·128·127 = 32512): nothing saturates. In the
+//!   transposed layout a half's 4 steps are added in `i16` before the `vpmaddwd` in runs
+//!   that cannot overflow ([`Form::i16_sums`]: 4 for values up to 31, 2 up to 63, else 1).
 //! - AVX-VNNI (VEX `vpdpbusd`) and AVX-512 VNNI (EVEX `vpdpbusd` on 256-bit vectors): four
 //!   `u8 × i8` products summed straight into `i32`. Signed values are offset to unsigned once
 //!   per super-block (`q + 128`, xor 0x80) and `128 Σ x` is subtracted in the combine.
