@@ -347,3 +347,50 @@ fn bad_shapes_give_nan_not_panics() {
         assert!(y.iter().all(|v| v.is_nan()));
     }
 }
+
+#[test]
+fn a_weight_computes_the_same_bits_whichever_path_packed_it() {
+    // The AVX2 path keeps Q4_K and Q4_0 blocks in its step order; every path reads either
+    // order, and an embedding gather from such a table dequantizes the ggml values.
+    let r = ReferenceBackend;
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let bes = backends(2);
+    // Q4_0 at 576 columns: two whole super-blocks and a tail of 2 blocks.
+    for (ty, cols) in [
+        (GgmlType::Q4K, 512),
+        (GgmlType::Q4_0, 576),
+        (GgmlType::Q6K, 512),
+    ] {
+        let out = 19;
+        let t = HostTensor::quantized(random_quant(&mut rng, ty, out, cols));
+        let wr = r.weight(&t, WeightFormat::F32).unwrap();
+        let ids: Vec<u32> = (0..out as u32).rev().collect();
+        let mut want_rows = Vec::new();
+        r.embedding_gather(&wr, &ids, &mut want_rows);
+        for rows in [1, 6] {
+            let x = rand_x(&mut rng, rows * cols);
+            let mut yr = vec![0f32; rows * out];
+            r.matmul(&x, rows, &wr, &mut yr);
+            for (kp, bp) in &bes {
+                let w = bp.weight(&t, WeightFormat::F32).unwrap();
+                let mut got_rows = Vec::new();
+                bp.embedding_gather(&w, &ids, &mut got_rows);
+                assert_bits(
+                    &format!("{ty} gather, packed by {}", kp.name()),
+                    &got_rows,
+                    &want_rows,
+                );
+                for (kc, bc) in &bes {
+                    let mut yc = vec![0f32; rows * out];
+                    bc.matmul(&x, rows, &w, &mut yc);
+                    let what = format!(
+                        "{ty} rows={rows} packed by {} run on {}",
+                        kp.name(),
+                        kc.name()
+                    );
+                    assert_bits(&what, &yc, &yr);
+                }
+            }
+        }
+    }
+}

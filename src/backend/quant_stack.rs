@@ -54,6 +54,10 @@ impl QuantStack {
     pub fn segments(&self) -> &[QuantData] {
         &self.segs
     }
+    /// The segments, mutable (their blocks' bytes only: see [`QuantData::bytes_mut`]).
+    pub(crate) fn segments_mut(&mut self) -> &mut [QuantData] {
+        &mut self.segs
+    }
     /// Columns (`in`).
     pub fn cols(&self) -> usize {
         self.cols

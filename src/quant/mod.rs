@@ -93,6 +93,11 @@ impl QuantData {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+    /// All blocks, mutable in place (the length, and so every shape invariant, stays): for
+    /// backends that rearrange bytes within blocks for their kernels.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
     /// The blocks of row `r` (empty when out of range).
     pub fn row(&self, r: usize) -> &[u8] {
         let rb = self.row_bytes();

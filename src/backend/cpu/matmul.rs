@@ -166,7 +166,7 @@ fn run_block(be: &CpuBackend, x: Acts<'_>, rows: usize, w: &CpuWeight, o0: usize
 /// `y[t*out + o] = sum_i x[t*in + i] * w[o, i]`; fills `y` with NaN on inconsistent sizes.
 pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: &mut [f32]) {
     if let WData::Quant(q) = &w.data {
-        return super::quant::matmul(be, x, rows, q, y);
+        return super::quant::matmul(be, x, rows, q, w.steps, y);
     }
     let (out, inp, kp) = (w.out, w.inp, w.kp);
     if !matmul_shapes_ok(x.len(), y.len(), rows, out, inp) {

@@ -382,11 +382,17 @@ impl Backend for CpuBackend {
     }
 
     fn weight(&self, t: &HostTensor, format: WeightFormat) -> Result<CpuWeight> {
-        weight::pack(&[t], format, self.bf16.layout())
+        self.fused_weight(&[t], format)
     }
 
     fn fused_weight(&self, parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWeight> {
-        weight::pack(parts, format, self.bf16.layout())
+        let w = weight::pack(parts, format, self.bf16.layout())?;
+        // The AVX2 path reads Q4_K blocks fastest in the step order (`quant::step_order`).
+        Ok(if self.qkernel == QuantKernel::Avx2 {
+            w.into_steps()
+        } else {
+            w
+        })
     }
 
     fn weight_bytes(&self, w: &CpuWeight) -> usize {

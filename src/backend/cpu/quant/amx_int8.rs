@@ -37,7 +37,7 @@ use std::arch::x86_64::*;
 
 use super::super::amx::TileConfig;
 use super::dot_x86::{prep_vnni, task_avx512vnni};
-use super::lanes::prescale;
+use super::lanes::{prescale, transpose8};
 use super::superblock::*;
 use super::{Decoded, Task};
 use crate::backend::reference::quant_block::QBLOCK;
@@ -213,6 +213,8 @@ pub(super) unsafe fn task_amx(t: &Task<'_>, acts: &TileActs, dec: &mut Decoded, 
         let form = unsafe {
             match code {
                 T_Q4K => unpack_panel::<T_Q4K>(&bytes, nb, &mut panel),
+                T_Q4K_STEPS => unpack_panel::<T_Q4K_STEPS>(&bytes, nb, &mut panel),
+                T_Q4_0_STEPS => unpack_panel::<T_Q4_0_STEPS>(&bytes, nb, &mut panel),
                 T_Q5K => unpack_panel::<T_Q5K>(&bytes, nb, &mut panel),
                 T_Q6K => unpack_panel::<T_Q6K>(&bytes, nb, &mut panel),
                 T_Q8_0 => unpack_panel::<T_Q8_0>(&bytes, nb, &mut panel),
@@ -265,7 +267,7 @@ fn panel_code(t: &Task<'_>, j: usize, n: usize) -> Option<u8> {
         return None;
     }
     let (ty, _) = t.w.row(t.o0 + j)?;
-    let code = type_code(ty);
+    let code = row_code(ty, t.steps);
     let same = (1..TR).all(|r| matches!(t.w.row(t.o0 + j + r), Some((u, _)) if u == ty));
     (code != T_DECODED && same).then_some(code)
 }
@@ -293,7 +295,11 @@ unsafe fn unpack_panel<const TY: u8>(rows: &[&[u8]; TR], nb: usize, p: &mut Pane
             // stores write 32 bytes at `a[(8g + jb) * 512 + 32 r..]` (`8g + jb < nbp`) and 8
             // values at `r * nbp + 8g` (`8g + 8 <= nbp`) of buffers sized by `Panel::new`.
             unsafe {
-                let (s, f) = unpack::<TY, true>(row, g, k);
+                let (mut s, f) = unpack::<TY, true>(row, g, k);
+                if is_steps(TY) {
+                    // The panel holds blocks (the transpose is its own inverse).
+                    s.v = transpose8(s.v);
+                }
                 let (sb, f) = prep_vnni(s, f);
                 // Equal-halves forms carry their integer scales in `d` and `dm` (see
                 // `prescale`): `group` then skips the two multiplications.

@@ -218,7 +218,7 @@ pub(super) fn prefetch(bytes: &[u8], at: usize) {
 /// Generates a path's row kernels, monomorphic per type code (`superblock::T_*`) and small, so
 /// that each keeps its super-blocks in registers: `row2::<TY>` (two weight rows of one type
 /// against each activation load; transposed layout, or for a single activation row the blocks
-/// dotted as unpacked and reduced) and `row1::<TY>` (one weight row, transposed layout: the odd
+/// dotted as unpacked and reduced, except rows in the step order, which unpack transposed) and `row1::<TY>` (one weight row, transposed layout: the odd
 /// row left over, a row whose neighbour has another type, and the decoded types). The path's
 /// functions:
 /// - `$dot`: `fn(u: __m256i, x: __m256i, signed: bool) -> __m256i`, 8 lanes of exact partial
@@ -234,7 +234,7 @@ macro_rules! row_kernels {
         use crate::backend::cpu::quant::lanes::{
             acts8, combine, prefetch, prescale, reduce8, transpose8,
         };
-        use crate::backend::cpu::quant::superblock::{unpack, Form, RowRef, Sb};
+        use crate::backend::cpu::quant::superblock::{is_steps, unpack, Form, RowRef, Sb};
         use crate::backend::cpu::quant::superblock::{SB_BLOCKS, SB_ELEMS};
         use crate::backend::reference::quant_dot::QActs;
 
@@ -306,7 +306,8 @@ macro_rules! row_kernels {
                     let (s, f) = unpack_k::<TY>(w, g, k);
                     let (sb, form) = $prep(s, f);
                     let sb = prescale(sb, form);
-                    let wt = transpose8(sb.v);
+                    // Rows in the step order unpack as the transposed super-block already.
+                    let wt = if is_steps(TY) { sb.v } else { transpose8(sb.v) };
                     for (i, acc) in acc.iter_mut().enumerate() {
                         let c = block_t(&sb, form, &wt, a, xt, r0 + i, g, k);
                         *acc = _mm256_add_ps(*acc, c);
@@ -355,7 +356,8 @@ macro_rules! row_kernels {
             // SAFETY: the caller's contract (features, whole rows, `xt` present); registers
             // and bounded slices only.
             unsafe {
-                if let ([aa], [ab]) = (&mut *acc_a, &mut *acc_b) {
+                // (Rows in the step order take the transposed dots below for one row too.)
+                if let (([aa], [ab]), false) = ((&mut *acc_a, &mut *acc_b), is_steps(TY)) {
                     // A single activation row: the blocks are dotted as unpacked and reduced
                     // (cheaper than transposing two rows of weights for one row), the
                     // accumulators stay in registers.
@@ -393,7 +395,11 @@ macro_rules! row_kernels {
                 for g in 0..nsb {
                     let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
                     let (sa, sb2, form) = pair!(g, k);
-                    let (ta, tb) = (transpose8(sa.v), transpose8(sb2.v));
+                    let (ta, tb) = if is_steps(TY) {
+                        (sa.v, sb2.v)
+                    } else {
+                        (transpose8(sa.v), transpose8(sb2.v))
+                    };
                     for (i, (aa, ab)) in acc_a.iter_mut().zip(acc_b.iter_mut()).enumerate() {
                         let t = r0 + i;
                         let xo = (t * nsb + g) * SB_ELEMS;
@@ -425,6 +431,7 @@ macro_rules! lanes_task {
             rows,
             o0,
             rb,
+            steps,
         } = *$t;
         let n = $yt.len() / rows.max(1);
         // The row kernels read the transposed layout: required here.
@@ -462,7 +469,7 @@ macro_rules! lanes_task {
                 let ra = row(o0 + j);
                 let rb2 = if j + 1 < n { row(o0 + j + 1) } else { None };
                 if let (Some((ty, ba)), Some((tb, bb))) = (ra, rb2) {
-                    let code = type_code(ty);
+                    let code = row_code(ty, steps);
                     if ty == tb && code != T_DECODED {
                         let (wa, wb) = (plain(ba), plain(bb));
                         // SAFETY: the path function's target features are the row kernels'
@@ -471,6 +478,12 @@ macro_rules! lanes_task {
                         unsafe {
                             match code {
                                 T_Q4K => $rows::row2::<T_Q4K>(wa, wb, a, xt, r0, acc_a, acc_b),
+                                T_Q4K_STEPS => {
+                                    $rows::row2::<T_Q4K_STEPS>(wa, wb, a, xt, r0, acc_a, acc_b)
+                                }
+                                T_Q4_0_STEPS => {
+                                    $rows::row2::<T_Q4_0_STEPS>(wa, wb, a, xt, r0, acc_a, acc_b)
+                                }
                                 T_Q5K => $rows::row2::<T_Q5K>(wa, wb, a, xt, r0, acc_a, acc_b),
                                 T_Q6K => $rows::row2::<T_Q6K>(wa, wb, a, xt, r0, acc_a, acc_b),
                                 T_Q8_0 => $rows::row2::<T_Q8_0>(wa, wb, a, xt, r0, acc_a, acc_b),
@@ -494,7 +507,7 @@ macro_rules! lanes_task {
                 }
                 let ok = match ra {
                     Some((ty, bytes)) => {
-                        let code = type_code(ty);
+                        let code = row_code(ty, steps);
                         let wr = if code == T_DECODED {
                             decode_row(ty, bytes, &mut $dec.q, &mut $dec.p).then(|| RowRef {
                                 bytes,
@@ -514,6 +527,10 @@ macro_rules! lanes_task {
                             unsafe {
                                 match code {
                                     T_Q4K => $rows::row1::<T_Q4K>(wr, a, xt, r0, acc_a),
+                                    T_Q4K_STEPS => $rows::row1::<T_Q4K_STEPS>(wr, a, xt, r0, acc_a),
+                                    T_Q4_0_STEPS => {
+                                        $rows::row1::<T_Q4_0_STEPS>(wr, a, xt, r0, acc_a)
+                                    }
                                     T_Q5K => $rows::row1::<T_Q5K>(wr, a, xt, r0, acc_a),
                                     T_Q6K => $rows::row1::<T_Q6K>(wr, a, xt, r0, acc_a),
                                     T_Q8_0 => $rows::row1::<T_Q8_0>(wr, a, xt, r0, acc_a),

@@ -13,6 +13,10 @@
 //! accumulation lane-wise (the same IEEE operations in the same order). The integer dot
 //! products, exact on every path, are the only thing the paths compute differently.
 //!
+//! On the AVX2 path, Q4_K and Q4_0 weights are kept in a step order ([`step_order`]: the same
+//! bytes, rearranged within super-blocks at load) from which the unpackers give the transposed
+//! super-block directly; every path reads either order.
+//!
 //! Work split: weight rows are cut into tasks across the pool (distinct rows per task); a task
 //! unpacks each super-block of its weight rows (two rows of a type at a time) once per block of
 //! activation rows (sized to stay in L2) and dots it against every activation row of the
@@ -27,6 +31,7 @@ mod dot;
 mod dot_x86;
 #[cfg(target_arch = "x86_64")]
 mod lanes;
+pub(super) mod step_order;
 #[cfg(target_arch = "x86_64")]
 mod superblock;
 
@@ -141,6 +146,8 @@ pub(super) struct Task<'a> {
     pub o0: usize,
     /// Activation rows per block (decoded weight rows are reused across a block).
     pub rb: usize,
+    /// `w`'s Q4_K rows are in the step order ([`step_order`]).
+    pub steps: bool,
 }
 
 impl Task<'_> {
@@ -361,8 +368,16 @@ fn run_task(kernel: QuantKernel, t: &Task<'_>, tiles: Option<&TileActs>, yt: &mu
 }
 
 /// `y[t*out + o] = Σ_i x[t*in + i] * w[o, i]` as [`crate::backend::reference::quant_dot`]
-/// defines it; fills `y` with NaN on inconsistent sizes.
-pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &QuantStack, y: &mut [f32]) {
+/// defines it (`steps`: `w`'s Q4_K rows are in the step order, see [`step_order`]); fills `y`
+/// with NaN on inconsistent sizes.
+pub(crate) fn matmul(
+    be: &CpuBackend,
+    x: &[f32],
+    rows: usize,
+    w: &QuantStack,
+    steps: bool,
+    y: &mut [f32],
+) {
     let (out, inp) = (w.rows(), w.cols());
     if !matmul_shapes_ok(x.len(), y.len(), rows, out, inp) {
         return fill_nan(y);
@@ -400,6 +415,7 @@ pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &QuantStack, y:
         rows,
         o0,
         rb: row_block(inp),
+        steps,
     };
     let threads = be.pool.current_num_threads();
     let work = rows.saturating_mul(out).saturating_mul(inp);

@@ -217,6 +217,38 @@ pub(super) unsafe fn q4_k(b: &[u8]) -> Sb {
     }
 }
 
+/// The 128 bytes of step order at `b[16..144]` (`step_order`) as the transposed super-block:
+/// step `s` the low nibbles of the 32 bytes at `16 + 32s`, step `s + 4` the high ones.
+#[inline(always)]
+unsafe fn steps_at(b: &[u8]) -> [__m256i; SB_BLOCKS] {
+    // SAFETY: AVX2 (module docs); the caller guarantees `b.len() >= 144`.
+    unsafe {
+        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
+        for s in 0..4 {
+            (v[s], v[s + 4]) = split_nibbles(load32(b, 16 + 32 * s));
+        }
+        v
+    }
+}
+
+/// One Q4_K block (144 bytes) whose quant bytes are in the step order (`step_order`): `v`
+/// holds the transposed super-block (`lanes::transpose8` of [`q4_k`]'s blocks, [`steps_at`]).
+#[inline(always)]
+pub(super) unsafe fn q4_k_steps(b: &[u8]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is 144 bytes, every offset below is inside it.
+    unsafe {
+        let v = steps_at(b);
+        let (d, dm, isc, imin) = k4_params(b);
+        Sb {
+            v,
+            d,
+            dm,
+            isc,
+            imin,
+        }
+    }
+}
+
 /// One Q5_K block (176 bytes): as Q4_K plus bit `j` of `qh[l]` as bit 4 of element `l` of
 /// block `j`.
 #[inline(always)]
@@ -362,6 +394,17 @@ unsafe fn nibbles32(b: &[u8], at: usize) -> __m256i {
         let q = _mm256_broadcastsi128_si256(load16(b, at));
         let q = _mm256_srlv_epi32(q, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
         _mm256_and_si256(q, _mm256_set1_epi8(0x0F))
+    }
+}
+
+/// Eight Q4_0 blocks in the step order (`step_order`: the 8 `d`, then 128 bytes) as
+/// `u = q + 8`, `v` the transposed super-block (`lanes::transpose8` of [`q4_0`]'s blocks).
+#[inline(always)]
+pub(super) unsafe fn q4_0_steps(b: &[u8]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is 144 bytes, every offset below is inside it.
+    unsafe {
+        let v = steps_at(b);
+        unit_sb(v, _mm256_cvtph_ps(load16(b, 0)))
     }
 }
 
@@ -534,6 +577,15 @@ pub(super) const T_Q5_1: u8 = 7;
 pub(super) const T_Q4_1: u8 = 8;
 /// Any other kernel type, read from the twin's decoded row ([`from_decoded`]).
 pub(super) const T_DECODED: u8 = 9;
+/// Q4_K in the step order ([`q4_k_steps`]: [`unpack`] gives the transposed super-block).
+pub(super) const T_Q4K_STEPS: u8 = 10;
+/// Q4_0 in the step order ([`q4_0_steps`]; [`unpack`] gives the transposed super-block).
+pub(super) const T_Q4_0_STEPS: u8 = 11;
+
+/// Whether [`unpack`] gives the transposed super-block for type code `code` (the step order).
+pub(super) const fn is_steps(code: u8) -> bool {
+    code == T_Q4K_STEPS || code == T_Q4_0_STEPS
+}
 
 /// The code of `ty` (see [`T_Q4K`]).
 pub(super) fn type_code(ty: crate::quant::GgmlType) -> u8 {
@@ -552,6 +604,15 @@ pub(super) fn type_code(ty: crate::quant::GgmlType) -> u8 {
     }
 }
 
+/// The code of rows of `ty` in a weight whose Q4_K rows are in the step order when `steps`.
+pub(super) fn row_code(ty: crate::quant::GgmlType, steps: bool) -> u8 {
+    match type_code(ty) {
+        T_Q4K if steps => T_Q4K_STEPS,
+        T_Q4_0 if steps => T_Q4_0_STEPS,
+        code => code,
+    }
+}
+
 /// One weight row for the row kernels: its ggml bytes (`cols` elements of its type, checked by
 /// the caller) and, for [`T_DECODED`], the twin's decoded row and the type's form.
 #[derive(Clone, Copy)]
@@ -562,8 +623,11 @@ pub(super) struct RowRef<'a> {
     pub dform: Form,
 }
 
-/// Super-block `g` (of `k <= 8` blocks) of row `r` of type code `TY`, and its form. `BW`:
-/// the calling path has AVX-512BW and AVX-512VL (some unpackers then use mask registers).
+/// Super-block `g` (of `k <= 8` blocks) of row `r` of type code `TY`, and its form; for the
+/// step order ([`is_steps`]) the transposed super-block (`lanes::transpose8` of the blocks;
+/// a Q4_0 row's last super-block of fewer than 8 blocks is in ggml order and transposed
+/// here). `BW`: the
+/// calling path has AVX-512BW and AVX-512VL (some unpackers then use mask registers).
 #[inline(always)]
 pub(super) unsafe fn unpack<const TY: u8, const BW: bool>(
     r: RowRef<'_>,
@@ -576,10 +640,17 @@ pub(super) unsafe fn unpack<const TY: u8, const BW: bool>(
     unsafe {
         match TY {
             T_Q4K => (q4_k(&b[g * 144..][..144]), FORM_K4),
+            T_Q4K_STEPS => (q4_k_steps(&b[g * 144..][..144]), FORM_K4),
             T_Q5K => (q5_k(&b[g * 176..][..176]), FORM_K4),
             T_Q6K => (q6_k(&b[g * 210..][..210]), FORM_Q6K),
             T_Q8_0 => (q8_0(&b[g * 272..][..k * 34], k), FORM_SIGNED_UNIT),
             T_Q4_0 => (q4_0(&b[g * 144..][..k * 18], k), FORM_Q4_0),
+            T_Q4_0_STEPS if k == SB_BLOCKS => (q4_0_steps(&b[g * 144..][..144]), FORM_Q4_0),
+            T_Q4_0_STEPS => {
+                let sb = q4_0(&b[g * 144..][..k * 18], k);
+                let v = super::lanes::transpose8(sb.v);
+                (Sb { v, ..sb }, FORM_Q4_0)
+            }
             T_IQ4NL => (iq4_nl(&b[g * 144..][..k * 18], k), FORM_SIGNED_UNIT),
             T_Q5_0 => (q5_0::<BW>(&b[g * 176..][..k * 22], k), FORM_Q5_0),
             T_Q5_1 => (q5_1::<BW>(&b[g * 192..][..k * 24], k), FORM_MIN_UNIT),
