@@ -1,5 +1,5 @@
 //! Packed weight matrices of the CPU backend: dense f32/bf16 panels, or ggml blocks kept as
-//! read ([`QuantStack`]).
+//! read ([`QuantStack`]; Q4_K and Q4_0 possibly in the AVX2 path's step order, the same bytes).
 
 use super::quant::step_order;
 use crate::backend::quant_stack::QuantStack;
@@ -102,8 +102,8 @@ pub struct CpuWeight {
     /// The arrangement of dense data (meaningless for ggml blocks).
     pub(crate) layout: Layout,
     pub(crate) data: WData,
-    /// Q4_K blocks hold their quant bytes in the step order (`quant::step_order`); false for
-    /// dense data and blocks as read.
+    /// Q4_K and Q4_0 rows are in the step order (`quant::step_order`); false for dense data
+    /// and blocks as read.
     pub(crate) steps: bool,
 }
 
@@ -140,8 +140,8 @@ impl CpuWeight {
         dense_bytes(self.out, self.kp, format)
     }
 
-    /// The same weight with its Q4_K blocks in the step order (`quant::step_order`), which the
-    /// AVX2 quantized path reads fastest; unchanged when dense or already so.
+    /// The same weight with its Q4_K and Q4_0 rows in the step order (`quant::step_order`),
+    /// which the AVX2 quantized path reads fastest; unchanged when dense or already so.
     pub(crate) fn into_steps(mut self) -> Self {
         if let (WData::Quant(q), false) = (&mut self.data, self.steps) {
             step_order::to_steps(q);
@@ -184,7 +184,7 @@ impl CpuWeight {
 }
 
 /// Row `r` of `q` dequantized into `dst[..cols]` exactly as ggml's `dequantize_row_*`;
-/// `steps`: Q4_K rows are in the step order (see [`CpuWeight::steps`]).
+/// `steps`: Q4_K and Q4_0 rows are in the step order (see [`CpuWeight::steps`]).
 fn quant_row_into(q: &QuantStack, steps: bool, r: usize, dst: &mut [f32]) -> bool {
     let Some((ty, bytes)) = q.row(r) else {
         return false;

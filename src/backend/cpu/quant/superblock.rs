@@ -604,7 +604,8 @@ pub(super) fn type_code(ty: crate::quant::GgmlType) -> u8 {
     }
 }
 
-/// The code of rows of `ty` in a weight whose Q4_K rows are in the step order when `steps`.
+/// The code of rows of `ty` in a weight whose Q4_K and Q4_0 rows are in the step order when
+/// `steps`.
 pub(super) fn row_code(ty: crate::quant::GgmlType, steps: bool) -> u8 {
     match type_code(ty) {
         T_Q4K if steps => T_Q4K_STEPS,
