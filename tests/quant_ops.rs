@@ -365,15 +365,16 @@ fn a_weight_computes_the_same_bits_whichever_path_packed_it() {
         let t = HostTensor::quantized(random_quant(&mut rng, ty, out, cols));
         let wr = r.weight(&t, WeightFormat::F32).unwrap();
         let ids: Vec<u32> = (0..out as u32).rev().collect();
-        let mut want_rows = Vec::new();
+        let mut want_rows = vec![0f32; ids.len() * cols];
         r.embedding_gather(&wr, &ids, &mut want_rows);
+        assert!(want_rows.iter().all(|v| v.is_finite()), "{ty}: finite rows");
         for rows in [1, 6] {
             let x = rand_x(&mut rng, rows * cols);
             let mut yr = vec![0f32; rows * out];
             r.matmul(&x, rows, &wr, &mut yr);
             for (kp, bp) in &bes {
                 let w = bp.weight(&t, WeightFormat::F32).unwrap();
-                let mut got_rows = Vec::new();
+                let mut got_rows = vec![f32::NAN; ids.len() * cols];
                 bp.embedding_gather(&w, &ids, &mut got_rows);
                 assert_bits(
                     &format!("{ty} gather, packed by {}", kp.name()),
