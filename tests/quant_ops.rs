@@ -374,6 +374,8 @@ fn a_weight_computes_the_same_bits_whichever_path_packed_it() {
             r.matmul(&x, rows, &wr, &mut yr);
             for (kp, bp) in &bes {
                 let w = bp.weight(&t, WeightFormat::F32).unwrap();
+                let steps = *kp == QuantKernel::Avx2;
+                assert_eq!(w.is_step_order(), steps, "{ty} packed by {}", kp.name());
                 let mut got_rows = vec![f32::NAN; ids.len() * cols];
                 bp.embedding_gather(&w, &ids, &mut got_rows);
                 assert_bits(

@@ -120,7 +120,9 @@ impl CpuWeight {
             WData::Quant(_) => None,
         }
     }
-    /// The ggml blocks of a weight kept quantized.
+    /// The blocks of a weight kept quantized: as ggml wrote them, except that the Q4_K and Q4_0
+    /// rows of a weight in the step order ([`CpuWeight::is_step_order`]) have their values
+    /// rearranged within each super-block (the same bytes in number; `row_into` reads them).
     pub fn quant(&self) -> Option<&QuantStack> {
         match &self.data {
             WData::Quant(q) => Some(q),
@@ -138,6 +140,12 @@ impl CpuWeight {
             WData::Quant(q) => return q.bytes(),
         };
         dense_bytes(self.out, self.kp, format)
+    }
+
+    /// Whether the Q4_K and Q4_0 rows are in the AVX2 path's step order (a backend on that
+    /// path packs them so).
+    pub fn is_step_order(&self) -> bool {
+        self.steps
     }
 
     /// The same weight with its Q4_K and Q4_0 rows in the step order (`quant::step_order`),

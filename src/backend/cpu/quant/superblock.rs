@@ -627,8 +627,8 @@ pub(super) struct RowRef<'a> {
 /// Super-block `g` (of `k <= 8` blocks) of row `r` of type code `TY`, and its form; for the
 /// step order ([`is_steps`]) the transposed super-block (`lanes::transpose8` of the blocks;
 /// a Q4_0 row's last super-block of fewer than 8 blocks is in ggml order and transposed
-/// here). `BW`: the
-/// calling path has AVX-512BW and AVX-512VL (some unpackers then use mask registers).
+/// here). `BW`: the calling path has AVX-512BW and AVX-512VL (some unpackers then use mask
+/// registers).
 #[inline(always)]
 pub(super) unsafe fn unpack<const TY: u8, const BW: bool>(
     r: RowRef<'_>,
