@@ -350,15 +350,20 @@ fn bad_shapes_give_nan_not_panics() {
 
 #[test]
 fn a_weight_computes_the_same_bits_whichever_path_packed_it() {
-    // The AVX2 path keeps Q4_K and Q4_0 blocks in its step order; every path reads either
-    // order, and an embedding gather from such a table dequantizes the ggml values.
+    // The AVX2 path keeps Q4_K blocks and groups of 8 blocks of the 4- and 5-bit 32-element
+    // types in its step order; every path reads either order, and an embedding gather from
+    // such a table dequantizes the ggml values.
     let r = ReferenceBackend;
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     let bes = backends(2);
-    // Q4_0 at 576 columns: two whole super-blocks and a tail of 2 blocks.
+    // The 32-element types at 576 columns: two whole groups and a tail of 2 blocks.
     for (ty, cols) in [
         (GgmlType::Q4K, 512),
         (GgmlType::Q4_0, 576),
+        (GgmlType::Q4_1, 576),
+        (GgmlType::Q5_0, 576),
+        (GgmlType::Q5_1, 576),
+        (GgmlType::Iq4Nl, 576),
         (GgmlType::Q6K, 512),
     ] {
         let out = 19;

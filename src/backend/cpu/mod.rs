@@ -387,7 +387,7 @@ impl Backend for CpuBackend {
 
     fn fused_weight(&self, parts: &[&HostTensor], format: WeightFormat) -> Result<CpuWeight> {
         let w = weight::pack(parts, format, self.bf16.layout())?;
-        // The AVX2 path reads Q4_K and Q4_0 blocks fastest in the step order
+        // The AVX2 path reads the 4- and 5-bit types fastest in the step order
         // (`quant::step_order`).
         Ok(if self.qkernel == QuantKernel::Avx2 {
             w.into_steps()

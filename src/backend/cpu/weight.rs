@@ -1,5 +1,6 @@
 //! Packed weight matrices of the CPU backend: dense f32/bf16 panels, or ggml blocks kept as
-//! read ([`QuantStack`]; Q4_K and Q4_0 possibly in the AVX2 path's step order, the same bytes).
+//! read ([`QuantStack`]; the 4- and 5-bit types possibly in the AVX2 path's step order, the
+//! same bytes).
 
 use super::quant::step_order;
 use crate::backend::quant_stack::QuantStack;
@@ -102,8 +103,8 @@ pub struct CpuWeight {
     /// The arrangement of dense data (meaningless for ggml blocks).
     pub(crate) layout: Layout,
     pub(crate) data: WData,
-    /// Q4_K and Q4_0 rows are in the step order (`quant::step_order`); false for dense data
-    /// and blocks as read.
+    /// Rows of the types with a step order (Q4_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) are in it
+    /// (`quant::step_order`); false for dense data and blocks as read.
     pub(crate) steps: bool,
 }
 
@@ -120,9 +121,10 @@ impl CpuWeight {
             WData::Quant(_) => None,
         }
     }
-    /// The blocks of a weight kept quantized: as ggml wrote them, except that the Q4_K and Q4_0
-    /// rows of a weight in the step order ([`CpuWeight::is_step_order`]) have their values
-    /// rearranged within each super-block (the same bytes in number; `row_into` reads them).
+    /// The blocks of a weight kept quantized: as ggml wrote them, except that the Q4_K, Q4_0,
+    /// Q4_1, Q5_0, Q5_1 and IQ4_NL rows of a weight in the step order
+    /// ([`CpuWeight::is_step_order`]) have their bytes rearranged within each super-block (Q4_K)
+    /// or group of 8 blocks (the same bytes in number; `row_into` reads them).
     pub fn quant(&self) -> Option<&QuantStack> {
         match &self.data {
             WData::Quant(q) => Some(q),
@@ -142,14 +144,15 @@ impl CpuWeight {
         dense_bytes(self.out, self.kp, format)
     }
 
-    /// Whether the Q4_K and Q4_0 rows are in the AVX2 path's step order (a backend on that
-    /// path packs them so).
+    /// Whether the rows of the types with a step order (see [`CpuWeight::quant`]) are in the
+    /// AVX2 path's step order (a backend on that path packs them so).
     pub fn is_step_order(&self) -> bool {
         self.steps
     }
 
-    /// The same weight with its Q4_K and Q4_0 rows in the step order (`quant::step_order`),
-    /// which the AVX2 quantized path reads fastest; unchanged when dense or already so.
+    /// The same weight with the rows of the types with a step order in it
+    /// (`quant::step_order`), which the AVX2 quantized path reads fastest; unchanged when
+    /// dense or already so.
     pub(crate) fn into_steps(mut self) -> Self {
         if let (WData::Quant(q), false) = (&mut self.data, self.steps) {
             step_order::to_steps(q);
@@ -192,7 +195,7 @@ impl CpuWeight {
 }
 
 /// Row `r` of `q` dequantized into `dst[..cols]` exactly as ggml's `dequantize_row_*`;
-/// `steps`: Q4_K and Q4_0 rows are in the step order (see [`CpuWeight::steps`]).
+/// `steps`: rows of the types with a step order are in it (see [`CpuWeight::steps`]).
 fn quant_row_into(q: &QuantStack, steps: bool, r: usize, dst: &mut [f32]) -> bool {
     let Some((ty, bytes)) = q.row(r) else {
         return false;

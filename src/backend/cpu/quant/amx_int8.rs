@@ -210,21 +210,8 @@ pub(super) unsafe fn task_amx(t: &Task<'_>, acts: &TileActs, dec: &mut Decoded, 
         }
         // SAFETY: this function's features; `panel_code` checked 16 whole rows of `code`'s
         // type (rows of `a.cols` elements: `fits` checked the stack's columns).
-        let form = unsafe {
-            match code {
-                T_Q4K => unpack_panel::<T_Q4K>(&bytes, nb, &mut panel),
-                T_Q4K_STEPS => unpack_panel::<T_Q4K_STEPS>(&bytes, nb, &mut panel),
-                T_Q4_0_STEPS => unpack_panel::<T_Q4_0_STEPS>(&bytes, nb, &mut panel),
-                T_Q5K => unpack_panel::<T_Q5K>(&bytes, nb, &mut panel),
-                T_Q6K => unpack_panel::<T_Q6K>(&bytes, nb, &mut panel),
-                T_Q8_0 => unpack_panel::<T_Q8_0>(&bytes, nb, &mut panel),
-                T_Q4_0 => unpack_panel::<T_Q4_0>(&bytes, nb, &mut panel),
-                T_Q5_0 => unpack_panel::<T_Q5_0>(&bytes, nb, &mut panel),
-                T_Q5_1 => unpack_panel::<T_Q5_1>(&bytes, nb, &mut panel),
-                T_Q4_1 => unpack_panel::<T_Q4_1>(&bytes, nb, &mut panel),
-                _ => unpack_panel::<T_IQ4NL>(&bytes, nb, &mut panel),
-            }
-        };
+        let form =
+            unsafe { by_code!(code, T_IQ4NL, |C| unpack_panel::<C>(&bytes, nb, &mut panel)) };
         let out = &mut yt[j * rows..(j + TR) * rows];
         let split = !form.equal_halves;
         if loaded != Some(split) {

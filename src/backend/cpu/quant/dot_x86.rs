@@ -117,27 +117,27 @@ unsafe fn steps_avx2(x: *const i8) -> [__m256i; 8] {
 /// AVX2 transposed super-block dot: the per-half sums (see `lanes::transpose8`).
 ///
 /// # Safety
-/// `x` must point to 256 readable bytes.
-#[target_feature(enable = "avx2")]
-#[inline]
+/// The CPU must have AVX2 (inlined into the path functions, which check it); `x`
+/// must point to 256 readable bytes.
+#[inline(always)]
 unsafe fn dot_t_avx2(w: &[__m256i; 8], x: *const i8, form: Form) -> (__m256i, __m256i) {
-    // SAFETY: AVX2 (enabled here); `x` as the caller guarantees.
+    // SAFETY: AVX2 (the caller's contract); `x` as the caller guarantees.
     unsafe { halves_avx2(w, &steps_avx2(x), form) }
 }
 
 /// AVX2 transposed super-block dot of two weight rows against one activation load.
 ///
 /// # Safety
-/// `x` must point to 256 readable bytes.
-#[target_feature(enable = "avx2")]
-#[inline]
+/// The CPU must have AVX2 (inlined into the path functions, which check it); `x`
+/// must point to 256 readable bytes.
+#[inline(always)]
 unsafe fn dot_t2_avx2(
     wa: &[__m256i; 8],
     wb: &[__m256i; 8],
     x: *const i8,
     form: Form,
 ) -> ((__m256i, __m256i), (__m256i, __m256i)) {
-    // SAFETY: AVX2 (enabled here); `x` as the caller guarantees.
+    // SAFETY: AVX2 (the caller's contract); `x` as the caller guarantees.
     unsafe {
         let xs = steps_avx2(x);
         (halves_avx2(wa, &xs, form), halves_avx2(wb, &xs, form))
@@ -179,41 +179,44 @@ pub(super) unsafe fn prep_vnni(mut sb: Sb, form: Form) -> (Sb, Form) {
 }
 
 /// The VNNI transposed super-block dot with `$dp` the `vpdpbusd` intrinsic of the path
-/// (unsigned values).
+/// (unsigned values); expanded in `unsafe fn`s whose callers guarantee the path's features.
 macro_rules! vnni_dot_t {
     ($w:ident, $x:ident, $dp:ident) => {{
-        let mut h = [_mm256_setzero_si256(); 2];
-        for (i, wi) in $w.iter().enumerate() {
-            // SAFETY: `x` points to 256 readable bytes (the caller's contract); loadu has no
-            // alignment requirement.
-            let xi = unsafe { _mm256_loadu_si256($x.add(32 * i) as *const __m256i) };
-            h[i / 4] = $dp(h[i / 4], *wi, xi);
+        // SAFETY: the path's features (the caller's contract); `x` points to 256 readable
+        // bytes (the caller's contract); loadu has no alignment requirement.
+        unsafe {
+            let mut h = [_mm256_setzero_si256(); 2];
+            for (i, wi) in $w.iter().enumerate() {
+                let xi = _mm256_loadu_si256($x.add(32 * i) as *const __m256i);
+                h[i / 4] = $dp(h[i / 4], *wi, xi);
+            }
+            (h[0], h[1])
         }
-        (h[0], h[1])
     }};
 }
 
 /// The VNNI transposed super-block dot of two weight rows against one activation load.
 macro_rules! vnni_dot_t2 {
     ($wa:ident, $wb:ident, $x:ident, $dp:ident) => {{
-        let (mut ha, mut hb) = ([_mm256_setzero_si256(); 2], [_mm256_setzero_si256(); 2]);
-        for i in 0..8 {
-            // SAFETY: `x` points to 256 readable bytes (the caller's contract); loadu has no
-            // alignment requirement.
-            let xi = unsafe { _mm256_loadu_si256($x.add(32 * i) as *const __m256i) };
-            ha[i / 4] = $dp(ha[i / 4], $wa[i], xi);
-            hb[i / 4] = $dp(hb[i / 4], $wb[i], xi);
+        // SAFETY: as in `vnni_dot_t`.
+        unsafe {
+            let (mut ha, mut hb) = ([_mm256_setzero_si256(); 2], [_mm256_setzero_si256(); 2]);
+            for i in 0..8 {
+                let xi = _mm256_loadu_si256($x.add(32 * i) as *const __m256i);
+                ha[i / 4] = $dp(ha[i / 4], $wa[i], xi);
+                hb[i / 4] = $dp(hb[i / 4], $wb[i], xi);
+            }
+            ((ha[0], ha[1]), (hb[0], hb[1]))
         }
-        ((ha[0], ha[1]), (hb[0], hb[1]))
     }};
 }
 
 /// AVX-512 VNNI transposed super-block dot of two weight rows.
 ///
 /// # Safety
-/// `x` must point to 256 readable bytes.
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-#[inline]
+/// The CPU must have AVX-512VL and AVX-512 VNNI (inlined into the path functions, which
+/// check them); `x` must point to 256 readable bytes.
+#[inline(always)]
 unsafe fn dot_t2_avx512vnni(
     wa: &[__m256i; 8],
     wb: &[__m256i; 8],
@@ -226,9 +229,9 @@ unsafe fn dot_t2_avx512vnni(
 /// AVX-VNNI transposed super-block dot of two weight rows.
 ///
 /// # Safety
-/// `x` must point to 256 readable bytes.
-#[target_feature(enable = "avx2,avxvnni")]
-#[inline]
+/// The CPU must have AVX-VNNI (inlined into the path functions, which check it); `x`
+/// must point to 256 readable bytes.
+#[inline(always)]
 unsafe fn dot_t2_avxvnni(
     wa: &[__m256i; 8],
     wb: &[__m256i; 8],
@@ -241,9 +244,9 @@ unsafe fn dot_t2_avxvnni(
 /// AVX-512 VNNI transposed super-block dot.
 ///
 /// # Safety
-/// `x` must point to 256 readable bytes.
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-#[inline]
+/// The CPU must have AVX-512VL and AVX-512 VNNI (inlined into the path functions, which
+/// check them); `x` must point to 256 readable bytes.
+#[inline(always)]
 unsafe fn dot_t_avx512vnni(w: &[__m256i; 8], x: *const i8, _form: Form) -> (__m256i, __m256i) {
     vnni_dot_t!(w, x, _mm256_dpbusd_epi32)
 }
@@ -251,9 +254,9 @@ unsafe fn dot_t_avx512vnni(w: &[__m256i; 8], x: *const i8, _form: Form) -> (__m2
 /// AVX-VNNI transposed super-block dot.
 ///
 /// # Safety
-/// `x` must point to 256 readable bytes.
-#[target_feature(enable = "avx2,avxvnni")]
-#[inline]
+/// The CPU must have AVX-VNNI (inlined into the path functions, which check it); `x`
+/// must point to 256 readable bytes.
+#[inline(always)]
 unsafe fn dot_t_avxvnni(w: &[__m256i; 8], x: *const i8, _form: Form) -> (__m256i, __m256i) {
     vnni_dot_t!(w, x, _mm256_dpbusd_avx_epi32)
 }

@@ -218,8 +218,8 @@ pub(super) fn prefetch(bytes: &[u8], at: usize) {
 /// Generates a path's row kernels, monomorphic per type code (`superblock::T_*`) and small, so
 /// that each keeps its super-blocks in registers: `row2::<TY>` (two weight rows of one type
 /// against each activation load; transposed layout, or for a single activation row the blocks
-/// dotted as unpacked and reduced, except rows in the step order, which unpack transposed)
-/// and `row1::<TY>` (one weight row, transposed layout: the odd row left over, a row whose
+/// dotted as unpacked and reduced, except whole super-blocks in the step order, which
+/// unpack transposed) and `row1::<TY>` (one weight row, transposed layout: the odd row left over, a row whose
 /// neighbour has another type, and the decoded types). The path's functions:
 /// - `$dot`: `fn(u: __m256i, x: __m256i, signed: bool) -> __m256i`, 8 lanes of exact partial
 ///   sums of one block dotted as unpacked (lanes 0-3 covering elements 0-15);
@@ -234,21 +234,27 @@ macro_rules! row_kernels {
         use crate::backend::cpu::quant::lanes::{
             acts8, combine, prefetch, prescale, reduce8, transpose8,
         };
-        use crate::backend::cpu::quant::superblock::{is_steps, unpack, Form, RowRef, Sb};
+        use crate::backend::cpu::quant::superblock::{
+            is_steps, unpack, unpack_blocks, Form, RowRef, Sb,
+        };
         use crate::backend::cpu::quant::superblock::{SB_BLOCKS, SB_ELEMS};
         use crate::backend::reference::quant_dot::QActs;
 
-        /// Super-block `g` of row `w`: [`unpack`] with a constant block count for whole
-        /// super-blocks (all but possibly the last), so that its per-block loops unroll
-        /// without bounds tests.
+        /// Super-block `g` of row `w`: [`unpack`] (or [`unpack_blocks`] when `BLOCKS`) with
+        /// a constant block count for whole super-blocks (all but possibly the last), so that
+        /// its per-block loops unroll without bounds tests.
         #[inline(always)]
-        unsafe fn unpack_k<const TY: u8>(w: RowRef<'_>, g: usize, k: usize) -> (Sb, Form) {
+        unsafe fn unpack_k<const TY: u8, const BLOCKS: bool>(
+            w: RowRef<'_>,
+            g: usize,
+            k: usize,
+        ) -> (Sb, Form) {
             // SAFETY: the caller's contract (as `unpack`'s).
             unsafe {
-                if k == SB_BLOCKS {
-                    unpack::<TY, $bw>(w, g, SB_BLOCKS)
-                } else {
-                    unpack::<TY, $bw>(w, g, k)
+                match (k == SB_BLOCKS, BLOCKS) {
+                    (true, _) => unpack::<TY, $bw>(w, g, SB_BLOCKS),
+                    (false, true) => unpack_blocks::<TY, $bw>(w, g, k),
+                    (false, false) => unpack::<TY, $bw>(w, g, k),
                 }
             }
         }
@@ -303,7 +309,7 @@ macro_rules! row_kernels {
                 for g in 0..nsb {
                     let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
                     prefetch(w.bytes, g * sbb);
-                    let (s, f) = unpack_k::<TY>(w, g, k);
+                    let (s, f) = unpack_k::<TY, false>(w, g, k);
                     let (sb, form) = $prep(s, f);
                     let sb = prescale(sb, form);
                     // Rows in the step order unpack as the transposed super-block already.
@@ -336,38 +342,52 @@ macro_rules! row_kernels {
             let nb = a.nb;
             let nsb = nb.div_ceil(SB_BLOCKS);
             // Super-block `g` of both rows, prefetched ahead and held as the path holds them:
-            // `(sa, sb2, form, blocks)`.
+            // `(sa, sb2, form)`; `$blocks`: a step-order row's last group of fewer than 8
+            // blocks as blocks (`unpack_blocks`), not transposed.
             let sbb = wa.bytes.len() / nsb.max(1);
             // A macro rather than a closure, so that it is certainly inlined.
             macro_rules! pair {
-                ($g:expr, $k:expr) => {{
+                ($g:expr, $k:expr, $blocks:literal) => {{
                     let (g, k) = ($g, $k);
                     prefetch(wa.bytes, g * sbb);
                     prefetch(wb.bytes, g * sbb);
                     // Used inside the `unsafe` block below (features, whole rows).
-                    let (s, f) = unpack_k::<TY>(wa, g, k);
+                    let (s, f) = unpack_k::<TY, $blocks>(wa, g, k);
                     let (sa, form) = $prep(s, f);
-                    let (s2, _) = unpack_k::<TY>(wb, g, k);
+                    let (s2, _) = unpack_k::<TY, $blocks>(wb, g, k);
                     let (sb2, _) = $prep(s2, f);
                     let (sa, sb2) = (prescale(sa, form), prescale(sb2, form));
                     (sa, sb2, form)
                 }};
             }
+            // Super-block `g` (`k` blocks) of both rows (`p`, from `pair!`) in the transposed
+            // layout (`ta`, `tb`) against activation row `t`, added into `aa`, `ab`.
+            macro_rules! dot_t2 {
+                ($p:expr, $ta:expr, $tb:expr, $t:expr, $g:expr, $k:expr, $aa:expr, $ab:expr) => {{
+                    let ((sa, sb2, form), t, g, k) = ($p, $t, $g, $k);
+                    let xo = (t * nsb + g) * SB_ELEMS;
+                    let xs = &xt[xo..xo + SB_ELEMS];
+                    let (ha, hb) = $dot_t2(&$ta, &$tb, xs.as_ptr(), form);
+                    let (dx, s0, s1) = acts8(a, t, g, k);
+                    $aa = _mm256_add_ps($aa, combine(&sa, form, ha, dx, s0, s1));
+                    $ab = _mm256_add_ps($ab, combine(&sb2, form, hb, dx, s0, s1));
+                }};
+            }
             // SAFETY: the caller's contract (features, whole rows, `xt` present); registers
             // and bounded slices only.
             unsafe {
-                // (Rows in the step order take the transposed dots below for one row too.)
-                if let (([aa], [ab]), false) = ((&mut *acc_a, &mut *acc_b), is_steps(TY)) {
-                    // A single activation row: the blocks are dotted as unpacked and reduced
-                    // (cheaper than transposing two rows of weights for one row), the
-                    // accumulators stay in registers.
+                if let ([aa], [ab]) = (&mut *acc_a, &mut *acc_b) {
+                    // A single activation row: the accumulators stay in registers; blocks
+                    // that come unpacked (not in the step order, or a step-order row's last
+                    // group of fewer than 8) are dotted as unpacked and reduced (cheaper than
+                    // transposing two rows of weights for one row).
                     let (mut ra, mut rb) = (*aa, *ab);
                     // Super-block `g` of `k` blocks; expanded with a constant `k` for whole
                     // super-blocks, so that the per-block loops unroll without tests.
                     macro_rules! single {
                         ($g:expr, $k:expr) => {{
                             let (g, k) = ($g, $k);
-                            let (sa, sb2, form) = pair!(g, k);
+                            let (sa, sb2, form) = pair!(g, k, true);
                             let xo = r0 * a.cols + g * SB_ELEMS;
                             let xs = &a.q[xo..xo + k * 32];
                             let mut va = [_mm256_setzero_si256(); SB_BLOCKS];
@@ -385,6 +405,10 @@ macro_rules! row_kernels {
                     }
                     for g in 0..nsb {
                         match (nb - g * SB_BLOCKS).min(SB_BLOCKS) {
+                            SB_BLOCKS if is_steps(TY) => {
+                                let p = pair!(g, SB_BLOCKS, false);
+                                dot_t2!(p, p.0.v, p.1.v, r0, g, SB_BLOCKS, ra, rb);
+                            }
                             SB_BLOCKS => single!(g, SB_BLOCKS),
                             k => single!(g, k),
                         }
@@ -394,20 +418,14 @@ macro_rules! row_kernels {
                 }
                 for g in 0..nsb {
                     let k = (nb - g * SB_BLOCKS).min(SB_BLOCKS);
-                    let (sa, sb2, form) = pair!(g, k);
+                    let p = pair!(g, k, false);
                     let (ta, tb) = if is_steps(TY) {
-                        (sa.v, sb2.v)
+                        (p.0.v, p.1.v)
                     } else {
-                        (transpose8(sa.v), transpose8(sb2.v))
+                        (transpose8(p.0.v), transpose8(p.1.v))
                     };
                     for (i, (aa, ab)) in acc_a.iter_mut().zip(acc_b.iter_mut()).enumerate() {
-                        let t = r0 + i;
-                        let xo = (t * nsb + g) * SB_ELEMS;
-                        let xs = &xt[xo..xo + SB_ELEMS];
-                        let (ha, hb) = $dot_t2(&ta, &tb, xs.as_ptr(), form);
-                        let (dx, s0, s1) = acts8(a, t, g, k);
-                        *aa = _mm256_add_ps(*aa, combine(&sa, form, ha, dx, s0, s1));
-                        *ab = _mm256_add_ps(*ab, combine(&sb2, form, hb, dx, s0, s1));
+                        dot_t2!(p, ta, tb, r0 + i, g, k, *aa, *ab);
                     }
                 }
             }
@@ -476,23 +494,9 @@ macro_rules! lanes_task {
                         // (checked at runtime by its caller); whole rows (checked above);
                         // `fits` checked the activations and `xt`.
                         unsafe {
-                            match code {
-                                T_Q4K => $rows::row2::<T_Q4K>(wa, wb, a, xt, r0, acc_a, acc_b),
-                                T_Q4K_STEPS => {
-                                    $rows::row2::<T_Q4K_STEPS>(wa, wb, a, xt, r0, acc_a, acc_b)
-                                }
-                                T_Q4_0_STEPS => {
-                                    $rows::row2::<T_Q4_0_STEPS>(wa, wb, a, xt, r0, acc_a, acc_b)
-                                }
-                                T_Q5K => $rows::row2::<T_Q5K>(wa, wb, a, xt, r0, acc_a, acc_b),
-                                T_Q6K => $rows::row2::<T_Q6K>(wa, wb, a, xt, r0, acc_a, acc_b),
-                                T_Q8_0 => $rows::row2::<T_Q8_0>(wa, wb, a, xt, r0, acc_a, acc_b),
-                                T_Q4_0 => $rows::row2::<T_Q4_0>(wa, wb, a, xt, r0, acc_a, acc_b),
-                                T_Q5_0 => $rows::row2::<T_Q5_0>(wa, wb, a, xt, r0, acc_a, acc_b),
-                                T_Q5_1 => $rows::row2::<T_Q5_1>(wa, wb, a, xt, r0, acc_a, acc_b),
-                                T_Q4_1 => $rows::row2::<T_Q4_1>(wa, wb, a, xt, r0, acc_a, acc_b),
-                                _ => $rows::row2::<T_IQ4NL>(wa, wb, a, xt, r0, acc_a, acc_b),
-                            }
+                            by_code!(code, T_IQ4NL, |C| {
+                                $rows::row2::<C>(wa, wb, a, xt, r0, acc_a, acc_b)
+                            })
                         }
                         for (t, (aa, ab)) in (r0..r1).zip(acc_a.iter().zip(acc_b.iter())) {
                             // SAFETY: AVX2 (as above); registers only.
@@ -525,22 +529,9 @@ macro_rules! lanes_task {
                             // SAFETY: as above (for `T_DECODED`, `decode_row` filled the
                             // decoded row).
                             unsafe {
-                                match code {
-                                    T_Q4K => $rows::row1::<T_Q4K>(wr, a, xt, r0, acc_a),
-                                    T_Q4K_STEPS => $rows::row1::<T_Q4K_STEPS>(wr, a, xt, r0, acc_a),
-                                    T_Q4_0_STEPS => {
-                                        $rows::row1::<T_Q4_0_STEPS>(wr, a, xt, r0, acc_a)
-                                    }
-                                    T_Q5K => $rows::row1::<T_Q5K>(wr, a, xt, r0, acc_a),
-                                    T_Q6K => $rows::row1::<T_Q6K>(wr, a, xt, r0, acc_a),
-                                    T_Q8_0 => $rows::row1::<T_Q8_0>(wr, a, xt, r0, acc_a),
-                                    T_Q4_0 => $rows::row1::<T_Q4_0>(wr, a, xt, r0, acc_a),
-                                    T_IQ4NL => $rows::row1::<T_IQ4NL>(wr, a, xt, r0, acc_a),
-                                    T_Q5_0 => $rows::row1::<T_Q5_0>(wr, a, xt, r0, acc_a),
-                                    T_Q5_1 => $rows::row1::<T_Q5_1>(wr, a, xt, r0, acc_a),
-                                    T_Q4_1 => $rows::row1::<T_Q4_1>(wr, a, xt, r0, acc_a),
-                                    _ => $rows::row1::<T_DECODED>(wr, a, xt, r0, acc_a),
-                                }
+                                by_code!(code, T_DECODED, |C| $rows::row1::<C>(
+                                    wr, a, xt, r0, acc_a
+                                ))
                             }
                         }
                         wr.is_some()

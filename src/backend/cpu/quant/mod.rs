@@ -13,9 +13,9 @@
 //! accumulation lane-wise (the same IEEE operations in the same order). The integer dot
 //! products, exact on every path, are the only thing the paths compute differently.
 //!
-//! On the AVX2 path, Q4_K and Q4_0 weights are kept in a step order (`step_order`: the same
-//! bytes, rearranged within super-blocks at load) from which the unpackers give the transposed
-//! super-block directly; every path reads either order.
+//! On the AVX2 path, Q4_K, Q4_0, Q4_1, Q5_0, Q5_1 and IQ4_NL weights are kept in a step order
+//! (`step_order`: the same bytes, rearranged within super-blocks at load) from which the
+//! unpackers give the transposed super-block directly; every path reads either order.
 //!
 //! Work split: weight rows are cut into tasks across the pool (distinct rows per task); a task
 //! unpacks each super-block of its weight rows (two rows of a type at a time) once per block of
@@ -146,7 +146,7 @@ pub(super) struct Task<'a> {
     pub o0: usize,
     /// Activation rows per block (decoded weight rows are reused across a block).
     pub rb: usize,
-    /// `w`'s Q4_K and Q4_0 rows are in the step order ([`step_order`]).
+    /// `w`'s rows of the types with a step order are in it ([`step_order`]).
     pub steps: bool,
 }
 
@@ -368,8 +368,8 @@ fn run_task(kernel: QuantKernel, t: &Task<'_>, tiles: Option<&TileActs>, yt: &mu
 }
 
 /// `y[t*out + o] = Σ_i x[t*in + i] * w[o, i]` as [`crate::backend::reference::quant_dot`]
-/// defines it (`steps`: `w`'s Q4_K and Q4_0 rows are in the step order, see [`step_order`]);
-/// fills `y` with NaN on inconsistent sizes.
+/// defines it (`steps`: `w`'s rows of the types with a step order are in it, see
+/// [`step_order`]); fills `y` with NaN on inconsistent sizes.
 pub(crate) fn matmul(
     be: &CpuBackend,
     x: &[f32],

@@ -1,16 +1,19 @@
-//! The step order of Q4_K and Q4_0 super-blocks: their 4-bit values rearranged at load so
-//! that the vector paths read the transposed super-block (`lanes::transpose8`: step `i`,
-//! 32-bit lane `j` = elements `4i..4i+4` of 32-element block `j`) straight from memory,
-//! without the in-register 8x8 transpose per weight row and super-block, and so that a single
-//! activation row takes the transposed dot as well (no horizontal reduction per block).
+//! The step order of 4- and 5-bit super-blocks (Q4_K, and groups of 8 blocks of Q4_0, Q4_1,
+//! Q5_0, Q5_1, IQ4_NL): their values rearranged at load so that the vector paths read the
+//! transposed super-block (`lanes::transpose8`: step `i`, 32-bit lane `j` = elements
+//! `4i..4i+4` of 32-element block `j`) straight from memory, without the in-register 8x8
+//! transpose per weight row and super-block, and so that a single activation row takes the
+//! transposed dot as well (no horizontal reduction per block).
 //!
 //! In step order 128 bytes hold a super-block's 256 values: byte `32s + 4j + b` holds element
 //! `4s + b` of block `j` in its low nibble (step `s`) and element `16 + 4s + b` in its high
 //! nibble (step `s + 4`). A Q4_K block (144 bytes) keeps its 16-byte header (`d`, `dmin`, the
-//! packed scales) and has its 128 quant bytes in step order. Eight consecutive Q4_0 blocks (8 x
-//! 18 bytes) become their 8 `d` (16 bytes) followed by the 128 bytes in step order; the blocks
-//! of a row past its last whole 8 stay as ggml wrote them. Either way a weight keeps exactly
-//! its file's bytes.
+//! packed scales) and has its 128 quant bytes in step order. Eight consecutive blocks of a
+//! 32-element type become their 8 `d` (16 bytes), their 8 `m` (Q4_1, Q5_1; 16 bytes), a
+//! 32-byte plane of fifth bits (Q5_0, Q5_1: bit `s` of byte `4j + b` is the fifth bit of
+//! element `4s + b` of block `j`, so one shift and one mask put step `s`'s bits in place), then
+//! the 128 bytes in step order; the blocks of a row past its last whole 8 stay as ggml wrote
+//! them. Either way a weight keeps exactly its file's bytes.
 //!
 //! Which weights take it: those a backend on the AVX2 path packs ([`super::QuantKernel::Avx2`],
 //! where the transposes and reductions cost most). Every path reads both orders (the weight
@@ -19,10 +22,51 @@
 use crate::backend::quant_stack::QuantStack;
 use crate::quant::GgmlType;
 
-/// Bytes of a super-block in step order: one Q4_K block, or 8 Q4_0 blocks.
-const SB: usize = 144;
-/// Bytes of a Q4_0 block.
-const Q4_0_BLOCK: usize = 18;
+/// Bytes of a Q4_K block.
+const Q4_K_BLOCK: usize = 144;
+
+/// The layout of a block of a 32-element type whose groups of 8 blocks take the step order:
+/// `halves` f16 fields (`d`, then `m` when 2), a 4-byte `qh` of fifth bits when `fifth`, then
+/// 16 bytes of nibbles (elements `e` and `e + 16` in byte `e`).
+#[derive(Clone, Copy)]
+struct Legacy {
+    halves: usize,
+    fifth: bool,
+}
+
+impl Legacy {
+    /// The layout of `ty`'s blocks, if its groups take the step order.
+    fn of(ty: GgmlType) -> Option<Self> {
+        let (halves, fifth) = match ty {
+            GgmlType::Q4_0 | GgmlType::Iq4Nl => (1, false),
+            GgmlType::Q4_1 => (2, false),
+            GgmlType::Q5_0 => (1, true),
+            GgmlType::Q5_1 => (2, true),
+            _ => return None,
+        };
+        Some(Self { halves, fifth })
+    }
+
+    /// Bytes of the 4-byte `qh` (0 or 4).
+    fn qh(self) -> usize {
+        4 * usize::from(self.fifth)
+    }
+
+    /// Bytes of one block.
+    fn block(self) -> usize {
+        2 * self.halves + self.qh() + 16
+    }
+
+    /// Where the fifth-bit plane of a group in step order starts.
+    fn plane_at(self) -> usize {
+        16 * self.halves
+    }
+
+    /// Where the 128 bytes of nibbles of a group in step order start.
+    fn steps_at(self) -> usize {
+        self.plane_at() + 8 * self.qh()
+    }
+}
 
 /// Writes the 128 bytes of step order into `out` from `nib(j, e)`, the value of element `e`
 /// of block `j`.
@@ -46,11 +90,18 @@ fn step_nibble(steps: &[u8], j: usize, e: usize) -> u8 {
     }
 }
 
+/// The fifth bit of element `e` of block `j` in the 32-byte plane of a group in step order:
+/// bit `s` of byte `4j + b` is that of element `4s + b` (the element of step `s`, lane `j`,
+/// byte `b` of the transposed super-block).
+fn plane_bit(plane: &[u8], j: usize, e: usize) -> u8 {
+    (plane[4 * j + e % 4] >> (e / 4)) & 1
+}
+
 /// A Q4_K block (144 bytes) from ggml order to step order (`back`: the other way).
 fn q4_k_block(block: &mut [u8], back: bool) {
     let mut old = [0u8; 128];
-    old.copy_from_slice(&block[16..SB]);
-    let qs = &mut block[16..SB];
+    old.copy_from_slice(&block[16..Q4_K_BLOCK]);
+    let qs = &mut block[16..Q4_K_BLOCK];
     if back {
         qs.fill(0);
         for j in 0..8 {
@@ -63,57 +114,76 @@ fn q4_k_block(block: &mut [u8], back: bool) {
     }
 }
 
-/// Eight Q4_0 blocks (144 bytes) from ggml order to step order (`back`: the other way).
-fn q4_0_blocks(sb: &mut [u8], back: bool) {
-    let mut old = [0u8; SB];
-    old.copy_from_slice(&sb[..SB]);
+/// Eight blocks of layout `lay` from ggml order to step order (`back`: the other way). In
+/// step order the group holds the 8 blocks' first f16 fields (16 bytes), their second ones
+/// (Q4_1 / Q5_1), the 32-byte fifth-bit plane ([`plane_bit`]; Q5_0 / Q5_1), then the 128
+/// bytes of nibbles in step order.
+fn legacy_group(g: &mut [u8], lay: Legacy, back: bool) {
+    let (bl, n) = (lay.block(), 8 * lay.block());
+    let mut old = [0u8; 192];
+    old[..n].copy_from_slice(&g[..n]);
+    let old = &old[..n];
+    let (pa, sa, qa) = (lay.plane_at(), lay.steps_at(), 2 * lay.halves + lay.qh());
     if back {
+        g[..n].fill(0);
         for j in 0..8 {
-            let blk = &mut sb[Q4_0_BLOCK * j..Q4_0_BLOCK * (j + 1)];
-            blk[..2].copy_from_slice(&old[2 * j..2 * j + 2]);
-            for e in 0..16 {
-                blk[2 + e] =
-                    step_nibble(&old[16..], j, e) | (step_nibble(&old[16..], j, e + 16) << 4);
+            let blk = &mut g[bl * j..bl * (j + 1)];
+            for f in 0..lay.halves {
+                blk[2 * f..2 * f + 2].copy_from_slice(&old[16 * f + 2 * j..16 * f + 2 * j + 2]);
+            }
+            for e in 0..32 {
+                if lay.fifth {
+                    blk[2 * lay.halves + e / 8] |= plane_bit(&old[pa..], j, e) << (e % 8);
+                }
+                blk[qa + e % 16] |= step_nibble(&old[sa..], j, e) << (4 * (e / 16));
             }
         }
     } else {
+        let at = |j: usize| &old[bl * j..bl * (j + 1)];
         for j in 0..8 {
-            sb[2 * j..2 * j + 2].copy_from_slice(&old[Q4_0_BLOCK * j..Q4_0_BLOCK * j + 2]);
-        }
-        let nib = |j: usize, e: usize| {
-            let qs = &old[Q4_0_BLOCK * j + 2..Q4_0_BLOCK * (j + 1)];
-            if e < 16 {
-                qs[e] & 0x0F
-            } else {
-                qs[e - 16] >> 4
+            for f in 0..lay.halves {
+                g[16 * f + 2 * j..16 * f + 2 * j + 2].copy_from_slice(&at(j)[2 * f..2 * f + 2]);
             }
-        };
-        write_steps(nib, &mut sb[16..SB]);
+        }
+        if lay.fifth {
+            for j in 0..8 {
+                let qh = &at(j)[2 * lay.halves..2 * lay.halves + 4];
+                for b in 0..4 {
+                    g[pa + 4 * j + b] = (0..8)
+                        .map(|s| ((qh[(4 * s + b) / 8] >> ((4 * s + b) % 8)) & 1) << s)
+                        .fold(0, |acc, v| acc | v);
+                }
+            }
+        }
+        let nib = |j: usize, e: usize| (at(j)[qa + e % 16] >> (4 * (e / 16))) & 0x0F;
+        write_steps(nib, &mut g[sa..sa + 128]);
     }
 }
 
 /// Rearranges one row of `ty` (whole blocks) into step order, or back (`back`); false when
-/// `ty` has no step order.
+/// `ty` has no step order. A row's blocks past its last whole group of 8 (32-element types)
+/// stay in ggml order.
 fn row_steps(ty: GgmlType, row: &mut [u8], back: bool) -> bool {
-    match ty {
-        GgmlType::Q4K => row
-            .chunks_exact_mut(SB)
-            .for_each(|block| q4_k_block(block, back)),
-        // The blocks past the last whole 8 stay in ggml order (`chunks_exact` leaves them).
-        GgmlType::Q4_0 => row
-            .chunks_exact_mut(SB)
-            .for_each(|sb| q4_0_blocks(sb, back)),
-        _ => return false,
+    if ty == GgmlType::Q4K {
+        row.chunks_exact_mut(Q4_K_BLOCK)
+            .for_each(|block| q4_k_block(block, back));
+        return true;
     }
+    let Some(lay) = Legacy::of(ty) else {
+        return false;
+    };
+    // `chunks_exact` leaves the tail as it is.
+    row.chunks_exact_mut(8 * lay.block())
+        .for_each(|g| legacy_group(g, lay, back));
     true
 }
 
 /// Whether rows of `ty` are in step order when their weight is.
 pub(crate) fn has_steps(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4K | GgmlType::Q4_0)
+    ty == GgmlType::Q4K || Legacy::of(ty).is_some()
 }
 
-/// Rearranges the rows of every Q4_K and Q4_0 segment of `q` into step order.
+/// Rearranges the rows of every segment of `q` whose type has a step order ([`has_steps`]).
 pub(crate) fn to_steps(q: &mut QuantStack) {
     for seg in q.segments_mut() {
         let (ty, rb) = (seg.ty(), seg.row_bytes());
@@ -164,10 +234,14 @@ mod tests {
 
     #[test]
     fn q4_k_rows_round_trip_through_the_step_order() {
-        let row = bytes(3 * SB, 1);
+        let row = bytes(3 * Q4_K_BLOCK, 1);
         let mut st = row.clone();
         assert!(row_steps(GgmlType::Q4K, &mut st, false));
-        for (b, (s, g)) in st.chunks(SB).zip(row.chunks(SB)).enumerate() {
+        for (b, (s, g)) in st
+            .chunks(Q4_K_BLOCK)
+            .zip(row.chunks(Q4_K_BLOCK))
+            .enumerate()
+        {
             assert_eq!(s[..16], g[..16], "block {b}: header");
             let nib = |j: usize, e: usize| (g[16 + 32 * (j / 2) + e] >> (4 * (j % 2))) & 0x0F;
             check_steps(&format!("Q4_K block {b}"), &s[16..], nib);
@@ -178,30 +252,57 @@ mod tests {
     }
 
     #[test]
-    fn q4_0_rows_round_trip_through_the_step_order_tail_kept() {
-        // 19 blocks: two whole super-blocks and 3 blocks left in ggml order.
-        let row = bytes(19 * Q4_0_BLOCK, 2);
-        let mut st = row.clone();
-        assert!(row_steps(GgmlType::Q4_0, &mut st, false));
-        for g in 0..2 {
-            let (s, o) = (&st[g * SB..(g + 1) * SB], &row[g * SB..(g + 1) * SB]);
-            for j in 0..8 {
-                assert_eq!(s[2 * j..2 * j + 2], o[18 * j..18 * j + 2], "d of block {j}");
-            }
-            let nib = |j: usize, e: usize| {
-                let qs = &o[18 * j + 2..18 * j + 18];
-                if e < 16 {
-                    qs[e] & 0x0F
-                } else {
-                    qs[e - 16] >> 4
+    fn legacy_rows_round_trip_through_the_step_order_tail_kept() {
+        // (type, block bytes, f16 fields, fifth bits): written out here, not from `Legacy`.
+        for (ty, bl, halves, fifth) in [
+            (GgmlType::Q4_0, 18, 1, false),
+            (GgmlType::Iq4Nl, 18, 1, false),
+            (GgmlType::Q4_1, 20, 2, false),
+            (GgmlType::Q5_0, 22, 1, true),
+            (GgmlType::Q5_1, 24, 2, true),
+        ] {
+            // 19 blocks: two whole groups and 3 blocks left in ggml order.
+            let row = bytes(19 * bl, 2 + bl as u32);
+            let mut st = row.clone();
+            assert!(row_steps(ty, &mut st, false), "{ty}");
+            let gb = 8 * bl;
+            for g in 0..2 {
+                let (s, o) = (&st[g * gb..(g + 1) * gb], &row[g * gb..(g + 1) * gb]);
+                let qs_at = 2 * halves + if fifth { 4 } else { 0 };
+                for j in 0..8 {
+                    let blk = &o[bl * j..bl * (j + 1)];
+                    for f in 0..halves {
+                        let field = &s[16 * f + 2 * j..16 * f + 2 * j + 2];
+                        assert_eq!(
+                            field,
+                            &blk[2 * f..2 * f + 2],
+                            "{ty}: field {f} of block {j}"
+                        );
+                    }
+                    for e in (0..32).filter(|_| fifth) {
+                        let want = (blk[2 * halves + e / 8] >> (e % 8)) & 1;
+                        let got = plane_bit(&s[16 * halves..], j, e);
+                        assert_eq!(got, want, "{ty}: fifth bit {e} of block {j}");
+                    }
                 }
-            };
-            check_steps(&format!("Q4_0 super-block {g}"), &s[16..], nib);
+                let nib = |j: usize, e: usize| {
+                    let qs = &o[bl * j + qs_at..bl * (j + 1)];
+                    if e < 16 {
+                        qs[e] & 0x0F
+                    } else {
+                        qs[e - 16] >> 4
+                    }
+                };
+                let at = 16 * halves + if fifth { 32 } else { 0 };
+                check_steps(&format!("{ty} group {g}"), &s[at..], nib);
+            }
+            assert_eq!(st[2 * gb..], row[2 * gb..], "{ty}: the tail stays");
+            let mut back = Vec::new();
+            assert!(row_from_steps(ty, &st, &mut back));
+            assert_eq!(back, row, "{ty}: round trip");
         }
-        assert_eq!(st[2 * SB..], row[2 * SB..], "the tail stays");
         let mut back = Vec::new();
-        assert!(row_from_steps(GgmlType::Q4_0, &st, &mut back));
-        assert_eq!(back, row);
-        assert!(!row_from_steps(GgmlType::Q6K, &st, &mut back));
+        assert!(!row_from_steps(GgmlType::Q6K, &bytes(210, 3), &mut back));
+        assert!(!row_from_steps(GgmlType::Q8_0, &bytes(34, 3), &mut back));
     }
 }

@@ -217,15 +217,16 @@ pub(super) unsafe fn q4_k(b: &[u8]) -> Sb {
     }
 }
 
-/// The 128 bytes of step order at `b[16..144]` (`step_order`) as the transposed super-block:
-/// step `s` the low nibbles of the 32 bytes at `16 + 32s`, step `s + 4` the high ones.
+/// The 128 bytes of step order at `b[at..at + 128]` (`step_order`) as the transposed
+/// super-block: step `s` the low nibbles of the 32 bytes at `at + 32s`, step `s + 4` the high
+/// ones.
 #[inline(always)]
-unsafe fn steps_at(b: &[u8]) -> [__m256i; SB_BLOCKS] {
-    // SAFETY: AVX2 (module docs); the caller guarantees `b.len() >= 144`.
+unsafe fn steps_at(b: &[u8], at: usize) -> [__m256i; SB_BLOCKS] {
+    // SAFETY: AVX2 (module docs); the caller guarantees `b.len() >= at + 128`.
     unsafe {
         let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
         for s in 0..4 {
-            (v[s], v[s + 4]) = split_nibbles(load32(b, 16 + 32 * s));
+            (v[s], v[s + 4]) = split_nibbles(load32(b, at + 32 * s));
         }
         v
     }
@@ -237,7 +238,7 @@ unsafe fn steps_at(b: &[u8]) -> [__m256i; SB_BLOCKS] {
 pub(super) unsafe fn q4_k_steps(b: &[u8]) -> Sb {
     // SAFETY: AVX2 and F16C (module docs); `b` is 144 bytes, every offset below is inside it.
     unsafe {
-        let v = steps_at(b);
+        let v = steps_at(b, 16);
         let (d, dm, isc, imin) = k4_params(b);
         Sb {
             v,
@@ -397,14 +398,92 @@ unsafe fn nibbles32(b: &[u8], at: usize) -> __m256i {
     }
 }
 
-/// Eight Q4_0 blocks in the step order (`step_order`: the 8 `d`, then 128 bytes) as
-/// `u = q + 8`, `v` the transposed super-block (`lanes::transpose8` of [`q4_0`]'s blocks).
+/// Step `s`'s fifth bits as bit 4 of each byte, from a fifth-bit plane `hv` (`step_order`:
+/// bit `s` of each byte): a 16-bit shift by `4 - s` moves bit `s` of every byte to bit 4 of
+/// the same byte (bits 8-15 land on 12, within the high byte), the mask drops the rest.
+#[inline(always)]
+unsafe fn plane_step(hv: __m256i, s: usize) -> __m256i {
+    // SAFETY: AVX2 (module docs); registers only.
+    unsafe {
+        let v = match s {
+            0 => _mm256_slli_epi16::<4>(hv),
+            1 => _mm256_slli_epi16::<3>(hv),
+            2 => _mm256_slli_epi16::<2>(hv),
+            3 => _mm256_slli_epi16::<1>(hv),
+            4 => hv,
+            5 => _mm256_srli_epi16::<1>(hv),
+            6 => _mm256_srli_epi16::<2>(hv),
+            _ => _mm256_srli_epi16::<3>(hv),
+        };
+        _mm256_and_si256(v, _mm256_set1_epi8(0x10))
+    }
+}
+
+/// Eight blocks of a 32-element type in the step order (`step_order`): `halves` f16 fields
+/// per block (`d`, and `m` when 2), a fifth-bit plane when `fifth`, then the nibbles. Returns
+/// the transposed super-block of the values (nibble + 16 · fifth bit), `d` and `m` (0 when
+/// `halves == 1`).
+#[inline(always)]
+unsafe fn legacy_steps(b: &[u8], halves: usize, fifth: bool) -> ([__m256i; 8], __m256, __m256) {
+    // SAFETY: AVX2 and F16C (module docs); the caller guarantees the group's
+    // `16 halves + 32 fifth + 128` bytes, every offset below is inside them.
+    unsafe {
+        let d = _mm256_cvtph_ps(load16(b, 0));
+        let m = if halves == 2 {
+            _mm256_cvtph_ps(load16(b, 16))
+        } else {
+            _mm256_setzero_ps()
+        };
+        let plane = 16 * halves;
+        let mut v = steps_at(b, plane + if fifth { 32 } else { 0 });
+        if fifth {
+            let hv = load32(b, plane);
+            for (s, vs) in v.iter_mut().enumerate() {
+                *vs = _mm256_or_si256(*vs, plane_step(hv, s));
+            }
+        }
+        (v, d, m)
+    }
+}
+
+/// Eight Q4_0 blocks in the step order (144 bytes) as `u = q + 8`, `v` the transposed
+/// super-block (`lanes::transpose8` of [`q4_0`]'s blocks).
 #[inline(always)]
 pub(super) unsafe fn q4_0_steps(b: &[u8]) -> Sb {
-    // SAFETY: AVX2 and F16C (module docs); `b` is 144 bytes, every offset below is inside it.
+    // SAFETY: AVX2 and F16C (module docs); `b` is the group's 144 bytes.
     unsafe {
-        let v = steps_at(b);
-        unit_sb(v, _mm256_cvtph_ps(load16(b, 0)))
+        let (v, d, _) = legacy_steps(b, 1, false);
+        unit_sb(v, d)
+    }
+}
+
+/// Eight Q5_0 blocks in the step order (176 bytes) as `u = q + 16`, transposed.
+#[inline(always)]
+pub(super) unsafe fn q5_0_steps(b: &[u8]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is the group's 176 bytes.
+    unsafe {
+        let (v, d, _) = legacy_steps(b, 1, true);
+        unit_sb(v, d)
+    }
+}
+
+/// Eight Q4_1 blocks in the step order (160 bytes), transposed.
+#[inline(always)]
+pub(super) unsafe fn q4_1_steps(b: &[u8]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is the group's 160 bytes.
+    unsafe {
+        let (v, d, m) = legacy_steps(b, 2, false);
+        min_unit_sb(v, d, m)
+    }
+}
+
+/// Eight Q5_1 blocks in the step order (192 bytes), transposed.
+#[inline(always)]
+pub(super) unsafe fn q5_1_steps(b: &[u8]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is the group's 192 bytes.
+    unsafe {
+        let (v, d, m) = legacy_steps(b, 2, true);
+        min_unit_sb(v, d, m)
     }
 }
 
@@ -514,17 +593,40 @@ const KVALUES_IQ4NL: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 
+/// The IQ4_NL code book in both 128-bit halves (for `vpshufb`).
+#[inline(always)]
+unsafe fn iq4_nl_table() -> __m256i {
+    // SAFETY: AVX2 (module docs); the code book is 16 bytes.
+    unsafe {
+        let table = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
+        _mm256_set_m128i(table, table)
+    }
+}
+
 /// `n <= 8` IQ4_NL blocks (18 bytes each; `b.len() >= 18 n`): nibbles through the code book
 /// (signed values).
 #[inline(always)]
 pub(super) unsafe fn iq4_nl(b: &[u8], n: usize) -> Sb {
-    // SAFETY: AVX2 and F16C (module docs); block `j < n` spans `b[18 j..18 j + 18]`; the code
-    // book is 16 bytes.
+    // SAFETY: AVX2 and F16C (module docs); block `j < n` spans `b[18 j..18 j + 18]`.
     unsafe {
-        let table = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
-        let table = _mm256_set_m128i(table, table);
+        let table = iq4_nl_table();
         let v = per_block!(n, |j| _mm256_shuffle_epi8(table, nibbles32(b, 18 * j + 2)));
         unit_sb(v, block_d(b, 18, n))
+    }
+}
+
+/// Eight IQ4_NL blocks in the step order (144 bytes), transposed: each step's nibbles through
+/// the code book.
+#[inline(always)]
+pub(super) unsafe fn iq4_nl_steps(b: &[u8]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is the group's 144 bytes.
+    unsafe {
+        let (mut v, d, _) = legacy_steps(b, 1, false);
+        let table = iq4_nl_table();
+        for vs in v.iter_mut() {
+            *vs = _mm256_shuffle_epi8(table, *vs);
+        }
+        unit_sb(v, d)
     }
 }
 
@@ -581,11 +683,52 @@ pub(super) const T_DECODED: u8 = 9;
 pub(super) const T_Q4K_STEPS: u8 = 10;
 /// Q4_0 in the step order ([`q4_0_steps`]; [`unpack`] gives the transposed super-block).
 pub(super) const T_Q4_0_STEPS: u8 = 11;
+/// Q4_1 in the step order ([`q4_1_steps`]).
+pub(super) const T_Q4_1_STEPS: u8 = 12;
+/// Q5_0 in the step order ([`q5_0_steps`]).
+pub(super) const T_Q5_0_STEPS: u8 = 13;
+/// Q5_1 in the step order ([`q5_1_steps`]).
+pub(super) const T_Q5_1_STEPS: u8 = 14;
+/// IQ4_NL in the step order ([`iq4_nl_steps`]).
+pub(super) const T_IQ4NL_STEPS: u8 = 15;
 
 /// Whether [`unpack`] gives the transposed super-block for type code `code` (the step order).
 pub(super) const fn is_steps(code: u8) -> bool {
-    code == T_Q4K_STEPS || code == T_Q4_0_STEPS
+    code >= T_Q4K_STEPS
 }
+
+/// Runs `$body` with the const `$c` set to `$code` (a type code, [`T_Q4K`] ...), so that
+/// the body can name a monomorphic kernel (`row1::<C>`); codes not listed take `$other`.
+macro_rules! by_code {
+    ($code:expr, $other:expr, |$c:ident| $body:expr) => {{
+        use $crate::backend::cpu::quant::superblock::*;
+        macro_rules! with {
+            ($t:expr) => {{
+                const $c: u8 = $t;
+                $body
+            }};
+        }
+        match $code {
+            T_Q4K => with!(T_Q4K),
+            T_Q4K_STEPS => with!(T_Q4K_STEPS),
+            T_Q5K => with!(T_Q5K),
+            T_Q6K => with!(T_Q6K),
+            T_Q8_0 => with!(T_Q8_0),
+            T_Q4_0 => with!(T_Q4_0),
+            T_Q4_0_STEPS => with!(T_Q4_0_STEPS),
+            T_Q4_1 => with!(T_Q4_1),
+            T_Q4_1_STEPS => with!(T_Q4_1_STEPS),
+            T_Q5_0 => with!(T_Q5_0),
+            T_Q5_0_STEPS => with!(T_Q5_0_STEPS),
+            T_Q5_1 => with!(T_Q5_1),
+            T_Q5_1_STEPS => with!(T_Q5_1_STEPS),
+            T_IQ4NL => with!(T_IQ4NL),
+            T_IQ4NL_STEPS => with!(T_IQ4NL_STEPS),
+            _ => with!($other),
+        }
+    }};
+}
+pub(super) use by_code;
 
 /// The code of `ty` (see [`T_Q4K`]).
 pub(super) fn type_code(ty: crate::quant::GgmlType) -> u8 {
@@ -604,12 +747,16 @@ pub(super) fn type_code(ty: crate::quant::GgmlType) -> u8 {
     }
 }
 
-/// The code of rows of `ty` in a weight whose Q4_K and Q4_0 rows are in the step order when
-/// `steps`.
+/// The code of rows of `ty` in a weight whose rows are in the step order (`step_order`) when
+/// `steps` and their type has one.
 pub(super) fn row_code(ty: crate::quant::GgmlType, steps: bool) -> u8 {
     match type_code(ty) {
         T_Q4K if steps => T_Q4K_STEPS,
         T_Q4_0 if steps => T_Q4_0_STEPS,
+        T_Q4_1 if steps => T_Q4_1_STEPS,
+        T_Q5_0 if steps => T_Q5_0_STEPS,
+        T_Q5_1 if steps => T_Q5_1_STEPS,
+        T_IQ4NL if steps => T_IQ4NL_STEPS,
         code => code,
     }
 }
@@ -625,17 +772,18 @@ pub(super) struct RowRef<'a> {
 }
 
 /// Super-block `g` (of `k <= 8` blocks) of row `r` of type code `TY`, and its form; for the
-/// step order ([`is_steps`]) the transposed super-block (`lanes::transpose8` of the blocks;
-/// a Q4_0 row's last super-block of fewer than 8 blocks is in ggml order and transposed
-/// here). `BW`: the calling path has AVX-512BW and AVX-512VL (some unpackers then use mask
-/// registers).
+/// step order ([`is_steps`]) the transposed super-block (`lanes::transpose8` of the blocks),
+/// except a row's last group of fewer than 8 blocks of a 32-element type, which `step_order`
+/// keeps in ggml order: that one comes as blocks (see [`unpack`]). `BW`: the calling path
+/// has AVX-512BW and AVX-512VL (some unpackers then use mask registers).
 #[inline(always)]
-pub(super) unsafe fn unpack<const TY: u8, const BW: bool>(
+pub(super) unsafe fn unpack_blocks<const TY: u8, const BW: bool>(
     r: RowRef<'_>,
     g: usize,
     k: usize,
 ) -> (Sb, Form) {
     let b = r.bytes;
+    let whole = k == SB_BLOCKS;
     // SAFETY: AVX2 and F16C (module docs); each unpacker gets whole blocks of its type
     // (bounds-checked slices of a row of `cols` elements, `k` blocks past `8 g`).
     unsafe {
@@ -645,21 +793,40 @@ pub(super) unsafe fn unpack<const TY: u8, const BW: bool>(
             T_Q5K => (q5_k(&b[g * 176..][..176]), FORM_K4),
             T_Q6K => (q6_k(&b[g * 210..][..210]), FORM_Q6K),
             T_Q8_0 => (q8_0(&b[g * 272..][..k * 34], k), FORM_SIGNED_UNIT),
-            T_Q4_0 => (q4_0(&b[g * 144..][..k * 18], k), FORM_Q4_0),
-            T_Q4_0_STEPS if k == SB_BLOCKS => (q4_0_steps(&b[g * 144..][..144]), FORM_Q4_0),
-            T_Q4_0_STEPS => {
-                let sb = q4_0(&b[g * 144..][..k * 18], k);
-                let v = super::lanes::transpose8(sb.v);
-                (Sb { v, ..sb }, FORM_Q4_0)
-            }
-            T_IQ4NL => (iq4_nl(&b[g * 144..][..k * 18], k), FORM_SIGNED_UNIT),
-            T_Q5_0 => (q5_0::<BW>(&b[g * 176..][..k * 22], k), FORM_Q5_0),
-            T_Q5_1 => (q5_1::<BW>(&b[g * 192..][..k * 24], k), FORM_MIN_UNIT),
-            T_Q4_1 => (q4_1(&b[g * 160..][..k * 20], k), FORM_MIN_UNIT),
+            T_Q4_0_STEPS if whole => (q4_0_steps(&b[g * 144..][..144]), FORM_Q4_0),
+            T_Q4_0 | T_Q4_0_STEPS => (q4_0(&b[g * 144..][..k * 18], k), FORM_Q4_0),
+            T_Q4_1_STEPS if whole => (q4_1_steps(&b[g * 160..][..160]), FORM_MIN_UNIT),
+            T_Q4_1 | T_Q4_1_STEPS => (q4_1(&b[g * 160..][..k * 20], k), FORM_MIN_UNIT),
+            T_Q5_0_STEPS if whole => (q5_0_steps(&b[g * 176..][..176]), FORM_Q5_0),
+            T_Q5_0 | T_Q5_0_STEPS => (q5_0::<BW>(&b[g * 176..][..k * 22], k), FORM_Q5_0),
+            T_Q5_1_STEPS if whole => (q5_1_steps(&b[g * 192..][..192]), FORM_MIN_UNIT),
+            T_Q5_1 | T_Q5_1_STEPS => (q5_1::<BW>(&b[g * 192..][..k * 24], k), FORM_MIN_UNIT),
+            T_IQ4NL_STEPS if whole => (iq4_nl_steps(&b[g * 144..][..144]), FORM_SIGNED_UNIT),
+            T_IQ4NL | T_IQ4NL_STEPS => (iq4_nl(&b[g * 144..][..k * 18], k), FORM_SIGNED_UNIT),
             _ => (
                 from_decoded(&r.dq[g * SB_ELEMS..], &r.dp[g * SB_BLOCKS..], k),
                 r.dform,
             ),
+        }
+    }
+}
+
+/// [`unpack_blocks`], with a step-order row's last group of fewer than 8 blocks transposed
+/// too: for the step order ([`is_steps`]) always the transposed super-block.
+#[inline(always)]
+pub(super) unsafe fn unpack<const TY: u8, const BW: bool>(
+    r: RowRef<'_>,
+    g: usize,
+    k: usize,
+) -> (Sb, Form) {
+    // SAFETY: the caller's contract (as `unpack_blocks`'); AVX2 for the transpose.
+    unsafe {
+        let (sb, form) = unpack_blocks::<TY, BW>(r, g, k);
+        if is_steps(TY) && k < SB_BLOCKS {
+            let v = super::lanes::transpose8(sb.v);
+            (Sb { v, ..sb }, form)
+        } else {
+            (sb, form)
         }
     }
 }
