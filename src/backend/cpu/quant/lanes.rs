@@ -219,8 +219,8 @@ pub(super) fn prefetch(bytes: &[u8], at: usize) {
 /// that each keeps its super-blocks in registers: `row2::<TY>` (two weight rows of one type
 /// against each activation load; transposed layout, or for a single activation row the blocks
 /// dotted as unpacked and reduced, except whole super-blocks in the step order, which
-/// unpack transposed) and `row1::<TY>` (one weight row, transposed layout: the odd row left over, a row whose
-/// neighbour has another type, and the decoded types). The path's functions:
+/// unpack transposed) and `row1::<TY>` (one weight row, transposed layout: the odd row left
+/// over, a row whose neighbour has another type, and the decoded types). The path's functions:
 /// - `$dot`: `fn(u: __m256i, x: __m256i, signed: bool) -> __m256i`, 8 lanes of exact partial
 ///   sums of one block dotted as unpacked (lanes 0-3 covering elements 0-15);
 /// - `$dot_t`: `unsafe fn(&[__m256i; 8], *const i8 /* 256 bytes */, Form) -> (__m256i,
