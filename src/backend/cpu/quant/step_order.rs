@@ -1,5 +1,5 @@
-//! The step order of 4- and 5-bit super-blocks (Q4_K, and groups of 8 blocks of Q4_0, Q4_1,
-//! Q5_0, Q5_1, IQ4_NL): their values rearranged at load so that the vector paths read the
+//! The step order of quantized super-blocks (Q4_K, and groups of 8 blocks of Q4_0, Q4_1,
+//! Q5_0, Q5_1, IQ4_NL, Q8_0): their values rearranged at load so that the vector paths read the
 //! transposed super-block (`lanes::transpose8`: step `i`, 32-bit lane `j` = elements
 //! `4i..4i+4` of 32-element block `j`) straight from memory, without the in-register 8x8
 //! transpose per weight row and super-block, and so that a single activation row takes the
@@ -12,8 +12,10 @@
 //! 32-element type become their 8 `d` (16 bytes), their 8 `m` (Q4_1, Q5_1; 16 bytes), a
 //! 32-byte plane of fifth bits (Q5_0, Q5_1: bit `s` of byte `4j + b` is the fifth bit of
 //! element `4s + b` of block `j`, so one shift and one mask put step `s`'s bits in place), then
-//! the 128 bytes in step order; the blocks of a row past its last whole 8 stay as ggml wrote
-//! them. Either way a weight keeps exactly its file's bytes.
+//! the 128 bytes in step order. Eight Q8_0 blocks become their 8 `d` (16 bytes), then their
+//! 256 values in step order: byte `32s + 4j + b` holds element `4s + b` of block `j` (steps
+//! 0-7 of the transposed super-block, one 32-byte load each). The blocks of a row past its
+//! last whole 8 stay as ggml wrote them. Either way a weight keeps exactly its file's bytes.
 //!
 //! Which weights take it: those a backend on the AVX2 path packs ([`super::QuantKernel::Avx2`],
 //! where the transposes and reductions cost most). Every path reads both orders (the weight
@@ -27,24 +29,31 @@ const Q4_K_BLOCK: usize = 144;
 
 /// The layout of a block of a 32-element type whose groups of 8 blocks take the step order:
 /// `halves` f16 fields (`d`, then `m` when 2), a 4-byte `qh` of fifth bits when `fifth`, then
-/// 16 bytes of nibbles (elements `e` and `e + 16` in byte `e`).
+/// 16 bytes of nibbles (elements `e` and `e + 16` in byte `e`), or when `wide` 32 bytes, one
+/// per element (Q8_0).
 #[derive(Clone, Copy)]
 struct Legacy {
     halves: usize,
     fifth: bool,
+    wide: bool,
 }
 
 impl Legacy {
     /// The layout of `ty`'s blocks, if its groups take the step order.
     fn of(ty: GgmlType) -> Option<Self> {
-        let (halves, fifth) = match ty {
-            GgmlType::Q4_0 | GgmlType::Iq4Nl => (1, false),
-            GgmlType::Q4_1 => (2, false),
-            GgmlType::Q5_0 => (1, true),
-            GgmlType::Q5_1 => (2, true),
+        let (halves, fifth, wide) = match ty {
+            GgmlType::Q4_0 | GgmlType::Iq4Nl => (1, false, false),
+            GgmlType::Q4_1 => (2, false, false),
+            GgmlType::Q5_0 => (1, true, false),
+            GgmlType::Q5_1 => (2, true, false),
+            GgmlType::Q8_0 => (1, false, true),
             _ => return None,
         };
-        Some(Self { halves, fifth })
+        Some(Self {
+            halves,
+            fifth,
+            wide,
+        })
     }
 
     /// Bytes of the 4-byte `qh` (0 or 4).
@@ -52,9 +61,18 @@ impl Legacy {
         4 * usize::from(self.fifth)
     }
 
+    /// Bytes of one block's values.
+    fn values(self) -> usize {
+        if self.wide {
+            32
+        } else {
+            16
+        }
+    }
+
     /// Bytes of one block.
     fn block(self) -> usize {
-        2 * self.halves + self.qh() + 16
+        2 * self.halves + self.qh() + self.values()
     }
 
     /// Where the fifth-bit plane of a group in step order starts.
@@ -62,7 +80,7 @@ impl Legacy {
         16 * self.halves
     }
 
-    /// Where the 128 bytes of nibbles of a group in step order start.
+    /// Where the values of a group in step order (128 bytes of nibbles, 256 when `wide`) start.
     fn steps_at(self) -> usize {
         self.plane_at() + 8 * self.qh()
     }
@@ -114,13 +132,22 @@ fn q4_k_block(block: &mut [u8], back: bool) {
     }
 }
 
+/// The places of a wide group's values in step order: `(at, j, e)` for byte `at` of the 256,
+/// which holds element `e` of block `j` (byte `b` of step `s`, lane `j`: element `4s + b`).
+fn wide_steps() -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..8).flat_map(|s| {
+        (0..8).flat_map(move |j| (0..4).map(move |b| (32 * s + 4 * j + b, j, 4 * s + b)))
+    })
+}
+
 /// Eight blocks of layout `lay` from ggml order to step order (`back`: the other way). In
 /// step order the group holds the 8 blocks' first f16 fields (16 bytes), their second ones
 /// (Q4_1 / Q5_1), the 32-byte fifth-bit plane ([`plane_bit`]; Q5_0 / Q5_1), then the 128
-/// bytes of nibbles in step order.
+/// bytes of nibbles in step order, or for `wide` blocks the 256 value bytes in step order
+/// (byte `32s + 4j + b` = element `4s + b` of block `j`).
 fn legacy_group(g: &mut [u8], lay: Legacy, back: bool) {
     let (bl, n) = (lay.block(), 8 * lay.block());
-    let mut old = [0u8; 192];
+    let mut old = [0u8; 8 * 34];
     old[..n].copy_from_slice(&g[..n]);
     let old = &old[..n];
     let (pa, sa, qa) = (lay.plane_at(), lay.steps_at(), 2 * lay.halves + lay.qh());
@@ -131,11 +158,16 @@ fn legacy_group(g: &mut [u8], lay: Legacy, back: bool) {
             for f in 0..lay.halves {
                 blk[2 * f..2 * f + 2].copy_from_slice(&old[16 * f + 2 * j..16 * f + 2 * j + 2]);
             }
-            for e in 0..32 {
+            for e in (0..32).filter(|_| !lay.wide) {
                 if lay.fifth {
                     blk[2 * lay.halves + e / 8] |= plane_bit(&old[pa..], j, e) << (e % 8);
                 }
                 blk[qa + e % 16] |= step_nibble(&old[sa..], j, e) << (4 * (e / 16));
+            }
+        }
+        if lay.wide {
+            for (at, j, e) in wide_steps() {
+                g[bl * j + qa + e] = old[sa + at];
             }
         }
     } else {
@@ -154,6 +186,12 @@ fn legacy_group(g: &mut [u8], lay: Legacy, back: bool) {
                         .fold(0, |acc, v| acc | v);
                 }
             }
+        }
+        if lay.wide {
+            for (to, j, e) in wide_steps() {
+                g[sa + to] = at(j)[qa + e];
+            }
+            return;
         }
         let nib = |j: usize, e: usize| (at(j)[qa + e % 16] >> (4 * (e / 16))) & 0x0F;
         write_steps(nib, &mut g[sa..sa + 128]);
@@ -303,6 +341,30 @@ mod tests {
         }
         let mut back = Vec::new();
         assert!(!row_from_steps(GgmlType::Q6K, &bytes(210, 3), &mut back));
-        assert!(!row_from_steps(GgmlType::Q8_0, &bytes(34, 3), &mut back));
+        assert!(!row_from_steps(GgmlType::Q5K, &bytes(176, 3), &mut back));
+    }
+
+    #[test]
+    fn q8_0_rows_round_trip_through_the_step_order_tail_kept() {
+        // 18 blocks (576 columns): two whole groups and 2 blocks left in ggml order.
+        let row = bytes(18 * 34, 7);
+        let mut st = row.clone();
+        assert!(row_steps(GgmlType::Q8_0, &mut st, false));
+        for g in 0..2 {
+            let (s, o) = (&st[g * 272..(g + 1) * 272], &row[g * 272..(g + 1) * 272]);
+            for j in 0..8 {
+                let blk = &o[34 * j..34 * (j + 1)];
+                assert_eq!(s[2 * j..2 * j + 2], blk[..2], "group {g}: d of block {j}");
+                for e in 0..32 {
+                    // Step `e / 4`, lane `j`, byte `e % 4`.
+                    let got = s[16 + 32 * (e / 4) + 4 * j + e % 4];
+                    assert_eq!(got, blk[2 + e], "group {g}: block {j} element {e}");
+                }
+            }
+        }
+        assert_eq!(st[2 * 272..], row[2 * 272..], "the tail stays");
+        let mut back = Vec::new();
+        assert!(row_from_steps(GgmlType::Q8_0, &st, &mut back));
+        assert_eq!(back, row, "round trip");
     }
 }

@@ -384,6 +384,21 @@ pub(super) unsafe fn q8_0(b: &[u8], n: usize) -> Sb {
     }
 }
 
+/// Eight Q8_0 blocks in the step order (272 bytes: the 8 `d`, then the 256 values in step
+/// order, `step_order`), transposed: step `s` is the 32 bytes at `16 + 32s`.
+#[inline(always)]
+pub(super) unsafe fn q8_0_steps(b: &[u8]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is the group's 272 bytes, every offset below
+    // is inside them.
+    unsafe {
+        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
+        for (s, vs) in v.iter_mut().enumerate() {
+            *vs = load32(b, 16 + 32 * s);
+        }
+        unit_sb(v, _mm256_cvtph_ps(load16(b, 0)))
+    }
+}
+
 /// The 32 nibbles of a Q4_0 / IQ4_NL block at `b[at..at + 16]` as bytes: low nibbles are
 /// elements 0-15, high nibbles 16-31. The 16 bytes are loaded into both halves at once and
 /// the high half shifted by 4 (a 32-bit shift: what crosses into a byte from its neighbour is
@@ -691,6 +706,8 @@ pub(super) const T_Q5_0_STEPS: u8 = 13;
 pub(super) const T_Q5_1_STEPS: u8 = 14;
 /// IQ4_NL in the step order ([`iq4_nl_steps`]).
 pub(super) const T_IQ4NL_STEPS: u8 = 15;
+/// Q8_0 in the step order ([`q8_0_steps`]).
+pub(super) const T_Q8_0_STEPS: u8 = 16;
 
 /// Whether [`unpack`] gives the transposed super-block for type code `code` (the step order).
 pub(super) const fn is_steps(code: u8) -> bool {
@@ -714,6 +731,7 @@ macro_rules! by_code {
             T_Q5K => with!(T_Q5K),
             T_Q6K => with!(T_Q6K),
             T_Q8_0 => with!(T_Q8_0),
+            T_Q8_0_STEPS => with!(T_Q8_0_STEPS),
             T_Q4_0 => with!(T_Q4_0),
             T_Q4_0_STEPS => with!(T_Q4_0_STEPS),
             T_Q4_1 => with!(T_Q4_1),
@@ -757,6 +775,7 @@ pub(super) fn row_code(ty: crate::quant::GgmlType, steps: bool) -> u8 {
         T_Q5_0 if steps => T_Q5_0_STEPS,
         T_Q5_1 if steps => T_Q5_1_STEPS,
         T_IQ4NL if steps => T_IQ4NL_STEPS,
+        T_Q8_0 if steps => T_Q8_0_STEPS,
         code => code,
     }
 }
@@ -792,7 +811,8 @@ pub(super) unsafe fn unpack_blocks<const TY: u8, const BW: bool>(
             T_Q4K_STEPS => (q4_k_steps(&b[g * 144..][..144]), FORM_K4),
             T_Q5K => (q5_k(&b[g * 176..][..176]), FORM_K4),
             T_Q6K => (q6_k(&b[g * 210..][..210]), FORM_Q6K),
-            T_Q8_0 => (q8_0(&b[g * 272..][..k * 34], k), FORM_SIGNED_UNIT),
+            T_Q8_0_STEPS if whole => (q8_0_steps(&b[g * 272..][..272]), FORM_SIGNED_UNIT),
+            T_Q8_0 | T_Q8_0_STEPS => (q8_0(&b[g * 272..][..k * 34], k), FORM_SIGNED_UNIT),
             T_Q4_0_STEPS if whole => (q4_0_steps(&b[g * 144..][..144]), FORM_Q4_0),
             T_Q4_0 | T_Q4_0_STEPS => (q4_0(&b[g * 144..][..k * 18], k), FORM_Q4_0),
             T_Q4_1_STEPS if whole => (q4_1_steps(&b[g * 160..][..160]), FORM_MIN_UNIT),
