@@ -1,4 +1,4 @@
-//! The step order of quantized super-blocks (Q4_K, and groups of 8 blocks of Q4_0, Q4_1,
+//! The step order of quantized super-blocks (Q4_K, Q6_K, and groups of 8 blocks of Q4_0, Q4_1,
 //! Q5_0, Q5_1, IQ4_NL, Q8_0): their values rearranged at load so that the vector paths read the
 //! transposed super-block (`lanes::transpose8`: step `i`, 32-bit lane `j` = elements
 //! `4i..4i+4` of 32-element block `j`) straight from memory, without the in-register 8x8
@@ -8,7 +8,10 @@
 //! In step order 128 bytes hold a super-block's 256 values: byte `32s + 4j + b` holds element
 //! `4s + b` of block `j` in its low nibble (step `s`) and element `16 + 4s + b` in its high
 //! nibble (step `s + 4`). A Q4_K block (144 bytes) keeps its 16-byte header (`d`, `dmin`, the
-//! packed scales) and has its 128 quant bytes in step order. Eight consecutive blocks of a
+//! packed scales) and has its 128 quant bytes in step order. A Q6_K block (210 bytes) has its
+//! 128 bytes of low nibbles in step order, then its 64 bytes of high bit pairs as two planes
+//! (byte `32h + 4j + b`, bits `2k..2k+2`: the high bits of element `4s + b` of block `j`, step
+//! `s = 4h + k`), then its scales and `d` as they were. Eight consecutive blocks of a
 //! 32-element type become their 8 `d` (16 bytes), their 8 `m` (Q4_1, Q5_1; 16 bytes), a
 //! 32-byte plane of fifth bits (Q5_0, Q5_1: bit `s` of byte `4j + b` is the fifth bit of
 //! element `4s + b` of block `j`, so one shift and one mask put step `s`'s bits in place), then
@@ -26,6 +29,8 @@ use crate::quant::GgmlType;
 
 /// Bytes of a Q4_K block.
 const Q4_K_BLOCK: usize = 144;
+/// Bytes of a Q6_K block.
+const Q6_K_BLOCK: usize = 210;
 
 /// The layout of a block of a 32-element type whose groups of 8 blocks take the step order:
 /// `halves` f16 fields (`d`, then `m` when 2), a 4-byte `qh` of fifth bits when `fifth`, then
@@ -140,6 +145,50 @@ fn wide_steps() -> impl Iterator<Item = (usize, usize, usize)> {
     })
 }
 
+/// The 6-bit value (`q + 32`) of element `e` of 32-element block `j` of a Q6_K block in ggml
+/// order (its 128 bytes of low nibbles `ql`, then 64 of high bit pairs `qh`): block `4n + k`
+/// takes the low (`k < 2`) or high nibbles of `ql[64n + 32 (k % 2)..]` and bits `2k..2k+2` of
+/// `qh[32n..]`.
+fn q6_k_value(b: &[u8], j: usize, e: usize) -> u8 {
+    let (n, k) = (j / 4, j % 4);
+    let lo = (b[64 * n + 32 * (k % 2) + e] >> (4 * (k / 2))) & 0x0F;
+    let hi = (b[128 + 32 * n + e] >> (2 * k)) & 3;
+    lo | (hi << 4)
+}
+
+/// Where the high bit pair of element `e` of block `j` lies in a Q6_K block's two planes in step
+/// order: `(byte, shift)` within the 64 bytes (step `s = e / 4 = 4h + k`: byte `32h + 4j + e %
+/// 4`, bits `2k..2k+2`).
+fn q6_k_plane_at(j: usize, e: usize) -> (usize, usize) {
+    let s = e / 4;
+    (32 * (s / 4) + 4 * j + e % 4, 2 * (s % 4))
+}
+
+/// A Q6_K block (210 bytes) from ggml order to step order (`back`: the other way); its scales
+/// and `d` stay.
+fn q6_k_block(block: &mut [u8], back: bool) {
+    let mut old = [0u8; 192];
+    old.copy_from_slice(&block[..192]);
+    block[..192].fill(0);
+    let (ql, qh) = block[..192].split_at_mut(128);
+    for j in 0..8 {
+        for e in 0..32 {
+            let (at, sh) = q6_k_plane_at(j, e);
+            if back {
+                let v = step_nibble(&old, j, e) | (((old[128 + at] >> sh) & 3) << 4);
+                let (n, k) = (j / 4, j % 4);
+                ql[64 * n + 32 * (k % 2) + e] |= (v & 0x0F) << (4 * (k / 2));
+                qh[32 * n + e] |= (v >> 4) << (2 * k);
+            } else {
+                qh[at] |= (q6_k_value(&old, j, e) >> 4) << sh;
+            }
+        }
+    }
+    if !back {
+        write_steps(|j, e| q6_k_value(&old, j, e) & 0x0F, ql);
+    }
+}
+
 /// Eight blocks of layout `lay` from ggml order to step order (`back`: the other way). In
 /// step order the group holds the 8 blocks' first f16 fields (16 bytes), their second ones
 /// (Q4_1 / Q5_1), the 32-byte fifth-bit plane ([`plane_bit`]; Q5_0 / Q5_1), then the 128
@@ -207,6 +256,11 @@ fn row_steps(ty: GgmlType, row: &mut [u8], back: bool) -> bool {
             .for_each(|block| q4_k_block(block, back));
         return true;
     }
+    if ty == GgmlType::Q6K {
+        row.chunks_exact_mut(Q6_K_BLOCK)
+            .for_each(|block| q6_k_block(block, back));
+        return true;
+    }
     let Some(lay) = Legacy::of(ty) else {
         return false;
     };
@@ -218,7 +272,7 @@ fn row_steps(ty: GgmlType, row: &mut [u8], back: bool) -> bool {
 
 /// Whether rows of `ty` are in step order when their weight is.
 pub(crate) fn has_steps(ty: GgmlType) -> bool {
-    ty == GgmlType::Q4K || Legacy::of(ty).is_some()
+    matches!(ty, GgmlType::Q4K | GgmlType::Q6K) || Legacy::of(ty).is_some()
 }
 
 /// Rearranges the rows of every segment of `q` whose type has a step order ([`has_steps`]).
@@ -340,8 +394,47 @@ mod tests {
             assert_eq!(back, row, "{ty}: round trip");
         }
         let mut back = Vec::new();
-        assert!(!row_from_steps(GgmlType::Q6K, &bytes(210, 3), &mut back));
         assert!(!row_from_steps(GgmlType::Q5K, &bytes(176, 3), &mut back));
+        assert!(!row_from_steps(GgmlType::Q3K, &bytes(110, 3), &mut back));
+    }
+
+    #[test]
+    fn q6_k_rows_round_trip_through_the_step_order() {
+        let row = bytes(3 * Q6_K_BLOCK, 9);
+        let mut st = row.clone();
+        assert!(row_steps(GgmlType::Q6K, &mut st, false));
+        for (i, (s, g)) in st
+            .chunks(Q6_K_BLOCK)
+            .zip(row.chunks(Q6_K_BLOCK))
+            .enumerate()
+        {
+            assert_eq!(s[192..], g[192..], "block {i}: scales and d");
+            // The ggml layout written out here (dequantize_row_q6_K), not from `q6_k_value`:
+            // element `l + 32k` of half `n` (`l < 32`, `k < 4`) of the 256.
+            for n in 0..2 {
+                for l in 0..32 {
+                    let (ql, qh) = (&g[64 * n..], g[128 + 32 * n + l]);
+                    let q = [
+                        (ql[l] & 0xF) | ((qh & 3) << 4),
+                        (ql[l + 32] & 0xF) | (((qh >> 2) & 3) << 4),
+                        (ql[l] >> 4) | (((qh >> 4) & 3) << 4),
+                        (ql[l + 32] >> 4) | (((qh >> 6) & 3) << 4),
+                    ];
+                    for (k, &want) in q.iter().enumerate() {
+                        let (j, e) = (4 * n + k, l);
+                        // Step `e / 4`, lane `j`, byte `e % 4`.
+                        let st_ = e / 4;
+                        let lo = (s[32 * (st_ % 4) + 4 * j + e % 4] >> (4 * (st_ / 4))) & 0xF;
+                        let pb = s[128 + 32 * (st_ / 4) + 4 * j + e % 4];
+                        let hi = (pb >> (2 * (st_ % 4))) & 3;
+                        assert_eq!(lo | (hi << 4), want, "block {i}: sub-block {j} element {e}");
+                    }
+                }
+            }
+        }
+        let mut back = Vec::new();
+        assert!(row_from_steps(GgmlType::Q6K, &st, &mut back));
+        assert_eq!(back, row);
     }
 
     #[test]

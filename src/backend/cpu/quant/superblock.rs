@@ -289,22 +289,57 @@ pub(super) unsafe fn q5_k(b: &[u8]) -> Sb {
 pub(super) unsafe fn q6_k(b: &[u8]) -> Sb {
     // SAFETY: AVX2 and F16C (module docs); `b` is 210 bytes, every offset below is inside it.
     unsafe {
-        let m2 = _mm256_set1_epi8(0x30);
         let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
         for n in 0..2 {
             let (l0, h0) = split_nibbles(load32(b, 64 * n));
             let (l1, h1) = split_nibbles(load32(b, 64 * n + 32));
-            let qh = load32(b, 128 + 32 * n);
-            let hb = [
-                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m2),
-                _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m2),
-                _mm256_and_si256(qh, m2),
-                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2),
-            ];
+            let hb = q6_k_pairs(load32(b, 128 + 32 * n));
             for (k, lo) in [l0, l1, h0, h1].into_iter().enumerate() {
                 v[4 * n + k] = _mm256_or_si256(lo, hb[k]);
             }
         }
+        q6_k_sb(b, v)
+    }
+}
+
+/// The four bit pairs of each byte of `qh` (bits `2k..2k+2`, `k < 4`) as bits 4-5 of the byte.
+#[inline(always)]
+unsafe fn q6_k_pairs(qh: __m256i) -> [__m256i; 4] {
+    // SAFETY: AVX2 (module docs); registers only.
+    unsafe {
+        let m2 = _mm256_set1_epi8(0x30);
+        [
+            _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m2),
+            _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m2),
+            _mm256_and_si256(qh, m2),
+            _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2),
+        ]
+    }
+}
+
+/// One Q6_K block (210 bytes) in the step order (`step_order`) as `u = q + 32`, transposed:
+/// step `s` the low nibbles of [`steps_at`] with bit pair `s % 4` of plane `s / 4`.
+#[inline(always)]
+pub(super) unsafe fn q6_k_steps(b: &[u8]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is 210 bytes, every offset below is inside it.
+    unsafe {
+        let mut v = steps_at(b, 0);
+        for h in 0..2 {
+            let hb = q6_k_pairs(load32(b, 128 + 32 * h));
+            for (k, hk) in hb.into_iter().enumerate() {
+                v[4 * h + k] = _mm256_or_si256(v[4 * h + k], hk);
+            }
+        }
+        q6_k_sb(b, v)
+    }
+}
+
+/// A Q6_K block's parameters (its scales and `d`, at 192 and 208 in either order) with values
+/// `v`.
+#[inline(always)]
+unsafe fn q6_k_sb(b: &[u8], v: [__m256i; SB_BLOCKS]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is 210 bytes, every offset below is inside it.
+    unsafe {
         // The 16 scales, even ones (first halves) then odd ones (second halves).
         let sc = _mm_shuffle_epi8(
             load16(b, 192),
@@ -708,6 +743,8 @@ pub(super) const T_Q5_1_STEPS: u8 = 14;
 pub(super) const T_IQ4NL_STEPS: u8 = 15;
 /// Q8_0 in the step order ([`q8_0_steps`]).
 pub(super) const T_Q8_0_STEPS: u8 = 16;
+/// Q6_K in the step order ([`q6_k_steps`]).
+pub(super) const T_Q6K_STEPS: u8 = 17;
 
 /// Whether [`unpack`] gives the transposed super-block for type code `code` (the step order).
 pub(super) const fn is_steps(code: u8) -> bool {
@@ -730,6 +767,7 @@ macro_rules! by_code {
             T_Q4K_STEPS => with!(T_Q4K_STEPS),
             T_Q5K => with!(T_Q5K),
             T_Q6K => with!(T_Q6K),
+            T_Q6K_STEPS => with!(T_Q6K_STEPS),
             T_Q8_0 => with!(T_Q8_0),
             T_Q8_0_STEPS => with!(T_Q8_0_STEPS),
             T_Q4_0 => with!(T_Q4_0),
@@ -770,6 +808,7 @@ pub(super) fn type_code(ty: crate::quant::GgmlType) -> u8 {
 pub(super) fn row_code(ty: crate::quant::GgmlType, steps: bool) -> u8 {
     match type_code(ty) {
         T_Q4K if steps => T_Q4K_STEPS,
+        T_Q6K if steps => T_Q6K_STEPS,
         T_Q4_0 if steps => T_Q4_0_STEPS,
         T_Q4_1 if steps => T_Q4_1_STEPS,
         T_Q5_0 if steps => T_Q5_0_STEPS,
@@ -811,6 +850,7 @@ pub(super) unsafe fn unpack_blocks<const TY: u8, const BW: bool>(
             T_Q4K_STEPS => (q4_k_steps(&b[g * 144..][..144]), FORM_K4),
             T_Q5K => (q5_k(&b[g * 176..][..176]), FORM_K4),
             T_Q6K => (q6_k(&b[g * 210..][..210]), FORM_Q6K),
+            T_Q6K_STEPS => (q6_k_steps(&b[g * 210..][..210]), FORM_Q6K),
             T_Q8_0_STEPS if whole => (q8_0_steps(&b[g * 272..][..272]), FORM_SIGNED_UNIT),
             T_Q8_0 | T_Q8_0_STEPS => (q8_0(&b[g * 272..][..k * 34], k), FORM_SIGNED_UNIT),
             T_Q4_0_STEPS if whole => (q4_0_steps(&b[g * 144..][..144]), FORM_Q4_0),
