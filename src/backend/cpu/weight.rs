@@ -1,6 +1,5 @@
 //! Packed weight matrices of the CPU backend: dense f32/bf16 panels, or ggml blocks kept as
-//! read ([`QuantStack`]; the 4- and 5-bit types possibly in the AVX2 path's step order, the
-//! same bytes).
+//! read ([`QuantStack`]; most types possibly in the AVX2 path's step order, the same bytes).
 
 use super::quant::step_order;
 use crate::backend::quant_stack::QuantStack;
@@ -103,8 +102,8 @@ pub struct CpuWeight {
     /// The arrangement of dense data (meaningless for ggml blocks).
     pub(crate) layout: Layout,
     pub(crate) data: WData,
-    /// Rows of the types with a step order (Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0)
-    /// are in it (`quant::step_order`); false for dense data and blocks as read.
+    /// Rows of the types with a step order (Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL,
+    /// Q8_0) are in it (`quant::step_order`); false for dense data and blocks as read.
     pub(crate) steps: bool,
 }
 
@@ -121,10 +120,10 @@ impl CpuWeight {
             WData::Quant(_) => None,
         }
     }
-    /// The blocks of a weight kept quantized: as ggml wrote them, except that the Q4_K, Q6_K,
-    /// Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL and Q8_0 rows of a weight in the step order
-    /// ([`CpuWeight::is_step_order`]) have their bytes rearranged within each super-block (Q4_K,
-    /// Q6_K) or group of 8 blocks (the same bytes in number; `row_into` reads them).
+    /// The blocks of a weight kept quantized: as ggml wrote them, except that the Q4_K, Q5_K,
+    /// Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL and Q8_0 rows of a weight in the step order
+    /// ([`CpuWeight::is_step_order`]) have their bytes rearranged within each super-block (the
+    /// K-quants) or group of 8 blocks (the same bytes in number; `row_into` reads them).
     pub fn quant(&self) -> Option<&QuantStack> {
         match &self.data {
             WData::Quant(q) => Some(q),

@@ -13,9 +13,9 @@
 //! accumulation lane-wise (the same IEEE operations in the same order). The integer dot
 //! products, exact on every path, are the only thing the paths compute differently.
 //!
-//! On the AVX2 path, Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL and Q8_0 weights are kept in a
-//! step order (`step_order`: the same bytes, rearranged within super-blocks at load) from which
-//! the unpackers give the transposed super-block directly; every path reads either order.
+//! On the AVX2 path, Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL and Q8_0 weights are kept
+//! in a step order (`step_order`: the same bytes, rearranged within super-blocks at load) from
+//! which the unpackers give the transposed super-block directly; every path reads either order.
 //!
 //! Work split: weight rows are cut into tasks across the pool (distinct rows per task); a task
 //! unpacks each super-block of its weight rows (two rows of a type at a time) once per block of

@@ -1,4 +1,4 @@
-//! The step order of quantized super-blocks (Q4_K, Q6_K, and groups of 8 blocks of Q4_0, Q4_1,
+//! The step order of quantized super-blocks (Q4_K, Q5_K, Q6_K, and groups of 8 blocks of Q4_0, Q4_1,
 //! Q5_0, Q5_1, IQ4_NL, Q8_0): their values rearranged at load so that the vector paths read the
 //! transposed super-block (`lanes::transpose8`: step `i`, 32-bit lane `j` = elements
 //! `4i..4i+4` of 32-element block `j`) straight from memory, without the in-register 8x8
@@ -8,7 +8,8 @@
 //! In step order 128 bytes hold a super-block's 256 values: byte `32s + 4j + b` holds element
 //! `4s + b` of block `j` in its low nibble (step `s`) and element `16 + 4s + b` in its high
 //! nibble (step `s + 4`). A Q4_K block (144 bytes) keeps its 16-byte header (`d`, `dmin`, the
-//! packed scales) and has its 128 quant bytes in step order. A Q6_K block (210 bytes) has its
+//! packed scales) and has its 128 quant bytes in step order; a Q5_K block likewise, its 32
+//! bytes of fifth bits becoming a fifth-bit plane as described below for Q5_0. A Q6_K block (210 bytes) has its
 //! 128 bytes of low nibbles in step order, then its 64 bytes of high bit pairs as two planes
 //! (byte `32h + 4j + b`, bits `2k..2k+2`: the high bits of element `4s + b` of block `j`, step
 //! `s = 4h + k`), then its scales and `d` as they were. Eight consecutive blocks of a
@@ -29,6 +30,8 @@ use crate::quant::GgmlType;
 
 /// Bytes of a Q4_K block.
 const Q4_K_BLOCK: usize = 144;
+/// Bytes of a Q5_K block.
+const Q5_K_BLOCK: usize = 176;
 /// Bytes of a Q6_K block.
 const Q6_K_BLOCK: usize = 210;
 
@@ -120,20 +123,39 @@ fn plane_bit(plane: &[u8], j: usize, e: usize) -> u8 {
     (plane[4 * j + e % 4] >> (e / 4)) & 1
 }
 
-/// A Q4_K block (144 bytes) from ggml order to step order (`back`: the other way).
-fn q4_k_block(block: &mut [u8], back: bool) {
-    let mut old = [0u8; 128];
-    old.copy_from_slice(&block[16..Q4_K_BLOCK]);
-    let qs = &mut block[16..Q4_K_BLOCK];
+/// A Q4_K block (144 bytes) or, with `fifth`, a Q5_K block (176 bytes) from ggml order to step
+/// order (`back`: the other way). The 16-byte header stays; Q5_K's 32 bytes of fifth bits
+/// (`qh`: bit `j` of byte `e` for element `e` of block `j`) become the fifth-bit plane of the
+/// step order ([`plane_bit`]); the 128 quant bytes (block `2k` the low nibbles of
+/// `qs[32k..]`, `2k + 1` the high ones) go into step order.
+fn k_block(block: &mut [u8], fifth: bool, back: bool) {
+    let qs_at = if fifth { 32 } else { 0 };
+    let mut old = [0u8; 160];
+    let n = qs_at + 128;
+    old[..n].copy_from_slice(&block[16..16 + n]);
+    let old = &old[..n];
+    let body = &mut block[16..16 + n];
+    body.fill(0);
+    let (qh, qs) = body.split_at_mut(qs_at);
     if back {
-        qs.fill(0);
         for j in 0..8 {
             for e in 0..32 {
-                qs[32 * (j / 2) + e] |= step_nibble(&old, j, e) << (4 * (j % 2));
+                if fifth {
+                    qh[e] |= plane_bit(old, j, e) << j;
+                }
+                qs[32 * (j / 2) + e] |= step_nibble(&old[qs_at..], j, e) << (4 * (j % 2));
             }
         }
     } else {
-        write_steps(|j, e| (old[32 * (j / 2) + e] >> (4 * (j % 2))) & 0x0F, qs);
+        if fifth {
+            for j in 0..8 {
+                for e in 0..32 {
+                    qh[4 * j + e % 4] |= ((old[e] >> j) & 1) << (e / 4);
+                }
+            }
+        }
+        let nib = |j: usize, e: usize| (old[qs_at + 32 * (j / 2) + e] >> (4 * (j % 2))) & 0x0F;
+        write_steps(nib, qs);
     }
 }
 
@@ -253,7 +275,12 @@ fn legacy_group(g: &mut [u8], lay: Legacy, back: bool) {
 fn row_steps(ty: GgmlType, row: &mut [u8], back: bool) -> bool {
     if ty == GgmlType::Q4K {
         row.chunks_exact_mut(Q4_K_BLOCK)
-            .for_each(|block| q4_k_block(block, back));
+            .for_each(|block| k_block(block, false, back));
+        return true;
+    }
+    if ty == GgmlType::Q5K {
+        row.chunks_exact_mut(Q5_K_BLOCK)
+            .for_each(|block| k_block(block, true, back));
         return true;
     }
     if ty == GgmlType::Q6K {
@@ -272,7 +299,7 @@ fn row_steps(ty: GgmlType, row: &mut [u8], back: bool) -> bool {
 
 /// Whether rows of `ty` are in step order when their weight is.
 pub(crate) fn has_steps(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4K | GgmlType::Q6K) || Legacy::of(ty).is_some()
+    matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) || Legacy::of(ty).is_some()
 }
 
 /// Rearranges the rows of every segment of `q` whose type has a step order ([`has_steps`]).
@@ -325,22 +352,31 @@ mod tests {
     }
 
     #[test]
-    fn q4_k_rows_round_trip_through_the_step_order() {
-        let row = bytes(3 * Q4_K_BLOCK, 1);
-        let mut st = row.clone();
-        assert!(row_steps(GgmlType::Q4K, &mut st, false));
-        for (b, (s, g)) in st
-            .chunks(Q4_K_BLOCK)
-            .zip(row.chunks(Q4_K_BLOCK))
-            .enumerate()
-        {
-            assert_eq!(s[..16], g[..16], "block {b}: header");
-            let nib = |j: usize, e: usize| (g[16 + 32 * (j / 2) + e] >> (4 * (j % 2))) & 0x0F;
-            check_steps(&format!("Q4_K block {b}"), &s[16..], nib);
+    fn q4_k_and_q5_k_rows_round_trip_through_the_step_order() {
+        // (type, block bytes, quant bytes at, fifth bits at): written out here.
+        for (ty, bl, qs, qh) in [
+            (GgmlType::Q4K, Q4_K_BLOCK, 16, None),
+            (GgmlType::Q5K, 176, 48, Some(16)),
+        ] {
+            let row = bytes(3 * bl, 1 + bl as u32);
+            let mut st = row.clone();
+            assert!(row_steps(ty, &mut st, false), "{ty}");
+            for (b, (s, g)) in st.chunks(bl).zip(row.chunks(bl)).enumerate() {
+                assert_eq!(s[..16], g[..16], "{ty} block {b}: header");
+                let nib = |j: usize, e: usize| (g[qs + 32 * (j / 2) + e] >> (4 * (j % 2))) & 0x0F;
+                check_steps(&format!("{ty} block {b}"), &s[qs..], nib);
+                if let Some(h) = qh {
+                    for (j, e) in (0..8).flat_map(|j| (0..32).map(move |e| (j, e))) {
+                        let want = (g[h + e] >> j) & 1;
+                        let got = plane_bit(&s[h..], j, e);
+                        assert_eq!(got, want, "{ty} block {b}: fifth bit {e} of block {j}");
+                    }
+                }
+            }
+            let mut back = Vec::new();
+            assert!(row_from_steps(ty, &st, &mut back), "{ty}");
+            assert_eq!(back, row, "{ty}: round trip");
         }
-        let mut back = Vec::new();
-        assert!(row_from_steps(GgmlType::Q4K, &st, &mut back));
-        assert_eq!(back, row);
     }
 
     #[test]
@@ -394,8 +430,8 @@ mod tests {
             assert_eq!(back, row, "{ty}: round trip");
         }
         let mut back = Vec::new();
-        assert!(!row_from_steps(GgmlType::Q5K, &bytes(176, 3), &mut back));
         assert!(!row_from_steps(GgmlType::Q3K, &bytes(110, 3), &mut back));
+        assert!(!row_from_steps(GgmlType::Q2K, &bytes(84, 3), &mut back));
     }
 
     #[test]

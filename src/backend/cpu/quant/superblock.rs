@@ -302,6 +302,25 @@ pub(super) unsafe fn q6_k(b: &[u8]) -> Sb {
     }
 }
 
+/// One Q5_K block (176 bytes) in the step order (`step_order`): its header, the fifth-bit
+/// plane at 16, the quant bytes in step order at 48; `v` the transposed super-block.
+#[inline(always)]
+pub(super) unsafe fn q5_k_steps(b: &[u8]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is 176 bytes, every offset below is inside it.
+    unsafe {
+        let mut v = steps_at(b, 48);
+        add_plane(&mut v, load32(b, 16));
+        let (d, dm, isc, imin) = k4_params(b);
+        Sb {
+            v,
+            d,
+            dm,
+            isc,
+            imin,
+        }
+    }
+}
+
 /// The four bit pairs of each byte of `qh` (bits `2k..2k+2`, `k < 4`) as bits 4-5 of the byte.
 #[inline(always)]
 unsafe fn q6_k_pairs(qh: __m256i) -> [__m256i; 4] {
@@ -469,6 +488,18 @@ unsafe fn plane_step(hv: __m256i, s: usize) -> __m256i {
     }
 }
 
+/// Adds to the transposed super-block `v` its fifth bits from the plane `hv` (bit 4 of each
+/// byte of step `s`: [`plane_step`]).
+#[inline(always)]
+unsafe fn add_plane(v: &mut [__m256i; SB_BLOCKS], hv: __m256i) {
+    // SAFETY: AVX2 (module docs); registers only.
+    unsafe {
+        for (s, vs) in v.iter_mut().enumerate() {
+            *vs = _mm256_or_si256(*vs, plane_step(hv, s));
+        }
+    }
+}
+
 /// Eight blocks of a 32-element type in the step order (`step_order`): `halves` f16 fields
 /// per block (`d`, and `m` when 2), a fifth-bit plane when `fifth`, then the nibbles. Returns
 /// the transposed super-block of the values (nibble + 16 · fifth bit), `d` and `m` (0 when
@@ -487,10 +518,7 @@ unsafe fn legacy_steps(b: &[u8], halves: usize, fifth: bool) -> ([__m256i; 8], _
         let plane = 16 * halves;
         let mut v = steps_at(b, plane + if fifth { 32 } else { 0 });
         if fifth {
-            let hv = load32(b, plane);
-            for (s, vs) in v.iter_mut().enumerate() {
-                *vs = _mm256_or_si256(*vs, plane_step(hv, s));
-            }
+            add_plane(&mut v, load32(b, plane));
         }
         (v, d, m)
     }
@@ -745,6 +773,8 @@ pub(super) const T_IQ4NL_STEPS: u8 = 15;
 pub(super) const T_Q8_0_STEPS: u8 = 16;
 /// Q6_K in the step order ([`q6_k_steps`]).
 pub(super) const T_Q6K_STEPS: u8 = 17;
+/// Q5_K in the step order ([`q5_k_steps`]).
+pub(super) const T_Q5K_STEPS: u8 = 18;
 
 /// Whether [`unpack`] gives the transposed super-block for type code `code` (the step order).
 pub(super) const fn is_steps(code: u8) -> bool {
@@ -766,6 +796,7 @@ macro_rules! by_code {
             T_Q4K => with!(T_Q4K),
             T_Q4K_STEPS => with!(T_Q4K_STEPS),
             T_Q5K => with!(T_Q5K),
+            T_Q5K_STEPS => with!(T_Q5K_STEPS),
             T_Q6K => with!(T_Q6K),
             T_Q6K_STEPS => with!(T_Q6K_STEPS),
             T_Q8_0 => with!(T_Q8_0),
@@ -808,6 +839,7 @@ pub(super) fn type_code(ty: crate::quant::GgmlType) -> u8 {
 pub(super) fn row_code(ty: crate::quant::GgmlType, steps: bool) -> u8 {
     match type_code(ty) {
         T_Q4K if steps => T_Q4K_STEPS,
+        T_Q5K if steps => T_Q5K_STEPS,
         T_Q6K if steps => T_Q6K_STEPS,
         T_Q4_0 if steps => T_Q4_0_STEPS,
         T_Q4_1 if steps => T_Q4_1_STEPS,
@@ -849,6 +881,7 @@ pub(super) unsafe fn unpack_blocks<const TY: u8, const BW: bool>(
             T_Q4K => (q4_k(&b[g * 144..][..144]), FORM_K4),
             T_Q4K_STEPS => (q4_k_steps(&b[g * 144..][..144]), FORM_K4),
             T_Q5K => (q5_k(&b[g * 176..][..176]), FORM_K4),
+            T_Q5K_STEPS => (q5_k_steps(&b[g * 176..][..176]), FORM_K4),
             T_Q6K => (q6_k(&b[g * 210..][..210]), FORM_Q6K),
             T_Q6K_STEPS => (q6_k_steps(&b[g * 210..][..210]), FORM_Q6K),
             T_Q8_0_STEPS if whole => (q8_0_steps(&b[g * 272..][..272]), FORM_SIGNED_UNIT),
