@@ -350,7 +350,7 @@ fn bad_shapes_give_nan_not_panics() {
 
 #[test]
 fn a_weight_computes_the_same_bits_whichever_path_packed_it() {
-    // The AVX2 path keeps Q4_K, Q5_K and Q6_K blocks and groups of 8 blocks of the 32-element
+    // The AVX2 path keeps Q4_K, Q5_K, Q6_K and IQ4_XS blocks and groups of 8 blocks of the 32-element
     // types (4-, 5- and 8-bit) in its step order; every path reads either order, and an embedding gather from
     // such a table dequantizes the ggml values.
     let r = ReferenceBackend;
@@ -367,6 +367,7 @@ fn a_weight_computes_the_same_bits_whichever_path_packed_it() {
         (GgmlType::Q8_0, 576),
         (GgmlType::Q5K, 512),
         (GgmlType::Q6K, 512),
+        (GgmlType::Iq4Xs, 512),
     ] {
         let out = 19;
         let t = HostTensor::quantized(random_quant(&mut rng, ty, out, cols));

@@ -1,4 +1,4 @@
-//! The step order of quantized super-blocks (Q4_K, Q5_K, Q6_K, and groups of 8 blocks of Q4_0, Q4_1,
+//! The step order of quantized super-blocks (Q4_K, Q5_K, Q6_K, IQ4_XS, and groups of 8 blocks of Q4_0, Q4_1,
 //! Q5_0, Q5_1, IQ4_NL, Q8_0): their values rearranged at load so that the vector paths read the
 //! transposed super-block (`lanes::transpose8`: step `i`, 32-bit lane `j` = elements
 //! `4i..4i+4` of 32-element block `j`) straight from memory, without the in-register 8x8
@@ -9,7 +9,9 @@
 //! `4s + b` of block `j` in its low nibble (step `s`) and element `16 + 4s + b` in its high
 //! nibble (step `s + 4`). A Q4_K block (144 bytes) keeps its 16-byte header (`d`, `dmin`, the
 //! packed scales) and has its 128 quant bytes in step order; a Q5_K block likewise, its 32
-//! bytes of fifth bits becoming a fifth-bit plane as described below for Q5_0. A Q6_K block (210 bytes) has its
+//! bytes of fifth bits becoming a fifth-bit plane as described below for Q5_0; an IQ4_XS
+//! block (136 bytes) keeps its 8-byte header and has its 128 bytes of nibbles in step order.
+//! A Q6_K block (210 bytes) has its
 //! 128 bytes of low nibbles in step order, then its 64 bytes of high bit pairs as two planes
 //! (byte `32h + 4j + b`, bits `2k..2k+2`: the high bits of element `4s + b` of block `j`, step
 //! `s = 4h + k`), then its scales and `d` as they were. Eight consecutive blocks of a
@@ -32,6 +34,8 @@ use crate::quant::GgmlType;
 const Q4_K_BLOCK: usize = 144;
 /// Bytes of a Q5_K block.
 const Q5_K_BLOCK: usize = 176;
+/// Bytes of an IQ4_XS block.
+const IQ4_XS_BLOCK: usize = 136;
 /// Bytes of a Q6_K block.
 const Q6_K_BLOCK: usize = 210;
 
@@ -129,33 +133,47 @@ fn plane_bit(plane: &[u8], j: usize, e: usize) -> u8 {
 /// step order ([`plane_bit`]); the 128 quant bytes (block `2k` the low nibbles of
 /// `qs[32k..]`, `2k + 1` the high ones) go into step order.
 fn k_block(block: &mut [u8], fifth: bool, back: bool) {
-    let qs_at = if fifth { 32 } else { 0 };
-    let mut old = [0u8; 160];
-    let n = qs_at + 128;
-    old[..n].copy_from_slice(&block[16..16 + n]);
-    let old = &old[..n];
-    let body = &mut block[16..16 + n];
-    body.fill(0);
-    let (qh, qs) = body.split_at_mut(qs_at);
-    if back {
+    let qs_at = if fifth { 48 } else { 16 };
+    if fifth {
+        let mut old = [0u8; 32];
+        old.copy_from_slice(&block[16..48]);
+        let qh = &mut block[16..48];
+        qh.fill(0);
         for j in 0..8 {
             for e in 0..32 {
-                if fifth {
-                    qh[e] |= plane_bit(old, j, e) << j;
-                }
-                qs[32 * (j / 2) + e] |= step_nibble(&old[qs_at..], j, e) << (4 * (j % 2));
-            }
-        }
-    } else {
-        if fifth {
-            for j in 0..8 {
-                for e in 0..32 {
+                if back {
+                    qh[e] |= plane_bit(&old, j, e) << j;
+                } else {
                     qh[4 * j + e % 4] |= ((old[e] >> j) & 1) << (e / 4);
                 }
             }
         }
-        let nib = |j: usize, e: usize| (old[qs_at + 32 * (j / 2) + e] >> (4 * (j % 2))) & 0x0F;
-        write_steps(nib, qs);
+    }
+    let pos = |j: usize, e: usize| (32 * (j / 2) + e, 4 * (j % 2));
+    nibble_steps(&mut block[qs_at..qs_at + 128], pos, back);
+}
+
+/// A super-block's 128 bytes of nibbles `qs` from ggml order, where element `e` of block `j`
+/// is the nibble at `pos(j, e)` (byte, shift 0 or 4), to step order (`back`: the other way).
+fn nibble_steps(qs: &mut [u8], pos: impl Fn(usize, usize) -> (usize, usize), back: bool) {
+    let mut old = [0u8; 128];
+    old.copy_from_slice(&qs[..128]);
+    if back {
+        qs.fill(0);
+        for j in 0..8 {
+            for e in 0..32 {
+                let (at, sh) = pos(j, e);
+                qs[at] |= step_nibble(&old, j, e) << sh;
+            }
+        }
+    } else {
+        write_steps(
+            |j, e| {
+                let (at, sh) = pos(j, e);
+                (old[at] >> sh) & 0x0F
+            },
+            qs,
+        );
     }
 }
 
@@ -283,6 +301,13 @@ fn row_steps(ty: GgmlType, row: &mut [u8], back: bool) -> bool {
             .for_each(|block| k_block(block, true, back));
         return true;
     }
+    if ty == GgmlType::Iq4Xs {
+        // Block `j`'s 16 bytes at `8 + 16j`, elements `e` and `e + 16` in byte `e`.
+        let pos = |j: usize, e: usize| (16 * j + e % 16, 4 * (e / 16));
+        row.chunks_exact_mut(IQ4_XS_BLOCK)
+            .for_each(|block| nibble_steps(&mut block[8..], pos, back));
+        return true;
+    }
     if ty == GgmlType::Q6K {
         row.chunks_exact_mut(Q6_K_BLOCK)
             .for_each(|block| q6_k_block(block, back));
@@ -299,7 +324,10 @@ fn row_steps(ty: GgmlType, row: &mut [u8], back: bool) -> bool {
 
 /// Whether rows of `ty` are in step order when their weight is.
 pub(crate) fn has_steps(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) || Legacy::of(ty).is_some()
+    matches!(
+        ty,
+        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K | GgmlType::Iq4Xs
+    ) || Legacy::of(ty).is_some()
 }
 
 /// Rearranges the rows of every segment of `q` whose type has a step order ([`has_steps`]).
@@ -432,6 +460,34 @@ mod tests {
         let mut back = Vec::new();
         assert!(!row_from_steps(GgmlType::Q3K, &bytes(110, 3), &mut back));
         assert!(!row_from_steps(GgmlType::Q2K, &bytes(84, 3), &mut back));
+    }
+
+    #[test]
+    fn iq4_xs_rows_round_trip_through_the_step_order() {
+        let row = bytes(3 * IQ4_XS_BLOCK, 11);
+        let mut st = row.clone();
+        assert!(row_steps(GgmlType::Iq4Xs, &mut st, false));
+        for (i, (s, g)) in st
+            .chunks(IQ4_XS_BLOCK)
+            .zip(row.chunks(IQ4_XS_BLOCK))
+            .enumerate()
+        {
+            assert_eq!(s[..8], g[..8], "block {i}: header");
+            // dequantize_row_iq4_xs: block `j`'s 16 bytes at `8 + 16j`, element `e < 16` the
+            // low nibble of byte `e`, `e + 16` its high nibble.
+            let nib = |j: usize, e: usize| {
+                let q = g[8 + 16 * j + e % 16];
+                if e < 16 {
+                    q & 0x0F
+                } else {
+                    q >> 4
+                }
+            };
+            check_steps(&format!("IQ4_XS block {i}"), &s[8..], nib);
+        }
+        let mut back = Vec::new();
+        assert!(row_from_steps(GgmlType::Iq4Xs, &st, &mut back));
+        assert_eq!(back, row);
     }
 
     #[test]

@@ -115,6 +115,16 @@ pub(super) const FORM_SIGNED_UNIT: Form = Form {
     i16_sums: 1,
 };
 
+/// IQ4_XS: signed values (the code book), one integer scale per block.
+pub(super) const FORM_SIGNED: Form = Form {
+    signed: true,
+    off_shift: None,
+    min: false,
+    equal_halves: true,
+    unit: false,
+    i16_sums: 1,
+};
+
 /// The f16 at `b[at..at + 2]` as f32 (F16C; the caller guarantees `at + 2 <= b.len()`).
 #[inline(always)]
 unsafe fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -708,6 +718,62 @@ pub(super) unsafe fn iq4_nl_steps(b: &[u8]) -> Sb {
     }
 }
 
+/// An IQ4_XS block's parameters with values `v`: `d` (f16 at 0) and block `j`'s scale
+/// `ls - 32`, `ls` the nibble `j % 2` of byte `4 + j / 2` with bits `2j..2j+2` of the `u16` at
+/// 2 as bits 4-5 (the same 8 header bytes in either order).
+#[inline(always)]
+unsafe fn iq4_xs_sb(b: &[u8], v: [__m256i; SB_BLOCKS]) -> Sb {
+    let sh = u16::from_le_bytes([b[2], b[3]]) as i32;
+    let mut ls = [0i32; SB_BLOCKS];
+    for (j, l) in ls.iter_mut().enumerate() {
+        let sl = ((b[4 + j / 2] >> (4 * (j % 2))) & 0x0F) as i32;
+        *l = (sl | (((sh >> (2 * j)) & 3) << 4)) - 32;
+    }
+    // SAFETY: AVX2 and F16C (module docs); `ls` holds 8 i32 (32 bytes), loadu has no
+    // alignment requirement; `b` holds the block's 136 bytes.
+    unsafe {
+        let isc = _mm256_loadu_si256(ls.as_ptr() as *const __m256i);
+        let zero = _mm256_setzero_si256();
+        Sb {
+            v,
+            d: _mm256_set1_ps(f16_at(b, 0)),
+            dm: _mm256_setzero_ps(),
+            isc: [isc, isc],
+            imin: [zero, zero],
+        }
+    }
+}
+
+/// One IQ4_XS block (136 bytes: f16 `d`, the scales' high bits, their low nibbles, then 16
+/// bytes of nibbles per 32-element block as Q4_0's): nibbles through the code book.
+#[inline(always)]
+pub(super) unsafe fn iq4_xs(b: &[u8]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is 136 bytes, every offset below is inside it.
+    unsafe {
+        let table = iq4_nl_table();
+        let v = per_block!(SB_BLOCKS, |j| _mm256_shuffle_epi8(
+            table,
+            nibbles32(b, 8 + 16 * j)
+        ));
+        iq4_xs_sb(b, v)
+    }
+}
+
+/// One IQ4_XS block in the step order (`step_order`: its 128 bytes of nibbles at 8 in step
+/// order), transposed: each step's nibbles through the code book.
+#[inline(always)]
+pub(super) unsafe fn iq4_xs_steps(b: &[u8]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is 136 bytes, every offset below is inside it.
+    unsafe {
+        let mut v = steps_at(b, 8);
+        let table = iq4_nl_table();
+        for vs in v.iter_mut() {
+            *vs = _mm256_shuffle_epi8(table, *vs);
+        }
+        iq4_xs_sb(b, v)
+    }
+}
+
 /// `n <= 8` blocks of a decoded row: `q` (`32 n` signed values) and `p` (`n` params), for the
 /// types without an unpacker above (their [`Form`]: signed, general halves, `min` per type).
 #[inline(always)]
@@ -775,10 +841,26 @@ pub(super) const T_Q8_0_STEPS: u8 = 16;
 pub(super) const T_Q6K_STEPS: u8 = 17;
 /// Q5_K in the step order ([`q5_k_steps`]).
 pub(super) const T_Q5K_STEPS: u8 = 18;
+/// IQ4_XS ([`iq4_xs`]).
+pub(super) const T_IQ4XS: u8 = 19;
+/// IQ4_XS in the step order ([`iq4_xs_steps`]).
+pub(super) const T_IQ4XS_STEPS: u8 = 20;
 
 /// Whether [`unpack`] gives the transposed super-block for type code `code` (the step order).
 pub(super) const fn is_steps(code: u8) -> bool {
-    code >= T_Q4K_STEPS
+    matches!(
+        code,
+        T_Q4K_STEPS
+            | T_Q5K_STEPS
+            | T_Q6K_STEPS
+            | T_Q4_0_STEPS
+            | T_Q4_1_STEPS
+            | T_Q5_0_STEPS
+            | T_Q5_1_STEPS
+            | T_IQ4NL_STEPS
+            | T_IQ4XS_STEPS
+            | T_Q8_0_STEPS
+    )
 }
 
 /// Runs `$body` with the const `$c` set to `$code` (a type code, [`T_Q4K`] ...), so that
@@ -811,6 +893,8 @@ macro_rules! by_code {
             T_Q5_1_STEPS => with!(T_Q5_1_STEPS),
             T_IQ4NL => with!(T_IQ4NL),
             T_IQ4NL_STEPS => with!(T_IQ4NL_STEPS),
+            T_IQ4XS => with!(T_IQ4XS),
+            T_IQ4XS_STEPS => with!(T_IQ4XS_STEPS),
             _ => with!($other),
         }
     }};
@@ -830,6 +914,7 @@ pub(super) fn type_code(ty: crate::quant::GgmlType) -> u8 {
         G::Q5_0 => T_Q5_0,
         G::Q5_1 => T_Q5_1,
         G::Q4_1 => T_Q4_1,
+        G::Iq4Xs => T_IQ4XS,
         _ => T_DECODED,
     }
 }
@@ -847,6 +932,7 @@ pub(super) fn row_code(ty: crate::quant::GgmlType, steps: bool) -> u8 {
         T_Q5_1 if steps => T_Q5_1_STEPS,
         T_IQ4NL if steps => T_IQ4NL_STEPS,
         T_Q8_0 if steps => T_Q8_0_STEPS,
+        T_IQ4XS if steps => T_IQ4XS_STEPS,
         code => code,
     }
 }
@@ -884,6 +970,8 @@ pub(super) unsafe fn unpack_blocks<const TY: u8, const BW: bool>(
             T_Q5K_STEPS => (q5_k_steps(&b[g * 176..][..176]), FORM_K4),
             T_Q6K => (q6_k(&b[g * 210..][..210]), FORM_Q6K),
             T_Q6K_STEPS => (q6_k_steps(&b[g * 210..][..210]), FORM_Q6K),
+            T_IQ4XS => (iq4_xs(&b[g * 136..][..136]), FORM_SIGNED),
+            T_IQ4XS_STEPS => (iq4_xs_steps(&b[g * 136..][..136]), FORM_SIGNED),
             T_Q8_0_STEPS if whole => (q8_0_steps(&b[g * 272..][..272]), FORM_SIGNED_UNIT),
             T_Q8_0 | T_Q8_0_STEPS => (q8_0(&b[g * 272..][..k * 34], k), FORM_SIGNED_UNIT),
             T_Q4_0_STEPS if whole => (q4_0_steps(&b[g * 144..][..144]), FORM_Q4_0),
