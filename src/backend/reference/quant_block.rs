@@ -189,6 +189,23 @@ fn q2_k(b: &[u8], q: &mut [i8], p: &mut [BlockParams]) {
 fn q3_k(b: &[u8], q: &mut [i8], p: &mut [BlockParams]) {
     let (hm, qs) = (&b[0..32], &b[32..96]);
     let d = f16_at(b, 108);
+    let sc = q3_k_scales(b);
+    let scale = |s: usize| sc[s] as i32 - 32;
+    for (e, o) in q[..256].iter_mut().enumerate() {
+        let (n, j, l) = (e / 128, e % 128 / 32, e % 32);
+        let v = ((qs[32 * n + l] >> (2 * j)) & 3) as i8;
+        let high = hm[l] & (1u8 << (4 * n + j)) != 0;
+        *o = if high { v } else { v - 4 };
+    }
+    for (bi, pb) in p[..8].iter_mut().enumerate() {
+        *pb = params(d, 0.0, [scale(2 * bi), scale(2 * bi + 1)], [0, 0]);
+    }
+}
+
+/// The 16 scales of a Q3_K block `b` (12 bytes of packed 6-bit values at 96), unpacked as
+/// ggml's `kmask` shuffle: byte `s` is the scale of 16-element half-block `s` plus 32.
+#[inline(always)]
+pub(crate) fn q3_k_scales(b: &[u8]) -> [u8; 16] {
     let word =
         |k: usize| u32::from_le_bytes([b[96 + 4 * k], b[97 + 4 * k], b[98 + 4 * k], b[99 + 4 * k]]);
     let (a0, a1, tmp) = (word(0), word(1), word(2));
@@ -200,16 +217,11 @@ fn q3_k(b: &[u8], q: &mut [i8], p: &mut [BlockParams]) {
         ((a0 >> 4) & K2) | (((tmp >> 4) & K1) << 4),
         ((a1 >> 4) & K2) | (((tmp >> 6) & K1) << 4),
     ];
-    let scale = |s: usize| (aux[s / 4].to_le_bytes()[s % 4] as i8) as i32 - 32;
-    for (e, o) in q[..256].iter_mut().enumerate() {
-        let (n, j, l) = (e / 128, e % 128 / 32, e % 32);
-        let v = ((qs[32 * n + l] >> (2 * j)) & 3) as i8;
-        let high = hm[l] & (1u8 << (4 * n + j)) != 0;
-        *o = if high { v } else { v - 4 };
+    let mut out = [0u8; 16];
+    for (o, w) in out.chunks_exact_mut(4).zip(aux) {
+        o.copy_from_slice(&w.to_le_bytes());
     }
-    for (bi, pb) in p[..8].iter_mut().enumerate() {
-        *pb = params(d, 0.0, [scale(2 * bi), scale(2 * bi + 1)], [0, 0]);
-    }
+    out
 }
 
 /// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` (of 8) of Q4_K/Q5_K.

@@ -8,14 +8,16 @@
 //! (VEX `vpdpbusd`) and AVX-512 VNNI (EVEX `vpdpbusd`), chosen at runtime (or forced, for
 //! tests). The portable path runs the twin's loop on the twin's decoded rows; the vector paths
 //! (`lanes.rs`, `dot_x86.rs`) unpack 8 blocks at a time straight from the ggml bytes into
-//! registers (`superblock.rs`; types without an unpacker there are read from the twin's
-//! decoded row), one 32-bit lane per block, and run the twin's float combine and 8-lane
-//! accumulation lane-wise (the same IEEE operations in the same order). The integer dot
-//! products, exact on every path, are the only thing the paths compute differently.
+//! registers (`superblock.rs`: every type a GGUF may hold here has an unpacker; a type without
+//! one would be read from the twin's decoded row), one 32-bit lane per block, and run the
+//! twin's float combine and 8-lane accumulation lane-wise (the same IEEE operations in the same
+//! order). The integer dot products, exact on every path, are the only thing the paths compute
+//! differently.
 //!
-//! On the AVX2 path, Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL and Q8_0 weights are kept
-//! in a step order (`step_order`: the same bytes, rearranged within super-blocks at load) from
-//! which the unpackers give the transposed super-block directly; every path reads either order.
+//! On the AVX2 path, Q4_K, Q5_K, Q6_K, IQ4_XS, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL and Q8_0 weights
+//! are kept in a step order (`step_order`: the same bytes, rearranged within super-blocks at
+//! load) from which the unpackers give the transposed super-block directly; every path reads
+//! either order.
 //!
 //! Work split: weight rows are cut into tasks across the pool (distinct rows per task); a task
 //! unpacks each super-block of its weight rows (two rows of a type at a time) once per block of

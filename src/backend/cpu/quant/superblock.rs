@@ -17,7 +17,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::backend::reference::quant_block::BlockParams;
+use crate::backend::reference::quant_block::{q3_k_scales, BlockParams};
 
 /// Blocks per super-block: one per 32-bit lane of a 256-bit vector.
 pub(super) const SB_BLOCKS: usize = 8;
@@ -123,6 +123,25 @@ pub(super) const FORM_SIGNED: Form = Form {
     equal_halves: true,
     unit: false,
     i16_sums: 1,
+};
+
+/// Q2_K: unsigned 2-bit values, a scale and a min per half.
+pub(super) const FORM_Q2K: Form = Form {
+    signed: false,
+    off_shift: None,
+    min: true,
+    equal_halves: false,
+    unit: false,
+    i16_sums: 4,
+};
+/// Q3_K: `u = q + 4`, a scale per half.
+pub(super) const FORM_Q3K: Form = Form {
+    signed: false,
+    off_shift: Some(2),
+    min: false,
+    equal_halves: false,
+    unit: false,
+    i16_sums: 4,
 };
 
 /// The f16 at `b[at..at + 2]` as f32 (F16C; the caller guarantees `at + 2 <= b.len()`).
@@ -744,6 +763,105 @@ unsafe fn iq4_xs_sb(b: &[u8], v: [__m256i; SB_BLOCKS]) -> Sb {
     }
 }
 
+/// Bits `2j..2j+2` of each byte of the 64 bytes at `b[at..]` (two vectors, `n = 0, 1`) as
+/// block `4n + j`'s values: the 2-bit planes of Q2_K and Q3_K (16-bit shifts; the mask drops
+/// what crossed bytes).
+#[inline(always)]
+unsafe fn two_bit_planes(b: &[u8], at: usize) -> [__m256i; SB_BLOCKS] {
+    // SAFETY: AVX2 (module docs); the caller guarantees `b.len() >= at + 64`.
+    unsafe {
+        let m = _mm256_set1_epi8(3);
+        let mut v = [_mm256_setzero_si256(); SB_BLOCKS];
+        for n in 0..2 {
+            let q = load32(b, at + 32 * n);
+            v[4 * n] = _mm256_and_si256(q, m);
+            v[4 * n + 1] = _mm256_and_si256(_mm256_srli_epi16::<2>(q), m);
+            v[4 * n + 2] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m);
+            v[4 * n + 3] = _mm256_and_si256(_mm256_srli_epi16::<6>(q), m);
+        }
+        v
+    }
+}
+
+/// 16 bytes, one per half-block (block `j`'s halves at `2j`, `2j + 1`), as the per-half lane
+/// bytes: even bytes (first halves), then odd ones (second halves), each in the low 8 bytes.
+#[inline(always)]
+unsafe fn halves_of(sc: __m128i) -> (__m128i, __m128i) {
+    // SAFETY: AVX2 (module docs); registers only.
+    unsafe {
+        let s = _mm_shuffle_epi8(
+            sc,
+            _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15),
+        );
+        (s, _mm_unpackhi_epi64(s, s))
+    }
+}
+
+/// One Q2_K block (84 bytes): 16 scale bytes (low nibble the scale, high nibble the min, one
+/// per 16 elements), 64 bytes of 2-bit values (block `4n + j` bits `2j..2j+2` of
+/// `qs[32n..]`), f16 `d` and `dmin` at 80 and 82.
+#[inline(always)]
+pub(super) unsafe fn q2_k(b: &[u8]) -> Sb {
+    // SAFETY: AVX2 and F16C (module docs); `b` is 84 bytes, every offset below is inside it.
+    unsafe {
+        let v = two_bit_planes(b, 16);
+        let (s0, s1) = halves_of(load16(b, 0));
+        let lo = _mm_set1_epi8(0x0F);
+        let isc = |s: __m128i| _mm256_cvtepu8_epi32(_mm_and_si128(s, lo));
+        let imin = |s: __m128i| _mm256_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16::<4>(s), lo));
+        Sb {
+            v,
+            d: _mm256_set1_ps(f16_at(b, 80)),
+            // `-dmin`, as the twin's negation.
+            dm: _mm256_set1_ps(-f16_at(b, 82)),
+            isc: [isc(s0), isc(s1)],
+            imin: [imin(s0), imin(s1)],
+        }
+    }
+}
+
+/// One Q3_K block (110 bytes) as `u = q + 4`: `hmask` (32 bytes; bit `4n + j` of byte `l` is
+/// bit 2 of element `l` of block `4n + j`), 64 bytes of 2-bit values as Q2_K's, 12 bytes of
+/// packed 6-bit scales (one per 16 elements, minus 32), f16 `d` at 108.
+#[inline(always)]
+pub(super) unsafe fn q3_k(b: &[u8]) -> Sb {
+    // ggml's unpacking of the 16 scales (byte `s`: half-block `s`'s scale plus 32).
+    let aux = q3_k_scales(b);
+    // SAFETY: AVX2 and F16C (module docs); `b` is 110 bytes, every offset below is inside it;
+    // `aux` is 16 bytes.
+    unsafe {
+        let mut v = two_bit_planes(b, 32);
+        let hm = load32(b, 0);
+        let bit2 = _mm256_set1_epi8(4);
+        // Bit `k` of each byte of `hm` to bit 2 (16-bit shifts by at most 5 keep it within
+        // its byte), then ored in.
+        let hb = [
+            _mm256_slli_epi16::<2>(hm),
+            _mm256_slli_epi16::<1>(hm),
+            hm,
+            _mm256_srli_epi16::<1>(hm),
+            _mm256_srli_epi16::<2>(hm),
+            _mm256_srli_epi16::<3>(hm),
+            _mm256_srli_epi16::<4>(hm),
+            _mm256_srli_epi16::<5>(hm),
+        ];
+        for (vk, h) in v.iter_mut().zip(hb) {
+            *vk = _mm256_or_si256(*vk, _mm256_and_si256(h, bit2));
+        }
+        let (s0, s1) = halves_of(_mm_loadu_si128(aux.as_ptr() as *const __m128i));
+        let c = _mm256_set1_epi32(32);
+        let isc = |s: __m128i| _mm256_sub_epi32(_mm256_cvtepu8_epi32(s), c);
+        let zero = _mm256_setzero_si256();
+        Sb {
+            v,
+            d: _mm256_set1_ps(f16_at(b, 108)),
+            dm: _mm256_setzero_ps(),
+            isc: [isc(s0), isc(s1)],
+            imin: [zero, zero],
+        }
+    }
+}
+
 /// One IQ4_XS block (136 bytes: f16 `d`, the scales' high bits, their low nibbles, then 16
 /// bytes of nibbles per 32-element block as Q4_0's): nibbles through the code book.
 #[inline(always)]
@@ -845,6 +963,10 @@ pub(super) const T_Q5K_STEPS: u8 = 18;
 pub(super) const T_IQ4XS: u8 = 19;
 /// IQ4_XS in the step order ([`iq4_xs_steps`]).
 pub(super) const T_IQ4XS_STEPS: u8 = 20;
+/// Q2_K ([`q2_k`]).
+pub(super) const T_Q2K: u8 = 21;
+/// Q3_K ([`q3_k`]).
+pub(super) const T_Q3K: u8 = 22;
 
 /// Whether [`unpack`] gives the transposed super-block for type code `code` (the step order).
 pub(super) const fn is_steps(code: u8) -> bool {
@@ -894,6 +1016,8 @@ macro_rules! by_code {
             T_IQ4NL => with!(T_IQ4NL),
             T_IQ4NL_STEPS => with!(T_IQ4NL_STEPS),
             T_IQ4XS => with!(T_IQ4XS),
+            T_Q2K => with!(T_Q2K),
+            T_Q3K => with!(T_Q3K),
             T_IQ4XS_STEPS => with!(T_IQ4XS_STEPS),
             _ => with!($other),
         }
@@ -915,6 +1039,8 @@ pub(super) fn type_code(ty: crate::quant::GgmlType) -> u8 {
         G::Q5_1 => T_Q5_1,
         G::Q4_1 => T_Q4_1,
         G::Iq4Xs => T_IQ4XS,
+        G::Q2K => T_Q2K,
+        G::Q3K => T_Q3K,
         _ => T_DECODED,
     }
 }
@@ -971,6 +1097,8 @@ pub(super) unsafe fn unpack_blocks<const TY: u8, const BW: bool>(
             T_Q6K => (q6_k(&b[g * 210..][..210]), FORM_Q6K),
             T_Q6K_STEPS => (q6_k_steps(&b[g * 210..][..210]), FORM_Q6K),
             T_IQ4XS => (iq4_xs(&b[g * 136..][..136]), FORM_SIGNED),
+            T_Q2K => (q2_k(&b[g * 84..][..84]), FORM_Q2K),
+            T_Q3K => (q3_k(&b[g * 110..][..110]), FORM_Q3K),
             T_IQ4XS_STEPS => (iq4_xs_steps(&b[g * 136..][..136]), FORM_SIGNED),
             T_Q8_0_STEPS if whole => (q8_0_steps(&b[g * 272..][..272]), FORM_SIGNED_UNIT),
             T_Q8_0 | T_Q8_0_STEPS => (q8_0(&b[g * 272..][..k * 34], k), FORM_SIGNED_UNIT),
