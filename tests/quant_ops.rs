@@ -350,9 +350,9 @@ fn bad_shapes_give_nan_not_panics() {
 
 #[test]
 fn a_weight_computes_the_same_bits_whichever_path_packed_it() {
-    // The AVX2 path keeps Q4_K, Q5_K, Q6_K and IQ4_XS blocks and groups of 8 blocks of the 32-element
-    // types (4-, 5- and 8-bit) in its step order; every path reads either order, and an embedding gather from
-    // such a table dequantizes the ggml values.
+    // The AVX2 path keeps Q4_K, Q5_K, Q6_K and IQ4_XS blocks and groups of 8 blocks of the
+    // 32-element types (4-, 5- and 8-bit) in its step order; every path reads either order, and
+    // an embedding gather from such a table dequantizes the ggml values.
     let r = ReferenceBackend;
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     let bes = backends(2);

@@ -1,27 +1,28 @@
-//! The step order of quantized super-blocks (Q4_K, Q5_K, Q6_K, IQ4_XS, and groups of 8 blocks of Q4_0, Q4_1,
-//! Q5_0, Q5_1, IQ4_NL, Q8_0): their values rearranged at load so that the vector paths read the
-//! transposed super-block (`lanes::transpose8`: step `i`, 32-bit lane `j` = elements
-//! `4i..4i+4` of 32-element block `j`) straight from memory, without the in-register 8x8
-//! transpose per weight row and super-block, and so that a single activation row takes the
+//! The step order of quantized super-blocks (Q4_K, Q5_K, Q6_K, IQ4_XS, and groups of 8 blocks
+//! of Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0): their values rearranged at load so that the vector
+//! paths read the transposed super-block (`lanes::transpose8`: step `i`, 32-bit lane `j` =
+//! elements `4i..4i+4` of 32-element block `j`) straight from memory, without the in-register
+//! 8x8 transpose per weight row and super-block, and so that a single activation row takes the
 //! transposed dot as well (no horizontal reduction per block).
 //!
 //! In step order 128 bytes hold a super-block's 256 values: byte `32s + 4j + b` holds element
 //! `4s + b` of block `j` in its low nibble (step `s`) and element `16 + 4s + b` in its high
 //! nibble (step `s + 4`). A Q4_K block (144 bytes) keeps its 16-byte header (`d`, `dmin`, the
 //! packed scales) and has its 128 quant bytes in step order; a Q5_K block likewise, its 32
-//! bytes of fifth bits becoming a fifth-bit plane as described below for Q5_0; an IQ4_XS
-//! block (136 bytes) keeps its 8-byte header and has its 128 bytes of nibbles in step order.
-//! A Q6_K block (210 bytes) has its
-//! 128 bytes of low nibbles in step order, then its 64 bytes of high bit pairs as two planes
-//! (byte `32h + 4j + b`, bits `2k..2k+2`: the high bits of element `4s + b` of block `j`, step
-//! `s = 4h + k`), then its scales and `d` as they were. Eight consecutive blocks of a
-//! 32-element type become their 8 `d` (16 bytes), their 8 `m` (Q4_1, Q5_1; 16 bytes), a
-//! 32-byte plane of fifth bits (Q5_0, Q5_1: bit `s` of byte `4j + b` is the fifth bit of
-//! element `4s + b` of block `j`, so one shift and one mask put step `s`'s bits in place), then
-//! the 128 bytes in step order. Eight Q8_0 blocks become their 8 `d` (16 bytes), then their
-//! 256 values in step order: byte `32s + 4j + b` holds element `4s + b` of block `j` (steps
-//! 0-7 of the transposed super-block, one 32-byte load each). The blocks of a row past its
-//! last whole 8 stay as ggml wrote them. Either way a weight keeps exactly its file's bytes.
+//! bytes of fifth bits becoming a fifth-bit plane as described below for Q5_0; an IQ4_XS block
+//! (136 bytes) keeps its 8-byte header and has its 128 bytes of nibbles in step order. A Q6_K
+//! block (210 bytes) has its 128 bytes of low nibbles in step order, then its 64 bytes of high
+//! bit pairs as two planes (byte `32h + 4j + b`, bits `2k..2k+2`: the high bits of element
+//! `4s + b` of block `j`, step `s = 4h + k`), then its scales and `d` as they were.
+//!
+//! Eight consecutive blocks of a 32-element type become their 8 `d` (16 bytes), their 8 `m`
+//! (Q4_1, Q5_1; 16 bytes), a 32-byte plane of fifth bits (Q5_0, Q5_1: bit `s` of byte `4j + b`
+//! is the fifth bit of element `4s + b` of block `j`, so one shift and one mask put step `s`'s
+//! bits in place), then the 128 bytes in step order. Eight Q8_0 blocks become their 8 `d` (16
+//! bytes), then their 256 values in step order: byte `32s + 4j + b` holds element `4s + b` of
+//! block `j` (steps 0-7 of the transposed super-block, one 32-byte load each). The blocks of a
+//! row past its last whole 8 stay as ggml wrote them. Either way a weight keeps exactly its
+//! file's bytes.
 //!
 //! Which weights take it: those a backend on the AVX2 path packs ([`super::QuantKernel::Avx2`],
 //! where the transposes and reductions cost most). Every path reads both orders (the weight
