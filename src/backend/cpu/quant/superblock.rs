@@ -197,10 +197,11 @@ unsafe fn split_nibbles(v: __m256i) -> (__m256i, __m256i) {
     }
 }
 
-/// The parameters of a Q4_K / Q5_K block `b` (f16 `d`, `dmin` at 0 and 2, 12 bytes of packed
-/// 6-bit scales and mins at 4): `get_scale_min_k4` for all 8 blocks at once, on 32-bit words.
+/// A Q4_K / Q5_K block `b` (f16 `d`, `dmin` at 0 and 2, 12 bytes of packed 6-bit scales and
+/// mins at 4; the same 16 bytes in either order) with values `v`: `get_scale_min_k4` for all 8
+/// blocks at once, on 32-bit words.
 #[inline(always)]
-unsafe fn k4_params(b: &[u8]) -> (__m256, __m256, [__m256i; 2], [__m256i; 2]) {
+unsafe fn k4_sb(b: &[u8], v: [__m256i; SB_BLOCKS]) -> Sb {
     let word = |k: usize| u32::from_le_bytes([b[k], b[k + 1], b[k + 2], b[k + 3]]);
     let (u0, u1, u2) = (word(4), word(8), word(12));
     const LOW6: u32 = 0x3f3f_3f3f;
@@ -217,12 +218,13 @@ unsafe fn k4_params(b: &[u8]) -> (__m256, __m256, [__m256i; 2], [__m256i; 2]) {
         let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(word(0) as i32));
         // `-dmin`: the sign bit flipped, as the twin's negation.
         let neg = _mm_xor_ps(dd, _mm_set1_ps(-0.0));
-        (
-            _mm256_broadcastss_ps(dd),
-            _mm256_broadcastss_ps(_mm_shuffle_ps::<1>(neg, neg)),
-            [isc, isc],
-            [imin, imin],
-        )
+        Sb {
+            v,
+            d: _mm256_broadcastss_ps(dd),
+            dm: _mm256_broadcastss_ps(_mm_shuffle_ps::<1>(neg, neg)),
+            isc: [isc, isc],
+            imin: [imin, imin],
+        }
     }
 }
 
@@ -235,14 +237,7 @@ pub(super) unsafe fn q4_k(b: &[u8]) -> Sb {
         for k in 0..4 {
             (v[2 * k], v[2 * k + 1]) = split_nibbles(load32(b, 16 + 32 * k));
         }
-        let (d, dm, isc, imin) = k4_params(b);
-        Sb {
-            v,
-            d,
-            dm,
-            isc,
-            imin,
-        }
+        k4_sb(b, v)
     }
 }
 
@@ -268,14 +263,7 @@ pub(super) unsafe fn q4_k_steps(b: &[u8]) -> Sb {
     // SAFETY: AVX2 and F16C (module docs); `b` is 144 bytes, every offset below is inside it.
     unsafe {
         let v = steps_at(b, 16);
-        let (d, dm, isc, imin) = k4_params(b);
-        Sb {
-            v,
-            d,
-            dm,
-            isc,
-            imin,
-        }
+        k4_sb(b, v)
     }
 }
 
@@ -300,14 +288,7 @@ pub(super) unsafe fn q5_k(b: &[u8]) -> Sb {
             v[2 * k] = _mm256_or_si256(lo, _mm256_and_si256(hl, bit4));
             v[2 * k + 1] = _mm256_or_si256(hi, _mm256_and_si256(hh, bit4));
         }
-        let (d, dm, isc, imin) = k4_params(b);
-        Sb {
-            v,
-            d,
-            dm,
-            isc,
-            imin,
-        }
+        k4_sb(b, v)
     }
 }
 
@@ -339,14 +320,7 @@ pub(super) unsafe fn q5_k_steps(b: &[u8]) -> Sb {
     unsafe {
         let mut v = steps_at(b, 48);
         add_plane(&mut v, load32(b, 16));
-        let (d, dm, isc, imin) = k4_params(b);
-        Sb {
-            v,
-            d,
-            dm,
-            isc,
-            imin,
-        }
+        k4_sb(b, v)
     }
 }
 
