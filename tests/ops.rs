@@ -722,6 +722,11 @@ fn kv_write_and_attention_match_reference() {
         // a * b + c into an FMA, and the SIMD dot mirrors the portable lane order).
         let p = run_attention(&CpuBackend::portable(pool(1)), &sc, &cc, 0..rows);
         assert_bits_eq(&format!("portable attention case {ci}"), &p, &a);
+        // So does the AVX2 build on a CPU with AVX-512 (its own dot and weighted-sum kernels).
+        if let Ok(be) = CpuBackend::avx2_only(pool(2)) {
+            let p = run_attention(&be, &sc, &cc, 0..rows);
+            assert_bits_eq(&format!("avx2-only attention case {ci}"), &p, &a);
+        }
     }
 }
 

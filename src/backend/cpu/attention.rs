@@ -148,9 +148,9 @@ struct Slot {
 /// Adds one span of positions (`p0..p0 + vt.len()`, V vectors `vt`; `v_ok`: every one of them
 /// holds `hd` values) to `N` slots: for each position in order, each slot that sees it does
 /// `acc[x] = fma(e, v[d0 + x], acc[x])`. Accumulators live in registers for the span and in
-/// `out` between spans; on AVX-512 the slots share each V load (the portable loop goes slot by
-/// slot, which also suits AVX2's 16 registers). A span that does not fit its slices
-/// ([`PvSpan::fits`]) is left alone.
+/// `out` between spans; on AVX-512 the slots share each V load, on AVX2 up to three slots do
+/// (in two halves of 32 dimensions, for the 16 registers), the portable loop goes slot by slot.
+/// A span that does not fit its slices ([`PvSpan::fits`]) is left alone.
 ///
 /// # Safety
 /// `P` names instructions the CPU must support (see [`load_tile`]).
@@ -177,7 +177,14 @@ unsafe fn pv_tile<const N: usize, const P: u8>(
     if P == AVX512 {
         // SAFETY: P == AVX512 means the CPU supports AVX2, FMA and AVX-512F (this function's
         // contract); the kernel checks its slices.
-        unsafe { super::simd::pv_tile_avx512::<N>(out, scores, &sp) };
+        unsafe { super::attention_x86::pv_tile_avx512::<N>(out, scores, &sp) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if P == AVX2 {
+        // SAFETY: P == AVX2 means the CPU supports AVX2 and FMA (this function's contract); the
+        // kernel checks its slices.
+        unsafe { super::attention_x86::pv_tile_avx2::<N>(out, scores, &sp) };
         return;
     }
     if !sp.fits(out, scores) {
@@ -489,12 +496,15 @@ unsafe fn unit<const P: u8>(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32])
                     ($n:literal) => {{
                         let qc = qc.as_chunks::<$n>().0;
                         #[cfg(target_arch = "x86_64")]
-                        let acc = if P == AVX512 {
+                        let acc = match P {
                             // SAFETY: P == AVX512 means the CPU supports AVX2, FMA and
                             // AVX-512F.
-                            unsafe { super::simd::tile_dots_avx512::<$n>(qc, kt) }
-                        } else {
-                            tile_dots::<$n>(qc, kt)
+                            AVX512 => unsafe {
+                                super::attention_x86::tile_dots_avx512::<$n>(qc, kt)
+                            },
+                            // SAFETY: P == AVX2 means the CPU supports AVX2 and FMA.
+                            AVX2 => unsafe { super::attention_x86::tile_dots_avx2::<$n>(qc, kt) },
+                            _ => tile_dots::<$n>(qc, kt),
                         };
                         #[cfg(not(target_arch = "x86_64"))]
                         let acc = tile_dots::<$n>(qc, kt);
@@ -544,7 +554,7 @@ unsafe fn unit<const P: u8>(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32])
             }
         }
         // The block's weighted sum of V: slots of PIECE dimensions of one pair, up to 4 at a
-        // time, share each V load.
+        // time (3 on AVX2), share each V load.
         let vt = u.tile::<SPAN>(d.vc, b0, end).map(|v| v.unwrap_or(&[]));
         let vt = &vt[..b1 - b0];
         let v_ok = vt.iter().all(|v| v.len() == hd);
@@ -576,11 +586,20 @@ unsafe fn unit<const P: u8>(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32])
                 pos: row.pos,
             }
         };
+        // Slots per pass: at most as many as the path's kernel shares each V load between.
+        #[cfg(target_arch = "x86_64")]
+        let most = if P == AVX2 {
+            super::attention_x86::PV_SLOTS_AVX2
+        } else {
+            4
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let most = 4;
         let mut i0 = 0;
         while i0 < nslots {
             let take = [4, 3, 2, 1]
                 .into_iter()
-                .find(|&k| k <= nslots - i0)
+                .find(|&k| k <= most && k <= nslots - i0)
                 .unwrap_or(1);
             macro_rules! pass {
                 ($n:literal) => {{

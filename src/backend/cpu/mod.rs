@@ -13,6 +13,8 @@
 #[cfg(target_arch = "x86_64")]
 mod amx;
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_x86;
 mod bf16act;
 #[cfg(target_arch = "x86_64")]
 mod bf16dot;
