@@ -366,7 +366,7 @@ fn compute(be: &CpuBackend, xs: Acts<'_>, rows: usize, w: &CpuWeight, yt: &mut [
     if serial(threads, flops) {
         // The same tasks one after the other: a task's weights stay in L2 while the row blocks
         // pass over them (the whole weight at once streamed it from memory once per row block:
-        // 2.3x slower at 8192 x 2048 and 256 rows).
+        // 1.7-2.3x slower at 8192 x 2048 and 256 rows).
         for (c, chunk) in yt.chunks_mut(cw * rows).enumerate() {
             run_block(be, xs, rows, w, c * cw, chunk);
         }
