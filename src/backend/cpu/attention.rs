@@ -222,6 +222,22 @@ pub(super) struct PvSpan<'v, const N: usize> {
 }
 
 impl<const N: usize> PvSpan<'_, N> {
+    /// Each slot's exponentials in `scores`: slot `c`'s for the span's position `j` at
+    /// `.wrapping_add(j)` of the `c`-th pointer (readable for `j` in `a[c]..b[c]` when the span
+    /// [`fits`](Self::fits)).
+    #[inline(always)]
+    pub(super) fn exps(&self, scores: &[f32]) -> [*const f32; N] {
+        std::array::from_fn(|c| scores.as_ptr().wrapping_add(self.eb[c]))
+    }
+
+    /// The span positions every slot sees, `max a .. min b` (empty when they share none).
+    #[inline(always)]
+    pub(super) fn common(&self) -> (usize, usize) {
+        let ja = self.a.iter().copied().max().unwrap_or(0);
+        let jb = self.b.iter().copied().min().unwrap_or(0);
+        (ja, jb)
+    }
+
     /// Whether every slot lies inside the slices: `v_ok`, `d0[c] + PIECE <= hd`,
     /// `a[c] <= b[c] <= vt.len()`, the scores of `a[c]..b[c]` exist and `out` holds
     /// `o[c] + PIECE` values. A span that does not fit is left alone on every path.

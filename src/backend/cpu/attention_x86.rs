@@ -142,10 +142,9 @@ pub(crate) fn pv_tile_avx2<const N: usize>(out: &mut [f32], scores: &[f32], sp: 
     if !sp.fits(out, scores) {
         return;
     }
-    let (o, eb, d0, a, b, vt) = (sp.o, sp.eb, sp.d0, sp.a, sp.b, sp.vt);
-    let e: [*const f32; N] = std::array::from_fn(|c| scores.as_ptr().wrapping_add(eb[c]));
-    let ja = a.iter().copied().max().unwrap_or(0);
-    let jb = b.iter().copied().min().unwrap_or(0);
+    let (o, d0, a, b, vt) = (sp.o, sp.d0, sp.a, sp.b, sp.vt);
+    let e = sp.exps(scores);
+    let (ja, jb) = sp.common();
     let joint = N <= PV_SLOTS_AVX2 && ja < jb && d0.iter().all(|&d| d == d0[0]);
     for c in 0..N {
         let to = if joint { ja } else { b[c] };
@@ -254,8 +253,8 @@ pub(crate) fn pv_tile_avx512<const N: usize>(out: &mut [f32], scores: &[f32], sp
     if !sp.fits(out, scores) {
         return;
     }
-    let (o, eb, d0, a, b, vt) = (sp.o, sp.eb, sp.d0, sp.a, sp.b, sp.vt);
-    let e: [*const f32; N] = std::array::from_fn(|c| scores.as_ptr().wrapping_add(eb[c]));
+    let (o, d0, a, b, vt) = (sp.o, sp.d0, sp.a, sp.b, sp.vt);
+    let e = sp.exps(scores);
     let mut acc = [[_mm512_setzero_ps(); 4]; N];
     for c in 0..N {
         for (x, v) in acc[c].iter_mut().enumerate() {
@@ -263,8 +262,7 @@ pub(crate) fn pv_tile_avx512<const N: usize>(out: &mut [f32], scores: &[f32], sp
             *v = unsafe { _mm512_loadu_ps(out.as_ptr().add(o[c] + x * 16)) };
         }
     }
-    let ja = a.iter().copied().max().unwrap_or(0);
-    let jb = b.iter().copied().min().unwrap_or(0);
+    let (ja, jb) = sp.common();
     let one = |acc: &mut [__m512; 4], c: usize, from: usize, to: usize| {
         let mut one = [*acc];
         // SAFETY: for j in a[c]..b[c] (which from..to lies in), eb[c] + j (wrapping) indexes
