@@ -493,6 +493,14 @@ unsafe fn unit<const P: u8>(u: &Unit<'_, '_>, sc: &mut Scratch, out: &mut [f32])
         // Scores of the block, one key tile at a time, for every pair (those that see none
         // of the tile are computed and dropped: only around the diagonal).
         for p0 in (b0.max(lo / TILE * TILE)..b1).step_by(TILE) {
+            // The next tile's K vectors on their way to L1 and this tile's V vectors to L2
+            // (for the block's weighted sum) while this tile computes.
+            #[cfg(target_arch = "x86_64")]
+            if P != PORTABLE {
+                let pf = super::attention_x86::prefetch_rows::<TILE>;
+                pf(&u.tile::<TILE>(d.kc, p0 + TILE, end), true);
+                pf(&u.tile::<TILE>(d.vc, p0, end), false);
+            }
             // SAFETY: as this function's contract.
             unsafe { load_tile::<P>(u, p0, end, kt) };
             let mut put = |k: usize, acc: &[f32; TILE]| {

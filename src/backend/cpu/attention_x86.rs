@@ -10,6 +10,28 @@ use std::arch::x86_64::*;
 
 use super::attention::PvSpan;
 
+/// Asks the cache to fetch every 64-byte line of each vector in `rows` (into L1 with `l1`,
+/// else into L2). The K and V vectors of a KV head are one per cache slot, `kv_dim` values
+/// apart, so a tile's vectors are far enough apart that the hardware prefetchers do not run
+/// ahead of them. A hint only: it reads nothing architecturally and cannot fault.
+#[inline(always)]
+pub(crate) fn prefetch_rows<const W: usize>(rows: &[Option<&[f32]>; W], l1: bool) {
+    for r in rows.iter().flatten() {
+        for line in r.chunks(16) {
+            let p = line.as_ptr() as *const i8;
+            // SAFETY: `prefetcht0`/`prefetcht1` never fault and read no memory
+            // architecturally; SSE is part of x86_64's baseline.
+            unsafe {
+                if l1 {
+                    _mm_prefetch::<_MM_HINT_T0>(p);
+                } else {
+                    _mm_prefetch::<_MM_HINT_T1>(p);
+                }
+            }
+        }
+    }
+}
+
 /// Query vectors per AVX2 pass of [`tile_dots_avx2`]: 4 × 2 accumulators, 2 key vectors and a
 /// broadcast fit the 16 registers.
 const DOT_PASS: usize = 4;
