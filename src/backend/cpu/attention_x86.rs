@@ -17,8 +17,11 @@ use super::attention::PvSpan;
 #[inline(always)]
 pub(crate) fn prefetch_rows<const W: usize>(rows: &[Option<&[f32]>; W], l1: bool) {
     for r in rows.iter().flatten() {
-        for line in r.chunks(16) {
-            let p = line.as_ptr() as *const i8;
+        // Every line the vector touches, from the one holding its first byte.
+        let lead = r.as_ptr() as usize % 64;
+        let line0 = (r.as_ptr() as *const i8).wrapping_sub(lead);
+        for off in (0..lead + std::mem::size_of_val(*r)).step_by(64) {
+            let p = line0.wrapping_add(off);
             // SAFETY: `prefetcht0`/`prefetcht1` never fault and read no memory
             // architecturally; SSE is part of x86_64's baseline.
             unsafe {
