@@ -380,6 +380,12 @@ fn prefetch_tile(p: *const u16, stride: usize) {
 /// operand's loads and products are skipped): A tiles at `a0`, `a1` (16 rows of 64 bytes, `sa`
 /// bytes apart), B tiles at `b0`, `b1` (1 KiB each), `tmm{2i + j}` += A `i` × B `j`.
 ///
+/// The loads interleave with the products: tile registers are not renamed, so a load waits for
+/// every product still reading its register, and loading an operand just before its first
+/// product lets the next chunk's loads run under this chunk's last products (the calibration
+/// loop with loads: ~1.14× the throughput of four loads then four products). Each C tile sees
+/// the same products in the same order either way.
+///
 /// # Safety
 /// AMX configured ([`TileConfig::all_16x64`]); each pointer starts 16 readable rows of 64
 /// bytes, `sa` (A) or 64 (B) bytes apart.
@@ -399,10 +405,10 @@ unsafe fn step(
             (true, true) => asm!(
                 "tileloadd tmm4, [{a0} + {sa}]",
                 "tileloadd tmm6, [{b0} + {s}]",
-                "tileloadd tmm5, [{a1} + {sa}]",
-                "tileloadd tmm7, [{b1} + {s}]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {s}]",
                 "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {sa}]",
                 "tdpbf16ps tmm2, tmm5, tmm6",
                 "tdpbf16ps tmm3, tmm5, tmm7",
                 a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
