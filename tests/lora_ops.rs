@@ -560,3 +560,73 @@ fn args<'a, S>(batch: &'a LoraBatch, stack: &'a S, target: LoraTarget) -> LoraAr
         target,
     }
 }
+
+/// `matmul_before_lora` (the base matmul asking for the following adapters' weights as it
+/// goes) writes exactly what `matmul` writes, bit for bit, on every quantized kernel path and
+/// for a dense weight, at 1 and 2 threads, for batches whose adapters fit the side stream's
+/// budget (8 distinct slots) and exceed it (rows of every slot of a large arena), and for a
+/// batch without adapters.
+#[test]
+fn matmul_before_lora_is_the_matmul() {
+    use loraplex::backend::cpu::QuantKernel;
+    use loraplex::backend::{LoraNext, WeightFormat};
+    use loraplex::quant::{quantize::quantize, GgmlType};
+    use loraplex::tensor::HostTensor;
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    let geom = bf16(LoraStackGeometry {
+        num_slots: 32,
+        ..smol_geom(32, 16)
+    });
+    // The weight's shape is free (the arena's dims only size the side stream): whole Q4_K
+    // blocks.
+    let (inp, out) = (512, 960);
+    let wdata = rand_vec(&mut rng, inp * out);
+    let weights = [
+        HostTensor::quantized(quantize(GgmlType::Q4K, out, inp, &wdata).unwrap()),
+        HostTensor::quantized(quantize(GgmlType::Q8_0, out, inp, &wdata).unwrap()),
+        HostTensor::f32(vec![out, inp], wdata.clone()),
+    ];
+    for threads in [1usize, 2] {
+        for k in QuantKernel::ALL {
+            let Ok(be) = CpuBackend::with_quant_kernel(pool(threads), k) else {
+                eprintln!("SKIPPED quantized kernel path {}", k.name());
+                continue;
+            };
+            let mut stack = be.alloc_lora_stack(geom).unwrap();
+            for slot in 0..geom.num_slots {
+                let a = random_adapter(&geom, &mut rng, |_, _| Some(16));
+                load(&be, &mut stack, slot, &a);
+            }
+            for rows in [1usize, 8, 40] {
+                let x = rand_vec(&mut rng, rows * inp);
+                let batches = [
+                    LoraBatch::from_slots((0..rows as i32).map(|r| r % 8).collect()),
+                    LoraBatch::from_slots((0..rows as i32).map(|r| r % 32).collect()),
+                    LoraBatch::from_slots(vec![-1; rows]),
+                ];
+                for w in &weights {
+                    let w = be.weight(w, WeightFormat::BF16).unwrap();
+                    let mut want = vec![0f32; rows * out];
+                    be.matmul(&x, rows, &w, &mut want);
+                    for (bi, batch) in batches.iter().enumerate() {
+                        let next = LoraNext {
+                            batch,
+                            stack: &stack,
+                            layer: 1,
+                            targets: &[LoraTarget::Q, LoraTarget::K, LoraTarget::V],
+                        };
+                        let mut got = vec![f32::NAN; rows * out];
+                        be.matmul_before_lora(&x, rows, &w, &mut got, next);
+                        assert!(
+                            got.iter()
+                                .zip(&want)
+                                .all(|(g, w)| g.to_bits() == w.to_bits()),
+                            "{} path, {threads} threads, {rows} rows, batch {bi}",
+                            k.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -29,7 +29,7 @@ pub use lora::{
     lane_scale, LoraBatch, LoraLane, LoraPrecision, LoraSlotData, LoraStackGeometry, LoraTarget,
     LoraWeights, MAX_MIX,
 };
-pub use op_args::{AttentionArgs, KvWriteArgs, LoraArgs, RopeArgs};
+pub use op_args::{AttentionArgs, KvWriteArgs, LoraArgs, LoraNext, RopeArgs};
 pub use select::{select, DeviceBackend};
 pub use view::{View, ViewMut};
 
@@ -190,6 +190,21 @@ pub trait Backend: Send {
     /// `for t in 0..rows, o in 0..out: y[t*out + o] = sum_i x[t*in + i] * w[o, i]` (f32 accumulate;
     /// for a weight kept in ggml blocks, exactly as [`reference::quant_dot`] defines it).
     fn matmul(&self, x: &Self::Buf, rows: usize, w: &Self::Weight, y: &mut Self::Buf);
+    /// [`Self::matmul`], told that `lora_apply` for `next.targets` of `next.layer` follows it
+    /// on this output: a backend may start reading those adapters' weights (the slots of
+    /// `next.batch`) while the matmul computes. `y` is exactly what [`Self::matmul`] writes;
+    /// the default is that call.
+    fn matmul_before_lora(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        w: &Self::Weight,
+        y: &mut Self::Buf,
+        next: LoraNext<'_, Self::LoraStack>,
+    ) {
+        let _ = next;
+        self.matmul(x, rows, w, y)
+    }
     /// `for t, j: out[t*hidden + j] = table[ids[t], j]` (a quantized table's rows dequantized
     /// exactly as ggml does).
     fn embedding_gather(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Buf);

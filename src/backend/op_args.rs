@@ -112,3 +112,25 @@ impl<S> Clone for LoraArgs<'_, S> {
 }
 
 impl<S> Copy for LoraArgs<'_, S> {}
+
+/// What [`super::Backend::matmul_before_lora`] is told of the `lora_apply` calls that follow it:
+/// the targets of one layer, for the rows of one batch.
+#[derive(Debug)]
+pub struct LoraNext<'a, S> {
+    /// Adapter slot of each row.
+    pub batch: &'a LoraBatch,
+    /// The device adapter arena.
+    pub stack: &'a S,
+    /// Decoder layer.
+    pub layer: usize,
+    /// The target modules whose `lora_apply` follows the matmul.
+    pub targets: &'a [LoraTarget],
+}
+
+impl<S> Clone for LoraNext<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for LoraNext<'_, S> {}

@@ -17,7 +17,7 @@ use super::cpu::{CpuBackend, CpuLoraArena, CpuWeight};
 #[cfg(feature = "cuda")]
 use super::cuda::{CudaBackend, CudaBuf, CudaKvCache, CudaLoraArena, CudaWeight};
 use super::{
-    AttentionArgs, Backend, KvGeometry, KvStore, KvWriteArgs, LoraArgs, LoraSlotData,
+    AttentionArgs, Backend, KvGeometry, KvStore, KvWriteArgs, LoraArgs, LoraNext, LoraSlotData,
     LoraStackGeometry, RopeArgs, View, ViewMut, WeightFormat,
 };
 pub use crate::cache::plan::DeviceMemory;
@@ -409,6 +409,45 @@ impl Backend for DeviceBackend {
             }
             #[cfg(feature = "cuda")]
             (_, _, _, y) => self.mixed_nan(y),
+        }
+    }
+
+    fn matmul_before_lora(
+        &self,
+        x: &DeviceBuf,
+        rows: usize,
+        w: &DeviceWeight,
+        y: &mut DeviceBuf,
+        next: LoraNext<'_, DeviceLoraStack>,
+    ) {
+        let LoraNext {
+            batch,
+            layer,
+            targets,
+            ..
+        } = next;
+        match (self, x, w, y, next.stack) {
+            (
+                Self::Cpu(b),
+                DeviceBuf::Cpu(x),
+                DeviceWeight::Cpu(w),
+                DeviceBuf::Cpu(y),
+                DeviceLoraStack::Cpu(stack),
+            ) => b.matmul_before_lora(
+                x,
+                rows,
+                w,
+                y,
+                LoraNext {
+                    batch,
+                    stack,
+                    layer,
+                    targets,
+                },
+            ),
+            // Anything else: the plain matmul (which handles mixed values).
+            #[cfg(feature = "cuda")]
+            (_, x, w, y, _) => self.matmul(x, rows, w, y),
         }
     }
 

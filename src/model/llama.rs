@@ -13,10 +13,14 @@ use super::qkv_extras::QkvExtras;
 use super::weight_quant;
 use super::{ModelConfig, TensorMap};
 use crate::backend::{
-    AttentionArgs, AttnMeta, Backend, KvWriteArgs, LoraArgs, LoraBatch, LoraTarget, RopeArgs, View,
-    ViewMut, WeightFormat,
+    AttentionArgs, AttnMeta, Backend, KvWriteArgs, LoraArgs, LoraBatch, LoraNext, LoraTarget,
+    RopeArgs, View, ViewMut, WeightFormat,
 };
 use crate::error::{Error, Result};
+
+/// The adapter targets that add to the fused QKV and the fused gate/up projections.
+const QKV: [LoraTarget; 3] = [LoraTarget::Q, LoraTarget::K, LoraTarget::V];
+const GATE_UP: [LoraTarget; 2] = [LoraTarget::Gate, LoraTarget::Up];
 use crate::tensor::HostTensor;
 
 struct Layer<B: Backend> {
@@ -222,6 +226,19 @@ impl<B: Backend> Llama<B> {
                 backend.lora_apply(x, y, &args);
             }
         };
+        // The base matmul of a projection whose output the adapters of `targets` then add to.
+        let base = |x: &B::Buf, w: &B::Weight, y: &mut B::Buf, layer: usize, targets| match lora {
+            Some(stack) => {
+                let next = LoraNext {
+                    batch: input.lora,
+                    stack,
+                    layer,
+                    targets,
+                };
+                backend.matmul_before_lora(x, rows, w, y, next)
+            }
+            None => backend.matmul(x, rows, w, y),
+        };
         let (h, inter, q, kv_dim) = (
             cfg.hidden_size,
             cfg.intermediate_size,
@@ -274,7 +291,7 @@ impl<B: Backend> Llama<B> {
         backend.embedding_gather(&self.embed, input.tokens, x);
         for (l, layer) in self.layers.iter().enumerate() {
             backend.rms_norm(x, &layer.attn_norm, rows, h, cfg.rms_norm_eps, normed);
-            backend.matmul(normed, rows, &layer.qkv, qkv);
+            base(normed, &layer.qkv, qkv, l, &QKV);
             apply((normed, h), (qkv, qkv_w, 0), l, LoraTarget::Q);
             apply((normed, h), (qkv, qkv_w, q), l, LoraTarget::K);
             apply((normed, h), (qkv, qkv_w, q + kv_dim), l, LoraTarget::V);
@@ -303,15 +320,15 @@ impl<B: Backend> Llama<B> {
                 window: cfg.layer_window(l),
             };
             backend.attention_paged(attention, attn);
-            backend.matmul(attn, rows, &layer.o, proj);
+            base(attn, &layer.o, proj, l, &[LoraTarget::O]);
             apply((attn, q), (proj, h, 0), l, LoraTarget::O);
             backend.add(x, proj, rows * h);
             backend.rms_norm(x, &layer.mlp_norm, rows, h, cfg.rms_norm_eps, normed);
-            backend.matmul(normed, rows, &layer.gate_up, gu);
+            base(normed, &layer.gate_up, gu, l, &GATE_UP);
             apply((normed, h), (gu, 2 * inter, 0), l, LoraTarget::Gate);
             apply((normed, h), (gu, 2 * inter, inter), l, LoraTarget::Up);
             backend.silu_mul(gu, rows, inter, act);
-            backend.matmul(act, rows, &layer.down, proj);
+            base(act, &layer.down, proj, l, &[LoraTarget::Down]);
             apply((act, inter), (proj, h, 0), l, LoraTarget::Down);
             backend.add(x, proj, rows * h);
         }

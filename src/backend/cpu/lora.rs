@@ -30,10 +30,11 @@
 
 use rayon::prelude::*;
 
+use super::side_stream::{self, SideStream};
 use super::CpuBackend;
 use crate::backend::lora::{lane_scale, LoraSlotData, LoraStackGeometry, LoraWeights};
 use crate::backend::lora_arena::{ArenaModule, ArenaWeights, HostLoraArena};
-use crate::backend::{LoraArgs, View, ViewMut};
+use crate::backend::{LoraArgs, LoraNext, View, ViewMut};
 use crate::error::Result;
 
 /// The CPU backend's adapter arena: a [`HostLoraArena`] whose modules hold `A [r, in]` and
@@ -99,6 +100,49 @@ impl CpuLoraArena {
     pub(crate) fn bytes(&self) -> usize {
         self.inner.bytes()
     }
+}
+
+/// Adapter bytes per thread up to which [`side_stream`] asks for them during the base matmul:
+/// they go to the asking core's L2 and must still be there (next to the matmul's own working
+/// set) when `lora_apply` reads them, so a small part of an L2 (512 KiB on Zen 3, 1 MiB on Zen
+/// 4, 2 MiB on Sapphire Rapids). 8 distinct rank-8 adapters on SmolLM2's gate/up take 270 KiB
+/// per thread on two threads; 32 distinct (1–2 MiB) are streamed by `lora_apply` as before
+/// (measured: asking for them under the AMX matmul of a batch of 32 made the step slower).
+const SIDE_BYTES_PER_THREAD: usize = 384 << 10;
+
+/// The adapter weights that the `lora_apply` calls described by `next` read for a call of
+/// `rows` rows: each module of `next.targets` of each distinct slot of every lane, `A` then
+/// `Bᵀ`, in slot order (what [`crate::backend::Backend::matmul_before_lora`] lets the base
+/// matmul stream under its arithmetic); empty when they exceed [`SIDE_BYTES_PER_THREAD`] per
+/// thread of `threads`.
+pub(crate) fn side_stream<'a>(
+    rows: usize,
+    next: LoraNext<'a, CpuLoraArena>,
+    threads: usize,
+) -> SideStream<'a> {
+    let stack = &next.stack.inner;
+    let mut slots: Vec<usize> = next
+        .batch
+        .lanes()
+        .flat_map(|(s, _)| s.iter().take(rows))
+        .filter_map(|&s| usize::try_from(s).ok())
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    let parts = slots
+        .iter()
+        .flat_map(|&s| {
+            next.targets
+                .iter()
+                .filter_map(move |&t| stack.module(s, next.layer, t))
+        })
+        .flat_map(|m| [bytes(m.a), bytes(m.b)])
+        .collect();
+    let side = SideStream::new(parts);
+    if side.bytes() > SIDE_BYTES_PER_THREAD.saturating_mul(threads.max(1)) {
+        return SideStream::default();
+    }
+    side
 }
 
 /// Output columns per parallel expand task at least (a multiple of 8).
@@ -395,21 +439,15 @@ fn apply_lane(
 /// memory when many adapters share the step, so that their misses overlap instead of arriving
 /// one short stream at a time (A is read 8 rows at a time, rows of `in` values). A hint only.
 fn prefetch(w: ArenaWeights<'_>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let (p, bytes) = match w {
-            ArenaWeights::F32(v) => (v.as_ptr() as *const i8, std::mem::size_of_val(v)),
-            ArenaWeights::Bf16(v) => (v.as_ptr() as *const i8, std::mem::size_of_val(v)),
-        };
-        for off in (0..bytes).step_by(64) {
-            // SAFETY: `prefetcht1` never faults and reads no memory architecturally (the
-            // addresses are inside `w` anyway); SSE is part of x86_64's baseline.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(off)) };
-        }
+    side_stream::prefetch_all(bytes(w));
+}
+
+/// The stored bytes of `w`.
+fn bytes(w: ArenaWeights<'_>) -> &[u8] {
+    match w {
+        ArenaWeights::F32(v) => bytemuck::cast_slice(v),
+        ArenaWeights::Bf16(v) => bytemuck::cast_slice(v),
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = w;
 }
 
 /// A stored weight type the kernels read: f32, or bf16 (widened exactly).

@@ -15,6 +15,7 @@ use super::amx;
 use super::bf16act;
 #[cfg(target_arch = "x86_64")]
 use super::bf16dot;
+use super::side_stream::SideStream;
 #[cfg(target_arch = "x86_64")]
 use super::simd::{self, Panels};
 use super::weight::{bf16_bits_to_f32, CpuWeight, Layout, WData, CHUNK};
@@ -165,8 +166,21 @@ fn run_block(be: &CpuBackend, x: Acts<'_>, rows: usize, w: &CpuWeight, o0: usize
 
 /// `y[t*out + o] = sum_i x[t*in + i] * w[o, i]`; fills `y` with NaN on inconsistent sizes.
 pub(crate) fn matmul(be: &CpuBackend, x: &[f32], rows: usize, w: &CpuWeight, y: &mut [f32]) {
+    matmul_with_side(be, x, rows, w, y, &SideStream::default())
+}
+
+/// [`matmul`], whose tasks ask the cache for `side`'s lines as they go where the kernel path
+/// does (the quantized row-lane paths, see [`super::quant::matmul`]); the same `y`.
+pub(crate) fn matmul_with_side(
+    be: &CpuBackend,
+    x: &[f32],
+    rows: usize,
+    w: &CpuWeight,
+    y: &mut [f32],
+    side: &SideStream<'_>,
+) {
     if let WData::Quant(q) = &w.data {
-        return super::quant::matmul(be, x, rows, q, w.steps, y);
+        return super::quant::matmul(be, x, rows, q, w.steps, y, side);
     }
     let (out, inp, kp) = (w.out, w.inp, w.kp);
     if !matmul_shapes_ok(x.len(), y.len(), rows, out, inp) {

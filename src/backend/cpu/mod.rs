@@ -25,6 +25,7 @@ pub mod peak;
 mod qkv;
 pub mod quant;
 #[cfg(target_arch = "x86_64")]
+mod side_stream;
 mod simd;
 mod weight;
 
@@ -38,8 +39,8 @@ pub use quant::QuantKernel;
 pub use weight::CpuWeight;
 
 use super::{
-    AttentionArgs, Backend, KvGeometry, KvStore, KvWriteArgs, LoraArgs, RopeArgs, View, ViewMut,
-    WeightFormat,
+    AttentionArgs, Backend, KvGeometry, KvStore, KvWriteArgs, LoraArgs, LoraNext, RopeArgs, View,
+    ViewMut, WeightFormat,
 };
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;
@@ -412,6 +413,18 @@ impl Backend for CpuBackend {
 
     fn matmul(&self, x: &Vec<f32>, rows: usize, w: &CpuWeight, y: &mut Vec<f32>) {
         matmul::matmul(self, x, rows, w, y);
+    }
+
+    fn matmul_before_lora(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        w: &CpuWeight,
+        y: &mut Vec<f32>,
+        next: LoraNext<'_, CpuLoraArena>,
+    ) {
+        let side = lora::side_stream(rows, next, self.pool.current_num_threads());
+        matmul::matmul_with_side(self, x, rows, w, y, &side);
     }
 
     fn embedding_gather(&self, table: &CpuWeight, ids: &[u32], out: &mut Vec<f32>) {

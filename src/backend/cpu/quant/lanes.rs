@@ -450,8 +450,10 @@ macro_rules! lanes_task {
             o0,
             rb,
             steps,
+            side,
         } = *$t;
         let n = $yt.len() / rows.max(1);
+        let mut side = side.share(o0, o0 + n, w.rows());
         // The row kernels read the transposed layout: required here.
         if !$t.fits($dec) || xt.is_empty() {
             $yt.iter_mut().for_each(|v| *v = f32::NAN);
@@ -481,6 +483,7 @@ macro_rules! lanes_task {
             let r1 = (r0 + rb).min(rows);
             let mut j = 0;
             while j < n {
+                side.advance(j, n);
                 acc.iter_mut().for_each(|v| *v = _mm256_setzero_ps());
                 let (acc_a, acc_b) = acc.split_at_mut(m);
                 let (acc_a, acc_b) = (&mut acc_a[..r1 - r0], &mut acc_b[..r1 - r0]);
@@ -550,6 +553,7 @@ macro_rules! lanes_task {
             }
             r0 = r1;
         }
+        side.advance(n, n);
     }};
 }
 pub(super) use lanes_task;

@@ -39,6 +39,7 @@ mod superblock;
 
 use rayon::prelude::*;
 
+use super::side_stream::SideStream;
 use super::CpuBackend;
 use crate::backend::quant_stack::QuantStack;
 use crate::backend::reference::quant_block::{BlockParams, QBLOCK};
@@ -150,6 +151,8 @@ pub(super) struct Task<'a> {
     pub rb: usize,
     /// `w`'s rows of the types with a step order are in it ([`step_order`]).
     pub steps: bool,
+    /// What the call's tasks ask the cache for as they go (their shares by weight rows).
+    pub side: &'a SideStream<'a>,
 }
 
 impl Task<'_> {
@@ -371,7 +374,8 @@ fn run_task(kernel: QuantKernel, t: &Task<'_>, tiles: Option<&TileActs>, yt: &mu
 
 /// `y[t*out + o] = Σ_i x[t*in + i] * w[o, i]` as [`crate::backend::reference::quant_dot`]
 /// defines it (`steps`: `w`'s rows of the types with a step order are in it, see
-/// [`step_order`]); fills `y` with NaN on inconsistent sizes.
+/// [`step_order`]); fills `y` with NaN on inconsistent sizes. The row-lane tasks (AVX2 and
+/// VNNI paths) ask for `side`'s lines as they go (see [`SideStream`]); the others ignore it.
 pub(crate) fn matmul(
     be: &CpuBackend,
     x: &[f32],
@@ -379,6 +383,7 @@ pub(crate) fn matmul(
     w: &QuantStack,
     steps: bool,
     y: &mut [f32],
+    side: &SideStream<'_>,
 ) {
     let (out, inp) = (w.rows(), w.cols());
     if !matmul_shapes_ok(x.len(), y.len(), rows, out, inp) {
@@ -418,6 +423,7 @@ pub(crate) fn matmul(
         o0,
         rb: row_block(inp),
         steps,
+        side,
     };
     let threads = be.pool.current_num_threads();
     let work = rows.saturating_mul(out).saturating_mul(inp);
