@@ -17,11 +17,12 @@ use crate::backend::{
     RopeArgs, View, ViewMut, WeightFormat,
 };
 use crate::error::{Error, Result};
-
-/// The adapter targets that add to the fused QKV and the fused gate/up projections.
-const QKV: [LoraTarget; 3] = [LoraTarget::Q, LoraTarget::K, LoraTarget::V];
-const GATE_UP: [LoraTarget; 2] = [LoraTarget::Gate, LoraTarget::Up];
 use crate::tensor::HostTensor;
+
+/// The adapter targets that add to the fused QKV projection's output.
+const QKV: [LoraTarget; 3] = [LoraTarget::Q, LoraTarget::K, LoraTarget::V];
+/// The adapter targets that add to the fused gate/up projection's output.
+const GATE_UP: [LoraTarget; 2] = [LoraTarget::Gate, LoraTarget::Up];
 
 struct Layer<B: Backend> {
     attn_norm: B::Buf,

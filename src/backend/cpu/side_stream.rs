@@ -12,7 +12,8 @@
 /// Bytes of a cache line.
 const LINE: usize = 64;
 
-/// The byte ranges of a side stream. Borrowed for one matmul call.
+/// The byte ranges of a side stream. Borrows them for one matmul call, read by all its tasks
+/// at once; each task owns its [`SideShare`].
 #[derive(Debug, Default)]
 pub(crate) struct SideStream<'a> {
     parts: Vec<&'a [u8]>,
@@ -58,7 +59,7 @@ impl<'a> SideStream<'a> {
             part,
             line: skip,
             done: 0,
-            total: end - start,
+            total: end.saturating_sub(start),
         }
     }
 }
