@@ -104,17 +104,18 @@ impl CpuLoraArena {
 
 /// Adapter bytes per thread up to which [`side_stream`] asks for them during the base matmul:
 /// they go to the asking core's L2 and must still be there (next to the matmul's own working
-/// set) when `lora_apply` reads them, so a small part of an L2 (512 KiB on Zen 3, 1 MiB on Zen
-/// 4, 2 MiB on Sapphire Rapids). 8 distinct rank-8 adapters on SmolLM2's gate/up take 270 KiB
-/// per thread on two threads; 32 distinct (1–2 MiB) are streamed by `lora_apply` as before
-/// (measured: asking for them under the AMX matmul of a batch of 32 made the step slower).
+/// set) when `lora_apply` reads them, so at most a quarter of the L2 (512 KiB on Zen 3, 1 MiB on
+/// Zen 4, 2 MiB on Sapphire Rapids), and at most this. 8 distinct rank-8 adapters on SmolLM2's
+/// gate/up take 270 KiB per thread on two threads; 32 distinct (1–2 MiB) are streamed by
+/// `lora_apply` as before (measured: asking for them under the AMX matmul of a batch of 32 made
+/// the step slower).
 const SIDE_BYTES_PER_THREAD: usize = 384 << 10;
 
 /// The adapter weights that the `lora_apply` calls described by `next` read for a call of
 /// `rows` rows: each module of `next.targets` of each distinct slot of every lane, `A` then
 /// `Bᵀ`, in slot order (what [`crate::backend::Backend::matmul_before_lora`] lets the base
-/// matmul stream under its arithmetic); empty when they exceed [`SIDE_BYTES_PER_THREAD`] per
-/// thread of `threads`.
+/// matmul stream under its arithmetic); empty when they exceed [`SIDE_BYTES_PER_THREAD`] (or a
+/// quarter of the L2) per thread of `threads`.
 pub(crate) fn side_stream<'a>(
     rows: usize,
     next: LoraNext<'a, CpuLoraArena>,
@@ -139,7 +140,8 @@ pub(crate) fn side_stream<'a>(
         .flat_map(|m| [bytes(m.a), bytes(m.b)])
         .collect();
     let side = SideStream::new(parts);
-    if side.bytes() > SIDE_BYTES_PER_THREAD.saturating_mul(threads.max(1)) {
+    let per_thread = SIDE_BYTES_PER_THREAD.min(side_stream::l2_bytes() / 4);
+    if side.bytes() > per_thread.saturating_mul(threads.max(1)) {
         return SideStream::default();
     }
     side

@@ -12,6 +12,44 @@
 /// Bytes of a cache line.
 const LINE: usize = 64;
 
+/// Bytes of one core's L2 cache: what Linux reports for CPU 0 (`/sys/devices/system/cpu/cpu0/
+/// cache/index*/`, the level-2 data or unified cache), 512 KiB when it reports none. Read once.
+pub(crate) fn l2_bytes() -> usize {
+    static L2: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *L2.get_or_init(|| read_l2_bytes().unwrap_or(512 << 10))
+}
+
+/// See [`l2_bytes`]; `None` when sysfs has no level-2 data or unified cache.
+fn read_l2_bytes() -> Option<usize> {
+    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    (0..8).find_map(|i| {
+        let idx = dir.join(format!("index{i}"));
+        let read = |f: &str| std::fs::read_to_string(idx.join(f)).ok();
+        let (level, kind) = (read("level")?, read("type")?);
+        if level.trim() != "2" || kind.trim() == "Instruction" {
+            return None;
+        }
+        parse_size(&read("size")?)
+    })
+}
+
+/// A sysfs cache size (`"2048K"`, `"1M"`, `"524288"`) in bytes.
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: usize = num.parse().ok()?;
+    let mult = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|&b| b > 0)
+}
+
 /// The byte ranges of a side stream. Borrows them for one matmul call, read by all its tasks
 /// at once; each task owns its [`SideShare`].
 #[derive(Debug, Default)]
@@ -186,6 +224,13 @@ mod tests {
             }
             assert_eq!(sum * LINE, s.bytes(), "{tasks} tasks");
         }
+        // Cache sizes as sysfs writes them.
+        assert_eq!(parse_size("2048K\n"), Some(2 << 20));
+        assert_eq!(parse_size("1M"), Some(1 << 20));
+        assert_eq!(parse_size("524288"), Some(512 << 10));
+        assert_eq!(parse_size("12Q"), None);
+        assert_eq!(parse_size("0K"), None);
+        assert!(l2_bytes() >= 64 << 10);
         // An empty stream and an empty total ask for nothing.
         let e = SideStream::default();
         e.share(0, 5, 5).advance(5, 5);
