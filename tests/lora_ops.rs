@@ -12,7 +12,7 @@ mod common;
 use std::sync::Arc;
 
 use common::lora::{model_layout as layout, random_adapter, view, OwnedAdapter};
-use common::values::rand_vec;
+use common::values::{assert_bits_eq, rand_vec};
 use loraplex::backend::cpu::CpuBackend;
 use loraplex::backend::reference::ReferenceBackend;
 use loraplex::backend::{
@@ -617,13 +617,11 @@ fn matmul_before_lora_is_the_matmul() {
                         };
                         let mut got = vec![f32::NAN; rows * out];
                         be.matmul_before_lora(&x, rows, &w, &mut got, next);
-                        assert!(
-                            got.iter()
-                                .zip(&want)
-                                .all(|(g, w)| g.to_bits() == w.to_bits()),
+                        let what = format!(
                             "{} path, {threads} threads, {rows} rows, batch {bi}",
                             k.name()
                         );
+                        assert_bits_eq(&what, &got, &want);
                     }
                 }
             }

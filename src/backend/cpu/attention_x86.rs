@@ -9,6 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::attention::PvSpan;
+use super::side_stream::prefetch_all;
 
 /// Asks the cache to fetch every 64-byte line of each vector in `rows` (into L1 with `l1`,
 /// else into L2). The K and V vectors of a KV head are one per cache slot, `kv_dim` values
@@ -17,21 +18,7 @@ use super::attention::PvSpan;
 #[inline(always)]
 pub(crate) fn prefetch_rows<const W: usize>(rows: &[Option<&[f32]>; W], l1: bool) {
     for r in rows.iter().flatten() {
-        // Every line the vector touches, from the one holding its first byte.
-        let lead = r.as_ptr() as usize % 64;
-        let line0 = (r.as_ptr() as *const i8).wrapping_sub(lead);
-        for off in (0..lead + std::mem::size_of_val(*r)).step_by(64) {
-            let p = line0.wrapping_add(off);
-            // SAFETY: `prefetcht0`/`prefetcht1` never fault and read no memory
-            // architecturally; SSE is part of x86_64's baseline.
-            unsafe {
-                if l1 {
-                    _mm_prefetch::<_MM_HINT_T0>(p);
-                } else {
-                    _mm_prefetch::<_MM_HINT_T1>(p);
-                }
-            }
-        }
+        prefetch_all(bytemuck::cast_slice(r), l1);
     }
 }
 

@@ -441,7 +441,7 @@ fn apply_lane(
 /// memory when many adapters share the step, so that their misses overlap instead of arriving
 /// one short stream at a time (A is read 8 rows at a time, rows of `in` values). A hint only.
 fn prefetch(w: ArenaWeights<'_>) {
-    side_stream::prefetch_all(bytes(w));
+    side_stream::prefetch_all(bytes(w), false);
 }
 
 /// The stored bytes of `w`.

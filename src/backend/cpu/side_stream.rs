@@ -8,6 +8,9 @@
 //! rows ([`SideStream::share`]) and, as it goes through its rows, asks for the share's lines
 //! up to the fraction of rows it has done ([`SideShare::advance`]). A hint only: nothing reads
 //! the lines architecturally, so no result changes.
+//!
+//! [`prefetch_all`] (every line of a byte range at once) is the backend's one loop over a
+//! range's cache lines; the LoRA's segment prefetch and the attention's tile prefetch call it.
 
 /// Bytes of a cache line.
 const LINE: usize = 64;
@@ -137,18 +140,20 @@ impl SideShare<'_> {
                 self.line = 0;
                 continue;
             }
-            prefetch_line(&p[line_offset(p, self.line)..]);
+            prefetch_line(&p[line_offset(p, self.line)..], false);
             self.line += 1;
             self.done += 1;
         }
     }
 }
 
-/// Asks L2 for every cache line of `b` at once (a thread that then reads them waits for the
-/// last less; see the module docs for why a side stream spreads them out instead).
-pub(crate) fn prefetch_all(b: &[u8]) {
+/// Asks for every cache line that `b` touches at once, into L1 with `l1`, else into L2 (a thread
+/// that then reads them waits for the last less; see the module docs for why a side stream
+/// spreads them out instead). A hint: it reads nothing and cannot fault.
+#[inline(always)]
+pub(crate) fn prefetch_all(b: &[u8], l1: bool) {
     for k in 0..lines(b) {
-        prefetch_line(&b[line_offset(b, k)..]);
+        prefetch_line(&b[line_offset(b, k)..], l1);
     }
 }
 
@@ -171,18 +176,25 @@ fn line_offset(b: &[u8], k: usize) -> usize {
     }
 }
 
-/// Asks L2 for the cache line holding the first byte of `b` (non-empty).
+/// Asks L1 (`l1`) or L2 for the cache line holding the first byte of `b` (non-empty).
 #[inline(always)]
-fn prefetch_line(b: &[u8]) {
+fn prefetch_line(b: &[u8], l1: bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        // SAFETY: `prefetcht1` never faults and reads no memory architecturally (the address is
-        // inside `b` anyway); SSE is part of x86_64's baseline.
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(b.as_ptr() as *const i8) };
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        let p = b.as_ptr() as *const i8;
+        // SAFETY: `prefetcht0`/`prefetcht1` never fault and read no memory architecturally (the
+        // address is inside `b` anyway); SSE is part of x86_64's baseline.
+        unsafe {
+            if l1 {
+                _mm_prefetch::<_MM_HINT_T0>(p);
+            } else {
+                _mm_prefetch::<_MM_HINT_T1>(p);
+            }
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = b;
+    let _ = (b, l1);
 }
 
 #[cfg(test)]
